@@ -1,0 +1,113 @@
+"""Agent registry: who each agent is and its lifecycle status (active / paused / retired).
+
+``offline`` is set by the watchdog's critical escalations (a later projection input); this fold
+only knows the lifecycle events on ``fw.agent.<agent>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar
+
+from projections.base import Key, Meta, Projection, Row, Rows, Table
+from schemas.events import (
+    AgentPaused,
+    AgentRegistered,
+    AgentResumed,
+    AgentRetired,
+    AgentVersionChanged,
+    Event,
+)
+from schemas.subjects import wildcard
+
+AGENTS = Table(
+    name="fleetward.agents",
+    key=("agent_id",),
+    key_types=("text",),
+    columns=(
+        "agent_id",
+        "name",
+        "owner",
+        "team",
+        "purpose",
+        "risk_class",
+        "version",
+        "status",
+        "status_reason",
+        "heartbeat_interval_s",
+        "roles",
+        "max_concurrent_tasks",
+        "registered_at",
+        "updated_at",
+        "last_seq",
+    ),
+)
+
+_LIFECYCLE = (AgentRegistered, AgentVersionChanged, AgentPaused, AgentResumed, AgentRetired)
+
+
+def _placeholder(agent: str, meta: Meta) -> Row:
+    """An agent heard of before its registration: kept, so no lifecycle event is lost."""
+    return {
+        "agent_id": agent,
+        "name": agent,
+        "owner": "",
+        "team": "unassigned",
+        "purpose": "",
+        "risk_class": "medium",
+        "version": "",
+        "status": "active",
+        "status_reason": "",
+        "heartbeat_interval_s": 60.0,
+        "roles": [],
+        "max_concurrent_tasks": 1,
+        "registered_at": None,
+        "updated_at": meta.time,
+        "last_seq": meta.seq,
+    }
+
+
+class AgentRegistry(Projection):
+    name: ClassVar[str] = "agents"
+    stream: ClassVar[str] = "FW_EVENTS"
+    subjects: ClassVar[tuple[str, ...]] = (wildcard("agent"),)
+    tables: ClassVar[tuple[Table, ...]] = (AGENTS,)
+
+    def touches(self, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
+        if isinstance(event, _LIFECYCLE):
+            yield AGENTS, (event.agent,)
+
+    def apply(self, rows: Rows, event: Event, meta: Meta) -> None:
+        if not isinstance(event, _LIFECYCLE):
+            return
+        old = rows.get(AGENTS, (event.agent,))
+        row = dict(old) if old else _placeholder(event.agent, meta)
+        retired = row["status"] == "retired"
+        match event:
+            case AgentRegistered():
+                row.update(
+                    name=event.name,
+                    owner=event.owner,
+                    team=event.team,
+                    purpose=event.purpose,
+                    risk_class=event.risk_class,
+                    version=event.version,
+                    heartbeat_interval_s=event.heartbeat_interval_s,
+                    roles=list(event.roles),
+                    max_concurrent_tasks=event.max_concurrent_tasks,
+                    registered_at=row["registered_at"] or meta.time,
+                )
+                if retired:  # registering again brings a retired agent back
+                    row.update(status="active", status_reason="")
+            case AgentVersionChanged():
+                row["version"] = event.version
+            case AgentPaused() if not retired:
+                row.update(status="paused", status_reason=event.reason)
+            case AgentResumed() if not retired:
+                row.update(status="active", status_reason=event.reason)
+            case AgentRetired():
+                row.update(status="retired", status_reason=event.reason)
+            case _:
+                return
+        row.update(updated_at=meta.time, last_seq=meta.seq)
+        rows.put(AGENTS, row)

@@ -1,0 +1,115 @@
+"""Spend: per agent and day (UTC, by the stream's time of record): model and tool cost, tokens,
+runs and tool calls, stamped with the team the agent belonged to when it spent.
+
+Money is added as ``Decimal`` from the shortest decimal form of each reported figure, so sums
+are exact and a rebuild equals the live projection to the last digit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import ClassVar
+
+from projections.base import Key, Meta, Projection, Row, Rows, Table
+from schemas.events import (
+    AgentRegistered,
+    Event,
+    RunFinished,
+    RunStarted,
+    SpendRecorded,
+    ToolCalled,
+)
+from schemas.subjects import wildcard
+
+SPEND_AGENTS = Table(
+    name="fleetward.spend_agents",
+    key=("agent_id",),
+    key_types=("text",),
+    columns=("agent_id", "team"),
+)
+
+SPEND_DAILY = Table(
+    name="fleetward.spend_daily",
+    key=("agent_id", "day"),
+    key_types=("text", "date"),
+    columns=(
+        "agent_id",
+        "day",
+        "team",
+        "model_cost_usd",
+        "tool_cost_usd",
+        "tokens_in",
+        "tokens_out",
+        "runs",
+        "runs_failed",
+        "tool_calls",
+        "tool_errors",
+        "spend_events",
+    ),
+)
+
+_ACTIVITY = (SpendRecorded, ToolCalled, RunStarted, RunFinished)
+UNASSIGNED = "unassigned"
+
+
+def money(x: float) -> Decimal:
+    return Decimal(repr(x))
+
+
+def _empty_day(agent: str, meta: Meta, team: str) -> Row:
+    return {
+        "agent_id": agent,
+        "day": meta.time.date(),
+        "team": team,
+        "model_cost_usd": Decimal(0),
+        "tool_cost_usd": Decimal(0),
+        "tokens_in": 0,
+        "tokens_out": 0,
+        "runs": 0,
+        "runs_failed": 0,
+        "tool_calls": 0,
+        "tool_errors": 0,
+        "spend_events": 0,
+    }
+
+
+class Spend(Projection):
+    name: ClassVar[str] = "spend"
+    stream: ClassVar[str] = "FW_EVENTS"
+    subjects: ClassVar[tuple[str, ...]] = (wildcard("agent"),)
+    tables: ClassVar[tuple[Table, ...]] = (SPEND_AGENTS, SPEND_DAILY)
+
+    def touches(self, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
+        if isinstance(event, AgentRegistered):
+            yield SPEND_AGENTS, (event.agent,)
+        elif isinstance(event, _ACTIVITY):
+            yield SPEND_AGENTS, (event.agent,)
+            yield SPEND_DAILY, (event.agent, meta.time.date())
+
+    def apply(self, rows: Rows, event: Event, meta: Meta) -> None:
+        if isinstance(event, AgentRegistered):
+            rows.put(SPEND_AGENTS, {"agent_id": event.agent, "team": event.team})
+            return
+        if not isinstance(event, _ACTIVITY):
+            return
+        member = rows.get(SPEND_AGENTS, (event.agent,))
+        team = member["team"] if member else UNASSIGNED
+        old = rows.get(SPEND_DAILY, (event.agent, meta.time.date()))
+        day = dict(old) if old else _empty_day(event.agent, meta, team)
+        day["team"] = team
+        match event:
+            case SpendRecorded():
+                day["model_cost_usd"] += money(event.cost_usd)
+                day["tokens_in"] += event.tokens_in
+                day["tokens_out"] += event.tokens_out
+                day["spend_events"] += 1
+            case ToolCalled():
+                day["tool_cost_usd"] += money(event.cost_usd)
+                day["tool_calls"] += 1
+                day["tool_errors"] += 0 if event.ok else 1
+            case RunStarted():
+                day["runs"] += 1
+            case RunFinished():
+                day["runs_failed"] += 1 if event.outcome == "failed" else 0
+        rows.put(SPEND_DAILY, day)

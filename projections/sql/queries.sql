@@ -1,0 +1,77 @@
+-- Named queries used by services/. Each block starts with "-- name: <name>" and a comment line.
+
+-- name: checkpoint_init
+-- Make sure a projection has a checkpoint row.
+INSERT INTO fleetward.checkpoints (projection, stream) VALUES ($1, $2)
+ON CONFLICT (projection) DO NOTHING;
+
+-- name: checkpoint_get
+-- The last stream sequence a projection applied.
+SELECT seq FROM fleetward.checkpoints WHERE projection = $1;
+
+-- name: checkpoint_lock
+-- The checkpoint, locked for the rest of the transaction (one writer per batch).
+SELECT seq FROM fleetward.checkpoints WHERE projection = $1 FOR UPDATE;
+
+-- name: checkpoint_advance
+-- Compare-and-set: move the checkpoint from the value the writer read to the batch's last sequence.
+UPDATE fleetward.checkpoints SET seq = $3, updated_at = now()
+WHERE projection = $1 AND seq = $2;
+
+-- name: checkpoint_reset
+-- Start a projection over from the beginning of its stream.
+UPDATE fleetward.checkpoints SET seq = 0, updated_at = now() WHERE projection = $1;
+
+-- name: dead_letter_insert
+-- Record an event a projection could not accept (kept once per projection and sequence).
+INSERT INTO fleetward.dead_letters (projection, stream, seq, subject, reason, detail, raw, stream_time)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+ON CONFLICT DO NOTHING;
+
+-- name: dead_letters_clear
+-- Forget a projection's dead letters (before a rebuild records them again).
+DELETE FROM fleetward.dead_letters WHERE projection = $1;
+
+-- name: fleet_status
+-- One-line fleet summary: agents by status, tasks by status, today's spend.
+SELECT
+  (SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM
+     (SELECT status, count(*) n FROM fleet.agents GROUP BY status) a) AS agents,
+  (SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM
+     (SELECT status, count(*) n FROM fleet.tasks GROUP BY status) t) AS tasks,
+  (SELECT coalesce(sum(cost_usd), 0) FROM fleet.spend_daily WHERE day = current_date) AS spend_today,
+  (SELECT count(*) FROM fleet.utilization WHERE last_seen > now() - interval '5 minutes') AS seen_5m,
+  (SELECT count(*) FROM fleet.dead_letters) AS dead_letters;
+
+-- name: agents_list
+-- The agent registry with liveness and today's spend, busiest first.
+SELECT a.agent_id, a.name, a.team, a.status, u.state, u.current_task, u.last_seen,
+       coalesce(s.cost_usd, 0) AS cost_today
+FROM fleet.agents a
+LEFT JOIN fleet.utilization u USING (agent_id)
+LEFT JOIN fleet.spend_daily s ON s.agent_id = a.agent_id AND s.day = current_date
+ORDER BY cost_today DESC, a.agent_id
+LIMIT $1;
+
+-- name: tasks_list
+-- The task board, open tasks first, by priority then age.
+SELECT task_id, project, title, priority, status, assignee, claim_epoch, waiting_on_dependencies,
+       review_rounds, updated_at
+FROM fleet.tasks
+WHERE $1::text IS NULL OR status = $1
+ORDER BY status IN ('done', 'cancelled'),
+         array_position(ARRAY['urgent','high','medium','low'], priority), created_at
+LIMIT $2;
+
+-- name: agent_detail
+-- Everything about one agent: who it is, what it does now, what it cost today and in total.
+SELECT a.*, u.state, u.current_task, u.message, u.last_seen, u.busy_s, u.idle_s, u.utilization,
+       u.tasks_done,
+       (SELECT coalesce(sum(cost_usd), 0) FROM fleet.spend_daily s
+         WHERE s.agent_id = a.agent_id AND s.day = current_date) AS cost_today,
+       (SELECT coalesce(sum(cost_usd), 0) FROM fleet.spend_daily s
+         WHERE s.agent_id = a.agent_id) AS cost_total,
+       (SELECT coalesce(sum(tokens_in + tokens_out), 0) FROM fleet.spend_daily s
+         WHERE s.agent_id = a.agent_id AND s.day = current_date) AS tokens_today
+FROM fleet.agents a LEFT JOIN fleet.utilization u USING (agent_id)
+WHERE a.agent_id = $1;

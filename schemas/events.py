@@ -1,0 +1,365 @@
+"""The event catalogue: every fact an agent, a person or a Fleetward service can publish.
+
+Invariants (the contract; see docs and the generated JSON Schema / AsyncAPI):
+- Every event is a frozen msgspec Struct in the tagged union ``AnyEvent``; ``type`` is the tag.
+- The envelope (``id``, ``type``, ``v``, ``at``, ``actor``, ``corr``) is shared by all events.
+- New fields always get defaults; unknown fields are ignored; a breaking change is a new ``v``.
+- Each event type lives on exactly one subject kind (``SUBJECT_KIND``) and names the key of that
+  subject in one field (``SUBJECT_KEY``), so the subject can be derived from the event.
+- ``SENDERS`` says which actors may publish the type: ``self`` (the agent the event is about),
+  ``agent`` (any agent), ``user`` (``user:<name>``), ``svc`` (``svc:<name>``).
+
+This module is pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import typing
+from datetime import datetime
+from typing import Annotated, ClassVar, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+# Identifiers appear as subject tokens, so they may not hold '.', '*', '>' or white space.
+Ident = Annotated[
+    str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}(?!\n)$", description="a subject-safe id")
+]
+Actor = Annotated[
+    str,
+    Meta(
+        pattern=r"^((user|svc):[A-Za-z0-9_.@-]{1,64}|[A-Za-z0-9_-]{1,64})(?!\n)$",
+        description="an agent id, 'user:<name>' or 'svc:<name>'",
+    ),
+]
+ShortText = Annotated[str, Meta(max_length=200)]
+Text = Annotated[str, Meta(max_length=8000)]
+NonNegInt = Annotated[int, Meta(ge=0)]
+NonNegFloat = Annotated[float, Meta(ge=0)]
+PositiveFloat = Annotated[float, Meta(gt=0)]
+Epoch = Annotated[int, Meta(ge=1, description="claim epoch; each claim of a task opens the next")]
+
+Priority = Literal["urgent", "high", "medium", "low"]
+RiskClass = Literal["low", "medium", "high", "critical"]
+HeartbeatStatus = Literal["idle", "busy", "waiting", "error"]
+RunOutcome = Literal["succeeded", "failed", "cancelled"]
+Tier = Literal["info", "warning", "critical"]
+Verdict = Literal["approve", "reject"]
+BudgetScope = Literal["agent", "team", "org"]
+BudgetWindow = Literal["day", "month", "lifetime"]
+CommandName = Literal["pause", "resume", "wake", "review_feedback", "approval"]
+DeliverableKind = Literal["markdown", "code", "link", "file"]
+Sender = Literal["self", "agent", "user", "svc"]
+
+EvidenceValue = str | int | float | bool | None
+Evidence = Annotated[dict[str, EvidenceValue], Meta(max_length=32)]
+
+
+class Event(Struct, frozen=True, kw_only=True, tag_field="type"):
+    """The envelope every event carries."""
+
+    id: Annotated[
+        str,
+        Meta(
+            pattern=r"^[A-Za-z0-9_-]{1,64}(?!\n)$",
+            description="unique; UUIDv7 or ULID so ids sort by time (events that several "
+            "replicas may publish use a deterministic UUIDv5); also the Nats-Msg-Id header",
+        ),
+    ]
+    actor: Actor
+    at: Annotated[datetime, Meta(tz=True, description="producer clock; informational only")]
+    v: Annotated[int, Meta(ge=1)] = 1
+    corr: Annotated[str, Meta(max_length=128)] | None = None
+
+    SUBJECT_KIND: ClassVar[str]
+    SUBJECT_KEY: ClassVar[str]
+    SENDERS: ClassVar[frozenset[Sender]]
+
+
+_SELF_USER_SVC: frozenset[Sender] = frozenset({"self", "user", "svc"})
+_SELF: frozenset[Sender] = frozenset({"self"})
+_USER_SVC: frozenset[Sender] = frozenset({"user", "svc"})
+
+
+class _AgentEvent(Event, frozen=True, kw_only=True):
+    SUBJECT_KIND: ClassVar[str] = "agent"
+    SUBJECT_KEY: ClassVar[str] = "agent"
+    agent: Ident
+
+
+# ---- agent lifecycle: fw.agent.<agent> -------------------------------------------------------
+
+
+class AgentRegistered(_AgentEvent, frozen=True, kw_only=True, tag="agent.registered"):
+    SENDERS: ClassVar[frozenset[Sender]] = _SELF_USER_SVC
+    name: ShortText
+    owner: ShortText
+    team: Ident
+    purpose: Text = ""
+    risk_class: RiskClass = "medium"
+    version: ShortText = "1"
+    heartbeat_interval_s: PositiveFloat = 60.0
+    roles: tuple[Ident, ...] = ()
+    max_concurrent_tasks: Annotated[int, Meta(ge=1)] = 1
+
+
+class AgentVersionChanged(_AgentEvent, frozen=True, kw_only=True, tag="agent.version_changed"):
+    SENDERS: ClassVar[frozenset[Sender]] = _SELF_USER_SVC
+    version: ShortText
+    notes: Text = ""
+
+
+class AgentPaused(_AgentEvent, frozen=True, kw_only=True, tag="agent.paused"):
+    SENDERS: ClassVar[frozenset[Sender]] = _SELF_USER_SVC
+    reason: Text = ""
+
+
+class AgentResumed(_AgentEvent, frozen=True, kw_only=True, tag="agent.resumed"):
+    SENDERS: ClassVar[frozenset[Sender]] = _SELF_USER_SVC
+    reason: Text = ""
+
+
+class AgentRetired(_AgentEvent, frozen=True, kw_only=True, tag="agent.retired"):
+    SENDERS: ClassVar[frozenset[Sender]] = _SELF_USER_SVC
+    reason: Text = ""
+
+
+# ---- agent activity: fw.agent.<agent> --------------------------------------------------------
+
+
+class RunStarted(_AgentEvent, frozen=True, kw_only=True, tag="run.started"):
+    SENDERS: ClassVar[frozenset[Sender]] = _SELF
+    run: Ident
+    task: Ident | None = None
+    trigger: ShortText = ""
+
+
+class RunFinished(_AgentEvent, frozen=True, kw_only=True, tag="run.finished"):
+    SENDERS: ClassVar[frozenset[Sender]] = _SELF
+    run: Ident
+    outcome: RunOutcome
+    latency_ms: NonNegFloat
+    task: Ident | None = None
+
+
+class ToolCalled(_AgentEvent, frozen=True, kw_only=True, tag="tool.called"):
+    SENDERS: ClassVar[frozenset[Sender]] = _SELF
+    tool: ShortText
+    duration_ms: NonNegFloat
+    ok: bool
+    error: Text | None = None
+    cost_usd: NonNegFloat = 0.0
+    run: Ident | None = None
+    task: Ident | None = None
+
+
+class SpendRecorded(_AgentEvent, frozen=True, kw_only=True, tag="spend.recorded"):
+    SENDERS: ClassVar[frozenset[Sender]] = _SELF
+    model: ShortText
+    tokens_in: NonNegInt = 0
+    tokens_out: NonNegInt = 0
+    cost_usd: NonNegFloat
+    run: Ident | None = None
+    task: Ident | None = None
+
+
+# ---- liveness: fw.hb.<agent> (stream FW_HEARTBEATS) ------------------------------------------
+
+
+class Heartbeat(Event, frozen=True, kw_only=True, tag="agent.heartbeat"):
+    SUBJECT_KIND: ClassVar[str] = "hb"
+    SUBJECT_KEY: ClassVar[str] = "agent"
+    SENDERS: ClassVar[frozenset[Sender]] = _SELF
+    agent: Ident
+    status: HeartbeatStatus = "idle"
+    task: Ident | None = None
+    message: ShortText = ""
+
+
+# ---- tasks: fw.task.<task> -------------------------------------------------------------------
+
+
+class _TaskEvent(Event, frozen=True, kw_only=True):
+    SUBJECT_KIND: ClassVar[str] = "task"
+    SUBJECT_KEY: ClassVar[str] = "task"
+    task: Ident
+
+
+class Deliverable(Struct, frozen=True, kw_only=True):
+    kind: DeliverableKind
+    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}(?!\n)$")]
+    content: Annotated[str, Meta(max_length=32000)] = ""
+    uri: Annotated[str, Meta(max_length=2000)] | None = None
+
+
+class TaskCreated(_TaskEvent, frozen=True, kw_only=True, tag="task.created"):
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"agent", "user", "svc"})
+    project: Ident
+    title: ShortText
+    description: Text = ""
+    priority: Priority = "medium"
+    depends_on: tuple[Ident, ...] = ()
+    required_role: Ident | None = None
+    sla_s: PositiveFloat | None = None
+
+
+class TaskAssigned(_TaskEvent, frozen=True, kw_only=True, tag="task.assigned"):
+    SENDERS: ClassVar[frozenset[Sender]] = _USER_SVC
+    agent: Ident
+
+
+class TaskClaimed(_TaskEvent, frozen=True, kw_only=True, tag="task.claimed"):
+    SENDERS: ClassVar[frozenset[Sender]] = _SELF
+    agent: Ident
+    epoch: Epoch
+    lease_s: PositiveFloat = 300.0
+
+
+class TaskProgressed(_TaskEvent, frozen=True, kw_only=True, tag="task.progressed"):
+    SENDERS: ClassVar[frozenset[Sender]] = _SELF
+    agent: Ident
+    epoch: Epoch
+    note: Text = ""
+    percent: Annotated[float, Meta(ge=0, le=100)] | None = None
+
+
+class TaskBlocked(_TaskEvent, frozen=True, kw_only=True, tag="task.blocked"):
+    SENDERS: ClassVar[frozenset[Sender]] = _SELF
+    agent: Ident
+    epoch: Epoch
+    reason: Text
+
+
+class TaskReleased(_TaskEvent, frozen=True, kw_only=True, tag="task.released"):
+    SENDERS: ClassVar[frozenset[Sender]] = _SELF
+    agent: Ident
+    epoch: Epoch
+    reason: Text = ""
+
+
+class TaskSubmitted(_TaskEvent, frozen=True, kw_only=True, tag="task.submitted"):
+    SENDERS: ClassVar[frozenset[Sender]] = _SELF
+    agent: Ident
+    epoch: Epoch
+    deliverable: Deliverable
+
+
+class TaskReviewed(_TaskEvent, frozen=True, kw_only=True, tag="task.reviewed"):
+    """A verdict on the agent's latest deliverable; the reviewer is the actor."""
+
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"agent", "user", "svc"})
+    agent: Annotated[Ident, Meta(description="the agent whose deliverable is reviewed")]
+    verdict: Verdict
+    feedback: Text = ""
+
+
+class TaskCancelled(_TaskEvent, frozen=True, kw_only=True, tag="task.cancelled"):
+    SENDERS: ClassVar[frozenset[Sender]] = _USER_SVC
+    reason: Text = ""
+
+
+class TaskLeaseExpired(_TaskEvent, frozen=True, kw_only=True, tag="task.lease_expired"):
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"svc"})
+    agent: Ident
+    epoch: Epoch
+
+
+# ---- escalations: fw.esc.<escalation> --------------------------------------------------------
+
+
+class _EscalationEvent(Event, frozen=True, kw_only=True):
+    SUBJECT_KIND: ClassVar[str] = "esc"
+    SUBJECT_KEY: ClassVar[str] = "escalation"
+    escalation: Ident
+
+
+class EscalationRaised(_EscalationEvent, frozen=True, kw_only=True, tag="escalation.raised"):
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"svc"})
+    tier: Tier
+    reason: Ident
+    agent: Ident | None = None
+    task: Ident | None = None
+    message: Text = ""
+    evidence: Evidence = msgspec.field(default_factory=dict)
+
+
+class EscalationAcknowledged(
+    _EscalationEvent, frozen=True, kw_only=True, tag="escalation.acknowledged"
+):
+    SENDERS: ClassVar[frozenset[Sender]] = _USER_SVC
+    note: Text = ""
+
+
+class EscalationResolved(_EscalationEvent, frozen=True, kw_only=True, tag="escalation.resolved"):
+    SENDERS: ClassVar[frozenset[Sender]] = _USER_SVC
+    resolution: Text = ""
+
+
+# ---- budgets: fw.budget.<budget> -------------------------------------------------------------
+
+
+class BudgetSet(Event, frozen=True, kw_only=True, tag="budget.set"):
+    SUBJECT_KIND: ClassVar[str] = "budget"
+    SUBJECT_KEY: ClassVar[str] = "budget"
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"user"})
+    budget: Ident
+    scope: BudgetScope
+    scope_id: Ident
+    window: BudgetWindow
+    limit_usd: NonNegFloat
+    warn_at: Annotated[float, Meta(gt=0, le=1)] = 0.8
+
+
+# ---- commands to agents: fw.cmd.<agent> (stream FW_COMMANDS) ---------------------------------
+
+
+class CommandIssued(Event, frozen=True, kw_only=True, tag="command.issued"):
+    SUBJECT_KIND: ClassVar[str] = "cmd"
+    SUBJECT_KEY: ClassVar[str] = "agent"
+    SENDERS: ClassVar[frozenset[Sender]] = _USER_SVC
+    agent: Ident
+    command: CommandName
+    reason: Text = ""
+    task: Ident | None = None
+    payload: Evidence = msgspec.field(default_factory=dict)
+
+
+AnyEvent = (
+    AgentRegistered
+    | AgentVersionChanged
+    | AgentPaused
+    | AgentResumed
+    | AgentRetired
+    | RunStarted
+    | RunFinished
+    | ToolCalled
+    | SpendRecorded
+    | Heartbeat
+    | TaskCreated
+    | TaskAssigned
+    | TaskClaimed
+    | TaskProgressed
+    | TaskBlocked
+    | TaskReleased
+    | TaskSubmitted
+    | TaskReviewed
+    | TaskCancelled
+    | TaskLeaseExpired
+    | EscalationRaised
+    | EscalationAcknowledged
+    | EscalationResolved
+    | BudgetSet
+    | CommandIssued
+)
+
+EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)
+
+
+def type_name(cls: type[Event]) -> str:
+    """The wire name of an event class (its tag), e.g. ``task.claimed``."""
+    tag = cls.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag
+
+
+BY_TYPE: dict[str, type[Event]] = {type_name(cls): cls for cls in EVENT_TYPES}

@@ -1,0 +1,18 @@
+"""Event ids: UUIDv7, so ids sort by creation time. Deterministic ids (for events two replicas
+may both publish) are UUIDv5 of a name, so both publish the same Nats-Msg-Id."""
+
+from __future__ import annotations
+
+import uuid
+
+import uuid_utils
+
+_NAMESPACE = uuid.UUID("5b0f3d2e-7c1a-4f7e-9a43-6b1f0e5d2c11")
+
+
+def new_id() -> str:
+    return str(uuid_utils.uuid7())
+
+
+def deterministic_id(*parts: str) -> str:
+    return str(uuid.uuid5(_NAMESPACE, "/".join(parts)))

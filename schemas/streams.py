@@ -1,0 +1,65 @@
+"""The JetStream streams, as data. Pure: services/streams.py creates and verifies them.
+
+FW_EVENTS is the audit log: file storage, no deletes, no purges, no rollups.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import msgspec
+
+from schemas.subjects import wildcard
+
+DAY: Final = 86_400.0
+DEFAULT_AUDIT_RETENTION_DAYS: Final = 183  # at least six months (DESIGN 2)
+
+
+class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    subjects: tuple[str, ...]
+    description: str
+    max_age_s: float  # 0 = unlimited
+    duplicate_window_s: float = 120.0
+    max_msg_size: int = 1024 * 1024
+    deny_delete: bool = False
+    deny_purge: bool = False
+    allow_rollup: bool = False
+    storage: str = "file"
+
+
+def events_stream(retention_days: float = DEFAULT_AUDIT_RETENTION_DAYS) -> StreamSpec:
+    """The audit log. ``retention_days == 0`` keeps events forever."""
+    return StreamSpec(
+        name="FW_EVENTS",
+        subjects=(wildcard("agent"), wildcard("task"), wildcard("esc"), wildcard("budget")),
+        description="Fleetward audit log: every agent, task, escalation and budget event",
+        max_age_s=retention_days * DAY,
+        deny_delete=True,
+        deny_purge=True,
+    )
+
+
+HEARTBEATS: Final = StreamSpec(
+    name="FW_HEARTBEATS",
+    subjects=(wildcard("hb"),),
+    description="Fleetward heartbeats (liveness), kept for one day",
+    max_age_s=1 * DAY,
+)
+
+COMMANDS: Final = StreamSpec(
+    name="FW_COMMANDS",
+    subjects=(wildcard("cmd"),),
+    description="Fleetward durable commands to agents",
+    max_age_s=30 * DAY,
+    deny_delete=True,
+)
+
+
+def all_streams(retention_days: float = DEFAULT_AUDIT_RETENTION_DAYS) -> tuple[StreamSpec, ...]:
+    return (events_stream(retention_days), HEARTBEATS, COMMANDS)
+
+
+def stream_for_kind(kind: str) -> str:
+    """The stream that stores a subject kind."""
+    return {"hb": HEARTBEATS.name, "cmd": COMMANDS.name}.get(kind, "FW_EVENTS")

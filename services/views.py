@@ -1,0 +1,124 @@
+"""What the operator CLI shows: reads of the public ``fleet`` views, rendered with rich."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from rich.console import Console
+from rich.table import Table
+
+from services.db import Conn, q
+
+
+def age(when: datetime | None, now: datetime | None = None) -> str:
+    """'12s ago', '5m ago', '3h ago', 'never'."""
+    if when is None:
+        return "never"
+    seconds = max(0, int(((now or datetime.now(UTC)) - when).total_seconds()))
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit} ago"
+    return f"{seconds}s ago"
+
+
+def counts(raw: Any) -> dict[str, int]:
+    data = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+    return {str(k): int(v) for k, v in data.items()}
+
+
+def _fmt(d: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
+
+
+def status_line(row: asyncpg.Record) -> str:
+    agents, tasks = counts(row["agents"]), counts(row["tasks"])
+    return (
+        f"agents {sum(agents.values())} ({_fmt(agents)}) | seen in 5m {row['seen_5m']} | "
+        f"tasks {sum(tasks.values())} ({_fmt(tasks)}) | spend today ${row['spend_today']:.2f} | "
+        f"dead letters {row['dead_letters']}"
+    )
+
+
+async def fleet_status(conn: Conn) -> str:
+    row = await conn.fetchrow(q("fleet_status"))
+    assert row is not None  # an aggregate query always returns one row
+    return status_line(row)
+
+
+async def show_status(conn: Conn, console: Console) -> None:
+    console.print(await fleet_status(conn))
+    table = Table("projection", "stream", "checkpoint", "updated", title="projections")
+    for r in await conn.fetch("SELECT * FROM fleet.projections ORDER BY projection"):
+        table.add_row(r["projection"], r["stream"], str(r["checkpoint"]), age(r["updated_at"]))
+    console.print(table)
+
+
+async def show_agents(conn: Conn, console: Console, limit: int) -> None:
+    table = Table("agent", "team", "status", "state", "current task", "last seen", "cost today")
+    for r in await conn.fetch(q("agents_list"), limit):
+        table.add_row(
+            r["agent_id"],
+            r["team"],
+            r["status"],
+            r["state"] or "-",
+            r["current_task"] or "-",
+            age(r["last_seen"]),
+            f"${r['cost_today']:.4f}",
+        )
+    console.print(table)
+
+
+async def show_tasks(conn: Conn, console: Console, status: str | None, limit: int) -> None:
+    table = Table(
+        "task",
+        "project",
+        "priority",
+        "status",
+        "assignee",
+        "epoch",
+        "deps open",
+        "reviews",
+        "updated",
+        title="task board",
+    )
+    for r in await conn.fetch(q("tasks_list"), status, limit):
+        table.add_row(
+            r["task_id"],
+            r["project"],
+            r["priority"],
+            r["status"],
+            r["assignee"] or "-",
+            str(r["claim_epoch"]),
+            "yes" if r["waiting_on_dependencies"] else "no",
+            str(r["review_rounds"]),
+            age(r["updated_at"]),
+        )
+    console.print(table)
+
+
+async def show_agent(conn: Conn, console: Console, agent_id: str) -> bool:
+    r = await conn.fetchrow(q("agent_detail"), agent_id)
+    if r is None:
+        return False
+    doing = (
+        f"{r['state']} on {r['current_task']}" if r["current_task"] else (r["state"] or "unknown")
+    )
+    util = f"{r['utilization']:.0%}" if r["utilization"] is not None else "-"
+    lines = [
+        f"[bold]{r['agent_id']}[/bold] {r['name']} ({r['team']}, owner {r['owner']}, "
+        f"risk {r['risk_class']}, version {r['version']})",
+        f"status     {r['status']}" + (f" ({r['status_reason']})" if r["status_reason"] else ""),
+        f"doing now  {doing}" + (f" - {r['message']}" if r["message"] else ""),
+        f"last seen  {age(r['last_seen'])}"
+        + (f" ({r['last_seen']:%Y-%m-%d %H:%M:%S} UTC)" if r["last_seen"] else ""),
+        f"cost       ${r['cost_today']:.4f} today, ${r['cost_total']:.4f} in all; "
+        f"{r['tokens_today']} tokens today",
+        f"work       {r['tasks_done'] or 0} tasks done; busy {r['busy_s'] or 0}s, "
+        f"idle {r['idle_s'] or 0}s (utilization {util})",
+    ]
+    for line in lines:
+        console.print(line)
+    return True

@@ -1,0 +1,540 @@
+"""The published contract (JSON Schema, AsyncAPI, docs) follows the code and agrees with admission.
+
+The schema files are read from disk, as an agent in another language would read them; the drift
+test fails when the code changed and ``make schemas`` was not run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from jsonschema import Draft7Validator, Draft202012Validator, FormatChecker
+
+from schemas import contract
+from schemas.admission import Rejected, admit, decode
+from schemas.events import BY_TYPE, EVENT_TYPES, AnyEvent, Event, type_name
+from schemas.streams import stream_for_kind
+from schemas.subjects import KINDS, subject_of
+from tests.samples import sample_events
+
+SCHEMAS_DIR = Path(contract.__file__).resolve().parent
+DOCS = SCHEMAS_DIR.parent / "docs" / "events.md"
+SAMPLES = sample_events()
+SAMPLE_IDS = [type_name(type(e)) for e in SAMPLES]
+DELETE = object()  # a marker: remove the field instead of setting it
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _format_checker() -> FormatChecker:
+    """jsonschema only checks ``date-time`` when rfc3339-validator is installed; without it,
+    check RFC 3339 here, so a timestamp without an offset fails in every environment."""
+    checker = FormatChecker()
+    if "date-time" not in checker.checkers:
+
+        @checker.checks("date-time", raises=ValueError)
+        def _is_datetime(instance: object) -> bool:
+            if not isinstance(instance, str):
+                return True
+            if not _RFC3339.fullmatch(instance):
+                return False
+            text = re.sub(r"(\.\d{6})\d+", r"\1", instance.upper().replace("Z", "+00:00"))
+            datetime.fromisoformat(text)  # raises ValueError on month 13, hour 25, ...
+            return True
+
+    return checker
+
+
+FORMATS = _format_checker()
+
+
+@functools.cache
+def _on_disk(rel: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((SCHEMAS_DIR / rel).read_bytes())
+    return data
+
+
+def _validator(name: str) -> Draft202012Validator:
+    """The validator of ``jsonschema/<name>.json`` on disk (an event type, or ``event``)."""
+    return Draft202012Validator(_on_disk(f"jsonschema/{name}.json"), format_checker=FORMATS)
+
+
+def _errors(validator: Draft202012Validator | Draft7Validator, instance: object) -> list[str]:
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '$'}: {e.message}"
+        for e in validator.iter_errors(instance)
+    ]
+
+
+def _sample_payload(name: str) -> dict[str, Any]:
+    """The sample of one type as a fresh JSON object."""
+    (event,) = (e for e in SAMPLES if type_name(type(e)) == name)
+    payload: dict[str, Any] = json.loads(msgspec.json.encode(event))
+    return payload
+
+
+def _patched(name: str, path: tuple[str, ...], value: object) -> dict[str, Any]:
+    payload = _sample_payload(name)
+    node = payload
+    for key in path[:-1]:
+        node = node[key]
+    if value is DELETE:
+        del node[path[-1]]
+    else:
+        node[path[-1]] = value
+    return payload
+
+
+def _refs(node: Any, where: str = "#") -> Iterator[tuple[str, str]]:
+    """(location, target) of every ``$ref`` below ``node``."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref" and isinstance(value, str):
+                yield where, value
+            else:
+                yield from _refs(value, f"{where}/{key}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _refs(item, f"{where}/{i}")
+
+
+def _resolve(document: dict[str, Any], ref: str) -> Any:
+    """Follow a local JSON pointer (``#/a/b``); KeyError when it leads nowhere."""
+    assert ref.startswith("#/"), f"{ref!r} is not a local reference"
+    node: Any = document
+    for token in ref[2:].split("/"):
+        node = node[token.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+# ---- the samples ---------------------------------------------------------------------------------
+
+
+def test_samples_cover_every_event_type_once() -> None:
+    assert [type_name(cls) for cls in EVENT_TYPES] == SAMPLE_IDS
+    assert len(SAMPLES) == len(BY_TYPE) == 25
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=SAMPLE_IDS)
+def test_event_round_trips_through_json(event: Event) -> None:
+    data = msgspec.json.encode(event)
+    decoded = msgspec.json.decode(data, type=AnyEvent)
+    assert type(decoded) is type(event)
+    assert decoded == event
+    assert msgspec.json.encode(decoded) == data
+    assert json.loads(data)["type"] == type_name(type(event))
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=SAMPLE_IDS)
+def test_sample_is_admitted_on_its_subject(event: Event) -> None:
+    assert admit(subject_of(event), msgspec.json.encode(event)) == event
+
+
+# ---- JSON Schema ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=SAMPLE_IDS)
+def test_sample_validates_against_its_schema_on_disk(event: Event) -> None:
+    name = type_name(type(event))
+    instance = json.loads(msgspec.json.encode(event))
+    assert _errors(_validator(name), instance) == []
+    assert _errors(_validator("event"), instance) == []
+    # ... and against no other type's schema: `type` tells them apart.
+    others = [n for n in BY_TYPE if n != name and _validator(n).is_valid(instance)]
+    assert others == []
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=SAMPLE_IDS)
+def test_schema_names_subject_stream_and_senders(event: Event) -> None:
+    cls = type(event)
+    schema = _on_disk(f"jsonschema/{type_name(cls)}.json")
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"] == f"https://fleetward.dev/schemas/{type_name(cls)}.json"
+    assert schema["title"] == type_name(cls)
+    assert schema["description"]
+    assert schema["properties"]["type"] == {"enum": [type_name(cls)]}
+    info = schema["x-fleetward"]
+    assert info["subject"].format(**{cls.SUBJECT_KEY: getattr(event, cls.SUBJECT_KEY)}) == (
+        subject_of(event)
+    )
+    assert info["stream"] == stream_for_kind(cls.SUBJECT_KIND)
+    assert info["senders"] == sorted(cls.SENDERS)
+
+
+def test_schemas_are_valid_and_self_contained() -> None:
+    files = sorted((SCHEMAS_DIR / "jsonschema").glob("*.json"))
+    assert len(files) == len(BY_TYPE) + 1
+    total = 0
+    for path in files:
+        schema = _on_disk(f"jsonschema/{path.name}")
+        Draft202012Validator.check_schema(schema)
+        for where, ref in _refs(schema):
+            assert ref.startswith("#/$defs/"), f"{path.name} {where}: {ref} is not local"
+            _resolve(schema, ref)
+            total += 1
+    assert total > len(BY_TYPE)  # event.json alone refers to every type
+
+
+def test_event_json_is_one_of_every_type() -> None:
+    union = _on_disk("jsonschema/event.json")
+    assert len(union["oneOf"]) == len(BY_TYPE)
+    assert set(union["discriminator"]["mapping"]) == set(BY_TYPE)
+    assert union["discriminator"]["propertyName"] == "type"
+    for name, ref in union["discriminator"]["mapping"].items():
+        assert _resolve(union, ref)["properties"]["type"] == {"enum": [name]}
+
+
+# (case, type of the sample to start from, path of the field, new value or DELETE, reason)
+INVALID = [
+    ("missing-field", "agent.heartbeat", ("agent",), DELETE, "invalid"),
+    ("missing-envelope-field", "task.claimed", ("at",), DELETE, "invalid"),
+    ("string-for-int", "task.claimed", ("epoch",), "1", "invalid"),
+    ("string-for-bool", "tool.called", ("ok",), "yes", "invalid"),
+    ("below-minimum", "task.claimed", ("epoch",), 0, "invalid"),
+    ("not-above-exclusive-minimum", "task.claimed", ("lease_s",), 0, "invalid"),
+    ("above-maximum", "task.progressed", ("percent",), 100.5, "invalid"),
+    ("not-in-enum", "agent.heartbeat", ("status",), "sleeping", "invalid"),
+    ("dot-in-subject-key", "agent.heartbeat", ("agent",), "agent.7", "invalid"),
+    ("space-in-id", "task.created", ("depends_on",), ["task 41"], "invalid"),
+    ("too-long", "task.created", ("title",), "x" * 201, "invalid"),
+    ("bad-actor", "agent.heartbeat", ("actor",), "robot:r2", "invalid"),
+    ("null-not-allowed", "task.created", ("title",), None, "invalid"),
+    ("nested-pattern", "task.submitted", ("deliverable", "sha256"), "XYZ", "invalid"),
+    ("nested-missing", "task.submitted", ("deliverable", "kind"), DELETE, "invalid"),
+    ("list-in-evidence", "escalation.raised", ("evidence",), {"k": [1, 2]}, "invalid"),
+    ("string-for-list", "agent.registered", ("roles",), "writer", "invalid"),
+    ("timestamp-without-offset", "agent.heartbeat", ("at",), "2025-03-14T09:26:54", "invalid"),
+    ("not-a-timestamp", "agent.heartbeat", ("at",), "yesterday", "invalid"),
+    ("unknown-type", "agent.heartbeat", ("type",), "agent.exploded", "unknown_type"),
+    ("missing-type", "agent.heartbeat", ("type",), DELETE, "unknown_type"),
+]
+
+
+@pytest.mark.parametrize(
+    ("base", "path", "value", "reason"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID]
+)
+def test_invalid_payload_is_rejected_by_schema_and_admission(
+    base: str, path: tuple[str, ...], value: object, reason: str
+) -> None:
+    assert _validator(base).is_valid(_sample_payload(base))  # the change alone breaks it
+    payload = _patched(base, path, value)
+    assert _errors(_validator(base), payload) != [], "the type's JSON Schema accepted it"
+    assert _errors(_validator("event"), payload) != [], "event.json accepted it"
+    with pytest.raises(Rejected) as rejected:
+        decode(json.dumps(payload).encode())
+    assert rejected.value.reason == reason
+
+
+# (case, type of the sample, path, new value or DELETE): accepted by both
+VALID_VARIANTS = [
+    ("unknown-field-ignored", "agent.heartbeat", ("mood",), "curious"),
+    ("default-omitted", "task.claimed", ("lease_s",), DELETE),
+    ("version-omitted", "task.claimed", ("v",), DELETE),
+    ("optional-null", "task.progressed", ("percent",), None),
+    ("offset-timestamp", "agent.heartbeat", ("at",), "2025-03-14T10:26:54.589+01:00"),
+    ("integer-for-float", "run.finished", ("latency_ms",), 5230),
+    ("user-actor", "task.created", ("actor",), "user:bob.smith@example.com"),
+]
+
+
+@pytest.mark.parametrize(
+    ("base", "path", "value"), [c[1:] for c in VALID_VARIANTS], ids=[c[0] for c in VALID_VARIANTS]
+)
+def test_valid_variant_is_accepted_by_schema_and_admission(
+    base: str, path: tuple[str, ...], value: object
+) -> None:
+    payload = _patched(base, path, value)
+    assert _errors(_validator(base), payload) == []
+    assert _errors(_validator("event"), payload) == []
+    assert type_name(type(decode(json.dumps(payload).encode()))) == base
+
+
+def test_ids_with_a_trailing_newline_are_rejected() -> None:
+    """Python's `$` also matches before a final newline; the patterns must not (ECMA does not)."""
+    for field in (("agent",), ("actor",), ("id",)):
+        payload = _patched("agent.heartbeat", field, "agent-7\n")
+        with pytest.raises(Rejected):
+            decode(json.dumps(payload).encode())
+        assert _errors(_validator("agent.heartbeat"), payload) != []
+
+
+# ---- the generated files -------------------------------------------------------------------------
+
+
+def test_committed_files_match_the_code() -> None:
+    drifted = contract.drift(SCHEMAS_DIR)
+    assert drifted == [], (
+        f"schemas/{{{', '.join(drifted)}}} differ from schemas/events.py: run `make schemas` "
+        "(python -m schemas.contract) and commit the result"
+    )
+
+
+def test_render_is_deterministic_and_complete() -> None:
+    files = contract.render()
+    assert files == contract.render()
+    expected = {f"jsonschema/{name}.json" for name in BY_TYPE}
+    assert set(files) == expected | {"jsonschema/event.json", "asyncapi.json"}
+    for rel, data in files.items():
+        assert data.endswith(b"}\n"), rel
+        canonical = json.dumps(json.loads(data), indent=2, sort_keys=True, ensure_ascii=False)
+        assert (canonical + "\n").encode() == data, rel
+
+
+def test_write_updates_changed_and_stale_files_only(tmp_path: Path) -> None:
+    assert contract.write(tmp_path) == sorted(contract.render())
+    assert contract.write(tmp_path) == []
+    assert contract.drift(tmp_path) == []
+    (tmp_path / "jsonschema" / "task.claimed.json").write_text("{}\n")
+    (tmp_path / "jsonschema" / "task.renamed.json").write_text("{}\n")
+    (tmp_path / "asyncapi.json").unlink()
+    changed = ["asyncapi.json", "jsonschema/task.claimed.json", "jsonschema/task.renamed.json"]
+    assert contract.drift(tmp_path) == changed
+    assert contract.write(tmp_path) == changed
+    assert not (tmp_path / "jsonschema" / "task.renamed.json").exists()
+    assert contract.drift(tmp_path) == []
+
+
+def test_check_command_passes_on_committed_files(capsys: pytest.CaptureFixture[str]) -> None:
+    assert contract.main(["--check"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_every_type_has_a_summary_and_no_summary_is_stale() -> None:
+    assert set(contract.SUMMARIES) <= set(BY_TYPE)
+    for cls in EVENT_TYPES:
+        assert contract.summary(cls)
+        assert "\n" not in contract.summary(cls)
+
+
+@pytest.mark.parametrize(
+    "table", [contract.markdown_subjects, contract.markdown_events], ids=["subjects", "events"]
+)
+def test_docs_tables_match_the_code(table: Callable[[], str]) -> None:
+    assert table() in DOCS.read_text(), (
+        "docs/events.md is out of date: paste its tables from "
+        "`python -m schemas.contract --markdown`"
+    )
+
+
+# ---- AsyncAPI ------------------------------------------------------------------------------------
+
+EXT = re.compile(r"^x-[\w\d.\-_]+$")
+COMPONENT_NAME = re.compile(r"^[\w\d.\-_]+$")
+ALLOWED_KEYS = {
+    "document": {
+        "asyncapi",
+        "id",
+        "info",
+        "servers",
+        "defaultContentType",
+        "channels",
+        "operations",
+        "components",
+    },
+    "info": {
+        "title",
+        "version",
+        "description",
+        "termsOfService",
+        "contact",
+        "license",
+        "tags",
+        "externalDocs",
+    },
+    "server": {
+        "host",
+        "protocol",
+        "protocolVersion",
+        "pathname",
+        "description",
+        "title",
+        "summary",
+        "variables",
+        "security",
+        "tags",
+        "externalDocs",
+        "bindings",
+    },
+    "channel": {
+        "address",
+        "messages",
+        "title",
+        "summary",
+        "description",
+        "servers",
+        "parameters",
+        "tags",
+        "externalDocs",
+        "bindings",
+    },
+    "parameter": {"enum", "default", "description", "examples", "location"},
+    "operation": {
+        "action",
+        "channel",
+        "title",
+        "summary",
+        "description",
+        "security",
+        "tags",
+        "externalDocs",
+        "bindings",
+        "traits",
+        "messages",
+        "reply",
+    },
+    "message": {
+        "headers",
+        "payload",
+        "correlationId",
+        "contentType",
+        "name",
+        "title",
+        "summary",
+        "description",
+        "tags",
+        "externalDocs",
+        "bindings",
+        "examples",
+        "traits",
+        "deprecated",
+    },
+    "components": {
+        "schemas",
+        "servers",
+        "channels",
+        "operations",
+        "messages",
+        "securitySchemes",
+        "serverVariables",
+        "parameters",
+        "correlationIds",
+        "replies",
+        "replyAddresses",
+        "externalDocs",
+        "tags",
+        "operationTraits",
+        "messageTraits",
+        "serverBindings",
+        "channelBindings",
+        "operationBindings",
+        "messageBindings",
+    },
+}
+
+
+def _asyncapi() -> dict[str, Any]:
+    return _on_disk("asyncapi.json")
+
+
+def _assert_keys(kind: str, obj: dict[str, Any], where: str) -> None:
+    unknown = {k for k in obj if k not in ALLOWED_KEYS[kind] and not EXT.match(k)}
+    assert not unknown, f"{where}: {sorted(unknown)} are not fields of an AsyncAPI 3 {kind}"
+
+
+def test_asyncapi_has_the_shape_of_an_asyncapi_3_document() -> None:
+    doc = _asyncapi()
+    _assert_keys("document", doc, "#")
+    assert doc["asyncapi"] == "3.0.0"
+    _assert_keys("info", doc["info"], "#/info")
+    assert doc["info"]["title"] == "Fleetward"
+    assert doc["info"]["version"] == contract.CONTRACT_VERSION
+    for name, server in doc["servers"].items():
+        _assert_keys("server", server, f"#/servers/{name}")
+        assert server["protocol"] == "nats"
+        assert server["host"] == "localhost:4222"
+    _assert_keys("components", doc["components"], "#/components")
+    for section, entries in doc["components"].items():
+        bad = [k for k in entries if not COMPONENT_NAME.match(k)]
+        assert not bad, f"#/components/{section}: invalid names {bad}"
+    for name, message in doc["components"]["messages"].items():
+        _assert_keys("message", message, f"#/components/messages/{name}")
+
+
+def test_asyncapi_channels_are_the_subject_kinds() -> None:
+    channels = _asyncapi()["channels"]
+    assert set(channels) == set(KINDS)
+    for kind, channel in channels.items():
+        _assert_keys("channel", channel, f"#/channels/{kind}")
+        params = set(re.findall(r"\{([^}]+)\}", channel["address"]))
+        assert params == set(channel["parameters"]) == {contract.kind_key(kind)}
+        for name, parameter in channel["parameters"].items():
+            _assert_keys("parameter", parameter, f"#/channels/{kind}/parameters/{name}")
+    listed = [name for channel in channels.values() for name in channel["messages"]]
+    assert sorted(listed) == sorted(BY_TYPE), "every event type on exactly one channel"
+
+
+def test_asyncapi_operations_reference_their_channels_messages() -> None:
+    doc = _asyncapi()
+    assert doc["operations"]
+    for op_id, operation in doc["operations"].items():
+        _assert_keys("operation", operation, f"#/operations/{op_id}")
+        assert operation["action"] in {"send", "receive"}
+        channel_ref = operation["channel"]["$ref"]
+        assert re.fullmatch(r"#/channels/[^/]+", channel_ref), channel_ref
+        _resolve(doc, channel_ref)
+        assert operation["messages"]
+        for message in operation["messages"]:
+            assert message["$ref"].startswith(f"{channel_ref}/messages/"), (op_id, message)
+            _resolve(doc, message["$ref"])
+
+
+def test_asyncapi_operations_follow_senders() -> None:
+    doc = _asyncapi()
+    sent: set[str] = set()
+    received: set[str] = set()
+    for operation in doc["operations"].values():
+        names = {ref["$ref"].rsplit("/", 1)[1] for ref in operation["messages"]}
+        (sent if operation["action"] == "send" else received).update(names)
+    by_agents = {type_name(c) for c in EVENT_TYPES if c.SENDERS & {"self", "agent"}}
+    assert sent == by_agents - {"command.issued"}
+    assert received == {"command.issued"}
+    assert "task.claimed" in sent
+    assert "escalation.raised" not in sent
+
+
+def test_every_asyncapi_ref_resolves() -> None:
+    doc = _asyncapi()
+    refs = list(_refs(doc))
+    assert len(refs) > 2 * len(BY_TYPE)  # channel messages, payloads, operations
+    for where, ref in refs:
+        try:
+            _resolve(doc, ref)
+        except (KeyError, IndexError, TypeError):
+            pytest.fail(f"{where}: $ref {ref} does not resolve inside asyncapi.json")
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=SAMPLE_IDS)
+def test_event_type_is_an_asyncapi_message_on_its_subject(event: Event) -> None:
+    doc = _asyncapi()
+    cls = type(event)
+    name = type_name(cls)
+    channel = doc["channels"][cls.SUBJECT_KIND]
+    assert channel["address"] == f"fw.{cls.SUBJECT_KIND}.{{{cls.SUBJECT_KEY}}}"
+    address = channel["address"]
+    for param in channel["parameters"]:
+        address = address.replace(f"{{{param}}}", getattr(event, param))
+    assert address == subject_of(event)
+
+    message = _resolve(doc, channel["messages"][name]["$ref"])
+    assert message is doc["components"]["messages"][name]
+    assert message["name"] == name
+    headers = message["headers"]
+    assert "Nats-Msg-Id" in headers["required"]
+    assert ("Nats-Expected-Last-Subject-Sequence" in headers["required"]) == (
+        name == "task.claimed"
+    )
+    # The payload schema, as AsyncAPI (JSON Schema draft-07) tools read it, accepts the sample
+    # and nothing of another type.
+    payload = {"$ref": message["payload"]["$ref"], "components": doc["components"]}
+    validator = Draft7Validator(payload, format_checker=FORMATS)
+    instance = json.loads(msgspec.json.encode(event))
+    assert _errors(validator, instance) == []
+    assert not validator.is_valid({**instance, "type": "agent.exploded"})
