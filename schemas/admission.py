@@ -69,9 +69,10 @@ def decode(data: bytes) -> Event:
         event: Event = _decoder.decode(data)
     except msgspec.ValidationError as exc:
         message = str(exc)
-        reason = (
-            "unknown_type" if message.endswith("`$.type`") or "`type`" in message else "invalid"
-        )
+        # msgspec quotes the bad value too: judge by where the error is, not by what it says
+        at_tag = message.endswith(" - at `$.type`")
+        tag_missing = message == "Object missing required field `type`"
+        reason = "unknown_type" if at_tag or tag_missing else "invalid"
         raise Rejected(reason, message) from None
     except msgspec.DecodeError as exc:
         raise Rejected("not_json", str(exc)) from None

@@ -13,6 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from services.errors import FleetwardError
 
@@ -28,6 +29,15 @@ def nats_server_binary() -> str:
     return found
 
 
+def _spawn(binary: str, store: Path, ports: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """nats-server with JetStream on a free port of 127.0.0.1; it writes its URL into ``ports``."""
+    args = ["-a", "127.0.0.1", "-p", "-1", "-js", "-sd", str(store / "jetstream"),
+            "--ports_file_dir", str(ports)]  # fmt: skip
+    return subprocess.Popen(
+        [binary, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+
+
 @dataclass
 class EmbeddedNats:
     process: subprocess.Popen[bytes]
@@ -40,24 +50,8 @@ class EmbeddedNats:
         ports = store / "ports"
         shutil.rmtree(ports, ignore_errors=True)
         ports.mkdir()
-        log = (store / "nats-server.log").open("ab")
-        process = subprocess.Popen(
-            [
-                binary or nats_server_binary(),
-                "-a",
-                "127.0.0.1",
-                "-p",
-                "-1",
-                "-js",
-                "-sd",
-                str(store / "jetstream"),
-                "--ports_file_dir",
-                str(ports),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with (store / "nats-server.log").open("ab") as log:  # the child keeps its own copy
+            process = _spawn(binary or nats_server_binary(), store, ports, log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for path in ports.glob("*.ports"):

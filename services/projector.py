@@ -264,13 +264,12 @@ async def stream_last_seq(rt: Runtime, stream: str) -> int:
 
 
 async def catch_up(
-    runner: ProjectionRunner, progress: Callable[[int], Any] | None = None, idle_checks: int = 2
+    runner: ProjectionRunner, progress: Callable[[int], Any] | None = None
 ) -> None:
-    """Apply batches until the consumer has nothing pending."""
+    """Apply batches until the consumer has nothing pending and nothing unacknowledged."""
     assert runner.consumer is not None
-    quiet = 0
     while True:
-        n = await runner.step(wait=0.5)
+        n = await runner.step(wait=0.2)
         if progress is not None:
             progress(runner.checkpoint)
         if n and runner.caught_up:
@@ -278,11 +277,7 @@ async def catch_up(
         if n == 0:
             info = await runner.rt.js.consumer_info(runner.projection.stream, runner.durable)
             if info.num_pending == 0 and info.num_ack_pending == 0:
-                quiet += 1
-                if quiet >= idle_checks:
-                    return
-        else:
-            quiet = 0
+                return
 
 
 async def rebuild(

@@ -6,6 +6,7 @@ runs the migrations. Every failure is a ``FleetwardError`` whose text says what 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -15,7 +16,6 @@ from typing import Any
 
 import anyio
 import asyncpg
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
@@ -28,6 +28,7 @@ from services.streams import ensure_streams
 
 MIN_NATS = (2, 11)
 MIN_POSTGRES = 14
+NATS_CONNECT_DEADLINE_S = 5.0  # the first connect, retries included
 DATABASE = "fleetward"
 
 
@@ -61,19 +62,26 @@ async def connect_nats(url: str, *, name: str = "fleetward", reconnect: bool = T
     async def quiet(_exc: Exception) -> None:  # nats-py logs every failed attempt otherwise
         return None
 
+    # With unlimited reconnects nats-py also retries the FIRST connect forever: bound it, so an
+    # unreachable server is an error instead of a hang.
+    nc = NatsClient()
     try:
-        nc = await nats.connect(
-            url,
-            name=name,
-            connect_timeout=3,
-            max_reconnect_attempts=-1 if reconnect else 0,
-            allow_reconnect=reconnect,
-            error_cb=quiet,
-            reconnect_time_wait=0.5,
-        )
+        with anyio.fail_after(NATS_CONNECT_DEADLINE_S):
+            await nc.connect(
+                url,
+                name=name,
+                connect_timeout=3,
+                max_reconnect_attempts=-1 if reconnect else 0,
+                allow_reconnect=reconnect,
+                error_cb=quiet,
+                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int; a float works
+            )
     except Exception as exc:  # nats-py raises many types; all mean the same here
+        cause = nc.last_error or exc  # the deadline's TimeoutError hides the real cause
+        with contextlib.suppress(Exception):
+            await nc.close()
         raise FleetwardError(
-            f"cannot reach NATS at {url} ({type(exc).__name__}: {exc or 'no answer'}); "
+            f"cannot reach NATS at {url} ({type(cause).__name__}: {cause or 'no answer'}); "
             "start it or fix FLEETWARD_NATS_URL"
         ) from None
     try:  # nats-py exposes the server's INFO only as _server_info

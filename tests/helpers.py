@@ -1,0 +1,70 @@
+"""Test helpers: waiting on conditions (never fixed sleeps), snapshots, event builders."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import anyio
+
+from projections import ALL, Projection
+from schemas import new_id
+from services.projector import ProjectionRunner, catch_up
+from services.runtime import Runtime
+
+T = TypeVar("T")
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[T]],
+    timeout: float = 30.0,  # noqa: ASYNC109  # a polling deadline, not a cancellation scope
+    what: str = "condition",
+) -> T:
+    """Poll ``check`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await anyio.sleep(0.05)
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def envelope(actor: str) -> dict[str, Any]:
+    return {"id": new_id(), "actor": actor, "at": now()}
+
+
+async def project_all(rt: Runtime, projections: tuple[Projection, ...] = ALL) -> None:
+    """Run every projection until it has applied everything in its stream."""
+    for projection in projections:
+        runner = ProjectionRunner(rt, projection)
+        await runner.position()
+        try:
+            await catch_up(runner)
+        finally:
+            assert runner.consumer is not None
+            await runner.consumer.stop()
+
+
+async def snapshot(rt: Runtime, projections: tuple[Projection, ...] = ALL) -> dict[str, list[Any]]:
+    """Every row of every table the projections own, in key order, plus dead letters."""
+    out: dict[str, list[Any]] = {}
+    async with rt.pool.acquire() as conn:
+        for projection in projections:
+            for table in projection.tables:
+                order = ", ".join(table.key)
+                rows = await conn.fetch(f"SELECT * FROM {table.name} ORDER BY {order}")
+                out[table.name] = [tuple(r.values()) for r in rows]
+        rows = await conn.fetch(
+            "SELECT projection, seq, subject, reason, raw FROM fleetward.dead_letters "
+            "ORDER BY projection, seq"
+        )
+        out["dead_letters"] = [tuple(r.values()) for r in rows]
+    return out

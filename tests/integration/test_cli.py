@@ -1,0 +1,339 @@
+"""The operator CLI as operators run it: subprocesses against real nats-server and Postgres.
+
+- ``fleetward projector`` serves /healthz and /metrics and exits 0 on SIGTERM with every
+  checkpoint at the stream position (nothing half-done);
+- the read commands show what the projections hold;
+- ``fleetward dev --simulate N`` (what ``make run`` runs) starts its own servers and stops them
+  on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+import psutil
+
+import projections
+from services.projector import durable_name
+from services.publish import publish_many
+from services.runtime import Runtime
+from services.simulate import Fleet
+from tests.helpers import now, project_all, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = (sys.executable, "-m", "services.cli")
+
+
+async def fleetward(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """Run ``fleetward ARGS`` to the end; its exit code, stdout and stderr."""
+    with anyio.fail_after(60):
+        done = await anyio.run_process([*CLI, *args], cwd=ROOT, env=env, check=False)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+async def fleetward_ok(env: dict[str, str], *args: str) -> str:
+    code, out, err = await fleetward(env, *args)
+    assert code == 0, f"fleetward {' '.join(args)} exited {code}:\n{out}\n{err}"
+    assert "Traceback" not in err, err
+    return out
+
+
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    """A plain HTTP/1.1 GET against 127.0.0.1:port; (status code, body)."""
+    chunks: list[bytes] = []
+    with anyio.fail_after(5):
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            await stream.send(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            with contextlib.suppress(anyio.EndOfStream):
+                while True:
+                    chunks.append(await stream.receive())
+    head, _, body = b"".join(chunks).decode().partition("\r\n\r\n")
+    return int(head.split(" ", 2)[1]), body
+
+
+async def publish_fleet(rt: Runtime, size: int, ticks: int, seed: int = 7) -> int:
+    fleet = Fleet(size, seed=seed)
+    start = now() - timedelta(seconds=ticks)
+    events = fleet.start(start)
+    for i in range(1, ticks + 1):
+        events += fleet.tick(start + timedelta(seconds=i))
+    return await publish_many(rt.js, events)
+
+
+async def stream_positions(rt: Runtime) -> dict[str, int]:
+    """Per projection, the stream sequence of the last message it reads (its stream's position as
+    the projection sees it: a projection reads only its own subjects of the stream)."""
+    out: dict[str, int] = {}
+    for p in projections.ALL:
+        seqs = [(await rt.js.get_last_msg(p.stream, subject)).seq for subject in p.subjects]
+        out[p.name] = max(s for s in seqs if s is not None)
+    return out
+
+
+async def checkpoints(rt: Runtime) -> dict[str, int]:
+    async with rt.pool.acquire() as conn:
+        rows = await conn.fetch("SELECT projection, checkpoint FROM fleet.projections")
+    return {r["projection"]: int(r["checkpoint"]) for r in rows}
+
+
+# --- the projector service ------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def spawn(args: list[str], env: dict[str, str], logs: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A fleetward subprocess with stdout/stderr in ``logs``; killed if still running at exit."""
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / "stdout").open("wb") as out, (logs / "stderr").open("wb") as err:
+        proc = subprocess.Popen([*CLI, *args], cwd=ROOT, env=env, stdout=out, stderr=err)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def output(logs: Path) -> str:
+    return f"stdout:\n{(logs / 'stdout').read_text()}\nstderr:\n{(logs / 'stderr').read_text()}"
+
+
+async def test_projector_serves_health_and_metrics_and_stops_cleanly_on_sigterm(
+    rt: Runtime, env: dict[str, str], tmp_path: Path
+) -> None:
+    logs = tmp_path / "projector"
+    with spawn(["projector"], {**env, "FLEETWARD_METRICS_PORT": "0"}, logs) as proc:
+
+        async def metrics_port() -> int:  # 0 until the ready line is out
+            if proc.poll() is not None:
+                raise AssertionError(f"the projector exited {proc.returncode}\n{output(logs)}")
+            found = re.search(r"metrics on :(\d+)/metrics", (logs / "stdout").read_text())
+            return int(found.group(1)) if found else 0
+
+        port = await wait_for(metrics_port, 30, "the projector's ready line")
+        assert (
+            "projector running (agents, tasks, utilization, spend)" in (logs / "stdout").read_text()
+        )
+
+        async def healthy() -> bool:
+            status, body = await http_get(port, "/healthz")
+            return status == 200 and body == '{"ok":true}'
+
+        await wait_for(healthy, 30, "/healthz to answer 200")
+
+        sent = await publish_fleet(rt, 10, ticks=4)
+        assert sent > 10
+        target = await stream_positions(rt)
+        events_last = (await rt.js.stream_info("FW_EVENTS")).state.last_seq
+        heartbeats_last = (await rt.js.stream_info("FW_HEARTBEATS")).state.last_seq
+        assert max(target["agents"], target["tasks"]) == events_last
+        assert target["utilization"] == heartbeats_last
+
+        async def caught_up() -> bool:
+            return await checkpoints(rt) == target
+
+        await wait_for(caught_up, 30, f"checkpoints to reach {target}")
+
+        status, body = await http_get(port, "/metrics")
+        assert status == 200
+        assert "fleetward_events_processed_total{" in body
+        assert "fleetward_projection_checkpoint{" in body
+        assert f'fleetward_projection_checkpoint{{projection="tasks"}} {target["tasks"]}.0' in body
+
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = await anyio.to_thread.run_sync(proc.wait, 15)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"no exit within 15 s of SIGTERM\n{output(logs)}") from None
+        assert code == 0, output(logs)
+        assert "Traceback" not in (logs / "stderr").read_text(), output(logs)
+
+    # Nothing half-done: each checkpoint is the stream position, and each consumer has
+    # acknowledged exactly up to it, so a restart neither skips nor re-applies anything.
+    assert await checkpoints(rt) == target
+    for p in projections.ALL:
+
+        async def acked(p: projections.Projection = p) -> bool:
+            info = await rt.js.consumer_info(p.stream, durable_name(p))
+            floor = info.ack_floor.stream_seq if info.ack_floor else None
+            return floor == target[p.name] and info.num_ack_pending == 0
+
+        await wait_for(acked, 5, f"{p.name}'s consumer to acknowledge up to its checkpoint")
+
+
+# --- the read commands ----------------------------------------------------------------------
+
+
+async def test_read_commands_show_the_projected_fleet(rt: Runtime, env: dict[str, str]) -> None:
+    await publish_fleet(rt, 8, ticks=5, seed=3)
+    await project_all(rt)
+    async with rt.pool.acquire() as conn:
+        agents = await conn.fetch("SELECT agent_id, name, team FROM fleet.agents ORDER BY 1")
+        tasks = await conn.fetch("SELECT task_id, status FROM fleet.tasks ORDER BY 1")
+        cost_total = await conn.fetchval(
+            "SELECT coalesce(sum(cost_usd), 0) FROM fleet.spend_daily WHERE agent_id = 'sim-001'"
+        )
+    assert len(agents) == 8
+    assert tasks
+
+    status = await fleetward_ok(env, "status")
+    assert "agents 8 (" in status
+    assert f"tasks {len(tasks)} (" in status
+    marks = await checkpoints(rt)
+    for name, checkpoint in marks.items():
+        assert re.search(rf"{name}\s.*\s{checkpoint}\s", status), (name, checkpoint, status)
+
+    listed = await fleetward_ok(env, "agents")
+    for agent in agents:
+        assert agent["agent_id"] in listed
+    assert "last seen" in listed
+
+    board = await fleetward_ok(env, "tasks")
+    for task in tasks:
+        assert task["task_id"] in board
+
+    done = await fleetward_ok(env, "tasks", "--status", "done")
+    for task in tasks:
+        assert (task["task_id"] in done) == (task["status"] == "done"), (task, done)
+
+    detail = await fleetward_ok(env, "agent", "sim-001")
+    assert "sim-001 Agent sim-001" in detail
+    assert agents[1]["team"] in detail
+    last_seen = re.search(r"^last seen\s+(.+)$", detail, re.MULTILINE)
+    assert last_seen and "never" not in last_seen.group(1), detail
+    assert re.search(rf"^cost\s+\$\d+\.\d{{4}} today, \${cost_total:.4f} in all", detail, re.M)
+
+    code, _, err = await fleetward(env, "agent", "nope")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, (code, err)
+    assert lines[0] == "fleetward: error: no agent 'nope' in the registry"
+
+
+async def test_rebuild_spend_gives_the_same_rows(rt: Runtime, env: dict[str, str]) -> None:
+    await publish_fleet(rt, 8, ticks=5, seed=3)
+    await project_all(rt)
+
+    async def spend_rows() -> list[tuple[Any, ...]]:
+        async with rt.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT * FROM fleet.spend_daily ORDER BY agent_id, day")
+        return [tuple(r.values()) for r in rows]
+
+    before = await spend_rows()
+    assert before
+    out = await fleetward_ok(env, "projections", "rebuild", "spend")
+    reached = (await stream_positions(rt))["spend"]
+    assert f"spend rebuilt up to stream sequence {reached}" in out
+    assert await spend_rows() == before
+    assert (await checkpoints(rt))["spend"] == reached
+
+
+# --- fleetward dev (make run) ---------------------------------------------------------------
+
+
+def _read_lines(stream: IO[bytes], lines: queue.Queue[str | None]) -> None:
+    for raw in stream:
+        lines.put(raw.decode(errors="replace"))
+    lines.put(None)
+
+
+def _next_line_with(
+    lines: queue.Queue[str | None], text: str, deadline: float, seen: list[str]
+) -> str:
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise AssertionError(f"no line with {text!r} in time; output so far:\n{''.join(seen)}")
+        try:
+            line = lines.get(timeout=remaining)
+        except queue.Empty:
+            continue
+        if line is None:
+            raise AssertionError(f"output ended before {text!r}:\n{''.join(seen)}")
+        seen.append(line)
+        if text in line:
+            return line
+
+
+def _embedded_nats(dev: psutil.Process, store: Path) -> psutil.Process:
+    for child in dev.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.name() == "nats-server" and str(store) in " ".join(child.cmdline()):
+                return child
+    raise AssertionError(f"no nats-server with its data in {store} under fleetward dev")
+
+
+def _gone(process: psutil.Process) -> bool:
+    try:
+        return bool(process.status() == psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_dev_runs_embedded_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWARD_")}
+    env["FLEETWARD_HOME"] = str(home)
+    proc = subprocess.Popen(
+        [*CLI, "dev", "--simulate", "5"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert proc.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+    reader = threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True)
+    reader.start()
+    seen: list[str] = []
+    nats_server: psutil.Process | None = None
+    postmaster: psutil.Process | None = None
+    try:
+        deadline = time.monotonic() + 45
+        _next_line_with(lines, "Fleetward is running", deadline, seen)
+        nats_line = _next_line_with(lines, "NATS", deadline, seen)
+        assert f"(embedded; data in {home / 'nats'})" in nats_line
+        status = _next_line_with(lines, "agents 5", deadline, seen)
+        assert "tasks" in status
+        assert (home / "runtime.json").exists()
+        nats_server = _embedded_nats(psutil.Process(proc.pid), home / "nats")
+        postmaster = psutil.Process(int((home / "pg" / "postmaster.pid").read_text().split()[0]))
+
+        proc.send_signal(signal.SIGINT)
+        try:
+            code = proc.wait(20)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"no exit within 20 s of SIGINT:\n{''.join(seen)}") from None
+        reader.join(5)
+        with contextlib.suppress(queue.Empty):
+            while (line := lines.get_nowait()) is not None:
+                seen.append(line)
+        assert code == 0, "".join(seen)
+        assert "Traceback" not in "".join(seen), "".join(seen)
+        assert (home / "nats").is_dir()
+        deadline = time.monotonic() + 10
+        while not (_gone(nats_server) and _gone(postmaster)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(nats_server), f"the embedded nats-server {nats_server.pid} still runs"
+        assert _gone(postmaster), f"the embedded Postgres {postmaster.pid} still runs"
+        assert not (home / "runtime.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for server in (nats_server, postmaster):
+            if server is not None and not _gone(server):
+                server.kill()
+        proc.stdout.close()
+        reader.join(5)

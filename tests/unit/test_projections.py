@@ -1,0 +1,934 @@
+"""The projections' folds, without a database: events in, rows out.
+
+Each test feeds events in stream order (increasing ``Meta.seq`` and ``Meta.time``) into an
+in-memory ``Rows`` and checks the rows. The last part folds a long simulated fleet once and in
+batches, loading between batches only the rows ``touches`` names, as the projector does, and
+checks that both give the same rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import random
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from projections.agents import AGENTS, AgentRegistry
+from projections.base import Key, Meta, Projection, Row, Rows, Table
+from projections.spend import SPEND_AGENTS, SPEND_DAILY, UNASSIGNED, Spend
+from projections.tasks import DELIVERABLES, REJECTIONS, TASKS, TaskBoard
+from projections.utilization import HOURLY, MAX_GAP, UTILIZATION, Utilization
+from schemas import new_id
+from schemas.events import (
+    AgentPaused,
+    AgentRegistered,
+    AgentResumed,
+    AgentRetired,
+    AgentVersionChanged,
+    Deliverable,
+    Event,
+    Heartbeat,
+    HeartbeatStatus,
+    RunFinished,
+    RunOutcome,
+    RunStarted,
+    SpendRecorded,
+    TaskAssigned,
+    TaskBlocked,
+    TaskCancelled,
+    TaskClaimed,
+    TaskCreated,
+    TaskLeaseExpired,
+    TaskProgressed,
+    TaskReleased,
+    TaskReviewed,
+    TaskSubmitted,
+    ToolCalled,
+    Verdict,
+    type_name,
+)
+from schemas.subjects import subject_of
+from services.simulate import Fleet
+
+T0 = datetime(2025, 3, 14, 9, 0, 0, tzinfo=UTC)
+AGENT = "agent-7"
+OTHER = "agent-8"
+TASK = "task-42"
+USER = "user:alice"
+SVC = "svc:supervisor"
+REVIEWER = "user:reviewer"
+SHA = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+
+# ---- folding -------------------------------------------------------------------------------
+
+
+class Fold:
+    """One projection folding events into one ``Rows``, with its own stream clock."""
+
+    def __init__(self, projection: Projection, start: datetime = T0) -> None:
+        self.projection = projection
+        self.rows = Rows()
+        self.seq = 0
+        self.time = start
+
+    def __call__(
+        self, event: Event, *, at: datetime | None = None, after: timedelta | None = None
+    ) -> Meta:
+        """Apply ``event`` at stream time ``at`` (or ``after`` the previous one; default 1s)."""
+        self.seq += 1
+        self.time = at if at is not None else self.time + (after or timedelta(seconds=1))
+        meta = Meta(self.seq, self.time, subject_of(event))
+        self.projection.apply(self.rows, event, meta)
+        return meta
+
+    def row(self, table: Table, *key: Any) -> Row:
+        row = self.rows.get(table, tuple(key))
+        assert row is not None, f"no row {key} in {table.name}"
+        return row
+
+    def table(self, table: Table) -> dict[Key, Row]:
+        return dict(self.rows.data.get(table.name, {}))
+
+
+def env(actor: str, at: datetime = T0) -> dict[str, Any]:
+    """The envelope; ``at`` is the producer's clock, which the folds must not use."""
+    return {"id": new_id(), "actor": actor, "at": at}
+
+
+# ---- event builders ------------------------------------------------------------------------
+
+
+def registered(agent: str = AGENT, team: str = "docs", **fields: Any) -> AgentRegistered:
+    defaults: dict[str, Any] = {"name": f"Agent {agent}", "owner": "alice@example.com"}
+    return AgentRegistered(**env(agent), agent=agent, team=team, **(defaults | fields))
+
+
+def paused(agent: str = AGENT, reason: str = "budget") -> AgentPaused:
+    return AgentPaused(**env(SVC), agent=agent, reason=reason)
+
+
+def resumed(agent: str = AGENT, reason: str = "budget raised") -> AgentResumed:
+    return AgentResumed(**env(USER), agent=agent, reason=reason)
+
+
+def retired(agent: str = AGENT, reason: str = "replaced") -> AgentRetired:
+    return AgentRetired(**env(USER), agent=agent, reason=reason)
+
+
+def created(task: str = TASK, **fields: Any) -> TaskCreated:
+    return TaskCreated(**env(USER), task=task, **({"project": "docs", "title": "T"} | fields))
+
+
+def assigned(agent: str = AGENT, task: str = TASK) -> TaskAssigned:
+    return TaskAssigned(**env(SVC), task=task, agent=agent)
+
+
+def claimed(agent: str = AGENT, epoch: int = 1, task: str = TASK) -> TaskClaimed:
+    return TaskClaimed(**env(agent), task=task, agent=agent, epoch=epoch, lease_s=120.0)
+
+
+def progressed(agent: str = AGENT, epoch: int = 1, task: str = TASK) -> TaskProgressed:
+    return TaskProgressed(**env(agent), task=task, agent=agent, epoch=epoch, percent=50.0)
+
+
+def blocked(agent: str = AGENT, epoch: int = 1, task: str = TASK) -> TaskBlocked:
+    return TaskBlocked(**env(agent), task=task, agent=agent, epoch=epoch, reason="need input")
+
+
+def released(agent: str = AGENT, epoch: int = 1, task: str = TASK) -> TaskReleased:
+    return TaskReleased(**env(agent), task=task, agent=agent, epoch=epoch)
+
+
+def submitted(
+    agent: str = AGENT, epoch: int = 1, task: str = TASK, content: str = "# v1"
+) -> TaskSubmitted:
+    deliverable = Deliverable(kind="markdown", sha256=SHA, content=content)
+    return TaskSubmitted(**env(agent), task=task, agent=agent, epoch=epoch, deliverable=deliverable)
+
+
+def reviewed(verdict: Verdict, agent: str = AGENT, task: str = TASK) -> TaskReviewed:
+    return TaskReviewed(**env(REVIEWER), task=task, agent=agent, verdict=verdict)
+
+
+def cancelled(task: str = TASK) -> TaskCancelled:
+    return TaskCancelled(**env(USER), task=task, reason="not needed")
+
+
+def lease_expired(agent: str = AGENT, epoch: int = 1, task: str = TASK) -> TaskLeaseExpired:
+    return TaskLeaseExpired(**env(SVC), task=task, agent=agent, epoch=epoch)
+
+
+def heartbeat(
+    status: HeartbeatStatus, agent: str = AGENT, task: str | None = None, message: str = ""
+) -> Heartbeat:
+    return Heartbeat(**env(agent), agent=agent, status=status, task=task, message=message)
+
+
+def spent(cost: float, agent: str = AGENT, tokens: tuple[int, int] = (0, 0)) -> SpendRecorded:
+    return SpendRecorded(
+        **env(agent),
+        agent=agent,
+        model="small-1",
+        tokens_in=tokens[0],
+        tokens_out=tokens[1],
+        cost_usd=cost,
+    )
+
+
+def tool(cost: float = 0.0, ok: bool = True, agent: str = AGENT) -> ToolCalled:
+    return ToolCalled(
+        **env(agent),
+        agent=agent,
+        tool="web.search",
+        duration_ms=10.0,
+        ok=ok,
+        error=None if ok else "timeout",
+        cost_usd=cost,
+    )
+
+
+def run_started(agent: str = AGENT, run: str = "run-1") -> RunStarted:
+    return RunStarted(**env(agent), agent=agent, run=run)
+
+
+def run_finished(outcome: RunOutcome, agent: str = AGENT, run: str = "run-1") -> RunFinished:
+    return RunFinished(**env(agent), agent=agent, run=run, outcome=outcome, latency_ms=5.0)
+
+
+# ---- agents --------------------------------------------------------------------------------
+
+
+def test_registration_fills_the_agent_row() -> None:
+    fold = Fold(AgentRegistry())
+    meta = fold(
+        registered(
+            purpose="writes docs",
+            risk_class="low",
+            version="2025.03.1",
+            heartbeat_interval_s=30.0,
+            roles=("writer", "reviewer"),
+            max_concurrent_tasks=3,
+        )
+    )
+    assert fold.row(AGENTS, AGENT) == {
+        "agent_id": AGENT,
+        "name": f"Agent {AGENT}",
+        "owner": "alice@example.com",
+        "team": "docs",
+        "purpose": "writes docs",
+        "risk_class": "low",
+        "version": "2025.03.1",
+        "status": "active",
+        "status_reason": "",
+        "heartbeat_interval_s": 30.0,
+        "roles": ["writer", "reviewer"],
+        "max_concurrent_tasks": 3,
+        "registered_at": meta.time,
+        "updated_at": meta.time,
+        "last_seq": meta.seq,
+    }
+    assert set(fold.row(AGENTS, AGENT)) == set(AGENTS.columns)
+
+
+def test_pause_resume_retire_change_status() -> None:
+    fold = Fold(AgentRegistry())
+    fold(registered())
+    meta = fold(paused(reason="budget"))
+    row = fold.row(AGENTS, AGENT)
+    assert (row["status"], row["status_reason"]) == ("paused", "budget")
+    assert (row["updated_at"], row["last_seq"]) == (meta.time, meta.seq)
+
+    fold(resumed(reason="raised"))
+    assert (fold.row(AGENTS, AGENT)["status"], fold.row(AGENTS, AGENT)["status_reason"]) == (
+        "active",
+        "raised",
+    )
+
+    meta = fold(retired(reason="replaced"))
+    row = fold.row(AGENTS, AGENT)
+    assert (row["status"], row["status_reason"]) == ("retired", "replaced")
+    assert row["last_seq"] == meta.seq
+
+
+def test_version_change_keeps_status() -> None:
+    fold = Fold(AgentRegistry())
+    fold(registered(version="1"))
+    fold(paused())
+    fold(AgentVersionChanged(**env(USER), agent=AGENT, version="2"))
+    row = fold.row(AGENTS, AGENT)
+    assert (row["version"], row["status"]) == ("2", "paused")
+
+
+def test_pause_before_registration_keeps_a_placeholder_then_stays_paused() -> None:
+    fold = Fold(AgentRegistry())
+    fold(paused(reason="pre-emptive"))
+    row = fold.row(AGENTS, AGENT)
+    assert row["status"] == "paused"
+    assert row["registered_at"] is None
+    assert row["team"] == "unassigned"
+
+    meta = fold(registered(team="research", version="3"))
+    row = fold.row(AGENTS, AGENT)
+    assert (row["team"], row["version"], row["owner"]) == ("research", "3", "alice@example.com")
+    assert row["registered_at"] == meta.time
+    assert (row["status"], row["status_reason"]) == ("paused", "pre-emptive")
+
+
+def test_retired_agent_ignores_pause_and_resume() -> None:
+    fold = Fold(AgentRegistry())
+    fold(registered())
+    retire = fold(retired(reason="gone"))
+    fold(paused())
+    fold(resumed())
+    row = fold.row(AGENTS, AGENT)
+    assert (row["status"], row["status_reason"]) == ("retired", "gone")
+    assert (row["last_seq"], row["updated_at"]) == (retire.seq, retire.time)
+
+
+def test_re_registration_brings_a_retired_agent_back() -> None:
+    fold = Fold(AgentRegistry())
+    first = fold(registered(team="docs"))
+    fold(retired())
+    fold(registered(team="platform"))
+    row = fold.row(AGENTS, AGENT)
+    assert (row["status"], row["status_reason"], row["team"]) == ("active", "", "platform")
+    assert row["registered_at"] == first.time  # the first registration is kept
+
+
+def test_re_registration_does_not_resume_a_paused_agent() -> None:
+    fold = Fold(AgentRegistry())
+    fold(registered())
+    fold(paused())
+    fold(registered(version="2"))
+    assert fold.row(AGENTS, AGENT)["status"] == "paused"
+
+
+def test_agents_projection_ignores_activity() -> None:
+    fold = Fold(AgentRegistry())
+    fold(spent(0.5))
+    fold(run_started())
+    assert fold.table(AGENTS) == {}
+    assert fold.rows.changed(AGENTS) == []
+
+
+# ---- tasks ---------------------------------------------------------------------------------
+
+
+def reject(fold: Fold, event: Event, why: str) -> None:
+    """Feed ``event`` and check that it changed nothing but left a rejection saying ``why``."""
+    task: str = getattr(event, "task")  # noqa: B009
+    before = copy.deepcopy(fold.rows.get(TASKS, (task,)))
+    deliverables = copy.deepcopy(fold.table(DELIVERABLES))
+    meta = fold(event)
+    assert fold.rows.get(TASKS, (task,)) == before, f"{type_name(type(event))} was applied"
+    assert fold.table(DELIVERABLES) == deliverables
+    rejection = fold.rows.get(REJECTIONS, (task, meta.seq))
+    assert rejection is not None, f"{type_name(type(event))} was not recorded as rejected"
+    assert rejection == {
+        "task_id": task,
+        "seq": meta.seq,
+        "event_id": event.id,
+        "type": type_name(type(event)),
+        "actor": event.actor,
+        "reason": rejection["reason"],
+        "at": meta.time,
+    }
+    assert why in rejection["reason"], f"reason {rejection['reason']!r} lacks {why!r}"
+
+
+def task_fold(*events: Event) -> Fold:
+    fold = Fold(TaskBoard())
+    for event in events:
+        fold(event)
+    assert fold.table(REJECTIONS) == {}, "setup events were rejected"
+    return fold
+
+
+def test_task_life_with_a_rejected_review() -> None:
+    fold = Fold(TaskBoard())
+    c = fold(created(priority="high", depends_on=("task-41",), sla_s=3600.0))
+    row = fold.row(TASKS, TASK)
+    assert (row["status"], row["claim_epoch"], row["assignee"]) == ("inbox", 0, None)
+    assert (row["created_by"], row["created_at"], row["priority"]) == (USER, c.time, "high")
+    assert row["depends_on"] == ["task-41"]
+
+    claim = fold(claimed(epoch=1))
+    row = fold.row(TASKS, TASK)
+    assert (row["status"], row["assignee"], row["claim_epoch"]) == ("in_progress", AGENT, 1)
+    assert (row["claimed_at"], row["lease_s"]) == (claim.time, 120.0)
+
+    fold(progressed())
+    assert fold.row(TASKS, TASK)["status"] == "in_progress"
+
+    first = fold(submitted(content="# draft"))
+    row = fold.row(TASKS, TASK)
+    assert (row["status"], row["deliverable_version"]) == ("review", 1)
+    assert row["submitted_at"] == first.time
+    assert fold.row(DELIVERABLES, TASK, 1) == {
+        "task_id": TASK,
+        "version": 1,
+        "agent": AGENT,
+        "epoch": 1,
+        "kind": "markdown",
+        "sha256": SHA,
+        "uri": None,
+        "content": "# draft",
+        "submitted_at": first.time,
+        "seq": first.seq,
+    }
+
+    fold(reviewed("reject"))
+    row = fold.row(TASKS, TASK)
+    assert (row["status"], row["review_rounds"], row["rework_count"]) == ("in_progress", 1, 1)
+    assert row["done_at"] is None
+    assert row["assignee"] == AGENT
+
+    second = fold(submitted(content="# final"))
+    row = fold.row(TASKS, TASK)
+    assert (row["status"], row["deliverable_version"]) == ("review", 2)
+    assert fold.row(DELIVERABLES, TASK, 2)["content"] == "# final"
+    assert fold.row(DELIVERABLES, TASK, 2)["seq"] == second.seq
+    assert fold.row(DELIVERABLES, TASK, 1)["content"] == "# draft"  # version 1 is kept
+
+    done = fold(reviewed("approve"))
+    row = fold.row(TASKS, TASK)
+    assert (row["status"], row["done_at"]) == ("done", done.time)
+    assert (row["review_rounds"], row["rework_count"]) == (2, 1)
+    assert (row["updated_at"], row["last_seq"]) == (done.time, done.seq)
+    assert fold.table(REJECTIONS) == {}
+
+
+def test_block_and_progress() -> None:
+    fold = task_fold(created(), claimed())
+    fold(blocked())
+    row = fold.row(TASKS, TASK)
+    assert (row["status"], row["blocked_reason"]) == ("blocked", "need input")
+    fold(progressed())
+    row = fold.row(TASKS, TASK)
+    assert (row["status"], row["blocked_reason"]) == ("in_progress", None)
+
+
+def test_claim_of_a_task_held_by_another_agent_is_rejected() -> None:
+    fold = task_fold(created(), claimed(AGENT, 1))
+    reject(fold, claimed(OTHER, 2), "in_progress")
+    assert fold.row(TASKS, TASK)["assignee"] == AGENT
+
+
+@pytest.mark.parametrize("epoch", [2, 3])
+def test_claim_with_the_wrong_epoch_is_rejected(epoch: int) -> None:
+    fold = task_fold(created())
+    reject(fold, claimed(epoch=epoch), "expected 1")
+
+
+def test_lease_expiry_returns_the_task_and_opens_epoch_2() -> None:
+    fold = task_fold(created(), claimed(AGENT, 1), progressed(AGENT, 1))
+    fold(lease_expired(AGENT, 1))
+    row = fold.row(TASKS, TASK)
+    assert (row["status"], row["assignee"], row["claim_epoch"]) == ("inbox", None, 1)
+
+    reject(fold, progressed(AGENT, 1), "not the current claim")
+    reject(fold, submitted(AGENT, 1), "not the current claim")
+    reject(fold, claimed(OTHER, 1), "expected 2")
+
+    fold(claimed(OTHER, 2))
+    row = fold.row(TASKS, TASK)
+    assert (row["status"], row["assignee"], row["claim_epoch"]) == ("in_progress", OTHER, 2)
+    reject(fold, progressed(AGENT, 1), "not the current claim")
+    reject(fold, progressed(AGENT, 2), "not the current claim")  # right epoch, wrong agent
+
+
+def test_release_returns_the_task_to_the_inbox() -> None:
+    fold = task_fold(created(), claimed(AGENT, 1))
+    fold(released(AGENT, 1))
+    row = fold.row(TASKS, TASK)
+    assert (row["status"], row["assignee"]) == ("inbox", None)
+    fold(claimed(AGENT, 2))
+    assert fold.row(TASKS, TASK)["claim_epoch"] == 2
+
+
+def test_lease_expiry_for_an_old_epoch_is_rejected() -> None:
+    fold = task_fold(created(), claimed(AGENT, 1), released(AGENT, 1), claimed(OTHER, 2))
+    reject(fold, lease_expired(AGENT, 1), "not the current claim")
+    assert fold.row(TASKS, TASK)["status"] == "in_progress"
+
+
+def test_submission_by_a_non_holder_is_rejected() -> None:
+    fold = task_fold(created(), claimed(AGENT, 1))
+    reject(fold, submitted(OTHER, 1), "not the current claim")
+    assert fold.table(DELIVERABLES) == {}
+
+
+def test_submission_when_not_held_is_rejected() -> None:
+    fold = task_fold(created(), claimed(), submitted())
+    reject(fold, submitted(content="again"), "task is review")
+    assert list(fold.table(DELIVERABLES)) == [(TASK, 1)]
+
+
+@pytest.mark.parametrize("verdict", ["approve", "reject"])
+def test_review_when_not_in_review_is_rejected(verdict: Verdict) -> None:
+    fold = task_fold(created(), claimed())
+    reject(fold, reviewed(verdict), "task is in_progress")
+    assert fold.row(TASKS, TASK)["review_rounds"] == 0
+
+
+def test_review_of_another_agents_deliverable_is_rejected() -> None:
+    fold = task_fold(created(), claimed(AGENT), submitted(AGENT))
+    reject(fold, reviewed("approve", agent=OTHER), "deliverable under review")
+
+
+def test_review_after_approval_is_rejected() -> None:
+    fold = task_fold(created(), claimed(), submitted(), reviewed("approve"))
+    reject(fold, reviewed("reject"), "task is done")
+
+
+def test_event_for_an_unknown_task_is_rejected() -> None:
+    fold = Fold(TaskBoard())
+    reject(fold, claimed(), "unknown task")
+    assert fold.table(TASKS) == {}
+
+
+def test_duplicate_task_created_is_rejected() -> None:
+    fold = task_fold(created(title="first"), claimed())
+    reject(fold, created(title="second"), "already exists")
+    row = fold.row(TASKS, TASK)
+    assert (row["title"], row["status"]) == ("first", "in_progress")
+
+
+def test_cancel_of_an_open_task() -> None:
+    fold = task_fold(created(), claimed())
+    fold(cancelled())
+    assert fold.row(TASKS, TASK)["status"] == "cancelled"
+    reject(fold, progressed(), "task is cancelled")
+    reject(fold, cancelled(), "task is cancelled")
+
+
+def test_cancel_of_a_done_task_is_rejected() -> None:
+    fold = task_fold(created(), claimed(), submitted(), reviewed("approve"))
+    reject(fold, cancelled(), "task is done")
+    assert fold.row(TASKS, TASK)["status"] == "done"
+
+
+def test_assigned_task_can_only_be_claimed_by_the_assignee() -> None:
+    fold = task_fold(created())
+    fold(assigned(AGENT))
+    row = fold.row(TASKS, TASK)
+    assert (row["status"], row["assignee"]) == ("assigned", AGENT)
+
+    reject(fold, claimed(OTHER, 1), f"assigned to {AGENT}")
+    fold(claimed(AGENT, 1))
+    row = fold.row(TASKS, TASK)
+    assert (row["status"], row["assignee"], row["claim_epoch"]) == ("in_progress", AGENT, 1)
+
+
+def test_assigning_a_held_task_is_rejected() -> None:
+    fold = task_fold(created(), claimed(AGENT))
+    reject(fold, assigned(OTHER), "task is in_progress")
+
+
+def test_rejections_of_one_task_are_kept_apart() -> None:
+    fold = task_fold(created(), claimed(AGENT, 1))
+    first = fold(claimed(OTHER, 2))
+    second = fold(claimed(OTHER, 2))
+    assert set(fold.table(REJECTIONS)) == {(TASK, first.seq), (TASK, second.seq)}
+
+
+# ---- utilization ---------------------------------------------------------------------------
+
+
+def util_row(fold: Fold, agent: str = AGENT) -> Row:
+    return fold.row(UTILIZATION, agent)
+
+
+def test_gap_is_credited_to_the_previous_heartbeats_state() -> None:
+    fold = Fold(Utilization())
+    gap = timedelta(seconds=1, microseconds=234_567)
+    fold(heartbeat("busy"), at=T0)
+    fold(heartbeat("idle"), at=T0 + gap)  # the gap was busy
+    assert (util_row(fold)["busy_us"], util_row(fold)["idle_us"]) == (1_234_567, 0)
+
+    fold(heartbeat("waiting"), at=T0 + 2 * gap)  # the gap was idle
+    assert (util_row(fold)["busy_us"], util_row(fold)["idle_us"]) == (1_234_567, 1_234_567)
+
+    fold(heartbeat("error"), at=T0 + 3 * gap)  # waiting counts as busy
+    assert (util_row(fold)["busy_us"], util_row(fold)["idle_us"]) == (2_469_134, 1_234_567)
+
+    fold(heartbeat("busy"), at=T0 + 4 * gap)  # error counts as nothing
+    row = util_row(fold)
+    assert (row["busy_us"], row["idle_us"], row["heartbeats"]) == (2_469_134, 1_234_567, 5)
+    assert isinstance(row["busy_us"], int)
+    assert isinstance(row["idle_us"], int)
+
+
+def test_durations_are_whole_microseconds_over_days() -> None:
+    fold = Fold(Utilization())
+    fold(heartbeat("busy"), at=T0)
+    fold(heartbeat("busy"), at=T0 + timedelta(microseconds=1))
+    fold(heartbeat("busy"), at=T0 + timedelta(seconds=299, microseconds=999_999))
+    assert util_row(fold)["busy_us"] == 299_999_999
+    assert type(util_row(fold)["busy_us"]) is int
+
+
+def test_gap_over_max_gap_counts_nothing() -> None:
+    fold = Fold(Utilization())
+    fold(heartbeat("busy"), at=T0)
+    fold(heartbeat("idle"), at=T0 + MAX_GAP)  # exactly MAX_GAP still counts
+    assert util_row(fold)["busy_us"] == MAX_GAP // timedelta(microseconds=1)
+
+    silence = T0 + MAX_GAP + MAX_GAP + timedelta(microseconds=1)
+    fold(heartbeat("busy"), at=silence)
+    row = util_row(fold)
+    assert (row["busy_us"], row["idle_us"]) == (MAX_GAP // timedelta(microseconds=1), 0)
+    assert row["last_seen"] == silence
+
+    fold(heartbeat("busy"), at=silence + timedelta(seconds=10))  # counting resumes
+    assert util_row(fold)["busy_us"] == MAX_GAP // timedelta(microseconds=1) + 10_000_000
+
+
+def test_days_long_silence_counts_nothing() -> None:
+    fold = Fold(Utilization())
+    fold(heartbeat("idle"), at=T0)
+    fold(heartbeat("idle"), at=T0 + timedelta(days=3, seconds=1))
+    assert (util_row(fold)["busy_us"], util_row(fold)["idle_us"]) == (0, 0)
+
+
+def test_hourly_buckets_take_the_gap_in_the_hour_of_the_later_heartbeat() -> None:
+    fold = Fold(Utilization())
+    nine = T0.replace(hour=9)
+    ten = T0.replace(hour=10)
+    fold(heartbeat("busy"), at=nine + timedelta(minutes=59, seconds=30))
+    fold(heartbeat("idle"), at=ten + timedelta(seconds=20))  # 50 s busy, credited to 10:00
+    fold(heartbeat("idle"), at=ten + timedelta(seconds=50))  # 30 s idle
+    assert fold.table(HOURLY) == {
+        (AGENT, nine): {
+            "agent_id": AGENT,
+            "hour": nine,
+            "busy_us": 0,
+            "idle_us": 0,
+            "heartbeats": 1,
+        },
+        (AGENT, ten): {
+            "agent_id": AGENT,
+            "hour": ten,
+            "busy_us": 50_000_000,
+            "idle_us": 30_000_000,
+            "heartbeats": 2,
+        },
+    }
+    row = util_row(fold)
+    assert (row["busy_us"], row["idle_us"], row["heartbeats"]) == (50_000_000, 30_000_000, 3)
+
+
+def test_agents_are_counted_apart() -> None:
+    fold = Fold(Utilization())
+    fold(heartbeat("busy", agent=AGENT), at=T0)
+    fold(heartbeat("idle", agent=OTHER), at=T0 + timedelta(seconds=1))
+    fold(heartbeat("idle", agent=AGENT), at=T0 + timedelta(seconds=5))
+    fold(heartbeat("idle", agent=OTHER), at=T0 + timedelta(seconds=8))
+    assert (util_row(fold, AGENT)["busy_us"], util_row(fold, AGENT)["idle_us"]) == (5_000_000, 0)
+    assert (util_row(fold, OTHER)["busy_us"], util_row(fold, OTHER)["idle_us"]) == (0, 7_000_000)
+
+
+def test_state_and_task_follow_the_latest_heartbeat() -> None:
+    fold = Fold(Utilization())
+    first = fold(heartbeat("busy", task=TASK, message="drafting"), at=T0)
+    last = fold(heartbeat("idle", task=None, message="waiting for work"), at=T0 + MAX_GAP * 2)
+    assert util_row(fold) == {
+        "agent_id": AGENT,
+        "state": "idle",
+        "current_task": None,
+        "message": "waiting for work",
+        "first_seen": first.time,
+        "last_seen": last.time,
+        "busy_us": 0,
+        "idle_us": 0,
+        "heartbeats": 2,
+        "last_seq": last.seq,
+    }
+    fold(heartbeat("waiting", task="task-43", message="tool"), at=last.time + timedelta(seconds=1))
+    row = util_row(fold)
+    assert (row["state"], row["current_task"], row["message"]) == ("waiting", "task-43", "tool")
+
+
+def test_time_comes_from_the_stream_not_the_producer() -> None:
+    fold = Fold(Utilization())
+    late = T0 + timedelta(hours=5)
+    fold(Heartbeat(**env(AGENT, at=late), agent=AGENT, status="busy"), at=T0)
+    fold(Heartbeat(**env(AGENT, at=T0), agent=AGENT, status="busy"), at=T0 + timedelta(seconds=2))
+    assert util_row(fold)["busy_us"] == 2_000_000
+    assert set(fold.table(HOURLY)) == {(AGENT, T0)}
+
+
+# ---- spend ---------------------------------------------------------------------------------
+
+
+def exact(*costs: float) -> Decimal:
+    return sum((Decimal(repr(c)) for c in costs), Decimal(0))
+
+
+def day_row(fold: Fold, day: date, agent: str = AGENT) -> Row:
+    return fold.row(SPEND_DAILY, agent, day)
+
+
+def test_cost_sums_are_exact_decimals() -> None:
+    fold = Fold(Spend())
+    fold(spent(0.1))
+    fold(spent(0.2))
+    fold(tool(0.2))
+    fold(tool(0.1))
+    row = day_row(fold, T0.date())
+    assert row["model_cost_usd"] == Decimal("0.3")
+    assert row["tool_cost_usd"] == Decimal("0.3")
+    assert isinstance(row["model_cost_usd"], Decimal)
+
+    costs = [0.0668, 1e-7, 0.000123, 12.34, 1 / 3, 0.3, 2.5e-5]
+    fold = Fold(Spend())
+    for c in costs:
+        fold(spent(c))
+        fold(tool(c * 2))
+    row = day_row(fold, T0.date())
+    assert row["model_cost_usd"] == exact(*costs)
+    assert row["tool_cost_usd"] == exact(*(c * 2 for c in costs))
+    assert row["model_cost_usd"] != Decimal(repr(sum(costs)))
+
+
+def test_tokens_runs_and_tool_calls_are_counted() -> None:
+    fold = Fold(Spend())
+    fold(run_started(run="r1"))
+    fold(spent(0.01, tokens=(1000, 200)))
+    fold(tool(ok=True))
+    fold(tool(ok=False))
+    fold(tool(ok=False))
+    fold(run_finished("failed", run="r1"))
+    fold(run_started(run="r2"))
+    fold(spent(0.02, tokens=(30, 4)))
+    fold(run_finished("succeeded", run="r2"))
+    fold(run_started(run="r3"))
+    fold(run_finished("cancelled", run="r3"))
+    row = day_row(fold, T0.date())
+    assert {k: row[k] for k in SPEND_DAILY.columns if k not in ("model_cost_usd", "day")} == {
+        "agent_id": AGENT,
+        "team": UNASSIGNED,
+        "tool_cost_usd": Decimal(0),
+        "tokens_in": 1030,
+        "tokens_out": 204,
+        "runs": 3,
+        "runs_failed": 1,
+        "tool_calls": 3,
+        "tool_errors": 2,
+        "spend_events": 2,
+    }
+    assert row["model_cost_usd"] == Decimal("0.03")
+
+
+def test_team_is_stamped_from_the_latest_registration() -> None:
+    fold = Fold(Spend())
+    d1 = T0
+    fold(spent(1.0), at=d1)
+    assert day_row(fold, d1.date())["team"] == UNASSIGNED
+
+    fold(registered(team="docs"), at=d1 + timedelta(minutes=1))
+    assert fold.row(SPEND_AGENTS, AGENT) == {"agent_id": AGENT, "team": "docs"}
+    fold(spent(1.0), at=d1 + timedelta(minutes=2))
+    assert day_row(fold, d1.date())["team"] == "docs"
+
+    d2 = d1 + timedelta(days=1)
+    fold(registered(team="platform"), at=d2)
+    fold(tool(0.5), at=d2 + timedelta(minutes=1))
+    assert day_row(fold, d2.date())["team"] == "platform"
+    assert day_row(fold, d1.date())["team"] == "docs"  # the earlier day keeps its team
+
+    fold(registered(OTHER, team="growth"), at=d2 + timedelta(minutes=2))
+    fold(tool(0.5), at=d2 + timedelta(minutes=3))
+    assert day_row(fold, d2.date())["team"] == "platform"  # another agent's registration
+
+
+def test_registration_alone_makes_no_day_row() -> None:
+    fold = Fold(Spend())
+    fold(registered())
+    assert fold.table(SPEND_DAILY) == {}
+
+
+def test_day_comes_from_the_stream_time_not_the_event() -> None:
+    fold = Fold(Spend())
+    before_midnight = datetime(2025, 3, 14, 23, 59, 59, 999_999, tzinfo=UTC)
+    midnight = datetime(2025, 3, 15, tzinfo=UTC)
+    fold(SpendRecorded(**env(AGENT, at=midnight), agent=AGENT, model="m", cost_usd=1.5), at=T0)
+    fold(
+        SpendRecorded(**env(AGENT, at=T0), agent=AGENT, model="m", cost_usd=0.25),
+        at=before_midnight,
+    )
+    fold(
+        SpendRecorded(**env(AGENT, at=before_midnight), agent=AGENT, model="m", cost_usd=2.0),
+        at=midnight,
+    )
+    table = fold.table(SPEND_DAILY)
+    assert set(table) == {(AGENT, date(2025, 3, 14)), (AGENT, date(2025, 3, 15))}
+    assert table[(AGENT, date(2025, 3, 14))]["model_cost_usd"] == Decimal("1.75")
+    assert table[(AGENT, date(2025, 3, 15))]["model_cost_usd"] == Decimal("2.0")
+    assert table[(AGENT, date(2025, 3, 14))]["day"] == date(2025, 3, 14)
+
+
+# ---- batching: one fold equals many batches ------------------------------------------------
+
+START = datetime(2025, 3, 14, 22, 40, 0, tzinfo=UTC)  # the run crosses hours and midnight
+
+
+def _disturb(rng: random.Random, fleet: Fleet) -> list[Event]:
+    """Events the demo fleet never makes: lifecycle changes, lease expiries, stale or rival
+    claims, cancellations and unusual heartbeats, so that every branch of the folds runs."""
+    out: list[Event] = []
+    agent = rng.choice(fleet.agents)
+    me = agent.agent_id
+    roll = rng.random()
+    if roll < 0.05:
+        out.append(paused(me) if rng.random() < 0.5 else resumed(me))
+    elif roll < 0.07:
+        out.append(retired(me))
+    elif roll < 0.09:
+        out.append(registered(me, team=rng.choice(("research", "support", "infra"))))
+    elif roll < 0.11:
+        out.append(AgentVersionChanged(**env(USER), agent=me, version=str(rng.randint(2, 9))))
+    elif roll < 0.16 and agent.task is not None:
+        out.append(lease_expired(me, agent.epoch, agent.task))
+        in_review = any(task == agent.task for task, _ in fleet.review)
+        if not in_review and rng.random() < 0.6:  # the agent notices; the task is claimed anew
+            fleet.inbox.append(agent.task)
+            agent.task = agent.run = None
+        # otherwise it goes on with its old epoch, and the board rejects what it sends
+    elif roll < 0.20 and agent.task is not None:
+        rival = rng.choice(fleet.agents).agent_id
+        out.append(claimed(rival, agent.epoch + rng.randint(0, 1), agent.task))
+    elif roll < 0.22 and fleet.inbox:
+        out.append(cancelled(rng.choice(fleet.inbox)))
+    elif roll < 0.23 and fleet.inbox:
+        task = rng.choice(fleet.inbox)
+        out.append(claimed(me, fleet.epochs.get(task, 0) + 2, task))  # skips an epoch
+    elif roll < 0.24:
+        out.append(created(f"task-{rng.randint(1, fleet.task_no):05d}"))  # a duplicate
+    elif roll < 0.26:
+        out.append(progressed(me, 1, "task-unknown"))
+    elif roll < 0.34:
+        status: HeartbeatStatus = rng.choice(("waiting", "error"))
+        out.append(heartbeat(status, me, agent.task))
+    return out
+
+
+@functools.cache
+def generated() -> tuple[tuple[Event, Meta], ...]:
+    """A few thousand events of a simulated fleet, each with its stream position and time."""
+    fleet = Fleet(12, seed=11)
+    rng = random.Random(11)
+    now = START
+    events = fleet.start(now)
+    for _ in range(150):
+        now += timedelta(seconds=1)
+        events += fleet.tick(now)
+        events += _disturb(rng, fleet)
+    out: list[tuple[Event, Meta]] = []
+    time = START
+    for seq, event in enumerate(events, start=1):
+        if rng.random() < 0.002:
+            time += MAX_GAP + timedelta(seconds=rng.randint(1, 600))  # a silence
+        else:
+            time += timedelta(microseconds=rng.randint(0, 2_500_000))
+        out.append((event, Meta(seq, time, subject_of(event))))
+    return tuple(out)
+
+
+def stream_of(projection: Projection) -> list[tuple[Event, Meta]]:
+    """The generated events on the subjects ``projection`` reads."""
+    prefixes = tuple(s.removesuffix(">") for s in projection.subjects)
+    return [(e, m) for e, m in generated() if m.subject.startswith(prefixes)]
+
+
+Tables = dict[str, dict[Key, Row]]
+
+
+def fold_at_once(projection: Projection, items: list[tuple[Event, Meta]]) -> Tables:
+    rows = Rows()
+    for event, meta in items:
+        projection.apply(rows, event, meta)
+    return {t.name: dict(rows.data.get(t.name, {})) for t in projection.tables}
+
+
+def fold_in_batches(
+    projection: Projection, items: list[tuple[Event, Meta]], sizes: Callable[[], int]
+) -> Tables:
+    """What the projector does: per batch, load only the rows ``touches`` names from the
+    database (copies, as a round trip would make), fold, and write back the changed rows."""
+    db: Tables = {t.name: {} for t in projection.tables}
+    i = 0
+    while i < len(items):
+        batch = items[i : i + sizes()]
+        i += len(batch)
+        rows = Rows()
+        for event, meta in batch:
+            for table, key in projection.touches(event, meta):
+                if key in db[table.name]:
+                    rows.data.setdefault(table.name, {})[key] = copy.deepcopy(db[table.name][key])
+        for event, meta in batch:
+            projection.apply(rows, event, meta)
+        for table in projection.tables:
+            for row in rows.changed(table):
+                db[table.name][table.key_of(row)] = copy.deepcopy(row)
+    return db
+
+
+PROJECTIONS = [AgentRegistry(), TaskBoard(), Utilization(), Spend()]
+CHUNKINGS: dict[str, Callable[[random.Random], Callable[[], int]]] = {
+    "one-by-one": lambda rng: lambda: 1,
+    "pairs": lambda rng: lambda: 2,
+    "fixed-97": lambda rng: lambda: 97,
+    "random": lambda rng: lambda: rng.choice((1, 3, 17, 50, 250, 1000)),
+}
+
+
+def test_generated_stream_exercises_every_path() -> None:
+    """Guards the batching test below: the stream is long and reaches every branch."""
+    assert len(generated()) > 2000
+    agents = fold_at_once(AgentRegistry(), stream_of(AgentRegistry()))[AGENTS.name]
+    assert {r["status"] for r in agents.values()} >= {"active", "paused", "retired"}
+
+    tasks = fold_at_once(TaskBoard(), stream_of(TaskBoard()))
+    assert {r["status"] for r in tasks[TASKS.name].values()} >= {
+        "inbox",
+        "in_progress",
+        "review",
+        "done",
+        "cancelled",
+    }
+    assert len(tasks[DELIVERABLES.name]) > 20
+    assert any(r["claim_epoch"] > 1 for r in tasks[TASKS.name].values())
+    assert any(r["rework_count"] > 0 for r in tasks[TASKS.name].values())
+    reasons = {r["reason"].split(" ")[0] for r in tasks[REJECTIONS.name].values()}
+    assert {"epoch", "task", "unknown", "claim"} <= reasons, reasons
+
+    util = fold_at_once(Utilization(), stream_of(Utilization()))
+    assert len({hour for _, hour in util[HOURLY.name]}) >= 2
+    assert all(r["busy_us"] > 0 for r in util[UTILIZATION.name].values())
+    assert all(r["idle_us"] > 0 for r in util[UTILIZATION.name].values())
+
+    spend = fold_at_once(Spend(), stream_of(Spend()))
+    assert len({day for _, day in spend[SPEND_DAILY.name]}) >= 2
+    assert len({r["team"] for r in spend[SPEND_DAILY.name].values()}) >= 4
+
+
+@pytest.mark.parametrize("chunking", list(CHUNKINGS))
+@pytest.mark.parametrize("projection", PROJECTIONS, ids=[p.name for p in PROJECTIONS])
+def test_batched_fold_equals_one_fold(projection: Projection, chunking: str) -> None:
+    items = stream_of(projection)
+    assert len(items) > 500
+    whole = fold_at_once(projection, items)
+    batched = fold_in_batches(projection, items, CHUNKINGS[chunking](random.Random(5)))
+    for table in projection.tables:
+        assert whole[table.name], f"{table.name} is empty: the test would prove nothing"
+        missing = whole[table.name].keys() ^ batched[table.name].keys()
+        assert not missing, f"{table.name}: keys in only one of the folds: {sorted(missing)[:5]}"
+        for key, row in whole[table.name].items():
+            assert batched[table.name][key] == row, f"{table.name} {key} differs"
