@@ -41,7 +41,10 @@ class Table:
     columns: tuple[str, ...]
 
     def key_of(self, row: Row) -> Key:
-        return tuple(row[k] for k in self.key)
+        key = self.key
+        if len(key) == 1:
+            return (row[key[0]],)
+        return tuple([row[k] for k in key])
 
 
 @dataclass(slots=True)
@@ -61,7 +64,7 @@ class Rows:
 
     def changed(self, table: Table) -> list[Row]:
         rows = self.data.get(table.name, {})
-        return [rows[k] for k in sorted(self.dirty.get(table.name, ()), key=repr)]
+        return [rows[k] for k in sorted(self.dirty.get(table.name, ()))]  # one lock order
 
 
 class Projection:

@@ -19,7 +19,8 @@ from services.errors import FleetwardError
 from services.runtime import open_runtime
 from services.serve import run_services
 
-console = Console(highlight=False, soft_wrap=True)
+# piped output is not cut to 80 columns: tables keep their ids whole
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from functools import cache
 from importlib import resources
+from operator import itemgetter
 from typing import Any
 
 import asyncpg
@@ -68,18 +69,40 @@ def load_sql(table: Table) -> str:
     return f"SELECT {cols} FROM {table.name} WHERE ({keys}) IN (SELECT * FROM unnest({arrays}))"
 
 
+def stage_name(table: Table) -> str:
+    return "stage_" + table.name.replace(".", "_")
+
+
 @cache
-def upsert_sql(table: Table) -> str:
-    """Insert one row of ``table``, or replace the row with the same key."""
+def stage_sql(table: Table) -> str:
+    """A session-private staging table shaped like ``table``, emptied at every commit."""
+    return (
+        f"CREATE TEMP TABLE IF NOT EXISTS {stage_name(table)} "
+        f"(LIKE {table.name}) ON COMMIT DELETE ROWS"
+    )
+
+
+@cache
+def merge_sql(table: Table) -> str:
+    """Upsert every staged row into ``table`` (rows with the same key replace the old one)."""
     cols = ", ".join(table.columns)
-    params = ", ".join(f"${i}" for i in range(1, len(table.columns) + 1))
     rest = [c for c in table.columns if c not in table.key]
     update = ", ".join(f"{c} = EXCLUDED.{c}" for c in rest)
     action = f"DO UPDATE SET {update}" if rest else "DO NOTHING"
     return (
-        f"INSERT INTO {table.name} ({cols}) VALUES ({params}) "
+        f"INSERT INTO {table.name} ({cols}) SELECT {cols} FROM {stage_name(table)} "
         f"ON CONFLICT ({', '.join(table.key)}) {action}"
     )
+
+
+async def write_rows(conn: Conn, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Write changed rows of ``table``: COPY them into the staging table, then one upsert.
+    Must run inside a transaction (the staging table empties at commit)."""
+    await conn.execute(stage_sql(table))
+    values = itemgetter(*table.columns)  # columns are many, so this returns a tuple
+    records = [values(r) for r in rows]
+    await conn.copy_records_to_table(stage_name(table), records=records, columns=table.columns)
+    await conn.execute(merge_sql(table))
 
 
 def key_arrays(table: Table, keys: list[tuple[Any, ...]]) -> list[list[Any]]:

@@ -24,7 +24,7 @@ import anyio
 import asyncpg
 
 from projections import Meta, Projection, Rows
-from projections.base import Key, Table
+from projections.base import Key, Row, Table
 from schemas import Event, Rejected, admit, type_name
 from services import db, metrics
 from services.db import Conn, q
@@ -65,8 +65,12 @@ def fold(
 
 
 async def apply_batch(
-    conn: Conn, projection: Projection, batch: list[Delivery], expected: int
-) -> tuple[int, BatchResult]:
+    conn: Conn,
+    projection: Projection,
+    batch: list[Delivery],
+    expected: int,
+    cache: RowCache | None = None,
+) -> tuple[int, BatchResult, Rows]:
     """Apply ``batch`` inside the caller's transaction. Returns the new checkpoint."""
     result = BatchResult()
     checkpoint = await conn.fetchval(q("checkpoint_lock"), projection.name)
@@ -89,7 +93,7 @@ async def apply_batch(
             continue
         seen.add(event.id)
         items.append((event, Meta(d.seq, d.time, d.subject)))
-    rows = await load_rows(conn, projection, items)
+    rows = await load_rows(conn, projection, items, cache)
     by_seq = {d.seq: d for d in batch}
     for meta, reason, detail in fold(projection, items, rows):
         dead.append((by_seq[meta.seq], reason, detail))
@@ -100,9 +104,7 @@ async def apply_batch(
     for table in projection.tables:
         changed = rows.changed(table)
         if changed:
-            await conn.executemany(
-                db.upsert_sql(table), [[r[c] for c in table.columns] for r in changed]
-            )
+            await db.write_rows(conn, table, changed)
     if dead:
         await conn.executemany(
             q("dead_letter_insert"),
@@ -125,21 +127,59 @@ async def apply_batch(
     status = await conn.execute(q("checkpoint_advance"), projection.name, checkpoint, last)
     if status != "UPDATE 1":
         raise Resync("checkpoint compare-and-set failed")
-    return last, result
+    return last, result, rows
 
 
-async def load_rows(conn: Conn, projection: Projection, items: list[tuple[Event, Meta]]) -> Rows:
+class RowCache:
+    """Rows this runner committed or read, by table and key. A runner is its projection's only
+    writer, so these equal the database as long as no other writer commits; any re-positioning
+    (another writer moved the checkpoint, an error) empties the cache."""
+
+    def __init__(self, limit: int = 250_000) -> None:
+        self.limit = limit
+        self.tables: dict[str, dict[Key, Row]] = {}
+
+    def clear(self) -> None:
+        self.tables.clear()
+
+    def remember(self, rows: Rows) -> None:
+        """Keep a committed batch's rows (called after the commit)."""
+        for name, bucket in rows.data.items():
+            cached = self.tables.setdefault(name, {})
+            if len(cached) + len(bucket) > self.limit:
+                cached.clear()
+            cached.update(bucket)
+
+
+async def load_rows(
+    conn: Conn,
+    projection: Projection,
+    items: list[tuple[Event, Meta]],
+    cache: RowCache | None = None,
+) -> Rows:
+    """The rows the batch touches: from the cache, the rest in one query per table."""
     wanted: dict[Table, set[Key]] = {}
     for event, meta in items:
         for table, key in projection.touches(event, meta):
             wanted.setdefault(table, set()).add(key)
     rows = Rows()
     for table, keys in wanted.items():
-        found = await conn.fetch(db.load_sql(table), *db.key_arrays(table, list(keys)))
         bucket = rows.data.setdefault(table.name, {})
+        cached = cache.tables.get(table.name, {}) if cache is not None else {}
+        missing = []
+        for key in keys:
+            row = cached.get(key)
+            if row is None:
+                missing.append(key)
+            else:
+                bucket[key] = row
+        if not missing:
+            continue
+        found = await conn.fetch(db.load_sql(table), *db.key_arrays(table, missing))
+        key_of = table.key_of
         for record in found:
             row = dict(record)
-            bucket[table.key_of(row)] = row
+            bucket[key_of(row)] = row
     return rows
 
 
@@ -160,10 +200,12 @@ class ProjectionRunner:
         self.checkpoint = 0
         self.consumer: PullConsumer | None = None
         self.caught_up = False  # the last committed batch left nothing pending
+        self.cache = RowCache()
 
     async def position(self) -> None:
         """Read the checkpoint and put the consumer right after it."""
         p = self.projection
+        self.cache.clear()
         async with self.rt.pool.acquire() as conn:
             await conn.execute(q("checkpoint_init"), p.name, p.stream)
             self.checkpoint = await conn.fetchval(q("checkpoint_get"), p.name)
@@ -192,7 +234,10 @@ class ProjectionRunner:
         name = self.projection.name
         started = time.perf_counter()
         async with self.rt.pool.acquire() as conn, conn.transaction():
-            last, result = await apply_batch(conn, self.projection, batch, self.checkpoint)
+            last, result, rows = await apply_batch(
+                conn, self.projection, batch, self.checkpoint, self.cache
+            )
+        self.cache.remember(rows)
         await self.consumer.ack(batch[-1])
         self.checkpoint = last
         self.caught_up = batch[-1].pending == 0
@@ -263,9 +308,7 @@ async def stream_last_seq(rt: Runtime, stream: str) -> int:
     return int(info.state.last_seq)
 
 
-async def catch_up(
-    runner: ProjectionRunner, progress: Callable[[int], Any] | None = None
-) -> None:
+async def catch_up(runner: ProjectionRunner, progress: Callable[[int], Any] | None = None) -> None:
     """Apply batches until the consumer has nothing pending and nothing unacknowledged."""
     assert runner.consumer is not None
     while True:

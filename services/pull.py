@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 from nats.aio.client import Client as NatsClient
@@ -24,6 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 STATUS = "Status"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +46,7 @@ def parse_reply(reply: str) -> tuple[int, int, int]:
 
 def to_delivery(msg: Msg) -> Delivery:
     seq, ns, pending = parse_reply(msg.reply)
-    when = datetime.fromtimestamp(ns // 1_000_000_000, UTC).replace(
-        microsecond=(ns % 1_000_000_000) // 1000
-    )
+    when = EPOCH + timedelta(microseconds=ns // 1000)
     return Delivery(seq, when, msg.subject, msg.data, msg.reply, pending)
 
 
@@ -135,8 +134,13 @@ class PullConsumer:
             self._requested_at = time.monotonic()
             await self.nc.publish(self._subject, self._request, reply=self._inbox)
 
-    async def next_batch(self, max_items: int, wait: float = 1.0) -> list[Delivery]:
-        """Up to ``max_items`` deliveries in stream order; empty after ``wait`` with none."""
+    async def next_batch(
+        self, max_items: int, wait: float = 1.0, linger: float = 0.05
+    ) -> list[Delivery]:
+        """Up to ``max_items`` deliveries in stream order; empty after ``wait`` with none.
+
+        While the server says more messages are pending (catching up), wait up to ``linger``
+        for a full batch; when nothing is pending (live), return what is there at once."""
         if self._outstanding and time.monotonic() - self._requested_at > self.expires + 2:
             self._outstanding = 0  # the request was lost (a reconnect): ask again
         await self._refill()
@@ -146,6 +150,16 @@ class PullConsumer:
                 await asyncio.wait_for(self._arrived.wait(), wait)
             except TimeoutError:
                 return []
+        deadline = time.monotonic() + linger
+        while (
+            len(self._buffer) < max_items
+            and self._buffer[-1].pending > 0
+            and (left := deadline - time.monotonic()) > 0
+        ):
+            self._arrived.clear()
+            await self._refill()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), left)
         n = min(max_items, len(self._buffer))
         out = [self._buffer.popleft() for _ in range(n)]
         await self._refill()

