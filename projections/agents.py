@@ -1,7 +1,8 @@
-"""Agent registry: who each agent is and its lifecycle status (active / paused / retired).
+"""Agent registry: who each agent is and its status: active, paused, offline, retired.
 
-``offline`` is set by the watchdog's critical escalations (a later projection input); this fold
-only knows the lifecycle events on ``fw.agent.<agent>``.
+``offline`` comes from the watchdog's ``agent.offline`` (a critical liveness escalation) and is
+cleared by ``agent.online``; only an active agent goes offline, and a paused or retired agent
+keeps its status.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import ClassVar
 
 from projections.base import Key, Meta, Projection, Row, Rows, Table
 from schemas.events import (
+    AgentOffline,
+    AgentOnline,
     AgentPaused,
     AgentRegistered,
     AgentResumed,
@@ -43,7 +46,15 @@ AGENTS = Table(
     ),
 )
 
-_LIFECYCLE = (AgentRegistered, AgentVersionChanged, AgentPaused, AgentResumed, AgentRetired)
+_LIFECYCLE = (
+    AgentRegistered,
+    AgentVersionChanged,
+    AgentPaused,
+    AgentResumed,
+    AgentRetired,
+    AgentOffline,
+    AgentOnline,
+)
 
 
 def _placeholder(agent: str, meta: Meta) -> Row:
@@ -107,6 +118,10 @@ class AgentRegistry(Projection):
                 row.update(status="active", status_reason=event.reason)
             case AgentRetired():
                 row.update(status="retired", status_reason=event.reason)
+            case AgentOffline() if row["status"] == "active":
+                row.update(status="offline", status_reason=f"escalation {event.escalation}")
+            case AgentOnline() if row["status"] == "offline":
+                row.update(status="active", status_reason="")
             case _:
                 return
         row.update(updated_at=meta.time, last_seq=meta.seq)

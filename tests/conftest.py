@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -27,12 +29,23 @@ TEMPLATE = "fleetward_test_template"
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A maintenance URL of the Postgres server the tests create databases on."""
+def pg_server() -> Iterator[str]:
+    """A maintenance URL of the Postgres server the tests create databases on.
+
+    Its data lives in a folder of its own, not under pytest's basetemp: pytest deletes old
+    basetemp folders whenever another session starts, which would pull the data out from under
+    a server that is still running."""
     url = os.environ.get("FLEETWARD_DATABASE_URL")
     if url:
-        return url
-    return EmbeddedPostgres.start(tmp_path_factory.mktemp("pg") / "data", delete_on_exit=True).url
+        yield url
+        return
+    folder = Path(tempfile.mkdtemp(prefix="fleetward-test-pg-"))
+    server = EmbeddedPostgres.start(folder / "data", delete_on_exit=True)
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

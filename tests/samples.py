@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TypedDict
 
 from schemas.events import (
+    AgentOffline,
+    AgentOnline,
     AgentPaused,
     AgentRegistered,
     AgentResumed,
@@ -99,6 +101,10 @@ def sample_events() -> list[Event]:
         AgentPaused(**env(SVC), agent=AGENT, reason="daily budget exhausted"),
         AgentResumed(**env(USER), agent=AGENT, reason="budget raised"),
         AgentRetired(**env(USER), agent="agent-legacy-1", reason="replaced by agent-7"),
+        AgentOffline(
+            **env("svc:watchdog"), agent=AGENT, escalation="hb-agent-7-1042", last_seen=T0
+        ),
+        AgentOnline(**env("svc:watchdog"), agent=AGENT, escalation="hb-agent-7-1042"),
         RunStarted(**env(AGENT), agent=AGENT, run=RUN, task=TASK, trigger="task.claimed"),
         RunFinished(
             **env(AGENT),

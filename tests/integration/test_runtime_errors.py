@@ -23,7 +23,7 @@ from schemas.streams import all_streams, events_stream
 from services.config import Settings
 from services.embedded import EmbeddedNats
 from services.errors import FleetwardError, StreamConflict
-from services.runtime import check_nats_version
+from services.runtime import check_nats_version, check_postgres_version
 from services.streams import ensure_streams, to_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,3 +180,12 @@ async def test_ensure_streams_is_idempotent(nats_url: str) -> None:
             assert after[spec.name].max_age == pytest.approx(to_config(spec).max_age)
     finally:
         await nc.close()
+
+
+def test_postgres_older_than_14_is_refused() -> None:
+    """No PostgreSQL older than 14 can be installed here, so the check is tested on its own;
+    connect_postgres calls it with the version the server reports."""
+    with pytest.raises(FleetwardError, match=r"PostgreSQL 13\.9 is too old.*14 or newer"):
+        check_postgres_version(13, 9)
+    check_postgres_version(14, 0)
+    check_postgres_version(18, 6)
