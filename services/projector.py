@@ -9,10 +9,16 @@ For every batch, in one Postgres transaction:
 5. advance the checkpoint to the batch's last sequence.
 After the commit, one AckAll acknowledges the batch. A crash anywhere before the commit leaves
 nothing behind; a crash after it only causes redelivery of events the checkpoint then skips.
+
+Steps 2-4 of the next batch (folding, pure CPU) run while the previous batch commits (waiting on
+Postgres). The next batch folds on the cached rows of the one being committed; if that commit
+fails, the runner drops both and re-positions from the checkpoint in the database.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -21,7 +27,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import asyncpg
 
 from projections import Meta, Projection, Rows
 from projections.base import Key, Row, Table
@@ -64,23 +69,32 @@ def fold(
     return failed
 
 
-async def apply_batch(
+@dataclass(slots=True)
+class Prepared:
+    """A batch folded and ready to commit on top of checkpoint ``expected``."""
+
+    batch: list[Delivery]
+    expected: int
+    last: int
+    rows: Rows
+    dead: list[tuple[Delivery, str, str]]
+    result: BatchResult
+
+
+async def prepare(
     conn: Conn,
     projection: Projection,
     batch: list[Delivery],
     expected: int,
     cache: RowCache | None = None,
-) -> tuple[int, BatchResult, Rows]:
-    """Apply ``batch`` inside the caller's transaction. Returns the new checkpoint."""
+) -> Prepared:
+    """Admit and fold ``batch`` as if the checkpoint were ``expected``. Reads rows only."""
     result = BatchResult()
-    checkpoint = await conn.fetchval(q("checkpoint_lock"), projection.name)
-    if checkpoint != expected:
-        raise Resync(f"checkpoint is {checkpoint}, this writer expected {expected}")
     items: list[tuple[Event, Meta]] = []
     dead: list[tuple[Delivery, str, str]] = []
     seen: set[str] = set()
     for d in batch:
-        if d.seq <= checkpoint:
+        if d.seq <= expected:
             result.skipped += 1
             continue
         try:
@@ -101,33 +115,32 @@ async def apply_batch(
     for event, meta in items:
         if meta.seq not in failed:
             result.applied[type_name(type(event))] += 1
+    result.dead.update(reason for _, reason, _ in dead)
+    return Prepared(batch, expected, max(expected, batch[-1].seq), rows, dead, result)
+
+
+async def commit(conn: Conn, projection: Projection, prep: Prepared) -> None:
+    """Write a prepared batch and move the checkpoint, inside the caller's transaction. Raises
+    ``Resync`` when the checkpoint is not the one the batch was folded on."""
+    checkpoint = await conn.fetchval(q("checkpoint_lock"), projection.name)
+    if checkpoint != prep.expected:
+        raise Resync(f"checkpoint is {checkpoint}, this writer expected {prep.expected}")
     for table in projection.tables:
-        changed = rows.changed(table)
+        changed = prep.rows.changed(table)
         if changed:
             await db.write_rows(conn, table, changed)
-    if dead:
+    if prep.dead:
         await conn.executemany(
             q("dead_letter_insert"),
             [
-                (
-                    projection.name,
-                    projection.stream,
-                    d.seq,
-                    d.subject,
-                    reason,
-                    detail[:2000],
-                    d.data,
-                    d.time,
-                )
-                for d, reason, detail in dead
+                (projection.name, projection.stream, d.seq, d.subject, reason, detail[:2000],
+                 d.data, d.time)
+                for d, reason, detail in prep.dead
             ],
-        )
-        result.dead.update(reason for _, reason, _ in dead)
-    last = max(checkpoint, batch[-1].seq)
-    status = await conn.execute(q("checkpoint_advance"), projection.name, checkpoint, last)
+        )  # fmt: skip
+    status = await conn.execute(q("checkpoint_advance"), projection.name, checkpoint, prep.last)
     if status != "UPDATE 1":
         raise Resync("checkpoint compare-and-set failed")
-    return last, result, rows
 
 
 class RowCache:
@@ -138,9 +151,13 @@ class RowCache:
     def __init__(self, limit: int = 250_000) -> None:
         self.limit = limit
         self.tables: dict[str, dict[Key, Row]] = {}
+        # True while the cache holds every row of the projection's tables (it started on empty
+        # tables and has evicted nothing): then a key it lacks has no row, and is not queried.
+        self.complete = False
 
-    def clear(self) -> None:
+    def clear(self, *, tables_empty: bool = False) -> None:
         self.tables.clear()
+        self.complete = tables_empty
 
     def remember(self, rows: Rows) -> None:
         """Keep a committed batch's rows (called after the commit)."""
@@ -148,6 +165,7 @@ class RowCache:
             cached = self.tables.setdefault(name, {})
             if len(cached) + len(bucket) > self.limit:
                 cached.clear()
+                self.complete = False
             cached.update(bucket)
 
 
@@ -173,7 +191,7 @@ async def load_rows(
                 missing.append(key)
             else:
                 bucket[key] = row
-        if not missing:
+        if not missing or (cache is not None and cache.complete):
             continue
         found = await conn.fetch(db.load_sql(table), *db.key_arrays(table, missing))
         key_of = table.key_of
@@ -201,14 +219,24 @@ class ProjectionRunner:
         self.consumer: PullConsumer | None = None
         self.caught_up = False  # the last committed batch left nothing pending
         self.cache = RowCache()
+        self.folded = 0  # the checkpoint the next batch folds on (ahead while one commits)
+        self.pending = -1  # messages the server had left after the last batch taken
+        self._inflight: asyncio.Future[None] | None = None
 
     async def position(self) -> None:
-        """Read the checkpoint and put the consumer right after it."""
+        """Read the checkpoint and put the consumer right after it (dropping anything folded
+        or being committed: it will be delivered again)."""
         p = self.projection
-        self.cache.clear()
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            with contextlib.suppress(Exception):
+                await inflight
         async with self.rt.pool.acquire() as conn:
             await conn.execute(q("checkpoint_init"), p.name, p.stream)
             self.checkpoint = await conn.fetchval(q("checkpoint_get"), p.name)
+            empty = self.checkpoint == 0 and await _tables_empty(conn, p)
+        self.cache.clear(tables_empty=empty)
+        self.folded = self.checkpoint
         if self.consumer is not None:
             await self.consumer.stop()
         await recreate_consumer(
@@ -224,52 +252,64 @@ class ProjectionRunner:
         metrics.CHECKPOINT.labels(p.name).set(self.checkpoint)
 
     async def step(self, wait: float = 1.0) -> int:
-        """Take one batch (waiting up to ``wait``), apply and commit it. Returns its size."""
+        """Take one batch (waiting up to ``wait``) and fold it, while the previous batch
+        commits; then start its commit. Returns its size. ``flush`` waits for the commit."""
         assert self.consumer is not None
         if self.consumer.gone:
             raise Resync("the consumer was deleted")
         batch = await self.consumer.next_batch(self.batch_size, wait)
         if not batch:
+            await self.flush()
             return 0
-        name = self.projection.name
         started = time.perf_counter()
+        async with self.rt.pool.acquire() as conn:
+            prep = await prepare(conn, self.projection, batch, self.folded, self.cache)
+        # optimistic: the next batch folds on these rows; a failed commit re-positions
+        self.cache.remember(prep.rows)
+        self.folded = prep.last
+        self.pending = batch[-1].pending
+        await self.flush()
+        self._inflight = asyncio.ensure_future(self._commit(prep, started))
+        return len(batch)
+
+    async def flush(self) -> None:
+        """Wait for the batch being committed, if any (and raise what it raised)."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            await inflight
+
+    async def _commit(self, prep: Prepared, started: float) -> None:
+        assert self.consumer is not None
         async with self.rt.pool.acquire() as conn, conn.transaction():
-            last, result, rows = await apply_batch(
-                conn, self.projection, batch, self.checkpoint, self.cache
-            )
-        self.cache.remember(rows)
-        await self.consumer.ack(batch[-1])
-        self.checkpoint = last
-        self.caught_up = batch[-1].pending == 0
+            await commit(conn, self.projection, prep)
+        last = prep.batch[-1]
+        await self.consumer.ack(last)
+        self.checkpoint = prep.last
+        self.caught_up = last.pending == 0
+        name, result = self.projection.name, prep.result
         metrics.BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
-        metrics.BATCH_SIZE.labels(name).observe(len(batch))
-        metrics.CHECKPOINT.labels(name).set(last)
-        metrics.LAG_EVENTS.labels(name).set(batch[-1].pending)
-        lag = 0.0 if self.caught_up else time.time() - batch[-1].time.timestamp()
+        metrics.BATCH_SIZE.labels(name).observe(len(prep.batch))
+        metrics.CHECKPOINT.labels(name).set(prep.last)
+        metrics.LAG_EVENTS.labels(name).set(last.pending)
+        lag = 0.0 if self.caught_up else time.time() - last.time.timestamp()
         metrics.LAG_SECONDS.labels(name).set(max(lag, 0.0))
         metrics.SKIPPED.labels(name).inc(result.skipped)
         for type_, n in result.applied.items():
             metrics.EVENTS.labels(name, type_).inc(n)
         for reason, n in result.dead.items():
             metrics.DEAD_LETTERS.labels(name, reason).inc(n)
-        return len(batch)
 
     async def run(self, stopping: Callable[[], bool]) -> None:
-        """Apply batches until ``stopping()``; the batch in hand is always finished first."""
+        """Apply batches until ``stopping()``; the batches in hand are always committed first."""
         backoff = 0.1
         await self._position_retrying(stopping)
         while not stopping():
             try:
                 await self.step()
+                if stopping():
+                    await self.flush()
                 backoff = 0.1
-            except (
-                Resync,
-                OSError,
-                asyncpg.PostgresError,
-                asyncpg.InterfaceError,
-                TimeoutError,
-                Exception,
-            ) as exc:
+            except Exception as exc:  # Resync, NATS or Postgres trouble: start again
                 log.warning("projection %s: %s; re-positioning", self.projection.name, exc)
                 metrics.RESYNCS.labels(self.projection.name).inc()
                 await anyio.sleep(backoff)
@@ -290,6 +330,13 @@ class ProjectionRunner:
                 )
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+async def _tables_empty(conn: Conn, projection: Projection) -> bool:
+    for table in projection.tables:
+        if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table.name})"):
+            return False
+    return True
 
 
 async def reset(rt: Runtime, projection: Projection) -> None:
@@ -315,7 +362,8 @@ async def catch_up(runner: ProjectionRunner, progress: Callable[[int], Any] | No
         n = await runner.step(wait=0.2)
         if progress is not None:
             progress(runner.checkpoint)
-        if n and runner.caught_up:
+        if n and runner.pending == 0:
+            await runner.flush()
             return
         if n == 0:
             info = await runner.rt.js.consumer_info(runner.projection.stream, runner.durable)

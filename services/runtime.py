@@ -96,7 +96,16 @@ async def connect_nats(url: str, *, name: str = "fleetward", reconnect: bool = T
 
 async def connect_postgres(url: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
     try:
-        pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, timeout=5)
+        pool = await asyncpg.create_pool(
+            url,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=5,
+            # Safe for exactly-once: an asynchronous commit is still atomic and ordered, so a
+            # Postgres crash can only lose the newest batches together with their checkpoint,
+            # and the projector applies them again from the stream.
+            server_settings={"synchronous_commit": "off"},
+        )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise FleetwardError(
             f"cannot reach Postgres at {_redact(url)} ({type(exc).__name__}: {exc}); "
