@@ -78,6 +78,27 @@ def _placeholder(agent: str, meta: Meta) -> Row:
     }
 
 
+def next_status(status: str, event: Event) -> tuple[str, str | None]:
+    """An agent's status after a lifecycle event, and the reason to record (None: unchanged).
+
+    Registering again brings a retired agent back; a retired agent ignores pause and resume;
+    only an active agent goes offline, and only an offline one comes back online."""
+    match event:
+        case AgentRegistered() if status == "retired":
+            return "active", ""
+        case AgentPaused() if status != "retired":
+            return "paused", event.reason
+        case AgentResumed() if status != "retired":
+            return "active", event.reason
+        case AgentRetired():
+            return "retired", event.reason
+        case AgentOffline() if status == "active":
+            return "offline", f"escalation {event.escalation}"
+        case AgentOnline() if status == "offline":
+            return "active", ""
+    return status, None
+
+
 class AgentRegistry(Projection):
     name: ClassVar[str] = "agents"
     stream: ClassVar[str] = "FW_EVENTS"
@@ -93,36 +114,25 @@ class AgentRegistry(Projection):
             return
         old = rows.get(AGENTS, (event.agent,))
         row = dict(old) if old else _placeholder(event.agent, meta)
-        retired = row["status"] == "retired"
-        match event:
-            case AgentRegistered():
-                row.update(
-                    name=event.name,
-                    owner=event.owner,
-                    team=event.team,
-                    purpose=event.purpose,
-                    risk_class=event.risk_class,
-                    version=event.version,
-                    heartbeat_interval_s=event.heartbeat_interval_s,
-                    roles=list(event.roles),
-                    max_concurrent_tasks=event.max_concurrent_tasks,
-                    registered_at=row["registered_at"] or meta.time,
-                )
-                if retired:  # registering again brings a retired agent back
-                    row.update(status="active", status_reason="")
-            case AgentVersionChanged():
-                row["version"] = event.version
-            case AgentPaused() if not retired:
-                row.update(status="paused", status_reason=event.reason)
-            case AgentResumed() if not retired:
-                row.update(status="active", status_reason=event.reason)
-            case AgentRetired():
-                row.update(status="retired", status_reason=event.reason)
-            case AgentOffline() if row["status"] == "active":
-                row.update(status="offline", status_reason=f"escalation {event.escalation}")
-            case AgentOnline() if row["status"] == "offline":
-                row.update(status="active", status_reason="")
-            case _:
-                return
+        if isinstance(event, AgentRegistered):
+            row.update(
+                name=event.name,
+                owner=event.owner,
+                team=event.team,
+                purpose=event.purpose,
+                risk_class=event.risk_class,
+                version=event.version,
+                heartbeat_interval_s=event.heartbeat_interval_s,
+                roles=list(event.roles),
+                max_concurrent_tasks=event.max_concurrent_tasks,
+                registered_at=row["registered_at"] or meta.time,
+            )
+        elif isinstance(event, AgentVersionChanged):
+            row["version"] = event.version
+        status, reason = next_status(row["status"], event)
+        if reason is not None:
+            row.update(status=status, status_reason=reason)
+        elif isinstance(event, (AgentPaused, AgentResumed, AgentOffline, AgentOnline)):
+            return  # a status change that does not apply (e.g. pausing a retired agent)
         row.update(updated_at=meta.time, last_seq=meta.seq)
         rows.put(AGENTS, row)

@@ -79,6 +79,11 @@ class Projection:
         """The rows ``apply`` will read for this event (loaded before the batch is folded)."""
         raise NotImplementedError
 
+    def touches_more(self, rows: Rows, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
+        """Rows ``apply`` reads that depend on rows ``touches`` named (e.g. a task's
+        dependencies); loaded in a second round. None by default."""
+        return ()
+
     def apply(self, rows: Rows, event: Event, meta: Meta) -> None:
         """Fold one event into ``rows``. Pure."""
         raise NotImplementedError

@@ -1,6 +1,14 @@
 """Task board: every task's status, holder, claim epoch, reviews and deliverables.
 
 Statuses: inbox, assigned, in_progress, blocked, review, done, cancelled.
+
+The board also follows agent lifecycle events (same stream, so in one order with the task
+events) to judge claims: a claim counts only if the task is claimable (inbox, or assigned to the
+claimer), its epoch is the next one, every dependency is done, the claimer is registered,
+active, holds the required role and is under its limit of concurrent tasks.
+
+Dependencies may only name tasks that already exist, so they always form a DAG: a task that
+names itself or an unknown task is refused at creation.
 A task event that does not fit the task's state (an old epoch, a claim of a held task, a
 submission by someone who does not hold it, an event for an unknown task) is never applied: it is
 recorded in ``fleetward.task_rejections`` with its reason.
@@ -11,8 +19,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import ClassVar
 
+from projections.agents import next_status
 from projections.base import Key, Meta, Projection, Row, Rows, Table
 from schemas.events import (
+    AgentOffline,
+    AgentOnline,
+    AgentPaused,
+    AgentRegistered,
+    AgentResumed,
+    AgentRetired,
     Event,
     TaskAssigned,
     TaskBlocked,
@@ -56,6 +71,7 @@ TASKS = Table(
         "submitted_at",
         "done_at",
         "last_seq",
+        "last_progress_at",
     ),
 )
 
@@ -84,43 +100,86 @@ REJECTIONS = Table(
     columns=("task_id", "seq", "event_id", "type", "actor", "reason", "at"),
 )
 
+TASK_AGENTS = Table(
+    name="fleetward.task_agents",
+    key=("agent_id",),
+    key_types=("text",),
+    columns=("agent_id", "roles", "status", "max_concurrent_tasks", "held"),
+)
+
 OPEN = frozenset({"inbox", "assigned", "in_progress", "blocked", "review"})
 HELD = frozenset({"in_progress", "blocked"})
 _HOLDER_EVENTS = (TaskProgressed, TaskBlocked, TaskReleased, TaskSubmitted, TaskLeaseExpired)
+_LIFECYCLE = (AgentRegistered, AgentPaused, AgentResumed, AgentRetired, AgentOffline, AgentOnline)
 
 
 class TaskBoard(Projection):
     name: ClassVar[str] = "tasks"
     stream: ClassVar[str] = "FW_EVENTS"
-    subjects: ClassVar[tuple[str, ...]] = (wildcard("task"),)
-    tables: ClassVar[tuple[Table, ...]] = (TASKS, DELIVERABLES, REJECTIONS)
+    subjects: ClassVar[tuple[str, ...]] = (wildcard("task"), wildcard("agent"))
+    tables: ClassVar[tuple[Table, ...]] = (TASKS, DELIVERABLES, REJECTIONS, TASK_AGENTS)
 
     def touches(self, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
+        if isinstance(event, _LIFECYCLE):
+            yield TASK_AGENTS, (event.agent,)
+            return
         task = getattr(event, "task", None)
-        if task is not None:
-            yield TASKS, (task,)
+        if task is None or meta.subject.startswith("fw.agent."):
+            return  # agent activity (runs, tool calls, spend) names tasks but does not move them
+        yield TASKS, (task,)
+        agent = getattr(event, "agent", None)
+        if agent is not None:
+            yield TASK_AGENTS, (agent,)
+        if isinstance(event, TaskCreated):
+            for dep in event.depends_on:
+                yield TASKS, (dep,)
+
+    def touches_more(self, rows: Rows, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
+        if isinstance(event, TaskClaimed):
+            row = rows.get(TASKS, (event.task,))
+            for dep in row["depends_on"] if row else ():
+                yield TASKS, (dep,)
+        elif isinstance(event, TaskCancelled):
+            row = rows.get(TASKS, (event.task,))
+            if row and row["assignee"]:
+                yield TASK_AGENTS, (row["assignee"],)
 
     def apply(self, rows: Rows, event: Event, meta: Meta) -> None:
+        if isinstance(event, _LIFECYCLE):
+            _agent_lifecycle(rows, event)
+            return
         task = getattr(event, "task", None)
-        if task is None:
+        if task is None or meta.subject.startswith("fw.agent."):
             return
         old = rows.get(TASKS, (task,))
         if isinstance(event, TaskCreated):
-            if old is None:
-                rows.put(TASKS, _created(event, meta))
+            problem = "task already exists" if old else creation_problem(rows, event)
+            if problem:
+                _reject(rows, task, event, meta, problem)
             else:
-                _reject(rows, task, event, meta, "task already exists")
+                rows.put(TASKS, _created(event, meta))
             return
         if old is None:
             _reject(rows, task, event, meta, "unknown task")
             return
         row = dict(old)
-        problem = _transition(row, event, meta)
+        if isinstance(event, TaskClaimed):
+            agent = rows.get(TASK_AGENTS, (event.agent,))
+            deps = [rows.get(TASKS, (d,)) for d in row["depends_on"]]
+            problem = claim_problem(row, agent, deps, event)
+        else:
+            problem = None
+        was_holder = row["assignee"] if row["status"] in HELD else None
+        problem = problem or _transition(row, event, meta)
         if problem:
             _reject(rows, task, event, meta, problem)
             return
         row.update(updated_at=meta.time, last_seq=meta.seq)
         rows.put(TASKS, row)
+        now_holder = row["assignee"] if row["status"] in HELD else None
+        if was_holder != now_holder:
+            _count_held(rows, was_holder, -1)
+            _count_held(rows, now_holder, +1)
         if isinstance(event, TaskSubmitted):
             d = event.deliverable
             rows.put(
@@ -138,6 +197,67 @@ class TaskBoard(Projection):
                     "seq": meta.seq,
                 },
             )
+
+
+def creation_problem(rows: Rows, event: TaskCreated) -> str | None:
+    """Why a task may not be created with these dependencies, or None."""
+    if event.task in event.depends_on:
+        return "a task cannot depend on itself (that would be a cycle)"
+    unknown = [d for d in event.depends_on if rows.get(TASKS, (d,)) is None]
+    if unknown:
+        return (
+            f"depends on unknown task(s) {', '.join(unknown)}: dependencies must already exist, "
+            "so they can never form a cycle"
+        )
+    return None
+
+
+def claim_problem(
+    task: Row, agent: Row | None, deps: list[Row | None], claim: TaskClaimed
+) -> str | None:
+    """Why ``claim`` may not take ``task``, or None. Pure; the agent client asks it too."""
+    status = task["status"]
+    if status not in ("inbox", "assigned"):
+        return f"task is {status}"
+    if status == "assigned" and task["assignee"] != claim.agent:
+        return f"task is assigned to {task['assignee']}"
+    if claim.epoch != task["claim_epoch"] + 1:
+        return f"claim epoch {claim.epoch}, expected {task['claim_epoch'] + 1}"
+    if agent is None:
+        return f"agent {claim.agent} is not registered"
+    if agent["status"] != "active":
+        return f"agent {claim.agent} is {agent['status']}"
+    role = task["required_role"]
+    if role and role not in agent["roles"]:
+        return f"agent {claim.agent} lacks the role {role}"
+    if agent["held"] >= agent["max_concurrent_tasks"]:
+        return f"agent {claim.agent} already holds {agent['held']} task(s), its limit"
+    waiting = [d for d, row in zip(task["depends_on"], deps, strict=True)
+               if row is None or row["status"] != "done"]  # fmt: skip
+    if waiting:
+        return f"waiting on dependencies: {', '.join(waiting)}"
+    return None
+
+
+def _agent_lifecycle(rows: Rows, event: Event) -> None:
+    agent = getattr(event, "agent")  # noqa: B009  # every lifecycle event has one
+    old = rows.get(TASK_AGENTS, (agent,))
+    row = dict(old) if old else {"agent_id": agent, "roles": [], "status": "active",
+                                  "max_concurrent_tasks": 1, "held": 0}  # fmt: skip
+    if isinstance(event, AgentRegistered):
+        row.update(roles=list(event.roles), max_concurrent_tasks=event.max_concurrent_tasks)
+    elif old is None:
+        return  # lifecycle of an agent never registered: claims by it are refused anyway
+    row["status"], _ = next_status(row["status"], event)
+    rows.put(TASK_AGENTS, row)
+
+
+def _count_held(rows: Rows, agent: str | None, delta: int) -> None:
+    if agent is None:
+        return
+    row = rows.get(TASK_AGENTS, (agent,))
+    if row is not None:
+        rows.put(TASK_AGENTS, {**row, "held": max(0, row["held"] + delta)})
 
 
 def _created(event: TaskCreated, meta: Meta) -> Row:
@@ -165,6 +285,7 @@ def _created(event: TaskCreated, meta: Meta) -> Row:
         "submitted_at": None,
         "done_at": None,
         "last_seq": meta.seq,
+        "last_progress_at": None,
     }
 
 
@@ -181,23 +302,18 @@ def _transition(row: Row, event: Event, meta: Meta) -> str | None:
             if status not in ("inbox", "assigned"):
                 return f"task is {status}"
             row.update(status="assigned", assignee=event.agent)
-        case TaskClaimed():
-            if status not in ("inbox", "assigned"):
-                return f"task is {status}"
-            if status == "assigned" and row["assignee"] != event.agent:
-                return f"task is assigned to {row['assignee']}"
-            if event.epoch != row["claim_epoch"] + 1:
-                return f"claim epoch {event.epoch}, expected {row['claim_epoch'] + 1}"
+        case TaskClaimed():  # claim_problem has judged it
             row.update(
                 status="in_progress",
                 assignee=event.agent,
                 claim_epoch=event.epoch,
                 lease_s=event.lease_s,
                 claimed_at=meta.time,
+                last_progress_at=meta.time,
                 blocked_reason=None,
             )
         case TaskProgressed():
-            row.update(status="in_progress", blocked_reason=None)
+            row.update(status="in_progress", blocked_reason=None, last_progress_at=meta.time)
         case TaskBlocked():
             row.update(status="blocked", blocked_reason=event.reason)
         case TaskReleased() | TaskLeaseExpired():
@@ -217,7 +333,11 @@ def _transition(row: Row, event: Event, meta: Meta) -> str | None:
             if event.verdict == "approve":
                 row.update(status="done", done_at=meta.time)
             else:
-                row.update(status="in_progress", rework_count=row["rework_count"] + 1)
+                row.update(
+                    status="in_progress",
+                    rework_count=row["rework_count"] + 1,
+                    last_progress_at=meta.time,
+                )
         case TaskCancelled():
             if status not in OPEN:
                 return f"task is {status}"

@@ -175,12 +175,27 @@ async def load_rows(
     items: list[tuple[Event, Meta]],
     cache: RowCache | None = None,
 ) -> Rows:
-    """The rows the batch touches: from the cache, the rest in one query per table."""
+    """The rows the batch touches, from the cache, the rest in one query per table; then, in a
+    second round, the rows ``touches_more`` names from what the first round found."""
+    rows = Rows()
     wanted: dict[Table, set[Key]] = {}
     for event, meta in items:
         for table, key in projection.touches(event, meta):
             wanted.setdefault(table, set()).add(key)
-    rows = Rows()
+    await _load(conn, rows, wanted, cache)
+    more: dict[Table, set[Key]] = {}
+    for event, meta in items:
+        for table, key in projection.touches_more(rows, event, meta):
+            if key not in rows.data.get(table.name, {}):
+                more.setdefault(table, set()).add(key)
+    if more:
+        await _load(conn, rows, more, cache)
+    return rows
+
+
+async def _load(
+    conn: Conn, rows: Rows, wanted: dict[Table, set[Key]], cache: RowCache | None
+) -> None:
     for table, keys in wanted.items():
         bucket = rows.data.setdefault(table.name, {})
         cached = cache.tables.get(table.name, {}) if cache is not None else {}
@@ -198,7 +213,6 @@ async def load_rows(
         for record in found:
             row = dict(record)
             bucket[key_of(row)] = row
-    return rows
 
 
 class ProjectionRunner:
