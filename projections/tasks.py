@@ -114,10 +114,16 @@ _LIFECYCLE = (AgentRegistered, AgentPaused, AgentResumed, AgentRetired, AgentOff
 
 
 class TaskBoard(Projection):
+    """The task board. ``local=True`` folds one task subject alone (the agent client): claims
+    are judged only by what that subject decides (``task_claim_problem``)."""
+
     name: ClassVar[str] = "tasks"
     stream: ClassVar[str] = "FW_EVENTS"
     subjects: ClassVar[tuple[str, ...]] = (wildcard("task"), wildcard("agent"))
     tables: ClassVar[tuple[Table, ...]] = (TASKS, DELIVERABLES, REJECTIONS, TASK_AGENTS)
+
+    def __init__(self, *, local: bool = False) -> None:
+        self.local = local
 
     def touches(self, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
         if isinstance(event, _LIFECYCLE):
@@ -153,7 +159,8 @@ class TaskBoard(Projection):
             return
         old = rows.get(TASKS, (task,))
         if isinstance(event, TaskCreated):
-            problem = "task already exists" if old else creation_problem(rows, event)
+            problem = "task already exists" if old else None
+            problem = problem or (None if self.local else creation_problem(rows, event))
             if problem:
                 _reject(rows, task, event, meta, problem)
             else:
@@ -163,7 +170,9 @@ class TaskBoard(Projection):
             _reject(rows, task, event, meta, "unknown task")
             return
         row = dict(old)
-        if isinstance(event, TaskClaimed):
+        if isinstance(event, TaskClaimed) and self.local:
+            problem = task_claim_problem(row, event)
+        elif isinstance(event, TaskClaimed):
             agent = rows.get(TASK_AGENTS, (event.agent,))
             deps = [rows.get(TASKS, (d,)) for d in row["depends_on"]]
             problem = claim_problem(row, agent, deps, event)
@@ -215,14 +224,31 @@ def creation_problem(rows: Rows, event: TaskCreated) -> str | None:
 def claim_problem(
     task: Row, agent: Row | None, deps: list[Row | None], claim: TaskClaimed
 ) -> str | None:
-    """Why ``claim`` may not take ``task``, or None. Pure; the agent client asks it too."""
+    """Why ``claim`` may not take ``task``, or None: the board's whole judgement."""
+    return (
+        task_claim_problem(task, claim)
+        or agent_claim_problem(task, agent, claim)
+        or dependency_problem(task, deps)
+    )
+
+
+def task_claim_problem(task: Row, claim: TaskClaimed) -> str | None:
+    """What the task's own subject decides: it is claimable and the epoch is a new one.
+
+    Epochs only need to grow, not to be consecutive, so that a reader of the task subject alone
+    (an agent) agrees with the board even after a claim the board refused for agent reasons."""
     status = task["status"]
     if status not in ("inbox", "assigned"):
         return f"task is {status}"
     if status == "assigned" and task["assignee"] != claim.agent:
         return f"task is assigned to {task['assignee']}"
-    if claim.epoch != task["claim_epoch"] + 1:
-        return f"claim epoch {claim.epoch}, expected {task['claim_epoch'] + 1}"
+    if claim.epoch <= task["claim_epoch"]:
+        return f"claim epoch {claim.epoch} is not after the current epoch {task['claim_epoch']}"
+    return None
+
+
+def agent_claim_problem(task: Row, agent: Row | None, claim: TaskClaimed) -> str | None:
+    """What the claimer's own state decides: registered, active, the role, the limit."""
     if agent is None:
         return f"agent {claim.agent} is not registered"
     if agent["status"] != "active":
@@ -232,11 +258,16 @@ def claim_problem(
         return f"agent {claim.agent} lacks the role {role}"
     if agent["held"] >= agent["max_concurrent_tasks"]:
         return f"agent {claim.agent} already holds {agent['held']} task(s), its limit"
-    waiting = [d for d, row in zip(task["depends_on"], deps, strict=True)
-               if row is None or row["status"] != "done"]  # fmt: skip
-    if waiting:
-        return f"waiting on dependencies: {', '.join(waiting)}"
     return None
+
+
+def dependency_problem(task: Row, deps: list[Row | None]) -> str | None:
+    waiting = [
+        d
+        for d, row in zip(task["depends_on"], deps, strict=True)
+        if row is None or row["status"] != "done"
+    ]
+    return f"waiting on dependencies: {', '.join(waiting)}" if waiting else None
 
 
 def _agent_lifecycle(rows: Rows, event: Event) -> None:

@@ -143,11 +143,15 @@ class PullConsumer:
         for a full batch; when nothing is pending (live), return what is there at once."""
         if self._outstanding and time.monotonic() - self._requested_at > self.expires + 2:
             self._outstanding = 0  # the request was lost (a reconnect): ask again
-        await self._refill()
-        if not self._buffer:
+        until = time.monotonic() + wait
+        while not self._buffer:  # status messages (a request expired) wake us too: go on waiting
+            left = until - time.monotonic()
+            if left <= 0:
+                return []
             self._arrived.clear()
+            await self._refill()
             try:
-                await asyncio.wait_for(self._arrived.wait(), wait)
+                await asyncio.wait_for(self._arrived.wait(), left)
             except TimeoutError:
                 return []
         deadline = time.monotonic() + linger
