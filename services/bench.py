@@ -47,12 +47,14 @@ from schemas.events import (
     ToolCalled,
 )
 from schemas.subjects import subject_of
+from services.bench_claims import run_claims_bench
 from services.config import Settings
 from services.projector import durable_name, rebuild, reset
 from services.pull import PullConsumer, recreate_consumer
 from services.runtime import Runtime, open_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("pipeline", "claims")
 
 
 @dataclass
@@ -353,6 +355,8 @@ async def run(args: argparse.Namespace) -> list[Figure]:
     settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
     figures: list[Figure] = []
     log = home / "projector.log"
+    if "pipeline" not in args.only:
+        return await claims_figures(args) if "claims" in args.only else []
     async with open_runtime(settings, embed=True, pool_size=12) as rt:
         say(f"servers: {rt.nats_url}  {rt.database_url}")
         say(f"generating {args.events:,} events from {args.agents:,} agents")
@@ -465,7 +469,41 @@ async def run(args: argparse.Namespace) -> list[Figure]:
         base=0.0,
         target="(context)",
     )
+    if "claims" in args.only:
+        figures += await claims_figures(args)
     return figures
+
+
+async def claims_figures(args: argparse.Namespace) -> list[Figure]:
+    """Claims/s and claim latency with ``--claim-agents`` agents on ``--claim-tasks`` tasks, next
+    to plain JetStream publishes from as many publishers (fresh servers of their own)."""
+    home = Path(tempfile.mkdtemp(prefix="fleetward-bench-claims-"))
+    settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
+    runs = []
+    async with open_runtime(settings, embed=True) as rt:
+        for _ in range(args.runs):
+            runs.append(await run_claims_bench(rt, args.claim_agents, args.claim_tasks, args.seed))
+            say(f"  claims: {runs[-1].claims_per_s:,.0f}/s, p50 {runs[-1].latency_p50_s:.3f}s")
+    setup = f"{args.claim_agents} agents on {args.claim_tasks:,} tasks"
+
+    def spread(values: list[float]) -> tuple[float, float, float]:
+        return median_of(values)
+
+    rate = spread([r.claims_per_s for r in runs])
+    pubs = statistics.median([r.publishes_per_s for r in runs])
+    p50 = spread([r.latency_p50_s for r in runs])
+    p99 = spread([r.latency_p99_s for r in runs])
+    rtt50 = statistics.median([r.publish_rtt_p50_s for r in runs])
+    rtt99 = statistics.median([r.publish_rtt_p99_s for r in runs])
+    return [
+        Figure(f"claims/s, {setup}", rate[0], "claims/s",
+               f"plain JetStream publishes/s, {args.claim_agents} publishers", pubs,
+               rate[0] / pubs, "(context)", rate[1], rate[2], args.runs),
+        Figure(f"claim latency p50, {setup}", p50[0], "s", "publish round trip p50, s", rtt50,
+               p50[0] / rtt50, "(context: x publish RTT)", p50[1], p50[2], args.runs),
+        Figure(f"claim latency p99, {setup}", p99[0], "s", "publish round trip p99, s", rtt99,
+               p99[0] / rtt99, "(context: x publish RTT)", p99[1], p99[2], args.runs),
+    ]  # fmt: skip
 
 
 async def repeat(runs: int, once: Callable[[], Awaitable[float]], what: str
@@ -528,10 +566,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="a small smoke run (CI may run it)")
     p.add_argument("--out", type=Path, default=ROOT / "docs")
+    p.add_argument("--claim-agents", type=int, default=100)
+    p.add_argument("--claim-tasks", type=int, default=1000)
+    p.add_argument(
+        "--only", nargs="+", default=list(SECTIONS), choices=SECTIONS, help="sections to run"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.events, args.agents, args.runs, args.seconds = 30_000, 3_000, 1, 5.0
         args.rate = 2_000
+        args.claim_agents, args.claim_tasks = 20, 100
         args.out = Path(tempfile.mkdtemp(prefix="fleetward-bench-quick-"))
     figures = asyncio.run(run(args))
     for f in figures:
