@@ -25,6 +25,7 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     deny_delete: bool = False
     deny_purge: bool = False
     allow_rollup: bool = False
+    allow_direct: bool = False  # direct gets: agents read a task subject in one request
     storage: str = "file"
 
 
@@ -37,6 +38,7 @@ def events_stream(retention_days: float = DEFAULT_AUDIT_RETENTION_DAYS) -> Strea
         max_age_s=retention_days * DAY,
         deny_delete=True,
         deny_purge=True,
+        allow_direct=True,
     )
 
 

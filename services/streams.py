@@ -24,6 +24,7 @@ def to_config(spec: StreamSpec) -> StreamConfig:
         deny_delete=spec.deny_delete,
         deny_purge=spec.deny_purge,
         allow_rollup_hdrs=spec.allow_rollup,
+        allow_direct=spec.allow_direct,
         storage=StorageType(spec.storage),
     )
 
@@ -37,6 +38,7 @@ def conflicts(spec: StreamSpec, found: StreamConfig) -> list[str]:
         "deny_delete": (spec.deny_delete, found.deny_delete),
         "deny_purge": (spec.deny_purge, found.deny_purge),
         "allow_rollup_hdrs": (spec.allow_rollup, found.allow_rollup_hdrs),
+        "allow_direct": (spec.allow_direct, bool(found.allow_direct)),
         "storage": (spec.storage, getattr(found.storage, "value", found.storage)),
     }
     out = [

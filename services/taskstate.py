@@ -3,27 +3,29 @@ must not wait for (or need not have) the Postgres projection.
 
 The events of ``fw.task.<task>`` are folded with the task board's own pure fold, so the client
 and the projection judge a claim the same way. ``last_seq`` is the subject's last sequence: the
-value a claim sends as ``Nats-Expected-Last-Subject-Sequence``.
+value a claim sends as ``Nats-Expected-Last-Subject-Sequence``. The stream time in ``Meta`` is
+the one the server reports for each message, so local folds see the board's timestamps.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 
 from projections import Meta, Rows
 from projections.tasks import TASKS, TaskBoard
 from schemas import Rejected, admit
 from schemas.subjects import subject
-from services.pull import PullConsumer
 
 STREAM = "FW_EVENTS"
+BATCH = 1000
+STATUS = "Status"
 _BOARD = TaskBoard(local=True)
 
 
@@ -34,49 +36,39 @@ class TaskState:
     last_seq: int  # 0 when the subject has no events
 
 
-async def last_seq(js: JetStreamContext, task: str) -> int:
-    try:
-        msg = await js.get_last_msg(STREAM, subject("task", task))
-    except NotFoundError:
-        return 0
-    return int(msg.seq or 0)
-
-
 async def read_task(nc: NatsClient, js: JetStreamContext, task: str) -> TaskState:
-    """Fold every event of one task from the stream."""
+    """Fold every event of one task, read with one batch direct get (ADR-31, NATS 2.11+): the
+    server streams the subject's messages to an inbox and ends with a 204 status."""
     subj = subject("task", task)
-    last = await last_seq(js, task)
     rows = Rows()
-    if last == 0:
-        return TaskState(task, None, 0)
-    info = await js.add_consumer(
-        STREAM,
-        ConsumerConfig(
-            filter_subject=subj,
-            ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.ALL,
-            inactive_threshold=30.0,
-            mem_storage=True,
-            num_replicas=1,
-        ),
-    )
-    assert info.name is not None
-    consumer = PullConsumer(nc, STREAM, info.name, batch=256, expires=2.0)
-    await consumer.start()
+    last = 0
+    inbox = nc.new_inbox()
+    replies = await nc.subscribe(inbox, pending_msgs_limit=100_000)
     try:
-        seen = 0
-        while seen < last:
-            batch = await consumer.next_batch(256, wait=5.0, linger=0.0)
-            if not batch:
-                raise TimeoutError(f"could not read {subj} up to sequence {last}")
-            for d in batch:
-                seen = d.seq
-                if d.seq > last:
-                    break
+        while True:  # one request, unless a task ever has more than BATCH events
+            request = {"batch": BATCH, "seq": last + 1, "next_by_subj": subj}
+            await nc.publish(f"$JS.API.DIRECT.GET.{STREAM}", msgspec.json.encode(request), inbox)
+            got = 0
+            while True:
+                msg = await replies.next_msg(timeout=5.0)
+                headers = msg.headers or {}
+                if not msg.data and STATUS in headers:
+                    break  # 204: end of batch; 404: nothing (more) on the subject
+                got += 1
+                last = int(headers["Nats-Sequence"])
                 with contextlib.suppress(Rejected):  # the board never applies bad events
-                    _BOARD.apply(rows, admit(d.subject, d.data), Meta(d.seq, d.time, d.subject))
+                    event = admit(subj, msg.data)
+                    when = _parse_time(headers["Nats-Time-Stamp"])
+                    _BOARD.apply(rows, event, Meta(last, when, subj))
+            if got < BATCH:
+                break
     finally:
-        await consumer.stop()
-        with contextlib.suppress(Exception):
-            await js.delete_consumer(STREAM, info.name)
+        await replies.unsubscribe()
     return TaskState(task, rows.get(TASKS, (task,)), last)
+
+
+def _parse_time(stamp: str) -> datetime:
+    """A JetStream RFC 3339 timestamp with nanoseconds, to microseconds."""
+    head, _, frac = stamp.rstrip("Z").partition(".")
+    micros = (frac + "000000")[:6]
+    return datetime.fromisoformat(f"{head}.{micros}+00:00")
