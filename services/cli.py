@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -16,8 +18,11 @@ import projections
 from services import projector, simulate, views
 from services.config import Settings
 from services.errors import FleetwardError
+from services.respond import respond
 from services.runtime import open_runtime
 from services.serve import run_services
+
+DEV_GRACE_S = 5.0  # the watchdog's grace under `fleetward dev` (see _dev)
 
 # piped output is not cut to 80 columns: tables keep their ids whole
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -39,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
 
     proj = sub.add_parser("projector", help="run the projector service (all or some projections)")
     proj.add_argument("--only", nargs="*", choices=sorted(projections.BY_NAME), default=None)
+    sub.add_parser(
+        "watchdog", help="run the watchdog service: heartbeats and activity -> escalations"
+    )
 
     sim = sub.add_parser("simulate", help="drive a realistic demo fleet against NATS")
     sim.add_argument("--agents", type=int, default=25)
@@ -55,6 +63,19 @@ def _parser() -> argparse.ArgumentParser:
     agent = sub.add_parser("agent", help="what one agent is doing, what it cost, when last seen")
     agent.add_argument("agent_id")
 
+    esc = sub.add_parser(
+        "escalations", help="open escalations (oldest critical first); ack or resolve one"
+    )
+    esc.add_argument("--all", action="store_true", help="resolved ones too")
+    esc.add_argument("--limit", type=int, default=50)
+    esub = esc.add_subparsers(dest="action", metavar="ACTION")
+    ack = esub.add_parser("ack", help="acknowledge an escalation: you are on it")
+    ack.add_argument("escalation_id")
+    ack.add_argument("--note", default="")
+    res = esub.add_parser("resolve", help="resolve an escalation")
+    res.add_argument("escalation_id")
+    res.add_argument("--resolution", default="")
+
     projs = sub.add_parser("projections", help="inspect or rebuild projections")
     psub = projs.add_subparsers(dest="action", required=True, metavar="ACTION")
     rebuild = psub.add_parser("rebuild", help="rebuild one projection from the stream")
@@ -63,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _dev(settings: Settings, args: argparse.Namespace) -> None:
+    if "FLEETWARD_WATCHDOG_GRACE_S" not in os.environ:
+        # dev starts its own servers, and the simulated agents heartbeat every 1-2 s: a short
+        # grace lets silent ones show up within seconds instead of after a minute
+        settings = replace(settings, watchdog=replace(settings.watchdog, grace_s=DEV_GRACE_S))
     async with open_runtime(settings, embed=True) as rt:
 
         async def ready(port: int) -> None:
@@ -85,7 +110,8 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
             if args.simulate:
                 console.print(f"  Simulator {args.simulate} agents (sim-000 ...)")
             console.print(
-                "  In another terminal: .venv/bin/fleetward status | agents | tasks | agent sim-001"
+                "  In another terminal: .venv/bin/fleetward status | agents | tasks | "
+                "agent sim-001 | escalations"
             )
             while True:
                 await anyio.sleep(args.every)
@@ -93,7 +119,9 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
                     line = await views.fleet_status(conn)
                 console.print(f"[dim]{_clock()}[/dim] {line}")
 
-        await run_services(rt, projections.ALL, simulate_agents=args.simulate, on_ready=ready)
+        await run_services(
+            rt, projections.ALL, simulate_agents=args.simulate, watchdog=True, on_ready=ready
+        )
 
 
 def _clock() -> str:
@@ -111,6 +139,31 @@ async def _projector(settings: Settings, args: argparse.Namespace) -> None:
             console.print(f"projector running ({names}); metrics on :{port}/metrics")
 
         await run_services(rt, chosen, on_ready=ready)
+
+
+async def _watchdog(settings: Settings, args: argparse.Namespace) -> None:
+    async with open_runtime(settings) as rt:
+        w = settings.watchdog
+
+        async def ready(port: int) -> None:
+            part, parts = w.partition
+            console.print(
+                f"watchdog running (partition {part}/{parts}, grace {w.grace_s:g}s); "
+                f"metrics on :{port}/metrics"
+            )
+
+        await run_services(rt, (), watchdog=True, on_ready=ready)
+
+
+async def _escalations(settings: Settings, args: argparse.Namespace) -> None:
+    if args.action is None:
+        await _read(settings, lambda c: views.show_escalations(c, console, args.all, args.limit))
+        return
+    resolve = args.action == "resolve"
+    async with open_runtime(settings, prepare=False, pool_size=2) as rt:
+        text = args.resolution if resolve else args.note
+        await respond(rt.js, args.escalation_id, resolve=resolve, text=text)
+    console.print(f"{'resolved' if resolve else 'acknowledged'} {args.escalation_id}")
 
 
 async def _simulate(settings: Settings, args: argparse.Namespace) -> None:
@@ -160,6 +213,10 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
         anyio.run(_dev, settings, args)
     elif cmd == "projector":
         anyio.run(_projector, settings, args)
+    elif cmd == "watchdog":
+        anyio.run(_watchdog, settings, args)
+    elif cmd == "escalations":
+        anyio.run(_escalations, settings, args)
     elif cmd == "simulate":
         anyio.run(_simulate, settings, args)
     elif cmd == "status":

@@ -3,11 +3,80 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from schemas.streams import DEFAULT_AUDIT_RETENTION_DAYS
 from services.errors import FleetwardError
+
+DEFAULT_HEARTBEAT_INTERVAL_S = 60.0  # AgentRegistered.heartbeat_interval_s's default
+
+
+@dataclass(frozen=True, slots=True)
+class WatchdogSettings:
+    """The watchdog's knobs (services/watchdog.py). Times are seconds of the stream's clock."""
+
+    interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S  # for agents not (yet) registered
+    warn_misses: float = 2.0  # warning when silent for interval x warn_misses
+    critical_misses: float = 5.0  # critical (offline, leases released) at interval x this
+    grace_s: float = DEFAULT_HEARTBEAT_INTERVAL_S  # judge no one this long after (re)connecting
+    stall_s: float = 900.0  # a held task with no report for this long is stalled
+    default_sla_s: float = 3600.0  # time allowed in progress for tasks without sla_s; 0: none
+    error_window_s: float = 300.0  # tool-error spike: the window ...
+    error_threshold: float = 0.5  # ... the share of failed calls in it ...
+    error_min_calls: int = 10  # ... and the calls it needs before it can judge
+    wake_runs: int = 5  # wake loop: this many runs finished without task progress ...
+    wake_window_s: float = 600.0  # ... within this window
+    partition: tuple[int, int] = (0, 1)  # (i, n): judge agent a iff crc32(a) % n == i
+
+    def __post_init__(self) -> None:
+        if self.interval_s <= 0:
+            raise FleetwardError("FLEETWARD_WATCHDOG_INTERVAL_S must be more than 0")
+        if not 0 < self.warn_misses < self.critical_misses:
+            raise FleetwardError(
+                "FLEETWARD_WATCHDOG_WARN_MISSES must be more than 0 and less than "
+                "FLEETWARD_WATCHDOG_CRITICAL_MISSES"
+            )
+        if not 0 < self.error_threshold <= 1:
+            raise FleetwardError("FLEETWARD_WATCHDOG_ERROR_THRESHOLD must be in (0, 1]")
+        if self.stall_s <= 0 or self.error_window_s <= 0 or self.wake_window_s <= 0:
+            raise FleetwardError("the watchdog's stall time and windows must be more than 0")
+        if self.error_min_calls < 1 or self.wake_runs < 1:
+            raise FleetwardError("the watchdog's call and run counts must be 1 or more")
+
+    @classmethod
+    def from_env(cls, env: dict[str, str]) -> WatchdogSettings:
+        def num(name: str, default: float) -> float:
+            return _number(env, f"FLEETWARD_WATCHDOG_{name}", default)
+
+        interval = num("INTERVAL_S", DEFAULT_HEARTBEAT_INTERVAL_S)
+        return cls(
+            interval_s=interval,
+            warn_misses=num("WARN_MISSES", 2.0),
+            critical_misses=num("CRITICAL_MISSES", 5.0),
+            grace_s=num("GRACE_S", interval),
+            stall_s=num("STALL_S", 900.0),
+            default_sla_s=num("DEFAULT_SLA_S", 3600.0),
+            error_window_s=num("ERROR_WINDOW_S", 300.0),
+            error_threshold=num("ERROR_THRESHOLD", 0.5),
+            error_min_calls=int(num("ERROR_MIN_CALLS", 10)),
+            wake_runs=int(num("WAKE_RUNS", 5)),
+            wake_window_s=num("WAKE_WINDOW_S", 600.0),
+            partition=parse_partition(env.get("FLEETWARD_WATCHDOG_PARTITION", "")),
+        )
+
+
+def parse_partition(raw: str) -> tuple[int, int]:
+    """``"i/n"`` (this replica's share of the agents) as ``(i, n)``; empty means ``(0, 1)``."""
+    if not raw:
+        return (0, 1)
+    found = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", raw)
+    if not found or int(found.group(2)) < 1 or int(found.group(1)) >= int(found.group(2)):
+        raise FleetwardError(
+            f"FLEETWARD_WATCHDOG_PARTITION={raw!r} is not 'i/n' with 0 <= i < n, e.g. '0/2'"
+        )
+    return int(found.group(1)), int(found.group(2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,6 +88,7 @@ class Settings:
     metrics_host: str
     metrics_port: int  # 0: pick a free port
     batch_size: int
+    watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -31,6 +101,7 @@ class Settings:
             metrics_host=env.get("FLEETWARD_METRICS_HOST", "127.0.0.1"),
             metrics_port=int(_number(env, "FLEETWARD_METRICS_PORT", 0)),
             batch_size=int(_number(env, "FLEETWARD_BATCH_SIZE", 1000)),
+            watchdog=WatchdogSettings.from_env(env),
         )
 
 

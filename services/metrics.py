@@ -118,3 +118,51 @@ async def serve_http(
     bound = listener.extra(anyio.abc.SocketAttribute.local_port)
     task_status.started(bound)
     await listener.serve(handle)
+
+
+# ---- the watchdog -----------------------------------------------------------------------------
+
+WATCHDOG_AGENTS_TRACKED = Gauge(
+    "fleetward_watchdog_agents_tracked",
+    "Agents this watchdog replica keeps a clock for (its partition).",
+    registry=REGISTRY,
+)
+WATCHDOG_AGENTS = Gauge(
+    "fleetward_watchdog_agents",
+    "Tracked agents by liveness state: alive, warning, critical, dismissed (a person resolved "
+    "the escalation; judged again from the next heartbeat), offline, paused, retired.",
+    ["state"],
+    registry=REGISTRY,
+)
+WATCHDOG_GRACE = Gauge(
+    "fleetward_watchdog_in_grace",
+    "1 while the watchdog judges no one (after its start, a reconnect or a NATS outage).",
+    registry=REGISTRY,
+)
+ESCALATIONS_RAISED = Counter(
+    "fleetward_escalations_raised",
+    "Escalations (and tier raises) this replica stored; another replica's are not counted.",
+    ["tier", "reason"],
+    registry=REGISTRY,
+)
+DETECTION_DELAY = Histogram(
+    "fleetward_watchdog_detection_delay_seconds",
+    "From the moment a condition fell due (a deadline; a triggering event) to the escalation "
+    "being stored, by the watchdog host's clock.",
+    ["reason"],
+    registry=REGISTRY,
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
+WATCHDOG_PUBLISHED = Counter(
+    "fleetward_watchdog_publish_outcomes",
+    "Steps of the watchdog's plans by outcome: stored, duplicate (another replica or an earlier "
+    "run did it), closed (the escalation was resolved meanwhile), failed.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+WATCHDOG_REJECTED = Counter(
+    "fleetward_watchdog_rejected",
+    "Events the watchdog could not use (see fleet.dead_letters for the projector's view).",
+    ["stream"],
+    registry=REGISTRY,
+)

@@ -1,5 +1,6 @@
-"""Running services in one process: projection runners, the simulator and the metrics endpoint,
-with graceful shutdown on SIGTERM / SIGINT (finish the batch in hand, commit, ack, exit)."""
+"""Running services in one process: projection runners, the watchdog, the simulator and the
+metrics endpoint, with graceful shutdown on SIGTERM / SIGINT (finish the batch in hand, commit,
+ack, exit)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from projections import Projection
 from services import metrics, simulate
 from services.projector import ProjectionRunner
 from services.runtime import Runtime
+from services.watchdog import Watchdog
 
 log = logging.getLogger("fleetward")
 
@@ -31,14 +33,20 @@ async def run_services(
     projections: tuple[Projection, ...],
     *,
     simulate_agents: int = 0,
+    watchdog: bool = False,
     on_ready: Callable[[int], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT. ``on_ready`` gets the metrics port once everything runs."""
     stop = anyio.Event()
     runners = [ProjectionRunner(rt, p, batch_size=rt.settings.batch_size) for p in projections]
+    dog = Watchdog(rt) if watchdog else None
 
     def healthy() -> bool:
-        return rt.nc.is_connected and all(r.consumer is not None for r in runners)
+        return (
+            rt.nc.is_connected
+            and all(r.consumer is not None for r in runners)
+            and (dog is None or dog.healthy())
+        )
 
     async with anyio.create_task_group() as services:
         services.start_soon(_stop_on_signal, stop)
@@ -48,6 +56,8 @@ async def run_services(
         async with anyio.create_task_group() as workers:
             for runner in runners:
                 workers.start_soon(runner.run, stop.is_set)
+            if dog is not None:
+                workers.start_soon(dog.run, stop.is_set)
             if simulate_agents:
                 workers.start_soon(_simulate, rt, simulate_agents, stop)
             if on_ready is not None:

@@ -45,7 +45,8 @@ def status_line(row: asyncpg.Record) -> str:
     return (
         f"agents {sum(agents.values())} ({_fmt(agents)}) | seen in 5m {row['seen_5m']} | "
         f"tasks {sum(tasks.values())} ({_fmt(tasks)}) | spend today ${row['spend_today']:.2f} | "
-        f"dead letters {row['dead_letters']}"
+        f"dead letters {row['dead_letters']} | "
+        f"escalations open {row['escalations_open']} (critical {row['escalations_critical']})"
     )
 
 
@@ -131,3 +132,34 @@ async def show_agent(conn: Conn, console: Console, agent_id: str) -> bool:
     for line in lines:
         console.print(line)
     return True
+
+
+async def show_escalations(conn: Conn, console: Console, everything: bool, limit: int) -> None:
+    query = q("escalations_all") if everything else q("escalations_open")
+    rows = await conn.fetch(query, limit)
+    table = Table(
+        "escalation",
+        "tier",
+        "reason",
+        "about",
+        "state",
+        "raised",
+        "message",
+        title="escalations" if everything else "open escalations (critical first, oldest first)",
+    )
+    _keep_ids(table, 0, 3)
+    for r in rows:
+        about = " / ".join(x for x in (r["agent"], r["task"]) if x) or "-"
+        state = r["state"] + (f" by {r['acknowledged_by']}" if r["acknowledged_by"] else "")
+        table.add_row(
+            r["escalation_id"],
+            r["tier"],
+            r["reason"],
+            about,
+            state,
+            age(r["raised_at"]),
+            r["message"],
+        )
+    console.print(table)
+    if not rows:
+        console.print("no open escalations" if not everything else "no escalations")

@@ -33,7 +33,7 @@ ON CONFLICT DO NOTHING;
 DELETE FROM fleetward.dead_letters WHERE projection = $1;
 
 -- name: fleet_status
--- One-line fleet summary: agents by status, tasks by status, today's spend.
+-- One-line fleet summary: agents by status, tasks by status, today's spend, open escalations.
 SELECT
   (SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM
      (SELECT status, count(*) n FROM fleet.agents GROUP BY status) a) AS agents,
@@ -41,7 +41,9 @@ SELECT
      (SELECT status, count(*) n FROM fleet.tasks GROUP BY status) t) AS tasks,
   (SELECT coalesce(sum(cost_usd), 0) FROM fleet.spend_daily WHERE day = current_date) AS spend_today,
   (SELECT count(*) FROM fleet.utilization WHERE last_seen > now() - interval '5 minutes') AS seen_5m,
-  (SELECT count(*) FROM fleet.dead_letters) AS dead_letters;
+  (SELECT count(*) FROM fleet.dead_letters) AS dead_letters,
+  (SELECT count(*) FROM fleet.escalations_open) AS escalations_open,
+  (SELECT count(*) FROM fleet.escalations_open WHERE tier = 'critical') AS escalations_critical;
 
 -- name: agents_list
 -- The agent registry with liveness and today's spend, busiest first.
@@ -85,3 +87,41 @@ WHERE (status = 'inbox' OR (status = 'assigned' AND assignee = $1))
   AND (required_role IS NULL OR required_role = ANY($2::text[]))
 ORDER BY array_position(ARRAY['urgent','high','medium','low'], priority), created_at, task_id
 LIMIT $3;
+
+-- name: escalations_open
+-- Open escalations for people: critical first, then warning, info; the oldest first in each.
+SELECT escalation_id, reason, tier, state, agent, task, message, raised_at, tier_at,
+       acknowledged_by, age
+FROM fleet.escalations_open
+ORDER BY tier_rank DESC, raised_at, escalation_id
+LIMIT $1;
+
+-- name: escalations_all
+-- Every escalation, open ones first, then the most recently raised.
+SELECT escalation_id, reason, tier, state, agent, task, message, raised_at, tier_at,
+       acknowledged_by, age
+FROM fleet.escalations
+ORDER BY open DESC, CASE tier WHEN 'critical' THEN 2 WHEN 'warning' THEN 1 ELSE 0 END DESC,
+         raised_at DESC
+LIMIT $1;
+
+-- name: watchdog_agents
+-- The watchdog's start: every agent's status, promised interval and last lifecycle change.
+SELECT agent_id, status, heartbeat_interval_s, updated_at FROM fleet.agents;
+
+-- name: watchdog_tasks
+-- The watchdog's start: held tasks, tasks in review, and open tasks that carry an SLA.
+SELECT task_id, status, assignee, claim_epoch, sla_s, claimed_at, updated_at
+FROM fleet.tasks
+WHERE status IN ('in_progress', 'blocked', 'review')
+   OR (status IN ('inbox', 'assigned') AND (sla_s IS NOT NULL OR claim_epoch > 0));
+
+-- name: watchdog_escalations
+-- The watchdog's start: open escalations with the last sequence on their subject.
+SELECT escalation_id, reason, tier, agent, task, message, evidence::text AS evidence, last_seq
+FROM fleetward.escalations
+WHERE state <> 'resolved';
+
+-- name: watchdog_checkpoints
+-- The watchdog's start: how far the projections it reads have applied their streams.
+SELECT projection, seq FROM fleetward.checkpoints WHERE projection = ANY($1::text[]);

@@ -1,0 +1,399 @@
+"""The watchdog's detectors besides liveness. Pure: fed events with their stream time and an
+explicit ``now``; they return ``Plan``s.
+
+- ``TaskWatch`` mirrors which agent holds which task at which epoch (what the task board holds
+  for in-progress and blocked tasks): the basis of the task detectors and of lease release.
+- ``OverdueDetector``: a task held longer than its SLA (``sla_s``, else the default): warning.
+- ``StallDetector``: a held task with no report from its holder (claim, progress, block) for
+  the stall time: warning. Both resolve their escalation when the condition ends.
+- ``ErrorSpikeDetector``: an agent's share of failed tool calls over a sliding window above the
+  threshold (with enough calls to judge): critical, and a durable pause command to the agent.
+- ``WakeLoopDetector``: an agent finishing run after run with no task progress: warning;
+  resolved by its next progress.
+
+Incident ids are deterministic from what every replica reads in the same order (task and epoch;
+task, epoch and last report; agent and the triggering event), so two replicas raise the same
+escalation. Event-driven detectors fire only on recent events (within their window of ``now``),
+so replaying old events at start raises nothing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from schemas.events import (
+    CommandIssued,
+    Event,
+    RunFinished,
+    TaskBlocked,
+    TaskCancelled,
+    TaskClaimed,
+    TaskCreated,
+    TaskLeaseExpired,
+    TaskProgressed,
+    TaskReleased,
+    TaskReviewed,
+    TaskSubmitted,
+    ToolCalled,
+)
+from services.config import WatchdogSettings
+from services.incidents import (
+    TASK_OVERDUE,
+    TASK_STALLED,
+    TOOL_ERROR_SPIKE,
+    WAKE_LOOP,
+    WATCHDOG,
+    Escalations,
+    Plan,
+    Publish,
+    at,
+    escalation_id,
+    event_id,
+    iso,
+    raised_event,
+    resolve_step,
+)
+from services.liveness import DeadlineHeap
+
+Owns = Callable[[str], bool]
+
+
+# ---- the held tasks --------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Held:
+    task: str
+    agent: str
+    epoch: int
+    claimed: float  # stream time of the claim, seconds
+    touched_us: int  # stream time of the holder's last report, microseconds
+    sla: float | None
+
+    @property
+    def touched(self) -> float:
+        return self.touched_us / 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    """What the watchdog reads of a task from the board at start (stream times in µs)."""
+
+    task: str
+    status: str
+    assignee: str | None
+    epoch: int
+    sla: float | None
+    claimed_us: int | None
+    updated_us: int
+
+
+Change = tuple[str, Held]  # ("claimed" | "touched" | "ended", the task)
+
+
+@dataclass(slots=True)
+class TaskWatch:
+    held: dict[str, Held] = field(default_factory=dict)
+    by_agent: dict[str, set[str]] = field(default_factory=dict)
+    sla: dict[str, float] = field(default_factory=dict)  # open tasks that have an sla_s
+    review: dict[str, tuple[str, int, float]] = field(default_factory=dict)  # agent, epoch, claim
+    epoch: dict[str, int] = field(default_factory=dict)  # last claim epoch of open tasks
+
+    def holdings(self, agent: str) -> list[tuple[str, int]]:
+        return sorted((t, self.held[t].epoch) for t in self.by_agent.get(agent, ()))
+
+    def load(self, row: TaskRow) -> Held | None:
+        """A task as the board (fleet.tasks) has it at start."""
+        task, agent, epoch, sla = row.task, row.assignee, row.epoch, row.sla
+        if sla is not None:
+            self.sla[task] = sla
+        if epoch:
+            self.epoch[task] = epoch
+        if agent is None:
+            return None
+        claimed = (row.claimed_us if row.claimed_us is not None else row.updated_us) / 1e6
+        if row.status == "review":
+            self.review[task] = (agent, epoch, claimed)
+        elif row.status in ("in_progress", "blocked"):
+            return self._hold(Held(task, agent, epoch, claimed, row.updated_us, sla))
+        return None
+
+    def _hold(self, h: Held) -> Held:
+        self.held[h.task] = h
+        self.by_agent.setdefault(h.agent, set()).add(h.task)
+        return h
+
+    def _drop(self, h: Held) -> None:
+        self.held.pop(h.task, None)
+        tasks = self.by_agent.get(h.agent)
+        if tasks is not None:
+            tasks.discard(h.task)
+            if not tasks:
+                del self.by_agent[h.agent]
+
+    def _forget(self, task: str) -> None:
+        for table in (self.sla, self.review, self.epoch):
+            table.pop(task, None)
+
+    def apply(self, event: Event, us: int) -> Change | None:
+        """Mirror the task board's transitions for held tasks."""
+        t = us / 1e6
+        match event:
+            case TaskCreated() if event.sla_s is not None:
+                self.sla[event.task] = event.sla_s
+            case TaskClaimed() if event.task not in self.held:
+                if event.epoch <= self.epoch.get(event.task, 0):
+                    return None  # the board refuses a claim of an old epoch
+                self.epoch[event.task] = event.epoch
+                self.review.pop(event.task, None)
+                sla = self.sla.get(event.task)
+                return "claimed", self._hold(Held(event.task, event.agent, event.epoch, t, us, sla))
+            case TaskProgressed() | TaskBlocked():
+                touched = self._holder(event.task, event.agent, event.epoch)
+                if touched is not None:
+                    touched.touched_us = us
+                    return "touched", touched
+            case TaskReleased() | TaskLeaseExpired() | TaskSubmitted():
+                ended = self._holder(event.task, event.agent, event.epoch)
+                if ended is not None:
+                    self._drop(ended)
+                    if isinstance(event, TaskSubmitted):
+                        self.review[event.task] = (ended.agent, ended.epoch, ended.claimed)
+                    return "ended", ended
+            case TaskReviewed():
+                pending = self.review.get(event.task)
+                if pending is None or pending[0] != event.agent:
+                    return None
+                del self.review[event.task]
+                if event.verdict == "approve":
+                    self._forget(event.task)
+                    return None
+                agent, epoch, claimed = pending  # rework: the holder has the task again
+                sla = self.sla.get(event.task)
+                return "claimed", self._hold(Held(event.task, agent, epoch, claimed, us, sla))
+            case TaskCancelled():
+                cancelled = self.held.get(event.task)
+                self._forget(event.task)
+                if cancelled is not None:
+                    self._drop(cancelled)
+                    return "ended", cancelled
+        return None
+
+    def _holder(self, task: str, agent: str, epoch: int) -> Held | None:
+        h = self.held.get(task)
+        return h if h is not None and h.agent == agent and h.epoch == epoch else None
+
+
+# ---- task detectors --------------------------------------------------------------------------
+
+
+class _TaskDetector:
+    reason: str
+
+    def __init__(self, settings: WatchdogSettings, escalations: Escalations, watch: TaskWatch):
+        self.s, self.escalations, self.watch = settings, escalations, watch
+        self.heap: DeadlineHeap[str] = DeadlineHeap()
+
+    def deadline(self, h: Held) -> float | None:
+        raise NotImplementedError
+
+    def incident(self, h: Held) -> str:
+        raise NotImplementedError
+
+    def describe(self, h: Held, now: float) -> tuple[str, dict[str, str | int | float | None]]:
+        raise NotImplementedError
+
+    def changed(self, change: Change, now: float) -> list[Plan]:
+        kind, h = change
+        plans: list[Plan] = []
+        open_ = self.escalations.open_for(self.reason, h.task)
+        ends = kind == "ended" or (kind == "touched" and self.reason == TASK_STALLED)
+        if open_ is not None and (ends or kind == "claimed"):
+            self.escalations.close(open_.id)
+            why = "the task is no longer held" if kind != "touched" else "the holder reported"
+            plans.append(Plan(f"esc:{open_.id}", (resolve_step(open_.id, now, why, open_.seq),)))
+        if kind == "ended":
+            self.heap.cancel(h.task)
+        elif kind == "claimed" or (ends and h.task not in self.heap):
+            due = self.deadline(h)
+            if due is not None:
+                self.heap.schedule(h.task, due)
+        return plans
+
+    def due(self, now: float, owns: Owns, healthy: Owns) -> list[Plan]:
+        """Judge the tasks whose deadline passed, if this replica owns their holder. A holder in
+        a liveness incident is judged later: its silence is the incident (and at critical its
+        leases are released)."""
+        plans: list[Plan] = []
+        for task in self.heap.pop_due(now):
+            h = self.watch.held.get(task)
+            due = self.deadline(h) if h is not None else None
+            if h is None or due is None or not owns(h.agent):
+                continue
+            if now < due:
+                self.heap.schedule(task, due)  # reported since it was scheduled
+                continue
+            if not healthy(h.agent):
+                self.heap.schedule(task, now + self.s.interval_s)
+                continue
+            esc = self.incident(h)
+            if self.escalations.known(esc):
+                continue
+            message, evidence = self.describe(h, now)
+            raised = raised_event(esc, "warning", self.reason, now, agent=h.agent, task=task,
+                                  message=message, evidence=evidence)  # fmt: skip
+            self.escalations.raised(raised)
+            plans.append(Plan(f"esc:{esc}", (Publish(raised, "empty"),), due))
+        return plans
+
+
+class OverdueDetector(_TaskDetector):
+    reason = TASK_OVERDUE
+
+    def deadline(self, h: Held) -> float | None:
+        sla = h.sla if h.sla is not None else self.s.default_sla_s
+        return h.claimed + sla if sla > 0 else None
+
+    def incident(self, h: Held) -> str:
+        return escalation_id("od", h.task, str(h.epoch))
+
+    def describe(self, h: Held, now: float) -> tuple[str, dict[str, str | int | float | None]]:
+        sla = h.sla if h.sla is not None else self.s.default_sla_s
+        return (
+            f"in progress for {now - h.claimed:.1f}s, SLA {sla:g}s",
+            {"claimed_at": iso(h.claimed), "sla_s": sla, "epoch": h.epoch,
+             "sla_from": "task" if h.sla is not None else "default"},
+        )  # fmt: skip
+
+
+class StallDetector(_TaskDetector):
+    reason = TASK_STALLED
+
+    def deadline(self, h: Held) -> float | None:
+        return h.touched + self.s.stall_s
+
+    def incident(self, h: Held) -> str:
+        return escalation_id("st", h.task, str(h.epoch), str(h.touched_us))
+
+    def describe(self, h: Held, now: float) -> tuple[str, dict[str, str | int | float | None]]:
+        return (
+            f"no report from the holder for {now - h.touched:.1f}s",
+            {"last_report": iso(h.touched), "stall_s": self.s.stall_s, "epoch": h.epoch},
+        )
+
+
+# ---- agent activity detectors ----------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Rate:
+    """Calls and errors in the current window and the one before (a sliding-window estimate:
+    the previous window counts in proportion to how much of it the sliding window still covers;
+    O(1) memory per agent)."""
+
+    window: int = -1
+    calls: int = 0
+    errors: int = 0
+    prev_calls: int = 0
+    prev_errors: int = 0
+    quiet_until: float = 0.0
+
+    def add(self, t: float, size: float, ok: bool) -> tuple[float, float]:
+        w = int(t // size)
+        if w != self.window:
+            shift = w == self.window + 1
+            self.prev_calls = self.calls if shift else 0
+            self.prev_errors = self.errors if shift else 0
+            self.window, self.calls, self.errors = w, 0, 0
+        self.calls += 1
+        self.errors += not ok
+        weight = 1.0 - (t % size) / size
+        return self.calls + self.prev_calls * weight, self.errors + self.prev_errors * weight
+
+
+class ErrorSpikeDetector:
+    def __init__(self, settings: WatchdogSettings, escalations: Escalations) -> None:
+        self.s, self.escalations = settings, escalations
+        self.rates: dict[str, _Rate] = {}
+
+    def observe(
+        self, event: ToolCalled, seq: int, t: float, now: float, judging: bool
+    ) -> list[Plan]:
+        s = self.s
+        rate = self.rates.get(event.agent)
+        if rate is None:
+            rate = self.rates[event.agent] = _Rate()
+        calls, errors = rate.add(t, s.error_window_s, event.ok)
+        if (
+            not judging
+            or event.ok
+            or calls < s.error_min_calls
+            or errors / calls < s.error_threshold
+            or t < rate.quiet_until
+            or t < now - s.error_window_s  # an old event (a replay): judge only the present
+            or self.escalations.open_for(TOOL_ERROR_SPIKE, event.agent) is not None
+        ):
+            return []
+        rate.quiet_until = t + s.error_window_s  # one incident per window at most
+        esc = escalation_id("te", event.agent, str(int(t // s.error_window_s)))
+        share = errors / calls
+        raised = raised_event(
+            esc, "critical", TOOL_ERROR_SPIKE, now, agent=event.agent,
+            message=f"{share:.0%} of ~{calls:.0f} tool calls failed in {s.error_window_s:g}s; "
+            "pause requested",
+            evidence={"error_share": round(share, 3), "calls": round(calls, 1),
+                      "window_s": s.error_window_s, "threshold": s.error_threshold,
+                      "last_error": (event.error or "")[:200], "tool": event.tool[:200],
+                      "trigger_seq": seq},
+        )  # fmt: skip
+        self.escalations.raised(raised)
+        pause = CommandIssued(
+            id=event_id(esc, "pause"), actor=WATCHDOG, at=at(now), agent=event.agent,
+            command="pause", reason=f"tool-error spike (escalation {esc})",
+            payload={"escalation": esc},
+        )  # fmt: skip
+        return [Plan(f"esc:{esc}", (Publish(raised, "empty"), Publish(pause)), t)]
+
+
+class WakeLoopDetector:
+    def __init__(self, settings: WatchdogSettings, escalations: Escalations) -> None:
+        self.s, self.escalations = settings, escalations
+        self.runs: dict[str, deque[float]] = {}  # finished runs since the last progress
+
+    def finished(
+        self, event: RunFinished, seq: int, t: float, now: float, judging: bool
+    ) -> list[Plan]:
+        s = self.s
+        runs = self.runs.get(event.agent)
+        if runs is None:
+            runs = self.runs[event.agent] = deque(maxlen=s.wake_runs)
+        runs.append(t)
+        if (
+            not judging
+            or len(runs) < s.wake_runs
+            or runs[0] < t - s.wake_window_s
+            or t < now - s.wake_window_s
+            or self.escalations.open_for(WAKE_LOOP, event.agent) is not None
+        ):
+            return []
+        esc = escalation_id("wl", event.agent, str(seq))
+        raised = raised_event(
+            esc, "warning", WAKE_LOOP, now, agent=event.agent,
+            message=f"{len(runs)} runs finished in {t - runs[0]:.1f}s without task progress",
+            evidence={"runs": len(runs), "first_run_at": iso(runs[0]),
+                      "window_s": s.wake_window_s, "trigger_seq": seq},
+        )  # fmt: skip
+        self.escalations.raised(raised)
+        runs.clear()
+        return [Plan(f"esc:{esc}", (Publish(raised, "empty"),), t)]
+
+    def progressed(self, agent: str, now: float) -> list[Plan]:
+        self.runs.pop(agent, None)
+        open_ = self.escalations.open_for(WAKE_LOOP, agent)
+        if open_ is None:
+            return []
+        self.escalations.close(open_.id)
+        step = resolve_step(open_.id, now, "the agent made task progress", open_.seq)
+        return [Plan(f"esc:{open_.id}", (step,))]

@@ -1,0 +1,182 @@
+"""Publishing the watchdog's plans: exactly one escalation per incident, however many replicas.
+
+Every event has a deterministic id, sent as ``Nats-Msg-Id``. Raises and resolutions also carry
+``Nats-Expected-Last-Subject-Sequence``: 0 for the first raise (the subject must be empty), else
+the last sequence known on the subject. A replica that loses the race gets "wrong last sequence"
+(JetStream error 10071) or a duplicate PubAck, reads the subject's last event and decides:
+
+- the event is there already, or a raise of the same or a higher tier: done (a duplicate);
+- the escalation is resolved: the rest of the plan is dropped (a person or a heartbeat closed
+  the incident; nothing is marked offline for it);
+- anything else (an acknowledgement, a lower tier): publish again after that sequence.
+
+Plans with the same key are published one at a time, in order; different keys concurrently,
+up to ``window`` at once. A transient failure (NATS away) retries the step for up to
+``give_up_s``: deduplication and compare-and-set make the retries safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Final, Literal
+
+import anyio
+from anyio.abc import ObjectReceiveStream
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
+
+from schemas import subject_of
+from schemas.admission import Rejected, decode
+from schemas.events import EscalationRaised, EscalationResolved, Event
+from services import metrics
+from services.incidents import TIER_RANK, Plan, Publish
+from services.publish import TRANSIENT, publish
+
+log = logging.getLogger("fleetward.watchdog")
+
+WRONG_LAST_SEQUENCE: Final = 10071
+EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
+EVENTS_STREAM: Final = "FW_EVENTS"
+
+Outcome = Literal["stored", "duplicate", "closed"]
+
+
+class Publisher:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        on_stored: Callable[[Event, int], None],
+        on_closed: Callable[[str], None],
+        window: int = 256,
+        give_up_s: float = 120.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.js = js
+        self.on_stored, self.on_closed = on_stored, on_closed
+        self.give_up_s = give_up_s
+        self.clock = clock
+        self.outcomes: Counter[str] = Counter()  # this publisher's step outcomes
+        self.in_flight = 0
+        self._slots = anyio.Semaphore(window)
+        self._locks: dict[str, tuple[anyio.Lock, int]] = {}
+
+    async def run(self, plans: ObjectReceiveStream[Plan]) -> None:
+        """Publish plans as they come, until the stream closes; then finish those in hand."""
+        async with anyio.create_task_group() as tg, plans:
+            async for plan in plans:
+                self.in_flight += 1
+                tg.start_soon(self._one, plan)
+
+    async def _one(self, plan: Plan) -> None:
+        lock, users = self._locks.get(plan.key, (None, 0))
+        if lock is None:
+            lock = anyio.Lock()
+        self._locks[plan.key] = (lock, users + 1)
+        try:
+            async with lock, self._slots:
+                await self.execute(plan)
+        except Exception:
+            log.exception("publishing the plan for %s failed; dropped", plan.key)
+            self.outcomes["failed"] += 1
+            metrics.WATCHDOG_PUBLISHED.labels("failed").inc()
+        finally:
+            self.in_flight -= 1
+            lock, users = self._locks[plan.key]
+            if users == 1:
+                del self._locks[plan.key]
+            else:
+                self._locks[plan.key] = (lock, users - 1)
+
+    async def execute(self, plan: Plan) -> None:
+        """Publish a plan's steps in order; stop when one finds its escalation resolved."""
+        for step in plan.steps:
+            outcome = await self._retrying(step)
+            self.outcomes[outcome] += 1
+            metrics.WATCHDOG_PUBLISHED.labels(outcome).inc()
+            if outcome == "closed":
+                self.on_closed(getattr(step.event, "escalation", ""))
+                return
+            event = step.event
+            if isinstance(event, EscalationRaised) and outcome == "stored":
+                metrics.ESCALATIONS_RAISED.labels(event.tier, event.reason).inc()
+                if plan.deadline is not None:
+                    delay = max(0.0, self.clock() - plan.deadline)
+                    metrics.DETECTION_DELAY.labels(event.reason).observe(delay)
+                log.info(
+                    "escalation %s %s %s: %s",
+                    event.escalation,
+                    event.tier,
+                    event.agent or event.task,
+                    event.message,
+                )
+
+    async def _retrying(self, step: Publish) -> Outcome:
+        started, delay = time.monotonic(), 0.2
+        while True:
+            try:
+                return await self.step(step)
+            except (*TRANSIENT, OSError) as exc:
+                if time.monotonic() - started > self.give_up_s:
+                    raise
+                log.warning("publishing %s: %s; retrying", subject_of(step.event), exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def step(self, step: Publish) -> Outcome:
+        event = step.event
+        if step.expect == "any":
+            ack = await publish(self.js, event)
+            return "duplicate" if ack.duplicate else "stored"
+        expected: int | None = 0 if step.expect == "empty" else (step.seq or None)
+        for _ in range(8):
+            if expected is None:
+                seq, last = await self._last(subject_of(event))
+                verdict = _judge_last(event, last)
+                if verdict is not None:
+                    return verdict
+                expected = seq
+            try:
+                ack = await publish(
+                    self.js, event, headers={EXPECTED_LAST_SUBJECT_SEQ: str(expected)}
+                )
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                expected = None  # someone wrote on the subject: look again
+                continue
+            self.on_stored(event, ack.seq)
+            return "duplicate" if ack.duplicate else "stored"
+        raise RuntimeError(f"{subject_of(event)} keeps changing; gave up publishing {event.id}")
+
+    async def _last(self, subject: str) -> tuple[int, Event | None]:
+        """The sequence and event last stored on ``subject``; (0, None) when it is empty."""
+        try:
+            msg = await self.js.get_last_msg(EVENTS_STREAM, subject)
+        except NotFoundError:
+            return 0, None
+        assert msg.seq is not None and msg.data is not None
+        try:
+            return msg.seq, decode(msg.data)
+        except Rejected:
+            return msg.seq, None  # not ours to judge: publish after it
+
+
+def _judge_last(event: Event, last: Event | None) -> Outcome | None:
+    """What the subject's last event means for ``event``, or None: publish after it."""
+    if last is None:  # nothing raised (yet): a raise goes first, a resolution has nothing to do
+        return "duplicate" if isinstance(event, EscalationResolved) else None
+    if isinstance(last, EscalationResolved):
+        return "closed" if not isinstance(event, EscalationResolved) else "duplicate"
+    if last.id == event.id:
+        return "duplicate"
+    if (
+        isinstance(event, EscalationRaised)
+        and isinstance(last, EscalationRaised)
+        and TIER_RANK[last.tier] >= TIER_RANK[event.tier]
+    ):
+        return "duplicate"
+    return None

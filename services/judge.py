@@ -1,0 +1,205 @@
+"""The watchdog's mind, without I/O: liveness and the detectors behind one face, plus grace and
+partitioning. services/watchdog.py feeds it what it reads and publishes the ``Plan``s it returns.
+
+- Grace: nothing is judged before the readers have caught up once (``ready``), nor until
+  ``grace_until``, which the watchdog pushes to one grace period after its start, a reconnect,
+  or the moment its readers caught up again after an outage (``enter_grace``). Heartbeats and
+  events are still followed meanwhile, so afterwards only the truly silent are escalated.
+  Recoveries (a heartbeat after an escalation) are published at once, grace or not.
+- Partitioning: this replica judges agent ``a`` iff ``crc32(a) % n == i``; tasks by their
+  holder. Other agents' heartbeats are dropped before any work.
+- Start: the state comes from the projections (``load_*``) as of their checkpoints; events of a
+  kind at or below its projection's checkpoint are already in that state and are skipped.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterable
+from typing import Final
+
+from schemas.events import (
+    EscalationAcknowledged,
+    EscalationRaised,
+    EscalationResolved,
+    Event,
+    RunFinished,
+    TaskClaimed,
+    TaskProgressed,
+    TaskSubmitted,
+    ToolCalled,
+)
+from services.config import WatchdogSettings
+from services.detectors import (
+    ErrorSpikeDetector,
+    OverdueDetector,
+    StallDetector,
+    TaskRow,
+    TaskWatch,
+    WakeLoopDetector,
+)
+from services.incidents import (
+    HEARTBEAT_MISSED,
+    TASK_REASONS,
+    Escalations,
+    Open,
+    Plan,
+    resolve_step,
+)
+from services.liveness import LIFECYCLE, Liveness
+
+# the projection whose checkpoint covers each subject kind of FW_EVENTS
+CHECKPOINTS: Final = {"agent": "agents", "task": "tasks", "esc": "escalations"}
+_ESCALATION_EVENTS: Final = (EscalationRaised, EscalationAcknowledged, EscalationResolved)
+
+
+class Judge:
+    def __init__(self, settings: WatchdogSettings) -> None:
+        self.s = settings
+        self.escalations = Escalations()
+        self.liveness = Liveness(settings, self.escalations)
+        self.tasks = TaskWatch()
+        self.overdue = OverdueDetector(settings, self.escalations, self.tasks)
+        self.stall = StallDetector(settings, self.escalations, self.tasks)
+        self.spike = ErrorSpikeDetector(settings, self.escalations)
+        self.wake = WakeLoopDetector(settings, self.escalations)
+        self.checkpoints: dict[str, int] = dict.fromkeys(CHECKPOINTS, 0)
+        self.ready = False  # the readers have caught up once
+        self.grace_until = math.inf
+        self._part, self._parts = settings.partition
+
+    # ---- grace and partitions ----------------------------------------------------------------
+
+    def owns(self, agent: str) -> bool:
+        return self._parts == 1 or zlib.crc32(agent.encode()) % self._parts == self._part
+
+    def enter_grace(self, now: float) -> None:
+        """Judge no one until one grace period from ``now``."""
+        until = now + self.s.grace_s
+        self.grace_until = until if math.isinf(self.grace_until) else max(self.grace_until, until)
+
+    def judging(self, now: float) -> bool:
+        return self.ready and now >= self.grace_until
+
+    # ---- the state at start ------------------------------------------------------------------
+
+    def load_agent(self, agent: str, status: str, interval: float, updated_us: int) -> None:
+        if self.owns(agent):
+            self.liveness.load(agent, status, interval, updated_us)
+
+    def load_task(self, row: TaskRow, now: float) -> None:
+        held = self.tasks.load(row)
+        if held is not None:
+            self.overdue.changed(("claimed", held), now)
+            self.stall.changed(("claimed", held), now)
+
+    def load_escalation(self, raised: EscalationRaised, seq: int, now: float) -> None:
+        """An open escalation (fleet.escalations), ``raised`` standing for its latest raise."""
+        found = self.escalations.raised(raised, seq)
+        if found is not None and found.reason == HEARTBEAT_MISSED and self.owns(found.agent or ""):
+            self.liveness.adopt(found, now)  # no heartbeat is known yet: nothing to recover
+
+    # ---- what is read --------------------------------------------------------------------------
+
+    def heartbeat(self, agent: str, seq: int, ns: int, now: float) -> list[Plan]:
+        """A heartbeat (the watchdog checks ``owns`` before it even decodes one)."""
+        if not self.owns(agent):
+            return []
+        return self.liveness.heartbeat(agent, seq, ns // 1000, now)
+
+    def event(self, kind: str, event: Event, seq: int, ns: int, now: float) -> list[Plan]:
+        """An event of FW_EVENTS, ``kind`` being its subject kind (agent, task, esc)."""
+        us = ns // 1000
+        fresh = seq > self.checkpoints.get(kind, 0)
+        if isinstance(event, _ESCALATION_EVENTS):
+            return self._escalation(event, seq, now) if fresh else []
+        if isinstance(event, LIFECYCLE):
+            if fresh and self.owns(event.agent):
+                self.liveness.lifecycle(event, us)
+            return []
+        plans: list[Plan] = []
+        agent = getattr(event, "agent", None)
+        if kind == "task" and fresh:
+            change = self.tasks.apply(event, us)
+            if change is not None:
+                plans += self.overdue.changed(change, now)
+                plans += self.stall.changed(change, now)
+        if agent is None or not self.owns(agent):
+            return plans
+        judging = self.judging(now) and self.liveness.judgeable(agent)
+        match event:
+            case ToolCalled():
+                plans += self.spike.observe(event, seq, us / 1e6, now, judging)
+            case RunFinished():
+                plans += self.wake.finished(event, seq, us / 1e6, now, judging)
+            case TaskProgressed() | TaskSubmitted() | TaskClaimed():
+                plans += self.wake.progressed(agent, now)
+        return plans
+
+    def _escalation(self, event: Event, seq: int, now: float) -> list[Plan]:
+        if isinstance(event, EscalationResolved):
+            closed = self.escalations.apply(event, seq)
+            if closed is not None:
+                self.closed(closed)
+            return []
+        found = self.escalations.apply(event, seq)
+        if (
+            isinstance(event, EscalationRaised)
+            and found is not None
+            and found.reason == HEARTBEAT_MISSED
+            and self.owns(found.agent or "")
+        ):
+            return self.liveness.adopt(found, now)
+        return []
+
+    def closed(self, esc: Open) -> None:
+        if esc.reason == HEARTBEAT_MISSED:
+            self.liveness.closed(esc)
+
+    def found_resolved(self, esc: str) -> None:
+        """The publisher found ``esc`` resolved on its subject (e.g. before a restart)."""
+        closed = self.escalations.close(esc)
+        if closed is not None:
+            self.closed(closed)
+
+    def stored(self, esc: str, seq: int) -> None:
+        """An event of escalation ``esc`` is stored at ``seq`` (a PubAck)."""
+        self.escalations.stored(esc, seq)
+
+    # ---- the timer -------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Plan]:
+        if not self.judging(now):
+            return []
+        plans = self.liveness.due(now, self.tasks.holdings)
+        healthy = self.liveness.healthy
+        plans += self.overdue.due(now, self.owns, healthy)
+        plans += self.stall.due(now, self.owns, healthy)
+        return plans
+
+    def next_due(self) -> float | None:
+        dues = [h.next_due() for h in (self.liveness.heap, self.overdue.heap, self.stall.heap)]
+        return min((d for d in dues if d is not None), default=None)
+
+    def reconcile(self, now: float) -> list[Plan]:
+        """Once caught up: resolve open task escalations whose task is no longer held at the
+        epoch they are about (it ended while no watchdog was looking)."""
+        plans: list[Plan] = []
+        for esc in list(self.escalations.open.values()):
+            if esc.reason not in TASK_REASONS or esc.task is None or not self.owns(esc.agent or ""):
+                continue
+            held = self.tasks.held.get(esc.task)
+            if held is None or (esc.epoch and held.epoch != esc.epoch):
+                self.escalations.close(esc.id)
+                step = resolve_step(esc.id, now, "the task ended", esc.seq)
+                plans.append(Plan(f"esc:{esc.id}", (step,)))
+        return plans
+
+    # ---- for metrics -------------------------------------------------------------------------
+
+    def tracked(self) -> int:
+        return len(self.liveness.agents)
+
+    def states(self) -> Iterable[tuple[str, int]]:
+        return ((k, n) for k, n in self.liveness.counts.items() if n)

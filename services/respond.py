@@ -1,0 +1,67 @@
+"""What a person does about an escalation: acknowledge it ("I am on it") or resolve it.
+
+Both are checked against the escalation's own subject, not a projection, so an escalation raised
+a moment ago can be acknowledged at once. They are published with compare-and-set on that
+subject: an acknowledgement racing a resolution fails cleanly instead of landing after it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC, datetime
+
+from nats.js import JetStreamContext
+from nats.js.errors import APIError, NotFoundError
+
+from schemas import new_id
+from schemas.admission import Rejected, decode
+from schemas.events import EscalationAcknowledged, EscalationResolved, Event
+from schemas.subjects import subject
+from services.errors import FleetwardError
+from services.escalate import EVENTS_STREAM, EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
+from services.publish import publish
+
+_IDENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def operator() -> str:
+    """``user:<login>`` of the person at the keyboard ($USER, else 'operator')."""
+    name = re.sub(r"[^A-Za-z0-9_.@-]", "_", os.environ.get("USER") or "operator")[:64]
+    return f"user:{name or 'operator'}"
+
+
+async def _last(js: JetStreamContext, esc: str) -> tuple[int, Event | None]:
+    if not _IDENT.fullmatch(esc):
+        raise FleetwardError(f"no escalation {esc!r}")
+    try:
+        msg = await js.get_last_msg(EVENTS_STREAM, subject("esc", esc))
+    except NotFoundError:
+        raise FleetwardError(f"no escalation {esc!r}") from None
+    assert msg.seq is not None and msg.data is not None
+    try:
+        return msg.seq, decode(msg.data)
+    except Rejected:
+        return msg.seq, None
+
+
+async def respond(js: JetStreamContext, esc: str, *, resolve: bool, text: str = "") -> int:
+    """Acknowledge or resolve ``esc`` as the operator. Returns the stream sequence."""
+    seq, last = await _last(js, esc)
+    if isinstance(last, EscalationResolved):
+        raise FleetwardError(f"escalation {esc!r} is already resolved")
+    who, now = operator(), datetime.now(UTC)
+    event: Event = (
+        EscalationResolved(id=new_id(), actor=who, at=now, escalation=esc, resolution=text)
+        if resolve
+        else EscalationAcknowledged(id=new_id(), actor=who, at=now, escalation=esc, note=text)
+    )
+    try:
+        ack = await publish(js, event, headers={EXPECTED_LAST_SUBJECT_SEQ: str(seq)})
+    except APIError as exc:
+        if exc.err_code != WRONG_LAST_SEQUENCE:
+            raise
+        raise FleetwardError(
+            f"escalation {esc!r} changed while you answered it; look again and retry"
+        ) from None
+    return ack.seq

@@ -1,0 +1,267 @@
+"""The watchdog service: heartbeats and activity in, escalations out (the judging is in
+services/judge.py; this module only reads, times and publishes).
+
+At start it reads the agent registry, the held tasks and the open escalations from the
+projections in one snapshot, with their checkpoints; then it follows fw.agent.> and fw.task.>
+(FW_EVENTS, together, in order) from the older of their projections' checkpoints, fw.esc.> from
+its own, and FW_HEARTBEATS from each agent's last heartbeat, with ordered ephemeral consumers
+(services/follow.py). Its state is
+rebuilt at every start, so nothing it reads is acknowledged.
+
+Time: heartbeats are judged by the stream's timestamps; "now" is this host's clock
+(``time.time()``). Hosts are assumed NTP-synced with the NATS servers: a skew of s seconds
+shifts every deadline by s.
+
+Grace: nothing is judged while disconnected or while a reader has not caught up (at start, or
+after re-creating its consumer on a reconnect or a JetStream outage), nor for one grace period
+after: the agents need about as long to be heard again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+import anyio
+import msgspec
+from anyio.streams.memory import MemoryObjectSendStream
+
+from schemas.admission import Rejected, admit
+from schemas.events import EscalationRaised, Event
+from schemas.streams import HEARTBEATS
+from schemas.subjects import wildcard
+from services import metrics
+from services.config import WatchdogSettings
+from services.db import q
+from services.detectors import TaskRow
+from services.escalate import Publisher
+from services.follow import StreamFollower
+from services.incidents import Plan
+from services.judge import CHECKPOINTS, Judge
+from services.liveness import STATES
+from services.pull import EPOCH
+from services.runtime import Runtime
+
+log = logging.getLogger("fleetward.watchdog")
+
+HB_PREFIX = "fw.hb."
+SHUTDOWN_S = 5.0  # on SIGTERM, plans in hand get this long to be published
+
+
+def micros(when: datetime) -> int:
+    """Microseconds since the epoch, exactly (as the projector stored the stream time)."""
+    delta = when - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+class Watchdog:
+    def __init__(
+        self,
+        rt: Runtime,
+        settings: WatchdogSettings | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        tick_s: float = 0.05,
+        name: str = "watchdog",
+    ) -> None:
+        self.rt = rt
+        self.settings = settings or rt.settings.watchdog
+        self.clock, self.tick_s, self.name = clock, tick_s, name
+        self.judge = Judge(self.settings)
+        self.publisher = Publisher(
+            rt.js, on_stored=self._stored, on_closed=self.judge.found_resolved, clock=clock
+        )
+        self.followers: list[StreamFollower] = []  # heartbeats, agents + tasks, escalations
+        self.last_tick = 0.0  # the "now" of the last judgement (tests wait on it)
+        self.rejected = 0
+        self._send: MemoryObjectSendStream[Plan] | None = None
+        self._reconnects = 0
+        self._restarts = 0
+
+    # ---- start -------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read the projections' state in one snapshot, with their checkpoints."""
+        judge, now = self.judge, self.clock()
+        async with (
+            self.rt.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            marks = await conn.fetch(q("watchdog_checkpoints"), list(CHECKPOINTS.values()))
+            agents = await conn.fetch(q("watchdog_agents"))
+            tasks = await conn.fetch(q("watchdog_tasks"))
+            open_ = await conn.fetch(q("watchdog_escalations"))
+        done = {r["projection"]: int(r["seq"]) for r in marks}
+        judge.checkpoints = {kind: done.get(p, 0) for kind, p in CHECKPOINTS.items()}
+        for r in agents:
+            judge.load_agent(
+                r["agent_id"], r["status"], r["heartbeat_interval_s"], micros(r["updated_at"])
+            )
+        for r in tasks:
+            claimed = micros(r["claimed_at"]) if r["claimed_at"] else None
+            row = TaskRow(r["task_id"], r["status"], r["assignee"], r["claim_epoch"], r["sla_s"],
+                          claimed, micros(r["updated_at"]))  # fmt: skip
+            judge.load_task(row, now)
+        for r in open_:
+            raised = EscalationRaised(
+                id=r["escalation_id"], actor="svc:watchdog", at=EPOCH,
+                escalation=r["escalation_id"], tier=r["tier"], reason=r["reason"],
+                agent=r["agent"], task=r["task"], message=r["message"],
+                evidence=msgspec.json.decode(r["evidence"]),
+            )  # fmt: skip
+            judge.load_escalation(raised, int(r["last_seq"]), now)
+        log.info(
+            "%s: %d agents, %d tasks, %d open escalations from the projections (checkpoints %s)",
+            self.name, len(agents), len(tasks), len(open_), judge.checkpoints,
+        )  # fmt: skip
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def _on_heartbeat(self, subject: str, data: bytes, seq: int, ns: int) -> None:
+        agent = subject[len(HB_PREFIX) :]
+        if not self.judge.owns(agent):
+            return
+        try:
+            admit(subject, data)
+        except Rejected:
+            self.rejected += 1
+            metrics.WATCHDOG_REJECTED.labels(HEARTBEATS.name).inc()
+            return
+        self._plan(self.judge.heartbeat(agent, seq, ns, self.clock()))
+
+    def _on_event(self, subject: str, data: bytes, seq: int, ns: int) -> None:
+        try:
+            event: Event = admit(subject, data)
+        except Rejected:
+            self.rejected += 1
+            metrics.WATCHDOG_REJECTED.labels("FW_EVENTS").inc()
+            return
+        kind = subject.split(".", 2)[1]
+        self._plan(self.judge.event(kind, event, seq, ns, self.clock()))
+
+    def _plan(self, plans: list[Plan]) -> None:
+        assert self._send is not None
+        for plan in plans:
+            self._send.send_nowait(plan)
+
+    def _stored(self, event: Event, seq: int) -> None:
+        esc = getattr(event, "escalation", None)
+        if isinstance(esc, str) and event.SUBJECT_KIND == "esc":
+            self.judge.stored(esc, seq)
+
+    # ---- the loops ---------------------------------------------------------------------------
+
+    def healthy(self) -> bool:
+        return self.rt.nc.is_connected and self.judge.ready
+
+    def caught_up(self) -> bool:
+        return bool(self.followers) and all(f.caught_up for f in self.followers)
+
+    async def run(self, stopping: Callable[[], bool]) -> None:
+        """Watch until ``stopping()``; plans in hand get up to ``SHUTDOWN_S`` to be published."""
+        if not await self._load_retrying(stopping):
+            return
+        rt, name = self.rt, self.name
+        self.followers = [
+            StreamFollower(rt.nc, rt.js, HEARTBEATS.name, HEARTBEATS.subjects,
+                           self._on_heartbeat, name=f"fw_{name}_hb"),
+        ]  # fmt: skip
+        # agent and task events in one reader, in stream order (the wake-loop detector weighs
+        # runs against task progress); escalations in another, from their own checkpoint: a
+        # checkpoint is the last sequence of *its* subjects, and escalations may be rare
+        marks = self.judge.checkpoints
+        self.followers += [
+            StreamFollower(rt.nc, rt.js, "FW_EVENTS", (wildcard("agent"), wildcard("task")),
+                           self._on_event, start_seq=min(marks["agent"], marks["task"]) + 1,
+                           name=f"fw_{name}_events"),
+            StreamFollower(rt.nc, rt.js, "FW_EVENTS", (wildcard("esc"),), self._on_event,
+                           start_seq=marks["esc"] + 1, name=f"fw_{name}_esc"),
+        ]  # fmt: skip
+        self.judge.enter_grace(self.clock())
+        self._reconnects = rt.nc.stats["reconnects"]
+        send, receive = anyio.create_memory_object_stream[Plan](math.inf)
+        self._send = send
+        published = anyio.Event()
+
+        async def publish() -> None:
+            await self.publisher.run(receive)
+            published.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(publish)
+            try:
+                async with anyio.create_task_group() as readers:
+                    for follower in self.followers:
+                        readers.start_soon(follower.run, stopping)
+                    readers.start_soon(self._judge, stopping)
+            finally:
+                send.close()  # the publisher finishes the plans in hand, then returns
+            with anyio.move_on_after(SHUTDOWN_S):
+                await published.wait()
+            tg.cancel_scope.cancel()
+
+    async def _load_retrying(self, stopping: Callable[[], bool]) -> bool:
+        delay = 0.2
+        while not stopping():
+            try:
+                await self.load()
+                return True
+            except Exception as exc:  # Postgres away: keep trying
+                log.warning("%s: cannot read the projections (%s); retrying", self.name, exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        return False
+
+    async def _judge(self, stopping: Callable[[], bool]) -> None:
+        judge, nc = self.judge, self.rt.nc
+        gauges_at = 0.0
+        while not stopping():
+            now = self.clock()
+            self._watch_connection(now)
+            if not judge.ready and self.caught_up():
+                judge.ready = True
+                log.info("%s: caught up; judging from %s", self.name, _hms(judge.grace_until))
+                self._plan(judge.reconcile(now))
+            if nc.is_connected:
+                self._plan(judge.tick(now))
+                self.last_tick = now
+            if now - gauges_at >= 0.5:
+                gauges_at = now
+                self._gauges(now)
+            nxt = judge.next_due() if judge.judging(now) else None
+            wait = self.tick_s if nxt is None else min(self.tick_s, max(nxt - now, 0.005))
+            await anyio.sleep(wait)
+
+    def _watch_connection(self, now: float) -> None:
+        """Grace while disconnected or re-reading, and for one period after: the agents need as
+        long to be heard again (a NATS or JetStream outage silenced them too)."""
+        nc = self.rt.nc
+        reconnects = nc.stats["reconnects"]
+        restarts = sum(f.restarts for f in self.followers)
+        if (
+            not nc.is_connected
+            or not self.caught_up()
+            or reconnects != self._reconnects
+            or restarts != self._restarts
+        ):
+            self.judge.enter_grace(now)  # the followers re-create their consumers themselves
+            if reconnects != self._reconnects or restarts != self._restarts:
+                log.info("%s: reconnected or re-reading; judging again from %s",
+                         self.name, _hms(self.judge.grace_until))  # fmt: skip
+            self._reconnects, self._restarts = reconnects, restarts
+
+    def _gauges(self, now: float) -> None:
+        metrics.WATCHDOG_AGENTS_TRACKED.set(self.judge.tracked())
+        counts = dict(self.judge.states())
+        for state in STATES:
+            metrics.WATCHDOG_AGENTS.labels(state).set(counts.get(state, 0))
+        metrics.WATCHDOG_GRACE.set(0 if self.judge.judging(now) else 1)
+
+
+def _hms(when: float) -> str:
+    if math.isinf(when):
+        return "never"
+    return time.strftime("%H:%M:%S", time.localtime(when))

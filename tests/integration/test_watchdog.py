@@ -1,0 +1,577 @@
+"""The watchdog against a real nats-server and Postgres, with short intervals (0.3 s): tiers at
+the right times, recovery, exactly one escalation per incident with two replicas, a restart
+after downtime, and each detector against a healthy control group."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+from anyio.abc import TaskGroup
+from nats.js.errors import NotFoundError
+
+from schemas import new_id
+from schemas.admission import admit
+from schemas.events import (
+    AgentOffline,
+    AgentOnline,
+    AgentRegistered,
+    CommandIssued,
+    Deliverable,
+    EscalationRaised,
+    EscalationResolved,
+    Event,
+    Heartbeat,
+    RunFinished,
+    TaskClaimed,
+    TaskCreated,
+    TaskLeaseExpired,
+    TaskProgressed,
+    TaskSubmitted,
+    Tier,
+    ToolCalled,
+)
+from services.config import Settings, WatchdogSettings
+from services.embedded import nats_server_binary
+from services.follow import StreamFollower
+from services.publish import publish_many
+from services.runtime import Runtime, open_runtime
+from services.watchdog import Watchdog
+from tests.helpers import envelope, project_all, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+INTERVAL = 0.3
+FAST = WatchdogSettings(
+    interval_s=INTERVAL, warn_misses=2, critical_misses=5, grace_s=0.5, stall_s=3600.0,
+    default_sla_s=0, error_window_s=60.0, error_threshold=0.5, error_min_calls=10,
+)  # fmt: skip
+
+
+def register(agent: str, interval: float = INTERVAL) -> AgentRegistered:
+    return AgentRegistered(**envelope(agent), agent=agent, name=agent, owner="o", team="t",
+                           heartbeat_interval_s=interval)  # fmt: skip
+
+
+@dataclass
+class Record:
+    subject: str
+    event: Event
+    seq: int
+    time: float  # stream time, seconds
+
+
+@dataclass
+class Recorder:
+    """Everything on fw.esc.> and fw.agent.> (FW_EVENTS), as it is stored."""
+
+    items: list[Record] = field(default_factory=list)
+    last_seq: int = 0
+
+    def handle(self, subject: str, data: bytes, seq: int, ns: int) -> None:
+        self.items.append(Record(subject, admit(subject, data), seq, ns / 1e9))
+        self.last_seq = seq
+
+    async def has_all(self, rt: Runtime) -> bool:
+        """Whether everything stored on its subjects so far has been recorded."""
+        last = 0
+        for subject in ("fw.esc.>", "fw.agent.>"):
+            with contextlib.suppress(NotFoundError):
+                last = max(last, (await rt.js.get_last_msg("FW_EVENTS", subject)).seq or 0)
+        return self.last_seq >= last
+
+    def raised(self, agent: str | None = None, tier: str | None = None) -> list[Record]:
+        return [
+            r for r in self.items
+            if isinstance(r.event, EscalationRaised)
+            and (agent is None or r.event.agent == agent)
+            and (tier is None or r.event.tier == tier)
+        ]  # fmt: skip
+
+    def escalations(
+        self, agent: str | None = None, tier: str | None = None
+    ) -> list[EscalationRaised]:
+        return [r.event for r in self.raised(agent, tier) if isinstance(r.event, EscalationRaised)]
+
+    def agents(self, tier: str | None = None) -> set[str | None]:
+        return {e.agent for e in self.escalations(tier=tier)}
+
+    def of(self, kind: type[Event]) -> list[Any]:
+        return [r.event for r in self.items if isinstance(r.event, kind)]
+
+
+class Beater:
+    """Heartbeats for a set of agents every ``every`` seconds (core publishes, flushed)."""
+
+    def __init__(self, rt: Runtime, agents: list[str], every: float = 0.1) -> None:
+        self.rt, self.every = rt, every
+        self.alive = set(agents)
+        self.rounds = 0
+        enc = msgspec.json.Encoder()
+        self.payload = {
+            a: enc.encode(Heartbeat(**envelope(a), agent=a, status="busy")) for a in agents
+        }
+
+    async def run(self) -> None:
+        while True:
+            for agent in sorted(self.alive):
+                await self.rt.nc.publish(f"fw.hb.{agent}", self.payload[agent])
+            if self.alive and self.rt.nc.is_connected:
+                with contextlib.suppress(Exception):  # an outage: try again next round
+                    await self.rt.nc.flush(timeout=1)
+            self.rounds += 1
+            await anyio.sleep(self.every)
+
+
+@contextlib.asynccontextmanager
+async def running(rt: Runtime, *watchdogs: Watchdog, beater: Beater | None = None
+                  ) -> AsyncIterator[tuple[Recorder, TaskGroup]]:  # fmt: skip
+    """A recorder, the watchdogs and the heartbeats, run until the block ends."""
+    recorder = Recorder()
+    follower = StreamFollower(rt.nc, rt.js, "FW_EVENTS", ("fw.esc.>", "fw.agent.>"),
+                              recorder.handle, start_seq=1, name="test_recorder")  # fmt: skip
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(follower.run, stop.is_set)
+        for dog in watchdogs:
+            tg.start_soon(dog.run, stop.is_set)
+        if beater is not None:
+            tg.start_soon(beater.run)
+        try:
+            yield recorder, tg
+        finally:
+            stop.set()
+            if beater is not None:
+                tg.cancel_scope.cancel()
+
+
+async def judging(*watchdogs: Watchdog) -> None:
+    async def check() -> bool:
+        return all(d.judge.judging(d.clock()) for d in watchdogs)
+
+    await wait_for(check, 20, "the watchdogs to be past their grace")
+
+
+async def last_heartbeat(rt: Runtime, agent: str) -> float:
+    msg = await rt.js.get_last_msg("FW_HEARTBEATS", f"fw.hb.{agent}")
+    assert msg.time is not None
+    return msg.time.timestamp()
+
+
+async def test_a_silent_agent_gets_a_warning_then_a_critical_on_time_and_a_heartbeat_resolves_it(
+    rt: Runtime,
+) -> None:
+    agents = ["dead", "ok-1", "ok-2", "ok-3"]
+    await publish_many(rt.js, [register(a) for a in agents] + [
+        TaskCreated(**envelope("user:p"), task="t1", project="p", title="t1"),
+        TaskClaimed(**envelope("dead"), task="t1", agent="dead", epoch=1),
+    ])  # fmt: skip
+    dog = Watchdog(rt, FAST)
+    beater = Beater(rt, agents)
+    async with running(rt, dog, beater=beater) as (rec, _):
+        await judging(dog)
+        assert rec.raised() == []
+        beater.alive.discard("dead")
+
+        async def critical() -> list[Record]:
+            return rec.raised("dead", "critical")
+
+        [crit] = await wait_for(critical, 10, "the critical escalation")
+        [warn] = rec.raised("dead", "warning")
+        last = await last_heartbeat(rt, "dead")
+        # on time: not before the deadline, and within a few ticks after it
+        assert 0 <= warn.time - (last + 2 * INTERVAL) < 0.5, (warn.time, last)
+        assert 0 <= crit.time - (last + 5 * INTERVAL) < 0.5, (crit.time, last)
+        esc = warn.event
+        assert isinstance(esc, EscalationRaised) and isinstance(crit.event, EscalationRaised)
+        assert (
+            crit.event.escalation == esc.escalation and crit.subject == f"fw.esc.{esc.escalation}"
+        )
+        assert esc.evidence["last_seen"] and esc.evidence["misses"] == 2
+
+        async def offline_and_released() -> bool:
+            stored = await rt.js.get_last_msg("FW_EVENTS", "fw.task.t1")
+            lease = admit("fw.task.t1", stored.data or b"")
+            return bool(rec.of(AgentOffline)) and isinstance(lease, TaskLeaseExpired)
+
+        await wait_for(offline_and_released, 10, "agent.offline and the lease expiry")
+        [offline] = rec.of(AgentOffline)
+        assert (offline.agent, offline.escalation) == ("dead", esc.escalation)
+
+        beater.alive.add("dead")  # it comes back
+
+        async def recovered() -> bool:
+            return bool(rec.of(EscalationResolved)) and bool(rec.of(AgentOnline))
+
+        await wait_for(recovered, 10, "the resolution and agent.online")
+        [resolved] = rec.of(EscalationResolved)
+        assert resolved.escalation == esc.escalation and resolved.actor == "svc:watchdog"
+        assert [e.agent for e in rec.of(AgentOnline)] == ["dead"]
+        assert rec.agents() == {"dead"}  # the others: nothing
+        assert len(rec.raised()) == 2
+
+
+async def test_two_watchdogs_raise_exactly_one_escalation_per_incident(
+    rt: Runtime, settings: Any
+) -> None:
+    silent = [f"s-{i:03d}" for i in range(200)]
+    healthy = [f"h-{i:02d}" for i in range(20)]
+    await publish_many(rt.js, [register(a, 1.0) for a in silent + healthy])
+    settings_b = replace(FAST, interval_s=1.0)
+    async with open_runtime(settings) as rt2:
+        a, b = Watchdog(rt, settings_b, name="wd_a"), Watchdog(rt2, settings_b, name="wd_b")
+        beater = Beater(rt, silent + healthy)
+        async with running(rt, a, b, beater=beater) as (rec, _):
+            await judging(a, b)
+            beater.alive -= set(silent)
+
+            async def all_critical() -> bool:
+                return len(rec.raised(tier="critical")) >= len(silent)
+
+            await wait_for(all_critical, 30, "200 critical escalations")
+
+            async def settled() -> bool:  # both publishers idle, every offline event stored
+                idle = a.publisher.in_flight == 0 and b.publisher.in_flight == 0
+                return idle and len(rec.of(AgentOffline)) >= len(silent)
+
+            await wait_for(settled, 10, "the watchdogs to finish publishing")
+            raised = rec.escalations()
+            per_incident = {(e.agent, e.tier) for e in raised}
+            assert len(raised) == 2 * len(silent) == len(per_incident)
+            assert {agent for agent, _ in per_incident} == set(silent)
+            assert len({e.escalation for e in raised}) == len(silent)
+            assert sorted(e.agent for e in rec.of(AgentOffline)) == silent
+            stored = a.publisher.outcomes["stored"] + b.publisher.outcomes["stored"]
+            assert stored == 3 * len(silent)  # warning, critical, offline: each stored once
+            raced = a.publisher.outcomes["duplicate"] + b.publisher.outcomes["duplicate"]
+            assert raced > 0, "the replicas never raced: the test proves nothing"
+
+
+async def test_a_watchdog_restarted_after_downtime_escalates_only_the_truly_silent(
+    rt: Runtime, env: dict[str, str], tmp_path: Path
+) -> None:
+    silent = [f"s-{i}" for i in range(10)]
+    healthy = [f"h-{i}" for i in range(10)]
+    await publish_many(rt.js, [register(a) for a in silent + healthy])
+    watchdog_env = env | {
+        "FLEETWARD_METRICS_PORT": "0",
+        "FLEETWARD_WATCHDOG_INTERVAL_S": str(INTERVAL),
+        "FLEETWARD_WATCHDOG_GRACE_S": "0.5",
+    }
+    beater = Beater(rt, silent + healthy)
+    async with running(rt, beater=beater) as (rec, _):
+        with spawn_watchdog(watchdog_env, tmp_path / "first") as (first, logs):
+            await wait_for(lambda: caught_up(first, logs), 30, "the first watchdog to judge")
+            stop(first, logs)
+        assert rec.raised() == []
+        beater.alive -= set(silent)
+        last = max([await last_heartbeat(rt, a) for a in silent])
+
+        async def three_intervals_later() -> bool:  # by the stream's clock
+            return await last_heartbeat(rt, healthy[0]) > last + 3 * INTERVAL
+
+        await wait_for(three_intervals_later, 10, "three intervals of downtime")
+        with spawn_watchdog(watchdog_env, tmp_path / "second") as (second, logs):
+
+            async def escalated() -> bool:
+                return rec.agents("critical") == set(silent)
+
+            await wait_for(escalated, 30, "the silent agents' critical escalations")
+            port = int(re.findall(r"metrics on :(\d+)", (logs / "stdout").read_text())[0])
+
+            async def exported() -> str:  # the gauges follow within a second
+                text = await http_metrics(port)
+                return text if 'fleetward_watchdog_agents{state="offline"} 10.0' in text else ""
+
+            metrics = await wait_for(exported, 10, "the metrics to show the offline agents")
+            stop(second, logs)
+        assert rec.agents() == set(silent)
+        assert "fleetward_watchdog_agents_tracked 20.0" in metrics
+        assert 'fleetward_watchdog_agents{state="alive"} 10.0' in metrics
+        critical = 'fleetward_escalations_raised_total{reason="heartbeat_missed",tier="critical"}'
+        assert f"{critical} 10.0" in metrics
+        assert (
+            'fleetward_watchdog_detection_delay_seconds_count{reason="heartbeat_missed"}' in metrics
+        )
+
+
+@contextlib.contextmanager
+def spawn_watchdog(
+    env: dict[str, str], logs: Path
+) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
+    logs.mkdir(parents=True)
+    with (logs / "stdout").open("wb") as out, (logs / "stderr").open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "watchdog"], cwd=ROOT,
+                                env=env, stdout=out, stderr=err)  # fmt: skip
+    try:
+        yield proc, logs
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+async def caught_up(proc: subprocess.Popen[bytes], logs: Path) -> bool:
+    if proc.poll() is not None:
+        raise AssertionError(f"the watchdog exited {proc.returncode}: {output(logs)}")
+    return "caught up" in (logs / "stderr").read_text()
+
+
+def stop(proc: subprocess.Popen[bytes], logs: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(15) == 0, output(logs)
+    assert "Traceback" not in (logs / "stderr").read_text(), output(logs)
+
+
+def output(logs: Path) -> str:
+    return f"stdout:\n{(logs / 'stdout').read_text()}\nstderr:\n{(logs / 'stderr').read_text()}"
+
+
+async def http_metrics(port: int) -> str:
+    chunks: list[bytes] = []
+    with anyio.fail_after(5):
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            await stream.send(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            with contextlib.suppress(anyio.EndOfStream):
+                while True:
+                    chunks.append(await stream.receive())
+    return b"".join(chunks).decode()
+
+
+# ---- the detectors ---------------------------------------------------------------------------
+
+
+def tool(agent: str, ok: bool) -> ToolCalled:
+    return ToolCalled(**envelope(agent), agent=agent, tool="shell", duration_ms=3.0, ok=ok,
+                      error=None if ok else "exit 1")  # fmt: skip
+
+
+def progress(agent: str, task: str) -> TaskProgressed:
+    return TaskProgressed(**envelope(agent), task=task, agent=agent, epoch=1)
+
+
+def finished(agent: str) -> RunFinished:
+    return RunFinished(**envelope(agent), agent=agent, run=new_id()[-12:], outcome="succeeded",
+                       latency_ms=5.0)  # fmt: skip
+
+
+async def test_each_detector_fires_on_its_condition_and_the_control_group_stays_quiet(
+    rt: Runtime,
+) -> None:
+    settings = WatchdogSettings(
+        interval_s=1.0, grace_s=0.5, stall_s=0.8, default_sla_s=0, error_window_s=30.0,
+        error_threshold=0.5, error_min_calls=6, wake_runs=4, wake_window_s=30.0,
+    )  # fmt: skip
+    firing = {"od": "task_overdue", "st": "task_stalled", "te": "tool_error_spike",
+              "wl": "wake_loop"}  # fmt: skip
+    control = ["od-ok", "st-ok", "te-ok", "wl-ok"]
+    agents = [*firing, *control]
+    tasks = {"od": 0.8, "od-ok": 0.8, "st": 60.0, "st-ok": 60.0, "wl-ok": 60.0}  # task: SLA
+    setup: list[Event] = [register(a, 1.0) for a in agents]
+    for agent, sla in tasks.items():
+        task = f"t-{agent}"
+        setup += [TaskCreated(**envelope("user:p"), task=task, project="p", title=task, sla_s=sla),
+                  TaskClaimed(**envelope(agent), task=task, agent=agent, epoch=1)]  # fmt: skip
+    await publish_many(rt.js, setup)
+    dog = Watchdog(rt, settings)
+    beater = Beater(rt, agents)
+
+    async def reports() -> None:  # the busy holders report every 0.2 s; "st" never does
+        n = 0
+        while True:
+            n += 1
+            batch: list[Event] = [progress(a, f"t-{a}") for a in ("od", "st-ok", "wl-ok")]
+            if n == 2:  # the punctual one hands in before its SLA
+                batch.append(TaskSubmitted(**envelope("od-ok"), task="t-od-ok", agent="od-ok",
+                    epoch=1, deliverable=Deliverable(kind="link", sha256="0" * 64)))  # fmt: skip
+            await publish_many(rt.js, batch)
+            await anyio.sleep(0.2)
+
+    async with running(rt, dog, beater=beater) as (rec, tg):
+        tg.start_soon(reports)
+        await judging(dog)
+        # the controls' events go first: by the time the firing ones are judged, so are they
+        healthy: list[Event] = [tool("te-ok", ok=k != 3) for k in range(8)]
+        for _ in range(5):
+            healthy += [finished("wl-ok"), progress("wl-ok", "t-wl-ok")]
+        await publish_many(rt.js, healthy)
+        spike: list[Event] = [tool("te", ok=k % 4 == 0) for k in range(8)]
+        await publish_many(rt.js, [*spike, *(finished("wl") for _ in range(5))])
+
+        async def all_fired() -> bool:
+            return rec.agents() >= set(firing)
+
+        await wait_for(all_fired, 15, "all four detectors to fire")
+        started = dog.last_tick
+
+        async def judged_past_the_controls() -> bool:  # their deadlines have passed, twice over
+            return dog.last_tick > started + 2 * 0.8 and dog.publisher.in_flight == 0
+
+        await wait_for(judged_past_the_controls, 10, "the watchdog to judge past the deadlines")
+        by_agent = {e.agent: e for e in rec.escalations()}
+        assert {a: e.reason for a, e in by_agent.items()} == firing
+        assert len(rec.raised()) == 4
+        assert by_agent["te"].tier == "critical"
+        assert {by_agent[a].tier for a in ("od", "st", "wl")} == {"warning"}
+        assert (by_agent["od"].task, by_agent["st"].task) == ("t-od", "t-st")
+        pause = await rt.js.get_last_msg("FW_COMMANDS", "fw.cmd.te")
+        command = admit("fw.cmd.te", pause.data or b"")
+        assert isinstance(command, CommandIssued) and command.command == "pause"
+        assert command.payload == {"escalation": by_agent["te"].escalation}
+
+
+# ---- the escalations projection and CLI ----------------------------------------------------
+
+
+async def fleetward(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    with anyio.fail_after(60):
+        done = await anyio.run_process(
+            [sys.executable, "-m", "services.cli", *args], cwd=ROOT, env=env, check=False
+        )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+def escalation(esc: str, tier: Tier, agent: str) -> EscalationRaised:
+    return EscalationRaised(
+        **envelope("svc:watchdog"), escalation=esc, tier=tier, reason="heartbeat_missed",
+        agent=agent, message=f"{agent} silent",
+    )  # fmt: skip
+
+
+async def test_people_list_acknowledge_and_resolve_escalations(
+    rt: Runtime, env: dict[str, str]
+) -> None:
+    # raised in this order; listed critical first, the oldest first within a tier
+    raises: list[tuple[str, Tier, str]] = [
+        ("esc-warn-old", "warning", "a1"), ("esc-crit-old", "critical", "a2"),
+        ("esc-info", "info", "a3"), ("esc-crit-new", "critical", "a4"),
+    ]  # fmt: skip
+    for esc, tier, agent in raises:
+        await publish_many(rt.js, [escalation(esc, tier, agent)])
+    await project_all(rt)
+    code, out, err = await fleetward(env, "escalations")
+    assert code == 0, err
+    order = re.findall(r"esc-[a-z-]+", out)
+    assert order == ["esc-crit-old", "esc-crit-new", "esc-warn-old", "esc-info"], out
+
+    code, out, err = await fleetward(env, "escalations", "ack", "esc-crit-new", "--note", "on it")
+    assert (code, out.strip()) == (0, "acknowledged esc-crit-new"), err
+    code, out, err = await fleetward(env, "escalations", "resolve", "esc-crit-old",
+                                     "--resolution", "restarted it")  # fmt: skip
+    assert (code, out.strip()) == (0, "resolved esc-crit-old"), err
+    answers = [
+        admit(f"fw.esc.{esc}", (await rt.js.get_last_msg("FW_EVENTS", f"fw.esc.{esc}")).data or b"")
+        for esc in ("esc-crit-new", "esc-crit-old")
+    ]  # fmt: skip
+    assert [type(e).__name__ for e in answers] == ["EscalationAcknowledged", "EscalationResolved"]
+    assert all(e.actor.startswith("user:") for e in answers)
+
+    await project_all(rt)
+    async with rt.pool.acquire() as conn:
+        rows = {r["escalation_id"]: r for r in await conn.fetch("SELECT * FROM fleet.escalations")}
+    assert (rows["esc-crit-new"]["state"], rows["esc-crit-new"]["ack_note"]) == (
+        "acknowledged", "on it")  # fmt: skip
+    assert (rows["esc-crit-old"]["state"], rows["esc-crit-old"]["open"]) == ("resolved", False)
+    code, out, _ = await fleetward(env, "escalations")
+    assert "esc-crit-old" not in out and "acknowledged" in out
+    code, out, _ = await fleetward(env, "escalations", "--all")
+    assert "esc-crit-old" in out and "resolved" in out
+
+    for args, problem in [
+        (("ack", "nope"), "no escalation 'nope'"),
+        (("resolve", "esc-crit-old"), "escalation 'esc-crit-old' is already resolved"),
+        (("ack", "fw.>"), "no escalation 'fw.>'"),
+    ]:
+        code, _, err = await fleetward(env, "escalations", *args)
+        assert (code, err.strip().splitlines()) == (2, [f"fleetward: error: {problem}"]), err
+
+
+# ---- a NATS outage -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def nats_on(port: int, store: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A nats-server on a fixed port (so clients can reconnect to it after a restart)."""
+    args = ["-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]
+    with (store.parent / f"nats-{port}.log").open("ab") as log:
+        proc = subprocess.Popen([nats_server_binary(), *args], stdout=log, stderr=log)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_after_a_nats_outage_the_watchdog_waits_a_grace_period_before_judging(
+    database: str, tmp_path: Path
+) -> None:
+    port, store = free_port(), tmp_path / "js"
+    settings = Settings.from_env({"FLEETWARD_NATS_URL": f"nats://127.0.0.1:{port}",
+                                  "FLEETWARD_DATABASE_URL": database,
+                                  "FLEETWARD_HOME": str(tmp_path / "home")})  # fmt: skip
+    agents = [f"a-{i}" for i in range(10)]
+    server = nats_on(port, store)
+    server.__enter__()
+    try:
+        async with open_runtime(settings) as rt, open_runtime(settings) as agents_rt:
+            await publish_many(rt.js, [register(a) for a in [*agents, "dead"]])
+            # the agents' clients reconnect up to ~1 s after the server is back: a grace of 2 s
+            dog = Watchdog(rt, replace(FAST, grace_s=2.0))
+            beater = Beater(agents_rt, agents)
+            async with running(rt, dog, beater=beater) as (rec, _):
+                await judging(dog)
+                await wait_for(lambda: _agents(rec, {"dead"}), 10, "the dead agent's escalation")
+                beater.alive.clear()  # the agents lose NATS too, and come back a while later
+                grace_before = dog.judge.grace_until
+                server.__exit__(None, None, None)
+                await wait_for(_not(rt), 10, "the watchdog to notice the outage")
+                down = dog.clock()
+
+                async def outage_over() -> bool:  # the outage lasts past the critical deadline
+                    return dog.clock() - down > 5 * INTERVAL
+
+                await wait_for(outage_over, 5, "the outage to last five intervals")
+                server = nats_on(port, store)
+                server.__enter__()
+
+                async def reconnected() -> bool:
+                    return rt.nc.is_connected and agents_rt.nc.is_connected
+
+                await wait_for(reconnected, 15, "both clients to reconnect")
+                beater.alive.update(agents)
+                assert dog.judge.grace_until > grace_before + 1.0  # moved past the outage
+
+                async def judged_again() -> bool:
+                    return dog.judge.judging(dog.clock()) and dog.last_tick > dog.judge.grace_until
+
+                await wait_for(judged_again, 15, "the watchdog to judge again")
+                await wait_for(lambda: rec.has_all(rt), 10, "the recorder to catch up")
+                assert rec.agents() == {"dead"}
+    finally:
+        server.__exit__(None, None, None)
+
+
+async def _agents(rec: Recorder, expected: set[str]) -> bool:
+    return rec.agents() == expected
+
+
+def _not(rt: Runtime) -> Any:
+    async def check() -> bool:
+        return not rt.nc.is_connected
+
+    return check
