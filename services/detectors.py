@@ -88,6 +88,9 @@ class TaskRow:
     sla: float | None
     claimed_us: int | None
     updated_us: int
+    lease_s: float | None = None
+    progress_us: int | None = None  # last claim, progress or rework (the lease's renewal)
+    last_seq: int = 0
 
 
 Change = tuple[str, Held]  # ("claimed" | "touched" | "ended", the task)

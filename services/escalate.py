@@ -10,6 +10,10 @@ the last sequence known on the subject. A replica that loses the race gets "wron
   the incident; nothing is marked offline for it);
 - anything else (an acknowledgement, a lower tier): publish again after that sequence.
 
+A lease expiry is published "exact": only on top of the sequence the lease was last seen at. If
+anything arrived on the task since (a progress just in time), it is dropped; the lease book
+sees that event and judges the lease again.
+
 Plans with the same key are published one at a time, in order; different keys concurrently,
 up to ``window`` at once. A transient failure (NATS away) retries the step for up to
 ``give_up_s``: deduplication and compare-and-set make the retries safe.
@@ -130,6 +134,16 @@ class Publisher:
         event = step.event
         if step.expect == "any":
             ack = await publish(self.js, event)
+            return "duplicate" if ack.duplicate else "stored"
+        if step.expect == "exact":  # only on top of step.seq; if the subject moved, drop it
+            try:
+                ack = await publish(
+                    self.js, event, headers={EXPECTED_LAST_SUBJECT_SEQ: str(step.seq)}
+                )
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                return "duplicate"
             return "duplicate" if ack.duplicate else "stored"
         expected: int | None = 0 if step.expect == "empty" else (step.seq or None)
         for _ in range(8):

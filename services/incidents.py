@@ -45,7 +45,7 @@ TASK_REASONS: Final = frozenset({TASK_OVERDUE, TASK_STALLED})
 
 TIER_RANK: Final[dict[str, int]] = {"info": 0, "warning": 1, "critical": 2}
 
-Expect = Literal["any", "empty", "open"]
+Expect = Literal["any", "empty", "open", "exact"]
 
 
 def escalation_id(prefix: str, *parts: str) -> str:

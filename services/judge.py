@@ -17,8 +17,10 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterable
+from datetime import timedelta
 from typing import Final
 
+from projections.tasks import HELD
 from schemas.events import (
     EscalationAcknowledged,
     EscalationRaised,
@@ -26,6 +28,7 @@ from schemas.events import (
     Event,
     RunFinished,
     TaskClaimed,
+    TaskLeaseExpired,
     TaskProgressed,
     TaskSubmitted,
     ToolCalled,
@@ -42,11 +45,15 @@ from services.detectors import (
 from services.incidents import (
     HEARTBEAT_MISSED,
     TASK_REASONS,
+    WATCHDOG,
     Escalations,
     Open,
     Plan,
+    Publish,
+    at,
     resolve_step,
 )
+from services.leases import Lapse, Lease, LeaseBook
 from services.liveness import LIFECYCLE, Liveness
 
 # the projection whose checkpoint covers each subject kind of FW_EVENTS
@@ -64,6 +71,7 @@ class Judge:
         self.stall = StallDetector(settings, self.escalations, self.tasks)
         self.spike = ErrorSpikeDetector(settings, self.escalations)
         self.wake = WakeLoopDetector(settings, self.escalations)
+        self.leases = LeaseBook()
         self.checkpoints: dict[str, int] = dict.fromkeys(CHECKPOINTS, 0)
         self.ready = False  # the readers have caught up once
         self.grace_until = math.inf
@@ -89,6 +97,11 @@ class Judge:
             self.liveness.load(agent, status, interval, updated_us)
 
     def load_task(self, row: TaskRow, now: float) -> None:
+        if row.status in HELD and row.assignee and row.lease_s:
+            renewed = row.progress_us or row.claimed_us or row.updated_us
+            lease = timedelta(seconds=row.lease_s)
+            self.leases.load(Lease(row.task, row.assignee, row.epoch, lease, at(renewed / 1e6),
+                                   row.last_seq))  # fmt: skip
         held = self.tasks.load(row)
         if held is not None:
             self.overdue.changed(("claimed", held), now)
@@ -102,10 +115,15 @@ class Judge:
 
     # ---- what is read --------------------------------------------------------------------------
 
-    def heartbeat(self, agent: str, seq: int, ns: int, now: float) -> list[Plan]:
-        """A heartbeat (the watchdog checks ``owns`` before it even decodes one)."""
+    def heartbeat(
+        self, agent: str, seq: int, ns: int, now: float, task: str | None = None
+    ) -> list[Plan]:
+        """A heartbeat (the watchdog checks ``owns`` before it even decodes one); one that
+        names a task renews the holder's lease on it."""
         if not self.owns(agent):
             return []
+        if task is not None:
+            self.leases.heartbeat(agent, task, at(ns / 1e9))
         return self.liveness.heartbeat(agent, seq, ns // 1000, now)
 
     def event(self, kind: str, event: Event, seq: int, ns: int, now: float) -> list[Plan]:
@@ -121,6 +139,7 @@ class Judge:
         plans: list[Plan] = []
         agent = getattr(event, "agent", None)
         if kind == "task" and fresh:
+            self.leases.observe(event, at(us / 1e6), seq)
             change = self.tasks.apply(event, us)
             if change is not None:
                 plans += self.overdue.changed(change, now)
@@ -173,13 +192,21 @@ class Judge:
         if not self.judging(now):
             return []
         plans = self.liveness.due(now, self.tasks.holdings)
+        for plan in plans:  # a dead agent's leases are released with its critical escalation
+            for step in plan.steps:
+                if isinstance(step.event, TaskLeaseExpired):
+                    self.leases.forget(step.event.task)
         healthy = self.liveness.healthy
         plans += self.overdue.due(now, self.owns, healthy)
         plans += self.stall.due(now, self.owns, healthy)
+        for lapse in self.leases.due(at(now)):
+            if self.owns(lapse.agent):
+                plans.append(lease_plan(lapse, now))
         return plans
 
     def next_due(self) -> float | None:
         dues = [h.next_due() for h in (self.liveness.heap, self.overdue.heap, self.stall.heap)]
+        dues.append(self.leases.next_due())
         return min((d for d in dues if d is not None), default=None)
 
     def reconcile(self, now: float) -> list[Plan]:
@@ -203,3 +230,12 @@ class Judge:
 
     def states(self) -> Iterable[tuple[str, int]]:
         return ((k, n) for k, n in self.liveness.counts.items() if n)
+
+
+def lease_plan(lapse: Lapse, now: float) -> Plan:
+    """Publish the lapse, but only if nothing was published on the task since the lease was
+    last seen (a progress that arrived in time wins; the book then judges again)."""
+    expired = TaskLeaseExpired(id=lapse.event_id, actor=WATCHDOG, at=at(now), task=lapse.task,
+                               agent=lapse.agent, epoch=lapse.epoch)  # fmt: skip
+    step = Publish(expired, expect="exact", seq=lapse.expected_seq)
+    return Plan(f"task:{lapse.task}", (step,), lapse.deadline.timestamp())

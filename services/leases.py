@@ -39,6 +39,7 @@ class Lease:
     deadline: datetime
     task_seq: int  # the last stream sequence seen on the task's subject
     version: int = 0  # new on every renewal (unique in the book); older heap entries are stale
+    reported: bool = False  # its lapse was handed out (again only after news of the task)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,19 +70,31 @@ class LeaseBook:
 
     def _renew(self, lease: Lease, at: datetime) -> None:
         lease.version = next(self._versions)
+        lease.reported = False
         lease.deadline = at + lease.lease
         heapq.heappush(self._heap, (lease.deadline, lease.task, lease.version))
+
+    def load(self, lease: Lease) -> None:
+        """A held task as the board last saw it (at the watchdog's start); its ``deadline``
+        is the time of its last renewal."""
+        self.leases[lease.task] = lease
+        self._renew(lease, lease.deadline)
+
+    def heartbeat(self, agent: str, task: str, at: datetime) -> None:
+        """A heartbeat of ``agent`` naming ``task`` at stream time ``at``."""
+        lease = self.leases.get(task)
+        if lease is not None and lease.agent == agent and at + lease.lease > lease.deadline:
+            self._renew(lease, at)
+
+    def next_due(self) -> float | None:
+        """When the earliest deadline falls (seconds since the epoch), or None."""
+        return self._heap[0][0].timestamp() if self._heap else None
 
     def observe(self, event: Event, at: datetime, seq: int) -> None:
         """Take one event, with its stream time and sequence, in stream order."""
         if isinstance(event, Heartbeat):
-            lease = self.leases.get(event.task) if event.task else None
-            if (
-                lease is not None
-                and lease.agent == event.agent
-                and at + lease.lease > lease.deadline
-            ):
-                self._renew(lease, at)
+            if event.task:
+                self.heartbeat(event.agent, event.task, at)
             return
         task = getattr(event, "task", None)
         if task is None:
@@ -89,6 +102,9 @@ class LeaseBook:
         lease = self.leases.get(task)
         if lease is not None:
             lease.task_seq = max(lease.task_seq, seq)
+            if lease.reported:  # its expiry was refused or is on its way: judge it again
+                lease.reported = False
+                heapq.heappush(self._heap, (lease.deadline, task, lease.version))
         match event:
             case TaskClaimed():
                 new = Lease(task, event.agent, event.epoch, timedelta(seconds=event.lease_s), at,
@@ -122,8 +138,9 @@ class LeaseBook:
         while self._heap and self._heap[0][0] <= now:
             deadline, task, version = heapq.heappop(self._heap)
             lease = self.leases.get(task)
-            if lease is None or lease.version != version:
+            if lease is None or lease.version != version or lease.reported:
                 continue  # renewed, ended or replaced since this entry was pushed
+            lease.reported = True
             out.append(Lapse(task, lease.agent, lease.epoch, deadline, lease.task_seq))
         return out
 
@@ -131,7 +148,12 @@ class LeaseBook:
         """Report ``lapse`` again at the next check (its expiry could not be published)."""
         lease = self.leases.get(lapse.task)
         if lease is not None and (lease.agent, lease.epoch) == (lapse.agent, lapse.epoch):
+            lease.reported = False
             heapq.heappush(self._heap, (lapse.deadline, lease.task, lease.version))
+
+    def forget(self, task: str) -> None:
+        """Stop watching ``task`` (its lease is being released another way)."""
+        self.leases.pop(task, None)
 
     def holders(self, agent: str) -> list[Lease]:
         """The leases an agent holds (to release them all when it goes offline)."""

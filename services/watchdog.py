@@ -102,8 +102,10 @@ class Watchdog:
             )
         for r in tasks:
             claimed = micros(r["claimed_at"]) if r["claimed_at"] else None
+            progress = micros(r["last_progress_at"]) if r["last_progress_at"] else None
             row = TaskRow(r["task_id"], r["status"], r["assignee"], r["claim_epoch"], r["sla_s"],
-                          claimed, micros(r["updated_at"]))  # fmt: skip
+                          claimed, micros(r["updated_at"]), r["lease_s"], progress,
+                          r["last_seq"])  # fmt: skip
             judge.load_task(row, now)
         for r in open_:
             raised = EscalationRaised(
@@ -125,12 +127,13 @@ class Watchdog:
         if not self.judge.owns(agent):
             return
         try:
-            admit(subject, data)
+            beat = admit(subject, data)
         except Rejected:
             self.rejected += 1
             metrics.WATCHDOG_REJECTED.labels(HEARTBEATS.name).inc()
             return
-        self._plan(self.judge.heartbeat(agent, seq, ns, self.clock()))
+        task = getattr(beat, "task", None)
+        self._plan(self.judge.heartbeat(agent, seq, ns, self.clock(), task))
 
     def _on_event(self, subject: str, data: bytes, seq: int, ns: int) -> None:
         try:

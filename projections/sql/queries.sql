@@ -111,10 +111,11 @@ SELECT agent_id, status, heartbeat_interval_s, updated_at FROM fleet.agents;
 
 -- name: watchdog_tasks
 -- The watchdog's start: held tasks, tasks in review, and open tasks that carry an SLA.
-SELECT task_id, status, assignee, claim_epoch, sla_s, claimed_at, updated_at
-FROM fleet.tasks
-WHERE status IN ('in_progress', 'blocked', 'review')
-   OR (status IN ('inbox', 'assigned') AND (sla_s IS NOT NULL OR claim_epoch > 0));
+SELECT t.task_id, t.status, t.assignee, t.claim_epoch, t.sla_s, t.claimed_at, t.updated_at,
+       t.lease_s, t.last_progress_at, i.last_seq
+FROM fleet.tasks t JOIN fleetward.tasks i USING (task_id)
+WHERE t.status IN ('in_progress', 'blocked', 'review')
+   OR (t.status IN ('inbox', 'assigned') AND (t.sla_s IS NOT NULL OR t.claim_epoch > 0));
 
 -- name: watchdog_escalations
 -- The watchdog's start: open escalations with the last sequence on their subject.
