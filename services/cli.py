@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import projections
-from services import projector, simulate, views
+from services import cli_tasks, projector, simulate, views
 from services.config import Settings
 from services.errors import FleetwardError
 from services.respond import respond
@@ -57,9 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="fleet summary and projection checkpoints")
     agents = sub.add_parser("agents", help="the agent registry with liveness and spend")
     agents.add_argument("--limit", type=int, default=50)
-    tasks = sub.add_parser("tasks", help="the task board")
-    tasks.add_argument("--status", default=None)
-    tasks.add_argument("--limit", type=int, default=50)
+    tasks = sub.add_parser("tasks", help="the task board; create, assign, review, cancel tasks")
+    cli_tasks.add_parsers(tasks)
     agent = sub.add_parser("agent", help="what one agent is doing, what it cost, when last seen")
     agent.add_argument("agent_id")
 
@@ -224,7 +223,7 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
     elif cmd == "agents":
         anyio.run(_read, settings, lambda c: views.show_agents(c, console, args.limit))
     elif cmd == "tasks":
-        anyio.run(_read, settings, lambda c: views.show_tasks(c, console, args.status, args.limit))
+        anyio.run(cli_tasks.run, settings, args, console)
     elif cmd == "agent":
         if not anyio.run(_read, settings, lambda c: views.show_agent(c, console, args.agent_id)):
             raise FleetwardError(f"no agent {args.agent_id!r} in the registry")

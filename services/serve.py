@@ -15,6 +15,7 @@ from projections import Projection
 from services import metrics, simulate
 from services.projector import ProjectionRunner
 from services.runtime import Runtime
+from services.taskapi import serve_task_api
 from services.watchdog import Watchdog
 
 log = logging.getLogger("fleetward")
@@ -53,6 +54,8 @@ async def run_services(
         port = await services.start(
             metrics.serve_http, rt.settings.metrics_host, rt.settings.metrics_port, healthy
         )
+        if any(p.name == "tasks" for p in projections):
+            services.start_soon(serve_task_api, rt)  # answers from the task board
         async with anyio.create_task_group() as workers:
             for runner in runners:
                 workers.start_soon(runner.run, stop.is_set)
