@@ -48,13 +48,14 @@ from schemas.events import (
 )
 from schemas.subjects import subject_of
 from services.bench_claims import run_claims_bench
+from services.bench_watchdog import run_watchdog_bench
 from services.config import Settings
 from services.projector import durable_name, rebuild, reset
 from services.pull import PullConsumer, recreate_consumer
 from services.runtime import Runtime, open_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("pipeline", "claims")
+SECTIONS = ("pipeline", "claims", "watchdog")
 
 
 @dataclass
@@ -356,7 +357,7 @@ async def run(args: argparse.Namespace) -> list[Figure]:
     figures: list[Figure] = []
     log = home / "projector.log"
     if "pipeline" not in args.only:
-        return await claims_figures(args) if "claims" in args.only else []
+        return await other_figures(args)
     async with open_runtime(settings, embed=True, pool_size=12) as rt:
         say(f"servers: {rt.nats_url}  {rt.database_url}")
         say(f"generating {args.events:,} events from {args.agents:,} agents")
@@ -469,9 +470,49 @@ async def run(args: argparse.Namespace) -> list[Figure]:
         base=0.0,
         target="(context)",
     )
+    return figures + await other_figures(args)
+
+
+async def other_figures(args: argparse.Namespace) -> list[Figure]:
+    out: list[Figure] = []
     if "claims" in args.only:
-        figures += await claims_figures(args)
-    return figures
+        out += await claims_figures(args)
+    if "watchdog" in args.only:
+        out += await watchdog_figures(args)
+    return out
+
+
+async def watchdog_figures(args: argparse.Namespace) -> list[Figure]:
+    """A watchdog process tracking ``--wd-agents`` agents that heartbeat every ``--wd-interval``
+    seconds; 1% fall silent near the end. Each run on fresh servers (no other agents)."""
+    runs = []
+    for _ in range(args.runs):
+        home = Path(tempfile.mkdtemp(prefix="fleetward-bench-wd-"))
+        settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
+        async with open_runtime(settings, embed=True) as rt:
+            one = await run_watchdog_bench(
+                rt, args.wd_agents, args.wd_interval, args.wd_seconds, log=home / "watchdog.log"
+            )
+            runs.append(one)
+        say(f"  watchdog: {runs[-1]}")
+    setup = f"{args.wd_agents:,} agents at {args.wd_interval:g} s"
+
+    def spread(key: str) -> tuple[float, float, float]:
+        return median_of([float(r[key]) for r in runs])
+
+    cpu, rss, p99 = spread("cpu_share_of_one_core"), spread("peak_rss_mib"), spread("delay_p99_s")
+    wrong = spread("missed")[0] + spread("false_escalations")[0]
+    return [
+        Figure(f"watchdog CPU, {setup}", cpu[0], "share of a core", "one core", 1.0, cpu[0],
+               "(context: capacity to spare)", cpu[1], cpu[2], args.runs),
+        Figure(f"watchdog peak RSS, {setup}", rss[0], "MiB", "none", 0.0, 0.0, "(context)",
+               rss[1], rss[2], args.runs),
+        Figure(f"detection delay p99, 1% of {setup} fall silent", p99[0], "s",
+               "heartbeat interval, s", args.wd_interval, p99[0] / args.wd_interval,
+               "(context: x interval)", p99[1], p99[2], args.runs),
+        Figure(f"silent agents missed + false escalations, {setup}", wrong, "agents", "0", 0.0,
+               0.0, "0", wrong, wrong, args.runs),
+    ]  # fmt: skip
 
 
 async def claims_figures(args: argparse.Namespace) -> list[Figure]:
@@ -566,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="a small smoke run (CI may run it)")
     p.add_argument("--out", type=Path, default=ROOT / "docs")
+    p.add_argument("--wd-agents", type=int, default=100_000)
+    p.add_argument("--wd-interval", type=float, default=10.0)
+    p.add_argument("--wd-seconds", type=float, default=60.0)
     p.add_argument("--claim-agents", type=int, default=100)
     p.add_argument("--claim-tasks", type=int, default=1000)
     p.add_argument(
@@ -576,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
         args.events, args.agents, args.runs, args.seconds = 30_000, 3_000, 1, 5.0
         args.rate = 2_000
         args.claim_agents, args.claim_tasks = 20, 100
+        args.wd_agents, args.wd_interval, args.wd_seconds = 2_000, 2.0, 15.0
         args.out = Path(tempfile.mkdtemp(prefix="fleetward-bench-quick-"))
     figures = asyncio.run(run(args))
     for f in figures:
