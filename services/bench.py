@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -118,25 +119,40 @@ def backlog(events: int, agents: int, seed: int) -> list[tuple[str, bytes]]:
     return out[:events]
 
 
-async def publish_backlog(rt: Runtime, items: list[tuple[str, bytes]]) -> None:
-    """Core publishes (the streams capture them), flushed in chunks; then verify the count."""
-    for i in range(0, len(items), 5_000):
-        for subject, data in items[i : i + 5_000]:
-            await rt.nc.publish(subject, data)
-        await rt.nc.flush()
-    want = len(items)
+async def publish_backlog(rt: Runtime, items: list[tuple[str, bytes]], window: int = 5_000) -> None:
+    """Publish with a reply inbox for the streams' acknowledgements, at most ``window`` waiting
+    (core publishes without acks can be dropped when the server falls behind); then verify."""
+    acked = 0
+    errors: list[bytes] = []
+    more = asyncio.Event()
 
-    async def stored() -> int:
-        total = 0
-        for s in ("FW_EVENTS", "FW_HEARTBEATS"):
-            total += (await rt.js.stream_info(s)).state.messages
-        return total
+    async def on_ack(msg: Any) -> None:
+        nonlocal acked
+        acked += 1
+        if b'"error"' in msg.data:
+            errors.append(msg.data)
+        more.set()
 
-    deadline = time.monotonic() + 120
-    while (have := await stored()) < want:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"only {have} of {want} events were stored")
-        await anyio.sleep(0.2)
+    inbox = rt.nc.new_inbox()
+    sub = await rt.nc.subscribe(inbox, cb=on_ack, pending_msgs_limit=4 * window)
+    sent = 0
+    for subject, data in items:
+        while sent - acked >= window:
+            more.clear()
+            await asyncio.wait_for(more.wait(), 60)
+        await rt.nc.publish(subject, data, reply=inbox)
+        sent += 1
+    while acked < sent:
+        more.clear()
+        await asyncio.wait_for(more.wait(), 60)
+    await sub.unsubscribe()
+    if errors:
+        raise SystemExit(f"{len(errors)} events were refused, e.g. {errors[0]!r}")
+    stored = 0
+    for s in ("FW_EVENTS", "FW_HEARTBEATS"):
+        stored += (await rt.js.stream_info(s)).state.messages
+    if stored < len(items):
+        raise SystemExit(f"only {stored} of {len(items)} events were stored")
 
 
 # ---- baselines --------------------------------------------------------------------------------
