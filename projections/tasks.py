@@ -21,6 +21,7 @@ from typing import ClassVar
 
 from projections.agents import next_status
 from projections.base import Key, Meta, Projection, Row, Rows, Table
+from schemas.admission import actor_kind
 from schemas.events import (
     AgentOffline,
     AgentOnline,
@@ -107,6 +108,7 @@ TASK_AGENTS = Table(
     columns=("agent_id", "roles", "status", "max_concurrent_tasks", "held"),
 )
 
+REVIEWER_ROLE = "reviewer"
 OPEN = frozenset({"inbox", "assigned", "in_progress", "blocked", "review"})
 HELD = frozenset({"in_progress", "blocked"})
 _HOLDER_EVENTS = (TaskProgressed, TaskBlocked, TaskReleased, TaskSubmitted, TaskLeaseExpired)
@@ -136,6 +138,8 @@ class TaskBoard(Projection):
         agent = getattr(event, "agent", None)
         if agent is not None:
             yield TASK_AGENTS, (agent,)
+        if isinstance(event, TaskReviewed) and actor_kind(event.actor) == "agent":
+            yield TASK_AGENTS, (event.actor,)
         if isinstance(event, TaskCreated):
             for dep in event.depends_on:
                 yield TASKS, (dep,)
@@ -170,7 +174,9 @@ class TaskBoard(Projection):
             _reject(rows, task, event, meta, "unknown task")
             return
         row = dict(old)
-        if isinstance(event, TaskClaimed) and self.local:
+        if isinstance(event, TaskReviewed) and not self.local:
+            problem = reviewer_problem(rows.get(TASK_AGENTS, (event.actor,)), event)
+        elif isinstance(event, TaskClaimed) and self.local:
             problem = task_claim_problem(row, event)
         elif isinstance(event, TaskClaimed):
             agent = rows.get(TASK_AGENTS, (event.agent,))
@@ -218,6 +224,16 @@ def creation_problem(rows: Rows, event: TaskCreated) -> str | None:
             f"depends on unknown task(s) {', '.join(unknown)}: dependencies must already exist, "
             "so they can never form a cycle"
         )
+    return None
+
+
+def reviewer_problem(reviewer: Row | None, review: TaskReviewed) -> str | None:
+    """People and services review; an agent reviews only if it holds the role ``reviewer``.
+    (Nobody reviews their own work: admission refuses that before any projection sees it.)"""
+    if actor_kind(review.actor) != "agent":
+        return None
+    if reviewer is None or REVIEWER_ROLE not in reviewer["roles"]:
+        return f"{review.actor} lacks the role {REVIEWER_ROLE} needed to review"
     return None
 
 

@@ -1053,3 +1053,16 @@ def test_agent_activity_naming_a_task_does_not_move_it() -> None:
     fold(tool(0.5))
     assert fold.row(TASKS, TASK) == before
     assert fold.table(REJECTIONS) == {}
+
+
+def test_only_people_services_and_reviewer_agents_may_review() -> None:
+    fold = task_fold(created(), claimed(), submitted())
+    fold(registered("agent-rev", roles=("reviewer",)))
+    by_worker = TaskReviewed(**env(OTHER), task=TASK, agent=AGENT, verdict="approve")
+    reject(fold, by_worker, f"{OTHER} lacks the role reviewer")
+    by_reviewer = TaskReviewed(**env("agent-rev"), task=TASK, agent=AGENT, verdict="reject")
+    fold(by_reviewer)
+    assert fold.row(TASKS, TASK)["review_rounds"] == 1
+    fold(submitted(content="v2"))
+    fold(reviewed("approve"))  # a person (user:reviewer)
+    assert fold.row(TASKS, TASK)["status"] == "done"
