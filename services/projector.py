@@ -326,6 +326,7 @@ class ProjectionRunner:
             except Exception as exc:  # Resync, NATS or Postgres trouble: start again
                 log.warning("projection %s: %s; re-positioning", self.projection.name, exc)
                 metrics.RESYNCS.labels(self.projection.name).inc()
+                metrics.count_postgres_error("projector", exc)
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 await self._position_retrying(stopping)
@@ -342,6 +343,7 @@ class ProjectionRunner:
                 log.warning(
                     "projection %s: cannot position (%s); retrying", self.projection.name, exc
                 )
+                metrics.count_postgres_error("projector", exc)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

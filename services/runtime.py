@@ -20,7 +20,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from schemas.streams import all_streams
-from services import db
+from services import db, metrics
 from services.config import Settings
 from services.embedded import EmbeddedNats, EmbeddedPostgres, database_url
 from services.errors import FleetwardError
@@ -62,6 +62,9 @@ async def connect_nats(url: str, *, name: str = "fleetward", reconnect: bool = T
     async def quiet(_exc: Exception) -> None:  # nats-py logs every failed attempt otherwise
         return None
 
+    async def reconnected() -> None:
+        metrics.NATS_RECONNECTS.inc()
+
     # With unlimited reconnects nats-py also retries the FIRST connect forever: bound it, so an
     # unreachable server is an error instead of a hang.
     nc = NatsClient()
@@ -74,6 +77,7 @@ async def connect_nats(url: str, *, name: str = "fleetward", reconnect: bool = T
                 max_reconnect_attempts=-1 if reconnect else 0,
                 allow_reconnect=reconnect,
                 error_cb=quiet,
+                reconnected_cb=reconnected,
                 reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int; a float works
             )
     except Exception as exc:  # nats-py raises many types; all mean the same here

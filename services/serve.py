@@ -1,24 +1,30 @@
-"""Running services in one process: projection runners, the watchdog, the simulator and the
-metrics endpoint, with graceful shutdown on SIGTERM / SIGINT (finish the batch in hand, commit,
-ack, exit)."""
+"""Running services in one process: projection runners, the watchdog, the simulator, the
+metrics endpoint and, with any projection, the fleet gauges' refresher and the lag watch (once
+per process); graceful shutdown on SIGTERM / SIGINT (finish the batch in hand, commit, ack,
+exit)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
 
 from projections import Projection
+from schemas import REASONS
 from services import metrics, simulate
-from services.projector import ProjectionRunner
+from services.projector import PROJECTION_ERROR, ProjectionRunner
 from services.runtime import Runtime
 from services.taskapi import serve_task_api
 from services.watchdog import Watchdog
 
 log = logging.getLogger("fleetward")
+
+LAG_WATCH_S = 5.0  # how often the lag gauges are measured from the stream
 
 
 async def _stop_on_signal(stop: anyio.Event) -> None:
@@ -49,6 +55,11 @@ async def run_services(
             and (dog is None or dog.healthy())
         )
 
+    for p in projections:  # series present at 0 from the start, so increase() sees the first
+        metrics.RESYNCS.labels(p.name)
+        for reason in (*REASONS, PROJECTION_ERROR):
+            metrics.DEAD_LETTERS.labels(p.name, reason)
+
     async with anyio.create_task_group() as services:
         services.start_soon(_stop_on_signal, stop)
         port = await services.start(
@@ -59,6 +70,9 @@ async def run_services(
         async with anyio.create_task_group() as workers:
             for runner in runners:
                 workers.start_soon(runner.run, stop.is_set)
+            if runners:  # once per process, however many projections it runs
+                workers.start_soon(metrics.FLEET.run, rt, stop)
+                workers.start_soon(watch_lag, rt, runners, stop)
             if dog is not None:
                 workers.start_soon(dog.run, stop.is_set)
             if simulate_agents:
@@ -66,6 +80,34 @@ async def run_services(
             if on_ready is not None:
                 workers.start_soon(_until_stopped, on_ready, port, stop)
         services.cancel_scope.cancel()
+
+
+async def watch_lag(
+    rt: Runtime, runners: list[ProjectionRunner], stop: anyio.Event, every: float = LAG_WATCH_S
+) -> None:
+    """Measure each projection's lag from the stream every ``every`` seconds, not only after a
+    commit: a projection that stopped committing (Postgres away, a hang) shows its lag grow."""
+    while not stop.is_set():
+        with anyio.move_on_after(every):
+            await stop.wait()
+        for runner in runners:
+            with contextlib.suppress(Exception):  # NATS away, consumer re-created: next round
+                await measure_lag(rt, runner)
+
+
+async def measure_lag(rt: Runtime, runner: ProjectionRunner) -> None:
+    """Events on the projection's subjects past its checkpoint (the durable consumer's pending
+    and unacknowledged), and the age of the event at the checkpoint while any are left."""
+    p = runner.projection
+    info = await rt.js.consumer_info(p.stream, runner.durable)
+    behind = (info.num_pending or 0) + (info.num_ack_pending or 0)
+    lag = 0.0
+    if behind and runner.checkpoint:
+        applied = await rt.js.get_msg(p.stream, runner.checkpoint)
+        if applied.time is not None:
+            lag = max(time.time() - applied.time.timestamp(), 0.0)
+    metrics.LAG_EVENTS.labels(p.name).set(behind)
+    metrics.LAG_SECONDS.labels(p.name).set(lag)
 
 
 async def _simulate(rt: Runtime, agents: int, stop: anyio.Event) -> None:

@@ -126,3 +126,26 @@ WHERE state <> 'resolved';
 -- name: watchdog_checkpoints
 -- The watchdog's start: how far the projections it reads have applied their streams.
 SELECT projection, seq FROM fleetward.checkpoints WHERE projection = ANY($1::text[]);
+
+-- name: metrics_agents
+-- The fleetward_agents gauge: agents by status.
+SELECT status, count(*)::int AS n FROM fleet.agents GROUP BY status;
+
+-- name: metrics_tasks
+-- The fleetward_tasks gauge: tasks by status and priority.
+SELECT status, priority, count(*)::int AS n FROM fleet.tasks GROUP BY status, priority;
+
+-- name: metrics_escalations
+-- The fleetward_escalations_open gauge: open escalations by tier.
+SELECT tier, count(*)::int AS n FROM fleet.escalations_open GROUP BY tier;
+
+-- name: metrics_team_spend
+-- Spend per team of the registry (UTC days): since $1 (the oldest budget window), today ($2),
+-- this month (from $3). One index range scan per team on spend_daily (team, day).
+SELECT t.team,
+       coalesce(sum(s.cost_usd), 0)::float8 AS since,
+       coalesce(sum(s.cost_usd) FILTER (WHERE s.day = $2::date), 0)::float8 AS today,
+       coalesce(sum(s.cost_usd) FILTER (WHERE s.day >= $3::date), 0)::float8 AS month
+FROM (SELECT DISTINCT team FROM fleet.agents) t
+LEFT JOIN fleet.spend_daily s ON s.team = t.team AND s.day >= $1::date
+GROUP BY t.team;
