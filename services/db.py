@@ -69,6 +69,17 @@ def load_sql(table: Table) -> str:
     return f"SELECT {cols} FROM {table.name} WHERE ({keys}) IN (SELECT * FROM unnest({arrays}))"
 
 
+@cache
+def truncate_sql(table: Table) -> str:
+    return f"TRUNCATE {table.name}"
+
+
+@cache
+def any_row_sql(table: Table) -> str:
+    """True when ``table`` has a row."""
+    return f"SELECT EXISTS (SELECT 1 FROM {table.name})"
+
+
 def stage_name(table: Table) -> str:
     return "stage_" + table.name.replace(".", "_")
 

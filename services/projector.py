@@ -350,7 +350,7 @@ class ProjectionRunner:
 
 async def _tables_empty(conn: Conn, projection: Projection) -> bool:
     for table in projection.tables:
-        if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table.name})"):
+        if await conn.fetchval(db.any_row_sql(table)):
             return False
     return True
 
@@ -361,7 +361,7 @@ async def reset(rt: Runtime, projection: Projection) -> None:
         await conn.execute(q("checkpoint_init"), projection.name, projection.stream)
         await conn.fetchval(q("checkpoint_lock"), projection.name)
         for table in projection.tables:
-            await conn.execute(f"TRUNCATE {table.name}")
+            await conn.execute(db.truncate_sql(table))
         await conn.execute(q("dead_letters_clear"), projection.name)
         await conn.execute(q("checkpoint_reset"), projection.name)
 

@@ -146,8 +146,8 @@ async def ensure_database(server_url: str, name: str) -> str:
     """Create database ``name`` on an embedded server if it is missing; return its URL."""
     conn = await asyncpg.connect(server_url)
     try:
-        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
-            await conn.execute(f'CREATE DATABASE "{name}"')
+        if not await conn.fetchval(db.q("database_exists"), name):
+            await conn.execute(f'CREATE DATABASE "{name}"')  # an identifier: not a parameter
     finally:
         await conn.close()
     return database_url(server_url, name)

@@ -59,7 +59,7 @@ async def fleet_status(conn: Conn) -> str:
 async def show_status(conn: Conn, console: Console) -> None:
     console.print(await fleet_status(conn))
     table = Table("projection", "stream", "checkpoint", "updated", title="projections")
-    for r in await conn.fetch("SELECT * FROM fleet.projections ORDER BY projection"):
+    for r in await conn.fetch(q("projections_list")):
         table.add_row(r["projection"], r["stream"], str(r["checkpoint"]), age(r["updated_at"]))
     console.print(table)
 

@@ -149,3 +149,11 @@ SELECT t.team,
 FROM (SELECT DISTINCT team FROM fleet.agents) t
 LEFT JOIN fleet.spend_daily s ON s.team = t.team AND s.day >= $1::date
 GROUP BY t.team;
+
+-- name: projections_list
+-- Each projection's checkpoint, for `fleetward status`.
+SELECT projection, stream, checkpoint, updated_at FROM fleet.projections ORDER BY projection;
+
+-- name: database_exists
+-- Whether the embedded server already has Fleetward's database.
+SELECT 1 FROM pg_database WHERE datname = $1;
