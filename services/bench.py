@@ -51,6 +51,7 @@ from schemas.subjects import subject_of
 from services.bench_claims import run_claims_bench
 from services.bench_watchdog import run_watchdog_bench
 from services.config import Settings
+from services.db import q
 from services.projector import durable_name, rebuild, reset
 from services.pull import PullConsumer, recreate_consumer
 from services.runtime import Runtime, open_runtime
@@ -184,27 +185,24 @@ async def raw_copy(rt: Runtime, rows: int) -> float:
     at = datetime.now(UTC)
     records = [(f"agent-{i % 100_000:06d}", at, "busy") for i in range(rows)]
     async with rt.pool.acquire() as conn:
-        await conn.execute("DROP TABLE IF EXISTS bench_copy")
-        await conn.execute("CREATE TABLE bench_copy (agent_id text, at timestamptz, status text)")
+        await conn.execute(q("bench_copy_create"))
         started = time.perf_counter()
         for i in range(0, rows, 10_000):
             await conn.copy_records_to_table("bench_copy", records=records[i : i + 10_000])
         rate = rows / (time.perf_counter() - started)
-        await conn.execute("DROP TABLE bench_copy")
+        await conn.execute(q("bench_copy_drop"))
     return rate
 
 
 async def update_per_event(rt: Runtime, events: int, agents: int) -> float:
     """Events/s recording heartbeats with one UPDATE each, 10 connections at once."""
     async with rt.pool.acquire() as conn:
-        await conn.execute("DROP TABLE IF EXISTS bench_agents")
-        await conn.execute("CREATE TABLE bench_agents (agent_id text PRIMARY KEY, "
-                           "last_seen timestamptz, status text)")  # fmt: skip
+        await conn.execute(q("bench_agents_create"))
         await conn.copy_records_to_table("bench_agents", records=[
             (f"agent-{i:06d}", datetime.now(UTC), "idle") for i in range(agents)])  # fmt: skip
     rng = random.Random(1)
     work = [f"agent-{rng.randrange(agents):06d}" for _ in range(events)]
-    sql = "UPDATE bench_agents SET last_seen = $2, status = $3 WHERE agent_id = $1"
+    sql = q("bench_agents_update")
 
     async def worker(part: list[str]) -> None:
         async with rt.pool.acquire() as conn:
@@ -217,7 +215,7 @@ async def update_per_event(rt: Runtime, events: int, agents: int) -> float:
             tg.start_soon(worker, work[k::10])
     rate = events / (time.perf_counter() - started)
     async with rt.pool.acquire() as conn:
-        await conn.execute("DROP TABLE bench_agents")
+        await conn.execute(q("bench_agents_drop"))
     return rate
 
 
@@ -338,8 +336,7 @@ async def freshness(rt: Runtime, rate: int, agents: int, seconds: float, log: Pa
         seen = "0"
         async with rt.pool.acquire() as conn:
             while not stop.is_set():
-                msg = await conn.fetchval(
-                    "SELECT message FROM fleet.utilization WHERE agent_id = 'probe'")  # fmt: skip
+                msg = await conn.fetchval(q("bench_probe"))
                 if msg and msg != seen:
                     now = time.perf_counter()
                     for k in range(int(seen) + 1, int(msg) + 1):

@@ -22,10 +22,17 @@ _MIGRATION_LOCK = 0x46_57_4D  # an advisory lock key: one migrator at a time
 
 @cache
 def queries() -> dict[str, str]:
-    """The named queries of projections/sql/queries.sql."""
-    text = resources.files("projections").joinpath("sql/queries.sql").read_text()
-    parts = _NAME.split(text)
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
+    """The named queries of every .sql file in projections/sql (migrations apart)."""
+    found: dict[str, str] = {}
+    folder = resources.files("projections").joinpath("sql")
+    for path in sorted(folder.iterdir(), key=lambda p: p.name):
+        if not path.name.endswith(".sql"):
+            continue
+        parts = _NAME.split(path.read_text())
+        for name, body in zip(parts[1::2], parts[2::2], strict=True):
+            assert name not in found, f"two queries named {name}"
+            found[name] = body.strip()
+    return found
 
 
 def q(name: str) -> str:

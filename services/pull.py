@@ -169,9 +169,6 @@ class PullConsumer:
         await self._refill()
         return out
 
-    def drop_buffer(self) -> None:
-        self._buffer.clear()
-
     async def ack(self, delivery: Delivery) -> None:
         """Acknowledge ``delivery`` and, with AckAll, everything before it."""
         await self.nc.publish(delivery.reply, b"+ACK")

@@ -10,9 +10,8 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import anyio
 import asyncpg
@@ -40,7 +39,6 @@ class Runtime:
     nc: NatsClient
     js: JetStreamContext
     pool: asyncpg.Pool
-    embedded: list[Any] = field(default_factory=list)
 
 
 def check_nats_version(version: str) -> None:
@@ -177,12 +175,11 @@ def discover(settings: Settings) -> tuple[str, str]:
 async def open_runtime(
     settings: Settings, *, embed: bool = False, prepare: bool = True, pool_size: int = 10
 ) -> AsyncIterator[Runtime]:
-    """Connections to NatsClient and Postgres. With ``embed``, servers not named in the settings are
+    """Connections to NATS and Postgres. With ``embed``, servers not named in the settings are
     started under ``settings.home``. With ``prepare``, streams and migrations are ensured."""
     async with AsyncExitStack() as stack:
-        embedded: list[Any] = []
         if embed:
-            nats_url, database = await _start_embedded(settings, stack, embedded)
+            nats_url, database = await _start_embedded(settings, stack)
         else:
             nats_url, database = discover(settings)
         nc = await connect_nats(nats_url)
@@ -194,24 +191,20 @@ async def open_runtime(
             await ensure_streams(js, all_streams(settings.retention_days))
             async with pool.acquire() as conn:
                 await db.migrate(conn)
-        yield Runtime(settings, nats_url, database, nc, js, pool, embedded)
+        yield Runtime(settings, nats_url, database, nc, js, pool)
 
 
-async def _start_embedded(
-    settings: Settings, stack: AsyncExitStack, embedded: list[Any]
-) -> tuple[str, str]:
+async def _start_embedded(settings: Settings, stack: AsyncExitStack) -> tuple[str, str]:
     home = settings.home
     home.mkdir(parents=True, exist_ok=True)
     nats_url = settings.nats_url
     if nats_url is None:
         server = await anyio.to_thread.run_sync(EmbeddedNats.start, home / "nats")
         stack.callback(server.stop)
-        embedded.append(server)
         nats_url = server.url
     database = settings.database_url
     if database is None:
         pg = await anyio.to_thread.run_sync(EmbeddedPostgres.start, home / "pg")
-        embedded.append(pg)
         database = await ensure_database(pg.url, DATABASE)
     path = runtime_file(home)
     path.write_text(json.dumps({"nats_url": nats_url, "database_url": database}))
