@@ -11,10 +11,11 @@ Invariants:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from operator import itemgetter
+from typing import Any, ClassVar, cast
 
 from schemas.events import Event
 
@@ -22,9 +23,10 @@ Key = tuple[Any, ...]
 Row = dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Meta:
-    """Where an event sits in its stream: the time and order of record."""
+    """Where an event sits in its stream: the time and order of record. Treat as read-only (not
+    frozen: a frozen dataclass costs twice as much to build, and one is built per event)."""
 
     seq: int
     time: datetime
@@ -39,32 +41,58 @@ class Table:
     key: tuple[str, ...]
     key_types: tuple[str, ...]  # SQL types of the key columns, for loading by key
     columns: tuple[str, ...]
+    key_of: Callable[[Row], Key] = field(init=False, repr=False, compare=False)
+    """The key of a row (built once: it runs for every row written)."""
 
-    def key_of(self, row: Row) -> Key:
-        key = self.key
-        if len(key) == 1:
-            return (row[key[0]],)
-        return tuple([row[k] for k in key])
+    def __post_init__(self) -> None:
+        key_of: Callable[[Row], Key]
+        if len(self.key) == 1:
+            only = self.key[0]
+
+            def key_of(row: Row) -> Key:
+                return (row[only],)
+        else:
+            key_of = cast(Callable[[Row], Key], itemgetter(*self.key))  # several: a tuple
+        object.__setattr__(self, "key_of", key_of)
 
 
 @dataclass(slots=True)
 class Rows:
-    """The rows a batch works on, by table and key; remembers which ones changed."""
+    """The rows a batch works on, by table and key; remembers which ones changed.
+
+    ``base`` holds rows known to be current beyond this batch (the projector's row cache):
+    ``get`` falls back to it, and never copies from it, so only rows the batch loads or writes
+    land in ``data``. ``base`` is read-only here."""
 
     data: dict[str, dict[Key, Row]] = field(default_factory=dict)
     dirty: dict[str, set[Key]] = field(default_factory=dict)
+    base: dict[str, dict[Key, Row]] = field(default_factory=dict)
 
     def get(self, table: Table, key: Key) -> Row | None:
-        return self.data.setdefault(table.name, {}).get(key)
+        name = table.name
+        bucket = self.data.get(name)
+        if bucket is not None:
+            row = bucket.get(key)
+            if row is not None:
+                return row
+        known = self.base.get(name)
+        return None if known is None else known.get(key)
 
     def put(self, table: Table, row: Row) -> None:
         key = table.key_of(row)
-        self.data.setdefault(table.name, {})[key] = row
-        self.dirty.setdefault(table.name, set()).add(key)
+        name = table.name
+        try:
+            self.data[name][key] = row
+            self.dirty[name].add(key)
+        except KeyError:  # the table's first row in this batch
+            self.data.setdefault(name, {})[key] = row
+            self.dirty.setdefault(name, set()).add(key)
 
     def changed(self, table: Table) -> list[Row]:
+        """The rows ``put`` wrote, in no particular order (a projection's writes never run
+        concurrently: each commit first locks the projection's checkpoint)."""
         rows = self.data.get(table.name, {})
-        return [rows[k] for k in sorted(self.dirty.get(table.name, ()))]  # one lock order
+        return [rows[k] for k in self.dirty.get(table.name, ())]
 
 
 class Projection:

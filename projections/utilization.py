@@ -5,12 +5,17 @@ credited to the state the first one reported (``busy`` and ``waiting`` count as 
 idle, ``error`` as neither), and to the hour in which the second one arrived. A gap longer than
 ``MAX_GAP`` is silence, credited to nothing. Durations are kept in whole microseconds so that
 a rebuild adds up to exactly the same numbers however the events are batched.
+
+An agent's current hour is kept on its own row (``hour``, ``hour_busy_us``, ...); when a
+heartbeat arrives in a later hour, the finished hour moves to the hourly table, where it never
+changes again. So a heartbeat writes one row, not two; the view ``fleet.utilization_hourly``
+shows both (a closed hour is never also an agent's current one).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Final
 
 from projections.base import Key, Meta, Projection, Rows, Table
@@ -35,6 +40,10 @@ UTILIZATION = Table(
         "idle_us",
         "heartbeats",
         "last_seq",
+        "hour",
+        "hour_busy_us",
+        "hour_idle_us",
+        "hour_heartbeats",
     ),
 )
 
@@ -50,53 +59,77 @@ def _us(delta: timedelta) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+_ZERO: Final = timedelta(0)
+_HOUR: Final = timedelta(hours=1)
+
+
 class Utilization(Projection):
     name: ClassVar[str] = "utilization"
     stream: ClassVar[str] = "FW_HEARTBEATS"
     subjects: ClassVar[tuple[str, ...]] = (wildcard("hb"),)
     tables: ClassVar[tuple[Table, ...]] = (UTILIZATION, HOURLY)
 
+    def __init__(self) -> None:
+        # the hour of the last event folded: most events fall in the same hour as the one before
+        self._hour = datetime.min.replace(tzinfo=UTC)
+
+    def hour_of(self, t: datetime) -> datetime:
+        hour = self._hour
+        if not hour <= t < hour + _HOUR:
+            hour = self._hour = t.replace(minute=0, second=0, microsecond=0)
+        return hour
+
     def touches(self, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
         if isinstance(event, Heartbeat):
-            yield UTILIZATION, (event.agent,)
-            yield HOURLY, (event.agent, meta.time.replace(minute=0, second=0, microsecond=0))
+            yield UTILIZATION, (event.agent,)  # the closed hours it may write are never read
 
     def apply(self, rows: Rows, event: Event, meta: Meta) -> None:
         if not isinstance(event, Heartbeat):
             return
-        hour = meta.time.replace(minute=0, second=0, microsecond=0)
-        old = rows.get(UTILIZATION, (event.agent,))
-        busy = idle = 0
-        if old is not None:
-            gap = meta.time - old["last_seen"]
-            if timedelta(0) < gap <= MAX_GAP:
-                if old["state"] in BUSY_STATES:
-                    busy = _us(gap)
-                elif old["state"] == "idle":
-                    idle = _us(gap)
-        rows.put(
-            UTILIZATION,
-            {
-                "agent_id": event.agent,
-                "state": event.status,
-                "current_task": event.task,
-                "message": event.message,
-                "first_seen": old["first_seen"] if old else meta.time,
-                "last_seen": meta.time,
-                "busy_us": (old["busy_us"] if old else 0) + busy,
-                "idle_us": (old["idle_us"] if old else 0) + idle,
-                "heartbeats": (old["heartbeats"] if old else 0) + 1,
-                "last_seq": meta.seq,
-            },
-        )
-        bucket = rows.get(HOURLY, (event.agent, hour))
-        rows.put(
-            HOURLY,
-            {
-                "agent_id": event.agent,
-                "hour": hour,
-                "busy_us": (bucket["busy_us"] if bucket else 0) + busy,
-                "idle_us": (bucket["idle_us"] if bucket else 0) + idle,
-                "heartbeats": (bucket["heartbeats"] if bucket else 0) + 1,
-            },
-        )
+        at = meta.time
+        hour = self.hour_of(at)
+        agent = event.agent
+        old = rows.get(UTILIZATION, (agent,))
+        if old is None:
+            first, busy_us, idle_us, beats, h_busy, h_idle, h_beats = at, 0, 0, 0, 0, 0, 0
+        else:
+            first, busy_us, idle_us, beats = (
+                old["first_seen"], old["busy_us"], old["idle_us"], old["heartbeats"])  # fmt: skip
+            gap = at - old["last_seen"]
+            if _ZERO < gap <= MAX_GAP:
+                state = old["state"]
+                if state in BUSY_STATES:
+                    busy_us += _us(gap)
+                elif state == "idle":
+                    idle_us += _us(gap)
+            if old["hour"] == hour:
+                h_busy, h_idle, h_beats = (
+                    old["hour_busy_us"], old["hour_idle_us"], old["hour_heartbeats"])  # fmt: skip
+            else:  # the agent's last hour is over: it moves to the hourly table as it is
+                rows.put(HOURLY, {
+                    "agent_id": agent,
+                    "hour": old["hour"],
+                    "busy_us": old["hour_busy_us"],
+                    "idle_us": old["hour_idle_us"],
+                    "heartbeats": old["hour_heartbeats"],
+                })  # fmt: skip
+                h_busy, h_idle, h_beats = 0, 0, 0
+            # this gap belongs to this event's hour
+            h_busy += busy_us - old["busy_us"]
+            h_idle += idle_us - old["idle_us"]
+        rows.put(UTILIZATION, {
+            "agent_id": agent,
+            "state": event.status,
+            "current_task": event.task,
+            "message": event.message,
+            "first_seen": first,
+            "last_seen": at,
+            "busy_us": busy_us,
+            "idle_us": idle_us,
+            "heartbeats": beats + 1,
+            "last_seq": meta.seq,
+            "hour": hour,
+            "hour_busy_us": h_busy,
+            "hour_idle_us": h_idle,
+            "hour_heartbeats": h_beats + 1,
+        })  # fmt: skip

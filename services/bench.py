@@ -52,7 +52,7 @@ from services.bench_claims import run_claims_bench
 from services.bench_watchdog import run_watchdog_bench
 from services.config import Settings
 from services.db import q
-from services.projector import durable_name, rebuild, reset
+from services.projector import consumer_filter, durable_name, rebuild, reset
 from services.pull import PullConsumer, recreate_consumer
 from services.runtime import Runtime, open_runtime
 
@@ -275,7 +275,7 @@ async def ingest(rt: Runtime, total: int, log: Path) -> tuple[float, float, int]
     (each event once), its CPU seconds and peak RSS."""
     for p in projections.ALL:
         await reset(rt, p)
-        await recreate_consumer(rt.js, p.stream, durable_name(p), p.subjects, 0)
+        await recreate_consumer(rt.js, p.stream, durable_name(p), consumer_filter(p), 0)
     started = time.perf_counter()
     proc = start_projector(rt, log)
     watch = ProcessWatch(proc.pid)

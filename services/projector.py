@@ -1,17 +1,22 @@
 """The projector: runs each projection as a durable pull consumer, exactly once in effect.
 
-For every batch, in one Postgres transaction:
+Deliveries arrive in batches and are folded into a window; each window is committed in one
+Postgres transaction:
 1. lock the projection's checkpoint and compare it with the one this runner last wrote (another
    writer, e.g. a rebuild, may have moved it: then re-position and start again);
-2. skip deliveries at or below the checkpoint, and repeated event ids within the batch;
+2. skip deliveries at or below the checkpoint, and repeated event ids within the window;
 3. admit each event (schemas.admission); a refused one becomes a dead letter;
-4. load the rows the events touch, fold the events in stream order (pure), write changed rows;
-5. advance the checkpoint to the batch's last sequence.
-After the commit, one AckAll acknowledges the batch. A crash anywhere before the commit leaves
+4. fold the events in stream order (pure) on the rows they touch, write the changed rows;
+5. advance the checkpoint to the window's last sequence.
+After the commit, one AckAll acknowledges the window. A crash anywhere before the commit leaves
 nothing behind; a crash after it only causes redelivery of events the checkpoint then skips.
 
-Steps 2-4 of the next batch (folding, pure CPU) run while the previous batch commits (waiting on
-Postgres). The next batch folds on the cached rows of the one being committed; if that commit
+Near the head of the stream a window is one batch, committed as soon as it is folded. Far
+behind (catching up, a rebuild), a window grows to ``window_size`` events or
+``window_seconds``, so a row many of its events change is written once.
+
+Steps 2-4 of the next window (folding, pure CPU) run while the previous one commits (waiting on
+Postgres). The next window folds on the cached rows of the one being committed; if that commit
 fails, the runner drops both and re-positions from the checkpoint in the database.
 """
 
@@ -22,9 +27,10 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cache
+from typing import Any, TypeVar
 
 import anyio
 
@@ -52,93 +58,153 @@ class BatchResult:
     skipped: int = 0
 
 
-def durable_name(projection: Projection, suffix: str = "") -> str:
-    return f"fw_{projection.name}{suffix}"
+def durable_name(*projections: Projection, suffix: str = "") -> str:
+    """The durable consumer of a runner of ``projections``, e.g. ``fw_agents_tasks``."""
+    return "fw_" + "_".join(p.name for p in projections) + suffix
+
+
+M = TypeVar("M", bound=Meta)
 
 
 def fold(
-    projection: Projection, items: list[tuple[Event, Meta]], rows: Rows
-) -> list[tuple[Meta, str, str]]:
-    """Apply events in order; returns the ones the fold refused as (meta, reason, detail)."""
+    projection: Projection, items: list[tuple[Event, M]], rows: Rows
+) -> list[tuple[Event, M, str, str]]:
+    """Apply events in order; returns the ones the fold refused as (event, meta, reason,
+    detail)."""
     failed = []
+    apply = projection.apply
     for event, meta in items:
         try:
-            projection.apply(rows, event, meta)
+            apply(rows, event, meta)
         except Exception as exc:  # one bad event must not stop the projection
-            failed.append((meta, PROJECTION_ERROR, f"{type(exc).__name__}: {exc}"))
+            failed.append((event, meta, PROJECTION_ERROR, f"{type(exc).__name__}: {exc}"))
     return failed
 
 
-@dataclass(slots=True)
-class Prepared:
-    """A batch folded and ready to commit on top of checkpoint ``expected``."""
+def consumer_filter(*projections: Projection) -> tuple[str, ...]:
+    """The filter subjects of a consumer that feeds ``projections`` (all on one stream): their
+    one subject, or none at all (the whole stream) when they read several. nats-server delivers
+    from a consumer with several filter subjects over a stream of many subjects at a small
+    fraction of its usual rate (measured: 4,000 against 72,000 messages/s; nats-server issues
+    4888, 7014), so the runner drops the subjects a projection does not read instead."""
+    subjects = {s for p in projections for s in p.subjects}
+    return tuple(subjects) if len(subjects) == 1 else ()
 
-    batch: list[Delivery]
+
+@cache
+def _subject_test(subjects: tuple[str, ...]) -> Callable[[str], bool]:
+    prefixes = tuple(s.removesuffix(">") for s in subjects)
+    assert all(p.endswith(".") and "*" not in p for p in prefixes), "only 'a.b.>' subjects"
+    return lambda subject: subject.startswith(prefixes)
+
+
+def reads_subject(projection: Projection, filters: tuple[str, ...]) -> Callable[[str], bool] | None:
+    """A test for the subjects ``projection`` reads, when a consumer with ``filters`` delivers
+    others too; None when it delivers only those."""
+    return None if filters == projection.subjects else _subject_test(projection.subjects)
+
+
+@dataclass(slots=True)
+class Window:
+    """The batches folded since the last commit, committed together (one transaction) on top of
+    checkpoint ``expected``. While far behind the stream, a window spans many batches so that
+    each row is written once however many of its events it holds; near the head it holds one."""
+
     expected: int
-    last: int
     rows: Rows
-    dead: list[tuple[Delivery, str, str]]
-    result: BatchResult
+    last: int  # the checkpoint after this window
+    opened: float  # time.monotonic() of its first batch
+    tail: Delivery | None = None  # its last delivery: acknowledged (AckAll) after the commit
+    events: int = 0  # deliveries taken, skipped ones included
+    dead: list[tuple[Delivery, str, str]] = field(default_factory=list)
+    result: BatchResult = field(default_factory=BatchResult)
+    seen: set[str] = field(default_factory=set)  # event ids, to drop repeats within the window
+
+
+def open_window(expected: int, cache: RowCache | None = None) -> Window:
+    rows = Rows(base=cache.tables) if cache is not None else Rows()
+    return Window(expected, rows, expected, time.monotonic())
+
+
+Admitted = list[tuple[Delivery, Event | Rejected]]
+"""A batch with each delivery's event, or why it was refused (admitted once per runner)."""
+
+
+def admit_batch(batch: list[Delivery]) -> Admitted:
+    out: Admitted = []
+    for d in batch:
+        try:
+            out.append((d, admit(d.subject, d.data)))
+        except Rejected as r:
+            out.append((d, r))
+    return out
 
 
 async def prepare(
     conn: Conn,
     projection: Projection,
-    batch: list[Delivery],
-    expected: int,
+    admitted: Admitted,
+    window: Window,
+    *,
     cache: RowCache | None = None,
-) -> Prepared:
-    """Admit and fold ``batch`` as if the checkpoint were ``expected``. Reads rows only."""
-    result = BatchResult()
-    items: list[tuple[Event, Meta]] = []
-    dead: list[tuple[Delivery, str, str]] = []
-    seen: set[str] = set()
-    for d in batch:
-        if d.seq <= expected:
-            result.skipped += 1
+    reads: Callable[[str], bool] | None = None,
+) -> Window:
+    """Fold an admitted batch into ``window``: the deliveries on subjects the projection
+    ``reads`` (all when None) and past the window's last sequence. Reads rows only."""
+    result, dead, seen = window.result, window.dead, window.seen
+    items: list[tuple[Event, Delivery]] = []
+    last = window.last
+    for d, event in admitted:
+        if d.seq <= last:
+            result.skipped += 1  # applied before (a redelivery)
             continue
-        try:
-            event = admit(d.subject, d.data)
-        except Rejected as r:
-            dead.append((d, r.reason, r.detail))
+        last = d.seq
+        if reads is not None and not reads(d.subject):
+            continue  # another projection's subject (see consumer_filter)
+        if isinstance(event, Rejected):
+            dead.append((d, event.reason, event.detail))
+            result.dead[event.reason] += 1
             continue
         if event.id in seen:
             result.skipped += 1
             continue
         seen.add(event.id)
-        items.append((event, Meta(d.seq, d.time, d.subject)))
-    rows = await load_rows(conn, projection, items, cache)
-    by_seq = {d.seq: d for d in batch}
-    for meta, reason, detail in fold(projection, items, rows):
-        dead.append((by_seq[meta.seq], reason, detail))
-    failed = {d.seq for d, _, _ in dead}
-    for event, meta in items:
-        if meta.seq not in failed:
-            result.applied[type_name(type(event))] += 1
-    result.dead.update(reason for _, reason, _ in dead)
-    return Prepared(batch, expected, max(expected, batch[-1].seq), rows, dead, result)
+        items.append((event, d))
+    window.last = last
+    window.events += len(admitted)
+    window.tail = admitted[-1][0]
+    await load_rows(conn, projection, items, window.rows, cache)
+    applied = Counter(type(event) for event, _ in items)
+    for event, d, reason, detail in fold(projection, items, window.rows):
+        dead.append((d, reason, detail))
+        applied[type(event)] -= 1
+        result.dead[reason] += 1
+    for type_, n in applied.items():
+        if n:
+            result.applied[type_name(type_)] += n
+    return window
 
 
-async def commit(conn: Conn, projection: Projection, prep: Prepared) -> None:
-    """Write a prepared batch and move the checkpoint, inside the caller's transaction. Raises
-    ``Resync`` when the checkpoint is not the one the batch was folded on."""
+async def commit(conn: Conn, projection: Projection, window: Window) -> None:
+    """Write a window's rows and dead letters and move the checkpoint, inside the caller's
+    transaction. Raises ``Resync`` when the checkpoint is not the one the window was folded on."""
     checkpoint = await conn.fetchval(q("checkpoint_lock"), projection.name)
-    if checkpoint != prep.expected:
-        raise Resync(f"checkpoint is {checkpoint}, this writer expected {prep.expected}")
+    if checkpoint != window.expected:
+        raise Resync(f"checkpoint is {checkpoint}, this writer expected {window.expected}")
     for table in projection.tables:
-        changed = prep.rows.changed(table)
+        changed = window.rows.changed(table)
         if changed:
             await db.write_rows(conn, table, changed)
-    if prep.dead:
+    if window.dead:
         await conn.executemany(
             q("dead_letter_insert"),
             [
                 (projection.name, projection.stream, d.seq, d.subject, reason, detail[:2000],
                  d.data, d.time)
-                for d, reason, detail in prep.dead
+                for d, reason, detail in window.dead
             ],
         )  # fmt: skip
-    status = await conn.execute(q("checkpoint_advance"), projection.name, checkpoint, prep.last)
+    status = await conn.execute(q("checkpoint_advance"), projection.name, checkpoint, window.last)
     if status != "UPDATE 1":
         raise Resync("checkpoint compare-and-set failed")
 
@@ -160,7 +226,7 @@ class RowCache:
         self.complete = tables_empty
 
     def remember(self, rows: Rows) -> None:
-        """Keep a committed batch's rows (called after the commit)."""
+        """Keep a window's rows (called when its commit starts: the next window folds on them)."""
         for name, bucket in rows.data.items():
             cached = self.tables.setdefault(name, {})
             if len(cached) + len(bucket) > self.limit:
@@ -172,102 +238,124 @@ class RowCache:
 async def load_rows(
     conn: Conn,
     projection: Projection,
-    items: list[tuple[Event, Meta]],
+    items: list[tuple[Event, M]],
+    rows: Rows | None = None,
     cache: RowCache | None = None,
 ) -> Rows:
-    """The rows the batch touches, from the cache, the rest in one query per table; then, in a
-    second round, the rows ``touches_more`` names from what the first round found."""
-    rows = Rows()
-    wanted: dict[Table, set[Key]] = {}
-    for event, meta in items:
-        for table, key in projection.touches(event, meta):
-            wanted.setdefault(table, set()).add(key)
-    await _load(conn, rows, wanted, cache)
-    more: dict[Table, set[Key]] = {}
-    for event, meta in items:
-        for table, key in projection.touches_more(rows, event, meta):
-            if key not in rows.data.get(table.name, {}):
-                more.setdefault(table, set()).add(key)
+    """Make the rows the events touch available in ``rows``: those in ``rows`` or the cache are
+    there already (``rows.base`` is the cache); the rest are read in one query per table. Then,
+    in a second round, the rows ``touches_more`` names from what the first round found. Nothing
+    is read while the cache holds every row of the projection."""
+    if rows is None:
+        rows = Rows(base=cache.tables) if cache is not None else Rows()
+    if cache is not None and cache.complete:
+        return rows
+    wanted = _missing(rows, ((t, k) for e, m in items for t, k in projection.touches(e, m)))
+    await _load(conn, rows, wanted)
+    more = _missing(rows, (
+        (t, k) for e, m in items for t, k in projection.touches_more(rows, e, m)))  # fmt: skip
     if more:
-        await _load(conn, rows, more, cache)
+        await _load(conn, rows, more)
     return rows
 
 
-async def _load(
-    conn: Conn, rows: Rows, wanted: dict[Table, set[Key]], cache: RowCache | None
-) -> None:
+def _missing(rows: Rows, touched: Iterable[tuple[Table, Key]]) -> dict[Table, set[Key]]:
+    wanted: dict[Table, set[Key]] = {}
+    for table, key in touched:
+        if rows.get(table, key) is None:
+            wanted.setdefault(table, set()).add(key)
+    return wanted
+
+
+async def _load(conn: Conn, rows: Rows, wanted: dict[Table, set[Key]]) -> None:
     for table, keys in wanted.items():
+        found = await conn.fetch(db.load_sql(table), *db.key_arrays(table, list(keys)))
         bucket = rows.data.setdefault(table.name, {})
-        cached = cache.tables.get(table.name, {}) if cache is not None else {}
-        missing = []
-        for key in keys:
-            row = cached.get(key)
-            if row is None:
-                missing.append(key)
-            else:
-                bucket[key] = row
-        if not missing or (cache is not None and cache.complete):
-            continue
-        found = await conn.fetch(db.load_sql(table), *db.key_arrays(table, missing))
         key_of = table.key_of
         for record in found:
             row = dict(record)
             bucket[key_of(row)] = row
 
 
+@dataclass(slots=True)
+class Member:
+    """One projection of a runner: where it stands, its row cache and its open window."""
+
+    projection: Projection
+    reads: Callable[[str], bool] | None  # None: it reads every subject the consumer delivers
+    cache: RowCache = field(default_factory=RowCache)
+    checkpoint: int = 0
+    folded: int = 0  # the checkpoint its next window folds on (ahead while one commits)
+    window: Window | None = None  # folded, not yet committing
+
+
 class ProjectionRunner:
-    """One projection's consumer loop."""
+    """The consumer loop of one or more projections on one stream. They share one durable
+    consumer, so each event is delivered and admitted once however many projections read it;
+    each keeps its own checkpoint, and their windows commit in one transaction."""
 
     def __init__(
         self,
         rt: Runtime,
-        projection: Projection,
-        *,
+        *projections: Projection,
         batch_size: int = 1000,
+        window_size: int = 100_000,
+        window_seconds: float = 3.0,
         durable_suffix: str = "",
     ) -> None:
-        self.rt, self.projection = rt, projection
+        assert projections and len({p.stream for p in projections}) == 1, "one stream"
+        self.rt, self.projections = rt, projections
+        self.stream = projections[0].stream
+        self.name = "+".join(p.name for p in projections)  # for logs
+        self.filters = consumer_filter(*projections)
+        self.members = [Member(p, reads_subject(p, self.filters)) for p in projections]
         self.batch_size = batch_size
-        self.durable = durable_name(projection, durable_suffix)
-        self.checkpoint = 0
+        # while far behind the stream: commit every window_size events or window_seconds
+        self.window_size, self.window_seconds = max(window_size, batch_size), window_seconds
+        self.durable = durable_name(*projections, suffix=durable_suffix)
         self.consumer: PullConsumer | None = None
-        self.caught_up = False  # the last committed batch left nothing pending
-        self.cache = RowCache()
-        self.folded = 0  # the checkpoint the next batch folds on (ahead while one commits)
+        self.caught_up = False  # the last committed window left nothing pending
         self.pending = -1  # messages the server had left after the last batch taken
         self._inflight: asyncio.Future[None] | None = None
 
+    @property
+    def checkpoint(self) -> int:
+        """The lowest checkpoint of its projections (the consumer delivers from there on)."""
+        return min(m.checkpoint for m in self.members)
+
     async def position(self) -> None:
-        """Read the checkpoint and put the consumer right after it (dropping anything folded
-        or being committed: it will be delivered again)."""
-        p = self.projection
+        """Read the checkpoints and put the consumer right after the lowest (dropping anything
+        folded or being committed: it will be delivered again)."""
         inflight, self._inflight = self._inflight, None
         if inflight is not None:
             with contextlib.suppress(Exception):
                 await inflight
         async with self.rt.pool.acquire() as conn:
-            await conn.execute(q("checkpoint_init"), p.name, p.stream)
-            self.checkpoint = await conn.fetchval(q("checkpoint_get"), p.name)
-            empty = self.checkpoint == 0 and await _tables_empty(conn, p)
-        self.cache.clear(tables_empty=empty)
-        self.folded = self.checkpoint
+            for m in self.members:
+                p = m.projection
+                await conn.execute(q("checkpoint_init"), p.name, p.stream)
+                m.checkpoint = m.folded = await conn.fetchval(q("checkpoint_get"), p.name)
+                m.cache.clear(tables_empty=m.checkpoint == 0 and await _tables_empty(conn, p))
+                m.window = None
         if self.consumer is not None:
             await self.consumer.stop()
         await recreate_consumer(
             self.rt.js,
-            p.stream,
+            self.stream,
             self.durable,
-            p.subjects,
+            self.filters,
             self.checkpoint,
-            max_ack_pending=max(50_000, 4 * self.batch_size),
+            max_ack_pending=max(50_000, 2 * self.window_size + 4 * self.batch_size),
         )
-        self.consumer = PullConsumer(self.rt.nc, p.stream, self.durable, batch=self.batch_size)
+        self.consumer = PullConsumer(self.rt.nc, self.stream, self.durable, batch=self.batch_size)
         await self.consumer.start()
-        metrics.CHECKPOINT.labels(p.name).set(self.checkpoint)
+        for m in self.members:
+            metrics.CHECKPOINT.labels(m.projection.name).set(m.checkpoint)
 
     async def step(self, wait: float = 1.0) -> int:
-        """Take one batch (waiting up to ``wait``) and fold it, while the previous batch
-        commits; then start its commit. Returns its size. ``flush`` waits for the commit."""
+        """Take one batch (waiting up to ``wait``) and fold it into the open windows, while the
+        previous ones commit; start their commit unless they should grow. Returns the batch's
+        size. ``flush`` commits the open windows and waits."""
         assert self.consumer is not None
         if self.consumer.gone:
             raise Resync("the consumer was deleted")
@@ -275,43 +363,84 @@ class ProjectionRunner:
         if not batch:
             await self.flush()
             return 0
-        started = time.perf_counter()
+        admitted = admit_batch(batch)
         async with self.rt.pool.acquire() as conn:
-            prep = await prepare(conn, self.projection, batch, self.folded, self.cache)
-        # optimistic: the next batch folds on these rows; a failed commit re-positions
-        self.cache.remember(prep.rows)
-        self.folded = prep.last
-        self.pending = batch[-1].pending
-        await self.flush()
-        self._inflight = asyncio.ensure_future(self._commit(prep, started))
+            for m in self.members:
+                if m.window is None:
+                    m.window = open_window(m.folded, m.cache)
+                await prepare(conn, m.projection, admitted, m.window, cache=m.cache, reads=m.reads)
+        tail = batch[-1]
+        self.pending = tail.pending
+        window = self.members[0].window
+        assert window is not None
+        if not self._should_grow(window, tail):
+            await self._start_commit()
         return len(batch)
 
+    def _should_grow(self, window: Window, tail: Delivery) -> bool:
+        """Keep folding into the open windows: far behind the stream (more than a batch
+        pending, and the newest event older than the time limit), and the windows not full."""
+        behind = tail.pending >= self.batch_size and (
+            time.time() - tail.time.timestamp() > self.window_seconds
+        )
+        return (
+            behind
+            and window.events < self.window_size
+            and time.monotonic() - window.opened < self.window_seconds
+        )
+
+    async def _start_commit(self) -> None:
+        """Commit the open windows in the background (after the previous ones are committed);
+        the next windows fold on their rows meanwhile (optimistic: a failed commit
+        re-positions)."""
+        windows = []
+        for m in self.members:
+            if m.window is not None:
+                windows.append((m, m.window))
+                m.cache.remember(m.window.rows)
+                m.folded = m.window.last
+                m.window = None
+        if not windows:
+            return
+        await self._wait_inflight()
+        self._inflight = asyncio.ensure_future(self._commit(windows))
+
     async def flush(self) -> None:
-        """Wait for the batch being committed, if any (and raise what it raised)."""
+        """Commit the open windows, if any, and wait for every commit (raising what it
+        raised)."""
+        await self._start_commit()
+        await self._wait_inflight()
+
+    async def _wait_inflight(self) -> None:
         inflight, self._inflight = self._inflight, None
         if inflight is not None:
             await inflight
 
-    async def _commit(self, prep: Prepared, started: float) -> None:
+    async def _commit(self, windows: list[tuple[Member, Window]]) -> None:
         assert self.consumer is not None
+        started = time.perf_counter()
         async with self.rt.pool.acquire() as conn, conn.transaction():
-            await commit(conn, self.projection, prep)
-        last = prep.batch[-1]
+            for m, window in windows:
+                await commit(conn, m.projection, window)
+        last = windows[0][1].tail
+        assert last is not None
         await self.consumer.ack(last)
-        self.checkpoint = prep.last
         self.caught_up = last.pending == 0
-        name, result = self.projection.name, prep.result
-        metrics.BATCH_SECONDS.labels(name).observe(time.perf_counter() - started)
-        metrics.BATCH_SIZE.labels(name).observe(len(prep.batch))
-        metrics.CHECKPOINT.labels(name).set(prep.last)
-        metrics.LAG_EVENTS.labels(name).set(last.pending)
-        lag = 0.0 if self.caught_up else time.time() - last.time.timestamp()
-        metrics.LAG_SECONDS.labels(name).set(max(lag, 0.0))
-        metrics.SKIPPED.labels(name).inc(result.skipped)
-        for type_, n in result.applied.items():
-            metrics.EVENTS.labels(name, type_).inc(n)
-        for reason, n in result.dead.items():
-            metrics.DEAD_LETTERS.labels(name, reason).inc(n)
+        lag = 0.0 if self.caught_up else max(time.time() - last.time.timestamp(), 0.0)
+        elapsed = time.perf_counter() - started
+        for m, window in windows:
+            m.checkpoint = window.last
+            name, result = m.projection.name, window.result
+            metrics.BATCH_SECONDS.labels(name).observe(elapsed)
+            metrics.BATCH_SIZE.labels(name).observe(window.events)
+            metrics.CHECKPOINT.labels(name).set(window.last)
+            metrics.LAG_EVENTS.labels(name).set(last.pending)
+            metrics.LAG_SECONDS.labels(name).set(lag)
+            metrics.SKIPPED.labels(name).inc(result.skipped)
+            for type_, n in result.applied.items():
+                metrics.EVENTS.labels(name, type_).inc(n)
+            for reason, n in result.dead.items():
+                metrics.DEAD_LETTERS.labels(name, reason).inc(n)
 
     async def run(self, stopping: Callable[[], bool]) -> None:
         """Apply batches until ``stopping()``; the batches in hand are always committed first."""
@@ -324,8 +453,9 @@ class ProjectionRunner:
                     await self.flush()
                 backoff = 0.1
             except Exception as exc:  # Resync, NATS or Postgres trouble: start again
-                log.warning("projection %s: %s; re-positioning", self.projection.name, exc)
-                metrics.RESYNCS.labels(self.projection.name).inc()
+                log.warning("projection %s: %s; re-positioning", self.name, exc)
+                for m in self.members:
+                    metrics.RESYNCS.labels(m.projection.name).inc()
                 metrics.count_postgres_error("projector", exc)
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -340,12 +470,24 @@ class ProjectionRunner:
                 await self.position()
                 return
             except Exception as exc:  # NATS or Postgres away: keep trying
-                log.warning(
-                    "projection %s: cannot position (%s); retrying", self.projection.name, exc
-                )
+                log.warning("projection %s: cannot position (%s); retrying", self.name, exc)
                 metrics.count_postgres_error("projector", exc)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def by_stream(projections: Iterable[Projection]) -> list[tuple[Projection, ...]]:
+    """Projections grouped by stream, in their given order: one runner each."""
+    groups: dict[str, list[Projection]] = {}
+    for p in projections:
+        groups.setdefault(p.stream, []).append(p)
+    return [tuple(g) for g in groups.values()]
+
+
+def runner_durable(projection: Projection, running: Iterable[Projection]) -> str:
+    """The durable consumer that feeds ``projection`` in a projector running ``running``."""
+    group = next(g for g in by_stream(running) if projection in g)
+    return durable_name(*group)
 
 
 async def _tables_empty(conn: Conn, projection: Projection) -> bool:
@@ -382,7 +524,7 @@ async def catch_up(runner: ProjectionRunner, progress: Callable[[int], Any] | No
             await runner.flush()
             return
         if n == 0:
-            info = await runner.rt.js.consumer_info(runner.projection.stream, runner.durable)
+            info = await runner.rt.js.consumer_info(runner.stream, runner.durable)
             if info.num_pending == 0 and info.num_ack_pending == 0:
                 return
 

@@ -23,15 +23,17 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from projections.base import Meta
+
 STATUS = "Status"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    seq: int  # stream sequence
-    time: datetime  # the stream's time of record
-    subject: str
+@dataclass(slots=True)
+class Delivery(Meta):
+    """A message as delivered: its ``Meta`` (stream sequence, time of record, subject) and the
+    rest. Being a ``Meta`` itself saves building one per event. Treat as read-only."""
+
     data: bytes
     reply: str
     pending: int  # messages left for this consumer after this one
@@ -75,7 +77,7 @@ async def recreate_consumer(
             ack_wait=60,
             max_ack_pending=max_ack_pending,
             max_waiting=16,
-            filter_subjects=list(subjects),
+            filter_subjects=list(subjects) or None,  # none: the whole stream
             **start,
         ),
     )

@@ -17,7 +17,7 @@ import anyio
 from projections import Projection
 from schemas import REASONS
 from services import metrics, simulate
-from services.projector import PROJECTION_ERROR, ProjectionRunner
+from services.projector import PROJECTION_ERROR, ProjectionRunner, by_stream
 from services.runtime import Runtime
 from services.taskapi import serve_task_api
 from services.watchdog import Watchdog
@@ -45,7 +45,10 @@ async def run_services(
 ) -> None:
     """Run until SIGTERM/SIGINT. ``on_ready`` gets the metrics port once everything runs."""
     stop = anyio.Event()
-    runners = [ProjectionRunner(rt, p, batch_size=rt.settings.batch_size) for p in projections]
+    runners = [
+        ProjectionRunner(rt, *group, batch_size=rt.settings.batch_size)
+        for group in by_stream(projections)
+    ]
     dog = Watchdog(rt) if watchdog else None
 
     def healthy() -> bool:
@@ -96,18 +99,18 @@ async def watch_lag(
 
 
 async def measure_lag(rt: Runtime, runner: ProjectionRunner) -> None:
-    """Events on the projection's subjects past its checkpoint (the durable consumer's pending
-    and unacknowledged), and the age of the event at the checkpoint while any are left."""
-    p = runner.projection
-    info = await rt.js.consumer_info(p.stream, runner.durable)
+    """Events past the runner's checkpoint (its durable consumer's pending and unacknowledged),
+    and the age of the event at the checkpoint while any are left."""
+    info = await rt.js.consumer_info(runner.stream, runner.durable)
     behind = (info.num_pending or 0) + (info.num_ack_pending or 0)
     lag = 0.0
     if behind and runner.checkpoint:
-        applied = await rt.js.get_msg(p.stream, runner.checkpoint)
+        applied = await rt.js.get_msg(runner.stream, runner.checkpoint)
         if applied.time is not None:
             lag = max(time.time() - applied.time.timestamp(), 0.0)
-    metrics.LAG_EVENTS.labels(p.name).set(behind)
-    metrics.LAG_SECONDS.labels(p.name).set(lag)
+    for p in runner.projections:
+        metrics.LAG_EVENTS.labels(p.name).set(behind)
+        metrics.LAG_SECONDS.labels(p.name).set(lag)
 
 
 async def _simulate(rt: Runtime, agents: int, stop: anyio.Event) -> None:

@@ -11,7 +11,7 @@ import anyio
 
 from projections import ALL, Projection
 from schemas import new_id
-from services.projector import ProjectionRunner, catch_up
+from services.projector import ProjectionRunner, by_stream, catch_up
 from services.runtime import Runtime
 
 T = TypeVar("T")
@@ -42,15 +42,20 @@ def envelope(actor: str) -> dict[str, Any]:
 
 
 async def project_all(rt: Runtime, projections: tuple[Projection, ...] = ALL) -> None:
-    """Run every projection until it has applied everything in its stream."""
-    for projection in projections:
-        runner = ProjectionRunner(rt, projection)
-        await runner.position()
-        try:
-            await catch_up(runner)
-        finally:
-            assert runner.consumer is not None
-            await runner.consumer.stop()
+    """Run every projection until it has applied everything in its stream: one runner per
+    stream, as the projector runs them."""
+    for group in by_stream(projections):
+        await run_to_end(ProjectionRunner(rt, *group))
+
+
+async def run_to_end(runner: ProjectionRunner) -> None:
+    """Position ``runner`` and apply until its consumer has nothing left."""
+    await runner.position()
+    try:
+        await catch_up(runner)
+    finally:
+        assert runner.consumer is not None
+        await runner.consumer.stop()
 
 
 async def snapshot(rt: Runtime, projections: tuple[Projection, ...] = ALL) -> dict[str, list[Any]]:

@@ -13,7 +13,7 @@ from nats.js.errors import NotFoundError
 
 from projections import ALL
 from schemas import Event
-from services.projector import durable_name, rebuild
+from services.projector import rebuild, runner_durable
 from services.publish import publish_many
 from services.runtime import Runtime
 from services.simulate import Fleet
@@ -46,7 +46,7 @@ def start_projector(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 async def all_caught_up(rt: Runtime) -> bool:
     for projection in ALL:
         try:
-            info = await rt.js.consumer_info(projection.stream, durable_name(projection))
+            info = await rt.js.consumer_info(projection.stream, runner_durable(projection, ALL))
         except NotFoundError:  # being re-created by a starting projector
             return False
         if info.num_pending or info.num_ack_pending:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -28,7 +28,7 @@ import psutil
 from nats.js.errors import NotFoundError
 
 import projections
-from services.projector import durable_name
+from services.projector import by_stream, consumer_filter, runner_durable
 from services.publish import publish_many
 from services.runtime import Runtime
 from services.simulate import Fleet
@@ -74,16 +74,23 @@ async def publish_fleet(rt: Runtime, size: int, ticks: int, seed: int = 7) -> in
     return await publish_many(rt.js, events)
 
 
-async def stream_positions(rt: Runtime) -> dict[str, int]:
-    """Per projection, the stream sequence of the last message it reads (its stream's position as
-    the projection sees it: a projection reads only its own subjects of the stream)."""
+async def stream_positions(
+    rt: Runtime, running: Iterable[projections.Projection] = projections.ALL
+) -> dict[str, int]:
+    """Per projection of ``running``, the stream sequence of the last message its runner's
+    consumer delivers: the stream's last when the runner reads the whole stream, else the last
+    on its subject."""
     out: dict[str, int] = {}
-    for p in projections.ALL:
-        seqs = [0]  # a projection whose subjects hold nothing yet (escalations) stays at 0
-        for subject in p.subjects:
+    for group in by_stream(running):
+        seqs = [0]  # a subject that holds nothing yet (escalations) stays at 0
+        filters = consumer_filter(*group)
+        for subject in filters:
             with contextlib.suppress(NotFoundError):
-                seqs.append((await rt.js.get_last_msg(p.stream, subject)).seq or 0)
-        out[p.name] = max(seqs)
+                seqs.append((await rt.js.get_last_msg(group[0].stream, subject)).seq or 0)
+        if not filters:
+            seqs.append((await rt.js.stream_info(group[0].stream)).state.last_seq)
+        for p in group:
+            out[p.name] = max(seqs)
     return out
 
 
@@ -169,7 +176,7 @@ async def test_projector_serves_health_and_metrics_and_stops_cleanly_on_sigterm(
     for p in projections.ALL:
 
         async def acked(p: projections.Projection = p) -> bool:
-            info = await rt.js.consumer_info(p.stream, durable_name(p))
+            info = await rt.js.consumer_info(p.stream, runner_durable(p, projections.ALL))
             floor = info.ack_floor.stream_seq if info.ack_floor else None
             return floor == target[p.name] and info.num_ack_pending == 0
 
@@ -236,7 +243,7 @@ async def test_rebuild_spend_gives_the_same_rows(rt: Runtime, env: dict[str, str
     before = await spend_rows()
     assert before
     out = await fleetward_ok(env, "projections", "rebuild", "spend")
-    reached = (await stream_positions(rt))["spend"]
+    reached = (await stream_positions(rt, [projections.BY_NAME["spend"]]))["spend"]
     assert f"spend rebuilt up to stream sequence {reached}" in out
     assert await spend_rows() == before
     assert (await checkpoints(rt))["spend"] == reached

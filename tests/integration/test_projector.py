@@ -13,12 +13,12 @@ from schemas import new_id
 from schemas.admission import MAX_EVENT_BYTES
 from schemas.events import AgentRegistered, Heartbeat, SpendRecorded, TaskCreated
 from services import metrics
-from services.projector import ProjectionRunner, catch_up, rebuild
+from services.projector import ProjectionRunner, catch_up, rebuild, reset
 from services.publish import encode, publish, publish_many
 from services.pull import recreate_consumer
 from services.runtime import Runtime
 from services.simulate import Fleet
-from tests.helpers import envelope, now, project_all, snapshot, wait_for
+from tests.helpers import envelope, now, project_all, run_to_end, snapshot, wait_for
 
 
 def spend(agent: str, cost: float, event_id: str | None = None) -> SpendRecorded:
@@ -134,6 +134,60 @@ async def test_bad_events_become_dead_letters_and_good_ones_still_apply(rt: Runt
     for seq, (_, data, subject) in published.items():
         stored = await rt.js.get_msg("FW_HEARTBEATS", seq)
         assert stored.data == data and stored.subject == subject
+
+
+async def test_one_runner_feeds_several_projections_each_its_own_subjects(rt: Runtime) -> None:
+    """The projections of one stream share a consumer that reads the whole stream (several
+    filter subjects are slow in nats-server); each applies, and dead-letters, only the subjects
+    it reads."""
+    await publish_many(rt.js, [register("a1"), spend("a1", 0.5)])
+    on_agent = (await rt.js.publish("fw.agent.a1", b"garbage")).seq
+    on_esc = (await rt.js.publish("fw.esc.e1", b"garbage")).seq
+    group = tuple(p for p in ALL if p.stream == "FW_EVENTS")
+    assert {p.name for p in group} == {"agents", "tasks", "spend", "escalations"}
+    runner = ProjectionRunner(rt, *group)
+    await run_to_end(runner)
+    info = await rt.js.consumer_info("FW_EVENTS", runner.durable)
+    assert not info.config.filter_subject and not info.config.filter_subjects
+    async with rt.pool.acquire() as conn:
+        dead = await conn.fetch("SELECT projection, seq FROM fleet.dead_letters")
+        checkpoints = dict(await conn.fetch("SELECT projection, checkpoint FROM fleet.projections"))
+    assert sorted((r["projection"], r["seq"]) for r in dead) == sorted(
+        [("agents", on_agent), ("tasks", on_agent), ("spend", on_agent), ("escalations", on_esc)]
+    )
+    assert {checkpoints[p.name] for p in group} == {on_esc}  # each has seen the whole stream
+    assert await spend_total(rt, "a1") == (Decimal("0.5"), 10)
+    live = await snapshot(rt, group)
+    for projection in group:
+        await rebuild(rt, projection)  # alone, on a consumer filtered to its own subject
+    assert await snapshot(rt, group) == live
+
+
+def commits(projection: str) -> float:
+    return (
+        metrics.REGISTRY.get_sample_value("fleetward_batch_size_count", {"projection": projection})
+        or 0.0
+    )
+
+
+async def test_far_behind_the_stream_windows_span_many_batches_with_the_same_rows(
+    rt: Runtime,
+) -> None:
+    """A runner far behind (a deep backlog of events older than its window time) folds many
+    batches into one commit; the rows are the same as committing batch by batch."""
+    await publish_many(rt.js, await fleet_events(30, 40))  # type: ignore[arg-type]
+    await anyio.sleep(0.5)  # every event is now older than the runner's window time
+    runner = ProjectionRunner(rt, BY_NAME["utilization"], batch_size=20, window_seconds=0.3)
+    before = commits("utilization")
+    await run_to_end(runner)
+    heartbeats = (await rt.js.stream_info("FW_HEARTBEATS")).state.messages
+    assert heartbeats > 200
+    assert commits("utilization") - before < heartbeats / 20 / 2  # not one commit per batch
+    windowed = await snapshot(rt, (BY_NAME["utilization"],))
+    batched = ProjectionRunner(rt, BY_NAME["utilization"], batch_size=20, window_size=20)
+    await reset(rt, BY_NAME["utilization"])
+    await run_to_end(batched)
+    assert await snapshot(rt, (BY_NAME["utilization"],)) == windowed
 
 
 async def fleet_events(size: int, ticks: int, seed: int = 11) -> list[object]:

@@ -617,14 +617,25 @@ def test_days_long_silence_counts_nothing() -> None:
     assert (util_row(fold)["busy_us"], util_row(fold)["idle_us"]) == (0, 0)
 
 
+def hourly(fold: Fold) -> dict[tuple[str, datetime], tuple[int, int, int]]:
+    """What fleet.utilization_hourly shows: (busy_us, idle_us, heartbeats) by agent and hour,
+    the closed hours from the hourly table and each agent's current hour from its row."""
+    out = {k: (r["busy_us"], r["idle_us"], r["heartbeats"]) for k, r in fold.table(HOURLY).items()}
+    for (agent,), r in fold.table(UTILIZATION).items():
+        assert (agent, r["hour"]) not in out  # a closed hour is never also the current one
+        out[(agent, r["hour"])] = (r["hour_busy_us"], r["hour_idle_us"], r["hour_heartbeats"])
+    return out
+
+
 def test_hourly_buckets_take_the_gap_in_the_hour_of_the_later_heartbeat() -> None:
     fold = Fold(Utilization())
     nine = T0.replace(hour=9)
     ten = T0.replace(hour=10)
     fold(heartbeat("busy"), at=nine + timedelta(minutes=59, seconds=30))
+    assert fold.table(HOURLY) == {}  # nine o'clock is the agent's current hour
     fold(heartbeat("idle"), at=ten + timedelta(seconds=20))  # 50 s busy, credited to 10:00
     fold(heartbeat("idle"), at=ten + timedelta(seconds=50))  # 30 s idle
-    assert fold.table(HOURLY) == {
+    assert fold.table(HOURLY) == {  # nine o'clock is over: it moved to the hourly table
         (AGENT, nine): {
             "agent_id": AGENT,
             "hour": nine,
@@ -632,16 +643,19 @@ def test_hourly_buckets_take_the_gap_in_the_hour_of_the_later_heartbeat() -> Non
             "idle_us": 0,
             "heartbeats": 1,
         },
-        (AGENT, ten): {
-            "agent_id": AGENT,
-            "hour": ten,
-            "busy_us": 50_000_000,
-            "idle_us": 30_000_000,
-            "heartbeats": 2,
-        },
+    }
+    assert hourly(fold) == {
+        (AGENT, nine): (0, 0, 1),
+        (AGENT, ten): (50_000_000, 30_000_000, 2),
     }
     row = util_row(fold)
     assert (row["busy_us"], row["idle_us"], row["heartbeats"]) == (50_000_000, 30_000_000, 3)
+    fold(heartbeat("idle"), at=ten + timedelta(hours=3))  # after a silence, a new current hour
+    assert hourly(fold) == {
+        (AGENT, nine): (0, 0, 1),
+        (AGENT, ten): (50_000_000, 30_000_000, 2),
+        (AGENT, ten + timedelta(hours=3)): (0, 0, 1),
+    }
 
 
 def test_agents_are_counted_apart() -> None:
@@ -669,6 +683,10 @@ def test_state_and_task_follow_the_latest_heartbeat() -> None:
         "idle_us": 0,
         "heartbeats": 2,
         "last_seq": last.seq,
+        "hour": last.time.replace(minute=0, second=0, microsecond=0),
+        "hour_busy_us": 0,
+        "hour_idle_us": 0,
+        "hour_heartbeats": 2,
     }
     fold(heartbeat("waiting", task="task-43", message="tool"), at=last.time + timedelta(seconds=1))
     row = util_row(fold)
@@ -681,7 +699,7 @@ def test_time_comes_from_the_stream_not_the_producer() -> None:
     fold(Heartbeat(**env(AGENT, at=late), agent=AGENT, status="busy"), at=T0)
     fold(Heartbeat(**env(AGENT, at=T0), agent=AGENT, status="busy"), at=T0 + timedelta(seconds=2))
     assert util_row(fold)["busy_us"] == 2_000_000
-    assert set(fold.table(HOURLY)) == {(AGENT, T0)}
+    assert set(hourly(fold)) == {(AGENT, T0.replace(minute=0, second=0, microsecond=0))}
 
 
 # ---- spend ---------------------------------------------------------------------------------
