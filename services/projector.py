@@ -60,7 +60,7 @@ class BatchResult:
 
 def durable_name(*projections: Projection, suffix: str = "") -> str:
     """The durable consumer of a runner of ``projections``, e.g. ``fw_agents_tasks``."""
-    return "fw_" + "_".join(p.name for p in projections) + suffix
+    return "fw_" + "_".join(sorted(p.name for p in projections)) + suffix
 
 
 M = TypeVar("M", bound=Meta)
@@ -304,6 +304,8 @@ class ProjectionRunner:
         durable_suffix: str = "",
     ) -> None:
         assert projections and len({p.stream for p in projections}) == 1, "one stream"
+        # by name: one durable name and one checkpoint lock order, however they were given
+        projections = tuple(sorted(projections, key=lambda p: p.name))
         self.rt, self.projections = rt, projections
         self.stream = projections[0].stream
         self.name = "+".join(p.name for p in projections)  # for logs

@@ -77,6 +77,9 @@ async def recreate_consumer(
             ack_wait=60,
             max_ack_pending=max_ack_pending,
             max_waiting=16,
+            # a durable nobody reads for a day (its projections now run in another grouping)
+            # is removed by the server; a runner re-creates its own at every start anyway
+            inactive_threshold=86_400.0,
             filter_subjects=list(subjects) or None,  # none: the whole stream
             **start,
         ),

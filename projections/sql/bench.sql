@@ -18,6 +18,14 @@ CREATE TABLE bench_agents (agent_id text PRIMARY KEY, last_seen timestamptz, sta
 -- Record one heartbeat the way that design does: one statement per event.
 UPDATE bench_agents SET last_seen = $2, status = $3 WHERE agent_id = $1;
 
+-- name: bench_commit_on
+-- The UPDATE baseline as a REST-and-database service runs it: each commit durable (the default).
+SET synchronous_commit = on;
+
+-- name: bench_commit_off
+-- The UPDATE baseline with Fleetward's own setting, for context.
+SET synchronous_commit = off;
+
 -- name: bench_agents_drop
 -- Remove the UPDATE baseline's table.
 DROP TABLE bench_agents;
