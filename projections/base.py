@@ -41,6 +41,9 @@ class Table:
     key: tuple[str, ...]
     key_types: tuple[str, ...]  # SQL types of the key columns, for loading by key
     columns: tuple[str, ...]
+    # the fold writes rows of this table but never reads them back (``touches`` never names
+    # it), e.g. finished hours: the projector does not keep them in its row cache
+    write_only: bool = False
     key_of: Callable[[Row], Key] = field(init=False, repr=False, compare=False)
     """The key of a row (built once: it runs for every row written)."""
 

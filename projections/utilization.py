@@ -52,6 +52,7 @@ HOURLY = Table(
     key=("agent_id", "hour"),
     key_types=("text", "timestamptz"),
     columns=("agent_id", "hour", "busy_us", "idle_us", "heartbeats"),
+    write_only=True,  # finished hours never change again
 )
 
 

@@ -212,26 +212,36 @@ async def commit(conn: Conn, projection: Projection, window: Window) -> None:
 class RowCache:
     """Rows this runner committed or read, by table and key. A runner is its projection's only
     writer, so these equal the database as long as no other writer commits; any re-positioning
-    (another writer moved the checkpoint, an error) empties the cache."""
+    (another writer moved the checkpoint, an error) empties the cache. Rows of write-only tables
+    (never read back by the fold) are not kept."""
 
     def __init__(self, limit: int = 250_000) -> None:
         self.limit = limit
         self.tables: dict[str, dict[Key, Row]] = {}
-        # True while the cache holds every row of the projection's tables (it started on empty
-        # tables and has evicted nothing): then a key it lacks has no row, and is not queried.
-        self.complete = False
+        # Tables whose every row is here (the runner started on them empty and has evicted none
+        # of their rows): a key missing here has no row, and is not queried.
+        self.complete: set[str] = set()
+        self.write_only: set[str] = set()
 
-    def clear(self, *, tables_empty: bool = False) -> None:
+    def clear(self, tables: tuple[Table, ...], *, empty: bool = False) -> None:
+        """Forget every row of ``tables`` (the projection's); ``empty``: they have none."""
         self.tables.clear()
-        self.complete = tables_empty
+        self.write_only = {t.name for t in tables if t.write_only}
+        self.complete = {t.name for t in tables if empty and not t.write_only}
+
+    def holds_all(self, tables: tuple[Table, ...]) -> bool:
+        """Every row the fold can read is here."""
+        return all(t.name in self.complete for t in tables if not t.write_only)
 
     def remember(self, rows: Rows) -> None:
         """Keep a window's rows (called when its commit starts: the next window folds on them)."""
         for name, bucket in rows.data.items():
+            if name in self.write_only:
+                continue
             cached = self.tables.setdefault(name, {})
             if len(cached) + len(bucket) > self.limit:
                 cached.clear()
-                self.complete = False
+                self.complete.discard(name)
             cached.update(bucket)
 
 
@@ -245,24 +255,31 @@ async def load_rows(
     """Make the rows the events touch available in ``rows``: those in ``rows`` or the cache are
     there already (``rows.base`` is the cache); the rest are read in one query per table. Then,
     in a second round, the rows ``touches_more`` names from what the first round found. Nothing
-    is read while the cache holds every row of the projection."""
+    is read while the cache holds every row the fold can read."""
     if rows is None:
         rows = Rows(base=cache.tables) if cache is not None else Rows()
-    if cache is not None and cache.complete:
-        return rows
-    wanted = _missing(rows, ((t, k) for e, m in items for t, k in projection.touches(e, m)))
-    await _load(conn, rows, wanted)
-    more = _missing(rows, (
-        (t, k) for e, m in items for t, k in projection.touches_more(rows, e, m)))  # fmt: skip
+    complete: set[str] = set()
+    if cache is not None:
+        if cache.holds_all(projection.tables):
+            return rows
+        complete = cache.complete
+    touched = ((t, k) for e, m in items for t, k in projection.touches(e, m))
+    await _load(conn, rows, _missing(rows, touched, complete))
+    touched_more = ((t, k) for e, m in items for t, k in projection.touches_more(rows, e, m))
+    more = _missing(rows, touched_more, complete)
     if more:
         await _load(conn, rows, more)
     return rows
 
 
-def _missing(rows: Rows, touched: Iterable[tuple[Table, Key]]) -> dict[Table, set[Key]]:
+def _missing(
+    rows: Rows, touched: Iterable[tuple[Table, Key]], complete: set[str]
+) -> dict[Table, set[Key]]:
+    """The touched keys to read from the database: not in ``rows`` (nor its cache), of tables
+    the cache does not hold completely."""
     wanted: dict[Table, set[Key]] = {}
     for table, key in touched:
-        if rows.get(table, key) is None:
+        if table.name not in complete and rows.get(table, key) is None:
             wanted.setdefault(table, set()).add(key)
     return wanted
 
@@ -337,7 +354,8 @@ class ProjectionRunner:
                 p = m.projection
                 await conn.execute(q("checkpoint_init"), p.name, p.stream)
                 m.checkpoint = m.folded = await conn.fetchval(q("checkpoint_get"), p.name)
-                m.cache.clear(tables_empty=m.checkpoint == 0 and await _tables_empty(conn, p))
+                empty = m.checkpoint == 0 and await _tables_empty(conn, p)
+                m.cache.clear(p.tables, empty=empty)
                 m.window = None
         if self.consumer is not None:
             await self.consumer.stop()
