@@ -68,14 +68,14 @@ SKIPPED = Counter(
 )
 BATCH_SIZE = Histogram(
     "fleetward_batch_size",
-    "Events per committed batch.",
+    "Events per commit: one batch near the head of the stream, a window of many while far behind.",
     ["projection"],
     registry=REGISTRY,
-    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+    buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000, 20_000, 50_000, 100_000),
 )
 BATCH_SECONDS = Histogram(
     "fleetward_batch_seconds",
-    "Time to apply and commit one batch.",
+    "Time to write and commit one batch or window.",
     ["projection"],
     registry=REGISTRY,
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
