@@ -50,6 +50,14 @@ PROJECTION_ERROR = "projection_error"  # a valid event the fold could not apply 
 class Resync(Exception):
     """The checkpoint moved under this runner: re-position the consumer and go on."""
 
+    def __init__(self, message: str, projections: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.projections = projections  # the ones whose checkpoint moved (empty: unknown)
+
+
+class Moved(Resync):
+    """Another writer (a rebuild) moved a projection's checkpoint: found before any write."""
+
 
 @dataclass(slots=True)
 class BatchResult:
@@ -190,7 +198,7 @@ async def commit(conn: Conn, projection: Projection, window: Window) -> None:
     transaction. Raises ``Resync`` when the checkpoint is not the one the window was folded on."""
     checkpoint = await conn.fetchval(q("checkpoint_lock"), projection.name)
     if checkpoint != window.expected:
-        raise Resync(f"checkpoint is {checkpoint}, this writer expected {window.expected}")
+        raise Moved(f"checkpoint is {checkpoint}, this writer expected {window.expected}")
     for table in projection.tables:
         changed = window.rows.changed(table)
         if changed:
@@ -439,18 +447,25 @@ class ProjectionRunner:
     async def _commit(self, windows: list[tuple[Member, Window]]) -> None:
         assert self.consumer is not None
         started = time.perf_counter()
+        moved: dict[str, Moved] = {}
         async with self.rt.pool.acquire() as conn, conn.transaction():
             for m, window in windows:
-                await commit(conn, m.projection, window)
+                try:
+                    await commit(conn, m.projection, window)
+                except Moved as exc:  # a rebuild of one projection must not stall the others:
+                    moved[m.projection.name] = exc  # they still commit
         last = windows[0][1].tail
         assert last is not None
-        await self.consumer.ack(last)
-        self.caught_up = last.pending == 0
+        if not moved:
+            await self.consumer.ack(last)
+            self.caught_up = last.pending == 0
         lag = 0.0 if self.caught_up else max(time.time() - last.time.timestamp(), 0.0)
         elapsed = time.perf_counter() - started
         for m, window in windows:
-            m.checkpoint = window.last
             name, result = m.projection.name, window.result
+            if name in moved:
+                continue
+            m.checkpoint = window.last
             metrics.BATCH_SECONDS.labels(name).observe(elapsed)
             metrics.BATCH_SIZE.labels(name).observe(window.events)
             metrics.CHECKPOINT.labels(name).set(window.last)
@@ -461,6 +476,9 @@ class ProjectionRunner:
                 metrics.EVENTS.labels(name, type_).inc(n)
             for reason, n in result.dead.items():
                 metrics.DEAD_LETTERS.labels(name, reason).inc(n)
+        if moved:  # re-position from the checkpoints now in the database
+            message = "; ".join(f"{name}: {exc}" for name, exc in moved.items())
+            raise Resync(message, tuple(moved))
 
     async def run(self, stopping: Callable[[], bool]) -> None:
         """Apply batches until ``stopping()``; the batches in hand are always committed first."""
@@ -474,8 +492,10 @@ class ProjectionRunner:
                 backoff = 0.1
             except Exception as exc:  # Resync, NATS or Postgres trouble: start again
                 log.warning("projection %s: %s; re-positioning", self.name, exc)
+                moved = exc.projections if isinstance(exc, Resync) else ()
                 for m in self.members:
-                    metrics.RESYNCS.labels(m.projection.name).inc()
+                    if not moved or m.projection.name in moved:
+                        metrics.RESYNCS.labels(m.projection.name).inc()
                 metrics.count_postgres_error("projector", exc)
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)

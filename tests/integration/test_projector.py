@@ -211,25 +211,31 @@ async def test_a_rebuild_equals_the_live_projection(rt: Runtime) -> None:
 
 
 async def test_a_rebuild_beside_a_running_projector_ends_identical(rt: Runtime) -> None:
-    """Two writers on one projection (a live runner and a rebuild) commit by compare-and-set on
-    the checkpoint; whoever loses re-positions. Nothing is applied twice or skipped."""
+    """Two writers on one projection (the live runner of its stream and a rebuild) commit by
+    compare-and-set on the checkpoint; whoever loses re-positions. Nothing is applied twice or
+    skipped, and the other projections of the live runner keep committing meanwhile."""
     events = await fleet_events(20, 30, seed=5)
     half = len(events) // 2
     await publish_many(rt.js, events[:half])  # type: ignore[arg-type]
+    group = tuple(p for p in ALL if p.stream == "FW_EVENTS")
     projection = BY_NAME["tasks"]
-    live = ProjectionRunner(rt, projection, batch_size=50)
+    live = ProjectionRunner(rt, *group, batch_size=50)
     stop = anyio.Event()
+    resyncs = metrics.RESYNCS.labels("agents")._value.get()
     async with anyio.create_task_group() as tg:
         tg.start_soon(live.run, stop.is_set)
         await wait_for(lambda: _checkpoint_at_least(rt, "tasks", 1), what="live runner starts")
         await publish_many(rt.js, events[half:])  # type: ignore[arg-type]
         await rebuild(rt, projection, batch_size=50)
         last = (await rt.js.stream_info("FW_EVENTS")).state.last_seq
-        await wait_for(lambda: _checkpoint_at_least(rt, "tasks", last), what="live catches up")
+        for p in group:
+            await wait_for(lambda p=p: _checkpoint_at_least(rt, p.name, last), what="catch up")
         stop.set()
-    together = await snapshot(rt, (projection,))
-    await rebuild(rt, projection)
-    assert await snapshot(rt, (projection,)) == together
+    assert metrics.RESYNCS.labels("agents")._value.get() == resyncs  # only tasks re-positioned
+    together = await snapshot(rt, group)
+    for p in group:
+        await rebuild(rt, p)
+    assert await snapshot(rt, group) == together
 
 
 async def _checkpoint_at_least(rt: Runtime, name: str, seq: int) -> bool:
