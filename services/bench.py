@@ -227,23 +227,23 @@ async def update_per_event(rt: Runtime, events: int, agents: int, *, durable: bo
 
 
 class ProcessWatch:
-    """CPU seconds and peak RSS of processes, sampled (peak RSS is the peak of their sum)."""
+    """CPU seconds and peak RSS of each of some processes, sampled."""
 
     def __init__(self, *pids: int) -> None:
         self.procs = [psutil.Process(pid) for pid in pids]
-        self.peak_rss = 0
+        self.peak_rss = [0 for _ in pids]
 
     async def sample(self, stop: anyio.Event) -> None:
         while not stop.is_set():
             try:
-                rss = sum(p.memory_info().rss for p in self.procs)
+                for i, proc in enumerate(self.procs):
+                    self.peak_rss[i] = max(self.peak_rss[i], proc.memory_info().rss)
             except psutil.Error:
                 return
-            self.peak_rss = max(self.peak_rss, rss)
             await anyio.sleep(0.1)
 
-    def cpu(self) -> float:
-        return float(sum(t.user + t.system for t in (p.cpu_times() for p in self.procs)))
+    def cpu(self) -> list[float]:
+        return [float(t.user + t.system) for t in (p.cpu_times() for p in self.procs)]
 
 
 LAYOUTS = {
@@ -288,9 +288,11 @@ async def wait_all_applied(rt: Runtime, deadline_s: float = 1800) -> None:
         await anyio.sleep(0.05)
 
 
-async def ingest(rt: Runtime, total: int, log: Path, layout: str) -> tuple[float, float, int]:
+async def ingest(
+    rt: Runtime, total: int, log: Path, layout: str
+) -> tuple[float, list[tuple[float, int]]]:
     """Drain the backlog through every projection with the projector processes of ``layout``.
-    Returns events/s (each event once), their CPU seconds and peak RSS."""
+    Returns events/s (each event once) and each process's CPU seconds and peak RSS."""
     for group in by_stream(projections.ALL):
         for p in group:
             await reset(rt, p)
@@ -311,7 +313,7 @@ async def ingest(rt: Runtime, total: int, log: Path, layout: str) -> tuple[float
         proc.terminate()
     for proc in procs:
         proc.wait(30)
-    return total / elapsed, cpu, watch.peak_rss
+    return total / elapsed, list(zip(cpu, watch.peak_rss, strict=True))
 
 
 async def rebuild_rate(rt: Runtime, name: str) -> float:
@@ -410,13 +412,13 @@ async def run(args: argparse.Namespace) -> list[Figure]:
                            durable=True), "UPDATE per event")  # fmt: skip
         upd_async = await repeat(args.runs, lambda: update_per_event(rt, upd_n, args.agents,
                                  durable=False), "UPDATE per event, async commit")  # fmt: skip
-        cpu_rss: dict[str, list[tuple[float, int]]] = {layout: [] for layout in LAYOUTS}
+        cpu_rss: dict[str, list[list[tuple[float, int]]]] = {layout: [] for layout in LAYOUTS}
         ing: dict[str, tuple[float, float, float]] = {}
         for layout, label in LAYOUTS.items():
 
             async def one_ingest(layout: str = layout) -> float:
-                rate, cpu, rss = await ingest(rt, args.events, log, layout)
-                cpu_rss[layout].append((cpu, rss))
+                rate, per_process = await ingest(rt, args.events, log, layout)
+                cpu_rss[layout].append(per_process)
                 return rate
 
             ing[layout] = await repeat(args.runs, one_ingest, f"ingest, {label}")
@@ -505,24 +507,26 @@ async def run(args: argparse.Namespace) -> list[Figure]:
         lower_is_better=True,
     )
     for layout, label in LAYOUTS.items():
-        cpu = median_of([c for c, _ in cpu_rss[layout]])
-        rss = median_of([r / 2**20 for _, r in cpu_rss[layout]])
-        fig(
-            f"projector CPU during ingest, {label}",
-            ours=cpu,
-            unit="CPU s",
-            baseline="ingest wall time, s",
-            base=args.events / ing[layout][0],
-            target="(context)",
-        )
-        fig(
-            f"projector peak RSS during ingest, {label}",
-            ours=rss,
-            unit="MiB",
-            baseline="none",
-            base=0.0,
-            target="(context)",
-        )
+        for i, only in enumerate(projector_groups(layout)):
+            process = "fleetward projector" + (" --only " + " ".join(only) if only else "")
+            cpu = median_of([runs[i][0] for runs in cpu_rss[layout]])
+            rss = median_of([runs[i][1] / 2**20 for runs in cpu_rss[layout]])
+            fig(
+                f"CPU during ingest, {label}: {process}",
+                ours=cpu,
+                unit="CPU s",
+                baseline="ingest wall time, s",
+                base=args.events / ing[layout][0],
+                target="(context)",
+            )
+            fig(
+                f"peak RSS during ingest, {label}: {process}",
+                ours=rss,
+                unit="MiB",
+                baseline="none",
+                base=0.0,
+                target="(context)",
+            )
     return figures + await other_figures(args)
 
 
