@@ -50,7 +50,7 @@ from schemas.events import (
 )
 from schemas.subjects import subject_of
 from services.bench_claims import run_claims_bench
-from services.bench_watchdog import run_watchdog_bench
+from services.bench_watchdog import HarnessError, run_watchdog_bench
 from services.config import Settings
 from services.db import q
 from services.projector import by_stream, consumer_filter, durable_name, rebuild, reset
@@ -542,14 +542,22 @@ async def other_figures(args: argparse.Namespace) -> list[Figure]:
 async def watchdog_figures(args: argparse.Namespace) -> list[Figure]:
     """A watchdog process tracking ``--wd-agents`` agents that heartbeat every ``--wd-interval``
     seconds; 1% fall silent near the end. Each run on fresh servers (no other agents)."""
-    runs = []
-    for _ in range(args.runs):
+    runs: list[dict[str, float]] = []
+    failures = 0
+    while len(runs) < args.runs:
         home = Path(tempfile.mkdtemp(prefix="fleetward-bench-wd-"))
         settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
         async with open_runtime(settings, embed=True) as rt:
-            one = await run_watchdog_bench(
-                rt, args.wd_agents, args.wd_interval, args.wd_seconds, log=home / "watchdog.log"
-            )
+            try:
+                one = await run_watchdog_bench(
+                    rt, args.wd_agents, args.wd_interval, args.wd_seconds, log=home / "watchdog.log"
+                )
+            except HarnessError as exc:  # the measuring side failed: run it again, say so
+                failures += 1
+                say(f"  watchdog: run not measured ({exc}); see {home}")
+                if failures > args.runs:
+                    raise SystemExit("the watchdog benchmark could not measure a run") from None
+                continue
             runs.append(one)
         say(f"  watchdog: {runs[-1]}")
     setup = f"{args.wd_agents:,} agents at {args.wd_interval:g} s"
@@ -558,7 +566,7 @@ async def watchdog_figures(args: argparse.Namespace) -> list[Figure]:
         return median_of([float(r[key]) for r in runs])
 
     cpu, rss, p99 = spread("cpu_share_of_one_core"), spread("peak_rss_mib"), spread("delay_p99_s")
-    wrong = spread("missed")[0] + spread("false_escalations")[0]
+    wrong = max(float(r["missed"]) + float(r["false_escalations"]) for r in runs)  # the worst
     return [
         Figure(f"watchdog CPU, {setup}", cpu[0], "share of a core", "one core", 1.0, cpu[0],
                "(context: capacity to spare)", cpu[1], cpu[2], args.runs),
@@ -567,8 +575,8 @@ async def watchdog_figures(args: argparse.Namespace) -> list[Figure]:
         Figure(f"detection delay p99, 1% of {setup} fall silent", p99[0], "s",
                "heartbeat interval, s", args.wd_interval, p99[0] / args.wd_interval,
                "(context: x interval)", p99[1], p99[2], args.runs),
-        Figure(f"silent agents missed + false escalations, {setup}", wrong, "agents", "0", 0.0,
-               0.0, "0", wrong, wrong, args.runs),
+        Figure(f"silent agents missed + false escalations (worst run), {setup}", wrong,
+               "agents", "0", 0.0, 0.0, "0", wrong, wrong, args.runs),
     ]  # fmt: skip
 
 

@@ -36,7 +36,7 @@ from schemas.admission import admit
 from schemas.events import AgentRegistered, EscalationRaised, Heartbeat
 from services.config import Settings
 from services.follow import StreamFollower
-from services.runtime import Runtime, open_runtime
+from services.runtime import Runtime, connect_nats, open_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK = 0.05  # the heartbeat publisher's tick
@@ -128,7 +128,13 @@ def _start_watchdog(rt: Runtime, interval: float, log: Path) -> subprocess.Popen
                                 env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
 
 
+class HarnessError(Exception):
+    """The measuring side failed (not the watchdog): the run says nothing about the watchdog."""
+
+
 async def _escalations(rt: Runtime) -> list[tuple[EscalationRaised, float]]:
+    """Every escalation raised, read back on a connection of its own: the load generator's
+    connection may be the one that suffered (nats-py can lose its read loop under this load)."""
     found: list[tuple[EscalationRaised, float]] = []
 
     def keep(subject: str, data: bytes, seq: int, ns: int) -> None:
@@ -136,15 +142,21 @@ async def _escalations(rt: Runtime) -> list[tuple[EscalationRaised, float]]:
         if isinstance(event, EscalationRaised):
             found.append((event, ns / 1e9))
 
-    reader = StreamFollower(rt.nc, rt.js, "FW_EVENTS", ("fw.esc.>",), keep, start_seq=1,
-                            name="bench_esc")  # fmt: skip
-    done = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(reader.run, done.is_set)
-        deadline = time.monotonic() + 60
-        while not reader.caught_up and time.monotonic() < deadline:  # noqa: ASYNC110  # polls a flag the reader sets
-            await anyio.sleep(0.05)
-        done.set()
+    nc = await connect_nats(rt.nats_url, name="fleetward-bench-escalations")
+    try:
+        reader = StreamFollower(nc, nc.jetstream(), "FW_EVENTS", ("fw.esc.>",), keep,
+                                start_seq=1, name="bench_esc")  # fmt: skip
+        done = anyio.Event()
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader.run, done.is_set)
+            deadline = time.monotonic() + 60
+            while not reader.caught_up and time.monotonic() < deadline:  # noqa: ASYNC110  # polls a flag the reader sets
+                await anyio.sleep(0.05)
+            done.set()
+        if not reader.caught_up:
+            raise HarnessError("could not read the escalations back within 60 s")
+    finally:
+        await nc.close()
     return found
 
 
