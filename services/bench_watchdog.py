@@ -30,6 +30,9 @@ from pathlib import Path
 import anyio
 import msgspec
 import psutil
+from nats.aio.client import Client as NatsClient
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
 
 from schemas import new_id
 from schemas.admission import admit
@@ -78,11 +81,22 @@ class Beats:
         ]
         self.silent: set[int] = set()
         self.sent = 0
+        # Stopped by a flag, never cancelled: cancelling nc.flush() leaves a cancelled PONG
+        # future behind, and nats-py's read loop dies on it (InvalidStateError) when the PONG
+        # arrives, taking the connection's later requests with it.
+        self.stopping = False
+        self.stopped = anyio.Event()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.stopped.set()
+
+    async def _run(self) -> None:
         n, per_tick = len(self.payloads), len(self.payloads) * TICK / self.interval
         nc, owed, i = self.rt.nc, 0.0, 0
-        while True:
+        while not self.stopping:
             started = time.perf_counter()
             owed += per_tick
             while owed >= 1:
@@ -132,9 +146,33 @@ class HarnessError(Exception):
     """The measuring side failed (not the watchdog): the run says nothing about the watchdog."""
 
 
-async def _escalations(rt: Runtime) -> list[tuple[EscalationRaised, float]]:
-    """Every escalation raised, read back on a connection of its own: the load generator's
-    connection may be the one that suffered (nats-py can lose its read loop under this load)."""
+async def _read_back(
+    rt: Runtime, silent: set[str], interval: float
+) -> tuple[list[tuple[EscalationRaised, float]], list[float]]:
+    """Every escalation raised, and for each silent agent warned about, the delay from its
+    deadline (last heartbeat + 2 intervals) to the warning. Read on a connection of its own,
+    so the load generator's connection cannot blind the measurement; a failure to read is the
+    harness's, not the watchdog's."""
+    nc = await connect_nats(rt.nats_url, name="fleetward-bench-read-back")
+    try:
+        js = nc.jetstream()
+        raised = await _escalations(nc, js)
+        warned = {e.agent: at for e, at in raised if e.tier == "warning"}
+        delays = []
+        for agent in sorted(silent & set(warned)):
+            last = await js.get_last_msg("FW_HEARTBEATS", f"fw.hb.{agent}")
+            assert last.time is not None
+            delays.append(warned[agent] - (last.time.timestamp() + 2 * interval))
+    except (TimeoutError, NatsError) as exc:
+        raise HarnessError(f"reading the results back failed: {exc!r}") from None
+    finally:
+        await nc.close()
+    return raised, delays
+
+
+async def _escalations(
+    nc: NatsClient, js: JetStreamContext
+) -> list[tuple[EscalationRaised, float]]:
     found: list[tuple[EscalationRaised, float]] = []
 
     def keep(subject: str, data: bytes, seq: int, ns: int) -> None:
@@ -142,21 +180,17 @@ async def _escalations(rt: Runtime) -> list[tuple[EscalationRaised, float]]:
         if isinstance(event, EscalationRaised):
             found.append((event, ns / 1e9))
 
-    nc = await connect_nats(rt.nats_url, name="fleetward-bench-escalations")
-    try:
-        reader = StreamFollower(nc, nc.jetstream(), "FW_EVENTS", ("fw.esc.>",), keep,
-                                start_seq=1, name="bench_esc")  # fmt: skip
-        done = anyio.Event()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(reader.run, done.is_set)
-            deadline = time.monotonic() + 60
-            while not reader.caught_up and time.monotonic() < deadline:  # noqa: ASYNC110  # polls a flag the reader sets
-                await anyio.sleep(0.05)
-            done.set()
-        if not reader.caught_up:
-            raise HarnessError("could not read the escalations back within 60 s")
-    finally:
-        await nc.close()
+    reader = StreamFollower(nc, js, "FW_EVENTS", ("fw.esc.>",), keep, start_seq=1,
+                            name="bench_esc")  # fmt: skip
+    done = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader.run, done.is_set)
+        deadline = time.monotonic() + 60
+        while not reader.caught_up and time.monotonic() < deadline:  # noqa: ASYNC110  # polls a flag the reader sets
+            await anyio.sleep(0.05)
+        done.set()
+    if not reader.caught_up:
+        raise HarnessError("could not read the escalations back within 60 s")
     return found
 
 
@@ -200,15 +234,12 @@ async def run_watchdog_bench(
         elapsed = time.monotonic() - t0
         proc.terminate()
         proc.wait(30)
-        tg.cancel_scope.cancel()
-    raised = await _escalations(rt)
-    warned = {e.agent: (e, at) for e, at in raised if e.tier == "warning"}
+        beats.stopping = True
+        await beats.stopped.wait()
+        tg.cancel_scope.cancel()  # the sampler
     silent_names = {names[k] for k in silent}
-    delays = []
-    for agent in sorted(silent_names & set(warned)):
-        last = await rt.js.get_last_msg("FW_HEARTBEATS", f"fw.hb.{agent}")
-        assert last.time is not None
-        delays.append(warned[agent][1] - (last.time.timestamp() + 2 * interval))
+    raised, delays = await _read_back(rt, silent_names, interval)
+    warned = {e.agent for e, _ in raised if e.tier == "warning"}
     return {
         "agents": agents,
         "interval_s": interval,
@@ -216,7 +247,7 @@ async def run_watchdog_bench(
         "seconds": round(elapsed, 1),
         "silent": len(silent_names),
         "detected": len(delays),
-        "missed": len(silent_names - set(warned)),
+        "missed": len(silent_names - warned),
         "false_escalations": len({e.agent for e, _ in raised} - silent_names),
         "cpu_seconds": round(cpu, 2),
         "cpu_share_of_one_core": round(cpu / elapsed, 3),
