@@ -51,6 +51,7 @@ from schemas.events import (
 from schemas.subjects import subject_of
 from services.bench_claims import run_claims_bench
 from services.bench_watchdog import HarnessError, run_watchdog_bench
+from services.benchkit import ProcessWatch, percentile
 from services.config import Settings
 from services.db import q
 from services.projector import by_stream, consumer_filter, durable_name, rebuild, reset
@@ -226,26 +227,6 @@ async def update_per_event(rt: Runtime, events: int, agents: int, *, durable: bo
 # ---- Fleetward --------------------------------------------------------------------------------
 
 
-class ProcessWatch:
-    """CPU seconds and peak RSS of each of some processes, sampled."""
-
-    def __init__(self, *pids: int) -> None:
-        self.procs = [psutil.Process(pid) for pid in pids]
-        self.peak_rss = [0 for _ in pids]
-
-    async def sample(self, stop: anyio.Event) -> None:
-        while not stop.is_set():
-            try:
-                for i, proc in enumerate(self.procs):
-                    self.peak_rss[i] = max(self.peak_rss[i], proc.memory_info().rss)
-            except psutil.Error:
-                return
-            await anyio.sleep(0.1)
-
-    def cpu(self) -> list[float]:
-        return [float(t.user + t.system) for t in (p.cpu_times() for p in self.procs)]
-
-
 LAYOUTS = {
     "one": "one projector process",
     "per-stream": "one projector process per stream",
@@ -379,11 +360,6 @@ async def freshness(rt: Runtime, rate: int, agents: int, seconds: float, log: Pa
     proc.terminate()
     proc.wait(30)
     return lags
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
 
 # ---- the run ----------------------------------------------------------------------------------

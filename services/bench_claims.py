@@ -18,6 +18,7 @@ import anyio
 
 from schemas import new_id
 from schemas.events import Heartbeat
+from services.benchkit import percentile
 from services.client import AgentClient, ClaimLost, FleetClient
 from services.publish import encode
 from services.runtime import Runtime
@@ -32,11 +33,6 @@ class ClaimFigures:
     publish_rtt_p50_s: float
     publish_rtt_p99_s: float
     publishes_per_s: float  # plain publishes with the same concurrency
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
 
 async def publish_baseline(rt: Runtime, publishers: int, each: int) -> tuple[list[float], float]:

@@ -29,7 +29,6 @@ from pathlib import Path
 
 import anyio
 import msgspec
-import psutil
 from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
@@ -37,17 +36,13 @@ from nats.js import JetStreamContext
 from schemas import new_id
 from schemas.admission import admit
 from schemas.events import AgentRegistered, EscalationRaised, Heartbeat
+from services.benchkit import ProcessWatch, percentile
 from services.config import Settings
 from services.follow import StreamFollower
 from services.runtime import Runtime, connect_nats, open_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK = 0.05  # the heartbeat publisher's tick
-
-
-def _percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else float("nan")
 
 
 async def _register(rt: Runtime, names: list[str], interval: float) -> None:
@@ -109,24 +104,6 @@ class Beats:
                     self.sent += 1
             await nc.flush()
             await anyio.sleep(max(0.0, TICK - (time.perf_counter() - started)))
-
-
-class Sampler:
-    def __init__(self, pid: int) -> None:
-        self.proc = psutil.Process(pid)
-        self.peak_rss = 0
-
-    def cpu(self) -> float:
-        t = self.proc.cpu_times()
-        return float(t.user + t.system)
-
-    async def run(self) -> None:
-        while True:
-            try:
-                self.peak_rss = max(self.peak_rss, self.proc.memory_info().rss)
-            except psutil.Error:
-                return
-            await anyio.sleep(0.2)
 
 
 def _start_watchdog(rt: Runtime, interval: float, log: Path) -> subprocess.Popen[bytes]:
@@ -218,25 +195,25 @@ async def run_watchdog_bench(
         await anyio.sleep(interval)  # every agent has heartbeated once
         started = time.monotonic()
         proc = _start_watchdog(rt, interval, log)
-        sampler = Sampler(proc.pid)
-        tg.start_soon(sampler.run)
+        sampler, sampling = ProcessWatch(proc.pid), anyio.Event()
+        tg.start_soon(sampler.sample, sampling, 0.2)
         while "caught up" not in log.read_text():
             if proc.poll() is not None:
                 raise SystemExit(f"the watchdog exited:\n{log.read_text()[-3000:]}")
             await anyio.sleep(0.05)
         await anyio.sleep(interval)  # its grace
         ready_s = time.monotonic() - started
-        cpu0, t0 = sampler.cpu(), time.monotonic()
+        cpu0, t0 = sampler.cpu()[0], time.monotonic()
         await anyio.sleep(silent_at)
         beats.silent = silent
         await anyio.sleep(seconds - silent_at)
-        cpu = sampler.cpu() - cpu0
+        cpu = sampler.cpu()[0] - cpu0
         elapsed = time.monotonic() - t0
         proc.terminate()
         proc.wait(30)
         beats.stopping = True
         await beats.stopped.wait()
-        tg.cancel_scope.cancel()  # the sampler
+        sampling.set()
     silent_names = {names[k] for k in silent}
     raised, delays = await _read_back(rt, silent_names, interval)
     warned = {e.agent for e, _ in raised if e.tier == "warning"}
@@ -251,10 +228,10 @@ async def run_watchdog_bench(
         "false_escalations": len({e.agent for e, _ in raised} - silent_names),
         "cpu_seconds": round(cpu, 2),
         "cpu_share_of_one_core": round(cpu / elapsed, 3),
-        "peak_rss_mib": round(sampler.peak_rss / 2**20, 1),
+        "peak_rss_mib": round(sampler.peak_rss[0] / 2**20, 1),
         "ready_s": round(ready_s, 1),
-        "delay_p50_s": round(_percentile(delays, 0.5), 3),
-        "delay_p99_s": round(_percentile(delays, 0.99), 3),
+        "delay_p50_s": round(percentile(delays, 0.5), 3),
+        "delay_p99_s": round(percentile(delays, 0.99), 3),
         "delay_max_s": round(max(delays, default=float("nan")), 3),
         "delay_mean_s": round(statistics.fmean(delays), 3) if delays else float("nan"),
     }

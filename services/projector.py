@@ -129,9 +129,8 @@ class Window:
     seen: set[str] = field(default_factory=set)  # event ids, to drop repeats within the window
 
 
-def open_window(expected: int, cache: RowCache | None = None) -> Window:
-    rows = Rows(base=cache.tables) if cache is not None else Rows()
-    return Window(expected, rows, expected, time.monotonic())
+def open_window(expected: int, cache: RowCache) -> Window:
+    return Window(expected, Rows(base=cache.tables), expected, time.monotonic())
 
 
 Admitted = list[tuple[Delivery, Event | Rejected]]
@@ -257,19 +256,17 @@ async def load_rows(
     conn: Conn,
     projection: Projection,
     items: list[tuple[Event, M]],
-    rows: Rows | None = None,
+    rows: Rows,
     cache: RowCache | None = None,
-) -> Rows:
+) -> None:
     """Make the rows the events touch available in ``rows``: those in ``rows`` or the cache are
     there already (``rows.base`` is the cache); the rest are read in one query per table. Then,
     in a second round, the rows ``touches_more`` names from what the first round found. Nothing
     is read while the cache holds every row the fold can read."""
-    if rows is None:
-        rows = Rows(base=cache.tables) if cache is not None else Rows()
     complete: set[str] = set()
     if cache is not None:
         if cache.holds_all(projection.tables):
-            return rows
+            return
         complete = cache.complete
     touched = ((t, k) for e, m in items for t, k in projection.touches(e, m))
     await _load(conn, rows, _missing(rows, touched, complete))
@@ -277,7 +274,6 @@ async def load_rows(
     more = _missing(rows, touched_more, complete)
     if more:
         await _load(conn, rows, more)
-    return rows
 
 
 def _missing(
@@ -341,7 +337,6 @@ class ProjectionRunner:
         self.window_size, self.window_seconds = max(window_size, batch_size), window_seconds
         self.durable = durable_name(*projections, suffix=durable_suffix)
         self.consumer: PullConsumer | None = None
-        self.caught_up = False  # the last committed window left nothing pending
         self.pending = -1  # messages the server had left after the last batch taken
         self._inflight: asyncio.Future[None] | None = None
 
@@ -458,8 +453,7 @@ class ProjectionRunner:
         assert last is not None
         if not moved:
             await self.consumer.ack(last)
-            self.caught_up = last.pending == 0
-        lag = 0.0 if self.caught_up else max(time.time() - last.time.timestamp(), 0.0)
+        lag = 0.0 if last.pending == 0 else max(time.time() - last.time.timestamp(), 0.0)
         elapsed = time.perf_counter() - started
         for m, window in windows:
             name, result = m.projection.name, window.result

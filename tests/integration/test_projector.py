@@ -210,10 +210,11 @@ async def test_a_rebuild_equals_the_live_projection(rt: Runtime) -> None:
     assert await snapshot(rt) == live
 
 
-async def test_a_rebuild_beside_a_running_projector_ends_identical(rt: Runtime) -> None:
-    """Two writers on one projection (the live runner of its stream and a rebuild) commit by
-    compare-and-set on the checkpoint; whoever loses re-positions. Nothing is applied twice or
-    skipped, and the other projections of the live runner keep committing meanwhile."""
+async def test_a_second_writer_beside_a_running_projector_ends_identical(rt: Runtime) -> None:
+    """Two writers on one projection (the live runner of its stream and a reset, as a rebuild
+    starts) commit by compare-and-set on the checkpoint; the live runner re-positions. Nothing
+    is applied twice or skipped, and the runner's other projections neither re-position nor
+    stop committing."""
     events = await fleet_events(20, 30, seed=5)
     half = len(events) // 2
     await publish_many(rt.js, events[:half])  # type: ignore[arg-type]
@@ -225,8 +226,13 @@ async def test_a_rebuild_beside_a_running_projector_ends_identical(rt: Runtime) 
     async with anyio.create_task_group() as tg:
         tg.start_soon(live.run, stop.is_set)
         await wait_for(lambda: _checkpoint_at_least(rt, "tasks", 1), what="live runner starts")
+        moved = metrics.RESYNCS.labels("tasks")._value.get()
+        await reset(rt, projection)  # a second writer moves the checkpoint under the live runner
         await publish_many(rt.js, events[half:])  # type: ignore[arg-type]
-        await rebuild(rt, projection, batch_size=50)
+        await wait_for(
+            lambda: _true(metrics.RESYNCS.labels("tasks")._value.get() > moved),
+            what="the live runner to find the tasks checkpoint moved",
+        )
         last = (await rt.js.stream_info("FW_EVENTS")).state.last_seq
         for p in group:
             await wait_for(lambda p=p: _checkpoint_at_least(rt, p.name, last), what="catch up")
@@ -236,6 +242,10 @@ async def test_a_rebuild_beside_a_running_projector_ends_identical(rt: Runtime) 
     for p in group:
         await rebuild(rt, p)
     assert await snapshot(rt, group) == together
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def _checkpoint_at_least(rt: Runtime, name: str, seq: int) -> bool:
