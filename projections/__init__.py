@@ -1,11 +1,11 @@
 """Projections: pure folds from events to rows, plus their SQL (migrations and named queries)."""
 
-from projections.agents import AgentRegistry
-from projections.base import Meta, Projection, Rows, Table
-from projections.escalations import EscalationBoard
-from projections.spend import Spend
-from projections.tasks import TaskBoard
-from projections.utilization import Utilization
+from fleetward.projections.agents import AgentRegistry
+from fleetward.projections.base import Meta, Projection, Rows, Table
+from fleetward.projections.escalations import EscalationBoard
+from fleetward.projections.spend import Spend
+from fleetward.projections.tasks import TaskBoard
+from fleetward.projections.utilization import Utilization
 
 ALL: tuple[Projection, ...] = (
     AgentRegistry(),

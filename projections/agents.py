@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import ClassVar
 
-from projections.base import Key, Meta, Projection, Row, Rows, Table
-from schemas.events import (
+from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
+from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
     AgentPaused,
@@ -21,7 +21,7 @@ from schemas.events import (
     AgentVersionChanged,
     Event,
 )
-from schemas.subjects import wildcard
+from fleetward.schemas.subjects import wildcard
 
 AGENTS = Table(
     name="fleetward.agents",

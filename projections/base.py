@@ -17,7 +17,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any, ClassVar, cast
 
-from schemas.events import Event
+from fleetward.schemas.events import Event
 
 Key = tuple[Any, ...]
 Row = dict[str, Any]

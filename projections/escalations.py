@@ -15,9 +15,14 @@ from typing import ClassVar, Final
 
 import msgspec
 
-from projections.base import Key, Meta, Projection, Row, Rows, Table
-from schemas.events import EscalationAcknowledged, EscalationRaised, EscalationResolved, Event
-from schemas.subjects import wildcard
+from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
+from fleetward.schemas.events import (
+    EscalationAcknowledged,
+    EscalationRaised,
+    EscalationResolved,
+    Event,
+)
+from fleetward.schemas.subjects import wildcard
 
 ESCALATIONS = Table(
     name="fleetward.escalations",

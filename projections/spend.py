@@ -11,8 +11,8 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import ClassVar
 
-from projections.base import Key, Meta, Projection, Row, Rows, Table
-from schemas.events import (
+from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
+from fleetward.schemas.events import (
     AgentRegistered,
     Event,
     RunFinished,
@@ -20,7 +20,7 @@ from schemas.events import (
     SpendRecorded,
     ToolCalled,
 )
-from schemas.subjects import wildcard
+from fleetward.schemas.subjects import wildcard
 
 SPEND_AGENTS = Table(
     name="fleetward.spend_agents",

@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import ClassVar
 
-from projections.agents import next_status
-from projections.base import Key, Meta, Projection, Row, Rows, Table
-from schemas.admission import actor_kind
-from schemas.events import (
+from fleetward.projections.agents import next_status
+from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
+from fleetward.schemas.admission import actor_kind
+from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
     AgentPaused,
@@ -42,7 +42,7 @@ from schemas.events import (
     TaskSubmitted,
     type_name,
 )
-from schemas.subjects import wildcard
+from fleetward.schemas.subjects import wildcard
 
 TASKS = Table(
     name="fleetward.tasks",

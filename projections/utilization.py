@@ -18,9 +18,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Final
 
-from projections.base import Key, Meta, Projection, Rows, Table
-from schemas.events import Event, Heartbeat
-from schemas.subjects import wildcard
+from fleetward.projections.base import Key, Meta, Projection, Rows, Table
+from fleetward.schemas.events import Event, Heartbeat
+from fleetward.schemas.subjects import wildcard
 
 MAX_GAP: Final = timedelta(minutes=5)
 BUSY_STATES: Final = frozenset({"busy", "waiting"})

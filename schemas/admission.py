@@ -10,8 +10,8 @@ from typing import Final
 
 import msgspec
 
-from schemas.events import AnyEvent, Event, TaskReviewed
-from schemas.subjects import parse, subject_of
+from fleetward.schemas.events import AnyEvent, Event, TaskReviewed
+from fleetward.schemas.subjects import parse, subject_of
 
 MAX_EVENT_BYTES: Final = 256 * 1024  # room for a 32,000-character deliverable, escaped
 

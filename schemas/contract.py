@@ -1,6 +1,6 @@
 """The published contract, generated from the code: JSON Schema per event type and AsyncAPI 3.
 
-``python -m schemas.contract`` (``make schemas``) writes ``schemas/jsonschema/*.json`` and
+``python -m fleetward.schemas.contract`` (``make schemas``) writes ``schemas/jsonschema/*.json`` and
 ``schemas/asyncapi.json``; ``--check`` exits 1 when the committed files differ from the code;
 ``--markdown`` prints the subject and event tables used in ``docs/events.md``.
 
@@ -20,9 +20,9 @@ from typing import Any, Final
 
 import msgspec
 
-from schemas.events import EVENT_TYPES, AnyEvent, Event, type_name
-from schemas.streams import all_streams, stream_for_kind
-from schemas.subjects import KINDS, PREFIX
+from fleetward.schemas.events import EVENT_TYPES, AnyEvent, Event, type_name
+from fleetward.schemas.streams import all_streams, stream_for_kind
+from fleetward.schemas.subjects import KINDS, PREFIX
 
 JSONDict = dict[str, Any]
 
@@ -394,7 +394,7 @@ def markdown() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m schemas.contract",
+        prog="python -m fleetward.schemas.contract",
         description="Generate schemas/jsonschema/*.json and schemas/asyncapi.json from the code.",
     )
     group = parser.add_mutually_exclusive_group()

@@ -9,7 +9,7 @@ from typing import Final
 
 import msgspec
 
-from schemas.subjects import wildcard
+from fleetward.schemas.subjects import wildcard
 
 DAY: Final = 86_400.0
 DEFAULT_AUDIT_RETENTION_DAYS: Final = 183  # at least six months (DESIGN 2)

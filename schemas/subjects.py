@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from schemas.events import Event
+from fleetward.schemas.events import Event
 
 PREFIX = "fw"
 KINDS = ("agent", "task", "esc", "budget", "hb", "cmd")

@@ -35,9 +35,9 @@ import anyio
 import msgspec
 import psutil
 
-import projections
-from schemas import new_id
-from schemas.events import (
+from fleetward import projections
+from fleetward.schemas import new_id
+from fleetward.schemas.events import (
     AgentRegistered,
     Event,
     Heartbeat,
@@ -48,15 +48,15 @@ from schemas.events import (
     TaskProgressed,
     ToolCalled,
 )
-from schemas.subjects import subject_of
-from services.bench_claims import run_claims_bench
-from services.bench_watchdog import HarnessError, run_watchdog_bench
-from services.benchkit import ProcessWatch, percentile
-from services.config import Settings
-from services.db import q
-from services.projector import by_stream, consumer_filter, durable_name, rebuild, reset
-from services.pull import PullConsumer, recreate_consumer
-from services.runtime import Runtime, open_runtime
+from fleetward.schemas.subjects import subject_of
+from fleetward.services.bench_claims import run_claims_bench
+from fleetward.services.bench_watchdog import HarnessError, run_watchdog_bench
+from fleetward.services.benchkit import ProcessWatch, percentile
+from fleetward.services.config import Settings
+from fleetward.services.db import q
+from fleetward.services.projector import by_stream, consumer_filter, durable_name, rebuild, reset
+from fleetward.services.pull import PullConsumer, recreate_consumer
+from fleetward.services.runtime import Runtime, open_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("pipeline", "claims", "watchdog")
@@ -243,7 +243,9 @@ def projector_groups(layout: str) -> list[list[str]]:
 def start_projector(rt: Runtime, log: Path, only: list[str]) -> subprocess.Popen[bytes]:
     env = os.environ | {"FLEETWARD_NATS_URL": rt.nats_url, "FLEETWARD_DATABASE_URL":
                         rt.database_url, "FLEETWARD_METRICS_PORT": "0"}  # fmt: skip
-    args = [sys.executable, "-m", "services.cli", "projector"] + (["--only", *only] if only else [])
+    args = [sys.executable, "-m", "fleetward.services.cli", "projector"] + (
+        ["--only", *only] if only else []
+    )
     with log.open("ab") as out:
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 

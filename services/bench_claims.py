@@ -16,12 +16,12 @@ from datetime import UTC, datetime
 
 import anyio
 
-from schemas import new_id
-from schemas.events import Heartbeat
-from services.benchkit import percentile
-from services.client import AgentClient, ClaimLost, FleetClient
-from services.publish import encode
-from services.runtime import Runtime
+from fleetward.schemas import new_id
+from fleetward.schemas.events import Heartbeat
+from fleetward.services.benchkit import percentile
+from fleetward.services.client import AgentClient, ClaimLost, FleetClient
+from fleetward.services.publish import encode
+from fleetward.services.runtime import Runtime
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ time it took to start judging, and the detection delay of the warnings: the stre
 each escalation was stored minus its deadline (the stream time of the agent's last heartbeat plus
 interval x 2), p50 / p99 / max; plus misses and false escalations, which should both be 0.
 
-Run it alone: ``python -m services.bench_watchdog [--quick]`` prints the figures as JSON.
+Run it alone: ``python -m fleetward.services.bench_watchdog [--quick]`` prints the figures as JSON.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from schemas import new_id
-from schemas.admission import admit
-from schemas.events import AgentRegistered, EscalationRaised, Heartbeat
-from services.benchkit import ProcessWatch, percentile
-from services.config import Settings
-from services.follow import StreamFollower
-from services.runtime import Runtime, connect_nats, open_runtime
+from fleetward.schemas import new_id
+from fleetward.schemas.admission import admit
+from fleetward.schemas.events import AgentRegistered, EscalationRaised, Heartbeat
+from fleetward.services.benchkit import ProcessWatch, percentile
+from fleetward.services.config import Settings
+from fleetward.services.follow import StreamFollower
+from fleetward.services.runtime import Runtime, connect_nats, open_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK = 0.05  # the heartbeat publisher's tick
@@ -115,8 +115,8 @@ def _start_watchdog(rt: Runtime, interval: float, log: Path) -> subprocess.Popen
         "FLEETWARD_WATCHDOG_GRACE_S": str(interval),
     }
     with log.open("ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "services.cli", "watchdog"], cwd=ROOT,
-                                env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        cmd = [sys.executable, "-m", "fleetward.services.cli", "watchdog"]
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 class HarnessError(Exception):

@@ -14,13 +14,13 @@ import anyio
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-import projections
-from services import cli_tasks, projector, simulate, views
-from services.config import Settings
-from services.errors import FleetwardError
-from services.respond import respond
-from services.runtime import open_runtime
-from services.serve import run_services
+from fleetward import projections
+from fleetward.services import cli_tasks, projector, simulate, views
+from fleetward.services.config import Settings
+from fleetward.services.errors import FleetwardError
+from fleetward.services.respond import respond
+from fleetward.services.runtime import open_runtime
+from fleetward.services.serve import run_services
 
 DEV_GRACE_S = 5.0  # the watchdog's grace under `fleetward dev` (see _dev)
 

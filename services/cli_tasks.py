@@ -11,13 +11,13 @@ import os
 from rich.console import Console
 from rich.table import Table
 
-from schemas.events import Verdict
-from services.client import FleetClient
-from services.config import Settings
-from services.db import Conn, q
-from services.errors import FleetwardError
-from services.runtime import open_runtime
-from services.views import show_tasks
+from fleetward.schemas.events import Verdict
+from fleetward.services.client import FleetClient
+from fleetward.services.config import Settings
+from fleetward.services.db import Conn, q
+from fleetward.services.errors import FleetwardError
+from fleetward.services.runtime import open_runtime
+from fleetward.services.views import show_tasks
 
 STATUSES = ("inbox", "assigned", "in_progress", "blocked", "review", "done", "cancelled")
 

@@ -33,9 +33,9 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import APIError, NotFoundError
 
-from projections.tasks import agent_claim_problem, task_claim_problem
-from schemas import Event, Rejected, admit, deterministic_id, new_id
-from schemas.events import (
+from fleetward.projections.tasks import agent_claim_problem, task_claim_problem
+from fleetward.schemas import Event, Rejected, admit, deterministic_id, new_id
+from fleetward.schemas.events import (
     AgentRegistered,
     CommandIssued,
     CommandName,
@@ -60,9 +60,9 @@ from schemas.events import (
     ToolCalled,
     Verdict,
 )
-from services.publish import publish
-from services.pull import PullConsumer
-from services.taskstate import TaskState, read_task
+from fleetward.services.publish import publish
+from fleetward.services.pull import PullConsumer
+from fleetward.services.taskstate import TaskState, read_task
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream: Nats-Expected-Last-Subject-Sequence did not match
 CLAIMABLE_SUBJECT = "fw.api.tasks.claimable"

@@ -7,8 +7,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from schemas.streams import DEFAULT_AUDIT_RETENTION_DAYS
-from services.errors import FleetwardError
+from fleetward.schemas.streams import DEFAULT_AUDIT_RETENTION_DAYS
+from fleetward.services.errors import FleetwardError
 
 DEFAULT_HEARTBEAT_INTERVAL_S = 60.0  # AgentRegistered.heartbeat_interval_s's default
 

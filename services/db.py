@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from projections.base import Table
+from fleetward.projections.base import Table
 
 Conn = asyncpg.Connection | asyncpg.pool.PoolConnectionProxy
 """A connection, or one lent by a pool."""
@@ -24,7 +24,7 @@ _MIGRATION_LOCK = 0x46_57_4D  # an advisory lock key: one migrator at a time
 def queries() -> dict[str, str]:
     """The named queries of every .sql file in projections/sql (migrations apart)."""
     found: dict[str, str] = {}
-    folder = resources.files("projections").joinpath("sql")
+    folder = resources.files("fleetward.projections").joinpath("sql")
     for path in sorted(folder.iterdir(), key=lambda p: p.name):
         if not path.name.endswith(".sql"):
             continue
@@ -40,7 +40,7 @@ def q(name: str) -> str:
 
 
 def migrations() -> list[tuple[str, str]]:
-    folder = resources.files("projections").joinpath("sql/migrations")
+    folder = resources.files("fleetward.projections").joinpath("sql/migrations")
     files = sorted(p.name for p in folder.iterdir() if p.name.endswith(".sql"))
     return [(name, folder.joinpath(name).read_text()) for name in files]
 

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from schemas.events import (
+from fleetward.schemas.events import (
     CommandIssued,
     Event,
     RunFinished,
@@ -38,8 +38,8 @@ from schemas.events import (
     TaskSubmitted,
     ToolCalled,
 )
-from services.config import WatchdogSettings
-from services.incidents import (
+from fleetward.services.config import WatchdogSettings
+from fleetward.services.incidents import (
     TASK_OVERDUE,
     TASK_STALLED,
     TOOL_ERROR_SPIKE,
@@ -55,7 +55,7 @@ from services.incidents import (
     raised_event,
     resolve_step,
 )
-from services.liveness import DeadlineHeap
+from fleetward.services.liveness import DeadlineHeap
 
 Owns = Callable[[str], bool]
 

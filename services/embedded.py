@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from services.errors import FleetwardError
+from fleetward.services.errors import FleetwardError
 
 
 def nats_server_binary() -> str:

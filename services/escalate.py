@@ -32,12 +32,12 @@ from anyio.abc import ObjectReceiveStream
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
-from schemas import subject_of
-from schemas.admission import Rejected, decode
-from schemas.events import EscalationRaised, EscalationResolved, Event
-from services import metrics
-from services.incidents import TIER_RANK, Plan, Publish
-from services.publish import TRANSIENT, publish
+from fleetward.schemas import subject_of
+from fleetward.schemas.admission import Rejected, decode
+from fleetward.schemas.events import EscalationRaised, EscalationResolved, Event
+from fleetward.services import metrics
+from fleetward.services.incidents import TIER_RANK, Plan, Publish
+from fleetward.services.publish import TRANSIENT, publish
 
 log = logging.getLogger("fleetward.watchdog")
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Literal
 
-from schemas.events import (
+from fleetward.schemas.events import (
     EscalationAcknowledged,
     EscalationRaised,
     EscalationResolved,
@@ -30,7 +30,7 @@ from schemas.events import (
     Evidence,
     Tier,
 )
-from schemas.ids import deterministic_id
+from fleetward.schemas.ids import deterministic_id
 
 WATCHDOG: Final = "svc:watchdog"
 

@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from datetime import timedelta
 from typing import Final
 
-from projections.tasks import HELD
-from schemas.events import (
+from fleetward.projections.tasks import HELD
+from fleetward.schemas.events import (
     EscalationAcknowledged,
     EscalationRaised,
     EscalationResolved,
@@ -33,8 +33,8 @@ from schemas.events import (
     TaskSubmitted,
     ToolCalled,
 )
-from services.config import WatchdogSettings
-from services.detectors import (
+from fleetward.services.config import WatchdogSettings
+from fleetward.services.detectors import (
     ErrorSpikeDetector,
     OverdueDetector,
     StallDetector,
@@ -42,7 +42,7 @@ from services.detectors import (
     TaskWatch,
     WakeLoopDetector,
 )
-from services.incidents import (
+from fleetward.services.incidents import (
     HEARTBEAT_MISSED,
     TASK_REASONS,
     WATCHDOG,
@@ -53,8 +53,8 @@ from services.incidents import (
     at,
     resolve_step,
 )
-from services.leases import Lapse, Lease, LeaseBook
-from services.liveness import LIFECYCLE, Liveness
+from fleetward.services.leases import Lapse, Lease, LeaseBook
+from fleetward.services.liveness import LIFECYCLE, Liveness
 
 # the projection whose checkpoint covers each subject kind of FW_EVENTS
 CHECKPOINTS: Final = {"agent": "agents", "task": "tasks", "esc": "escalations"}

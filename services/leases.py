@@ -16,8 +16,8 @@ import itertools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from schemas import Event, deterministic_id
-from schemas.events import (
+from fleetward.schemas import Event, deterministic_id
+from fleetward.schemas.events import (
     Heartbeat,
     TaskBlocked,
     TaskCancelled,

@@ -31,7 +31,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
-from schemas.events import (
+from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
     AgentPaused,
@@ -43,8 +43,8 @@ from schemas.events import (
     TaskLeaseExpired,
     Tier,
 )
-from services.config import WatchdogSettings
-from services.incidents import (
+from fleetward.services.config import WatchdogSettings
+from fleetward.services.incidents import (
     HEARTBEAT_MISSED,
     TIER_RANK,
     WATCHDOG,

@@ -34,14 +34,14 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from schemas import Rejected, admit
-from schemas.events import BudgetSet, Priority, Tier
-from schemas.subjects import wildcard
-from services.db import q
-from services.follow import StreamFollower
+from fleetward.schemas import Rejected, admit
+from fleetward.schemas.events import BudgetSet, Priority, Tier
+from fleetward.schemas.subjects import wildcard
+from fleetward.services.db import q
+from fleetward.services.follow import StreamFollower
 
 if TYPE_CHECKING:
-    from services.runtime import Runtime
+    from fleetward.services.runtime import Runtime
 
 log = logging.getLogger("fleetward.metrics")
 

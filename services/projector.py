@@ -34,13 +34,13 @@ from typing import Any, TypeVar
 
 import anyio
 
-from projections import Meta, Projection, Rows
-from projections.base import Key, Row, Table
-from schemas import Event, Rejected, admit, type_name
-from services import db, metrics
-from services.db import Conn, q
-from services.pull import Delivery, PullConsumer, recreate_consumer
-from services.runtime import Runtime
+from fleetward.projections import Meta, Projection, Rows
+from fleetward.projections.base import Key, Row, Table
+from fleetward.schemas import Event, Rejected, admit, type_name
+from fleetward.services import db, metrics
+from fleetward.services.db import Conn, q
+from fleetward.services.pull import Delivery, PullConsumer, recreate_consumer
+from fleetward.services.runtime import Runtime
 
 log = logging.getLogger("fleetward.projector")
 

@@ -12,7 +12,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
-from schemas import Event, subject_of
+from fleetward.schemas import Event, subject_of
 
 _encoder = msgspec.json.Encoder()
 

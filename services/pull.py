@@ -23,7 +23,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from projections.base import Meta
+from fleetward.projections.base import Meta
 
 STATUS = "Status"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -14,13 +14,17 @@ from datetime import UTC, datetime
 from nats.js import JetStreamContext
 from nats.js.errors import APIError, NotFoundError
 
-from schemas import new_id
-from schemas.admission import Rejected, decode
-from schemas.events import EscalationAcknowledged, EscalationResolved, Event
-from schemas.subjects import subject
-from services.errors import FleetwardError
-from services.escalate import EVENTS_STREAM, EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
-from services.publish import publish
+from fleetward.schemas import new_id
+from fleetward.schemas.admission import Rejected, decode
+from fleetward.schemas.events import EscalationAcknowledged, EscalationResolved, Event
+from fleetward.schemas.subjects import subject
+from fleetward.services.errors import FleetwardError
+from fleetward.services.escalate import (
+    EVENTS_STREAM,
+    EXPECTED_LAST_SUBJECT_SEQ,
+    WRONG_LAST_SEQUENCE,
+)
+from fleetward.services.publish import publish
 
 _IDENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 

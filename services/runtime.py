@@ -18,12 +18,12 @@ import asyncpg
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from schemas.streams import all_streams
-from services import db, metrics
-from services.config import Settings
-from services.embedded import EmbeddedNats, EmbeddedPostgres, database_url
-from services.errors import FleetwardError
-from services.streams import ensure_streams
+from fleetward.schemas.streams import all_streams
+from fleetward.services import db, metrics
+from fleetward.services.config import Settings
+from fleetward.services.embedded import EmbeddedNats, EmbeddedPostgres, database_url
+from fleetward.services.errors import FleetwardError
+from fleetward.services.streams import ensure_streams
 
 MIN_NATS = (2, 11)
 MIN_POSTGRES = 14

@@ -14,13 +14,13 @@ from typing import Any
 
 import anyio
 
-from projections import Projection
-from schemas import REASONS
-from services import metrics, simulate
-from services.projector import PROJECTION_ERROR, ProjectionRunner, by_stream
-from services.runtime import Runtime
-from services.taskapi import serve_task_api
-from services.watchdog import Watchdog
+from fleetward.projections import Projection
+from fleetward.schemas import REASONS
+from fleetward.services import metrics, simulate
+from fleetward.services.projector import PROJECTION_ERROR, ProjectionRunner, by_stream
+from fleetward.services.runtime import Runtime
+from fleetward.services.taskapi import serve_task_api
+from fleetward.services.watchdog import Watchdog
 
 log = logging.getLogger("fleetward")
 

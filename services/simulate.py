@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 import anyio
 from nats.js import JetStreamContext
 
-from schemas import Event, new_id
-from schemas.events import (
+from fleetward.schemas import Event, new_id
+from fleetward.schemas.events import (
     AgentRegistered,
     Deliverable,
     Heartbeat,
@@ -31,7 +31,7 @@ from schemas.events import (
     TaskSubmitted,
     ToolCalled,
 )
-from services.publish import publish_many
+from fleetward.services.publish import publish_many
 
 TEAMS = ("research", "support", "platform", "growth")
 MODELS = (("small-1", 0.15e-6, 0.6e-6), ("large-2", 3e-6, 15e-6))

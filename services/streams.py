@@ -9,8 +9,8 @@ from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from schemas.streams import StreamSpec
-from services.errors import StreamConflict
+from fleetward.schemas.streams import StreamSpec
+from fleetward.services.errors import StreamConflict
 
 
 def to_config(spec: StreamSpec) -> StreamConfig:

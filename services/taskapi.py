@@ -13,9 +13,9 @@ import anyio
 import msgspec
 from nats.aio.msg import Msg
 
-from services.client import CLAIMABLE_SUBJECT
-from services.db import q
-from services.runtime import Runtime
+from fleetward.services.client import CLAIMABLE_SUBJECT
+from fleetward.services.db import q
+from fleetward.services.runtime import Runtime
 
 log = logging.getLogger("fleetward.taskapi")
 

@@ -18,10 +18,10 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from projections import Meta, Rows
-from projections.tasks import TASKS, TaskBoard
-from schemas import Rejected, admit
-from schemas.subjects import subject
+from fleetward.projections import Meta, Rows
+from fleetward.projections.tasks import TASKS, TaskBoard
+from fleetward.schemas import Rejected, admit
+from fleetward.schemas.subjects import subject
 
 STREAM = "FW_EVENTS"
 BATCH = 1000

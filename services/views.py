@@ -10,7 +10,7 @@ import asyncpg
 from rich.console import Console
 from rich.table import Table
 
-from services.db import Conn, q
+from fleetward.services.db import Conn, q
 
 
 def age(when: datetime | None, now: datetime | None = None) -> str:

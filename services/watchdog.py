@@ -29,21 +29,21 @@ import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectSendStream
 
-from schemas.admission import Rejected, admit
-from schemas.events import EscalationRaised, Event
-from schemas.streams import HEARTBEATS
-from schemas.subjects import wildcard
-from services import metrics
-from services.config import WatchdogSettings
-from services.db import q
-from services.detectors import TaskRow
-from services.escalate import Publisher
-from services.follow import StreamFollower
-from services.incidents import Plan
-from services.judge import CHECKPOINTS, Judge
-from services.liveness import STATES
-from services.pull import EPOCH
-from services.runtime import Runtime
+from fleetward.schemas.admission import Rejected, admit
+from fleetward.schemas.events import EscalationRaised, Event
+from fleetward.schemas.streams import HEARTBEATS
+from fleetward.schemas.subjects import wildcard
+from fleetward.services import metrics
+from fleetward.services.config import WatchdogSettings
+from fleetward.services.db import q
+from fleetward.services.detectors import TaskRow
+from fleetward.services.escalate import Publisher
+from fleetward.services.follow import StreamFollower
+from fleetward.services.incidents import Plan
+from fleetward.services.judge import CHECKPOINTS, Judge
+from fleetward.services.liveness import STATES
+from fleetward.services.pull import EPOCH
+from fleetward.services.runtime import Runtime
 
 log = logging.getLogger("fleetward.watchdog")
 

@@ -20,10 +20,10 @@ import asyncpg
 import nats
 import pytest
 
-from services import db
-from services.config import Settings
-from services.embedded import EmbeddedNats, EmbeddedPostgres, database_url
-from services.runtime import Runtime, open_runtime
+from fleetward.services import db
+from fleetward.services.config import Settings
+from fleetward.services.embedded import EmbeddedNats, EmbeddedPostgres, database_url
+from fleetward.services.runtime import Runtime, open_runtime
 
 TEMPLATE = "fleetward_test_template"
 

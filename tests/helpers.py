@@ -9,10 +9,10 @@ from typing import Any, TypeVar
 
 import anyio
 
-from projections import ALL, Projection
-from schemas import new_id
-from services.projector import ProjectionRunner, by_stream, catch_up
-from services.runtime import Runtime
+from fleetward.projections import ALL, Projection
+from fleetward.schemas import new_id
+from fleetward.services.projector import ProjectionRunner, by_stream, catch_up
+from fleetward.services.runtime import Runtime
 
 T = TypeVar("T")
 

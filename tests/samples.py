@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import TypedDict
 
-from schemas.events import (
+from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
     AgentPaused,

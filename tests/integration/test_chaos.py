@@ -11,12 +11,12 @@ from pathlib import Path
 import anyio
 from nats.js.errors import NotFoundError
 
-from projections import ALL
-from schemas import Event
-from services.projector import rebuild, runner_durable
-from services.publish import publish_many
-from services.runtime import Runtime
-from services.simulate import Fleet
+from fleetward.projections import ALL
+from fleetward.schemas import Event
+from fleetward.services.projector import rebuild, runner_durable
+from fleetward.services.publish import publish_many
+from fleetward.services.runtime import Runtime
+from fleetward.services.simulate import Fleet
 from tests.helpers import now, snapshot, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def make_events(seed: int) -> list[Event]:
 def start_projector(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "projector"],
+            [sys.executable, "-m", "fleetward.services.cli", "projector"],
             cwd=ROOT,
             env=env | {"FLEETWARD_BATCH_SIZE": "250", "FLEETWARD_METRICS_PORT": "0"},
             stdout=out,

@@ -10,12 +10,12 @@ from collections.abc import AsyncIterator
 import anyio
 import pytest
 
-from schemas.events import TaskReviewed
-from services.client import INBOX_REDELIVERY_S, AgentClient, Claim, ClaimLost, FleetClient
-from services.publish import encode
-from services.runtime import Runtime
-from services.taskapi import serve_task_api
-from services.taskstate import read_task
+from fleetward.schemas.events import TaskReviewed
+from fleetward.services.client import INBOX_REDELIVERY_S, AgentClient, Claim, ClaimLost, FleetClient
+from fleetward.services.publish import encode
+from fleetward.services.runtime import Runtime
+from fleetward.services.taskapi import serve_task_api
+from fleetward.services.taskstate import read_task
 from tests.helpers import envelope, project_all
 
 AGENTS = 50
@@ -119,7 +119,7 @@ async def test_the_board_refuses_what_the_client_would_not_send(
     await ops.create_task("raw-b", project="p", title="B", depends_on=["raw-a"])
     rogue = await agent(rt, "rogue")
     try:
-        from schemas.events import TaskClaimed  # noqa: PLC0415
+        from fleetward.schemas.events import TaskClaimed  # noqa: PLC0415
 
         claim = TaskClaimed(**envelope("rogue"), task="raw-b", agent="rogue", epoch=1)
         await rt.js.publish("fw.task.raw-b", encode(claim))

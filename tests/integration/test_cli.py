@@ -27,15 +27,15 @@ import anyio
 import psutil
 from nats.js.errors import NotFoundError
 
-import projections
-from services.projector import by_stream, consumer_filter, runner_durable
-from services.publish import publish_many
-from services.runtime import Runtime
-from services.simulate import Fleet
+from fleetward import projections
+from fleetward.services.projector import by_stream, consumer_filter, runner_durable
+from fleetward.services.publish import publish_many
+from fleetward.services.runtime import Runtime
+from fleetward.services.simulate import Fleet
 from tests.helpers import now, project_all, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-CLI = (sys.executable, "-m", "services.cli")
+CLI = (sys.executable, "-m", "fleetward.services.cli")
 
 
 async def fleetward(env: dict[str, str], *args: str) -> tuple[int, str, str]:

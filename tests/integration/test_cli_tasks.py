@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from services.client import AgentClient
-from services.runtime import Runtime
+from fleetward.services.client import AgentClient
+from fleetward.services.runtime import Runtime
 from tests.helpers import project_all
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def fleetward(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", "tasks", *args],
+        [sys.executable, "-m", "fleetward.services.cli", "tasks", *args],
         cwd=ROOT, env=env | {"FLEETWARD_USER": "alice"}, capture_output=True, text=True,
         timeout=60, check=False,
     )  # fmt: skip

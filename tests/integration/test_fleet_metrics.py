@@ -13,9 +13,9 @@ import anyio
 import asyncpg
 from prometheus_client import CollectorRegistry, generate_latest
 
-from projections import BY_NAME
-from schemas import Event
-from schemas.events import (
+from fleetward.projections import BY_NAME
+from fleetward.schemas import Event
+from fleetward.schemas.events import (
     AgentOffline,
     AgentPaused,
     AgentRegistered,
@@ -26,12 +26,12 @@ from schemas.events import (
     SpendRecorded,
     TaskCreated,
 )
-from services import metrics
-from services.metrics import FleetMetrics, TeamBudget
-from services.projector import ProjectionRunner
-from services.publish import encode, publish, publish_many
-from services.runtime import Runtime, connect_nats
-from services.serve import watch_lag
+from fleetward.services import metrics
+from fleetward.services.metrics import FleetMetrics, TeamBudget
+from fleetward.services.projector import ProjectionRunner
+from fleetward.services.publish import encode, publish, publish_many
+from fleetward.services.runtime import Runtime, connect_nats
+from fleetward.services.serve import watch_lag
 from tests.helpers import envelope, project_all, wait_for
 from tests.integration.test_watchdog import free_port, nats_on
 

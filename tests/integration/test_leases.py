@@ -11,13 +11,13 @@ from pathlib import Path
 
 import anyio
 
-from schemas.events import Deliverable, TaskSubmitted
-from services.client import AgentClient, FleetClient
-from services.config import WatchdogSettings
-from services.publish import encode
-from services.runtime import Runtime
-from services.taskstate import read_task
-from services.watchdog import Watchdog
+from fleetward.schemas.events import Deliverable, TaskSubmitted
+from fleetward.services.client import AgentClient, FleetClient
+from fleetward.services.config import WatchdogSettings
+from fleetward.services.publish import encode
+from fleetward.services.runtime import Runtime
+from fleetward.services.taskstate import read_task
+from fleetward.services.watchdog import Watchdog
 from tests.helpers import envelope, project_all, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ SLOW_LIVENESS = WatchdogSettings(
 CLAIMER = textwrap.dedent(
     """
     import asyncio, sys
-    from services.client import AgentClient
+    from fleetward.services.client import AgentClient
 
     async def main(url: str) -> None:
         agent = await AgentClient.connect(url, "doomed")

@@ -8,16 +8,16 @@ from decimal import Decimal
 import anyio
 import msgspec
 
-from projections import ALL, BY_NAME
-from schemas import new_id
-from schemas.admission import MAX_EVENT_BYTES
-from schemas.events import AgentRegistered, Heartbeat, SpendRecorded, TaskCreated
-from services import metrics
-from services.projector import ProjectionRunner, catch_up, rebuild, reset
-from services.publish import encode, publish, publish_many
-from services.pull import recreate_consumer
-from services.runtime import Runtime
-from services.simulate import Fleet
+from fleetward.projections import ALL, BY_NAME
+from fleetward.schemas import new_id
+from fleetward.schemas.admission import MAX_EVENT_BYTES
+from fleetward.schemas.events import AgentRegistered, Heartbeat, SpendRecorded, TaskCreated
+from fleetward.services import metrics
+from fleetward.services.projector import ProjectionRunner, catch_up, rebuild, reset
+from fleetward.services.publish import encode, publish, publish_many
+from fleetward.services.pull import recreate_consumer
+from fleetward.services.runtime import Runtime
+from fleetward.services.simulate import Fleet
 from tests.helpers import envelope, now, project_all, run_to_end, snapshot, wait_for
 
 

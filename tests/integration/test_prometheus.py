@@ -25,10 +25,10 @@ from typing import Any
 import anyio
 import pytest
 
-from schemas import new_id
-from schemas.events import BudgetSet
-from services.publish import publish
-from services.runtime import Runtime
+from fleetward.schemas import new_id
+from fleetward.schemas.events import BudgetSet
+from fleetward.services.publish import publish
+from fleetward.services.runtime import Runtime
 from tests.helpers import now, wait_for
 from tests.integration.test_cli import (
     checkpoints,

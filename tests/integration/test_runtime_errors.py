@@ -19,12 +19,12 @@ import anyio
 import nats
 import pytest
 
-from schemas.streams import all_streams, events_stream
-from services.config import Settings
-from services.embedded import EmbeddedNats
-from services.errors import FleetwardError, StreamConflict
-from services.runtime import check_nats_version, check_postgres_version
-from services.streams import ensure_streams, to_config
+from fleetward.schemas.streams import all_streams, events_stream
+from fleetward.services.config import Settings
+from fleetward.services.embedded import EmbeddedNats
+from fleetward.services.errors import FleetwardError, StreamConflict
+from fleetward.services.runtime import check_nats_version, check_postgres_version
+from fleetward.services.streams import ensure_streams, to_config
 
 ROOT = Path(__file__).resolve().parents[2]
 OLD_NATS_VERSION = "2.10.26"
@@ -37,7 +37,7 @@ async def fleetward(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     """Run ``fleetward ARGS``; its exit code, stdout and stderr."""
     with anyio.fail_after(60):
         done = await anyio.run_process(
-            [sys.executable, "-m", "services.cli", *args], cwd=ROOT, env=env, check=False
+            [sys.executable, "-m", "fleetward.services.cli", *args], cwd=ROOT, env=env, check=False
         )
     return done.returncode, done.stdout.decode(), done.stderr.decode()
 

@@ -20,9 +20,9 @@ import msgspec
 from anyio.abc import TaskGroup
 from nats.js.errors import NotFoundError
 
-from schemas import new_id
-from schemas.admission import admit
-from schemas.events import (
+from fleetward.schemas import new_id
+from fleetward.schemas.admission import admit
+from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
     AgentRegistered,
@@ -41,12 +41,12 @@ from schemas.events import (
     Tier,
     ToolCalled,
 )
-from services.config import Settings, WatchdogSettings
-from services.embedded import nats_server_binary
-from services.follow import StreamFollower
-from services.publish import publish_many
-from services.runtime import Runtime, open_runtime
-from services.watchdog import Watchdog
+from fleetward.services.config import Settings, WatchdogSettings
+from fleetward.services.embedded import nats_server_binary
+from fleetward.services.follow import StreamFollower
+from fleetward.services.publish import publish_many
+from fleetward.services.runtime import Runtime, open_runtime
+from fleetward.services.watchdog import Watchdog
 from tests.helpers import envelope, project_all, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -310,8 +310,8 @@ def spawn_watchdog(
 ) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
     logs.mkdir(parents=True)
     with (logs / "stdout").open("wb") as out, (logs / "stderr").open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "services.cli", "watchdog"], cwd=ROOT,
-                                env=env, stdout=out, stderr=err)  # fmt: skip
+        proc = subprocess.Popen([sys.executable, "-m", "fleetward.services.cli", "watchdog"],
+                                cwd=ROOT, env=env, stdout=out, stderr=err)  # fmt: skip
     try:
         yield proc, logs
     finally:
@@ -435,7 +435,7 @@ async def test_each_detector_fires_on_its_condition_and_the_control_group_stays_
 async def fleetward(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     with anyio.fail_after(60):
         done = await anyio.run_process(
-            [sys.executable, "-m", "services.cli", *args], cwd=ROOT, env=env, check=False
+            [sys.executable, "-m", "fleetward.services.cli", *args], cwd=ROOT, env=env, check=False
         )
     return done.returncode, done.stdout.decode(), done.stderr.decode()
 

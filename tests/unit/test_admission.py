@@ -10,8 +10,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from schemas.admission import MAX_EVENT_BYTES, REASONS, Rejected, admit
-from schemas.events import (
+from fleetward.schemas.admission import MAX_EVENT_BYTES, REASONS, Rejected, admit
+from fleetward.schemas.events import (
     AgentRegistered,
     Deliverable,
     Event,
@@ -19,7 +19,7 @@ from schemas.events import (
     TaskSubmitted,
     type_name,
 )
-from schemas.subjects import subject_of
+from fleetward.schemas.subjects import subject_of
 from tests.samples import AGENT, SHA256, TASK, sample_events
 
 SAMPLES = sample_events()

@@ -18,11 +18,11 @@ import msgspec
 import pytest
 from jsonschema import Draft7Validator, Draft202012Validator, FormatChecker
 
-from schemas import contract
-from schemas.admission import Rejected, admit, decode
-from schemas.events import BY_TYPE, EVENT_TYPES, AnyEvent, Event, type_name
-from schemas.streams import stream_for_kind
-from schemas.subjects import KINDS, subject_of
+from fleetward.schemas import contract
+from fleetward.schemas.admission import Rejected, admit, decode
+from fleetward.schemas.events import BY_TYPE, EVENT_TYPES, AnyEvent, Event, type_name
+from fleetward.schemas.streams import stream_for_kind
+from fleetward.schemas.subjects import KINDS, subject_of
 from tests.samples import sample_events
 
 SCHEMAS_DIR = Path(contract.__file__).resolve().parent
@@ -273,7 +273,7 @@ def test_committed_files_match_the_code() -> None:
     drifted = contract.drift(SCHEMAS_DIR)
     assert drifted == [], (
         f"schemas/{{{', '.join(drifted)}}} differ from schemas/events.py: run `make schemas` "
-        "(python -m schemas.contract) and commit the result"
+        "(python -m fleetward.schemas.contract) and commit the result"
     )
 
 
@@ -320,7 +320,7 @@ def test_every_type_has_a_summary_and_no_summary_is_stale() -> None:
 def test_docs_tables_match_the_code(table: Callable[[], str]) -> None:
     assert table() in DOCS.read_text(), (
         "docs/events.md is out of date: paste its tables from "
-        "`python -m schemas.contract --markdown`"
+        "`python -m fleetward.schemas.contract --markdown`"
     )
 
 

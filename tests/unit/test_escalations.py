@@ -8,17 +8,17 @@ import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from projections.base import Meta, Row, Rows
-from projections.escalations import ESCALATIONS, EscalationBoard
-from schemas import new_id
-from schemas.events import (
+from fleetward.projections.base import Meta, Row, Rows
+from fleetward.projections.escalations import ESCALATIONS, EscalationBoard
+from fleetward.schemas import new_id
+from fleetward.schemas.events import (
     EscalationAcknowledged,
     EscalationRaised,
     EscalationResolved,
     Event,
     Tier,
 )
-from schemas.subjects import subject_of
+from fleetward.schemas.subjects import subject_of
 
 T0 = datetime(2025, 3, 14, 9, 0, 0, tzinfo=UTC)
 ESC = "hb-0123456789abcdef0123"

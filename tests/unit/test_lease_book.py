@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from schemas import new_id
-from schemas.events import (
+from fleetward.schemas import new_id
+from fleetward.schemas.events import (
     Deliverable,
     Heartbeat,
     TaskCancelled,
@@ -17,7 +17,7 @@ from schemas.events import (
     TaskReviewed,
     TaskSubmitted,
 )
-from services.leases import Lapse, LeaseBook
+from fleetward.services.leases import Lapse, LeaseBook
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 SHA = "0" * 64

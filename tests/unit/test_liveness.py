@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from schemas.events import (
+from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
     AgentPaused,
@@ -31,12 +31,12 @@ from schemas.events import (
     TaskSubmitted,
     ToolCalled,
 )
-from schemas.ids import new_id
-from services.config import WatchdogSettings
-from services.detectors import TaskRow
-from services.incidents import Plan
-from services.judge import Judge
-from services.liveness import DeadlineHeap
+from fleetward.schemas.ids import new_id
+from fleetward.services.config import WatchdogSettings
+from fleetward.services.detectors import TaskRow
+from fleetward.services.incidents import Plan
+from fleetward.services.judge import Judge
+from fleetward.services.liveness import DeadlineHeap
 
 T0 = 1_800_000_000.0  # stream time of the tests' start, seconds
 SETTINGS = WatchdogSettings(

@@ -9,9 +9,9 @@ from datetime import date
 import asyncpg
 import nats.errors
 
-from schemas import new_id
-from schemas.events import BudgetSet
-from services.metrics import TeamBudget, is_postgres_error, team_budgets, window_start
+from fleetward.schemas import new_id
+from fleetward.schemas.events import BudgetSet
+from fleetward.services.metrics import TeamBudget, is_postgres_error, team_budgets, window_start
 from tests.helpers import now
 
 

@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 
-from projections.agents import AGENTS, AgentRegistry
-from projections.base import Key, Meta, Projection, Row, Rows, Table
-from projections.spend import SPEND_AGENTS, SPEND_DAILY, UNASSIGNED, Spend
-from projections.tasks import DELIVERABLES, REJECTIONS, TASK_AGENTS, TASKS, TaskBoard
-from projections.utilization import HOURLY, MAX_GAP, UTILIZATION, Utilization
-from schemas import new_id
-from schemas.events import (
+from fleetward.projections.agents import AGENTS, AgentRegistry
+from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
+from fleetward.projections.spend import SPEND_AGENTS, SPEND_DAILY, UNASSIGNED, Spend
+from fleetward.projections.tasks import DELIVERABLES, REJECTIONS, TASK_AGENTS, TASKS, TaskBoard
+from fleetward.projections.utilization import HOURLY, MAX_GAP, UTILIZATION, Utilization
+from fleetward.schemas import new_id
+from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
     AgentPaused,
@@ -54,8 +54,8 @@ from schemas.events import (
     Verdict,
     type_name,
 )
-from schemas.subjects import subject_of
-from services.simulate import Fleet
+from fleetward.schemas.subjects import subject_of
+from fleetward.services.simulate import Fleet
 
 T0 = datetime(2025, 3, 14, 9, 0, 0, tzinfo=UTC)
 AGENT = "agent-7"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from projections.base import Rows, Table
-from services.projector import RowCache
+from fleetward.projections.base import Rows, Table
+from fleetward.services.projector import RowCache
 
 CURRENT = Table("t.current", ("k",), ("text",), ("k", "v"))
 FINISHED = Table("t.finished", ("k",), ("text",), ("k", "v"), write_only=True)
