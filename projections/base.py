@@ -1,7 +1,7 @@
 """What a projection is: a pure fold from (rows it owns, event) to new rows.
 
 Invariants:
-- ``apply`` does no I/O. The projector (services/projector.py) loads the rows an event batch
+- ``apply`` does no I/O. The projector (services/projector/runner.py) loads the rows an event batch
   touches, calls ``apply`` once per event in stream order, and writes back the rows that changed,
   in the same transaction as the checkpoint.
 - Rows are keyed; a projection owns its tables outright (no other writer).

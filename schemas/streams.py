@@ -1,4 +1,4 @@
-"""The JetStream streams, as data. Pure: services/streams.py creates and verifies them.
+"""The JetStream streams, as data. Pure: services/jetstream/streams.py creates and verifies them.
 
 FW_EVENTS is the audit log: file storage, no deletes, no purges, no rollups.
 """

@@ -54,9 +54,15 @@ from fleetward.services.bench_watchdog import HarnessError, run_watchdog_bench
 from fleetward.services.benchkit import ProcessWatch, percentile
 from fleetward.services.config import Settings
 from fleetward.services.db import q
-from fleetward.services.projector import by_stream, consumer_filter, durable_name, rebuild, reset
-from fleetward.services.pull import PullConsumer, recreate_consumer
-from fleetward.services.runtime import Runtime, open_runtime
+from fleetward.services.jetstream.consumer import PullConsumer, recreate_consumer
+from fleetward.services.projector.runner import (
+    by_stream,
+    consumer_filter,
+    durable_name,
+    rebuild,
+    reset,
+)
+from fleetward.services.runtime.connect import Runtime, open_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("pipeline", "claims", "watchdog")

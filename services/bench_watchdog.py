@@ -38,8 +38,8 @@ from fleetward.schemas.admission import admit
 from fleetward.schemas.events import AgentRegistered, EscalationRaised, Heartbeat
 from fleetward.services.benchkit import ProcessWatch, percentile
 from fleetward.services.config import Settings
-from fleetward.services.follow import StreamFollower
-from fleetward.services.runtime import Runtime, connect_nats, open_runtime
+from fleetward.services.jetstream.follower import StreamFollower
+from fleetward.services.runtime.connect import Runtime, connect_nats, open_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 TICK = 0.05  # the heartbeat publisher's tick

@@ -15,7 +15,8 @@ DEFAULT_HEARTBEAT_INTERVAL_S = 60.0  # AgentRegistered.heartbeat_interval_s's de
 
 @dataclass(frozen=True, slots=True)
 class WatchdogSettings:
-    """The watchdog's knobs (services/watchdog.py). Times are seconds of the stream's clock."""
+    """The watchdog's knobs (services/watchdog/service.py). Times are seconds of the stream's
+    clock."""
 
     interval_s: float = DEFAULT_HEARTBEAT_INTERVAL_S  # for agents not (yet) registered
     warn_misses: float = 2.0  # warning when silent for interval x warn_misses

@@ -17,10 +17,10 @@ import anyio
 from fleetward.projections import Projection
 from fleetward.schemas import REASONS
 from fleetward.services import metrics, simulate
-from fleetward.services.projector import PROJECTION_ERROR, ProjectionRunner, by_stream
-from fleetward.services.runtime import Runtime
-from fleetward.services.taskapi import serve_task_api
-from fleetward.services.watchdog import Watchdog
+from fleetward.services.api.tasks import serve_task_api
+from fleetward.services.projector.runner import PROJECTION_ERROR, ProjectionRunner, by_stream
+from fleetward.services.runtime.connect import Runtime
+from fleetward.services.watchdog.service import Watchdog
 
 log = logging.getLogger("fleetward")
 

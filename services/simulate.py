@@ -31,7 +31,7 @@ from fleetward.schemas.events import (
     TaskSubmitted,
     ToolCalled,
 )
-from fleetward.services.publish import publish_many
+from fleetward.services.jetstream.publish import publish_many
 
 TEAMS = ("research", "support", "platform", "growth")
 MODELS = (("small-1", 0.15e-6, 0.6e-6), ("large-2", 3e-6, 15e-6))

@@ -22,8 +22,8 @@ import pytest
 
 from fleetward.services import db
 from fleetward.services.config import Settings
-from fleetward.services.embedded import EmbeddedNats, EmbeddedPostgres, database_url
-from fleetward.services.runtime import Runtime, open_runtime
+from fleetward.services.runtime.connect import Runtime, open_runtime
+from fleetward.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, database_url
 
 TEMPLATE = "fleetward_test_template"
 

@@ -11,8 +11,8 @@ import anyio
 
 from fleetward.projections import ALL, Projection
 from fleetward.schemas import new_id
-from fleetward.services.projector import ProjectionRunner, by_stream, catch_up
-from fleetward.services.runtime import Runtime
+from fleetward.services.projector.runner import ProjectionRunner, by_stream, catch_up
+from fleetward.services.runtime.connect import Runtime
 
 T = TypeVar("T")
 

@@ -11,11 +11,17 @@ import anyio
 import pytest
 
 from fleetward.schemas.events import TaskReviewed
-from fleetward.services.client import INBOX_REDELIVERY_S, AgentClient, Claim, ClaimLost, FleetClient
-from fleetward.services.publish import encode
-from fleetward.services.runtime import Runtime
-from fleetward.services.taskapi import serve_task_api
-from fleetward.services.taskstate import read_task
+from fleetward.services.api.tasks import serve_task_api
+from fleetward.services.client.agent import (
+    INBOX_REDELIVERY_S,
+    AgentClient,
+    Claim,
+    ClaimLost,
+    FleetClient,
+)
+from fleetward.services.client.taskstate import read_task
+from fleetward.services.jetstream.publish import encode
+from fleetward.services.runtime.connect import Runtime
 from tests.helpers import envelope, project_all
 
 AGENTS = 50

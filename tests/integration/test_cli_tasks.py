@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fleetward.services.client import AgentClient
-from fleetward.services.runtime import Runtime
+from fleetward.services.client.agent import AgentClient
+from fleetward.services.runtime.connect import Runtime
 from tests.helpers import project_all
 
 ROOT = Path(__file__).resolve().parents[2]

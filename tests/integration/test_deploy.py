@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetward.services.embedded import nats_server_binary
+from fleetward.services.runtime.embedded import nats_server_binary
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 

@@ -27,10 +27,10 @@ from fleetward.schemas.events import (
     TaskCreated,
 )
 from fleetward.services import metrics
+from fleetward.services.jetstream.publish import encode, publish, publish_many
 from fleetward.services.metrics import FleetMetrics, TeamBudget
-from fleetward.services.projector import ProjectionRunner
-from fleetward.services.publish import encode, publish, publish_many
-from fleetward.services.runtime import Runtime, connect_nats
+from fleetward.services.projector.runner import ProjectionRunner
+from fleetward.services.runtime.connect import Runtime, connect_nats
 from fleetward.services.serve import watch_lag
 from tests.helpers import envelope, project_all, wait_for
 from tests.integration.test_watchdog import free_port, nats_on

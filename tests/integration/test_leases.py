@@ -12,12 +12,12 @@ from pathlib import Path
 import anyio
 
 from fleetward.schemas.events import Deliverable, TaskSubmitted
-from fleetward.services.client import AgentClient, FleetClient
+from fleetward.services.client.agent import AgentClient, FleetClient
+from fleetward.services.client.taskstate import read_task
 from fleetward.services.config import WatchdogSettings
-from fleetward.services.publish import encode
-from fleetward.services.runtime import Runtime
-from fleetward.services.taskstate import read_task
-from fleetward.services.watchdog import Watchdog
+from fleetward.services.jetstream.publish import encode
+from fleetward.services.runtime.connect import Runtime
+from fleetward.services.watchdog.service import Watchdog
 from tests.helpers import envelope, project_all, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ SLOW_LIVENESS = WatchdogSettings(
 CLAIMER = textwrap.dedent(
     """
     import asyncio, sys
-    from fleetward.services.client import AgentClient
+    from fleetward.services.client.agent import AgentClient
 
     async def main(url: str) -> None:
         agent = await AgentClient.connect(url, "doomed")

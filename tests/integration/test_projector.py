@@ -13,10 +13,10 @@ from fleetward.schemas import new_id
 from fleetward.schemas.admission import MAX_EVENT_BYTES
 from fleetward.schemas.events import AgentRegistered, Heartbeat, SpendRecorded, TaskCreated
 from fleetward.services import metrics
-from fleetward.services.projector import ProjectionRunner, catch_up, rebuild, reset
-from fleetward.services.publish import encode, publish, publish_many
-from fleetward.services.pull import recreate_consumer
-from fleetward.services.runtime import Runtime
+from fleetward.services.jetstream.consumer import recreate_consumer
+from fleetward.services.jetstream.publish import encode, publish, publish_many
+from fleetward.services.projector.runner import ProjectionRunner, catch_up, rebuild, reset
+from fleetward.services.runtime.connect import Runtime
 from fleetward.services.simulate import Fleet
 from tests.helpers import envelope, now, project_all, run_to_end, snapshot, wait_for
 

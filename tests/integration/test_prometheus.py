@@ -27,8 +27,8 @@ import pytest
 
 from fleetward.schemas import new_id
 from fleetward.schemas.events import BudgetSet
-from fleetward.services.publish import publish
-from fleetward.services.runtime import Runtime
+from fleetward.services.jetstream.publish import publish
+from fleetward.services.runtime.connect import Runtime
 from tests.helpers import now, wait_for
 from tests.integration.test_cli import (
     checkpoints,

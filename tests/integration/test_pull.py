@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from fleetward.services.pull import PullConsumer, recreate_consumer
-from fleetward.services.runtime import Runtime
+from fleetward.services.jetstream.consumer import PullConsumer, recreate_consumer
+from fleetward.services.runtime.connect import Runtime
 
 
 async def test_an_expired_request_is_not_a_message(rt: Runtime) -> None:

@@ -21,10 +21,10 @@ import pytest
 
 from fleetward.schemas.streams import all_streams, events_stream
 from fleetward.services.config import Settings
-from fleetward.services.embedded import EmbeddedNats
 from fleetward.services.errors import FleetwardError, StreamConflict
-from fleetward.services.runtime import check_nats_version, check_postgres_version
-from fleetward.services.streams import ensure_streams, to_config
+from fleetward.services.jetstream.streams import ensure_streams, to_config
+from fleetward.services.runtime.connect import check_nats_version, check_postgres_version
+from fleetward.services.runtime.embedded import EmbeddedNats
 
 ROOT = Path(__file__).resolve().parents[2]
 OLD_NATS_VERSION = "2.10.26"

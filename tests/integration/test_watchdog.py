@@ -42,11 +42,11 @@ from fleetward.schemas.events import (
     ToolCalled,
 )
 from fleetward.services.config import Settings, WatchdogSettings
-from fleetward.services.embedded import nats_server_binary
-from fleetward.services.follow import StreamFollower
-from fleetward.services.publish import publish_many
-from fleetward.services.runtime import Runtime, open_runtime
-from fleetward.services.watchdog import Watchdog
+from fleetward.services.jetstream.follower import StreamFollower
+from fleetward.services.jetstream.publish import publish_many
+from fleetward.services.runtime.connect import Runtime, open_runtime
+from fleetward.services.runtime.embedded import nats_server_binary
+from fleetward.services.watchdog.service import Watchdog
 from tests.helpers import envelope, project_all, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]

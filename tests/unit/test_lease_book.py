@@ -17,7 +17,7 @@ from fleetward.schemas.events import (
     TaskReviewed,
     TaskSubmitted,
 )
-from fleetward.services.leases import Lapse, LeaseBook
+from fleetward.services.watchdog.core.leases import Lapse, LeaseBook
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 SHA = "0" * 64

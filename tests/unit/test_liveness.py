@@ -1,5 +1,6 @@
-"""The watchdog's pure core (services/liveness.py, detectors.py, judge.py): events in with
-their stream times, an explicit "now", plans out. No network, no clock, no sleeping."""
+"""The watchdog's pure core (services/watchdog/core/liveness.py, detectors.py, judge.py):
+events in with their stream times, an explicit "now", plans out. No network, no clock, no
+sleeping."""
 
 from __future__ import annotations
 
@@ -33,10 +34,10 @@ from fleetward.schemas.events import (
 )
 from fleetward.schemas.ids import new_id
 from fleetward.services.config import WatchdogSettings
-from fleetward.services.detectors import TaskRow
-from fleetward.services.incidents import Plan
-from fleetward.services.judge import Judge
-from fleetward.services.liveness import DeadlineHeap
+from fleetward.services.watchdog.core.detectors import TaskRow
+from fleetward.services.watchdog.core.incidents import Plan
+from fleetward.services.watchdog.core.judge import Judge
+from fleetward.services.watchdog.core.liveness import DeadlineHeap
 
 T0 = 1_800_000_000.0  # stream time of the tests' start, seconds
 SETTINGS = WatchdogSettings(

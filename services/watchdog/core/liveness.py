@@ -44,7 +44,7 @@ from fleetward.schemas.events import (
     Tier,
 )
 from fleetward.services.config import WatchdogSettings
-from fleetward.services.incidents import (
+from fleetward.services.watchdog.core.incidents import (
     HEARTBEAT_MISSED,
     TIER_RANK,
     WATCHDOG,

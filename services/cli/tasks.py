@@ -12,12 +12,12 @@ from rich.console import Console
 from rich.table import Table
 
 from fleetward.schemas.events import Verdict
-from fleetward.services.client import FleetClient
+from fleetward.services.cli.views import show_tasks
+from fleetward.services.client.agent import FleetClient
 from fleetward.services.config import Settings
 from fleetward.services.db import Conn, q
 from fleetward.services.errors import FleetwardError
-from fleetward.services.runtime import open_runtime
-from fleetward.services.views import show_tasks
+from fleetward.services.runtime.connect import open_runtime
 
 STATUSES = ("inbox", "assigned", "in_progress", "blocked", "review", "done", "cancelled")
 

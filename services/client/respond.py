@@ -19,12 +19,12 @@ from fleetward.schemas.admission import Rejected, decode
 from fleetward.schemas.events import EscalationAcknowledged, EscalationResolved, Event
 from fleetward.schemas.subjects import subject
 from fleetward.services.errors import FleetwardError
-from fleetward.services.escalate import (
+from fleetward.services.jetstream.publish import publish
+from fleetward.services.watchdog.escalate import (
     EVENTS_STREAM,
     EXPECTED_LAST_SUBJECT_SEQ,
     WRONG_LAST_SEQUENCE,
 )
-from fleetward.services.publish import publish
 
 _IDENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 

@@ -2,7 +2,7 @@
 no Postgres. ``fw.api.tasks.claimable`` {"agent", "roles", "limit"} -> {"tasks": [ids]}.
 
 The answer is a ranking hint from the task board; whether a claim takes the task is decided on
-the stream (services/client.py). Run beside the projector (``fleetward dev`` and
+the stream (services/client/agent.py). Run beside the projector (``fleetward dev`` and
 ``fleetward projector`` start it)."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import anyio
 import msgspec
 from nats.aio.msg import Msg
 
-from fleetward.services.client import CLAIMABLE_SUBJECT
+from fleetward.services.client.agent import CLAIMABLE_SUBJECT
 from fleetward.services.db import q
-from fleetward.services.runtime import Runtime
+from fleetward.services.runtime.connect import Runtime
 
 log = logging.getLogger("fleetward.taskapi")
 

@@ -21,9 +21,9 @@ from nats.js import JetStreamContext
 from fleetward.schemas.streams import all_streams
 from fleetward.services import db, metrics
 from fleetward.services.config import Settings
-from fleetward.services.embedded import EmbeddedNats, EmbeddedPostgres, database_url
 from fleetward.services.errors import FleetwardError
-from fleetward.services.streams import ensure_streams
+from fleetward.services.jetstream.streams import ensure_streams
+from fleetward.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, database_url
 
 MIN_NATS = (2, 11)
 MIN_POSTGRES = 14

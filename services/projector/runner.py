@@ -39,8 +39,8 @@ from fleetward.projections.base import Key, Row, Table
 from fleetward.schemas import Event, Rejected, admit, type_name
 from fleetward.services import db, metrics
 from fleetward.services.db import Conn, q
-from fleetward.services.pull import Delivery, PullConsumer, recreate_consumer
-from fleetward.services.runtime import Runtime
+from fleetward.services.jetstream.consumer import Delivery, PullConsumer, recreate_consumer
+from fleetward.services.runtime.connect import Runtime
 
 log = logging.getLogger("fleetward.projector")
 

@@ -60,9 +60,9 @@ from fleetward.schemas.events import (
     ToolCalled,
     Verdict,
 )
-from fleetward.services.publish import publish
-from fleetward.services.pull import PullConsumer
-from fleetward.services.taskstate import TaskState, read_task
+from fleetward.services.client.taskstate import TaskState, read_task
+from fleetward.services.jetstream.consumer import PullConsumer
+from fleetward.services.jetstream.publish import publish
 
 WRONG_LAST_SEQUENCE = 10071  # JetStream: Nats-Expected-Last-Subject-Sequence did not match
 CLAIMABLE_SUBJECT = "fw.api.tasks.claimable"

@@ -38,10 +38,10 @@ from fleetward.schemas import Rejected, admit
 from fleetward.schemas.events import BudgetSet, Priority, Tier
 from fleetward.schemas.subjects import wildcard
 from fleetward.services.db import q
-from fleetward.services.follow import StreamFollower
+from fleetward.services.jetstream.follower import StreamFollower
 
 if TYPE_CHECKING:
-    from fleetward.services.runtime import Runtime
+    from fleetward.services.runtime.connect import Runtime
 
 log = logging.getLogger("fleetward.metrics")
 

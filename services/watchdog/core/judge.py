@@ -1,5 +1,6 @@
 """The watchdog's mind, without I/O: liveness and the detectors behind one face, plus grace and
-partitioning. services/watchdog.py feeds it what it reads and publishes the ``Plan``s it returns.
+partitioning. services/watchdog/service.py feeds it what it reads and publishes the ``Plan``s
+it returns.
 
 - Grace: nothing is judged before the readers have caught up once (``ready``), nor until
   ``grace_until``, which the watchdog pushes to one grace period after its start, a reconnect,
@@ -34,7 +35,7 @@ from fleetward.schemas.events import (
     ToolCalled,
 )
 from fleetward.services.config import WatchdogSettings
-from fleetward.services.detectors import (
+from fleetward.services.watchdog.core.detectors import (
     ErrorSpikeDetector,
     OverdueDetector,
     StallDetector,
@@ -42,7 +43,7 @@ from fleetward.services.detectors import (
     TaskWatch,
     WakeLoopDetector,
 )
-from fleetward.services.incidents import (
+from fleetward.services.watchdog.core.incidents import (
     HEARTBEAT_MISSED,
     TASK_REASONS,
     WATCHDOG,
@@ -53,8 +54,8 @@ from fleetward.services.incidents import (
     at,
     resolve_step,
 )
-from fleetward.services.leases import Lapse, Lease, LeaseBook
-from fleetward.services.liveness import LIFECYCLE, Liveness
+from fleetward.services.watchdog.core.leases import Lapse, Lease, LeaseBook
+from fleetward.services.watchdog.core.liveness import LIFECYCLE, Liveness
 
 # the projection whose checkpoint covers each subject kind of FW_EVENTS
 CHECKPOINTS: Final = {"agent": "agents", "task": "tasks", "esc": "escalations"}

@@ -1,11 +1,11 @@
 """The watchdog service: heartbeats and activity in, escalations out (the judging is in
-services/judge.py; this module only reads, times and publishes).
+services/watchdog/core/judge.py; this module only reads, times and publishes).
 
 At start it reads the agent registry, the held tasks and the open escalations from the
 projections in one snapshot, with their checkpoints; then it follows fw.agent.> and fw.task.>
 (FW_EVENTS, together, in order) from the older of their projections' checkpoints, fw.esc.> from
 its own, and FW_HEARTBEATS from each agent's last heartbeat, with ordered ephemeral consumers
-(services/follow.py). Its state is
+(services/jetstream/follower.py). Its state is
 rebuilt at every start, so nothing it reads is acknowledged.
 
 Time: heartbeats are judged by the stream's timestamps; "now" is this host's clock
@@ -36,14 +36,14 @@ from fleetward.schemas.subjects import wildcard
 from fleetward.services import metrics
 from fleetward.services.config import WatchdogSettings
 from fleetward.services.db import q
-from fleetward.services.detectors import TaskRow
-from fleetward.services.escalate import Publisher
-from fleetward.services.follow import StreamFollower
-from fleetward.services.incidents import Plan
-from fleetward.services.judge import CHECKPOINTS, Judge
-from fleetward.services.liveness import STATES
-from fleetward.services.pull import EPOCH
-from fleetward.services.runtime import Runtime
+from fleetward.services.jetstream.consumer import EPOCH
+from fleetward.services.jetstream.follower import StreamFollower
+from fleetward.services.runtime.connect import Runtime
+from fleetward.services.watchdog.core.detectors import TaskRow
+from fleetward.services.watchdog.core.incidents import Plan
+from fleetward.services.watchdog.core.judge import CHECKPOINTS, Judge
+from fleetward.services.watchdog.core.liveness import STATES
+from fleetward.services.watchdog.escalate import Publisher
 
 log = logging.getLogger("fleetward.watchdog")
 

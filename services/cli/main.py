@@ -15,11 +15,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fleetward import projections
-from fleetward.services import cli_tasks, projector, simulate, views
+from fleetward.services import simulate
+from fleetward.services.cli import tasks as cli_tasks
+from fleetward.services.cli import views
+from fleetward.services.client.respond import respond
 from fleetward.services.config import Settings
 from fleetward.services.errors import FleetwardError
-from fleetward.services.respond import respond
-from fleetward.services.runtime import open_runtime
+from fleetward.services.projector import runner as projector
+from fleetward.services.runtime.connect import open_runtime
 from fleetward.services.serve import run_services
 
 DEV_GRACE_S = 5.0  # the watchdog's grace under `fleetward dev` (see _dev)
@@ -260,7 +263,3 @@ def _operator_error(exc: BaseException) -> FleetwardError | None:
             if found is not None:
                 return found
     return None
-
-
-if __name__ == "__main__":
-    sys.exit(main())

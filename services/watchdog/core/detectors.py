@@ -39,7 +39,7 @@ from fleetward.schemas.events import (
     ToolCalled,
 )
 from fleetward.services.config import WatchdogSettings
-from fleetward.services.incidents import (
+from fleetward.services.watchdog.core.incidents import (
     TASK_OVERDUE,
     TASK_STALLED,
     TOOL_ERROR_SPIKE,
@@ -55,7 +55,7 @@ from fleetward.services.incidents import (
     raised_event,
     resolve_step,
 )
-from fleetward.services.liveness import DeadlineHeap
+from fleetward.services.watchdog.core.liveness import DeadlineHeap
 
 Owns = Callable[[str], bool]
 

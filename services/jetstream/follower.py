@@ -1,9 +1,10 @@
 """Following a stream in order, for state that is rebuilt at every start (the watchdog's).
 
 An ephemeral pull consumer with no acknowledgements (AckPolicy NONE, memory storage): pull
-requests are published straight to ``$JS.API.CONSUMER.MSG.NEXT`` (as services/pull.py does) and
-every message is handed to a callback as (subject, data, stream sequence, stream time in ns),
-read from the reply subject without building metadata objects.
+requests are published straight to ``$JS.API.CONSUMER.MSG.NEXT`` (as
+services/jetstream/consumer.py does) and every message is handed to a callback as (subject,
+data, stream sequence, stream time in ns), read from the
+reply subject without building metadata objects.
 
 It is an ordered consumer: a gap in the consumer sequence, a deleted consumer, a lost request or
 an unavailable JetStream make the reader re-create its consumer right after the last stream

@@ -36,8 +36,8 @@ from fleetward.schemas import subject_of
 from fleetward.schemas.admission import Rejected, decode
 from fleetward.schemas.events import EscalationRaised, EscalationResolved, Event
 from fleetward.services import metrics
-from fleetward.services.incidents import TIER_RANK, Plan, Publish
-from fleetward.services.publish import TRANSIENT, publish
+from fleetward.services.jetstream.publish import TRANSIENT, publish
+from fleetward.services.watchdog.core.incidents import TIER_RANK, Plan, Publish
 
 log = logging.getLogger("fleetward.watchdog")
 

@@ -1,0 +1,7 @@
+"""``python -m fleetward.services.cli``: the same as the ``fleetward`` command."""
+
+import sys
+
+from fleetward.services.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,9 @@
+"""JetStream I/O: the one place that speaks the pull protocol, publishes and creates streams.
+
+Invariants:
+- Every wire name (stream, subject, header, consumer name) comes from ``fleetward.schemas``.
+- Every publish of an event is idempotent: ``Nats-Msg-Id`` is the event id.
+- A pull request's status replies (100 heartbeat, 404/408 nothing more, 409 request or consumer
+  ended, 503 no JetStream) are interpreted in one place, for the durable consumer and the
+  ordered follower alike.
+"""

@@ -1,0 +1,9 @@
+"""The projector: every projection applied exactly once in effect (DESIGN 3.5, 3.6).
+
+Invariants:
+- A projection's rows and its checkpoint change in one Postgres transaction, compare-and-set on
+  the checkpoint; acknowledgements are sent only after the commit.
+- An event that cannot be applied is dead-lettered in that same transaction, never retried
+  forever; the stream keeps the original.
+- Live equals rebuild: folds see only the event and its stream metadata.
+"""
