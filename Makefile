@@ -44,7 +44,7 @@ schemas: $(STAMP) ## regenerate the JSON Schema and AsyncAPI contract in schemas
 	$(BIN)/python -m fleetward.schemas.contract
 
 bench: $(STAMP) ## benchmarks against baselines measured in the same run (docs/benchmarks.md)
-	$(BIN)/python -m fleetward.services.bench $(BENCH_ARGS)
+	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 clean: ## remove .venv and local data (.fleetward)
 	rm -rf $(VENV) .fleetward

@@ -10,7 +10,7 @@ time it took to start judging, and the detection delay of the warnings: the stre
 each escalation was stored minus its deadline (the stream time of the agent's last heartbeat plus
 interval x 2), p50 / p99 / max; plus misses and false escalations, which should both be 0.
 
-Run it alone: ``python -m fleetward.services.bench_watchdog [--quick]`` prints the figures as JSON.
+Run it alone: ``python -m tests.bench.watchdog [--quick]`` prints the figures as JSON.
 """
 
 from __future__ import annotations
@@ -36,12 +36,12 @@ from nats.js import JetStreamContext
 from fleetward.schemas import new_id
 from fleetward.schemas.admission import admit
 from fleetward.schemas.events import AgentRegistered, EscalationRaised, Heartbeat
-from fleetward.services.benchkit import ProcessWatch, percentile
 from fleetward.services.config import Settings
 from fleetward.services.jetstream.follower import StreamFollower
 from fleetward.services.runtime.connect import Runtime, connect_nats, open_runtime
+from tests.bench.kit import ProcessWatch, percentile
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TICK = 0.05  # the heartbeat publisher's tick
 
 

@@ -49,9 +49,6 @@ from fleetward.schemas.events import (
     ToolCalled,
 )
 from fleetward.schemas.subjects import subject_of
-from fleetward.services.bench_claims import run_claims_bench
-from fleetward.services.bench_watchdog import HarnessError, run_watchdog_bench
-from fleetward.services.benchkit import ProcessWatch, percentile
 from fleetward.services.config import Settings
 from fleetward.services.db import q
 from fleetward.services.jetstream.consumer import PullConsumer, recreate_consumer
@@ -63,8 +60,11 @@ from fleetward.services.projector.runner import (
     reset,
 )
 from fleetward.services.runtime.connect import Runtime, open_runtime
+from tests.bench.claims import run_claims_bench
+from tests.bench.kit import ProcessWatch, percentile
+from tests.bench.watchdog import HarnessError, run_watchdog_bench
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("pipeline", "claims", "watchdog")
 
 

@@ -1,4 +1,4 @@
-"""Measuring helpers shared by the benchmarks (services/bench*.py): percentiles and a sampler of
+"""Measuring helpers shared by the benchmarks (tests/bench/): percentiles and a sampler of
 the CPU time and peak memory of processes."""
 
 from __future__ import annotations
