@@ -21,6 +21,7 @@ from fleetward.schemas.events import (
     AgentVersionChanged,
     Event,
 )
+from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import wildcard
 
 AGENTS = Table(
@@ -101,7 +102,7 @@ def next_status(status: str, event: Event) -> tuple[str, str | None]:
 
 class AgentRegistry(Projection):
     name: ClassVar[str] = "agents"
-    stream: ClassVar[str] = "FW_EVENTS"
+    stream: ClassVar[str] = EVENTS_STREAM
     subjects: ClassVar[tuple[str, ...]] = (wildcard("agent"),)
     tables: ClassVar[tuple[Table, ...]] = (AGENTS,)
 

@@ -22,6 +22,7 @@ from fleetward.schemas.events import (
     EscalationResolved,
     Event,
 )
+from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import wildcard
 
 ESCALATIONS = Table(
@@ -83,7 +84,7 @@ def _raised(event: EscalationRaised, meta: Meta) -> Row:
 
 class EscalationBoard(Projection):
     name: ClassVar[str] = "escalations"
-    stream: ClassVar[str] = "FW_EVENTS"
+    stream: ClassVar[str] = EVENTS_STREAM
     subjects: ClassVar[tuple[str, ...]] = (wildcard("esc"),)
     tables: ClassVar[tuple[Table, ...]] = (ESCALATIONS,)
 

@@ -20,6 +20,7 @@ from fleetward.schemas.events import (
     SpendRecorded,
     ToolCalled,
 )
+from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import wildcard
 
 SPEND_AGENTS = Table(
@@ -76,7 +77,7 @@ def _empty_day(agent: str, meta: Meta, team: str) -> Row:
 
 class Spend(Projection):
     name: ClassVar[str] = "spend"
-    stream: ClassVar[str] = "FW_EVENTS"
+    stream: ClassVar[str] = EVENTS_STREAM
     subjects: ClassVar[tuple[str, ...]] = (wildcard("agent"),)
     tables: ClassVar[tuple[Table, ...]] = (SPEND_AGENTS, SPEND_DAILY)
 

@@ -42,7 +42,8 @@ from fleetward.schemas.events import (
     TaskSubmitted,
     type_name,
 )
-from fleetward.schemas.subjects import wildcard
+from fleetward.schemas.streams import EVENTS_STREAM
+from fleetward.schemas.subjects import kind_prefix, wildcard
 
 TASKS = Table(
     name="fleetward.tasks",
@@ -109,6 +110,7 @@ TASK_AGENTS = Table(
 )
 
 REVIEWER_ROLE = "reviewer"
+AGENT_SUBJECTS = kind_prefix("agent")  # agent lifecycle events reach the board on these
 OPEN = frozenset({"inbox", "assigned", "in_progress", "blocked", "review"})
 HELD = frozenset({"in_progress", "blocked"})
 _HOLDER_EVENTS = (TaskProgressed, TaskBlocked, TaskReleased, TaskSubmitted, TaskLeaseExpired)
@@ -120,7 +122,7 @@ class TaskBoard(Projection):
     are judged only by what that subject decides (``task_claim_problem``)."""
 
     name: ClassVar[str] = "tasks"
-    stream: ClassVar[str] = "FW_EVENTS"
+    stream: ClassVar[str] = EVENTS_STREAM
     subjects: ClassVar[tuple[str, ...]] = (wildcard("task"), wildcard("agent"))
     tables: ClassVar[tuple[Table, ...]] = (TASKS, DELIVERABLES, REJECTIONS, TASK_AGENTS)
 
@@ -132,7 +134,7 @@ class TaskBoard(Projection):
             yield TASK_AGENTS, (event.agent,)
             return
         task = getattr(event, "task", None)
-        if task is None or meta.subject.startswith("fw.agent."):
+        if task is None or meta.subject.startswith(AGENT_SUBJECTS):
             return  # agent activity (runs, tool calls, spend) names tasks but does not move them
         yield TASKS, (task,)
         agent = getattr(event, "agent", None)
@@ -159,7 +161,7 @@ class TaskBoard(Projection):
             _agent_lifecycle(rows, event)
             return
         task = getattr(event, "task", None)
-        if task is None or meta.subject.startswith("fw.agent."):
+        if task is None or meta.subject.startswith(AGENT_SUBJECTS):
             return
         old = rows.get(TASKS, (task,))
         if isinstance(event, TaskCreated):

@@ -20,6 +20,7 @@ from typing import ClassVar, Final
 
 from fleetward.projections.base import Key, Meta, Projection, Rows, Table
 from fleetward.schemas.events import Event, Heartbeat
+from fleetward.schemas.streams import HEARTBEATS_STREAM
 from fleetward.schemas.subjects import wildcard
 
 MAX_GAP: Final = timedelta(minutes=5)
@@ -66,7 +67,7 @@ _HOUR: Final = timedelta(hours=1)
 
 class Utilization(Projection):
     name: ClassVar[str] = "utilization"
-    stream: ClassVar[str] = "FW_HEARTBEATS"
+    stream: ClassVar[str] = HEARTBEATS_STREAM
     subjects: ClassVar[tuple[str, ...]] = (wildcard("hb"),)
     tables: ClassVar[tuple[Table, ...]] = (UTILIZATION, HOURLY)
 

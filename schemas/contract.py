@@ -21,6 +21,7 @@ from typing import Any, Final
 import msgspec
 
 from fleetward.schemas.events import EVENT_TYPES, AnyEvent, Event, type_name
+from fleetward.schemas.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID
 from fleetward.schemas.streams import all_streams, stream_for_kind
 from fleetward.schemas.subjects import KINDS, PREFIX
 
@@ -199,23 +200,23 @@ def _message_id(cls: type[Event]) -> str:
 def _headers(cls: type[Event]) -> JSONDict:
     stream = next(s for s in all_streams() if s.name == stream_for_kind(cls.SUBJECT_KIND))
     properties: JSONDict = {
-        "Nats-Msg-Id": {
+        MSG_ID: {
             "type": "string",
             "description": "The event's `id`. JetStream drops a second message with the same id "
             f"within the stream's duplicate window ({stream.duplicate_window_s:g} s on "
             f"{stream.name}), so a publisher may retry safely with the same bytes.",
         },
     }
-    required = ["Nats-Msg-Id"]
+    required = [MSG_ID]
     if type_name(cls) == "task.claimed":
-        properties["Nats-Expected-Last-Subject-Sequence"] = {
+        properties[EXPECTED_LAST_SUBJECT_SEQ] = {
             "type": "string",
             "pattern": "^[0-9]+$",
             "description": "The stream sequence of the last event on `fw.task.<task>` the "
             "claimer has seen (0 when none). JetStream rejects the publish when another event "
             "landed on the subject since, so two agents can never both claim the same epoch.",
         }
-        required.append("Nats-Expected-Last-Subject-Sequence")
+        required.append(EXPECTED_LAST_SUBJECT_SEQ)
     return {"type": "object", "properties": properties, "required": required}
 
 

@@ -11,6 +11,10 @@ import msgspec
 
 from fleetward.schemas.subjects import wildcard
 
+EVENTS_STREAM: Final = "FW_EVENTS"  # the audit log: agents, tasks, escalations, budgets
+HEARTBEATS_STREAM: Final = "FW_HEARTBEATS"  # liveness, kept for a day
+COMMANDS_STREAM: Final = "FW_COMMANDS"  # durable commands to agents
+
 DAY: Final = 86_400.0
 DEFAULT_AUDIT_RETENTION_DAYS: Final = 183  # at least six months (DESIGN 2)
 
@@ -32,7 +36,7 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
 def events_stream(retention_days: float = DEFAULT_AUDIT_RETENTION_DAYS) -> StreamSpec:
     """The audit log. ``retention_days == 0`` keeps events forever."""
     return StreamSpec(
-        name="FW_EVENTS",
+        name=EVENTS_STREAM,
         subjects=(wildcard("agent"), wildcard("task"), wildcard("esc"), wildcard("budget")),
         description="Fleetward audit log: every agent, task, escalation and budget event",
         max_age_s=retention_days * DAY,
@@ -43,14 +47,14 @@ def events_stream(retention_days: float = DEFAULT_AUDIT_RETENTION_DAYS) -> Strea
 
 
 HEARTBEATS: Final = StreamSpec(
-    name="FW_HEARTBEATS",
+    name=HEARTBEATS_STREAM,
     subjects=(wildcard("hb"),),
     description="Fleetward heartbeats (liveness), kept for one day",
     max_age_s=1 * DAY,
 )
 
 COMMANDS: Final = StreamSpec(
-    name="FW_COMMANDS",
+    name=COMMANDS_STREAM,
     subjects=(wildcard("cmd"),),
     description="Fleetward durable commands to agents",
     max_age_s=30 * DAY,
@@ -64,4 +68,24 @@ def all_streams(retention_days: float = DEFAULT_AUDIT_RETENTION_DAYS) -> tuple[S
 
 def stream_for_kind(kind: str) -> str:
     """The stream that stores a subject kind."""
-    return {"hb": HEARTBEATS.name, "cmd": COMMANDS.name}.get(kind, "FW_EVENTS")
+    return {"hb": HEARTBEATS_STREAM, "cmd": COMMANDS_STREAM}.get(kind, EVENTS_STREAM)
+
+
+# ---- consumer names ---------------------------------------------------------------------------
+CONSUMER_PREFIX: Final = "fw_"
+
+
+def projector_durable(projection_names: tuple[str, ...] | list[str], suffix: str = "") -> str:
+    """The durable consumer of a projector runner, e.g. ``fw_agents_tasks`` (names sorted)."""
+    return CONSUMER_PREFIX + "_".join(sorted(projection_names)) + suffix
+
+
+def inbox_durable(agent: str) -> str:
+    """The durable consumer of an agent's command inbox on FW_COMMANDS."""
+    return f"inbox_{agent}"
+
+
+def follower_prefix(reader: str) -> str:
+    """The name prefix of an ordered follower's ephemeral consumers, e.g. ``fw_watchdog_hb``
+    (the server appends nothing; the follower adds a unique suffix)."""
+    return CONSUMER_PREFIX + reader

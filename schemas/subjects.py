@@ -6,6 +6,7 @@
 - ``fw.budget.<id>``    one budget                      (stream FW_EVENTS)
 - ``fw.hb.<agent>``     heartbeats                      (stream FW_HEARTBEATS)
 - ``fw.cmd.<agent>``    durable commands to one agent   (stream FW_COMMANDS)
+- ``fw.api.<name>``     request/reply answers of the services (no stream)
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ from fleetward.schemas.events import Event
 
 PREFIX = "fw"
 KINDS = ("agent", "task", "esc", "budget", "hb", "cmd")
+
+# request/reply (core NATS, not stored): {"agent", "roles", "limit"} -> {"tasks": [ids]}
+API_TASKS_CLAIMABLE = f"{PREFIX}.api.tasks.claimable"
 
 
 def subject(kind: str, key: str) -> str:
@@ -24,6 +28,11 @@ def subject(kind: str, key: str) -> str:
 def subject_of(event: Event) -> str:
     """The one subject an event belongs on."""
     return subject(event.SUBJECT_KIND, getattr(event, event.SUBJECT_KEY))
+
+
+def kind_prefix(kind: str) -> str:
+    """The start of every subject of one kind, e.g. ``fw.hb.``."""
+    return f"{PREFIX}.{kind}."
 
 
 def wildcard(kind: str) -> str:

@@ -13,7 +13,7 @@ import anyio
 import msgspec
 from nats.aio.msg import Msg
 
-from fleetward.services.client.agent import CLAIMABLE_SUBJECT
+from fleetward.schemas.subjects import API_TASKS_CLAIMABLE
 from fleetward.services.db import q
 from fleetward.services.runtime.connect import Runtime
 
@@ -44,7 +44,7 @@ async def serve_task_api(rt: Runtime) -> None:
             body = msgspec.json.encode({"tasks": [], "error": "the task board is unavailable"})
         await msg.respond(body)
 
-    sub = await rt.nc.subscribe(CLAIMABLE_SUBJECT, queue="fleetward-taskapi", cb=answer)
+    sub = await rt.nc.subscribe(API_TASKS_CLAIMABLE, queue="fleetward-taskapi", cb=answer)
     try:
         await anyio.sleep_forever()
     finally:

@@ -60,12 +60,13 @@ from fleetward.schemas.events import (
     ToolCalled,
     Verdict,
 )
+from fleetward.schemas.headers import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
+from fleetward.schemas.streams import COMMANDS_STREAM, inbox_durable
+from fleetward.schemas.subjects import API_TASKS_CLAIMABLE, subject
 from fleetward.services.client.taskstate import TaskState, read_task
 from fleetward.services.jetstream.consumer import PullConsumer
 from fleetward.services.jetstream.publish import publish
 
-WRONG_LAST_SEQUENCE = 10071  # JetStream: Nats-Expected-Last-Subject-Sequence did not match
-CLAIMABLE_SUBJECT = "fw.api.tasks.claimable"
 INBOX_REDELIVERY_S = 5.0
 
 
@@ -208,7 +209,7 @@ class FleetClient(_Publisher):
         """Task ids the task API ranks as claimable for ``agent``: highest priority, oldest
         first (a hint from the projection; the claim itself is decided on the stream)."""
         request = msgspec.json.encode({"agent": agent, "roles": list(roles), "limit": limit})
-        reply = await self.nc.request(CLAIMABLE_SUBJECT, request, timeout=5)
+        reply = await self.nc.request(API_TASKS_CLAIMABLE, request, timeout=5)
         answer: dict[str, list[str]] = msgspec.json.decode(reply.data)
         return answer["tasks"]
 
@@ -304,9 +305,7 @@ class AgentClient(FleetClient):
             state = await read_task(self.nc, self.js, task)
             claim = await self._claim_event(state, lease_s)
             try:
-                ack = await self.send(
-                    claim, **{"Nats-Expected-Last-Subject-Sequence": str(state.last_seq)}
-                )
+                ack = await self.send(claim, **{EXPECTED_LAST_SUBJECT_SEQ: str(state.last_seq)})
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
@@ -524,15 +523,15 @@ class AgentClient(FleetClient):
                 return event
 
     async def _open_inbox(self) -> PullConsumer:
-        durable = f"inbox_{self.agent}"
+        durable = inbox_durable(self.agent)
         try:
-            await self.js.consumer_info("FW_COMMANDS", durable)
+            await self.js.consumer_info(COMMANDS_STREAM, durable)
         except NotFoundError:
             await self.js.add_consumer(
-                "FW_COMMANDS",
+                COMMANDS_STREAM,
                 ConsumerConfig(
                     durable_name=durable,
-                    filter_subject=f"fw.cmd.{self.agent}",
+                    filter_subject=subject("cmd", self.agent),
                     ack_policy=AckPolicy.EXPLICIT,
                     deliver_policy=DeliverPolicy.ALL,
                     # a command handed to a pull request of a client that just went away is
@@ -540,7 +539,7 @@ class AgentClient(FleetClient):
                     ack_wait=INBOX_REDELIVERY_S,
                 ),
             )
-        inbox = PullConsumer(self.nc, "FW_COMMANDS", durable, batch=1, expires=1.0)
+        inbox = PullConsumer(self.nc, COMMANDS_STREAM, durable, batch=1, expires=1.0)
         await inbox.start()
         return inbox
 

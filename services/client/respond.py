@@ -17,14 +17,11 @@ from nats.js.errors import APIError, NotFoundError
 from fleetward.schemas import new_id
 from fleetward.schemas.admission import Rejected, decode
 from fleetward.schemas.events import EscalationAcknowledged, EscalationResolved, Event
+from fleetward.schemas.headers import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
+from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import subject
 from fleetward.services.errors import FleetwardError
 from fleetward.services.jetstream.publish import publish
-from fleetward.services.watchdog.escalate import (
-    EVENTS_STREAM,
-    EXPECTED_LAST_SUBJECT_SEQ,
-    WRONG_LAST_SEQUENCE,
-)
 
 _IDENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 

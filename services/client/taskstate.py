@@ -21,11 +21,11 @@ from nats.js import JetStreamContext
 from fleetward.projections import Meta, Rows
 from fleetward.projections.tasks import TASKS, TaskBoard
 from fleetward.schemas import Rejected, admit
+from fleetward.schemas.headers import SEQUENCE, STATUS, TIME_STAMP, direct_get_subject
+from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import subject
 
-STREAM = "FW_EVENTS"
 BATCH = 1000
-STATUS = "Status"
 _BOARD = TaskBoard(local=True)
 
 
@@ -47,7 +47,7 @@ async def read_task(nc: NatsClient, js: JetStreamContext, task: str) -> TaskStat
     try:
         while True:  # one request, unless a task ever has more than BATCH events
             request = {"batch": BATCH, "seq": last + 1, "next_by_subj": subj}
-            await nc.publish(f"$JS.API.DIRECT.GET.{STREAM}", msgspec.json.encode(request), inbox)
+            await nc.publish(direct_get_subject(EVENTS_STREAM), msgspec.json.encode(request), inbox)
             got = 0
             while True:
                 msg = await replies.next_msg(timeout=5.0)
@@ -55,10 +55,10 @@ async def read_task(nc: NatsClient, js: JetStreamContext, task: str) -> TaskStat
                 if not msg.data and STATUS in headers:
                     break  # 204: end of batch; 404: nothing (more) on the subject
                 got += 1
-                last = int(headers["Nats-Sequence"])
+                last = int(headers[SEQUENCE])
                 with contextlib.suppress(Rejected):  # the board never applies bad events
                     event = admit(subj, msg.data)
-                    when = _parse_time(headers["Nats-Time-Stamp"])
+                    when = _parse_time(headers[TIME_STAMP])
                     _BOARD.apply(rows, event, Meta(last, when, subj))
             if got < BATCH:
                 break

@@ -13,6 +13,7 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from fleetward.schemas import Event, subject_of
+from fleetward.schemas.headers import MSG_ID
 
 _encoder = msgspec.json.Encoder()
 
@@ -28,7 +29,7 @@ async def publish(
 ) -> PubAck:
     """Publish one event and wait for the stream's acknowledgement."""
     data = encode(event)
-    hdrs = {"Nats-Msg-Id": event.id, **(headers or {})}
+    hdrs = {MSG_ID: event.id, **(headers or {})}
     delay = 0.05
     for attempt in range(attempts):
         try:

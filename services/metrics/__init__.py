@@ -36,6 +36,7 @@ from prometheus_client.registry import Collector
 
 from fleetward.schemas import Rejected, admit
 from fleetward.schemas.events import BudgetSet, Priority, Tier
+from fleetward.schemas.streams import EVENTS_STREAM, follower_prefix
 from fleetward.schemas.subjects import wildcard
 from fleetward.services.db import q
 from fleetward.services.jetstream.follower import StreamFollower
@@ -348,8 +349,14 @@ class FleetMetrics(Collector):
         """Refresh every ``interval`` until ``stop`` is set. Postgres away is logged and counted
         (fleetward_postgres_errors_total{component="fleet_metrics"}), never fatal."""
         self.snapshot, self.budgets, self._changed = None, {}, anyio.Event()
-        budgets = StreamFollower(rt.nc, rt.js, "FW_EVENTS", (wildcard("budget"),),
-                                 self.on_budget, name="fw_metrics_budgets")  # fmt: skip
+        budgets = StreamFollower(
+            rt.nc,
+            rt.js,
+            EVENTS_STREAM,
+            (wildcard("budget"),),
+            self.on_budget,
+            name=follower_prefix("metrics_budgets"),
+        )
         async with anyio.create_task_group() as tg:
             tg.start_soon(budgets.run, stop.is_set)
             failing = False

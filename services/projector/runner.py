@@ -37,6 +37,7 @@ import anyio
 from fleetward.projections import Meta, Projection, Rows
 from fleetward.projections.base import Key, Row, Table
 from fleetward.schemas import Event, Rejected, admit, type_name
+from fleetward.schemas.streams import projector_durable
 from fleetward.services import db, metrics
 from fleetward.services.db import Conn, q
 from fleetward.services.jetstream.consumer import Delivery, PullConsumer, recreate_consumer
@@ -68,7 +69,7 @@ class BatchResult:
 
 def durable_name(*projections: Projection, suffix: str = "") -> str:
     """The durable consumer of a runner of ``projections``, e.g. ``fw_agents_tasks``."""
-    return "fw_" + "_".join(sorted(p.name for p in projections)) + suffix
+    return projector_durable([p.name for p in projections], suffix)
 
 
 M = TypeVar("M", bound=Meta)

@@ -25,7 +25,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Final, Literal
+from typing import Literal
 
 import anyio
 from anyio.abc import ObjectReceiveStream
@@ -35,15 +35,14 @@ from nats.js.errors import APIError, NotFoundError
 from fleetward.schemas import subject_of
 from fleetward.schemas.admission import Rejected, decode
 from fleetward.schemas.events import EscalationRaised, EscalationResolved, Event
+from fleetward.schemas.headers import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
+from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.services import metrics
 from fleetward.services.jetstream.publish import TRANSIENT, publish
 from fleetward.services.watchdog.core.incidents import TIER_RANK, Plan, Publish
 
 log = logging.getLogger("fleetward.watchdog")
 
-WRONG_LAST_SEQUENCE: Final = 10071
-EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"
-EVENTS_STREAM: Final = "FW_EVENTS"
 
 Outcome = Literal["stored", "duplicate", "closed"]
 

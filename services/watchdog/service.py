@@ -31,8 +31,8 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from fleetward.schemas.admission import Rejected, admit
 from fleetward.schemas.events import EscalationRaised, Event
-from fleetward.schemas.streams import HEARTBEATS
-from fleetward.schemas.subjects import wildcard
+from fleetward.schemas.streams import EVENTS_STREAM, HEARTBEATS, follower_prefix
+from fleetward.schemas.subjects import kind_prefix, wildcard
 from fleetward.services import metrics
 from fleetward.services.config import WatchdogSettings
 from fleetward.services.db import q
@@ -47,7 +47,7 @@ from fleetward.services.watchdog.escalate import Publisher
 
 log = logging.getLogger("fleetward.watchdog")
 
-HB_PREFIX = "fw.hb."
+HB_PREFIX = kind_prefix("hb")
 SHUTDOWN_S = 5.0  # on SIGTERM, plans in hand get this long to be published
 
 
@@ -140,7 +140,7 @@ class Watchdog:
             event: Event = admit(subject, data)
         except Rejected:
             self.rejected += 1
-            metrics.WATCHDOG_REJECTED.labels("FW_EVENTS").inc()
+            metrics.WATCHDOG_REJECTED.labels(EVENTS_STREAM).inc()
             return
         kind = subject.split(".", 2)[1]
         self._plan(self.judge.event(kind, event, seq, ns, self.clock()))
@@ -170,18 +170,18 @@ class Watchdog:
         rt, name = self.rt, self.name
         self.followers = [
             StreamFollower(rt.nc, rt.js, HEARTBEATS.name, HEARTBEATS.subjects,
-                           self._on_heartbeat, name=f"fw_{name}_hb"),
+                           self._on_heartbeat, name=follower_prefix(f"{name}_hb")),
         ]  # fmt: skip
         # agent and task events in one reader, in stream order (the wake-loop detector weighs
         # runs against task progress); escalations in another, from their own checkpoint: a
         # checkpoint is the last sequence of *its* subjects, and escalations may be rare
         marks = self.judge.checkpoints
         self.followers += [
-            StreamFollower(rt.nc, rt.js, "FW_EVENTS", (wildcard("agent"), wildcard("task")),
+            StreamFollower(rt.nc, rt.js, EVENTS_STREAM, (wildcard("agent"), wildcard("task")),
                            self._on_event, start_seq=min(marks["agent"], marks["task"]) + 1,
-                           name=f"fw_{name}_events"),
-            StreamFollower(rt.nc, rt.js, "FW_EVENTS", (wildcard("esc"),), self._on_event,
-                           start_seq=marks["esc"] + 1, name=f"fw_{name}_esc"),
+                           name=follower_prefix(f"{name}_events")),
+            StreamFollower(rt.nc, rt.js, EVENTS_STREAM, (wildcard("esc"),), self._on_event,
+                           start_seq=marks["esc"] + 1, name=follower_prefix(f"{name}_esc")),
         ]  # fmt: skip
         self.judge.enter_grace(self.clock())
         self._reconnects = rt.nc.stats["reconnects"]

@@ -1,0 +1,41 @@
+"""NATS and JetStream protocol names Fleetward reads or writes: message headers, status codes
+and API subjects. Pure. Every other module imports these instead of spelling them out.
+
+Headers and API subjects are nats-server's (JetStream ADR-31 for direct gets, ADR-13/ADR-37
+for pull requests and their status replies).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# ---- headers ----------------------------------------------------------------------------------
+MSG_ID: Final = "Nats-Msg-Id"  # deduplication within the stream's duplicate window
+EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"  # compare-and-set
+SEQUENCE: Final = "Nats-Sequence"  # a direct get's stream sequence
+TIME_STAMP: Final = "Nats-Time-Stamp"  # a direct get's time of record (RFC 3339)
+STATUS: Final = "Status"  # the status of a reply without a message (pull, direct get)
+DESCRIPTION: Final = "Description"  # the text beside a status
+
+# ---- status codes of pull requests and direct gets ----------------------------------------------
+IDLE_HEARTBEAT: Final = "100"  # the request is alive; nothing to read
+NO_MESSAGES: Final = "404"  # nothing more right now (no_wait), or no such message (direct get)
+REQUEST_TIMEOUT: Final = "408"  # the request expired
+CONFLICT: Final = "409"  # the request ended: consumer deleted, leadership change, limits
+NO_RESPONDERS: Final = "503"  # JetStream did not answer
+CONSUMER_DELETED: Final = "Consumer Deleted"  # a 409's description when the consumer is gone
+
+# ---- JetStream API errors ---------------------------------------------------------------------
+WRONG_LAST_SEQUENCE: Final = 10071  # err_code: Nats-Expected-Last-Subject-Sequence did not match
+
+# ---- JetStream API subjects -------------------------------------------------------------------
+
+
+def pull_subject(stream: str, consumer: str) -> str:
+    """The subject a pull request for ``consumer`` is published to."""
+    return f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+
+
+def direct_get_subject(stream: str) -> str:
+    """The subject of a direct get (ADR-31) on ``stream`` (needs ``allow_direct``)."""
+    return f"$JS.API.DIRECT.GET.{stream}"
