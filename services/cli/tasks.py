@@ -13,7 +13,7 @@ from rich.table import Table
 
 from fleetward.schemas.events import Verdict
 from fleetward.services.cli.views import show_tasks
-from fleetward.services.client.agent import FleetClient
+from fleetward.services.client import FleetClient
 from fleetward.services.config import Settings
 from fleetward.services.db import Conn, q
 from fleetward.services.errors import FleetwardError
