@@ -18,6 +18,8 @@ from fleetward.projections import Projection
 from fleetward.schemas import REASONS
 from fleetward.services import metrics, simulate
 from fleetward.services.api.tasks import serve_task_api
+from fleetward.services.metrics.fleet import FLEET
+from fleetward.services.metrics.http import serve_http
 from fleetward.services.projector.runner import PROJECTION_ERROR, ProjectionRunner, by_stream
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.watchdog.service import Watchdog
@@ -66,7 +68,7 @@ async def run_services(
     async with anyio.create_task_group() as services:
         services.start_soon(_stop_on_signal, stop)
         port = await services.start(
-            metrics.serve_http, rt.settings.metrics_host, rt.settings.metrics_port, healthy
+            serve_http, rt.settings.metrics_host, rt.settings.metrics_port, healthy
         )
         if any(p.name == "tasks" for p in projections):
             services.start_soon(serve_task_api, rt)  # answers from the task board
@@ -74,7 +76,7 @@ async def run_services(
             for runner in runners:
                 workers.start_soon(runner.run, stop.is_set)
             if runners:  # once per process, however many projections it runs
-                workers.start_soon(metrics.FLEET.run, rt, stop)
+                workers.start_soon(FLEET.run, rt, stop)
                 workers.start_soon(watch_lag, rt, runners, stop)
             if dog is not None:
                 workers.start_soon(dog.run, stop.is_set)

@@ -2,7 +2,7 @@
 no Postgres. ``fw.api.tasks.claimable`` {"agent", "roles", "limit"} -> {"tasks": [ids]}.
 
 The answer is a ranking hint from the task board; whether a claim takes the task is decided on
-the stream (services/client/agent.py). Run beside the projector (``fleetward dev`` and
+the stream (services/client/claims.py). Run beside the projector (``fleetward dev`` and
 ``fleetward projector`` start it)."""
 
 from __future__ import annotations

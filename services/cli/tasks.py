@@ -12,8 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fleetward.schemas.events import Verdict
+from fleetward.services.cli.command import Command, console
 from fleetward.services.cli.views import show_tasks
-from fleetward.services.client.agent import FleetClient
+from fleetward.services.client import FleetClient
 from fleetward.services.config import Settings
 from fleetward.services.db import Conn, q
 from fleetward.services.errors import FleetwardError
@@ -57,7 +58,8 @@ def add_parsers(tasks: argparse.ArgumentParser) -> None:
     cancel.add_argument("--reason", default="")
 
 
-async def run(settings: Settings, args: argparse.Namespace, console: Console) -> None:
+async def run(settings: Settings, args: argparse.Namespace) -> None:
+    """Show the board (no action), or make the change the action names, as the operator."""
     async with open_runtime(settings, prepare=args.action is not None, pool_size=2) as rt:
         if args.action is None:
             async with rt.pool.acquire() as conn:
@@ -117,3 +119,6 @@ async def show_board(conn: Conn, console: Console, args: argparse.Namespace) -> 
             )  # fmt: skip
         table.add_row(*cells)
     console.print(table)
+
+
+TASKS = Command("tasks", "the task board; create, assign, review, cancel tasks", add_parsers, run)

@@ -1,7 +1,24 @@
 """The Python client: the agent SDK and the operator client. NATS only, so an agent team can
 ``pip install fleetward`` without Postgres or server binaries.
 
+``from fleetward.services.client import AgentClient`` is all an agent needs: the agent SDK
+(``agent``), the operator client (``operator``), the claim protocol they rest on (``claims``),
+the publish they share (``publisher``), a task read straight from the stream (``taskstate``) and
+an operator's answer to an escalation (``respond``).
+
 Invariants:
 - Imports nothing that needs Postgres, the projector or the server binaries (``make lint``).
 - A task's state is judged by the same pure fold as the task board (``projections.tasks``).
 """
+
+from fleetward.services.client.agent import AgentClient, ToolCall
+from fleetward.services.client.claims import Claim, ClaimLost
+from fleetward.services.client.operator import FleetClient
+
+__all__ = [
+    "AgentClient",  # an agent: register, heartbeat, claim, report, submit, read its inbox
+    "Claim",  # a task an agent holds, in one epoch
+    "ClaimLost",  # a claim that did not take the task, and why
+    "FleetClient",  # an operator or a service: create, assign, review, cancel, command
+    "ToolCall",  # what one tool call reports (AgentClient.tool)
+]

@@ -18,7 +18,7 @@ import anyio
 
 from fleetward.schemas import new_id
 from fleetward.schemas.events import Heartbeat
-from fleetward.services.client.agent import AgentClient, ClaimLost, FleetClient
+from fleetward.services.client import AgentClient, ClaimLost, FleetClient
 from fleetward.services.jetstream.publish import encode
 from fleetward.services.runtime.connect import Runtime
 from tests.bench.kit import percentile

@@ -12,13 +12,8 @@ import pytest
 
 from fleetward.schemas.events import TaskReviewed
 from fleetward.services.api.tasks import serve_task_api
-from fleetward.services.client.agent import (
-    INBOX_REDELIVERY_S,
-    AgentClient,
-    Claim,
-    ClaimLost,
-    FleetClient,
-)
+from fleetward.services.client import AgentClient, Claim, ClaimLost, FleetClient
+from fleetward.services.client.agent import INBOX_REDELIVERY_S
 from fleetward.services.client.taskstate import read_task
 from fleetward.services.jetstream.publish import encode
 from fleetward.services.runtime.connect import Runtime

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fleetward.services.client.agent import AgentClient
+from fleetward.services.client import AgentClient
 from fleetward.services.runtime.connect import Runtime
 from tests.helpers import project_all
 

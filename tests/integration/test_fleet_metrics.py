@@ -1,5 +1,5 @@
-"""The fleet gauges (services/metrics.FleetMetrics) and the connection counters, against real
-servers: the gauges equal what the views hold, team budgets come from the stream, and a
+"""The fleet gauges (FleetMetrics, services/metrics/fleet.py) and the connection counters, against
+real servers: the gauges equal what the views hold, team budgets come from the stream, and a
 Postgres or NATS outage is counted and survived."""
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from fleetward.schemas.events import (
 )
 from fleetward.services import metrics
 from fleetward.services.jetstream.publish import encode, publish, publish_many
-from fleetward.services.metrics import FleetMetrics, TeamBudget
+from fleetward.services.metrics.budgets import TeamBudget
+from fleetward.services.metrics.fleet import FleetMetrics
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime, connect_nats
 from fleetward.services.serve import watch_lag

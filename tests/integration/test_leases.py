@@ -12,7 +12,7 @@ from pathlib import Path
 import anyio
 
 from fleetward.schemas.events import Deliverable, TaskSubmitted
-from fleetward.services.client.agent import AgentClient, FleetClient
+from fleetward.services.client import AgentClient, FleetClient
 from fleetward.services.client.taskstate import read_task
 from fleetward.services.config import WatchdogSettings
 from fleetward.services.jetstream.publish import encode
@@ -31,7 +31,7 @@ SLOW_LIVENESS = WatchdogSettings(
 CLAIMER = textwrap.dedent(
     """
     import asyncio, sys
-    from fleetward.services.client.agent import AgentClient
+    from fleetward.services.client import AgentClient
 
     async def main(url: str) -> None:
         agent = await AgentClient.connect(url, "doomed")

@@ -11,7 +11,8 @@ import nats.errors
 
 from fleetward.schemas import new_id
 from fleetward.schemas.events import BudgetSet
-from fleetward.services.metrics import TeamBudget, is_postgres_error, team_budgets, window_start
+from fleetward.services.metrics import is_postgres_error
+from fleetward.services.metrics.budgets import TeamBudget, team_budgets, window_start
 from tests.helpers import now
 
 

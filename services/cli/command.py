@@ -1,0 +1,45 @@
+"""What a command group gives the CLI: ``Command`` (a name, a help line, its arguments and the
+coroutine that runs it), the ``console`` every command prints on, and ``read`` for the commands
+that show a view."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+
+from fleetward.services.config import Settings
+from fleetward.services.runtime.connect import open_runtime
+
+# piped output is not cut to 80 columns: tables keep their ids whole
+console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+
+
+def no_arguments(_parser: argparse.ArgumentParser) -> None:
+    """For a command that takes no arguments."""
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One ``fleetward COMMAND``: ``arguments`` adds its arguments (and actions) to its parser,
+    ``run`` does it. An error an operator can fix is raised as a ``FleetwardError``."""
+
+    name: str
+    help: str
+    arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[Settings, argparse.Namespace], Awaitable[None]]
+
+
+async def read(
+    settings: Settings, show: Callable[[Any], Coroutine[Any, Any, bool | None]]
+) -> bool | None:
+    """Run ``show`` on one connection to the read views (no streams or migrations touched)."""
+    async with (
+        open_runtime(settings, prepare=False, pool_size=2) as rt,
+        rt.pool.acquire() as conn,
+    ):
+        return await show(conn)

@@ -1,0 +1,100 @@
+"""``fleetward dev`` (everything locally, what ``make run`` runs) and ``fleetward simulate`` (a
+realistic demo fleet driven against NATS)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import replace
+
+import anyio
+
+from fleetward import projections
+from fleetward.services import simulate
+from fleetward.services.cli import views
+from fleetward.services.cli.command import Command, console
+from fleetward.services.config import Settings
+from fleetward.services.runtime.connect import open_runtime
+from fleetward.services.serve import run_services
+
+DEV_GRACE_S = 5.0  # the watchdog's grace under `fleetward dev` (see _dev)
+
+
+def _dev_arguments(dev: argparse.ArgumentParser) -> None:
+    dev.add_argument("--simulate", type=int, default=0, metavar="N", help="simulate N agents")
+    dev.add_argument("--every", type=float, default=3.0, help="seconds between status lines")
+
+
+async def _dev(settings: Settings, args: argparse.Namespace) -> None:
+    if "FLEETWARD_WATCHDOG_GRACE_S" not in os.environ:
+        # dev starts its own servers, and the simulated agents heartbeat every 1-2 s: a short
+        # grace lets silent ones show up within seconds instead of after a minute
+        settings = replace(settings, watchdog=replace(settings.watchdog, grace_s=DEV_GRACE_S))
+    async with open_runtime(settings, embed=True) as rt:
+
+        async def ready(port: int) -> None:
+            home = settings.home
+            console.print("[bold]Fleetward is running.[/bold] Ctrl-C stops it.")
+            console.print(
+                f"  NATS      {rt.nats_url}"
+                + ("" if settings.nats_url else f"  (embedded; data in {home / 'nats'})")
+            )
+            console.print(
+                f"  Postgres  {rt.database_url}"
+                + ("" if settings.database_url else f"  (embedded; data in {home / 'pg'})")
+            )
+            console.print(
+                "            public read views: schema [bold]fleet[/bold] (docs/views.md)"
+            )
+            console.print(
+                f"  Metrics   http://{settings.metrics_host}:{port}/metrics  (health: /healthz)"
+            )
+            if args.simulate:
+                console.print(f"  Simulator {args.simulate} agents (sim-000 ...)")
+            console.print(
+                "  In another terminal: .venv/bin/fleetward status | agents | tasks | "
+                "agent sim-001 | escalations"
+            )
+            while True:
+                await anyio.sleep(args.every)
+                async with rt.pool.acquire() as conn:
+                    line = await views.fleet_status(conn)
+                console.print(f"[dim]{_clock()}[/dim] {line}")
+
+        await run_services(
+            rt, projections.ALL, simulate_agents=args.simulate, watchdog=True, on_ready=ready
+        )
+
+
+def _clock() -> str:
+    from datetime import datetime  # noqa: PLC0415
+
+    return datetime.now().strftime("%H:%M:%S")
+
+
+def _simulate_arguments(sim: argparse.ArgumentParser) -> None:
+    sim.add_argument("--agents", type=int, default=25)
+    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--ticks", type=int, default=None, help="stop after this many ticks")
+    sim.add_argument("--tick-seconds", type=float, default=1.0)
+
+
+async def _simulate(settings: Settings, args: argparse.Namespace) -> None:
+    async with open_runtime(settings) as rt:
+        console.print(f"simulating {args.agents} agents (seed {args.seed}); Ctrl-C stops")
+        sent = await simulate.run(
+            rt.js, args.agents, seed=args.seed, ticks=args.ticks, tick_seconds=args.tick_seconds
+        )
+        console.print(f"published {sent} events")
+
+
+DEV = Command(
+    "dev",
+    "run everything locally: embedded NATS and Postgres, "
+    "the projector, metrics, optionally a simulated fleet",
+    _dev_arguments,
+    _dev,
+)
+SIMULATE = Command(
+    "simulate", "drive a realistic demo fleet against NATS", _simulate_arguments, _simulate
+)

@@ -1,0 +1,43 @@
+"""``fleetward escalations``: the open escalations (oldest critical first), and an operator's
+answer to one: ``ack`` (I am on it) or ``resolve``."""
+
+from __future__ import annotations
+
+import argparse
+
+from fleetward.services.cli import views
+from fleetward.services.cli.command import Command, console, read
+from fleetward.services.client.respond import respond
+from fleetward.services.config import Settings
+from fleetward.services.runtime.connect import open_runtime
+
+
+def _arguments(esc: argparse.ArgumentParser) -> None:
+    esc.add_argument("--all", action="store_true", help="resolved ones too")
+    esc.add_argument("--limit", type=int, default=50)
+    esub = esc.add_subparsers(dest="action", metavar="ACTION")
+    ack = esub.add_parser("ack", help="acknowledge an escalation: you are on it")
+    ack.add_argument("escalation_id")
+    ack.add_argument("--note", default="")
+    res = esub.add_parser("resolve", help="resolve an escalation")
+    res.add_argument("escalation_id")
+    res.add_argument("--resolution", default="")
+
+
+async def _escalations(settings: Settings, args: argparse.Namespace) -> None:
+    if args.action is None:
+        await read(settings, lambda c: views.show_escalations(c, console, args.all, args.limit))
+        return
+    resolve = args.action == "resolve"
+    async with open_runtime(settings, prepare=False, pool_size=2) as rt:
+        text = args.resolution if resolve else args.note
+        await respond(rt.js, args.escalation_id, resolve=resolve, text=text)
+    console.print(f"{'resolved' if resolve else 'acknowledged'} {args.escalation_id}")
+
+
+ESCALATIONS = Command(
+    "escalations",
+    "open escalations (oldest critical first); ack or resolve one",
+    _arguments,
+    _escalations,
+)

@@ -1,0 +1,74 @@
+"""``fleetward projector`` (the projector service) and ``fleetward projections rebuild`` (one
+projection rebuilt from the stream, with a progress bar)."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from fleetward import projections
+from fleetward.services.cli.command import Command, console
+from fleetward.services.config import Settings
+from fleetward.services.projector import runner as projector
+from fleetward.services.runtime.connect import open_runtime
+from fleetward.services.serve import run_services
+
+
+def _projector_arguments(proj: argparse.ArgumentParser) -> None:
+    proj.add_argument("--only", nargs="*", choices=sorted(projections.BY_NAME), default=None)
+
+
+async def _projector(settings: Settings, args: argparse.Namespace) -> None:
+    chosen = tuple(projections.BY_NAME[n] for n in (args.only or projections.BY_NAME))
+    async with open_runtime(settings) as rt:
+
+        async def ready(port: int) -> None:
+            names = ", ".join(p.name for p in chosen)
+            console.print(f"projector running ({names}); metrics on :{port}/metrics")
+
+        await run_services(rt, chosen, on_ready=ready)
+
+
+def _projections_arguments(projs: argparse.ArgumentParser) -> None:
+    psub = projs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    rebuild = psub.add_parser("rebuild", help="rebuild one projection from the stream")
+    rebuild.add_argument("name", choices=sorted(projections.BY_NAME))
+
+
+async def _projections(settings: Settings, args: argparse.Namespace) -> None:
+    if args.action == "rebuild":
+        await _rebuild(settings, args)
+
+
+async def _rebuild(settings: Settings, args: argparse.Namespace) -> None:
+    projection = projections.BY_NAME[args.name]
+    async with open_runtime(settings) as rt:
+        total = await projector.stream_last_seq(rt, projection.stream)
+        columns = (
+            TextColumn(f"rebuilding {projection.name}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns, console=console) as bar:
+            job = bar.add_task("rebuild", total=total or None)
+            reached = await projector.rebuild(
+                rt,
+                projection,
+                batch_size=settings.batch_size,
+                progress=lambda seq: bar.update(job, completed=seq),
+            )
+            bar.update(job, completed=total)
+        console.print(f"{projection.name} rebuilt up to stream sequence {reached}")
+
+
+PROJECTOR = Command(
+    "projector",
+    "run the projector service (all or some projections)",
+    _projector_arguments,
+    _projector,
+)
+PROJECTIONS = Command(
+    "projections", "inspect or rebuild projections", _projections_arguments, _projections
+)

@@ -1,0 +1,134 @@
+"""The operator client, ``FleetClient``: what people and services use to direct the fleet.
+Create, assign, review and cancel tasks, and send durable commands. NATS only; a task's state
+is read from its subject on the stream, so no projection is needed to check a request."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import msgspec
+import nats
+from nats.js.api import PubAck
+
+from fleetward.schemas import deterministic_id
+from fleetward.schemas.events import (
+    CommandIssued,
+    CommandName,
+    Priority,
+    TaskAssigned,
+    TaskCancelled,
+    TaskCreated,
+    TaskReviewed,
+    Verdict,
+)
+from fleetward.schemas.subjects import API_TASKS_CLAIMABLE
+from fleetward.services.client.publisher import Publisher
+from fleetward.services.client.taskstate import read_task
+
+
+class FleetClient(Publisher):
+    """For people and services (actor ``user:<name>`` or ``svc:<name>``)."""
+
+    @classmethod
+    async def connect(cls, url: str, actor: str) -> FleetClient:
+        """A client on its own connection to ``url``, publishing as ``actor``."""
+        return cls(await nats.connect(url, name=actor), actor)
+
+    async def create_task(
+        self,
+        task: str,
+        *,
+        project: str,
+        title: str,
+        description: str = "",
+        priority: Priority = "medium",
+        depends_on: Sequence[str] = (),
+        required_role: str | None = None,
+        sla_s: float | None = None,
+    ) -> PubAck:
+        """Create a task. Dependencies must already exist (so they never form a cycle); the
+        board refuses the creation otherwise, and so does this check, at once."""
+        if task in depends_on:
+            raise ValueError(f"{task} cannot depend on itself (that would be a cycle)")
+        missing = [d for d in depends_on if (await read_task(self.nc, self.js, d)).row is None]
+        if missing:
+            raise ValueError(
+                f"{task} depends on unknown task(s) {', '.join(missing)}: create those first "
+                "(dependencies must already exist, so they can never form a cycle)"
+            )
+        return await self.send(
+            TaskCreated(
+                **self.envelope(),
+                task=task,
+                project=project,
+                title=title,
+                description=description,
+                priority=priority,
+                depends_on=tuple(depends_on),
+                required_role=required_role,
+                sla_s=sla_s,
+            )
+        )
+
+    async def assign(self, task: str, agent: str) -> PubAck:
+        """Assign ``task`` to ``agent``."""
+        return await self.send(TaskAssigned(**self.envelope(), task=task, agent=agent))
+
+    async def cancel(self, task: str, reason: str = "") -> PubAck:
+        """Cancel ``task``, saying why."""
+        return await self.send(TaskCancelled(**self.envelope(), task=task, reason=reason))
+
+    async def review(self, task: str, verdict: Verdict, feedback: str = "") -> TaskReviewed:
+        """Review the task's latest deliverable, and put the verdict with its feedback in the
+        author's durable inbox (so an agent that is offline gets it when it returns)."""
+        state = await read_task(self.nc, self.js, task)
+        if state.row is None or state.row["status"] != "review":
+            status = state.row["status"] if state.row else "unknown"
+            raise ValueError(f"{task} is not waiting for review (it is {status})")
+        author = state.row["assignee"]
+        if author == self.actor:
+            raise ValueError(f"{self.actor} may not review its own deliverable")
+        review = TaskReviewed(
+            **self.envelope(), task=task, agent=author, verdict=verdict, feedback=feedback
+        )
+        await self.send(review)
+        # one inbox entry per review, even if this is retried: its id derives from the review's
+        await self.command(
+            author,
+            "review_feedback",
+            reason=feedback,
+            task=task,
+            payload={"verdict": verdict, "version": state.row["deliverable_version"]},
+            event_id=deterministic_id(review.id, "inbox"),
+        )
+        return review
+
+    async def command(
+        self,
+        agent: str,
+        command: CommandName,
+        *,
+        reason: str = "",
+        task: str | None = None,
+        payload: dict[str, str | int | float | bool | None] | None = None,
+        event_id: str | None = None,
+    ) -> PubAck:
+        """A durable command: the agent receives it even if it is offline now."""
+        return await self.send(
+            CommandIssued(
+                **self.envelope(event_id),
+                agent=agent,
+                command=command,
+                reason=reason,
+                task=task,
+                payload=payload or {},
+            )
+        )
+
+    async def claimable(self, agent: str, roles: Sequence[str], limit: int = 20) -> list[str]:
+        """Task ids the task API ranks as claimable for ``agent``: highest priority, oldest
+        first (a hint from the projection; the claim itself is decided on the stream)."""
+        request = msgspec.json.encode({"agent": agent, "roles": list(roles), "limit": limit})
+        reply = await self.nc.request(API_TASKS_CLAIMABLE, request, timeout=5)
+        answer: dict[str, list[str]] = msgspec.json.decode(reply.data)
+        return answer["tasks"]

@@ -1,0 +1,53 @@
+"""The HTTP server of every service process: GET /metrics (the registry, in the Prometheus text
+format) and GET /healthz (200 or 503, from the service's own health check)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+
+import anyio
+from anyio.abc import SocketStream
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from fleetward.services.metrics import REGISTRY
+
+
+def render() -> bytes:
+    """The registry's metrics in the Prometheus text format."""
+    return generate_latest(REGISTRY)
+
+
+async def serve_http(
+    host: str, port: int, health: Callable[[], bool], *, task_status: anyio.abc.TaskStatus[int]
+) -> None:
+    """Serve GET /metrics and GET /healthz until cancelled; reports the bound port."""
+
+    async def handle(stream: SocketStream) -> None:
+        async with stream:
+            try:
+                with anyio.fail_after(5):
+                    request = await stream.receive(4096)
+            except (TimeoutError, anyio.EndOfStream, anyio.BrokenResourceError):
+                return
+            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
+            if path == b"/metrics":
+                status, ctype, body = b"200 OK", CONTENT_TYPE_LATEST.encode(), render()
+            elif path == b"/healthz":
+                ok = health()
+                status = b"200 OK" if ok else b"503 Service Unavailable"
+                ctype, body = b"application/json", b'{"ok":%s}' % (b"true" if ok else b"false")
+            else:
+                status, ctype, body = b"404 Not Found", b"text/plain", b"not found\n"
+            head = b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
+                status,
+                ctype,
+                len(body),
+            )
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await stream.send(head + b"Connection: close\r\n\r\n" + body)
+
+    listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
+    bound = listener.extra(anyio.abc.SocketAttribute.local_port)
+    task_status.started(bound)
+    await listener.serve(handle)
