@@ -1,23 +1,13 @@
-"""The projector: runs each projection as a durable pull consumer, exactly once in effect.
+"""The projection runner: the consumer loop of the projections of one stream.
 
-Deliveries arrive in batches and are folded into a window; each window is committed in one
-Postgres transaction:
-1. lock the projection's checkpoint and compare it with the one this runner last wrote (another
-   writer, e.g. a rebuild, may have moved it: then re-position and start again);
-2. skip deliveries at or below the checkpoint, and repeated event ids within the window;
-3. admit each event (schemas.admission); a refused one becomes a dead letter;
-4. fold the events in stream order (pure) on the rows they touch, write the changed rows;
-5. advance the checkpoint to the window's last sequence.
-After the commit, one AckAll acknowledges the window. A crash anywhere before the commit leaves
-nothing behind; a crash after it only causes redelivery of events the checkpoint then skips.
+The projections of a stream share one durable pull consumer, so each event is delivered and
+admitted once however many of them read it. Each batch is folded into every projection's open
+window (window.py); the windows commit together in one Postgres transaction, each on its own
+checkpoint (commit.py); one AckAll acknowledges them after the commit.
 
-Near the head of the stream a window is one batch, committed as soon as it is folded. Far
-behind (catching up, a rebuild), a window grows to ``window_size`` events or
-``window_seconds``, so a row many of its events change is written once.
-
-Steps 2-4 of the next window (folding, pure CPU) run while the previous one commits (waiting on
-Postgres). The next window folds on the cached rows of the one being committed; if that commit
-fails, the runner drops both and re-positions from the checkpoint in the database.
+The next windows fold (pure CPU) while the previous ones commit (waiting on Postgres), on the
+cached rows of the windows being committed (cache.py); if that commit fails, the runner drops
+both and re-positions from the checkpoints in the database.
 """
 
 from __future__ import annotations
@@ -26,68 +16,29 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any
 
 import anyio
 
-from fleetward.projections import Meta, Projection, Rows
-from fleetward.schemas import Event, Rejected, admit, type_name
+from fleetward.projections import Projection
 from fleetward.schemas.streams import projector_durable
 from fleetward.services import db, metrics
 from fleetward.services.db import Conn, q
 from fleetward.services.jetstream.consumer import Delivery, PullConsumer, recreate_consumer
-from fleetward.services.projector.cache import RowCache, load_rows
+from fleetward.services.projector.cache import RowCache
+from fleetward.services.projector.commit import Moved, Resync, commit
+from fleetward.services.projector.window import Window, admit_batch, open_window, prepare
 from fleetward.services.runtime.connect import Runtime
 
 log = logging.getLogger("fleetward.projector")
-
-PROJECTION_ERROR = "projection_error"  # a valid event the fold could not apply (a bug of ours)
-
-
-class Resync(Exception):
-    """The checkpoint moved under this runner: re-position the consumer and go on."""
-
-    def __init__(self, message: str, projections: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
-        self.projections = projections  # the ones whose checkpoint moved (empty: unknown)
-
-
-class Moved(Resync):
-    """Another writer (a rebuild) moved a projection's checkpoint: found before any write."""
-
-
-@dataclass(slots=True)
-class BatchResult:
-    applied: Counter[str] = field(default_factory=Counter)
-    dead: Counter[str] = field(default_factory=Counter)
-    skipped: int = 0
 
 
 def durable_name(*projections: Projection, suffix: str = "") -> str:
     """The durable consumer of a runner of ``projections``, e.g. ``fw_agents_tasks``."""
     return projector_durable([p.name for p in projections], suffix)
-
-
-M = TypeVar("M", bound=Meta)
-
-
-def fold(
-    projection: Projection, items: list[tuple[Event, M]], rows: Rows
-) -> list[tuple[Event, M, str, str]]:
-    """Apply events in order; returns the ones the fold refused as (event, meta, reason,
-    detail)."""
-    failed = []
-    apply = projection.apply
-    for event, meta in items:
-        try:
-            apply(rows, event, meta)
-        except Exception as exc:  # one bad event must not stop the projection
-            failed.append((event, meta, PROJECTION_ERROR, f"{type(exc).__name__}: {exc}"))
-    return failed
 
 
 def consumer_filter(*projections: Projection) -> tuple[str, ...]:
@@ -111,110 +62,6 @@ def reads_subject(projection: Projection, filters: tuple[str, ...]) -> Callable[
     """A test for the subjects ``projection`` reads, when a consumer with ``filters`` delivers
     others too; None when it delivers only those."""
     return None if filters == projection.subjects else _subject_test(projection.subjects)
-
-
-@dataclass(slots=True)
-class Window:
-    """The batches folded since the last commit, committed together (one transaction) on top of
-    checkpoint ``expected``. While far behind the stream, a window spans many batches so that
-    each row is written once however many of its events it holds; near the head it holds one."""
-
-    expected: int
-    rows: Rows
-    last: int  # the checkpoint after this window
-    opened: float  # time.monotonic() of its first batch
-    tail: Delivery | None = None  # its last delivery: acknowledged (AckAll) after the commit
-    events: int = 0  # deliveries taken, skipped ones included
-    dead: list[tuple[Delivery, str, str]] = field(default_factory=list)
-    result: BatchResult = field(default_factory=BatchResult)
-    seen: set[str] = field(default_factory=set)  # event ids, to drop repeats within the window
-
-
-def open_window(expected: int, cache: RowCache) -> Window:
-    return Window(expected, Rows(base=cache.tables), expected, time.monotonic())
-
-
-Admitted = list[tuple[Delivery, Event | Rejected]]
-"""A batch with each delivery's event, or why it was refused (admitted once per runner)."""
-
-
-def admit_batch(batch: list[Delivery]) -> Admitted:
-    out: Admitted = []
-    for d in batch:
-        try:
-            out.append((d, admit(d.subject, d.data)))
-        except Rejected as r:
-            out.append((d, r))
-    return out
-
-
-async def prepare(
-    conn: Conn,
-    projection: Projection,
-    admitted: Admitted,
-    window: Window,
-    *,
-    cache: RowCache | None = None,
-    reads: Callable[[str], bool] | None = None,
-) -> Window:
-    """Fold an admitted batch into ``window``: the deliveries on subjects the projection
-    ``reads`` (all when None) and past the window's last sequence. Reads rows only."""
-    result, dead, seen = window.result, window.dead, window.seen
-    items: list[tuple[Event, Delivery]] = []
-    last = window.last
-    for d, event in admitted:
-        if d.seq <= last:
-            result.skipped += 1  # applied before (a redelivery)
-            continue
-        last = d.seq
-        if reads is not None and not reads(d.subject):
-            continue  # another projection's subject (see consumer_filter)
-        if isinstance(event, Rejected):
-            dead.append((d, event.reason, event.detail))
-            result.dead[event.reason] += 1
-            continue
-        if event.id in seen:
-            result.skipped += 1
-            continue
-        seen.add(event.id)
-        items.append((event, d))
-    window.last = last
-    window.events += len(admitted)
-    window.tail = admitted[-1][0]
-    await load_rows(conn, projection, items, window.rows, cache)
-    applied = Counter(type(event) for event, _ in items)
-    for event, d, reason, detail in fold(projection, items, window.rows):
-        dead.append((d, reason, detail))
-        applied[type(event)] -= 1
-        result.dead[reason] += 1
-    for type_, n in applied.items():
-        if n:
-            result.applied[type_name(type_)] += n
-    return window
-
-
-async def commit(conn: Conn, projection: Projection, window: Window) -> None:
-    """Write a window's rows and dead letters and move the checkpoint, inside the caller's
-    transaction. Raises ``Resync`` when the checkpoint is not the one the window was folded on."""
-    checkpoint = await conn.fetchval(q("checkpoint_lock"), projection.name)
-    if checkpoint != window.expected:
-        raise Moved(f"checkpoint is {checkpoint}, this writer expected {window.expected}")
-    for table in projection.tables:
-        changed = window.rows.changed(table)
-        if changed:
-            await db.write_rows(conn, table, changed)
-    if window.dead:
-        await conn.executemany(
-            q("dead_letter_insert"),
-            [
-                (projection.name, projection.stream, d.seq, d.subject, reason, detail[:2000],
-                 d.data, d.time)
-                for d, reason, detail in window.dead
-            ],
-        )  # fmt: skip
-    status = await conn.execute(q("checkpoint_advance"), projection.name, checkpoint, window.last)
-    if status != "UPDATE 1":
-        raise Resync("checkpoint compare-and-set failed")
 
 
 @dataclass(slots=True)
