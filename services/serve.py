@@ -18,7 +18,8 @@ from fleetward.projections import Projection
 from fleetward.schemas import REASONS
 from fleetward.services import metrics, simulate
 from fleetward.services.api.tasks import serve_task_api
-from fleetward.services.projector.runner import ProjectionRunner, by_stream
+from fleetward.services.projector.consumers import by_stream
+from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.projector.window import PROJECTION_ERROR
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.watchdog.service import Watchdog

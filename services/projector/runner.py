@@ -16,52 +16,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
-from typing import Any
 
 import anyio
 
 from fleetward.projections import Projection
-from fleetward.schemas.streams import projector_durable
 from fleetward.services import db, metrics
 from fleetward.services.db import Conn, q
 from fleetward.services.jetstream.consumer import Delivery, PullConsumer, recreate_consumer
 from fleetward.services.projector.cache import RowCache
 from fleetward.services.projector.commit import Moved, Resync, commit
+from fleetward.services.projector.consumers import consumer_filter, durable_name, reads_subject
 from fleetward.services.projector.window import Window, admit_batch, open_window, prepare
 from fleetward.services.runtime.connect import Runtime
 
 log = logging.getLogger("fleetward.projector")
-
-
-def durable_name(*projections: Projection, suffix: str = "") -> str:
-    """The durable consumer of a runner of ``projections``, e.g. ``fw_agents_tasks``."""
-    return projector_durable([p.name for p in projections], suffix)
-
-
-def consumer_filter(*projections: Projection) -> tuple[str, ...]:
-    """The filter subjects of a consumer that feeds ``projections`` (all on one stream): their
-    one subject, or none at all (the whole stream) when they read several. nats-server delivers
-    from a consumer with several filter subjects over a stream of many subjects at a small
-    fraction of its usual rate (measured: 4,000 against 72,000 messages/s; nats-server issues
-    4888, 7014), so the runner drops the subjects a projection does not read instead."""
-    subjects = {s for p in projections for s in p.subjects}
-    return tuple(subjects) if len(subjects) == 1 else ()
-
-
-@cache
-def _subject_test(subjects: tuple[str, ...]) -> Callable[[str], bool]:
-    prefixes = tuple(s.removesuffix(">") for s in subjects)
-    assert all(p.endswith(".") and "*" not in p for p in prefixes), "only 'a.b.>' subjects"
-    return lambda subject: subject.startswith(prefixes)
-
-
-def reads_subject(projection: Projection, filters: tuple[str, ...]) -> Callable[[str], bool] | None:
-    """A test for the subjects ``projection`` reads, when a consumer with ``filters`` delivers
-    others too; None when it delivers only those."""
-    return None if filters == projection.subjects else _subject_test(projection.subjects)
 
 
 @dataclass(slots=True)
@@ -276,75 +246,8 @@ class ProjectionRunner:
                 delay = min(delay * 2, 5.0)
 
 
-def by_stream(projections: Iterable[Projection]) -> list[tuple[Projection, ...]]:
-    """Projections grouped by stream, in their given order: one runner each."""
-    groups: dict[str, list[Projection]] = {}
-    for p in projections:
-        groups.setdefault(p.stream, []).append(p)
-    return [tuple(g) for g in groups.values()]
-
-
-def runner_durable(projection: Projection, running: Iterable[Projection]) -> str:
-    """The durable consumer that feeds ``projection`` in a projector running ``running``."""
-    group = next(g for g in by_stream(running) if projection in g)
-    return durable_name(*group)
-
-
 async def _tables_empty(conn: Conn, projection: Projection) -> bool:
     for table in projection.tables:
         if await conn.fetchval(db.any_row_sql(table)):
             return False
     return True
-
-
-async def reset(rt: Runtime, projection: Projection) -> None:
-    """Empty a projection's tables, dead letters and checkpoint, in one transaction."""
-    async with rt.pool.acquire() as conn, conn.transaction():
-        await conn.execute(q("checkpoint_init"), projection.name, projection.stream)
-        await conn.fetchval(q("checkpoint_lock"), projection.name)
-        for table in projection.tables:
-            await conn.execute(db.truncate_sql(table))
-        await conn.execute(q("dead_letters_clear"), projection.name)
-        await conn.execute(q("checkpoint_reset"), projection.name)
-
-
-async def stream_last_seq(rt: Runtime, stream: str) -> int:
-    info = await rt.js.stream_info(stream)
-    return int(info.state.last_seq)
-
-
-async def catch_up(runner: ProjectionRunner, progress: Callable[[int], Any] | None = None) -> None:
-    """Apply batches until the consumer has nothing pending and nothing unacknowledged."""
-    assert runner.consumer is not None
-    while True:
-        n = await runner.step(wait=0.2)
-        if progress is not None:
-            progress(runner.checkpoint)
-        if n and runner.pending == 0:
-            await runner.flush()
-            return
-        if n == 0:
-            info = await runner.rt.js.consumer_info(runner.stream, runner.durable)
-            if info.num_pending == 0 and info.num_ack_pending == 0:
-                return
-
-
-async def rebuild(
-    rt: Runtime,
-    projection: Projection,
-    *,
-    batch_size: int = 1000,
-    progress: Callable[[int], Any] | None = None,
-) -> int:
-    """Rebuild one projection from its stream. Safe beside a running projector: both commit by
-    compare-and-set on the checkpoint. Returns the checkpoint reached."""
-    await reset(rt, projection)
-    runner = ProjectionRunner(rt, projection, batch_size=batch_size, durable_suffix="_rebuild")
-    await runner.position()
-    try:
-        await catch_up(runner, progress)
-    finally:
-        assert runner.consumer is not None
-        await runner.consumer.stop()
-        await rt.js.delete_consumer(projection.stream, runner.durable)
-    return runner.checkpoint

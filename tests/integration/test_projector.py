@@ -15,7 +15,8 @@ from fleetward.schemas.events import AgentRegistered, Heartbeat, SpendRecorded, 
 from fleetward.services import metrics
 from fleetward.services.jetstream.consumer import recreate_consumer
 from fleetward.services.jetstream.publish import encode, publish, publish_many
-from fleetward.services.projector.runner import ProjectionRunner, catch_up, rebuild, reset
+from fleetward.services.projector.rebuild import catch_up, rebuild, reset
+from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.simulate import Fleet
 from tests.helpers import envelope, now, project_all, run_to_end, snapshot, wait_for
