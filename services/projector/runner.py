@@ -30,6 +30,7 @@ from fleetward.services.projector.commit import Moved, Resync, commit
 from fleetward.services.projector.consumers import consumer_filter, durable_name, reads_subject
 from fleetward.services.projector.window import Window, admit_batch, open_window, prepare
 from fleetward.services.runtime.connect import Runtime
+from fleetward.services.signals import Signal, Signals
 
 log = logging.getLogger("fleetward.projector")
 
@@ -46,10 +47,23 @@ class Member:
     window: Window | None = None  # folded, not yet committing
 
 
+class RunnerSignals(Signals):
+    """What a runner announces (services/signals.py), for tests to wait on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # a projection's window committed: (projection, its checkpoint now)
+        self.committed: Signal[tuple[str, int]] = Signal(self, "committed")
+        # the runner is about to re-position these projections after an error (a Resync, NATS
+        # or Postgres trouble), as fleetward_projection_resyncs_total counts them
+        self.resynced: Signal[tuple[str, ...]] = Signal(self, "resynced")
+
+
 class ProjectionRunner:
     """The consumer loop of one or more projections on one stream. They share one durable
     consumer, so each event is delivered and admitted once however many projections read it;
-    each keeps its own checkpoint, and their windows commit in one transaction."""
+    each keeps its own checkpoint, and their windows commit in one transaction. ``signals``
+    announce each commit and each re-positioning."""
 
     def __init__(
         self,
@@ -75,6 +89,7 @@ class ProjectionRunner:
         self.consumer: PullConsumer | None = None
         self.pending = -1  # messages the server had left after the last batch taken
         self._inflight: asyncio.Future[None] | None = None
+        self.signals = RunnerSignals()
 
     @property
     def checkpoint(self) -> int:
@@ -206,6 +221,7 @@ class ProjectionRunner:
                 metrics.EVENTS.labels(name, type_).inc(n)
             for reason, n in result.dead.items():
                 metrics.DEAD_LETTERS.labels(name, reason).inc(n)
+            self.signals.committed.emit((name, window.last))
         if moved:  # re-position from the checkpoints now in the database
             message = "; ".join(f"{name}: {exc}" for name, exc in moved.items())
             raise Resync(message, tuple(moved))
@@ -223,9 +239,14 @@ class ProjectionRunner:
             except Exception as exc:  # Resync, NATS or Postgres trouble: start again
                 log.warning("projection %s: %s; re-positioning", self.name, exc)
                 moved = exc.projections if isinstance(exc, Resync) else ()
-                for m in self.members:
-                    if not moved or m.projection.name in moved:
-                        metrics.RESYNCS.labels(m.projection.name).inc()
+                names = tuple(
+                    m.projection.name
+                    for m in self.members
+                    if not moved or m.projection.name in moved
+                )
+                for name in names:
+                    metrics.RESYNCS.labels(name).inc()
+                self.signals.resynced.emit(names)
                 metrics.count_postgres_error("projector", exc)
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
