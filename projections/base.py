@@ -1,9 +1,9 @@
 """What a projection is: a pure fold from (rows it owns, event) to new rows.
 
 Invariants:
-- ``apply`` does no I/O. The projector (services/projector/runner.py) loads the rows an event batch
-  touches, calls ``apply`` once per event in stream order, and writes back the rows that changed,
-  in the same transaction as the checkpoint.
+- ``apply`` does no I/O. The projector (services/projector/) loads the rows an event batch
+  touches, calls ``apply`` once per event in stream order, and writes back the rows that
+  changed, in the same transaction as the checkpoint.
 - Rows are keyed; a projection owns its tables outright (no other writer).
 - Everything ``apply`` uses comes from the event and its ``Meta`` (the stream's own sequence and
   time), never the wall clock, so a rebuild from the stream yields the same rows.

@@ -14,5 +14,6 @@ subsystem; each opens with its invariants and keeps its pure rules apart from it
 - ``runtime/``: connections to the servers, or embedded ones for a machine with nothing.
 - ``db.py`` (Postgres statements), ``config.py`` (settings from the environment),
   ``errors.py`` (errors an operator can act on), ``serve.py`` (services in one process),
-  ``simulate.py`` (a demo fleet).
+  ``simulate.py`` (a demo fleet), ``signals.py`` (test signals: background work announces its
+  steps), ``clock.py`` (the clock timed loops read, or one a test moves by hand).
 """

@@ -20,7 +20,9 @@ from fleetward.services import metrics, simulate
 from fleetward.services.api.tasks import serve_task_api
 from fleetward.services.metrics.fleet import FLEET
 from fleetward.services.metrics.http import serve_http
-from fleetward.services.projector.runner import PROJECTION_ERROR, ProjectionRunner, by_stream
+from fleetward.services.projector.consumers import by_stream
+from fleetward.services.projector.runner import ProjectionRunner
+from fleetward.services.projector.window import PROJECTION_ERROR
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.watchdog.service import Watchdog
 

@@ -10,7 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from fleetward import projections
 from fleetward.services.cli.command import Command, console
 from fleetward.services.config import Settings
-from fleetward.services.projector import runner as projector
+from fleetward.services.projector.rebuild import rebuild, stream_last_seq
 from fleetward.services.runtime.connect import open_runtime
 from fleetward.services.serve import run_services
 
@@ -44,7 +44,7 @@ async def _projections(settings: Settings, args: argparse.Namespace) -> None:
 async def _rebuild(settings: Settings, args: argparse.Namespace) -> None:
     projection = projections.BY_NAME[args.name]
     async with open_runtime(settings) as rt:
-        total = await projector.stream_last_seq(rt, projection.stream)
+        total = await stream_last_seq(rt, projection.stream)
         columns = (
             TextColumn(f"rebuilding {projection.name}"),
             BarColumn(),
@@ -53,7 +53,7 @@ async def _rebuild(settings: Settings, args: argparse.Namespace) -> None:
         )
         with Progress(*columns, console=console) as bar:
             job = bar.add_task("rebuild", total=total or None)
-            reached = await projector.rebuild(
+            reached = await rebuild(
                 rt,
                 projection,
                 batch_size=settings.batch_size,

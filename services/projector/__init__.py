@@ -6,4 +6,9 @@ Invariants:
 - An event that cannot be applied is dead-lettered in that same transaction, never retried
   forever; the stream keeps the original.
 - Live equals rebuild: folds see only the event and its stream metadata.
+
+Modules: ``runner`` (the consumer loop of one stream's projections), ``window`` (admitting and
+folding batches between commits), ``cache`` (the row cache, loading the rows a batch touches),
+``commit`` (a window's transaction), ``consumers`` (which durable consumer feeds which
+projections), ``rebuild`` (reset, catch up, rebuild).
 """

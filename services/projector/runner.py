@@ -1,23 +1,13 @@
-"""The projector: runs each projection as a durable pull consumer, exactly once in effect.
+"""The projection runner: the consumer loop of the projections of one stream.
 
-Deliveries arrive in batches and are folded into a window; each window is committed in one
-Postgres transaction:
-1. lock the projection's checkpoint and compare it with the one this runner last wrote (another
-   writer, e.g. a rebuild, may have moved it: then re-position and start again);
-2. skip deliveries at or below the checkpoint, and repeated event ids within the window;
-3. admit each event (schemas.admission); a refused one becomes a dead letter;
-4. fold the events in stream order (pure) on the rows they touch, write the changed rows;
-5. advance the checkpoint to the window's last sequence.
-After the commit, one AckAll acknowledges the window. A crash anywhere before the commit leaves
-nothing behind; a crash after it only causes redelivery of events the checkpoint then skips.
+The projections of a stream share one durable pull consumer, so each event is delivered and
+admitted once however many of them read it. Each batch is folded into every projection's open
+window (window.py); the windows commit together in one Postgres transaction, each on its own
+checkpoint (commit.py); one AckAll acknowledges them after the commit.
 
-Near the head of the stream a window is one batch, committed as soon as it is folded. Far
-behind (catching up, a rebuild), a window grows to ``window_size`` events or
-``window_seconds``, so a row many of its events change is written once.
-
-Steps 2-4 of the next window (folding, pure CPU) run while the previous one commits (waiting on
-Postgres). The next window folds on the cached rows of the one being committed; if that commit
-fails, the runner drops both and re-positions from the checkpoint in the database.
+The next windows fold (pure CPU) while the previous ones commit (waiting on Postgres), on the
+cached rows of the windows being committed (cache.py); if that commit fails, the runner drops
+both and re-positions from the checkpoints in the database.
 """
 
 from __future__ import annotations
@@ -26,277 +16,23 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
-from typing import Any, TypeVar
 
 import anyio
 
-from fleetward.projections import Meta, Projection, Rows
-from fleetward.projections.base import Key, Row, Table
-from fleetward.schemas import Event, Rejected, admit, type_name
-from fleetward.schemas.streams import projector_durable
+from fleetward.projections import Projection
 from fleetward.services import db, metrics
 from fleetward.services.db import Conn, q
 from fleetward.services.jetstream.consumer import Delivery, PullConsumer, recreate_consumer
+from fleetward.services.projector.cache import RowCache
+from fleetward.services.projector.commit import Moved, Resync, commit
+from fleetward.services.projector.consumers import consumer_filter, durable_name, reads_subject
+from fleetward.services.projector.window import Window, admit_batch, open_window, prepare
 from fleetward.services.runtime.connect import Runtime
+from fleetward.services.signals import Signal, Signals
 
 log = logging.getLogger("fleetward.projector")
-
-PROJECTION_ERROR = "projection_error"  # a valid event the fold could not apply (a bug of ours)
-
-
-class Resync(Exception):
-    """The checkpoint moved under this runner: re-position the consumer and go on."""
-
-    def __init__(self, message: str, projections: tuple[str, ...] = ()) -> None:
-        super().__init__(message)
-        self.projections = projections  # the ones whose checkpoint moved (empty: unknown)
-
-
-class Moved(Resync):
-    """Another writer (a rebuild) moved a projection's checkpoint: found before any write."""
-
-
-@dataclass(slots=True)
-class BatchResult:
-    applied: Counter[str] = field(default_factory=Counter)
-    dead: Counter[str] = field(default_factory=Counter)
-    skipped: int = 0
-
-
-def durable_name(*projections: Projection, suffix: str = "") -> str:
-    """The durable consumer of a runner of ``projections``, e.g. ``fw_agents_tasks``."""
-    return projector_durable([p.name for p in projections], suffix)
-
-
-M = TypeVar("M", bound=Meta)
-
-
-def fold(
-    projection: Projection, items: list[tuple[Event, M]], rows: Rows
-) -> list[tuple[Event, M, str, str]]:
-    """Apply events in order; returns the ones the fold refused as (event, meta, reason,
-    detail)."""
-    failed = []
-    apply = projection.apply
-    for event, meta in items:
-        try:
-            apply(rows, event, meta)
-        except Exception as exc:  # one bad event must not stop the projection
-            failed.append((event, meta, PROJECTION_ERROR, f"{type(exc).__name__}: {exc}"))
-    return failed
-
-
-def consumer_filter(*projections: Projection) -> tuple[str, ...]:
-    """The filter subjects of a consumer that feeds ``projections`` (all on one stream): their
-    one subject, or none at all (the whole stream) when they read several. nats-server delivers
-    from a consumer with several filter subjects over a stream of many subjects at a small
-    fraction of its usual rate (measured: 4,000 against 72,000 messages/s; nats-server issues
-    4888, 7014), so the runner drops the subjects a projection does not read instead."""
-    subjects = {s for p in projections for s in p.subjects}
-    return tuple(subjects) if len(subjects) == 1 else ()
-
-
-@cache
-def _subject_test(subjects: tuple[str, ...]) -> Callable[[str], bool]:
-    prefixes = tuple(s.removesuffix(">") for s in subjects)
-    assert all(p.endswith(".") and "*" not in p for p in prefixes), "only 'a.b.>' subjects"
-    return lambda subject: subject.startswith(prefixes)
-
-
-def reads_subject(projection: Projection, filters: tuple[str, ...]) -> Callable[[str], bool] | None:
-    """A test for the subjects ``projection`` reads, when a consumer with ``filters`` delivers
-    others too; None when it delivers only those."""
-    return None if filters == projection.subjects else _subject_test(projection.subjects)
-
-
-@dataclass(slots=True)
-class Window:
-    """The batches folded since the last commit, committed together (one transaction) on top of
-    checkpoint ``expected``. While far behind the stream, a window spans many batches so that
-    each row is written once however many of its events it holds; near the head it holds one."""
-
-    expected: int
-    rows: Rows
-    last: int  # the checkpoint after this window
-    opened: float  # time.monotonic() of its first batch
-    tail: Delivery | None = None  # its last delivery: acknowledged (AckAll) after the commit
-    events: int = 0  # deliveries taken, skipped ones included
-    dead: list[tuple[Delivery, str, str]] = field(default_factory=list)
-    result: BatchResult = field(default_factory=BatchResult)
-    seen: set[str] = field(default_factory=set)  # event ids, to drop repeats within the window
-
-
-def open_window(expected: int, cache: RowCache) -> Window:
-    return Window(expected, Rows(base=cache.tables), expected, time.monotonic())
-
-
-Admitted = list[tuple[Delivery, Event | Rejected]]
-"""A batch with each delivery's event, or why it was refused (admitted once per runner)."""
-
-
-def admit_batch(batch: list[Delivery]) -> Admitted:
-    out: Admitted = []
-    for d in batch:
-        try:
-            out.append((d, admit(d.subject, d.data)))
-        except Rejected as r:
-            out.append((d, r))
-    return out
-
-
-async def prepare(
-    conn: Conn,
-    projection: Projection,
-    admitted: Admitted,
-    window: Window,
-    *,
-    cache: RowCache | None = None,
-    reads: Callable[[str], bool] | None = None,
-) -> Window:
-    """Fold an admitted batch into ``window``: the deliveries on subjects the projection
-    ``reads`` (all when None) and past the window's last sequence. Reads rows only."""
-    result, dead, seen = window.result, window.dead, window.seen
-    items: list[tuple[Event, Delivery]] = []
-    last = window.last
-    for d, event in admitted:
-        if d.seq <= last:
-            result.skipped += 1  # applied before (a redelivery)
-            continue
-        last = d.seq
-        if reads is not None and not reads(d.subject):
-            continue  # another projection's subject (see consumer_filter)
-        if isinstance(event, Rejected):
-            dead.append((d, event.reason, event.detail))
-            result.dead[event.reason] += 1
-            continue
-        if event.id in seen:
-            result.skipped += 1
-            continue
-        seen.add(event.id)
-        items.append((event, d))
-    window.last = last
-    window.events += len(admitted)
-    window.tail = admitted[-1][0]
-    await load_rows(conn, projection, items, window.rows, cache)
-    applied = Counter(type(event) for event, _ in items)
-    for event, d, reason, detail in fold(projection, items, window.rows):
-        dead.append((d, reason, detail))
-        applied[type(event)] -= 1
-        result.dead[reason] += 1
-    for type_, n in applied.items():
-        if n:
-            result.applied[type_name(type_)] += n
-    return window
-
-
-async def commit(conn: Conn, projection: Projection, window: Window) -> None:
-    """Write a window's rows and dead letters and move the checkpoint, inside the caller's
-    transaction. Raises ``Resync`` when the checkpoint is not the one the window was folded on."""
-    checkpoint = await conn.fetchval(q("checkpoint_lock"), projection.name)
-    if checkpoint != window.expected:
-        raise Moved(f"checkpoint is {checkpoint}, this writer expected {window.expected}")
-    for table in projection.tables:
-        changed = window.rows.changed(table)
-        if changed:
-            await db.write_rows(conn, table, changed)
-    if window.dead:
-        await conn.executemany(
-            q("dead_letter_insert"),
-            [
-                (projection.name, projection.stream, d.seq, d.subject, reason, detail[:2000],
-                 d.data, d.time)
-                for d, reason, detail in window.dead
-            ],
-        )  # fmt: skip
-    status = await conn.execute(q("checkpoint_advance"), projection.name, checkpoint, window.last)
-    if status != "UPDATE 1":
-        raise Resync("checkpoint compare-and-set failed")
-
-
-class RowCache:
-    """Rows this runner committed or read, by table and key. A runner is its projection's only
-    writer, so these equal the database as long as no other writer commits; any re-positioning
-    (another writer moved the checkpoint, an error) empties the cache. Rows of write-only tables
-    (never read back by the fold) are not kept."""
-
-    def __init__(self, limit: int = 250_000) -> None:
-        self.limit = limit
-        self.tables: dict[str, dict[Key, Row]] = {}
-        # Tables whose every row is here (the runner started on them empty and has evicted none
-        # of their rows): a key missing here has no row, and is not queried.
-        self.complete: set[str] = set()
-        self.write_only: set[str] = set()
-
-    def clear(self, tables: tuple[Table, ...], *, empty: bool = False) -> None:
-        """Forget every row of ``tables`` (the projection's); ``empty``: they have none."""
-        self.tables.clear()
-        self.write_only = {t.name for t in tables if t.write_only}
-        self.complete = {t.name for t in tables if empty and not t.write_only}
-
-    def holds_all(self, tables: tuple[Table, ...]) -> bool:
-        """Every row the fold can read is here."""
-        return all(t.name in self.complete for t in tables if not t.write_only)
-
-    def remember(self, rows: Rows) -> None:
-        """Keep a window's rows (called when its commit starts: the next window folds on them)."""
-        for name, bucket in rows.data.items():
-            if name in self.write_only:
-                continue
-            cached = self.tables.setdefault(name, {})
-            if len(cached) + len(bucket) > self.limit:
-                cached.clear()
-                self.complete.discard(name)
-            cached.update(bucket)
-
-
-async def load_rows(
-    conn: Conn,
-    projection: Projection,
-    items: list[tuple[Event, M]],
-    rows: Rows,
-    cache: RowCache | None = None,
-) -> None:
-    """Make the rows the events touch available in ``rows``: those in ``rows`` or the cache are
-    there already (``rows.base`` is the cache); the rest are read in one query per table. Then,
-    in a second round, the rows ``touches_more`` names from what the first round found. Nothing
-    is read while the cache holds every row the fold can read."""
-    complete: set[str] = set()
-    if cache is not None:
-        if cache.holds_all(projection.tables):
-            return
-        complete = cache.complete
-    touched = ((t, k) for e, m in items for t, k in projection.touches(e, m))
-    await _load(conn, rows, _missing(rows, touched, complete))
-    touched_more = ((t, k) for e, m in items for t, k in projection.touches_more(rows, e, m))
-    more = _missing(rows, touched_more, complete)
-    if more:
-        await _load(conn, rows, more)
-
-
-def _missing(
-    rows: Rows, touched: Iterable[tuple[Table, Key]], complete: set[str]
-) -> dict[Table, set[Key]]:
-    """The touched keys to read from the database: not in ``rows`` (nor its cache), of tables
-    the cache does not hold completely."""
-    wanted: dict[Table, set[Key]] = {}
-    for table, key in touched:
-        if table.name not in complete and rows.get(table, key) is None:
-            wanted.setdefault(table, set()).add(key)
-    return wanted
-
-
-async def _load(conn: Conn, rows: Rows, wanted: dict[Table, set[Key]]) -> None:
-    for table, keys in wanted.items():
-        found = await conn.fetch(db.load_sql(table), *db.key_arrays(table, list(keys)))
-        bucket = rows.data.setdefault(table.name, {})
-        key_of = table.key_of
-        for record in found:
-            row = dict(record)
-            bucket[key_of(row)] = row
 
 
 @dataclass(slots=True)
@@ -311,10 +47,23 @@ class Member:
     window: Window | None = None  # folded, not yet committing
 
 
+class RunnerSignals(Signals):
+    """What a runner announces (services/signals.py), for tests to wait on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # a projection's window committed: (projection, its checkpoint now)
+        self.committed: Signal[tuple[str, int]] = Signal(self, "committed")
+        # the runner is about to re-position these projections after an error (a Resync, NATS
+        # or Postgres trouble), as fleetward_projection_resyncs_total counts them
+        self.resynced: Signal[tuple[str, ...]] = Signal(self, "resynced")
+
+
 class ProjectionRunner:
     """The consumer loop of one or more projections on one stream. They share one durable
     consumer, so each event is delivered and admitted once however many projections read it;
-    each keeps its own checkpoint, and their windows commit in one transaction."""
+    each keeps its own checkpoint, and their windows commit in one transaction. ``signals``
+    announce each commit and each re-positioning."""
 
     def __init__(
         self,
@@ -340,6 +89,7 @@ class ProjectionRunner:
         self.consumer: PullConsumer | None = None
         self.pending = -1  # messages the server had left after the last batch taken
         self._inflight: asyncio.Future[None] | None = None
+        self.signals = RunnerSignals()
 
     @property
     def checkpoint(self) -> int:
@@ -471,6 +221,7 @@ class ProjectionRunner:
                 metrics.EVENTS.labels(name, type_).inc(n)
             for reason, n in result.dead.items():
                 metrics.DEAD_LETTERS.labels(name, reason).inc(n)
+            self.signals.committed.emit((name, window.last))
         if moved:  # re-position from the checkpoints now in the database
             message = "; ".join(f"{name}: {exc}" for name, exc in moved.items())
             raise Resync(message, tuple(moved))
@@ -488,9 +239,14 @@ class ProjectionRunner:
             except Exception as exc:  # Resync, NATS or Postgres trouble: start again
                 log.warning("projection %s: %s; re-positioning", self.name, exc)
                 moved = exc.projections if isinstance(exc, Resync) else ()
-                for m in self.members:
-                    if not moved or m.projection.name in moved:
-                        metrics.RESYNCS.labels(m.projection.name).inc()
+                names = tuple(
+                    m.projection.name
+                    for m in self.members
+                    if not moved or m.projection.name in moved
+                )
+                for name in names:
+                    metrics.RESYNCS.labels(name).inc()
+                self.signals.resynced.emit(names)
                 metrics.count_postgres_error("projector", exc)
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -511,75 +267,8 @@ class ProjectionRunner:
                 delay = min(delay * 2, 5.0)
 
 
-def by_stream(projections: Iterable[Projection]) -> list[tuple[Projection, ...]]:
-    """Projections grouped by stream, in their given order: one runner each."""
-    groups: dict[str, list[Projection]] = {}
-    for p in projections:
-        groups.setdefault(p.stream, []).append(p)
-    return [tuple(g) for g in groups.values()]
-
-
-def runner_durable(projection: Projection, running: Iterable[Projection]) -> str:
-    """The durable consumer that feeds ``projection`` in a projector running ``running``."""
-    group = next(g for g in by_stream(running) if projection in g)
-    return durable_name(*group)
-
-
 async def _tables_empty(conn: Conn, projection: Projection) -> bool:
     for table in projection.tables:
         if await conn.fetchval(db.any_row_sql(table)):
             return False
     return True
-
-
-async def reset(rt: Runtime, projection: Projection) -> None:
-    """Empty a projection's tables, dead letters and checkpoint, in one transaction."""
-    async with rt.pool.acquire() as conn, conn.transaction():
-        await conn.execute(q("checkpoint_init"), projection.name, projection.stream)
-        await conn.fetchval(q("checkpoint_lock"), projection.name)
-        for table in projection.tables:
-            await conn.execute(db.truncate_sql(table))
-        await conn.execute(q("dead_letters_clear"), projection.name)
-        await conn.execute(q("checkpoint_reset"), projection.name)
-
-
-async def stream_last_seq(rt: Runtime, stream: str) -> int:
-    info = await rt.js.stream_info(stream)
-    return int(info.state.last_seq)
-
-
-async def catch_up(runner: ProjectionRunner, progress: Callable[[int], Any] | None = None) -> None:
-    """Apply batches until the consumer has nothing pending and nothing unacknowledged."""
-    assert runner.consumer is not None
-    while True:
-        n = await runner.step(wait=0.2)
-        if progress is not None:
-            progress(runner.checkpoint)
-        if n and runner.pending == 0:
-            await runner.flush()
-            return
-        if n == 0:
-            info = await runner.rt.js.consumer_info(runner.stream, runner.durable)
-            if info.num_pending == 0 and info.num_ack_pending == 0:
-                return
-
-
-async def rebuild(
-    rt: Runtime,
-    projection: Projection,
-    *,
-    batch_size: int = 1000,
-    progress: Callable[[int], Any] | None = None,
-) -> int:
-    """Rebuild one projection from its stream. Safe beside a running projector: both commit by
-    compare-and-set on the checkpoint. Returns the checkpoint reached."""
-    await reset(rt, projection)
-    runner = ProjectionRunner(rt, projection, batch_size=batch_size, durable_suffix="_rebuild")
-    await runner.position()
-    try:
-        await catch_up(runner, progress)
-    finally:
-        assert runner.consumer is not None
-        await runner.consumer.stop()
-        await rt.js.delete_consumer(projection.stream, runner.durable)
-    return runner.checkpoint

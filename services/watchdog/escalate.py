@@ -48,18 +48,24 @@ Outcome = Literal["stored", "duplicate", "closed"]
 
 
 class Publisher:
+    """Publishes the watchdog's plans (see above). ``on_stored`` gets each event stored under
+    compare-and-set with its sequence, ``on_closed`` each escalation found resolved, ``on_done``
+    the key of each plan finished (published, found done already, or dropped); ``clock`` is the
+    watchdog's, in seconds since the epoch, for the detection delay."""
+
     def __init__(
         self,
         js: JetStreamContext,
         *,
         on_stored: Callable[[Event, int], None],
         on_closed: Callable[[str], None],
+        on_done: Callable[[str], None] | None = None,
         window: int = 256,
         give_up_s: float = 120.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.js = js
-        self.on_stored, self.on_closed = on_stored, on_closed
+        self.on_stored, self.on_closed, self.on_done = on_stored, on_closed, on_done
         self.give_up_s = give_up_s
         self.clock = clock
         self.outcomes: Counter[str] = Counter()  # this publisher's step outcomes
@@ -93,6 +99,8 @@ class Publisher:
                 del self._locks[plan.key]
             else:
                 self._locks[plan.key] = (lock, users - 1)
+            if self.on_done is not None:
+                self.on_done(plan.key)
 
     async def execute(self, plan: Plan) -> None:
         """Publish a plan's steps in order; stop when one finds its escalation resolved."""

@@ -9,8 +9,9 @@ its own, and FW_HEARTBEATS from each agent's last heartbeat, with ordered epheme
 rebuilt at every start, so nothing it reads is acknowledged.
 
 Time: heartbeats are judged by the stream's timestamps; "now" is this host's clock
-(``time.time()``). Hosts are assumed NTP-synced with the NATS servers: a skew of s seconds
-shifts every deadline by s.
+(``time.time()``), or the ``Clock`` a test gives it (services/clock.py), which also paces the
+judging loop. Hosts are assumed NTP-synced with the NATS servers: a skew of s seconds shifts
+every deadline by s.
 
 Grace: nothing is judged while disconnected or while a reader has not caught up (at start, or
 after re-creating its consumer on a reconnect or a JetStream outage), nor for one grace period
@@ -34,11 +35,13 @@ from fleetward.schemas.events import EscalationRaised, Event
 from fleetward.schemas.streams import EVENTS_STREAM, HEARTBEATS, follower_prefix
 from fleetward.schemas.subjects import kind_prefix, wildcard
 from fleetward.services import metrics
+from fleetward.services.clock import SYSTEM_CLOCK, Clock
 from fleetward.services.config import WatchdogSettings
 from fleetward.services.db import q
 from fleetward.services.jetstream.consumer import EPOCH
 from fleetward.services.jetstream.follower import StreamFollower
 from fleetward.services.runtime.connect import Runtime
+from fleetward.services.signals import Signal, Signals
 from fleetward.services.watchdog.core.detectors import TaskRow
 from fleetward.services.watchdog.core.incidents import Plan
 from fleetward.services.watchdog.core.judge import CHECKPOINTS, Judge
@@ -57,25 +60,46 @@ def micros(when: datetime) -> int:
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
+class WatchdogSignals(Signals):
+    """What a watchdog announces (services/signals.py), for tests to wait on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # a round of the judging loop ended, connected or not: its "now" (clock seconds)
+        self.ticked: Signal[float] = Signal(self, "ticked")
+        # the judge ran in that round (NATS connected; in grace it judges no one): its "now"
+        self.judged: Signal[float] = Signal(self, "judged")
+        # the publisher finished a plan (stored, found done already, or dropped): its key
+        self.published: Signal[str] = Signal(self, "published")
+
+
 class Watchdog:
+    """One watchdog replica: reads the projections once, follows the streams, judges every
+    ``tick_s`` seconds (sooner when a deadline is due) by ``clock``, and publishes its plans.
+    ``signals`` announce each round, each judgement and each plan published."""
+
     def __init__(
         self,
         rt: Runtime,
         settings: WatchdogSettings | None = None,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         tick_s: float = 0.05,
         name: str = "watchdog",
     ) -> None:
         self.rt = rt
         self.settings = settings or rt.settings.watchdog
         self.clock, self.tick_s, self.name = clock, tick_s, name
+        self.signals = WatchdogSignals()
         self.judge = Judge(self.settings)
         self.publisher = Publisher(
-            rt.js, on_stored=self._stored, on_closed=self.judge.found_resolved, clock=clock
+            rt.js,
+            on_stored=self._stored,
+            on_closed=self.judge.found_resolved,
+            on_done=self.signals.published.emit,
+            clock=clock.now,
         )
         self.followers: list[StreamFollower] = []  # heartbeats, agents + tasks, escalations
-        self.last_tick = 0.0  # the "now" of the last judgement (tests wait on it)
         self.rejected = 0
         self._send: MemoryObjectSendStream[Plan] | None = None
         self._reconnects = 0
@@ -85,7 +109,7 @@ class Watchdog:
 
     async def load(self) -> None:
         """Read the projections' state in one snapshot, with their checkpoints."""
-        judge, now = self.judge, self.clock()
+        judge, now = self.judge, self.clock.now()
         async with (
             self.rt.pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
@@ -133,7 +157,7 @@ class Watchdog:
             metrics.WATCHDOG_REJECTED.labels(HEARTBEATS.name).inc()
             return
         task = getattr(beat, "task", None)
-        self._plan(self.judge.heartbeat(agent, seq, ns, self.clock(), task))
+        self._plan(self.judge.heartbeat(agent, seq, ns, self.clock.now(), task))
 
     def _on_event(self, subject: str, data: bytes, seq: int, ns: int) -> None:
         try:
@@ -143,7 +167,7 @@ class Watchdog:
             metrics.WATCHDOG_REJECTED.labels(EVENTS_STREAM).inc()
             return
         kind = subject.split(".", 2)[1]
-        self._plan(self.judge.event(kind, event, seq, ns, self.clock()))
+        self._plan(self.judge.event(kind, event, seq, ns, self.clock.now()))
 
     def _plan(self, plans: list[Plan]) -> None:
         assert self._send is not None
@@ -183,7 +207,7 @@ class Watchdog:
             StreamFollower(rt.nc, rt.js, EVENTS_STREAM, (wildcard("esc"),), self._on_event,
                            start_seq=marks["esc"] + 1, name=follower_prefix(f"{name}_esc")),
         ]  # fmt: skip
-        self.judge.enter_grace(self.clock())
+        self.judge.enter_grace(self.clock.now())
         self._reconnects = rt.nc.stats["reconnects"]
         send, receive = anyio.create_memory_object_stream[Plan](math.inf)
         self._send = send
@@ -222,7 +246,7 @@ class Watchdog:
         judge, nc = self.judge, self.rt.nc
         gauges_at = 0.0
         while not stopping():
-            now = self.clock()
+            now = self.clock.now()
             self._watch_connection(now)
             if not judge.ready and self.caught_up():
                 judge.ready = True
@@ -230,13 +254,14 @@ class Watchdog:
                 self._plan(judge.reconcile(now))
             if nc.is_connected:
                 self._plan(judge.tick(now))
-                self.last_tick = now
+                self.signals.judged.emit(now)
             if now - gauges_at >= 0.5:
                 gauges_at = now
                 self._gauges(now)
             nxt = judge.next_due() if judge.judging(now) else None
             wait = self.tick_s if nxt is None else min(self.tick_s, max(nxt - now, 0.005))
-            await anyio.sleep(wait)
+            self.signals.ticked.emit(now)
+            await self.clock.sleep(wait)
 
     def _watch_connection(self, now: float) -> None:
         """Grace while disconnected or re-reading, and for one period after: the agents need as

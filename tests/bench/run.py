@@ -52,13 +52,8 @@ from fleetward.schemas.subjects import subject_of
 from fleetward.services.config import Settings
 from fleetward.services.db import q
 from fleetward.services.jetstream.consumer import PullConsumer, recreate_consumer
-from fleetward.services.projector.runner import (
-    by_stream,
-    consumer_filter,
-    durable_name,
-    rebuild,
-    reset,
-)
+from fleetward.services.projector.consumers import by_stream, consumer_filter, durable_name
+from fleetward.services.projector.rebuild import rebuild, reset
 from fleetward.services.runtime.connect import Runtime, open_runtime
 from tests.bench.claims import run_claims_bench
 from tests.bench.kit import ProcessWatch, percentile

@@ -14,7 +14,8 @@ from nats.js.errors import NotFoundError
 from fleetward.projections import ALL
 from fleetward.schemas import Event
 from fleetward.services.jetstream.publish import publish_many
-from fleetward.services.projector.runner import rebuild, runner_durable
+from fleetward.services.projector.consumers import runner_durable
+from fleetward.services.projector.rebuild import rebuild
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.simulate import Fleet
 from tests.helpers import now, snapshot, wait_for

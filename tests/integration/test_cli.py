@@ -29,7 +29,7 @@ from nats.js.errors import NotFoundError
 
 from fleetward import projections
 from fleetward.services.jetstream.publish import publish_many
-from fleetward.services.projector.runner import by_stream, consumer_filter, runner_durable
+from fleetward.services.projector.consumers import by_stream, consumer_filter, runner_durable
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.simulate import Fleet
 from tests.helpers import now, project_all, wait_for

@@ -15,10 +15,11 @@ from fleetward.schemas.events import AgentRegistered, Heartbeat, SpendRecorded, 
 from fleetward.services import metrics
 from fleetward.services.jetstream.consumer import recreate_consumer
 from fleetward.services.jetstream.publish import encode, publish, publish_many
-from fleetward.services.projector.runner import ProjectionRunner, catch_up, rebuild, reset
+from fleetward.services.projector.rebuild import catch_up, rebuild, reset
+from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.simulate import Fleet
-from tests.helpers import envelope, now, project_all, run_to_end, snapshot, wait_for
+from tests.helpers import envelope, now, project_all, run_to_end, snapshot
 
 
 def spend(agent: str, cost: float, event_id: str | None = None) -> SpendRecorded:
@@ -163,13 +164,6 @@ async def test_one_runner_feeds_several_projections_each_its_own_subjects(rt: Ru
     assert await snapshot(rt, group) == live
 
 
-def commits(projection: str) -> float:
-    return (
-        metrics.REGISTRY.get_sample_value("fleetward_batch_size_count", {"projection": projection})
-        or 0.0
-    )
-
-
 async def test_far_behind_the_stream_windows_span_many_batches_with_the_same_rows(
     rt: Runtime,
 ) -> None:
@@ -178,11 +172,12 @@ async def test_far_behind_the_stream_windows_span_many_batches_with_the_same_row
     await publish_many(rt.js, await fleet_events(30, 40))  # type: ignore[arg-type]
     await anyio.sleep(0.5)  # every event is now older than the runner's window time
     runner = ProjectionRunner(rt, BY_NAME["utilization"], batch_size=20, window_seconds=0.3)
-    before = commits("utilization")
-    await run_to_end(runner)
-    heartbeats = (await rt.js.stream_info("FW_HEARTBEATS")).state.messages
-    assert heartbeats > 200
-    assert commits("utilization") - before < heartbeats / 20 / 2  # not one commit per batch
+    with runner.signals.committed.recording() as commits:
+        await run_to_end(runner)
+    stored = (await rt.js.stream_info("FW_HEARTBEATS")).state
+    assert stored.messages > 200
+    assert commits[-1] == ("utilization", stored.last_seq)
+    assert len(commits) < stored.messages / 20 / 2  # not one commit per batch
     windowed = await snapshot(rt, (BY_NAME["utilization"],))
     batched = ProjectionRunner(rt, BY_NAME["utilization"], batch_size=20, window_size=20)
     await reset(rt, BY_NAME["utilization"])
@@ -221,39 +216,30 @@ async def test_a_second_writer_beside_a_running_projector_ends_identical(rt: Run
     group = tuple(p for p in ALL if p.stream == "FW_EVENTS")
     projection = BY_NAME["tasks"]
     live = ProjectionRunner(rt, *group, batch_size=50)
+    signals = live.signals
     stop = anyio.Event()
-    resyncs = metrics.RESYNCS.labels("agents")._value.get()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(live.run, stop.is_set)
-        await wait_for(lambda: _checkpoint_at_least(rt, "tasks", 1), what="live runner starts")
-        moved = metrics.RESYNCS.labels("tasks")._value.get()
-        await reset(rt, projection)  # a second writer moves the checkpoint under the live runner
-        await publish_many(rt.js, events[half:])  # type: ignore[arg-type]
-        await wait_for(
-            lambda: _true(metrics.RESYNCS.labels("tasks")._value.get() > moved),
-            what="the live runner to find the tasks checkpoint moved",
-        )
-        last = (await rt.js.stream_info("FW_EVENTS")).state.last_seq
-        for p in group:
-            await wait_for(lambda p=p: _checkpoint_at_least(rt, p.name, last), what="catch up")
-        stop.set()
-    assert metrics.RESYNCS.labels("agents")._value.get() == resyncs  # only tasks re-positioned
+    with signals.resynced.recording() as resynced:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(live.run, stop.is_set)
+            await signals.wait_for(lambda: live.checkpoint >= 1, what="the live runner to commit")
+            before = signals.resynced.count
+            await reset(rt, projection)  # a second writer moves the checkpoint under the runner
+            await publish_many(rt.js, events[half:])  # type: ignore[arg-type]
+            await signals.wait_for(
+                lambda: signals.resynced.count > before,
+                what="the live runner to find the tasks checkpoint moved",
+            )
+            last = (await rt.js.stream_info("FW_EVENTS")).state.last_seq
+            await signals.wait_for(lambda: live.checkpoint >= last, what="the runner to catch up")
+            stop.set()
+    assert set(resynced) == {("tasks",)}  # only tasks re-positioned
+    async with rt.pool.acquire() as conn:  # what the runner knows is what the database holds
+        stored = dict(await conn.fetch("SELECT projection, checkpoint FROM fleet.projections"))
+    assert {p.name: stored[p.name] for p in group} == dict.fromkeys((p.name for p in group), last)
     together = await snapshot(rt, group)
     for p in group:
         await rebuild(rt, p)
     assert await snapshot(rt, group) == together
-
-
-async def _true(value: bool) -> bool:
-    return value
-
-
-async def _checkpoint_at_least(rt: Runtime, name: str, seq: int) -> bool:
-    async with rt.pool.acquire() as conn:
-        value = await conn.fetchval(
-            "SELECT checkpoint FROM fleet.projections WHERE projection = $1", name
-        )
-    return value is not None and value >= seq
 
 
 async def test_events_reach_the_public_views(rt: Runtime) -> None:

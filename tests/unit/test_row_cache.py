@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fleetward.projections.base import Rows, Table
-from fleetward.services.projector.runner import RowCache
+from fleetward.services.projector.cache import RowCache
 
 CURRENT = Table("t.current", ("k",), ("text",), ("k", "v"))
 FINISHED = Table("t.finished", ("k",), ("text",), ("k", "v"), write_only=True)

@@ -1,0 +1,137 @@
+"""Windows: the batches a runner folds between two commits.
+
+A batch is admitted once per runner (``admit_batch``: schemas.admission; a refused event becomes
+a dead letter), then folded into each projection's open window (``prepare``): deliveries at or
+below the window's last sequence, and event ids repeated within the window, are skipped; the
+rows the events touch are loaded (cache.py); the events are folded in stream order (pure).
+Nothing is written here: commit.py writes a window.
+
+Near the head of the stream a window is one batch, committed as soon as it is folded. Far
+behind (catching up, a rebuild), a window grows to ``window_size`` events or
+``window_seconds``, so a row many of its events change is written once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from fleetward.projections import Meta, Projection, Rows
+from fleetward.schemas import Event, Rejected, admit, type_name
+from fleetward.services.db import Conn
+from fleetward.services.jetstream.consumer import Delivery
+from fleetward.services.projector.cache import RowCache, load_rows
+
+PROJECTION_ERROR = "projection_error"  # a valid event the fold could not apply (a bug of ours)
+
+M = TypeVar("M", bound=Meta)
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What a window did, for the metrics: events applied and dead-lettered (by event type and
+    by reason), and deliveries skipped (redelivered, or a repeated event id)."""
+
+    applied: Counter[str] = field(default_factory=Counter)
+    dead: Counter[str] = field(default_factory=Counter)
+    skipped: int = 0
+
+
+@dataclass(slots=True)
+class Window:
+    """The batches folded since the last commit, committed together (one transaction) on top of
+    checkpoint ``expected``. While far behind the stream, a window spans many batches so that
+    each row is written once however many of its events it holds; near the head it holds one."""
+
+    expected: int
+    rows: Rows
+    last: int  # the checkpoint after this window
+    opened: float  # time.monotonic() of its first batch
+    tail: Delivery | None = None  # its last delivery: acknowledged (AckAll) after the commit
+    events: int = 0  # deliveries taken, skipped ones included
+    dead: list[tuple[Delivery, str, str]] = field(default_factory=list)
+    result: BatchResult = field(default_factory=BatchResult)
+    seen: set[str] = field(default_factory=set)  # event ids, to drop repeats within the window
+
+
+def open_window(expected: int, cache: RowCache) -> Window:
+    """An empty window on checkpoint ``expected``, folding on the rows ``cache`` holds."""
+    return Window(expected, Rows(base=cache.tables), expected, time.monotonic())
+
+
+Admitted = list[tuple[Delivery, Event | Rejected]]
+"""A batch with each delivery's event, or why it was refused (admitted once per runner)."""
+
+
+def admit_batch(batch: list[Delivery]) -> Admitted:
+    """Each delivery of ``batch`` with its admitted event, or the ``Rejected`` that refused it."""
+    out: Admitted = []
+    for d in batch:
+        try:
+            out.append((d, admit(d.subject, d.data)))
+        except Rejected as r:
+            out.append((d, r))
+    return out
+
+
+def fold(
+    projection: Projection, items: list[tuple[Event, M]], rows: Rows
+) -> list[tuple[Event, M, str, str]]:
+    """Apply events in order; returns the ones the fold refused as (event, meta, reason,
+    detail)."""
+    failed = []
+    apply = projection.apply
+    for event, meta in items:
+        try:
+            apply(rows, event, meta)
+        except Exception as exc:  # one bad event must not stop the projection
+            failed.append((event, meta, PROJECTION_ERROR, f"{type(exc).__name__}: {exc}"))
+    return failed
+
+
+async def prepare(
+    conn: Conn,
+    projection: Projection,
+    admitted: Admitted,
+    window: Window,
+    *,
+    cache: RowCache | None = None,
+    reads: Callable[[str], bool] | None = None,
+) -> Window:
+    """Fold an admitted batch into ``window``: the deliveries on subjects the projection
+    ``reads`` (all when None) and past the window's last sequence. Reads rows only."""
+    result, dead, seen = window.result, window.dead, window.seen
+    items: list[tuple[Event, Delivery]] = []
+    last = window.last
+    for d, event in admitted:
+        if d.seq <= last:
+            result.skipped += 1  # applied before (a redelivery)
+            continue
+        last = d.seq
+        if reads is not None and not reads(d.subject):
+            continue  # another projection's subject (see consumer_filter)
+        if isinstance(event, Rejected):
+            dead.append((d, event.reason, event.detail))
+            result.dead[event.reason] += 1
+            continue
+        if event.id in seen:
+            result.skipped += 1
+            continue
+        seen.add(event.id)
+        items.append((event, d))
+    window.last = last
+    window.events += len(admitted)
+    window.tail = admitted[-1][0]
+    await load_rows(conn, projection, items, window.rows, cache)
+    applied = Counter(type(event) for event, _ in items)
+    for event, d, reason, detail in fold(projection, items, window.rows):
+        dead.append((d, reason, detail))
+        applied[type(event)] -= 1
+        result.dead[reason] += 1
+    for type_, n in applied.items():
+        if n:
+            result.applied[type_name(type_)] += n
+    return window
