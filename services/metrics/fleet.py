@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, get_args
+from typing import TYPE_CHECKING, Final, get_args
 
 import anyio
 import asyncpg
@@ -27,7 +27,9 @@ from fleetward.services.db import q
 from fleetward.services.jetstream.follower import StreamFollower
 from fleetward.services.metrics import POSTGRES_ERRORS, REGISTRY, is_postgres_error
 from fleetward.services.metrics.budgets import TeamBudget, team_budgets, window_start
-from fleetward.services.runtime.connect import Runtime
+
+if TYPE_CHECKING:  # annotations only: the runtime counts reconnects with metrics, not the reverse
+    from fleetward.services.runtime.connect import Runtime
 
 log = logging.getLogger("fleetward.metrics")
 

@@ -102,7 +102,7 @@ def test_the_sdk_imports_with_the_base_dependencies_alone(wheel: Path, tmp_path:
                 link.symlink_to(path)
     probe = (
         "import sys\n"
-        "from fleetward.services.client.agent import AgentClient, FleetClient\n"
+        "from fleetward.services.client import AgentClient, FleetClient\n"
         "import fleetward.schemas.contract\n"
         f"loaded = [m for m in {SERVER_MODULES!r} if m in sys.modules]\n"
         "assert not loaded, loaded\n"
