@@ -2,6 +2,6 @@
 
 import sys
 
-from fleetward.services.cli.main import main
+from fleetward.services.cli.entry import main
 
 sys.exit(main())

@@ -122,3 +122,14 @@ def test_the_sdk_imports_with_the_base_dependencies_alone(wheel: Path, tmp_path:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("sdk ok;")
+
+    # the operator CLI is in the wheel too, but needs the server extra: it says so in one line
+    cli = subprocess.run(
+        [sys.executable, "-S", "-m", "fleetward.services.cli", "status"],
+        check=False, env=env, cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert cli.returncode == 2, cli.stderr
+    assert cli.stderr.splitlines() == [
+        "fleetward: error: the CLI needs the control plane (asyncpg is missing): "
+        "pip install 'fleetward[server]'"
+    ]
