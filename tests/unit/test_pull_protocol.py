@@ -1,14 +1,20 @@
-"""The pull protocol without a server: reply subjects, and the statuses nats-server sends to a
-pull request (as nats-py reads their wire bytes). The replies are real ``nats.aio.msg.Msg``
-objects."""
+"""The pull protocol without a server: reply subjects, the statuses nats-server sends to a pull
+request (as nats-py reads their wire bytes), and how the Puller and the durable consumer react
+to each. The replies are real ``nats.aio.msg.Msg`` objects; the Pullers here are never opened,
+so they make no request (``refill()`` needs an open inbox)."""
 
 from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
 
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from fleetward.services.jetstream.consumer import PullConsumer
 from fleetward.services.jetstream.protocol import Status, classify, parse_ack_reply, status_of
+from fleetward.services.jetstream.puller import LOST_AFTER, Puller
 
 NC = Client()  # never connected: builds messages and parses headers only
 NS = 1_700_000_000_123_456_789
@@ -17,6 +23,10 @@ NS = 1_700_000_000_123_456_789
 def ack(seq: int, cseq: int, pending: int = 0) -> str:
     """A v1 ack subject, as nats-server v2.15 writes it by default (ADR-15)."""
     return f"$JS.ACK.S.c.1.{seq}.{cseq}.{NS}.{pending}"
+
+
+def message(seq: int, cseq: int, pending: int = 0, subject: str = "fw.hb.a1") -> Msg:
+    return Msg(NC, subject=subject, reply=ack(seq, cseq, pending), data=b"{}")
 
 
 async def status(wire: str) -> Msg:
@@ -88,3 +98,106 @@ def test_a_stream_message_is_no_status_even_with_headers_and_no_data() -> None:
 def test_a_reply_without_status_or_headers_ends_the_request() -> None:
     assert status_of(None) is Status.ENDED
     assert classify(Msg(NC, subject="_INBOX.x")) is Status.ENDED
+
+
+# ---- the Puller's bookkeeping ----------------------------------------------------------------
+
+
+class Recorder:
+    """A Reader that keeps what it was told."""
+
+    def __init__(self, ask_again: bool = True) -> None:
+        self.messages: list[Msg] = []
+        self.statuses: list[Status] = []
+        self.ask_again = ask_again
+
+    def on_message(self, msg: Msg) -> None:
+        self.messages.append(msg)
+
+    def on_status(self, status: Status) -> bool:
+        self.statuses.append(status)
+        return self.ask_again
+
+    def wants_more(self) -> bool:
+        return True
+
+
+def puller(reader: Recorder | PullConsumer, batch: int = 3) -> Puller:
+    return Puller(NC, "S", "c", reader, batch=batch, expires=1.0, queue_limit=100)
+
+
+async def test_messages_use_up_the_credit_and_statuses_end_the_request() -> None:
+    reader = Recorder()
+    pulls = puller(reader)
+    pulls.credit = 3
+    await pulls.receive(message(1, 1, pending=5))
+    await pulls.receive(await status(HEARTBEAT))  # alive: changes nothing
+    assert (pulls.credit, len(reader.messages), reader.statuses) == (2, 1, [])
+    await pulls.receive(await status(TIMEOUT))
+    assert (pulls.credit, reader.statuses) == (0, [Status.DONE])
+
+
+async def test_the_credit_never_goes_below_zero() -> None:
+    pulls = puller(Recorder())
+    await pulls.receive(message(1, 1))  # from a request taken as lost
+    assert pulls.credit == 0
+
+
+def test_a_request_past_its_expiry_and_the_margin_is_taken_as_lost() -> None:
+    pulls = puller(Recorder())
+    pulls.credit, pulls.requested_at = 3, time.monotonic() - (1.0 + LOST_AFTER - 0.5)
+    pulls.forget_lost()
+    assert pulls.credit == 3  # not yet
+    pulls.requested_at = time.monotonic() - (1.0 + LOST_AFTER + 0.5)
+    pulls.forget_lost()
+    assert pulls.credit == 0
+
+
+# ---- the durable consumer --------------------------------------------------------------------
+
+
+def consumer() -> PullConsumer:
+    return PullConsumer(NC, "S", "c", batch=10, expires=1.0)
+
+
+async def test_the_consumer_buffers_messages_as_deliveries() -> None:
+    c = consumer()
+    await puller(c).receive(message(42, 7, pending=0, subject="fw.agent.a1"))
+    [d] = await c.next_batch(10, wait=0.1)
+    assert (d.seq, d.subject, d.data, d.pending) == (42, "fw.agent.a1", b"{}", 0)
+    assert d.time == datetime(2023, 11, 14, 22, 13, 20, 123456, tzinfo=UTC)  # NS, to the µs
+    assert d.reply == ack(42, 7)
+
+
+async def test_the_consumer_is_gone_when_the_server_deleted_it() -> None:
+    c = consumer()
+    await puller(c).receive(await status(DELETED))
+    assert c.gone
+    assert not c.wants_more()  # no request is made any more
+
+
+@pytest.mark.parametrize("wire", [NO_MESSAGES, TIMEOUT, LEADER, "NATS/1.0 409 Exceeded MaxWaiting"])
+async def test_the_consumer_asks_again_at_once_when_a_request_ends(wire: str) -> None:
+    c = consumer()
+    s = classify(await status(wire))
+    assert s is not None
+    assert c.on_status(s) and c.wants_more() and not c.gone
+
+
+async def test_the_consumer_asks_again_after_a_503_only_at_its_next_read() -> None:
+    """503: nobody serves the pull subject (JetStream away, or the consumer missing). Asking
+    again from the callback would loop with the server as fast as it answers."""
+    c = consumer()
+    assert c.on_status(Status.UNAVAILABLE) is False
+    assert not c.gone and c.wants_more()
+
+
+async def test_the_consumer_stops_asking_while_its_buffer_is_full() -> None:
+    c = PullConsumer(NC, "S", "c", batch=2, expires=1.0)
+    pulls = puller(c)
+    await pulls.receive(message(1, 1, pending=1))
+    assert c.wants_more()
+    await pulls.receive(message(2, 2))
+    assert not c.wants_more()
+    assert [d.seq for d in await c.next_batch(2, wait=0.1)] == [1, 2]
+    assert c.wants_more()
