@@ -1,12 +1,15 @@
-"""The pull protocol against a real nats-server: the durable consumer when a request expires
-and when its consumer is deleted under it."""
+"""The pull protocol against a real nats-server: the durable consumer and the ordered follower
+when a request expires and when their consumer is deleted under them."""
 
 from __future__ import annotations
 
 import time
 
+import anyio
+
 from fleetward.schemas.streams import HEARTBEATS_STREAM
 from fleetward.services.jetstream.consumer import PullConsumer, recreate_consumer
+from fleetward.services.jetstream.follower import StreamFollower
 from fleetward.services.runtime.connect import Runtime
 from tests.helpers import wait_for
 
@@ -76,3 +79,37 @@ async def test_a_consumer_deleted_with_no_request_open_is_asked_once_per_read(
 
 async def _one_buffered(consumer: PullConsumer) -> bool:
     return not consumer.wants_more()  # batch 1: the buffer holds one delivery
+
+
+async def test_the_follower_recreates_a_deleted_consumer_and_goes_on_in_order(
+    rt: Runtime,
+) -> None:
+    seen: list[int] = []
+
+    def handle(subject: str, data: bytes, seq: int, ns: int) -> None:
+        seen.append(seq)
+
+    follower = StreamFollower(rt.nc, rt.js, HEARTBEATS_STREAM, HB, handle, start_seq=1,
+                              expires=30.0, name="fw_test_follow")  # fmt: skip
+
+    async def seen_up_to(n: int) -> bool:
+        return seen == list(range(1, n + 1))
+
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(follower.run, stop.is_set)
+        for i in range(3):
+            await rt.js.publish(f"fw.hb.a{i}", b"{}")
+        await wait_for(lambda: seen_up_to(3), 10, "the first three messages")
+        [info] = await rt.js.consumers_info(HEARTBEATS_STREAM)
+        await rt.js.delete_consumer(HEARTBEATS_STREAM, info.name)
+
+        async def restarted() -> bool:
+            return follower.restarts == 1 and follower.wants_more()
+
+        await wait_for(restarted, 10, "the follower to re-create its consumer")
+        for i in range(3, 5):
+            await rt.js.publish(f"fw.hb.a{i}", b"{}")
+        await wait_for(lambda: seen_up_to(5), 10, "the next two messages, once each")
+        stop.set()
+    assert follower.restarts == 1

@@ -1,7 +1,7 @@
 """The pull protocol without a server: reply subjects, the statuses nats-server sends to a pull
-request (as nats-py reads their wire bytes), and how the Puller and the durable consumer react
-to each. The replies are real ``nats.aio.msg.Msg`` objects; the Pullers here are never opened,
-so they make no request (``refill()`` needs an open inbox)."""
+request (as nats-py reads their wire bytes), and how the Puller, the durable consumer and the
+ordered follower react to each. The replies are real ``nats.aio.msg.Msg`` objects; the Pullers
+here are never opened, so they make no request (``refill()`` needs an open inbox)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from fleetward.services.jetstream.consumer import PullConsumer
+from fleetward.services.jetstream.follower import StreamFollower
 from fleetward.services.jetstream.protocol import Status, classify, parse_ack_reply, status_of
 from fleetward.services.jetstream.puller import LOST_AFTER, Puller
 
@@ -122,7 +123,7 @@ class Recorder:
         return True
 
 
-def puller(reader: Recorder | PullConsumer, batch: int = 3) -> Puller:
+def puller(reader: Recorder | PullConsumer | StreamFollower, batch: int = 3) -> Puller:
     return Puller(NC, "S", "c", reader, batch=batch, expires=1.0, queue_limit=100)
 
 
@@ -201,3 +202,63 @@ async def test_the_consumer_stops_asking_while_its_buffer_is_full() -> None:
     assert not c.wants_more()
     assert [d.seq for d in await c.next_batch(2, wait=0.1)] == [1, 2]
     assert c.wants_more()
+
+
+# ---- the ordered follower --------------------------------------------------------------------
+
+
+def follower() -> tuple[StreamFollower, list[tuple[str, int, int]]]:
+    seen: list[tuple[str, int, int]] = []
+
+    def handle(subject: str, data: bytes, seq: int, ns: int) -> None:
+        seen.append((subject, seq, ns))
+
+    return StreamFollower(NC, NC.jetstream(), "S", ("fw.hb.>",), handle, start_seq=1), seen
+
+
+async def test_the_follower_hands_over_messages_in_order_until_caught_up() -> None:
+    f, seen = follower()
+    pulls = puller(f)
+    await pulls.receive(message(10, 1, pending=1))
+    assert not f.caught_up
+    await pulls.receive(message(12, 2, pending=0))
+    assert seen == [("fw.hb.a1", 10, NS), ("fw.hb.a1", 12, NS)]
+    assert (f.last_seq, f.delivered, f.caught_up, f.restarts) == (12, 2, True, 0)
+
+
+async def test_the_follower_restarts_after_the_last_message_on_a_consumer_sequence_gap() -> None:
+    f, seen = follower()
+    pulls = puller(f)
+    await pulls.receive(message(10, 1, pending=5))
+    await pulls.receive(message(14, 3, pending=3))  # consumer sequence 2 went missing
+    await pulls.receive(message(15, 4, pending=2))  # nothing more is handed over
+    assert [seq for _, seq, _ in seen] == [10]
+    assert (f.restarts, f.last_seq, f.wants_more()) == (1, 10, False)
+
+
+@pytest.mark.parametrize("wire", [DELETED, UNAVAILABLE])
+async def test_the_follower_restarts_when_its_consumer_is_gone_or_jetstream_is_away(
+    wire: str,
+) -> None:
+    f, _ = follower()
+    await puller(f).receive(await status(wire))
+    assert (f.restarts, f.wants_more(), f.caught_up) == (1, False, False)
+
+
+async def test_the_follower_is_caught_up_when_a_request_ends_with_nothing_more() -> None:
+    f, _ = follower()
+    for wire in (NO_MESSAGES, TIMEOUT):
+        s = classify(await status(wire))
+        assert s is not None
+        f.caught_up = False
+        assert f.on_status(s) is True  # ask again at once
+        assert f.caught_up and f.restarts == 0
+
+
+async def test_the_follower_leaves_other_ends_to_its_supervision_loop() -> None:
+    f, _ = follower()
+    pulls = puller(f)
+    pulls.credit = 3
+    await pulls.receive(await status(LEADER))
+    await pulls.receive(await status(HEARTBEAT))
+    assert (pulls.credit, f.restarts, f.caught_up, f.wants_more()) == (0, 0, False, True)
