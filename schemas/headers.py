@@ -24,6 +24,7 @@ REQUEST_TIMEOUT: Final = "408"  # the request expired
 CONFLICT: Final = "409"  # the request ended: consumer deleted, leadership change, limits
 NO_RESPONDERS: Final = "503"  # JetStream did not answer
 CONSUMER_DELETED: Final = "Consumer Deleted"  # a 409's description when the consumer is gone
+CONSUMER_IS_PUSH_BASED: Final = "Consumer is push based"  # a 409's: it cannot be pulled from
 
 # ---- JetStream API errors ---------------------------------------------------------------------
 WRONG_LAST_SEQUENCE: Final = 10071  # err_code: Nats-Expected-Last-Subject-Sequence did not match

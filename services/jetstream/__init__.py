@@ -4,6 +4,7 @@ Invariants:
 - Every wire name (stream, subject, header, consumer name) comes from ``fleetward.schemas``.
 - Every publish of an event is idempotent: ``Nats-Msg-Id`` is the event id.
 - A pull request's status replies (100 heartbeat, 404/408 nothing more, 409 request or consumer
-  ended, 503 no JetStream) are interpreted in one place, for the durable consumer and the
-  ordered follower alike.
+  ended, 503 no JetStream) are interpreted in one place (protocol.py), and pull requests are
+  made and made again in one place (puller.py), for the durable consumer and the ordered
+  follower alike.
 """

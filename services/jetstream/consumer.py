@@ -1,10 +1,9 @@
 """A durable JetStream pull consumer, read the fast way.
 
-nats-py's ``fetch()`` builds a request and a subscription per call; here pull requests are
-published straight to ``$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`` and one plain
-subscription takes every reply. The stream sequence, time and pending count are read from the
-reply subject, so no per-message metadata objects are built. The consumer acks with AckAll: one
-ack on the last message of a committed batch acknowledges the whole batch.
+The pull requests are a ``Puller``'s (services/jetstream/puller.py): one plain subscription
+takes every reply, and the stream sequence, time and pending count are read from the reply
+subject, so no per-message metadata objects are built. The consumer acks with AckAll: one ack
+on the last message of a committed batch acknowledges the whole batch.
 """
 
 from __future__ import annotations
@@ -16,7 +15,6 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
@@ -24,8 +22,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from fleetward.projections.base import Meta
+from fleetward.services.jetstream.protocol import Status, parse_ack_reply
+from fleetward.services.jetstream.puller import Puller
 
-STATUS = "Status"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -39,15 +38,10 @@ class Delivery(Meta):
     pending: int  # messages left for this consumer after this one
 
 
-def parse_reply(reply: str) -> tuple[int, int, int]:
-    """(stream sequence, timestamp in ns, pending) from a JetStream ack subject (v1 or v2)."""
-    t = reply.split(".")
-    off = 2 if len(t) == 9 else 4  # v2 subjects carry a domain and an account hash
-    return int(t[off + 3]), int(t[off + 5]), int(t[off + 6])
-
-
 def to_delivery(msg: Msg) -> Delivery:
-    seq, ns, pending = parse_reply(msg.reply)
+    """The ``Delivery`` of a stream message (raises ``ValueError`` or ``IndexError`` when its
+    reply subject is not an ack subject)."""
+    seq, _, ns, pending = parse_ack_reply(msg.reply)
     when = EPOCH + timedelta(microseconds=ns // 1000)
     return Delivery(seq, when, msg.subject, msg.data, msg.reply, pending)
 
@@ -87,7 +81,12 @@ async def recreate_consumer(
 
 
 class PullConsumer:
-    """Keeps one pull request of ``batch`` messages open and buffers what arrives."""
+    """Keeps one pull request of ``batch`` messages open and buffers what arrives.
+
+    Statuses (services/jetstream/protocol.py): a request that ends (404, 408, a 409) is made
+    again at once while the buffer has room; ``409 Consumer Deleted`` sets ``gone`` and no
+    request is made any more; a 503 (JetStream away, or the consumer missing) is asked again at
+    the next ``next_batch()``, not in a loop with the server."""
 
     def __init__(
         self, nc: NatsClient, stream: str, durable: str, batch: int = 1000, expires: float = 5.0
@@ -96,48 +95,39 @@ class PullConsumer:
         self.batch, self.expires = batch, expires
         self._buffer: deque[Delivery] = deque()
         self._arrived = asyncio.Event()
-        self._outstanding = 0
-        self._requested_at = 0.0
-        self._subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}"
-        self._request = msgspec.json.encode({"batch": batch, "expires": int(expires * 1e9)})
-        self._inbox = ""
         self.gone = False  # the server says the consumer no longer exists
-
-    async def start(self) -> None:
-        self._inbox = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(
-            self._inbox,
-            cb=self._on_msg,
-            pending_msgs_limit=4 * self.batch + 100,
-            pending_bytes_limit=256 * 1024 * 1024,
+        self._pulls = Puller(
+            nc, stream, durable, self, batch=batch, expires=expires, queue_limit=4 * batch + 100
         )
 
-    async def stop(self) -> None:
-        await self._sub.unsubscribe()
+    async def start(self) -> None:
+        """Subscribe to the replies; the first ``next_batch()`` makes the first request."""
+        await self._pulls.open()
 
-    async def _on_msg(self, msg: Msg) -> None:
-        headers = msg.headers
-        if headers and STATUS in headers and not msg.data:
-            status = headers[STATUS]
-            if status == "409" and "Deleted" in headers.get("Description", ""):
-                self.gone = True
-            if status != "100":  # 404/408/409: this request is over
-                self._outstanding = 0
-                await self._refill()
-            self._arrived.set()
-            return
+    async def stop(self) -> None:
+        """Unsubscribe; what is buffered stays unread (and unacknowledged)."""
+        await self._pulls.close()
+
+    # ---- the Puller's Reader (services/jetstream/puller.py) ----------------------------------
+
+    def on_message(self, msg: Msg) -> None:
+        """Buffer ``msg`` as a ``Delivery`` and wake a waiting ``next_batch()``."""
         self._buffer.append(to_delivery(msg))
-        self._outstanding -= 1
-        if self._outstanding <= 0:
-            self._outstanding = 0
-            await self._refill()
         self._arrived.set()
 
-    async def _refill(self) -> None:
-        if self._outstanding == 0 and len(self._buffer) < self.batch and not self.gone:
-            self._outstanding = self.batch
-            self._requested_at = time.monotonic()
-            await self.nc.publish(self._subject, self._request, reply=self._inbox)
+    def on_status(self, status: Status) -> bool:
+        """Ask again at once after 404, 408 and 409s (while ``wants_more()``); set ``gone`` on
+        409 Consumer Deleted; after a 503 wait for the next read (no loop with the server)."""
+        if status is Status.UNAVAILABLE:
+            return False  # nor wake a reader: it asks again at its next call
+        if status is Status.CONSUMER_GONE:
+            self.gone = True
+        self._arrived.set()  # a waiting reader goes on waiting (or sees ``gone``)
+        return True
+
+    def wants_more(self) -> bool:
+        """Ask for more while the buffer has room for a batch and the consumer exists."""
+        return len(self._buffer) < self.batch and not self.gone
 
     async def next_batch(
         self, max_items: int, wait: float = 1.0, linger: float = 0.05
@@ -146,15 +136,14 @@ class PullConsumer:
 
         While the server says more messages are pending (catching up), wait up to ``linger``
         for a full batch; when nothing is pending (live), return what is there at once."""
-        if self._outstanding and time.monotonic() - self._requested_at > self.expires + 2:
-            self._outstanding = 0  # the request was lost (a reconnect): ask again
+        self._pulls.forget_lost()  # a request lost in a reconnect: ask again
         until = time.monotonic() + wait
         while not self._buffer:  # status messages (a request expired) wake us too: go on waiting
             left = until - time.monotonic()
             if left <= 0:
                 return []
             self._arrived.clear()
-            await self._refill()
+            await self._pulls.refill()
             try:
                 await asyncio.wait_for(self._arrived.wait(), left)
             except TimeoutError:
@@ -166,12 +155,12 @@ class PullConsumer:
             and (left := deadline - time.monotonic()) > 0
         ):
             self._arrived.clear()
-            await self._refill()
+            await self._pulls.refill()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), left)
         n = min(max_items, len(self._buffer))
         out = [self._buffer.popleft() for _ in range(n)]
-        await self._refill()
+        await self._pulls.refill()
         return out
 
     async def ack(self, delivery: Delivery) -> None:

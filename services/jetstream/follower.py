@@ -1,33 +1,33 @@
 """Following a stream in order, for state that is rebuilt at every start (the watchdog's).
 
-An ephemeral pull consumer with no acknowledgements (AckPolicy NONE, memory storage): pull
-requests are published straight to ``$JS.API.CONSUMER.MSG.NEXT`` (as
-services/jetstream/consumer.py does) and every message is handed to a callback as (subject,
-data, stream sequence, stream time in ns), read from the
-reply subject without building metadata objects.
+An ephemeral pull consumer with no acknowledgements (AckPolicy NONE, memory storage), read
+through a ``Puller`` (services/jetstream/puller.py) as services/jetstream/consumer.py reads its
+durable: every message is handed to a callback as (subject, data, stream sequence, stream time
+in ns), read from the reply subject without building metadata objects.
 
-It is an ordered consumer: a gap in the consumer sequence, a deleted consumer, a lost request or
-an unavailable JetStream make the reader re-create its consumer right after the last stream
-sequence it handed over; or, for a stream where only each subject's last message matters
-(heartbeats), from each subject's last message again. ``restarts`` counts the re-creations, so
-the owner can tell that it may have missed messages while they lasted.
+It is an ordered consumer: a gap in the consumer sequence, a deleted consumer, an unavailable
+JetStream (a 503) or a reconnect make the reader re-create its consumer right after the last
+stream sequence it handed over (a request lost on the way is only made again); or, for a stream
+where only each subject's last message matters (heartbeats), from each subject's last message
+again. ``restarts`` counts the re-creations, so the owner can tell that it may have missed
+messages while they lasted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
 import anyio
-import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from fleetward.services.jetstream.protocol import Status, parse_ack_reply
+from fleetward.services.jetstream.puller import Puller
 
 log = logging.getLogger("fleetward.follow")
 
@@ -35,6 +35,10 @@ Handler = Callable[[str, bytes, int, int], None]  # subject, data, stream seq, s
 
 
 class StreamFollower:
+    """Hands every message of ``subjects`` in ``stream`` to ``handler`` in stream order, from
+    ``start_seq`` on (None: each subject's last message, then new ones), re-creating its
+    ephemeral consumer whenever the order may be broken. ``run()`` drives it."""
+
     def __init__(
         self,
         nc: NatsClient,
@@ -60,13 +64,8 @@ class StreamFollower:
         self.failures = 0  # handler errors
         self._consumer = ""
         self._cseq = 0
-        self._credit = 0
-        self._requested_at = 0.0
         self._broken = False  # re-create the consumer
-        self._sub: Subscription | None = None
-        self._request = msgspec.json.encode({"batch": batch, "expires": int(expires * 1e9)})
-        self._pull = ""
-        self._inbox = ""
+        self._pulls: Puller | None = None  # the current consumer's requests
 
     def reset(self) -> None:
         """Re-create the consumer at the next chance."""
@@ -81,7 +80,7 @@ class StreamFollower:
                 if self.nc.stats["reconnects"] != reconnects:  # the consumer may be gone
                     reconnects = self.nc.stats["reconnects"]
                     self._restart("reconnected to NATS")
-                if self._broken or self._sub is None:
+                if self._broken or self._pulls is None:
                     try:
                         await self._open()
                         delay = 0.1
@@ -90,15 +89,16 @@ class StreamFollower:
                         await anyio.sleep(delay)
                         delay = min(delay * 2, 2.0)
                         continue
-                elif not self._credit or time.monotonic() - self._requested_at > self.expires + 1.5:
-                    await self._ask()  # no request open, or it was lost (a reconnect)
+                else:  # no request open (one ended with a 409), or it was lost (a reconnect)
+                    self._pulls.forget_lost()
+                    await self._pulls.refill()
                 await anyio.sleep(0.05)
         finally:
             await self._close()
 
     async def _open(self) -> None:
         await self._close()
-        self._broken, self._cseq, self._credit = False, 0, 0
+        self._broken, self._cseq = False, 0
         start: dict[str, Any]
         if self.per_subject:
             start = {"deliver_policy": DeliverPolicy.LAST_PER_SUBJECT}
@@ -119,35 +119,30 @@ class StreamFollower:
                 **start,
             ),
         )
-        self._pull = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{self._consumer}"
-        inbox = self.nc.new_inbox()
-        self._sub = await self.nc.subscribe(
-            inbox,
-            cb=self._on_msg,
-            pending_msgs_limit=2 * self.batch + 100,
-            pending_bytes_limit=256 * 1024 * 1024,
+        pulls = Puller(
+            self.nc,
+            self.stream,
+            self._consumer,
+            self,
+            batch=self.batch,
+            expires=self.expires,
+            queue_limit=2 * self.batch + 100,
         )
-        self._inbox = inbox
+        await pulls.open()
+        self._pulls = pulls
         if not info.num_pending:
             self.caught_up = True
-        await self._ask()
+        await pulls.refill()
 
     async def _close(self) -> None:
-        sub, self._sub = self._sub, None
-        if sub is not None:
+        pulls, self._pulls = self._pulls, None
+        if pulls is not None:
             with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+                await pulls.close()
         if self._consumer:
             name, self._consumer = self._consumer, ""
             with contextlib.suppress(Exception):  # gone already, or NATS away: it expires
                 await self.js.delete_consumer(self.stream, name)
-
-    async def _ask(self) -> None:
-        if self._sub is None or self._broken:
-            return
-        self._credit = self.batch
-        self._requested_at = time.monotonic()
-        await self.nc.publish(self._pull, self._request, reply=self._inbox)
 
     def _restart(self, why: str) -> None:
         if not self._broken:
@@ -156,40 +151,43 @@ class StreamFollower:
             self.caught_up = False
             self._broken = True
 
-    async def _on_msg(self, msg: Msg) -> None:
+    # ---- the Puller's Reader (services/jetstream/puller.py) ----------------------------------
+
+    def wants_more(self) -> bool:
+        """Ask again unless the consumer is to be re-created."""
+        return not self._broken
+
+    def on_status(self, status: Status) -> bool:
+        """404/408: caught up, ask again at once; 409 Consumer Deleted and 503: re-create the
+        consumer; other ends: ``run()`` asks again within its next tick."""
+        if self._broken:
+            return False
+        if status is Status.DONE:  # the request ended with nothing more right now
+            self.caught_up = True
+            return True
+        if status is Status.CONSUMER_GONE:
+            self._restart("the consumer was deleted")
+        elif status is Status.UNAVAILABLE:
+            self._restart("JetStream did not answer")
+        return False  # any other end: the supervision loop asks again shortly
+
+    def on_message(self, msg: Msg) -> None:
+        """Hand ``msg`` to the handler if its consumer sequence follows the last one; after a
+        gap hand nothing more over and re-create the consumer. Handler errors are counted in
+        ``failures`` and logged, never raised."""
         if self._broken:
             return
-        reply = msg.reply
-        if not reply:  # a status: the request is over, or a problem
-            status = (msg.headers or {}).get("Status", "")
-            if status == "100":
-                return
-            self._credit = 0
-            if status in ("404", "408"):  # the request ended with nothing more right now
-                self.caught_up = True
-                await self._ask()
-            elif status == "409" and "Deleted" in (msg.headers or {}).get("Description", ""):
-                self._restart("the consumer was deleted")
-            elif status == "503":
-                self._restart("JetStream did not answer")
-            return  # any other status: the supervision loop asks again shortly
-        t = reply.split(".")
-        off = 2 if len(t) == 9 else 4  # v2 reply subjects carry a domain and an account hash
-        cseq = int(t[off + 4])
+        seq, cseq, ns, pending = parse_ack_reply(msg.reply)
         if cseq != self._cseq + 1:
             self._restart(f"consumer sequence {cseq} after {self._cseq}")
             return
         self._cseq = cseq
-        seq = int(t[off + 3])
         self.last_seq = seq
         self.delivered += 1
         try:
-            self.handler(msg.subject, msg.data, seq, int(t[off + 5]))
+            self.handler(msg.subject, msg.data, seq, ns)
         except Exception:  # one bad message must not stop the reader
             self.failures += 1
             log.exception("%s: handling stream sequence %d failed", self.stream, seq)
-        if t[off + 6] == "0":
+        if not pending:
             self.caught_up = True
-        self._credit -= 1
-        if self._credit <= 0:
-            await self._ask()

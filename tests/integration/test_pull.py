@@ -1,18 +1,26 @@
-"""The fast pull consumer against a real nats-server."""
+"""The pull protocol against a real nats-server: the durable consumer and the ordered follower
+when a request expires and when their consumer is deleted under them."""
 
 from __future__ import annotations
 
 import time
 
+import anyio
+
+from fleetward.schemas.streams import HEARTBEATS_STREAM
 from fleetward.services.jetstream.consumer import PullConsumer, recreate_consumer
+from fleetward.services.jetstream.follower import StreamFollower
 from fleetward.services.runtime.connect import Runtime
+from tests.helpers import wait_for
+
+HB = ("fw.hb.>",)
 
 
 async def test_an_expired_request_is_not_a_message(rt: Runtime) -> None:
     """A pull request that expires (status 408) wakes the reader; it must keep waiting and
     come back empty-handed, then still receive what arrives later."""
-    await recreate_consumer(rt.js, "FW_HEARTBEATS", "probe", ("fw.hb.>",), 0)
-    consumer = PullConsumer(rt.nc, "FW_HEARTBEATS", "probe", batch=10, expires=0.2)
+    await recreate_consumer(rt.js, HEARTBEATS_STREAM, "probe", HB, 0)
+    consumer = PullConsumer(rt.nc, HEARTBEATS_STREAM, "probe", batch=10, expires=0.2)
     await consumer.start()
     try:
         started = time.monotonic()
@@ -23,3 +31,85 @@ async def test_an_expired_request_is_not_a_message(rt: Runtime) -> None:
         assert [(d.seq, d.subject, d.data) for d in got] == [(1, "fw.hb.a1", b"{}")]
     finally:
         await consumer.stop()
+
+
+async def test_a_consumer_deleted_under_a_waiting_request_is_gone(rt: Runtime) -> None:
+    """The server ends the open request with 409 Consumer Deleted: ``gone``, and no request
+    is made any more."""
+    await recreate_consumer(rt.js, HEARTBEATS_STREAM, "probe", HB, 0)
+    consumer = PullConsumer(rt.nc, HEARTBEATS_STREAM, "probe", batch=10, expires=30.0)
+    await consumer.start()
+    try:
+        assert await consumer.next_batch(10, wait=0.2) == []  # a request is open
+        await rt.js.delete_consumer(HEARTBEATS_STREAM, "probe")
+
+        async def gone() -> bool:
+            return consumer.gone
+
+        await wait_for(gone, 10, "the consumer to be gone")
+        published = rt.nc.stats["out_msgs"]
+        assert await consumer.next_batch(10, wait=0.2) == []
+        assert rt.nc.stats["out_msgs"] == published
+    finally:
+        await consumer.stop()
+
+
+async def test_a_consumer_deleted_with_no_request_open_is_asked_once_per_read(
+    rt: Runtime,
+) -> None:
+    """With no request open when the consumer is deleted, the next one is answered 503 (nobody
+    serves its pull subject): the reader asks again at its next read, not in a loop."""
+    await recreate_consumer(rt.js, HEARTBEATS_STREAM, "probe", HB, 0)
+    consumer = PullConsumer(rt.nc, HEARTBEATS_STREAM, "probe", batch=1, expires=30.0)
+    await consumer.start()
+    try:
+        await rt.js.publish("fw.hb.a1", b"{}")
+        await rt.js.publish("fw.hb.a2", b"{}")
+        [first] = await consumer.next_batch(1, wait=5.0)  # the buffer is full: no request open
+        await wait_for(lambda: _one_buffered(consumer), 5, "the second message")
+        await rt.js.delete_consumer(HEARTBEATS_STREAM, "probe")
+        published = rt.nc.stats["out_msgs"]
+        assert [d.seq for d in await consumer.next_batch(1, wait=0.1)] == [2]  # then asks: 503
+        assert await consumer.next_batch(1, wait=0.5) == []  # asks once more: 503
+        assert rt.nc.stats["out_msgs"] - published <= 2
+        assert first.seq == 1 and not consumer.gone
+    finally:
+        await consumer.stop()
+
+
+async def _one_buffered(consumer: PullConsumer) -> bool:
+    return not consumer.wants_more()  # batch 1: the buffer holds one delivery
+
+
+async def test_the_follower_recreates_a_deleted_consumer_and_goes_on_in_order(
+    rt: Runtime,
+) -> None:
+    seen: list[int] = []
+
+    def handle(subject: str, data: bytes, seq: int, ns: int) -> None:
+        seen.append(seq)
+
+    follower = StreamFollower(rt.nc, rt.js, HEARTBEATS_STREAM, HB, handle, start_seq=1,
+                              expires=30.0, name="fw_test_follow")  # fmt: skip
+
+    async def seen_up_to(n: int) -> bool:
+        return seen == list(range(1, n + 1))
+
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(follower.run, stop.is_set)
+        for i in range(3):
+            await rt.js.publish(f"fw.hb.a{i}", b"{}")
+        await wait_for(lambda: seen_up_to(3), 10, "the first three messages")
+        [info] = await rt.js.consumers_info(HEARTBEATS_STREAM)
+        await rt.js.delete_consumer(HEARTBEATS_STREAM, info.name)
+
+        async def restarted() -> bool:
+            return follower.restarts == 1 and follower.wants_more()
+
+        await wait_for(restarted, 10, "the follower to re-create its consumer")
+        for i in range(3, 5):
+            await rt.js.publish(f"fw.hb.a{i}", b"{}")
+        await wait_for(lambda: seen_up_to(5), 10, "the next two messages, once each")
+        stop.set()
+    assert follower.restarts == 1
