@@ -20,18 +20,26 @@ _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _MIGRATION_LOCK = 0x46_57_4D  # an advisory lock key: one migrator at a time
 
 
+def named_queries(text: str, found: dict[str, str] | None = None) -> dict[str, str]:
+    """The queries of one .sql file, each after a ``-- name: NAME`` line, added to ``found``.
+    Raises ``ValueError`` on a name given twice."""
+    found = {} if found is None else found
+    parts = _NAME.split(text)
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in found:
+            raise ValueError(f"two queries named {name}")
+        found[name] = body.strip()
+    return found
+
+
 @cache
 def queries() -> dict[str, str]:
     """The named queries of every .sql file in projections/sql (migrations apart)."""
     found: dict[str, str] = {}
     folder = resources.files("fleetward.projections").joinpath("sql")
     for path in sorted(folder.iterdir(), key=lambda p: p.name):
-        if not path.name.endswith(".sql"):
-            continue
-        parts = _NAME.split(path.read_text())
-        for name, body in zip(parts[1::2], parts[2::2], strict=True):
-            assert name not in found, f"two queries named {name}"
-            found[name] = body.strip()
+        if path.name.endswith(".sql"):
+            named_queries(path.read_text(), found)
     return found
 
 

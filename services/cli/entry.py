@@ -21,7 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(
             f"fleetward: error: the CLI needs the control plane ({exc.name} is missing): "
-            "pip install 'fleetward[server]'",
+            "install Fleetward with its server extra, "
+            "e.g. pip install '/path/to/fleetward[server]'",
             file=sys.stderr,
         )
         return 2

@@ -26,6 +26,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from fleetward.schemas.streams import follower_prefix
 from fleetward.services.jetstream.protocol import Status, parse_ack_reply
 from fleetward.services.jetstream.puller import Puller
 
@@ -50,7 +51,7 @@ class StreamFollower:
         start_seq: int | None = None,  # None: each subject's last message, then new ones
         batch: int = 2000,
         expires: float = 2.0,
-        name: str = "fw_follow",
+        name: str = follower_prefix("follow"),
     ) -> None:
         self.nc, self.js, self.stream, self.subjects = nc, js, stream, subjects
         self.handler = handler

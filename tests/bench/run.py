@@ -50,7 +50,7 @@ from fleetward.schemas.events import (
 )
 from fleetward.schemas.subjects import subject_of
 from fleetward.services.config import Settings
-from fleetward.services.db import q
+from fleetward.services.db import named_queries
 from fleetward.services.jetstream.consumer import PullConsumer, recreate_consumer
 from fleetward.services.projector.consumers import by_stream, consumer_filter, durable_name
 from fleetward.services.projector.rebuild import rebuild, reset
@@ -60,6 +60,15 @@ from tests.bench.kit import ProcessWatch, percentile
 from tests.bench.watchdog import HarnessError, run_watchdog_bench
 
 ROOT = Path(__file__).resolve().parents[2]
+# the benchmark's own SQL (baseline tables and probes), beside it: not shipped in the wheel
+BENCH_SQL = named_queries((Path(__file__).parent / "bench.sql").read_text())
+
+
+def bench_q(name: str) -> str:
+    """A named query of tests/bench/bench.sql."""
+    return BENCH_SQL[name]
+
+
 SECTIONS = ("pipeline", "claims", "watchdog")
 
 
@@ -188,12 +197,12 @@ async def raw_copy(rt: Runtime, rows: int) -> float:
     at = datetime.now(UTC)
     records = [(f"agent-{i % 100_000:06d}", at, "busy") for i in range(rows)]
     async with rt.pool.acquire() as conn:
-        await conn.execute(q("bench_copy_create"))
+        await conn.execute(bench_q("bench_copy_create"))
         started = time.perf_counter()
         for i in range(0, rows, 10_000):
             await conn.copy_records_to_table("bench_copy", records=records[i : i + 10_000])
         rate = rows / (time.perf_counter() - started)
-        await conn.execute(q("bench_copy_drop"))
+        await conn.execute(bench_q("bench_copy_drop"))
     return rate
 
 
@@ -202,16 +211,16 @@ async def update_per_event(rt: Runtime, events: int, agents: int, *, durable: bo
     Postgres's default ``synchronous_commit = on``, as a service that acknowledges each
     heartbeat after its commit needs; else ``off`` (what Fleetward's own sessions use)."""
     async with rt.pool.acquire() as conn:
-        await conn.execute(q("bench_agents_create"))
+        await conn.execute(bench_q("bench_agents_create"))
         await conn.copy_records_to_table("bench_agents", records=[
             (f"agent-{i:06d}", datetime.now(UTC), "idle") for i in range(agents)])  # fmt: skip
     rng = random.Random(1)
     work = [f"agent-{rng.randrange(agents):06d}" for _ in range(events)]
-    sql = q("bench_agents_update")
+    sql = bench_q("bench_agents_update")
 
     async def worker(part: list[str]) -> None:
         async with rt.pool.acquire() as conn:  # released with RESET ALL: the pool's setting back
-            await conn.execute(q("bench_commit_on" if durable else "bench_commit_off"))
+            await conn.execute(bench_q("bench_commit_on" if durable else "bench_commit_off"))
             for agent in part:
                 await conn.execute(sql, agent, datetime.now(UTC), "busy")
 
@@ -221,7 +230,7 @@ async def update_per_event(rt: Runtime, events: int, agents: int, *, durable: bo
             tg.start_soon(worker, work[k::10])
     rate = events / (time.perf_counter() - started)
     async with rt.pool.acquire() as conn:
-        await conn.execute(q("bench_agents_drop"))
+        await conn.execute(bench_q("bench_agents_drop"))
     return rate
 
 
@@ -345,7 +354,7 @@ async def freshness(rt: Runtime, rate: int, agents: int, seconds: float, log: Pa
         seen = "0"
         async with rt.pool.acquire() as conn:
             while not stop.is_set():
-                msg = await conn.fetchval(q("bench_probe"))
+                msg = await conn.fetchval(bench_q("bench_probe"))
                 if msg and msg != seen:
                     now = time.perf_counter()
                     for k in range(int(seen) + 1, int(msg) + 1):

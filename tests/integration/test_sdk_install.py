@@ -131,5 +131,5 @@ def test_the_sdk_imports_with_the_base_dependencies_alone(wheel: Path, tmp_path:
     assert cli.returncode == 2, cli.stderr
     assert cli.stderr.splitlines() == [
         "fleetward: error: the CLI needs the control plane (asyncpg is missing): "
-        "pip install 'fleetward[server]'"
+        "install Fleetward with its server extra, e.g. pip install '/path/to/fleetward[server]'"
     ]

@@ -1,4 +1,4 @@
--- Named queries of `make bench` (services/bench.py): its baseline tables and the probe.
+-- Named queries of `make bench` (tests/bench/run.py): its baseline tables and the probe.
 
 -- name: bench_copy_create
 -- The raw COPY baseline: one narrow row per event.
