@@ -7,7 +7,7 @@ AGENTS ?= 25
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install promtool run test lint schemas bench clean
+.PHONY: help install promtool run test fuzz lint schemas bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -34,6 +34,11 @@ run: $(STAMP) ## run Fleetward locally: embedded NATS + Postgres, all services, 
 
 test: $(STAMP) promtool ## run the test suite against real nats-server, Postgres and Prometheus (and promtool)
 	$(BIN)/python -m pytest
+
+FUZZ_EXAMPLES ?= 300
+fuzz: $(STAMP) ## the fuzz test at length: FUZZ_EXAMPLES random examples (make test runs 10 fixed ones)
+	FLEETWARD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) FLEETWARD_FUZZ_RANDOM=1 \
+	  $(BIN)/python -m pytest -p no:cacheprovider tests/integration/test_fuzz.py
 
 lint: $(STAMP) ## ruff, mypy (strict) and the import layering (import-linter)
 	$(BIN)/ruff check .
