@@ -58,6 +58,7 @@ SPEND_DAILY = Table(
 )
 
 _ACTIVITY = (SpendRecorded, ToolCalled, RunStarted, RunFinished)
+_READS_AGENT = (AgentRegistered, *_ACTIVITY)
 UNASSIGNED = "unassigned"
 
 
@@ -89,17 +90,19 @@ class Spend(Projection):
     tables: ClassVar[tuple[Table, ...]] = (SPEND_AGENTS, SPEND_DAILY)
 
     def touches(self, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
-        if isinstance(event, (AgentRegistered, *_ACTIVITY)):
+        if isinstance(event, _READS_AGENT):
             yield SPEND_AGENTS, (event.agent,)
 
     def touches_more(self, rows: Rows, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
         """The agent's day rows under every team it has spent under: registrations earlier in
         the batch may move it back to any of them (a team it never spent under has no row)."""
-        if isinstance(event, _ACTIVITY):
-            member = rows.get(SPEND_AGENTS, (event.agent,))
-            day = meta.time.date()
-            for team in member["teams"] if member else ():
-                yield SPEND_DAILY, (event.agent, day, team)
+        if not isinstance(event, _ACTIVITY):
+            return ()
+        member = rows.get(SPEND_AGENTS, (event.agent,))
+        if member is None:
+            return ()
+        agent, day = event.agent, meta.time.date()
+        return [(SPEND_DAILY, (agent, day, team)) for team in member["teams"]]
 
     def apply(self, rows: Rows, event: Event, meta: Meta) -> None:
         if isinstance(event, AgentRegistered):
