@@ -9,19 +9,23 @@ an integer column, ...), so every run is bounded by ``fail_after``: a stall fail
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import anyio
+import asyncpg
 import msgspec
 
 from fleetward.projections import ALL
 from fleetward.schemas.events import AgentRegistered, Event, Heartbeat, SpendRecorded, TaskCreated
+from fleetward.services import db
 from fleetward.services.db import q
 from fleetward.services.jetstream.publish import publish, publish_many
 from fleetward.services.projector.runner import ProjectionRunner, rebuild
 from fleetward.services.runtime.connect import Runtime
+from fleetward.services.runtime.embedded import database_url
 from tests.helpers import envelope, project_all, run_to_end, snapshot
 
 STALL_S = 60  # far more than any of these runs needs
@@ -205,3 +209,60 @@ async def test_spend_keeps_the_team_it_was_spent_under_live_and_rebuilt(rt: Runt
     await rebuild(rt, spend_projection)
     assert await snapshot(rt, (spend_projection,)) == live
     assert await views() == (by_team, by_row, listed, gauges)
+
+
+async def test_migration_0005_keeps_the_rows_it_widens(pg_server: str) -> None:
+    """Upgrading a database that holds rows: the widened columns keep their values and take
+    what they could not before; every agent with spend gets its teams (in code point order, as
+    the fold sorts them), one who never registered too."""
+    name = f"fleetward_upgrade_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server)
+    await admin.execute(f"CREATE DATABASE {name}")
+    conn = await asyncpg.connect(database_url(pg_server, name))
+    try:
+        before, (last, last_sql) = db.migrations()[:-1], db.migrations()[-1]
+        assert last.startswith("0005_")
+        for _, sql in before:
+            await conn.execute(sql)
+        await conn.execute(
+            """
+            INSERT INTO fleetward.spend_agents VALUES ('a1', 'B');
+            INSERT INTO fleetward.spend_daily VALUES
+              ('a1', '2025-03-14', 'b-team', 1.5, 0, 10, 2, 1, 0, 0, 0, 1),
+              ('a1', '2025-03-15', 'B', 2.5, 0, 9223372036854775807, 0, 0, 0, 0, 0, 1),
+              ('a1', '2025-03-16', 'B', 0.5, 0, 1, 1, 0, 0, 0, 0, 1),
+              ('a2', '2025-03-14', 'unassigned', 0.25, 0, 5, 5, 0, 0, 0, 0, 1);
+            INSERT INTO fleetward.escalations VALUES ('e1', 'r', 'info', 'open', NULL, NULL,
+              '', '{}', 'svc:w', now(), now(), NULL, NULL, NULL, NULL, NULL, NULL, 2147483647,
+              now(), 1);
+            """
+        )
+        await conn.execute(last_sql)
+        agents = {r["agent_id"]: (r["team"], r["teams"]) for r in
+                  await conn.fetch("SELECT * FROM fleetward.spend_agents")}  # fmt: skip
+        assert agents == {"a1": ("B", ["B", "b-team"]), "a2": ("unassigned", ["unassigned"])}
+        tokens = await conn.fetchval("SELECT sum(tokens_in) FROM fleet.spend_team_daily")
+        assert tokens == 2**63 - 1 + 16
+        assert await conn.fetchval("SELECT events + 1 FROM fleetward.escalations") == 2**31
+        columns = dict(
+            await conn.fetch(
+                "SELECT table_name || '.' || column_name, data_type FROM information_schema.columns"
+                " WHERE table_schema = 'fleet' AND column_name IN ('tokens_in', 'review_rounds',"
+                " 'rework_count', 'deliverable_version', 'version', 'claim_epoch', 'epoch')"
+            )
+        )
+        assert columns == {
+            "agents.version": "text",
+            "spend_daily.tokens_in": "numeric",
+            "spend_team_daily.tokens_in": "numeric",
+            "tasks.review_rounds": "bigint",
+            "tasks.rework_count": "bigint",
+            "tasks.deliverable_version": "bigint",
+            "tasks.claim_epoch": "integer",
+            "deliverables.version": "bigint",
+            "deliverables.epoch": "integer",
+        }
+    finally:
+        await conn.close()
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
