@@ -36,6 +36,8 @@ _decoder: Final = msgspec.json.Decoder(AnyEvent)
 _any_json: Final = msgspec.json.Decoder()  # untyped: for measuring nesting
 _NUL_ESCAPE: Final = b"\\u0000"  # the only way JSON text can hold U+0000
 _BACKSLASH: Final = ord("\\")  # an int: `in` is then a memchr, with no needle to set up
+# What the checks around decoding look for, kept in one pass: opening brackets and backslashes.
+_NOT_WATCHED: Final = bytes(b for b in range(256) if b not in b"[{\\")
 
 # For bytes that do not parse: a JSON string, or an unterminated one up to the end (one pass, no
 # backtracking); brackets as steps (opening +1, closing -1 as a signed byte), the rest deleted.
@@ -99,18 +101,22 @@ def bracket_depth(data: bytes) -> int:
     return max(accumulate(array("b", brackets)), default=0)
 
 
-def may_be_too_deep(data: bytes) -> bool:
-    """Whether ``too_deep`` must look: fewer opening brackets than the limit, in text or not,
-    cannot nest deeper (two counts: the only cost ordinary events pay)."""
-    return data.count(b"{") + data.count(b"[") > MAX_DEPTH
+def watched(data: bytes) -> bytes:
+    """The opening brackets and backslashes of ``data``, in order (one pass, the only one
+    ordinary events pay for: fewer than ``MAX_DEPTH`` of them cannot nest too deep, and without
+    a backslash no text holds NUL)."""
+    return data.translate(None, _NOT_WATCHED)
 
 
-def too_deep(data: bytes) -> bool:
+def too_deep(data: bytes, seen: bytes | None = None) -> bool:
     """``data`` nests arrays and objects deeper than ``MAX_DEPTH``: a pure function of the bytes.
+    ``seen`` is ``watched(data)`` when the caller has it.
 
-    Decoded without a type and measured; bytes that do not parse (or that exhaust the stack)
-    are measured by their brackets outside strings."""
-    if not may_be_too_deep(data):
+    Fewer opening brackets than the limit, in text or not, cannot nest deeper. Otherwise the
+    JSON is decoded without a type and measured; bytes that do not parse (or that exhaust the
+    stack) are measured by their brackets outside strings."""
+    seen = watched(data) if seen is None else seen
+    if len(seen) - seen.count(b"\\") <= MAX_DEPTH:
         return False
     try:
         return nesting(_any_json.decode(data)) > MAX_DEPTH
@@ -141,7 +147,8 @@ def decode(data: bytes) -> Event:
         raise Rejected("oversized", f"{len(data)} bytes > {MAX_EVENT_BYTES}")
     # decided before decoding: msgspec recurses into unknown fields too, and how deep it may go
     # depends on the caller's stack, so a limit of its own keeps the verdict deterministic
-    if may_be_too_deep(data) and too_deep(data):
+    seen = watched(data)
+    if len(seen) > MAX_DEPTH and too_deep(data, seen):
         raise Rejected("too_deep", f"arrays and objects nest deeper than {MAX_DEPTH}")
     try:
         event: Event = _decoder.decode(data)
@@ -156,7 +163,7 @@ def decode(data: bytes) -> Event:
         raise Rejected("not_json", str(exc)) from None
     except RecursionError:  # not expected after too_deep; never let it escape as a crash
         raise Rejected("too_deep", "nesting exhausted the decoder's stack") from None
-    if _BACKSLASH in data and _NUL_ESCAPE in data and (where := nul_at(event)):
+    if _BACKSLASH in seen and _NUL_ESCAPE in data and (where := nul_at(event)):
         raise Rejected("invalid", f"Expected text without NUL (U+0000) - at `{where}`")
     return event
 

@@ -347,6 +347,14 @@ def test_brackets_inside_text_do_not_nest() -> None:
     assert isinstance(admit(HB_SUBJECT, data), Heartbeat)
 
 
+def test_escapes_are_not_brackets() -> None:
+    """Backslashes share the one pass over the bytes with the brackets; they do not count."""
+    data = raw(heartbeat(message="line\n" * 30) | {"note": "\t" * 500})
+    assert len(admission.watched(data)) > MAX_DEPTH
+    assert not admission.too_deep(data)
+    assert isinstance(admit(HB_SUBJECT, data), Heartbeat)
+
+
 @pytest.mark.parametrize(
     ("data", "depth"),
     [
