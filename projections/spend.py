@@ -1,8 +1,15 @@
-"""Spend: per agent and day (UTC, by the stream's time of record): model and tool cost, tokens,
-runs and tool calls, stamped with the team the agent belonged to when it spent.
+"""Spend: per agent, day (UTC, by the stream's time of record) and team: model and tool cost,
+tokens, runs and tool calls, under the team the agent belonged to when it spent.
 
-Money is added as ``Decimal`` from the shortest decimal form of each reported figure, so sums
-are exact and a rebuild equals the live projection to the last digit.
+- An agent re-registered into another team starts a new row for the rest of the day; what it
+  spent before stays with the old team (in every view, live and after a rebuild). Before its
+  first registration an agent spends under ``unassigned``.
+- ``spend_agents`` keeps each agent's current team and every team it has a day row under
+  (``teams``), so the rows an event may add to are known before the batch is folded
+  (``touches_more``), however the events are batched.
+- Money is added as ``Decimal`` from the shortest decimal form of each reported figure, so sums
+  are exact and a rebuild equals the live projection to the last digit. Token sums are
+  ``numeric`` too: the contract bounds one spend's tokens, nothing bounds a day's.
 """
 
 from __future__ import annotations
@@ -27,13 +34,13 @@ SPEND_AGENTS = Table(
     name="fleetward.spend_agents",
     key=("agent_id",),
     key_types=("text",),
-    columns=("agent_id", "team"),
+    columns=("agent_id", "team", "teams"),
 )
 
 SPEND_DAILY = Table(
     name="fleetward.spend_daily",
-    key=("agent_id", "day"),
-    key_types=("text", "date"),
+    key=("agent_id", "day", "team"),
+    key_types=("text", "date", "text"),
     columns=(
         "agent_id",
         "day",
@@ -51,6 +58,7 @@ SPEND_DAILY = Table(
 )
 
 _ACTIVITY = (SpendRecorded, ToolCalled, RunStarted, RunFinished)
+_READS_AGENT = (AgentRegistered, *_ACTIVITY)
 UNASSIGNED = "unassigned"
 
 
@@ -82,23 +90,35 @@ class Spend(Projection):
     tables: ClassVar[tuple[Table, ...]] = (SPEND_AGENTS, SPEND_DAILY)
 
     def touches(self, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
-        if isinstance(event, AgentRegistered):
+        if isinstance(event, _READS_AGENT):
             yield SPEND_AGENTS, (event.agent,)
-        elif isinstance(event, _ACTIVITY):
-            yield SPEND_AGENTS, (event.agent,)
-            yield SPEND_DAILY, (event.agent, meta.time.date())
+
+    def touches_more(self, rows: Rows, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
+        """The agent's day rows under every team it has spent under: registrations earlier in
+        the batch may move it back to any of them (a team it never spent under has no row)."""
+        if not isinstance(event, _ACTIVITY):
+            return ()
+        member = rows.get(SPEND_AGENTS, (event.agent,))
+        if member is None:
+            return ()
+        agent, day = event.agent, meta.time.date()
+        return [(SPEND_DAILY, (agent, day, team)) for team in member["teams"]]
 
     def apply(self, rows: Rows, event: Event, meta: Meta) -> None:
         if isinstance(event, AgentRegistered):
-            rows.put(SPEND_AGENTS, {"agent_id": event.agent, "team": event.team})
+            member = rows.get(SPEND_AGENTS, (event.agent,))
+            teams = member["teams"] if member else []
+            rows.put(SPEND_AGENTS, {"agent_id": event.agent, "team": event.team, "teams": teams})
             return
         if not isinstance(event, _ACTIVITY):
             return
         member = rows.get(SPEND_AGENTS, (event.agent,))
         team = member["team"] if member else UNASSIGNED
-        old = rows.get(SPEND_DAILY, (event.agent, meta.time.date()))
+        if member is None or team not in member["teams"]:
+            teams = sorted({*(member["teams"] if member else ()), team})
+            rows.put(SPEND_AGENTS, {"agent_id": event.agent, "team": team, "teams": teams})
+        old = rows.get(SPEND_DAILY, (event.agent, meta.time.date(), team))
         day = dict(old) if old else _empty_day(event.agent, meta, team)
-        day["team"] = team
         match event:
             case SpendRecorded():
                 day["model_cost_usd"] += money(event.cost_usd)

@@ -80,7 +80,7 @@ TASKS = Table(
 DELIVERABLES = Table(
     name="fleetward.deliverables",
     key=("task_id", "version"),
-    key_types=("text", "integer"),
+    key_types=("text", "bigint"),
     columns=(
         "task_id",
         "version",

@@ -6,10 +6,15 @@ caller records it in the dead-letter table with ``Rejected.reason`` and moves on
 
 from __future__ import annotations
 
+import re
+from array import array
+from collections.abc import Iterable
+from itertools import accumulate
 from typing import Final
 
 import msgspec
 
+from fleetward.schemas.bounds import MAX_DEPTH, storable
 from fleetward.schemas.events import AnyEvent, Event, TaskReviewed
 from fleetward.schemas.subjects import parse, subject_of
 
@@ -18,6 +23,7 @@ MAX_EVENT_BYTES: Final = 256 * 1024  # room for a 32,000-character deliverable, 
 # The reasons a dead letter can carry (also the values of the `reason` metric label).
 REASONS: Final = (
     "oversized",  # the payload is larger than MAX_EVENT_BYTES
+    "too_deep",  # arrays and objects nest deeper than bounds.MAX_DEPTH (known fields or not)
     "not_json",  # the payload does not parse as JSON
     "unknown_type",  # `type` is missing or names no event in the catalogue
     "invalid",  # a field is missing, mistyped or out of range
@@ -27,11 +33,25 @@ REASONS: Final = (
 
 _decoder: Final = msgspec.json.Decoder(AnyEvent)
 
+_any_json: Final = msgspec.json.Decoder()  # untyped: for measuring nesting
+_NUL_ESCAPE: Final = b"\\u0000"  # the only way JSON text can hold U+0000
+_BACKSLASH: Final = ord("\\")  # an int: `in` is then a memchr, with no needle to set up
+# What the checks around decoding look for, kept in one pass: opening brackets and backslashes.
+_NOT_WATCHED: Final = bytes(b for b in range(256) if b not in b"[{\\")
+
+# For bytes that do not parse: a JSON string, or an unterminated one up to the end (one pass, no
+# backtracking); brackets as steps (opening +1, closing -1 as a signed byte), the rest deleted.
+_JSON_STRING: Final = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
+_STEPS: Final = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
+
 
 class Rejected(Exception):
-    """An event that may not be applied. ``reason`` is one of ``REASONS``."""
+    """An event that may not be applied. ``reason`` is one of ``REASONS``; ``detail`` is text
+    Postgres can store (NUL and lone surrogates that it quotes are escaped)."""
 
     def __init__(self, reason: str, detail: str) -> None:
+        detail = storable(detail)
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -61,10 +81,75 @@ def check_sender(event: Event) -> None:
         raise Rejected("actor_forbidden", f"{event.actor!r} may not review its own deliverable")
 
 
+def nesting(value: object) -> int:
+    """How deeply lists and dicts nest in a decoded JSON value (1 for a flat object), counting
+    no further than ``MAX_DEPTH + 1``. Iterative: any depth is safe."""
+    depth, level = 0, [value]
+    while depth <= MAX_DEPTH:  # level: the values ``depth`` containers deep
+        containers = [v for v in level if isinstance(v, dict | list)]
+        if not containers:
+            break
+        depth += 1
+        level = [c for v in containers for c in (v.values() if isinstance(v, dict) else v)]
+    return depth
+
+
+def bracket_depth(data: bytes) -> int:
+    """The deepest running count of brackets outside strings in ``data``, JSON or not: at least
+    as deep as any JSON parser gets before it fails. Linear in ``len(data)``."""
+    brackets = _JSON_STRING.sub(b"", data).translate(_STEPS, _NOT_BRACKETS)
+    return max(accumulate(array("b", brackets)), default=0)
+
+
+def watched(data: bytes) -> bytes:
+    """The opening brackets and backslashes of ``data``, in order (one pass, the only one
+    ordinary events pay for: fewer than ``MAX_DEPTH`` of them cannot nest too deep, and without
+    a backslash no text holds NUL)."""
+    return data.translate(None, _NOT_WATCHED)
+
+
+def too_deep(data: bytes, seen: bytes | None = None) -> bool:
+    """``data`` nests arrays and objects deeper than ``MAX_DEPTH``: a pure function of the bytes.
+    ``seen`` is ``watched(data)`` when the caller has it.
+
+    Fewer opening brackets than the limit, in text or not, cannot nest deeper. Otherwise the
+    JSON is decoded without a type and measured; bytes that do not parse (or that exhaust the
+    stack) are measured by their brackets outside strings."""
+    seen = watched(data) if seen is None else seen
+    if len(seen) - seen.count(b"\\") <= MAX_DEPTH:
+        return False
+    try:
+        return nesting(_any_json.decode(data)) > MAX_DEPTH
+    except (RecursionError, msgspec.DecodeError):
+        return bracket_depth(data) > MAX_DEPTH
+
+
+def nul_at(value: object, where: str = "$") -> str | None:
+    """Where the first text holding NUL (U+0000) is in a decoded event, e.g. ``$.name``."""
+    if isinstance(value, str):
+        return where if "\x00" in value else None
+    if isinstance(value, msgspec.Struct):
+        items: Iterable[tuple[str, object]] = (
+            (f"{where}.{f}", getattr(value, f)) for f in value.__struct_fields__
+        )
+    elif isinstance(value, tuple | list):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    elif isinstance(value, dict):
+        items = ((f"{where}[...]", v) for kv in value.items() for v in kv)
+    else:
+        return None
+    return next((found for w, v in items if (found := nul_at(v, w))), None)
+
+
 def decode(data: bytes) -> Event:
     """Decode one event, raising ``Rejected`` on bad bytes. No subject or actor checks."""
     if len(data) > MAX_EVENT_BYTES:
         raise Rejected("oversized", f"{len(data)} bytes > {MAX_EVENT_BYTES}")
+    # decided before decoding: msgspec recurses into unknown fields too, and how deep it may go
+    # depends on the caller's stack, so a limit of its own keeps the verdict deterministic
+    seen = watched(data)
+    if len(seen) > MAX_DEPTH and too_deep(data, seen):
+        raise Rejected("too_deep", f"arrays and objects nest deeper than {MAX_DEPTH}")
     try:
         event: Event = _decoder.decode(data)
     except msgspec.ValidationError as exc:
@@ -76,6 +161,10 @@ def decode(data: bytes) -> Event:
         raise Rejected(reason, message) from None
     except msgspec.DecodeError as exc:
         raise Rejected("not_json", str(exc)) from None
+    except RecursionError:  # not expected after too_deep; never let it escape as a crash
+        raise Rejected("too_deep", "nesting exhausted the decoder's stack") from None
+    if _BACKSLASH in seen and _NUL_ESCAPE in data and (where := nul_at(event)):
+        raise Rejected("invalid", f"Expected text without NUL (U+0000) - at `{where}`")
     return event
 
 

@@ -2,7 +2,7 @@
 
 ``python -m fleetward.schemas.contract`` (``make schemas``) writes ``schemas/jsonschema/*.json`` and
 ``schemas/asyncapi.json``; ``--check`` exits 1 when the committed files differ from the code;
-``--markdown`` prints the subject and event tables used in ``docs/events.md``.
+``--markdown`` prints the subject, event and bounds tables used in ``docs/events.md``.
 
 Everything here is pure except ``write`` and ``main``. Output is deterministic (sorted keys,
 2-space indent, trailing newline), so the committed files only change when the code does.
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import msgspec
+import msgspec.inspect as mi
 
 from fleetward.schemas.events import EVENT_TYPES, AnyEvent, Event, type_name
 from fleetward.schemas.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID
@@ -385,9 +386,59 @@ def markdown_events() -> str:
     return "\n".join(lines) + "\n"
 
 
+def _number(x: float) -> str:
+    if isinstance(x, int) or (x.is_integer() and abs(x) < 1e16):
+        return f"{int(x):,}"
+    return f"{x:g}"
+
+
+def _numeric_bound(t: mi.Type) -> str | None:
+    """``1 ≤ integer ≤ 2,147,483,647`` for a bounded int or float type (optional or not)."""
+    if isinstance(t, mi.UnionType):
+        numeric = [u for u in t.types if not isinstance(u, mi.NoneType)]
+        if len(numeric) != 1:
+            return None
+        t = numeric[0]
+    if isinstance(t, mi.Metadata):
+        t = t.type
+    if not isinstance(t, mi.IntType | mi.FloatType):
+        return None
+    kind = "integer" if isinstance(t, mi.IntType) else "number"
+    low = high = ""
+    if t.ge is not None or t.gt is not None:
+        low = f"{_number(t.ge)} ≤ " if t.ge is not None else f"{_number(t.gt or 0)} < "
+    if t.le is not None or t.lt is not None:
+        high = f" ≤ {_number(t.le)}" if t.le is not None else f" < {_number(t.lt or 0)}"
+    return f"{low}{kind}{high}"
+
+
+def numeric_bounds() -> dict[tuple[str, str], list[str]]:
+    """(field, bound) -> the event types with that field, for every numeric field."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for cls in EVENT_TYPES:
+        info = mi.type_info(cls)
+        assert isinstance(info, mi.StructType)
+        for field in info.fields:
+            bound = _numeric_bound(field.type)
+            if bound is not None:
+                found.setdefault((field.name, bound), []).append(type_name(cls))
+    return found
+
+
+def markdown_bounds() -> str:
+    """The table of numeric bounds in ``docs/events.md``: each numeric field and its range."""
+    lines = ["| Field | Range | Events |", "|---|---|---|"]
+    for (name, bound), types in numeric_bounds().items():
+        where = (
+            "every event" if len(types) == len(EVENT_TYPES) else ", ".join(f"`{t}`" for t in types)
+        )
+        lines.append(f"| `{name}` | {bound} | {where} |")
+    return "\n".join(lines) + "\n"
+
+
 def markdown() -> str:
-    """Both tables of ``docs/events.md``, separated by a blank line."""
-    return markdown_subjects() + "\n" + markdown_events()
+    """The tables of ``docs/events.md``, separated by a blank line."""
+    return markdown_subjects() + "\n" + markdown_events() + "\n" + markdown_bounds()
 
 
 # ---- command line ------------------------------------------------------------------------------
@@ -405,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     group.add_argument(
         "--markdown",
         action="store_true",
-        help="print the subject and event tables for docs/events.md",
+        help="print the subject, event and bounds tables for docs/events.md",
     )
     args = parser.parse_args(argv)
     root = Path(__file__).resolve().parent

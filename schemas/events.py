@@ -8,6 +8,8 @@ Invariants (the contract; see docs and the generated JSON Schema / AsyncAPI):
   subject in one field (``SUBJECT_KEY``), so the subject can be derived from the event.
 - ``SENDERS`` says which actors may publish the type: ``self`` (the agent the event is about),
   ``agent`` (any agent), ``user`` (``user:<name>``), ``svc`` (``svc:<name>``).
+- Every field is bounded by a type from ``schemas/bounds.py`` (the bounds policy): integers fit
+  their columns, floats are finite and in range, text has no NUL, ids are subject-safe.
 
 This module is pure: no I/O.
 """
@@ -21,23 +23,29 @@ from typing import Annotated, ClassVar, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-# Identifiers appear as subject tokens, so they may not hold '.', '*', '>' or white space.
-Ident = Annotated[
-    str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}(?!\n)$", description="a subject-safe id")
-]
-Actor = Annotated[
-    str,
-    Meta(
-        pattern=r"^((user|svc):[A-Za-z0-9_.@-]{1,64}|[A-Za-z0-9_-]{1,64})(?!\n)$",
-        description="an agent id, 'user:<name>' or 'svc:<name>'",
-    ),
-]
-ShortText = Annotated[str, Meta(max_length=200)]
-Text = Annotated[str, Meta(max_length=8000)]
-NonNegInt = Annotated[int, Meta(ge=0)]
-NonNegFloat = Annotated[float, Meta(ge=0)]
-PositiveFloat = Annotated[float, Meta(gt=0)]
-Epoch = Annotated[int, Meta(ge=1, description="claim epoch; each claim of a task opens the next")]
+from fleetward.schemas.bounds import (
+    Actor,
+    ContentText,
+    CorrText,
+    CostUsd,
+    DurationMs,
+    Epoch,
+    FiniteFloat,
+    Ident,
+    Int8,
+    LimitUsd,
+    Percent,
+    PeriodS,
+    Sha256,
+    Share,
+    ShortText,
+    SlaS,
+    TaskLimit,
+    Text,
+    Tokens,
+    UriText,
+    Version,
+)
 
 Priority = Literal["urgent", "high", "medium", "low"]
 RiskClass = Literal["low", "medium", "high", "critical"]
@@ -51,25 +59,25 @@ CommandName = Literal["pause", "resume", "wake", "review_feedback", "approval"]
 DeliverableKind = Literal["markdown", "code", "link", "file"]
 Sender = Literal["self", "agent", "user", "svc"]
 
-EvidenceValue = str | int | float | bool | None
-Evidence = Annotated[dict[str, EvidenceValue], Meta(max_length=32)]
+# Evidence and command payloads: a flat map of scalars (stored as jsonb).
+EvidenceValue = Text | Int8 | FiniteFloat | bool | None
+Evidence = Annotated[dict[ShortText, EvidenceValue], Meta(max_length=32)]
 
 
 class Event(Struct, frozen=True, kw_only=True, tag_field="type"):
     """The envelope every event carries."""
 
     id: Annotated[
-        str,
+        Ident,
         Meta(
-            pattern=r"^[A-Za-z0-9_-]{1,64}(?!\n)$",
             description="unique; UUIDv7 or ULID so ids sort by time (events that several "
             "replicas may publish use a deterministic UUIDv5); also the Nats-Msg-Id header",
         ),
     ]
     actor: Actor
     at: Annotated[datetime, Meta(tz=True, description="producer clock; informational only")]
-    v: Annotated[int, Meta(ge=1)] = 1
-    corr: Annotated[str, Meta(max_length=128)] | None = None
+    v: Version = 1
+    corr: CorrText | None = None
 
     SUBJECT_KIND: ClassVar[str]
     SUBJECT_KEY: ClassVar[str]
@@ -98,9 +106,9 @@ class AgentRegistered(_AgentEvent, frozen=True, kw_only=True, tag="agent.registe
     purpose: Text = ""
     risk_class: RiskClass = "medium"
     version: ShortText = "1"
-    heartbeat_interval_s: PositiveFloat = 60.0
+    heartbeat_interval_s: PeriodS = 60.0
     roles: tuple[Ident, ...] = ()
-    max_concurrent_tasks: Annotated[int, Meta(ge=1)] = 1
+    max_concurrent_tasks: TaskLimit = 1
 
 
 class AgentVersionChanged(_AgentEvent, frozen=True, kw_only=True, tag="agent.version_changed"):
@@ -153,17 +161,17 @@ class RunFinished(_AgentEvent, frozen=True, kw_only=True, tag="run.finished"):
     SENDERS: ClassVar[frozenset[Sender]] = _SELF
     run: Ident
     outcome: RunOutcome
-    latency_ms: NonNegFloat
+    latency_ms: DurationMs
     task: Ident | None = None
 
 
 class ToolCalled(_AgentEvent, frozen=True, kw_only=True, tag="tool.called"):
     SENDERS: ClassVar[frozenset[Sender]] = _SELF
     tool: ShortText
-    duration_ms: NonNegFloat
+    duration_ms: DurationMs
     ok: bool
     error: Text | None = None
-    cost_usd: NonNegFloat = 0.0
+    cost_usd: CostUsd = 0.0
     run: Ident | None = None
     task: Ident | None = None
 
@@ -171,9 +179,9 @@ class ToolCalled(_AgentEvent, frozen=True, kw_only=True, tag="tool.called"):
 class SpendRecorded(_AgentEvent, frozen=True, kw_only=True, tag="spend.recorded"):
     SENDERS: ClassVar[frozenset[Sender]] = _SELF
     model: ShortText
-    tokens_in: NonNegInt = 0
-    tokens_out: NonNegInt = 0
-    cost_usd: NonNegFloat
+    tokens_in: Tokens = 0
+    tokens_out: Tokens = 0
+    cost_usd: CostUsd
     run: Ident | None = None
     task: Ident | None = None
 
@@ -202,9 +210,9 @@ class _TaskEvent(Event, frozen=True, kw_only=True):
 
 class Deliverable(Struct, frozen=True, kw_only=True):
     kind: DeliverableKind
-    sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}(?!\n)$")]
-    content: Annotated[str, Meta(max_length=32000)] = ""
-    uri: Annotated[str, Meta(max_length=2000)] | None = None
+    sha256: Sha256
+    content: ContentText = ""
+    uri: UriText | None = None
 
 
 class TaskCreated(_TaskEvent, frozen=True, kw_only=True, tag="task.created"):
@@ -215,7 +223,7 @@ class TaskCreated(_TaskEvent, frozen=True, kw_only=True, tag="task.created"):
     priority: Priority = "medium"
     depends_on: tuple[Ident, ...] = ()
     required_role: Ident | None = None
-    sla_s: PositiveFloat | None = None
+    sla_s: SlaS | None = None
 
 
 class TaskAssigned(_TaskEvent, frozen=True, kw_only=True, tag="task.assigned"):
@@ -227,7 +235,7 @@ class TaskClaimed(_TaskEvent, frozen=True, kw_only=True, tag="task.claimed"):
     SENDERS: ClassVar[frozenset[Sender]] = _SELF
     agent: Ident
     epoch: Epoch
-    lease_s: PositiveFloat = 300.0
+    lease_s: PeriodS = 300.0
 
 
 class TaskProgressed(_TaskEvent, frozen=True, kw_only=True, tag="task.progressed"):
@@ -235,7 +243,7 @@ class TaskProgressed(_TaskEvent, frozen=True, kw_only=True, tag="task.progressed
     agent: Ident
     epoch: Epoch
     note: Text = ""
-    percent: Annotated[float, Meta(ge=0, le=100)] | None = None
+    percent: Percent | None = None
 
 
 class TaskBlocked(_TaskEvent, frozen=True, kw_only=True, tag="task.blocked"):
@@ -321,8 +329,8 @@ class BudgetSet(Event, frozen=True, kw_only=True, tag="budget.set"):
     scope: BudgetScope
     scope_id: Ident
     window: BudgetWindow
-    limit_usd: NonNegFloat
-    warn_at: Annotated[float, Meta(gt=0, le=1)] = 0.8
+    limit_usd: LimitUsd
+    warn_at: Share = 0.8
 
 
 # ---- commands to agents: fw.cmd.<agent> (stream FW_COMMANDS) ---------------------------------

@@ -51,7 +51,8 @@ SELECT a.agent_id, a.name, a.team, a.status, u.state, u.current_task, u.last_see
        coalesce(s.cost_usd, 0) AS cost_today
 FROM fleet.agents a
 LEFT JOIN fleet.utilization u USING (agent_id)
-LEFT JOIN fleet.spend_daily s ON s.agent_id = a.agent_id AND s.day = current_date
+LEFT JOIN (SELECT agent_id, sum(cost_usd) AS cost_usd FROM fleet.spend_daily
+           WHERE day = current_date GROUP BY agent_id) s ON s.agent_id = a.agent_id
 ORDER BY cost_today DESC, a.agent_id
 LIMIT $1;
 

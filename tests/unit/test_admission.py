@@ -10,7 +10,16 @@ from typing import Any
 import msgspec
 import pytest
 
-from fleetward.schemas.admission import MAX_EVENT_BYTES, REASONS, Rejected, admit
+from fleetward.schemas import admission
+from fleetward.schemas.admission import (
+    MAX_EVENT_BYTES,
+    REASONS,
+    Rejected,
+    admit,
+    bracket_depth,
+    nesting,
+)
+from fleetward.schemas.bounds import INT4_MAX, MAX_COST_USD, MAX_DEPTH, MAX_TOKENS
 from fleetward.schemas.events import (
     AgentRegistered,
     Deliverable,
@@ -220,6 +229,243 @@ def test_reason_depends_on_the_field_not_on_the_bad_value(bad: str) -> None:
         f"heartbeat with status={bad!r} was classified {reason!r}: schemas/admission.py decode() "
         "looks for '`type`' anywhere in msgspec's message, which quotes the bad value"
     )
+
+
+# ---- rejected: values that would not fit where they go (issue 11) ---------------------------
+
+AGENT_SUBJECT = f"fw.agent.{AGENT}"
+
+
+def registration(**fields: Any) -> dict[str, Any]:
+    return payload("agent.registered", agent=AGENT, name="n", owner="o", team="docs") | fields
+
+
+def spend(**fields: Any) -> dict[str, Any]:
+    return payload("spend.recorded", agent=AGENT, model="m", cost_usd=0.5) | fields
+
+
+def escalation(**fields: Any) -> dict[str, Any]:
+    return (
+        payload(
+            "escalation.raised",
+            actor="svc:watchdog",
+            escalation="esc-1",
+            tier="warning",
+            reason="r",
+        )
+        | fields
+    )
+
+
+# (case, subject, payload): each one stalled the projector on main at cdeb8d3, or worse
+NUL_IN_TEXT = [
+    ("registered-name", AGENT_SUBJECT, registration(name="bad\x00name")),
+    ("heartbeat-message", HB_SUBJECT, heartbeat(message="bad\x00message")),
+    ("task-title", TASK_SUBJECT, payload("task.created", task=TASK, project="p", title="a\x00")),
+    ("escalation-message", "fw.esc.esc-1", escalation(message="\x00")),
+    ("evidence-value", "fw.esc.esc-1", escalation(evidence={"k": "v\x00"})),
+    ("evidence-key", "fw.esc.esc-1", escalation(evidence={"k\x00": "v"})),
+    ("corr", HB_SUBJECT, heartbeat(corr="c\x00")),
+    ("deliverable-content", TASK_SUBJECT, payload(
+        "task.submitted", task=TASK, agent=AGENT, epoch=1,
+        deliverable={"kind": "code", "sha256": SHA256, "content": "x\x00y"},
+    )),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("subject", "data"), [c[1:] for c in NUL_IN_TEXT], ids=[c[0] for c in NUL_IN_TEXT]
+)
+def test_nul_in_text_is_invalid(subject: str, data: dict[str, Any]) -> None:
+    """Postgres text and jsonb cannot hold U+0000 (json.dumps writes it as the escape \\u0000)."""
+    assert b"\\u0000" in raw(data)
+    assert reason_of(subject, raw(data)) == "invalid"
+
+
+def test_nul_in_an_unknown_field_is_ignored_like_the_field() -> None:
+    assert isinstance(admit(HB_SUBJECT, raw(heartbeat(mood="\x00"))), Heartbeat)
+
+
+def test_nul_in_type_is_an_unknown_type_with_a_storable_detail() -> None:
+    """msgspec quotes the bad tag verbatim; the detail must still fit a Postgres text column."""
+    with pytest.raises(Rejected) as caught:
+        admit(AGENT_SUBJECT, raw(spend(type="spend\x00recorded")))
+    assert caught.value.reason == "unknown_type"
+    assert "\x00" not in caught.value.detail and "\x00" not in str(caught.value)
+    assert "spend\\x00recorded" in caught.value.detail
+
+
+def test_a_subject_with_nul_is_quoted_storably() -> None:
+    with pytest.raises(Rejected) as caught:
+        admit(f"fw.hb.{AGENT}\x00x", raw(heartbeat()))
+    assert caught.value.reason == "wrong_subject"
+    assert "\x00" not in caught.value.detail
+
+
+@pytest.mark.parametrize(
+    "text", ["\\ud800", "\\udfff", "a\\ud800b", "\\ud800\\u0041", "\\udc00\\ud800"]
+)
+def test_a_lone_surrogate_is_not_json(text: str) -> None:
+    """Not valid Unicode, so not encodable as UTF-8 for Postgres: the decoder refuses it."""
+    data = raw(heartbeat(message="")).replace(b'"message": ""', f'"message": "{text}"'.encode())
+    assert reason_of(HB_SUBJECT, data) == "not_json"
+
+
+def test_a_surrogate_pair_is_text() -> None:
+    data = raw(heartbeat(message="")).replace(b'"message": ""', b'"message": "\\ud83d\\ude00"')
+    hb = admit(HB_SUBJECT, data)
+    assert isinstance(hb, Heartbeat) and hb.message == "\U0001f600"
+
+
+def deep(levels: int, opener: bytes = b"[", closer: bytes = b"]") -> bytes:
+    return opener * levels + closer * levels
+
+
+@pytest.mark.parametrize("first", [False, True], ids=["after-type", "before-type"])
+def test_an_unknown_field_nested_1000_deep_is_too_deep(first: bool) -> None:
+    """It made msgspec raise RecursionError, which is no rejection."""
+    data = raw(heartbeat())
+    field = b'"x": ' + deep(1000)
+    data = b"{" + field + b", " + data[1:] if first else data[:-1] + b", " + field + b"}"
+    assert reason_of(HB_SUBJECT, data) == "too_deep"
+
+
+def test_the_limit_counts_the_event_object_and_both_kinds_of_brackets() -> None:
+    base = raw(heartbeat())[:-1]
+    ok = base + b', "x": ' + b'{"a": ' * (MAX_DEPTH - 2) + b"[1]" + b"}" * (MAX_DEPTH - 2) + b"}"
+    assert nesting(json.loads(ok)) == bracket_depth(ok) == MAX_DEPTH
+    assert isinstance(admit(HB_SUBJECT, ok), Heartbeat)
+    over = base + b', "x": ' + deep(MAX_DEPTH) + b"}"
+    assert nesting(json.loads(over)) == bracket_depth(over) == MAX_DEPTH + 1
+    assert reason_of(HB_SUBJECT, over) == "too_deep"
+
+
+def test_brackets_inside_text_do_not_nest() -> None:
+    text = "[{" * 2000 + '\\"[' * 100 + "\\\\"
+    data = raw(heartbeat(message=text[:200]) | {"note": text})
+    assert nesting(json.loads(data)) == bracket_depth(data) == 1
+    assert isinstance(admit(HB_SUBJECT, data), Heartbeat)
+
+
+def test_escapes_are_not_brackets() -> None:
+    """Backslashes share the one pass over the bytes with the brackets; they do not count."""
+    data = raw(heartbeat(message="line\n" * 30) | {"note": "\t" * 500})
+    assert len(admission.watched(data)) > MAX_DEPTH
+    assert not admission.too_deep(data)
+    assert isinstance(admit(HB_SUBJECT, data), Heartbeat)
+
+
+@pytest.mark.parametrize(
+    ("data", "depth"),
+    [
+        (b"", 0),
+        (b"7", 0),
+        (b"{}", 1),
+        (b'{"a": [1, {"b": "]]]"}]}', 3),
+        (b'["\\\\", [["\\"]"]]]', 3),  # an escaped backslash, then an escaped quote
+        (b'[["unterminated [[[', 2),
+        (b'[["ends in a backslash \\', 2),
+        (b"]]]]" + deep(40), 36),  # a running total: what follows a stray closer still counts
+    ],
+)
+def test_bracket_depth_ignores_strings(data: bytes, depth: int) -> None:
+    """How bytes that do not parse are measured: brackets outside strings, as a running count."""
+    assert bracket_depth(data) == depth
+
+
+@pytest.mark.parametrize("broken", [b'"x": [1}', b'"x": "unterminated'], ids=["bracket", "string"])
+def test_json_too_deep_before_it_breaks_is_too_deep(broken: bytes) -> None:
+    """The verdict depends on the bytes alone: a parser meets the deep part before the break."""
+    data = raw(heartbeat())[:-1] + b', "y": ' + deep(40) + b", " + broken + b"}"
+    assert reason_of(HB_SUBJECT, data) == "too_deep"
+
+
+def test_broken_json_with_many_brackets_but_shallow_is_not_json() -> None:
+    data = raw(heartbeat())[:-1] + b', "y": ' + b"[], " * 40 + b'"x": [1}}'
+    assert reason_of(HB_SUBJECT, data) == "not_json"
+
+
+def test_nesting_counts_no_further_than_the_limit() -> None:
+    value: Any = []
+    for _ in range(5000):
+        value = [value]
+    assert nesting(value) == MAX_DEPTH + 1
+    assert nesting({"a": [{"b": 1}], "c": "[[[["}) == 3
+
+
+def test_recursion_in_the_decoder_is_a_rejection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Should the decoder still exhaust the stack, the event is rejected, not the consumer."""
+
+    class Exhausted:
+        def decode(self, data: bytes) -> Any:
+            raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(admission, "_decoder", Exhausted())
+    assert reason_of(HB_SUBJECT, raw(heartbeat())) == "too_deep"
+
+
+def number(data: dict[str, Any], field: str, literal: str) -> bytes:
+    """``data`` with ``field`` set to the JSON number ``literal`` exactly as written."""
+    return raw(data | {field: 0}).replace(
+        f'"{field}": 0'.encode(), f'"{field}": {literal}'.encode()
+    )
+
+
+OUT_OF_RANGE = [
+    ("tokens-past-bigint", AGENT_SUBJECT, spend(), "tokens_in", "9223372036854775808"),
+    ("tokens-past-uint64", AGENT_SUBJECT, spend(), "tokens_out", "18446744073709551616"),
+    ("tokens-over-the-bound", AGENT_SUBJECT, spend(), "tokens_in", str(MAX_TOKENS + 1)),
+    ("limit-past-int4", AGENT_SUBJECT, registration(), "max_concurrent_tasks", "2147483648"),
+    ("epoch-past-int4", TASK_SUBJECT, claim(), "epoch", "2147483648"),
+    ("interval-denormal", AGENT_SUBJECT, registration(), "heartbeat_interval_s", "5e-324"),
+    ("interval-below-0.1", AGENT_SUBJECT, registration(), "heartbeat_interval_s", "0.09"),
+    ("interval-over-a-week", AGENT_SUBJECT, registration(), "heartbeat_interval_s", "604801"),
+    ("interval-infinite", AGENT_SUBJECT, registration(), "heartbeat_interval_s", "1e999"),
+    ("cost-1e308", AGENT_SUBJECT, spend(), "cost_usd", "1e308"),
+    ("cost-infinite", AGENT_SUBJECT, spend(), "cost_usd", "1e999"),
+    ("cost-over-the-bound", AGENT_SUBJECT, spend(), "cost_usd", "1000000.01"),
+    ("lease-denormal", TASK_SUBJECT, claim(), "lease_s", "5e-324"),
+    ("lease-infinite", TASK_SUBJECT, claim(), "lease_s", "1e999"),
+    ("version-past-int4", HB_SUBJECT, heartbeat(), "v", "2147483648"),
+]
+
+
+@pytest.mark.parametrize(
+    ("subject", "data", "field", "literal"),
+    [c[1:] for c in OUT_OF_RANGE],
+    ids=[c[0] for c in OUT_OF_RANGE],
+)
+def test_numbers_out_of_range_are_invalid(
+    subject: str, data: dict[str, Any], field: str, literal: str
+) -> None:
+    assert reason_of(subject, number(data, field, literal)) == "invalid"
+
+
+@pytest.mark.parametrize("literal", ["-1e999", "9223372036854775808", "1" + "0" * 5000])
+def test_evidence_numbers_out_of_range_are_invalid(literal: str) -> None:
+    """Evidence lands in jsonb and is encoded again by the escalations fold: no infinities, and
+    integers within bigint (JSON Schema lets 2^63 pass as a number; only services send it)."""
+    data = raw(escalation(evidence={"k": 0})).replace(b'"k": 0', f'"k": {literal}'.encode())
+    assert reason_of("fw.esc.esc-1", data) == "invalid"
+
+
+@pytest.mark.parametrize(
+    ("subject", "data", "field", "literal"),
+    [
+        (AGENT_SUBJECT, spend(), "tokens_in", str(MAX_TOKENS)),
+        (AGENT_SUBJECT, spend(), "cost_usd", repr(MAX_COST_USD)),
+        (AGENT_SUBJECT, registration(), "max_concurrent_tasks", str(INT4_MAX)),
+        (TASK_SUBJECT, claim(), "epoch", str(INT4_MAX)),
+        (AGENT_SUBJECT, registration(), "heartbeat_interval_s", "0.1"),
+        (AGENT_SUBJECT, registration(), "heartbeat_interval_s", "604800"),
+    ],
+    ids=["tokens", "cost", "task-limit", "epoch", "shortest-interval", "longest-interval"],
+)
+def test_the_bounds_themselves_are_admitted(
+    subject: str, data: dict[str, Any], field: str, literal: str
+) -> None:
+    event = admit(subject, number(data, field, literal))
+    assert getattr(event, field) == float(literal)
 
 
 # ---- rejected: subject ---------------------------------------------------------------------

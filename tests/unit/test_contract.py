@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Callable, Iterator
 from datetime import datetime
@@ -15,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import msgspec.inspect as mi
 import pytest
 from jsonschema import Draft7Validator, Draft202012Validator, FormatChecker
 
-from fleetward.schemas import contract
+from fleetward.schemas import bounds, contract
 from fleetward.schemas.admission import Rejected, admit, decode
 from fleetward.schemas.events import BY_TYPE, EVENT_TYPES, AnyEvent, Event, type_name
 from fleetward.schemas.streams import stream_for_kind
@@ -215,6 +217,18 @@ INVALID = [
     ("not-a-timestamp", "agent.heartbeat", ("at",), "yesterday", "invalid"),
     ("unknown-type", "agent.heartbeat", ("type",), "agent.exploded", "unknown_type"),
     ("missing-type", "agent.heartbeat", ("type",), DELETE, "unknown_type"),
+    # bounds (issue 11): what would not fit a column, a sum or a metric
+    ("nul-in-text", "agent.heartbeat", ("message",), "a\x00b", "invalid"),
+    ("nul-in-name", "agent.registered", ("name",), "\x00", "invalid"),
+    ("nul-in-nested-text", "task.submitted", ("deliverable", "content"), "\x00", "invalid"),
+    ("nul-in-evidence", "escalation.raised", ("evidence",), {"k": "\x00"}, "invalid"),
+    ("nul-in-evidence-key", "escalation.raised", ("evidence",), {"\x00": 1}, "invalid"),
+    ("nul-in-type", "spend.recorded", ("type",), "spend\x00recorded", "unknown_type"),
+    ("int-past-bigint", "spend.recorded", ("tokens_in",), 2**63, "invalid"),
+    ("int-past-integer", "agent.registered", ("max_concurrent_tasks",), 2**31, "invalid"),
+    ("epoch-past-integer", "task.claimed", ("epoch",), 2**31, "invalid"),
+    ("denormal-interval", "agent.registered", ("heartbeat_interval_s",), 5e-324, "invalid"),
+    ("huge-cost", "spend.recorded", ("cost_usd",), 1e308, "invalid"),
 ]
 
 
@@ -255,6 +269,48 @@ def test_valid_variant_is_accepted_by_schema_and_admission(
     assert _errors(_validator(base), payload) == []
     assert _errors(_validator("event"), payload) == []
     assert type_name(type(decode(json.dumps(payload).encode()))) == base
+
+
+def _leaves(t: mi.Type, where: str, schema: Any = None) -> Iterator[tuple[str, mi.Type, Any]]:
+    """Every scalar type below ``t`` (struct fields, optional values, items, keys and values),
+    with the JSON Schema extras of its ``Meta`` (``schema``)."""
+    if isinstance(t, mi.Metadata):
+        yield from _leaves(t.type, where, t.extra_json_schema)
+    elif isinstance(t, mi.StructType):
+        for field in t.fields:
+            yield from _leaves(field.type, f"{where}.{field.name}")
+    elif isinstance(t, mi.UnionType):
+        for member in t.types:
+            yield from _leaves(member, where)
+    elif isinstance(t, mi.VarTupleType | mi.ListType):
+        yield from _leaves(t.item_type, f"{where}[]")
+    elif isinstance(t, mi.DictType):
+        yield from _leaves(t.key_type, f"{where}{{key}}")
+        yield from _leaves(t.value_type, f"{where}{{value}}")
+    else:
+        yield where, t, schema or {}
+
+
+@pytest.mark.parametrize("cls", EVENT_TYPES, ids=[type_name(c) for c in EVENT_TYPES])
+def test_every_value_is_bounded(cls: type[Event]) -> None:
+    """The bounds policy (schemas/bounds.py), for fields added later too: text has a pattern that
+    refuses NUL, every number a finite range, every integer a range within bigint."""
+    ids = {bounds.IDENT_PATTERN, bounds.ACTOR_PATTERN, bounds.SHA256_PATTERN}
+    for where, t, schema in _leaves(mi.type_info(cls), type_name(cls)):
+        if isinstance(t, mi.StrType):
+            pattern = t.pattern or schema.get("pattern")  # NO_NUL: published, checked once
+            assert pattern in ids | {bounds.NO_NUL}, f"{where}: text may hold NUL"
+            assert not re.search(pattern, "a\x00b"), where
+        elif isinstance(t, mi.IntType | mi.FloatType):
+            low, high = (t.ge if t.ge is not None else t.gt), (t.le if t.le is not None else t.lt)
+            assert low is not None and high is not None, f"{where}: unbounded number"
+            if isinstance(t, mi.IntType):
+                assert low >= bounds.INT8_MIN and high <= bounds.INT8_MAX, f"{where}: past bigint"
+            else:
+                assert math.isfinite(low) and math.isfinite(high), f"{where}: may be infinite"
+        else:
+            allowed = mi.LiteralType | mi.BoolType | mi.NoneType | mi.DateTimeType
+            assert isinstance(t, allowed), f"{where}: {t} has no bounds policy yet"
 
 
 def test_ids_with_a_trailing_newline_are_rejected() -> None:
@@ -315,7 +371,9 @@ def test_every_type_has_a_summary_and_no_summary_is_stale() -> None:
 
 
 @pytest.mark.parametrize(
-    "table", [contract.markdown_subjects, contract.markdown_events], ids=["subjects", "events"]
+    "table",
+    [contract.markdown_subjects, contract.markdown_events, contract.markdown_bounds],
+    ids=["subjects", "events", "bounds"],
 )
 def test_docs_tables_match_the_code(table: Callable[[], str]) -> None:
     assert table() in DOCS.read_text(), (

@@ -709,8 +709,21 @@ def exact(*costs: float) -> Decimal:
     return sum((Decimal(repr(c)) for c in costs), Decimal(0))
 
 
-def day_row(fold: Fold, day: date, agent: str = AGENT) -> Row:
-    return fold.row(SPEND_DAILY, agent, day)
+def day_row(fold: Fold, day: date, agent: str = AGENT, team: str = UNASSIGNED) -> Row:
+    return fold.row(SPEND_DAILY, agent, day, team)
+
+
+def team_cost(fold: Fold, team: str) -> Decimal:
+    """What fleet.spend_team_daily shows for ``team`` on the day of ``T0``."""
+    day = T0.date()
+    return sum(
+        (
+            r["model_cost_usd"] + r["tool_cost_usd"]
+            for r in fold.table(SPEND_DAILY).values()
+            if r["team"] == team and r["day"] == day
+        ),
+        Decimal(0),
+    )
 
 
 def test_cost_sums_are_exact_decimals() -> None:
@@ -771,19 +784,75 @@ def test_team_is_stamped_from_the_latest_registration() -> None:
     assert day_row(fold, d1.date())["team"] == UNASSIGNED
 
     fold(registered(team="docs"), at=d1 + timedelta(minutes=1))
-    assert fold.row(SPEND_AGENTS, AGENT) == {"agent_id": AGENT, "team": "docs"}
-    fold(spent(1.0), at=d1 + timedelta(minutes=2))
-    assert day_row(fold, d1.date())["team"] == "docs"
+    assert fold.row(SPEND_AGENTS, AGENT) == {
+        "agent_id": AGENT,
+        "team": "docs",
+        "teams": [UNASSIGNED],
+    }
+    fold(spent(2.0), at=d1 + timedelta(minutes=2))
+    assert day_row(fold, d1.date(), team="docs")["model_cost_usd"] == Decimal("2.0")
+    assert day_row(fold, d1.date())["model_cost_usd"] == Decimal("1.0")  # before it registered
 
     d2 = d1 + timedelta(days=1)
     fold(registered(team="platform"), at=d2)
     fold(tool(0.5), at=d2 + timedelta(minutes=1))
-    assert day_row(fold, d2.date())["team"] == "platform"
-    assert day_row(fold, d1.date())["team"] == "docs"  # the earlier day keeps its team
+    assert day_row(fold, d2.date(), team="platform")["tool_cost_usd"] == Decimal("0.5")
+    assert day_row(fold, d1.date(), team="docs")["team"] == "docs"  # the earlier day keeps its team
 
     fold(registered(OTHER, team="growth"), at=d2 + timedelta(minutes=2))
     fold(tool(0.5), at=d2 + timedelta(minutes=3))
-    assert day_row(fold, d2.date())["team"] == "platform"  # another agent's registration
+    assert day_row(fold, d2.date(), team="platform")["tool_calls"] == 2  # another agent's
+    assert {k[2] for k in fold.table(SPEND_DAILY)} == {UNASSIGNED, "docs", "platform"}
+    assert fold.row(SPEND_AGENTS, AGENT)["teams"] == ["docs", "platform", UNASSIGNED]
+
+
+def test_re_registration_into_another_team_keeps_the_days_spend_with_the_old_team() -> None:
+    """Issue 11: team A's 5.00 disappeared into B once the agent was re-registered into B."""
+    fold = Fold(Spend())
+    fold(registered(team="A"))
+    fold(spent(5.0, tokens=(100, 10)))
+    fold(registered(team="B"))
+    fold(spent(1.0, tokens=(7, 1)))
+    assert team_cost(fold, "A") == Decimal("5.0")
+    assert team_cost(fold, "B") == Decimal("1.0")
+    assert day_row(fold, T0.date(), team="A")["tokens_in"] == 100
+    assert day_row(fold, T0.date(), team="B")["tokens_in"] == 7
+
+    fold(registered(team="A"))  # back again, the same day: adds to A's row
+    fold(spent(0.25))
+    assert team_cost(fold, "A") == Decimal("5.25")
+    assert team_cost(fold, "B") == Decimal("1.0")
+    assert day_row(fold, T0.date(), team="A")["spend_events"] == 2
+
+
+def test_re_registrations_within_one_batch_equal_one_by_one() -> None:
+    """A batch that moves the agent back to a team it already spent under today must load that
+    team's row, which the team at the start of the batch does not name."""
+    events = [registered(team="A"), spent(5.0), registered(team="B"), spent(1.0)]
+    events += [spent(2.0), registered(team="A"), spent(0.5), registered(team="B"), tool(0.25)]
+    items = [
+        (e, Meta(i, T0 + timedelta(seconds=i), subject_of(e))) for i, e in enumerate(events, 1)
+    ]
+    whole = fold_at_once(Spend(), items)
+    for sizes in ([4, 100], [1] * 9, [2, 3, 4], [5, 4]):
+        chunks = iter(sizes)
+        assert fold_in_batches(Spend(), items, chunks.__next__) == whole, sizes
+    rows = whole[SPEND_DAILY.name]
+    assert rows[(AGENT, T0.date(), "A")]["model_cost_usd"] == Decimal("5.5")
+    assert rows[(AGENT, T0.date(), "B")]["model_cost_usd"] == Decimal("3.0")
+    assert rows[(AGENT, T0.date(), "B")]["tool_cost_usd"] == Decimal("0.25")
+
+
+def test_token_sums_pass_bigint_exactly() -> None:
+    """The contract bounds one spend's tokens; the sums (numeric columns) have no bound. Two
+    spends built past admission, whose sum passes 2^63, add up exactly."""
+    fold = Fold(Spend())
+    half = 2**62 + 1
+    fold(spent(0.0, tokens=(half, half)))
+    fold(spent(0.0, tokens=(half, 2**63 - 1)))
+    row = day_row(fold, T0.date())
+    assert row["tokens_in"] == 2**63 + 2
+    assert row["tokens_out"] == 2**62 + 2**63
 
 
 def test_registration_alone_makes_no_day_row() -> None:
@@ -806,10 +875,11 @@ def test_day_comes_from_the_stream_time_not_the_event() -> None:
         at=midnight,
     )
     table = fold.table(SPEND_DAILY)
-    assert set(table) == {(AGENT, date(2025, 3, 14)), (AGENT, date(2025, 3, 15))}
-    assert table[(AGENT, date(2025, 3, 14))]["model_cost_usd"] == Decimal("1.75")
-    assert table[(AGENT, date(2025, 3, 15))]["model_cost_usd"] == Decimal("2.0")
-    assert table[(AGENT, date(2025, 3, 14))]["day"] == date(2025, 3, 14)
+    first, second = (AGENT, date(2025, 3, 14), UNASSIGNED), (AGENT, date(2025, 3, 15), UNASSIGNED)
+    assert set(table) == {first, second}
+    assert table[first]["model_cost_usd"] == Decimal("1.75")
+    assert table[second]["model_cost_usd"] == Decimal("2.0")
+    assert table[first]["day"] == date(2025, 3, 14)
 
 
 # ---- batching: one fold equals many batches ------------------------------------------------
@@ -956,8 +1026,10 @@ def test_generated_stream_exercises_every_path() -> None:
     assert all(r["idle_us"] > 0 for r in util[UTILIZATION.name].values())
 
     spend = fold_at_once(Spend(), stream_of(Spend()))
-    assert len({day for _, day in spend[SPEND_DAILY.name]}) >= 2
+    assert len({day for _, day, _ in spend[SPEND_DAILY.name]}) >= 2
     assert len({r["team"] for r in spend[SPEND_DAILY.name].values()}) >= 4
+    # agents that spent under several teams on one day (re-registered in between)
+    assert len({k for k in spend[SPEND_DAILY.name]}) > len({k[:2] for k in spend[SPEND_DAILY.name]})
 
 
 @pytest.mark.parametrize("chunking", list(CHUNKINGS))
