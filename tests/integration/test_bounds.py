@@ -23,7 +23,8 @@ from fleetward.schemas.events import AgentRegistered, Event, Heartbeat, SpendRec
 from fleetward.services import db
 from fleetward.services.db import q
 from fleetward.services.jetstream.publish import publish, publish_many
-from fleetward.services.projector.runner import ProjectionRunner, rebuild
+from fleetward.services.projector.rebuild import rebuild
+from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.runtime.embedded import database_url
 from tests.helpers import envelope, project_all, run_to_end, snapshot
