@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import anyio
-import nats
 from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import NotFoundError
@@ -44,6 +43,7 @@ from fleetward.schemas.streams import COMMANDS_STREAM, inbox_durable
 from fleetward.schemas.subjects import subject
 from fleetward.services.client.claims import Claim, ClaimLost, claim_task, claimant
 from fleetward.services.client.operator import FleetClient
+from fleetward.services.jetstream.connection import connect
 from fleetward.services.jetstream.consumer import PullConsumer
 
 INBOX_REDELIVERY_S = 5.0
@@ -79,7 +79,7 @@ class AgentClient(FleetClient):
     @classmethod
     async def connect(cls, url: str, agent: str) -> AgentClient:
         """A client for ``agent`` on its own connection to ``url`` (reconnecting forever)."""
-        return cls(await nats.connect(url, name=agent, max_reconnect_attempts=-1), agent)
+        return cls(await connect(url, name=agent, max_reconnect_attempts=-1), agent)
 
     # ---- who I am and that I am alive ------------------------------------------------------
 

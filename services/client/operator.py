@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import msgspec
-import nats
 from nats.js.api import PubAck
 
 from fleetward.schemas import deterministic_id
@@ -24,6 +23,7 @@ from fleetward.schemas.events import (
 from fleetward.schemas.subjects import API_TASKS_CLAIMABLE
 from fleetward.services.client.publisher import Publisher
 from fleetward.services.client.taskstate import read_task
+from fleetward.services.jetstream.connection import connect
 
 
 class FleetClient(Publisher):
@@ -32,7 +32,7 @@ class FleetClient(Publisher):
     @classmethod
     async def connect(cls, url: str, actor: str) -> FleetClient:
         """A client on its own connection to ``url``, publishing as ``actor``."""
-        return cls(await nats.connect(url, name=actor), actor)
+        return cls(await connect(url, name=actor), actor)
 
     async def create_task(
         self,

@@ -7,4 +7,7 @@ Invariants:
   ended, 503 no JetStream) are interpreted in one place (protocol.py), and pull requests are
   made and made again in one place (puller.py), for the durable consumer and the ordered
   follower alike.
+- Every connection is a ``FleetwardNats`` (connection.py): whatever subject or headers nats-server
+  delivers, the message reaches its reader (a subject that is not printable UTF-8 comes
+  backslash-escaped, escape.py) and the connection keeps reading.
 """

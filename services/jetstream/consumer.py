@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -25,7 +26,11 @@ from fleetward.projections.base import Meta
 from fleetward.services.jetstream.protocol import Status, parse_ack_reply
 from fleetward.services.jetstream.puller import Puller
 
+log = logging.getLogger("fleetward.consume")
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+CHECK_EVERY_S = 1.0  # after a 503, ask whether the consumer exists at most this often
+CHECK_TIMEOUT_S = 2.0  # how long that question may take (JetStream away: no answer)
 
 
 @dataclass(slots=True)
@@ -85,8 +90,16 @@ class PullConsumer:
 
     Statuses (services/jetstream/protocol.py): a request that ends (404, 408, a 409) is made
     again at once while the buffer has room; ``409 Consumer Deleted`` sets ``gone`` and no
-    request is made any more; a 503 (JetStream away, or the consumer missing) is asked again at
-    the next ``next_batch()``, not in a loop with the server."""
+    request is made any more. A 503 means JetStream is away or the consumer is missing (the
+    server answers so a request made after the consumer was deleted: no 409 then): the next
+    ``next_batch()`` asks the server which (``CONSUMER.INFO``, at most once per
+    ``CHECK_EVERY_S``); "not found" sets ``gone`` too, anything else (no answer, JetStream
+    away) leaves it to the next request, made at the next ``next_batch()``, never in a loop
+    with the server. ``unavailable_since`` is the ``time.monotonic()`` of the first of a run of
+    503s (None since a message or any other status), for health reports.
+
+    An owner seeing ``gone`` re-creates the consumer: the projector's runner raises ``Resync``
+    at its next step and re-positions (services/projector/runner.py)."""
 
     def __init__(
         self, nc: NatsClient, stream: str, durable: str, batch: int = 1000, expires: float = 5.0
@@ -96,6 +109,9 @@ class PullConsumer:
         self._buffer: deque[Delivery] = deque()
         self._arrived = asyncio.Event()
         self.gone = False  # the server says the consumer no longer exists
+        self.unavailable_since: float | None = None  # the first of the latest 503s in a row
+        self._checked_at = -CHECK_EVERY_S  # time.monotonic() of the last CONSUMER.INFO
+        self._js = nc.jetstream(timeout=CHECK_TIMEOUT_S)
         self._pulls = Puller(
             nc, stream, durable, self, batch=batch, expires=expires, queue_limit=4 * batch + 100
         )
@@ -113,13 +129,18 @@ class PullConsumer:
     def on_message(self, msg: Msg) -> None:
         """Buffer ``msg`` as a ``Delivery`` and wake a waiting ``next_batch()``."""
         self._buffer.append(to_delivery(msg))
+        self.unavailable_since = None
         self._arrived.set()
 
     def on_status(self, status: Status) -> bool:
         """Ask again at once after 404, 408 and 409s (while ``wants_more()``); set ``gone`` on
-        409 Consumer Deleted; after a 503 wait for the next read (no loop with the server)."""
+        409 Consumer Deleted; after a 503 wait for the next read (no loop with the server),
+        which first asks whether the consumer still exists."""
         if status is Status.UNAVAILABLE:
+            if self.unavailable_since is None:
+                self.unavailable_since = time.monotonic()
             return False  # nor wake a reader: it asks again at its next call
+        self.unavailable_since = None
         if status is Status.CONSUMER_GONE:
             self.gone = True
         self._arrived.set()  # a waiting reader goes on waiting (or sees ``gone``)
@@ -135,8 +156,13 @@ class PullConsumer:
         """Up to ``max_items`` deliveries in stream order; empty after ``wait`` with none.
 
         While the server says more messages are pending (catching up), wait up to ``linger``
-        for a full batch; when nothing is pending (live), return what is there at once."""
+        for a full batch; when nothing is pending (live), return what is there at once. After a
+        503, first ask whether the consumer still exists (see the class docstring). Once it is
+        ``gone``, what is buffered is still returned, then nothing (after ``wait``, so that a
+        caller reading in a loop does not spin)."""
         self._pulls.forget_lost()  # a request lost in a reconnect: ask again
+        if self.unavailable_since is not None and not self._buffer:
+            await self._check_exists()
         until = time.monotonic() + wait
         while not self._buffer:  # status messages (a request expired) wake us too: go on waiting
             left = until - time.monotonic()
@@ -162,6 +188,22 @@ class PullConsumer:
         out = [self._buffer.popleft() for _ in range(n)]
         await self._pulls.refill()
         return out
+
+    async def _check_exists(self) -> None:
+        """Set ``gone`` if the server says there is no such consumer (or stream); any other
+        answer, or none within ``CHECK_TIMEOUT_S``, changes nothing."""
+        now = time.monotonic()
+        if self.gone or now - self._checked_at < CHECK_EVERY_S:
+            return
+        self._checked_at = now
+        try:
+            await self._js.consumer_info(self.stream, self.durable)
+        except NotFoundError:
+            log.warning("%s: consumer %s no longer exists (503, then not found)",
+                        self.stream, self.durable)  # fmt: skip
+            self.gone = True
+        except Exception:  # JetStream away, no answer: a 503 like any other; ask again later
+            return
 
     async def ack(self, delivery: Delivery) -> None:
         """Acknowledge ``delivery`` and, with AckAll, everything before it."""

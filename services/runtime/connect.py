@@ -22,6 +22,7 @@ from fleetward.schemas.streams import all_streams
 from fleetward.services import db, metrics
 from fleetward.services.config import Settings
 from fleetward.services.errors import FleetwardError
+from fleetward.services.jetstream.connection import FleetwardNats
 from fleetward.services.jetstream.streams import ensure_streams
 from fleetward.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, database_url
 
@@ -65,7 +66,7 @@ async def connect_nats(url: str, *, name: str = "fleetward", reconnect: bool = T
 
     # With unlimited reconnects nats-py also retries the FIRST connect forever: bound it, so an
     # unreachable server is an error instead of a hang.
-    nc = NatsClient()
+    nc = FleetwardNats()
     try:
         with anyio.fail_after(NATS_CONNECT_DEADLINE_S):
             await nc.connect(

@@ -6,14 +6,24 @@ from __future__ import annotations
 import time
 
 import anyio
+import pytest
 
-from fleetward.schemas.streams import HEARTBEATS_STREAM
+from fleetward.projections import BY_NAME
+from fleetward.schemas.events import AgentRegistered
+from fleetward.schemas.streams import EVENTS_STREAM, HEARTBEATS_STREAM
 from fleetward.services.jetstream.consumer import PullConsumer, recreate_consumer
 from fleetward.services.jetstream.follower import StreamFollower
+from fleetward.services.jetstream.publish import publish
+from fleetward.services.projector.commit import Resync
+from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime
-from tests.helpers import wait_for
+from tests.helpers import envelope, run_to_end, wait_for
 
 HB = ("fw.hb.>",)
+
+
+def register(agent: str) -> AgentRegistered:
+    return AgentRegistered(**envelope(agent), agent=agent, name=agent, owner="o", team="t")
 
 
 async def test_an_expired_request_is_not_a_message(rt: Runtime) -> None:
@@ -54,11 +64,13 @@ async def test_a_consumer_deleted_under_a_waiting_request_is_gone(rt: Runtime) -
         await consumer.stop()
 
 
-async def test_a_consumer_deleted_with_no_request_open_is_asked_once_per_read(
+async def test_a_consumer_deleted_with_no_request_open_is_found_gone_at_the_next_read(
     rt: Runtime,
 ) -> None:
     """With no request open when the consumer is deleted, the next one is answered 503 (nobody
-    serves its pull subject): the reader asks again at its next read, not in a loop."""
+    serves its pull subject), not 409: the next read asks the server whether the consumer
+    exists, learns that it does not, and sets ``gone``, so its owner can re-create it. A
+    request per read and one question, never a loop with the server."""
     await recreate_consumer(rt.js, HEARTBEATS_STREAM, "probe", HB, 0)
     consumer = PullConsumer(rt.nc, HEARTBEATS_STREAM, "probe", batch=1, expires=30.0)
     await consumer.start()
@@ -70,11 +82,35 @@ async def test_a_consumer_deleted_with_no_request_open_is_asked_once_per_read(
         await rt.js.delete_consumer(HEARTBEATS_STREAM, "probe")
         published = rt.nc.stats["out_msgs"]
         assert [d.seq for d in await consumer.next_batch(1, wait=0.1)] == [2]  # then asks: 503
-        assert await consumer.next_batch(1, wait=0.5) == []  # asks once more: 503
-        assert rt.nc.stats["out_msgs"] - published <= 2
-        assert first.seq == 1 and not consumer.gone
+
+        async def gone() -> bool:
+            return await consumer.next_batch(1, wait=0.2) == [] and consumer.gone
+
+        await wait_for(gone, 10, "the consumer to be found gone")
+        assert rt.nc.stats["out_msgs"] - published <= 4
+        assert first.seq == 1 and consumer.unavailable_since is not None
     finally:
         await consumer.stop()
+
+
+async def test_a_runner_whose_durable_vanished_with_no_request_open_resyncs_and_goes_on(
+    rt: Runtime,
+) -> None:
+    """The projector's runner meets ``gone`` (found after a 503) as after a 409: ``step()``
+    raises ``Resync``, and its loop re-positions, which re-creates the consumer from the
+    checkpoint. Before, every step got one more 503 and nothing was applied again."""
+    await publish(rt.js, register("a1"))
+    runner = ProjectionRunner(rt, BY_NAME["agents"])
+    await runner.position()  # the consumer exists; the first step makes the first request
+    await rt.js.delete_consumer(EVENTS_STREAM, runner.durable)
+    await publish(rt.js, register("a2"))
+    with pytest.raises(Resync, match="deleted"):
+        for _ in range(5):
+            await runner.step(wait=0.3)
+    await run_to_end(runner)  # what the loop does next: position, then read on
+    async with rt.pool.acquire() as conn:
+        agents = await conn.fetch("SELECT agent_id FROM fleet.agents ORDER BY agent_id")
+    assert [r["agent_id"] for r in agents] == ["a1", "a2"]
 
 
 async def _one_buffered(consumer: PullConsumer) -> bool:

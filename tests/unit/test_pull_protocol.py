@@ -11,6 +11,9 @@ from datetime import UTC, datetime
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import NotFoundError
 
 from fleetward.services.jetstream.consumer import PullConsumer
 from fleetward.services.jetstream.follower import StreamFollower
@@ -191,6 +194,49 @@ async def test_the_consumer_asks_again_after_a_503_only_at_its_next_read() -> No
     c = consumer()
     assert c.on_status(Status.UNAVAILABLE) is False
     assert not c.gone and c.wants_more()
+
+
+class ConsumerInfo:
+    """Stands in for the JetStream API behind ``CONSUMER.INFO``: answers with ``answer``."""
+
+    def __init__(self, answer: Exception | None) -> None:
+        self.answer, self.asked = answer, 0
+
+    async def consumer_info(self, stream: str, consumer: str) -> None:
+        self.asked += 1
+        if self.answer is not None:
+            raise self.answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "gone"),
+    [
+        (NotFoundError(code=404, err_code=10014, description="consumer not found"), True),
+        (NotFoundError(code=404, err_code=10059, description="stream not found"), True),
+        (NatsTimeout(), False),  # JetStream away
+        (NoRespondersError(), False),
+        (None, False),  # the consumer is there: the 503 was JetStream away for a moment
+    ],
+)
+async def test_after_a_503_the_next_read_asks_whether_the_consumer_still_exists(
+    answer: Exception | None, gone: bool
+) -> None:
+    """A request made after the consumer was deleted is answered 503, never 409: whether it is
+    gone is asked of the server (at most once a second), so that the owner can re-create it."""
+    c = consumer()
+    c._js = info = ConsumerInfo(answer)  # type: ignore[assignment]
+    assert c.unavailable_since is None
+    c.on_status(Status.UNAVAILABLE)
+    since = c.unavailable_since
+    assert since is not None
+    assert await c.next_batch(10, wait=0.05) == []
+    assert (info.asked, c.gone, c.wants_more()) == (1, gone, not gone)
+    c.on_status(Status.UNAVAILABLE)
+    assert c.unavailable_since == since  # still the first of the run
+    await c.next_batch(10, wait=0.01)
+    assert info.asked == 1  # not again within CHECK_EVERY_S
+    await puller(c).receive(message(1, 1))
+    assert c.unavailable_since is None
 
 
 async def test_the_consumer_stops_asking_while_its_buffer_is_full() -> None:
