@@ -133,7 +133,9 @@ WATCHDOG_AGENTS_TRACKED = Gauge(
 WATCHDOG_AGENTS = Gauge(
     "fleetward_watchdog_agents",
     "Tracked agents by liveness state: alive, warning, critical, dismissed (a person resolved "
-    "the escalation; judged again from the next heartbeat), offline, paused, retired.",
+    "the escalation; judged again from the next heartbeat), offline, paused, retired, "
+    "quarantined (judging it failed: not judged until it registers again; see "
+    "fleetward_watchdog_failures_total).",
     ["state"],
     registry=REGISTRY,
 )
@@ -167,5 +169,15 @@ WATCHDOG_REJECTED = Counter(
     "fleetward_watchdog_rejected",
     "Events the watchdog could not use (see fleet.dead_letters for the projector's view).",
     ["stream"],
+    registry=REGISTRY,
+)
+WATCHDOG_FAILURES = Counter(
+    "fleetward_watchdog_failures",
+    "Agents, tasks, events or rows the watchdog could not judge, skipped while it judged the "
+    "rest (a bug, or an input nobody foresaw; the log has each one), by stage: load (a "
+    "projection row at start), heartbeat, event (a message read), liveness (an agent, then "
+    "quarantined), overdue, stall, lease (a task), reconcile (an open escalation), tick (a "
+    "whole judging round).",
+    ["stage"],
     registry=REGISTRY,
 )

@@ -1,0 +1,185 @@
+"""No agent, event or row stops the watchdog (issue 11, item 2; DESIGN 3.6), against a real
+nats-server and Postgres: raw payloads that today's admission accepts, with the extremes of every
+field the watchdog reads, and projection rows that hold worse. The watchdog stays alive, judges
+the rest on time, after a restart too, and its health says why whenever it is not judging."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from fleetward.schemas import new_id
+from fleetward.schemas.headers import MSG_ID
+from fleetward.services import metrics
+from fleetward.services.clock import ManualClock
+from fleetward.services.runtime.connect import Runtime
+from fleetward.services.watchdog.core.failures import STAGES
+from fleetward.services.watchdog.service import STALE_S, Watchdog
+from tests.helpers import wait_for
+from tests.integration.test_watchdog import FAST, Beater, Recorder, judging, register, running
+
+HUGE_INT = 2**64 - 1  # the largest integer admission takes today
+
+
+def raw(payload: dict[str, Any]) -> bytes:
+    """An event as an agent in any language could send it: JSON with the envelope added."""
+    return msgspec.json.encode({"id": new_id(), "at": datetime.now(UTC).isoformat(), **payload})
+
+
+async def publish_raw(rt: Runtime, subject: str, payload: dict[str, Any]) -> None:
+    data = raw(payload)
+    await rt.js.publish(subject, data, headers={MSG_ID: msgspec.json.decode(data)["id"]})
+
+
+EXTREMES: list[tuple[str, dict[str, Any]]] = [
+    ("fw.agent.tiny", {"type": "agent.registered", "actor": "tiny", "agent": "tiny", "name": "n",
+                       "owner": "o", "team": "t", "heartbeat_interval_s": 5e-324}),
+    ("fw.agent.huge", {"type": "agent.registered", "actor": "huge", "agent": "huge", "name": "n",
+                       "owner": "o", "team": "t", "heartbeat_interval_s": 1e308,
+                       "max_concurrent_tasks": HUGE_INT}),
+    ("fw.agent.max", {"type": "agent.registered", "actor": "max", "agent": "max", "name": "n",
+                      "owner": "o", "team": "t", "heartbeat_interval_s": 1.7976931348623157e308}),
+    ("fw.task.t-tiny", {"type": "task.created", "actor": "user:p", "task": "t-tiny",
+                        "project": "p", "title": "t", "sla_s": 5e-324}),
+    ("fw.task.t-tiny", {"type": "task.claimed", "actor": "tiny", "task": "t-tiny",
+                        "agent": "tiny", "epoch": HUGE_INT, "lease_s": 1e308}),
+    ("fw.task.t-huge", {"type": "task.created", "actor": "user:p", "task": "t-huge",
+                        "project": "p", "title": "t", "sla_s": 1e308}),
+    ("fw.task.t-huge", {"type": "task.claimed", "actor": "huge", "task": "t-huge",
+                        "agent": "huge", "epoch": 2**31, "lease_s": 5e-324}),
+    ("fw.agent.huge", {"type": "tool.called", "actor": "huge", "agent": "huge", "tool": "x" * 200,
+                       "duration_ms": 1e308, "ok": False, "error": "e" * 8000,
+                       "cost_usd": 1e308}),
+    ("fw.agent.huge", {"type": "run.finished", "actor": "huge", "agent": "huge", "run": "r",
+                       "outcome": "failed", "latency_ms": 1e308}),
+    ("fw.esc.e-extreme", {"type": "escalation.raised", "actor": "svc:other",
+                          "escalation": "e-extreme", "tier": "critical",
+                          "reason": "heartbeat_missed", "agent": "max", "task": "t-huge",
+                          "message": "m" * 8000,
+                          "evidence": {"last_heartbeat_seq": HUGE_INT, "epoch": -(2**63),
+                                       "interval_s": 1.7976931348623157e308,
+                                       "misses": True, "deadline": None}}),
+    ("fw.esc.e-task", {"type": "escalation.raised", "actor": "svc:other", "escalation": "e-task",
+                       "tier": "warning", "reason": "task_overdue", "agent": "huge",
+                       "task": "t-huge", "evidence": {"epoch": HUGE_INT}}),
+]  # fmt: skip
+
+
+async def insert_extreme_rows(rt: Runtime) -> None:
+    """Rows the projections may hold (written before a bound existed, or by hand): the
+    watchdog reads them at start."""
+    async with rt.pool.acquire() as conn:
+        for agent, interval in [("row-tiny", 5e-324), ("row-nan", float("nan")),
+                                ("row-inf", float("inf")), ("row-zero", 0.0)]:  # fmt: skip
+            await conn.execute(
+                "INSERT INTO fleetward.agents (agent_id, name, owner, team, purpose, risk_class,"
+                " version, status, status_reason, heartbeat_interval_s, roles,"
+                " max_concurrent_tasks, registered_at, updated_at, last_seq)"
+                " VALUES ($1, $1, 'o', 't', '', 'low', '1', 'active', '', $2, '{}', 1, now(),"
+                " now(), 0)",
+                agent, interval,
+            )  # fmt: skip
+        await conn.execute(
+            "INSERT INTO fleetward.tasks (task_id, project, title, description, priority, status,"
+            " assignee, claim_epoch, lease_s, depends_on, sla_s, review_rounds, rework_count,"
+            " deliverable_version, created_by, created_at, updated_at, claimed_at,"
+            " last_progress_at, last_seq)"
+            " VALUES ('t-row', 'p', 't', '', 'low', 'in_progress', 'row-tiny', 1, 1e308, '{}',"
+            " 'NaN', 0, 0, 0, 'user:p', now(), now(), now(), now(), 0)"
+        )
+
+
+def failures() -> dict[str, float]:
+    return {
+        s: metrics.REGISTRY.get_sample_value("fleetward_watchdog_failures_total", {"stage": s})
+        or 0.0
+        for s in STAGES
+    }
+
+
+async def test_extreme_values_never_stop_the_watchdog_and_the_rest_are_judged(rt: Runtime) -> None:
+    """``heartbeat_interval_s: 5e-324`` made the watchdog exit with OverflowError at the first
+    judgement of that agent, and again after every restart."""
+    for subject, payload in EXTREMES:
+        await publish_raw(rt, subject, payload)
+    await rt.js.publish("fw.agent.dead", raw(msgspec.to_builtins(register("dead"))))
+    await rt.js.publish("fw.agent.ok", raw(msgspec.to_builtins(register("ok"))))
+    await insert_extreme_rows(rt)
+    before = failures()
+    raised_after_first = 0
+    for restart in range(2):  # a restart reads it all again
+        dog = Watchdog(rt, FAST, name=f"wd{restart}")
+        beater = Beater(rt, ["ok", "huge", "max"])
+        async with running(rt, dog, beater=beater) as (rec, _):
+            await judging(dog)
+            if restart == 0:
+
+                async def silent_ones_escalated(rec: Recorder = rec) -> bool:
+                    return rec.agents("critical") >= {"tiny", "dead", "row-tiny", "row-zero"}
+
+                await wait_for(silent_ones_escalated, 15, "the silent agents' escalations")
+            signals = dog.signals
+            rounds = signals.judged.count
+            await signals.wait_for(lambda: signals.judged.count > rounds + 20, 10, "more rounds")
+            await wait_for(lambda: rec.has_all(rt), 10, "the recorder to catch up")
+            tiny = next(e for e in rec.escalations("tiny") if e.tier == "critical")
+            assert tiny.evidence["interval_s"] == 0.001  # judged as 1 ms (limits.period)
+            # the other silent ones: escalated; those that heartbeat or promised ~forever: not
+            ours = {e.agent for e in rec.escalations() if e.actor == "svc:watchdog"}
+            assert ours == {"tiny", "dead", "row-tiny", "row-zero"}
+            if restart == 0:
+                raised_after_first = len(rec.raised())
+            else:  # nothing raised twice
+                assert len(rec.raised()) == raised_after_first
+            assert dog.health() == (True, "judging")
+            assert dog.judge.failures.total == 0
+    assert failures() == before  # the clamps leave nothing to isolate
+
+
+async def test_a_round_that_raises_is_counted_the_watchdog_lives_and_its_health_says_why(
+    rt: Runtime,
+) -> None:
+    await rt.js.publish("fw.agent.a1", raw(msgspec.to_builtins(register("a1"))))
+    clock = ManualClock(time.time())
+    dog = Watchdog(rt, FAST, clock=clock)
+    signals = dog.signals
+    assert dog.health() == (False, "cannot read the projections yet")
+
+    async def round_at(when: float) -> None:
+        clock.set(when)
+        await signals.wait_for(lambda: signals.ticked.last == when, 10, f"a round at {when}")
+
+    async with running(rt, dog, clock=clock):
+
+        async def read() -> bool:
+            return dog.caught_up()
+
+        await wait_for(read, 20, "the watchdog to read the streams")
+        await round_at(clock.now() + 0.01)
+        ok, why = dog.health()
+        assert ok and why.startswith("in grace until"), why
+        await round_at(clock.now() + FAST.grace_s)
+        assert dog.health() == (True, "judging")
+
+        tick = dog.judge.tick
+
+        def broken(now: float) -> Any:
+            raise ZeroDivisionError("a bug in judging")
+
+        dog.judge.tick = broken  # type: ignore[method-assign]
+        before = failures()["tick"]
+        await round_at(clock.now() + STALE_S + 1)
+        ok, why = dog.health()
+        assert not ok
+        assert why == (
+            f"no judging round completed for {STALE_S + 1:.1f}s; "
+            "last failure at tick: ZeroDivisionError: a bug in judging"
+        )
+        assert failures()["tick"] == before + 1
+
+        dog.judge.tick = tick  # type: ignore[method-assign]
+        await round_at(clock.now() + 0.01)
+        assert dog.health() == (True, "judging")
