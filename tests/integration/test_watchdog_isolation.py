@@ -121,10 +121,10 @@ async def test_extreme_values_never_stop_the_watchdog_and_the_rest_are_judged(rt
                     return rec.agents("critical") >= {"tiny", "dead", "row-tiny", "row-zero"}
 
                 await wait_for(silent_ones_escalated, 15, "the silent agents' escalations")
-            signals = dog.signals
-            rounds = signals.judged.count
-            await signals.wait_for(lambda: signals.judged.count > rounds + 20, 10, "more rounds")
-            await wait_for(lambda: rec.has_all(rt), 10, "the recorder to catch up")
+            judged = dog.signals.judged
+            more = judged.count + 20
+            await dog.signals.wait_for(lambda j=judged, n=more: j.count > n, 10, "more rounds")
+            await wait_for(lambda rec=rec: rec.has_all(rt), 10, "the recorder to catch up")
             tiny = next(e for e in rec.escalations("tiny") if e.tier == "critical")
             assert tiny.evidence["interval_s"] == 0.001  # judged as 1 ms (limits.period)
             # the other silent ones: escalated; those that heartbeat or promised ~forever: not
