@@ -119,6 +119,16 @@ def count_postgres_error(component: str, exc: BaseException) -> None:
         POSTGRES_ERRORS.labels(component).inc()
 
 
+FLEET_BAD_ROWS = Counter(
+    "fleetward_fleet_metrics_bad_rows",
+    "Rows of the views that the fleet gauges skipped at a reading because a value does not fit "
+    "a gauge (e.g. a team's spend past the largest float); the other gauges still refresh. "
+    "view: the view read (fleet.spend_daily: a team's spend, and its budget gauges with it).",
+    ["view"],
+    registry=REGISTRY,
+)
+FLEET_BAD_ROWS.labels("fleet.spend_daily")  # present at 0, so increase() sees the first
+
 for _component in ("projector", "fleet_metrics"):  # present at 0, so increase() sees the first
     POSTGRES_ERRORS.labels(_component)
 
