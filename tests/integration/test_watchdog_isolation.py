@@ -6,6 +6,7 @@ the rest on time, after a restart too, and its health says why whenever it is no
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -92,6 +93,16 @@ async def insert_extreme_rows(rt: Runtime) -> None:
         )
 
 
+async def more_rounds(dog: Watchdog, n: int) -> None:
+    judged = dog.signals.judged
+    until = judged.count + n
+    await dog.signals.wait_for(lambda: judged.count >= until, 10, f"{n} more judging rounds")
+
+
+def recorded(rec: Recorder, rt: Runtime) -> Callable[[], Awaitable[bool]]:
+    return lambda: rec.has_all(rt)
+
+
 def failures() -> dict[str, float]:
     return {
         s: metrics.REGISTRY.get_sample_value("fleetward_watchdog_failures_total", {"stage": s})
@@ -121,10 +132,8 @@ async def test_extreme_values_never_stop_the_watchdog_and_the_rest_are_judged(rt
                     return rec.agents("critical") >= {"tiny", "dead", "row-tiny", "row-zero"}
 
                 await wait_for(silent_ones_escalated, 15, "the silent agents' escalations")
-            judged = dog.signals.judged
-            more = judged.count + 20
-            await dog.signals.wait_for(lambda j=judged, n=more: j.count > n, 10, "more rounds")
-            await wait_for(lambda rec=rec: rec.has_all(rt), 10, "the recorder to catch up")
+            await more_rounds(dog, 20)
+            await wait_for(recorded(rec, rt), 10, "the recorder to catch up")
             tiny = next(e for e in rec.escalations("tiny") if e.tier == "critical")
             assert tiny.evidence["interval_s"] == 0.001  # judged as 1 ms (limits.period)
             # the other silent ones: escalated; those that heartbeat or promised ~forever: not
