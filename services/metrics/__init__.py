@@ -4,9 +4,10 @@
 Label values are bounded: projection names, event type names, reasons, statuses, priorities,
 tiers, teams (few). Never an id of an agent, a task or an event.
 
-Beside the metric objects: ``http`` serves /metrics and /healthz; ``budgets`` holds the pure
-budget rules; ``fleet`` the fleet gauges, read from the public views and registered in
-``REGISTRY`` when it is imported (``serve`` runs their refresher).
+Beside the metric objects: ``http`` serves /metrics and /healthz; ``health`` keeps the named
+health checks /healthz reports; ``budgets`` holds the pure budget rules; ``fleet`` the fleet
+gauges, read from the public views and registered in ``REGISTRY`` when it is imported
+(``serve`` runs their refresher).
 
 Invariants:
 - This module imports no other service: the runtime, the projector and the watchdog import it.

@@ -5,9 +5,11 @@ the rest on time, after a restart too, and its health says why whenever it is no
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -19,8 +21,18 @@ from fleetward.services.clock import ManualClock
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.watchdog.core.failures import STAGES
 from fleetward.services.watchdog.service import STALE_S, Watchdog
-from tests.helpers import wait_for
-from tests.integration.test_watchdog import FAST, Beater, Recorder, judging, register, running
+from tests.helpers import http_get, wait_for
+from tests.integration.test_watchdog import (
+    FAST,
+    Beater,
+    Recorder,
+    caught_up,
+    judging,
+    register,
+    running,
+    spawn_watchdog,
+    stop,
+)
 
 HUGE_INT = 2**64 - 1  # the largest integer admission takes today
 
@@ -192,3 +204,23 @@ async def test_a_round_that_raises_is_counted_the_watchdog_lives_and_its_health_
         dog.judge.tick = tick  # type: ignore[method-assign]
         await round_at(clock.now() + 0.01)
         assert dog.health() == (True, "judging")
+
+
+async def test_the_watchdog_process_reports_its_health_with_reasons(
+    rt: Runtime, env: dict[str, str], tmp_path: Path
+) -> None:
+    await rt.js.publish("fw.agent.a1", raw(msgspec.to_builtins(register("a1"))))
+    watchdog_env = env | {"FLEETWARD_METRICS_PORT": "0", "FLEETWARD_WATCHDOG_GRACE_S": "0.5"}
+    with spawn_watchdog(watchdog_env, tmp_path / "wd") as (proc, logs):
+        await wait_for(lambda: caught_up(proc, logs), 30, "the watchdog to catch up")
+        port = int(re.findall(r"metrics on :(\d+)", (logs / "stdout").read_text())[0])
+
+        async def judging_reported() -> dict[str, Any]:
+            status, body = await http_get(port, "/healthz")
+            report: dict[str, Any] = msgspec.json.decode(body)
+            return report if status == 200 and "in grace" not in body else {}
+
+        report = await wait_for(judging_reported, 10, "/healthz to report judging")
+        assert report["checks"] == {"nats": {"ok": True, "reason": "connected"},
+                                    "watchdog": {"ok": True, "reason": "judging"}}  # fmt: skip
+        stop(proc, logs)
