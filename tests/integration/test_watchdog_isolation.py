@@ -224,3 +224,16 @@ async def test_the_watchdog_process_reports_its_health_with_reasons(
         assert report["checks"] == {"nats": {"ok": True, "reason": "connected"},
                                     "watchdog": {"ok": True, "reason": "judging"}}  # fmt: skip
         stop(proc, logs)
+
+
+async def test_an_event_the_decoder_cannot_take_is_skipped_and_counted(rt: Runtime) -> None:
+    """An unknown field nested 1,000 deep (2 KB) makes the decoder raise RecursionError, which
+    admission does not turn into a rejection (yet): the watchdog counts it and reads on."""
+    dog = Watchdog(rt, FAST)
+    deep = b'{"type": "agent.registered", "x": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    counts = failures()
+    before = counts["event"] + counts["heartbeat"] + dog.rejected
+    dog._on_event("fw.agent.a1", deep, 7, time.time_ns())
+    dog._on_heartbeat("fw.hb.a1", deep.replace(b"agent.registered", b"agent.heartbeat"), 8, 0)
+    after = failures()
+    assert after["event"] + after["heartbeat"] + dog.rejected == before + 2
