@@ -1,7 +1,13 @@
-"""Projections: pure folds from events to rows, plus their SQL (migrations and named queries)."""
+"""Projections: pure folds from events to rows, plus their SQL (migrations and named queries).
+
+Invariant: every subject of every stream (schemas/streams.py) is read by a projection in
+``ALL``, so whatever is published on a Fleetward subject is applied or dead-lettered.
+"""
 
 from fleetward.projections.agents import AgentRegistry
 from fleetward.projections.base import Meta, Projection, Rows, Table
+from fleetward.projections.budgets import Budgets
+from fleetward.projections.commands import Commands
 from fleetward.projections.escalations import EscalationBoard
 from fleetward.projections.spend import Spend
 from fleetward.projections.tasks import TaskBoard
@@ -13,6 +19,8 @@ ALL: tuple[Projection, ...] = (
     Utilization(),
     Spend(),
     EscalationBoard(),
+    Budgets(),  # reads fw.budget.>: nothing published there escapes the dead letters
+    Commands(),  # reads FW_COMMANDS, likewise
 )
 BY_NAME: dict[str, Projection] = {p.name: p for p in ALL}
 

@@ -19,6 +19,7 @@ from fleetward.schemas import REASONS
 from fleetward.services import metrics, simulate
 from fleetward.services.api.tasks import serve_task_api
 from fleetward.services.metrics.fleet import FLEET
+from fleetward.services.metrics.health import HealthChecks
 from fleetward.services.metrics.http import serve_http
 from fleetward.services.projector.consumers import by_stream
 from fleetward.services.projector.runner import ProjectionRunner
@@ -54,13 +55,12 @@ async def run_services(
         for group in by_stream(projections)
     ]
     dog = Watchdog(rt) if watchdog else None
-
-    def healthy() -> bool:
-        return (
-            rt.nc.is_connected
-            and all(r.consumer is not None for r in runners)
-            and (dog is None or dog.healthy())
-        )
+    health = HealthChecks()  # GET /healthz: each part's verdict and reason
+    health.register("nats", lambda: _connected(rt))
+    if runners:
+        health.register("projector", lambda: _positioned(runners))
+    if dog is not None:
+        health.register("watchdog", dog.health)
 
     for p in projections:  # series present at 0 from the start, so increase() sees the first
         metrics.RESYNCS.labels(p.name)
@@ -70,7 +70,7 @@ async def run_services(
     async with anyio.create_task_group() as services:
         services.start_soon(_stop_on_signal, stop)
         port = await services.start(
-            serve_http, rt.settings.metrics_host, rt.settings.metrics_port, healthy
+            serve_http, rt.settings.metrics_host, rt.settings.metrics_port, health
         )
         if any(p.name == "tasks" for p in projections):
             services.start_soon(serve_task_api, rt)  # answers from the task board
@@ -87,6 +87,17 @@ async def run_services(
             if on_ready is not None:
                 workers.start_soon(_until_stopped, on_ready, port, stop)
         services.cancel_scope.cancel()
+
+
+def _connected(rt: Runtime) -> tuple[bool, str]:
+    return (True, "connected") if rt.nc.is_connected else (False, "disconnected from NATS")
+
+
+def _positioned(runners: list[ProjectionRunner]) -> tuple[bool, str]:
+    waiting = [p.name for r in runners if r.consumer is None for p in r.projections]
+    if waiting:
+        return False, f"positioning the consumer of {', '.join(waiting)}"
+    return True, "consuming"
 
 
 async def watch_lag(

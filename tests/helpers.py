@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -33,6 +34,19 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await anyio.sleep(0.05)
+
+
+async def http_get(port: int, path: str) -> tuple[int, str]:
+    """A plain HTTP/1.1 GET against 127.0.0.1:port; (status code, body)."""
+    chunks: list[bytes] = []
+    with anyio.fail_after(5):
+        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+            await stream.send(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            with contextlib.suppress(anyio.EndOfStream):
+                while True:
+                    chunks.append(await stream.receive())
+    head, _, body = b"".join(chunks).decode().partition("\r\n\r\n")
+    return int(head.split(" ", 2)[1]), body
 
 
 def now() -> datetime:

@@ -142,11 +142,12 @@ SELECT tier, count(*)::int AS n FROM fleet.escalations_open GROUP BY tier;
 
 -- name: metrics_team_spend
 -- Spend per team of the registry (UTC days): since $1 (the oldest budget window), today ($2),
--- this month (from $3). One index range scan per team on spend_daily (team, day).
+-- this month (from $3). One index range scan per team on spend_daily (team, day). Sums stay
+-- numeric: one past the largest float8 must fail its team's row in Python, not the whole read.
 SELECT t.team,
-       coalesce(sum(s.cost_usd), 0)::float8 AS since,
-       coalesce(sum(s.cost_usd) FILTER (WHERE s.day = $2::date), 0)::float8 AS today,
-       coalesce(sum(s.cost_usd) FILTER (WHERE s.day >= $3::date), 0)::float8 AS month
+       coalesce(sum(s.cost_usd), 0) AS since,
+       coalesce(sum(s.cost_usd) FILTER (WHERE s.day = $2::date), 0) AS today,
+       coalesce(sum(s.cost_usd) FILTER (WHERE s.day >= $3::date), 0) AS month
 FROM (SELECT DISTINCT team FROM fleet.agents) t
 LEFT JOIN fleet.spend_daily s ON s.team = t.team AND s.day >= $1::date
 GROUP BY t.team;

@@ -4,9 +4,10 @@
 Label values are bounded: projection names, event type names, reasons, statuses, priorities,
 tiers, teams (few). Never an id of an agent, a task or an event.
 
-Beside the metric objects: ``http`` serves /metrics and /healthz; ``budgets`` holds the pure
-budget rules; ``fleet`` the fleet gauges, read from the public views and registered in
-``REGISTRY`` when it is imported (``serve`` runs their refresher).
+Beside the metric objects: ``http`` serves /metrics and /healthz; ``health`` keeps the named
+health checks /healthz reports; ``budgets`` holds the pure budget rules; ``fleet`` the fleet
+gauges, read from the public views and registered in ``REGISTRY`` when it is imported
+(``serve`` runs their refresher).
 
 Invariants:
 - This module imports no other service: the runtime, the projector and the watchdog import it.
@@ -119,6 +120,16 @@ def count_postgres_error(component: str, exc: BaseException) -> None:
         POSTGRES_ERRORS.labels(component).inc()
 
 
+FLEET_BAD_ROWS = Counter(
+    "fleetward_fleet_metrics_bad_rows",
+    "Rows of the views that the fleet gauges skipped at a reading because a value does not fit "
+    "a gauge (e.g. a team's spend past the largest float); the other gauges still refresh. "
+    "view: the view read (fleet.spend_daily: a team's spend, and its budget gauges with it).",
+    ["view"],
+    registry=REGISTRY,
+)
+FLEET_BAD_ROWS.labels("fleet.spend_daily")  # present at 0, so increase() sees the first
+
 for _component in ("projector", "fleet_metrics"):  # present at 0, so increase() sees the first
     POSTGRES_ERRORS.labels(_component)
 
@@ -133,7 +144,9 @@ WATCHDOG_AGENTS_TRACKED = Gauge(
 WATCHDOG_AGENTS = Gauge(
     "fleetward_watchdog_agents",
     "Tracked agents by liveness state: alive, warning, critical, dismissed (a person resolved "
-    "the escalation; judged again from the next heartbeat), offline, paused, retired.",
+    "the escalation; judged again from the next heartbeat), offline, paused, retired, "
+    "quarantined (judging it failed: not judged until it registers again; see "
+    "fleetward_watchdog_failures_total).",
     ["state"],
     registry=REGISTRY,
 )
@@ -167,5 +180,15 @@ WATCHDOG_REJECTED = Counter(
     "fleetward_watchdog_rejected",
     "Events the watchdog could not use (see fleet.dead_letters for the projector's view).",
     ["stream"],
+    registry=REGISTRY,
+)
+WATCHDOG_FAILURES = Counter(
+    "fleetward_watchdog_failures",
+    "Agents, tasks, events or rows the watchdog could not judge, skipped while it judged the "
+    "rest (a bug, or an input nobody foresaw; the log has each one), by stage: load (a "
+    "projection row at start), heartbeat, event (a message read), liveness (an agent, then "
+    "quarantined), overdue, stall, lease (a task), reconcile (an open escalation), tick (a "
+    "whole judging round).",
+    ["stage"],
     registry=REGISTRY,
 )

@@ -1,10 +1,12 @@
 """Budget rules, pure: which UTC days a budget window counts, the tightest team budget per
-window, and how much of it a team has used."""
+window, how much of it a team has used, and which sums of money a gauge can show."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import date
+from decimal import Decimal
 
 from fleetward.schemas.events import BudgetSet
 
@@ -43,3 +45,12 @@ def team_budgets(budgets: dict[str, BudgetSet]) -> dict[tuple[str, str], float]:
             key = (b.scope_id, b.window)
             out[key] = min(out.get(key, b.limit_usd), b.limit_usd)
     return out
+
+
+def usd(amount: Decimal | float | int | None) -> float:
+    """A sum of money (USD, exact ``numeric`` from Postgres; None for no rows) as a gauge value.
+    Raises ``ValueError`` when it is no finite float (e.g. a day of spends past 1.8e308)."""
+    value = float(amount or 0)
+    if not math.isfinite(value):
+        raise ValueError(f"{amount} USD does not fit a gauge (a float)")
+    return value

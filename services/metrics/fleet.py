@@ -2,6 +2,10 @@
 (schema fleet) by ``FleetMetrics.run``, once per projector process, every ``FLEET_REFRESH_S``; a
 scrape serves the last reading and never waits on Postgres. ``FLEET`` is registered in
 ``metrics.REGISTRY`` when this module is imported.
+
+One bad row never stops the gauges: sums are read exactly (numeric) and turned into floats row
+by row; a row that does not fit (a team's spend past the largest float) is skipped, logged and
+counted in ``fleetward_fleet_metrics_bad_rows_total{view}``, and every other gauge refreshes.
 """
 
 from __future__ import annotations
@@ -25,8 +29,13 @@ from fleetward.schemas.streams import EVENTS_STREAM, follower_prefix
 from fleetward.schemas.subjects import wildcard
 from fleetward.services.db import q
 from fleetward.services.jetstream.follower import StreamFollower
-from fleetward.services.metrics import POSTGRES_ERRORS, REGISTRY, is_postgres_error
-from fleetward.services.metrics.budgets import TeamBudget, team_budgets, window_start
+from fleetward.services.metrics import (
+    FLEET_BAD_ROWS,
+    POSTGRES_ERRORS,
+    REGISTRY,
+    is_postgres_error,
+)
+from fleetward.services.metrics.budgets import TeamBudget, team_budgets, usd, window_start
 
 if TYPE_CHECKING:  # annotations only: the runtime counts reconnects with metrics, not the reverse
     from fleetward.services.runtime.connect import Runtime
@@ -42,6 +51,8 @@ TASK_STATUSES: Final = (
 )  # fmt: skip
 PRIORITIES: Final[tuple[str, ...]] = get_args(Priority)
 TIERS: Final[tuple[str, ...]] = get_args(Tier)
+# budget window -> its column of metrics_team_spend
+_WINDOW_COLUMNS: Final = (("day", "today"), ("month", "month"), ("lifetime", "since"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +76,7 @@ class FleetMetrics(Collector):
         self.snapshot: FleetSnapshot | None = None
         self.budgets: dict[str, BudgetSet] = {}  # budget id -> its last budget.set
         self._changed = anyio.Event()  # a budget arrived: refresh now, not at the next tick
+        self._bad_teams: set[str] = set()  # skipped at the last reading (logged once)
 
     def on_budget(self, subject: str, data: bytes, _seq: int, _ns: int) -> None:
         """Keep a ``budget.set`` from the stream (a follower callback) and refresh soon."""
@@ -91,21 +103,41 @@ class FleetMetrics(Collector):
                 escalations = await conn.fetch(q("metrics_escalations"))
                 month = today.replace(day=1)
                 spend = await conn.fetch(q("metrics_team_spend"), since, today, month)
-        by_window = {r["team"]: {"day": r["today"], "month": r["month"], "lifetime": r["since"]}
-                     for r in spend}  # fmt: skip
+        by_window, bad = self._team_spend(spend)
         snap = FleetSnapshot(
             agents={r["status"]: r["n"] for r in agents},
             tasks={(r["status"], r["priority"]): r["n"] for r in tasks},
             escalations={r["tier"]: r["n"] for r in escalations},
-            spend_today={team: float(w["day"]) for team, w in by_window.items()},
-            budgets=[
-                TeamBudget(team, window, limit, float(by_window.get(team, {}).get(window, 0)))
+            spend_today={team: w["day"] for team, w in by_window.items()},
+            budgets=[  # a team whose spend could not be read shows no budget, rather than 0 spent
+                TeamBudget(team, window, limit, by_window.get(team, {}).get(window, 0.0))
                 for (team, window), limit in sorted(limits.items())
+                if team not in bad
             ],
             at=time.time(),
         )
         self.snapshot = snap
         return snap
+
+    def _team_spend(
+        self, rows: list[asyncpg.Record]
+    ) -> tuple[dict[str, dict[str, float]], set[str]]:
+        """Each team's spend (USD) by budget window from metrics_team_spend rows, and the teams
+        whose row was skipped: a sum that is no finite float (``usd``) is counted in
+        fleetward_fleet_metrics_bad_rows_total and logged once until it reads well again."""
+        by_window: dict[str, dict[str, float]] = {}
+        bad: set[str] = set()
+        for r in rows:
+            team = r["team"]
+            try:
+                by_window[team] = {w: usd(r[c]) for w, c in _WINDOW_COLUMNS}
+            except ValueError as exc:
+                bad.add(team)
+                FLEET_BAD_ROWS.labels("fleet.spend_daily").inc()
+                if team not in self._bad_teams:
+                    log.warning("fleet metrics: team %r skipped (%s); the rest refresh", team, exc)
+        self._bad_teams = bad
+        return by_window, bad
 
     async def run(self, rt: Runtime, stop: anyio.Event, interval: float = FLEET_REFRESH_S) -> None:
         """Refresh every ``interval`` until ``stop`` is set. Postgres away is logged and counted
@@ -180,8 +212,8 @@ class FleetMetrics(Collector):
             "Spend today (UTC day, fleet.spend_daily) by team; every team in the registry.",
             labels=["team"],
         )
-        for team, usd in sorted(snap.spend_today.items()):
-            spend.add_metric([team], usd)
+        for team, amount in sorted(snap.spend_today.items()):
+            spend.add_metric([team], amount)
         yield from (agents, tasks, escalations, spend, *self._budget_families(snap))
         yield GaugeMetricFamily(
             "fleetward_fleet_metrics_updated_timestamp_seconds",

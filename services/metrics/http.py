@@ -1,5 +1,6 @@
 """The HTTP server of every service process: GET /metrics (the registry, in the Prometheus text
-format) and GET /healthz (200 or 503, from the service's own health check)."""
+format) and GET /healthz (200 or 503, from the service's own health check; with ``HealthChecks``,
+every named check's verdict and reason in the body: services/metrics/health.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from anyio.abc import SocketStream
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fleetward.services.metrics import REGISTRY
+from fleetward.services.metrics.health import HealthChecks
 
 
 def render() -> bytes:
@@ -34,9 +36,14 @@ async def serve_http(
             if path == b"/metrics":
                 status, ctype, body = b"200 OK", CONTENT_TYPE_LATEST.encode(), render()
             elif path == b"/healthz":
-                ok = health()
+                if isinstance(health, HealthChecks):
+                    report = health.report()
+                    ok, body = report.ok, report.json()
+                else:
+                    ok = health()
+                    body = b'{"ok":%s}' % (b"true" if ok else b"false")
                 status = b"200 OK" if ok else b"503 Service Unavailable"
-                ctype, body = b"application/json", b'{"ok":%s}' % (b"true" if ok else b"false")
+                ctype = b"application/json"
             else:
                 status, ctype, body = b"404 Not Found", b"text/plain", b"not found\n"
             head = b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (
@@ -50,4 +57,5 @@ async def serve_http(
     listener = await anyio.create_tcp_listener(local_host=host, local_port=port)
     bound = listener.extra(anyio.abc.SocketAttribute.local_port)
     task_status.started(bound)
-    await listener.serve(handle)
+    async with listener:  # closed when cancelled
+        await listener.serve(handle)

@@ -182,7 +182,7 @@ class Publisher:
         assert msg.seq is not None and msg.data is not None
         try:
             return msg.seq, decode(msg.data)
-        except Rejected:
+        except (Rejected, RecursionError):  # nested too deep for the decoder: not ours either
             return msg.seq, None  # not ours to judge: publish after it
 
 

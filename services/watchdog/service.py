@@ -16,6 +16,15 @@ every deadline by s.
 Grace: nothing is judged while disconnected or while a reader has not caught up (at start, or
 after re-creating its consumer on a reconnect or a JetStream outage), nor for one grace period
 after: the agents need about as long to be heard again.
+
+Isolation (DESIGN 3.6): one row, message, agent or task never stops the watchdog. A row read at
+start, a heartbeat or an event whose handling raises is skipped; the core isolates each agent,
+task and lease it judges (core/failures.py); a judging round that raises anyway is retried in
+the next. Each failure is logged with its traceback and counted in
+``fleetward_watchdog_failures_total{stage}``.
+
+Health (``health``): not ready, with the reason, while the projections cannot be read, NATS is
+away, the readers have not caught up, or no judging round has completed for ``STALE_S``.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from collections.abc import Callable
 from datetime import datetime
 
 import anyio
+import asyncpg
 import msgspec
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -43,6 +53,7 @@ from fleetward.services.jetstream.follower import StreamFollower
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.signals import Signal, Signals
 from fleetward.services.watchdog.core.detectors import TaskRow
+from fleetward.services.watchdog.core.failures import STAGES, Failure
 from fleetward.services.watchdog.core.incidents import Plan
 from fleetward.services.watchdog.core.judge import CHECKPOINTS, Judge
 from fleetward.services.watchdog.core.liveness import STATES
@@ -52,6 +63,7 @@ log = logging.getLogger("fleetward.watchdog")
 
 HB_PREFIX = kind_prefix("hb")
 SHUTDOWN_S = 5.0  # on SIGTERM, plans in hand get this long to be published
+STALE_S = 10.0  # no judging round completed for this long (by its clock): not healthy
 
 
 def micros(when: datetime) -> int:
@@ -104,6 +116,11 @@ class Watchdog:
         self._send: MemoryObjectSendStream[Plan] | None = None
         self._reconnects = 0
         self._restarts = 0
+        self._loaded = False
+        self._load_error = ""  # why the projections could not be read, while they cannot
+        self._last_failure: Failure | None = None
+        for stage in STAGES:  # present at 0, so increase() sees the first
+            metrics.WATCHDOG_FAILURES.labels(stage)
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -120,25 +137,25 @@ class Watchdog:
             open_ = await conn.fetch(q("watchdog_escalations"))
         done = {r["projection"]: int(r["seq"]) for r in marks}
         judge.checkpoints = {kind: done.get(p, 0) for kind, p in CHECKPOINTS.items()}
+        isolated = judge.failures.isolated  # a row that cannot be judged is skipped
         for r in agents:
-            judge.load_agent(
-                r["agent_id"], r["status"], r["heartbeat_interval_s"], micros(r["updated_at"])
-            )
+            with isolated("load", f"agent {r['agent_id']}"):
+                judge.load_agent(
+                    r["agent_id"], r["status"], r["heartbeat_interval_s"], micros(r["updated_at"])
+                )
         for r in tasks:
-            claimed = micros(r["claimed_at"]) if r["claimed_at"] else None
-            progress = micros(r["last_progress_at"]) if r["last_progress_at"] else None
-            row = TaskRow(r["task_id"], r["status"], r["assignee"], r["claim_epoch"], r["sla_s"],
-                          claimed, micros(r["updated_at"]), r["lease_s"], progress,
-                          r["last_seq"])  # fmt: skip
-            judge.load_task(row, now)
+            with isolated("load", f"task {r['task_id']}"):
+                judge.load_task(_task_row(r), now)
         for r in open_:
-            raised = EscalationRaised(
-                id=r["escalation_id"], actor="svc:watchdog", at=EPOCH,
-                escalation=r["escalation_id"], tier=r["tier"], reason=r["reason"],
-                agent=r["agent"], task=r["task"], message=r["message"],
-                evidence=msgspec.json.decode(r["evidence"]),
-            )  # fmt: skip
-            judge.load_escalation(raised, int(r["last_seq"]), now)
+            with isolated("load", f"escalation {r['escalation_id']}"):
+                raised = EscalationRaised(
+                    id=r["escalation_id"], actor="svc:watchdog", at=EPOCH,
+                    escalation=r["escalation_id"], tier=r["tier"], reason=r["reason"],
+                    agent=r["agent"], task=r["task"], message=r["message"],
+                    evidence=msgspec.json.decode(r["evidence"]),
+                )  # fmt: skip
+                judge.load_escalation(raised, int(r["last_seq"]), now)
+        self._report_failures()
         log.info(
             "%s: %d agents, %d tasks, %d open escalations from the projections (checkpoints %s)",
             self.name, len(agents), len(tasks), len(open_), judge.checkpoints,
@@ -147,27 +164,43 @@ class Watchdog:
     # ---- reading -----------------------------------------------------------------------------
 
     def _on_heartbeat(self, subject: str, data: bytes, seq: int, ns: int) -> None:
-        agent = subject[len(HB_PREFIX) :]
-        if not self.judge.owns(agent):
-            return
-        try:
-            beat = admit(subject, data)
-        except Rejected:
-            self.rejected += 1
-            metrics.WATCHDOG_REJECTED.labels(HEARTBEATS.name).inc()
-            return
-        task = getattr(beat, "task", None)
-        self._plan(self.judge.heartbeat(agent, seq, ns, self.clock.now(), task))
+        with self.judge.failures.isolated("heartbeat", f"{HEARTBEATS.name} seq {seq}"):
+            agent = subject[len(HB_PREFIX) :]
+            if not self.judge.owns(agent):
+                return
+            try:
+                beat = admit(subject, data)
+            except Rejected:
+                self.rejected += 1
+                metrics.WATCHDOG_REJECTED.labels(HEARTBEATS.name).inc()
+                return
+            task = getattr(beat, "task", None)
+            self._plan(self.judge.heartbeat(agent, seq, ns, self.clock.now(), task))
+        self._report_failures()
 
     def _on_event(self, subject: str, data: bytes, seq: int, ns: int) -> None:
-        try:
-            event: Event = admit(subject, data)
-        except Rejected:
-            self.rejected += 1
-            metrics.WATCHDOG_REJECTED.labels(EVENTS_STREAM).inc()
+        with self.judge.failures.isolated("event", f"{EVENTS_STREAM} seq {seq}"):
+            try:
+                event: Event = admit(subject, data)
+            except Rejected:
+                self.rejected += 1
+                metrics.WATCHDOG_REJECTED.labels(EVENTS_STREAM).inc()
+                return
+            kind = subject.split(".", 2)[1]
+            self._plan(self.judge.event(kind, event, seq, ns, self.clock.now()))
+        self._report_failures()
+
+    def _report_failures(self) -> None:
+        """Log and count what the judge could not judge since the last report."""
+        if not self.judge.failures:
             return
-        kind = subject.split(".", 2)[1]
-        self._plan(self.judge.event(kind, event, seq, ns, self.clock.now()))
+        for failure in self.judge.failures.drain():
+            self._last_failure = failure
+            metrics.WATCHDOG_FAILURES.labels(failure.stage).inc()
+            then = "quarantined" if failure.stage == "liveness" else "skipped"
+            log.error("%s: judging failed at %s for %s (%s); %s, judging the rest",
+                      self.name, failure.stage, failure.key or "a round", failure, then,
+                      exc_info=failure.error)  # fmt: skip
 
     def _plan(self, plans: list[Plan]) -> None:
         assert self._send is not None
@@ -181,8 +214,27 @@ class Watchdog:
 
     # ---- the loops ---------------------------------------------------------------------------
 
+    def health(self) -> tuple[bool, str]:
+        """(ready, why): whether this replica is judging, and the reason in words."""
+        judge, now = self.judge, self.clock.now()
+        if not self._loaded:
+            return False, f"cannot read the projections yet{_because(self._load_error)}"
+        if not self.rt.nc.is_connected:
+            return False, "disconnected from NATS; judging no one until it is back"
+        if not judge.ready:
+            return False, "reading the streams; judging once caught up"
+        last = self.signals.judged.last
+        if last is None or now - last > STALE_S:
+            since = "never" if last is None else f"for {now - last:.1f}s"
+            failure = self._last_failure
+            why = f"; last failure at {failure.stage}: {failure}" if failure else ""
+            return False, f"no judging round completed {since}{why}"
+        if not judge.judging(now):
+            return True, f"in grace until {_hms(judge.grace_until)}"
+        return True, "judging"
+
     def healthy(self) -> bool:
-        return self.rt.nc.is_connected and self.judge.ready
+        return self.health()[0]
 
     def caught_up(self) -> bool:
         return bool(self.followers) and all(f.caught_up for f in self.followers)
@@ -235,33 +287,42 @@ class Watchdog:
         while not stopping():
             try:
                 await self.load()
+                self._loaded, self._load_error = True, ""
                 return True
             except Exception as exc:  # Postgres away: keep trying
+                self._load_error = f"{type(exc).__name__}: {exc}"
                 log.warning("%s: cannot read the projections (%s); retrying", self.name, exc)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
         return False
 
     async def _judge(self, stopping: Callable[[], bool]) -> None:
-        judge, nc = self.judge, self.rt.nc
         gauges_at = 0.0
         while not stopping():
             now = self.clock.now()
-            self._watch_connection(now)
-            if not judge.ready and self.caught_up():
-                judge.ready = True
-                log.info("%s: caught up; judging from %s", self.name, _hms(judge.grace_until))
-                self._plan(judge.reconcile(now))
-            if nc.is_connected:
-                self._plan(judge.tick(now))
-                self.signals.judged.emit(now)
-            if now - gauges_at >= 0.5:
-                gauges_at = now
-                self._gauges(now)
-            nxt = judge.next_due() if judge.judging(now) else None
-            wait = self.tick_s if nxt is None else min(self.tick_s, max(nxt - now, 0.005))
+            wait = self.tick_s
+            with self.judge.failures.isolated("tick", ""):  # the next round tries again
+                wait = self._round(now)
+                if now - gauges_at >= 0.5:
+                    gauges_at = now
+                    self._gauges(now)
+            self._report_failures()
             self.signals.ticked.emit(now)
             await self.clock.sleep(wait)
+
+    def _round(self, now: float) -> float:
+        """One judging round at ``now``; how long to wait for the next (seconds)."""
+        judge = self.judge
+        self._watch_connection(now)
+        if not judge.ready and self.caught_up():
+            judge.ready = True
+            log.info("%s: caught up; judging from %s", self.name, _hms(judge.grace_until))
+            self._plan(judge.reconcile(now))
+        if self.rt.nc.is_connected:
+            self._plan(judge.tick(now))
+            self.signals.judged.emit(now)
+        nxt = judge.next_due() if judge.judging(now) else None
+        return self.tick_s if nxt is None else min(self.tick_s, max(nxt - now, 0.005))
 
     def _watch_connection(self, now: float) -> None:
         """Grace while disconnected or re-reading, and for one period after: the agents need as
@@ -287,6 +348,19 @@ class Watchdog:
         for state in STATES:
             metrics.WATCHDOG_AGENTS.labels(state).set(counts.get(state, 0))
         metrics.WATCHDOG_GRACE.set(0 if self.judge.judging(now) else 1)
+
+
+def _task_row(r: asyncpg.Record) -> TaskRow:
+    """A row of the watchdog_tasks query as the core takes it (stream times in µs)."""
+    claimed = micros(r["claimed_at"]) if r["claimed_at"] else None
+    progress = micros(r["last_progress_at"]) if r["last_progress_at"] else None
+    return TaskRow(r["task_id"], r["status"], r["assignee"], r["claim_epoch"], r["sla_s"],
+                   claimed, micros(r["updated_at"]), r["lease_s"], progress,
+                   r["last_seq"])  # fmt: skip
+
+
+def _because(error: str) -> str:
+    return f" ({error})" if error else ""
 
 
 def _hms(when: float) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import anyio
+import msgspec
 import psutil
 from nats.js.errors import NotFoundError
 
@@ -32,7 +33,7 @@ from fleetward.services.jetstream.publish import publish_many
 from fleetward.services.projector.consumers import by_stream, consumer_filter, runner_durable
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.simulate import Fleet
-from tests.helpers import now, project_all, wait_for
+from tests.helpers import http_get, now, project_all, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = (sys.executable, "-m", "fleetward.services.cli")
@@ -50,19 +51,6 @@ async def fleetward_ok(env: dict[str, str], *args: str) -> str:
     assert code == 0, f"fleetward {' '.join(args)} exited {code}:\n{out}\n{err}"
     assert "Traceback" not in err, err
     return out
-
-
-async def http_get(port: int, path: str) -> tuple[int, str]:
-    """A plain HTTP/1.1 GET against 127.0.0.1:port; (status code, body)."""
-    chunks: list[bytes] = []
-    with anyio.fail_after(5):
-        async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-            await stream.send(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
-            with contextlib.suppress(anyio.EndOfStream):
-                while True:
-                    chunks.append(await stream.receive())
-    head, _, body = b"".join(chunks).decode().partition("\r\n\r\n")
-    return int(head.split(" ", 2)[1]), body
 
 
 async def publish_fleet(rt: Runtime, size: int, ticks: int, seed: int = 7) -> int:
@@ -139,7 +127,9 @@ async def test_projector_serves_health_and_metrics_and_stops_cleanly_on_sigterm(
 
         async def healthy() -> bool:
             status, body = await http_get(port, "/healthz")
-            return status == 200 and body == '{"ok":true}'
+            return status == 200 and msgspec.json.decode(body) == {"ok": True, "checks": {
+                "nats": {"ok": True, "reason": "connected"},
+                "projector": {"ok": True, "reason": "consuming"}}}  # fmt: skip
 
         await wait_for(healthy, 30, "/healthz to answer 200")
 

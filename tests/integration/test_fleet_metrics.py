@@ -259,3 +259,52 @@ async def test_a_nats_reconnect_is_counted(tmp_path: Path) -> None:
             await nc.close()
     finally:
         server.__exit__(None, None, None)
+
+
+def bad_rows() -> float:
+    labels = {"view": "fleet.spend_daily"}
+    return metrics.REGISTRY.get_sample_value("fleetward_fleet_metrics_bad_rows_total", labels) or 0
+
+
+async def test_a_team_spend_past_the_largest_float_is_skipped_and_the_gauges_still_move(
+    rt: Runtime,
+) -> None:
+    """Two admitted spends of ``"cost_usd": 1e308`` for one team and day sum (exactly, as
+    numeric) past the largest float: the reading failed on every refresh and no fleet gauge
+    moved again. The row is written here as the spend projection writes it, so the test does
+    not depend on what admission takes."""
+    await publish_many(rt.js, [register("a1", "docs"), register("a2", "ops"), spend("a2", 1.5)])
+    await project_all(rt)
+    async with rt.pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO fleetward.spend_daily (agent_id, day, team, model_cost_usd,"
+            " tool_cost_usd, tokens_in, tokens_out, runs, runs_failed, tool_calls, tool_errors,"
+            " spend_events) VALUES ('a1', (now() AT TIME ZONE 'UTC')::date, 'docs',"
+            " 2e308, 0, 0, 0, 0, 0, 0, 0, 2)"
+        )
+    await publish_many(rt.js, [budget("b1", "team", "docs", "day", 5.0),
+                               budget("b2", "team", "ops", "day", 3.0)])  # fmt: skip
+    fleet = FleetMetrics()
+    before = bad_rows()
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(fleet.run, rt, stop, 0.05)
+        readings: list[float] = []
+
+        async def refreshed_thrice() -> bool:  # with both budgets read from the stream
+            snap = fleet.snapshot
+            if snap is not None and len(fleet.budgets) == 2 and snap.at not in readings:
+                readings.append(snap.at)
+            return len(readings) >= 3
+
+        await wait_for(refreshed_thrice, 10, "three readings")
+        stop.set()
+    snap = fleet.snapshot
+    assert snap is not None
+    assert snap.agents == {"active": 2}
+    assert snap.spend_today == {"ops": 1.5}  # docs skipped, not shown as 0 or inf
+    assert snap.budgets == [TeamBudget("ops", "day", 3.0, 1.5)]  # docs' spent is unknown
+    assert bad_rows() >= before + 3  # counted at every reading
+    text = exposition(fleet)
+    assert 'fleetward_spend_usd_today{team="ops"} 1.5' in text.splitlines()
+    assert 'team="docs"' not in text

@@ -145,7 +145,7 @@ async def test_one_runner_feeds_several_projections_each_its_own_subjects(rt: Ru
     on_agent = (await rt.js.publish("fw.agent.a1", b"garbage")).seq
     on_esc = (await rt.js.publish("fw.esc.e1", b"garbage")).seq
     group = tuple(p for p in ALL if p.stream == "FW_EVENTS")
-    assert {p.name for p in group} == {"agents", "tasks", "spend", "escalations"}
+    assert {p.name for p in group} == {"agents", "tasks", "spend", "escalations", "budgets"}
     runner = ProjectionRunner(rt, *group)
     await run_to_end(runner)
     info = await rt.js.consumer_info("FW_EVENTS", runner.durable)

@@ -606,6 +606,8 @@ async def test_after_a_nats_outage_the_watchdog_waits_a_grace_period_before_judg
                 grace_before = dog.judge.grace_until
                 server.__exit__(None, None, None)
                 await wait_for(_not(rt), 10, "the watchdog to notice the outage")
+                ok, why = dog.health()  # not ready, and it says why
+                assert not ok and why.startswith("disconnected from NATS"), why
                 down = dog.clock.now()
 
                 def outage_over() -> bool:  # the outage lasts past the critical deadline

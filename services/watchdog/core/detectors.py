@@ -11,6 +11,9 @@ explicit ``now``; they return ``Plan``s.
 - ``WakeLoopDetector``: an agent finishing run after run with no task progress: warning;
   resolved by its next progress.
 
+SLAs enter through ``limits.period`` (clamped). A task whose judgement raises anyway is noted
+as a failure (failures.py) and left unjudged until it changes again; the others are judged.
+
 Incident ids are deterministic from what every replica reads in the same order (task and epoch;
 task, epoch and last report; agent and the triggering event), so two replicas raise the same
 escalation. Event-driven detectors fire only on recent events (within their window of ``now``),
@@ -39,6 +42,7 @@ from fleetward.schemas.events import (
     ToolCalled,
 )
 from fleetward.services.config import WatchdogSettings
+from fleetward.services.watchdog.core.failures import Failures
 from fleetward.services.watchdog.core.incidents import (
     TASK_OVERDUE,
     TASK_STALLED,
@@ -55,6 +59,7 @@ from fleetward.services.watchdog.core.incidents import (
     raised_event,
     resolve_step,
 )
+from fleetward.services.watchdog.core.limits import period
 from fleetward.services.watchdog.core.liveness import DeadlineHeap
 
 Owns = Callable[[str], bool]
@@ -70,7 +75,7 @@ class Held:
     epoch: int
     claimed: float  # stream time of the claim, seconds
     touched_us: int  # stream time of the holder's last report, microseconds
-    sla: float | None
+    sla: float | None  # seconds, clamped (limits.period)
 
     @property
     def touched(self) -> float:
@@ -109,7 +114,8 @@ class TaskWatch:
 
     def load(self, row: TaskRow) -> Held | None:
         """A task as the board (fleet.tasks) has it at start."""
-        task, agent, epoch, sla = row.task, row.assignee, row.epoch, row.sla
+        task, agent, epoch = row.task, row.assignee, row.epoch
+        sla = None if row.sla is None else period(row.sla)
         if sla is not None:
             self.sla[task] = sla
         if epoch:
@@ -124,6 +130,9 @@ class TaskWatch:
         return None
 
     def _hold(self, h: Held) -> Held:
+        old = self.held.get(h.task)
+        if old is not None:  # one holder per task: never leave the old one in by_agent
+            self._drop(old)
         self.held[h.task] = h
         self.by_agent.setdefault(h.agent, set()).add(h.task)
         return h
@@ -145,7 +154,7 @@ class TaskWatch:
         t = us / 1e6
         match event:
             case TaskCreated() if event.sla_s is not None:
-                self.sla[event.task] = event.sla_s
+                self.sla[event.task] = period(event.sla_s)
             case TaskClaimed() if event.task not in self.held:
                 if event.epoch <= self.epoch.get(event.task, 0):
                     return None  # the board refuses a claim of an old epoch
@@ -194,9 +203,17 @@ class TaskWatch:
 
 class _TaskDetector:
     reason: str
+    stage: str  # of its failures (failures.STAGES)
 
-    def __init__(self, settings: WatchdogSettings, escalations: Escalations, watch: TaskWatch):
+    def __init__(
+        self,
+        settings: WatchdogSettings,
+        escalations: Escalations,
+        watch: TaskWatch,
+        failures: Failures | None = None,
+    ) -> None:
         self.s, self.escalations, self.watch = settings, escalations, watch
+        self.failures = failures if failures is not None else Failures()
         self.heap: DeadlineHeap[str] = DeadlineHeap()
 
     def deadline(self, h: Held) -> float | None:
@@ -228,32 +245,39 @@ class _TaskDetector:
     def due(self, now: float, owns: Owns, healthy: Owns) -> list[Plan]:
         """Judge the tasks whose deadline passed, if this replica owns their holder. A holder in
         a liveness incident is judged later: its silence is the incident (and at critical its
-        leases are released)."""
+        leases are released). A task whose judgement raises is noted and skipped."""
         plans: list[Plan] = []
         for task in self.heap.pop_due(now):
-            h = self.watch.held.get(task)
-            due = self.deadline(h) if h is not None else None
-            if h is None or due is None or not owns(h.agent):
-                continue
-            if now < due:
-                self.heap.schedule(task, due)  # reported since it was scheduled
-                continue
-            if not healthy(h.agent):
-                self.heap.schedule(task, now + self.s.interval_s)
-                continue
-            esc = self.incident(h)
-            if self.escalations.known(esc):
-                continue
-            message, evidence = self.describe(h, now)
-            raised = raised_event(esc, "warning", self.reason, now, agent=h.agent, task=task,
-                                  message=message, evidence=evidence)  # fmt: skip
-            self.escalations.raised(raised)
-            plans.append(Plan(f"esc:{esc}", (Publish(raised, "empty"),), due))
+            with self.failures.isolated(self.stage, task):
+                plan = self._judge(task, now, owns, healthy)
+                if plan is not None:
+                    plans.append(plan)
         return plans
+
+    def _judge(self, task: str, now: float, owns: Owns, healthy: Owns) -> Plan | None:
+        h = self.watch.held.get(task)
+        due = self.deadline(h) if h is not None else None
+        if h is None or due is None or not owns(h.agent):
+            return None
+        if now < due:
+            self.heap.schedule(task, due)  # reported since it was scheduled
+            return None
+        if not healthy(h.agent):
+            self.heap.schedule(task, now + period(self.s.interval_s))
+            return None
+        esc = self.incident(h)
+        if self.escalations.known(esc):
+            return None
+        message, evidence = self.describe(h, now)
+        raised = raised_event(esc, "warning", self.reason, now, agent=h.agent, task=task,
+                              message=message, evidence=evidence)  # fmt: skip
+        self.escalations.raised(raised)
+        return Plan(f"esc:{esc}", (Publish(raised, "empty"),), due)
 
 
 class OverdueDetector(_TaskDetector):
     reason = TASK_OVERDUE
+    stage = "overdue"
 
     def deadline(self, h: Held) -> float | None:
         sla = h.sla if h.sla is not None else self.s.default_sla_s
@@ -273,6 +297,7 @@ class OverdueDetector(_TaskDetector):
 
 class StallDetector(_TaskDetector):
     reason = TASK_STALLED
+    stage = "stall"
 
     def deadline(self, h: Held) -> float | None:
         return h.touched + self.s.stall_s

@@ -11,6 +11,9 @@ it returns.
   holder. Other agents' heartbeats are dropped before any work.
 - Start: the state comes from the projections (``load_*``) as of their checkpoints; events of a
   kind at or below its projection's checkpoint are already in that state and are skipped.
+- Isolation: durations are clamped where they enter (limits.py); whatever raises anyway while
+  judging one agent, task, lease or escalation is noted in ``failures`` (failures.py) for the
+  service to log and count, and everything else is judged as usual.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from fleetward.services.watchdog.core.detectors import (
     TaskWatch,
     WakeLoopDetector,
 )
+from fleetward.services.watchdog.core.failures import Failures
 from fleetward.services.watchdog.core.incidents import (
     HEARTBEAT_MISSED,
     TASK_REASONS,
@@ -55,6 +59,7 @@ from fleetward.services.watchdog.core.incidents import (
     resolve_step,
 )
 from fleetward.services.watchdog.core.leases import Lapse, Lease, LeaseBook
+from fleetward.services.watchdog.core.limits import period
 from fleetward.services.watchdog.core.liveness import LIFECYCLE, Liveness
 
 # the projection whose checkpoint covers each subject kind of FW_EVENTS
@@ -65,11 +70,12 @@ _ESCALATION_EVENTS: Final = (EscalationRaised, EscalationAcknowledged, Escalatio
 class Judge:
     def __init__(self, settings: WatchdogSettings) -> None:
         self.s = settings
+        self.failures = Failures()
         self.escalations = Escalations()
-        self.liveness = Liveness(settings, self.escalations)
+        self.liveness = Liveness(settings, self.escalations, self.failures)
         self.tasks = TaskWatch()
-        self.overdue = OverdueDetector(settings, self.escalations, self.tasks)
-        self.stall = StallDetector(settings, self.escalations, self.tasks)
+        self.overdue = OverdueDetector(settings, self.escalations, self.tasks, self.failures)
+        self.stall = StallDetector(settings, self.escalations, self.tasks, self.failures)
         self.spike = ErrorSpikeDetector(settings, self.escalations)
         self.wake = WakeLoopDetector(settings, self.escalations)
         self.leases = LeaseBook()
@@ -100,7 +106,7 @@ class Judge:
     def load_task(self, row: TaskRow, now: float) -> None:
         if row.status in HELD and row.assignee and row.lease_s:
             renewed = row.progress_us or row.claimed_us or row.updated_us
-            lease = timedelta(seconds=row.lease_s)
+            lease = timedelta(seconds=period(row.lease_s))
             self.leases.load(Lease(row.task, row.assignee, row.epoch, lease, at(renewed / 1e6),
                                    row.last_seq))  # fmt: skip
         held = self.tasks.load(row)
@@ -140,11 +146,15 @@ class Judge:
         plans: list[Plan] = []
         agent = getattr(event, "agent", None)
         if kind == "task" and fresh:
-            self.leases.observe(event, at(us / 1e6), seq)
+            task = getattr(event, "task", "")
+            with self.failures.isolated("lease", task):  # the task board's mirror goes on
+                self.leases.observe(event, at(us / 1e6), seq)
             change = self.tasks.apply(event, us)
             if change is not None:
-                plans += self.overdue.changed(change, now)
-                plans += self.stall.changed(change, now)
+                with self.failures.isolated("overdue", task):
+                    plans += self.overdue.changed(change, now)
+                with self.failures.isolated("stall", task):
+                    plans += self.stall.changed(change, now)
         if agent is None or not self.owns(agent):
             return plans
         judging = self.judging(now) and self.liveness.judgeable(agent)
@@ -201,8 +211,9 @@ class Judge:
         plans += self.overdue.due(now, self.owns, healthy)
         plans += self.stall.due(now, self.owns, healthy)
         for lapse in self.leases.due(at(now)):
-            if self.owns(lapse.agent):
-                plans.append(lease_plan(lapse, now))
+            with self.failures.isolated("lease", lapse.task):
+                if self.owns(lapse.agent):
+                    plans.append(lease_plan(lapse, now))
         return plans
 
     def next_due(self) -> float | None:
@@ -217,11 +228,12 @@ class Judge:
         for esc in list(self.escalations.open.values()):
             if esc.reason not in TASK_REASONS or esc.task is None or not self.owns(esc.agent or ""):
                 continue
-            held = self.tasks.held.get(esc.task)
-            if held is None or (esc.epoch and held.epoch != esc.epoch):
-                self.escalations.close(esc.id)
-                step = resolve_step(esc.id, now, "the task ended", esc.seq)
-                plans.append(Plan(f"esc:{esc.id}", (step,)))
+            with self.failures.isolated("reconcile", esc.id):
+                held = self.tasks.held.get(esc.task)
+                if held is None or (esc.epoch and held.epoch != esc.epoch):
+                    self.escalations.close(esc.id)
+                    step = resolve_step(esc.id, now, "the task ended", esc.seq)
+                    plans.append(Plan(f"esc:{esc.id}", (step,)))
         return plans
 
     # ---- for metrics -------------------------------------------------------------------------

@@ -5,8 +5,9 @@ lease expiries.
 A claim opens a lease of ``lease_s`` from the stream time of the claim. Progress, a block, or a
 heartbeat of the holder naming the task renews it; a rejected review (the task comes back to
 its holder) opens it again. Submission, release, lease expiry, approval and cancellation end
-it. Deadlines sit in a heap with lazy deletion: a renewal pushes a new entry and the stale one
-is skipped when it surfaces, so each check costs only the leases actually due.
+it. A lease's length enters through ``limits.period`` (clamped), so a deadline always fits a
+``datetime``. Deadlines sit in a heap with lazy deletion: a renewal pushes a new entry and the
+stale one is skipped when it surfaces, so each check costs only the leases actually due.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from fleetward.schemas.events import (
     TaskReviewed,
     TaskSubmitted,
 )
+from fleetward.services.watchdog.core.limits import period
 
 
 @dataclass(slots=True)
@@ -107,8 +109,8 @@ class LeaseBook:
                 heapq.heappush(self._heap, (lease.deadline, task, lease.version))
         match event:
             case TaskClaimed():
-                new = Lease(task, event.agent, event.epoch, timedelta(seconds=event.lease_s), at,
-                            seq)  # fmt: skip
+                length = timedelta(seconds=period(event.lease_s))
+                new = Lease(task, event.agent, event.epoch, length, at, seq)
                 self.leases[task] = new
                 self._renew(new, at)
             case TaskProgressed() | TaskBlocked() if self._holds(lease, event.agent, event.epoch):

@@ -16,6 +16,10 @@ A person resolving the escalation while the agent stays silent leaves it ``dismi
 again from its next heartbeat. Paused and retired agents are not judged; an offline one waits
 for a heartbeat. At critical the agent is marked offline and its task leases are released.
 
+Intervals enter through ``limits.period`` (clamped). An agent whose judgement raises anyway is
+``quarantined``: the failure is noted (failures.py), the agent is not judged again until it
+registers again (or the watchdog restarts), and every other agent is judged as usual.
+
 Work: a heartbeat costs O(1): no heap operation while the agent is alive and scheduled. The heap
 holds at most one live entry per agent; an entry that pops early (the agent heartbeated since)
 is pushed again at the agent's real deadline. A tick pops only entries that are due: there is
@@ -44,6 +48,7 @@ from fleetward.schemas.events import (
     Tier,
 )
 from fleetward.services.config import WatchdogSettings
+from fleetward.services.watchdog.core.failures import Failures
 from fleetward.services.watchdog.core.incidents import (
     HEARTBEAT_MISSED,
     TIER_RANK,
@@ -59,6 +64,7 @@ from fleetward.services.watchdog.core.incidents import (
     raised_event,
     resolve_step,
 )
+from fleetward.services.watchdog.core.limits import period
 
 K = TypeVar("K", bound=Hashable)
 
@@ -72,7 +78,9 @@ LIFECYCLE: Final = (
     AgentOnline,
 )
 # the values of the fleetward_watchdog_agents{state} gauge
-STATES: Final = ("alive", "warning", "critical", "dismissed", "offline", "paused", "retired")
+STATES: Final = (
+    "alive", "warning", "critical", "dismissed", "offline", "paused", "retired", "quarantined",
+)  # fmt: skip
 _RANK: Final = {"alive": 0, "dismissed": 0, "warning": 1, "critical": 2}
 
 
@@ -133,6 +141,7 @@ class AgentClock:
     escalation: str | None = None  # the open liveness escalation
     basis: int = 0  # the heartbeat sequence that escalation counts silence from
     online_sent: bool = False  # agent.online planned; not yet seen on the stream
+    quarantined: bool = False  # judging it raised: not judged until it registers again
 
     @property
     def since(self) -> float:
@@ -140,6 +149,8 @@ class AgentClock:
 
     @property
     def label(self) -> str:
+        if self.quarantined:
+            return "quarantined"
         return self.status if self.status != "active" else self.state
 
 
@@ -149,9 +160,12 @@ Holdings = Callable[[str], Iterable[tuple[str, int]]]
 class Liveness:
     """Every tracked agent's clock and judgement."""
 
-    def __init__(self, settings: WatchdogSettings, escalations: Escalations) -> None:
+    def __init__(
+        self, settings: WatchdogSettings, escalations: Escalations, failures: Failures | None = None
+    ) -> None:
         self.s = settings
         self.escalations = escalations
+        self.failures = failures if failures is not None else Failures()
         self.agents: dict[str, AgentClock] = {}
         self.heap: DeadlineHeap[str] = DeadlineHeap()
         self.counts: Counter[str] = Counter()
@@ -161,7 +175,7 @@ class Liveness:
     def clock(self, agent: str) -> AgentClock:
         a = self.agents.get(agent)
         if a is None:  # heard of before its registration: the default interval until then
-            a = self.agents[agent] = AgentClock(agent, self.s.interval_s)
+            a = self.agents[agent] = AgentClock(agent, period(self.s.interval_s))
             self.counts[a.label] += 1
         return a
 
@@ -179,7 +193,7 @@ class Liveness:
 
     def _arm(self, a: AgentClock) -> None:
         """Schedule the agent's next judgement, or none when it is not judged."""
-        if a.status != "active" or a.state in ("critical", "dismissed"):
+        if a.status != "active" or a.state in ("critical", "dismissed") or a.quarantined:
             self.heap.cancel(a.agent)
         elif a.state == "warning":
             self.heap.schedule(a.agent, self.critical_at(a))
@@ -187,10 +201,11 @@ class Liveness:
             self.heap.schedule(a.agent, self.warn_at(a))
 
     def load(self, agent: str, status: str, interval: float, updated_us: int) -> None:
-        """An agent as the registry (fleet.agents) has it at start."""
+        """An agent as the registry (fleet.agents) has it at start (``interval`` in seconds, any
+        float: clamped here; ``updated_us`` its last lifecycle change, µs of stream time)."""
         a = self.clock(agent)
         old = a.label
-        a.status, a.interval, a.lc_us = status, interval, updated_us
+        a.status, a.interval, a.lc_us = status, period(interval), updated_us
         self._relabel(a, old)
         self._arm(a)
 
@@ -239,7 +254,8 @@ class Liveness:
         retired = a.status == "retired"
         match event:
             case AgentRegistered():
-                a.interval = event.heartbeat_interval_s
+                a.interval = period(event.heartbeat_interval_s)
+                a.quarantined = False  # a new promise: judged again
                 if retired:
                     a.status = "active"
             case AgentVersionChanged():
@@ -308,20 +324,39 @@ class Liveness:
     # ---- the timer -------------------------------------------------------------------------
 
     def due(self, now: float, holdings: Holdings) -> list[Plan]:
-        """Judge the agents whose deadline has passed."""
+        """Judge the agents whose deadline has passed. One whose judgement raises is
+        quarantined (``quarantine``); the others are judged all the same."""
         plans: list[Plan] = []
         for agent in self.heap.pop_due(now):
             a = self.agents.get(agent)
             if a is None or a.status != "active" or a.state not in ("alive", "warning"):
                 continue
-            warn_at, critical_at = self.warn_at(a), self.critical_at(a)
-            if now >= critical_at:
-                plans.append(self._raise(a, "critical", now, critical_at, holdings))
-            elif a.state == "alive" and now >= warn_at:
-                plans.append(self._raise(a, "warning", now, warn_at, holdings))
-            else:
-                self._arm(a)  # heartbeated since it was scheduled: its real deadline
+            try:
+                plan = self._judge(a, now, holdings)
+            except Exception as exc:
+                self.quarantine(a, exc)
+                continue
+            if plan is not None:
+                plans.append(plan)
         return plans
+
+    def _judge(self, a: AgentClock, now: float, holdings: Holdings) -> Plan | None:
+        warn_at, critical_at = self.warn_at(a), self.critical_at(a)
+        if now >= critical_at:
+            return self._raise(a, "critical", now, critical_at, holdings)
+        if a.state == "alive" and now >= warn_at:
+            return self._raise(a, "warning", now, warn_at, holdings)
+        self._arm(a)  # heartbeated since it was scheduled: its real deadline
+        return None
+
+    def quarantine(self, a: AgentClock, error: Exception) -> None:
+        """Stop judging ``a`` after its judgement raised ``error`` (noted as a ``liveness``
+        failure); its next registration lifts this."""
+        self.failures.note("liveness", a.agent, error)
+        old = a.label
+        a.quarantined = True
+        self.heap.cancel(a.agent)
+        self._relabel(a, old)
 
     def _raise(
         self, a: AgentClock, tier: Tier, now: float, deadline: float, holdings: Holdings
