@@ -15,6 +15,14 @@ from typing import Any
 import msgspec
 
 from fleetward.schemas import new_id
+from fleetward.schemas.bounds import (
+    MAX_COST_USD,
+    MAX_DURATION_MS,
+    MAX_FLOAT,
+    MAX_PERIOD_S,
+    MAX_SLA_S,
+    MIN_PERIOD_S,
+)
 from fleetward.schemas.headers import MSG_ID
 from fleetward.services import metrics
 from fleetward.services.clock import ManualClock
@@ -34,7 +42,7 @@ from tests.integration.test_watchdog import (
     stop,
 )
 
-HUGE_INT = 2**64 - 1  # the largest integer admission takes today
+HUGE_INT = 2**63 - 1  # the largest integer admission takes in evidence
 
 
 def raw(payload: dict[str, Any]) -> bytes:
@@ -47,38 +55,184 @@ async def publish_raw(rt: Runtime, subject: str, payload: dict[str, Any]) -> Non
     await rt.js.publish(subject, data, headers={MSG_ID: msgspec.json.decode(data)["id"]})
 
 
-EXTREMES: list[tuple[str, dict[str, Any]]] = [
-    ("fw.agent.tiny", {"type": "agent.registered", "actor": "tiny", "agent": "tiny", "name": "n",
-                       "owner": "o", "team": "t", "heartbeat_interval_s": 5e-324}),
-    ("fw.agent.huge", {"type": "agent.registered", "actor": "huge", "agent": "huge", "name": "n",
-                       "owner": "o", "team": "t", "heartbeat_interval_s": 1e308,
-                       "max_concurrent_tasks": HUGE_INT}),
-    ("fw.agent.max", {"type": "agent.registered", "actor": "max", "agent": "max", "name": "n",
-                      "owner": "o", "team": "t", "heartbeat_interval_s": 1.7976931348623157e308}),
-    ("fw.task.t-tiny", {"type": "task.created", "actor": "user:p", "task": "t-tiny",
-                        "project": "p", "title": "t", "sla_s": 5e-324}),
-    ("fw.task.t-tiny", {"type": "task.claimed", "actor": "tiny", "task": "t-tiny",
-                        "agent": "tiny", "epoch": HUGE_INT, "lease_s": 1e308}),
-    ("fw.task.t-huge", {"type": "task.created", "actor": "user:p", "task": "t-huge",
-                        "project": "p", "title": "t", "sla_s": 1e308}),
-    ("fw.task.t-huge", {"type": "task.claimed", "actor": "huge", "task": "t-huge",
-                        "agent": "huge", "epoch": 2**31, "lease_s": 5e-324}),
-    ("fw.agent.huge", {"type": "tool.called", "actor": "huge", "agent": "huge", "tool": "x" * 200,
-                       "duration_ms": 1e308, "ok": False, "error": "e" * 8000,
-                       "cost_usd": 1e308}),
-    ("fw.agent.huge", {"type": "run.finished", "actor": "huge", "agent": "huge", "run": "r",
-                       "outcome": "failed", "latency_ms": 1e308}),
-    ("fw.esc.e-extreme", {"type": "escalation.raised", "actor": "svc:other",
-                          "escalation": "e-extreme", "tier": "critical",
-                          "reason": "heartbeat_missed", "agent": "max", "task": "t-huge",
-                          "message": "m" * 8000,
-                          "evidence": {"last_heartbeat_seq": HUGE_INT, "epoch": -(2**63),
-                                       "interval_s": 1.7976931348623157e308,
-                                       "misses": True, "deadline": None}}),
-    ("fw.esc.e-task", {"type": "escalation.raised", "actor": "svc:other", "escalation": "e-task",
-                       "tier": "warning", "reason": "task_overdue", "agent": "huge",
-                       "task": "t-huge", "evidence": {"epoch": HUGE_INT}}),
-]  # fmt: skip
+MAX_INT4 = 2**31 - 1  # the largest epoch or task limit admission takes
+
+
+def _extremes(
+    *,
+    tiny: float,
+    huge: float,
+    big: int,
+    cost: float,
+    dur: float,
+    sla: tuple[float, float],
+    ev_int: int,
+    ev_float: float,
+) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (
+            "fw.agent.tiny",
+            {
+                "type": "agent.registered",
+                "actor": "tiny",
+                "agent": "tiny",
+                "name": "n",
+                "owner": "o",
+                "team": "t",
+                "heartbeat_interval_s": tiny,
+            },
+        ),
+        (
+            "fw.agent.huge",
+            {
+                "type": "agent.registered",
+                "actor": "huge",
+                "agent": "huge",
+                "name": "n",
+                "owner": "o",
+                "team": "t",
+                "heartbeat_interval_s": huge,
+                "max_concurrent_tasks": big,
+            },
+        ),
+        (
+            "fw.agent.max",
+            {
+                "type": "agent.registered",
+                "actor": "max",
+                "agent": "max",
+                "name": "n",
+                "owner": "o",
+                "team": "t",
+                "heartbeat_interval_s": huge,
+            },
+        ),
+        (
+            "fw.task.t-tiny",
+            {
+                "type": "task.created",
+                "actor": "user:p",
+                "task": "t-tiny",
+                "project": "p",
+                "title": "t",
+                "sla_s": sla[0],
+            },
+        ),
+        (
+            "fw.task.t-tiny",
+            {
+                "type": "task.claimed",
+                "actor": "tiny",
+                "task": "t-tiny",
+                "agent": "tiny",
+                "epoch": big,
+                "lease_s": huge,
+            },
+        ),
+        (
+            "fw.task.t-huge",
+            {
+                "type": "task.created",
+                "actor": "user:p",
+                "task": "t-huge",
+                "project": "p",
+                "title": "t",
+                "sla_s": sla[1],
+            },
+        ),
+        (
+            "fw.task.t-huge",
+            {
+                "type": "task.claimed",
+                "actor": "huge",
+                "task": "t-huge",
+                "agent": "huge",
+                "epoch": big,
+                "lease_s": tiny,
+            },
+        ),
+        (
+            "fw.agent.huge",
+            {
+                "type": "tool.called",
+                "actor": "huge",
+                "agent": "huge",
+                "tool": "x" * 200,
+                "duration_ms": dur,
+                "ok": False,
+                "error": "e" * 8000,
+                "cost_usd": cost,
+            },
+        ),
+        (
+            "fw.agent.huge",
+            {
+                "type": "run.finished",
+                "actor": "huge",
+                "agent": "huge",
+                "run": "r",
+                "outcome": "failed",
+                "latency_ms": dur,
+            },
+        ),
+        (
+            "fw.esc.e-extreme",
+            {
+                "type": "escalation.raised",
+                "actor": "svc:other",
+                "escalation": "e-extreme",
+                "tier": "critical",
+                "reason": "heartbeat_missed",
+                "agent": "max",
+                "task": "t-huge",
+                "message": "m" * 8000,
+                "evidence": {
+                    "last_heartbeat_seq": ev_int,
+                    "epoch": -ev_int - 1,
+                    "interval_s": ev_float,
+                    "misses": True,
+                    "deadline": None,
+                },
+            },
+        ),
+        (
+            "fw.esc.e-task",
+            {
+                "type": "escalation.raised",
+                "actor": "svc:other",
+                "escalation": "e-task",
+                "tier": "warning",
+                "reason": "task_overdue",
+                "agent": "huge",
+                "task": "t-huge",
+                "evidence": {"epoch": ev_int},
+            },
+        ),
+    ]
+
+
+# the extremes of every field the watchdog reads that admission accepts (schemas/bounds.py) ...
+EXTREMES = _extremes(
+    tiny=MIN_PERIOD_S,
+    huge=MAX_PERIOD_S,
+    big=MAX_INT4,
+    cost=MAX_COST_USD,
+    dur=MAX_DURATION_MS,
+    sla=(MIN_PERIOD_S, MAX_SLA_S),
+    ev_int=HUGE_INT,
+    ev_float=MAX_FLOAT,
+)
+# ... and beyond them, as admission accepted before it had bounds: refused now, never applied
+BEYOND = _extremes(
+    tiny=5e-324,
+    huge=1e308,
+    big=2**64 - 1,
+    cost=1e308,
+    dur=1e308,
+    sla=(5e-324, 1e308),
+    ev_int=2**64 - 1,
+    ev_float=1e308,
+)
 
 
 async def insert_extreme_rows(rt: Runtime) -> None:
@@ -125,8 +279,9 @@ def failures() -> dict[str, float]:
 
 async def test_extreme_values_never_stop_the_watchdog_and_the_rest_are_judged(rt: Runtime) -> None:
     """``heartbeat_interval_s: 5e-324`` made the watchdog exit with OverflowError at the first
-    judgement of that agent, and again after every restart."""
-    for subject, payload in EXTREMES:
+    judgement of that agent, and again after every restart. Admission now refuses it; rows
+    written before the bounds existed still hold it, and the clamps judge those."""
+    for subject, payload in BEYOND + EXTREMES:
         await publish_raw(rt, subject, payload)
     await rt.js.publish("fw.agent.dead", raw(msgspec.to_builtins(register("dead"))))
     await rt.js.publish("fw.agent.ok", raw(msgspec.to_builtins(register("ok"))))
@@ -147,7 +302,9 @@ async def test_extreme_values_never_stop_the_watchdog_and_the_rest_are_judged(rt
             await more_rounds(dog, 20)
             await wait_for(recorded(rec, rt), 10, "the recorder to catch up")
             tiny = next(e for e in rec.escalations("tiny") if e.tier == "critical")
-            assert tiny.evidence["interval_s"] == 0.001  # judged as 1 ms (limits.period)
+            assert tiny.evidence["interval_s"] == MIN_PERIOD_S
+            worse = next(e for e in rec.escalations("row-tiny") if e.tier == "critical")
+            assert worse.evidence["interval_s"] == 0.001  # a row's 5e-324: 1 ms (limits.period)
             # the other silent ones: escalated; those that heartbeat or promised ~forever: not
             ours = {e.agent for e in rec.escalations() if e.actor == "svc:watchdog"}
             assert ours == {"tiny", "dead", "row-tiny", "row-zero"}

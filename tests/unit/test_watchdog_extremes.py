@@ -35,6 +35,7 @@ TINY, HUGE = 5e-324, 1.7976931348623157e308
 POSITIVE = [TINY, 2.2250738585072014e-308, 1e-300, 1e-9, 0.001, 1.0, 1e9, 1e15, 1e300, 1e308, HUGE]
 INTS = [1, 2, 2**31 - 1, 2**31, 2**53 + 1, 2**63 - 1, 2**63, 2**64 - 1]
 EVIDENCE = [*INTS, 0, -(2**63), True, False, None, "x" * 200, -HUGE, -TINY, TINY, HUGE, 0.5]
+ROW_EPOCHS = [n for n in INTS if n < 2**31]  # tasks.claim_epoch is a Postgres integer
 ROW_FLOATS = [*POSITIVE, 0.0, -1.0, -HUGE, math.inf, -math.inf, math.nan]  # rows can hold worse
 AGENTS = [f"a{i}" for i in range(6)]
 TASKS = [f"t{i}" for i in range(6)]
@@ -106,7 +107,7 @@ def extreme_row(rng: random.Random, judge: Judge, now: float) -> None:
     else:
         sla = rng.choice([None, *ROW_FLOATS])
         row = TaskRow(rng.choice(TASKS), rng.choice(["in_progress", "blocked", "review"]),
-                      rng.choice(AGENTS), rng.choice(INTS), sla, us, us,
+                      rng.choice(AGENTS), rng.choice(ROW_EPOCHS), sla, us, us,
                       rng.choice(ROW_FLOATS), us, rng.choice(INTS))  # fmt: skip
         judge.load_task(row, now)
 

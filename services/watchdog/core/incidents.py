@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Literal
 
+from fleetward.schemas.bounds import INT4_MAX
 from fleetward.schemas.events import (
     EscalationAcknowledged,
     EscalationRaised,
@@ -181,7 +182,8 @@ class Escalations:
                 event.task,
                 seq,
                 basis if isinstance(basis, int) else 0,
-                epoch if isinstance(epoch, int) else 0,
+                # evidence is free-form: an epoch the contract could not carry is no epoch
+                epoch if isinstance(epoch, int) and 1 <= epoch <= INT4_MAX else 0,
             )
             self.open[found.id] = found
             self.by_key[found.key] = found.id
