@@ -7,7 +7,9 @@ checkpoint (commit.py); one AckAll acknowledges them after the commit.
 
 The next windows fold (pure CPU) while the previous ones commit (waiting on Postgres), on the
 cached rows of the windows being committed (cache.py); if that commit fails, the runner drops
-both and re-positions from the checkpoints in the database.
+both and re-positions from the checkpoints in the database. A failure that an event caused
+(failures.py) cannot heal by retrying: the runner folds the failed range again in careful
+windows, and bisects the one that fails to dead-letter the culprits (isolate.py).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from fleetward.services.jetstream.consumer import Delivery, PullConsumer, recrea
 from fleetward.services.projector.cache import RowCache
 from fleetward.services.projector.commit import Moved, Resync, commit
 from fleetward.services.projector.consumers import consumer_filter, durable_name, reads_subject
+from fleetward.services.projector.failures import classify
+from fleetward.services.projector.isolate import Isolate, isolate
 from fleetward.services.projector.window import Window, admit_batch, open_window, prepare
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.signals import Signal, Signals
@@ -89,6 +93,8 @@ class ProjectionRunner:
         self.consumer: PullConsumer | None = None
         self.pending = -1  # messages the server had left after the last batch taken
         self._inflight: asyncio.Future[None] | None = None
+        # fold in careful windows up to this sequence (after a window failed for an event)
+        self._careful_until = 0
         self.signals = RunnerSignals()
 
     @property
@@ -137,19 +143,33 @@ class ProjectionRunner:
         if not batch:
             await self.flush()
             return 0
+        careful = batch[0].seq <= self._careful_until
         admitted = admit_batch(batch)
         async with self.rt.pool.acquire() as conn:
             for m in self.members:
                 if m.window is None:
-                    m.window = open_window(m.folded, m.cache)
+                    m.window = open_window(m.folded, m.cache, keep=careful)
                 await prepare(conn, m.projection, admitted, m.window, cache=m.cache, reads=m.reads)
         tail = batch[-1]
         self.pending = tail.pending
         window = self.members[0].window
         assert window is not None
-        if not self._should_grow(window, tail):
+        if careful:  # one batch a window, committed (or bisected) before the next is folded
+            await self.flush()
+        elif not self._should_grow(window, tail):
             await self._start_commit()
         return len(batch)
+
+    def isolating(self, exc: Isolate) -> None:
+        """A window failed for an event it holds: fold its events again in careful windows, up
+        to its last sequence (then ``position``), so that the culprits are found and
+        dead-lettered (isolate.py). Counted as a re-positioning of every projection."""
+        log.warning("projection %s: %s; folding again in careful windows", self.name, exc)
+        self._careful_until = max(self._careful_until, exc.until)
+        names = tuple(m.projection.name for m in self.members)
+        for name in names:
+            metrics.RESYNCS.labels(name).inc()
+        self.signals.resynced.emit(names)
 
     def _should_grow(self, window: Window, tail: Delivery) -> bool:
         """Keep folding into the open windows: far behind the stream (more than a batch
@@ -191,15 +211,25 @@ class ProjectionRunner:
             await inflight
 
     async def _commit(self, windows: list[tuple[Member, Window]]) -> None:
+        """Commit the windows in one transaction, then acknowledge and count them. A failure an
+        event caused (failures.py) bisects careful windows (isolate.py), and raises ``Isolate``
+        for others; any other failure is raised as it is."""
         assert self.consumer is not None
         started = time.perf_counter()
         moved: dict[str, Moved] = {}
-        async with self.rt.pool.acquire() as conn, conn.transaction():
-            for m, window in windows:
-                try:
-                    await commit(conn, m.projection, window)
-                except Moved as exc:  # a rebuild of one projection must not stall the others:
-                    moved[m.projection.name] = exc  # they still commit
+        try:
+            await self._transaction(windows, moved, bisect=False)
+        except Resync:
+            raise
+        except Exception as exc:
+            if classify(exc) != "event":
+                raise
+            if any(window.kept is None for _, window in windows):
+                raise Isolate(max(window.last for _, window in windows), exc) from exc
+            moved.clear()
+            await self._transaction(windows, moved, bisect=True)
+            for m, _ in windows:  # it holds the failed windows' rows, culprits included
+                m.cache.clear(m.projection.tables)
         last = windows[0][1].tail
         assert last is not None
         if not moved:
@@ -226,6 +256,21 @@ class ProjectionRunner:
             message = "; ".join(f"{name}: {exc}" for name, exc in moved.items())
             raise Resync(message, tuple(moved))
 
+    async def _transaction(
+        self, windows: list[tuple[Member, Window]], moved: dict[str, Moved], *, bisect: bool
+    ) -> None:
+        """One transaction for every window: ``commit``, or ``isolate`` (``bisect``, careful
+        windows only; each window's result becomes what the bisection found)."""
+        async with self.rt.pool.acquire() as conn, conn.transaction():
+            for m, window in windows:
+                try:
+                    if bisect:
+                        window.result = await isolate(conn, m.projection, window)
+                    else:
+                        await commit(conn, m.projection, window)
+                except Moved as exc:  # a rebuild of one projection must not stall the others:
+                    moved[m.projection.name] = exc  # they still commit
+
     async def run(self, stopping: Callable[[], bool]) -> None:
         """Apply batches until ``stopping()``; the batches in hand are always committed first."""
         backoff = 0.1
@@ -236,6 +281,9 @@ class ProjectionRunner:
                 if stopping():
                     await self.flush()
                 backoff = 0.1
+            except Isolate as exc:  # no pause: the careful windows find the culprits
+                self.isolating(exc)
+                await self._position_retrying(stopping)
             except Exception as exc:  # Resync, NATS or Postgres trouble: start again
                 log.warning("projection %s: %s; re-positioning", self.name, exc)
                 moved = exc.projections if isinstance(exc, Resync) else ()

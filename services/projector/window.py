@@ -55,11 +55,19 @@ class Window:
     dead: list[tuple[Delivery, str, str]] = field(default_factory=list)
     result: BatchResult = field(default_factory=BatchResult)
     seen: set[str] = field(default_factory=set)  # event ids, to drop repeats within the window
+    # a careful window (after a commit that failed for an event) keeps what it folded, so that
+    # the culprits can be found by folding parts of it again (isolate.py): the events folded, in
+    # order, and the deliveries admission refused (``dead`` also holds the fold's refusals)
+    kept: list[tuple[Event, Delivery]] | None = None
+    refused: list[tuple[Delivery, str, str]] = field(default_factory=list)
 
 
-def open_window(expected: int, cache: RowCache) -> Window:
-    """An empty window on checkpoint ``expected``, folding on the rows ``cache`` holds."""
-    return Window(expected, Rows(base=cache.tables), expected, time.monotonic())
+def open_window(expected: int, cache: RowCache, *, keep: bool = False) -> Window:
+    """An empty window on checkpoint ``expected``, folding on the rows ``cache`` holds;
+    ``keep``: a careful window, which keeps the events it folds."""
+    return Window(
+        expected, Rows(base=cache.tables), expected, time.monotonic(), kept=[] if keep else None
+    )
 
 
 Admitted = list[tuple[Delivery, Event | Rejected]]
@@ -116,6 +124,8 @@ async def prepare(
         if isinstance(event, Rejected):
             dead.append((d, event.reason, event.detail))
             result.dead[event.reason] += 1
+            if window.kept is not None:
+                window.refused.append((d, event.reason, event.detail))
             continue
         if event.id in seen:
             result.skipped += 1
@@ -125,13 +135,26 @@ async def prepare(
     window.last = last
     window.events += len(admitted)
     window.tail = admitted[-1][0]
+    if window.kept is not None:
+        window.kept += items
     await load_rows(conn, projection, items, window.rows, cache)
+    tally(items, fold(projection, items, window.rows), dead, result)
+    return window
+
+
+def tally(
+    items: list[tuple[Event, Delivery]],
+    failed: list[tuple[Event, Delivery, str, str]],
+    dead: list[tuple[Delivery, str, str]],
+    result: BatchResult,
+) -> None:
+    """Count what folding ``items`` did: the ones in ``failed`` join ``dead`` (by reason), the
+    rest count as applied (by event type)."""
     applied = Counter(type(event) for event, _ in items)
-    for event, d, reason, detail in fold(projection, items, window.rows):
+    for event, d, reason, detail in failed:
         dead.append((d, reason, detail))
         applied[type(event)] -= 1
         result.dead[reason] += 1
     for type_, n in applied.items():
         if n:
             result.applied[type_name(type_)] += n
-    return window
