@@ -3,7 +3,9 @@
 The projections of a stream share one durable pull consumer, so each event is delivered and
 admitted once however many of them read it. Each batch is folded into every projection's open
 window (window.py); the windows commit together in one Postgres transaction, each on its own
-checkpoint (commit.py); one AckAll acknowledges them after the commit.
+checkpoint (commit.py); one AckAll acknowledges them after the commit. Copies of events stored
+before (the same id) are found per batch and skipped, and the ids first seen are recorded in the
+same transaction (ledger.py).
 
 The next windows fold (pure CPU) while the previous ones commit (waiting on Postgres), on the
 cached rows of the windows being committed (cache.py); if that commit fails, the runner drops
@@ -29,9 +31,15 @@ from fleetward.services.db import Conn, q
 from fleetward.services.jetstream.consumer import Delivery, PullConsumer, recreate_consumer
 from fleetward.services.projector.cache import RowCache
 from fleetward.services.projector.commit import Moved, Resync, commit
-from fleetward.services.projector.consumers import consumer_filter, durable_name, reads_subject
+from fleetward.services.projector.consumers import (
+    consumer_filter,
+    durable_name,
+    reads_any,
+    reads_subject,
+)
 from fleetward.services.projector.failures import classify
 from fleetward.services.projector.isolate import Isolate, isolate
+from fleetward.services.projector.ledger import IdLedger, Record
 from fleetward.services.projector.window import Window, admit_batch, open_window, prepare
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.signals import Signal, Signals
@@ -86,6 +94,11 @@ class ProjectionRunner:
         self.name = "+".join(p.name for p in projections)  # for logs
         self.filters = consumer_filter(*projections)
         self.members = [Member(p, reads_subject(p, self.filters)) for p in projections]
+        self.ledger = (
+            IdLedger(self.stream, reads_any(projections, self.filters))
+            if any(p.id_ledger for p in projections)
+            else None
+        )
         self.batch_size = batch_size
         # while far behind the stream: commit every window_size events or window_seconds
         self.window_size, self.window_seconds = max(window_size, batch_size), window_seconds
@@ -117,6 +130,8 @@ class ProjectionRunner:
                 empty = m.checkpoint == 0 and await _tables_empty(conn, p)
                 m.cache.clear(p.tables, empty=empty)
                 m.window = None
+        if self.ledger is not None:
+            self.ledger.clear()
         if self.consumer is not None:
             await self.consumer.stop()
         await recreate_consumer(
@@ -146,10 +161,13 @@ class ProjectionRunner:
         careful = batch[0].seq <= self._careful_until
         admitted = admit_batch(batch)
         async with self.rt.pool.acquire() as conn:
+            ledger = self.ledger
+            repeats = frozenset() if ledger is None else await ledger.repeats(conn, admitted)
             for m in self.members:
                 if m.window is None:
                     m.window = open_window(m.folded, m.cache, keep=careful)
-                await prepare(conn, m.projection, admitted, m.window, cache=m.cache, reads=m.reads)
+                await prepare(conn, m.projection, admitted, m.window, cache=m.cache,
+                              reads=m.reads, repeats=repeats)  # fmt: skip
         tail = batch[-1]
         self.pending = tail.pending
         window = self.members[0].window
@@ -196,8 +214,9 @@ class ProjectionRunner:
                 m.window = None
         if not windows:
             return
+        records = [] if self.ledger is None else self.ledger.take()
         await self._wait_inflight()
-        self._inflight = asyncio.ensure_future(self._commit(windows))
+        self._inflight = asyncio.ensure_future(self._commit(windows, records))
 
     async def flush(self) -> None:
         """Commit the open windows, if any, and wait for every commit (raising what it
@@ -210,15 +229,16 @@ class ProjectionRunner:
         if inflight is not None:
             await inflight
 
-    async def _commit(self, windows: list[tuple[Member, Window]]) -> None:
-        """Commit the windows in one transaction, then acknowledge and count them. A failure an
-        event caused (failures.py) bisects careful windows (isolate.py), and raises ``Isolate``
-        for others; any other failure is raised as it is."""
+    async def _commit(self, windows: list[tuple[Member, Window]], records: list[Record]) -> None:
+        """Commit the windows and the event ids they apply first (``records``) in one
+        transaction, then acknowledge and count them. A failure an event caused (failures.py)
+        bisects careful windows (isolate.py), and raises ``Isolate`` for others; any other
+        failure is raised as it is."""
         assert self.consumer is not None
         started = time.perf_counter()
         moved: dict[str, Moved] = {}
         try:
-            await self._transaction(windows, moved, bisect=False)
+            await self._transaction(windows, records, moved, bisect=False)
         except Resync:
             raise
         except Exception as exc:
@@ -227,9 +247,11 @@ class ProjectionRunner:
             if any(window.kept is None for _, window in windows):
                 raise Isolate(max(window.last for _, window in windows), exc) from exc
             moved.clear()
-            await self._transaction(windows, moved, bisect=True)
+            await self._transaction(windows, records, moved, bisect=True)
             for m, _ in windows:  # it holds the failed windows' rows, culprits included
                 m.cache.clear(m.projection.tables)
+        if self.ledger is not None:
+            self.ledger.committed(records)
         last = windows[0][1].tail
         assert last is not None
         if not moved:
@@ -257,11 +279,19 @@ class ProjectionRunner:
             raise Resync(message, tuple(moved))
 
     async def _transaction(
-        self, windows: list[tuple[Member, Window]], moved: dict[str, Moved], *, bisect: bool
+        self,
+        windows: list[tuple[Member, Window]],
+        records: list[Record],
+        moved: dict[str, Moved],
+        *,
+        bisect: bool,
     ) -> None:
-        """One transaction for every window: ``commit``, or ``isolate`` (``bisect``, careful
-        windows only; each window's result becomes what the bisection found)."""
+        """One transaction for every window and the event ids: ``commit``, or ``isolate``
+        (``bisect``, careful windows only; each window's result becomes what the bisection
+        found). The ids are facts of the stream, recorded whichever projections moved."""
         async with self.rt.pool.acquire() as conn, conn.transaction():
+            if self.ledger is not None:
+                await self.ledger.record(conn, records)
             for m, window in windows:
                 try:
                     if bisect:

@@ -2,8 +2,9 @@
 
 A batch is admitted once per runner (``admit_batch``: schemas.admission; a refused event becomes
 a dead letter), then folded into each projection's open window (``prepare``): deliveries at or
-below the window's last sequence, and event ids repeated within the window, are skipped; the
-rows the events touch are loaded (cache.py); the events are folded in stream order (pure).
+below the window's last sequence, and copies of events stored before (the runner finds them:
+ledger.py), are skipped; the rows the events touch are loaded (cache.py); the events are folded
+in stream order (pure).
 Nothing is written here: commit.py writes a window.
 
 Near the head of the stream a window is one batch, committed as soon as it is folded. Far
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -54,7 +55,6 @@ class Window:
     events: int = 0  # deliveries taken, skipped ones included
     dead: list[tuple[Delivery, str, str]] = field(default_factory=list)
     result: BatchResult = field(default_factory=BatchResult)
-    seen: set[str] = field(default_factory=set)  # event ids, to drop repeats within the window
     # a careful window (after a commit that failed for an event) keeps what it folded, so that
     # the culprits can be found by folding parts of it again (isolate.py): the events folded, in
     # order, and the deliveries admission refused (``dead`` also holds the fold's refusals)
@@ -108,10 +108,12 @@ async def prepare(
     *,
     cache: RowCache | None = None,
     reads: Callable[[str], bool] | None = None,
+    repeats: Set[int] = frozenset(),
 ) -> Window:
     """Fold an admitted batch into ``window``: the deliveries on subjects the projection
-    ``reads`` (all when None) and past the window's last sequence. Reads rows only."""
-    result, dead, seen = window.result, window.dead, window.seen
+    ``reads`` (all when None), past the window's last sequence and not ``repeats`` (sequences of
+    copies of earlier events: ledger.py). Reads rows only."""
+    result, dead = window.result, window.dead
     items: list[tuple[Event, Delivery]] = []
     last = window.last
     for d, event in admitted:
@@ -127,10 +129,9 @@ async def prepare(
             if window.kept is not None:
                 window.refused.append((d, event.reason, event.detail))
             continue
-        if event.id in seen:
-            result.skipped += 1
+        if d.seq in repeats:
+            result.skipped += 1  # a copy of an event stored before
             continue
-        seen.add(event.id)
         items.append((event, d))
     window.last = last
     window.events += len(admitted)
