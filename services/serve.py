@@ -21,6 +21,7 @@ from fleetward.services.api.tasks import serve_task_api
 from fleetward.services.metrics.fleet import FLEET
 from fleetward.services.metrics.http import serve_http
 from fleetward.services.projector.consumers import by_stream
+from fleetward.services.projector.health import RunnerHealth
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.projector.window import PROJECTION_ERROR
 from fleetward.services.runtime.connect import Runtime
@@ -50,17 +51,24 @@ async def run_services(
     """Run until SIGTERM/SIGINT. ``on_ready`` gets the metrics port once everything runs."""
     stop = anyio.Event()
     runners = [
-        ProjectionRunner(rt, *group, batch_size=rt.settings.batch_size)
+        ProjectionRunner(
+            rt,
+            *group,
+            batch_size=rt.settings.batch_size,
+            health=RunnerHealth(stall_after=rt.settings.stall_s),
+        )
         for group in by_stream(projections)
     ]
     dog = Watchdog(rt) if watchdog else None
 
-    def healthy() -> bool:
-        return (
-            rt.nc.is_connected
-            and all(r.consumer is not None for r in runners)
-            and (dog is None or dog.healthy())
-        )
+    def problems() -> list[str]:
+        """Why this process is not doing its work (/healthz); [] when it is."""
+        found = [] if rt.nc.is_connected else ["NATS: not connected"]
+        for runner in runners:
+            found += runner.health.problems(runner.name)
+        if dog is not None and not dog.healthy():
+            found.append("watchdog: not judging (NATS away, or its state not loaded yet)")
+        return found
 
     for p in projections:  # series present at 0 from the start, so increase() sees the first
         metrics.RESYNCS.labels(p.name)
@@ -70,7 +78,7 @@ async def run_services(
     async with anyio.create_task_group() as services:
         services.start_soon(_stop_on_signal, stop)
         port = await services.start(
-            serve_http, rt.settings.metrics_host, rt.settings.metrics_port, healthy
+            serve_http, rt.settings.metrics_host, rt.settings.metrics_port, problems
         )
         if any(p.name == "tasks" for p in projections):
             services.start_soon(serve_task_api, rt)  # answers from the task board

@@ -1,9 +1,13 @@
 """The HTTP server of every service process: GET /metrics (the registry, in the Prometheus text
-format) and GET /healthz (200 or 503, from the service's own health check)."""
+format); GET /healthz and GET /readyz (the same answer: 200 ``{"ok": true}`` while the service
+does its work, else 503 ``{"ok": false, "problems": [...]}`` naming why, from the service's own
+check); GET /livez (200 while the process answers at all: for liveness probes, which must not
+restart a service that only waits for Postgres or NATS to come back)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import Callable
 
 import anyio
@@ -18,10 +22,26 @@ def render() -> bytes:
     return generate_latest(REGISTRY)
 
 
+HEALTH_PATHS = (b"/healthz", b"/readyz")
+
+
+def health_answer(problems: list[str]) -> tuple[bytes, bytes]:
+    """The status line and JSON body of /healthz for ``problems`` (none: healthy)."""
+    if not problems:
+        return b"200 OK", b'{"ok":true}'
+    body = json.dumps({"ok": False, "problems": problems}, ensure_ascii=True).encode()
+    return b"503 Service Unavailable", body
+
+
 async def serve_http(
-    host: str, port: int, health: Callable[[], bool], *, task_status: anyio.abc.TaskStatus[int]
+    host: str,
+    port: int,
+    problems: Callable[[], list[str]],
+    *,
+    task_status: anyio.abc.TaskStatus[int],
 ) -> None:
-    """Serve GET /metrics and GET /healthz until cancelled; reports the bound port."""
+    """Serve GET /metrics, /healthz, /readyz and /livez until cancelled; reports the bound
+    port. ``problems`` says why the service is not doing its work ([] when it is)."""
 
     async def handle(stream: SocketStream) -> None:
         async with stream:
@@ -33,10 +53,11 @@ async def serve_http(
             path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b"/"
             if path == b"/metrics":
                 status, ctype, body = b"200 OK", CONTENT_TYPE_LATEST.encode(), render()
-            elif path == b"/healthz":
-                ok = health()
-                status = b"200 OK" if ok else b"503 Service Unavailable"
-                ctype, body = b"application/json", b'{"ok":%s}' % (b"true" if ok else b"false")
+            elif path in HEALTH_PATHS:
+                status, body = health_answer(problems())
+                ctype = b"application/json"
+            elif path == b"/livez":
+                status, ctype, body = b"200 OK", b"application/json", b'{"ok":true}'
             else:
                 status, ctype, body = b"404 Not Found", b"text/plain", b"not found\n"
             head = b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n" % (

@@ -38,6 +38,7 @@ from fleetward.services.projector.consumers import (
     reads_subject,
 )
 from fleetward.services.projector.failures import classify
+from fleetward.services.projector.health import RunnerHealth
 from fleetward.services.projector.isolate import Isolate, isolate
 from fleetward.services.projector.ledger import IdLedger, Record
 from fleetward.services.projector.window import Window, admit_batch, open_window, prepare
@@ -85,6 +86,7 @@ class ProjectionRunner:
         window_size: int = 100_000,
         window_seconds: float = 3.0,
         durable_suffix: str = "",
+        health: RunnerHealth | None = None,
     ) -> None:
         assert projections and len({p.stream for p in projections}) == 1, "one stream"
         # by name: one durable name and one checkpoint lock order, however they were given
@@ -109,6 +111,7 @@ class ProjectionRunner:
         # fold in careful windows up to this sequence (after a window failed for an event)
         self._careful_until = 0
         self.signals = RunnerSignals()
+        self.health = health or RunnerHealth()  # what /healthz reads (health.py)
 
     @property
     def checkpoint(self) -> int:
@@ -118,6 +121,7 @@ class ProjectionRunner:
     async def position(self) -> None:
         """Read the checkpoints and put the consumer right after the lowest (dropping anything
         folded or being committed: it will be delivered again)."""
+        self.health.positioning()
         inflight, self._inflight = self._inflight, None
         if inflight is not None:
             with contextlib.suppress(Exception):
@@ -146,6 +150,7 @@ class ProjectionRunner:
         await self.consumer.start()
         for m in self.members:
             metrics.CHECKPOINT.labels(m.projection.name).set(m.checkpoint)
+        self.health.positioned()
 
     async def step(self, wait: float = 1.0) -> int:
         """Take one batch (waiting up to ``wait``) and fold it into the open windows, while the
@@ -157,7 +162,9 @@ class ProjectionRunner:
         batch = await self.consumer.next_batch(self.batch_size, wait)
         if not batch:
             await self.flush()
+            self.health.idle()
             return 0
+        self.health.took()
         careful = batch[0].seq <= self._careful_until
         admitted = admit_batch(batch)
         async with self.rt.pool.acquire() as conn:
@@ -274,6 +281,7 @@ class ProjectionRunner:
             for reason, n in result.dead.items():
                 metrics.DEAD_LETTERS.labels(name, reason).inc(n)
             self.signals.committed.emit((name, window.last))
+        self.health.committed(more=any(m.window is not None for m in self.members))
         if moved:  # re-position from the checkpoints now in the database
             message = "; ".join(f"{name}: {exc}" for name, exc in moved.items())
             raise Resync(message, tuple(moved))
@@ -312,10 +320,12 @@ class ProjectionRunner:
                     await self.flush()
                 backoff = 0.1
             except Isolate as exc:  # no pause: the careful windows find the culprits
+                self.health.failed(exc, resync=True)
                 self.isolating(exc)
                 await self._position_retrying(stopping)
             except Exception as exc:  # Resync, NATS or Postgres trouble: start again
                 log.warning("projection %s: %s; re-positioning", self.name, exc)
+                self.health.failed(exc, resync=True)
                 moved = exc.projections if isinstance(exc, Resync) else ()
                 names = tuple(
                     m.projection.name
@@ -340,6 +350,7 @@ class ProjectionRunner:
                 return
             except Exception as exc:  # NATS or Postgres away: keep trying
                 log.warning("projection %s: cannot position (%s); retrying", self.name, exc)
+                self.health.failed(exc, resync=False)
                 metrics.count_postgres_error("projector", exc)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
