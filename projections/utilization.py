@@ -99,11 +99,11 @@ class Utilization(Projection):
         hour = self.hour_of(at)
         agent = event.agent
         old = rows.get(UTILIZATION, (agent,))
-        if old is not None and not newer_heartbeat(old["last_id"], event.id):
-            return  # a copy of a heartbeat counted already, or an older one: changes nothing
         if old is None:
             first, busy_us, idle_us, beats, h_busy, h_idle, h_beats = at, 0, 0, 0, 0, 0, 0
         else:
+            if not newer_heartbeat(old["last_id"], event.id):
+                return  # a copy of a heartbeat counted already, or an older one: no change
             first, busy_us, idle_us, beats = (
                 old["first_seen"], old["busy_us"], old["idle_us"], old["heartbeats"])  # fmt: skip
             gap = at - old["last_seen"]
