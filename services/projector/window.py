@@ -25,6 +25,7 @@ from fleetward.schemas import Event, Rejected, admit, type_name
 from fleetward.services.db import Conn
 from fleetward.services.jetstream.consumer import Delivery
 from fleetward.services.projector.cache import RowCache, load_rows
+from fleetward.services.projector.failures import describe
 
 PROJECTION_ERROR = "projection_error"  # a valid event the fold could not apply (a bug of ours)
 
@@ -75,13 +76,18 @@ Admitted = list[tuple[Delivery, Event | Rejected]]
 
 
 def admit_batch(batch: list[Delivery]) -> Admitted:
-    """Each delivery of ``batch`` with its admitted event, or the ``Rejected`` that refused it."""
+    """Each delivery of ``batch`` with its admitted event, or the ``Rejected`` that refused it.
+    Admission failing in any other way (a bug, or an input it was not built for, e.g. nesting
+    deep enough for a ``RecursionError``) refuses the event as a ``projection_error``: no event
+    may stop the runner."""
     out: Admitted = []
     for d in batch:
         try:
             out.append((d, admit(d.subject, d.data)))
         except Rejected as r:
             out.append((d, r))
+        except Exception as exc:
+            out.append((d, Rejected(PROJECTION_ERROR, f"admission failed: {describe(exc)}")))
     return out
 
 
