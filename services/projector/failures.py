@@ -60,6 +60,12 @@ def classify(exc: BaseException) -> Failure:
     return "system"
 
 
+def needs_operator(exc: BaseException) -> bool:
+    """A Postgres error no event caused and no wait cures (a missing table, a privilege): worth
+    an error in the log, not a warning."""
+    return isinstance(exc, asyncpg.PostgresError) and classify(exc) == "system"
+
+
 def describe(exc: BaseException, limit: int = 2000) -> str:
     """An error as a dead letter's detail: its type, message and notes (e.g. the table being
     written), at most ``limit`` characters (still to be made storable: it may quote the refused

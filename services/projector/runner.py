@@ -37,7 +37,7 @@ from fleetward.services.projector.consumers import (
     reads_any,
     reads_subject,
 )
-from fleetward.services.projector.failures import classify
+from fleetward.services.projector.failures import classify, needs_operator
 from fleetward.services.projector.health import RunnerHealth
 from fleetward.services.projector.isolate import Isolate, isolate
 from fleetward.services.projector.ledger import IdLedger, Record
@@ -324,7 +324,10 @@ class ProjectionRunner:
                 self.isolating(exc)
                 await self._position_retrying(stopping)
             except Exception as exc:  # Resync, NATS or Postgres trouble: start again
-                log.warning("projection %s: %s; re-positioning", self.name, exc)
+                if needs_operator(exc):  # no event caused it, and waiting will not cure it
+                    log.error("projection %s: %r; re-positioning", self.name, exc)
+                else:
+                    log.warning("projection %s: %s; re-positioning", self.name, exc)
                 self.health.failed(exc, resync=True)
                 moved = exc.projections if isinstance(exc, Resync) else ()
                 names = tuple(

@@ -7,7 +7,7 @@ import asyncpg
 import pytest
 
 from fleetward.services.db import storable
-from fleetward.services.projector.failures import classify, describe
+from fleetward.services.projector.failures import classify, describe, needs_operator
 
 
 def postgres(exc_type: type[asyncpg.PostgresError], sqlstate: str) -> asyncpg.PostgresError:
@@ -47,6 +47,13 @@ def postgres(exc_type: type[asyncpg.PostgresError], sqlstate: str) -> asyncpg.Po
 )
 def test_each_failure_is_classified(exc: BaseException, expected: str) -> None:
     assert classify(exc) == expected
+
+
+def test_only_postgres_errors_no_event_caused_need_an_operator() -> None:
+    assert needs_operator(postgres(asyncpg.UndefinedTableError, "42P01"))
+    assert not needs_operator(postgres(asyncpg.AdminShutdownError, "57P01"))
+    assert not needs_operator(postgres(asyncpg.CharacterNotInRepertoireError, "22021"))
+    assert not needs_operator(RuntimeError("NATS went away"))
 
 
 def test_describe_names_the_error_and_where() -> None:
