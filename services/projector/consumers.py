@@ -39,15 +39,6 @@ def reads_subject(projection: Projection, filters: tuple[str, ...]) -> Callable[
     return None if filters == projection.subjects else _subject_test(projection.subjects)
 
 
-def reads_any(
-    projections: Iterable[Projection], filters: tuple[str, ...]
-) -> Callable[[str], bool] | None:
-    """A test for the subjects any of ``projections`` reads, when a consumer with ``filters``
-    delivers others too; None when it delivers only those."""
-    subjects = tuple(sorted({s for p in projections for s in p.subjects}))
-    return None if set(filters) == set(subjects) else _subject_test(subjects)
-
-
 def by_stream(projections: Iterable[Projection]) -> list[tuple[Projection, ...]]:
     """Projections grouped by stream, in their given order: one runner each."""
     groups: dict[str, list[Projection]] = {}

@@ -23,75 +23,83 @@ them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 
+from fleetward.projections import Projection
 from fleetward.schemas import Rejected
+from fleetward.schemas.subjects import parse
 from fleetward.services.db import Conn, q
 from fleetward.services.projector.window import Admitted
 
 Key = tuple[str, str]  # (subject kind, event id)
-Record = tuple[str, str, int]  # (subject kind, event id, first sequence)
+Records = dict[Key, int]  # the first sequence of each id
+
+
+def kinds_read(projections: Iterable[Projection]) -> frozenset[str]:
+    """The subject kinds ``projections`` read (their subjects are ``fw.<kind>.>``)."""
+    found = (parse(subject) for p in projections for subject in p.subjects)
+    return frozenset(parsed[0] for parsed in found if parsed is not None)
 
 
 class IdLedger:
     """The ledger as one runner sees it: the database's, plus the first sequences of the ids in
-    its windows not yet committed. ``reads``: the subjects its projections read (None: all the
-    consumer delivers)."""
+    its windows not yet committed. ``kinds``: the subject kinds its projections read. One commit
+    at a time: ``take`` only when none is in flight."""
 
-    def __init__(self, stream: str, reads: Callable[[str], bool] | None) -> None:
-        self.stream, self.reads = stream, reads
-        self.open: dict[Key, int] = {}  # ids of the open windows, to record at their commit
-        self.committing: dict[Key, int] = {}  # ids of the windows being committed
+    def __init__(self, stream: str, kinds: frozenset[str]) -> None:
+        self.stream, self.kinds = stream, kinds
+        self.open: Records = {}  # ids of the open windows, to record at their commit
+        self.committing: Records = {}  # ids of the windows being committed
 
     def clear(self) -> None:
         """Forget what is not committed (the runner re-positions: it is folded again)."""
-        self.open.clear()
-        self.committing.clear()
+        self.open = {}
+        self.committing = {}
 
     async def repeats(self, conn: Conn, admitted: Admitted) -> set[int]:
         """The sequences of ``admitted`` whose event id was stored at an earlier sequence (of the
         same kind): copies, not to be applied. The others' ids join ``open``, unless the ledger
-        has them at that very sequence already (a redelivery, a rebuild)."""
+        has them at that very sequence already (a redelivery, a rebuild). Memory is consulted
+        before the database, so ids of a commit that ends meanwhile are seen in one of them."""
         repeats: set[int] = set()
-        open_, committing, reads = self.open, self.committing, self.reads
-        fresh: dict[Key, int] = {}
+        open_, committing, kinds = self.open, self.committing, self.kinds
+        fresh: list[Key] = []
         for d, event in admitted:
-            if isinstance(event, Rejected) or (reads is not None and not reads(d.subject)):
+            if isinstance(event, Rejected) or event.SUBJECT_KIND not in kinds:
                 continue
             key = (event.SUBJECT_KIND, event.id)
-            first = open_.get(key) or committing.get(key) or fresh.get(key)
+            first = open_.get(key) or committing.get(key)
             if first is None:
-                fresh[key] = d.seq
+                open_[key] = d.seq
+                fresh.append(key)
             elif first < d.seq:
                 repeats.add(d.seq)
         if fresh:
-            kinds, ids = ([k for k, _ in fresh], [i for _, i in fresh])
-            found = await conn.fetch(q("event_ids_first"), self.stream, kinds, ids)
-            for kind, id_, seq in found:
+            kinds_, ids = [k for k, _ in fresh], [i for _, i in fresh]
+            for kind, id_, seq in await conn.fetch(q("event_ids_first"), self.stream, kinds_, ids):
                 key = (kind, id_)
-                if seq < fresh[key]:  # stored before: a copy (later ones in the batch are too)
-                    repeats.add(fresh[key])
-                if seq <= fresh[key]:  # nothing to record
-                    del fresh[key]
-        self.open.update(fresh)
+                ours = open_[key]
+                if seq < ours:  # stored before: a copy (later ones in the batch are too)
+                    repeats.add(ours)
+                if seq <= ours:  # nothing to record
+                    del open_[key]
         return repeats
 
-    def take(self) -> list[Record]:
-        """The ids to record with the windows about to commit, sorted so that concurrent writers
-        lock them in one order; they stay known until ``committed``."""
-        records = sorted((kind, id_, seq) for (kind, id_), seq in self.open.items())
-        self.committing.update(self.open)
-        self.open = {}
-        return records
+    def take(self) -> Records:
+        """The ids to record with the windows about to commit; they stay known until
+        ``committed``."""
+        assert not self.committing, "one commit at a time"
+        self.committing, self.open = self.open, {}
+        return self.committing
 
-    def committed(self, records: list[Record]) -> None:
-        """``records`` are in the database now: no longer needed in memory."""
-        committing = self.committing
-        for kind, id_, _ in records:
-            committing.pop((kind, id_), None)
+    def committed(self) -> None:
+        """The ids taken are in the database now: no longer needed in memory."""
+        self.committing = {}
 
-    async def record(self, conn: Conn, records: list[Record]) -> None:
-        """Write ``records`` (inside the transaction that commits their windows)."""
+    async def record(self, conn: Conn, records: Records) -> None:
+        """Write ``records`` (inside the transaction that commits their windows; the statement
+        inserts them in key order, so that concurrent writers lock them in one order)."""
         if records:
-            kinds, ids, seqs = (list(column) for column in zip(*records, strict=True))
+            kinds, ids = [k for k, _ in records], [i for _, i in records]
+            seqs = list(records.values())
             await conn.execute(q("event_ids_record"), self.stream, kinds, ids, seqs)

@@ -31,16 +31,11 @@ from fleetward.services.db import Conn, q
 from fleetward.services.jetstream.consumer import Delivery, PullConsumer, recreate_consumer
 from fleetward.services.projector.cache import RowCache
 from fleetward.services.projector.commit import Moved, Resync, commit
-from fleetward.services.projector.consumers import (
-    consumer_filter,
-    durable_name,
-    reads_any,
-    reads_subject,
-)
+from fleetward.services.projector.consumers import consumer_filter, durable_name, reads_subject
 from fleetward.services.projector.failures import classify, needs_operator
 from fleetward.services.projector.health import RunnerHealth
 from fleetward.services.projector.isolate import Isolate, isolate
-from fleetward.services.projector.ledger import IdLedger, Record
+from fleetward.services.projector.ledger import IdLedger, Records, kinds_read
 from fleetward.services.projector.window import Window, admit_batch, open_window, prepare
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.signals import Signal, Signals
@@ -97,7 +92,7 @@ class ProjectionRunner:
         self.filters = consumer_filter(*projections)
         self.members = [Member(p, reads_subject(p, self.filters)) for p in projections]
         self.ledger = (
-            IdLedger(self.stream, reads_any(projections, self.filters))
+            IdLedger(self.stream, kinds_read(projections))
             if any(p.id_ledger for p in projections)
             else None
         )
@@ -221,8 +216,8 @@ class ProjectionRunner:
                 m.window = None
         if not windows:
             return
-        records = [] if self.ledger is None else self.ledger.take()
         await self._wait_inflight()
+        records = {} if self.ledger is None else self.ledger.take()
         self._inflight = asyncio.ensure_future(self._commit(windows, records))
 
     async def flush(self) -> None:
@@ -236,7 +231,7 @@ class ProjectionRunner:
         if inflight is not None:
             await inflight
 
-    async def _commit(self, windows: list[tuple[Member, Window]], records: list[Record]) -> None:
+    async def _commit(self, windows: list[tuple[Member, Window]], records: Records) -> None:
         """Commit the windows and the event ids they apply first (``records``) in one
         transaction, then acknowledge and count them. A failure an event caused (failures.py)
         bisects careful windows (isolate.py), and raises ``Isolate`` for others; any other
@@ -258,7 +253,7 @@ class ProjectionRunner:
             for m, _ in windows:  # it holds the failed windows' rows, culprits included
                 m.cache.clear(m.projection.tables)
         if self.ledger is not None:
-            self.ledger.committed(records)
+            self.ledger.committed()
         last = windows[0][1].tail
         assert last is not None
         if not moved:
@@ -289,7 +284,7 @@ class ProjectionRunner:
     async def _transaction(
         self,
         windows: list[tuple[Member, Window]],
-        records: list[Record],
+        records: Records,
         moved: dict[str, Moved],
         *,
         bisect: bool,
