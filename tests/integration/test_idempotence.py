@@ -14,7 +14,7 @@ from decimal import Decimal
 import anyio
 import pytest
 
-from fleetward.projections import ALL, BY_NAME
+from fleetward.projections import ALL, BY_NAME, Projection
 from fleetward.schemas import Event
 from fleetward.schemas.events import AgentRegistered, Heartbeat, SpendRecorded
 from fleetward.schemas.headers import MSG_ID
@@ -67,11 +67,11 @@ async def heartbeats_of(rt: Runtime, agent: str) -> int:
     return int(n)
 
 
-async def rebuild_equals_live(rt: Runtime) -> None:
-    live = await snapshot(rt)
-    for projection in ALL:
+async def rebuild_equals_live(rt: Runtime, projections: tuple[Projection, ...] = ALL) -> None:
+    live = await snapshot(rt, projections)
+    for projection in projections:
         await rebuild(rt, projection)
-    assert await snapshot(rt) == live
+    assert await snapshot(rt, projections) == live
 
 
 @pytest.mark.parametrize(
@@ -116,10 +116,7 @@ async def test_copies_in_consecutive_windows_of_the_live_loop_count_once(rt: Run
         await runner.signals.wait_for(lambda: runner.checkpoint >= last, what="every event")
         stop.set()
     assert await spend_of(rt, "a1") == (Decimal("10.0"), 200, 20)
-    live = await snapshot(rt, group)
-    for projection in group:
-        await rebuild(rt, projection)
-    assert await snapshot(rt, group) == live
+    await rebuild_equals_live(rt, group)
 
 
 async def test_a_heartbeat_stored_again_later_counts_once(rt: Runtime) -> None:
@@ -138,3 +135,24 @@ async def test_a_heartbeat_stored_again_later_counts_once(rt: Runtime) -> None:
     assert state == "idle"
     await rebuild_equals_live(rt)
     assert await heartbeats_of(rt, "a1") == 2
+
+
+async def test_two_processes_reading_one_kind_share_the_ledger(rt: Runtime) -> None:
+    """Two runners that each read fw.agent.* (as `projector --only agents` and `--only spend`
+    would) record the same ids side by side, at their own pace: every verdict is the same."""
+    events = [register("a1")] + [spend("a1", 0.5) for _ in range(30)]
+    await publish_many(rt.js, events)
+    for event in events[1:]:
+        await store_again(rt, event)
+    runners = [ProjectionRunner(rt, BY_NAME[name], batch_size=n) for name, n in
+               (("spend", 4), ("agents", 9))]  # fmt: skip
+    last = (await rt.js.stream_info("FW_EVENTS")).state.last_seq
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        for runner in runners:
+            tg.start_soon(runner.run, stop.is_set)
+        for runner in runners:
+            await runner.signals.wait_for(lambda r=runner: r.checkpoint >= last, what="the end")
+        stop.set()
+    assert await spend_of(rt, "a1") == (Decimal("15.0"), 300, 30)
+    await rebuild_equals_live(rt, (BY_NAME["agents"], BY_NAME["spend"]))
