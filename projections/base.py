@@ -105,6 +105,11 @@ class Projection:
     stream: ClassVar[str]
     subjects: ClassVar[tuple[str, ...]]
     tables: ClassVar[tuple[Table, ...]]
+    # Each event id applies once, however late a copy of it is stored: the projector keeps a
+    # ledger of the first sequence of every id (fleetward.event_ids) and skips the copies. A
+    # projection whose stream is too large for one (heartbeats) says False and makes its fold
+    # ignore copies itself (idempotence.py).
+    id_ledger: ClassVar[bool] = True
 
     def touches(self, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
         """The rows ``apply`` will read for this event (loaded before the batch is folded)."""

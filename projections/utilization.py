@@ -10,6 +10,10 @@ An agent's current hour is kept on its own row (``hour``, ``hour_busy_us``, ...)
 heartbeat arrives in a later hour, the finished hour moves to the hourly table, where it never
 changes again. So a heartbeat writes one row, not two; the view ``fleet.utilization_hourly``
 shows both (a closed hour is never also an agent's current one).
+
+A heartbeat counts once: only if its id sorts after the last one counted for its agent
+(``idempotence.newer_heartbeat``, kept in ``last_id``); a copy stored again, or an older
+heartbeat arriving late, changes nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Final
 
 from fleetward.projections.base import Key, Meta, Projection, Rows, Table
+from fleetward.projections.idempotence import newer_heartbeat
 from fleetward.schemas.events import Event, Heartbeat
 from fleetward.schemas.streams import HEARTBEATS_STREAM
 from fleetward.schemas.subjects import wildcard
@@ -45,6 +50,7 @@ UTILIZATION = Table(
         "hour_busy_us",
         "hour_idle_us",
         "hour_heartbeats",
+        "last_id",
     ),
 )
 
@@ -70,6 +76,7 @@ class Utilization(Projection):
     stream: ClassVar[str] = HEARTBEATS_STREAM
     subjects: ClassVar[tuple[str, ...]] = (wildcard("hb"),)
     tables: ClassVar[tuple[Table, ...]] = (UTILIZATION, HOURLY)
+    id_ledger: ClassVar[bool] = False  # too many heartbeats for one: newer_heartbeat instead
 
     def __init__(self) -> None:
         # the hour of the last event folded: most events fall in the same hour as the one before
@@ -95,6 +102,8 @@ class Utilization(Projection):
         if old is None:
             first, busy_us, idle_us, beats, h_busy, h_idle, h_beats = at, 0, 0, 0, 0, 0, 0
         else:
+            if not newer_heartbeat(old["last_id"], event.id):
+                return  # a copy of a heartbeat counted already, or an older one: no change
             first, busy_us, idle_us, beats = (
                 old["first_seen"], old["busy_us"], old["idle_us"], old["heartbeats"])  # fmt: skip
             gap = at - old["last_seen"]
@@ -134,4 +143,5 @@ class Utilization(Projection):
             "hour_busy_us": h_busy,
             "hour_idle_us": h_idle,
             "hour_heartbeats": h_beats + 1,
+            "last_id": event.id,
         })  # fmt: skip

@@ -11,6 +11,7 @@ from fleetward.schemas.streams import DEFAULT_AUDIT_RETENTION_DAYS
 from fleetward.services.errors import FleetwardError
 
 DEFAULT_HEARTBEAT_INTERVAL_S = 60.0  # AgentRegistered.heartbeat_interval_s's default
+DEFAULT_STALL_S = 60.0  # a projection holding events this long without a commit is stalled
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,8 @@ class Settings:
     metrics_port: int  # 0: pick a free port
     batch_size: int
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
+    # /healthz fails when a projection holds events it has not committed for this long
+    stall_s: float = DEFAULT_STALL_S
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -103,6 +106,7 @@ class Settings:
             metrics_port=int(_number(env, "FLEETWARD_METRICS_PORT", 0)),
             batch_size=int(_number(env, "FLEETWARD_BATCH_SIZE", 1000)),
             watchdog=WatchdogSettings.from_env(env),
+            stall_s=_number(env, "FLEETWARD_STALL_S", DEFAULT_STALL_S),
         )
 
 

@@ -109,6 +109,13 @@ def stage_sql(table: Table) -> str:
 
 
 @cache
+def clear_stage_sql(table: Table) -> str:
+    """Empty ``table``'s staging table before the transaction ends (for several writes of the
+    same rows in one transaction, as bisection does)."""
+    return f"DELETE FROM {stage_name(table)}"
+
+
+@cache
 def merge_sql(table: Table) -> str:
     """Upsert every staged row into ``table`` (rows with the same key replace the old one)."""
     cols = ", ".join(table.columns)
@@ -129,6 +136,20 @@ async def write_rows(conn: Conn, table: Table, rows: list[dict[str, Any]]) -> No
     records = [values(r) for r in rows]
     await conn.copy_records_to_table(stage_name(table), records=records, columns=table.columns)
     await conn.execute(merge_sql(table))
+
+
+def storable(text: str) -> str:
+    """``text`` as Postgres ``text`` can hold it: NUL (which Postgres refuses) and lone
+    surrogates (which UTF-8 cannot encode) are written as backslash escapes (``\\x00``,
+    ``\\ud800``), as Python's ``backslashreplace`` does; anything else is unchanged. For text
+    that must never be refused, such as a dead letter's subject and detail."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def key_arrays(table: Table, keys: list[tuple[Any, ...]]) -> list[list[Any]]:

@@ -22,6 +22,7 @@ from fleetward.services.metrics.fleet import FLEET
 from fleetward.services.metrics.health import HealthChecks
 from fleetward.services.metrics.http import serve_http
 from fleetward.services.projector.consumers import by_stream
+from fleetward.services.projector.health import RunnerHealth
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.projector.window import PROJECTION_ERROR
 from fleetward.services.runtime.connect import Runtime
@@ -51,14 +52,19 @@ async def run_services(
     """Run until SIGTERM/SIGINT. ``on_ready`` gets the metrics port once everything runs."""
     stop = anyio.Event()
     runners = [
-        ProjectionRunner(rt, *group, batch_size=rt.settings.batch_size)
+        ProjectionRunner(
+            rt,
+            *group,
+            batch_size=rt.settings.batch_size,
+            health=RunnerHealth(stall_after=rt.settings.stall_s),
+        )
         for group in by_stream(projections)
     ]
     dog = Watchdog(rt) if watchdog else None
-    health = HealthChecks()  # GET /healthz: each part's verdict and reason
+    health = HealthChecks()  # GET /healthz, /readyz: each part's verdict and reason
     health.register("nats", lambda: _connected(rt))
     if runners:
-        health.register("projector", lambda: _positioned(runners))
+        health.register("projector", lambda: _committing(runners))
     if dog is not None:
         health.register("watchdog", dog.health)
 
@@ -93,11 +99,10 @@ def _connected(rt: Runtime) -> tuple[bool, str]:
     return (True, "connected") if rt.nc.is_connected else (False, "disconnected from NATS")
 
 
-def _positioned(runners: list[ProjectionRunner]) -> tuple[bool, str]:
-    waiting = [p.name for r in runners if r.consumer is None for p in r.projections]
-    if waiting:
-        return False, f"positioning the consumer of {', '.join(waiting)}"
-    return True, "consuming"
+def _committing(runners: list[ProjectionRunner]) -> tuple[bool, str]:
+    """Whether every runner is positioned and committing (services/projector/health.py)."""
+    problems = [p for r in runners for p in r.health.problems(r.name)]
+    return (False, "; ".join(problems)) if problems else (True, "committing")
 
 
 async def watch_lag(

@@ -35,9 +35,11 @@ class Report:
     checks: dict[str, tuple[bool, str]]
 
     def json(self) -> bytes:
-        """The /healthz body: ``{"ok": ..., "checks": {name: {"ok": ..., "reason": ...}}}``."""
+        """The /healthz body: ``{"ok": ..., "checks": {name: {"ok": ..., "reason": ...}},
+        "problems": ["<name>: <reason>", ...]}`` (the failing checks, for a quick read)."""
         checks = {n: {"ok": ok, "reason": why} for n, (ok, why) in self.checks.items()}
-        return msgspec.json.encode({"ok": self.ok, "checks": checks})
+        problems = [f"{n}: {why}" for n, (ok, why) in self.checks.items() if not ok]
+        return msgspec.json.encode({"ok": self.ok, "checks": checks, "problems": problems})
 
 
 class HealthChecks:

@@ -3,8 +3,10 @@
 Inside the caller's transaction (one for the windows of all the projections a runner feeds):
 1. lock the projection's checkpoint and compare it with the one the window was folded on;
    another writer (a rebuild) may have moved it: ``Moved``, and the runner re-positions;
-2. write the rows the fold changed, and the window's dead letters;
+2. write the rows the fold changed, and the window's dead letters (whose text is made storable:
+   the dead-letter row itself is never refused);
 3. advance the checkpoint to the window's last sequence (compare-and-set).
+The same steps serve ``isolate.py``, which commits a failed window again in parts.
 The runner acknowledges the window (one AckAll) only after the transaction commits. A crash
 anywhere before the commit leaves nothing behind; a crash after it only causes redelivery of
 events the checkpoint then skips.
@@ -12,10 +14,15 @@ events the checkpoint then skips.
 
 from __future__ import annotations
 
-from fleetward.projections import Projection
+from typing import Final
+
+from fleetward.projections import Projection, Rows
 from fleetward.services import db
 from fleetward.services.db import Conn, q
+from fleetward.services.jetstream.consumer import Delivery
 from fleetward.services.projector.window import Window
+
+DETAIL_CHARS: Final = 2000  # a dead letter's detail is cut here
 
 
 class Resync(Exception):
@@ -33,23 +40,53 @@ class Moved(Resync):
 async def commit(conn: Conn, projection: Projection, window: Window) -> None:
     """Write a window's rows and dead letters and move the checkpoint, inside the caller's
     transaction. Raises ``Moved`` when the checkpoint is not the one the window was folded on
-    (nothing written), ``Resync`` when the compare-and-set of the new checkpoint fails."""
-    checkpoint = await conn.fetchval(q("checkpoint_lock"), projection.name)
+    (nothing written), ``Resync`` when the compare-and-set of the new checkpoint fails, and
+    whatever Postgres or the driver raise when they refuse a row (failures.py)."""
+    checkpoint = await lock(conn, projection, window)
+    await write(conn, projection, window.rows)
+    await record_dead(conn, projection, window.dead)
+    await advance(conn, projection, checkpoint, window.last)
+
+
+async def lock(conn: Conn, projection: Projection, window: Window) -> int:
+    """Lock the projection's checkpoint for the transaction and return it; ``Moved`` unless it
+    is the one ``window`` was folded on."""
+    checkpoint: int = await conn.fetchval(q("checkpoint_lock"), projection.name)
     if checkpoint != window.expected:
         raise Moved(f"checkpoint is {checkpoint}, this writer expected {window.expected}")
+    return checkpoint
+
+
+async def write(conn: Conn, projection: Projection, rows: Rows) -> None:
+    """Write the rows a fold changed, table by table (in the projection's order)."""
     for table in projection.tables:
-        changed = window.rows.changed(table)
+        changed = rows.changed(table)
         if changed:
             await db.write_rows(conn, table, changed)
-    if window.dead:
-        await conn.executemany(
-            q("dead_letter_insert"),
-            [
-                (projection.name, projection.stream, d.seq, d.subject, reason, detail[:2000],
-                 d.data, d.time)
-                for d, reason, detail in window.dead
-            ],
-        )  # fmt: skip
-    status = await conn.execute(q("checkpoint_advance"), projection.name, checkpoint, window.last)
+
+
+async def record_dead(
+    conn: Conn, projection: Projection, dead: list[tuple[Delivery, str, str]]
+) -> None:
+    """Insert dead letters: (delivery, reason, detail). Never refused for its text: subject,
+    reason and detail are made storable (a NUL or a lone surrogate is escaped; the detail is cut
+    at ``DETAIL_CHARS``); the raw bytes are kept as they are."""
+    if not dead:
+        return
+    store = db.storable
+    await conn.executemany(
+        q("dead_letter_insert"),
+        [
+            (projection.name, projection.stream, d.seq, store(d.subject), store(reason),
+             store(detail[:DETAIL_CHARS]), d.data, d.time)
+            for d, reason, detail in dead
+        ],
+    )  # fmt: skip
+
+
+async def advance(conn: Conn, projection: Projection, checkpoint: int, last: int) -> None:
+    """Move the checkpoint from ``checkpoint`` to ``last`` (compare-and-set); ``Resync`` if
+    another writer moved it meanwhile."""
+    status = await conn.execute(q("checkpoint_advance"), projection.name, checkpoint, last)
     if status != "UPDATE 1":
         raise Resync("checkpoint compare-and-set failed")

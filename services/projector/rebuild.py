@@ -12,6 +12,7 @@ from typing import Any
 from fleetward.projections import Projection
 from fleetward.services import db
 from fleetward.services.db import q
+from fleetward.services.projector.isolate import Isolate
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime
 
@@ -38,12 +39,17 @@ async def catch_up(runner: ProjectionRunner, progress: Callable[[int], Any] | No
     unacknowledged; ``progress`` gets the runner's checkpoint after each batch."""
     assert runner.consumer is not None
     while True:
-        n = await runner.step(wait=0.2)
-        if progress is not None:
-            progress(runner.checkpoint)
-        if n and runner.pending == 0:
-            await runner.flush()
-            return
+        try:
+            n = await runner.step(wait=0.2)
+            if progress is not None:
+                progress(runner.checkpoint)
+            if n and runner.pending == 0:
+                await runner.flush()
+                return
+        except Isolate as exc:  # a window failed for an event: find it, then go on
+            runner.isolating(exc)
+            await runner.position()
+            continue
         if n == 0:
             info = await runner.rt.js.consumer_info(runner.stream, runner.durable)
             if info.num_pending == 0 and info.num_ack_pending == 0:

@@ -3,11 +3,15 @@
 The projections of a stream share one durable pull consumer, so each event is delivered and
 admitted once however many of them read it. Each batch is folded into every projection's open
 window (window.py); the windows commit together in one Postgres transaction, each on its own
-checkpoint (commit.py); one AckAll acknowledges them after the commit.
+checkpoint (commit.py); one AckAll acknowledges them after the commit. Copies of events stored
+before (the same id) are found per batch and skipped, and the ids first seen are recorded in the
+same transaction (ledger.py).
 
 The next windows fold (pure CPU) while the previous ones commit (waiting on Postgres), on the
 cached rows of the windows being committed (cache.py); if that commit fails, the runner drops
-both and re-positions from the checkpoints in the database.
+both and re-positions from the checkpoints in the database. A failure that an event caused
+(failures.py) cannot heal by retrying: the runner folds the failed range again in careful
+windows, and bisects the one that fails to dead-letter the culprits (isolate.py).
 """
 
 from __future__ import annotations
@@ -28,6 +32,10 @@ from fleetward.services.jetstream.consumer import Delivery, PullConsumer, recrea
 from fleetward.services.projector.cache import RowCache
 from fleetward.services.projector.commit import Moved, Resync, commit
 from fleetward.services.projector.consumers import consumer_filter, durable_name, reads_subject
+from fleetward.services.projector.failures import classify, needs_operator
+from fleetward.services.projector.health import RunnerHealth
+from fleetward.services.projector.isolate import Isolate, isolate
+from fleetward.services.projector.ledger import IdLedger, Records, kinds_read
 from fleetward.services.projector.window import Window, admit_batch, open_window, prepare
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.signals import Signal, Signals
@@ -73,6 +81,7 @@ class ProjectionRunner:
         window_size: int = 100_000,
         window_seconds: float = 3.0,
         durable_suffix: str = "",
+        health: RunnerHealth | None = None,
     ) -> None:
         assert projections and len({p.stream for p in projections}) == 1, "one stream"
         # by name: one durable name and one checkpoint lock order, however they were given
@@ -82,6 +91,11 @@ class ProjectionRunner:
         self.name = "+".join(p.name for p in projections)  # for logs
         self.filters = consumer_filter(*projections)
         self.members = [Member(p, reads_subject(p, self.filters)) for p in projections]
+        self.ledger = (
+            IdLedger(self.stream, kinds_read(projections))
+            if any(p.id_ledger for p in projections)
+            else None
+        )
         self.batch_size = batch_size
         # while far behind the stream: commit every window_size events or window_seconds
         self.window_size, self.window_seconds = max(window_size, batch_size), window_seconds
@@ -89,7 +103,10 @@ class ProjectionRunner:
         self.consumer: PullConsumer | None = None
         self.pending = -1  # messages the server had left after the last batch taken
         self._inflight: asyncio.Future[None] | None = None
+        # fold in careful windows up to this sequence (after a window failed for an event)
+        self._careful_until = 0
         self.signals = RunnerSignals()
+        self.health = health or RunnerHealth()  # what /healthz reads (health.py)
 
     @property
     def checkpoint(self) -> int:
@@ -99,6 +116,7 @@ class ProjectionRunner:
     async def position(self) -> None:
         """Read the checkpoints and put the consumer right after the lowest (dropping anything
         folded or being committed: it will be delivered again)."""
+        self.health.positioning()
         inflight, self._inflight = self._inflight, None
         if inflight is not None:
             with contextlib.suppress(Exception):
@@ -111,6 +129,8 @@ class ProjectionRunner:
                 empty = m.checkpoint == 0 and await _tables_empty(conn, p)
                 m.cache.clear(p.tables, empty=empty)
                 m.window = None
+        if self.ledger is not None:
+            self.ledger.clear()
         if self.consumer is not None:
             await self.consumer.stop()
         await recreate_consumer(
@@ -125,6 +145,7 @@ class ProjectionRunner:
         await self.consumer.start()
         for m in self.members:
             metrics.CHECKPOINT.labels(m.projection.name).set(m.checkpoint)
+        self.health.positioned()
 
     async def step(self, wait: float = 1.0) -> int:
         """Take one batch (waiting up to ``wait``) and fold it into the open windows, while the
@@ -136,20 +157,39 @@ class ProjectionRunner:
         batch = await self.consumer.next_batch(self.batch_size, wait)
         if not batch:
             await self.flush()
+            self.health.idle()
             return 0
+        self.health.took()
+        careful = batch[0].seq <= self._careful_until
         admitted = admit_batch(batch)
         async with self.rt.pool.acquire() as conn:
+            ledger = self.ledger
+            repeats = frozenset() if ledger is None else await ledger.repeats(conn, admitted)
             for m in self.members:
                 if m.window is None:
-                    m.window = open_window(m.folded, m.cache)
-                await prepare(conn, m.projection, admitted, m.window, cache=m.cache, reads=m.reads)
+                    m.window = open_window(m.folded, m.cache, keep=careful)
+                await prepare(conn, m.projection, admitted, m.window, cache=m.cache,
+                              reads=m.reads, repeats=repeats)  # fmt: skip
         tail = batch[-1]
         self.pending = tail.pending
         window = self.members[0].window
         assert window is not None
-        if not self._should_grow(window, tail):
+        if careful:  # one batch a window, committed (or bisected) before the next is folded
+            await self.flush()
+        elif not self._should_grow(window, tail):
             await self._start_commit()
         return len(batch)
+
+    def isolating(self, exc: Isolate) -> None:
+        """A window failed for an event it holds: fold its events again in careful windows, up
+        to its last sequence (then ``position``), so that the culprits are found and
+        dead-lettered (isolate.py). Counted as a re-positioning of every projection."""
+        log.warning("projection %s: %s; folding again in careful windows", self.name, exc)
+        self._careful_until = max(self._careful_until, exc.until)
+        names = tuple(m.projection.name for m in self.members)
+        for name in names:
+            metrics.RESYNCS.labels(name).inc()
+        self.signals.resynced.emit(names)
 
     def _should_grow(self, window: Window, tail: Delivery) -> bool:
         """Keep folding into the open windows: far behind the stream (more than a batch
@@ -177,7 +217,8 @@ class ProjectionRunner:
         if not windows:
             return
         await self._wait_inflight()
-        self._inflight = asyncio.ensure_future(self._commit(windows))
+        records = {} if self.ledger is None else self.ledger.take()
+        self._inflight = asyncio.ensure_future(self._commit(windows, records))
 
     async def flush(self) -> None:
         """Commit the open windows, if any, and wait for every commit (raising what it
@@ -190,16 +231,29 @@ class ProjectionRunner:
         if inflight is not None:
             await inflight
 
-    async def _commit(self, windows: list[tuple[Member, Window]]) -> None:
+    async def _commit(self, windows: list[tuple[Member, Window]], records: Records) -> None:
+        """Commit the windows and the event ids they apply first (``records``) in one
+        transaction, then acknowledge and count them. A failure an event caused (failures.py)
+        bisects careful windows (isolate.py), and raises ``Isolate`` for others; any other
+        failure is raised as it is."""
         assert self.consumer is not None
         started = time.perf_counter()
         moved: dict[str, Moved] = {}
-        async with self.rt.pool.acquire() as conn, conn.transaction():
-            for m, window in windows:
-                try:
-                    await commit(conn, m.projection, window)
-                except Moved as exc:  # a rebuild of one projection must not stall the others:
-                    moved[m.projection.name] = exc  # they still commit
+        try:
+            await self._transaction(windows, records, moved, bisect=False)
+        except Resync:
+            raise
+        except Exception as exc:
+            if classify(exc) != "event":
+                raise
+            if any(window.kept is None for _, window in windows):
+                raise Isolate(max(window.last for _, window in windows), exc) from exc
+            moved.clear()
+            await self._transaction(windows, records, moved, bisect=True)
+            for m, _ in windows:  # it holds the failed windows' rows, culprits included
+                m.cache.clear(m.projection.tables)
+        if self.ledger is not None:
+            self.ledger.committed()
         last = windows[0][1].tail
         assert last is not None
         if not moved:
@@ -222,9 +276,33 @@ class ProjectionRunner:
             for reason, n in result.dead.items():
                 metrics.DEAD_LETTERS.labels(name, reason).inc(n)
             self.signals.committed.emit((name, window.last))
+        self.health.committed(more=any(m.window is not None for m in self.members))
         if moved:  # re-position from the checkpoints now in the database
             message = "; ".join(f"{name}: {exc}" for name, exc in moved.items())
             raise Resync(message, tuple(moved))
+
+    async def _transaction(
+        self,
+        windows: list[tuple[Member, Window]],
+        records: Records,
+        moved: dict[str, Moved],
+        *,
+        bisect: bool,
+    ) -> None:
+        """One transaction for every window and the event ids: ``commit``, or ``isolate``
+        (``bisect``, careful windows only; each window's result becomes what the bisection
+        found). The ids are facts of the stream, recorded whichever projections moved."""
+        async with self.rt.pool.acquire() as conn, conn.transaction():
+            if self.ledger is not None:
+                await self.ledger.record(conn, records)
+            for m, window in windows:
+                try:
+                    if bisect:
+                        window.result = await isolate(conn, m.projection, window)
+                    else:
+                        await commit(conn, m.projection, window)
+                except Moved as exc:  # a rebuild of one projection must not stall the others:
+                    moved[m.projection.name] = exc  # they still commit
 
     async def run(self, stopping: Callable[[], bool]) -> None:
         """Apply batches until ``stopping()``; the batches in hand are always committed first."""
@@ -236,8 +314,16 @@ class ProjectionRunner:
                 if stopping():
                     await self.flush()
                 backoff = 0.1
+            except Isolate as exc:  # no pause: the careful windows find the culprits
+                self.health.failed(exc, resync=True)
+                self.isolating(exc)
+                await self._position_retrying(stopping)
             except Exception as exc:  # Resync, NATS or Postgres trouble: start again
-                log.warning("projection %s: %s; re-positioning", self.name, exc)
+                if needs_operator(exc):  # no event caused it, and waiting will not cure it
+                    log.error("projection %s: %r; re-positioning", self.name, exc)
+                else:
+                    log.warning("projection %s: %s; re-positioning", self.name, exc)
+                self.health.failed(exc, resync=True)
                 moved = exc.projections if isinstance(exc, Resync) else ()
                 names = tuple(
                     m.projection.name
@@ -262,6 +348,7 @@ class ProjectionRunner:
                 return
             except Exception as exc:  # NATS or Postgres away: keep trying
                 log.warning("projection %s: cannot position (%s); retrying", self.name, exc)
+                self.health.failed(exc, resync=False)
                 metrics.count_postgres_error("projector", exc)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)

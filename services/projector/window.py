@@ -2,8 +2,9 @@
 
 A batch is admitted once per runner (``admit_batch``: schemas.admission; a refused event becomes
 a dead letter), then folded into each projection's open window (``prepare``): deliveries at or
-below the window's last sequence, and event ids repeated within the window, are skipped; the
-rows the events touch are loaded (cache.py); the events are folded in stream order (pure).
+below the window's last sequence, and copies of events stored before (the runner finds them:
+ledger.py), are skipped; the rows the events touch are loaded (cache.py); the events are folded
+in stream order (pure).
 Nothing is written here: commit.py writes a window.
 
 Near the head of the stream a window is one batch, committed as soon as it is folded. Far
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -24,6 +25,7 @@ from fleetward.schemas import Event, Rejected, admit, type_name
 from fleetward.services.db import Conn
 from fleetward.services.jetstream.consumer import Delivery
 from fleetward.services.projector.cache import RowCache, load_rows
+from fleetward.services.projector.failures import describe
 
 PROJECTION_ERROR = "projection_error"  # a valid event the fold could not apply (a bug of ours)
 
@@ -54,12 +56,19 @@ class Window:
     events: int = 0  # deliveries taken, skipped ones included
     dead: list[tuple[Delivery, str, str]] = field(default_factory=list)
     result: BatchResult = field(default_factory=BatchResult)
-    seen: set[str] = field(default_factory=set)  # event ids, to drop repeats within the window
+    # a careful window (after a commit that failed for an event) keeps what it folded, so that
+    # the culprits can be found by folding parts of it again (isolate.py): the events folded, in
+    # order, and the deliveries admission refused (``dead`` also holds the fold's refusals)
+    kept: list[tuple[Event, Delivery]] | None = None
+    refused: list[tuple[Delivery, str, str]] = field(default_factory=list)
 
 
-def open_window(expected: int, cache: RowCache) -> Window:
-    """An empty window on checkpoint ``expected``, folding on the rows ``cache`` holds."""
-    return Window(expected, Rows(base=cache.tables), expected, time.monotonic())
+def open_window(expected: int, cache: RowCache, *, keep: bool = False) -> Window:
+    """An empty window on checkpoint ``expected``, folding on the rows ``cache`` holds;
+    ``keep``: a careful window, which keeps the events it folds."""
+    return Window(
+        expected, Rows(base=cache.tables), expected, time.monotonic(), kept=[] if keep else None
+    )
 
 
 Admitted = list[tuple[Delivery, Event | Rejected]]
@@ -67,13 +76,18 @@ Admitted = list[tuple[Delivery, Event | Rejected]]
 
 
 def admit_batch(batch: list[Delivery]) -> Admitted:
-    """Each delivery of ``batch`` with its admitted event, or the ``Rejected`` that refused it."""
+    """Each delivery of ``batch`` with its admitted event, or the ``Rejected`` that refused it.
+    Admission failing in any other way (a bug, or an input it was not built for, e.g. nesting
+    deep enough for a ``RecursionError``) refuses the event as a ``projection_error``: no event
+    may stop the runner."""
     out: Admitted = []
     for d in batch:
         try:
             out.append((d, admit(d.subject, d.data)))
         except Rejected as r:
             out.append((d, r))
+        except Exception as exc:
+            out.append((d, Rejected(PROJECTION_ERROR, f"admission failed: {describe(exc)}")))
     return out
 
 
@@ -100,10 +114,12 @@ async def prepare(
     *,
     cache: RowCache | None = None,
     reads: Callable[[str], bool] | None = None,
+    repeats: Set[int] = frozenset(),
 ) -> Window:
     """Fold an admitted batch into ``window``: the deliveries on subjects the projection
-    ``reads`` (all when None) and past the window's last sequence. Reads rows only."""
-    result, dead, seen = window.result, window.dead, window.seen
+    ``reads`` (all when None), past the window's last sequence and not ``repeats`` (sequences of
+    copies of earlier events: ledger.py). Reads rows only."""
+    result, dead = window.result, window.dead
     items: list[tuple[Event, Delivery]] = []
     last = window.last
     for d, event in admitted:
@@ -116,22 +132,36 @@ async def prepare(
         if isinstance(event, Rejected):
             dead.append((d, event.reason, event.detail))
             result.dead[event.reason] += 1
+            if window.kept is not None:
+                window.refused.append((d, event.reason, event.detail))
             continue
-        if event.id in seen:
-            result.skipped += 1
+        if d.seq in repeats:
+            result.skipped += 1  # a copy of an event stored before
             continue
-        seen.add(event.id)
         items.append((event, d))
     window.last = last
     window.events += len(admitted)
     window.tail = admitted[-1][0]
+    if window.kept is not None:
+        window.kept += items
     await load_rows(conn, projection, items, window.rows, cache)
+    tally(items, fold(projection, items, window.rows), dead, result)
+    return window
+
+
+def tally(
+    items: list[tuple[Event, Delivery]],
+    failed: list[tuple[Event, Delivery, str, str]],
+    dead: list[tuple[Delivery, str, str]],
+    result: BatchResult,
+) -> None:
+    """Count what folding ``items`` did: the ones in ``failed`` join ``dead`` (by reason), the
+    rest count as applied (by event type)."""
     applied = Counter(type(event) for event, _ in items)
-    for event, d, reason, detail in fold(projection, items, window.rows):
+    for event, d, reason, detail in failed:
         dead.append((d, reason, detail))
         applied[type(event)] -= 1
         result.dead[reason] += 1
     for type_, n in applied.items():
         if n:
             result.applied[type_name(type_)] += n
-    return window

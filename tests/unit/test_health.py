@@ -23,11 +23,15 @@ async def test_healthz_answers_every_checks_verdict_and_fails_if_any_fails() -> 
         assert status == 200
         assert msgspec.json.decode(body) == {"ok": True, "checks": {
             "nats": {"ok": True, "reason": "connected"},
-            "watchdog": {"ok": True, "reason": "judging"}}}  # fmt: skip
+            "watchdog": {"ok": True, "reason": "judging"}}, "problems": []}  # fmt: skip
         judging["ok"] = False
         status, body = await http_get(port, "/healthz")
         assert status == 503
         assert msgspec.json.decode(body)["checks"]["watchdog"] == {"ok": False, "reason": "stuck"}
+        assert msgspec.json.decode(body)["problems"] == ["watchdog: stuck"]
+        for path in ("/readyz", "/livez"):  # readiness: the same answer; liveness: alive
+            status, _ = await http_get(port, path)
+            assert status == (503 if path == "/readyz" else 200)
         tg.cancel_scope.cancel()
 
 

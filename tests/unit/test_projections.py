@@ -14,12 +14,14 @@ import random
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any
 
 import pytest
 
 from fleetward.projections.agents import AGENTS, AgentRegistry
 from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
+from fleetward.projections.idempotence import newer_heartbeat
 from fleetward.projections.spend import SPEND_AGENTS, SPEND_DAILY, UNASSIGNED, Spend
 from fleetward.projections.tasks import DELIVERABLES, REJECTIONS, TASK_AGENTS, TASKS, TaskBoard
 from fleetward.projections.utilization import HOURLY, MAX_GAP, UTILIZATION, Utilization
@@ -671,7 +673,8 @@ def test_agents_are_counted_apart() -> None:
 def test_state_and_task_follow_the_latest_heartbeat() -> None:
     fold = Fold(Utilization())
     first = fold(heartbeat("busy", task=TASK, message="drafting"), at=T0)
-    last = fold(heartbeat("idle", task=None, message="waiting for work"), at=T0 + MAX_GAP * 2)
+    latest = heartbeat("idle", task=None, message="waiting for work")
+    last = fold(latest, at=T0 + MAX_GAP * 2)
     assert util_row(fold) == {
         "agent_id": AGENT,
         "state": "idle",
@@ -687,10 +690,43 @@ def test_state_and_task_follow_the_latest_heartbeat() -> None:
         "hour_busy_us": 0,
         "hour_idle_us": 0,
         "hour_heartbeats": 2,
+        "last_id": latest.id,
     }
     fold(heartbeat("waiting", task="task-43", message="tool"), at=last.time + timedelta(seconds=1))
     row = util_row(fold)
     assert (row["state"], row["current_task"], row["message"]) == ("waiting", "task-43", "tool")
+
+
+def test_a_heartbeat_counts_once_and_never_after_a_newer_one() -> None:
+    """A copy of a heartbeat counted already, or an older one stored late, changes nothing:
+    a heartbeat counts only if its id sorts after the last one counted for its agent."""
+    fold = Fold(Utilization())
+    older, first, second = heartbeat("idle"), heartbeat("busy"), heartbeat("waiting")
+    other = heartbeat("busy", agent="agent-8")
+    fold(first)
+    fold(first)  # the same heartbeat stored again
+    fold(other)  # another agent's heartbeats are judged on their own
+    fold(second)
+    before = util_row(fold)
+    fold(first, after=timedelta(seconds=30))  # an old copy long after
+    fold(older)  # made before the first: sorts before it
+    fold(second)
+    assert util_row(fold) == before
+    assert (before["heartbeats"], before["state"], before["last_id"]) == (2, "waiting", second.id)
+    assert fold.row(UTILIZATION, "agent-8")["heartbeats"] == 1
+
+
+def test_newer_heartbeat_compares_ids_as_text() -> None:
+    assert newer_heartbeat(None, "01J0000000000000000000000A")
+    assert newer_heartbeat(
+        "0190a6e2-0000-7000-8000-000000000000", "0190a6e2-0001-7000-8000-000000000000"
+    )
+    assert not newer_heartbeat(
+        "0190a6e2-0001-7000-8000-000000000000", "0190a6e2-0000-7000-8000-000000000000"
+    )
+    assert not newer_heartbeat("01J0000000000000000000000A", "01J0000000000000000000000A")
+    ids = [new_id() for _ in range(1000)]  # Fleetward's own ids grow
+    assert all(newer_heartbeat(a, b) for a, b in pairwise(ids))
 
 
 def test_time_comes_from_the_stream_not_the_producer() -> None:
