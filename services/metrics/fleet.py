@@ -75,6 +75,7 @@ class FleetMetrics(Collector):
     def __init__(self) -> None:
         self.snapshot: FleetSnapshot | None = None
         self.budgets: dict[str, BudgetSet] = {}  # budget id -> its last budget.set
+        self._budget_ids: set[str] = set()  # every budget event id seen (budget events are few)
         self._changed = anyio.Event()  # a budget arrived: refresh now, not at the next tick
         self._bad_teams: set[str] = set()  # skipped at the last reading (logged once)
 
@@ -84,6 +85,9 @@ class FleetMetrics(Collector):
             event = admit(subject, data)
         except Rejected:
             return  # the projector's dead letters record it
+        if event.id in self._budget_ids:  # a copy stored late: applied once, as the projection does
+            return
+        self._budget_ids.add(event.id)
         if isinstance(event, BudgetSet):
             self.budgets[event.budget] = event
             self._changed.set()
@@ -143,12 +147,14 @@ class FleetMetrics(Collector):
         """Refresh every ``interval`` until ``stop`` is set. Postgres away is logged and counted
         (fleetward_postgres_errors_total{component="fleet_metrics"}), never fatal."""
         self.snapshot, self.budgets, self._changed = None, {}, anyio.Event()
-        budgets = StreamFollower(
-            rt.nc,
+        self._budget_ids = set()
+        budgets = StreamFollower(  # the whole history (budget events are few): a copy of an
+            rt.nc,  # old budget.set stored late is known by its id, never taken as the last
             rt.js,
             EVENTS_STREAM,
             (wildcard("budget"),),
             self.on_budget,
+            start_seq=1,
             name=follower_prefix("metrics_budgets"),
         )
         async with anyio.create_task_group() as tg:

@@ -156,7 +156,9 @@ class Publisher:
         for _ in range(8):
             if expected is None:
                 seq, last = await self._last(subject_of(event))
-                verdict = _judge_last(event, last)
+                # a last message no one can read (dead-lettered garbage) says nothing: publish
+                # after it, whatever the event (a resolution must not be taken for a duplicate)
+                verdict = None if seq and last is None else _judge_last(event, last)
                 if verdict is not None:
                     return verdict
                 expected = seq
@@ -183,7 +185,7 @@ class Publisher:
         try:
             return msg.seq, decode(msg.data)
         except (Rejected, RecursionError):  # nested too deep for the decoder: not ours either
-            return msg.seq, None  # not ours to judge: publish after it
+            return msg.seq, None  # not ours to judge: the caller publishes after it
 
 
 def _judge_last(event: Event, last: Event | None) -> Outcome | None:

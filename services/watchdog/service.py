@@ -175,7 +175,8 @@ class Watchdog:
                 metrics.WATCHDOG_REJECTED.labels(HEARTBEATS.name).inc()
                 return
             task = getattr(beat, "task", None)
-            self._plan(self.judge.heartbeat(agent, seq, ns, self.clock.now(), task))
+            now = self.clock.now()
+            self._plan(self.judge.heartbeat(agent, seq, ns, now, task, event_id=beat.id))
         self._report_failures()
 
     def _on_event(self, subject: str, data: bytes, seq: int, ns: int) -> None:

@@ -67,13 +67,13 @@ class Beats:
     def __init__(self, rt: Runtime, names: list[str], interval: float) -> None:
         self.rt, self.names, self.interval = rt, names, interval
         enc, at = msgspec.json.Encoder(), datetime.now(UTC)
-        self.payloads = [
-            (
-                f"fw.hb.{a}",
-                enc.encode(Heartbeat(id=new_id(), actor=a, at=at, agent=a, status="busy")),
-            )
-            for a in names
-        ]
+        # each heartbeat needs a new id (a copy is no sign of life): the id is spliced in
+        marker = "0" * len(new_id())
+        self.payloads: list[tuple[str, bytes, bytes]] = []
+        for a in names:
+            encoded = enc.encode(Heartbeat(id=marker, actor=a, at=at, agent=a, status="busy"))
+            head, tail = encoded.split(marker.encode(), 1)
+            self.payloads.append((f"fw.hb.{a}", head, tail))
         self.silent: set[int] = set()
         self.sent = 0
         # Stopped by a flag, never cancelled: cancelling nc.flush() leaves a cancelled PONG
@@ -99,8 +99,8 @@ class Beats:
                 k = i % n
                 i += 1
                 if k not in self.silent:
-                    subject, payload = self.payloads[k]
-                    await nc.publish(subject, payload)
+                    subject, head, tail = self.payloads[k]
+                    await nc.publish(subject, head + new_id().encode() + tail)
                     self.sent += 1
             await nc.flush()
             await anyio.sleep(max(0.0, TICK - (time.perf_counter() - started)))

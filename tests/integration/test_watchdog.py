@@ -119,15 +119,13 @@ class Beater:
         self.rt, self.every = rt, every
         self.alive = set(agents)
         self.rounds = 0
-        enc = msgspec.json.Encoder()
-        self.payload = {
-            a: enc.encode(Heartbeat(**envelope(a), agent=a, status="busy")) for a in agents
-        }
+        self.enc = msgspec.json.Encoder()
 
     async def run(self) -> None:
         while True:
-            for agent in sorted(self.alive):
-                await self.rt.nc.publish(f"fw.hb.{agent}", self.payload[agent])
+            for agent in sorted(self.alive):  # a new heartbeat (a new id) every time
+                beat = Heartbeat(**envelope(agent), agent=agent, status="busy")
+                await self.rt.nc.publish(f"fw.hb.{agent}", self.enc.encode(beat))
             if self.alive and self.rt.nc.is_connected:
                 with contextlib.suppress(Exception):  # an outage: try again next round
                     await self.rt.nc.flush(timeout=1)

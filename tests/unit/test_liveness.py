@@ -544,3 +544,20 @@ def test_detectors_leave_paused_agents_alone() -> None:
         w.event(tool("p", ok=False), T0 + k)
         w.event(run_finished("p", f"r{k}"), T0 + k)
     assert w.plans == []
+
+
+def test_a_copy_of_a_heartbeat_stored_late_is_no_sign_of_life() -> None:
+    """A heartbeat counts only if its id is newer than the agent's last counted one (the rule
+    of projections/idempotence.py): a copy republished under another Nats-Msg-Id, or an older
+    heartbeat stored late, neither resolves an escalation nor keeps the agent alive."""
+    w = World()
+    w.register("a1", T0)
+    older, last, newer = sorted(new_id() for _ in range(3))
+    assert w.judge.heartbeat("a1", 1, int(T0 * 1e9), T0, event_id=last) == []
+    assert [e.tier for e in raised(w.tick(T0 + 60))] == ["critical"]
+    for n, copy in enumerate((last, older)):  # stored again later, at new stream sequences
+        assert w.judge.heartbeat("a1", 2 + n, int((T0 + 61) * 1e9), T0 + 61, event_id=copy) == []
+    assert dict(w.judge.states()) == {"critical": 1}
+    [recovered] = w.judge.heartbeat("a1", 4, int((T0 + 62) * 1e9), T0 + 62, event_id=newer)
+    assert dict(w.judge.states()) == {"alive": 1}
+    assert recovered.steps  # the escalation is resolved by the newer heartbeat alone

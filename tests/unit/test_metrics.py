@@ -74,3 +74,21 @@ async def test_postgres_errors_are_the_drivers_and_os_errors_raised_inside_it() 
     assert not is_postgres_error(_raised_here())  # e.g. from NATS: not Postgres's
     assert not is_postgres_error(nats.errors.TimeoutError())
     assert not is_postgres_error(ValueError("a bug"))
+
+
+async def test_a_budget_set_stored_again_late_is_not_taken_for_the_last() -> None:
+    """The fleet gauges keep each budget's last ``budget.set`` from the stream; a copy of an
+    older one (another Nats-Msg-Id, or past the duplicate window) must not bring its limit back,
+    as the budgets projection (its id ledger) does not."""
+    from fleetward.services.jetstream.publish import encode  # noqa: PLC0415
+    from fleetward.services.metrics.fleet import FleetMetrics  # noqa: PLC0415
+
+    def budget(limit: float) -> BudgetSet:
+        return BudgetSet(id=new_id(), actor="user:ann", at=now(), budget="b1", scope="team",
+                         scope_id="docs", window="month", limit_usd=limit)  # fmt: skip
+
+    first, second = budget(100.0), budget(200.0)
+    gauges = FleetMetrics()
+    for seq, event in enumerate((first, second, first), start=1):
+        gauges.on_budget("fw.budget.b1", encode(event), seq, 0)
+    assert gauges.budgets["b1"].limit_usd == 200.0

@@ -123,15 +123,25 @@ class Judge:
     # ---- what is read --------------------------------------------------------------------------
 
     def heartbeat(
-        self, agent: str, seq: int, ns: int, now: float, task: str | None = None
+        self,
+        agent: str,
+        seq: int,
+        ns: int,
+        now: float,
+        task: str | None = None,
+        *,
+        event_id: str | None = None,
     ) -> list[Plan]:
         """A heartbeat (the watchdog checks ``owns`` before it even decodes one); one that
-        names a task renews the holder's lease on it."""
+        names a task renews the holder's lease on it. With its ``event_id``, a heartbeat that
+        is not newer than the agent's last counted one (a copy stored late) changes nothing."""
         if not self.owns(agent):
             return []
-        if task is not None:
+        plans = self.liveness.heartbeat(agent, seq, ns // 1000, now, event_id)
+        counted = event_id is None or self.liveness.clock(agent).hb_id == event_id
+        if task is not None and counted:
             self.leases.heartbeat(agent, task, at(ns / 1e9))
-        return self.liveness.heartbeat(agent, seq, ns // 1000, now)
+        return plans
 
     def event(self, kind: str, event: Event, seq: int, ns: int, now: float) -> list[Plan]:
         """An event of FW_EVENTS, ``kind`` being its subject kind (agent, task, esc)."""

@@ -35,6 +35,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
+from fleetward.projections.idempotence import newer_heartbeat
 from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
@@ -136,6 +137,7 @@ class AgentClock:
     status: str = "active"  # as the agents projection has it: active, paused, offline, retired
     hb_seq: int = 0  # stream sequence of the last heartbeat (0: none seen)
     hb_us: int = 0  # its stream time, microseconds
+    hb_id: str | None = None  # its event id: a heartbeat counts only with a newer one
     lc_us: int = 0  # stream time of the last lifecycle change, microseconds
     state: str = "alive"  # alive, warning, critical, dismissed
     escalation: str | None = None  # the open liveness escalation
@@ -211,10 +213,19 @@ class Liveness:
 
     # ---- what happens ------------------------------------------------------------------------
 
-    def heartbeat(self, agent: str, seq: int, us: int, now: float) -> list[Plan]:
+    def heartbeat(
+        self, agent: str, seq: int, us: int, now: float, event_id: str | None = None
+    ) -> list[Plan]:
+        """A heartbeat stored at ``seq`` (stream time ``us``). With its ``event_id``, it counts
+        only if the id is newer than the last counted (projections/idempotence.py: the rule
+        every reader of heartbeats applies), so a copy stored late is no sign of life."""
         a = self.clock(agent)
         if seq <= a.hb_seq:
             return []  # older than what is known (a re-read after a reconnect)
+        if event_id is not None:
+            if not newer_heartbeat(a.hb_id, event_id):
+                return []
+            a.hb_id = event_id
         a.hb_seq, a.hb_us = seq, us
         if a.status in ("paused", "retired") and a.escalation is None:
             return []
