@@ -138,19 +138,5 @@ async def write_rows(conn: Conn, table: Table, rows: list[dict[str, Any]]) -> No
     await conn.execute(merge_sql(table))
 
 
-def storable(text: str) -> str:
-    """``text`` as Postgres ``text`` can hold it: NUL (which Postgres refuses) and lone
-    surrogates (which UTF-8 cannot encode) are written as backslash escapes (``\\x00``,
-    ``\\ud800``), as Python's ``backslashreplace`` does; anything else is unchanged. For text
-    that must never be refused, such as a dead letter's subject and detail."""
-    if "\x00" in text:
-        text = text.replace("\x00", "\\x00")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
 def key_arrays(table: Table, keys: list[tuple[Any, ...]]) -> list[list[Any]]:
     return [[k[i] for k in keys] for i in range(len(table.key))]

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Final
 
 from fleetward.projections import Projection, Rows
+from fleetward.schemas.bounds import storable
 from fleetward.services import db
 from fleetward.services.db import Conn, q
 from fleetward.services.jetstream.consumer import Delivery
@@ -73,7 +74,7 @@ async def record_dead(
     at ``DETAIL_CHARS``); the raw bytes are kept as they are."""
     if not dead:
         return
-    store = db.storable
+    store = storable
     await conn.executemany(
         q("dead_letter_insert"),
         [

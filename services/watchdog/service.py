@@ -234,9 +234,6 @@ class Watchdog:
             return True, f"in grace until {_hms(judge.grace_until)}"
         return True, "judging"
 
-    def healthy(self) -> bool:
-        return self.health()[0]
-
     def caught_up(self) -> bool:
         return bool(self.followers) and all(f.caught_up for f in self.followers)
 

@@ -1,12 +1,12 @@
 """Commit failures sorted by what they call for (services/projector/failures.py), and text made
-storable for a dead letter (services/db.py)."""
+storable for a dead letter (schemas/bounds.py)."""
 
 from __future__ import annotations
 
 import asyncpg
 import pytest
 
-from fleetward.services.db import storable
+from fleetward.schemas.bounds import storable
 from fleetward.services.projector.failures import classify, describe, needs_operator
 
 
