@@ -15,8 +15,8 @@ tokens, runs and tool calls, under the team the agent belonged to when it spent.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from decimal import Decimal
-from typing import ClassVar
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
+from typing import ClassVar, Final
 
 from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
 from fleetward.schemas.events import (
@@ -64,6 +64,16 @@ UNASSIGNED = "unassigned"
 
 def money(x: float) -> Decimal:
     return Decimal(repr(x))
+
+
+# Sums of money are exact: the default context keeps 28 digits, so 1e6 + 1e-30 would round.
+# Addition in a context this wide never rounds (digits grow only as far as the figures need).
+_EXACT: Final = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
+
+
+def add_money(total: Decimal, x: float) -> Decimal:
+    """``total + x`` exactly (``x`` in its shortest decimal form, as ``money``)."""
+    return _EXACT.add(total, money(x))
 
 
 def _empty_day(agent: str, meta: Meta, team: str) -> Row:
@@ -121,12 +131,12 @@ class Spend(Projection):
         day = dict(old) if old else _empty_day(event.agent, meta, team)
         match event:
             case SpendRecorded():
-                day["model_cost_usd"] += money(event.cost_usd)
+                day["model_cost_usd"] = add_money(day["model_cost_usd"], event.cost_usd)
                 day["tokens_in"] += event.tokens_in
                 day["tokens_out"] += event.tokens_out
                 day["spend_events"] += 1
             case ToolCalled():
-                day["tool_cost_usd"] += money(event.cost_usd)
+                day["tool_cost_usd"] = add_money(day["tool_cost_usd"], event.cost_usd)
                 day["tool_calls"] += 1
                 day["tool_errors"] += 0 if event.ok else 1
             case RunStarted():

@@ -1192,3 +1192,17 @@ def test_only_people_services_and_reviewer_agents_may_review() -> None:
     fold(submitted(content="v2"))
     fold(reviewed("approve"))  # a person (user:reviewer)
     assert fold.row(TASKS, TASK)["status"] == "done"
+
+
+def test_money_adds_exactly_however_far_apart_the_figures() -> None:
+    """A day's spend is a sum of figures from 5e-324 to 1e6 USD: the default decimal context
+    (28 digits) rounded 1e6 + 1e-30 to 1e6; the sums must stay exact, live and after a rebuild."""
+    from decimal import Decimal  # noqa: PLC0415
+
+    from fleetward.projections.spend import add_money  # noqa: PLC0415
+
+    total = Decimal(0)
+    for x in (1e6, 5e-324, 1e-30, 0.1):
+        total = add_money(total, x)
+    exact = "1000000.1" + "0" * 28 + "1" + "0" * 293 + "5"  # written out, no context involved
+    assert total == Decimal(exact)
