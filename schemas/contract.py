@@ -58,13 +58,19 @@ SUMMARIES: Final[dict[str, str]] = {
     "task.reviewed": "A verdict on the agent's latest deliverable; the reviewer is the actor.",
     "task.cancelled": "A person or service cancelled the task.",
     "task.lease_expired": "A service closed a claim whose lease ran out.",
+    "task.claim_refused": "The board's verdict on a claim that broke a rule the task's subject "
+    "cannot show (claimer paused, lacking the role, at its limit...): the claim is undone.",
+    "task.revoked": "A person or service took a held task back from its holder (to the inbox, "
+    "or assigned to another agent).",
+    "task.dependencies_changed": "A person or service dropped or replaced the task's "
+    "dependencies.",
     "escalation.raised": "A service raised an escalation (info, warning or critical), with "
     "evidence.",
     "escalation.acknowledged": "A person or service acknowledged the escalation.",
     "escalation.resolved": "The escalation was resolved.",
     "budget.set": "A person set a spend limit for an agent, a team or the org, per window.",
-    "command.issued": "A durable command to one agent: pause, resume, wake, review feedback or "
-    "approval.",
+    "command.issued": "A durable command to one agent: pause, resume, retire, wake, review "
+    "feedback, approval, lease lost, or a refusal of one of its events.",
 }
 
 # What each subject kind carries (the key of each subject comes from the event classes).

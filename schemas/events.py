@@ -55,7 +55,9 @@ Tier = Literal["info", "warning", "critical"]
 Verdict = Literal["approve", "reject"]
 BudgetScope = Literal["agent", "team", "org"]
 BudgetWindow = Literal["day", "month", "lifetime"]
-CommandName = Literal["pause", "resume", "wake", "review_feedback", "approval"]
+CommandName = Literal[
+    "pause", "resume", "retire", "wake", "review_feedback", "approval", "lease_lost", "refused"
+]
 DeliverableKind = Literal["markdown", "code", "link", "file"]
 Sender = Literal["self", "agent", "user", "svc"]
 
@@ -287,6 +289,42 @@ class TaskLeaseExpired(_TaskEvent, frozen=True, kw_only=True, tag="task.lease_ex
     epoch: Epoch
 
 
+class TaskClaimRefused(_TaskEvent, frozen=True, kw_only=True, tag="task.claim_refused"):
+    """The board's verdict on a claim that broke a rule the task's own subject cannot show (the
+    claimer unregistered, paused, retired or offline, lacking the role, at its limit of
+    concurrent tasks, or a dependency not done). It undoes that claim: the task is again as it
+    was before it. It applies only while ``claim`` (the claim's event id) is the task's current
+    claim (DESIGN 3.3)."""
+
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"svc"})
+    agent: Ident
+    epoch: Epoch
+    claim: Annotated[Ident, Meta(description="the event id of the refused task.claimed")]
+    reason: Text
+
+
+class TaskRevoked(_TaskEvent, frozen=True, kw_only=True, tag="task.revoked"):
+    """A person or a service takes a held task (or one in review) back from ``agent``, whose
+    claim is ``epoch``; the task goes to the inbox, or is assigned to ``assign_to``."""
+
+    SENDERS: ClassVar[frozenset[Sender]] = _USER_SVC
+    agent: Ident
+    epoch: Epoch
+    reason: Text = ""
+    assign_to: Ident | None = None
+
+
+class TaskDependenciesChanged(
+    _TaskEvent, frozen=True, kw_only=True, tag="task.dependencies_changed"
+):
+    """The task's dependencies are now ``depends_on`` (drop one, or replace it with a task
+    created before this one, so the graph stays acyclic)."""
+
+    SENDERS: ClassVar[frozenset[Sender]] = _USER_SVC
+    depends_on: tuple[Ident, ...]
+    reason: Text = ""
+
+
 # ---- escalations: fw.esc.<escalation> --------------------------------------------------------
 
 
@@ -370,6 +408,9 @@ AnyEvent = (
     | TaskReviewed
     | TaskCancelled
     | TaskLeaseExpired
+    | TaskClaimRefused
+    | TaskRevoked
+    | TaskDependenciesChanged
     | EscalationRaised
     | EscalationAcknowledged
     | EscalationResolved

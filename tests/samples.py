@@ -34,7 +34,10 @@ from fleetward.schemas.events import (
     TaskCancelled,
     TaskClaimed,
     TaskCreated,
+    TaskClaimRefused,
+    TaskDependenciesChanged,
     TaskLeaseExpired,
+    TaskRevoked,
     TaskProgressed,
     TaskReleased,
     TaskReviewed,
@@ -192,6 +195,20 @@ def sample_events() -> list[Event]:
         ),
         TaskCancelled(**env(USER), task="task-43", reason="duplicate of task-42"),
         TaskLeaseExpired(**env(SVC), task=TASK, agent=AGENT, epoch=2),
+        TaskClaimRefused(
+            **env(SVC),
+            task=TASK,
+            agent=AGENT,
+            epoch=3,
+            claim="0190b5a0-0000-7000-8000-00000000c1a1",
+            reason="agent agent-7 is paused",
+        ),
+        TaskRevoked(
+            **env(USER), task=TASK, agent=AGENT, epoch=3, reason="rebalancing", assign_to="agent-9"
+        ),
+        TaskDependenciesChanged(
+            **env(USER), task=TASK, depends_on=("task-0001",), reason="dropped a cancelled one"
+        ),
         EscalationRaised(
             **env(SVC),
             escalation=ESCALATION,
