@@ -60,6 +60,8 @@ SUMMARIES: Final[dict[str, str]] = {
     "task.lease_expired": "A service closed a claim whose lease ran out.",
     "task.claim_refused": "The board's verdict on a claim that broke a rule the task's subject "
     "cannot show (claimer paused, lacking the role, at its limit...): the claim is undone.",
+    "task.review_refused": "The board's verdict on a review by an agent lacking the role "
+    "reviewer: the review is undone.",
     "task.revoked": "A person or service took a held task back from its holder (to the inbox, "
     "or assigned to another agent).",
     "task.dependencies_changed": "A person or service dropped or replaced the task's "

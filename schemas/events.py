@@ -303,6 +303,18 @@ class TaskClaimRefused(_TaskEvent, frozen=True, kw_only=True, tag="task.claim_re
     reason: Text
 
 
+class TaskReviewRefused(_TaskEvent, frozen=True, kw_only=True, tag="task.review_refused"):
+    """The board's verdict on a review by an agent that lacks the role ``reviewer``: the review
+    is undone (the task waits in review again). It applies only while ``review`` (the review's
+    event id) is the last review applied to the task."""
+
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"svc"})
+    agent: Annotated[Ident, Meta(description="the author of the deliverable")]
+    reviewer: Actor
+    review: Annotated[Ident, Meta(description="the event id of the refused task.reviewed")]
+    reason: Text
+
+
 class TaskRevoked(_TaskEvent, frozen=True, kw_only=True, tag="task.revoked"):
     """A person or a service takes a held task (or one in review) back from ``agent``, whose
     claim is ``epoch``; the task goes to the inbox, or is assigned to ``assign_to``."""
@@ -409,6 +421,7 @@ AnyEvent = (
     | TaskCancelled
     | TaskLeaseExpired
     | TaskClaimRefused
+    | TaskReviewRefused
     | TaskRevoked
     | TaskDependenciesChanged
     | EscalationRaised

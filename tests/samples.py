@@ -37,6 +37,7 @@ from fleetward.schemas.events import (
     TaskClaimRefused,
     TaskDependenciesChanged,
     TaskLeaseExpired,
+    TaskReviewRefused,
     TaskRevoked,
     TaskProgressed,
     TaskReleased,
@@ -202,6 +203,14 @@ def sample_events() -> list[Event]:
             epoch=3,
             claim="0190b5a0-0000-7000-8000-00000000c1a1",
             reason="agent agent-7 is paused",
+        ),
+        TaskReviewRefused(
+            **env(SVC),
+            task=TASK,
+            agent=AGENT,
+            reviewer="agent-8",
+            review="0190b5a0-0000-7000-8000-00000000c1a2",
+            reason="agent-8 lacks the role reviewer",
         ),
         TaskRevoked(
             **env(USER), task=TASK, agent=AGENT, epoch=3, reason="rebalancing", assign_to="agent-9"
