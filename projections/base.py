@@ -70,6 +70,15 @@ class Rows:
     data: dict[str, dict[Key, Row]] = field(default_factory=dict)
     dirty: dict[str, set[Key]] = field(default_factory=dict)
     base: dict[str, dict[Key, Row]] = field(default_factory=dict)
+    # events the fold asks to be published (verdicts, inbox commands), with the sequence of the
+    # event that caused each: the projector stores them with the rows, in the same
+    # transaction, and its outbox publishes them (services/projector/outbox.py)
+    outbox: list[tuple[Event, int]] = field(default_factory=list)
+
+    def emit(self, event: Event, meta: Meta) -> None:
+        """Ask for ``event`` to be published because of the event at ``meta`` (its id must be
+        deterministic: a rebuild emits it again, and the outbox keeps the first)."""
+        self.outbox.append((event, meta.seq))
 
     def get(self, table: Table, key: Key) -> Row | None:
         name = table.name

@@ -2,22 +2,33 @@
 
 Statuses: inbox, assigned, in_progress, blocked, review, done, cancelled.
 
-The board also follows agent lifecycle events (same stream, so in one order with the task
-events) to judge claims: a claim counts only if the task is claimable (inbox, or assigned to the
-claimer), its epoch is the next one, every dependency is done, the claimer is registered,
-active, holds the required role and is under its limit of concurrent tasks.
+**One task state machine** (DESIGN 3.3): ``step`` folds one task's own events, and nothing
+else, into its row. The board, the agent client (services/client/taskstate.py), the operator
+client, the task API (which reads the board) and the watchdog all fold with it, so at every
+point of the stream they agree on a task's status, holder, epoch and current claim.
 
-Dependencies may only name tasks that already exist, so they always form a DAG: a task that
-names itself or an unknown task is refused at creation.
-A task event that does not fit the task's state (an old epoch, a claim of a held task, a
-submission by someone who does not hold it, an event for an unknown task) is never applied: it is
-recorded in ``fleetward.task_rejections`` with its reason.
+Rules that the task's subject cannot show (the claimer is registered, active, holds the
+required role and is under its limit of concurrent tasks; every dependency is done; an agent
+reviewer holds the role ``reviewer``; a new task's dependencies exist) are judged by the board,
+which folds the agent lifecycle too, in the same stream order. It never leaves a claim that
+breaks one standing silently: it *emits* a verdict (``task.claim_refused``,
+``task.review_refused``, ``task.cancelled``), which the projector's outbox publishes on the
+task's subject (services/projector/outbox.py), and which every reader then folds. A verdict
+names the event it voids by id, so it applies exactly once, whenever it is stored.
+
+The board also emits the inbox commands that follow from what it applies: the verdict on a
+review to the author (``review_feedback``), ``lease_lost`` to a holder displaced by a lease
+expiry, a revocation or a cancellation, and ``refused`` to an agent whose task event did not
+fit (the event is recorded in ``fleetward.task_rejections`` with its reason and never applied).
+
+Dependencies may only name tasks that already exist (and, when changed, tasks created before
+the dependent one), so they always form a DAG.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from fleetward.projections.agents import next_status
 from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
@@ -29,21 +40,31 @@ from fleetward.schemas.events import (
     AgentRegistered,
     AgentResumed,
     AgentRetired,
+    CommandIssued,
+    CommandName,
     Event,
+    Evidence,
     TaskAssigned,
     TaskBlocked,
     TaskCancelled,
     TaskClaimed,
+    TaskClaimRefused,
     TaskCreated,
+    TaskDependenciesChanged,
     TaskLeaseExpired,
     TaskProgressed,
     TaskReleased,
     TaskReviewed,
+    TaskReviewRefused,
+    TaskRevoked,
     TaskSubmitted,
     type_name,
 )
+from fleetward.schemas.ids import deterministic_id
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import kind_prefix, wildcard
+
+BOARD = "svc:board"  # the actor of the board's verdicts and commands
 
 TASKS = Table(
     name="fleetward.tasks",
@@ -74,6 +95,11 @@ TASKS = Table(
         "done_at",
         "last_seq",
         "last_progress_at",
+        "claim_id",
+        "undo_event",
+        "undo_status",
+        "undo_assignee",
+        "undo_verdict",
     ),
 )
 
@@ -106,7 +132,7 @@ TASK_AGENTS = Table(
     name="fleetward.task_agents",
     key=("agent_id",),
     key_types=("text",),
-    columns=("agent_id", "roles", "status", "max_concurrent_tasks", "held"),
+    columns=("agent_id", "roles", "status", "max_concurrent_tasks", "held", "held_tasks"),
 )
 
 REVIEWER_ROLE = "reviewer"
@@ -117,17 +143,236 @@ _HOLDER_EVENTS = (TaskProgressed, TaskBlocked, TaskReleased, TaskSubmitted, Task
 _LIFECYCLE = (AgentRegistered, AgentPaused, AgentResumed, AgentRetired, AgentOffline, AgentOnline)
 
 
+# ---- the task state machine -------------------------------------------------------------------
+
+
+def step(row: Row | None, event: Event, meta: Meta) -> Row | str:
+    """The task state machine: ``row`` (None: no such task yet) after ``event``, as a new row,
+    or why the event does not fit the task's state (then it is not applied). Judges only what
+    the task's own subject shows; pure, and the only fold of a task there is."""
+    if isinstance(event, TaskCreated):
+        if row is not None:
+            return "task already exists"
+        if event.task in event.depends_on:
+            return "a task cannot depend on itself (that would be a cycle)"
+        return _created(event, meta)
+    if row is None:
+        return "unknown task"
+    new = dict(row)
+    problem = _transition(new, event, meta)
+    if problem:
+        return problem
+    new.update(updated_at=meta.time, last_seq=meta.seq)
+    return new
+
+
+def holder(row: Row | None) -> str | None:
+    """The agent that holds the task (in progress or blocked), or None."""
+    return row["assignee"] if row is not None and row["status"] in HELD else None
+
+
+def task_claim_problem(task: Row, claim: TaskClaimed) -> str | None:
+    """What the task's own subject decides about a claim: the task is claimable (inbox, or
+    assigned to the claimer) and the epoch is a new one. Epochs only need to grow."""
+    status = task["status"]
+    if status not in ("inbox", "assigned"):
+        held_by = f", held by {task['assignee']}" if status in HELD else ""
+        return f"task is {status}{held_by}"
+    if status == "assigned" and task["assignee"] != claim.agent:
+        return f"task is assigned to {task['assignee']}"
+    if claim.epoch <= task["claim_epoch"]:
+        return f"claim epoch {claim.epoch} is not after the current epoch {task['claim_epoch']}"
+    return None
+
+
+def _transition(row: Row, event: Event, meta: Meta) -> str | None:
+    """Apply ``event`` to ``row`` in place; return why it does not fit, or None."""
+    status = row["status"]
+    if isinstance(event, _HOLDER_EVENTS):
+        if event.epoch != row["claim_epoch"] or event.agent != row["assignee"]:
+            return f"epoch {event.epoch} of {event.agent} is not the current claim"
+        if status not in HELD:
+            return f"task is {status}"
+    match event:
+        case TaskAssigned():
+            if status not in ("inbox", "assigned"):
+                return f"task is {status}"
+            row.update(status="assigned", assignee=event.agent)
+        case TaskClaimed():
+            problem = task_claim_problem(row, event)
+            if problem:
+                return problem
+            _stash(row, event.id, None)
+            row.update(
+                status="in_progress",
+                assignee=event.agent,
+                claim_epoch=event.epoch,
+                claim_id=event.id,
+                lease_s=event.lease_s,
+                claimed_at=meta.time,
+                last_progress_at=meta.time,
+                blocked_reason=None,
+            )
+        case TaskProgressed():
+            row.update(status="in_progress", blocked_reason=None, last_progress_at=meta.time)
+        case TaskBlocked():
+            row.update(status="blocked", blocked_reason=event.reason)
+        case TaskReleased() | TaskLeaseExpired():
+            _end_claim(row, "inbox", None)
+        case TaskSubmitted():
+            row.update(
+                status="review",
+                submitted_at=meta.time,
+                deliverable_version=row["deliverable_version"] + 1,
+            )
+        case TaskReviewed():
+            if status != "review":
+                return f"task is {status}"
+            if event.agent != row["assignee"]:
+                return f"the deliverable under review is {row['assignee']}'s"
+            if actor_kind(event.actor) == "agent":  # the board may still refuse it (the role)
+                _stash(row, event.id, event.verdict)
+            row["review_rounds"] += 1
+            if event.verdict == "approve":
+                row.update(status="done", done_at=meta.time)
+            else:
+                row.update(
+                    status="in_progress",
+                    rework_count=row["rework_count"] + 1,
+                    last_progress_at=meta.time,
+                )
+        case TaskCancelled():
+            if status not in OPEN:
+                return f"task is {status}"
+            row.update(status="cancelled", undo_event=None)
+        case TaskClaimRefused() | TaskReviewRefused():
+            return _void(row, event)
+        case TaskRevoked():
+            if status not in (*HELD, "review"):
+                return f"task is {status}"
+            if (event.agent, event.epoch) != (row["assignee"], row["claim_epoch"]):
+                return f"epoch {event.epoch} of {event.agent} is not the current claim"
+            if event.assign_to:
+                _end_claim(row, "assigned", event.assign_to)
+            else:
+                _end_claim(row, "inbox", None)
+        case TaskDependenciesChanged():
+            if status not in OPEN:
+                return f"task is {status}"
+            if row["task_id"] in event.depends_on:
+                return "a task cannot depend on itself (that would be a cycle)"
+            row["depends_on"] = list(event.depends_on)
+    return None
+
+
+def _void(row: Row, verdict: TaskClaimRefused | TaskReviewRefused) -> str | None:
+    """Undo the claim or review a verdict names, if it is still the one to undo."""
+    if isinstance(verdict, TaskClaimRefused):
+        if row["undo_event"] != verdict.claim or row["status"] not in (*HELD, "review"):
+            return f"claim {verdict.claim} is not the task's current claim"
+        _end_claim(row, row["undo_status"], row["undo_assignee"])
+        return None
+    if row["undo_event"] != verdict.review:
+        return f"review {verdict.review} is not the task's last review"
+    rework = row["undo_verdict"] == "reject"
+    row.update(
+        status="review",
+        done_at=None,
+        review_rounds=row["review_rounds"] - 1,
+        rework_count=row["rework_count"] - rework,
+        undo_event=None,
+    )
+    return None
+
+
+def _stash(row: Row, event_id: str, verdict: str | None) -> None:
+    """Remember what a verdict would restore if the board voids ``event_id``."""
+    row.update(
+        undo_event=event_id,
+        undo_status=row["status"],
+        undo_assignee=row["assignee"],
+        undo_verdict=verdict,
+    )
+
+
+def _end_claim(row: Row, status: str, assignee: str | None) -> None:
+    row.update(status=status, assignee=assignee, blocked_reason=None, undo_event=None)
+
+
+# ---- what only the board can judge -------------------------------------------------------------
+
+
+def creation_problem(rows: Rows, event: TaskCreated) -> str | None:
+    """Why a task may not be created with these dependencies (some do not exist), or None."""
+    unknown = [d for d in event.depends_on if rows.get(TASKS, (d,)) is None]
+    if unknown:
+        return (
+            f"depends on unknown task(s) {', '.join(unknown)}: dependencies must already exist, "
+            "so they can never form a cycle"
+        )
+    return None
+
+
+def dependencies_problem(task: Row, deps: list[Row | None], new: tuple[str, ...]) -> str | None:
+    """Why ``task`` may not depend on ``new`` instead: each must exist and have been created
+    before ``task`` (stream time), so the graph stays acyclic."""
+    for dep, row in zip(new, deps, strict=True):
+        if row is None:
+            return f"dependency {dep} does not exist"
+        if row["created_at"] >= task["created_at"]:
+            return (
+                f"dependency {dep} was created after {task['task_id']}: a task may only depend "
+                "on older ones (so the graph stays acyclic)"
+            )
+    return None
+
+
+def reviewer_problem(reviewer: Row | None, review: TaskReviewed) -> str | None:
+    """People and services review; an agent reviews only if it holds the role ``reviewer``.
+    (Nobody reviews their own work: admission refuses that before any projection sees it.)"""
+    if actor_kind(review.actor) != "agent":
+        return None
+    if reviewer is None or REVIEWER_ROLE not in reviewer["roles"]:
+        return f"{review.actor} lacks the role {REVIEWER_ROLE} needed to review"
+    return None
+
+
+def agent_claim_problem(task: Row, agent: Row | None, claim: TaskClaimed) -> str | None:
+    """What the claimer's own state decides: registered, active, the role, the limit. ``agent``
+    is the claimer as ``TASK_AGENTS`` has it, counting the tasks it held *before* this claim."""
+    if agent is None:
+        return f"agent {claim.agent} is not registered"
+    if agent["status"] != "active":
+        return f"agent {claim.agent} is {agent['status']}"
+    role = task["required_role"]
+    if role and role not in agent["roles"]:
+        return f"agent {claim.agent} lacks the role {role}"
+    if agent["held"] >= agent["max_concurrent_tasks"]:
+        return f"agent {claim.agent} already holds {agent['held']} task(s), its limit"
+    return None
+
+
+def dependency_problem(task: Row, deps: list[Row | None]) -> str | None:
+    """Why the task's dependencies keep it from being claimed (not all done), or None."""
+    waiting = [
+        d
+        for d, row in zip(task["depends_on"], deps, strict=True)
+        if row is None or row["status"] != "done"
+    ]
+    return f"waiting on dependencies: {', '.join(waiting)}" if waiting else None
+
+
+# ---- the board ---------------------------------------------------------------------------------
+
+
 class TaskBoard(Projection):
-    """The task board. ``local=True`` folds one task subject alone (the agent client): claims
-    are judged only by what that subject decides (``task_claim_problem``)."""
+    """The task board: ``step`` for every task, the board's own judgements as verdicts, and
+    the inbox commands that follow (see the module's docstring)."""
 
     name: ClassVar[str] = "tasks"
     stream: ClassVar[str] = EVENTS_STREAM
     subjects: ClassVar[tuple[str, ...]] = (wildcard("task"), wildcard("agent"))
     tables: ClassVar[tuple[Table, ...]] = (TASKS, DELIVERABLES, REJECTIONS, TASK_AGENTS)
-
-    def __init__(self, *, local: bool = False) -> None:
-        self.local = local
 
     def touches(self, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
         if isinstance(event, _LIFECYCLE):
@@ -142,7 +387,7 @@ class TaskBoard(Projection):
             yield TASK_AGENTS, (agent,)
         if isinstance(event, TaskReviewed) and actor_kind(event.actor) == "agent":
             yield TASK_AGENTS, (event.actor,)
-        if isinstance(event, TaskCreated):
+        if isinstance(event, TaskCreated | TaskDependenciesChanged):
             for dep in event.depends_on:
                 yield TASKS, (dep,)
 
@@ -151,162 +396,231 @@ class TaskBoard(Projection):
             row = rows.get(TASKS, (event.task,))
             for dep in row["depends_on"] if row else ():
                 yield TASKS, (dep,)
-        elif isinstance(event, TaskCancelled):
+        elif isinstance(event, TaskCancelled | TaskRevoked):
             row = rows.get(TASKS, (event.task,))
             if row and row["assignee"]:
                 yield TASK_AGENTS, (row["assignee"],)
+        elif isinstance(event, AgentRetired):
+            agent = rows.get(TASK_AGENTS, (event.agent,))
+            for task in agent["held_tasks"] if agent else ():
+                yield TASKS, (task,)
 
     def apply(self, rows: Rows, event: Event, meta: Meta) -> None:
         if isinstance(event, _LIFECYCLE):
-            _agent_lifecycle(rows, event)
+            _agent_lifecycle(rows, event, meta)
             return
         task = getattr(event, "task", None)
         if task is None or meta.subject.startswith(AGENT_SUBJECTS):
             return
         old = rows.get(TASKS, (task,))
-        if isinstance(event, TaskCreated):
-            problem = "task already exists" if old else None
-            problem = problem or (None if self.local else creation_problem(rows, event))
+        problem: str | None = None
+        if isinstance(event, TaskDependenciesChanged) and old is not None:
+            deps = [rows.get(TASKS, (d,)) for d in event.depends_on]
+            problem = dependencies_problem(old, deps, event.depends_on)
+        new = problem or step(old, event, meta)
+        if isinstance(new, str):
+            _reject(rows, task, event, meta, new)
+            return
+        rows.put(TASKS, new)
+        was, now = holder(old), holder(new)
+        if was != now:
+            _count_held(rows, was, task, -1)
+            _count_held(rows, now, task, +1)
+        _judge(rows, old, new, event, meta)
+
+
+def _judge(rows: Rows, old: Row | None, new: Row, event: Event, meta: Meta) -> None:
+    """The board's verdicts on what ``step`` applied, and the inbox commands that follow."""
+    task = new["task_id"]
+    match event:
+        case TaskCreated():
+            problem = creation_problem(rows, event)
             if problem:
-                _reject(rows, task, event, meta, problem)
-            else:
-                rows.put(TASKS, _created(event, meta))
-            return
-        if old is None:
-            _reject(rows, task, event, meta, "unknown task")
-            return
-        row = dict(old)
-        if isinstance(event, TaskReviewed) and not self.local:
-            problem = reviewer_problem(rows.get(TASK_AGENTS, (event.actor,)), event)
-        elif isinstance(event, TaskClaimed) and self.local:
-            problem = task_claim_problem(row, event)
-        elif isinstance(event, TaskClaimed):
+                rows.emit(TaskCancelled(**_verdict(event), task=task, reason=problem), meta)
+        case TaskClaimed():
             agent = rows.get(TASK_AGENTS, (event.agent,))
-            deps = [rows.get(TASKS, (d,)) for d in row["depends_on"]]
-            problem = claim_problem(row, agent, deps, event)
-        else:
-            problem = None
-        was_holder = row["assignee"] if row["status"] in HELD else None
-        problem = problem or _transition(row, event, meta)
-        if problem:
-            _reject(rows, task, event, meta, problem)
-            return
-        row.update(updated_at=meta.time, last_seq=meta.seq)
-        rows.put(TASKS, row)
-        now_holder = row["assignee"] if row["status"] in HELD else None
-        if was_holder != now_holder:
-            _count_held(rows, was_holder, -1)
-            _count_held(rows, now_holder, +1)
-        if isinstance(event, TaskSubmitted):
+            if agent is not None and agent["held"] > 0 and task in agent["held_tasks"]:
+                agent = {**agent, "held": agent["held"] - 1}  # counted before this claim
+            deps = [rows.get(TASKS, (d,)) for d in new["depends_on"]]
+            problem = agent_claim_problem(new, agent, event) or dependency_problem(new, deps)
+            if problem:
+                refused = TaskClaimRefused(
+                    **_verdict(event), task=task, agent=event.agent, epoch=event.epoch,
+                    claim=event.id, reason=problem,
+                )  # fmt: skip
+                rows.emit(refused, meta)
+        case TaskSubmitted():
             d = event.deliverable
-            rows.put(
-                DELIVERABLES,
-                {
-                    "task_id": task,
-                    "version": row["deliverable_version"],
-                    "agent": event.agent,
-                    "epoch": event.epoch,
-                    "kind": d.kind,
-                    "sha256": d.sha256,
-                    "uri": d.uri,
-                    "content": d.content,
-                    "submitted_at": meta.time,
-                    "seq": meta.seq,
-                },
+            rows.put(DELIVERABLES, {
+                "task_id": task, "version": new["deliverable_version"], "agent": event.agent,
+                "epoch": event.epoch, "kind": d.kind, "sha256": d.sha256, "uri": d.uri,
+                "content": d.content, "submitted_at": meta.time, "seq": meta.seq,
+            })  # fmt: skip
+        case TaskReviewed():
+            problem = reviewer_problem(rows.get(TASK_AGENTS, (event.actor,)), event)
+            if problem:
+                refused_review = TaskReviewRefused(
+                    **_verdict(event), task=task, agent=event.agent, reviewer=event.actor,
+                    review=event.id, reason=problem,
+                )  # fmt: skip
+                rows.emit(refused_review, meta)
+                return
+            payload: Evidence = {
+                "verdict": event.verdict, "version": new["deliverable_version"],
+                "reviewer": event.actor,
+            }  # fmt: skip
+            _tell(
+                rows,
+                meta,
+                event,
+                event.agent,
+                "review_feedback",
+                reason=event.feedback,
+                task=task,
+                payload=payload,
+            )
+        case TaskClaimRefused():
+            payload = {"event": event.claim, "type": "task.claimed", "epoch": event.epoch}
+            _tell(
+                rows,
+                meta,
+                event,
+                event.agent,
+                "refused",
+                reason=event.reason,
+                task=task,
+                payload=payload,
+            )
+        case TaskReviewRefused() if actor_kind(event.reviewer) == "agent":
+            payload = {"event": event.review, "type": "task.reviewed"}
+            _tell(
+                rows,
+                meta,
+                event,
+                event.reviewer,
+                "refused",
+                reason=event.reason,
+                task=task,
+                payload=payload,
+            )
+        case TaskLeaseExpired():
+            payload = {"epoch": event.epoch, "by": event.actor}
+            _tell(
+                rows,
+                meta,
+                event,
+                event.agent,
+                "lease_lost",
+                reason="the lease expired",
+                task=task,
+                payload=payload,
+            )
+        case TaskRevoked():
+            payload = {"epoch": event.epoch, "by": event.actor, "assign_to": event.assign_to}
+            reason = event.reason or f"revoked by {event.actor}"
+            _tell(
+                rows,
+                meta,
+                event,
+                event.agent,
+                "lease_lost",
+                reason=reason,
+                task=task,
+                payload=payload,
+            )
+        case TaskCancelled() if (
+            old is not None
+            and old["assignee"]
+            and old["status"]
+            in (
+                *HELD,
+                "review",
+            )
+        ):
+            payload = {"epoch": old["claim_epoch"], "by": event.actor}
+            reason = f"the task was cancelled{': ' + event.reason if event.reason else ''}"
+            _tell(
+                rows,
+                meta,
+                event,
+                old["assignee"],
+                "lease_lost",
+                reason=reason,
+                task=task,
+                payload=payload,
             )
 
 
-def creation_problem(rows: Rows, event: TaskCreated) -> str | None:
-    """Why a task may not be created with these dependencies, or None."""
-    if event.task in event.depends_on:
-        return "a task cannot depend on itself (that would be a cycle)"
-    unknown = [d for d in event.depends_on if rows.get(TASKS, (d,)) is None]
-    if unknown:
-        return (
-            f"depends on unknown task(s) {', '.join(unknown)}: dependencies must already exist, "
-            "so they can never form a cycle"
-        )
-    return None
+def _verdict(event: Event) -> dict[str, Any]:
+    """The envelope of the board's verdict on ``event``: one id per event, whoever emits it."""
+    return {"id": deterministic_id(event.id, "verdict"), "actor": BOARD, "at": event.at}
 
 
-def reviewer_problem(reviewer: Row | None, review: TaskReviewed) -> str | None:
-    """People and services review; an agent reviews only if it holds the role ``reviewer``.
-    (Nobody reviews their own work: admission refuses that before any projection sees it.)"""
-    if actor_kind(review.actor) != "agent":
-        return None
-    if reviewer is None or REVIEWER_ROLE not in reviewer["roles"]:
-        return f"{review.actor} lacks the role {REVIEWER_ROLE} needed to review"
-    return None
-
-
-def claim_problem(
-    task: Row, agent: Row | None, deps: list[Row | None], claim: TaskClaimed
-) -> str | None:
-    """Why ``claim`` may not take ``task``, or None: the board's whole judgement."""
-    return (
-        task_claim_problem(task, claim)
-        or agent_claim_problem(task, agent, claim)
-        or dependency_problem(task, deps)
+def _tell(
+    rows: Rows,
+    meta: Meta,
+    about: Event,
+    agent: str,
+    command: CommandName,
+    *,
+    reason: str,
+    task: str | None,
+    payload: Evidence,
+) -> None:
+    """Emit a durable inbox command to ``agent`` about ``about`` (one per event: its id derives
+    from the event's)."""
+    rows.emit(
+        CommandIssued(
+            id=deterministic_id(about.id, "inbox"),
+            actor=BOARD,
+            at=about.at,
+            agent=agent,
+            command=command,
+            reason=reason,
+            task=task,
+            payload=payload,
+        ),
+        meta,
     )
 
 
-def task_claim_problem(task: Row, claim: TaskClaimed) -> str | None:
-    """What the task's own subject decides: it is claimable and the epoch is a new one.
-
-    Epochs only need to grow, not to be consecutive, so that a reader of the task subject alone
-    (an agent) agrees with the board even after a claim the board refused for agent reasons."""
-    status = task["status"]
-    if status not in ("inbox", "assigned"):
-        return f"task is {status}"
-    if status == "assigned" and task["assignee"] != claim.agent:
-        return f"task is assigned to {task['assignee']}"
-    if claim.epoch <= task["claim_epoch"]:
-        return f"claim epoch {claim.epoch} is not after the current epoch {task['claim_epoch']}"
-    return None
-
-
-def agent_claim_problem(task: Row, agent: Row | None, claim: TaskClaimed) -> str | None:
-    """What the claimer's own state decides: registered, active, the role, the limit."""
-    if agent is None:
-        return f"agent {claim.agent} is not registered"
-    if agent["status"] != "active":
-        return f"agent {claim.agent} is {agent['status']}"
-    role = task["required_role"]
-    if role and role not in agent["roles"]:
-        return f"agent {claim.agent} lacks the role {role}"
-    if agent["held"] >= agent["max_concurrent_tasks"]:
-        return f"agent {claim.agent} already holds {agent['held']} task(s), its limit"
-    return None
-
-
-def dependency_problem(task: Row, deps: list[Row | None]) -> str | None:
-    waiting = [
-        d
-        for d, row in zip(task["depends_on"], deps, strict=True)
-        if row is None or row["status"] != "done"
-    ]
-    return f"waiting on dependencies: {', '.join(waiting)}" if waiting else None
-
-
-def _agent_lifecycle(rows: Rows, event: Event) -> None:
+def _agent_lifecycle(rows: Rows, event: Event, meta: Meta) -> None:
     agent = getattr(event, "agent")  # noqa: B009  # every lifecycle event has one
     old = rows.get(TASK_AGENTS, (agent,))
     row = dict(old) if old else {"agent_id": agent, "roles": [], "status": "active",
-                                  "max_concurrent_tasks": 1, "held": 0}  # fmt: skip
+                                  "max_concurrent_tasks": 1, "held": 0,
+                                  "held_tasks": []}  # fmt: skip
     if isinstance(event, AgentRegistered):
         row.update(roles=list(event.roles), max_concurrent_tasks=event.max_concurrent_tasks)
     elif old is None:
         return  # lifecycle of an agent never registered: claims by it are refused anyway
     row["status"], _ = next_status(row["status"], event)
     rows.put(TASK_AGENTS, row)
+    if isinstance(event, AgentRetired):  # retiring ends the agent's leases
+        for task in row["held_tasks"]:
+            held = rows.get(TASKS, (task,))
+            if held is not None and holder(held) == agent:
+                revoked = TaskRevoked(
+                    **_verdict_for(event, task), task=task, agent=agent,
+                    epoch=held["claim_epoch"], reason=f"agent {agent} retired",
+                )  # fmt: skip
+                rows.emit(revoked, meta)
 
 
-def _count_held(rows: Rows, agent: str | None, delta: int) -> None:
+def _verdict_for(event: Event, task: str) -> dict[str, Any]:
+    return {"id": deterministic_id(event.id, "revoke", task), "actor": BOARD, "at": event.at}
+
+
+def _count_held(rows: Rows, agent: str | None, task: str, delta: int) -> None:
     if agent is None:
         return
     row = rows.get(TASK_AGENTS, (agent,))
-    if row is not None:
-        rows.put(TASK_AGENTS, {**row, "held": max(0, row["held"] + delta)})
+    if row is None:
+        return
+    tasks = [t for t in row["held_tasks"] if t != task]
+    if delta > 0:
+        tasks.append(task)
+    rows.put(TASK_AGENTS, {**row, "held": len(tasks), "held_tasks": tasks})
 
 
 def _created(event: TaskCreated, meta: Meta) -> Row:
@@ -335,66 +649,16 @@ def _created(event: TaskCreated, meta: Meta) -> Row:
         "done_at": None,
         "last_seq": meta.seq,
         "last_progress_at": None,
+        "claim_id": None,
+        "undo_event": None,
+        "undo_status": None,
+        "undo_assignee": None,
+        "undo_verdict": None,
     }
 
 
-def _transition(row: Row, event: Event, meta: Meta) -> str | None:
-    """Apply ``event`` to ``row`` in place; return why it does not fit, or None."""
-    status = row["status"]
-    if isinstance(event, _HOLDER_EVENTS):
-        if event.epoch != row["claim_epoch"] or event.agent != row["assignee"]:
-            return f"epoch {event.epoch} of {event.agent} is not the current claim"
-        if status not in HELD:
-            return f"task is {status}"
-    match event:
-        case TaskAssigned():
-            if status not in ("inbox", "assigned"):
-                return f"task is {status}"
-            row.update(status="assigned", assignee=event.agent)
-        case TaskClaimed():  # claim_problem has judged it
-            row.update(
-                status="in_progress",
-                assignee=event.agent,
-                claim_epoch=event.epoch,
-                lease_s=event.lease_s,
-                claimed_at=meta.time,
-                last_progress_at=meta.time,
-                blocked_reason=None,
-            )
-        case TaskProgressed():
-            row.update(status="in_progress", blocked_reason=None, last_progress_at=meta.time)
-        case TaskBlocked():
-            row.update(status="blocked", blocked_reason=event.reason)
-        case TaskReleased() | TaskLeaseExpired():
-            row.update(status="inbox", assignee=None, blocked_reason=None)
-        case TaskSubmitted():
-            row.update(
-                status="review",
-                submitted_at=meta.time,
-                deliverable_version=row["deliverable_version"] + 1,
-            )
-        case TaskReviewed():
-            if status != "review":
-                return f"task is {status}"
-            if event.agent != row["assignee"]:
-                return f"the deliverable under review is {row['assignee']}'s"
-            row["review_rounds"] += 1
-            if event.verdict == "approve":
-                row.update(status="done", done_at=meta.time)
-            else:
-                row.update(
-                    status="in_progress",
-                    rework_count=row["rework_count"] + 1,
-                    last_progress_at=meta.time,
-                )
-        case TaskCancelled():
-            if status not in OPEN:
-                return f"task is {status}"
-            row.update(status="cancelled")
-    return None
-
-
 def _reject(rows: Rows, task: str, event: Event, meta: Meta, reason: str) -> None:
+    """Record a task event that does not fit, and tell its sender if it is an agent."""
     rows.put(
         REJECTIONS,
         {
@@ -407,3 +671,6 @@ def _reject(rows: Rows, task: str, event: Event, meta: Meta, reason: str) -> Non
             "at": meta.time,
         },
     )
+    if actor_kind(event.actor) == "agent":
+        payload: Evidence = {"event": event.id, "type": type_name(type(event)), "seq": meta.seq}
+        _tell(rows, meta, event, event.actor, "refused", reason=reason, task=task, payload=payload)

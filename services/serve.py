@@ -23,6 +23,7 @@ from fleetward.services.metrics.health import HealthChecks
 from fleetward.services.metrics.http import serve_http
 from fleetward.services.projector.consumers import by_stream
 from fleetward.services.projector.health import RunnerHealth
+from fleetward.services.projector.outbox import Outbox
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.projector.window import PROJECTION_ERROR
 from fleetward.services.runtime.connect import Runtime
@@ -61,10 +62,13 @@ async def run_services(
         for group in by_stream(projections)
     ]
     dog = Watchdog(rt) if watchdog else None
+    outbox = Outbox(rt) if runners else None
     health = HealthChecks()  # GET /healthz, /readyz: each part's verdict and reason
     health.register("nats", lambda: _connected(rt))
     if runners:
         health.register("projector", lambda: _committing(runners))
+    if outbox is not None:
+        health.register("outbox", outbox.health)
     if dog is not None:
         health.register("watchdog", dog.health)
 
@@ -86,6 +90,8 @@ async def run_services(
             if runners:  # once per process, however many projections it runs
                 workers.start_soon(FLEET.run, rt, stop)
                 workers.start_soon(watch_lag, rt, runners, stop)
+            if outbox is not None:
+                workers.start_soon(outbox.run, stop.is_set)
             if dog is not None:
                 workers.start_soon(dog.run, stop.is_set)
             if simulate_agents:

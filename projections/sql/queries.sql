@@ -159,3 +159,26 @@ SELECT projection, stream, checkpoint, updated_at FROM fleet.projections ORDER B
 -- name: database_exists
 -- Whether the embedded server already has Fleetward's database.
 SELECT 1 FROM pg_database WHERE datname = $1;
+
+-- name: outbox_insert
+-- Store an event a fold emitted, unless its cause predates the outbox (a rebuild of old
+-- history) or it is stored already (a rebuild, or a window applied again after a crash).
+INSERT INTO fleetward.outbox (event_id, subject, data, source, source_seq)
+SELECT $1, $2, $3, $4, $5
+WHERE $5 > coalesce((SELECT seq FROM fleetward.outbox_horizon WHERE source = $4), 0)
+ON CONFLICT (event_id) DO NOTHING;
+
+-- name: outbox_pending
+-- The oldest events not yet published.
+SELECT n, event_id, subject, data FROM fleetward.outbox
+WHERE published_at IS NULL ORDER BY n LIMIT $1;
+
+-- name: outbox_published
+-- Mark events published (the stream acknowledged them).
+UPDATE fleetward.outbox SET published_at = now() WHERE n = ANY($1::bigint[]);
+
+-- name: outbox_backlog
+-- How many events wait to be published, and for how long the oldest has (seconds).
+SELECT count(*) AS waiting,
+       coalesce(extract(epoch FROM now() - min(created_at)), 0)::double precision AS oldest_s
+FROM fleetward.outbox WHERE published_at IS NULL;

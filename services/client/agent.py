@@ -3,10 +3,16 @@ heartbeat, claim tasks atomically (``client.claims``), report progress, tool cal
 submit deliverables, and read its durable command inbox. Every publish is idempotent
 (``Nats-Msg-Id`` = event id) and retried on transient errors. The wire protocol is the same for
 every language: docs/agents.md.
+
+The client acts on what its inbox says (``next_command``, and before every claim): ``pause``
+and ``retire`` make ``claim`` raise ``AgentPaused`` (until ``resume``); ``lease_lost`` and a
+``refused`` claim drop the task from ``claims``. Reports on a held task are fenced
+(``client.claims``): once the task is no longer this agent's, they raise ``ClaimLost``.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import time
@@ -18,7 +24,7 @@ from typing import Any, Literal
 import anyio
 from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from fleetward.schemas import Rejected, admit
 from fleetward.schemas.events import (
@@ -26,6 +32,7 @@ from fleetward.schemas.events import (
     CommandIssued,
     Deliverable,
     DeliverableKind,
+    Event,
     Heartbeat,
     HeartbeatStatus,
     RunFinished,
@@ -39,14 +46,24 @@ from fleetward.schemas.events import (
     TaskSubmitted,
     ToolCalled,
 )
+from fleetward.schemas.headers import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
 from fleetward.schemas.streams import COMMANDS_STREAM, inbox_durable
 from fleetward.schemas.subjects import subject
-from fleetward.services.client.claims import Claim, ClaimLost, claim_task, claimant
+from fleetward.services.client.claims import (
+    AgentPaused,
+    Claim,
+    ClaimLost,
+    claim_task,
+    claimant,
+    holder_problem,
+)
 from fleetward.services.client.operator import FleetClient
+from fleetward.services.client.taskstate import read_task
 from fleetward.services.jetstream.connection import connect
 from fleetward.services.jetstream.consumer import PullConsumer
 
 INBOX_REDELIVERY_S = 5.0
+SEEN_COMMANDS = 1024  # command ids remembered, so a redelivered command acts once
 
 
 @dataclass
@@ -74,7 +91,13 @@ class AgentClient(FleetClient):
         self.profile = _Profile()
         self.claims: dict[str, Claim] = {}
         self.status: HeartbeatStatus = "idle"
+        self.paused = False  # told to pause (or retired) by its inbox: takes no new work
+        self.retired = False
         self._inbox: PullConsumer | None = None
+        self._commands: collections.deque[CommandIssued] = collections.deque()  # read, not given
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._seqs: dict[str, int] = {}  # last sequence known on each held task's subject
+        self._claiming = anyio.Lock()  # one claim at a time: never past the limit
 
     @classmethod
     async def connect(cls, url: str, agent: str) -> AgentClient:
@@ -137,11 +160,22 @@ class AgentClient(FleetClient):
     # ---- tasks ---------------------------------------------------------------------------------
 
     async def claim(self, task: str, *, lease_s: float = 300.0, attempts: int = 3) -> Claim:
-        """Take ``task`` for a new epoch, or raise ``ClaimLost`` saying why not."""
-        claim = await claim_task(
-            self, task, agent=self.agent, me=self._claimant, lease_s=lease_s, attempts=attempts
-        )
-        return self._keep(claim)
+        """Take ``task`` for a new epoch, or raise ``ClaimLost`` saying why not (``AgentPaused``
+        while this agent is paused or retired). The inbox is read first, so a pause sent before
+        the claim is obeyed; claims of one client run one at a time, so concurrent claims never
+        take the agent past its limit. The board may still refuse a claim it alone can judge
+        (the inbox then says ``refused``, and the task leaves ``claims``)."""
+        async with self._claiming:
+            await self.sync_inbox()
+            if self.paused:
+                state = "retired" if self.retired else "paused"
+                raise AgentPaused(task, f"agent {self.agent} is {state}")
+            claim, seq = await claim_task(
+                self, task, agent=self.agent, me=self._claimant, lease_s=lease_s,
+                attempts=attempts,
+            )  # fmt: skip
+            self._seqs[task] = seq
+            return self._keep(claim)
 
     def _claimant(self) -> dict[str, Any]:
         """This agent as the board's claim check sees it now."""
@@ -149,9 +183,36 @@ class AgentClient(FleetClient):
         return claimant(p.roles, len(self.claims), p.max_concurrent_tasks)
 
     def _keep(self, claim: TaskClaimed) -> Claim:
-        held = Claim(claim.task, claim.epoch, claim.lease_s)
+        held = Claim(claim.task, claim.epoch, claim.lease_s, claim.id)
         self.claims[claim.task] = held
         return held
+
+    def _drop(self, task: str) -> None:
+        self.claims.pop(task, None)
+        self._seqs.pop(task, None)
+
+    async def _report(self, claim: Claim, event: Event, *, attempts: int = 5) -> PubAck:
+        """Publish a report on a held task, compare-and-set on the last sequence known of the
+        task (``client.claims``). ``ClaimLost`` once the claim is no longer this agent's."""
+        task = claim.task
+        for _ in range(attempts):
+            seq = self._seqs.get(task)
+            headers = {} if seq is None else {EXPECTED_LAST_SUBJECT_SEQ: str(seq)}
+            try:
+                ack = await self.send(event, **headers)
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                state = await read_task(self.nc, self.js, task)
+                problem = holder_problem(state.row, claim, self.agent)
+                if problem is not None:
+                    self._drop(task)
+                    raise ClaimLost(task, problem) from None
+                self._seqs[task] = state.last_seq  # news of the task that leaves it ours
+                continue
+            self._seqs[task] = max(ack.seq, self._seqs.get(task, 0))
+            return ack
+        raise ClaimLost(task, "others kept publishing on the task first")
 
     async def claim_next(self, *, lease_s: float = 300.0) -> Claim | None:
         """Claim the highest-priority claimable task for this agent's roles, oldest first; None
@@ -159,13 +220,17 @@ class AgentClient(FleetClient):
         for task in await self.claimable(self.agent, self.profile.roles):
             try:
                 return await self.claim(task, lease_s=lease_s)
+            except AgentPaused:
+                raise
             except ClaimLost:
                 continue
         return None
 
     async def progress(self, claim: Claim, note: str = "", percent: float | None = None) -> PubAck:
-        """Report progress; this renews the claim's lease."""
-        return await self.send(
+        """Report progress; this renews the claim's lease. ``ClaimLost`` if the task is no longer
+        this agent's."""
+        return await self._report(
+            claim,
             TaskProgressed(
                 **self.envelope(),
                 task=claim.task,
@@ -173,33 +238,37 @@ class AgentClient(FleetClient):
                 epoch=claim.epoch,
                 note=note,
                 percent=percent,
-            )
+            ),
         )
 
     async def block(self, claim: Claim, reason: str) -> PubAck:
-        """Report the held task blocked, and why."""
-        return await self.send(
+        """Report the held task blocked, and why (``ClaimLost`` as for ``progress``)."""
+        return await self._report(
+            claim,
             TaskBlocked(
                 **self.envelope(),
                 task=claim.task,
                 agent=self.agent,
                 epoch=claim.epoch,
                 reason=reason,
-            )
+            ),
         )
 
     async def release(self, claim: Claim, reason: str = "") -> PubAck:
-        """Give the held task back, saying why."""
-        self.claims.pop(claim.task, None)
-        return await self.send(
-            TaskReleased(
-                **self.envelope(),
-                task=claim.task,
-                agent=self.agent,
-                epoch=claim.epoch,
-                reason=reason,
+        """Give the held task back, saying why (``ClaimLost`` as for ``progress``)."""
+        try:
+            return await self._report(
+                claim,
+                TaskReleased(
+                    **self.envelope(),
+                    task=claim.task,
+                    agent=self.agent,
+                    epoch=claim.epoch,
+                    reason=reason,
+                ),
             )
-        )
+        finally:
+            self._drop(claim.task)
 
     async def submit(
         self,
@@ -210,22 +279,25 @@ class AgentClient(FleetClient):
         uri: str | None = None,
     ) -> PubAck:
         """Hand in a deliverable (versioned by the board). The task leaves this agent's hands
-        until a review sends it back."""
+        until a review sends it back (``ClaimLost`` if it is no longer this agent's)."""
         digest = hashlib.sha256((content or uri or "").encode()).hexdigest()
         deliverable = Deliverable(kind=kind, sha256=digest, content=content, uri=uri)
-        self.claims.pop(claim.task, None)
-        return await self.send(
-            TaskSubmitted(
-                **self.envelope(),
-                task=claim.task,
-                agent=self.agent,
-                epoch=claim.epoch,
-                deliverable=deliverable,
+        try:
+            return await self._report(
+                claim,
+                TaskSubmitted(
+                    **self.envelope(),
+                    task=claim.task,
+                    agent=self.agent,
+                    epoch=claim.epoch,
+                    deliverable=deliverable,
+                ),
             )
-        )
+        finally:
+            self.claims.pop(claim.task, None)  # the sequence stays known, for a rework
 
     def rework(self, claim: Claim) -> Claim:
-        """Hold a task again after a rejected review sent it back (same epoch)."""
+        """Hold a task again after a rejected review sent it back (same epoch and claim)."""
         self.claims[claim.task] = claim
         return claim
 
@@ -310,8 +382,25 @@ class AgentClient(FleetClient):
     async def next_command(self, wait: float = 1.0) -> CommandIssued | None:
         """The next command for this agent, or None after ``wait`` seconds. Commands sent while
         the agent was offline are kept for it (a durable consumer per agent) and come first.
-        Delivery is at least once: a command can come again (within ``INBOX_REDELIVERY_S``)
-        if the agent vanished while it was on its way."""
+        The client acts on each before returning it (see the module docstring). Delivery is at
+        least once; a command id seen lately is skipped."""
+        if self._commands:
+            return self._commands.popleft()
+        return await self._take_command(wait)
+
+    async def sync_inbox(self) -> None:
+        """Read (and act on) every command waiting in the inbox now; ``next_command`` still
+        returns them, in order."""
+        if self._inbox is None:
+            self._inbox = await self._open_inbox()
+        info = await self.js.consumer_info(COMMANDS_STREAM, inbox_durable(self.agent))
+        for _ in range((info.num_pending or 0) + (info.num_ack_pending or 0)):
+            command = await self._take_command(wait=0.5)
+            if command is None:
+                return
+            self._commands.append(command)
+
+    async def _take_command(self, wait: float) -> CommandIssued | None:
         if self._inbox is None:
             self._inbox = await self._open_inbox()
         while True:
@@ -324,8 +413,31 @@ class AgentClient(FleetClient):
                 event = admit(delivery.subject, delivery.data)
             except Rejected:
                 continue  # not a command Fleetward could have sent: skip it
-            if isinstance(event, CommandIssued):
-                return event
+            if not isinstance(event, CommandIssued) or event.id in self._seen:
+                continue
+            self._seen[event.id] = None
+            while len(self._seen) > SEEN_COMMANDS:
+                self._seen.popitem(last=False)
+            self._obey(event)
+            return event
+
+    def _obey(self, command: CommandIssued) -> None:
+        """What a command changes in this client's state."""
+        match command.command:
+            case "pause":
+                self.paused = True
+            case "resume" if not self.retired:
+                self.paused = False
+            case "retire":
+                self.paused = self.retired = True
+            case "lease_lost" if command.task:
+                held = self.claims.get(command.task)
+                if held is not None and command.payload.get("epoch") in (None, held.epoch):
+                    self._drop(command.task)
+            case "refused" if command.task and command.payload.get("type") == "task.claimed":
+                held = self.claims.get(command.task)
+                if held is not None and command.payload.get("event") == held.id:
+                    self._drop(command.task)
 
     async def _open_inbox(self) -> PullConsumer:
         durable = inbox_durable(self.agent)

@@ -1,10 +1,19 @@
-"""The claim protocol (DESIGN 3.2): how an agent takes a task, atomically, on the stream.
+"""The claim protocol (DESIGN 3.2, 3.3): how an agent takes a task, atomically, on the stream,
+and how it keeps the right to report on it.
 
-The claimer folds the task's subject from the stream, checks the claim as the board would, and
-publishes it with ``Nats-Expected-Last-Subject-Sequence`` set to the last sequence it read. The
-first claim wins; any other publish on that subject in between makes the server answer "wrong
-last sequence" (10071), and the claimer reads again. A retried publish may instead come back as
-a duplicate. Either way the answer is settled by reading the subject.
+Claiming: the claimer folds the task's subject with the task state machine (projections/tasks.py
+``step``), checks the claim as the board would, and publishes it with
+``Nats-Expected-Last-Subject-Sequence`` set to the last sequence it read. The first claim wins;
+any other publish on that subject in between makes the server answer "wrong last sequence"
+(10071), and the claimer reads again. A retried publish may instead come back as a duplicate.
+Either way the answer is settled by the *identity* of the stored claim: the task's current claim
+is ours only if its event id is the one we published (two processes of one agent compute the
+same epoch; only one of them published the winning event).
+
+Holding: progress, block, release and submit are published with compare-and-set on the last
+sequence the holder knows of the task. Anything else stored on the task meanwhile (a lease
+expiry, a revocation, the board's verdict on the claim, a cancellation) makes the server refuse
+the publish; the holder reads the task again and goes on only if the claim is still its own.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from typing import Any
 
 from nats.js.errors import APIError
 
-from fleetward.projections.tasks import agent_claim_problem, task_claim_problem
+from fleetward.projections.tasks import HELD, agent_claim_problem, task_claim_problem
 from fleetward.schemas.events import TaskClaimed
 from fleetward.schemas.headers import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
 from fleetward.services.client.publisher import Publisher
@@ -23,30 +32,53 @@ from fleetward.services.client.taskstate import TaskState, read_task
 
 
 class ClaimLost(Exception):
-    """The claim did not take the task; ``reason`` says why (another agent won, not claimable)."""
+    """The claim did not take the task, or no longer holds it; ``reason`` says why (another
+    agent won, not claimable, the lease expired, revoked, refused by the board)."""
 
     def __init__(self, task: str, reason: str) -> None:
         super().__init__(f"{task}: {reason}")
         self.task, self.reason = task, reason
 
 
+class AgentPaused(ClaimLost):
+    """This agent is paused (or retired): it may take no new work until it is resumed."""
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """A task this agent holds, in one epoch."""
+    """A task this agent holds, in one epoch; ``id`` is the event id of the claim."""
 
     task: str
     epoch: int
     lease_s: float
+    id: str = ""
 
 
-def claimant(roles: Sequence[str], held: int, max_concurrent_tasks: int) -> dict[str, Any]:
-    """An agent as the board's claim check sees it: active, its roles, the tasks it holds."""
+def claimant(
+    roles: Sequence[str], held: int, max_concurrent_tasks: int, status: str = "active"
+) -> dict[str, Any]:
+    """An agent as the board's claim check sees it: its status, roles and the tasks it holds."""
     return {
-        "status": "active",
+        "status": status,
         "roles": list(roles),
         "held": held,
         "max_concurrent_tasks": max_concurrent_tasks,
     }
+
+
+def holder_problem(row: dict[str, Any] | None, claim: Claim, agent: str) -> str | None:
+    """Why ``agent`` no longer holds ``claim`` by the task's folded ``row``, or None."""
+    if row is None:
+        return "no such task"
+    mine = row["assignee"] == agent and row["claim_epoch"] == claim.epoch
+    if claim.id:
+        mine = mine and row["claim_id"] == claim.id
+    if not mine:
+        by = f", held by {row['assignee']} in epoch {row['claim_epoch']}" if row["assignee"] else ""
+        return f"the claim is no longer this agent's: the task is {row['status']}{by}"
+    if row["status"] not in HELD:
+        return f"task is {row['status']}"
+    return None
 
 
 async def claim_task(
@@ -57,10 +89,11 @@ async def claim_task(
     me: Callable[[], dict[str, Any]],
     lease_s: float,
     attempts: int,
-) -> TaskClaimed:
+) -> tuple[TaskClaimed, int]:
     """Publish ``agent``'s claim of ``task`` for a new epoch, compare-and-set on the task's
-    subject; the claim that took the task, or ``ClaimLost`` saying why not. ``me`` is the agent
-    as the board sees it (``claimant``), asked again at each attempt."""
+    subject: the claim that took the task and the sequence it was stored at, or ``ClaimLost``
+    saying why not. ``me`` is the agent as the board sees it (``claimant``), asked again at each
+    attempt."""
     for _ in range(attempts):
         state = await read_task(pub.nc, pub.js, task)
         claim = await _claim_event(pub, state, agent, me, lease_s)
@@ -69,12 +102,16 @@ async def claim_task(
         except APIError as exc:
             if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise
-            if await _holds(pub, task, agent, claim.epoch):  # an earlier try of ours did land
-                return claim
+            now = await read_task(pub.nc, pub.js, task)
+            if now.row is not None and now.row["claim_id"] == claim.id:
+                return claim, now.last_seq  # an earlier try of this very claim did land
             continue  # someone published first: read again and judge again
-        if ack.duplicate and not await _holds(pub, task, agent, claim.epoch):
-            raise ClaimLost(task, "the claim was stored before and did not take the task")
-        return claim
+        if ack.duplicate:
+            now = await read_task(pub.nc, pub.js, task)
+            if now.row is None or now.row["claim_id"] != claim.id:
+                raise ClaimLost(task, "the claim was stored before and did not take the task")
+            return claim, now.last_seq
+        return claim, ack.seq
     raise ClaimLost(task, "other agents kept publishing on the task first")
 
 
@@ -105,9 +142,3 @@ async def _claim_event(
     if problem:
         raise ClaimLost(state.task, problem)
     return claim
-
-
-async def _holds(pub: Publisher, task: str, agent: str, epoch: int) -> bool:
-    """Settle by reading: does ``agent`` hold ``task`` in ``epoch`` now?"""
-    row = (await read_task(pub.nc, pub.js, task)).row
-    return bool(row and row["assignee"] == agent and row["claim_epoch"] == epoch)

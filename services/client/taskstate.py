@@ -1,10 +1,12 @@
 """A task's state read straight from its subject on the stream, for agents and operators that
 must not wait for (or need not have) the Postgres projection.
 
-The events of ``fw.task.<task>`` are folded with the task board's own pure fold, so the client
-and the projection judge a claim the same way. ``last_seq`` is the subject's last sequence: the
-value a claim sends as ``Nats-Expected-Last-Subject-Sequence``. The stream time in ``Meta`` is
-the one the server reports for each message, so local folds see the board's timestamps.
+The events of ``fw.task.<task>`` are folded with the task state machine (projections/tasks.py
+``step``), the fold the board itself applies, so the client and the projection agree on the
+task's status, holder, epoch and current claim at every sequence. ``last_seq`` is the
+subject's last sequence: the value a claim sends as ``Nats-Expected-Last-Subject-Sequence``.
+The stream time in ``Meta`` is the one the server reports for each message, so local folds see
+the board's timestamps.
 """
 
 from __future__ import annotations
@@ -18,15 +20,15 @@ import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from fleetward.projections import Meta, Rows
-from fleetward.projections.tasks import TASKS, TaskBoard
+from fleetward.projections import Meta
+from fleetward.projections.base import Row
+from fleetward.projections.tasks import step
 from fleetward.schemas import Rejected, admit
 from fleetward.schemas.headers import SEQUENCE, STATUS, TIME_STAMP, direct_get_subject
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import subject
 
 BATCH = 1000
-_BOARD = TaskBoard(local=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +42,7 @@ async def read_task(nc: NatsClient, js: JetStreamContext, task: str) -> TaskStat
     """Fold every event of one task, read with one batch direct get (ADR-31, NATS 2.11+): the
     server streams the subject's messages to an inbox and ends with a 204 status."""
     subj = subject("task", task)
-    rows = Rows()
+    row: Row | None = None
     last = 0
     inbox = nc.new_inbox()
     replies = await nc.subscribe(inbox, pending_msgs_limit=100_000)
@@ -59,12 +61,14 @@ async def read_task(nc: NatsClient, js: JetStreamContext, task: str) -> TaskStat
                 with contextlib.suppress(Rejected):  # the board never applies bad events
                     event = admit(subj, msg.data)
                     when = _parse_time(headers[TIME_STAMP])
-                    _BOARD.apply(rows, event, Meta(last, when, subj))
+                    after = step(row, event, Meta(last, when, subj))
+                    if not isinstance(after, str):  # a str: why it does not fit; not applied
+                        row = after
             if got < BATCH:
                 break
     finally:
         await replies.unsubscribe()
-    return TaskState(task, rows.get(TASKS, (task,)), last)
+    return TaskState(task, row, last)
 
 
 def _parse_time(stamp: str) -> datetime:

@@ -192,3 +192,16 @@ WATCHDOG_FAILURES = Counter(
     ["stage"],
     registry=REGISTRY,
 )
+
+OUTBOX_PUBLISHED = Counter(
+    "fleetward_outbox_published",
+    "Events the projector's outbox published (verdicts on task subjects, inbox commands), by "
+    "outcome: stored, or duplicate (published before, e.g. by another projector process).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+OUTBOX_WAITING = Gauge(
+    "fleetward_outbox_waiting",
+    "Events in the outbox not yet published.",
+    registry=REGISTRY,
+)

@@ -17,10 +17,12 @@ from __future__ import annotations
 from typing import Final
 
 from fleetward.projections import Projection, Rows
+from fleetward.schemas import subject_of
 from fleetward.schemas.bounds import storable
 from fleetward.services import db
 from fleetward.services.db import Conn, q
 from fleetward.services.jetstream.consumer import Delivery
+from fleetward.services.jetstream.publish import encode
 from fleetward.services.projector.window import Window
 
 DETAIL_CHARS: Final = 2000  # a dead letter's detail is cut here
@@ -59,11 +61,26 @@ async def lock(conn: Conn, projection: Projection, window: Window) -> int:
 
 
 async def write(conn: Conn, projection: Projection, rows: Rows) -> None:
-    """Write the rows a fold changed, table by table (in the projection's order)."""
+    """Write the rows a fold changed, table by table (in the projection's order), and the
+    events it emitted into the outbox."""
     for table in projection.tables:
         changed = rows.changed(table)
         if changed:
             await db.write_rows(conn, table, changed)
+    await store_emitted(conn, projection, rows)
+
+
+async def store_emitted(conn: Conn, projection: Projection, rows: Rows) -> None:
+    """Store the events the fold emitted in the outbox (services/projector/outbox.py), in the
+    caller's transaction; an id stored before is kept as it is."""
+    if rows.outbox:
+        await conn.executemany(
+            q("outbox_insert"),
+            [
+                (event.id, subject_of(event), encode(event), projection.name, seq)
+                for event, seq in rows.outbox
+            ],
+        )
 
 
 async def record_dead(

@@ -33,7 +33,7 @@ from fleetward.services import db
 from fleetward.services.db import Conn
 from fleetward.services.jetstream.consumer import Delivery
 from fleetward.services.projector.cache import load_rows
-from fleetward.services.projector.commit import Resync, advance, lock, record_dead
+from fleetward.services.projector.commit import Resync, advance, lock, record_dead, store_emitted
 from fleetward.services.projector.failures import classify, describe
 from fleetward.services.projector.window import (
     PROJECTION_ERROR,
@@ -107,4 +107,5 @@ async def _apply(
             exc.add_note(f"writing {table.name}")
             raise
         await conn.execute(db.clear_stage_sql(table))  # the next part stages its own rows
+    await store_emitted(conn, projection, rows)
     return failed

@@ -1,0 +1,97 @@
+"""The outbox: publishing what the projections' folds emit (verdicts on task subjects, commands
+to agents' inboxes; projections/base.py ``Rows.emit``).
+
+A fold's emitted events are stored in ``fleetward.outbox`` in the same transaction as the rows
+and the checkpoint of the events that caused them (services/projector/commit.py), so an event
+is emitted exactly when its cause is applied: never lost, never for a window that did not
+commit. ``publish_outbox`` publishes them in the order stored, each with ``Nats-Msg-Id`` = its
+event id, and marks them published once the stream acknowledged them. A crash between the two
+publishes again: the stream's duplicate window drops the copy, and beyond it every reader
+applies an event id once (the projector's ledger; an agent's inbox skips a command id it has
+seen). Two projector processes may both publish: the same.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import anyio
+
+from fleetward.schemas.headers import MSG_ID
+from fleetward.services import metrics
+from fleetward.services.db import q
+from fleetward.services.runtime.connect import Runtime
+
+log = logging.getLogger("fleetward.outbox")
+
+BATCH = 256
+IDLE_S = 0.05  # how often an empty outbox is looked at again
+STUCK_S = 30.0  # the oldest waiting event older than this: the outbox is not healthy
+
+
+class Outbox:
+    """Publishes the outbox until stopped; ``health`` says whether it keeps up."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.waiting = 0
+        self.oldest_s = 0.0
+        self.error = ""
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, why): unhealthy when the oldest waiting event waited ``STUCK_S``."""
+        if self.oldest_s > STUCK_S:
+            why = f"; last error: {self.error}" if self.error else ""
+            return False, (
+                f"{self.waiting} event(s) waiting to be published, the oldest for "
+                f"{self.oldest_s:.0f}s{why}"
+            )
+        return True, f"{self.waiting} waiting"
+
+    async def run(self, stopping: Callable[[], bool]) -> None:
+        """Publish what is stored, as it is stored, until ``stopping()``."""
+        delay = IDLE_S
+        while not stopping():
+            try:
+                sent = await self.publish_once()
+                delay = IDLE_S
+            except Exception as exc:  # NATS or Postgres away: try again, slower
+                self.error = f"{type(exc).__name__}: {exc}"
+                log.warning("outbox: %s; retrying", self.error)
+                sent = 0
+                delay = min(delay * 2, 2.0)
+                await self._measure()
+            if sent < BATCH:
+                await anyio.sleep(delay)
+
+    async def publish_once(self) -> int:
+        """Publish up to ``BATCH`` waiting events, in order; how many."""
+        async with self.rt.pool.acquire() as conn:
+            rows = await conn.fetch(q("outbox_pending"), BATCH)
+        if not rows:
+            self.waiting, self.oldest_s = 0, 0.0
+            metrics.OUTBOX_WAITING.set(0)
+            return 0
+        done = []
+        for r in rows:  # one at a time: commands to one agent keep their order
+            ack = await self.rt.js.publish(
+                r["subject"], bytes(r["data"]), headers={MSG_ID: r["event_id"]}
+            )
+            metrics.OUTBOX_PUBLISHED.labels("duplicate" if ack.duplicate else "stored").inc()
+            done.append(r["n"])
+        async with self.rt.pool.acquire() as conn:
+            await conn.execute(q("outbox_published"), done)
+        await self._measure()
+        self.error = ""
+        return len(rows)
+
+    async def _measure(self) -> None:
+        try:
+            async with self.rt.pool.acquire() as conn:
+                r = await conn.fetchrow(q("outbox_backlog"))
+        except Exception:  # Postgres away: keep the last figures
+            return
+        assert r is not None
+        self.waiting, self.oldest_s = int(r["waiting"]), float(r["oldest_s"])
+        metrics.OUTBOX_WAITING.set(self.waiting)
