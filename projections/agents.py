@@ -3,6 +3,10 @@
 ``offline`` comes from the watchdog's ``agent.offline`` (a critical liveness escalation) and is
 cleared by ``agent.online``; only an active agent goes offline, and a paused or retired agent
 keeps its status.
+
+Every pause, resume and retirement it applies, whoever published it (a person, the watchdog,
+the guard), becomes the agent's durable inbox command (``pause``, ``resume``, ``retire``),
+emitted through the projector's outbox: one path for every intent about an agent.
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from fleetward.schemas.events import (
     AgentResumed,
     AgentRetired,
     AgentVersionChanged,
+    CommandIssued,
+    CommandName,
     Event,
 )
+from fleetward.schemas.ids import deterministic_id
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import wildcard
 
@@ -137,3 +144,18 @@ class AgentRegistry(Projection):
             return  # a status change that does not apply (e.g. pausing a retired agent)
         row.update(updated_at=meta.time, last_seq=meta.seq)
         rows.put(AGENTS, row)
+        command = _COMMANDS.get(type(event))
+        if command is not None and reason is not None:
+            told = CommandIssued(
+                id=deterministic_id(event.id, "inbox"), actor="svc:registry", at=event.at,
+                agent=event.agent, command=command, reason=reason,
+                payload={"by": event.actor},
+            )  # fmt: skip
+            rows.emit(told, meta)
+
+
+_COMMANDS: dict[type[Event], CommandName] = {
+    AgentPaused: "pause",
+    AgentResumed: "resume",
+    AgentRetired: "retire",
+}

@@ -14,6 +14,7 @@ from fleetward.projections import ALL, Projection
 from fleetward.schemas import new_id
 from fleetward.services.projector.consumers import by_stream
 from fleetward.services.projector.rebuild import catch_up
+from fleetward.services.projector.outbox import Outbox
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime
 
@@ -57,11 +58,19 @@ def envelope(actor: str) -> dict[str, Any]:
     return {"id": new_id(), "actor": actor, "at": now()}
 
 
-async def project_all(rt: Runtime, projections: tuple[Projection, ...] = ALL) -> None:
+async def project_all(
+    rt: Runtime, projections: tuple[Projection, ...] = ALL, *, outbox: bool = True
+) -> None:
     """Run every projection until it has applied everything in its stream: one runner per
-    stream, as the projector runs them."""
-    for group in by_stream(projections):
-        await run_to_end(ProjectionRunner(rt, *group))
+    stream, as the projector runs them. With ``outbox``, publish what the folds emitted (the
+    board's verdicts, inbox commands) and apply again, until nothing more is emitted, as the
+    projector's outbox does."""
+    box = Outbox(rt)
+    while True:
+        for group in by_stream(projections):
+            await run_to_end(ProjectionRunner(rt, *group))
+        if not outbox or not await box.publish_once():
+            return
 
 
 async def run_to_end(runner: ProjectionRunner) -> None:

@@ -115,7 +115,8 @@ async def test_a_task_waits_for_its_dependency_and_cycles_are_refused(
 async def test_the_board_refuses_what_the_client_would_not_send(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """A claim that skips the client's checks still never takes effect."""
+    """A claim that skips the client's checks is overruled by the board's verdict, which every
+    reader folds, and the claimer is told through its inbox."""
     await ops.create_task("raw-a", project="p", title="A")
     await ops.create_task("raw-b", project="p", title="B", depends_on=["raw-a"])
     rogue = await agent(rt, "rogue")
@@ -127,11 +128,16 @@ async def test_the_board_refuses_what_the_client_would_not_send(
         await project_all(rt)
         async with rt.pool.acquire() as conn:
             row = await conn.fetchrow("SELECT * FROM fleet.tasks WHERE task_id = 'raw-b'")
-            why = await conn.fetchval(
-                "SELECT reason FROM fleet.task_rejections WHERE task_id = 'raw-b'"
-            )
-        assert row is not None and row["status"] == "inbox"
-        assert why == "waiting on dependencies: raw-a"
+        assert row is not None and (row["status"], row["assignee"]) == ("inbox", None)
+        local = await read_task(rt.nc, rt.js, "raw-b")  # a reader of the subject agrees
+        assert local.row is not None and (local.row["status"], local.row["assignee"]) == (
+            "inbox",
+            None,
+        )
+        told = await rogue.next_command(wait=5)
+        assert told is not None and told.command == "refused"
+        assert told.reason == "waiting on dependencies: raw-a"
+        assert told.payload["event"] == claim.id
     finally:
         await rogue.close()
 
