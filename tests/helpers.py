@@ -13,8 +13,8 @@ import anyio
 from fleetward.projections import ALL, Projection
 from fleetward.schemas import new_id
 from fleetward.services.projector.consumers import by_stream
-from fleetward.services.projector.rebuild import catch_up
 from fleetward.services.projector.outbox import Outbox
+from fleetward.services.projector.rebuild import catch_up
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime
 
