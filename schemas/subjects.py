@@ -18,6 +18,8 @@ KINDS = ("agent", "task", "esc", "budget", "hb", "cmd")
 
 # request/reply (core NATS, not stored): {"agent", "roles", "limit"} -> {"tasks": [ids]}
 API_TASKS_CLAIMABLE = f"{PREFIX}.api.tasks.claimable"
+# request/reply: {"agent"} -> {"agent": {agent_id, name, owner, team, status, ...} | null}
+API_AGENTS_GET = f"{PREFIX}.api.agents.get"
 
 
 def subject(kind: str, key: str) -> str:

@@ -21,6 +21,7 @@ import nats
 import pytest
 
 from fleetward.services import db
+from fleetward.services.client import FleetClient
 from fleetward.services.config import Settings
 from fleetward.services.runtime.connect import Runtime, open_runtime
 from fleetward.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, database_url
@@ -117,6 +118,13 @@ def settings(clean_nats: str, database: str, tmp_path: Path) -> Settings:
 async def rt(settings: Settings) -> AsyncIterator[Runtime]:
     async with open_runtime(settings) as runtime:
         yield runtime
+
+
+@pytest.fixture
+async def ops(rt: Runtime) -> AsyncIterator[FleetClient]:
+    """An operator's client (actor ``user:ops``) on its own connection."""
+    async with await FleetClient.connect(rt.nats_url, "user:ops") as client:
+        yield client
 
 
 @pytest.fixture

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import anyio
+import msgspec
+from nats.errors import NoRespondersError
 
 from fleetward.projections import ALL, Projection
 from fleetward.schemas import new_id
+from fleetward.schemas.subjects import API_AGENTS_GET
+from fleetward.services.api.tasks import serve_task_api
+from fleetward.services.client import AgentClient
 from fleetward.services.projector.consumers import by_stream
 from fleetward.services.projector.outbox import Outbox
 from fleetward.services.projector.rebuild import catch_up
@@ -98,3 +103,27 @@ async def snapshot(rt: Runtime, projections: tuple[Projection, ...] = ALL) -> di
         )
         out["dead_letters"] = [tuple(r.values()) for r in rows]
     return out
+
+
+@contextlib.asynccontextmanager
+async def task_api(rt: Runtime) -> AsyncIterator[None]:
+    """The task API (``fw.api.*``) served on ``rt`` while the block runs, answering already."""
+
+    async def answers() -> bool:
+        with contextlib.suppress(NoRespondersError):
+            reply = await rt.nc.request(API_AGENTS_GET, msgspec.json.encode({"agent": "-"}))
+            return "agent" in msgspec.json.decode(reply.data)
+        return False
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve_task_api, rt)
+        await wait_for(answers, what="the task API")
+        yield
+        tg.cancel_scope.cancel()
+
+
+async def agent(rt: Runtime, name: str, **profile: object) -> AgentClient:
+    """A registered agent on its own connection (close it)."""
+    client = await AgentClient.connect(rt.nats_url, name)
+    await client.register(name=name, owner="o", team="t", **profile)  # type: ignore[arg-type]
+    return client

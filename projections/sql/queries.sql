@@ -89,6 +89,13 @@ WHERE (status = 'inbox' OR (status = 'assigned' AND assignee = $1))
 ORDER BY array_position(ARRAY['urgent','high','medium','low'], priority), created_at, task_id
 LIMIT $3;
 
+-- name: agent_get
+-- One agent's registry record (the task API's fw.api.agents.get).
+SELECT agent_id, name, owner, team, purpose, risk_class, version, status, status_reason,
+       heartbeat_interval_s, roles, max_concurrent_tasks, registered_at, updated_at
+FROM fleet.agents
+WHERE agent_id = $1;
+
 -- name: escalations_open
 -- Open escalations for people: critical first, then warning, info; the oldest first in each.
 SELECT escalation_id, reason, tier, state, agent, task, message, raised_at, tier_at,

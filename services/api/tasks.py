@@ -1,5 +1,7 @@
 """The task API on NATS: request/reply answers that need the projection, for agents that have
-no Postgres. ``fw.api.tasks.claimable`` {"agent", "roles", "limit"} -> {"tasks": [ids]}.
+no Postgres. ``fw.api.tasks.claimable`` {"agent", "roles", "limit"} -> {"tasks": [ids]};
+``fw.api.agents.get`` {"agent"} -> {"agent": {agent_id, name, owner, team, status, ...} | null}
+(a failure is an answer too, with ``error`` set).
 
 The answer is a ranking hint from the task board; whether a claim takes the task is decided on
 the stream (services/client/claims.py). Run beside the projector (``fleetward dev`` and
@@ -13,8 +15,8 @@ import anyio
 import msgspec
 from nats.aio.msg import Msg
 
-from fleetward.schemas.subjects import API_TASKS_CLAIMABLE
-from fleetward.services.db import q
+from fleetward.schemas.subjects import API_AGENTS_GET, API_TASKS_CLAIMABLE
+from fleetward.services.db import Conn, q
 from fleetward.services.runtime.connect import Runtime
 
 log = logging.getLogger("fleetward.taskapi")
@@ -24,6 +26,20 @@ class ClaimableRequest(msgspec.Struct, frozen=True):
     agent: str
     roles: list[str] = []
     limit: int = 20
+
+
+class AgentRequest(msgspec.Struct, frozen=True):
+    agent: str
+
+
+async def agent_record(conn: Conn, data: bytes) -> bytes:
+    """The answer of ``fw.api.agents.get``: the agent's registry row, or null."""
+    try:
+        req = msgspec.json.decode(data, type=AgentRequest)
+    except msgspec.DecodeError as exc:
+        return msgspec.json.encode({"agent": None, "error": f"bad request: {exc}"})
+    row = await conn.fetchrow(q("agent_get"), req.agent)
+    return msgspec.json.encode({"agent": dict(row) if row is not None else None})
 
 
 async def serve_task_api(rt: Runtime) -> None:
@@ -44,8 +60,21 @@ async def serve_task_api(rt: Runtime) -> None:
             body = msgspec.json.encode({"tasks": [], "error": "the task board is unavailable"})
         await msg.respond(body)
 
-    sub = await rt.nc.subscribe(API_TASKS_CLAIMABLE, queue="fleetward-taskapi", cb=answer)
+    async def answer_agent(msg: Msg) -> None:
+        try:
+            async with rt.pool.acquire() as conn:
+                body = await agent_record(conn, msg.data)
+        except Exception as exc:  # an answer, never a dead responder
+            log.warning("agent API: %s", exc)
+            body = msgspec.json.encode({"agent": None, "error": "the registry is unavailable"})
+        await msg.respond(body)
+
+    subs = [
+        await rt.nc.subscribe(API_TASKS_CLAIMABLE, queue="fleetward-taskapi", cb=answer),
+        await rt.nc.subscribe(API_AGENTS_GET, queue="fleetward-taskapi", cb=answer_agent),
+    ]
     try:
         await anyio.sleep_forever()
     finally:
-        await sub.unsubscribe()
+        for sub in subs:
+            await sub.unsubscribe()

@@ -1,5 +1,5 @@
-"""``fleetward status``, ``agents`` and ``agent ID``: what the fleet is doing, read from the
-public views."""
+"""``fleetward status`` and ``agent ID``: what the fleet is doing, read from the public views
+(``fleetward agents`` is in ``agents``)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,6 @@ async def _status(settings: Settings, args: argparse.Namespace) -> None:
     await read(settings, lambda c: views.show_status(c, console))
 
 
-def _agents_arguments(agents: argparse.ArgumentParser) -> None:
-    agents.add_argument("--limit", type=int, default=50)
-
-
-async def _agents(settings: Settings, args: argparse.Namespace) -> None:
-    await read(settings, lambda c: views.show_agents(c, console, args.limit))
-
-
 def _agent_arguments(agent: argparse.ArgumentParser) -> None:
     agent.add_argument("agent_id")
 
@@ -33,7 +25,6 @@ async def _agent(settings: Settings, args: argparse.Namespace) -> None:
 
 
 STATUS = Command("status", "fleet summary and projection checkpoints", no_arguments, _status)
-AGENTS = Command("agents", "the agent registry with liveness and spend", _agents_arguments, _agents)
 AGENT = Command(
     "agent", "what one agent is doing, what it cost, when last seen", _agent_arguments, _agent
 )

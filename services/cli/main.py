@@ -1,5 +1,6 @@
 """The operator CLI, ``fleetward``: the parser assembled from the command groups, dispatch and
-error handling. Every failure an operator can fix is one line and exit 2."""
+error handling. Every failure an operator can fix, and every request the fleet would refuse
+(``IntentRefused``), is one line and exit 2."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from collections.abc import Sequence
 
 import anyio
 
-from fleetward.services.cli import dev, escalations, fleet, projector, tasks, watchdog
+from fleetward.services.cli import agents, dev, escalations, fleet, projector, tasks, watchdog
 from fleetward.services.cli.command import Command
+from fleetward.services.client import IntentRefused
 from fleetward.services.config import Settings
 from fleetward.services.errors import FleetwardError
 
@@ -22,7 +24,7 @@ COMMANDS: tuple[Command, ...] = (
     watchdog.WATCHDOG,
     dev.SIMULATE,
     fleet.STATUS,
-    fleet.AGENTS,
+    agents.AGENTS,
     tasks.TASKS,
     fleet.AGENT,
     escalations.ESCALATIONS,
@@ -55,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         return _dispatch(settings, args)
-    except (FleetwardError, BaseExceptionGroup) as exc:
+    except (FleetwardError, IntentRefused, BaseExceptionGroup) as exc:
         problem = _operator_error(exc)
         if problem is None:
             raise
@@ -65,9 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _operator_error(exc: BaseException) -> FleetwardError | None:
-    """The FleetwardError inside ``exc`` (task groups wrap errors in exception groups)."""
-    if isinstance(exc, FleetwardError):
+def _operator_error(exc: BaseException) -> FleetwardError | IntentRefused | None:
+    """The FleetwardError or refused intent inside ``exc`` (task groups wrap errors in
+    exception groups)."""
+    if isinstance(exc, FleetwardError | IntentRefused):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:

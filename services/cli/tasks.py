@@ -1,32 +1,23 @@
-"""``fleetward tasks ...``: the operator's task commands (create, assign, review, cancel) and the
-board view by status. Writes go to the bus through the client; the board is read from the
-projection."""
+"""``fleetward tasks ...``: the operator's task commands (create, assign, reassign, revoke, deps,
+review, cancel) and the board view by status. Writes go to the bus through the client, which
+refuses what the board would refuse (one line, exit 2); the board is read from the projection."""
 
 from __future__ import annotations
 
 import argparse
-import getpass
-import os
 
 from rich.console import Console
 from rich.table import Table
 
-from fleetward.schemas.events import Verdict
-from fleetward.services.cli.command import Command, console
+from fleetward.schemas.events import TaskRevoked, Verdict
+from fleetward.services.cli.command import Command, console, operator
 from fleetward.services.cli.views import show_tasks
 from fleetward.services.client import FleetClient
 from fleetward.services.config import Settings
 from fleetward.services.db import Conn, q
-from fleetward.services.errors import FleetwardError
 from fleetward.services.runtime.connect import open_runtime
 
 STATUSES = ("inbox", "assigned", "in_progress", "blocked", "review", "done", "cancelled")
-
-
-def operator() -> str:
-    """The actor for a person at the CLI: ``user:<FLEETWARD_USER or login name>``."""
-    name = os.environ.get("FLEETWARD_USER") or getpass.getuser() or "operator"
-    return f"user:{name}"
 
 
 def add_parsers(tasks: argparse.ArgumentParser) -> None:
@@ -47,6 +38,21 @@ def add_parsers(tasks: argparse.ArgumentParser) -> None:
     assign = actions.add_parser("assign", help="assign a task to an agent")
     assign.add_argument("task_id")
     assign.add_argument("agent_id")
+    reassign = actions.add_parser(
+        "reassign", help="give a task to another agent (a held one is taken from its holder)"
+    )
+    reassign.add_argument("task_id")
+    reassign.add_argument("agent_id")
+    reassign.add_argument("--reason", default="")
+    revoke = actions.add_parser("revoke", help="take a held task back from its holder")
+    revoke.add_argument("task_id")
+    revoke.add_argument("--reason", default="")
+    deps = actions.add_parser("deps", help="change a task's dependencies")
+    deps.add_argument("task_id")
+    change = deps.add_mutually_exclusive_group(required=True)
+    change.add_argument("--set", nargs="*", metavar="TASK", help="depend on exactly these")
+    change.add_argument("--drop", nargs="+", metavar="TASK", help="no longer depend on these")
+    deps.add_argument("--reason", default="")
     review = actions.add_parser("review", help="approve or reject the latest deliverable")
     review.add_argument("task_id")
     verdict = review.add_mutually_exclusive_group(required=True)
@@ -68,12 +74,8 @@ async def run(settings: Settings, args: argparse.Namespace) -> None:
                 else:
                     await show_tasks(conn, console, args.status, args.limit)
             return
-        client = FleetClient(rt.nc, operator())
-        try:
-            line = await _change(client, args)
-        except ValueError as exc:
-            raise FleetwardError(str(exc)) from None
-        console.print(line)
+        line = await _change(FleetClient(rt.nc, operator()), args)
+    console.print(line)
 
 
 async def _change(client: FleetClient, args: argparse.Namespace) -> str:
@@ -93,6 +95,22 @@ async def _change(client: FleetClient, args: argparse.Namespace) -> str:
     if args.action == "assign":
         await client.assign(task, args.agent_id)
         return f"assigned {task} to {args.agent_id}"
+    if args.action == "reassign":
+        moved = await client.reassign(task, args.agent_id, args.reason)
+        if isinstance(moved, TaskRevoked):
+            return (
+                f"reassigned {task} from {moved.agent} (epoch {moved.epoch}) to {moved.assign_to}"
+            )
+        return f"assigned {task} to {args.agent_id}"
+    if args.action == "revoke":
+        revoked = await client.revoke(task, args.reason)
+        return f"revoked {task} from {revoked.agent} (epoch {revoked.epoch})"
+    if args.action == "deps":
+        if args.drop:
+            changed = await client.drop_dependencies(task, args.drop, args.reason)
+        else:
+            changed = await client.set_dependencies(task, args.set, args.reason)
+        return f"{task} now depends on {', '.join(changed.depends_on) or 'nothing'}"
     if args.action == "review":
         verdict: Verdict = "approve" if args.approve else "reject"
         review = await client.review(task, verdict, args.feedback)
@@ -121,4 +139,9 @@ async def show_board(conn: Conn, console: Console, args: argparse.Namespace) -> 
     console.print(table)
 
 
-TASKS = Command("tasks", "the task board; create, assign, review, cancel tasks", add_parsers, run)
+TASKS = Command(
+    "tasks",
+    "the task board; create, assign, reassign, revoke, review, cancel tasks, change dependencies",
+    add_parsers,
+    run,
+)

@@ -2,9 +2,10 @@
 ``pip install fleetward`` without Postgres or server binaries.
 
 ``from fleetward.services.client import AgentClient`` is all an agent needs: the agent SDK
-(``agent``), the operator client (``operator``), the claim protocol they rest on (``claims``),
-the publish they share (``publisher``), a task read straight from the stream (``taskstate``) and
-an operator's answer to an escalation (``respond``).
+(``agent``), the operator client (``operator``) and the checks of its writes (``intents``), the
+claim protocol they rest on (``claims``), the publish they share (``publisher``), a task read
+straight from the stream (``taskstate``) and an operator's answer to an escalation
+(``respond``).
 
 Invariants:
 - Imports nothing that needs Postgres, the projector or the server binaries (``make lint``).
@@ -13,12 +14,14 @@ Invariants:
 
 from fleetward.services.client.agent import AgentClient, ToolCall
 from fleetward.services.client.claims import Claim, ClaimLost
+from fleetward.services.client.intents import IntentRefused
 from fleetward.services.client.operator import FleetClient
 
 __all__ = [
     "AgentClient",  # an agent: register, heartbeat, claim, report, submit, read its inbox
     "Claim",  # a task an agent holds, in one epoch
     "ClaimLost",  # a claim that did not take the task, and why
-    "FleetClient",  # an operator or a service: create, assign, review, cancel, command
+    "FleetClient",  # an operator or a service: tasks, agents' lifecycle, commands
+    "IntentRefused",  # a FleetClient write that was not sent, and why (one line)
     "ToolCall",  # what one tool call reports (AgentClient.tool)
 ]

@@ -1,29 +1,69 @@
 """The operator client, ``FleetClient``: what people and services use to direct the fleet.
-Create, assign, review and cancel tasks, and send durable commands. NATS only; a task's state
-is read from its subject on the stream, so no projection is needed to check a request."""
+Create, assign, reassign, revoke, review and cancel tasks, change their dependencies, pause,
+resume and retire agents, and send durable commands. NATS only.
+
+Invariants (DESIGN 3.12, intents take effect or fail visibly):
+- Every write reads the current state first and raises ``IntentRefused`` (with the one-line
+  reason) instead of publishing what the board would refuse or what would change nothing.
+- A task's state is read from its subject on the stream (``read_task``): no projection is
+  needed, and a task created a moment ago is seen. Task writes are published compare-and-set on
+  that subject (``Nats-Expected-Last-Subject-Sequence``), so each lands on exactly the state it
+  was judged against; when the task changed in between it is read and judged again, and an
+  earlier try of ours that did land is recognised by its event id.
+- An agent's state is the registry's (the agents projection), asked through the task API
+  (``fw.api.agents.get``): it can lag the stream by a moment.
+- Every event is admitted as the projections would admit it before it is published.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import msgspec
-from nats.js.api import PubAck
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js.api import PubAck, RawStreamMsg
+from nats.js.errors import APIError, NotFoundError
 
-from fleetward.schemas import deterministic_id
+from fleetward.schemas import Event, Rejected, admit, deterministic_id, new_id, subject, subject_of
 from fleetward.schemas.events import (
+    AgentPaused,
+    AgentResumed,
+    AgentRetired,
     CommandIssued,
     CommandName,
     Priority,
     TaskAssigned,
     TaskCancelled,
     TaskCreated,
+    TaskDependenciesChanged,
     TaskReviewed,
+    TaskRevoked,
     Verdict,
 )
-from fleetward.schemas.subjects import API_TASKS_CLAIMABLE
+from fleetward.schemas.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID, WRONG_LAST_SEQUENCE
+from fleetward.schemas.streams import EVENTS_STREAM
+from fleetward.schemas.subjects import API_AGENTS_GET, API_TASKS_CLAIMABLE
+from fleetward.services.client import intents
+from fleetward.services.client.intents import TAKEN, IntentRefused
 from fleetward.services.client.publisher import Publisher
-from fleetward.services.client.taskstate import read_task
+from fleetward.services.client.taskstate import TaskState, read_task
+from fleetward.services.errors import FleetwardError
 from fleetward.services.jetstream.connection import connect
+from fleetward.services.jetstream.publish import encode
+
+ATTEMPTS = 10  # reads and compare-and-set publishes of one task write before giving up
+API_TIMEOUT_S = 5.0
+
+E = TypeVar("E", bound=Event)
+
+
+def refuse(problem: str | None) -> None:
+    """Raise ``IntentRefused`` when there is a problem."""
+    if problem is not None:
+        raise IntentRefused(problem)
 
 
 class FleetClient(Publisher):
@@ -33,6 +73,8 @@ class FleetClient(Publisher):
     async def connect(cls, url: str, actor: str) -> FleetClient:
         """A client on its own connection to ``url``, publishing as ``actor``."""
         return cls(await connect(url, name=actor), actor)
+
+    # ---- tasks ---------------------------------------------------------------------------------
 
     async def create_task(
         self,
@@ -46,52 +88,138 @@ class FleetClient(Publisher):
         required_role: str | None = None,
         sla_s: float | None = None,
     ) -> PubAck:
-        """Create a task. Dependencies must already exist (so they never form a cycle); the
-        board refuses the creation otherwise, and so does this check, at once."""
-        if task in depends_on:
-            raise ValueError(f"{task} cannot depend on itself (that would be a cycle)")
-        missing = [d for d in depends_on if (await read_task(self.nc, self.js, d)).row is None]
-        if missing:
-            raise ValueError(
-                f"{task} depends on unknown task(s) {', '.join(missing)}: create those first "
-                "(dependencies must already exist, so they can never form a cycle)"
-            )
-        return await self.send(
-            TaskCreated(
-                **self.envelope(),
+        """Create a task. Refused when the id is taken or a dependency does not exist yet
+        (dependencies must already exist, so they never form a cycle)."""
+        deps = tuple(depends_on)
+
+        async def decide(state: TaskState, event_id: str) -> TaskCreated:
+            rows = [await self._task_row(d) for d in deps]
+            refuse(intents.creation_problem(task, state.row, deps, rows))
+            return TaskCreated(
+                **self.envelope(event_id),
                 task=task,
                 project=project,
                 title=title,
                 description=description,
                 priority=priority,
-                depends_on=tuple(depends_on),
+                depends_on=deps,
                 required_role=required_role,
                 sla_s=sla_s,
             )
-        )
+
+        return (await self._on_task(task, decide))[1]
 
     async def assign(self, task: str, agent: str) -> PubAck:
-        """Assign ``task`` to ``agent``."""
-        return await self.send(TaskAssigned(**self.envelope(), task=task, agent=agent))
+        """Assign ``task`` (in the inbox, or assigned to someone else) to ``agent``. Refused for
+        an unknown or finished task, a held one (``reassign`` or ``revoke`` it), and an agent
+        that is unknown, retired or lacks the task's role."""
+
+        async def decide(state: TaskState, event_id: str) -> TaskAssigned:
+            refuse(intents.assign_problem(task, state.row, agent))
+            await self._check_agent_for(agent, task, state)
+            return TaskAssigned(**self.envelope(event_id), task=task, agent=agent)
+
+        return (await self._on_task(task, decide))[1]
+
+    async def reassign(self, task: str, agent: str, reason: str = "") -> TaskRevoked | TaskAssigned:
+        """Give ``task`` to ``agent``: a held task (or one in review) is taken from its holder
+        (``task.revoked`` with ``assign_to``), an open one is assigned."""
+
+        async def decide(state: TaskState, event_id: str) -> TaskRevoked | TaskAssigned:
+            row = state.row
+            refuse(intents.reassign_problem(task, row, agent))
+            await self._check_agent_for(agent, task, state)
+            assert row is not None
+            if row["status"] in TAKEN:
+                return TaskRevoked(
+                    **self.envelope(event_id),
+                    task=task,
+                    agent=row["assignee"],
+                    epoch=row["claim_epoch"],
+                    reason=reason,
+                    assign_to=agent,
+                )
+            return TaskAssigned(**self.envelope(event_id), task=task, agent=agent)
+
+        return (await self._on_task(task, decide))[0]
+
+    async def revoke(self, task: str, reason: str = "") -> TaskRevoked:
+        """Take a held task (or one in review) back from its holder, to the inbox."""
+
+        async def decide(state: TaskState, event_id: str) -> TaskRevoked:
+            row = state.row
+            refuse(intents.revoke_problem(task, row))
+            assert row is not None
+            return TaskRevoked(
+                **self.envelope(event_id),
+                task=task,
+                agent=row["assignee"],
+                epoch=row["claim_epoch"],
+                reason=reason,
+            )
+
+        return (await self._on_task(task, decide))[0]
+
+    async def set_dependencies(
+        self, task: str, depends_on: Sequence[str], reason: str = ""
+    ) -> TaskDependenciesChanged:
+        """Make ``task`` depend on exactly ``depends_on``. Each new dependency must exist, not
+        be cancelled, and have been created before ``task`` (its ``task.created`` earlier in
+        the stream), so the graph stays acyclic."""
+        wanted = tuple(dict.fromkeys(depends_on))
+
+        async def decide(state: TaskState, event_id: str) -> TaskDependenciesChanged:
+            row = state.row
+            refuse(intents.task_problem(task, row))
+            assert row is not None
+            added = {
+                d: (await self._task_row(d), await self._created_seq(d))
+                for d in wanted
+                if d not in row["depends_on"] and d != task
+            }
+            created = await self._created_seq(task) if added else None
+            refuse(intents.dependencies_problem(task, row, wanted, added, created))
+            return TaskDependenciesChanged(
+                **self.envelope(event_id), task=task, depends_on=wanted, reason=reason
+            )
+
+        return (await self._on_task(task, decide))[0]
+
+    async def drop_dependencies(
+        self, task: str, drop: Sequence[str], reason: str = ""
+    ) -> TaskDependenciesChanged:
+        """Drop dependencies of ``task`` (a cancelled one, say); the rest stay."""
+
+        async def decide(state: TaskState, event_id: str) -> TaskDependenciesChanged:
+            refuse(intents.drop_problem(task, state.row, drop))
+            assert state.row is not None
+            kept = tuple(d for d in state.row["depends_on"] if d not in drop)
+            return TaskDependenciesChanged(
+                **self.envelope(event_id), task=task, depends_on=kept, reason=reason
+            )
+
+        return (await self._on_task(task, decide))[0]
 
     async def cancel(self, task: str, reason: str = "") -> PubAck:
-        """Cancel ``task``, saying why."""
-        return await self.send(TaskCancelled(**self.envelope(), task=task, reason=reason))
+        """Cancel ``task``, saying why. Refused for an unknown or finished task."""
+
+        async def decide(state: TaskState, event_id: str) -> TaskCancelled:
+            refuse(intents.cancel_problem(task, state.row))
+            return TaskCancelled(**self.envelope(event_id), task=task, reason=reason)
+
+        return (await self._on_task(task, decide))[1]
 
     async def review(self, task: str, verdict: Verdict, feedback: str = "") -> TaskReviewed:
         """Review the task's latest deliverable, and put the verdict with its feedback in the
         author's durable inbox (so an agent that is offline gets it when it returns)."""
         state = await read_task(self.nc, self.js, task)
-        if state.row is None or state.row["status"] != "review":
-            status = state.row["status"] if state.row else "unknown"
-            raise ValueError(f"{task} is not waiting for review (it is {status})")
+        refuse(intents.review_problem(task, state.row, self.actor))
+        assert state.row is not None
         author = state.row["assignee"]
-        if author == self.actor:
-            raise ValueError(f"{self.actor} may not review its own deliverable")
         review = TaskReviewed(
             **self.envelope(), task=task, agent=author, verdict=verdict, feedback=feedback
         )
-        await self.send(review)
+        await self._publish(review)
         # one inbox entry per review, even if this is retried: its id derives from the review's
         await self.command(
             author,
@@ -102,6 +230,45 @@ class FleetClient(Publisher):
             event_id=deterministic_id(review.id, "inbox"),
         )
         return review
+
+    # ---- agents --------------------------------------------------------------------------------
+
+    async def get_agent(self, agent: str) -> dict[str, Any] | None:
+        """The registry's record of ``agent`` (agent_id, name, owner, team, status,
+        status_reason, roles, max_concurrent_tasks, ...), or None when it is not registered.
+        Asked of the task API (``fw.api.agents.get``, served beside the projector)."""
+        request = msgspec.json.encode({"agent": agent})
+        try:
+            reply = await self.nc.request(API_AGENTS_GET, request, timeout=API_TIMEOUT_S)
+        except (NoRespondersError, NatsTimeout):
+            raise FleetwardError(
+                f"the agent registry did not answer on {API_AGENTS_GET}: "
+                "is a projector (which serves the task API) running?"
+            ) from None
+        answer: dict[str, Any] = msgspec.json.decode(reply.data)
+        if answer.get("error"):
+            raise FleetwardError(f"the agent registry could not answer: {answer['error']}")
+        record: dict[str, Any] | None = answer.get("agent")
+        return record
+
+    async def pause_agent(self, agent: str, reason: str = "") -> PubAck:
+        """Pause ``agent``: it may claim nothing until resumed. Refused for an unknown agent
+        and one already paused or retired."""
+        refuse(intents.pause_problem(agent, await self.get_agent(agent)))
+        return await self._publish(AgentPaused(**self.envelope(), agent=agent, reason=reason))
+
+    async def resume_agent(self, agent: str, reason: str = "") -> PubAck:
+        """Resume a paused ``agent``. Refused for an unknown agent and one not paused."""
+        refuse(intents.resume_problem(agent, await self.get_agent(agent)))
+        return await self._publish(AgentResumed(**self.envelope(), agent=agent, reason=reason))
+
+    async def retire_agent(self, agent: str, reason: str = "") -> PubAck:
+        """Retire ``agent`` for good (registering again brings it back). Refused for an unknown
+        agent and one already retired."""
+        refuse(intents.retire_problem(agent, await self.get_agent(agent)))
+        return await self._publish(AgentRetired(**self.envelope(), agent=agent, reason=reason))
+
+    # ---- commands and the task API -------------------------------------------------------------
 
     async def command(
         self,
@@ -114,7 +281,7 @@ class FleetClient(Publisher):
         event_id: str | None = None,
     ) -> PubAck:
         """A durable command: the agent receives it even if it is offline now."""
-        return await self.send(
+        return await self._publish(
             CommandIssued(
                 **self.envelope(event_id),
                 agent=agent,
@@ -132,3 +299,65 @@ class FleetClient(Publisher):
         reply = await self.nc.request(API_TASKS_CLAIMABLE, request, timeout=5)
         answer: dict[str, list[str]] = msgspec.json.decode(reply.data)
         return answer["tasks"]
+
+    # ---- how a write is checked and published --------------------------------------------------
+
+    async def _publish(self, event: Event, **headers: str) -> PubAck:
+        """Publish ``event`` after admitting it as the projections will."""
+        try:
+            admit(subject_of(event), encode(event))
+        except Rejected as exc:
+            raise IntentRefused(
+                f"the event would be refused ({exc.reason}): {exc.detail}"
+            ) from None
+        return await self.send(event, **headers)
+
+    async def _on_task(
+        self, task: str, decide: Callable[[TaskState, str], Awaitable[E]]
+    ) -> tuple[E, PubAck]:
+        """Publish the event ``decide`` makes of the task's current state (or raises
+        ``IntentRefused`` about), compare-and-set on the task's subject. Every try has the same
+        event id, so a try that landed unseen (a timeout) is found, never doubled."""
+        event_id = new_id()
+        for _ in range(ATTEMPTS):
+            state = await read_task(self.nc, self.js, task)
+            event = await decide(state, event_id)
+            try:
+                ack = await self._publish(event, **{EXPECTED_LAST_SUBJECT_SEQ: str(state.last_seq)})
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                async for seq, msg in self._messages(subject_of(event), state.last_seq):
+                    if (msg.headers or {}).get(MSG_ID) == event_id:  # an earlier try landed
+                        return event, PubAck(stream=EVENTS_STREAM, seq=seq, duplicate=True)
+                continue  # the task changed since it was read: read and judge again
+            return event, ack
+        raise IntentRefused(f"task {task} kept changing while it was checked; try again")
+
+    async def _check_agent_for(self, agent: str, task: str, state: TaskState) -> None:
+        assert state.row is not None
+        refuse(intents.agent_problem(agent, await self.get_agent(agent), task, state.row))
+
+    async def _task_row(self, task: str) -> dict[str, Any] | None:
+        return (await read_task(self.nc, self.js, task)).row
+
+    async def _created_seq(self, task: str) -> int | None:
+        """The stream sequence of the task's creation (its first admitted ``task.created``),
+        or None when it was never created."""
+        subj = subject("task", task)
+        async for seq, msg in self._messages(subj, 0):
+            with contextlib.suppress(Rejected):
+                if isinstance(admit(subj, msg.data or b""), TaskCreated):
+                    return seq
+        return None
+
+    async def _messages(self, subj: str, after: int) -> AsyncIterator[tuple[int, RawStreamMsg]]:
+        """The messages on ``subj`` after sequence ``after``, in order, with their sequence."""
+        while True:
+            try:
+                msg = await self.js.get_msg(EVENTS_STREAM, seq=after + 1, subject=subj, next=True)
+            except NotFoundError:
+                return
+            assert msg.seq is not None
+            after = msg.seq
+            yield after, msg

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
 
 import anyio
 import pytest
@@ -17,23 +16,11 @@ from fleetward.services.client.agent import INBOX_REDELIVERY_S
 from fleetward.services.client.taskstate import read_task
 from fleetward.services.jetstream.publish import encode
 from fleetward.services.runtime.connect import Runtime
-from tests.helpers import envelope, project_all
+from tests.helpers import agent, envelope, project_all
 
 AGENTS = 50
 TASKS = 20
 ROUNDS = 50
-
-
-@pytest.fixture
-async def ops(rt: Runtime) -> AsyncIterator[FleetClient]:
-    async with await FleetClient.connect(rt.nats_url, "user:ops") as client:
-        yield client
-
-
-async def agent(rt: Runtime, name: str, **profile: object) -> AgentClient:
-    client = await AgentClient.connect(rt.nats_url, name)
-    await client.register(name=name, owner="o", team="t", **profile)  # type: ignore[arg-type]
-    return client
 
 
 async def test_racing_agents_never_share_a_task(rt: Runtime, ops: FleetClient) -> None:

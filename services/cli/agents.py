@@ -1,0 +1,53 @@
+"""``fleetward agents``: the registry with liveness and spend (read from the public views), and
+an agent's lifecycle: ``pause``, ``resume``, ``retire`` (published through the client, which
+refuses what would not take effect)."""
+
+from __future__ import annotations
+
+import argparse
+
+from fleetward.services.cli import views
+from fleetward.services.cli.command import Command, console, operator, read
+from fleetward.services.client import FleetClient
+from fleetward.services.config import Settings
+from fleetward.services.runtime.connect import open_runtime
+
+# action -> (help, what the CLI says when done)
+ACTIONS = {
+    "pause": ("pause an agent: it may claim nothing until resumed", "paused"),
+    "resume": ("resume a paused agent", "resumed"),
+    "retire": ("retire an agent for good (registering again brings it back)", "retired"),
+}
+
+
+def _arguments(agents: argparse.ArgumentParser) -> None:
+    """``agents`` with no action lists the registry; the actions change one agent."""
+    agents.add_argument("--limit", type=int, default=50)
+    actions = agents.add_subparsers(dest="action", metavar="ACTION")
+    for action, (text, _) in ACTIONS.items():
+        one = actions.add_parser(action, help=text)
+        one.add_argument("agent_id")
+        one.add_argument("--reason", default="")
+
+
+async def _agents(settings: Settings, args: argparse.Namespace) -> None:
+    if args.action is None:
+        await read(settings, lambda c: views.show_agents(c, console, args.limit))
+        return
+    async with open_runtime(settings, prepare=True, pool_size=2) as rt:
+        client = FleetClient(rt.nc, operator())
+        change = {
+            "pause": client.pause_agent,
+            "resume": client.resume_agent,
+            "retire": client.retire_agent,
+        }[args.action]
+        await change(args.agent_id, args.reason)
+    console.print(f"{ACTIONS[args.action][1]} {args.agent_id}")
+
+
+AGENTS = Command(
+    "agents",
+    "the agent registry with liveness and spend; pause, resume, retire an agent",
+    _arguments,
+    _agents,
+)

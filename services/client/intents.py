@@ -1,0 +1,189 @@
+"""What an operator's request would do, judged before it is sent (DESIGN 3.12): every write of
+``FleetClient`` reads the current state first and, when the board would refuse the event or the
+request could not take effect, raises ``IntentRefused`` with the one-line reason instead of
+publishing. Pure: the rules take the task rows (``read_task``) and agent records
+(``FleetClient.get_agent``) their caller read.
+
+Invariants:
+- A refusal names the task or agent and why, in one line an operator can act on.
+- A request that would change nothing (assign a task to its assignee, pause a paused agent) is
+  refused too: an intent either takes effect or fails visibly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+FINISHED = frozenset({"done", "cancelled"})
+TAKEN = frozenset({"in_progress", "blocked", "review"})  # a claim holds it (or its deliverable)
+
+Row = Mapping[str, Any]
+
+
+class IntentRefused(ValueError):
+    """The request was not sent: the board would refuse it, or it would change nothing.
+    ``str()`` is the reason, one line."""
+
+
+def task_problem(task: str, row: Row | None) -> str | None:
+    """Why nothing more may happen to ``task``: it does not exist or it is finished."""
+    if row is None:
+        return f"no task {task}"
+    if row["status"] in FINISHED:
+        return f"task {task} is {row['status']}"
+    return None
+
+
+def held(task: str, row: Row) -> str:
+    """``task is held by A (in_progress, epoch 3)``."""
+    return f"task {task} is held by {row['assignee']} ({row['status']}, epoch {row['claim_epoch']})"
+
+
+def creation_problem(
+    task: str, row: Row | None, depends_on: Sequence[str], deps: Sequence[Row | None]
+) -> str | None:
+    """Why ``task`` may not be created with these dependencies (``deps``: their rows)."""
+    if row is not None:
+        return f"task {task} already exists ({row['status']}): task ids are unique"
+    if task in depends_on:
+        return f"{task} cannot depend on itself (that would be a cycle)"
+    missing = [d for d, dep in zip(depends_on, deps, strict=True) if dep is None]
+    if missing:
+        return (
+            f"{task} depends on unknown task(s) {', '.join(missing)}: create those first "
+            "(dependencies must already exist, so they can never form a cycle)"
+        )
+    return None
+
+
+def agent_problem(agent: str, record: Row | None, task: str, row: Row) -> str | None:
+    """Why ``agent`` cannot take ``task``: unknown, retired, or lacking the task's role."""
+    if record is None:
+        return f"no agent {agent} in the registry"
+    if record["status"] == "retired":
+        return f"agent {agent} is retired"
+    role = row["required_role"]
+    if role and role not in record["roles"]:
+        return f"agent {agent} lacks the role {role} that task {task} requires"
+    return None
+
+
+def assign_problem(task: str, row: Row | None, agent: str) -> str | None:
+    """Why ``task`` may not be assigned to ``agent`` whatever the agent: only a task in the
+    inbox, or assigned to someone else, can be (a held one is revoked or reassigned)."""
+    problem = task_problem(task, row)
+    if problem or row is None:
+        return problem
+    if row["status"] in TAKEN:
+        return f"{held(task, row)}: reassign or revoke it instead"
+    if row["status"] == "assigned" and row["assignee"] == agent:
+        return f"task {task} is already assigned to {agent}"
+    return None
+
+
+def cancel_problem(task: str, row: Row | None) -> str | None:
+    return task_problem(task, row)
+
+
+def revoke_problem(task: str, row: Row | None) -> str | None:
+    """Only a held task, or one in review, can be taken back."""
+    problem = task_problem(task, row)
+    if problem or row is None:
+        return problem
+    if row["status"] not in TAKEN:
+        holder = f" (assigned to {row['assignee']})" if row["assignee"] else ""
+        return f"task {task} is not held: it is {row['status']}{holder}"
+    return None
+
+
+def reassign_problem(task: str, row: Row | None, agent: str) -> str | None:
+    """Why ``task`` may not go to ``agent`` whatever the agent: a held task (or one in review)
+    is taken from its holder, an open one is assigned; a finished one is neither."""
+    problem = task_problem(task, row)
+    if problem or row is None:
+        return problem
+    if row["assignee"] == agent and row["status"] in TAKEN:
+        return f"{held(task, row)} already"
+    if row["assignee"] == agent:
+        return f"task {task} is already assigned to {agent}"
+    return None
+
+
+def review_problem(task: str, row: Row | None, reviewer: str) -> str | None:
+    if row is None:
+        return f"no task {task}"
+    if row["status"] != "review":
+        return f"task {task} is not waiting for review (it is {row['status']})"
+    if row["assignee"] == reviewer:
+        return f"{reviewer} may not review its own deliverable"
+    return None
+
+
+def dependencies_problem(
+    task: str,
+    row: Row | None,
+    depends_on: Sequence[str],
+    added: Mapping[str, tuple[Row | None, int | None]],
+    created_seq: int | None,
+) -> str | None:
+    """Why ``task`` may not depend on exactly ``depends_on``. ``added``: each new dependency's
+    row and the stream sequence of its creation; ``created_seq``: the task's own. A new
+    dependency must exist, be alive and have been created before the task: every edge then
+    points back in time, so the graph can never hold a cycle."""
+    problem = task_problem(task, row)
+    if problem or row is None:
+        return problem
+    if task in depends_on:
+        return f"{task} cannot depend on itself (that would be a cycle)"
+    if sorted(set(depends_on)) == sorted(set(row["depends_on"])):
+        now = ", ".join(row["depends_on"]) or "nothing"
+        return f"task {task} already depends on {now}"
+    for dep, (dep_row, dep_seq) in added.items():
+        if dep_row is None:
+            return f"dependency {dep} is unknown: no task {dep}"
+        if dep_row["status"] == "cancelled":
+            return f"dependency {dep} is cancelled: it would never be done"
+        if dep_seq is None or created_seq is None or dep_seq > created_seq:
+            return (
+                f"dependency {dep} was created after {task}: a task may only depend on tasks "
+                "created before it (so dependencies can never form a cycle)"
+            )
+    return None
+
+
+def drop_problem(task: str, row: Row | None, drop: Sequence[str]) -> str | None:
+    """Why ``drop`` cannot be dropped from ``task``'s dependencies."""
+    problem = task_problem(task, row)
+    if problem or row is None:
+        return problem
+    absent = [d for d in drop if d not in row["depends_on"]]
+    if absent:
+        return f"task {task} does not depend on {', '.join(absent)}"
+    return None
+
+
+def pause_problem(agent: str, record: Row | None) -> str | None:
+    if record is None:
+        return f"no agent {agent} in the registry"
+    if record["status"] == "retired":
+        return f"agent {agent} is retired"
+    if record["status"] == "paused":
+        return f"agent {agent} is already paused"
+    return None
+
+
+def resume_problem(agent: str, record: Row | None) -> str | None:
+    if record is None:
+        return f"no agent {agent} in the registry"
+    if record["status"] != "paused":
+        return f"agent {agent} is not paused (it is {record['status']})"
+    return None
+
+
+def retire_problem(agent: str, record: Row | None) -> str | None:
+    if record is None:
+        return f"no agent {agent} in the registry"
+    if record["status"] == "retired":
+        return f"agent {agent} is already retired"
+    return None

@@ -1,0 +1,124 @@
+"""The checks of an operator's writes (services/client/intents.py): each refusal's reason, and
+what passes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fleetward.services.client import intents
+
+
+def task(status: str = "inbox", assignee: str | None = None, **more: Any) -> dict[str, Any]:
+    return {"status": status, "assignee": assignee, "claim_epoch": 2, "depends_on": [],
+            "required_role": None} | more  # fmt: skip
+
+
+def agent(status: str = "active", roles: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"agent_id": "b", "status": status, "roles": list(roles)}
+
+
+@pytest.mark.parametrize(
+    ("row", "why"),
+    [
+        (None, "no task t"),
+        (task("done"), "task t is done"),
+        (task("cancelled"), "task t is cancelled"),
+        (task("in_progress", "a"), "task t is held by a (in_progress, epoch 2): reassign or"),
+        (task("blocked", "a"), "task t is held by a (blocked, epoch 2)"),
+        (task("review", "a"), "task t is held by a (review, epoch 2)"),
+        (task("assigned", "b"), "task t is already assigned to b"),
+    ],
+)
+def test_assign_refusals(row: dict[str, Any] | None, why: str) -> None:
+    problem = intents.assign_problem("t", row, "b")
+    assert problem is not None and problem.startswith(why)
+
+
+def test_assign_passes_an_open_task() -> None:
+    assert intents.assign_problem("t", task(), "b") is None
+    assert intents.assign_problem("t", task("assigned", "a"), "b") is None
+
+
+@pytest.mark.parametrize(
+    ("record", "row", "why"),
+    [
+        (None, task(), "no agent b in the registry"),
+        (agent("retired"), task(), "agent b is retired"),
+        (agent(), task(required_role="qa"), "agent b lacks the role qa that task t requires"),
+    ],
+)
+def test_agent_refusals(record: dict[str, Any] | None, row: dict[str, Any], why: str) -> None:
+    assert intents.agent_problem("b", record, "t", row) == why
+
+
+def test_a_paused_or_offline_agent_may_be_given_work() -> None:
+    for status in ("paused", "offline", "active"):
+        assert (
+            intents.agent_problem("b", agent(status, ("qa",)), "t", task(required_role="qa"))
+            is None
+        )
+
+
+def test_creation_refusals() -> None:
+    assert intents.creation_problem("t", task(), (), ()) == (
+        "task t already exists (inbox): task ids are unique"
+    )
+    assert "cannot depend on itself" in (intents.creation_problem("t", None, ("t",), [None]) or "")
+    why = intents.creation_problem("t", None, ("a", "b"), [task(), None])
+    assert why is not None and why.startswith("t depends on unknown task(s) b")
+    assert intents.creation_problem("t", None, ("a",), [task("done")]) is None
+
+
+def test_revoke_and_reassign() -> None:
+    assert intents.revoke_problem("t", task()) == "task t is not held: it is inbox"
+    assert intents.revoke_problem("t", task("assigned", "a")) == (
+        "task t is not held: it is assigned (assigned to a)"
+    )
+    assert intents.revoke_problem("t", task("done")) == "task t is done"
+    for held in ("in_progress", "blocked", "review"):
+        assert intents.revoke_problem("t", task(held, "a")) is None
+        assert intents.reassign_problem("t", task(held, "a"), "b") is None
+        assert intents.reassign_problem("t", task(held, "b"), "b") == (
+            f"task t is held by b ({held}, epoch 2) already"
+        )
+    assert intents.reassign_problem("t", task("assigned", "b"), "b") == (
+        "task t is already assigned to b"
+    )
+    assert intents.reassign_problem("t", None, "b") == "no task t"
+
+
+def test_dependency_changes() -> None:
+    row = task(depends_on=["a"])
+    ok = {"b": (task(), 5)}
+    assert intents.dependencies_problem("t", row, ("a", "b"), ok, 9) is None
+    assert intents.dependencies_problem("t", row, (), {}, None) is None  # drop them all
+    assert intents.dependencies_problem("t", row, ("a",), {}, None) == (
+        "task t already depends on a"
+    )
+    assert "cannot depend on itself" in (
+        intents.dependencies_problem("t", row, ("t",), {}, 9) or ""
+    )
+    unknown = intents.dependencies_problem("t", row, ("b",), {"b": (None, None)}, 9)
+    assert unknown == "dependency b is unknown: no task b"
+    later = intents.dependencies_problem("t", row, ("b",), {"b": (task(), 12)}, 9)
+    assert later is not None and later.startswith("dependency b was created after t")
+    dead = intents.dependencies_problem("t", row, ("b",), {"b": (task("cancelled"), 5)}, 9)
+    assert dead == "dependency b is cancelled: it would never be done"
+    assert intents.dependencies_problem("t", task("done"), ("b",), ok, 9) == "task t is done"
+    assert intents.drop_problem("t", row, ["a"]) is None
+    assert intents.drop_problem("t", row, ["a", "x"]) == "task t does not depend on x"
+
+
+def test_agent_lifecycle_refusals() -> None:
+    assert intents.pause_problem("b", None) == "no agent b in the registry"
+    assert intents.pause_problem("b", agent("paused")) == "agent b is already paused"
+    assert intents.pause_problem("b", agent("retired")) == "agent b is retired"
+    assert intents.pause_problem("b", agent("offline")) is None
+    assert intents.resume_problem("b", agent("active")) == "agent b is not paused (it is active)"
+    assert intents.resume_problem("b", agent("retired")) == "agent b is not paused (it is retired)"
+    assert intents.resume_problem("b", agent("paused")) is None
+    assert intents.retire_problem("b", agent("retired")) == "agent b is already retired"
+    assert intents.retire_problem("b", agent("paused")) is None
+    assert intents.retire_problem("b", None) == "no agent b in the registry"
