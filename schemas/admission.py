@@ -14,7 +14,7 @@ from typing import Final
 
 import msgspec
 
-from fleetward.schemas.bounds import MAX_DEPTH, storable
+from fleetward.schemas.bounds import IDENT_PATTERN, MAX_DEPTH, storable
 from fleetward.schemas.events import AnyEvent, Event, TaskReviewed
 from fleetward.schemas.subjects import parse, subject_of
 
@@ -181,3 +181,28 @@ def admit(subj: str, data: bytes) -> Event:
         )
     check_sender(event)
     return event
+
+
+_IDENT = re.compile(IDENT_PATTERN)
+_SENDER_KINDS: Final = ("agent", "hb")  # subject kinds whose key is the publishing agent
+
+
+def sender_of(subject: str, data: bytes) -> str | None:
+    """The agent a refused message came from, as far as can be told without trusting it: the
+    agent its subject names (``fw.agent.<a>``, ``fw.hb.<a>``), else the ``actor`` of a payload
+    that is a JSON object, when that actor is an agent id. None when no agent can be named
+    (commands name their recipient, not their sender). Once subjects carry their actor
+    (contract v2), the subject alone will tell."""
+    parts = subject.split(".")
+    if len(parts) == 3 and parts[1] in _SENDER_KINDS:
+        return parts[2] if _IDENT.match(parts[2]) else None
+    if (len(parts) >= 2 and parts[1] == "cmd") or too_deep(data):
+        return None
+    try:
+        payload = msgspec.json.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    actor = payload.get("actor") if isinstance(payload, dict) else None
+    if isinstance(actor, str) and actor_kind(actor) == "agent" and _IDENT.match(actor):
+        return actor
+    return None

@@ -27,7 +27,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import PubAck, RawStreamMsg
 from nats.js.errors import APIError, NotFoundError
 
-from fleetward.schemas import Event, Rejected, admit, deterministic_id, new_id, subject, subject_of
+from fleetward.schemas import Event, Rejected, admit, new_id, subject, subject_of
 from fleetward.schemas.events import (
     AgentPaused,
     AgentResumed,
@@ -210,8 +210,9 @@ class FleetClient(Publisher):
         return (await self._on_task(task, decide))[1]
 
     async def review(self, task: str, verdict: Verdict, feedback: str = "") -> TaskReviewed:
-        """Review the task's latest deliverable, and put the verdict with its feedback in the
-        author's durable inbox (so an agent that is offline gets it when it returns)."""
+        """Review the task's latest deliverable. The board puts the verdict with its feedback in
+        the author's durable inbox (so an agent that is offline gets it when it returns), for
+        every review, whoever sends it."""
         state = await read_task(self.nc, self.js, task)
         refuse(intents.review_problem(task, state.row, self.actor))
         assert state.row is not None
@@ -220,15 +221,6 @@ class FleetClient(Publisher):
             **self.envelope(), task=task, agent=author, verdict=verdict, feedback=feedback
         )
         await self._publish(review)
-        # one inbox entry per review, even if this is retried: its id derives from the review's
-        await self.command(
-            author,
-            "review_feedback",
-            reason=feedback,
-            task=task,
-            payload={"verdict": verdict, "version": state.row["deliverable_version"]},
-            event_id=deterministic_id(review.id, "inbox"),
-        )
         return review
 
     # ---- agents --------------------------------------------------------------------------------

@@ -18,7 +18,10 @@ from typing import Final
 
 from fleetward.projections import Projection, Rows
 from fleetward.schemas import subject_of
+from fleetward.schemas.admission import sender_of
 from fleetward.schemas.bounds import storable
+from fleetward.schemas.events import CommandIssued
+from fleetward.schemas.ids import deterministic_id
 from fleetward.services import db
 from fleetward.services.db import Conn, q
 from fleetward.services.jetstream.consumer import Delivery
@@ -26,6 +29,7 @@ from fleetward.services.jetstream.publish import encode
 from fleetward.services.projector.window import Window
 
 DETAIL_CHARS: Final = 2000  # a dead letter's detail is cut here
+PROJECTOR: Final = "svc:projector"  # the actor of the refusals it reports
 
 
 class Resync(Exception):
@@ -91,6 +95,7 @@ async def record_dead(
     at ``DETAIL_CHARS``); the raw bytes are kept as they are."""
     if not dead:
         return
+    await tell_senders(conn, projection, dead)
     store = storable
     await conn.executemany(
         q("dead_letter_insert"),
@@ -100,6 +105,30 @@ async def record_dead(
             for d, reason, detail in dead
         ],
     )  # fmt: skip
+
+
+async def tell_senders(
+    conn: Conn, projection: Projection, dead: list[tuple[Delivery, str, str]]
+) -> None:
+    """Report each dead letter to the agent that sent it, if one can be named
+    (``schemas.admission.sender_of``): a ``refused`` command in its inbox, through the outbox.
+    One per stream message, however many projections refused it (the id derives from the
+    stream and sequence)."""
+    rows = []
+    for d, reason, detail in dead:
+        agent = sender_of(d.subject, d.data)
+        if agent is None:
+            continue
+        told = CommandIssued(
+            id=deterministic_id("refused", projection.stream, str(d.seq)), actor=PROJECTOR,
+            at=d.time, agent=agent, command="refused",
+            reason=storable(f"{reason}: {detail}"[:DETAIL_CHARS]),
+            payload={"seq": d.seq, "stream": projection.stream, "reason": reason,
+                     "subject": storable(d.subject)[:200]},
+        )  # fmt: skip
+        rows.append((told.id, subject_of(told), encode(told), projection.name, d.seq))
+    if rows:
+        await conn.executemany(q("outbox_insert"), rows)
 
 
 async def advance(conn: Conn, projection: Projection, checkpoint: int, last: int) -> None:

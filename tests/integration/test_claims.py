@@ -140,6 +140,7 @@ async def test_review_feedback_reaches_the_inbox_and_the_loop_completes(
         with pytest.raises(ValueError, match="may not review its own"):
             await FleetClient(writer.nc, "writer-1").review("rev-1", "approve")
         await ops.review("rev-1", "reject", feedback="add an example")
+        await project_all(rt)  # the board turns the review into the author's inbox command
         command = await writer.next_command(wait=5)
         assert command is not None
         assert (command.command, command.task, command.reason) == (
@@ -147,12 +148,13 @@ async def test_review_feedback_reaches_the_inbox_and_the_loop_completes(
             "rev-1",
             "add an example",
         )
-        assert command.payload == {"verdict": "reject", "version": 1}
+        assert command.payload == {"verdict": "reject", "version": 1, "reviewer": ops.actor}
         state = await read_task(writer.nc, writer.js, "rev-1")
         assert state.row is not None and state.row["status"] == "in_progress"
         again = writer.rework(claim)
         await writer.submit(again, content="# Guide v2, with an example")
         await ops.review("rev-1", "approve")
+        await project_all(rt)
         approved = await writer.next_command(wait=5)
         assert approved is not None and approved.payload["verdict"] == "approve"
         await project_all(rt)

@@ -94,12 +94,13 @@ async def test_an_operator_runs_a_task_from_creation_to_review(
             rejected = await ok(env, "tasks", "review", "cli-a", "--reject", "--feedback",
                                 "cite sources")  # fmt: skip
             assert "rejected cli-a (deliverable of writer-9)" in rejected
+            await project_all(rt)  # the board turns the review into the author's command
             feedback = await writer.next_command(wait=5)
             assert feedback is not None and (feedback.command, feedback.reason) == (
                 "review_feedback",
                 "cite sources",
             )
-            assert feedback.actor == "user:alice"
+            assert feedback.payload["reviewer"] == "user:alice"
     finally:
         await writer.close()
     cancelled = await ok(env, "tasks", "cancel", "cli-c", "--reason", "duplicate")
