@@ -89,6 +89,13 @@ WHERE (status = 'inbox' OR (status = 'assigned' AND assignee = $1))
 ORDER BY array_position(ARRAY['urgent','high','medium','low'], priority), created_at, task_id
 LIMIT $3;
 
+-- name: agent_profile
+-- One agent's profile and status, as the task API answers fw.api.agents.get (schemas/api.py).
+SELECT agent_id, name, owner, team, status, status_reason, roles, max_concurrent_tasks,
+       heartbeat_interval_s, version, risk_class
+FROM fleet.agents
+WHERE agent_id = $1;
+
 -- name: escalations_open
 -- Open escalations for people: critical first, then warning, info; the oldest first in each.
 SELECT escalation_id, reason, tier, state, agent, task, message, raised_at, tier_at,

@@ -1,15 +1,30 @@
 """The operator client, ``FleetClient``: what people and services use to direct the fleet.
 Create, assign, review and cancel tasks, and send durable commands. NATS only; a task's state
-is read from its subject on the stream, so no projection is needed to check a request."""
+is read from its subject on the stream, so no projection is needed to check a request. What
+only a projection knows comes from the task API (``fw.api.*``, schemas/api.py): a request
+nobody answers in time, or answered with an error, raises ``ApiError``."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any, Final
 
 import msgspec
+from msgspec import UNSET
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import PubAck
 
 from fleetward.schemas import deterministic_id
+from fleetward.schemas.api import (
+    AGENTS_GET,
+    TASKS_CLAIMABLE,
+    AgentRequest,
+    ClaimableRequest,
+    Endpoint,
+    Rep,
+    Req,
+)
 from fleetward.schemas.events import (
     CommandIssued,
     CommandName,
@@ -20,10 +35,12 @@ from fleetward.schemas.events import (
     TaskReviewed,
     Verdict,
 )
-from fleetward.schemas.subjects import API_TASKS_CLAIMABLE
 from fleetward.services.client.publisher import Publisher
 from fleetward.services.client.taskstate import read_task
+from fleetward.services.errors import ApiError
 from fleetward.services.jetstream.connection import connect
+
+API_TIMEOUT_S: Final = 5.0  # how long a request to the task API waits for its reply
 
 
 class FleetClient(Publisher):
@@ -127,8 +144,46 @@ class FleetClient(Publisher):
 
     async def claimable(self, agent: str, roles: Sequence[str], limit: int = 20) -> list[str]:
         """Task ids the task API ranks as claimable for ``agent``: highest priority, oldest
-        first (a hint from the projection; the claim itself is decided on the stream)."""
-        request = msgspec.json.encode({"agent": agent, "roles": list(roles), "limit": limit})
-        reply = await self.nc.request(API_TASKS_CLAIMABLE, request, timeout=5)
-        answer: dict[str, list[str]] = msgspec.json.decode(reply.data)
-        return answer["tasks"]
+        first (a hint from the projection; the claim itself is decided on the stream).
+        ``limit``: 1 to 200. ``ApiError`` when the task API does not answer or fails."""
+        request = ClaimableRequest(agent=agent, roles=tuple(roles), limit=limit)
+        return list((await self.ask(TASKS_CLAIMABLE, request)).tasks)
+
+    async def agent_profile(self, agent_id: str) -> dict[str, Any] | None:
+        """The registry's profile of ``agent_id`` (its fields: ``schemas/api.py``
+        ``AgentProfile``), or None when it has none. ``ApiError`` when the task API does not
+        answer or fails."""
+        profile = (await self.ask(AGENTS_GET, AgentRequest(agent=agent_id))).agent
+        if profile is None:
+            return None
+        return {**msgspec.structs.asdict(profile), "roles": list(profile.roles)}  # as on the wire
+
+    async def ask(
+        self,
+        endpoint: Endpoint[Req, Rep],
+        request: Req,
+        *,
+        timeout: float = API_TIMEOUT_S,  # noqa: ASYNC109 (the NATS request takes it)
+    ) -> Rep:
+        """One request to the task API and its reply; ``ApiError`` (one line) when nothing
+        answers within ``timeout`` seconds or the reply is an error."""
+        subject = endpoint.subject
+        try:
+            msg = await self.nc.request(subject, msgspec.json.encode(request), timeout=timeout)
+        except NoRespondersError:
+            raise ApiError(
+                f"nothing serves {subject}: start the task API (`fleetward projector` or "
+                "`fleetward dev`)"
+            ) from None
+        except NatsTimeout:
+            raise ApiError(
+                f"no answer on {subject} within {timeout:g} s: is the task API "
+                "(`fleetward projector`) running and reachable?"
+            ) from None
+        try:
+            reply = msgspec.json.decode(msg.data, type=endpoint.reply)
+        except msgspec.DecodeError as exc:
+            raise ApiError(f"{subject} answered something else than its reply: {exc}") from None
+        if reply.error is not UNSET:
+            raise ApiError(f"{subject}: {reply.error}")
+        return reply
