@@ -7,7 +7,7 @@ AGENTS ?= 25
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install promtool run test fuzz lint schemas bench clean
+.PHONY: help install promtool ajv run test fuzz lint schemas bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -29,11 +29,21 @@ promtool: ## install promtool and prometheus (Debian package prometheus) when mi
 	  elif [ -x /etc/init.d/prometheus ]; then $(SUDO) /etc/init.d/prometheus stop || true; fi; \
 	fi
 
+# The contract read by another language's validator (tests/unit/test_contract_ajv.py).
+AJV_DIR := tests/ajv
+ajv: ## install ajv and ajv-formats (npm, pinned in tests/ajv/package-lock.json) when missing
+	@if ! command -v npm >/dev/null; then \
+	  echo "make: npm not found: install node 18+ with npm, or test_contract_ajv.py fails" >&2; \
+	elif [ ! -f $(AJV_DIR)/node_modules/.package-lock.json ] || \
+	     [ $(AJV_DIR)/package-lock.json -nt $(AJV_DIR)/node_modules/.package-lock.json ]; then \
+	  npm ci --prefix $(AJV_DIR) --no-audit --no-fund --silent; \
+	fi
+
 run: $(STAMP) ## run Fleetward locally: embedded NATS + Postgres, all services, a simulated fleet
 	$(BIN)/fleetward dev --simulate $(AGENTS)
 
-test: $(STAMP) promtool ## run the test suite against real nats-server, Postgres and Prometheus (and promtool)
-	$(BIN)/python -m pytest
+test: $(STAMP) promtool ajv ## run the test suite against real nats-server, Postgres and Prometheus (and promtool, ajv)
+	FLEETWARD_REQUIRE_AJV=1 $(BIN)/python -m pytest
 
 FUZZ_EXAMPLES ?= 300
 fuzz: $(STAMP) ## the fuzz test at length: FUZZ_EXAMPLES random examples (make test runs 10 fixed ones)
@@ -52,5 +62,5 @@ schemas: $(STAMP) ## regenerate the JSON Schema and AsyncAPI contract in schemas
 bench: $(STAMP) ## benchmarks against baselines measured in the same run (docs/benchmarks.md)
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
-clean: ## remove .venv and local data (.fleetward)
-	rm -rf $(VENV) .fleetward
+clean: ## remove .venv, local data (.fleetward) and ajv (tests/ajv/node_modules)
+	rm -rf $(VENV) .fleetward $(AJV_DIR)/node_modules

@@ -1,11 +1,16 @@
-"""The published contract, generated from the code: JSON Schema per event type and AsyncAPI 3.
+"""The published contract, generated from the code: JSON Schema per event type and per API
+request and reply, and AsyncAPI 3.
 
-``python -m fleetward.schemas.contract`` (``make schemas``) writes ``schemas/jsonschema/*.json`` and
-``schemas/asyncapi.json``; ``--check`` exits 1 when the committed files differ from the code;
-``--markdown`` prints the subject, event and bounds tables used in ``docs/events.md``.
+``python -m fleetward.schemas.contract`` (``make schemas``) writes ``schemas/jsonschema/*.json``,
+``schemas/jsonschema/api/*.json`` and ``schemas/asyncapi.json``; ``--check`` exits 1 when the
+committed files differ from the code; ``--markdown`` prints the subject, event and bounds tables
+used in ``docs/events.md``.
 
 Everything here is pure except ``write`` and ``main``. Output is deterministic (sorted keys,
-2-space indent, trailing newline), so the committed files only change when the code does.
+2-space indent, trailing newline), so the committed files only change when the code does. The
+JSON Schemas use standard 2020-12 keywords only, so a strict validator (ajv in strict mode, see
+tests/unit/test_contract_ajv.py) loads them as they are; facts beyond validation (subject,
+stream, senders) are in their descriptions and in AsyncAPI's ``x-fleetward``.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from typing import Any, Final
 import msgspec
 import msgspec.inspect as mi
 
-from fleetward.schemas.events import EVENT_TYPES, AnyEvent, Event, type_name
+from fleetward.schemas.api import ENDPOINTS, Endpoint
+from fleetward.schemas.events import EVENT_TYPES, Event, type_name
 from fleetward.schemas.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID
 from fleetward.schemas.streams import all_streams, stream_for_kind
 from fleetward.schemas.subjects import KINDS, PREFIX
@@ -155,47 +161,98 @@ def _refs(node: Any) -> set[str]:
     return found
 
 
-def event_schema(cls: type[Event]) -> JSONDict:
-    """The self-contained JSON Schema (2020-12) of one event type."""
+def _doc(cls: type[Any]) -> str:
+    """A class docstring as one line."""
+    return " ".join((inspect.getdoc(cls) or "").split())
+
+
+def _inlined(cls: type[msgspec.Struct]) -> tuple[JSONDict, JSONDict]:
+    """The schema of a struct type with its root inlined, and the definitions it refers to."""
     (root_ref,), components = msgspec.json.schema_components([cls], ref_template="#/$defs/{name}")
     name = cls.__name__
     assert root_ref == {"$ref": f"#/$defs/{name}"}, root_ref
     body: JSONDict = components.pop(name)
-    # The root is inlined, so nothing may refer back to it (no event type is recursive).
+    # The root is inlined, so nothing may refer back to it (no contract type is recursive).
     assert f"#/$defs/{name}" not in _refs(components) | _refs(body), name
+    return body, components
+
+
+def _document(cls: type[msgspec.Struct], name: str, title: str, description: str) -> JSONDict:
+    """The self-contained JSON Schema (2020-12) of one struct type, published as ``name``."""
+    body, components = _inlined(cls)
     schema: JSONDict = {
         **body,
         "$schema": SCHEMA_DIALECT,
-        "$id": _schema_id(type_name(cls)),
-        "title": type_name(cls),
-        "description": summary(cls),
-        "x-fleetward": vendor_info(cls),
+        "$id": _schema_id(name),
+        "title": title,
+        "description": description,
     }
     if components:
         schema["$defs"] = components
     return schema
 
 
+def where(cls: type[Event]) -> str:
+    """Where an event type lives and who may send it, for people: ``Subject ... senders ...``."""
+    info = vendor_info(cls)
+    senders = "; or ".join(SENDER_MEANING[sender] for sender in info["senders"])
+    return f"Subject `{info['subject']}`, stream {info['stream']}. Sent by {senders}."
+
+
+def event_schema(cls: type[Event]) -> JSONDict:
+    """The self-contained JSON Schema (2020-12) of one event type."""
+    name = type_name(cls)
+    return _document(cls, name, name, f"{summary(cls)} {where(cls)}")
+
+
 def union_schema() -> JSONDict:
-    """``event.json``: any Fleetward event, one of the types, discriminated by ``type``."""
-    generated: JSONDict = msgspec.json.schema(AnyEvent)
+    """``event.json``: any Fleetward event, discriminated by ``type``.
+
+    ``type`` must name an event type; one ``if``/``then`` per type applies that type's schema
+    when ``type`` names it, so an invalid event is reported against its own type only (a
+    ``oneOf`` would report it against every type). Any validator of 2020-12 understands it,
+    with no option (ajv's ``discriminator`` needs one)."""
+    (_, defs) = msgspec.json.schema_components(EVENT_TYPES, ref_template="#/$defs/{name}")
+    names = [type_name(cls) for cls in EVENT_TYPES]
     return {
         "$schema": SCHEMA_DIALECT,
         "$id": _schema_id("event"),
         "title": "Fleetward event",
-        "description": "Any Fleetward event: exactly one of the event types, chosen by `type`. "
-        "`discriminator` is an OpenAPI-style annotation for code generators; validators ignore "
-        "it.",
-        "oneOf": generated["anyOf"],
-        "discriminator": generated["discriminator"],
-        "$defs": generated["$defs"],
-        "x-fleetward": {type_name(cls): vendor_info(cls) for cls in EVENT_TYPES},
+        "description": "Any Fleetward event: `type` names one of the event types, and the "
+        "event must match that type's schema (one `if`/`then` per type in `allOf`).",
+        "type": "object",
+        "properties": {"type": {"enum": names}},
+        "required": ["type"],
+        "allOf": [
+            {
+                "if": {
+                    "type": "object",
+                    "properties": {"type": {"const": type_name(cls)}},
+                    "required": ["type"],
+                },
+                "then": {"$ref": f"#/$defs/{cls.__name__}"},
+            }
+            for cls in EVENT_TYPES
+        ],
+        "$defs": defs,
     }
 
 
 def json_schemas() -> dict[str, JSONDict]:
     """One JSON Schema per event type, keyed by its wire name (``task.claimed``)."""
     return {type_name(cls): event_schema(cls) for cls in EVENT_TYPES}
+
+
+def api_schemas() -> dict[str, JSONDict]:
+    """The JSON Schemas of the API, keyed ``api/<endpoint>.request`` and ``.reply``
+    (e.g. ``api/agents.get.reply``)."""
+    schemas: dict[str, JSONDict] = {}
+    for ep in ENDPOINTS:
+        for part, cls in (("request", ep.request), ("reply", ep.reply)):
+            name = f"api/{ep.name}.{part}"
+            description = f"{_doc(cls)} The {part} of `{ep.subject}` (NATS request/reply)."
+            schemas[name] = _document(cls, name, f"{ep.subject} {part}", description)
+    return schemas
 
 
 # ---- AsyncAPI ----------------------------------------------------------------------------------
@@ -284,10 +341,76 @@ def _operations() -> JSONDict:
     return operations
 
 
+def api_channel_id(ep: Endpoint[Any, Any], part: str = "request") -> str:
+    """The AsyncAPI channel of an endpoint's requests (``api.agents.get``) or of its replies
+    (``api.agents.get.reply``)."""
+    return f"api.{ep.name}" if part == "request" else f"api.{ep.name}.reply"
+
+
+def _api_message_id(ep: Endpoint[Any, Any], part: str) -> str:
+    return f"api.{ep.name}.{part}"
+
+
+def _api_channels() -> JSONDict:
+    channels: JSONDict = {}
+    for ep in ENDPOINTS:
+        channels[api_channel_id(ep)] = {
+            "address": ep.subject,
+            "title": ep.subject,
+            "description": f"{ep.summary} Core NATS request/reply, nothing stored: every "
+            "request gets one reply, with `error` when it failed.",
+            "messages": {
+                "request": {"$ref": f"#/components/messages/{_api_message_id(ep, 'request')}"}
+            },
+        }
+        channels[api_channel_id(ep, "reply")] = {
+            "address": None,  # the requester's inbox: the reply subject of its request
+            "title": f"{ep.subject} reply",
+            "description": f"Replies to `{ep.subject}`, on the reply subject of each request.",
+            "messages": {
+                "reply": {"$ref": f"#/components/messages/{_api_message_id(ep, 'reply')}"}
+            },
+        }
+    return channels
+
+
+def _api_operations() -> JSONDict:
+    operations: JSONDict = {}
+    for ep in ENDPOINTS:
+        request, reply = api_channel_id(ep), api_channel_id(ep, "reply")
+        op_id = "ask" + "".join(word.capitalize() for word in ep.name.split("."))
+        operations[op_id] = {
+            "action": "send",
+            "channel": {"$ref": f"#/channels/{request}"},
+            "summary": f"An agent asks `{ep.subject}`: {ep.summary[0].lower()}{ep.summary[1:]}",
+            "messages": [{"$ref": f"#/channels/{request}/messages/request"}],
+            "reply": {
+                "channel": {"$ref": f"#/channels/{reply}"},
+                "messages": [{"$ref": f"#/channels/{reply}/messages/reply"}],
+            },
+        }
+    return operations
+
+
+def _api_messages() -> JSONDict:
+    messages: JSONDict = {}
+    for ep in ENDPOINTS:
+        for part, cls in (("request", ep.request), ("reply", ep.reply)):
+            messages[_api_message_id(ep, part)] = {
+                "name": _api_message_id(ep, part),
+                "title": cls.__name__,
+                "summary": _doc(cls),
+                "contentType": "application/json",
+                "payload": {"$ref": f"#/components/schemas/{cls.__name__}"},
+            }
+    return messages
+
+
 def asyncapi() -> JSONDict:
     """The AsyncAPI 3.0.0 document, from the point of view of an agent."""
+    api_types = [cls for ep in ENDPOINTS for cls in (ep.request, ep.reply)]
     (_, components) = msgspec.json.schema_components(
-        EVENT_TYPES, ref_template="#/components/schemas/{name}"
+        (*EVENT_TYPES, *api_types), ref_template="#/components/schemas/{name}"
     )
     return {
         "asyncapi": "3.0.0",
@@ -297,10 +420,12 @@ def asyncapi() -> JSONDict:
             "description": (
                 "The control plane for AI agents. Agents, people and Fleetward services publish "
                 "events as JSON on NATS JetStream subjects; each event type lives on one subject "
-                "kind. The operations describe an agent: what it publishes and the commands it "
-                "consumes. Events only people or services publish are listed on their channels "
-                "(see each message's `x-fleetward.senders`). Payloads are also published as "
-                "JSON Schema 2020-12 in `schemas/jsonschema/`."
+                "kind. The operations describe an agent: what it publishes, the commands it "
+                "consumes and what it asks the services' API (`fw.api.*`, core NATS "
+                "request/reply). Events only people or services publish are listed on their "
+                "channels (see each message's `x-fleetward.senders`). Payloads are also "
+                "published as JSON Schema 2020-12 in `schemas/jsonschema/` (the API's in "
+                "`schemas/jsonschema/api/`)."
             ),
         },
         "defaultContentType": "application/json",
@@ -311,11 +436,14 @@ def asyncapi() -> JSONDict:
                 "description": "any NATS 2.11+ server with JetStream",
             },
         },
-        "channels": {kind: _channel(kind) for kind in KINDS},
-        "operations": _operations(),
+        "channels": {**{kind: _channel(kind) for kind in KINDS}, **_api_channels()},
+        "operations": {**_operations(), **_api_operations()},
         "components": {
             "schemas": components,
-            "messages": {_message_id(cls): _message(cls) for cls in EVENT_TYPES},
+            "messages": {
+                **{_message_id(cls): _message(cls) for cls in EVENT_TYPES},
+                **_api_messages(),
+            },
         },
     }
 
@@ -330,6 +458,7 @@ def _dump(document: JSONDict) -> bytes:
 def render() -> dict[str, bytes]:
     """Every generated file: path relative to ``schemas/`` -> bytes."""
     files = {f"jsonschema/{name}.json": _dump(s) for name, s in sorted(json_schemas().items())}
+    files |= {f"jsonschema/{name}.json": _dump(s) for name, s in sorted(api_schemas().items())}
     files["jsonschema/event.json"] = _dump(union_schema())
     files["asyncapi.json"] = _dump(asyncapi())
     return files
@@ -339,7 +468,7 @@ def _stale(root: Path, files: dict[str, bytes]) -> list[str]:
     folder = root / "jsonschema"
     if not folder.is_dir():
         return []
-    on_disk = sorted(f"jsonschema/{path.name}" for path in folder.glob("*.json"))
+    on_disk = sorted(path.relative_to(root).as_posix() for path in folder.rglob("*.json"))
     return [rel for rel in on_disk if rel not in files]
 
 

@@ -16,10 +16,10 @@ from fleetward.schemas.events import Event
 PREFIX = "fw"
 KINDS = ("agent", "task", "esc", "budget", "hb", "cmd")
 
-# request/reply (core NATS, not stored): {"agent", "roles", "limit"} -> {"tasks": [ids]}
-API_TASKS_CLAIMABLE = f"{PREFIX}.api.tasks.claimable"
-# request/reply: {"agent"} -> {"agent": {agent_id, name, owner, team, status, ...} | null}
-API_AGENTS_GET = f"{PREFIX}.api.agents.get"
+# request/reply (core NATS, not stored); the shapes are in ``schemas/api.py``
+API_PREFIX = f"{PREFIX}.api."
+API_TASKS_CLAIMABLE = f"{API_PREFIX}tasks.claimable"
+API_AGENTS_GET = f"{API_PREFIX}agents.get"
 
 
 def subject(kind: str, key: str) -> str:

@@ -7,3 +7,7 @@ class FleetwardError(Exception):
 
 class StreamConflict(FleetwardError):
     """An existing stream's settings differ from what Fleetward needs."""
+
+
+class ApiError(FleetwardError):
+    """A request to the services' API (``fw.api.*``) got no answer, or an answer with an error."""

@@ -83,7 +83,7 @@ async def run_services(
             serve_http, rt.settings.metrics_host, rt.settings.metrics_port, health
         )
         if any(p.name == "tasks" for p in projections):
-            services.start_soon(serve_task_api, rt)  # answers from the task board
+            services.start_soon(serve_task_api, rt)  # fw.api.*: answers from the projections
         async with anyio.create_task_group() as workers:
             for runner in runners:
                 workers.start_soon(runner.run, stop.is_set)

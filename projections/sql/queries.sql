@@ -89,10 +89,10 @@ WHERE (status = 'inbox' OR (status = 'assigned' AND assignee = $1))
 ORDER BY array_position(ARRAY['urgent','high','medium','low'], priority), created_at, task_id
 LIMIT $3;
 
--- name: agent_get
--- One agent's registry record (the task API's fw.api.agents.get).
-SELECT agent_id, name, owner, team, purpose, risk_class, version, status, status_reason,
-       heartbeat_interval_s, roles, max_concurrent_tasks, registered_at, updated_at
+-- name: agent_profile
+-- One agent's profile and status, as the task API answers fw.api.agents.get (schemas/api.py).
+SELECT agent_id, name, owner, team, status, status_reason, roles, max_concurrent_tasks,
+       heartbeat_interval_s, version, risk_class
 FROM fleet.agents
 WHERE agent_id = $1;
 

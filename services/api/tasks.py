@@ -1,80 +1,98 @@
-"""The task API on NATS: request/reply answers that need the projection, for agents that have
-no Postgres. ``fw.api.tasks.claimable`` {"agent", "roles", "limit"} -> {"tasks": [ids]};
-``fw.api.agents.get`` {"agent"} -> {"agent": {agent_id, name, owner, team, status, ...} | null}
-(a failure is an answer too, with ``error`` set).
+"""The task API on NATS: the ``fw.api.*`` answers that need the projections, for agents that
+have no Postgres. The shapes are the contract's (``schemas/api.py``):
 
-The answer is a ranking hint from the task board; whether a claim takes the task is decided on
-the stream (services/client/claims.py). Run beside the projector (``fleetward dev`` and
-``fleetward projector`` start it)."""
+- ``fw.api.tasks.claimable`` {"agent", "roles", "limit"} -> {"tasks": [ids]}, from the board;
+- ``fw.api.agents.get`` {"agent"} -> {"agent": {...} | null}, from the agent registry.
+
+Every request gets one reply: a malformed request gets ``error`` "bad request: ...", an
+unreadable projection ``error`` "... is unavailable" (never silence, never a dead responder).
+An answer is a hint from the projection; whether a claim takes a task is decided on the stream
+(services/client/claims.py). Run beside the projector (``fleetward dev`` and ``fleetward
+projector`` start it); a queue group, so run as many as you like.
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import anyio
+import anyio.abc
 import msgspec
 from nats.aio.msg import Msg
 
-from fleetward.schemas.subjects import API_AGENTS_GET, API_TASKS_CLAIMABLE
-from fleetward.services.db import Conn, q
+from fleetward.schemas.api import (
+    AGENTS_GET,
+    TASKS_CLAIMABLE,
+    AgentProfile,
+    AgentReply,
+    AgentRequest,
+    ClaimableReply,
+    ClaimableRequest,
+    Endpoint,
+    Rep,
+    Req,
+    bad_request,
+    unavailable,
+)
+from fleetward.services.db import q
 from fleetward.services.runtime.connect import Runtime
 
 log = logging.getLogger("fleetward.taskapi")
 
-
-class ClaimableRequest(msgspec.Struct, frozen=True):
-    agent: str
-    roles: list[str] = []
-    limit: int = 20
+QUEUE_GROUP = "fleetward-taskapi"
 
 
-class AgentRequest(msgspec.Struct, frozen=True):
-    agent: str
+def responder(
+    endpoint: Endpoint[Req, Rep], answer: Callable[[Req], Awaitable[Rep]]
+) -> Callable[[Msg], Awaitable[None]]:
+    """The NATS callback of one endpoint: decode the request, ``answer`` it, reply; a failure
+    of either becomes a reply with ``error``."""
 
-
-async def agent_record(conn: Conn, data: bytes) -> bytes:
-    """The answer of ``fw.api.agents.get``: the agent's registry row, or null."""
-    try:
-        req = msgspec.json.decode(data, type=AgentRequest)
-    except msgspec.DecodeError as exc:
-        return msgspec.json.encode({"agent": None, "error": f"bad request: {exc}"})
-    row = await conn.fetchrow(q("agent_get"), req.agent)
-    return msgspec.json.encode({"agent": dict(row) if row is not None else None})
-
-
-async def serve_task_api(rt: Runtime) -> None:
-    """Answer task API requests until cancelled (a queue group: run as many as you like)."""
-
-    async def answer(msg: Msg) -> None:
+    async def respond(msg: Msg) -> None:
+        if not msg.reply:
+            return  # published, not requested: nobody waits for an answer
         try:
-            req = msgspec.json.decode(msg.data, type=ClaimableRequest)
-            async with rt.pool.acquire() as conn:
-                rows = await conn.fetch(
-                    q("claimable_tasks"), req.agent, req.roles, max(1, min(req.limit, 200))
-                )
-            body = msgspec.json.encode({"tasks": [r["task_id"] for r in rows]})
-        except msgspec.DecodeError as exc:
-            body = msgspec.json.encode({"tasks": [], "error": f"bad request: {exc}"})
+            reply = await answer(msgspec.json.decode(msg.data, type=endpoint.request))
+        except msgspec.DecodeError as exc:  # not JSON, or not the request's shape
+            reply = endpoint.failed(bad_request(str(exc)))
         except Exception as exc:  # an answer, never a dead responder
-            log.warning("task API: %s", exc)
-            body = msgspec.json.encode({"tasks": [], "error": "the task board is unavailable"})
-        await msg.respond(body)
+            log.warning("task API %s: %s", endpoint.subject, exc)
+            reply = endpoint.failed(unavailable(endpoint))
+        await msg.respond(msgspec.json.encode(reply))
 
-    async def answer_agent(msg: Msg) -> None:
-        try:
-            async with rt.pool.acquire() as conn:
-                body = await agent_record(conn, msg.data)
-        except Exception as exc:  # an answer, never a dead responder
-            log.warning("agent API: %s", exc)
-            body = msgspec.json.encode({"agent": None, "error": "the registry is unavailable"})
-        await msg.respond(body)
+    return respond
+
+
+async def serve_task_api(
+    rt: Runtime, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+) -> None:
+    """Answer ``fw.api.*`` requests until cancelled; started (``task_status``) once the server
+    knows the subscriptions."""
+
+    async def claimable(req: ClaimableRequest) -> ClaimableReply:
+        async with rt.pool.acquire() as conn:
+            rows = await conn.fetch(q("claimable_tasks"), req.agent, list(req.roles), req.limit)
+        return ClaimableReply(tasks=tuple(r["task_id"] for r in rows))
+
+    async def agent(req: AgentRequest) -> AgentReply:
+        async with rt.pool.acquire() as conn:
+            row = await conn.fetchrow(q("agent_profile"), req.agent)
+        return AgentReply(agent=None if row is None else AgentProfile(**dict(row)))
 
     subs = [
-        await rt.nc.subscribe(API_TASKS_CLAIMABLE, queue="fleetward-taskapi", cb=answer),
-        await rt.nc.subscribe(API_AGENTS_GET, queue="fleetward-taskapi", cb=answer_agent),
+        await rt.nc.subscribe(
+            TASKS_CLAIMABLE.subject, queue=QUEUE_GROUP, cb=responder(TASKS_CLAIMABLE, claimable)
+        ),
+        await rt.nc.subscribe(
+            AGENTS_GET.subject, queue=QUEUE_GROUP, cb=responder(AGENTS_GET, agent)
+        ),
     ]
+    await rt.nc.flush()
+    task_status.started()
     try:
         await anyio.sleep_forever()
     finally:
-        for sub in subs:
-            await sub.unsubscribe()
+        with anyio.CancelScope(shield=True):
+            for sub in subs:
+                await sub.unsubscribe()

@@ -2,7 +2,7 @@
 ``FleetClient`` reads the current state first and, when the board would refuse the event or the
 request could not take effect, raises ``IntentRefused`` with the one-line reason instead of
 publishing. Pure: the rules take the task rows (``read_task``) and agent records
-(``FleetClient.get_agent``) their caller read.
+(``FleetClient.agent_profile``) their caller read.
 
 Invariants:
 - A refusal names the task or agent and why, in one line an operator can act on.

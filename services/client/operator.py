@@ -22,12 +22,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import msgspec
+from msgspec import UNSET
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import PubAck, RawStreamMsg
 from nats.js.errors import APIError, NotFoundError
 
 from fleetward.schemas import Event, Rejected, admit, new_id, subject, subject_of
+from fleetward.schemas.api import (
+    AGENTS_GET,
+    TASKS_CLAIMABLE,
+    AgentRequest,
+    ClaimableRequest,
+    Endpoint,
+    Rep,
+    Req,
+)
 from fleetward.schemas.events import (
     AgentPaused,
     AgentResumed,
@@ -45,12 +55,11 @@ from fleetward.schemas.events import (
 )
 from fleetward.schemas.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID, WRONG_LAST_SEQUENCE
 from fleetward.schemas.streams import EVENTS_STREAM
-from fleetward.schemas.subjects import API_AGENTS_GET, API_TASKS_CLAIMABLE
 from fleetward.services.client import intents
 from fleetward.services.client.intents import TAKEN, IntentRefused
 from fleetward.services.client.publisher import Publisher
 from fleetward.services.client.taskstate import TaskState, read_task
-from fleetward.services.errors import FleetwardError
+from fleetward.services.errors import ApiError
 from fleetward.services.jetstream.connection import connect
 from fleetward.services.jetstream.publish import encode
 
@@ -225,39 +234,21 @@ class FleetClient(Publisher):
 
     # ---- agents --------------------------------------------------------------------------------
 
-    async def get_agent(self, agent: str) -> dict[str, Any] | None:
-        """The registry's record of ``agent`` (agent_id, name, owner, team, status,
-        status_reason, roles, max_concurrent_tasks, ...), or None when it is not registered.
-        Asked of the task API (``fw.api.agents.get``, served beside the projector)."""
-        request = msgspec.json.encode({"agent": agent})
-        try:
-            reply = await self.nc.request(API_AGENTS_GET, request, timeout=API_TIMEOUT_S)
-        except (NoRespondersError, NatsTimeout):
-            raise FleetwardError(
-                f"the agent registry did not answer on {API_AGENTS_GET}: "
-                "is a projector (which serves the task API) running?"
-            ) from None
-        answer: dict[str, Any] = msgspec.json.decode(reply.data)
-        if answer.get("error"):
-            raise FleetwardError(f"the agent registry could not answer: {answer['error']}")
-        record: dict[str, Any] | None = answer.get("agent")
-        return record
-
     async def pause_agent(self, agent: str, reason: str = "") -> PubAck:
         """Pause ``agent``: it may claim nothing until resumed. Refused for an unknown agent
         and one already paused or retired."""
-        refuse(intents.pause_problem(agent, await self.get_agent(agent)))
+        refuse(intents.pause_problem(agent, await self.agent_profile(agent)))
         return await self._publish(AgentPaused(**self.envelope(), agent=agent, reason=reason))
 
     async def resume_agent(self, agent: str, reason: str = "") -> PubAck:
         """Resume a paused ``agent``. Refused for an unknown agent and one not paused."""
-        refuse(intents.resume_problem(agent, await self.get_agent(agent)))
+        refuse(intents.resume_problem(agent, await self.agent_profile(agent)))
         return await self._publish(AgentResumed(**self.envelope(), agent=agent, reason=reason))
 
     async def retire_agent(self, agent: str, reason: str = "") -> PubAck:
         """Retire ``agent`` for good (registering again brings it back). Refused for an unknown
         agent and one already retired."""
-        refuse(intents.retire_problem(agent, await self.get_agent(agent)))
+        refuse(intents.retire_problem(agent, await self.agent_profile(agent)))
         return await self._publish(AgentRetired(**self.envelope(), agent=agent, reason=reason))
 
     # ---- commands and the task API -------------------------------------------------------------
@@ -286,11 +277,50 @@ class FleetClient(Publisher):
 
     async def claimable(self, agent: str, roles: Sequence[str], limit: int = 20) -> list[str]:
         """Task ids the task API ranks as claimable for ``agent``: highest priority, oldest
-        first (a hint from the projection; the claim itself is decided on the stream)."""
-        request = msgspec.json.encode({"agent": agent, "roles": list(roles), "limit": limit})
-        reply = await self.nc.request(API_TASKS_CLAIMABLE, request, timeout=5)
-        answer: dict[str, list[str]] = msgspec.json.decode(reply.data)
-        return answer["tasks"]
+        first (a hint from the projection; the claim itself is decided on the stream).
+        ``limit``: 1 to 200. ``ApiError`` when the task API does not answer or fails."""
+        request = ClaimableRequest(agent=agent, roles=tuple(roles), limit=limit)
+        return list((await self.ask(TASKS_CLAIMABLE, request)).tasks)
+
+    async def agent_profile(self, agent_id: str) -> dict[str, Any] | None:
+        """The registry's profile of ``agent_id`` (its fields: ``schemas/api.py``
+        ``AgentProfile``; ``status`` is active, paused, offline or retired), or None when it
+        has none. ``ApiError`` when the task API does not answer or fails. It can lag the
+        stream by a moment (it is the agents projection's)."""
+        profile = (await self.ask(AGENTS_GET, AgentRequest(agent=agent_id))).agent
+        if profile is None:
+            return None
+        return {**msgspec.structs.asdict(profile), "roles": list(profile.roles)}  # as on the wire
+
+    async def ask(
+        self,
+        endpoint: Endpoint[Req, Rep],
+        request: Req,
+        *,
+        timeout: float = API_TIMEOUT_S,  # noqa: ASYNC109 (the NATS request takes it)
+    ) -> Rep:
+        """One request to the task API and its reply; ``ApiError`` (one line) when nothing
+        answers within ``timeout`` seconds or the reply is an error."""
+        subject = endpoint.subject
+        try:
+            msg = await self.nc.request(subject, msgspec.json.encode(request), timeout=timeout)
+        except NoRespondersError:
+            raise ApiError(
+                f"nothing serves {subject}: start the task API (`fleetward projector` or "
+                "`fleetward dev`)"
+            ) from None
+        except NatsTimeout:
+            raise ApiError(
+                f"no answer on {subject} within {timeout:g} s: is the task API "
+                "(`fleetward projector`) running and reachable?"
+            ) from None
+        try:
+            reply = msgspec.json.decode(msg.data, type=endpoint.reply)
+        except msgspec.DecodeError as exc:
+            raise ApiError(f"{subject} answered something else than its reply: {exc}") from None
+        if reply.error is not UNSET:
+            raise ApiError(f"{subject}: {reply.error}")
+        return reply
 
     # ---- how a write is checked and published --------------------------------------------------
 
@@ -328,7 +358,7 @@ class FleetClient(Publisher):
 
     async def _check_agent_for(self, agent: str, task: str, state: TaskState) -> None:
         assert state.row is not None
-        refuse(intents.agent_problem(agent, await self.get_agent(agent), task, state.row))
+        refuse(intents.agent_problem(agent, await self.agent_profile(agent), task, state.row))
 
     async def _task_row(self, task: str) -> dict[str, Any] | None:
         return (await read_task(self.nc, self.js, task)).row

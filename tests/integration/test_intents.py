@@ -254,8 +254,8 @@ async def test_pause_resume_retire_an_agent(rt: Runtime, ops: FleetClient) -> No
     try:
         async with task_api(rt):
             await project_all(rt)
-            assert (await ops.get_agent("w-life") or {})["status"] == "active"
-            assert await ops.get_agent("ghost") is None
+            assert (await ops.agent_profile("w-life") or {})["status"] == "active"
+            assert await ops.agent_profile("ghost") is None
             for write in (ops.pause_agent, ops.resume_agent, ops.retire_agent):
                 with pytest.raises(IntentRefused, match="no agent ghost in the registry"):
                     await write("ghost")

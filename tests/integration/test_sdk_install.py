@@ -52,6 +52,7 @@ def test_the_wheel_installs_only_under_fleetward(wheel: Path) -> None:
     assert tops == {"fleetward", f"{wheel.name.split('-')[0]}-{wheel.name.split('-')[1]}.dist-info"}
     assert "fleetward/services/client/__init__.py" in names
     assert "fleetward/schemas/jsonschema/event.json" in names
+    assert "fleetward/schemas/jsonschema/api/agents.get.reply.json" in names
     assert any(n.startswith("fleetward/projections/sql/migrations/") for n in names)
     assert not any(n.startswith("tests/") or "/bench/" in n for n in names)
 

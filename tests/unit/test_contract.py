@@ -22,16 +22,20 @@ from jsonschema import Draft7Validator, Draft202012Validator, FormatChecker
 
 from fleetward.schemas import bounds, contract
 from fleetward.schemas.admission import Rejected, admit, decode
+from fleetward.schemas.api import ENDPOINTS, MAX_ERROR, Endpoint, bad_request
 from fleetward.schemas.events import BY_TYPE, EVENT_TYPES, AnyEvent, Event, type_name
 from fleetward.schemas.streams import stream_for_kind
 from fleetward.schemas.subjects import KINDS, subject_of
 from tests.samples import sample_events
+from tests.samples_api import PROFILE, sample_api
 
 SCHEMAS_DIR = Path(contract.__file__).resolve().parent
 DOCS = SCHEMAS_DIR.parent / "docs" / "events.md"
+AGENTS_DOC = SCHEMAS_DIR.parent / "docs" / "agents.md"
 SAMPLES = sample_events()
 SAMPLE_IDS = [type_name(type(e)) for e in SAMPLES]
 DELETE = object()  # a marker: remove the field instead of setting it
+PARTS = ("request", "reply")  # the messages of an API endpoint
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
 
@@ -65,7 +69,8 @@ def _on_disk(rel: str) -> dict[str, Any]:
 
 
 def _validator(name: str) -> Draft202012Validator:
-    """The validator of ``jsonschema/<name>.json`` on disk (an event type, or ``event``)."""
+    """The validator of ``jsonschema/<name>.json`` on disk (an event type, ``event``, or an API
+    message such as ``api/agents.get.reply``)."""
     return Draft202012Validator(_on_disk(f"jsonschema/{name}.json"), format_checker=FORMATS)
 
 
@@ -161,37 +166,69 @@ def test_schema_names_subject_stream_and_senders(event: Event) -> None:
     assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     assert schema["$id"] == f"https://fleetward.dev/schemas/{type_name(cls)}.json"
     assert schema["title"] == type_name(cls)
-    assert schema["description"]
     assert schema["properties"]["type"] == {"enum": [type_name(cls)]}
-    info = schema["x-fleetward"]
+    # for people, in the description; for programs, in AsyncAPI (JSON Schema has no standard
+    # keyword for them, and a strict validator refuses one it does not know)
+    assert schema["description"] == f"{contract.summary(cls)} {contract.where(cls)}"
+    info = _asyncapi()["components"]["messages"][type_name(cls)]["x-fleetward"]
     assert info["subject"].format(**{cls.SUBJECT_KEY: getattr(event, cls.SUBJECT_KEY)}) == (
         subject_of(event)
     )
+    assert f"`{info['subject']}`" in schema["description"]
     assert info["stream"] == stream_for_kind(cls.SUBJECT_KIND)
+    assert info["stream"] in schema["description"]
     assert info["senders"] == sorted(cls.SENDERS)
 
 
 def test_schemas_are_valid_and_self_contained() -> None:
-    files = sorted((SCHEMAS_DIR / "jsonschema").glob("*.json"))
-    assert len(files) == len(BY_TYPE) + 1
+    folder = SCHEMAS_DIR / "jsonschema"
+    files = sorted(path.relative_to(SCHEMAS_DIR).as_posix() for path in folder.rglob("*.json"))
+    assert len(files) == len(BY_TYPE) + 1 + len(contract.api_schemas())
     total = 0
-    for path in files:
-        schema = _on_disk(f"jsonschema/{path.name}")
+    for rel in files:
+        schema = _on_disk(rel)
         Draft202012Validator.check_schema(schema)
+        assert schema["$id"] == f"{contract.SCHEMA_BASE}{rel.removeprefix('jsonschema/')}"
         for where, ref in _refs(schema):
-            assert ref.startswith("#/$defs/"), f"{path.name} {where}: {ref} is not local"
+            assert ref.startswith("#/$defs/"), f"{rel} {where}: {ref} is not local"
             _resolve(schema, ref)
             total += 1
     assert total > len(BY_TYPE)  # event.json alone refers to every type
 
 
-def test_event_json_is_one_of_every_type() -> None:
+def test_event_json_is_a_union_discriminated_by_type() -> None:
     union = _on_disk("jsonschema/event.json")
-    assert len(union["oneOf"]) == len(BY_TYPE)
-    assert set(union["discriminator"]["mapping"]) == set(BY_TYPE)
-    assert union["discriminator"]["propertyName"] == "type"
-    for name, ref in union["discriminator"]["mapping"].items():
-        assert _resolve(union, ref)["properties"]["type"] == {"enum": [name]}
+    assert union["properties"]["type"] == {"enum": list(BY_TYPE)}
+    assert union["required"] == ["type"]
+    branches = union["allOf"]
+    assert [b["if"]["properties"]["type"]["const"] for b in branches] == list(BY_TYPE)
+    for branch in branches:
+        name = branch["if"]["properties"]["type"]["const"]
+        assert branch["if"]["required"] == ["type"]
+        assert _resolve(union, branch["then"]["$ref"])["properties"]["type"] == {"enum": [name]}
+
+
+@pytest.mark.parametrize("event", SAMPLES, ids=SAMPLE_IDS)
+def test_bad_event_is_judged_by_its_own_type_only(event: Event) -> None:
+    """An event with one bad field gets that field's error from event.json, not one error per
+    event type (which is what a ``oneOf`` of every type reports)."""
+    key = type(event).SUBJECT_KEY
+    payload = {**json.loads(msgspec.json.encode(event)), key: 42}
+    assert _errors(_validator("event"), payload) == [f"{key}: 42 is not of type 'string'"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        ({"type": "agent.exploded"}, "type: 'agent.exploded' is not one of"),
+        ({"agent": "agent-7"}, "$: 'type' is a required property"),
+        ("agent.heartbeat", "$: 'agent.heartbeat' is not of type 'object'"),
+    ],
+    ids=["unknown-type", "no-type", "not-an-object"],
+)
+def test_event_without_a_known_type_gets_one_error(payload: object, error: str) -> None:
+    (found,) = _errors(_validator("event"), payload)
+    assert found.startswith(error)
 
 
 # (case, type of the sample to start from, path of the field, new value or DELETE, reason)
@@ -291,12 +328,17 @@ def _leaves(t: mi.Type, where: str, schema: Any = None) -> Iterator[tuple[str, m
         yield where, t, schema or {}
 
 
-@pytest.mark.parametrize("cls", EVENT_TYPES, ids=[type_name(c) for c in EVENT_TYPES])
-def test_every_value_is_bounded(cls: type[Event]) -> None:
+API_TYPES = [cls for ep in ENDPOINTS for cls in (ep.request, ep.reply)]
+
+
+@pytest.mark.parametrize(
+    "cls", [*EVENT_TYPES, *API_TYPES], ids=[c.__name__ for c in [*EVENT_TYPES, *API_TYPES]]
+)
+def test_every_value_is_bounded(cls: type[msgspec.Struct]) -> None:
     """The bounds policy (schemas/bounds.py), for fields added later too: text has a pattern that
     refuses NUL, every number a finite range, every integer a range within bigint."""
     ids = {bounds.IDENT_PATTERN, bounds.ACTOR_PATTERN, bounds.SHA256_PATTERN}
-    for where, t, schema in _leaves(mi.type_info(cls), type_name(cls)):
+    for where, t, schema in _leaves(mi.type_info(cls), cls.__name__):
         if isinstance(t, mi.StrType):
             pattern = t.pattern or schema.get("pattern")  # NO_NUL: published, checked once
             assert pattern in ids | {bounds.NO_NUL}, f"{where}: text may hold NUL"
@@ -322,6 +364,142 @@ def test_ids_with_a_trailing_newline_are_rejected() -> None:
         assert _errors(_validator("agent.heartbeat"), payload) != []
 
 
+# ---- the API (fw.api.*) --------------------------------------------------------------------------
+
+API_SAMPLES = sample_api()
+API_IDS = [f"{name}-{i}" for i, (name, _) in enumerate(API_SAMPLES)]
+
+
+def _endpoint(schema_name: str) -> tuple[Endpoint[Any, Any], str]:
+    """The endpoint and part of ``api/<endpoint>.<part>``."""
+    name, part = schema_name.removeprefix("api/").rsplit(".", 1)
+    (endpoint,) = (ep for ep in ENDPOINTS if ep.name == name)
+    return endpoint, part
+
+
+def test_api_samples_cover_every_request_and_reply() -> None:
+    assert {name for name, _ in API_SAMPLES} == set(contract.api_schemas())
+    assert all(ep.subject == f"fw.api.{ep.name}" for ep in ENDPOINTS)
+
+
+@pytest.mark.parametrize(("schema", "message"), API_SAMPLES, ids=API_IDS)
+def test_api_sample_validates_on_disk_and_round_trips(schema: str, message: msgspec.Struct) -> None:
+    endpoint, part = _endpoint(schema)
+    cls = endpoint.request if part == "request" else endpoint.reply
+    assert type(message) is cls
+    data = msgspec.json.encode(message)
+    assert msgspec.json.decode(data, type=cls) == message
+    assert _errors(_validator(schema), json.loads(data)) == []
+    # the AsyncAPI message of the endpoint, as AsyncAPI (draft-07) tools read it
+    doc = _asyncapi()
+    channel = doc["channels"][contract.api_channel_id(endpoint, part)]
+    message_doc = _resolve(doc, channel["messages"][part]["$ref"])
+    payload = {"$ref": message_doc["payload"]["$ref"], "components": doc["components"]}
+    assert _errors(Draft7Validator(payload, format_checker=FORMATS), json.loads(data)) == []
+
+
+# (case, schema, JSON that breaks it): refused by the schema on disk and by the decoder alike
+API_INVALID = [
+    ("agent-not-a-string", "api/agents.get.request", {"agent": 42}),
+    ("agent-missing", "api/agents.get.request", {}),
+    ("agent-with-a-dot", "api/agents.get.request", {"agent": "agent.7"}),
+    ("limit-zero", "api/tasks.claimable.request", {"agent": "a", "limit": 0}),
+    ("limit-too-large", "api/tasks.claimable.request", {"agent": "a", "limit": 201}),
+    ("role-not-an-id", "api/tasks.claimable.request", {"agent": "a", "roles": ["a b"]}),
+    ("tasks-missing", "api/tasks.claimable.reply", {"error": "x"}),
+    ("agent-missing", "api/agents.get.reply", {}),
+    ("unknown-status", "api/agents.get.reply",
+     {"agent": {**msgspec.to_builtins(PROFILE), "status": "asleep"}}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("schema", "payload"), [c[1:] for c in API_INVALID], ids=[f"{c[1]}-{c[0]}" for c in API_INVALID]
+)
+def test_invalid_api_message_is_rejected_by_schema_and_decoder(
+    schema: str, payload: dict[str, Any]
+) -> None:
+    endpoint, part = _endpoint(schema)
+    assert _errors(_validator(schema), payload) != []
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.json.decode(
+            json.dumps(payload), type=endpoint.request if part == "request" else endpoint.reply
+        )
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=[ep.name for ep in ENDPOINTS])
+def test_a_failed_reply_is_the_empty_answer_with_an_error(endpoint: Endpoint[Any, Any]) -> None:
+    failed = json.loads(msgspec.json.encode(endpoint.failed("bad request: a\x00b" + "x" * 2000)))
+    empty = json.loads(msgspec.json.encode(endpoint.empty))
+    assert "error" not in empty
+    assert {k: v for k, v in failed.items() if k != "error"} == empty
+    assert failed["error"].startswith("bad request: a\\x00b")  # no NUL on the wire
+    assert len(failed["error"]) == MAX_ERROR
+    assert _errors(_validator(f"api/{endpoint.name}.reply"), failed) == []
+
+
+def test_asyncapi_api_operations_are_request_reply() -> None:
+    doc = _asyncapi()
+    for ep in ENDPOINTS:
+        request = doc["channels"][contract.api_channel_id(ep)]
+        assert request["address"] == ep.subject
+        assert doc["channels"][contract.api_channel_id(ep, "reply")]["address"] is None
+        (operation,) = (
+            op
+            for op in doc["operations"].values()
+            if op["channel"]["$ref"] == f"#/channels/{contract.api_channel_id(ep)}"
+        )
+        assert operation["action"] == "send"
+        assert operation["reply"]["channel"]["$ref"] == (
+            f"#/channels/{contract.api_channel_id(ep, 'reply')}"
+        )
+
+
+def _doc_examples() -> list[tuple[str, str, Any]]:
+    """(subject, "request" or "reply", JSON) of each example of section 7 of docs/agents.md, in
+    order: lines ``request  <subject>  <json>`` and ``reply    <json>`` (continued on indented
+    lines); a reply belongs to the request above it."""
+    section = AGENTS_DOC.read_text().split("## 7. Ask the task API", 1)[1]
+    blocks = re.findall(r"^```\n(.*?)^```", section, flags=re.M | re.S)
+    entries: list[list[str]] = []
+    for line in "\n".join(blocks).splitlines():
+        if line.startswith(("request ", "reply ")):
+            entries.append(line.split(maxsplit=1))
+        elif line.startswith(" "):
+            entries[-1][1] += line.strip()
+    examples: list[tuple[str, str, Any]] = []
+    subject = ""
+    for part, text in entries:
+        body = text
+        if part == "request":
+            subject, body = text.split(maxsplit=1)
+        examples.append((subject, part, json.loads(body)))
+    return examples
+
+
+def test_agents_md_api_examples_are_what_the_api_says() -> None:
+    """docs/agents.md shows other languages the API: every example matches its schema, and each
+    error shown is the error the task API replies to the request shown above it."""
+    examples = _doc_examples()
+    assert {subject for subject, _, _ in examples} == {ep.subject for ep in ENDPOINTS}
+    by_subject = {ep.subject: ep for ep in ENDPOINTS}
+    request: bytes = b""
+    for subject, part, payload in examples:
+        endpoint = by_subject[subject]
+        if part == "request":
+            request = json.dumps(payload).encode()
+            continue
+        assert _errors(_validator(f"api/{endpoint.name}.reply"), payload) == [], payload
+        if "error" in payload:
+            with pytest.raises(msgspec.ValidationError) as bad:
+                msgspec.json.decode(request, type=endpoint.request)
+            expected = endpoint.failed(bad_request(str(bad.value)))
+            assert payload == json.loads(msgspec.json.encode(expected))
+        else:
+            msgspec.json.decode(request, type=endpoint.request)  # a valid request
+            assert _errors(_validator(f"api/{endpoint.name}.request"), json.loads(request)) == []
+
+
 # ---- the generated files -------------------------------------------------------------------------
 
 
@@ -337,7 +515,8 @@ def test_render_is_deterministic_and_complete() -> None:
     files = contract.render()
     assert files == contract.render()
     expected = {f"jsonschema/{name}.json" for name in BY_TYPE}
-    assert set(files) == expected | {"jsonschema/event.json", "asyncapi.json"}
+    api = {f"jsonschema/api/{ep.name}.{part}.json" for ep in ENDPOINTS for part in PARTS}
+    assert set(files) == expected | api | {"jsonschema/event.json", "asyncapi.json"}
     for rel, data in files.items():
         assert data.endswith(b"}\n"), rel
         canonical = json.dumps(json.loads(data), indent=2, sort_keys=True, ensure_ascii=False)
@@ -350,11 +529,20 @@ def test_write_updates_changed_and_stale_files_only(tmp_path: Path) -> None:
     assert contract.drift(tmp_path) == []
     (tmp_path / "jsonschema" / "task.claimed.json").write_text("{}\n")
     (tmp_path / "jsonschema" / "task.renamed.json").write_text("{}\n")
+    (tmp_path / "jsonschema" / "api" / "agents.get.reply.json").write_text("{}\n")
+    (tmp_path / "jsonschema" / "api" / "agents.renamed.reply.json").write_text("{}\n")
     (tmp_path / "asyncapi.json").unlink()
-    changed = ["asyncapi.json", "jsonschema/task.claimed.json", "jsonschema/task.renamed.json"]
+    changed = [
+        "asyncapi.json",
+        "jsonschema/api/agents.get.reply.json",
+        "jsonschema/api/agents.renamed.reply.json",
+        "jsonschema/task.claimed.json",
+        "jsonschema/task.renamed.json",
+    ]
     assert contract.drift(tmp_path) == changed
     assert contract.write(tmp_path) == changed
     assert not (tmp_path / "jsonschema" / "task.renamed.json").exists()
+    assert not (tmp_path / "jsonschema" / "api" / "agents.renamed.reply.json").exists()
     assert contract.drift(tmp_path) == []
 
 
@@ -448,6 +636,7 @@ ALLOWED_KEYS = {
         "messages",
         "reply",
     },
+    "reply": {"address", "channel", "messages"},
     "message": {
         "headers",
         "payload",
@@ -516,9 +705,11 @@ def test_asyncapi_has_the_shape_of_an_asyncapi_3_document() -> None:
         _assert_keys("message", message, f"#/components/messages/{name}")
 
 
-def test_asyncapi_channels_are_the_subject_kinds() -> None:
+def test_asyncapi_channels_are_the_subject_kinds_and_the_api() -> None:
     channels = _asyncapi()["channels"]
-    assert set(channels) == set(KINDS)
+    api = {contract.api_channel_id(ep, part) for ep in ENDPOINTS for part in PARTS}
+    assert set(channels) == set(KINDS) | api
+    channels = {kind: channels[kind] for kind in KINDS}
     for kind, channel in channels.items():
         _assert_keys("channel", channel, f"#/channels/{kind}")
         params = set(re.findall(r"\{([^}]+)\}", channel["address"]))
@@ -535,20 +726,25 @@ def test_asyncapi_operations_reference_their_channels_messages() -> None:
     for op_id, operation in doc["operations"].items():
         _assert_keys("operation", operation, f"#/operations/{op_id}")
         assert operation["action"] in {"send", "receive"}
-        channel_ref = operation["channel"]["$ref"]
-        assert re.fullmatch(r"#/channels/[^/]+", channel_ref), channel_ref
-        _resolve(doc, channel_ref)
-        assert operation["messages"]
-        for message in operation["messages"]:
-            assert message["$ref"].startswith(f"{channel_ref}/messages/"), (op_id, message)
-            _resolve(doc, message["$ref"])
+        answers = [operation["reply"]] if "reply" in operation else []
+        for part in (operation, *answers):
+            channel_ref = part["channel"]["$ref"]
+            assert re.fullmatch(r"#/channels/[^/]+", channel_ref), channel_ref
+            _resolve(doc, channel_ref)
+            assert part["messages"]
+            for message in part["messages"]:
+                assert message["$ref"].startswith(f"{channel_ref}/messages/"), (op_id, message)
+                _resolve(doc, message["$ref"])
+        for reply in answers:
+            _assert_keys("reply", reply, f"#/operations/{op_id}/reply")
 
 
 def test_asyncapi_operations_follow_senders() -> None:
     doc = _asyncapi()
     sent: set[str] = set()
     received: set[str] = set()
-    for operation in doc["operations"].values():
+    events = [op for op in doc["operations"].values() if "reply" not in op]
+    for operation in events:
         names = {ref["$ref"].rsplit("/", 1)[1] for ref in operation["messages"]}
         (sent if operation["action"] == "send" else received).update(names)
     by_agents = {type_name(c) for c in EVENT_TYPES if c.SENDERS & {"self", "agent"}}

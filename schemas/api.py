@@ -1,0 +1,160 @@
+"""The services' request/reply API: subjects ``fw.api.*`` (core NATS, nothing stored). Pure.
+
+Each endpoint is one subject, a request and a reply, all frozen msgspec Structs bounded with the
+types of ``schemas/bounds.py``; ``schemas/contract.py`` publishes them as JSON Schema
+(``schemas/jsonschema/api/``) and as AsyncAPI request/reply operations.
+
+Invariants:
+- Every request gets exactly one reply, a malformed one too: a failed reply carries ``error``
+  (one line for people) beside the endpoint's empty answer (``Endpoint.empty``).
+- ``error`` is absent from a reply that succeeded; nothing else tells success from failure.
+- Answers come from the projections: as fresh as the projector, a hint and never a decision
+  (whether a claim takes a task is decided on the stream).
+- As for events: new fields get defaults; unknown fields are ignored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Generic, Literal, TypeVar
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+from fleetward.schemas.bounds import (
+    Ident,
+    PeriodS,
+    ShortText,
+    TaskLimit,
+    Text,
+    storable,
+    text,
+)
+from fleetward.schemas.events import RiskClass
+from fleetward.schemas.subjects import API_AGENTS_GET, API_PREFIX, API_TASKS_CLAIMABLE
+
+MAX_CLAIMABLE: Final = 200  # task ids in one fw.api.tasks.claimable reply
+MAX_ERROR: Final = 1000  # characters of a reply's error
+
+ErrorText = Annotated[
+    str, text(MAX_ERROR), Meta(description="why the request failed; absent on success")
+]
+AgentStatus = Literal["active", "paused", "offline", "retired"]
+
+
+class Reply(Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What every reply carries: ``error`` when the request failed, else nothing more."""
+
+    error: ErrorText | UnsetType = UNSET
+
+
+# ---- fw.api.tasks.claimable ---------------------------------------------------------------------
+
+
+class ClaimableRequest(Struct, frozen=True, kw_only=True):
+    """Which tasks may this agent claim now?"""
+
+    agent: Annotated[Ident, Meta(description="the agent that would claim")]
+    roles: Annotated[tuple[Ident, ...], Meta(description="the roles the agent holds")] = ()
+    limit: Annotated[
+        int, Meta(ge=1, le=MAX_CLAIMABLE, description="the most task ids to return")
+    ] = 20
+
+
+class ClaimableReply(Reply, frozen=True, kw_only=True, omit_defaults=True):
+    """Task ids the agent may claim now: the most urgent first (urgent, high, medium, low),
+    the oldest first within a priority. Empty when the request failed."""
+
+    tasks: Annotated[tuple[Ident, ...], Meta(max_length=MAX_CLAIMABLE)]
+
+
+# ---- fw.api.agents.get --------------------------------------------------------------------------
+
+
+class AgentRequest(Struct, frozen=True, kw_only=True):
+    """Who is this agent, and what is its status?"""
+
+    agent: Annotated[Ident, Meta(description="the agent's id")]
+
+
+class AgentProfile(Struct, frozen=True, kw_only=True):
+    """One agent in the registry (the view fleet.agents): who it is and its status."""
+
+    agent_id: Ident
+    name: ShortText
+    owner: ShortText
+    team: Ident
+    status: AgentStatus
+    status_reason: Annotated[Text, Meta(description="why the status last changed; may be empty")]
+    roles: tuple[Ident, ...]
+    max_concurrent_tasks: TaskLimit
+    heartbeat_interval_s: Annotated[PeriodS, Meta(description="seconds between heartbeats")]
+    version: ShortText
+    risk_class: RiskClass
+
+
+class AgentReply(Reply, frozen=True, kw_only=True, omit_defaults=True):
+    """The agent's profile; null when the registry has no such agent (and when the request
+    failed)."""
+
+    agent: AgentProfile | None
+
+
+# ---- the endpoints ------------------------------------------------------------------------------
+
+Req = TypeVar("Req", bound=Struct)
+Rep = TypeVar("Rep", bound=Reply)
+
+
+@dataclass(frozen=True)
+class Endpoint(Generic[Req, Rep]):
+    """One request/reply subject: its request type, the empty answer a failed reply carries,
+    and where the answer comes from (for people)."""
+
+    subject: str
+    request: type[Req]
+    empty: Rep
+    summary: str
+    source: str
+
+    @property
+    def name(self) -> str:
+        """The subject without ``fw.api.``, e.g. ``tasks.claimable``."""
+        return self.subject.removeprefix(API_PREFIX)
+
+    @property
+    def reply(self) -> type[Rep]:
+        """The type of the reply."""
+        return type(self.empty)
+
+    def failed(self, error: str) -> Rep:
+        """The reply to a request that failed: the empty answer and ``error``, made to fit the
+        contract (no NUL, at most ``MAX_ERROR`` characters)."""
+        return msgspec.structs.replace(self.empty, error=storable(error)[:MAX_ERROR])
+
+
+TASKS_CLAIMABLE: Final = Endpoint(
+    subject=API_TASKS_CLAIMABLE,
+    request=ClaimableRequest,
+    empty=ClaimableReply(tasks=()),
+    summary="The tasks an agent may claim now, ranked by priority then age.",
+    source="the task board",
+)
+AGENTS_GET: Final = Endpoint(
+    subject=API_AGENTS_GET,
+    request=AgentRequest,
+    empty=AgentReply(agent=None),
+    summary="One agent's profile and status from the registry.",
+    source="the agent registry",
+)
+ENDPOINTS: Final[tuple[Endpoint[Any, Any], ...]] = (TASKS_CLAIMABLE, AGENTS_GET)
+
+
+def bad_request(detail: str) -> str:
+    """The error of a request that is not JSON or does not match the request's schema."""
+    return f"bad request: {detail}"
+
+
+def unavailable(endpoint: Endpoint[Req, Rep]) -> str:
+    """The error when the projection behind ``endpoint`` cannot be read (retry later)."""
+    return f"{endpoint.source} is unavailable"
