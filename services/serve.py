@@ -140,7 +140,7 @@ async def measure_lag(rt: Runtime, runner: ProjectionRunner) -> None:
 
 
 async def _simulate(rt: Runtime, agents: int, stop: anyio.Event) -> None:
-    await simulate.run(rt.js, agents, stopping=stop.is_set)
+    await simulate.run(rt, agents, stopping=stop.is_set)
 
 
 async def _until_stopped(

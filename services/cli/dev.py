@@ -83,7 +83,7 @@ async def _simulate(settings: Settings, args: argparse.Namespace) -> None:
     async with open_runtime(settings) as rt:
         console.print(f"simulating {args.agents} agents (seed {args.seed}); Ctrl-C stops")
         sent = await simulate.run(
-            rt.js, args.agents, seed=args.seed, ticks=args.ticks, tick_seconds=args.tick_seconds
+            rt, args.agents, seed=args.seed, ticks=args.ticks, tick_seconds=args.tick_seconds
         )
         console.print(f"published {sent} events")
 
