@@ -62,8 +62,7 @@ SUMMARIES: Final[dict[str, str]] = {
     "cannot show (claimer paused, lacking the role, at its limit...): the claim is undone.",
     "task.revoked": "A person or service took a held task back from its holder (to the inbox, "
     "or assigned to another agent).",
-    "task.dependencies_changed": "A person or service dropped or replaced the task's "
-    "dependencies.",
+    "task.dependencies_changed": "A person or service dropped or replaced the task's dependencies.",
     "escalation.raised": "A service raised an escalation (info, warning or critical), with "
     "evidence.",
     "escalation.acknowledged": "A person or service acknowledged the escalation.",
