@@ -26,8 +26,8 @@ from fleetward.schemas.admission import admit
 from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
+    AgentPaused,
     AgentRegistered,
-    CommandIssued,
     Deliverable,
     EscalationRaised,
     EscalationResolved,
@@ -487,10 +487,22 @@ async def test_each_detector_fires_on_its_condition_and_the_control_group_stays_
         assert by_agent["te"].tier == "critical"
         assert {by_agent[a].tier for a in ("od", "st", "wl")} == {"warning"}
         assert (by_agent["od"].task, by_agent["st"].task) == ("t-od", "t-st")
-        pause = await rt.js.get_last_msg("FW_COMMANDS", "fw.cmd.te")
-        command = admit("fw.cmd.te", pause.data or b"")
-        assert isinstance(command, CommandIssued) and command.command == "pause"
-        assert command.payload == {"escalation": by_agent["te"].escalation}
+        await assert_paused_by_the_watchdog(rt, rec, "te", by_agent["te"].escalation)
+
+
+async def assert_paused_by_the_watchdog(rt: Runtime, rec: Recorder, agent: str, esc: str) -> None:
+    """The watchdog paused ``agent`` as an operator would: one ``agent.paused`` on the agent's
+    subject naming ``esc``, which the projections apply; no command of its own on FW_COMMANDS
+    (the board turns every agent.paused into the inbox's pause command)."""
+    await wait_for(lambda: rec.has_all(rt), 10, "the recorder to catch up")
+    [paused] = [e for e in rec.of(AgentPaused) if e.agent == agent]
+    assert paused.actor == "svc:watchdog" and esc in paused.reason
+    with pytest.raises(NotFoundError):
+        await rt.js.get_last_msg("FW_COMMANDS", f"fw.cmd.{agent}")
+    await project_all(rt)
+    async with rt.pool.acquire() as conn:
+        status = await conn.fetchval("SELECT status FROM fleet.agents WHERE agent_id = $1", agent)
+    assert status == "paused"
 
 
 # ---- the escalations projection and CLI ----------------------------------------------------

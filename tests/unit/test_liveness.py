@@ -18,7 +18,6 @@ from fleetward.schemas.events import (
     AgentPaused,
     AgentRegistered,
     AgentResumed,
-    CommandIssued,
     Deliverable,
     EscalationRaised,
     EscalationResolved,
@@ -33,9 +32,10 @@ from fleetward.schemas.events import (
     ToolCalled,
 )
 from fleetward.schemas.ids import new_id
+from fleetward.schemas.subjects import subject_of
 from fleetward.services.config import WatchdogSettings
 from fleetward.services.watchdog.core.detectors import TaskRow
-from fleetward.services.watchdog.core.incidents import Plan
+from fleetward.services.watchdog.core.incidents import Plan, pause_step
 from fleetward.services.watchdog.core.judge import Judge
 from fleetward.services.watchdog.core.liveness import DeadlineHeap
 
@@ -481,12 +481,24 @@ def test_a_tool_error_spike_pauses_the_agent_and_a_healthy_control_group_stays_q
         plans += w.event(tool("flaky", ok=k % 3 == 0), T0 + k)  # 2/3 fail
     [plan] = plans
     [esc] = raised([plan])
-    [pause] = events([plan], CommandIssued)
     assert (esc.reason, esc.tier, esc.agent) == ("tool_error_spike", "critical", "flaky")
-    assert (pause.command, pause.agent) == ("pause", "flaky")
-    assert pause.payload == {"escalation": esc.escalation}
-    assert plan.steps[0].expect == "empty" and plan.steps[1].expect == "any"
+    assert_paused_as_an_operator_would(plan, "flaky", esc.escalation)
     assert raised(w.plans) == [esc]  # one per window, however many errors follow
+
+
+def assert_paused_as_an_operator_would(plan: Plan, agent: str, esc: str) -> None:
+    """The plan raises ``esc`` and then pauses ``agent`` with ``agent.paused`` on the agent's
+    subject, naming the escalation (the board turns it into the inbox's pause command); no
+    command of its own."""
+    assert [type(s.event) for s in plan.steps] == [EscalationRaised, AgentPaused]
+    assert plan.steps[0].expect == "empty" and plan.steps[1].expect == "any"
+    paused = plan.steps[1].event
+    assert isinstance(paused, AgentPaused)
+    assert (paused.agent, paused.actor) == (agent, "svc:watchdog")
+    assert esc in paused.reason
+    assert subject_of(paused) == f"fw.agent.{agent}"
+    # its id depends on the escalation alone: every replica, whenever it judges, sends the same
+    assert paused.id == pause_step(esc, agent, T0 + 1e6, "another wording").event.id
 
 
 def test_old_tool_errors_and_errors_during_grace_raise_nothing() -> None:

@@ -7,7 +7,8 @@ explicit ``now``; they return ``Plan``s.
 - ``StallDetector``: a held task with no report from its holder (claim, progress, block) for
   the stall time: warning. Both resolve their escalation when the condition ends.
 - ``ErrorSpikeDetector``: an agent's share of failed tool calls over a sliding window above the
-  threshold (with enough calls to judge): critical, and a durable pause command to the agent.
+  threshold (with enough calls to judge): critical, and the agent is paused (``agent.paused``,
+  the path an operator's pause takes; incidents.pause_step).
 - ``WakeLoopDetector``: an agent finishing run after run with no task progress: warning;
   resolved by its next progress.
 
@@ -27,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fleetward.schemas.events import (
-    CommandIssued,
     Event,
     RunFinished,
     TaskBlocked,
@@ -48,14 +48,12 @@ from fleetward.services.watchdog.core.incidents import (
     TASK_STALLED,
     TOOL_ERROR_SPIKE,
     WAKE_LOOP,
-    WATCHDOG,
     Escalations,
     Plan,
     Publish,
-    at,
     escalation_id,
-    event_id,
     iso,
+    pause_step,
     raised_event,
     resolve_step,
 )
@@ -370,19 +368,15 @@ class ErrorSpikeDetector:
         raised = raised_event(
             esc, "critical", TOOL_ERROR_SPIKE, now, agent=event.agent,
             message=f"{share:.0%} of ~{calls:.0f} tool calls failed in {s.error_window_s:g}s; "
-            "pause requested",
+            "paused",
             evidence={"error_share": round(share, 3), "calls": round(calls, 1),
                       "window_s": s.error_window_s, "threshold": s.error_threshold,
                       "last_error": (event.error or "")[:200], "tool": event.tool[:200],
                       "trigger_seq": seq},
         )  # fmt: skip
         self.escalations.raised(raised)
-        pause = CommandIssued(
-            id=event_id(esc, "pause"), actor=WATCHDOG, at=at(now), agent=event.agent,
-            command="pause", reason=f"tool-error spike (escalation {esc})",
-            payload={"escalation": esc},
-        )  # fmt: skip
-        return [Plan(f"esc:{esc}", (Publish(raised, "empty"), Publish(pause)), t)]
+        pause = pause_step(esc, event.agent, now, "tool-error spike")
+        return [Plan(f"esc:{esc}", (Publish(raised, "empty"), pause), t)]
 
 
 class WakeLoopDetector:

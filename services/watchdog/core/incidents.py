@@ -24,6 +24,7 @@ from typing import Final, Literal
 
 from fleetward.schemas.bounds import INT4_MAX
 from fleetward.schemas.events import (
+    AgentPaused,
     EscalationAcknowledged,
     EscalationRaised,
     EscalationResolved,
@@ -111,6 +112,16 @@ def raised_event(
         message=message,
         evidence=evidence or {},
     )
+
+
+def pause_step(esc: str, agent: str, now: float, why: str) -> Publish:
+    """Pause ``agent`` the way an operator does: ``agent.paused`` on its own subject, naming the
+    escalation ``esc`` behind it. The projections mark the agent paused and the task board turns
+    every ``agent.paused`` into the agent's durable ``pause`` command, so the watchdog never
+    sends the command itself (one path for every pause). The id is the same on every replica."""
+    paused = AgentPaused(id=event_id(esc, "paused"), actor=WATCHDOG, at=at(now), agent=agent,
+                         reason=f"paused by the watchdog: {why} (escalation {esc})")  # fmt: skip
+    return Publish(paused)
 
 
 def resolve_step(esc: str, now: float, resolution: str, seq: int = 0) -> Publish:
