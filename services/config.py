@@ -30,6 +30,7 @@ class WatchdogSettings:
     error_min_calls: int = 10  # ... and the calls it needs before it can judge
     wake_runs: int = 5  # wake loop: this many runs finished without task progress ...
     wake_window_s: float = 600.0  # ... within this window
+    failed_runs: int = 5  # this many runs failed in a row, however far apart: critical, paused
     partition: tuple[int, int] = (0, 1)  # (i, n): judge agent a iff crc32(a) % n == i
 
     def __post_init__(self) -> None:
@@ -44,7 +45,7 @@ class WatchdogSettings:
             raise FleetwardError("FLEETWARD_WATCHDOG_ERROR_THRESHOLD must be in (0, 1]")
         if self.stall_s <= 0 or self.error_window_s <= 0 or self.wake_window_s <= 0:
             raise FleetwardError("the watchdog's stall time and windows must be more than 0")
-        if self.error_min_calls < 1 or self.wake_runs < 1:
+        if self.error_min_calls < 1 or self.wake_runs < 1 or self.failed_runs < 1:
             raise FleetwardError("the watchdog's call and run counts must be 1 or more")
 
     @classmethod
@@ -65,6 +66,7 @@ class WatchdogSettings:
             error_min_calls=int(num("ERROR_MIN_CALLS", 10)),
             wake_runs=int(num("WAKE_RUNS", 5)),
             wake_window_s=num("WAKE_WINDOW_S", 600.0),
+            failed_runs=int(num("FAILED_RUNS", 5)),
             partition=parse_partition(env.get("FLEETWARD_WATCHDOG_PARTITION", "")),
         )
 

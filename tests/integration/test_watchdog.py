@@ -34,6 +34,7 @@ from fleetward.schemas.events import (
     Event,
     Heartbeat,
     RunFinished,
+    RunOutcome,
     TaskClaimed,
     TaskCreated,
     TaskLeaseExpired,
@@ -420,8 +421,8 @@ def progress(agent: str, task: str) -> TaskProgressed:
     return TaskProgressed(**envelope(agent), task=task, agent=agent, epoch=1)
 
 
-def finished(agent: str) -> RunFinished:
-    return RunFinished(**envelope(agent), agent=agent, run=new_id()[-12:], outcome="succeeded",
+def finished(agent: str, outcome: RunOutcome = "succeeded") -> RunFinished:
+    return RunFinished(**envelope(agent), agent=agent, run=new_id()[-12:], outcome=outcome,
                        latency_ms=5.0)  # fmt: skip
 
 
@@ -503,6 +504,32 @@ async def assert_paused_by_the_watchdog(rt: Runtime, rec: Recorder, agent: str, 
     async with rt.pool.acquire() as conn:
         status = await conn.fetchval("SELECT status FROM fleet.agents WHERE agent_id = $1", agent)
     assert status == "paused"
+
+
+async def test_runs_failed_in_a_row_escalate_and_pause_the_agent_like_an_operator(
+    rt: Runtime,
+) -> None:
+    """Five failed runs in a row (a control fails four, succeeds, fails four): one critical
+    failed_runs escalation, and the agent paused through agent.paused, which the registry
+    applies; no pause command of the watchdog's own."""
+    agents = ["fr", "fr-ok"]
+    await publish_many(rt.js, [register(a, 1.0) for a in agents])
+    # runs without progress are a wake loop too: not what this test is about
+    dog = Watchdog(rt, replace(FAST, interval_s=1.0, failed_runs=5, wake_runs=100))
+    async with running(rt, dog, beater=Beater(rt, agents)) as (rec, _):
+        await judging(dog)
+        control = [finished("fr-ok", "failed") for _ in range(4)]
+        control += [finished("fr-ok"), *(finished("fr-ok", "failed") for _ in range(4))]
+        await publish_many(rt.js, [*control, *(finished("fr", "failed") for _ in range(6))])
+
+        async def escalated() -> list[EscalationRaised]:
+            return rec.escalations("fr")
+
+        [esc] = await wait_for(escalated, 10, "the failed_runs escalation")
+        assert (esc.reason, esc.tier, esc.evidence["failed_runs"]) == ("failed_runs", "critical", 5)
+        await assert_paused_by_the_watchdog(rt, rec, "fr", esc.escalation)
+        await dog.signals.wait_for(lambda: not dog.publisher.in_flight, 10, "publishing to end")
+        assert [e.agent for e in rec.escalations()] == ["fr"]
 
 
 # ---- the escalations projection and CLI ----------------------------------------------------

@@ -11,14 +11,18 @@ explicit ``now``; they return ``Plan``s.
   the path an operator's pause takes; incidents.pause_step).
 - ``WakeLoopDetector``: an agent finishing run after run with no task progress: warning;
   resolved by its next progress.
+- ``FailedRunsDetector``: an agent whose last ``failed_runs`` runs all failed, however far apart:
+  critical, and the agent is paused; resolved by a run that succeeds or by the agent's resume.
 
 SLAs enter through ``limits.period`` (clamped). A task whose judgement raises anyway is noted
 as a failure (failures.py) and left unjudged until it changes again; the others are judged.
 
 Incident ids are deterministic from what every replica reads in the same order (task and epoch;
-task, epoch and last report; agent and the triggering event), so two replicas raise the same
-escalation. Event-driven detectors fire only on recent events (within their window of ``now``),
-so replaying old events at start raises nothing.
+task, epoch and last report; agent and the triggering event; agent and the first failure of a
+streak), so two replicas raise the same escalation. The window detectors fire only on recent
+events (within their window of ``now``), so replaying old events at start raises nothing. The
+failed-runs detector has no window: it counts every run it reads, and raises only on a failure
+read while judging (see ``FailedRunsDetector``).
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from fleetward.schemas.events import (
 from fleetward.services.config import WatchdogSettings
 from fleetward.services.watchdog.core.failures import Failures
 from fleetward.services.watchdog.core.incidents import (
+    FAILED_RUNS,
     TASK_OVERDUE,
     TASK_STALLED,
     TOOL_ERROR_SPIKE,
@@ -419,3 +424,78 @@ class WakeLoopDetector:
         self.escalations.close(open_.id)
         step = resolve_step(open_.id, now, "the agent made task progress", open_.seq)
         return [Plan(f"esc:{open_.id}", (step,))]
+
+
+@dataclass(slots=True)
+class _Streak:
+    """An agent's runs failed in a row, as far as this watchdog has read."""
+
+    first_seq: int  # stream sequence of the first failure read: names the incident
+    first: float  # its stream time, seconds
+    failed: int = 0
+    judged: bool = False  # raised, or found raised already: once per streak
+
+
+class FailedRunsDetector:
+    """Runs failed in a row, counted whatever their spacing: ``failed_runs`` of them raise a
+    critical escalation and pause the agent (``pause_step``), once per streak. A run that
+    succeeds ends the streak, and so does the agent's resume (a person's "try again": failing
+    on, it is escalated and paused anew); either resolves the open escalation. A cancelled run
+    neither counts nor ends a streak.
+
+    No replays raise: only a failure read while judging can raise, and the watchdog reads every
+    event before its start (from the projections' checkpoints) before it judges. A streak that
+    reached the count meanwhile (catching up, in grace, or while the agent was paused) is raised
+    at its next failure read while judging: by stream order nothing the agent did after that
+    failure has been read, so the streak is still the agent's latest word.
+
+    A restart forgets the part of a streak before the point it reads from: it counts the streak
+    again from there, so a streak that runs across a restart is raised once the watchdog has read
+    ``failed_runs`` failures of it. An escalation of the agent's failed runs that is still open
+    (raised before the restart, loaded with the open escalations) stops a second raise for the
+    same streak. Resolutions come only from events after the projections' checkpoints
+    (``fresh``): an older success or resume is already behind the escalations loaded at start.
+    """
+
+    def __init__(self, settings: WatchdogSettings, escalations: Escalations) -> None:
+        self.s, self.escalations = settings, escalations
+        self.streaks: dict[str, _Streak] = {}
+
+    def finished(
+        self, event: RunFinished, seq: int, t: float, now: float, *, judging: bool, fresh: bool
+    ) -> list[Plan]:
+        agent = event.agent
+        if event.outcome == "succeeded":
+            return self.ended(agent, now, f"a run succeeded (run {event.run})", fresh)
+        if event.outcome != "failed":
+            return []
+        streak = self.streaks.get(agent)
+        if streak is None:
+            streak = self.streaks[agent] = _Streak(seq, t)
+        streak.failed += 1
+        if streak.judged or not judging or streak.failed < self.s.failed_runs:
+            return []
+        streak.judged = True
+        esc = escalation_id("fr", agent, str(streak.first_seq))
+        if self.escalations.known(esc) or self.escalations.open_for(FAILED_RUNS, agent):
+            return []  # raised already (before a restart, or by another replica)
+        n = streak.failed
+        raised = raised_event(
+            esc, "critical", FAILED_RUNS, now, agent=agent,
+            message=f"{n} runs failed in a row since {iso(streak.first)}; paused",
+            evidence={"failed_runs": n, "threshold": self.s.failed_runs,
+                      "first_failed_at": iso(streak.first), "first_seq": streak.first_seq,
+                      "trigger_seq": seq, "run": event.run},
+        )  # fmt: skip
+        self.escalations.raised(raised)
+        pause = pause_step(esc, agent, now, f"{n} runs failed in a row")
+        return [Plan(f"esc:{esc}", (Publish(raised, "empty"), pause), t)]
+
+    def ended(self, agent: str, now: float, why: str, fresh: bool) -> list[Plan]:
+        """The agent's streak ends (``why``); its open escalation is resolved if ``fresh``."""
+        self.streaks.pop(agent, None)
+        open_ = self.escalations.open_for(FAILED_RUNS, agent)
+        if open_ is None or not fresh:
+            return []
+        self.escalations.close(open_.id)
+        return [Plan(f"esc:{open_.id}", (resolve_step(open_.id, now, why, open_.seq),))]

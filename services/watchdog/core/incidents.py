@@ -42,7 +42,10 @@ TASK_OVERDUE: Final = "task_overdue"
 TASK_STALLED: Final = "task_stalled"
 TOOL_ERROR_SPIKE: Final = "tool_error_spike"
 WAKE_LOOP: Final = "wake_loop"
-REASONS: Final = (HEARTBEAT_MISSED, TASK_OVERDUE, TASK_STALLED, TOOL_ERROR_SPIKE, WAKE_LOOP)
+FAILED_RUNS: Final = "failed_runs"
+REASONS: Final = (
+    HEARTBEAT_MISSED, TASK_OVERDUE, TASK_STALLED, TOOL_ERROR_SPIKE, WAKE_LOOP, FAILED_RUNS,
+)  # fmt: skip
 TASK_REASONS: Final = frozenset({TASK_OVERDUE, TASK_STALLED})
 
 TIER_RANK: Final[dict[str, int]] = {"info": 0, "warning": 1, "critical": 2}

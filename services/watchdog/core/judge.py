@@ -26,6 +26,7 @@ from typing import Final
 
 from fleetward.projections.tasks import HELD
 from fleetward.schemas.events import (
+    AgentResumed,
     EscalationAcknowledged,
     EscalationRaised,
     EscalationResolved,
@@ -40,6 +41,7 @@ from fleetward.schemas.events import (
 from fleetward.services.config import WatchdogSettings
 from fleetward.services.watchdog.core.detectors import (
     ErrorSpikeDetector,
+    FailedRunsDetector,
     OverdueDetector,
     StallDetector,
     TaskRow,
@@ -78,6 +80,7 @@ class Judge:
         self.stall = StallDetector(settings, self.escalations, self.tasks, self.failures)
         self.spike = ErrorSpikeDetector(settings, self.escalations)
         self.wake = WakeLoopDetector(settings, self.escalations)
+        self.failed = FailedRunsDetector(settings, self.escalations)
         self.leases = LeaseBook()
         self.checkpoints: dict[str, int] = dict.fromkeys(CHECKPOINTS, 0)
         self.ready = False  # the readers have caught up once
@@ -150,8 +153,12 @@ class Judge:
         if isinstance(event, _ESCALATION_EVENTS):
             return self._escalation(event, seq, now) if fresh else []
         if isinstance(event, LIFECYCLE):
-            if fresh and self.owns(event.agent):
+            if not self.owns(event.agent):
+                return []
+            if fresh:
                 self.liveness.lifecycle(event, us)
+            if isinstance(event, AgentResumed):  # a fresh start: a new streak of failed runs
+                return self.failed.ended(event.agent, now, "the agent was resumed", fresh)
             return []
         plans: list[Plan] = []
         agent = getattr(event, "agent", None)
@@ -173,6 +180,9 @@ class Judge:
                 plans += self.spike.observe(event, seq, us / 1e6, now, judging)
             case RunFinished():
                 plans += self.wake.finished(event, seq, us / 1e6, now, judging)
+                plans += self.failed.finished(
+                    event, seq, us / 1e6, now, judging=judging, fresh=fresh
+                )
             case TaskProgressed() | TaskSubmitted() | TaskClaimed():
                 plans += self.wake.progressed(agent, now)
         return plans
