@@ -25,6 +25,7 @@ class WatchdogSettings:
     grace_s: float = DEFAULT_HEARTBEAT_INTERVAL_S  # judge no one this long after (re)connecting
     stall_s: float = 900.0  # a held task with no report for this long is stalled
     default_sla_s: float = 3600.0  # time allowed in progress for tasks without sla_s; 0: none
+    review_sla_s: float = 86_400.0  # time allowed in review for tasks without sla_s; 0: none
     error_window_s: float = 300.0  # tool-error spike: the window ...
     error_threshold: float = 0.5  # ... the share of failed calls in it ...
     error_min_calls: int = 10  # ... and the calls it needs before it can judge
@@ -61,6 +62,7 @@ class WatchdogSettings:
             grace_s=num("GRACE_S", interval),
             stall_s=num("STALL_S", 900.0),
             default_sla_s=num("DEFAULT_SLA_S", 3600.0),
+            review_sla_s=num("REVIEW_SLA_S", 86_400.0),
             error_window_s=num("ERROR_WINDOW_S", 300.0),
             error_threshold=num("ERROR_THRESHOLD", 0.5),
             error_min_calls=int(num("ERROR_MIN_CALLS", 10)),

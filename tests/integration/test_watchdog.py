@@ -39,6 +39,7 @@ from fleetward.schemas.events import (
     TaskCreated,
     TaskLeaseExpired,
     TaskProgressed,
+    TaskReviewed,
     TaskSubmitted,
     Tier,
     ToolCalled,
@@ -452,9 +453,11 @@ async def test_each_detector_fires_on_its_condition_and_the_control_group_stays_
         while True:
             n += 1
             batch: list[Event] = [progress(a, f"t-{a}") for a in ("od", "st-ok", "wl-ok")]
-            if n == 2:  # the punctual one hands in before its SLA
+            if n == 2:  # the punctual one hands in before its SLA, and is reviewed in time
                 batch.append(TaskSubmitted(**envelope("od-ok"), task="t-od-ok", agent="od-ok",
                     epoch=1, deliverable=Deliverable(kind="link", sha256="0" * 64)))  # fmt: skip
+                batch.append(TaskReviewed(**envelope("user:r"), task="t-od-ok", agent="od-ok",
+                                          verdict="approve"))  # fmt: skip
             await publish_many(rt.js, batch)
             await anyio.sleep(0.2)
 

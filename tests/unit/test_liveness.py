@@ -29,6 +29,7 @@ from fleetward.schemas.events import (
     TaskLeaseExpired,
     TaskProgressed,
     TaskReleased,
+    TaskReviewed,
     TaskSubmitted,
     ToolCalled,
 )
@@ -413,6 +414,8 @@ def test_an_overdue_task_is_escalated_and_a_healthy_control_group_is_not() -> No
         ),
         T0 + 20,
     )
+    approved = TaskReviewed(**env("user:r"), task="t-quick", agent="quick", verdict="approve")
+    w.event(approved, T0 + 40)  # within its SLA in review too
     keep_alive(w, agents, T0 + 400)
     assert w.tick(T0 + 29.9) == []
     [plan] = w.tick(T0 + 30)

@@ -2,7 +2,8 @@
 explicit ``now``; they return ``Plan``s.
 
 - ``TaskWatch`` mirrors which agent holds which task at which epoch (what the task board holds
-  for in-progress and blocked tasks): the basis of the task detectors and of lease release.
+  for in-progress and blocked tasks): the basis of the task detectors and of lease release; and
+  which tasks wait for a review since when, and on which dependencies (dead_ends.py).
 - ``OverdueDetector``: a task held longer than its SLA (``sla_s``, else the default): warning.
 - ``StallDetector``: a held task with no report from its holder (claim, progress, block) for
   the stall time: warning. Both resolve their escalation when the condition ends.
@@ -27,8 +28,8 @@ read while judging (see ``FailedRunsDetector``).
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from fleetward.schemas.events import (
@@ -37,11 +38,14 @@ from fleetward.schemas.events import (
     TaskBlocked,
     TaskCancelled,
     TaskClaimed,
+    TaskClaimRefused,
     TaskCreated,
+    TaskDependenciesChanged,
     TaskLeaseExpired,
     TaskProgressed,
     TaskReleased,
     TaskReviewed,
+    TaskRevoked,
     TaskSubmitted,
     ToolCalled,
 )
@@ -99,6 +103,9 @@ class TaskRow:
     lease_s: float | None = None
     progress_us: int | None = None  # last claim, progress or rework (the lease's renewal)
     last_seq: int = 0
+    submitted_us: int | None = None  # the submission waiting for review
+    depends_on: tuple[str, ...] = ()
+    cancelled_deps: tuple[str, ...] = ()  # those of depends_on that are cancelled
 
 
 Change = tuple[str, Held]  # ("claimed" | "touched" | "ended", the task)
@@ -111,9 +118,20 @@ class TaskWatch:
     sla: dict[str, float] = field(default_factory=dict)  # open tasks that have an sla_s
     review: dict[str, tuple[str, int, float]] = field(default_factory=dict)  # agent, epoch, claim
     epoch: dict[str, int] = field(default_factory=dict)  # last claim epoch of open tasks
+    submitted: dict[str, int] = field(default_factory=dict)  # in review since (stream time, µs)
+    deps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # open tasks' dependencies
+    dependents: dict[str, set[str]] = field(default_factory=dict)  # dependency -> open tasks
+    # tasks known to be done or cancelled (the latest ``remember``; at start, the cancelled
+    # dependencies of open tasks): a cancelled dependency is a dead end
+    ended: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    remember: int = 100_000
 
     def holdings(self, agent: str) -> list[tuple[str, int]]:
         return sorted((t, self.held[t].epoch) for t in self.by_agent.get(agent, ()))
+
+    def cancelled_deps(self, task: str) -> list[str]:
+        """The dependencies of open ``task`` that are cancelled: it can never be claimed."""
+        return [d for d in self.deps.get(task, ()) if self.ended.get(d) == "cancelled"]
 
     def load(self, row: TaskRow) -> Held | None:
         """A task as the board (fleet.tasks) has it at start."""
@@ -123,11 +141,15 @@ class TaskWatch:
             self.sla[task] = sla
         if epoch:
             self.epoch[task] = epoch
+        for dep in row.cancelled_deps:
+            self._end(dep, "cancelled")
+        self._depend(task, row.depends_on)
         if agent is None:
             return None
         claimed = (row.claimed_us if row.claimed_us is not None else row.updated_us) / 1e6
         if row.status == "review":
             self.review[task] = (agent, epoch, claimed)
+            self.submitted[task] = row.submitted_us or row.updated_us
         elif row.status in ("in_progress", "blocked"):
             return self._hold(Held(task, agent, epoch, claimed, row.updated_us, sla))
         return None
@@ -148,21 +170,51 @@ class TaskWatch:
             if not tasks:
                 del self.by_agent[h.agent]
 
-    def _forget(self, task: str) -> None:
-        for table in (self.sla, self.review, self.epoch):
+    def _depend(self, task: str, deps: Iterable[str]) -> None:
+        """``task`` now depends on ``deps`` (none: it is no longer watched for dead ends)."""
+        for dep in self.deps.pop(task, ()):
+            waiting = self.dependents.get(dep)
+            if waiting is not None:
+                waiting.discard(task)
+                if not waiting:
+                    del self.dependents[dep]
+        new = tuple(dict.fromkeys(deps))
+        if new:
+            self.deps[task] = new
+            for dep in new:
+                self.dependents.setdefault(dep, set()).add(task)
+
+    def _end(self, task: str, how: str) -> None:
+        self.ended[task] = how
+        self.ended.move_to_end(task)
+        while len(self.ended) > self.remember:
+            self.ended.popitem(last=False)
+
+    def _unreview(self, task: str) -> None:
+        self.review.pop(task, None)
+        self.submitted.pop(task, None)
+
+    def _forget(self, task: str, how: str) -> None:
+        for table in (self.sla, self.review, self.epoch, self.submitted):
             table.pop(task, None)
+        self._depend(task, ())
+        self._end(task, how)
 
     def apply(self, event: Event, us: int) -> Change | None:
-        """Mirror the task board's transitions for held tasks."""
+        """Mirror the task board's transitions for held tasks, reviews and dependencies."""
         t = us / 1e6
         match event:
-            case TaskCreated() if event.sla_s is not None:
-                self.sla[event.task] = period(event.sla_s)
+            case TaskCreated() if event.task not in self.ended and event.task not in self.deps:
+                if event.sla_s is not None:
+                    self.sla[event.task] = period(event.sla_s)
+                self._depend(event.task, event.depends_on)
+            case TaskDependenciesChanged() if event.task not in self.ended:
+                self._depend(event.task, event.depends_on)
             case TaskClaimed() if event.task not in self.held:
                 if event.epoch <= self.epoch.get(event.task, 0):
                     return None  # the board refuses a claim of an old epoch
                 self.epoch[event.task] = event.epoch
-                self.review.pop(event.task, None)
+                self._unreview(event.task)
                 sla = self.sla.get(event.task)
                 return "claimed", self._hold(Held(event.task, event.agent, event.epoch, t, us, sla))
             case TaskProgressed() | TaskBlocked():
@@ -176,21 +228,30 @@ class TaskWatch:
                     self._drop(ended)
                     if isinstance(event, TaskSubmitted):
                         self.review[event.task] = (ended.agent, ended.epoch, ended.claimed)
+                        self.submitted[event.task] = us
                     return "ended", ended
+            case TaskRevoked() | TaskClaimRefused():  # the holder's claim is taken back
+                pending = self.review.get(event.task)
+                if pending is not None and pending[:2] == (event.agent, event.epoch):
+                    self._unreview(event.task)
+                taken = self._holder(event.task, event.agent, event.epoch)
+                if taken is not None:
+                    self._drop(taken)
+                    return "ended", taken
             case TaskReviewed():
                 pending = self.review.get(event.task)
                 if pending is None or pending[0] != event.agent:
                     return None
-                del self.review[event.task]
+                self._unreview(event.task)
                 if event.verdict == "approve":
-                    self._forget(event.task)
+                    self._forget(event.task, "done")
                     return None
                 agent, epoch, claimed = pending  # rework: the holder has the task again
                 sla = self.sla.get(event.task)
                 return "claimed", self._hold(Held(event.task, agent, epoch, claimed, us, sla))
-            case TaskCancelled():
+            case TaskCancelled() if event.task not in self.ended:
                 cancelled = self.held.get(event.task)
-                self._forget(event.task)
+                self._forget(event.task, "cancelled")
                 if cancelled is not None:
                     self._drop(cancelled)
                     return "ended", cancelled
@@ -204,7 +265,10 @@ class TaskWatch:
 # ---- task detectors --------------------------------------------------------------------------
 
 
-class _TaskDetector:
+class DeadlineDetector:
+    """Tasks with a deadline in a heap: ``due`` judges those whose deadline passed, each apart
+    (one whose judgement raises is noted as a failure of ``stage`` and skipped)."""
+
     reason: str
     stage: str  # of its failures (failures.STAGES)
 
@@ -218,6 +282,27 @@ class _TaskDetector:
         self.s, self.escalations, self.watch = settings, escalations, watch
         self.failures = failures if failures is not None else Failures()
         self.heap: DeadlineHeap[str] = DeadlineHeap()
+
+    def due(self, now: float, owns: Owns, healthy: Owns) -> list[Plan]:
+        """Judge the tasks whose deadline passed (``_judge``)."""
+        plans: list[Plan] = []
+        for task in self.heap.pop_due(now):
+            with self.failures.isolated(self.stage, task):
+                plan = self._judge(task, now, owns, healthy)
+                if plan is not None:
+                    plans.append(plan)
+        return plans
+
+    def _judge(self, task: str, now: float, owns: Owns, healthy: Owns) -> Plan | None:
+        """The plan for ``task``, whose deadline passed at ``now``; None: nothing to raise (or
+        not yet: it is scheduled again)."""
+        raise NotImplementedError
+
+
+class _TaskDetector(DeadlineDetector):
+    """A held task's deadline (deadline, incident, describe): a warning when it passes, if this
+    replica owns the holder. A holder in a liveness incident is judged later: its silence is
+    the incident (and at critical its leases are released)."""
 
     def deadline(self, h: Held) -> float | None:
         raise NotImplementedError
@@ -243,18 +328,6 @@ class _TaskDetector:
             due = self.deadline(h)
             if due is not None:
                 self.heap.schedule(h.task, due)
-        return plans
-
-    def due(self, now: float, owns: Owns, healthy: Owns) -> list[Plan]:
-        """Judge the tasks whose deadline passed, if this replica owns their holder. A holder in
-        a liveness incident is judged later: its silence is the incident (and at critical its
-        leases are released). A task whose judgement raises is noted and skipped."""
-        plans: list[Plan] = []
-        for task in self.heap.pop_due(now):
-            with self.failures.isolated(self.stage, task):
-                plan = self._judge(task, now, owns, healthy)
-                if plan is not None:
-                    plans.append(plan)
         return plans
 
     def _judge(self, task: str, now: float, owns: Owns, healthy: Owns) -> Plan | None:

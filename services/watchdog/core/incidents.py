@@ -43,10 +43,15 @@ TASK_STALLED: Final = "task_stalled"
 TOOL_ERROR_SPIKE: Final = "tool_error_spike"
 WAKE_LOOP: Final = "wake_loop"
 FAILED_RUNS: Final = "failed_runs"
+REVIEW_OVERDUE: Final = "review_overdue"
+DEPENDENCY_CANCELLED: Final = "dependency_cancelled"
 REASONS: Final = (
     HEARTBEAT_MISSED, TASK_OVERDUE, TASK_STALLED, TOOL_ERROR_SPIKE, WAKE_LOOP, FAILED_RUNS,
+    REVIEW_OVERDUE, DEPENDENCY_CANCELLED,
 )  # fmt: skip
-TASK_REASONS: Final = frozenset({TASK_OVERDUE, TASK_STALLED})
+TASK_REASONS: Final = frozenset({TASK_OVERDUE, TASK_STALLED})  # about a held task and its epoch
+# about a task rather than an agent (an open escalation is found by its task)
+BY_TASK: Final = TASK_REASONS | {REVIEW_OVERDUE, DEPENDENCY_CANCELLED}
 
 TIER_RANK: Final[dict[str, int]] = {"info": 0, "warning": 1, "critical": 2}
 
@@ -153,7 +158,7 @@ class Open:
 
     @property
     def key(self) -> tuple[str, str]:
-        return (self.reason, (self.task if self.reason in TASK_REASONS else self.agent) or "")
+        return (self.reason, (self.task if self.reason in BY_TASK else self.agent) or "")
 
 
 @dataclass(slots=True)
