@@ -4,9 +4,10 @@
 cleared by ``agent.online``; only an active agent goes offline, and a paused or retired agent
 keeps its status.
 
-Every pause, resume and retirement it applies, whoever published it (a person, the watchdog,
-the guard), becomes the agent's durable inbox command (``pause``, ``resume``, ``retire``),
-emitted through the projector's outbox: one path for every intent about an agent.
+Every pause, resume and retirement that changes an agent's status, whoever published it (a
+person, the watchdog, the agent itself), becomes the agent's durable inbox command (``pause``,
+``resume``, ``retire``), emitted through the projector's outbox: one path for every intent about
+an agent.
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ class AgentRegistry(Projection):
             )
         elif isinstance(event, AgentVersionChanged):
             row["version"] = event.version
-        status, reason = next_status(row["status"], event)
+        was = row["status"]
+        status, reason = next_status(was, event)
         if reason is not None:
             row.update(status=status, status_reason=reason)
         elif isinstance(event, (AgentPaused, AgentResumed, AgentOffline, AgentOnline)):
@@ -145,7 +147,7 @@ class AgentRegistry(Projection):
         row.update(updated_at=meta.time, last_seq=meta.seq)
         rows.put(AGENTS, row)
         command = _COMMANDS.get(type(event))
-        if command is not None and reason is not None:
+        if command is not None and reason is not None and status != was:
             told = CommandIssued(
                 id=deterministic_id(event.id, "inbox"), actor="svc:registry", at=event.at,
                 agent=event.agent, command=command, reason=reason,

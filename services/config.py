@@ -25,11 +25,13 @@ class WatchdogSettings:
     grace_s: float = DEFAULT_HEARTBEAT_INTERVAL_S  # judge no one this long after (re)connecting
     stall_s: float = 900.0  # a held task with no report for this long is stalled
     default_sla_s: float = 3600.0  # time allowed in progress for tasks without sla_s; 0: none
+    review_sla_s: float = 86_400.0  # time allowed in review for tasks without sla_s; 0: none
     error_window_s: float = 300.0  # tool-error spike: the window ...
     error_threshold: float = 0.5  # ... the share of failed calls in it ...
     error_min_calls: int = 10  # ... and the calls it needs before it can judge
     wake_runs: int = 5  # wake loop: this many runs finished without task progress ...
     wake_window_s: float = 600.0  # ... within this window
+    failed_runs: int = 5  # this many runs failed in a row, however far apart: critical, paused
     partition: tuple[int, int] = (0, 1)  # (i, n): judge agent a iff crc32(a) % n == i
 
     def __post_init__(self) -> None:
@@ -44,7 +46,7 @@ class WatchdogSettings:
             raise FleetwardError("FLEETWARD_WATCHDOG_ERROR_THRESHOLD must be in (0, 1]")
         if self.stall_s <= 0 or self.error_window_s <= 0 or self.wake_window_s <= 0:
             raise FleetwardError("the watchdog's stall time and windows must be more than 0")
-        if self.error_min_calls < 1 or self.wake_runs < 1:
+        if self.error_min_calls < 1 or self.wake_runs < 1 or self.failed_runs < 1:
             raise FleetwardError("the watchdog's call and run counts must be 1 or more")
 
     @classmethod
@@ -60,11 +62,13 @@ class WatchdogSettings:
             grace_s=num("GRACE_S", interval),
             stall_s=num("STALL_S", 900.0),
             default_sla_s=num("DEFAULT_SLA_S", 3600.0),
+            review_sla_s=num("REVIEW_SLA_S", 86_400.0),
             error_window_s=num("ERROR_WINDOW_S", 300.0),
             error_threshold=num("ERROR_THRESHOLD", 0.5),
             error_min_calls=int(num("ERROR_MIN_CALLS", 10)),
             wake_runs=int(num("WAKE_RUNS", 5)),
             wake_window_s=num("WAKE_WINDOW_S", 600.0),
+            failed_runs=int(num("FAILED_RUNS", 5)),
             partition=parse_partition(env.get("FLEETWARD_WATCHDOG_PARTITION", "")),
         )
 

@@ -118,12 +118,17 @@ LIMIT $1;
 SELECT agent_id, status, heartbeat_interval_s, updated_at FROM fleet.agents;
 
 -- name: watchdog_tasks
--- The watchdog's start: held tasks, tasks in review, and open tasks that carry an SLA.
+-- The watchdog's start: held tasks, tasks in review, and open tasks that carry an SLA or
+-- dependencies (with those of them that are cancelled: dead ends).
 SELECT t.task_id, t.status, t.assignee, t.claim_epoch, t.sla_s, t.claimed_at, t.updated_at,
-       t.lease_s, t.last_progress_at, i.last_seq
+       t.lease_s, t.last_progress_at, i.last_seq, t.submitted_at, t.depends_on,
+       ARRAY(SELECT d.task_id FROM unnest(t.depends_on) AS d(task_id)
+             JOIN fleetward.tasks dep USING (task_id)
+             WHERE dep.status = 'cancelled') AS cancelled_deps
 FROM fleet.tasks t JOIN fleetward.tasks i USING (task_id)
 WHERE t.status IN ('in_progress', 'blocked', 'review')
-   OR (t.status IN ('inbox', 'assigned') AND (t.sla_s IS NOT NULL OR t.claim_epoch > 0));
+   OR (t.status IN ('inbox', 'assigned')
+       AND (t.sla_s IS NOT NULL OR t.claim_epoch > 0 OR cardinality(t.depends_on) > 0));
 
 -- name: watchdog_escalations
 -- The watchdog's start: open escalations with the last sequence on their subject.

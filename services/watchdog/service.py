@@ -1,8 +1,9 @@
 """The watchdog service: heartbeats and activity in, escalations out (the judging is in
 services/watchdog/core/judge.py; this module only reads, times and publishes).
 
-At start it reads the agent registry, the held tasks and the open escalations from the
-projections in one snapshot, with their checkpoints; then it follows fw.agent.> and fw.task.>
+At start it reads the agent registry, the open tasks it watches (held, in review, with an SLA
+or dependencies) and the open escalations from the projections in one snapshot, with their
+checkpoints; then it follows fw.agent.> and fw.task.>
 (FW_EVENTS, together, in order) from the older of their projections' checkpoints, fw.esc.> from
 its own, and FW_HEARTBEATS from each agent's last heartbeat, with ordered ephemeral consumers
 (services/jetstream/follower.py). Its state is
@@ -352,9 +353,10 @@ def _task_row(r: asyncpg.Record) -> TaskRow:
     """A row of the watchdog_tasks query as the core takes it (stream times in µs)."""
     claimed = micros(r["claimed_at"]) if r["claimed_at"] else None
     progress = micros(r["last_progress_at"]) if r["last_progress_at"] else None
+    submitted = micros(r["submitted_at"]) if r["submitted_at"] else None
     return TaskRow(r["task_id"], r["status"], r["assignee"], r["claim_epoch"], r["sla_s"],
-                   claimed, micros(r["updated_at"]), r["lease_s"], progress,
-                   r["last_seq"])  # fmt: skip
+                   claimed, micros(r["updated_at"]), r["lease_s"], progress, r["last_seq"],
+                   submitted, tuple(r["depends_on"]), tuple(r["cancelled_deps"]))  # fmt: skip
 
 
 def _because(error: str) -> str:

@@ -26,18 +26,20 @@ from fleetward.schemas.admission import admit
 from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
+    AgentPaused,
     AgentRegistered,
-    CommandIssued,
     Deliverable,
     EscalationRaised,
     EscalationResolved,
     Event,
     Heartbeat,
     RunFinished,
+    RunOutcome,
     TaskClaimed,
     TaskCreated,
     TaskLeaseExpired,
     TaskProgressed,
+    TaskReviewed,
     TaskSubmitted,
     Tier,
     ToolCalled,
@@ -420,8 +422,8 @@ def progress(agent: str, task: str) -> TaskProgressed:
     return TaskProgressed(**envelope(agent), task=task, agent=agent, epoch=1)
 
 
-def finished(agent: str) -> RunFinished:
-    return RunFinished(**envelope(agent), agent=agent, run=new_id()[-12:], outcome="succeeded",
+def finished(agent: str, outcome: RunOutcome = "succeeded") -> RunFinished:
+    return RunFinished(**envelope(agent), agent=agent, run=new_id()[-12:], outcome=outcome,
                        latency_ms=5.0)  # fmt: skip
 
 
@@ -451,9 +453,11 @@ async def test_each_detector_fires_on_its_condition_and_the_control_group_stays_
         while True:
             n += 1
             batch: list[Event] = [progress(a, f"t-{a}") for a in ("od", "st-ok", "wl-ok")]
-            if n == 2:  # the punctual one hands in before its SLA
+            if n == 2:  # the punctual one hands in before its SLA, and is reviewed in time
                 batch.append(TaskSubmitted(**envelope("od-ok"), task="t-od-ok", agent="od-ok",
                     epoch=1, deliverable=Deliverable(kind="link", sha256="0" * 64)))  # fmt: skip
+                batch.append(TaskReviewed(**envelope("user:r"), task="t-od-ok", agent="od-ok",
+                                          verdict="approve"))  # fmt: skip
             await publish_many(rt.js, batch)
             await anyio.sleep(0.2)
 
@@ -487,10 +491,48 @@ async def test_each_detector_fires_on_its_condition_and_the_control_group_stays_
         assert by_agent["te"].tier == "critical"
         assert {by_agent[a].tier for a in ("od", "st", "wl")} == {"warning"}
         assert (by_agent["od"].task, by_agent["st"].task) == ("t-od", "t-st")
-        pause = await rt.js.get_last_msg("FW_COMMANDS", "fw.cmd.te")
-        command = admit("fw.cmd.te", pause.data or b"")
-        assert isinstance(command, CommandIssued) and command.command == "pause"
-        assert command.payload == {"escalation": by_agent["te"].escalation}
+        await assert_paused_by_the_watchdog(rt, rec, "te", by_agent["te"].escalation)
+
+
+async def assert_paused_by_the_watchdog(rt: Runtime, rec: Recorder, agent: str, esc: str) -> None:
+    """The watchdog paused ``agent`` as an operator would: one ``agent.paused`` on the agent's
+    subject naming ``esc``, which the projections apply; no command of its own on FW_COMMANDS
+    (the board turns every agent.paused into the inbox's pause command)."""
+    await wait_for(lambda: rec.has_all(rt), 10, "the recorder to catch up")
+    [paused] = [e for e in rec.of(AgentPaused) if e.agent == agent]
+    assert paused.actor == "svc:watchdog" and esc in paused.reason
+    with pytest.raises(NotFoundError):
+        await rt.js.get_last_msg("FW_COMMANDS", f"fw.cmd.{agent}")
+    await project_all(rt)
+    async with rt.pool.acquire() as conn:
+        status = await conn.fetchval("SELECT status FROM fleet.agents WHERE agent_id = $1", agent)
+    assert status == "paused"
+
+
+async def test_runs_failed_in_a_row_escalate_and_pause_the_agent_like_an_operator(
+    rt: Runtime,
+) -> None:
+    """Five failed runs in a row (a control fails four, succeeds, fails four): one critical
+    failed_runs escalation, and the agent paused through agent.paused, which the registry
+    applies; no pause command of the watchdog's own."""
+    agents = ["fr", "fr-ok"]
+    await publish_many(rt.js, [register(a, 1.0) for a in agents])
+    # runs without progress are a wake loop too: not what this test is about
+    dog = Watchdog(rt, replace(FAST, interval_s=1.0, failed_runs=5, wake_runs=100))
+    async with running(rt, dog, beater=Beater(rt, agents)) as (rec, _):
+        await judging(dog)
+        control = [finished("fr-ok", "failed") for _ in range(4)]
+        control += [finished("fr-ok"), *(finished("fr-ok", "failed") for _ in range(4))]
+        await publish_many(rt.js, [*control, *(finished("fr", "failed") for _ in range(6))])
+
+        async def escalated() -> list[EscalationRaised]:
+            return rec.escalations("fr")
+
+        [esc] = await wait_for(escalated, 10, "the failed_runs escalation")
+        assert (esc.reason, esc.tier, esc.evidence["failed_runs"]) == ("failed_runs", "critical", 5)
+        await assert_paused_by_the_watchdog(rt, rec, "fr", esc.escalation)
+        await dog.signals.wait_for(lambda: not dog.publisher.in_flight, 10, "publishing to end")
+        assert [e.agent for e in rec.escalations()] == ["fr"]
 
 
 # ---- the escalations projection and CLI ----------------------------------------------------

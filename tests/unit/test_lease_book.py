@@ -11,10 +11,12 @@ from fleetward.schemas.events import (
     Heartbeat,
     TaskCancelled,
     TaskClaimed,
+    TaskClaimRefused,
     TaskLeaseExpired,
     TaskProgressed,
     TaskReleased,
     TaskReviewed,
+    TaskRevoked,
     TaskSubmitted,
 )
 from fleetward.services.watchdog.core.leases import Lapse, LeaseBook
@@ -108,3 +110,15 @@ def test_checks_touch_only_what_is_due() -> None:
     assert len(book.due(at(15))) == 6  # leases of 10..15 s
     assert len(book._heap) == 10_000 - 6  # nothing else was looked at or dropped
     assert book.holders("a3")[0].task == "t3"
+
+
+def test_a_revoke_or_a_refused_claim_ends_the_lease_of_that_claim_only() -> None:
+    book = LeaseBook()
+    claim(book, task="t1")
+    claim(book, task="t2")
+    claim(book, task="t3")
+    book.observe(TaskRevoked(**env("user:o"), task="t1", agent="a1", epoch=1), at(1), 2)
+    book.observe(TaskClaimRefused(**env("svc:board"), task="t2", agent="a1", epoch=1,
+                                  claim="c", reason="paused"), at(1), 3)  # fmt: skip
+    book.observe(TaskRevoked(**env("user:o"), task="t3", agent="a1", epoch=9), at(1), 4)
+    assert [x.task for x in book.due(at(60))] == ["t3"]

@@ -18,24 +18,26 @@ from fleetward.schemas.events import (
     AgentPaused,
     AgentRegistered,
     AgentResumed,
-    CommandIssued,
     Deliverable,
     EscalationRaised,
     EscalationResolved,
     Event,
     RunFinished,
+    RunOutcome,
     TaskClaimed,
     TaskCreated,
     TaskLeaseExpired,
     TaskProgressed,
     TaskReleased,
+    TaskReviewed,
     TaskSubmitted,
     ToolCalled,
 )
 from fleetward.schemas.ids import new_id
+from fleetward.schemas.subjects import subject_of
 from fleetward.services.config import WatchdogSettings
 from fleetward.services.watchdog.core.detectors import TaskRow
-from fleetward.services.watchdog.core.incidents import Plan
+from fleetward.services.watchdog.core.incidents import Plan, pause_step
 from fleetward.services.watchdog.core.judge import Judge
 from fleetward.services.watchdog.core.liveness import DeadlineHeap
 
@@ -412,6 +414,8 @@ def test_an_overdue_task_is_escalated_and_a_healthy_control_group_is_not() -> No
         ),
         T0 + 20,
     )
+    approved = TaskReviewed(**env("user:r"), task="t-quick", agent="quick", verdict="approve")
+    w.event(approved, T0 + 40)  # within its SLA in review too
     keep_alive(w, agents, T0 + 400)
     assert w.tick(T0 + 29.9) == []
     [plan] = w.tick(T0 + 30)
@@ -481,12 +485,24 @@ def test_a_tool_error_spike_pauses_the_agent_and_a_healthy_control_group_stays_q
         plans += w.event(tool("flaky", ok=k % 3 == 0), T0 + k)  # 2/3 fail
     [plan] = plans
     [esc] = raised([plan])
-    [pause] = events([plan], CommandIssued)
     assert (esc.reason, esc.tier, esc.agent) == ("tool_error_spike", "critical", "flaky")
-    assert (pause.command, pause.agent) == ("pause", "flaky")
-    assert pause.payload == {"escalation": esc.escalation}
-    assert plan.steps[0].expect == "empty" and plan.steps[1].expect == "any"
+    assert_paused_as_an_operator_would(plan, "flaky", esc.escalation)
     assert raised(w.plans) == [esc]  # one per window, however many errors follow
+
+
+def assert_paused_as_an_operator_would(plan: Plan, agent: str, esc: str) -> None:
+    """The plan raises ``esc`` and then pauses ``agent`` with ``agent.paused`` on the agent's
+    subject, naming the escalation (the board turns it into the inbox's pause command); no
+    command of its own."""
+    assert [type(s.event) for s in plan.steps] == [EscalationRaised, AgentPaused]
+    assert plan.steps[0].expect == "empty" and plan.steps[1].expect == "any"
+    paused = plan.steps[1].event
+    assert isinstance(paused, AgentPaused)
+    assert (paused.agent, paused.actor) == (agent, "svc:watchdog")
+    assert esc in paused.reason
+    assert subject_of(paused) == f"fw.agent.{agent}"
+    # its id depends on the escalation alone: every replica, whenever it judges, sends the same
+    assert paused.id == pause_step(esc, agent, T0 + 1e6, "another wording").event.id
 
 
 def test_old_tool_errors_and_errors_during_grace_raise_nothing() -> None:
@@ -561,3 +577,100 @@ def test_a_copy_of_a_heartbeat_stored_late_is_no_sign_of_life() -> None:
     [recovered] = w.judge.heartbeat("a1", 4, int((T0 + 62) * 1e9), T0 + 62, event_id=newer)
     assert dict(w.judge.states()) == {"alive": 1}
     assert recovered.steps  # the escalation is resolved by the newer heartbeat alone
+
+
+# ---- failed runs -----------------------------------------------------------------------------
+
+
+def run_failed(agent: str, run: str, outcome: RunOutcome = "failed") -> RunFinished:
+    return RunFinished(**env(agent), agent=agent, run=run, outcome=outcome, latency_ms=10.0)
+
+
+def failed_runs(plans: list[Plan]) -> list[EscalationRaised]:
+    return [e for e in raised(plans) if e.reason == "failed_runs"]
+
+
+def test_runs_failed_in_a_row_pause_the_agent_however_far_apart() -> None:
+    """1 s, 3 s and 200 s apart (the error spike's and the wake loop's windows see none of the
+    last two): the fifth failure in a row raises a critical escalation and pauses the agent,
+    once however many follow; a success in between, or fewer failures, raise nothing."""
+    w = World()
+    spacing = {"fast": 1.0, "slow": 3.0, "sparse": 200.0, "mixed": 3.0, "few": 3.0}
+    for a in spacing:
+        w.register(a, T0)
+    for k in range(9):
+        for a, gap in spacing.items():
+            t = T0 + gap * k
+            if a == "mixed":
+                w.event(run_failed(a, f"r{k}", "succeeded" if k == 4 else "failed"), t)
+            elif a != "few" or k < 4:
+                w.event(run_failed(a, f"r{k}", "cancelled" if k == 2 else "failed"), t)
+    found = failed_runs(w.plans)
+    assert sorted(str(e.agent) for e in found) == ["fast", "slow", "sparse"]
+    for esc in found:
+        assert (esc.tier, esc.evidence["failed_runs"], esc.evidence["run"]) == ("critical", 5, "r5")
+        [plan] = [p for p in w.plans if p.raised == esc]
+        assert_paused_as_an_operator_would(plan, str(esc.agent), esc.escalation)
+
+
+def test_a_success_or_a_resume_ends_the_streak_and_resolves_its_escalation() -> None:
+    w = World()
+    w.register("a1", T0)
+    for k in range(5):
+        w.event(run_failed("a1", f"r{k}"), T0 + 10 * k)
+    [first] = failed_runs(w.plans)
+    w.event(AgentPaused(**env("svc:watchdog"), agent="a1"), T0 + 41)
+    w.event(run_failed("a1", "late"), T0 + 42)  # a run that was under way: no second raise
+    back = w.event(AgentResumed(**env("user:op"), agent="a1"), T0 + 100)
+    assert [e.escalation for e in events(back, EscalationResolved)] == [first.escalation]
+    for k in range(4):  # a new streak after the resume: escalated and paused anew at five
+        w.event(run_failed("a1", f"s{k}"), T0 + 200 + k)
+    assert failed_runs(w.plans) == [first]
+    [plan] = w.event(run_failed("a1", "s4"), T0 + 204)
+    [second] = raised([plan])
+    assert second.escalation != first.escalation
+    assert_paused_as_an_operator_would(plan, "a1", second.escalation)
+    w.event(AgentResumed(**env("user:op"), agent="a1"), T0 + 300)
+    [resolved] = events(w.plans[-1:], EscalationResolved)
+    assert resolved.escalation == second.escalation
+    for k in range(4):
+        w.event(run_failed("a1", f"u{k}"), T0 + 400 + k)
+    ok = w.event(run_failed("a1", "u-ok", "succeeded"), T0 + 410)
+    assert ok == []  # nothing open: nothing to resolve, and the streak of four is over
+    for k in range(4):
+        w.event(run_failed("a1", f"v{k}"), T0 + 500 + k)
+    assert len(failed_runs(w.plans)) == 2
+
+
+def test_failed_runs_read_before_judging_raise_only_at_a_new_failure_and_never_twice() -> None:
+    """At start the watchdog reads every failure since the projections' checkpoints without
+    judging: a streak among them raises nothing until a failure is read while judging, and not
+    at all when its escalation is open already (raised before a restart, loaded at start)."""
+    w = World(judging=False)
+    w.judge.load_agent("again", "active", 10.0, int(T0 * 1e6))
+    w.judge.load_agent("known", "active", 10.0, int(T0 * 1e6))
+    before = EscalationRaised(**env("svc:watchdog"), escalation="fr-before-restart",
+                              tier="critical", reason="failed_runs", agent="known")  # fmt: skip
+    w.judge.load_escalation(before, 7, T0)
+    for k in range(8):  # the replay: old failures, read hours later
+        for a in ("again", "known"):
+            w.event(run_failed(a, f"r{k}"), T0 + 3 * k, now=T0 + 7200)
+    w.judge.enter_grace(T0 + 7200)
+    w.judge.ready = True
+    for a in ("again", "known"):
+        w.hb(a, T0 + 7205)
+    assert w.tick(T0 + 7210) == [] and w.plans == []
+    for a in ("again", "known"):
+        w.event(run_failed(a, "new"), T0 + 7211)
+    [esc] = failed_runs(w.plans)
+    assert (esc.agent, esc.evidence["failed_runs"], esc.evidence["run"]) == ("again", 9, "new")
+
+
+def test_two_replicas_raise_the_same_failed_runs_escalation_and_pause() -> None:
+    a, b = World(), World()
+    for w in (a, b):
+        w.register("a1", T0)
+        for k in range(5):
+            w.event(run_failed("a1", f"r{k}"), T0 + 60 * k, now=T0 + 60 * k + (w is b) * 0.3)
+    ids = [sorted(s.event.id for p in w.plans for s in p.steps) for w in (a, b)]
+    assert ids[0] == ids[1] and len(ids[0]) == 2

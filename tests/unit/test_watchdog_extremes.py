@@ -82,9 +82,25 @@ def extreme_event(rng: random.Random) -> tuple[str, Event] | None:
         (f"fw.task.{task}", {"type": "task.reviewed", "actor": "user:r", "task": task,
                               "agent": agent, "verdict": rng.choice(["approve", "reject"])}),
         (f"fw.task.{task}", {"type": "task.cancelled", "actor": "user:o", "task": task}),
+        (f"fw.task.{task}", {"type": "task.submitted", **own, "epoch": n,
+                              "deliverable": {"kind": "link", "sha256": "0" * 64}}),
+        (f"fw.task.{task}", {"type": "task.created", "actor": "user:o", "task": task,
+                              "project": "p", "title": "t", "sla_s": f,
+                              "depends_on": rng.sample(TASKS, rng.randrange(4))}),
+        (f"fw.task.{task}", {"type": "task.dependencies_changed", "actor": "user:o",
+                              "task": task, "depends_on": rng.sample(TASKS, rng.randrange(4))}),
+        (f"fw.task.{task}", {"type": "task.revoked", "actor": "user:o", "task": task,
+                              "agent": agent, "epoch": n}),
+        (f"fw.task.{task}", {"type": "task.claim_refused", "actor": "svc:x", "task": task,
+                              "agent": agent, "epoch": n, "claim": "c", "reason": "r"}),
+        (f"fw.agent.{agent}", {"type": "run.finished", "actor": agent, "agent": agent,
+                                "run": "r", "outcome": rng.choice(["succeeded", "cancelled"]),
+                                "latency_ms": f}),
         (f"fw.esc.{esc}", {"type": "escalation.raised", "actor": "svc:x", "escalation": esc,
                             "tier": rng.choice(["info", "warning", "critical"]),
-                            "reason": rng.choice(["heartbeat_missed", "task_overdue", "x"]),
+                            "reason": rng.choice(["heartbeat_missed", "task_overdue", "x",
+                                                  "review_overdue", "dependency_cancelled",
+                                                  "failed_runs"]),
                             "agent": agent, "task": task, "message": "m" * 8000,
                             "evidence": {"last_heartbeat_seq": rng.choice(EVIDENCE),
                                          "epoch": rng.choice(EVIDENCE),
@@ -106,9 +122,12 @@ def extreme_row(rng: random.Random, judge: Judge, now: float) -> None:
                          rng.choice(ROW_FLOATS), us)  # fmt: skip
     else:
         sla = rng.choice([None, *ROW_FLOATS])
-        row = TaskRow(rng.choice(TASKS), rng.choice(["in_progress", "blocked", "review"]),
+        deps = tuple(rng.sample(TASKS, rng.randrange(4)))
+        row = TaskRow(rng.choice(TASKS),
+                      rng.choice(["in_progress", "blocked", "review", "inbox", "assigned"]),
                       rng.choice(AGENTS), rng.choice(ROW_EPOCHS), sla, us, us,
-                      rng.choice(ROW_FLOATS), us, rng.choice(INTS))  # fmt: skip
+                      rng.choice(ROW_FLOATS), us, rng.choice(INTS), rng.choice([None, us]),
+                      deps, deps[: rng.randrange(len(deps) + 1)])  # fmt: skip
         judge.load_task(row, now)
 
 

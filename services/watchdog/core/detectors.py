@@ -2,60 +2,67 @@
 explicit ``now``; they return ``Plan``s.
 
 - ``TaskWatch`` mirrors which agent holds which task at which epoch (what the task board holds
-  for in-progress and blocked tasks): the basis of the task detectors and of lease release.
+  for in-progress and blocked tasks): the basis of the task detectors and of lease release; and
+  which tasks wait for a review since when, and on which dependencies (dead_ends.py).
 - ``OverdueDetector``: a task held longer than its SLA (``sla_s``, else the default): warning.
 - ``StallDetector``: a held task with no report from its holder (claim, progress, block) for
   the stall time: warning. Both resolve their escalation when the condition ends.
 - ``ErrorSpikeDetector``: an agent's share of failed tool calls over a sliding window above the
-  threshold (with enough calls to judge): critical, and a durable pause command to the agent.
+  threshold (with enough calls to judge): critical, and the agent is paused (``agent.paused``,
+  the path an operator's pause takes; incidents.pause_step).
 - ``WakeLoopDetector``: an agent finishing run after run with no task progress: warning;
   resolved by its next progress.
+- ``FailedRunsDetector``: an agent whose last ``failed_runs`` runs all failed, however far apart:
+  critical, and the agent is paused; resolved by a run that succeeds or by the agent's resume.
 
 SLAs enter through ``limits.period`` (clamped). A task whose judgement raises anyway is noted
 as a failure (failures.py) and left unjudged until it changes again; the others are judged.
 
 Incident ids are deterministic from what every replica reads in the same order (task and epoch;
-task, epoch and last report; agent and the triggering event), so two replicas raise the same
-escalation. Event-driven detectors fire only on recent events (within their window of ``now``),
-so replaying old events at start raises nothing.
+task, epoch and last report; agent and the triggering event; agent and the first failure of a
+streak), so two replicas raise the same escalation. The window detectors fire only on recent
+events (within their window of ``now``), so replaying old events at start raises nothing. The
+failed-runs detector has no window: it counts every run it reads, and raises only on a failure
+read while judging (see ``FailedRunsDetector``).
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from fleetward.schemas.events import (
-    CommandIssued,
     Event,
     RunFinished,
     TaskBlocked,
     TaskCancelled,
     TaskClaimed,
+    TaskClaimRefused,
     TaskCreated,
+    TaskDependenciesChanged,
     TaskLeaseExpired,
     TaskProgressed,
     TaskReleased,
     TaskReviewed,
+    TaskRevoked,
     TaskSubmitted,
     ToolCalled,
 )
 from fleetward.services.config import WatchdogSettings
 from fleetward.services.watchdog.core.failures import Failures
 from fleetward.services.watchdog.core.incidents import (
+    FAILED_RUNS,
     TASK_OVERDUE,
     TASK_STALLED,
     TOOL_ERROR_SPIKE,
     WAKE_LOOP,
-    WATCHDOG,
     Escalations,
     Plan,
     Publish,
-    at,
     escalation_id,
-    event_id,
     iso,
+    pause_step,
     raised_event,
     resolve_step,
 )
@@ -96,6 +103,9 @@ class TaskRow:
     lease_s: float | None = None
     progress_us: int | None = None  # last claim, progress or rework (the lease's renewal)
     last_seq: int = 0
+    submitted_us: int | None = None  # the submission waiting for review
+    depends_on: tuple[str, ...] = ()
+    cancelled_deps: tuple[str, ...] = ()  # those of depends_on that are cancelled
 
 
 Change = tuple[str, Held]  # ("claimed" | "touched" | "ended", the task)
@@ -108,9 +118,20 @@ class TaskWatch:
     sla: dict[str, float] = field(default_factory=dict)  # open tasks that have an sla_s
     review: dict[str, tuple[str, int, float]] = field(default_factory=dict)  # agent, epoch, claim
     epoch: dict[str, int] = field(default_factory=dict)  # last claim epoch of open tasks
+    submitted: dict[str, int] = field(default_factory=dict)  # in review since (stream time, µs)
+    deps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # open tasks' dependencies
+    dependents: dict[str, set[str]] = field(default_factory=dict)  # dependency -> open tasks
+    # tasks known to be done or cancelled (the latest ``remember``; at start, the cancelled
+    # dependencies of open tasks): a cancelled dependency is a dead end
+    ended: OrderedDict[str, str] = field(default_factory=OrderedDict)
+    remember: int = 100_000
 
     def holdings(self, agent: str) -> list[tuple[str, int]]:
         return sorted((t, self.held[t].epoch) for t in self.by_agent.get(agent, ()))
+
+    def cancelled_deps(self, task: str) -> list[str]:
+        """The dependencies of open ``task`` that are cancelled: it can never be claimed."""
+        return [d for d in self.deps.get(task, ()) if self.ended.get(d) == "cancelled"]
 
     def load(self, row: TaskRow) -> Held | None:
         """A task as the board (fleet.tasks) has it at start."""
@@ -120,11 +141,15 @@ class TaskWatch:
             self.sla[task] = sla
         if epoch:
             self.epoch[task] = epoch
+        for dep in row.cancelled_deps:
+            self._end(dep, "cancelled")
+        self._depend(task, row.depends_on)
         if agent is None:
             return None
         claimed = (row.claimed_us if row.claimed_us is not None else row.updated_us) / 1e6
         if row.status == "review":
             self.review[task] = (agent, epoch, claimed)
+            self.submitted[task] = row.submitted_us or row.updated_us
         elif row.status in ("in_progress", "blocked"):
             return self._hold(Held(task, agent, epoch, claimed, row.updated_us, sla))
         return None
@@ -145,21 +170,51 @@ class TaskWatch:
             if not tasks:
                 del self.by_agent[h.agent]
 
-    def _forget(self, task: str) -> None:
-        for table in (self.sla, self.review, self.epoch):
+    def _depend(self, task: str, deps: Iterable[str]) -> None:
+        """``task`` now depends on ``deps`` (none: it is no longer watched for dead ends)."""
+        for dep in self.deps.pop(task, ()):
+            waiting = self.dependents.get(dep)
+            if waiting is not None:
+                waiting.discard(task)
+                if not waiting:
+                    del self.dependents[dep]
+        new = tuple(dict.fromkeys(deps))
+        if new:
+            self.deps[task] = new
+            for dep in new:
+                self.dependents.setdefault(dep, set()).add(task)
+
+    def _end(self, task: str, how: str) -> None:
+        self.ended[task] = how
+        self.ended.move_to_end(task)
+        while len(self.ended) > self.remember:
+            self.ended.popitem(last=False)
+
+    def _unreview(self, task: str) -> None:
+        self.review.pop(task, None)
+        self.submitted.pop(task, None)
+
+    def _forget(self, task: str, how: str) -> None:
+        for table in (self.sla, self.review, self.epoch, self.submitted):
             table.pop(task, None)
+        self._depend(task, ())
+        self._end(task, how)
 
     def apply(self, event: Event, us: int) -> Change | None:
-        """Mirror the task board's transitions for held tasks."""
+        """Mirror the task board's transitions for held tasks, reviews and dependencies."""
         t = us / 1e6
         match event:
-            case TaskCreated() if event.sla_s is not None:
-                self.sla[event.task] = period(event.sla_s)
+            case TaskCreated() if event.task not in self.ended and event.task not in self.deps:
+                if event.sla_s is not None:
+                    self.sla[event.task] = period(event.sla_s)
+                self._depend(event.task, event.depends_on)
+            case TaskDependenciesChanged() if event.task not in self.ended:
+                self._depend(event.task, event.depends_on)
             case TaskClaimed() if event.task not in self.held:
                 if event.epoch <= self.epoch.get(event.task, 0):
                     return None  # the board refuses a claim of an old epoch
                 self.epoch[event.task] = event.epoch
-                self.review.pop(event.task, None)
+                self._unreview(event.task)
                 sla = self.sla.get(event.task)
                 return "claimed", self._hold(Held(event.task, event.agent, event.epoch, t, us, sla))
             case TaskProgressed() | TaskBlocked():
@@ -173,21 +228,30 @@ class TaskWatch:
                     self._drop(ended)
                     if isinstance(event, TaskSubmitted):
                         self.review[event.task] = (ended.agent, ended.epoch, ended.claimed)
+                        self.submitted[event.task] = us
                     return "ended", ended
+            case TaskRevoked() | TaskClaimRefused():  # the holder's claim is taken back
+                pending = self.review.get(event.task)
+                if pending is not None and pending[:2] == (event.agent, event.epoch):
+                    self._unreview(event.task)
+                taken = self._holder(event.task, event.agent, event.epoch)
+                if taken is not None:
+                    self._drop(taken)
+                    return "ended", taken
             case TaskReviewed():
                 pending = self.review.get(event.task)
                 if pending is None or pending[0] != event.agent:
                     return None
-                del self.review[event.task]
+                self._unreview(event.task)
                 if event.verdict == "approve":
-                    self._forget(event.task)
+                    self._forget(event.task, "done")
                     return None
                 agent, epoch, claimed = pending  # rework: the holder has the task again
                 sla = self.sla.get(event.task)
                 return "claimed", self._hold(Held(event.task, agent, epoch, claimed, us, sla))
-            case TaskCancelled():
+            case TaskCancelled() if event.task not in self.ended:
                 cancelled = self.held.get(event.task)
-                self._forget(event.task)
+                self._forget(event.task, "cancelled")
                 if cancelled is not None:
                     self._drop(cancelled)
                     return "ended", cancelled
@@ -201,7 +265,10 @@ class TaskWatch:
 # ---- task detectors --------------------------------------------------------------------------
 
 
-class _TaskDetector:
+class DeadlineDetector:
+    """Tasks with a deadline in a heap: ``due`` judges those whose deadline passed, each apart
+    (one whose judgement raises is noted as a failure of ``stage`` and skipped)."""
+
     reason: str
     stage: str  # of its failures (failures.STAGES)
 
@@ -215,6 +282,27 @@ class _TaskDetector:
         self.s, self.escalations, self.watch = settings, escalations, watch
         self.failures = failures if failures is not None else Failures()
         self.heap: DeadlineHeap[str] = DeadlineHeap()
+
+    def due(self, now: float, owns: Owns, healthy: Owns) -> list[Plan]:
+        """Judge the tasks whose deadline passed (``_judge``)."""
+        plans: list[Plan] = []
+        for task in self.heap.pop_due(now):
+            with self.failures.isolated(self.stage, task):
+                plan = self._judge(task, now, owns, healthy)
+                if plan is not None:
+                    plans.append(plan)
+        return plans
+
+    def _judge(self, task: str, now: float, owns: Owns, healthy: Owns) -> Plan | None:
+        """The plan for ``task``, whose deadline passed at ``now``; None: nothing to raise (or
+        not yet: it is scheduled again)."""
+        raise NotImplementedError
+
+
+class _TaskDetector(DeadlineDetector):
+    """A held task's deadline (deadline, incident, describe): a warning when it passes, if this
+    replica owns the holder. A holder in a liveness incident is judged later: its silence is
+    the incident (and at critical its leases are released)."""
 
     def deadline(self, h: Held) -> float | None:
         raise NotImplementedError
@@ -240,18 +328,6 @@ class _TaskDetector:
             due = self.deadline(h)
             if due is not None:
                 self.heap.schedule(h.task, due)
-        return plans
-
-    def due(self, now: float, owns: Owns, healthy: Owns) -> list[Plan]:
-        """Judge the tasks whose deadline passed, if this replica owns their holder. A holder in
-        a liveness incident is judged later: its silence is the incident (and at critical its
-        leases are released). A task whose judgement raises is noted and skipped."""
-        plans: list[Plan] = []
-        for task in self.heap.pop_due(now):
-            with self.failures.isolated(self.stage, task):
-                plan = self._judge(task, now, owns, healthy)
-                if plan is not None:
-                    plans.append(plan)
         return plans
 
     def _judge(self, task: str, now: float, owns: Owns, healthy: Owns) -> Plan | None:
@@ -370,19 +446,15 @@ class ErrorSpikeDetector:
         raised = raised_event(
             esc, "critical", TOOL_ERROR_SPIKE, now, agent=event.agent,
             message=f"{share:.0%} of ~{calls:.0f} tool calls failed in {s.error_window_s:g}s; "
-            "pause requested",
+            "paused",
             evidence={"error_share": round(share, 3), "calls": round(calls, 1),
                       "window_s": s.error_window_s, "threshold": s.error_threshold,
                       "last_error": (event.error or "")[:200], "tool": event.tool[:200],
                       "trigger_seq": seq},
         )  # fmt: skip
         self.escalations.raised(raised)
-        pause = CommandIssued(
-            id=event_id(esc, "pause"), actor=WATCHDOG, at=at(now), agent=event.agent,
-            command="pause", reason=f"tool-error spike (escalation {esc})",
-            payload={"escalation": esc},
-        )  # fmt: skip
-        return [Plan(f"esc:{esc}", (Publish(raised, "empty"), Publish(pause)), t)]
+        pause = pause_step(esc, event.agent, now, "tool-error spike")
+        return [Plan(f"esc:{esc}", (Publish(raised, "empty"), pause), t)]
 
 
 class WakeLoopDetector:
@@ -425,3 +497,78 @@ class WakeLoopDetector:
         self.escalations.close(open_.id)
         step = resolve_step(open_.id, now, "the agent made task progress", open_.seq)
         return [Plan(f"esc:{open_.id}", (step,))]
+
+
+@dataclass(slots=True)
+class _Streak:
+    """An agent's runs failed in a row, as far as this watchdog has read."""
+
+    first_seq: int  # stream sequence of the first failure read: names the incident
+    first: float  # its stream time, seconds
+    failed: int = 0
+    judged: bool = False  # raised, or found raised already: once per streak
+
+
+class FailedRunsDetector:
+    """Runs failed in a row, counted whatever their spacing: ``failed_runs`` of them raise a
+    critical escalation and pause the agent (``pause_step``), once per streak. A run that
+    succeeds ends the streak, and so does the agent's resume (a person's "try again": failing
+    on, it is escalated and paused anew); either resolves the open escalation. A cancelled run
+    neither counts nor ends a streak.
+
+    No replays raise: only a failure read while judging can raise, and the watchdog reads every
+    event before its start (from the projections' checkpoints) before it judges. A streak that
+    reached the count meanwhile (catching up, in grace, or while the agent was paused) is raised
+    at its next failure read while judging: by stream order nothing the agent did after that
+    failure has been read, so the streak is still the agent's latest word.
+
+    A restart forgets the part of a streak before the point it reads from: it counts the streak
+    again from there, so a streak that runs across a restart is raised once the watchdog has read
+    ``failed_runs`` failures of it. An escalation of the agent's failed runs that is still open
+    (raised before the restart, loaded with the open escalations) stops a second raise for the
+    same streak. Resolutions come only from events after the projections' checkpoints
+    (``fresh``): an older success or resume is already behind the escalations loaded at start.
+    """
+
+    def __init__(self, settings: WatchdogSettings, escalations: Escalations) -> None:
+        self.s, self.escalations = settings, escalations
+        self.streaks: dict[str, _Streak] = {}
+
+    def finished(
+        self, event: RunFinished, seq: int, t: float, now: float, *, judging: bool, fresh: bool
+    ) -> list[Plan]:
+        agent = event.agent
+        if event.outcome == "succeeded":
+            return self.ended(agent, now, f"a run succeeded (run {event.run})", fresh)
+        if event.outcome != "failed":
+            return []
+        streak = self.streaks.get(agent)
+        if streak is None:
+            streak = self.streaks[agent] = _Streak(seq, t)
+        streak.failed += 1
+        if streak.judged or not judging or streak.failed < self.s.failed_runs:
+            return []
+        streak.judged = True
+        esc = escalation_id("fr", agent, str(streak.first_seq))
+        if self.escalations.known(esc) or self.escalations.open_for(FAILED_RUNS, agent):
+            return []  # raised already (before a restart, or by another replica)
+        n = streak.failed
+        raised = raised_event(
+            esc, "critical", FAILED_RUNS, now, agent=agent,
+            message=f"{n} runs failed in a row since {iso(streak.first)}; paused",
+            evidence={"failed_runs": n, "threshold": self.s.failed_runs,
+                      "first_failed_at": iso(streak.first), "first_seq": streak.first_seq,
+                      "trigger_seq": seq, "run": event.run},
+        )  # fmt: skip
+        self.escalations.raised(raised)
+        pause = pause_step(esc, agent, now, f"{n} runs failed in a row")
+        return [Plan(f"esc:{esc}", (Publish(raised, "empty"), pause), t)]
+
+    def ended(self, agent: str, now: float, why: str, fresh: bool) -> list[Plan]:
+        """The agent's streak ends (``why``); its open escalation is resolved if ``fresh``."""
+        self.streaks.pop(agent, None)
+        open_ = self.escalations.open_for(FAILED_RUNS, agent)
+        if open_ is None or not fresh:
+            return []
+        self.escalations.close(open_.id)
+        return [Plan(f"esc:{open_.id}", (resolve_step(open_.id, now, why, open_.seq),))]

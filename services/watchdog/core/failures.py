@@ -11,6 +11,8 @@ failure happened is its ``stage``:
 - ``liveness``: judging an agent's silence (the agent is quarantined: not judged again until it
   registers again or the watchdog restarts; see liveness.py);
 - ``overdue``, ``stall``: judging a held task (judged again when the task changes);
+- ``review``, ``dependency``: judging a task waiting for its review, or on a cancelled
+  dependency (judged again when the task changes);
 - ``lease``: a lapsed lease (judged again when the task changes);
 - ``reconcile``: an open escalation checked once caught up (left open);
 - ``tick``: a whole judging round (the service's last resort; the next round tries again).
@@ -24,7 +26,8 @@ from dataclasses import dataclass
 from typing import Final
 
 STAGES: Final = (
-    "load", "heartbeat", "event", "liveness", "overdue", "stall", "lease", "reconcile", "tick",
+    "load", "heartbeat", "event", "liveness", "overdue", "stall", "review", "dependency", "lease",
+    "reconcile", "tick",
 )  # fmt: skip
 
 

@@ -24,6 +24,7 @@ from typing import Final, Literal
 
 from fleetward.schemas.bounds import INT4_MAX
 from fleetward.schemas.events import (
+    AgentPaused,
     EscalationAcknowledged,
     EscalationRaised,
     EscalationResolved,
@@ -41,8 +42,16 @@ TASK_OVERDUE: Final = "task_overdue"
 TASK_STALLED: Final = "task_stalled"
 TOOL_ERROR_SPIKE: Final = "tool_error_spike"
 WAKE_LOOP: Final = "wake_loop"
-REASONS: Final = (HEARTBEAT_MISSED, TASK_OVERDUE, TASK_STALLED, TOOL_ERROR_SPIKE, WAKE_LOOP)
-TASK_REASONS: Final = frozenset({TASK_OVERDUE, TASK_STALLED})
+FAILED_RUNS: Final = "failed_runs"
+REVIEW_OVERDUE: Final = "review_overdue"
+DEPENDENCY_CANCELLED: Final = "dependency_cancelled"
+REASONS: Final = (
+    HEARTBEAT_MISSED, TASK_OVERDUE, TASK_STALLED, TOOL_ERROR_SPIKE, WAKE_LOOP, FAILED_RUNS,
+    REVIEW_OVERDUE, DEPENDENCY_CANCELLED,
+)  # fmt: skip
+TASK_REASONS: Final = frozenset({TASK_OVERDUE, TASK_STALLED})  # about a held task and its epoch
+# about a task rather than an agent (an open escalation is found by its task)
+BY_TASK: Final = TASK_REASONS | {REVIEW_OVERDUE, DEPENDENCY_CANCELLED}
 
 TIER_RANK: Final[dict[str, int]] = {"info": 0, "warning": 1, "critical": 2}
 
@@ -113,6 +122,16 @@ def raised_event(
     )
 
 
+def pause_step(esc: str, agent: str, now: float, why: str) -> Publish:
+    """Pause ``agent`` the way an operator does: ``agent.paused`` on its own subject, naming the
+    escalation ``esc`` behind it. The projections mark the agent paused and the task board turns
+    every ``agent.paused`` into the agent's durable ``pause`` command, so the watchdog never
+    sends the command itself (one path for every pause). The id is the same on every replica."""
+    paused = AgentPaused(id=event_id(esc, "paused"), actor=WATCHDOG, at=at(now), agent=agent,
+                         reason=f"paused by the watchdog: {why} (escalation {esc})")  # fmt: skip
+    return Publish(paused)
+
+
 def resolve_step(esc: str, now: float, resolution: str, seq: int = 0) -> Publish:
     event = EscalationResolved(
         id=event_id(esc, "resolved"),
@@ -139,7 +158,7 @@ class Open:
 
     @property
     def key(self) -> tuple[str, str]:
-        return (self.reason, (self.task if self.reason in TASK_REASONS else self.agent) or "")
+        return (self.reason, (self.task if self.reason in BY_TASK else self.agent) or "")
 
 
 @dataclass(slots=True)

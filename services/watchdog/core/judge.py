@@ -8,7 +8,8 @@ it returns.
   events are still followed meanwhile, so afterwards only the truly silent are escalated.
   Recoveries (a heartbeat after an escalation) are published at once, grace or not.
 - Partitioning: this replica judges agent ``a`` iff ``crc32(a) % n == i``; tasks by their
-  holder. Other agents' heartbeats are dropped before any work.
+  holder (a review by the agent that submitted), a task's cancelled dependencies by the task's
+  id. Other agents' heartbeats are dropped before any work.
 - Start: the state comes from the projections (``load_*``) as of their checkpoints; events of a
   kind at or below its projection's checkpoint are already in that state and are skipped.
 - Isolation: durations are clamped where they enter (limits.py); whatever raises anyway while
@@ -26,20 +27,31 @@ from typing import Final
 
 from fleetward.projections.tasks import HELD
 from fleetward.schemas.events import (
+    AgentResumed,
     EscalationAcknowledged,
     EscalationRaised,
     EscalationResolved,
     Event,
     RunFinished,
+    TaskCancelled,
     TaskClaimed,
+    TaskCreated,
+    TaskDependenciesChanged,
     TaskLeaseExpired,
     TaskProgressed,
+    TaskReviewed,
     TaskSubmitted,
     ToolCalled,
 )
 from fleetward.services.config import WatchdogSettings
+from fleetward.services.watchdog.core.dead_ends import (
+    DependencyDetector,
+    ReviewDetector,
+    why_ended,
+)
 from fleetward.services.watchdog.core.detectors import (
     ErrorSpikeDetector,
+    FailedRunsDetector,
     OverdueDetector,
     StallDetector,
     TaskRow,
@@ -48,7 +60,9 @@ from fleetward.services.watchdog.core.detectors import (
 )
 from fleetward.services.watchdog.core.failures import Failures
 from fleetward.services.watchdog.core.incidents import (
+    DEPENDENCY_CANCELLED,
     HEARTBEAT_MISSED,
+    REVIEW_OVERDUE,
     TASK_REASONS,
     WATCHDOG,
     Escalations,
@@ -65,6 +79,8 @@ from fleetward.services.watchdog.core.liveness import LIFECYCLE, Liveness
 # the projection whose checkpoint covers each subject kind of FW_EVENTS
 CHECKPOINTS: Final = {"agent": "agents", "task": "tasks", "esc": "escalations"}
 _ESCALATION_EVENTS: Final = (EscalationRaised, EscalationAcknowledged, EscalationResolved)
+# the task events that can start or end a dead end on a dependency
+_DEPENDENCY_EVENTS: Final = (TaskCreated, TaskDependenciesChanged, TaskCancelled, TaskReviewed)
 
 
 class Judge:
@@ -76,8 +92,11 @@ class Judge:
         self.tasks = TaskWatch()
         self.overdue = OverdueDetector(settings, self.escalations, self.tasks, self.failures)
         self.stall = StallDetector(settings, self.escalations, self.tasks, self.failures)
+        self.review = ReviewDetector(settings, self.escalations, self.tasks, self.failures)
+        self.deps = DependencyDetector(self.escalations, self.tasks, self.failures)
         self.spike = ErrorSpikeDetector(settings, self.escalations)
         self.wake = WakeLoopDetector(settings, self.escalations)
+        self.failed = FailedRunsDetector(settings, self.escalations)
         self.leases = LeaseBook()
         self.checkpoints: dict[str, int] = dict.fromkeys(CHECKPOINTS, 0)
         self.ready = False  # the readers have caught up once
@@ -113,6 +132,8 @@ class Judge:
         if held is not None:
             self.overdue.changed(("claimed", held), now)
             self.stall.changed(("claimed", held), now)
+        self.review.changed(row.task, None, self.tasks.submitted.get(row.task), now, "")
+        self.deps.changed(row.task, now, now, "")
 
     def load_escalation(self, raised: EscalationRaised, seq: int, now: float) -> None:
         """An open escalation (fleet.escalations), ``raised`` standing for its latest raise."""
@@ -150,8 +171,12 @@ class Judge:
         if isinstance(event, _ESCALATION_EVENTS):
             return self._escalation(event, seq, now) if fresh else []
         if isinstance(event, LIFECYCLE):
-            if fresh and self.owns(event.agent):
+            if not self.owns(event.agent):
+                return []
+            if fresh:
                 self.liveness.lifecycle(event, us)
+            if isinstance(event, AgentResumed):  # a fresh start: a new streak of failed runs
+                return self.failed.ended(event.agent, now, "the agent was resumed", fresh)
             return []
         plans: list[Plan] = []
         agent = getattr(event, "agent", None)
@@ -159,12 +184,17 @@ class Judge:
             task = getattr(event, "task", "")
             with self.failures.isolated("lease", task):  # the task board's mirror goes on
                 self.leases.observe(event, at(us / 1e6), seq)
+            submitted = self.tasks.submitted.get(task)
+            affected = [task]  # whose dead ends this event may start or end
+            if isinstance(event, TaskCancelled):
+                affected += sorted(self.tasks.dependents.get(task, ()))
             change = self.tasks.apply(event, us)
             if change is not None:
                 with self.failures.isolated("overdue", task):
                     plans += self.overdue.changed(change, now)
                 with self.failures.isolated("stall", task):
                     plans += self.stall.changed(change, now)
+            plans += self._dead_ends(event, affected, submitted, us, now)
         if agent is None or not self.owns(agent):
             return plans
         judging = self.judging(now) and self.liveness.judgeable(agent)
@@ -173,8 +203,28 @@ class Judge:
                 plans += self.spike.observe(event, seq, us / 1e6, now, judging)
             case RunFinished():
                 plans += self.wake.finished(event, seq, us / 1e6, now, judging)
+                plans += self.failed.finished(
+                    event, seq, us / 1e6, now, judging=judging, fresh=fresh
+                )
             case TaskProgressed() | TaskSubmitted() | TaskClaimed():
                 plans += self.wake.progressed(agent, now)
+        return plans
+
+    def _dead_ends(
+        self, event: Event, affected: list[str], submitted: int | None, us: int, now: float
+    ) -> list[Plan]:
+        """The dead ends a task event started or ended: the review the task waits for (it was
+        waiting for ``submitted`` before the event), and its and its dependents' dependencies."""
+        plans: list[Plan] = []
+        task, why = affected[0], why_ended(event)
+        after = self.tasks.submitted.get(task)
+        if after != submitted:
+            with self.failures.isolated("review", task):
+                plans += self.review.changed(task, submitted, after, now, why)
+        if isinstance(event, _DEPENDENCY_EVENTS):
+            for waiting in affected:
+                with self.failures.isolated("dependency", waiting):
+                    plans += self.deps.changed(waiting, now, us / 1e6, why)
         return plans
 
     def _escalation(self, event: Event, seq: int, now: float) -> list[Plan]:
@@ -220,6 +270,8 @@ class Judge:
         healthy = self.liveness.healthy
         plans += self.overdue.due(now, self.owns, healthy)
         plans += self.stall.due(now, self.owns, healthy)
+        plans += self.review.due(now, self.owns, healthy)
+        plans += self.deps.due(now, self.owns)
         for lapse in self.leases.due(at(now)):
             with self.failures.isolated("lease", lapse.task):
                 if self.owns(lapse.agent):
@@ -227,15 +279,24 @@ class Judge:
         return plans
 
     def next_due(self) -> float | None:
-        dues = [h.next_due() for h in (self.liveness.heap, self.overdue.heap, self.stall.heap)]
-        dues.append(self.leases.next_due())
+        heaps = (self.liveness.heap, self.overdue.heap, self.stall.heap, self.review.heap)
+        dues = [h.next_due() for h in heaps]
+        dues += [self.leases.next_due(), self.deps.next_due()]
         return min((d for d in dues if d is not None), default=None)
 
     def reconcile(self, now: float) -> list[Plan]:
         """Once caught up: resolve open task escalations whose task is no longer held at the
-        epoch they are about (it ended while no watchdog was looking)."""
+        epoch they are about, and dead ends that ended (while no watchdog was looking)."""
         plans: list[Plan] = []
+        dead_ends = self.review.current() | self.deps.current()
         for esc in list(self.escalations.open.values()):
+            if esc.reason in (REVIEW_OVERDUE, DEPENDENCY_CANCELLED):
+                owner = esc.agent if esc.reason == REVIEW_OVERDUE else esc.task
+                if esc.id not in dead_ends and self.owns(owner or ""):
+                    self.escalations.close(esc.id)
+                    step = resolve_step(esc.id, now, "the task no longer waits", esc.seq)
+                    plans.append(Plan(f"esc:{esc.id}", (step,)))
+                continue
             if esc.reason not in TASK_REASONS or esc.task is None or not self.owns(esc.agent or ""):
                 continue
             with self.failures.isolated("reconcile", esc.id):

@@ -4,10 +4,11 @@ lease expiries.
 
 A claim opens a lease of ``lease_s`` from the stream time of the claim. Progress, a block, or a
 heartbeat of the holder naming the task renews it; a rejected review (the task comes back to
-its holder) opens it again. Submission, release, lease expiry, approval and cancellation end
-it. A lease's length enters through ``limits.period`` (clamped), so a deadline always fits a
-``datetime``. Deadlines sit in a heap with lazy deletion: a renewal pushes a new entry and the
-stale one is skipped when it surfaces, so each check costs only the leases actually due.
+its holder) opens it again. Submission, release, lease expiry, a revoke or a refusal of the
+claim, approval and cancellation end it. A lease's length enters through ``limits.period``
+(clamped), so a deadline always fits a ``datetime``. Deadlines sit in a heap with lazy deletion:
+a renewal pushes a new entry and the stale one is skipped when it surfaces, so each check costs
+only the leases actually due.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from fleetward.schemas.events import (
     TaskBlocked,
     TaskCancelled,
     TaskClaimed,
+    TaskClaimRefused,
     TaskLeaseExpired,
     TaskProgressed,
     TaskReleased,
     TaskReviewed,
+    TaskRevoked,
     TaskSubmitted,
 )
 from fleetward.services.watchdog.core.limits import period
@@ -122,8 +125,8 @@ class LeaseBook:
                 assert lease is not None
                 lease.version = next(self._versions)  # no deadline while under review
                 lease.deadline = datetime.max.replace(tzinfo=at.tzinfo)
-            case TaskReleased() | TaskLeaseExpired() if self._holds(
-                lease, event.agent, event.epoch
+            case TaskReleased() | TaskLeaseExpired() | TaskRevoked() | TaskClaimRefused() if (
+                self._holds(lease, event.agent, event.epoch)
             ):
                 del self.leases[task]
             case TaskReviewed(verdict="approve") | TaskCancelled():
