@@ -295,5 +295,5 @@ async def test_pause_resume_retire_an_agent(rt: Runtime, ops: FleetClient) -> No
 async def test_without_the_task_api_agent_writes_say_what_is_missing(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    with pytest.raises(FleetwardError, match=r"did not answer on fw\.api\.agents\.get"):
+    with pytest.raises(FleetwardError, match=r"nothing serves fw\.api\.agents\.get"):
         await ops.pause_agent("w1")
