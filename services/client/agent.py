@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import anyio
@@ -63,6 +64,7 @@ from fleetward.services.jetstream.connection import connect
 from fleetward.services.jetstream.consumer import PullConsumer
 
 INBOX_REDELIVERY_S = 5.0
+INBOX_BATCH = 16  # commands the open pull request on the inbox may bring ahead of reading
 SEEN_COMMANDS = 1024  # command ids remembered, so a redelivered command acts once
 
 
@@ -119,9 +121,11 @@ class AgentClient(FleetClient):
         roles: Sequence[str] = (),
         max_concurrent_tasks: int = 1,
     ) -> PubAck:
-        """Register (or re-register) this agent: who it is, its roles and heartbeat interval."""
+        """Register (or re-register) this agent: who it is, its roles and heartbeat interval.
+        Then open its inbox and take what waits there (a pause sent while it was away holds);
+        registering again brings a retired agent back, as it does in the registry."""
         self.profile = _Profile(tuple(roles), max_concurrent_tasks, heartbeat_interval_s)
-        return await self.send(
+        ack = await self.send(
             AgentRegistered(
                 **self.envelope(),
                 agent=self.agent,
@@ -136,6 +140,10 @@ class AgentClient(FleetClient):
                 max_concurrent_tasks=max_concurrent_tasks,
             )
         )
+        await self.sync_inbox()
+        if self.retired:  # projections/agents.py next_status: registering un-retires
+            self.retired = self.paused = False
+        return ack
 
     async def heartbeat(self, message: str = "") -> PubAck:
         """One heartbeat; it names the task in hand, which renews that task's lease."""
@@ -166,16 +174,19 @@ class AgentClient(FleetClient):
         take the agent past its limit. The board may still refuse a claim it alone can judge
         (the inbox then says ``refused``, and the task leaves ``claims``)."""
         async with self._claiming:
-            await self.sync_inbox()
-            if self.paused:
-                state = "retired" if self.retired else "paused"
-                raise AgentPaused(task, f"agent {self.agent} is {state}")
             claim, seq = await claim_task(
                 self, task, agent=self.agent, me=self._claimant, lease_s=lease_s,
-                attempts=attempts,
+                attempts=attempts, gate=partial(self._may_claim, task),
             )  # fmt: skip
             self._seqs[task] = seq
             return self._keep(claim)
+
+    async def _may_claim(self, task: str) -> None:
+        """Read the inbox; ``AgentPaused`` if it says this agent is paused or retired."""
+        await self.sync_inbox()
+        if self.paused:
+            state = "retired" if self.retired else "paused"
+            raise AgentPaused(task, f"agent {self.agent} is {state}")
 
     def _claimant(self) -> dict[str, Any]:
         """This agent as the board's claim check sees it now."""
@@ -389,15 +400,20 @@ class AgentClient(FleetClient):
         return await self._take_command(wait)
 
     async def sync_inbox(self) -> None:
-        """Read (and act on) every command waiting in the inbox now; ``next_command`` still
-        returns them, in order."""
+        """Take (and act on) the commands waiting for this agent; ``next_command`` still
+        returns them, in order. The first time, the inbox is opened and everything the server
+        holds for it is read; after that a pull request is always open on it, so the commands
+        stored since are already here and taking them costs no round trip."""
         if self._inbox is None:
             self._inbox = await self._open_inbox()
-        info = await self.js.consumer_info(COMMANDS_STREAM, inbox_durable(self.agent))
-        for _ in range((info.num_pending or 0) + (info.num_ack_pending or 0)):
-            command = await self._take_command(wait=0.5)
-            if command is None:
-                return
+            info = await self.js.consumer_info(COMMANDS_STREAM, inbox_durable(self.agent))
+            for _ in range((info.num_pending or 0) + (info.num_ack_pending or 0)):
+                command = await self._take_command(wait=0.5)
+                if command is None:
+                    return
+                self._commands.append(command)
+            return
+        while (command := await self._take_command(wait=0.0)) is not None:
             self._commands.append(command)
 
     async def _take_command(self, wait: float) -> CommandIssued | None:
@@ -456,7 +472,7 @@ class AgentClient(FleetClient):
                     ack_wait=INBOX_REDELIVERY_S,
                 ),
             )
-        inbox = PullConsumer(self.nc, COMMANDS_STREAM, durable, batch=1, expires=1.0)
+        inbox = PullConsumer(self.nc, COMMANDS_STREAM, durable, batch=INBOX_BATCH, expires=5.0)
         await inbox.start()
         return inbox
 

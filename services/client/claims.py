@@ -18,7 +18,7 @@ the publish; the holder reads the task again and goes on only if the claim is st
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,11 +89,14 @@ async def claim_task(
     me: Callable[[], dict[str, Any]],
     lease_s: float,
     attempts: int,
+    gate: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[TaskClaimed, int]:
     """Publish ``agent``'s claim of ``task`` for a new epoch, compare-and-set on the task's
     subject: the claim that took the task and the sequence it was stored at, or ``ClaimLost``
     saying why not. ``me`` is the agent as the board sees it (``claimant``), asked again at each
-    attempt."""
+    attempt. ``gate`` (e.g. taking the agent's inbox; it raises to stop the claim) runs first."""
+    if gate is not None:
+        await gate()
     for _ in range(attempts):
         state = await read_task(pub.nc, pub.js, task)
         claim = await _claim_event(pub, state, agent, me, lease_s)
