@@ -410,11 +410,12 @@ class AgentClient(FleetClient):
             for _ in range((info.num_pending or 0) + (info.num_ack_pending or 0)):
                 command = await self._take_command(wait=0.5)
                 if command is None:
-                    return
+                    break
                 self._commands.append(command)
-            return
-        while (command := await self._take_command(wait=0.0)) is not None:
-            self._commands.append(command)
+        else:
+            while (command := await self._take_command(wait=0.0)) is not None:
+                self._commands.append(command)
+        await self._inbox.ask()  # keep a request open: commands arrive as they are stored
 
     async def _take_command(self, wait: float) -> CommandIssued | None:
         if self._inbox is None:

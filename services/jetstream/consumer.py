@@ -120,6 +120,12 @@ class PullConsumer:
         """Subscribe to the replies; the first ``next_batch()`` makes the first request."""
         await self._pulls.open()
 
+    async def ask(self) -> None:
+        """Open a pull request now if none is open (and the buffer has room), so messages
+        arrive in the buffer before the next ``next_batch()``."""
+        self._pulls.forget_lost()
+        await self._pulls.refill()
+
     async def stop(self) -> None:
         """Unsubscribe; what is buffered stays unread (and unacknowledged)."""
         await self._pulls.close()
