@@ -7,6 +7,9 @@ tokens, runs and tool calls, under the team the agent belonged to when it spent.
 - ``spend_agents`` keeps each agent's current team and every team it has a day row under
   (``teams``), so the rows an event may add to are known before the batch is folded
   (``touches_more``), however the events are batched.
+- Spend and tool calls of an agent that is paused or retired are still recorded (the truth is
+  kept) and flagged: ``paused_cost_usd`` and ``paused_events`` count what it reported while its
+  status (the registry's state machine, ``agents.next_status``) was not active.
 - Money is added as ``Decimal`` from the shortest decimal form of each reported figure, so sums
   are exact and a rebuild equals the live projection to the last digit. Token sums are
   ``numeric`` too: the contract bounds one spend's tokens, nothing bounds a day's.
@@ -18,9 +21,15 @@ from collections.abc import Iterable
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from typing import ClassVar, Final
 
+from fleetward.projections.agents import next_status
 from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
 from fleetward.schemas.events import (
+    AgentOffline,
+    AgentOnline,
+    AgentPaused,
     AgentRegistered,
+    AgentResumed,
+    AgentRetired,
     Event,
     RunFinished,
     RunStarted,
@@ -34,7 +43,7 @@ SPEND_AGENTS = Table(
     name="fleetward.spend_agents",
     key=("agent_id",),
     key_types=("text",),
-    columns=("agent_id", "team", "teams"),
+    columns=("agent_id", "team", "teams", "status"),
 )
 
 SPEND_DAILY = Table(
@@ -54,11 +63,15 @@ SPEND_DAILY = Table(
         "tool_calls",
         "tool_errors",
         "spend_events",
+        "paused_cost_usd",
+        "paused_events",
     ),
 )
 
 _ACTIVITY = (SpendRecorded, ToolCalled, RunStarted, RunFinished)
-_READS_AGENT = (AgentRegistered, *_ACTIVITY)
+_STATUS = (AgentRegistered, AgentPaused, AgentResumed, AgentRetired, AgentOffline, AgentOnline)
+_READS_AGENT = (*_STATUS, *_ACTIVITY)
+HELD_BACK = frozenset({"paused", "retired"})  # statuses whose spend is flagged
 UNASSIGNED = "unassigned"
 
 
@@ -76,6 +89,11 @@ def add_money(total: Decimal, x: float) -> Decimal:
     return _EXACT.add(total, money(x))
 
 
+def _member(agent: str) -> Row:
+    """An agent the spend projection had not heard of yet."""
+    return {"agent_id": agent, "team": UNASSIGNED, "teams": [], "status": "active"}
+
+
 def _empty_day(agent: str, meta: Meta, team: str) -> Row:
     return {
         "agent_id": agent,
@@ -90,6 +108,8 @@ def _empty_day(agent: str, meta: Meta, team: str) -> Row:
         "tool_calls": 0,
         "tool_errors": 0,
         "spend_events": 0,
+        "paused_cost_usd": Decimal(0),
+        "paused_events": 0,
     }
 
 
@@ -115,18 +135,23 @@ class Spend(Projection):
         return [(SPEND_DAILY, (agent, day, team)) for team in member["teams"]]
 
     def apply(self, rows: Rows, event: Event, meta: Meta) -> None:
-        if isinstance(event, AgentRegistered):
+        if isinstance(event, _STATUS):
             member = rows.get(SPEND_AGENTS, (event.agent,))
-            teams = member["teams"] if member else []
-            rows.put(SPEND_AGENTS, {"agent_id": event.agent, "team": event.team, "teams": teams})
+            row = dict(member) if member else _member(event.agent)
+            if isinstance(event, AgentRegistered):
+                row["team"] = event.team
+            row["status"], _ = next_status(row["status"], event)
+            rows.put(SPEND_AGENTS, row)
             return
         if not isinstance(event, _ACTIVITY):
             return
         member = rows.get(SPEND_AGENTS, (event.agent,))
         team = member["team"] if member else UNASSIGNED
+        status = member["status"] if member else "active"
         if member is None or team not in member["teams"]:
             teams = sorted({*(member["teams"] if member else ()), team})
-            rows.put(SPEND_AGENTS, {"agent_id": event.agent, "team": team, "teams": teams})
+            rows.put(SPEND_AGENTS, {"agent_id": event.agent, "team": team, "teams": teams,
+                                    "status": status})  # fmt: skip
         old = rows.get(SPEND_DAILY, (event.agent, meta.time.date(), team))
         day = dict(old) if old else _empty_day(event.agent, meta, team)
         match event:
@@ -143,4 +168,9 @@ class Spend(Projection):
                 day["runs"] += 1
             case RunFinished():
                 day["runs_failed"] += 1 if event.outcome == "failed" else 0
+        if status in HELD_BACK:
+            day["paused_events"] += 1
+            cost = getattr(event, "cost_usd", 0.0)
+            if cost:
+                day["paused_cost_usd"] = add_money(day["paused_cost_usd"], cost)
         rows.put(SPEND_DAILY, day)

@@ -841,8 +841,24 @@ def test_tokens_runs_and_tool_calls_are_counted() -> None:
         "tool_calls": 3,
         "tool_errors": 2,
         "spend_events": 2,
+        "paused_cost_usd": Decimal(0),
+        "paused_events": 0,
     }
     assert row["model_cost_usd"] == Decimal("0.03")
+
+
+def test_spend_of_a_paused_agent_is_kept_and_flagged() -> None:
+    fold = Fold(Spend())
+    fold(registered(team="docs"))
+    fold(spent(1.0))
+    fold(paused())
+    fold(spent(2.0))
+    fold(tool(0.25))
+    fold(resumed())
+    fold(spent(4.0))
+    day = day_row(fold, T0.date(), team="docs")
+    assert day["model_cost_usd"] == Decimal("7.0")  # the truth is kept
+    assert (day["paused_cost_usd"], day["paused_events"]) == (Decimal("2.25"), 2)
 
 
 def test_team_is_stamped_from_the_latest_registration() -> None:
@@ -856,6 +872,7 @@ def test_team_is_stamped_from_the_latest_registration() -> None:
         "agent_id": AGENT,
         "team": "docs",
         "teams": [UNASSIGNED],
+        "status": "active",
     }
     fold(spent(2.0), at=d1 + timedelta(minutes=2))
     assert day_row(fold, d1.date(), team="docs")["model_cost_usd"] == Decimal("2.0")
