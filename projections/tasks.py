@@ -18,8 +18,9 @@ names the event it voids by id, so it applies exactly once, whenever it is store
 
 The board also emits the inbox commands that follow from what it applies: the verdict on a
 review to the author (``review_feedback``), ``lease_lost`` to a holder displaced by a lease
-expiry, a revocation or a cancellation, and ``refused`` to an agent whose task event did not
-fit (the event is recorded in ``fleetward.task_rejections`` with its reason and never applied).
+expiry, a revocation or a cancellation, ``wake`` to an agent a task is assigned to, and
+``refused`` to an agent whose task event did not fit (the event is recorded in
+``fleetward.task_rejections`` with its reason and never applied).
 
 Dependencies may only name tasks that already exist (and, when changed, tasks created before
 the dependent one), so they always form a DAG.
@@ -479,6 +480,18 @@ def _judge(rows: Rows, old: Row | None, new: Row, event: Event, meta: Meta) -> N
                 task=task,
                 payload=payload,
             )
+        case TaskAssigned():
+            payload = {"why": "assigned", "by": event.actor, "epoch": new["claim_epoch"]}
+            _tell(
+                rows,
+                meta,
+                event,
+                event.agent,
+                "wake",
+                reason=f"task {task} is assigned to you",
+                task=task,
+                payload=payload,
+            )
         case TaskClaimRefused():
             payload = {"event": event.claim, "type": "task.claimed", "epoch": event.epoch}
             _tell(
@@ -518,6 +531,14 @@ def _judge(rows: Rows, old: Row | None, new: Row, event: Event, meta: Meta) -> N
         case TaskRevoked():
             payload = {"epoch": event.epoch, "by": event.actor, "assign_to": event.assign_to}
             reason = event.reason or f"revoked by {event.actor}"
+            if event.assign_to:
+                wake = CommandIssued(
+                    id=deterministic_id(event.id, "inbox", "assign_to"), actor=BOARD,
+                    at=event.at, agent=event.assign_to, command="wake",
+                    reason=f"task {task} is assigned to you", task=task,
+                    payload={"why": "assigned", "by": event.actor, "epoch": event.epoch},
+                )  # fmt: skip
+                rows.emit(wake, meta)
             _tell(
                 rows,
                 meta,

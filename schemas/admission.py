@@ -6,6 +6,7 @@ caller records it in the dead-letter table with ``Rejected.reason`` and moves on
 
 from __future__ import annotations
 
+import contextlib
 import re
 from array import array
 from collections.abc import Iterable
@@ -189,20 +190,21 @@ _SENDER_KINDS: Final = ("agent", "hb")  # subject kinds whose key is the publish
 
 def sender_of(subject: str, data: bytes) -> str | None:
     """The agent a refused message came from, as far as can be told without trusting it: the
-    agent its subject names (``fw.agent.<a>``, ``fw.hb.<a>``), else the ``actor`` of a payload
-    that is a JSON object, when that actor is an agent id. None when no agent can be named
+    ``actor`` of a payload that is a JSON object, when that actor is an agent id (so an agent
+    that publishes about another is told, not the other); else the agent its subject names
+    (``fw.agent.<a>``, ``fw.hb.<a>``: bytes that are not JSON). None when no agent can be named
     (commands name their recipient, not their sender). Once subjects carry their actor
     (contract v2), the subject alone will tell."""
     parts = subject.split(".")
-    if len(parts) == 3 and parts[1] in _SENDER_KINDS:
-        return parts[2] if _IDENT.match(parts[2]) else None
-    if (len(parts) >= 2 and parts[1] == "cmd") or too_deep(data):
+    if len(parts) >= 2 and parts[1] == "cmd":
         return None
-    try:
-        payload = msgspec.json.decode(data)
-    except (msgspec.DecodeError, RecursionError):
-        return None
+    payload = None
+    if not too_deep(data):
+        with contextlib.suppress(msgspec.DecodeError, RecursionError):
+            payload = msgspec.json.decode(data)
     actor = payload.get("actor") if isinstance(payload, dict) else None
-    if isinstance(actor, str) and actor_kind(actor) == "agent" and _IDENT.match(actor):
-        return actor
+    if isinstance(actor, str):
+        return actor if actor_kind(actor) == "agent" and _IDENT.match(actor) else None
+    if len(parts) == 3 and parts[1] in _SENDER_KINDS and _IDENT.match(parts[2]):
+        return parts[2]
     return None

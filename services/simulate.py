@@ -41,8 +41,9 @@ Commands (``Fleet.command``); each is harmless twice, as inbox delivery is at le
   later run reads it there.
 - ``review_feedback`` (a person reviewed its deliverable): approved, it is free for new work;
   rejected, it reworks the task.
-- ``refused``: ``run`` logs the refusal and its details; ``wake`` and ``approval`` change nothing
-  (a simulated agent is always awake and asks for no approvals).
+- ``refused``: ``run`` logs the refusal and its details; ``wake`` naming a task assigned to the
+  agent (``payload.epoch``: its current claim epoch) makes it claim that task next;
+  ``approval`` changes nothing (a simulated agent asks for no approvals).
 """
 
 from __future__ import annotations
@@ -140,6 +141,7 @@ class SimAgent:
     pause_reason: str = ""
     retired: bool = False  # for good
     offline: bool = False  # the registry has it offline: the board would refuse its claims
+    assigned: list[str] = field(default_factory=list)  # tasks assigned to it: claimed first
 
 
 @dataclass
@@ -291,9 +293,14 @@ class Fleet:
         if a.paused:
             return []
         if a.task is None:
-            if a.offline or not self.inbox or r.random() < 0.5:
+            if a.offline or not (self.inbox or a.assigned) or r.random() < 0.5:
                 return []
-            task = self.inbox.pop(0)
+            if a.assigned:
+                task = a.assigned.pop(0)
+                if task in self.inbox:
+                    self.inbox.remove(task)
+            else:
+                task = self.inbox.pop(0)
             a.task, a.epoch, a.progress = task, self.epochs.get(task, 0) + 1, 0
             self.epochs[task] = a.epoch
             a.run = new_id()[-12:]
@@ -480,6 +487,13 @@ class Fleet:
                 self._forget_review(a)
                 a.task, a.in_review = None, False
                 return out
+            case "wake" if command.task is not None and command.payload.get("why") == "assigned":
+                epoch = command.payload.get("epoch")
+                if isinstance(epoch, int) and not isinstance(epoch, bool):
+                    self.epochs[command.task] = max(self.epochs.get(command.task, 0), epoch)
+                if command.task not in a.assigned and command.task != a.task:
+                    a.assigned.append(command.task)
+                return []
             case "review_feedback":
                 if command.task is None or command.task != a.task or not a.in_review:
                     return []

@@ -80,13 +80,14 @@ FROM fleet.agents a LEFT JOIN fleet.utilization u USING (agent_id)
 WHERE a.agent_id = $1;
 
 -- name: claimable_tasks
--- Tasks an agent may claim now, highest priority then oldest first: open, not held, every
--- dependency done, its role (if any) among the agent's roles.
+-- Tasks an agent may claim now, those assigned to it first, then highest priority and oldest:
+-- open, not held, every dependency done, its role (if any) among the agent's roles.
 SELECT task_id FROM fleet.tasks
 WHERE (status = 'inbox' OR (status = 'assigned' AND assignee = $1))
   AND NOT waiting_on_dependencies
   AND (required_role IS NULL OR required_role = ANY($2::text[]))
-ORDER BY array_position(ARRAY['urgent','high','medium','low'], priority), created_at, task_id
+ORDER BY status = 'assigned' DESC,
+         array_position(ARRAY['urgent','high','medium','low'], priority), created_at, task_id
 LIMIT $3;
 
 -- name: agent_profile

@@ -51,8 +51,10 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
             )
             if args.simulate:
                 console.print(f"  Simulator {args.simulate} agents (sim-000 ...)")
+            chosen = os.environ.get("FLEETWARD_HOME")
+            prefix = f"FLEETWARD_HOME={chosen} " if chosen else ""
             console.print(
-                "  In another terminal: .venv/bin/fleetward status | agents | tasks | "
+                f"  In another terminal: {prefix}.venv/bin/fleetward status | agents | tasks | "
                 "agent sim-001 | escalations"
             )
             while True:

@@ -166,8 +166,9 @@ def discover(settings: Settings) -> tuple[str, str]:
     database = settings.database_url or found.get("database_url")
     if not nats_url or not database:
         raise FleetwardError(
-            "no Fleetward to talk to: start one with 'make run' (or 'fleetward dev'), "
-            "or set FLEETWARD_NATS_URL and FLEETWARD_DATABASE_URL"
+            f"no Fleetward to talk to under FLEETWARD_HOME={settings.home}: start one with "
+            "'make run' (or 'fleetward dev'), set FLEETWARD_HOME to the one a running "
+            "'fleetward dev' uses, or set FLEETWARD_NATS_URL and FLEETWARD_DATABASE_URL"
         )
     return nats_url, database
 

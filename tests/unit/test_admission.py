@@ -18,6 +18,7 @@ from fleetward.schemas.admission import (
     admit,
     bracket_depth,
     nesting,
+    sender_of,
 )
 from fleetward.schemas.bounds import INT4_MAX, MAX_COST_USD, MAX_DEPTH, MAX_TOKENS
 from fleetward.schemas.events import (
@@ -530,3 +531,24 @@ def test_agent_reviewing_another_agents_deliverable_is_admitted() -> None:
 def test_subject_is_checked_before_actor() -> None:
     """An event that is wrong twice is dead-lettered for its subject."""
     assert reason_of("fw.hb.agent-8", raw(heartbeat(actor="agent-8"))) == "wrong_subject"
+
+
+@pytest.mark.parametrize(
+    ("subject", "data", "sender"),
+    [
+        ("fw.agent.a1", b"\x00 not json", "a1"),  # not JSON: the subject's agent
+        ("fw.hb.a1", b"[1, 2", "a1"),
+        ("fw.agent.victim", b'{"actor": "mallory", "type": "agent.paused"}', "mallory"),
+        ("fw.task.t1", b'{"actor": "a2", "type": "task.progressed"}', "a2"),
+        ("fw.task.t1", b'{"actor": "user:bob"}', None),  # a person: no inbox
+        ("fw.agent.victim", b'{"actor": "svc:x"}', None),
+        ("fw.task.t1", b"not json", None),
+        ("fw.cmd.a1", b'{"actor": "a1"}', None),  # commands name their recipient
+        ("fw.task.t1", b'{"actor": "bad id with spaces"}', None),
+        ("fw.agent.a1", b"[" * 100_000, "a1"),  # too deep to decode: the subject's agent
+    ],
+)
+def test_a_refusal_goes_to_the_agent_that_sent_the_event(
+    subject: str, data: bytes, sender: str | None
+) -> None:
+    assert sender_of(subject, data) == sender

@@ -29,6 +29,7 @@ from fleetward.schemas.events import (
     RunFinished,
     RunStarted,
     SpendRecorded,
+    TaskAssigned,
     TaskClaimed,
     TaskCreated,
     TaskLeaseExpired,
@@ -309,3 +310,18 @@ def test_refusals_wakes_and_approvals_change_nothing() -> None:
     for name in names:
         assert sim.command("sim-001", name, a.task, type="task.progressed") == []
     assert (a.task, a.epoch, a.run, a.progress, a.paused) == state
+
+
+def test_a_task_assigned_by_an_operator_is_claimed_next() -> None:
+    """The board wakes an agent a task is assigned to; the simulated agent claims it next."""
+    sim = Sim(quiet(Fleet(3, seed=6)))
+    sim.board([
+        TaskCreated(id=new_id(), actor=OPS, at=sim.now, task="op-1", project="ops", title="t"),
+        TaskAssigned(id=new_id(), actor=OPS, at=sim.now, task="op-1", agent="sim-002"),
+    ])  # fmt: skip
+    a = sim.agent("sim-002")
+    sim.until(lambda: a.task is None or a.in_review)  # done with what it held, if anything
+    assert sim.command("sim-002", "wake", "op-1", why="assigned", epoch=0) == []
+    sim.until(lambda: sim.board.task("op-1")["status"] == "in_progress")
+    assert sim.board.task("op-1")["assignee"] == "sim-002"
+    assert sim.board.rejections() == []
