@@ -1,6 +1,8 @@
 """``fleetward tasks ...``: the operator's task commands (create, assign, reassign, revoke, deps,
-review, cancel) and the board view by status. Writes go to the bus through the client, which
-refuses what the board would refuse (one line, exit 2); the board is read from the projection."""
+review, cancel), the board view by status, and one task's story (``show``: read from its
+subject, folded by the task state machine, every event with whether it was applied). Writes
+go to the bus through the client, which refuses what the board would refuse (one line, exit
+2); the board is read from the projection."""
 
 from __future__ import annotations
 
@@ -9,13 +11,15 @@ import argparse
 from rich.console import Console
 from rich.table import Table
 
-from fleetward.schemas.events import TaskRevoked, Verdict
+from fleetward.schemas.events import Event, TaskRevoked, Verdict, type_name
 from fleetward.services.cli.command import Command, console, operator
 from fleetward.services.cli.views import show_tasks
 from fleetward.services.client import FleetClient
+from fleetward.services.client.taskstate import read_task
 from fleetward.services.config import Settings
 from fleetward.services.db import Conn, q
-from fleetward.services.runtime.connect import open_runtime
+from fleetward.services.errors import FleetwardError
+from fleetward.services.runtime.connect import Runtime, open_runtime
 
 STATUSES = ("inbox", "assigned", "in_progress", "blocked", "review", "done", "cancelled")
 
@@ -26,6 +30,8 @@ def add_parsers(tasks: argparse.ArgumentParser) -> None:
     tasks.add_argument("--limit", type=int, default=50)
     tasks.add_argument("--board", action="store_true", help="counts and tasks by status")
     actions = tasks.add_subparsers(dest="action", metavar="ACTION")
+    show = actions.add_parser("show", help="one task: its state and every event of it, in order")
+    show.add_argument("task_id")
     create = actions.add_parser("create", help="create a task")
     create.add_argument("task_id")
     create.add_argument("--project", required=True)
@@ -66,7 +72,11 @@ def add_parsers(tasks: argparse.ArgumentParser) -> None:
 
 async def run(settings: Settings, args: argparse.Namespace) -> None:
     """Show the board (no action), or make the change the action names, as the operator."""
-    async with open_runtime(settings, prepare=args.action is not None, pool_size=2) as rt:
+    writes = args.action not in (None, "show")
+    async with open_runtime(settings, prepare=writes, pool_size=2) as rt:
+        if args.action == "show":
+            await show_task(rt, args.task_id)
+            return
         if args.action is None:
             async with rt.pool.acquire() as conn:
                 if args.board:
@@ -118,6 +128,55 @@ async def _change(client: FleetClient, args: argparse.Namespace) -> str:
         return f"{done} {task} (deliverable of {review.agent}); the verdict is in its inbox"
     await client.cancel(task, args.reason)
     return f"cancelled {task}"
+
+
+async def show_task(rt: Runtime, task: str) -> None:
+    """The task as the state machine folds it from its subject, and every message of the
+    subject: what it said and whether it was applied (``FleetwardError`` for no such task)."""
+    state = await read_task(rt.nc, rt.js, task, history=True)
+    if not state.history:
+        raise FleetwardError(f"no task {task}")
+    row = state.row
+    if row is None:
+        console.print(f"[bold]{task}[/bold]: never created (every event on it was refused)")
+    else:
+        held = f" by {row['assignee']}" if row["assignee"] else ""
+        console.print(
+            f"[bold]{task}[/bold] {row['title']!r} ({row['priority']}, project {row['project']}): "
+            f"{row['status']}{held}, epoch {row['claim_epoch']}"
+        )
+        if row["depends_on"]:
+            console.print(f"  depends on: {', '.join(row['depends_on'])}")
+    table = Table(box=None, header_style="bold")
+    for column in ("seq", "stored", "event", "by", "details", "applied"):
+        table.add_column(column)
+    for step in state.history:
+        event = step.event
+        kind = type_name(type(event)) if event is not None else "(unreadable)"
+        table.add_row(
+            str(step.seq),
+            step.time.strftime("%Y-%m-%d %H:%M:%S"),
+            kind,
+            event.actor if event is not None else "-",
+            _details(event),
+            "yes" if step.refused is None else f"[red]no[/red]: {step.refused}",
+        )
+    console.print(table)
+
+
+def _details(event: Event | None) -> str:
+    """The fields of a task event worth a glance (agent, epoch, reasons, verdicts)."""
+    if event is None:
+        return ""
+    parts = []
+    for name in ("agent", "epoch", "assign_to", "verdict", "reason", "feedback", "note"):
+        value = getattr(event, name, None)
+        if value not in (None, ""):
+            parts.append(f"{name}={value}")
+    deps = getattr(event, "depends_on", None)
+    if deps:
+        parts.append(f"depends_on={','.join(deps)}")
+    return " ".join(parts)[:120]
 
 
 async def show_board(conn: Conn, console: Console, args: argparse.Namespace) -> None:

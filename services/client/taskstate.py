@@ -11,7 +11,6 @@ the board's timestamps.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,7 +22,7 @@ from nats.js import JetStreamContext
 from fleetward.projections import Meta
 from fleetward.projections.base import Row
 from fleetward.projections.tasks import step
-from fleetward.schemas import Rejected, admit
+from fleetward.schemas import Event, Rejected, admit
 from fleetward.schemas.headers import SEQUENCE, STATUS, TIME_STAMP, direct_get_subject
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import subject
@@ -36,14 +35,29 @@ class TaskState:
     task: str
     row: dict[str, Any] | None  # None: no such task (or only refused events)
     last_seq: int  # 0 when the subject has no events
+    history: tuple[Step, ...] = ()  # with ``history=True``: every message, and what it did
 
 
-async def read_task(nc: NatsClient, js: JetStreamContext, task: str) -> TaskState:
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One message of a task's subject and what the state machine made of it."""
+
+    seq: int
+    time: datetime
+    event: Event | None  # None: admission refused it (``refused`` says why)
+    refused: str | None  # why it was not applied, or None: applied
+
+
+async def read_task(
+    nc: NatsClient, js: JetStreamContext, task: str, *, history: bool = False
+) -> TaskState:
     """Fold every event of one task, read with one batch direct get (ADR-31, NATS 2.11+): the
-    server streams the subject's messages to an inbox and ends with a 204 status."""
+    server streams the subject's messages to an inbox and ends with a 204 status. With
+    ``history``, keep every message and what the fold made of it."""
     subj = subject("task", task)
     row: Row | None = None
     last = 0
+    steps: list[Step] = []
     inbox = nc.new_inbox()
     replies = await nc.subscribe(inbox, pending_msgs_limit=100_000)
     try:
@@ -58,17 +72,26 @@ async def read_task(nc: NatsClient, js: JetStreamContext, task: str) -> TaskStat
                     break  # 204: end of batch; 404: nothing (more) on the subject
                 got += 1
                 last = int(headers[SEQUENCE])
-                with contextlib.suppress(Rejected):  # the board never applies bad events
-                    event = admit(subj, msg.data)
-                    when = _parse_time(headers[TIME_STAMP])
+                when = _parse_time(headers[TIME_STAMP])
+                why: str | None
+                try:
+                    event: Event | None = admit(subj, msg.data)
+                except Rejected as exc:  # the board never applies bad events
+                    event, why = None, f"{exc.reason}: {exc.detail}"
+                else:
+                    assert event is not None
                     after = step(row, event, Meta(last, when, subj))
-                    if not isinstance(after, str):  # a str: why it does not fit; not applied
-                        row = after
+                    if isinstance(after, str):  # why it does not fit: not applied
+                        why = after
+                    else:
+                        row, why = after, None
+                if history:
+                    steps.append(Step(last, when, event, why))
             if got < BATCH:
                 break
     finally:
         await replies.unsubscribe()
-    return TaskState(task, row, last)
+    return TaskState(task, row, last, tuple(steps))
 
 
 def _parse_time(stamp: str) -> datetime:

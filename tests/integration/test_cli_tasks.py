@@ -95,6 +95,8 @@ async def test_an_operator_runs_a_task_from_creation_to_review(
                                 "cite sources")  # fmt: skip
             assert "rejected cli-a (deliverable of writer-9)" in rejected
             await project_all(rt)  # the board turns the review into the author's command
+            woken = await writer.next_command(wait=5)  # first: the assignment woke it
+            assert woken is not None and (woken.command, woken.task) == ("wake", "cli-a")
             feedback = await writer.next_command(wait=5)
             assert feedback is not None and (feedback.command, feedback.reason) == (
                 "review_feedback",
@@ -113,6 +115,13 @@ async def test_an_operator_runs_a_task_from_creation_to_review(
     assert "cli-a (writer-9)" in board
     listed = await ok(env, "tasks", "--status", "cancelled")
     assert "cli-c" in listed and "cli-a" not in listed
+    story = await ok(env, "tasks", "show", "cli-a")  # the task's subject, event by event
+    assert "in_progress by writer-9, epoch 1" in story
+    for line in ("task.created", "task.assigned", "task.claimed", "task.submitted",
+                 "task.reviewed"):  # fmt: skip
+        assert line in story
+    assert "verdict=reject" in story and "feedback=cite sources" in story
+    await refused(rt, env, "no task cli-nowhere", "tasks", "show", "cli-nowhere")
     async with rt.pool.acquire() as conn:
         assert await conn.fetch("SELECT * FROM fleet.task_rejections") == []
 
