@@ -75,7 +75,9 @@ SELECT a.*, u.state, u.current_task, u.message, u.last_seen, u.busy_s, u.idle_s,
        (SELECT coalesce(sum(cost_usd), 0) FROM fleet.spend_daily s
          WHERE s.agent_id = a.agent_id) AS cost_total,
        (SELECT coalesce(sum(tokens_in + tokens_out), 0) FROM fleet.spend_daily s
-         WHERE s.agent_id = a.agent_id AND s.day = current_date) AS tokens_today
+         WHERE s.agent_id = a.agent_id AND s.day = current_date) AS tokens_today,
+       ARRAY(SELECT t.task_id FROM fleet.tasks t WHERE t.assignee = a.agent_id
+              AND t.status IN ('in_progress', 'blocked') ORDER BY t.task_id) AS holds
 FROM fleet.agents a LEFT JOIN fleet.utilization u USING (agent_id)
 WHERE a.agent_id = $1;
 

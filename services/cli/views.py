@@ -121,7 +121,10 @@ async def show_agent(conn: Conn, console: Console, agent_id: str) -> bool:
         f"[bold]{r['agent_id']}[/bold] {r['name']} ({r['team']}, owner {r['owner']}, "
         f"risk {r['risk_class']}, version {r['version']})",
         f"status     {r['status']}" + (f" ({r['status_reason']})" if r["status_reason"] else ""),
-        f"doing now  {doing}" + (f" - {r['message']}" if r["message"] else ""),
+        f"doing now  {doing}"
+        + (f" - {r['message']}" if r["message"] else "")
+        + " (its last heartbeat)",
+        f"holds      {', '.join(r['holds']) or 'no task'} (the task board)",
         f"last seen  {age(r['last_seen'])}"
         + (f" ({r['last_seen']:%Y-%m-%d %H:%M:%S} UTC)" if r["last_seen"] else ""),
         f"cost       ${r['cost_today']:.4f} today, ${r['cost_total']:.4f} in all; "

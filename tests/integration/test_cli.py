@@ -182,7 +182,7 @@ async def test_read_commands_show_the_projected_fleet(rt: Runtime, env: dict[str
     await project_all(rt)
     async with rt.pool.acquire() as conn:
         agents = await conn.fetch("SELECT agent_id, name, team FROM fleet.agents ORDER BY 1")
-        tasks = await conn.fetch("SELECT task_id, status FROM fleet.tasks ORDER BY 1")
+        tasks = await conn.fetch("SELECT task_id, status, assignee FROM fleet.tasks ORDER BY 1")
         cost_total = await conn.fetchval(
             "SELECT coalesce(sum(cost_usd), 0) FROM fleet.spend_daily WHERE agent_id = 'sim-001'"
         )
@@ -215,6 +215,12 @@ async def test_read_commands_show_the_projected_fleet(rt: Runtime, env: dict[str
     last_seen = re.search(r"^last seen\s+(.+)$", detail, re.MULTILINE)
     assert last_seen and "never" not in last_seen.group(1), detail
     assert re.search(rf"^cost\s+\$\d+\.\d{{4}} today, \${cost_total:.4f} in all", detail, re.M)
+    holding = ("in_progress", "blocked")
+    held = sorted(
+        t["task_id"] for t in tasks if t["assignee"] == "sim-001" and t["status"] in holding
+    )
+    holds = re.search(r"^holds\s+(.+) \(the task board\)$", detail, re.M)
+    assert holds and holds.group(1) == (", ".join(held) or "no task"), detail
 
     code, _, err = await fleetward(env, "agent", "nope")
     lines = err.strip().splitlines()
