@@ -101,6 +101,7 @@ TASKS = Table(
         "undo_status",
         "undo_assignee",
         "undo_verdict",
+        "overruled",
     ),
 )
 
@@ -174,15 +175,17 @@ def holder(row: Row | None) -> str | None:
 
 def task_claim_problem(task: Row, claim: TaskClaimed) -> str | None:
     """What the task's own subject decides about a claim: the task is claimable (inbox, or
-    assigned to the claimer) and the epoch is a new one. Epochs only need to grow."""
+    assigned to the claimer) and the epoch is the next one. Every reader folds the same epochs
+    (a claim the board overrules keeps its epoch), so the next one is known to all; a claim
+    may not skip ahead (one at the contract's largest epoch would leave no epoch after it)."""
     status = task["status"]
     if status not in ("inbox", "assigned"):
         held_by = f", held by {task['assignee']}" if status in HELD else ""
         return f"task is {status}{held_by}"
     if status == "assigned" and task["assignee"] != claim.agent:
         return f"task is assigned to {task['assignee']}"
-    if claim.epoch <= task["claim_epoch"]:
-        return f"claim epoch {claim.epoch} is not after the current epoch {task['claim_epoch']}"
+    if claim.epoch != task["claim_epoch"] + 1:
+        return f"claim epoch {claim.epoch} is not the next one ({task['claim_epoch'] + 1})"
     return None
 
 
@@ -203,7 +206,7 @@ def _transition(row: Row, event: Event, meta: Meta) -> str | None:
             problem = task_claim_problem(row, event)
             if problem:
                 return problem
-            _stash(row, event.id, None)
+            row.update(undo_status=row["status"], undo_assignee=row["assignee"])
             row.update(
                 status="in_progress",
                 assignee=event.agent,
@@ -232,7 +235,7 @@ def _transition(row: Row, event: Event, meta: Meta) -> str | None:
             if event.agent != row["assignee"]:
                 return f"the deliverable under review is {row['assignee']}'s"
             if actor_kind(event.actor) == "agent":  # the board may still refuse it (the role)
-                _stash(row, event.id, event.verdict)
+                row.update(undo_event=event.id, undo_verdict=event.verdict)
             row["review_rounds"] += 1
             if event.verdict == "approve":
                 row.update(status="done", done_at=meta.time)
@@ -245,7 +248,7 @@ def _transition(row: Row, event: Event, meta: Meta) -> str | None:
         case TaskCancelled():
             if status not in OPEN:
                 return f"task is {status}"
-            row.update(status="cancelled", undo_event=None)
+            _end_claim(row, "cancelled", row["assignee"])
         case TaskClaimRefused() | TaskReviewRefused():
             return _void(row, event)
         case TaskRevoked():
@@ -267,11 +270,14 @@ def _transition(row: Row, event: Event, meta: Meta) -> str | None:
 
 
 def _void(row: Row, verdict: TaskClaimRefused | TaskReviewRefused) -> str | None:
-    """Undo the claim or review a verdict names, if it is still the one to undo."""
+    """Undo the claim or agent review a verdict names, if it is still undoable: a claim until
+    it ends (released, expired, revoked, cancelled), a review until the next one or the claim's
+    end. Undoing a claim restores the status and assignee from before it."""
     if isinstance(verdict, TaskClaimRefused):
-        if row["undo_event"] != verdict.claim or row["status"] not in (*HELD, "review"):
+        if row["claim_id"] != verdict.claim or row["undo_status"] is None:
             return f"claim {verdict.claim} is not the task's current claim"
         _end_claim(row, row["undo_status"], row["undo_assignee"])
+        row["done_at"] = None
         return None
     if row["undo_event"] != verdict.review:
         return f"review {verdict.review} is not the task's last review"
@@ -282,22 +288,22 @@ def _void(row: Row, verdict: TaskClaimRefused | TaskReviewRefused) -> str | None
         review_rounds=row["review_rounds"] - 1,
         rework_count=row["rework_count"] - rework,
         undo_event=None,
+        undo_verdict=None,
     )
     return None
 
 
-def _stash(row: Row, event_id: str, verdict: str | None) -> None:
-    """Remember what a verdict would restore if the board voids ``event_id``."""
-    row.update(
-        undo_event=event_id,
-        undo_status=row["status"],
-        undo_assignee=row["assignee"],
-        undo_verdict=verdict,
-    )
-
-
 def _end_claim(row: Row, status: str, assignee: str | None) -> None:
-    row.update(status=status, assignee=assignee, blocked_reason=None, undo_event=None)
+    """The claim ends: nothing of it can be undone any more."""
+    row.update(
+        status=status,
+        assignee=assignee,
+        blocked_reason=None,
+        undo_event=None,
+        undo_status=None,
+        undo_assignee=None,
+        undo_verdict=None,
+    )
 
 
 # ---- what only the board can judge -------------------------------------------------------------
@@ -354,11 +360,13 @@ def agent_claim_problem(task: Row, agent: Row | None, claim: TaskClaimed) -> str
 
 
 def dependency_problem(task: Row, deps: list[Row | None]) -> str | None:
-    """Why the task's dependencies keep it from being claimed (not all done), or None."""
+    """Why the task's dependencies keep it from being claimed (not all done), or None. A
+    dependency done by a review the board has overruled (its verdict not stored yet) is not
+    done."""
     waiting = [
         d
         for d, row in zip(task["depends_on"], deps, strict=True)
-        if row is None or row["status"] != "done"
+        if row is None or row["status"] != "done" or row["overruled"]
     ]
     return f"waiting on dependencies: {', '.join(waiting)}" if waiting else None
 
@@ -422,6 +430,8 @@ class TaskBoard(Projection):
         if isinstance(new, str):
             _reject(rows, task, event, meta, new)
             return
+        if isinstance(event, TaskClaimRefused | TaskReviewRefused):
+            new["overruled"] = None  # the verdict landed: every reader sees it now
         rows.put(TASKS, new)
         was, now = holder(old), holder(new)
         if was != now:
@@ -437,7 +447,8 @@ def _judge(rows: Rows, old: Row | None, new: Row, event: Event, meta: Meta) -> N
         case TaskCreated():
             problem = creation_problem(rows, event)
             if problem:
-                rows.emit(TaskCancelled(**_verdict(event), task=task, reason=problem), meta)
+                cancel = TaskCancelled(**_verdict(event), task=task, reason=_short(problem))
+                rows.emit(cancel, meta)
         case TaskClaimed():
             agent = rows.get(TASK_AGENTS, (event.agent,))
             if agent is not None and agent["held"] > 0 and task in agent["held_tasks"]:
@@ -447,9 +458,10 @@ def _judge(rows: Rows, old: Row | None, new: Row, event: Event, meta: Meta) -> N
             if problem:
                 refused = TaskClaimRefused(
                     **_verdict(event), task=task, agent=event.agent, epoch=event.epoch,
-                    claim=event.id, reason=problem,
+                    claim=event.id, reason=_short(problem),
                 )  # fmt: skip
                 rows.emit(refused, meta)
+                new["overruled"] = event.id  # until the verdict lands (see dependency_problem)
         case TaskSubmitted():
             d = event.deliverable
             rows.put(DELIVERABLES, {
@@ -458,28 +470,7 @@ def _judge(rows: Rows, old: Row | None, new: Row, event: Event, meta: Meta) -> N
                 "content": d.content, "submitted_at": meta.time, "seq": meta.seq,
             })  # fmt: skip
         case TaskReviewed():
-            problem = reviewer_problem(rows.get(TASK_AGENTS, (event.actor,)), event)
-            if problem:
-                refused_review = TaskReviewRefused(
-                    **_verdict(event), task=task, agent=event.agent, reviewer=event.actor,
-                    review=event.id, reason=problem,
-                )  # fmt: skip
-                rows.emit(refused_review, meta)
-                return
-            payload: Evidence = {
-                "verdict": event.verdict, "version": new["deliverable_version"],
-                "reviewer": event.actor,
-            }  # fmt: skip
-            _tell(
-                rows,
-                meta,
-                event,
-                event.agent,
-                "review_feedback",
-                reason=event.feedback,
-                task=task,
-                payload=payload,
-            )
+            _judge_review(rows, new, event, meta)
         case TaskAssigned():
             payload = {"why": "assigned", "by": event.actor, "epoch": new["claim_epoch"]}
             _tell(
@@ -572,6 +563,51 @@ def _judge(rows: Rows, old: Row | None, new: Row, event: Event, meta: Meta) -> N
             )
 
 
+def _judge_review(rows: Rows, new: Row, event: TaskReviewed, meta: Meta) -> None:
+    """An agent's review without the role is overruled; any other review reaches the author
+    (``review_feedback``), and a rejection owed by a retired author goes back to the inbox."""
+    task = new["task_id"]
+    problem = reviewer_problem(rows.get(TASK_AGENTS, (event.actor,)), event)
+    if problem:
+        refused_review = TaskReviewRefused(
+            **_verdict(event), task=task, agent=event.agent, reviewer=event.actor,
+            review=event.id, reason=_short(problem),
+        )  # fmt: skip
+        rows.emit(refused_review, meta)
+        new["overruled"] = event.id
+        return
+    author = rows.get(TASK_AGENTS, (event.agent,))
+    if event.verdict == "reject" and author is not None and author["status"] == "retired":
+        gone = TaskRevoked(
+            **_verdict(event), task=task, agent=event.agent, epoch=new["claim_epoch"],
+            reason=f"the rework is owed by {event.agent}, which is retired",
+        )  # fmt: skip
+        rows.emit(gone, meta)
+    payload: Evidence = {
+        "verdict": event.verdict, "version": new["deliverable_version"],
+        "reviewer": event.actor,
+    }  # fmt: skip
+    _tell(
+        rows,
+        meta,
+        event,
+        event.agent,
+        "review_feedback",
+        reason=event.feedback,
+        task=task,
+        payload=payload,
+    )
+
+
+REASON_CHARS = 1000  # a verdict's or a command's reason is cut here (the contract allows 8000)
+
+
+def _short(text: str) -> str:
+    """``text`` cut to ``REASON_CHARS`` (a reason listing many dependency ids could outgrow
+    what the contract allows, and a verdict the contract refuses would never land)."""
+    return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 1] + "…"
+
+
 def _verdict(event: Event) -> dict[str, Any]:
     """The envelope of the board's verdict on ``event``: one id per event, whoever emits it."""
     return {"id": deterministic_id(event.id, "verdict"), "actor": BOARD, "at": event.at}
@@ -597,7 +633,7 @@ def _tell(
             at=about.at,
             agent=agent,
             command=command,
-            reason=reason,
+            reason=_short(reason),
             task=task,
             payload=payload,
         ),
@@ -675,6 +711,7 @@ def _created(event: TaskCreated, meta: Meta) -> Row:
         "undo_status": None,
         "undo_assignee": None,
         "undo_verdict": None,
+        "overruled": None,
     }
 
 

@@ -197,3 +197,7 @@ UPDATE fleetward.outbox SET published_at = now() WHERE n = ANY($1::bigint[]);
 SELECT count(*) AS waiting,
        coalesce(extract(epoch FROM now() - min(created_at)), 0)::double precision AS oldest_s
 FROM fleetward.outbox WHERE published_at IS NULL;
+
+-- name: outbox_secret
+-- The secret the outbox's event ids are derived with (migration 0008).
+SELECT secret FROM fleetward.outbox_secret;

@@ -61,7 +61,7 @@ from fleetward.services.client.claims import (
 from fleetward.services.client.operator import FleetClient
 from fleetward.services.client.taskstate import read_task
 from fleetward.services.jetstream.connection import connect
-from fleetward.services.jetstream.consumer import PullConsumer
+from fleetward.services.jetstream.consumer import Delivery, PullConsumer
 
 INBOX_REDELIVERY_S = 5.0
 INBOX_BATCH = 16  # commands the open pull request on the inbox may bring ahead of reading
@@ -96,7 +96,9 @@ class AgentClient(FleetClient):
         self.paused = False  # told to pause (or retired) by its inbox: takes no new work
         self.retired = False
         self._inbox: PullConsumer | None = None
-        self._commands: collections.deque[CommandIssued] = collections.deque()  # read, not given
+        # read (and acted on), not yet returned by next_command: not acknowledged either
+        self._commands: collections.deque[tuple[CommandIssued, Delivery]] = collections.deque()
+        self._last_seq = 0  # stream sequence of the last command read (to reopen the inbox)
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._seqs: dict[str, int] = {}  # last sequence known on each held task's subject
         self._claiming = anyio.Lock()  # one claim at a time: never past the limit
@@ -202,24 +204,29 @@ class AgentClient(FleetClient):
         self.claims.pop(task, None)
         self._seqs.pop(task, None)
 
+    async def _still_mine(self, claim: Claim) -> int:
+        """The task's last sequence, if ``claim`` still holds it; else ``ClaimLost``."""
+        state = await read_task(self.nc, self.js, claim.task)
+        problem = holder_problem(state.row, claim, self.agent)
+        if problem is not None:
+            self._drop(claim.task)
+            raise ClaimLost(claim.task, problem)
+        return state.last_seq
+
     async def _report(self, claim: Claim, event: Event, *, attempts: int = 5) -> PubAck:
         """Publish a report on a held task, compare-and-set on the last sequence known of the
         task (``client.claims``). ``ClaimLost`` once the claim is no longer this agent's."""
         task = claim.task
         for _ in range(attempts):
             seq = self._seqs.get(task)
-            headers = {} if seq is None else {EXPECTED_LAST_SUBJECT_SEQ: str(seq)}
+            if seq is None:  # not known here (the inbox said the claim is gone, or a restart)
+                seq = await self._still_mine(claim)
             try:
-                ack = await self.send(event, **headers)
+                ack = await self.send(event, **{EXPECTED_LAST_SUBJECT_SEQ: str(seq)})
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
-                state = await read_task(self.nc, self.js, task)
-                problem = holder_problem(state.row, claim, self.agent)
-                if problem is not None:
-                    self._drop(task)
-                    raise ClaimLost(task, problem) from None
-                self._seqs[task] = state.last_seq  # news of the task that leaves it ours
+                self._seqs[task] = await self._still_mine(claim)  # news that leaves it ours
                 continue
             self._seqs[task] = max(ack.seq, self._seqs.get(task, 0))
             return ack
@@ -393,11 +400,20 @@ class AgentClient(FleetClient):
     async def next_command(self, wait: float = 1.0) -> CommandIssued | None:
         """The next command for this agent, or None after ``wait`` seconds. Commands sent while
         the agent was offline are kept for it (a durable consumer per agent) and come first.
-        The client acts on each before returning it (see the module docstring). Delivery is at
-        least once; a command id seen lately is skipped."""
+        The client acts on each as soon as it reads it (see the module docstring), and
+        acknowledges it only when it returns it here: a command read ahead (by ``claim``) and
+        not yet returned comes again to the agent's next process if this one dies. Delivery is
+        at least once; a command id seen lately is skipped."""
         if self._commands:
-            return self._commands.popleft()
-        return await self._take_command(wait)
+            command, delivery = self._commands.popleft()
+        else:
+            taken = await self._take_command(wait)
+            if taken is None:
+                return None
+            command, delivery = taken
+        assert self._inbox is not None
+        await self._inbox.ack(delivery)
+        return command
 
     async def sync_inbox(self) -> None:
         """Take (and act on) the commands waiting for this agent; ``next_command`` still
@@ -408,35 +424,48 @@ class AgentClient(FleetClient):
             self._inbox = await self._open_inbox()
             info = await self.js.consumer_info(COMMANDS_STREAM, inbox_durable(self.agent))
             for _ in range((info.num_pending or 0) + (info.num_ack_pending or 0)):
-                command = await self._take_command(wait=0.5)
-                if command is None:
+                taken = await self._take_command(wait=0.5)
+                if taken is None:
                     break
-                self._commands.append(command)
+                self._commands.append(taken)
         else:
-            while (command := await self._take_command(wait=0.0)) is not None:
-                self._commands.append(command)
+            while (taken := await self._take_command(wait=0.0)) is not None:
+                self._commands.append(taken)
+        assert self._inbox is not None
         await self._inbox.ask()  # keep a request open: commands arrive as they are stored
 
-    async def _take_command(self, wait: float) -> CommandIssued | None:
-        if self._inbox is None:
-            self._inbox = await self._open_inbox()
+    async def _take_command(self, wait: float) -> tuple[CommandIssued, Delivery] | None:
+        """The next new command and its delivery (not acknowledged yet), acted on; None after
+        ``wait``. Copies of a command already returned are acknowledged and skipped; a copy of
+        one still waiting in ``_commands`` takes its place (its acknowledgement counts)."""
         while True:
+            if self._inbox is None or self._inbox.gone:  # deleted under us: open it again
+                self._inbox = await self._open_inbox()
             batch = await self._inbox.next_batch(1, wait=wait, linger=0.0)
             if not batch:
                 return None
             delivery = batch[0]
-            await self._inbox.ack(delivery)
+            self._last_seq = max(self._last_seq, delivery.seq)
             try:
                 event = admit(delivery.subject, delivery.data)
             except Rejected:
+                await self._inbox.ack(delivery)
                 continue  # not a command Fleetward could have sent: skip it
-            if not isinstance(event, CommandIssued) or event.id in self._seen:
+            if not isinstance(event, CommandIssued):
+                await self._inbox.ack(delivery)
+                continue
+            if event.id in self._seen:
+                waiting = [i for i, (c, _) in enumerate(self._commands) if c.id == event.id]
+                if waiting:
+                    self._commands[waiting[0]] = (self._commands[waiting[0]][0], delivery)
+                else:
+                    await self._inbox.ack(delivery)
                 continue
             self._seen[event.id] = None
             while len(self._seen) > SEEN_COMMANDS:
                 self._seen.popitem(last=False)
             self._obey(event)
-            return event
+            return event, delivery
 
     def _obey(self, command: CommandIssued) -> None:
         """What a command changes in this client's state."""
@@ -457,20 +486,33 @@ class AgentClient(FleetClient):
                     self._drop(command.task)
 
     async def _open_inbox(self) -> PullConsumer:
+        """The inbox's durable consumer, created if missing: from the start of the agent's
+        commands, or after the last one this client read (when it was deleted under us)."""
         durable = inbox_durable(self.agent)
+        if self._inbox is not None:
+            with contextlib.suppress(Exception):
+                await self._inbox.stop()
         try:
             await self.js.consumer_info(COMMANDS_STREAM, durable)
         except NotFoundError:
+            start = (
+                {
+                    "deliver_policy": DeliverPolicy.BY_START_SEQUENCE,
+                    "opt_start_seq": self._last_seq + 1,
+                }
+                if self._last_seq
+                else {"deliver_policy": DeliverPolicy.ALL}
+            )
             await self.js.add_consumer(
                 COMMANDS_STREAM,
                 ConsumerConfig(
                     durable_name=durable,
                     filter_subject=subject("cmd", self.agent),
                     ack_policy=AckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL,
                     # a command handed to a pull request of a client that just went away is
                     # delivered again after this long
                     ack_wait=INBOX_REDELIVERY_S,
+                    **start,
                 ),
             )
         inbox = PullConsumer(self.nc, COMMANDS_STREAM, durable, batch=INBOX_BATCH, expires=5.0)

@@ -54,6 +54,11 @@ def creation_problem(
             f"{task} depends on unknown task(s) {', '.join(missing)}: create those first "
             "(dependencies must already exist, so they can never form a cycle)"
         )
+    dead = [
+        d for d, dep in zip(depends_on, deps, strict=True) if dep and dep["status"] == "cancelled"
+    ]
+    if dead:
+        return f"dependency {', '.join(dead)} is cancelled: it would never be done"
     return None
 
 

@@ -221,16 +221,18 @@ class FleetClient(Publisher):
     async def review(self, task: str, verdict: Verdict, feedback: str = "") -> TaskReviewed:
         """Review the task's latest deliverable. The board puts the verdict with its feedback in
         the author's durable inbox (so an agent that is offline gets it when it returns), for
-        every review, whoever sends it."""
-        state = await read_task(self.nc, self.js, task)
-        refuse(intents.review_problem(task, state.row, self.actor))
-        assert state.row is not None
-        author = state.row["assignee"]
-        review = TaskReviewed(
-            **self.envelope(), task=task, agent=author, verdict=verdict, feedback=feedback
-        )
-        await self._publish(review)
-        return review
+        every review, whoever sends it. Published compare-and-set, like every task write: a
+        review racing a revocation or a cancellation is refused here, not dropped by the board."""
+
+        async def decide(state: TaskState, event_id: str) -> TaskReviewed:
+            refuse(intents.review_problem(task, state.row, self.actor))
+            assert state.row is not None
+            return TaskReviewed(
+                **self.envelope(event_id), task=task, agent=state.row["assignee"],
+                verdict=verdict, feedback=feedback,
+            )  # fmt: skip
+
+        return (await self._on_task(task, decide))[0]
 
     # ---- agents --------------------------------------------------------------------------------
 

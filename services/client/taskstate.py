@@ -58,6 +58,7 @@ async def read_task(
     row: Row | None = None
     last = 0
     steps: list[Step] = []
+    seen: set[str] = set()  # a copy of an event (its id seen before here) is not applied again
     inbox = nc.new_inbox()
     replies = await nc.subscribe(inbox, pending_msgs_limit=100_000)
     try:
@@ -80,7 +81,12 @@ async def read_task(
                     event, why = None, f"{exc.reason}: {exc.detail}"
                 else:
                     assert event is not None
-                    after = step(row, event, Meta(last, when, subj))
+                    after = (
+                        "a copy of an event stored before (the same id)"
+                        if event.id in seen
+                        else step(row, event, Meta(last, when, subj))
+                    )
+                    seen.add(event.id)
                     if isinstance(after, str):  # why it does not fit: not applied
                         why = after
                     else:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from typing import Final
 
+import msgspec
+
 from fleetward.projections import Projection, Rows
 from fleetward.schemas import subject_of
 from fleetward.schemas.admission import sender_of
 from fleetward.schemas.bounds import storable
-from fleetward.schemas.events import CommandIssued
+from fleetward.schemas.events import CommandIssued, Event
 from fleetward.schemas.ids import deterministic_id
 from fleetward.services import db
 from fleetward.services.db import Conn, q
@@ -76,15 +78,21 @@ async def write(conn: Conn, projection: Projection, rows: Rows) -> None:
 
 async def store_emitted(conn: Conn, projection: Projection, rows: Rows) -> None:
     """Store the events the fold emitted in the outbox (services/projector/outbox.py), in the
-    caller's transaction; an id stored before is kept as it is."""
+    caller's transaction, each under its ``outbox_id``; an id stored before is kept as it is."""
     if rows.outbox:
+        secret = await conn.fetchval(q("outbox_secret"))
+        emitted = [(rekeyed(secret, e, seq), seq) for e, seq in rows.outbox]
         await conn.executemany(
             q("outbox_insert"),
-            [
-                (event.id, subject_of(event), encode(event), projection.name, seq)
-                for event, seq in rows.outbox
-            ],
+            [(e.id, subject_of(e), encode(e), projection.name, seq) for e, seq in emitted],
         )
+
+
+def rekeyed(secret: str, event: Event, seq: int) -> Event:
+    """``event`` under the id the outbox publishes it with: derived from the id the fold gave
+    it (itself derived from its cause's), the cause's stream sequence and the deployment's
+    secret. The same on every rebuild; not one a publisher can compute and take first."""
+    return msgspec.structs.replace(event, id=deterministic_id(secret, event.id, str(seq)))
 
 
 async def record_dead(
@@ -115,12 +123,15 @@ async def tell_senders(
     One per stream message, however many projections refused it (the id derives from the
     stream and sequence)."""
     rows = []
+    secret: str | None = None
     for d, reason, detail in dead:
         agent = sender_of(d.subject, d.data)
         if agent is None:
             continue
+        if secret is None:
+            secret = await conn.fetchval(q("outbox_secret"))
         told = CommandIssued(
-            id=deterministic_id("refused", projection.stream, str(d.seq)), actor=PROJECTOR,
+            id=deterministic_id(secret, "refused", projection.stream, str(d.seq)), actor=PROJECTOR,
             at=d.time, agent=agent, command="refused",
             reason=storable(f"{reason}: {detail}"[:DETAIL_CHARS]),
             payload={"seq": d.seq, "stream": projection.stream, "reason": reason,

@@ -16,7 +16,9 @@ Invariants:
   folded while the previous commits, before its ids are in the database.
 
 Cost: one query per batch for the ids not in memory, and one insert per commit (arrays through
-``unnest``). Ids are kept per kind, so an id reused on another kind's subject is another event.
+``unnest``). Ids are kept per kind, so an id reused on another kind's subject is another event;
+task events per task subject (``scope``): an agent folding one task's subject can skip the same
+copies the board skips (services/client/taskstate.py), so the two never disagree.
 Ids stored before the ledger existed (migration 0006) are only known once a rebuild has read
 them.
 """
@@ -39,6 +41,11 @@ def kinds_read(projections: Iterable[Projection]) -> frozenset[str]:
     """The subject kinds ``projections`` read (their subjects are ``fw.<kind>.>``)."""
     found = (parse(subject) for p in projections for subject in p.subjects)
     return frozenset(parsed[0] for parsed in found if parsed is not None)
+
+
+def scope(kind: str, subject: str) -> str:
+    """Where an event id must be unique: its subject kind, or for a task its own subject."""
+    return subject if kind == "task" else kind
 
 
 class IdLedger:
@@ -67,7 +74,7 @@ class IdLedger:
         for d, event in admitted:
             if isinstance(event, Rejected) or event.SUBJECT_KIND not in kinds:
                 continue
-            key = (event.SUBJECT_KIND, event.id)
+            key = (scope(event.SUBJECT_KIND, d.subject), event.id)
             first = open_.get(key) or committing.get(key)
             if first is None:
                 open_[key] = d.seq

@@ -468,16 +468,23 @@ def test_claim_of_a_task_held_by_another_agent_is_rejected() -> None:
     assert fold.row(TASKS, TASK)["assignee"] == AGENT
 
 
-@pytest.mark.parametrize("epoch", [1, 2])
-def test_a_claim_must_open_a_new_epoch(epoch: int) -> None:
-    fold = task_fold(created(), claimed(OTHER, 2), released(OTHER, 2))
-    reject(fold, claimed(epoch=epoch), f"claim epoch {epoch} is not after the current epoch 2")
-
-
-def test_epochs_may_skip_numbers() -> None:
-    """A reader of the task subject alone may have counted a claim the board refused."""
-    fold = task_fold(created(), claimed(AGENT, 3))
+@pytest.mark.parametrize("epoch", [1, 2, 4, 2_147_483_647])
+def test_a_claim_must_open_the_next_epoch(epoch: int) -> None:
+    """Every reader folds the same epochs, so a claim opens exactly the next one: one that
+    skipped to the largest epoch the contract allows would leave the task unclaimable."""
+    fold = task_fold(created(), claimed(OTHER, 1), released(OTHER, 1), claimed(OTHER, 2),
+                     released(OTHER, 2))  # fmt: skip
+    reject(fold, claimed(epoch=epoch), f"claim epoch {epoch} is not the next one (3)")
+    fold(claimed(epoch=3))
     assert fold.row(TASKS, TASK)["claim_epoch"] == 3
+
+
+def test_a_claim_the_board_overruled_keeps_its_epoch_for_every_reader() -> None:
+    fold = task_fold(created(), paused(OTHER))
+    overruled(fold, claimed(OTHER, 1), f"agent {OTHER} is paused")
+    assert fold.row(TASKS, TASK)["claim_epoch"] == 1
+    fold(claimed(AGENT, 2))
+    assert fold.row(TASKS, TASK)["assignee"] == AGENT
 
 
 def test_lease_expiry_returns_the_task_and_opens_epoch_2() -> None:
@@ -488,7 +495,7 @@ def test_lease_expiry_returns_the_task_and_opens_epoch_2() -> None:
 
     reject(fold, progressed(AGENT, 1), "not the current claim")
     reject(fold, submitted(AGENT, 1), "not the current claim")
-    reject(fold, claimed(OTHER, 1), "not after the current epoch 1")
+    reject(fold, claimed(OTHER, 1), "is not the next one (2)")
 
     fold(claimed(OTHER, 2))
     row = fold.row(TASKS, TASK)

@@ -1,15 +1,18 @@
 -- Every intent takes effect or fails visibly (issue 12): one task state machine, the board's
 -- verdicts and inbox commands published through an outbox.
 
--- The task state machine (projections/tasks.py `step`): the current claim's event id, and what
--- a verdict voiding the last claim or agent review would restore.
+-- The task state machine (projections/tasks.py `step`): the current claim's event id, what a
+-- verdict voiding the current claim (undo_status, undo_assignee) or the last agent review
+-- (undo_event, undo_verdict) would restore.
 DROP VIEW fleet.tasks;
 ALTER TABLE fleetward.tasks
     ADD COLUMN claim_id      text,               -- event id of the current claim
     ADD COLUMN undo_event    text,               -- the claim or agent review a verdict may void
     ADD COLUMN undo_status   text,               -- the status before it
     ADD COLUMN undo_assignee text,               -- the assignee before it
-    ADD COLUMN undo_verdict  text;               -- for a review: its verdict
+    ADD COLUMN undo_verdict  text,               -- for a review: its verdict
+    ADD COLUMN overruled     text;               -- the board overruled this claim or review;
+                                                 -- its verdict is not stored yet
 
 -- The tasks each agent holds (retiring an agent revokes them).
 ALTER TABLE fleetward.task_agents ADD COLUMN held_tasks text[] NOT NULL DEFAULT '{}';
@@ -48,6 +51,15 @@ CREATE TABLE fleetward.outbox (
     published_at timestamptz
 );
 CREATE INDEX outbox_pending ON fleetward.outbox (n) WHERE published_at IS NULL;
+
+-- The outbox's ids are derived from the cause's id and stream sequence with this secret, so no
+-- publisher can store a message under an id the board will use (the stream would take the
+-- board's verdict for a duplicate); the same on every rebuild.
+CREATE TABLE fleetward.outbox_secret (
+    only_one boolean PRIMARY KEY DEFAULT true CHECK (only_one),
+    secret   text NOT NULL
+);
+INSERT INTO fleetward.outbox_secret (secret) VALUES (gen_random_uuid()::text);
 
 -- Events applied before the outbox existed emit nothing when a rebuild folds them again.
 CREATE TABLE fleetward.outbox_horizon (
