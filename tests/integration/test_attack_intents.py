@@ -1,0 +1,1450 @@
+"""Attacking "every intent takes effect or fails visibly" (issue 12) with hostile and unlucky
+inputs and orderings, against real nats-server and Postgres.
+
+Tests marked ``BUG:`` in their docstring expose a promise that does not hold; they assert what
+*should* happen and are left failing on purpose (``xfail(strict=True)``, so they turn into
+errors the day the product is fixed and the mark must be removed; ``pytest --runxfail``
+shows each failure). Every other test shows a promise that held under attack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from nats.js.api import PubAck
+
+from fleetward.projections.tasks import TaskBoard
+from fleetward.schemas.events import (
+    AgentPaused,
+    Deliverable,
+    TaskClaimed,
+    TaskClaimRefused,
+    TaskCreated,
+    TaskDependenciesChanged,
+    TaskProgressed,
+    TaskReleased,
+    TaskReviewed,
+    TaskReviewRefused,
+    TaskSubmitted,
+    ToolCalled,
+)
+from fleetward.schemas.ids import deterministic_id
+from fleetward.schemas.streams import COMMANDS_STREAM, EVENTS_STREAM, inbox_durable
+from fleetward.services.client import AgentClient, Claim, ClaimLost, FleetClient
+from fleetward.services.client.claims import AgentPaused as AgentPausedError
+from fleetward.services.client.intents import IntentRefused
+from fleetward.services.client.taskstate import read_task
+from fleetward.services.jetstream.publish import encode, publish
+from fleetward.services.projector import rebuild as rebuilding
+from fleetward.services.projector.outbox import Outbox
+from fleetward.services.runtime.connect import Runtime
+from tests.helpers import agent, envelope, project_all, snapshot, task_api, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = (sys.executable, "-m", "fleetward.services.cli")
+MAX_EPOCH = 2_147_483_647
+BUG = pytest.mark.xfail(
+    strict=True, raises=AssertionError, reason="BUG: exposes a broken promise (see docstring)"
+)
+
+
+# ---- helpers ----
+
+
+@contextlib.asynccontextmanager
+async def api(rt: Runtime) -> Any:
+    """The task API served while the block runs; a failure inside comes out as itself, not
+    wrapped in the task group's exception group."""
+    try:
+        async with task_api(rt):
+            yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
+async def board_row(rt: Runtime, task: str) -> dict[str, Any] | None:
+    async with rt.pool.acquire() as conn:
+        row = await conn.fetchrow("SELECT * FROM fleet.tasks WHERE task_id = $1", task)
+    return None if row is None else dict(row)
+
+
+async def stream_row(rt: Runtime, task: str) -> dict[str, Any] | None:
+    return (await read_task(rt.nc, rt.js, task)).row
+
+
+def status_of(row: dict[str, Any] | None) -> tuple[Any, Any, Any]:
+    """(status, assignee, epoch); ("missing", None, None) for no such task."""
+    if row is None:
+        return ("missing", None, None)
+    return (row["status"], row["assignee"], row["claim_epoch"])
+
+
+async def inbox(client: AgentClient, wait: float = 0.5) -> list[Any]:
+    """Every command waiting for ``client`` now, as the client sees them."""
+    out = []
+    while (cmd := await client.next_command(wait=wait)) is not None:
+        out.append(cmd)
+    return out
+
+
+async def dead_letters(rt: Runtime, projection: str = "tasks") -> list[dict[str, Any]]:
+    async with rt.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT seq, subject, reason, detail FROM fleet.dead_letters WHERE projection = $1 "
+            "ORDER BY seq",
+            projection,
+        )
+    return [dict(r) for r in rows]
+
+
+async def rejections(rt: Runtime, task: str) -> list[dict[str, Any]]:
+    async with rt.pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT * FROM fleet.task_rejections WHERE task_id = $1 ORDER BY seq", task
+        )
+    return [dict(r) for r in rows]
+
+
+async def last_seq(rt: Runtime, stream: str) -> int:
+    return int((await rt.js.stream_info(stream)).state.last_seq)
+
+
+async def raw(rt: Runtime, event: Any, msg_id: str | None = None, **headers: str) -> PubAck:
+    """Publish ``event`` as it is, skipping every client check (``msg_id``: another
+    Nats-Msg-Id than the event's id, i.e. a copy stored past the duplicate window)."""
+    hdrs = {"Nats-Msg-Id": msg_id or event.id, **headers}
+    return await rt.js.publish(_subject(event), encode(event), headers=hdrs)
+
+
+def _subject(event: Any) -> str:
+    from fleetward.schemas import subject_of  # noqa: PLC0415
+
+    return subject_of(event)
+
+
+def claimed(agent_id: str, task: str, epoch: int, lease_s: float = 300.0) -> TaskClaimed:
+    return TaskClaimed(**envelope(agent_id), task=task, agent=agent_id, epoch=epoch,
+                       lease_s=lease_s)  # fmt: skip
+
+
+def submitted(agent_id: str, task: str, epoch: int, content: str = "work") -> TaskSubmitted:
+    import hashlib  # noqa: PLC0415
+
+    d = Deliverable(kind="markdown", sha256=hashlib.sha256(content.encode()).hexdigest(),
+                    content=content)  # fmt: skip
+    return TaskSubmitted(**envelope(agent_id), task=task, agent=agent_id, epoch=epoch,
+                         deliverable=d)  # fmt: skip
+
+
+async def fleetward(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    with anyio.fail_after(60):
+        done = await anyio.run_process(
+            [*CLI, *args], cwd=ROOT, env=env | {"FLEETWARD_USER": "alice"}, check=False
+        )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+# ---- (1) board verdicts: hostile claims ----
+
+
+@BUG
+async def test_a_claim_at_the_top_epoch_bricks_the_task_and_honest_claims_succeed_silently(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (high). A hostile agent claims with epoch 2,147,483,647 (admitted: within bounds) and
+    releases. Every later claim must open epoch 2^31, which the contract refuses. The agent
+    client does not admit what it publishes: ``claim`` returns a Claim, ``progress`` and
+    ``submit`` return acks, while the board dead-letters each of them as invalid and the task
+    stays in the inbox forever. Should: the board refuse a claim whose epoch leaves no room
+    (or epochs not be agent-chosen), and the client raise ClaimLost instead of "succeeding"."""
+    await ops.create_task("brick", project="p", title="t")
+    rogue = await agent(rt, "rogue")
+    honest = await agent(rt, "honest")
+    try:
+        await project_all(rt)
+        top = claimed("rogue", "brick", MAX_EPOCH)
+        await raw(rt, top)
+        await project_all(rt)
+        assert status_of(await board_row(rt, "brick")) == ("in_progress", "rogue", MAX_EPOCH)
+        await raw(rt, TaskReleased(**envelope("rogue"), task="brick", agent="rogue",
+                                   epoch=MAX_EPOCH))  # fmt: skip
+        await project_all(rt)
+        assert status_of(await board_row(rt, "brick")) == ("inbox", None, MAX_EPOCH)
+
+        outcome: object
+        try:
+            c = await honest.claim("brick")
+            await honest.progress(c, "working")
+            await honest.submit(c, content="done")
+            outcome = c
+        except (ClaimLost, ValueError) as exc:
+            outcome = exc
+        await project_all(rt)
+        row = await board_row(rt, "brick")
+        dead = await dead_letters(rt)
+        # what happened: the client "won" and worked; the board saw nothing but dead letters
+        print("honest client outcome:", outcome, "board:", status_of(row), "dead:", dead)
+        # what should happen: either the claim really took the task, or the client was told
+        assert isinstance(outcome, ClaimLost) or status_of(row) == ("review", "honest",
+                                                                    MAX_EPOCH + 1)  # fmt: skip
+    finally:
+        await rogue.close()
+        await honest.close()
+
+
+@BUG
+async def test_an_agent_that_preempts_its_verdicts_id_keeps_a_claim_the_board_must_refuse(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (critical). The board's verdict on a claim has the id
+    ``deterministic_id(claim.id, "verdict")``, and the claimer chooses ``claim.id``. A claimer
+    lacking the task's role first publishes one of its *own* events (a tool call on
+    ``fw.agent.<self>``, actor itself: no forging) with that id as its Nats-Msg-Id, then claims.
+    The outbox's publish of the verdict comes back ``duplicate`` and is marked published; the
+    verdict is never stored. Should: the claim be refused (the task back in the inbox)."""
+    await ops.create_task("guarded", project="p", title="t", required_role="admin")
+    rogue = await agent(rt, "rogue")
+    try:
+        await project_all(rt)
+        claim = claimed("rogue", "guarded", 1)
+        verdict_id = deterministic_id(claim.id, "verdict")
+        decoy = ToolCalled(id=verdict_id, actor="rogue", at=claim.at, agent="rogue",
+                           tool="noop", duration_ms=1.0, ok=True)  # fmt: skip
+        await raw(rt, decoy)
+        await raw(rt, claim)
+        await project_all(rt)
+        async with rt.pool.acquire() as conn:
+            published = await conn.fetchval(
+                "SELECT published_at IS NOT NULL FROM fleet.outbox WHERE event_id = $1",
+                verdict_id,
+            )
+        assert published  # the outbox believes the verdict was published
+        # what should hold: the role rule overrules the claim
+        assert status_of(await board_row(rt, "guarded"))[:2] == ("inbox", None)
+    finally:
+        await rogue.close()
+
+
+@BUG
+async def test_a_verdict_whose_id_an_agent_used_first_is_skipped_by_the_board_only(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (critical). Same pre-emption through the id ledger: the rogue first publishes a
+    stray report of its own on some task subject whose *event id* is its future verdict's id
+    (under another Nats-Msg-Id). The verdict is stored, but the board's ledger takes it for a
+    copy and skips it, while every client fold (read_task, no ledger) applies it: the board
+    says the rogue holds the task, the stream readers say it is in the inbox. Should: the
+    verdict apply, and board and clients agree."""
+    await ops.create_task("guarded2", project="p", title="t", required_role="admin")
+    await ops.create_task("elsewhere", project="p", title="t")
+    rogue = await agent(rt, "rogue2")
+    try:
+        await project_all(rt)
+        claim = claimed("rogue2", "guarded2", 1)
+        verdict_id = deterministic_id(claim.id, "verdict")
+        stray = TaskProgressed(id=verdict_id, actor="rogue2", at=claim.at, task="elsewhere",
+                               agent="rogue2", epoch=7)  # fmt: skip
+        await raw(rt, stray, msg_id="not-the-event-id")
+        await raw(rt, claim)
+        await project_all(rt)
+        board = status_of(await board_row(rt, "guarded2"))
+        stream = status_of(await stream_row(rt, "guarded2"))
+        print("board:", board, "stream fold:", stream)
+        assert board == stream, "the board and the client fold disagree"
+        assert board is not None and board[:2] == ("inbox", None)
+    finally:
+        await rogue.close()
+
+
+def long_ids(prefix: str, n: int) -> list[str]:
+    """``n`` task ids of 64 characters."""
+    return [f"{prefix}-{i:04d}-".ljust(64, "x") for i in range(n)]
+
+
+@BUG
+async def test_a_claim_on_a_task_with_many_dependencies_outlives_its_verdict(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (high). The board's verdict lists every dependency not done in ``reason``; with 130
+    dependencies of 64-character ids that is ~8,600 characters, past the 8,000 the contract
+    allows for ``reason``. The outbox publishes it without admitting it; every reader
+    dead-letters it as invalid; the raw claim of a task whose dependencies are not done stands.
+    Should: the claim be refused (and the verdict always fit its own contract)."""
+    deps = long_ids("dep", 130)
+    for d in deps:
+        await ops.create_task(d, project="p", title="dep")
+    await ops.create_task("many-deps", project="p", title="t", depends_on=deps)
+    rogue = await agent(rt, "eager")
+    try:
+        await project_all(rt)
+        await raw(rt, claimed("eager", "many-deps", 1))
+        await project_all(rt)
+        dead = await dead_letters(rt)
+        print("dead letters:", [(d["subject"], d["reason"], d["detail"][:80]) for d in dead])
+        row = await board_row(rt, "many-deps")
+        assert row is not None and row["waiting_on_dependencies"]
+        assert status_of(row)[:2] == ("inbox", None), "claimed while no dependency is done"
+    finally:
+        await rogue.close()
+
+
+@BUG
+async def test_a_task_with_many_unknown_dependencies_is_never_cancelled_and_closes_a_cycle(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (high). An agent may publish ``task.created``. With 130 unknown dependencies the
+    board's ``task.cancelled`` verdict (its reason lists them all) exceeds the reason bound and
+    is dead-lettered: the task stays in the inbox depending on tasks that did not exist. One
+    of them is then created depending on it: a dependency cycle, which the design says can
+    never form. Should: the task be cancelled (and no cycle exist)."""
+    ghosts = long_ids("ghost", 130)
+    planner = await agent(rt, "planner")
+    try:
+        created = TaskCreated(**envelope("planner"), task="loop-a", project="p", title="A",
+                              depends_on=tuple(ghosts))  # fmt: skip
+        await raw(rt, created)
+        await project_all(rt)
+        # the first ghost now comes to life, depending on loop-a (which exists: allowed)
+        await ops.create_task(ghosts[0], project="p", title="B", depends_on=["loop-a"])
+        await project_all(rt)
+        a, b = await board_row(rt, "loop-a"), await board_row(rt, ghosts[0])
+        assert a is not None and b is not None
+        print("loop-a:", a["status"], "depends on ghost0:", ghosts[0] in a["depends_on"],
+              "| ghost0:", b["status"], b["depends_on"])  # fmt: skip
+        cycle = ghosts[0] in a["depends_on"] and "loop-a" in b["depends_on"]
+        assert a["status"] == "cancelled" or not cycle, "a live dependency cycle"
+    finally:
+        await planner.close()
+
+
+@BUG
+async def test_an_unauthorised_approval_opens_a_dependent_before_the_verdict_undoes_it(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (high). An agent without the role ``reviewer`` approves another agent's deliverable.
+    ``step`` applies the approval (the task is done) until the board's ``task.review_refused``
+    lands. In between, an honest agent's client folds the dependency as done and claims the
+    dependent task; the board judges that claim while the dependency is done and accepts it.
+    The verdict then puts the dependency back in review, but the dependent stays claimed: a
+    task in progress whose dependency is not done. Should: no claim of a task whose
+    dependency is not done survives (the verdict on the review must reach what followed)."""
+    await ops.create_task("base", project="p", title="t")
+    await ops.create_task("top", project="p", title="t", depends_on=["base"])
+    author = await agent(rt, "author")
+    crony = await agent(rt, "crony")  # no role reviewer
+    worker = await agent(rt, "worker")
+    try:
+        await project_all(rt)
+        c = await author.claim("base")
+        await author.submit(c, content="draft")
+        await crony.send(TaskReviewed(**envelope("crony"), task="base", agent="author",
+                                      verdict="approve"))  # fmt: skip
+        top = await worker.claim("top")  # the client folds base as done: the claim goes out
+        assert top.epoch == 1
+        await project_all(rt)
+        base, dependent = await board_row(rt, "base"), await board_row(rt, "top")
+        assert base is not None and dependent is not None
+        print("base:", status_of(base), "top:", status_of(dependent),
+              dependent["waiting_on_dependencies"])  # fmt: skip
+        assert base["status"] == "review"  # the approval was undone
+        assert not (dependent["status"] == "in_progress" and dependent["waiting_on_dependencies"])
+    finally:
+        for c_ in (author, crony, worker):
+            await c_.close()
+
+
+@BUG
+async def test_a_refused_claim_survives_when_an_agent_review_lands_before_its_verdict(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (high). A claimer lacking the task's role claims raw and submits at once; a reviewer
+    agent (it holds the role reviewer) rejects the deliverable before the projector has run.
+    The board folds claim, submit and review, then emits the claim's verdict; but the agent's
+    review overwrote the one undo slot (``undo_event``), so ``task.claim_refused`` no longer
+    names "the current claim" and is rejected. The unauthorised agent holds the task (in
+    progress, for rework) for good. Should: the claim be refused whatever followed it."""
+    await ops.create_task("roled", project="p", title="t", required_role="admin")
+    rogue = await agent(rt, "nobody")
+    critic = await agent(rt, "critic", roles=("reviewer",))
+    try:
+        await project_all(rt)
+        claim = claimed("nobody", "roled", 1)
+        await raw(rt, claim)
+        await raw(rt, submitted("nobody", "roled", 1))
+        await critic.send(TaskReviewed(**envelope("critic"), task="roled", agent="nobody",
+                                       verdict="reject", feedback="redo"))  # fmt: skip
+        await project_all(rt)
+        rows = [(r["type"], r["reason"]) for r in await rejections(rt, "roled")]
+        print("board:", status_of(await board_row(rt, "roled")), "rejections:", rows)
+        assert status_of(await board_row(rt, "roled"))[:2] != ("in_progress", "nobody")
+    finally:
+        await rogue.close()
+        await critic.close()
+
+
+# ---- (2) claim races ----
+
+
+async def claim_into(client: AgentClient, task: str, out: list[object]) -> None:
+    try:
+        out.append(await client.claim(task))
+    except ClaimLost as exc:
+        out.append(exc)
+
+
+async def test_many_processes_of_many_agents_race_one_task_and_exactly_one_wins(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """Holds: 6 processes of one agent and 4 other agents race each of 3 tasks; exactly one
+    claim wins each, and the board, the client fold and the winner agree on it."""
+    procs = [await agent(rt, "multi", max_concurrent_tasks=5)]
+    procs += [await AgentClient.connect(rt.nats_url, "multi") for _ in range(5)]
+    for p in procs[1:]:
+        p.profile = procs[0].profile
+    others = [await agent(rt, f"rival-{i}", max_concurrent_tasks=5) for i in range(4)]
+    try:
+        await project_all(rt)
+        for i in range(3):
+            task = f"race-{i}"
+            await ops.create_task(task, project="p", title=task)
+            results: list[object] = []
+            async with anyio.create_task_group() as tg:
+                for c in (*procs, *others):
+                    tg.start_soon(claim_into, c, task, results)
+            won = [r for r in results if isinstance(r, Claim)]
+            assert len(won) == 1, results
+            await project_all(rt)
+            board, stream = await board_row(rt, task), await stream_row(rt, task)
+            assert board is not None and stream is not None
+            assert board["claim_id"] == stream["claim_id"] == won[0].id
+            assert board["status"] == "in_progress"
+    finally:
+        for c in (*procs, *others):
+            await c.close()
+
+
+async def test_one_clients_concurrent_claims_never_pass_its_limit(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """Holds: 8 concurrent claims of one client with a limit of 2: two win, the board agrees
+    and refuses nothing."""
+    worker = await agent(rt, "two-slots", max_concurrent_tasks=2)
+    try:
+        tasks = [f"slot-{i}" for i in range(8)]
+        for t in tasks:
+            await ops.create_task(t, project="p", title=t)
+        await project_all(rt)
+        results: list[object] = []
+        async with anyio.create_task_group() as tg:
+            for t in tasks:
+                tg.start_soon(claim_into, worker, t, results)
+        won = [r for r in results if isinstance(r, Claim)]
+        assert len(won) == 2, results
+        await project_all(rt)
+        async with rt.pool.acquire() as conn:
+            held = await conn.fetchval(
+                "SELECT count(*) FROM fleet.tasks WHERE assignee = 'two-slots' "
+                "AND status = 'in_progress'"
+            )
+        assert held == 2
+        assert [c.command for c in await inbox(worker)] == []
+    finally:
+        await worker.close()
+
+
+@BUG
+async def test_a_second_process_of_a_paused_agent_claims_without_agent_paused(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (medium). Two processes of one agent share one durable inbox consumer
+    (``inbox_<agent>``), so each command reaches only one of them. The process that read the
+    ``pause`` raises AgentPaused; the other never learns it: its ``claim`` goes out and
+    returns a Claim (the board refuses it later). Should (promise 5): ``claim`` raise
+    AgentPaused while the agent is paused, in every process of the agent."""
+    first = await agent(rt, "pair")
+    second = await AgentClient.connect(rt.nats_url, "pair")
+    try:
+        async with api(rt):
+            await ops.create_task("pz-a", project="p", title="t")
+            await ops.create_task("pz-b", project="p", title="t")
+            await project_all(rt)
+            await second.sync_inbox()  # both processes read their inbox once
+            await ops.pause_agent("pair", reason="stop")
+            await project_all(rt)
+            outcomes: list[object] = []  # whichever process the pause reached, in turn
+            for process, task in ((first, "pz-a"), (second, "pz-b")):
+                try:
+                    outcomes.append(await process.claim(task))
+                except ClaimLost as exc:
+                    outcomes.append(exc)
+            print("the two processes:", outcomes)
+            assert all(isinstance(o, AgentPausedError) for o in outcomes)
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_claim_racing_a_pause_is_overruled_and_the_claimer_told(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """Holds: a pause stored before the claim, but not yet turned into an inbox command, lets
+    the claim go out; the board refuses it, the claimer's inbox says ``refused`` and the
+    client drops the task; its next claim raises AgentPaused."""
+    worker = await agent(rt, "racer")
+    try:
+        async with api(rt):
+            await ops.create_task("rp", project="p", title="t")
+            await ops.create_task("rp2", project="p", title="t")
+            await project_all(rt)
+            await ops.pause_agent("racer")  # stored; the projector has not run
+            claim = await worker.claim("rp")  # the inbox is still empty: it goes out
+            await project_all(rt)
+            assert status_of(await board_row(rt, "rp"))[:2] == ("inbox", None)
+            told = await inbox(worker)
+            assert {c.command for c in told} == {"pause", "refused"}
+            assert "rp" not in worker.claims and claim.task == "rp"
+            with pytest.raises(AgentPausedError):
+                await worker.claim("rp2")
+    finally:
+        await worker.close()
+
+
+# ---- (3) fenced reports ----
+
+
+@BUG
+async def test_a_report_after_the_inbox_said_lease_lost_goes_out_unfenced(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (medium). When the inbox says ``lease_lost`` (or ``refused``), the client drops the
+    task *and the last sequence it knew of it*. A later ``progress``/``submit`` on that claim
+    is then published without ``Nats-Expected-Last-Subject-Sequence``: it is stored and acked,
+    no ClaimLost, and only the board rejects it (another ``refused`` in the inbox). The same
+    holds for a Claim used by a process that did not make it (after a restart). Should
+    (promise 3): once the task is no longer this agent's, reports raise ClaimLost."""
+    worker = await agent(rt, "dropped")
+    try:
+        async with api(rt):
+            await ops.create_task("ll", project="p", title="t")
+            await project_all(rt)
+            claim = await worker.claim("ll")
+            await project_all(rt)
+            await ops.revoke("ll", reason="taken back")
+            await project_all(rt)
+            assert [c.command for c in await inbox(worker)] == ["lease_lost"]
+            assert "ll" not in worker.claims
+            before = await last_seq(rt, EVENTS_STREAM)
+            outcome: object
+            try:
+                outcome = await worker.submit(claim, content="late work")
+            except ClaimLost as exc:
+                outcome = exc
+            stored = await last_seq(rt, EVENTS_STREAM) - before
+            print("submit after lease_lost:", repr(outcome), "events stored:", stored)
+            assert isinstance(outcome, ClaimLost) and stored == 0
+    finally:
+        await worker.close()
+
+
+async def test_reports_of_a_displaced_holder_raise_claim_lost_while_it_still_knows_the_task(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """Holds: a holder displaced by a revocation, an expiry or a cancellation, that has not
+    read its inbox yet, gets ClaimLost on progress, block, release and submit, and nothing is
+    stored."""
+    worker = await agent(rt, "fenced", max_concurrent_tasks=4)
+    try:
+        async with api(rt):
+            for t in ("f-rev", "f-exp", "f-can", "f-sub"):
+                await ops.create_task(t, project="p", title=t)
+            await project_all(rt)
+            claims = {t: await worker.claim(t) for t in ("f-rev", "f-exp", "f-can", "f-sub")}
+            await project_all(rt)
+            await ops.revoke("f-rev")
+            from fleetward.schemas.events import TaskLeaseExpired  # noqa: PLC0415
+
+            await publish(rt.js, TaskLeaseExpired(**envelope("svc:watchdog"), task="f-exp",
+                                                  agent="fenced", epoch=1))  # fmt: skip
+            await ops.cancel("f-can")
+            await ops.revoke("f-sub")
+            before = await last_seq(rt, EVENTS_STREAM)
+            with pytest.raises(ClaimLost):
+                await worker.progress(claims["f-rev"], "x")
+            with pytest.raises(ClaimLost):
+                await worker.block(claims["f-exp"], "stuck")
+            with pytest.raises(ClaimLost):
+                await worker.release(claims["f-can"])
+            with pytest.raises(ClaimLost):
+                await worker.submit(claims["f-sub"], content="x")
+            assert await last_seq(rt, EVENTS_STREAM) == before
+            await project_all(rt)
+            told = sorted((c.command, c.task) for c in await inbox(worker))
+            assert told == [("lease_lost", t) for t in ("f-can", "f-exp", "f-rev", "f-sub")]
+    finally:
+        await worker.close()
+
+
+# ---- reviews, cancels and retirements racing each other ----
+
+
+@BUG
+async def test_a_late_copy_of_a_review_splits_the_board_from_every_client(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (medium). A reviewer agent's rejection is stored again later under another
+    Nats-Msg-Id (a retry past the 2-minute duplicate window) after the author has resubmitted.
+    The board applies an event id once (its ledger) and ignores the copy; the client fold
+    (``read_task``: ``step`` without the ledger) applies it again. The board says ``review``;
+    every client says ``in_progress``, so the operator cannot review the deliverable
+    (IntentRefused "not waiting for review") and the CLI refuses it too. Should: one state
+    machine, one answer (the clients must skip copies as the board does)."""
+    author = await agent(rt, "writer")
+    critic = await agent(rt, "editor", roles=("reviewer",))
+    try:
+        await ops.create_task("copy", project="p", title="t")
+        await project_all(rt)
+        c = await author.claim("copy")
+        await author.submit(c, content="v1")
+        review = TaskReviewed(**envelope("editor"), task="copy", agent="writer",
+                              verdict="reject", feedback="again")  # fmt: skip
+        await critic.send(review)
+        await project_all(rt)
+        author.rework(c)
+        await author.submit(c, content="v2")
+        await raw(rt, review, msg_id=review.id + "-retry")  # the same event, stored again
+        await project_all(rt)
+        board, stream = await board_row(rt, "copy"), await stream_row(rt, "copy")
+        print("board:", status_of(board), "clients:", status_of(stream))
+        assert status_of(board) == status_of(stream)
+        await ops.review("copy", "approve")  # the board waits for exactly this
+    finally:
+        await author.close()
+        await critic.close()
+
+
+@BUG
+async def test_an_operator_review_racing_a_revoke_is_dropped_without_a_word(
+    rt: Runtime, ops: FleetClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BUG (medium). ``FleetClient.review`` reads the task, then publishes the verdict *without*
+    compare-and-set (every other task write uses it). A revocation stored in between makes
+    the board reject the review ("task is inbox"); ``review`` had returned normally, and a
+    person's rejected event is told to nobody. Should (promise 4 / the title): the review
+    take effect or raise."""
+    author = await agent(rt, "subject")
+    other = FleetClient(await _connect(rt), "user:bob")
+    try:
+        await ops.create_task("rr", project="p", title="t")
+        await project_all(rt)
+        c = await author.claim("rr")
+        await author.submit(c, content="draft")
+        real_publish = ops._publish
+
+        async def revoke_first(event: Any, **headers: str) -> PubAck:
+            if isinstance(event, TaskReviewed):  # bob revokes between read and publish
+                await other.revoke("rr", reason="rebalancing")
+            return await real_publish(event, **headers)
+
+        monkeypatch.setattr(ops, "_publish", revoke_first)
+        outcome: object
+        try:
+            outcome = await ops.review("rr", "approve", feedback="great")
+        except (IntentRefused, ClaimLost) as exc:
+            outcome = exc
+        await project_all(rt)
+        row = await board_row(rt, "rr")
+        print("review returned:", type(outcome).__name__, "board:", status_of(row),
+              [r["reason"] for r in await rejections(rt, "rr")])  # fmt: skip
+        assert isinstance(outcome, IntentRefused) or status_of(row)[0] == "done"
+    finally:
+        await author.close()
+        await other.close()
+
+
+async def _connect(rt: Runtime) -> Any:
+    from fleetward.services.jetstream.connection import connect  # noqa: PLC0415
+
+    return await connect(rt.nats_url, name="bob")
+
+
+async def test_cancel_racing_submit_ends_one_way_and_the_author_knows(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """Holds: a cancellation and a submission race 10 times; the task always ends cancelled;
+    the author either got ClaimLost on submit or, when its submit landed first, a
+    ``lease_lost`` in its inbox; the board and the client fold agree."""
+    author = await agent(rt, "racer-s", max_concurrent_tasks=10)
+    try:
+        tasks = [f"cs-{i}" for i in range(10)]
+        for t in tasks:
+            await ops.create_task(t, project="p", title=t)
+        await project_all(rt)
+        claims = {t: await author.claim(t) for t in tasks}
+        outcomes: dict[str, object] = {}
+
+        async def submit(t: str, delay: float) -> None:
+            await anyio.sleep(delay)  # staggered, so that both orders happen
+            try:
+                outcomes[t] = await author.submit(claims[t], content="x")
+            except ClaimLost as exc:
+                outcomes[t] = exc
+
+        async with anyio.create_task_group() as tg:
+            for i, t in enumerate(tasks):
+                tg.start_soon(submit, t, 0.004 * i)
+                tg.start_soon(ops.cancel, t)
+        await project_all(rt)
+        told = {c.task: c.command for c in await inbox(author)}
+        for t in tasks:
+            board, stream = await board_row(rt, t), await stream_row(rt, t)
+            assert status_of(board) == status_of(stream)
+            assert board is not None and board["status"] == "cancelled"
+            if not isinstance(outcomes[t], ClaimLost):
+                assert told.get(t) == "lease_lost", (t, outcomes[t], told)
+        print({t: type(o).__name__ for t, o in outcomes.items()})
+    finally:
+        await author.close()
+
+
+@BUG
+async def test_retiring_an_agent_with_work_in_review_leaves_a_task_held_by_the_retired(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (medium). Retiring revokes the tasks the agent *holds* (in progress, blocked) but
+    not one in review. Rejecting that deliverable afterwards hands it back to the retired
+    agent for rework: in progress, held by an agent that will never work again, claimable by
+    nobody and out of every lease. Should: retirement end the agent's claim on its work in
+    review too (or the rejection return the task to the inbox)."""
+    worker = await agent(rt, "leaver", max_concurrent_tasks=3)
+    try:
+        async with api(rt):
+            for t in ("h1", "h2", "in-review"):
+                await ops.create_task(t, project="p", title=t)
+            await project_all(rt)
+            h1, h2 = await worker.claim("h1"), await worker.claim("h2")
+            r = await worker.claim("in-review")
+            await worker.submit(r, content="draft")
+            await project_all(rt)
+            await ops.retire_agent("leaver", reason="replaced")
+            await project_all(rt)
+            for t in ("h1", "h2"):  # holds: the held ones are back in the inbox
+                assert status_of(await board_row(rt, t))[:2] == ("inbox", None)
+            assert h1.task == "h1" and h2.task == "h2"
+            print("in review after retirement:", status_of(await board_row(rt, "in-review")))
+            await ops.review("in-review", "reject", feedback="needs work")
+            await project_all(rt)
+            row = await board_row(rt, "in-review")
+            print("after the rejection:", status_of(row))
+            assert status_of(row)[:2] != ("in_progress", "leaver")
+    finally:
+        await worker.close()
+
+
+# ---- forged verdicts, odd epochs, reused ids, cycles ----
+
+
+async def test_forged_verdicts_naming_the_wrong_claim_or_review_do_nothing(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """Holds: a ``task.claim_refused`` naming another claim id and a ``task.review_refused``
+    naming another review id (even as svc:board) are rejected by the board and by every
+    client fold; the same verdicts sent by an agent are dead-lettered (actor_forbidden) and
+    reported to that agent. The holder keeps its task and is told nothing."""
+    holder = await agent(rt, "keeper")
+    forger = await agent(rt, "forger")
+    author = await agent(rt, "auth2")
+    critic = await agent(rt, "crit2", roles=("reviewer",))
+    try:
+        await ops.create_task("fv", project="p", title="t")
+        await ops.create_task("fr", project="p", title="t")
+        await project_all(rt)
+        claim = await holder.claim("fv")
+        c2 = await author.claim("fr")
+        await author.submit(c2, content="x")
+        await critic.send(TaskReviewed(**envelope("crit2"), task="fr", agent="auth2",
+                                       verdict="reject"))  # fmt: skip
+        await project_all(rt)
+        before_fv, before_fr = await board_row(rt, "fv"), await board_row(rt, "fr")
+        for actor in ("svc:board", "forger"):
+            await raw(rt, TaskClaimRefused(**envelope(actor), task="fv", agent="keeper",
+                                           epoch=1, claim="some-other-claim",
+                                           reason="forged"))  # fmt: skip
+            await raw(rt, TaskReviewRefused(**envelope(actor), task="fr", agent="auth2",
+                                            reviewer="crit2", review="some-other-review",
+                                            reason="forged"))  # fmt: skip
+        # and one naming the right claim, but sent by an agent: refused at admission
+        await raw(rt, TaskClaimRefused(**envelope("forger"), task="fv", agent="keeper", epoch=1,
+                                       claim=claim.id, reason="forged"))  # fmt: skip
+        await project_all(rt)
+        after_fv, after_fr = await board_row(rt, "fv"), await board_row(rt, "fr")
+        assert status_of(after_fv) == status_of(before_fv) == ("in_progress", "keeper", 1)
+        assert status_of(after_fr) == status_of(before_fr)
+        assert after_fv is not None and after_fv["claim_id"] == claim.id
+        assert status_of(await stream_row(rt, "fv")) == status_of(after_fv)
+        assert status_of(await stream_row(rt, "fr")) == status_of(after_fr)
+        await holder.progress(claim, "unaffected")
+        assert [c.command for c in await inbox(holder)] == []
+        forged = [c for c in await inbox(forger)]
+        assert len(forged) == 3 and {c.command for c in forged} == {"refused"}
+        assert all("actor_forbidden" in c.reason for c in forged)
+    finally:
+        for c in (holder, forger, author, critic):
+            await c.close()
+
+
+async def test_claims_with_zero_negative_or_fractional_epochs_are_refused_and_reported(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """Holds: epochs 0, -1, 1.5 and 2^31 are dead-lettered as invalid; the task stays in the
+    inbox for the board and the clients; each is reported to the sender's inbox."""
+    await ops.create_task("odd", project="p", title="t")
+    odd = await agent(rt, "odd")
+    try:
+        await project_all(rt)
+        for epoch in (0, -1, 1.5, MAX_EPOCH + 1):
+            body = {**json.loads(encode(claimed("odd", "odd", 1))), "epoch": epoch}
+            await rt.js.publish("fw.task.odd", json.dumps(body).encode(),
+                                headers={"Nats-Msg-Id": body["id"]})  # fmt: skip
+        await project_all(rt)
+        assert status_of(await board_row(rt, "odd")) == ("inbox", None, 0)
+        assert status_of(await stream_row(rt, "odd")) == ("inbox", None, 0)
+        assert [d["reason"] for d in await dead_letters(rt)] == ["invalid"] * 4
+        told = await inbox(odd)
+        assert len(told) == 4 and {c.command for c in told} == {"refused"}
+        assert all(c.reason.startswith("invalid") for c in told)
+    finally:
+        await odd.close()
+
+
+@BUG
+async def test_a_claim_reusing_an_old_event_id_locks_the_task_for_every_client(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (high). An agent claims a task with the event id of one of its earlier task events
+    (under a fresh Nats-Msg-Id). The board's ledger takes it for a copy and skips it
+    silently (no rejection, no ``refused``); every client fold applies it. The board and
+    ``claim_next`` show the task in the inbox; every agent's claim fails with "held by
+    rogue"; the watchdog (reading the board) never expires a lease. One agent can lock any
+    task this way. Should: one verdict for all readers (clients skip copies too, or the
+    board rejects and reports the reuse)."""
+    await ops.create_task("lockable", project="p", title="t")
+    await ops.create_task("mine", project="p", title="t")
+    rogue = await agent(rt, "locker")
+    honest = await agent(rt, "victim")
+    try:
+        await project_all(rt)
+        first = await rogue.claim("mine")
+        lock = TaskClaimed(id=first.id, actor="locker", at=claimed("x", "y", 1).at,
+                           task="lockable", agent="locker", epoch=1)  # fmt: skip
+        await raw(rt, lock, msg_id="fresh-msg-id")
+        await project_all(rt)
+        board = status_of(await board_row(rt, "lockable"))
+        outcome: object
+        try:
+            outcome = await honest.claim("lockable")
+        except ClaimLost as exc:
+            outcome = exc
+        print("board:", board, "| honest claim:", outcome,
+              "| rejections:", await rejections(rt, "lockable"))  # fmt: skip
+        assert board == status_of(await stream_row(rt, "lockable"))
+        assert isinstance(outcome, Claim)
+    finally:
+        await rogue.close()
+        await honest.close()
+
+
+@BUG
+async def test_a_raw_dependency_change_the_board_rejects_still_closes_a_cycle_for_clients(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (medium). A person publishes ``task.dependencies_changed`` raw (a user may: no
+    forging), making the older task depend on the younger, which depends on it. The board
+    rejects it (only older dependencies); every client fold (``step`` does not judge ages)
+    applies it: for clients the two tasks wait on each other forever, while the board and
+    ``claim_next`` offer the older one as claimable and every claim of it fails. Should: the
+    board's rejection and the clients' fold agree."""
+    await ops.create_task("cyc-a", project="p", title="t")
+    await ops.create_task("cyc-b", project="p", title="t", depends_on=["cyc-a"])
+    worker = await agent(rt, "cycler")
+    try:
+        await raw(rt, TaskDependenciesChanged(**envelope("user:mallory"), task="cyc-a",
+                                              depends_on=("cyc-b",)))  # fmt: skip
+        await project_all(rt)
+        board, stream = await board_row(rt, "cyc-a"), await stream_row(rt, "cyc-a")
+        assert board is not None and stream is not None
+        print("board deps:", board["depends_on"], "client deps:", stream["depends_on"],
+              [r["reason"] for r in await rejections(rt, "cyc-a")])  # fmt: skip
+        assert board["depends_on"] == []  # holds: the board refuses the cycle
+        assert stream["depends_on"] == board["depends_on"]
+        await worker.claim("cyc-a")
+    finally:
+        await worker.close()
+
+
+async def test_the_operator_cannot_make_a_dependency_cycle(
+    rt: Runtime, ops: FleetClient, env: dict[str, str]
+) -> None:
+    """Holds: the client and the CLI refuse a dependency on a younger task, on itself, and on a
+    cancelled one, one line and exit 2, publishing nothing."""
+    await ops.create_task("d-a", project="p", title="t")
+    await ops.create_task("d-b", project="p", title="t", depends_on=["d-a"])
+    await ops.create_task("d-c", project="p", title="t")
+    await ops.cancel("d-c")
+    for deps, why in ((["d-b"], "created after"), (["d-a"], "itself")):
+        target = "d-a"
+        with pytest.raises(IntentRefused, match=why):
+            await ops.set_dependencies(target, deps)
+    with pytest.raises(IntentRefused, match="cancelled"):
+        await ops.set_dependencies("d-b", ["d-a", "d-c"])
+    before = await last_seq(rt, EVENTS_STREAM)
+    code, out, err = await fleetward(env, "tasks", "deps", "d-a", "--set", "d-b")
+    assert (code, out) == (2, "") and err.count("\n") == 1 and "created after" in err, err
+    assert await last_seq(rt, EVENTS_STREAM) == before
+
+
+# ---- rebuild, outbox crash, inbox deliveries ----
+
+
+async def _fleet_with_verdicts_and_commands(rt: Runtime, ops: FleetClient) -> list[AgentClient]:
+    """A history with every kind of verdict and inbox command."""
+    a = await agent(rt, "rb-a", max_concurrent_tasks=3)
+    b = await agent(rt, "rb-b")
+    crony = await agent(rt, "rb-crony")
+    await ops.create_task("rb-1", project="p", title="t")
+    await ops.create_task("rb-2", project="p", title="t", depends_on=["rb-1"])
+    await ops.create_task("rb-3", project="p", title="t", required_role="admin")
+    await ops.create_task("rb-4", project="p", title="t")
+    await project_all(rt)
+    await raw(rt, claimed("rb-b", "rb-2", 1))  # refused: dependency not done
+    await raw(rt, claimed("rb-b", "rb-3", 1))  # refused: role (the second is over the limit)
+    await raw(
+        rt,
+        TaskCreated(
+            **envelope("rb-a"), task="rb-5", project="p", title="t", depends_on=("nowhere",)
+        ),
+    )  # cancelled: unknown dependency
+    c1 = await a.claim("rb-1")
+    await a.submit(c1, content="x")
+    await crony.send(
+        TaskReviewed(**envelope("rb-crony"), task="rb-1", agent="rb-a", verdict="approve")
+    )  # refused: not a reviewer
+    c4 = await a.claim("rb-4")
+    await project_all(rt)
+    await ops.review("rb-1", "reject", feedback="more")
+    await ops.revoke("rb-4")
+    await publish(rt.js, AgentPaused(**envelope("user:ops"), agent="rb-b", reason="x"))
+    await project_all(rt)
+    assert c4.task == "rb-4"
+    return [a, b, crony]
+
+
+async def test_a_rebuild_of_the_task_board_gives_the_same_rows_and_republishes_nothing(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """Holds: after verdicts and commands, rebuilding ``tasks`` (and running everything again)
+    gives the same rows, and publishes no event and no inbox command again."""
+    clients = await _fleet_with_verdicts_and_commands(rt, ops)
+    try:
+        async with rt.pool.acquire() as conn:
+            kinds = await conn.fetch("SELECT subject, count(*) FROM fleet.outbox GROUP BY 1")
+        assert len(kinds) >= 5, kinds
+        before = await snapshot(rt, (TaskBoard(),))
+        counts = (await last_seq(rt, EVENTS_STREAM), await last_seq(rt, COMMANDS_STREAM))
+        await rebuilding.rebuild(rt, TaskBoard())
+        await project_all(rt)
+        assert (await last_seq(rt, EVENTS_STREAM), await last_seq(rt, COMMANDS_STREAM)) == counts
+        after = await snapshot(rt, (TaskBoard(),))
+        for table in before:
+            assert before[table] == after[table], table
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_a_crash_between_storing_and_publishing_the_outbox_delivers_each_command_once(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """Holds: the projector stores a ``lease_lost`` and dies before publishing it; a new outbox
+    publishes it; dying again after publishing and before marking it published publishes it
+    again (a duplicate the stream drops). The agent sees it once; so does a second copy stored
+    under another message id, for the same client process."""
+    worker = await agent(rt, "crashy")
+    try:
+        await ops.create_task("oc", project="p", title="t")
+        await project_all(rt)
+        await worker.claim("oc")
+        await project_all(rt)
+        await ops.revoke("oc")
+        await project_all(rt, outbox=False)  # stored, not published: the crash
+        before = await last_seq(rt, COMMANDS_STREAM)
+        assert await Outbox(rt).publish_once() == 1  # the projector comes back
+        async with rt.pool.acquire() as conn:  # ... and crashed before marking it published
+            data = await conn.fetchval(
+                "UPDATE fleetward.outbox SET published_at = NULL WHERE subject = 'fw.cmd.crashy' "
+                "RETURNING data"
+            )
+        assert await Outbox(rt).publish_once() == 1
+        assert await last_seq(rt, COMMANDS_STREAM) == before + 1
+        await rt.js.publish("fw.cmd.crashy", data, headers={"Nats-Msg-Id": "past-the-window"})
+        assert await last_seq(rt, COMMANDS_STREAM) == before + 2
+        told = await inbox(worker)
+        assert [c.command for c in told] == ["lease_lost"]
+    finally:
+        await worker.close()
+
+
+@BUG
+async def test_a_command_stored_twice_reaches_a_restarted_agent_twice(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (low). The outbox republishes a command after a crash between publishing and marking
+    it; past the 2-minute duplicate window (projector down longer) the stream stores a second
+    copy. The docs promise an agent's inbox skips a command id it has seen, but the client
+    remembers ids only in memory: a restarted agent acts on the copy again (here a second
+    ``review_feedback`` for one review). Should: a command id acts once per agent."""
+    author = await agent(rt, "twice")
+    try:
+        await ops.create_task("tw", project="p", title="t")
+        await project_all(rt)
+        c = await author.claim("tw")
+        await author.submit(c, content="x")
+        await ops.review("tw", "reject", feedback="once")
+        await project_all(rt)
+        first = await inbox(author)
+        assert [x.command for x in first] == ["review_feedback"]
+        await author.close()
+        async with rt.pool.acquire() as conn:
+            data = await conn.fetchval(
+                "SELECT data FROM fleetward.outbox WHERE subject = 'fw.cmd.twice'"
+            )
+        await rt.js.publish("fw.cmd.twice", data, headers={"Nats-Msg-Id": "after-the-window"})
+        author = await AgentClient.connect(rt.nats_url, "twice")  # the agent restarted
+        again = await inbox(author)
+        print("restarted agent sees:", [(x.command, x.id) for x in again])
+        assert again == []
+    finally:
+        await author.close()
+
+
+@BUG
+async def test_commands_read_ahead_by_claim_are_lost_when_the_agent_dies(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (medium). ``claim`` first reads the whole inbox (``sync_inbox``) and acknowledges
+    every command at once, keeping them only in memory until ``next_command`` hands them out.
+    An agent that dies after a claim loses them: the ``review_feedback`` of its rejected
+    deliverable never reaches it after the restart (the "durable inbox an agent that was
+    offline reads when it returns"). Should: at least once (acknowledge once handed out or
+    handled)."""
+    author = await agent(rt, "forgetful", max_concurrent_tasks=2)
+    try:
+        await ops.create_task("fg-1", project="p", title="t")
+        await ops.create_task("fg-2", project="p", title="t")
+        await project_all(rt)
+        c = await author.claim("fg-1")
+        await author.submit(c, content="x")
+        await ops.review("fg-1", "reject", feedback="the only copy")
+        await project_all(rt)
+        await author.claim("fg-2")  # reads (and acks) the inbox first
+        await author.close()  # the process dies before asking for its next command
+        author = await AgentClient.connect(rt.nats_url, "forgetful")
+        got = [(x.command, x.reason) for x in await inbox(author)]
+        print("after the restart:", got)
+        assert ("review_feedback", "the only copy") in got
+    finally:
+        await author.close()
+
+
+async def test_a_redelivered_command_acts_once_in_one_process(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """Holds: the same pause published three times under other message ids is seen once."""
+    worker = await agent(rt, "redeliver")
+    try:
+        await publish(rt.js, AgentPaused(**envelope("user:ops"), agent="redeliver"))
+        await project_all(rt)
+        async with rt.pool.acquire() as conn:
+            data = await conn.fetchval(
+                "SELECT data FROM fleetward.outbox WHERE subject = 'fw.cmd.redeliver'"
+            )
+        for i in range(2):
+            await rt.js.publish("fw.cmd.redeliver", data, headers={"Nats-Msg-Id": f"again-{i}"})
+        assert [c.command for c in await inbox(worker)] == ["pause"]
+        assert worker.paused
+    finally:
+        await worker.close()
+
+
+@BUG
+async def test_an_agent_whose_inbox_consumer_was_deleted_hears_nothing_more(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (medium). Someone deletes ``inbox_<agent>`` (an operator cleaning consumers, a
+    stream restore). The running client never notices (its reader is marked ``gone`` but
+    nobody looks): ``next_command`` returns None forever, so a ``pause`` sent afterwards is
+    never obeyed; ``claim`` fails with a raw NotFoundError from ``sync_inbox``. Should: the
+    client re-create its durable inbox and obey the pause (``claim`` raising AgentPaused)."""
+    worker = await agent(rt, "orphan")
+    try:
+        async with api(rt):
+            await ops.create_task("orph", project="p", title="t")
+            await project_all(rt)
+            assert await worker.next_command(wait=0.5) is None  # the inbox is open
+            await rt.js.delete_consumer(COMMANDS_STREAM, inbox_durable("orphan"))
+            await ops.pause_agent("orphan", reason="stop now")
+            await project_all(rt)
+            got = await worker.next_command(wait=3)
+            outcome: object
+            try:
+                outcome = await worker.claim("orph")
+            except Exception as exc:  # what does it raise?
+                outcome = exc
+            print("next_command:", got, "| claim:", type(outcome).__name__, outcome)
+            assert got is not None and got.command == "pause"
+            assert isinstance(outcome, AgentPausedError)
+    finally:
+        await worker.close()
+
+
+async def test_an_outbox_stuck_while_nats_is_away_shows_in_healthz(
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Holds: commands stored while the projector ran, then NATS goes away before the outbox
+    publishes them: /healthz answers 503 and names NATS, the projector and, once the oldest
+    command has waited ``STUCK_S``, the outbox with how many wait and the last error."""
+    from fleetward.services.config import Settings  # noqa: PLC0415
+    from fleetward.services.projector import outbox as outbox_module  # noqa: PLC0415
+    from fleetward.services.runtime.embedded import EmbeddedNats  # noqa: PLC0415
+    from fleetward.services.serve import run_services  # noqa: PLC0415
+    from tests.helpers import http_get  # noqa: PLC0415
+
+    monkeypatch.setattr(outbox_module, "STUCK_S", 2.0)
+    server = EmbeddedNats.start(tmp_path / "nats-away")
+    settings = Settings.from_env({"FLEETWARD_NATS_URL": server.url,
+                                  "FLEETWARD_DATABASE_URL": database,
+                                  "FLEETWARD_HOME": str(tmp_path / "home")})  # fmt: skip
+    try:
+        # (closing the connection to a server that is gone raises ConnectionResetError)
+        with contextlib.suppress(ConnectionResetError):
+            await _stuck_outbox(settings, server, run_services, http_get)
+    finally:
+        server.stop()
+
+
+async def _stuck_outbox(settings: Any, server: Any, run_services: Any, http_get: Any) -> None:
+    from fleetward.projections import ALL  # noqa: PLC0415
+    from fleetward.services.runtime.connect import open_runtime  # noqa: PLC0415
+
+    async with open_runtime(settings) as rt:
+        for i in range(3):
+            await publish(rt.js, AgentPaused(**envelope("user:ops"), agent=f"away-{i}"))
+        await project_all(rt, outbox=False)
+        server.stop()
+        ports: list[int] = []
+
+        async def ready(port: int) -> None:
+            ports.append(port)
+
+        async def stuck() -> str | None:
+            if not ports:
+                return None
+            code, body = await http_get(ports[0], "/healthz")
+            report = json.loads(body)
+            return body if code == 503 and not report["checks"]["outbox"]["ok"] else None
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: run_services(rt, ALL, on_ready=ready))
+            body = await wait_for(stuck, timeout=60, what="the outbox to be reported stuck")
+            tg.cancel_scope.cancel()
+        assert body is not None
+        report = json.loads(body)
+        print(json.dumps(report, indent=1))
+        assert not report["checks"]["nats"]["ok"]
+        assert "3 event(s) waiting to be published" in report["checks"]["outbox"]["reason"]
+
+
+# ---- (6) refusals: reaching the right inbox, and only it ----
+
+
+@BUG
+async def test_one_agent_can_flood_another_agents_inbox_with_refusals(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (medium; rests on the unauthenticated ``actor`` of task subjects, but the refusal
+    path amplifies it). With only the permissions the docs give an agent (its own subjects and
+    ``fw.task.>``), ``flooder`` publishes 400 junk events on a task subject naming ``victim``
+    as actor: half invalid (dead letters: the refusal goes to "the payload's actor"), half
+    well-formed reports that do not fit (rejections: told to ``event.actor``). Each becomes a
+    durable ``refused`` command in victim's inbox (kept 30 days), nothing bounds or
+    aggregates them (victim's every ``claim`` first reads them all). Should: a
+    refusal reach only the agent that sent the event (or be bounded per sender)."""
+    await ops.create_task("target", project="p", title="t")
+    await ops.create_task("work", project="p", title="t")
+    victim = await agent(rt, "victim")
+    try:
+        await project_all(rt)
+        before = await last_seq(rt, COMMANDS_STREAM)
+        for i in range(200):
+            bad = {
+                "type": "task.progressed",
+                "id": f"junk-{i}",
+                "actor": "victim",
+                "at": "2026-01-01T00:00:00Z",
+                "task": "target",
+                "agent": "victim",
+            }
+            await rt.js.publish("fw.task.target", json.dumps(bad).encode(),
+                                headers={"Nats-Msg-Id": bad["id"]})  # fmt: skip
+            stray = TaskProgressed(**envelope("victim"), task="target", agent="victim", epoch=9)
+            await raw(rt, stray)
+        await project_all(rt)
+        flood = await last_seq(rt, COMMANDS_STREAM) - before
+        started = anyio.current_time()
+        await victim.claim("work")
+        took = anyio.current_time() - started
+        print(f"refusals in victim's inbox: {flood}; its next claim took {took:.2f} s")
+        assert flood < 10, f"{flood} refusals for events victim never sent"
+    finally:
+        await victim.close()
+
+
+async def test_every_review_reaches_the_author_once_whoever_sends_it(
+    rt: Runtime, ops: FleetClient, env: dict[str, str]
+) -> None:
+    """Holds: reviews by a person (client), a person (CLI), a service and a reviewer agent each
+    reach the author's inbox exactly once, with verdict and reviewer; a review by an agent
+    without the role reaches the author not at all (it is undone) and its sender as refused."""
+    author = await agent(rt, "prolific", max_concurrent_tasks=5)
+    critic = await agent(rt, "critic9", roles=("reviewer",))
+    crony = await agent(rt, "crony9")
+    svc = FleetClient(await _connect(rt), "svc:qa")
+    try:
+        tasks = ("rv-ops", "rv-cli", "rv-svc", "rv-agent", "rv-crony")
+        for t in tasks:
+            await ops.create_task(t, project="p", title=t)
+        await project_all(rt)
+        for t in tasks:
+            await author.submit(await author.claim(t), content=t)
+        await ops.review("rv-ops", "reject", feedback="ops")
+        code, _, err = await fleetward(env, "tasks", "review", "rv-cli", "--approve")
+        assert code == 0, err
+        await svc.review("rv-svc", "approve", feedback="svc")
+        await critic.review("rv-agent", "reject", feedback="agent")
+        await crony.review("rv-crony", "approve", feedback="crony")
+        await project_all(rt)
+        got = sorted((c.task, c.command, c.payload.get("reviewer")) for c in await inbox(author))
+        assert got == [("rv-agent", "review_feedback", "critic9"),
+                       ("rv-cli", "review_feedback", "user:alice"),
+                       ("rv-ops", "review_feedback", "user:ops"),
+                       ("rv-svc", "review_feedback", "svc:qa")]  # fmt: skip
+        assert status_of(await board_row(rt, "rv-crony"))[0] == "review"
+        told = [(c.command, c.task) for c in await inbox(crony)]
+        assert told == [("refused", "rv-crony")]
+    finally:
+        for c in (author, critic, crony, svc):
+            await c.close()
+
+
+# ---- (4) the CLI as an operator types it ----
+
+
+async def cli_refused(rt: Runtime, env: dict[str, str], why: str, *args: str) -> None:
+    """``fleetward ARGS`` exits 2 with one line naming ``why`` and publishes nothing."""
+    before = (await last_seq(rt, EVENTS_STREAM), await last_seq(rt, COMMANDS_STREAM))
+    code, out, err = await fleetward(env, *args)
+    assert (code, out) == (2, ""), f"fleetward {' '.join(args)}: {code} {out!r} {err!r}"
+    assert err.count("\n") == 1 and err.startswith("fleetward: error: "), err
+    assert why in err, err
+    assert (await last_seq(rt, EVENTS_STREAM), await last_seq(rt, COMMANDS_STREAM)) == before
+
+
+async def test_every_cli_write_the_fleet_would_refuse_fails_at_once(
+    rt: Runtime, ops: FleetClient, env: dict[str, str]
+) -> None:
+    """Holds: each write below exits 2 with one line and publishes nothing."""
+    worker = await agent(rt, "cli-w", roles=("writer",))
+    try:
+        async with api(rt):
+            await ops.create_task("c-held", project="p", title="t")
+            await ops.create_task("c-open", project="p", title="t")
+            await ops.create_task("c-role", project="p", title="t", required_role="admin")
+            await ops.create_task("c-done", project="p", title="t")
+            await project_all(rt)
+            await worker.claim("c-held")
+            await ops.cancel("c-done")
+            await project_all(rt)
+            await cli_refused(rt, env, "held by cli-w", "tasks", "assign", "c-held", "cli-w")
+            await cli_refused(rt, env, "no agent ghost", "tasks", "assign", "c-open", "ghost")
+            await cli_refused(rt, env, "lacks the role admin", "tasks", "assign", "c-role",
+                              "cli-w")  # fmt: skip
+            await cli_refused(rt, env, "is cancelled", "tasks", "cancel", "c-done")
+            await cli_refused(rt, env, "no task nope", "tasks", "cancel", "nope")
+            await cli_refused(rt, env, "not held", "tasks", "revoke", "c-open")
+            await cli_refused(rt, env, "already", "tasks", "reassign", "c-held", "cli-w")
+            await cli_refused(rt, env, "already exists", "tasks", "create", "c-open",
+                              "--project", "p", "--title", "again")  # fmt: skip
+            await cli_refused(rt, env, "unknown task(s) nope", "tasks", "create", "c-new",
+                              "--project", "p", "--title", "t", "--depends-on", "nope")  # fmt: skip
+            await cli_refused(rt, env, "not waiting for review", "tasks", "review", "c-held",
+                              "--approve")  # fmt: skip
+            await cli_refused(rt, env, "does not depend on", "tasks", "deps", "c-open",
+                              "--drop", "c-held")  # fmt: skip
+            await cli_refused(rt, env, "no agent ghost", "agents", "pause", "ghost")
+            await cli_refused(rt, env, "not paused", "agents", "resume", "cli-w")
+            code, _, err = await fleetward(env, "agents", "retire", "cli-w")
+            assert code == 0, err
+            await project_all(rt)
+            await cli_refused(rt, env, "already retired", "agents", "retire", "cli-w")
+            await cli_refused(rt, env, "retired", "agents", "pause", "cli-w")
+        # without the task API, agent writes say what is missing, still in one line
+        await cli_refused(rt, env, "fw.api.agents.get", "agents", "pause", "cli-w")
+    finally:
+        await worker.close()
+
+
+@BUG
+async def test_pausing_twice_before_the_registry_catches_up_exits_0_and_changes_nothing(
+    rt: Runtime, env: dict[str, str]
+) -> None:
+    """BUG (low). "Pausing a paused agent" is to exit 2, but an agent's state is read from the
+    registry (a projection), and agent writes are not compare-and-set: a second ``agents
+    pause`` right after the first (the projector not yet through it) exits 0, publishes a
+    second ``agent.paused``, and changes nothing (no command, no status change). Should:
+    exit 2 (judge on the agent's stream subject, as task writes do)."""
+    worker = await agent(rt, "pp")
+    try:
+        async with api(rt):
+            await project_all(rt)
+            code, _, err = await fleetward(env, "agents", "pause", "pp")
+            assert code == 0, err
+            code, out, err = await fleetward(env, "agents", "pause", "pp")
+            print("second pause:", code, out.strip(), err.strip())
+            assert code == 2
+    finally:
+        await worker.close()
+
+
+@BUG
+async def test_a_task_may_be_created_on_a_cancelled_dependency_but_not_moved_onto_one(
+    rt: Runtime, ops: FleetClient, env: dict[str, str]
+) -> None:
+    """BUG (low). ``tasks deps --set`` refuses a cancelled dependency ("it would never be
+    done"); ``tasks create --depends-on`` accepts one: the new task is a dead end from birth
+    (``cancelled_dependencies``), which the same rule says to refuse. Should: exit 2."""
+    await ops.create_task("gone", project="p", title="t")
+    await ops.cancel("gone")
+    code, out, err = await fleetward(env, "tasks", "create", "orphaned", "--project", "p",
+                                     "--title", "t", "--depends-on", "gone")  # fmt: skip
+    await project_all(rt)
+    row = await board_row(rt, "orphaned")
+    print("create:", code, out.strip(), err.strip(), "| row:",
+          row and row["cancelled_dependencies"])  # fmt: skip
+    assert code == 2 and row is None
+
+
+@BUG
+async def test_a_reviewer_agent_can_keep_its_verdict_from_ever_reaching_the_author(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (medium; assumes an agent may publish on its own ``fw.cmd.<self>``, which the docs
+    list among "its own subjects"). The author's ``review_feedback`` has the id
+    ``deterministic_id(review.id, "inbox")``, and the reviewer chooses ``review.id``. The
+    reviewer first puts any message with that Nats-Msg-Id on FW_COMMANDS; the outbox's
+    publish of the feedback is then a "duplicate", marked published, and never stored. The
+    task goes back to the author for rework, and the author is never told. Should (promise
+    6): every review reaches the author's inbox exactly once."""
+    await ops.create_task("silenced", project="p", title="t")
+    author = await agent(rt, "unheard")
+    critic = await agent(rt, "muffler", roles=("reviewer",))
+    try:
+        await project_all(rt)
+        c = await author.claim("silenced")
+        await author.submit(c, content="draft")
+        review = TaskReviewed(**envelope("muffler"), task="silenced", agent="unheard",
+                              verdict="reject", feedback="you will never read this")  # fmt: skip
+        await rt.js.publish(
+            "fw.cmd.muffler", b"{}", headers={"Nats-Msg-Id": deterministic_id(review.id, "inbox")}
+        )
+        await critic.send(review)
+        await project_all(rt)
+        assert status_of(await board_row(rt, "silenced"))[:2] == ("in_progress", "unheard")
+        got = [(x.command, x.reason) for x in await inbox(author)]
+        print("author's inbox:", got)
+        assert got == [("review_feedback", "you will never read this")]
+    finally:
+        await author.close()
+        await critic.close()
+
+
+@BUG
+async def test_a_task_assigned_to_a_retired_agent_is_a_silent_dead_end(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (low). Retiring revokes held tasks but leaves tasks *assigned* (not yet claimed) to
+    the agent: they stay assigned to an agent that will never claim them, nobody else may
+    (``task is assigned to leaver``), and no escalation names the dead end. Should: the
+    retirement return them to the inbox (or make the dead end visible)."""
+    leaver = await agent(rt, "assignee")
+    other = await agent(rt, "bystander")
+    try:
+        async with api(rt):
+            await ops.create_task("for-you", project="p", title="t")
+            await project_all(rt)
+            await ops.assign("for-you", "assignee")
+            await project_all(rt)
+            await ops.retire_agent("assignee")
+            await project_all(rt)
+            row = await board_row(rt, "for-you")
+            outcome: object
+            try:
+                outcome = await other.claim("for-you")
+            except ClaimLost as exc:
+                outcome = exc
+            print("after retirement:", status_of(row), "| another agent's claim:", outcome)
+            assert isinstance(outcome, Claim)
+    finally:
+        await leaver.close()
+        await other.close()
+
+
+# ---- (7) dead ends ----
+
+
+async def test_a_dependency_cancelled_by_the_board_shows_as_a_cancelled_dependency(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """Holds: a task the board cancels (created with an unknown dependency) and one an operator
+    cancels both show in the dependent's ``cancelled_dependencies`` (which keeps it waiting),
+    and the client refuses to claim it; dropping them clears the dead end."""
+    planner = await agent(rt, "planner7")
+    worker = await agent(rt, "worker7")
+    try:
+        await raw(rt, TaskCreated(**envelope("planner7"), task="doomed", project="p", title="t",
+                                  depends_on=("never-made",)))  # fmt: skip
+        await ops.create_task("dropped", project="p", title="t")
+        await project_all(rt)
+        await ops.create_task("waits", project="p", title="t", depends_on=["doomed", "dropped"])
+        await ops.cancel("dropped")
+        await project_all(rt)
+        row = await board_row(rt, "waits")
+        assert row is not None
+        assert row["cancelled_dependencies"] == ["doomed", "dropped"]
+        assert row["waiting_on_dependencies"]
+        with pytest.raises(ClaimLost, match="waiting on dependencies"):
+            await worker.claim("waits")
+        await ops.drop_dependencies("waits", ["doomed", "dropped"])
+        await project_all(rt)
+        row = await board_row(rt, "waits")
+        assert row is not None and row["cancelled_dependencies"] == []
+        assert (await worker.claim("waits")).epoch == 1
+    finally:
+        await planner.close()
+        await worker.close()
