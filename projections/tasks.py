@@ -134,7 +134,15 @@ TASK_AGENTS = Table(
     name="fleetward.task_agents",
     key=("agent_id",),
     key_types=("text",),
-    columns=("agent_id", "roles", "status", "max_concurrent_tasks", "held", "held_tasks"),
+    columns=(
+        "agent_id",
+        "roles",
+        "status",
+        "max_concurrent_tasks",
+        "held",
+        "held_tasks",
+        "assigned_tasks",
+    ),
 )
 
 REVIEWER_ROLE = "reviewer"
@@ -252,7 +260,7 @@ def _transition(row: Row, event: Event, meta: Meta) -> str | None:
         case TaskClaimRefused() | TaskReviewRefused():
             return _void(row, event)
         case TaskRevoked():
-            if status not in (*HELD, "review"):
+            if status not in (*HELD, "review", "assigned"):
                 return f"task is {status}"
             if (event.agent, event.epoch) != (row["assignee"], row["claim_epoch"]):
                 return f"epoch {event.epoch} of {event.agent} is not the current claim"
@@ -405,13 +413,14 @@ class TaskBoard(Projection):
             row = rows.get(TASKS, (event.task,))
             for dep in row["depends_on"] if row else ():
                 yield TASKS, (dep,)
-        elif isinstance(event, TaskCancelled | TaskRevoked):
+        elif isinstance(event, TaskCancelled | TaskRevoked | TaskAssigned | TaskClaimRefused):
             row = rows.get(TASKS, (event.task,))
-            if row and row["assignee"]:
-                yield TASK_AGENTS, (row["assignee"],)
+            for agent in {row["assignee"], row["undo_assignee"]} if row else ():
+                if agent:
+                    yield TASK_AGENTS, (agent,)
         elif isinstance(event, AgentRetired):
             agent = rows.get(TASK_AGENTS, (event.agent,))
-            for task in agent["held_tasks"] if agent else ():
+            for task in [*agent["held_tasks"], *agent["assigned_tasks"]] if agent else ():
                 yield TASKS, (task,)
 
     def apply(self, rows: Rows, event: Event, meta: Meta) -> None:
@@ -422,11 +431,7 @@ class TaskBoard(Projection):
         if task is None or meta.subject.startswith(AGENT_SUBJECTS):
             return
         old = rows.get(TASKS, (task,))
-        problem: str | None = None
-        if isinstance(event, TaskDependenciesChanged) and old is not None:
-            deps = [rows.get(TASKS, (d,)) for d in event.depends_on]
-            problem = dependencies_problem(old, deps, event.depends_on)
-        new = problem or step(old, event, meta)
+        new = step(old, event, meta)
         if isinstance(new, str):
             _reject(rows, task, event, meta, new)
             return
@@ -437,6 +442,10 @@ class TaskBoard(Projection):
         if was != now:
             _count_held(rows, was, task, -1)
             _count_held(rows, now, task, +1)
+        was, now = _assigned(old), _assigned(new)
+        if was != now:
+            _track(rows, was, task, "assigned_tasks", add=False)
+            _track(rows, now, task, "assigned_tasks", add=True)
         _judge(rows, old, new, event, meta)
 
 
@@ -471,6 +480,8 @@ def _judge(rows: Rows, old: Row | None, new: Row, event: Event, meta: Meta) -> N
             })  # fmt: skip
         case TaskReviewed():
             _judge_review(rows, new, event, meta)
+        case TaskDependenciesChanged() if old is not None:
+            _judge_dependencies(rows, old, event, meta)
         case TaskAssigned():
             payload = {"why": "assigned", "by": event.actor, "epoch": new["claim_epoch"]}
             _tell(
@@ -563,6 +574,19 @@ def _judge(rows: Rows, old: Row | None, new: Row, event: Event, meta: Meta) -> N
             )
 
 
+def _judge_dependencies(rows: Rows, old: Row, event: TaskDependenciesChanged, meta: Meta) -> None:
+    """New dependencies must exist and be older than the task; otherwise the board puts back
+    the ones the task had (they were acyclic), for every reader."""
+    deps = [rows.get(TASKS, (d,)) for d in event.depends_on]
+    problem = dependencies_problem(old, deps, event.depends_on)
+    if problem:
+        back = TaskDependenciesChanged(
+            **_verdict(event), task=event.task, depends_on=tuple(old["depends_on"]),
+            reason=_short(problem),
+        )  # fmt: skip
+        rows.emit(back, meta)
+
+
 def _judge_review(rows: Rows, new: Row, event: TaskReviewed, meta: Meta) -> None:
     """An agent's review without the role is overruled; any other review reaches the author
     (``review_feedback``), and a rejection owed by a retired author goes back to the inbox."""
@@ -646,17 +670,17 @@ def _agent_lifecycle(rows: Rows, event: Event, meta: Meta) -> None:
     old = rows.get(TASK_AGENTS, (agent,))
     row = dict(old) if old else {"agent_id": agent, "roles": [], "status": "active",
                                   "max_concurrent_tasks": 1, "held": 0,
-                                  "held_tasks": []}  # fmt: skip
+                                  "held_tasks": [], "assigned_tasks": []}  # fmt: skip
     if isinstance(event, AgentRegistered):
         row.update(roles=list(event.roles), max_concurrent_tasks=event.max_concurrent_tasks)
     elif old is None:
         return  # lifecycle of an agent never registered: claims by it are refused anyway
     row["status"], _ = next_status(row["status"], event)
     rows.put(TASK_AGENTS, row)
-    if isinstance(event, AgentRetired):  # retiring ends the agent's leases
-        for task in row["held_tasks"]:
+    if isinstance(event, AgentRetired):  # retiring ends its leases and its assignments
+        for task in [*row["held_tasks"], *row["assigned_tasks"]]:
             held = rows.get(TASKS, (task,))
-            if held is not None and holder(held) == agent:
+            if held is not None and agent in (holder(held), _assigned(held)):
                 revoked = TaskRevoked(
                     **_verdict_for(event, task), task=task, agent=agent,
                     epoch=held["claim_epoch"], reason=f"agent {agent} retired",
@@ -669,15 +693,29 @@ def _verdict_for(event: Event, task: str) -> dict[str, Any]:
 
 
 def _count_held(rows: Rows, agent: str | None, task: str, delta: int) -> None:
+    _track(rows, agent, task, "held_tasks", add=delta > 0)
+
+
+def _assigned(row: Row | None) -> str | None:
+    """The agent a task is assigned to and not yet claimed by, or None."""
+    return row["assignee"] if row is not None and row["status"] == "assigned" else None
+
+
+def _track(rows: Rows, agent: str | None, task: str, column: str, *, add: bool) -> None:
+    """Add ``task`` to (or take it from) ``agent``'s list ``column`` in ``TASK_AGENTS``;
+    ``held`` counts ``held_tasks``."""
     if agent is None:
         return
     row = rows.get(TASK_AGENTS, (agent,))
     if row is None:
         return
-    tasks = [t for t in row["held_tasks"] if t != task]
-    if delta > 0:
+    tasks = [t for t in row[column] if t != task]
+    if add:
         tasks.append(task)
-    rows.put(TASK_AGENTS, {**row, "held": len(tasks), "held_tasks": tasks})
+    changed = {**row, column: tasks}
+    if column == "held_tasks":
+        changed["held"] = len(tasks)
+    rows.put(TASK_AGENTS, changed)
 
 
 def _created(event: TaskCreated, meta: Meta) -> Row:

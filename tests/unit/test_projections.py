@@ -34,6 +34,7 @@ from fleetward.schemas.events import (
     AgentResumed,
     AgentRetired,
     AgentVersionChanged,
+    CommandIssued,
     Deliverable,
     Event,
     Heartbeat,
@@ -48,6 +49,7 @@ from fleetward.schemas.events import (
     TaskClaimed,
     TaskClaimRefused,
     TaskCreated,
+    TaskDependenciesChanged,
     TaskLeaseExpired,
     TaskProgressed,
     TaskReleased,
@@ -368,6 +370,7 @@ def overruled(fold: Fold, event: Event, why: str) -> Event:
         e
         for e in fold.emitted[n:]
         if isinstance(e, TaskClaimRefused | TaskReviewRefused | TaskCancelled)
+        or (isinstance(e, TaskDependenciesChanged) and e.actor == "svc:board")
     ]
     assert len(verdicts) == 1, f"verdicts: {verdicts}"
     assert why in verdicts[0].reason, f"reason {verdicts[0].reason!r} lacks {why!r}"
@@ -1270,3 +1273,31 @@ def test_money_adds_exactly_however_far_apart_the_figures() -> None:
         total = add_money(total, x)
     exact = "1000000.1" + "0" * 28 + "1" + "0" * 293 + "5"  # written out, no context involved
     assert total == Decimal(exact)
+
+
+def test_retiring_an_agent_takes_back_what_it_holds_and_what_is_assigned_to_it() -> None:
+    fold = board()
+    fold(registered(AGENT, roles=("writer",), max_concurrent_tasks=2))
+    fold(created("held"))
+    fold(created("queued"))
+    fold(claimed(AGENT, 1, "held"))
+    fold(TaskAssigned(**env(USER), task="queued", agent=AGENT))
+    assert fold.row(TASK_AGENTS, AGENT)["assigned_tasks"] == ["queued"]
+    fold(retired(AGENT))
+    for task in ("held", "queued"):
+        row = fold.row(TASKS, task)
+        assert (row["status"], row["assignee"]) == ("inbox", None), task
+    told = [(e.command, e.task) for e in fold.emitted if isinstance(e, CommandIssued)]
+    assert ("lease_lost", "held") in told and ("lease_lost", "queued") in told
+    assert fold.row(TASK_AGENTS, AGENT)["assigned_tasks"] == []
+
+
+def test_a_dependency_change_the_board_refuses_is_put_back_for_every_reader() -> None:
+    """A new dependency must be older than the task; the subject alone cannot show that, so the
+    board publishes the old dependencies again (a verdict every reader folds)."""
+    fold = task_fold(created("old"), created(), created("young"))
+    change = TaskDependenciesChanged(**env(USER), task=TASK, depends_on=("young",))
+    overruled(fold, change, "was created after")
+    assert fold.row(TASKS, TASK)["depends_on"] == []
+    fold(TaskDependenciesChanged(**env(USER), task=TASK, depends_on=("old",)))
+    assert fold.row(TASKS, TASK)["depends_on"] == ["old"]

@@ -14,11 +14,17 @@ ALTER TABLE fleetward.tasks
     ADD COLUMN overruled     text;               -- the board overruled this claim or review;
                                                  -- its verdict is not stored yet
 
--- The tasks each agent holds (retiring an agent revokes them).
-ALTER TABLE fleetward.task_agents ADD COLUMN held_tasks text[] NOT NULL DEFAULT '{}';
-UPDATE fleetward.task_agents a SET held_tasks = coalesce(
-    (SELECT array_agg(t.task_id ORDER BY t.task_id) FROM fleetward.tasks t
-      WHERE t.assignee = a.agent_id AND t.status IN ('in_progress', 'blocked')), '{}');
+-- The tasks each agent holds, and those assigned to it (retiring an agent revokes them).
+ALTER TABLE fleetward.task_agents
+    ADD COLUMN held_tasks     text[] NOT NULL DEFAULT '{}',
+    ADD COLUMN assigned_tasks text[] NOT NULL DEFAULT '{}';
+UPDATE fleetward.task_agents a SET
+    held_tasks = coalesce(
+        (SELECT array_agg(t.task_id ORDER BY t.task_id) FROM fleetward.tasks t
+          WHERE t.assignee = a.agent_id AND t.status IN ('in_progress', 'blocked')), '{}'),
+    assigned_tasks = coalesce(
+        (SELECT array_agg(t.task_id ORDER BY t.task_id) FROM fleetward.tasks t
+          WHERE t.assignee = a.agent_id AND t.status = 'assigned'), '{}');
 
 -- A dependency that was cancelled is a dead end, not a wait: `cancelled_dependencies` names
 -- them, and `waiting_on_dependencies` stays true (the task cannot be claimed).
