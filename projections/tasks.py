@@ -435,8 +435,8 @@ class TaskBoard(Projection):
         if isinstance(new, str):
             _reject(rows, task, event, meta, new)
             return
-        if isinstance(event, TaskClaimRefused | TaskReviewRefused):
-            new["overruled"] = None  # the verdict landed: every reader sees it now
+        if new["overruled"] not in (_undoable_claim(new), new["undo_event"]):
+            new["overruled"] = None  # its verdict landed, or what it overruled ended anyway
         rows.put(TASKS, new)
         was, now = holder(old), holder(new)
         if was != now:
@@ -694,6 +694,11 @@ def _verdict_for(event: Event, task: str) -> dict[str, Any]:
 
 def _count_held(rows: Rows, agent: str | None, task: str, delta: int) -> None:
     _track(rows, agent, task, "held_tasks", add=delta > 0)
+
+
+def _undoable_claim(row: Row) -> str | None:
+    """The current claim's event id while a verdict could still undo it, else None."""
+    return row["claim_id"] if row["undo_status"] is not None else None
 
 
 def _assigned(row: Row | None) -> str | None:

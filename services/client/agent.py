@@ -520,7 +520,12 @@ class AgentClient(FleetClient):
         return inbox
 
     async def close(self) -> None:
-        """Stop reading the inbox and close the connection."""
+        """Hand back the commands read ahead and not returned (so the agent's next process
+        gets them at once), stop reading the inbox and close the connection."""
+        for _, delivery in self._commands:
+            with contextlib.suppress(Exception):  # a command not handed back comes again later
+                await self.nc.publish(delivery.reply, b"-NAK")
+        self._commands.clear()
         if self._inbox is not None:
             await self._inbox.stop()
         await super().close()

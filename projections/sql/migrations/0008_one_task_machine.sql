@@ -27,13 +27,15 @@ UPDATE fleetward.task_agents a SET
           WHERE t.assignee = a.agent_id AND t.status = 'assigned'), '{}');
 
 -- A dependency that was cancelled is a dead end, not a wait: `cancelled_dependencies` names
--- them, and `waiting_on_dependencies` stays true (the task cannot be claimed).
+-- them, and `waiting_on_dependencies` stays true (the task cannot be claimed). A dependency
+-- done by a review the board has overruled (its verdict not stored yet) is not done either.
 CREATE VIEW fleet.tasks AS
     SELECT t.task_id, t.project, t.title, t.description, t.priority, t.status, t.assignee,
            t.claim_epoch, t.lease_s, t.depends_on,
            EXISTS (SELECT 1 FROM unnest(t.depends_on) AS d(task_id)
                    LEFT JOIN fleetward.tasks dep ON dep.task_id = d.task_id
-                   WHERE dep.status IS DISTINCT FROM 'done') AS waiting_on_dependencies,
+                   WHERE dep.status IS DISTINCT FROM 'done' OR dep.overruled IS NOT NULL)
+               AS waiting_on_dependencies,
            ARRAY(SELECT d.task_id FROM unnest(t.depends_on) AS d(task_id)
                  JOIN fleetward.tasks dep ON dep.task_id = d.task_id
                  WHERE dep.status = 'cancelled' ORDER BY d.task_id) AS cancelled_dependencies,
