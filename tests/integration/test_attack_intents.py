@@ -37,6 +37,7 @@ from fleetward.schemas.events import (
 from fleetward.schemas.ids import deterministic_id
 from fleetward.schemas.streams import COMMANDS_STREAM, EVENTS_STREAM, inbox_durable
 from fleetward.services.client import AgentClient, Claim, ClaimLost, FleetClient
+from fleetward.services.client.agent import INBOX_REDELIVERY_S
 from fleetward.services.client.claims import AgentPaused as AgentPausedError
 from fleetward.services.client.intents import IntentRefused
 from fleetward.services.client.taskstate import read_task
@@ -155,111 +156,115 @@ async def fleetward(env: dict[str, str], *args: str) -> tuple[int, str, str]:
 # ---- (1) board verdicts: hostile claims ----
 
 
-@BUG
-async def test_a_claim_at_the_top_epoch_bricks_the_task_and_honest_claims_succeed_silently(
+async def test_a_claim_skipping_to_the_top_epoch_is_rejected_and_honest_claims_take_effect(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (high). A hostile agent claims with epoch 2,147,483,647 (admitted: within bounds) and
-    releases. Every later claim must open epoch 2^31, which the contract refuses. The agent
-    client does not admit what it publishes: ``claim`` returns a Claim, ``progress`` and
-    ``submit`` return acks, while the board dead-letters each of them as invalid and the task
-    stays in the inbox forever. Should: the board refuse a claim whose epoch leaves no room
-    (or epochs not be agent-chosen), and the client raise ClaimLost instead of "succeeding"."""
+    """Holds: a hostile agent claims with epoch 2,147,483,647 (within the contract's bounds)
+    and releases at that epoch. A claim must open exactly the next epoch, so the board and
+    every client fold reject both (the task stays in the inbox at epoch 0, nothing is
+    dead-lettered) and the rogue is told twice (``refused``). An honest agent's claim, progress
+    and submit then take effect: the board and the clients agree on review, epoch 1."""
     await ops.create_task("brick", project="p", title="t")
     rogue = await agent(rt, "rogue")
     honest = await agent(rt, "honest")
     try:
         await project_all(rt)
-        top = claimed("rogue", "brick", MAX_EPOCH)
-        await raw(rt, top)
-        await project_all(rt)
-        assert status_of(await board_row(rt, "brick")) == ("in_progress", "rogue", MAX_EPOCH)
+        await raw(rt, claimed("rogue", "brick", MAX_EPOCH))
         await raw(rt, TaskReleased(**envelope("rogue"), task="brick", agent="rogue",
                                    epoch=MAX_EPOCH))  # fmt: skip
         await project_all(rt)
-        assert status_of(await board_row(rt, "brick")) == ("inbox", None, MAX_EPOCH)
+        assert status_of(await board_row(rt, "brick")) == ("inbox", None, 0)
+        assert status_of(await stream_row(rt, "brick")) == ("inbox", None, 0)
+        reasons = [r["reason"] for r in await rejections(rt, "brick")]
+        print("rejections:", reasons)
+        assert len(reasons) == 2 and "is not the next one (1)" in reasons[0], reasons
+        assert [c.command for c in await inbox(rogue)] == ["refused", "refused"]
 
-        outcome: object
-        try:
-            c = await honest.claim("brick")
-            await honest.progress(c, "working")
-            await honest.submit(c, content="done")
-            outcome = c
-        except (ClaimLost, ValueError) as exc:
-            outcome = exc
+        c = await honest.claim("brick")
+        await honest.progress(c, "working")
+        await honest.submit(c, content="done")
         await project_all(rt)
-        row = await board_row(rt, "brick")
-        dead = await dead_letters(rt)
-        # what happened: the client "won" and worked; the board saw nothing but dead letters
-        print("honest client outcome:", outcome, "board:", status_of(row), "dead:", dead)
-        # what should happen: either the claim really took the task, or the client was told
-        assert isinstance(outcome, ClaimLost) or status_of(row) == ("review", "honest",
-                                                                    MAX_EPOCH + 1)  # fmt: skip
+        assert c.epoch == 1
+        assert status_of(await board_row(rt, "brick")) == ("review", "honest", 1)
+        assert status_of(await stream_row(rt, "brick")) == ("review", "honest", 1)
+        assert await dead_letters(rt) == []
+        assert await inbox(honest) == []
     finally:
         await rogue.close()
         await honest.close()
 
 
-@BUG
-async def test_an_agent_that_preempts_its_verdicts_id_keeps_a_claim_the_board_must_refuse(
-    rt: Runtime, ops: FleetClient
-) -> None:
-    """BUG (critical). The board's verdict on a claim has the id
-    ``deterministic_id(claim.id, "verdict")``, and the claimer chooses ``claim.id``. A claimer
-    lacking the task's role first publishes one of its *own* events (a tool call on
-    ``fw.agent.<self>``, actor itself: no forging) with that id as its Nats-Msg-Id, then claims.
-    The outbox's publish of the verdict comes back ``duplicate`` and is marked published; the
-    verdict is never stored. Should: the claim be refused (the task back in the inbox)."""
+async def test_an_agent_cannot_take_its_verdicts_id_first(rt: Runtime, ops: FleetClient) -> None:
+    """Holds: the board's verdict on a claim is published under an id derived with the
+    deployment's secret and the claim's stream sequence, which no publisher can compute. A
+    claimer lacking the task's role first publishes one of its *own* events (a tool call on
+    ``fw.agent.<self>``, no forging) under the id a verdict derived from the claim's id alone
+    would have (``deterministic_id(claim.id, "verdict")``), then claims. The verdict is stored
+    anyway under another id: the claim is refused for the board and every client fold (the
+    task back in the inbox) and the claimer is told (``refused``)."""
     await ops.create_task("guarded", project="p", title="t", required_role="admin")
     rogue = await agent(rt, "rogue")
     try:
         await project_all(rt)
         claim = claimed("rogue", "guarded", 1)
-        verdict_id = deterministic_id(claim.id, "verdict")
-        decoy = ToolCalled(id=verdict_id, actor="rogue", at=claim.at, agent="rogue",
+        guessed = deterministic_id(claim.id, "verdict")
+        decoy = ToolCalled(id=guessed, actor="rogue", at=claim.at, agent="rogue",
                            tool="noop", duration_ms=1.0, ok=True)  # fmt: skip
         await raw(rt, decoy)
         await raw(rt, claim)
         await project_all(rt)
         async with rt.pool.acquire() as conn:
-            published = await conn.fetchval(
-                "SELECT published_at IS NOT NULL FROM fleet.outbox WHERE event_id = $1",
-                verdict_id,
+            verdicts = await conn.fetch(
+                "SELECT event_id, published_at FROM fleet.outbox WHERE subject = $1",
+                "fw.task.guarded",
             )
-        assert published  # the outbox believes the verdict was published
-        # what should hold: the role rule overrules the claim
-        assert status_of(await board_row(rt, "guarded"))[:2] == ("inbox", None)
+        assert len(verdicts) == 1 and verdicts[0]["published_at"] is not None
+        assert verdicts[0]["event_id"] != guessed
+        assert status_of(await board_row(rt, "guarded")) == ("inbox", None, 1)
+        assert status_of(await stream_row(rt, "guarded")) == ("inbox", None, 1)
+        told = [(c.command, c.task) for c in await inbox(rogue)]
+        assert told == [("refused", "guarded")]
     finally:
         await rogue.close()
 
 
-@BUG
-async def test_a_verdict_whose_id_an_agent_used_first_is_skipped_by_the_board_only(
+async def test_an_event_id_reused_on_another_tasks_subject_does_not_hide_a_verdict(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (critical). Same pre-emption through the id ledger: the rogue first publishes a
-    stray report of its own on some task subject whose *event id* is its future verdict's id
-    (under another Nats-Msg-Id). The verdict is stored, but the board's ledger takes it for a
-    copy and skips it, while every client fold (read_task, no ledger) applies it: the board
-    says the rogue holds the task, the stream readers say it is in the inbox. Should: the
-    verdict apply, and board and clients agree."""
+    """Holds: event ids are unique per task subject, for the board's ledger and for every
+    client fold. A rogue publishes stray reports of its own on another task's subject whose
+    *event ids* (under other Nats-Msg-Ids) are the id its verdict would have from the claim's
+    id alone, and even the verdict's real id (computed here with the deployment's secret, as
+    if it had leaked). The verdict is still applied: the board and the clients agree the
+    claim was refused (the task in the inbox), and the rogue is told."""
     await ops.create_task("guarded2", project="p", title="t", required_role="admin")
     await ops.create_task("elsewhere", project="p", title="t")
     rogue = await agent(rt, "rogue2")
     try:
         await project_all(rt)
+        async with rt.pool.acquire() as conn:
+            secret = await conn.fetchval("SELECT secret FROM fleetward.outbox_secret")
         claim = claimed("rogue2", "guarded2", 1)
-        verdict_id = deterministic_id(claim.id, "verdict")
-        stray = TaskProgressed(id=verdict_id, actor="rogue2", at=claim.at, task="elsewhere",
-                               agent="rogue2", epoch=7)  # fmt: skip
-        await raw(rt, stray, msg_id="not-the-event-id")
-        await raw(rt, claim)
+        ack = await raw(rt, claim)
+        guessed = deterministic_id(claim.id, "verdict")
+        real = deterministic_id(secret, guessed, str(ack.seq))  # services/projector/commit.py
+        for i, stray_id in enumerate((guessed, real)):
+            stray = TaskProgressed(id=stray_id, actor="rogue2", at=claim.at, task="elsewhere",
+                                   agent="rogue2", epoch=7)  # fmt: skip
+            await raw(rt, stray, msg_id=f"not-the-event-id-{i}")
         await project_all(rt)
+        async with rt.pool.acquire() as conn:
+            stored = await conn.fetchval(
+                "SELECT event_id FROM fleet.outbox WHERE subject = 'fw.task.guarded2'"
+            )
+        assert stored == real  # the stray really carried the verdict's id
         board = status_of(await board_row(rt, "guarded2"))
         stream = status_of(await stream_row(rt, "guarded2"))
         print("board:", board, "stream fold:", stream)
-        assert board == stream, "the board and the client fold disagree"
-        assert board is not None and board[:2] == ("inbox", None)
+        assert board == stream == ("inbox", None, 1), "the board and the client fold disagree"
+        told = sorted((c.command, c.task) for c in await inbox(rogue))
+        assert told == [("refused", "elsewhere"), ("refused", "elsewhere"),
+                        ("refused", "guarded2")]  # fmt: skip
     finally:
         await rogue.close()
 
@@ -269,15 +274,13 @@ def long_ids(prefix: str, n: int) -> list[str]:
     return [f"{prefix}-{i:04d}-".ljust(64, "x") for i in range(n)]
 
 
-@BUG
-async def test_a_claim_on_a_task_with_many_dependencies_outlives_its_verdict(
+async def test_a_verdict_listing_many_dependencies_fits_its_contract_and_refuses_the_claim(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (high). The board's verdict lists every dependency not done in ``reason``; with 130
-    dependencies of 64-character ids that is ~8,600 characters, past the 8,000 the contract
-    allows for ``reason``. The outbox publishes it without admitting it; every reader
-    dead-letters it as invalid; the raw claim of a task whose dependencies are not done stands.
-    Should: the claim be refused (and the verdict always fit its own contract)."""
+    """Holds: a raw claim of a task with 130 dependencies of 64-character ids, none done. The
+    board's verdict would list them all (~8,600 characters, past the 8,000 the contract allows
+    for ``reason``); it is cut to fit, so nothing is dead-lettered, the claim is refused for
+    the board and every client fold, and the claimer is told (``refused``)."""
     deps = long_ids("dep", 130)
     for d in deps:
         await ops.create_task(d, project="p", title="dep")
@@ -289,22 +292,25 @@ async def test_a_claim_on_a_task_with_many_dependencies_outlives_its_verdict(
         await project_all(rt)
         dead = await dead_letters(rt)
         print("dead letters:", [(d["subject"], d["reason"], d["detail"][:80]) for d in dead])
+        assert dead == []
         row = await board_row(rt, "many-deps")
         assert row is not None and row["waiting_on_dependencies"]
-        assert status_of(row)[:2] == ("inbox", None), "claimed while no dependency is done"
+        assert status_of(row) == status_of(await stream_row(rt, "many-deps")) == ("inbox", None, 1)
+        told = await inbox(rogue)
+        assert [c.command for c in told] == ["refused"]
+        assert told[0].reason is not None and "waiting on dependencies" in told[0].reason
     finally:
         await rogue.close()
 
 
-@BUG
-async def test_a_task_with_many_unknown_dependencies_is_never_cancelled_and_closes_a_cycle(
+async def test_a_task_with_many_unknown_dependencies_is_cancelled_and_no_cycle_forms(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (high). An agent may publish ``task.created``. With 130 unknown dependencies the
-    board's ``task.cancelled`` verdict (its reason lists them all) exceeds the reason bound and
-    is dead-lettered: the task stays in the inbox depending on tasks that did not exist. One
-    of them is then created depending on it: a dependency cycle, which the design says can
-    never form. Should: the task be cancelled (and no cycle exist)."""
+    """Holds: an agent may publish ``task.created``; one with 130 unknown dependencies (the
+    cancellation's reason listing them all would outgrow the contract: it is cut) is cancelled
+    by the board, for the board and every client fold. Creating one of those ghosts depending
+    on it is then refused by the client (a cancelled dependency); published raw, the board
+    takes it as a dead end (``cancelled_dependencies``), not a live cycle."""
     ghosts = long_ids("ghost", 130)
     planner = await agent(rt, "planner")
     try:
@@ -312,30 +318,35 @@ async def test_a_task_with_many_unknown_dependencies_is_never_cancelled_and_clos
                               depends_on=tuple(ghosts))  # fmt: skip
         await raw(rt, created)
         await project_all(rt)
-        # the first ghost now comes to life, depending on loop-a (which exists: allowed)
-        await ops.create_task(ghosts[0], project="p", title="B", depends_on=["loop-a"])
+        assert await dead_letters(rt) == []
+        assert status_of(await board_row(rt, "loop-a"))[0] == "cancelled"
+        assert status_of(await stream_row(rt, "loop-a"))[0] == "cancelled"
+        # the first ghost now comes to life, depending on loop-a (which exists)
+        with pytest.raises(IntentRefused, match="loop-a is cancelled"):
+            await ops.create_task(ghosts[0], project="p", title="B", depends_on=["loop-a"])
+        await raw(rt, TaskCreated(**envelope("planner"), task=ghosts[0], project="p",
+                                  title="B", depends_on=("loop-a",)))  # fmt: skip
         await project_all(rt)
         a, b = await board_row(rt, "loop-a"), await board_row(rt, ghosts[0])
         assert a is not None and b is not None
         print("loop-a:", a["status"], "depends on ghost0:", ghosts[0] in a["depends_on"],
-              "| ghost0:", b["status"], b["depends_on"])  # fmt: skip
-        cycle = ghosts[0] in a["depends_on"] and "loop-a" in b["depends_on"]
-        assert a["status"] == "cancelled" or not cycle, "a live dependency cycle"
+              "| ghost0:", b["status"], b["depends_on"], b["cancelled_dependencies"])  # fmt: skip
+        assert a["status"] == "cancelled", "a live dependency cycle"
+        assert b["cancelled_dependencies"] == ["loop-a"] and b["waiting_on_dependencies"]
     finally:
         await planner.close()
 
 
-@BUG
-async def test_an_unauthorised_approval_opens_a_dependent_before_the_verdict_undoes_it(
+async def test_a_claim_on_a_dependency_done_by_an_overruled_approval_is_refused(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (high). An agent without the role ``reviewer`` approves another agent's deliverable.
+    """Holds: an agent without the role ``reviewer`` approves another agent's deliverable;
     ``step`` applies the approval (the task is done) until the board's ``task.review_refused``
     lands. In between, an honest agent's client folds the dependency as done and claims the
-    dependent task; the board judges that claim while the dependency is done and accepts it.
-    The verdict then puts the dependency back in review, but the dependent stays claimed: a
-    task in progress whose dependency is not done. Should: no claim of a task whose
-    dependency is not done survives (the verdict on the review must reach what followed)."""
+    dependent task; the board does not count a dependency done by a review it overruled, and
+    refuses that claim. At the end the dependency is back in review and the dependent in the
+    inbox, for the board and every client fold; the claimer and the unauthorised reviewer
+    are each told (``refused``)."""
     await ops.create_task("base", project="p", title="t")
     await ops.create_task("top", project="p", title="t", depends_on=["base"])
     author = await agent(rt, "author")
@@ -354,23 +365,25 @@ async def test_an_unauthorised_approval_opens_a_dependent_before_the_verdict_und
         assert base is not None and dependent is not None
         print("base:", status_of(base), "top:", status_of(dependent),
               dependent["waiting_on_dependencies"])  # fmt: skip
-        assert base["status"] == "review"  # the approval was undone
-        assert not (dependent["status"] == "in_progress" and dependent["waiting_on_dependencies"])
+        assert status_of(base) == status_of(await stream_row(rt, "base")) == ("review", "author", 1)
+        assert status_of(dependent) == status_of(await stream_row(rt, "top")) == ("inbox", None, 1)
+        assert [(x.command, x.task) for x in await inbox(worker)] == [("refused", "top")]
+        assert [(x.command, x.task) for x in await inbox(crony)] == [("refused", "base")]
+        assert "top" not in worker.claims
     finally:
         for c_ in (author, crony, worker):
             await c_.close()
 
 
-@BUG
-async def test_a_refused_claim_survives_when_an_agent_review_lands_before_its_verdict(
+async def test_a_refused_claim_is_undone_even_after_an_agent_review_of_its_work(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (high). A claimer lacking the task's role claims raw and submits at once; a reviewer
+    """Holds: a claimer lacking the task's role claims raw and submits at once; a reviewer
     agent (it holds the role reviewer) rejects the deliverable before the projector has run.
-    The board folds claim, submit and review, then emits the claim's verdict; but the agent's
-    review overwrote the one undo slot (``undo_event``), so ``task.claim_refused`` no longer
-    names "the current claim" and is rejected. The unauthorised agent holds the task (in
-    progress, for rework) for good. Should: the claim be refused whatever followed it."""
+    The board folds claim, submit and review, then the claim's verdict: the claim's undo is
+    kept apart from the agent review's, so ``task.claim_refused`` still names the current
+    claim and the task goes back to the inbox, for the board and every client fold; the
+    claimer is told (``refused``)."""
     await ops.create_task("roled", project="p", title="t", required_role="admin")
     rogue = await agent(rt, "nobody")
     critic = await agent(rt, "critic", roles=("reviewer",))
@@ -383,11 +396,65 @@ async def test_a_refused_claim_survives_when_an_agent_review_lands_before_its_ve
                                        verdict="reject", feedback="redo"))  # fmt: skip
         await project_all(rt)
         rows = [(r["type"], r["reason"]) for r in await rejections(rt, "roled")]
-        print("board:", status_of(await board_row(rt, "roled")), "rejections:", rows)
-        assert status_of(await board_row(rt, "roled"))[:2] != ("in_progress", "nobody")
+        told = [(c.command, c.task) for c in await inbox(rogue)]
+        print("board:", status_of(await board_row(rt, "roled")), "rejections:", rows, told)
+        assert status_of(await board_row(rt, "roled")) == ("inbox", None, 1)
+        assert status_of(await stream_row(rt, "roled")) == ("inbox", None, 1)
+        assert told == [("review_feedback", "roled"), ("refused", "roled")]
     finally:
         await rogue.close()
         await critic.close()
+
+
+@BUG
+async def test_a_claim_ended_before_its_verdict_lands_leaves_the_task_overruled_for_good(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """BUG (high; found checking the fix of the overruled approval above). The board marks a
+    task ``overruled`` when it refuses a claim on it, and clears the mark only when the
+    verdict is *applied*. An agent at its limit (any agent: no role needed) claims an open
+    task and releases it at once: the release ends the claim, so the board's
+    ``task.claim_refused`` no longer names the current claim and is rejected, and the mark
+    stays. When the task is later done (honestly), ``dependency_problem`` still counts it as
+    not done: every claim of its dependents is refused, for good, while the clients and
+    ``fleet.tasks`` (``waiting_on_dependencies`` false) say it is claimable. Should: a
+    dependency done is done once the overruled claim or review is over (the mark cleared
+    when its verdict is rejected too, or when the claim ends)."""
+    await ops.create_task("gate", project="p", title="t")
+    await ops.create_task("gated", project="p", title="t", depends_on=["gate"])
+    await ops.create_task("busy", project="p", title="t")
+    rogue = await agent(rt, "jammer")  # at most one task
+    honest = await agent(rt, "opener")
+    later = await agent(rt, "follower")
+    try:
+        await project_all(rt)
+        await rogue.claim("busy")  # now at its limit
+        await raw(rt, claimed("jammer", "gate", 1))  # refused: over the limit
+        await raw(rt, TaskReleased(**envelope("jammer"), task="gate", agent="jammer", epoch=1))
+        await project_all(rt)
+        assert status_of(await board_row(rt, "gate")) == ("inbox", None, 1)
+        c = await honest.claim("gate")
+        await honest.submit(c, content="done right")
+        await ops.review("gate", "approve")
+        await project_all(rt)
+        gate = await board_row(rt, "gate")
+        assert gate is not None and gate["status"] == "done"
+        async with rt.pool.acquire() as conn:
+            mark = await conn.fetchval(
+                "SELECT overruled FROM fleetward.tasks WHERE task_id = 'gate'"
+            )
+        print("gate overruled by:", mark, [r["reason"] for r in await rejections(rt, "gate")])
+        row = await board_row(rt, "gated")
+        assert row is not None and not row["waiting_on_dependencies"]
+        claim = await later.claim("gated")  # the client sees gate done: the claim goes out
+        await project_all(rt)
+        board = status_of(await board_row(rt, "gated"))
+        told = [(x.command, x.reason) for x in await inbox(later)]
+        print("gated:", board, "| claimer told:", told)
+        assert board == ("in_progress", "follower", claim.epoch), told
+    finally:
+        for c_ in (rogue, honest, later):
+            await c_.close()
 
 
 # ---- (2) claim races ----
@@ -464,11 +531,15 @@ async def test_one_clients_concurrent_claims_never_pass_its_limit(
 async def test_a_second_process_of_a_paused_agent_claims_without_agent_paused(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (medium). Two processes of one agent share one durable inbox consumer
+    """BUG (medium), still open. Two processes of one agent share one durable inbox consumer
     (``inbox_<agent>``), so each command reaches only one of them. The process that read the
     ``pause`` raises AgentPaused; the other never learns it: its ``claim`` goes out and
-    returns a Claim (the board refuses it later). Should (promise 5): ``claim`` raise
-    AgentPaused while the agent is paused, in every process of the agent."""
+    returns a Claim. The task stays safe (the board refuses the claim and that process's
+    inbox says ``refused``), but the intent did not fail where it was made. Not fixed by
+    acknowledging commands when handed out: it needs a per-process view of the agent's state
+    (one inbox consumer per process, or reading the agent's subject before a claim). Should
+    (promise 5): ``claim`` raise AgentPaused while the agent is paused, in every process of
+    the agent."""
     first = await agent(rt, "pair")
     second = await AgentClient.connect(rt.nats_url, "pair")
     try:
@@ -520,38 +591,42 @@ async def test_a_claim_racing_a_pause_is_overruled_and_the_claimer_told(
 # ---- (3) fenced reports ----
 
 
-@BUG
-async def test_a_report_after_the_inbox_said_lease_lost_goes_out_unfenced(
+async def test_reports_after_the_inbox_said_lease_lost_or_from_another_process_are_fenced(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (medium). When the inbox says ``lease_lost`` (or ``refused``), the client drops the
-    task *and the last sequence it knew of it*. A later ``progress``/``submit`` on that claim
-    is then published without ``Nats-Expected-Last-Subject-Sequence``: it is stored and acked,
-    no ClaimLost, and only the board rejects it (another ``refused`` in the inbox). The same
-    holds for a Claim used by a process that did not make it (after a restart). Should
-    (promise 3): once the task is no longer this agent's, reports raise ClaimLost."""
+    """Holds: reports are always compare-and-set. A second process of the holder (a restart,
+    with the Claim but without the task's last sequence) reads the task first and reports
+    while the claim holds. Once the inbox says ``lease_lost`` (the client drops the task and
+    its last sequence), a ``submit`` on that claim, from this process or the other, raises
+    ClaimLost and stores nothing (promise 3)."""
     worker = await agent(rt, "dropped")
+    restarted = await AgentClient.connect(rt.nats_url, "dropped")
     try:
         async with api(rt):
             await ops.create_task("ll", project="p", title="t")
             await project_all(rt)
             claim = await worker.claim("ll")
+            await restarted.progress(claim, "still mine")  # not known there: read, then fenced
             await project_all(rt)
+            assert status_of(await board_row(rt, "ll")) == ("in_progress", "dropped", 1)
+            assert await rejections(rt, "ll") == []
             await ops.revoke("ll", reason="taken back")
             await project_all(rt)
             assert [c.command for c in await inbox(worker)] == ["lease_lost"]
             assert "ll" not in worker.claims
             before = await last_seq(rt, EVENTS_STREAM)
-            outcome: object
-            try:
-                outcome = await worker.submit(claim, content="late work")
-            except ClaimLost as exc:
-                outcome = exc
+            outcomes: list[object] = []
+            for process in (worker, restarted):
+                try:
+                    outcomes.append(await process.submit(claim, content="late work"))
+                except ClaimLost as exc:
+                    outcomes.append(exc)
             stored = await last_seq(rt, EVENTS_STREAM) - before
-            print("submit after lease_lost:", repr(outcome), "events stored:", stored)
-            assert isinstance(outcome, ClaimLost) and stored == 0
+            print("submit after lease_lost:", outcomes, "events stored:", stored)
+            assert all(isinstance(o, ClaimLost) for o in outcomes) and stored == 0
     finally:
         await worker.close()
+        await restarted.close()
 
 
 async def test_reports_of_a_displaced_holder_raise_claim_lost_while_it_still_knows_the_task(
@@ -595,17 +670,14 @@ async def test_reports_of_a_displaced_holder_raise_claim_lost_while_it_still_kno
 # ---- reviews, cancels and retirements racing each other ----
 
 
-@BUG
-async def test_a_late_copy_of_a_review_splits_the_board_from_every_client(
+async def test_a_late_copy_of_a_review_is_skipped_by_the_board_and_every_client(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (medium). A reviewer agent's rejection is stored again later under another
-    Nats-Msg-Id (a retry past the 2-minute duplicate window) after the author has resubmitted.
-    The board applies an event id once (its ledger) and ignores the copy; the client fold
-    (``read_task``: ``step`` without the ledger) applies it again. The board says ``review``;
-    every client says ``in_progress``, so the operator cannot review the deliverable
-    (IntentRefused "not waiting for review") and the CLI refuses it too. Should: one state
-    machine, one answer (the clients must skip copies as the board does)."""
+    """Holds: a reviewer agent's rejection is stored again later under another Nats-Msg-Id (a
+    retry past the 2-minute duplicate window) after the author has resubmitted. The board's
+    ledger and the client fold (``read_task``) both skip an event id seen before on the task's
+    subject: both say ``review``, so the operator's approval goes through and the task is
+    done for all."""
     author = await agent(rt, "writer")
     critic = await agent(rt, "editor", roles=("reviewer",))
     try:
@@ -623,22 +695,23 @@ async def test_a_late_copy_of_a_review_splits_the_board_from_every_client(
         await project_all(rt)
         board, stream = await board_row(rt, "copy"), await stream_row(rt, "copy")
         print("board:", status_of(board), "clients:", status_of(stream))
-        assert status_of(board) == status_of(stream)
+        assert status_of(board) == status_of(stream) == ("review", "writer", 1)
         await ops.review("copy", "approve")  # the board waits for exactly this
+        await project_all(rt)
+        board, stream = await board_row(rt, "copy"), await stream_row(rt, "copy")
+        assert status_of(board)[0] == status_of(stream)[0] == "done"
     finally:
         await author.close()
         await critic.close()
 
 
-@BUG
-async def test_an_operator_review_racing_a_revoke_is_dropped_without_a_word(
+async def test_an_operator_review_racing_a_revoke_is_refused_to_the_operator(
     rt: Runtime, ops: FleetClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """BUG (medium). ``FleetClient.review`` reads the task, then publishes the verdict *without*
-    compare-and-set (every other task write uses it). A revocation stored in between makes
-    the board reject the review ("task is inbox"); ``review`` had returned normally, and a
-    person's rejected event is told to nobody. Should (promise 4 / the title): the review
-    take effect or raise."""
+    """Holds: ``FleetClient.review`` publishes compare-and-set on the task's last sequence. A
+    revocation stored between its read and its publish makes the publish fail; the review
+    reads the task again and raises IntentRefused (not waiting for review): the board has
+    nothing to reject, and the operator is told (promise 4)."""
     author = await agent(rt, "subject")
     other = FleetClient(await _connect(rt), "user:bob")
     try:
@@ -647,9 +720,11 @@ async def test_an_operator_review_racing_a_revoke_is_dropped_without_a_word(
         c = await author.claim("rr")
         await author.submit(c, content="draft")
         real_publish = ops._publish
+        raced: list[str] = []
 
         async def revoke_first(event: Any, **headers: str) -> PubAck:
-            if isinstance(event, TaskReviewed):  # bob revokes between read and publish
+            if isinstance(event, TaskReviewed) and not raced:  # bob revokes in between
+                raced.append("revoked")
                 await other.revoke("rr", reason="rebalancing")
             return await real_publish(event, **headers)
 
@@ -661,9 +736,12 @@ async def test_an_operator_review_racing_a_revoke_is_dropped_without_a_word(
             outcome = exc
         await project_all(rt)
         row = await board_row(rt, "rr")
-        print("review returned:", type(outcome).__name__, "board:", status_of(row),
+        print("review returned:", repr(outcome), "board:", status_of(row),
               [r["reason"] for r in await rejections(rt, "rr")])  # fmt: skip
-        assert isinstance(outcome, IntentRefused) or status_of(row)[0] == "done"
+        assert raced == ["revoked"]
+        assert isinstance(outcome, IntentRefused) and "not waiting for review" in str(outcome)
+        assert status_of(row) == ("inbox", None, 1)
+        assert await rejections(rt, "rr") == []
     finally:
         await author.close()
         await other.close()
@@ -714,16 +792,15 @@ async def test_cancel_racing_submit_ends_one_way_and_the_author_knows(
         await author.close()
 
 
-@BUG
-async def test_retiring_an_agent_with_work_in_review_leaves_a_task_held_by_the_retired(
+async def test_a_rejection_owed_by_a_retired_agent_returns_the_task_to_the_inbox(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (medium). Retiring revokes the tasks the agent *holds* (in progress, blocked) but
-    not one in review. Rejecting that deliverable afterwards hands it back to the retired
-    agent for rework: in progress, held by an agent that will never work again, claimable by
-    nobody and out of every lease. Should: retirement end the agent's claim on its work in
-    review too (or the rejection return the task to the inbox)."""
+    """Holds: retiring revokes the tasks the agent holds (in progress, blocked); its work in
+    review stays for review. Rejecting that deliverable would hand it back to the retired
+    agent for rework; the board revokes it instead: the task is back in the inbox for the
+    board and every client fold, and another agent claims it."""
     worker = await agent(rt, "leaver", max_concurrent_tasks=3)
+    heir = await agent(rt, "heir")
     try:
         async with api(rt):
             for t in ("h1", "h2", "in-review"):
@@ -735,7 +812,7 @@ async def test_retiring_an_agent_with_work_in_review_leaves_a_task_held_by_the_r
             await project_all(rt)
             await ops.retire_agent("leaver", reason="replaced")
             await project_all(rt)
-            for t in ("h1", "h2"):  # holds: the held ones are back in the inbox
+            for t in ("h1", "h2"):  # the held ones are back in the inbox
                 assert status_of(await board_row(rt, t))[:2] == ("inbox", None)
             assert h1.task == "h1" and h2.task == "h2"
             print("in review after retirement:", status_of(await board_row(rt, "in-review")))
@@ -743,9 +820,12 @@ async def test_retiring_an_agent_with_work_in_review_leaves_a_task_held_by_the_r
             await project_all(rt)
             row = await board_row(rt, "in-review")
             print("after the rejection:", status_of(row))
-            assert status_of(row)[:2] != ("in_progress", "leaver")
+            assert status_of(row) == status_of(await stream_row(rt, "in-review"))
+            assert status_of(row) == ("inbox", None, 1)
+            assert (await heir.claim("in-review")).epoch == 2
     finally:
         await worker.close()
+        await heir.close()
 
 
 # ---- forged verdicts, odd epochs, reused ids, cycles ----
@@ -824,20 +904,18 @@ async def test_claims_with_zero_negative_or_fractional_epochs_are_refused_and_re
         await odd.close()
 
 
-@BUG
-async def test_a_claim_reusing_an_old_event_id_locks_the_task_for_every_client(
+async def test_a_claim_reusing_an_old_event_id_gets_one_verdict_for_every_reader(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (high). An agent claims a task with the event id of one of its earlier task events
-    (under a fresh Nats-Msg-Id). The board's ledger takes it for a copy and skips it
-    silently (no rejection, no ``refused``); every client fold applies it. The board and
-    ``claim_next`` show the task in the inbox; every agent's claim fails with "held by
-    rogue"; the watchdog (reading the board) never expires a lease. One agent can lock any
-    task this way. Should: one verdict for all readers (clients skip copies too, or the
-    board rejects and reports the reuse)."""
+    """Holds: event ids are unique per task subject, for the board's ledger and every client
+    fold alike. An agent claims a task with the event id of its claim of *another* task
+    (under a fresh Nats-Msg-Id): a new event there, judged as any claim (here refused: the
+    agent is at its limit) and the agent told. It then claims the task again reusing that
+    same id on its subject: a copy, skipped by the board and by every client. The board and
+    the clients agree all along, and an honest agent's claim takes the task."""
     await ops.create_task("lockable", project="p", title="t")
     await ops.create_task("mine", project="p", title="t")
-    rogue = await agent(rt, "locker")
+    rogue = await agent(rt, "locker")  # at most one task
     honest = await agent(rt, "victim")
     try:
         await project_all(rt)
@@ -847,15 +925,26 @@ async def test_a_claim_reusing_an_old_event_id_locks_the_task_for_every_client(
         await raw(rt, lock, msg_id="fresh-msg-id")
         await project_all(rt)
         board = status_of(await board_row(rt, "lockable"))
+        assert board == status_of(await stream_row(rt, "lockable")) == ("inbox", None, 1)
+        told = [(c.command, c.task) for c in await inbox(rogue)]
+        assert told == [("refused", "lockable")]
+        again = TaskClaimed(id=first.id, actor="locker", at=claimed("x", "y", 1).at,
+                            task="lockable", agent="locker", epoch=2)  # fmt: skip
+        await raw(rt, again, msg_id="another-fresh-msg-id")
+        await project_all(rt)
+        board = status_of(await board_row(rt, "lockable"))
+        assert board == status_of(await stream_row(rt, "lockable")) == ("inbox", None, 1)
         outcome: object
         try:
             outcome = await honest.claim("lockable")
         except ClaimLost as exc:
             outcome = exc
+        await project_all(rt)
+        board = status_of(await board_row(rt, "lockable"))
         print("board:", board, "| honest claim:", outcome,
               "| rejections:", await rejections(rt, "lockable"))  # fmt: skip
-        assert board == status_of(await stream_row(rt, "lockable"))
-        assert isinstance(outcome, Claim)
+        assert isinstance(outcome, Claim) and outcome.epoch == 2
+        assert board == status_of(await stream_row(rt, "lockable")) == ("in_progress", "victim", 2)
     finally:
         await rogue.close()
         await honest.close()
@@ -865,12 +954,14 @@ async def test_a_claim_reusing_an_old_event_id_locks_the_task_for_every_client(
 async def test_a_raw_dependency_change_the_board_rejects_still_closes_a_cycle_for_clients(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (medium). A person publishes ``task.dependencies_changed`` raw (a user may: no
-    forging), making the older task depend on the younger, which depends on it. The board
-    rejects it (only older dependencies); every client fold (``step`` does not judge ages)
-    applies it: for clients the two tasks wait on each other forever, while the board and
-    ``claim_next`` offer the older one as claimable and every claim of it fails. Should: the
-    board's rejection and the clients' fold agree."""
+    """BUG (medium), still open; being fixed by another change (the board will publish a
+    corrective ``task.dependencies_changed`` when it rejects one). A person publishes
+    ``task.dependencies_changed`` raw (a user may: no forging), making the older task depend
+    on the younger, which depends on it. The board rejects it (only older dependencies);
+    every client fold (``step`` does not judge ages) applies it: for clients the two tasks
+    wait on each other forever, while the board and ``claim_next`` offer the older one as
+    claimable and every claim of it fails. Should: the board's rejection and the clients'
+    fold agree."""
     await ops.create_task("cyc-a", project="p", title="t")
     await ops.create_task("cyc-b", project="p", title="t", depends_on=["cyc-a"])
     worker = await agent(rt, "cycler")
@@ -1005,11 +1096,13 @@ async def test_a_crash_between_storing_and_publishing_the_outbox_delivers_each_c
 async def test_a_command_stored_twice_reaches_a_restarted_agent_twice(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (low). The outbox republishes a command after a crash between publishing and marking
-    it; past the 2-minute duplicate window (projector down longer) the stream stores a second
-    copy. The docs promise an agent's inbox skips a command id it has seen, but the client
-    remembers ids only in memory: a restarted agent acts on the copy again (here a second
-    ``review_feedback`` for one review). Should: a command id acts once per agent."""
+    """BUG (low), still open. The outbox republishes a command after a crash between publishing
+    and marking it; past the 2-minute duplicate window (projector down longer) the stream
+    stores a second copy. The docs promise an agent's inbox skips a command id it has seen,
+    but the client remembers the ids it has seen only in memory (``AgentClient._seen``): a
+    restarted agent acts on the copy again (here a second ``review_feedback`` for one
+    review). Should: a command id acts once per agent (ids seen kept durably, or the board's
+    commands never stored twice)."""
     author = await agent(rt, "twice")
     try:
         await ops.create_task("tw", project="p", title="t")
@@ -1034,16 +1127,14 @@ async def test_a_command_stored_twice_reaches_a_restarted_agent_twice(
         await author.close()
 
 
-@BUG
-async def test_commands_read_ahead_by_claim_are_lost_when_the_agent_dies(
+async def test_commands_read_ahead_by_claim_come_back_when_the_agent_dies(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (medium). ``claim`` first reads the whole inbox (``sync_inbox``) and acknowledges
-    every command at once, keeping them only in memory until ``next_command`` hands them out.
-    An agent that dies after a claim loses them: the ``review_feedback`` of its rejected
-    deliverable never reaches it after the restart (the "durable inbox an agent that was
-    offline reads when it returns"). Should: at least once (acknowledge once handed out or
-    handled)."""
+    """Holds: ``claim`` first reads the whole inbox (``sync_inbox``) and acts on every command,
+    but acknowledges one only when ``next_command`` hands it out. An agent that dies after a
+    claim, before asking for its next command, gets the ``review_feedback`` of its rejected
+    deliverable again after the restart (redelivered after ``INBOX_REDELIVERY_S``): the
+    durable inbox is at least once."""
     author = await agent(rt, "forgetful", max_concurrent_tasks=2)
     try:
         await ops.create_task("fg-1", project="p", title="t")
@@ -1053,12 +1144,13 @@ async def test_commands_read_ahead_by_claim_are_lost_when_the_agent_dies(
         await author.submit(c, content="x")
         await ops.review("fg-1", "reject", feedback="the only copy")
         await project_all(rt)
-        await author.claim("fg-2")  # reads (and acks) the inbox first
+        await author.claim("fg-2")  # reads (and acts on) the inbox first
         await author.close()  # the process dies before asking for its next command
         author = await AgentClient.connect(rt.nats_url, "forgetful")
-        got = [(x.command, x.reason) for x in await inbox(author)]
+        got = await author.next_command(wait=INBOX_REDELIVERY_S + 5)
         print("after the restart:", got)
-        assert ("review_feedback", "the only copy") in got
+        assert got is not None and (got.command, got.reason) == ("review_feedback", "the only copy")
+        assert await inbox(author) == []
     finally:
         await author.close()
 
@@ -1083,15 +1175,13 @@ async def test_a_redelivered_command_acts_once_in_one_process(
         await worker.close()
 
 
-@BUG
-async def test_an_agent_whose_inbox_consumer_was_deleted_hears_nothing_more(
+async def test_an_agent_whose_inbox_consumer_was_deleted_re_creates_it_and_obeys(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (medium). Someone deletes ``inbox_<agent>`` (an operator cleaning consumers, a
-    stream restore). The running client never notices (its reader is marked ``gone`` but
-    nobody looks): ``next_command`` returns None forever, so a ``pause`` sent afterwards is
-    never obeyed; ``claim`` fails with a raw NotFoundError from ``sync_inbox``. Should: the
-    client re-create its durable inbox and obey the pause (``claim`` raising AgentPaused)."""
+    """Holds: someone deletes ``inbox_<agent>`` (an operator cleaning consumers, a stream
+    restore) under a running client. The client notices, re-creates its durable inbox from
+    after the last command it read, and obeys a ``pause`` sent afterwards: ``next_command``
+    returns it and ``claim`` raises AgentPaused."""
     worker = await agent(rt, "orphan")
     try:
         async with api(rt):
@@ -1178,14 +1268,15 @@ async def _stuck_outbox(settings: Any, server: Any, run_services: Any, http_get:
 async def test_one_agent_can_flood_another_agents_inbox_with_refusals(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (medium; rests on the unauthenticated ``actor`` of task subjects, but the refusal
-    path amplifies it). With only the permissions the docs give an agent (its own subjects and
+    """BUG (medium), still open: needs sender identity (issue #13, subjects carrying the
+    actor). It rests on the unauthenticated ``actor`` of task subjects, but the refusal path
+    amplifies it. With only the permissions the docs give an agent (its own subjects and
     ``fw.task.>``), ``flooder`` publishes 400 junk events on a task subject naming ``victim``
     as actor: half invalid (dead letters: the refusal goes to "the payload's actor"), half
     well-formed reports that do not fit (rejections: told to ``event.actor``). Each becomes a
     durable ``refused`` command in victim's inbox (kept 30 days), nothing bounds or
-    aggregates them (victim's every ``claim`` first reads them all). Should: a
-    refusal reach only the agent that sent the event (or be bounded per sender)."""
+    aggregates them (victim's every ``claim`` first reads them all). Should: a refusal reach
+    only the agent that sent the event (or be bounded per sender)."""
     await ops.create_task("target", project="p", title="t")
     await ops.create_task("work", project="p", title="t")
     victim = await agent(rt, "victim")
@@ -1314,11 +1405,12 @@ async def test_every_cli_write_the_fleet_would_refuse_fails_at_once(
 async def test_pausing_twice_before_the_registry_catches_up_exits_0_and_changes_nothing(
     rt: Runtime, env: dict[str, str]
 ) -> None:
-    """BUG (low). "Pausing a paused agent" is to exit 2, but an agent's state is read from the
-    registry (a projection), and agent writes are not compare-and-set: a second ``agents
-    pause`` right after the first (the projector not yet through it) exits 0, publishes a
-    second ``agent.paused``, and changes nothing (no command, no status change). Should:
-    exit 2 (judge on the agent's stream subject, as task writes do)."""
+    """BUG (low), still open (registry lag). "Pausing a paused agent" is to exit 2, but an
+    agent's state is read from the registry (a projection), and agent writes are not
+    compare-and-set: a second ``agents pause`` right after the first (the projector not yet
+    through it) exits 0, publishes a second ``agent.paused``, and changes nothing (no
+    command, no status change). Should: exit 2 (judge on the agent's stream subject, as task
+    writes do)."""
     worker = await agent(rt, "pp")
     try:
         async with api(rt):
@@ -1332,35 +1424,30 @@ async def test_pausing_twice_before_the_registry_catches_up_exits_0_and_changes_
         await worker.close()
 
 
-@BUG
-async def test_a_task_may_be_created_on_a_cancelled_dependency_but_not_moved_onto_one(
+async def test_a_task_cannot_be_created_on_a_cancelled_dependency(
     rt: Runtime, ops: FleetClient, env: dict[str, str]
 ) -> None:
-    """BUG (low). ``tasks deps --set`` refuses a cancelled dependency ("it would never be
-    done"); ``tasks create --depends-on`` accepts one: the new task is a dead end from birth
-    (``cancelled_dependencies``), which the same rule says to refuse. Should: exit 2."""
+    """Holds: as ``tasks deps --set`` does, ``tasks create --depends-on`` refuses a cancelled
+    dependency ("it would never be done"): one line, exit 2, nothing published, no task."""
     await ops.create_task("gone", project="p", title="t")
     await ops.cancel("gone")
-    code, out, err = await fleetward(env, "tasks", "create", "orphaned", "--project", "p",
-                                     "--title", "t", "--depends-on", "gone")  # fmt: skip
     await project_all(rt)
-    row = await board_row(rt, "orphaned")
-    print("create:", code, out.strip(), err.strip(), "| row:",
-          row and row["cancelled_dependencies"])  # fmt: skip
-    assert code == 2 and row is None
+    await cli_refused(rt, env, "dependency gone is cancelled", "tasks", "create", "orphaned",
+                      "--project", "p", "--title", "t", "--depends-on", "gone")  # fmt: skip
+    await project_all(rt)
+    assert await board_row(rt, "orphaned") is None
 
 
-@BUG
-async def test_a_reviewer_agent_can_keep_its_verdict_from_ever_reaching_the_author(
+async def test_a_reviewer_agent_cannot_keep_its_verdict_from_reaching_the_author(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (medium; assumes an agent may publish on its own ``fw.cmd.<self>``, which the docs
-    list among "its own subjects"). The author's ``review_feedback`` has the id
-    ``deterministic_id(review.id, "inbox")``, and the reviewer chooses ``review.id``. The
-    reviewer first puts any message with that Nats-Msg-Id on FW_COMMANDS; the outbox's
-    publish of the feedback is then a "duplicate", marked published, and never stored. The
-    task goes back to the author for rework, and the author is never told. Should (promise
-    6): every review reaches the author's inbox exactly once."""
+    """Holds (assuming an agent may publish on its own ``fw.cmd.<self>``, which the docs list
+    among "its own subjects"). The reviewer chooses ``review.id``, but the author's
+    ``review_feedback`` is published under an id derived with the deployment's secret and the
+    review's stream sequence. The reviewer first puts a message on FW_COMMANDS with the
+    Nats-Msg-Id the feedback would have from the review's id alone
+    (``deterministic_id(review.id, "inbox")``), then rejects: the feedback is still stored
+    and reaches the author's inbox exactly once (promise 6)."""
     await ops.create_task("silenced", project="p", title="t")
     author = await agent(rt, "unheard")
     critic = await agent(rt, "muffler", roles=("reviewer",))
@@ -1370,15 +1457,16 @@ async def test_a_reviewer_agent_can_keep_its_verdict_from_ever_reaching_the_auth
         await author.submit(c, content="draft")
         review = TaskReviewed(**envelope("muffler"), task="silenced", agent="unheard",
                               verdict="reject", feedback="you will never read this")  # fmt: skip
-        await rt.js.publish(
-            "fw.cmd.muffler", b"{}", headers={"Nats-Msg-Id": deterministic_id(review.id, "inbox")}
-        )
+        guessed = deterministic_id(review.id, "inbox")
+        await rt.js.publish("fw.cmd.muffler", b"{}", headers={"Nats-Msg-Id": guessed})
         await critic.send(review)
         await project_all(rt)
         assert status_of(await board_row(rt, "silenced"))[:2] == ("in_progress", "unheard")
-        got = [(x.command, x.reason) for x in await inbox(author)]
+        told = await inbox(author)
+        got = [(x.command, x.reason) for x in told]
         print("author's inbox:", got)
         assert got == [("review_feedback", "you will never read this")]
+        assert told[0].id != guessed
     finally:
         await author.close()
         await critic.close()
@@ -1388,10 +1476,11 @@ async def test_a_reviewer_agent_can_keep_its_verdict_from_ever_reaching_the_auth
 async def test_a_task_assigned_to_a_retired_agent_is_a_silent_dead_end(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (low). Retiring revokes held tasks but leaves tasks *assigned* (not yet claimed) to
-    the agent: they stay assigned to an agent that will never claim them, nobody else may
-    (``task is assigned to leaver``), and no escalation names the dead end. Should: the
-    retirement return them to the inbox (or make the dead end visible)."""
+    """BUG (low), still open; being fixed by another change. Retiring revokes held tasks but
+    leaves tasks *assigned* (not yet claimed) to the agent: they stay assigned to an agent
+    that will never claim them, nobody else may (``task is assigned to assignee``), and no
+    escalation names the dead end. Should: the retirement return them to the inbox (or make
+    the dead end visible)."""
     leaver = await agent(rt, "assignee")
     other = await agent(rt, "bystander")
     try:
@@ -1422,7 +1511,8 @@ async def test_a_dependency_cancelled_by_the_board_shows_as_a_cancelled_dependen
     rt: Runtime, ops: FleetClient
 ) -> None:
     """Holds: a task the board cancels (created with an unknown dependency) and one an operator
-    cancels both show in the dependent's ``cancelled_dependencies`` (which keeps it waiting),
+    cancels, both after the dependent was created on them (creation refuses a cancelled
+    dependency), show in the dependent's ``cancelled_dependencies`` (which keeps it waiting),
     and the client refuses to claim it; dropping them clears the dead end."""
     planner = await agent(rt, "planner7")
     worker = await agent(rt, "worker7")
@@ -1430,8 +1520,10 @@ async def test_a_dependency_cancelled_by_the_board_shows_as_a_cancelled_dependen
         await raw(rt, TaskCreated(**envelope("planner7"), task="doomed", project="p", title="t",
                                   depends_on=("never-made",)))  # fmt: skip
         await ops.create_task("dropped", project="p", title="t")
-        await project_all(rt)
+        # created before the board's verdict on "doomed" is stored: not cancelled yet
         await ops.create_task("waits", project="p", title="t", depends_on=["doomed", "dropped"])
+        await project_all(rt)
+        assert status_of(await board_row(rt, "doomed"))[0] == "cancelled"
         await ops.cancel("dropped")
         await project_all(rt)
         row = await board_row(rt, "waits")
