@@ -81,7 +81,15 @@ Epoch = Annotated[
     Meta(
         ge=1,
         le=INT4_MAX,
-        description="claim epoch; each claim of a task opens a greater one (stored as integer)",
+        description="claim epoch; each claim of a task opens the next one (stored as integer)",
+    ),
+]
+CurrentEpoch = Annotated[
+    int,
+    Meta(
+        ge=0,
+        le=INT4_MAX,
+        description="the task's current claim epoch; 0 before its first claim",
     ),
 ]
 TaskLimit = Annotated[int, Meta(ge=1, le=INT4_MAX, description="stored as integer")]

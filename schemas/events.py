@@ -28,6 +28,7 @@ from fleetward.schemas.bounds import (
     ContentText,
     CorrText,
     CostUsd,
+    CurrentEpoch,
     DurationMs,
     Epoch,
     FiniteFloat,
@@ -316,12 +317,13 @@ class TaskReviewRefused(_TaskEvent, frozen=True, kw_only=True, tag="task.review_
 
 
 class TaskRevoked(_TaskEvent, frozen=True, kw_only=True, tag="task.revoked"):
-    """A person or a service takes a held task (or one in review) back from ``agent``, whose
-    claim is ``epoch``; the task goes to the inbox, or is assigned to ``assign_to``."""
+    """A person or a service takes a task back from ``agent``, who holds it (or has it in
+    review, or has it assigned and not yet claimed) at claim epoch ``epoch``; the task goes to
+    the inbox, or is assigned to ``assign_to``."""
 
     SENDERS: ClassVar[frozenset[Sender]] = _USER_SVC
     agent: Ident
-    epoch: Epoch
+    epoch: CurrentEpoch
     reason: Text = ""
     assign_to: Ident | None = None
 

@@ -20,7 +20,7 @@ import msgspec
 
 from fleetward.projections import Projection, Rows
 from fleetward.schemas import subject_of
-from fleetward.schemas.admission import sender_of
+from fleetward.schemas.admission import Rejected, admit, sender_of
 from fleetward.schemas.bounds import storable
 from fleetward.schemas.events import CommandIssued, Event
 from fleetward.schemas.ids import deterministic_id
@@ -78,14 +78,23 @@ async def write(conn: Conn, projection: Projection, rows: Rows) -> None:
 
 async def store_emitted(conn: Conn, projection: Projection, rows: Rows) -> None:
     """Store the events the fold emitted in the outbox (services/projector/outbox.py), in the
-    caller's transaction, each under its ``outbox_id``; an id stored before is kept as it is."""
+    caller's transaction, each under its ``rekeyed`` id; an id stored before is kept as it is.
+    Raises ``ValueError`` for an emitted event admission refuses (a fold's bug): the window
+    fails and the event that caused it is dead-lettered (``projection_error``, failures.py)
+    with the reason, rather than a verdict nobody can apply being published."""
     if rows.outbox:
         secret = await conn.fetchval(q("outbox_secret"))
-        emitted = [(rekeyed(secret, e, seq), seq) for e, seq in rows.outbox]
-        await conn.executemany(
-            q("outbox_insert"),
-            [(e.id, subject_of(e), encode(e), projection.name, seq) for e, seq in emitted],
-        )
+        stored = []
+        for event, seq in rows.outbox:
+            out = rekeyed(secret, event, seq)
+            subject, data = subject_of(out), encode(out)
+            try:
+                admit(subject, data)
+            except Rejected as exc:  # a fold emitted what no reader would apply: its bug
+                msg = f"{projection.name} emitted an event admission refuses: {exc}"
+                raise ValueError(msg) from exc
+            stored.append((out.id, subject, data, projection.name, seq))
+        await conn.executemany(q("outbox_insert"), stored)
 
 
 def rekeyed(secret: str, event: Event, seq: int) -> Event:

@@ -406,20 +406,14 @@ async def test_a_refused_claim_is_undone_even_after_an_agent_review_of_its_work(
         await critic.close()
 
 
-@BUG
-async def test_a_claim_ended_before_its_verdict_lands_leaves_the_task_overruled_for_good(
+async def test_a_claim_ended_before_its_verdict_lands_does_not_block_dependents(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (high; found checking the fix of the overruled approval above). The board marks a
-    task ``overruled`` when it refuses a claim on it, and clears the mark only when the
-    verdict is *applied*. An agent at its limit (any agent: no role needed) claims an open
-    task and releases it at once: the release ends the claim, so the board's
-    ``task.claim_refused`` no longer names the current claim and is rejected, and the mark
-    stays. When the task is later done (honestly), ``dependency_problem`` still counts it as
-    not done: every claim of its dependents is refused, for good, while the clients and
-    ``fleet.tasks`` (``waiting_on_dependencies`` false) say it is claimable. Should: a
-    dependency done is done once the overruled claim or review is over (the mark cleared
-    when its verdict is rejected too, or when the claim ends)."""
+    """An agent at its limit claims an open task and releases it at once: the release ends the
+    claim before the board's ``task.claim_refused`` lands (which is then rejected). The board
+    marks a task ``overruled`` only while what it overruled can still be undone, so once the
+    task is later done honestly its dependents are claimable, for the board as for the
+    clients."""
     await ops.create_task("gate", project="p", title="t")
     await ops.create_task("gated", project="p", title="t", depends_on=["gate"])
     await ops.create_task("busy", project="p", title="t")
@@ -950,18 +944,13 @@ async def test_a_claim_reusing_an_old_event_id_gets_one_verdict_for_every_reader
         await honest.close()
 
 
-@BUG
-async def test_a_raw_dependency_change_the_board_rejects_still_closes_a_cycle_for_clients(
+async def test_a_raw_dependency_change_the_board_refuses_is_put_back_for_every_reader(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (medium), still open; being fixed by another change (the board will publish a
-    corrective ``task.dependencies_changed`` when it rejects one). A person publishes
-    ``task.dependencies_changed`` raw (a user may: no forging), making the older task depend
-    on the younger, which depends on it. The board rejects it (only older dependencies);
-    every client fold (``step`` does not judge ages) applies it: for clients the two tasks
-    wait on each other forever, while the board and ``claim_next`` offer the older one as
-    claimable and every claim of it fails. Should: the board's rejection and the clients'
-    fold agree."""
+    """A person publishes ``task.dependencies_changed`` raw, making the older task depend on
+    the younger, which depends on it. The board refuses it (only older dependencies) by
+    publishing the old dependencies again (a corrective ``task.dependencies_changed``), which
+    every reader folds: the board and the clients agree, and no cycle stays."""
     await ops.create_task("cyc-a", project="p", title="t")
     await ops.create_task("cyc-b", project="p", title="t", depends_on=["cyc-a"])
     worker = await agent(rt, "cycler")
@@ -1472,15 +1461,11 @@ async def test_a_reviewer_agent_cannot_keep_its_verdict_from_reaching_the_author
         await critic.close()
 
 
-@BUG
-async def test_a_task_assigned_to_a_retired_agent_is_a_silent_dead_end(
+async def test_retiring_an_agent_returns_the_tasks_assigned_to_it(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (low), still open; being fixed by another change. Retiring revokes held tasks but
-    leaves tasks *assigned* (not yet claimed) to the agent: they stay assigned to an agent
-    that will never claim them, nobody else may (``task is assigned to assignee``), and no
-    escalation names the dead end. Should: the retirement return them to the inbox (or make
-    the dead end visible)."""
+    """A task assigned (not yet claimed) to an agent that is then retired goes back to the inbox
+    (the board's ``task.revoked``), so another agent can claim it."""
     leaver = await agent(rt, "assignee")
     other = await agent(rt, "bystander")
     try:
