@@ -4,15 +4,18 @@ when nothing answers or the answer is an error."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
 import msgspec
 import pytest
 from jsonschema import Draft202012Validator
+from nats.errors import NoRespondersError
 
 from fleetward.schemas import contract
 from fleetward.schemas.api import AGENTS_GET, TASKS_CLAIMABLE, AgentReply, AgentRequest, Endpoint
@@ -20,7 +23,7 @@ from fleetward.services.api.tasks import QUEUE_GROUP, responder, serve_task_api
 from fleetward.services.client import AgentClient, FleetClient
 from fleetward.services.errors import ApiError
 from fleetward.services.runtime.connect import Runtime
-from tests.helpers import project_all
+from tests.helpers import project_all, wait_for
 
 SCHEMAS = contract.render()
 
@@ -41,8 +44,17 @@ async def serving(rt: Runtime) -> AsyncIterator[FleetClient]:
         anyio.create_task_group() as tg,
     ):
         await tg.start(serve_task_api, rt)
+        await wait_for(partial(answers, ops), what="the task API to answer")  # under load too
         yield ops
         tg.cancel_scope.cancel()
+
+
+async def answers(ops: FleetClient) -> bool:
+    """Whether the task API answers ``ops`` yet."""
+    with contextlib.suppress(NoRespondersError):
+        await ops.nc.request(AGENTS_GET.subject, b'{"agent": "-"}', timeout=5)
+        return True
+    return False
 
 
 async def test_agent_profile_comes_from_the_registry(rt: Runtime) -> None:
