@@ -227,8 +227,8 @@ def _transition(row: Row, event: Event, meta: Meta) -> str | None:
             )
         case TaskProgressed():
             row.update(status="in_progress", blocked_reason=None, last_progress_at=meta.time)
-        case TaskBlocked():
-            row.update(status="blocked", blocked_reason=event.reason)
+        case TaskBlocked():  # a report of the holder, as progress is: it renews the lease
+            row.update(status="blocked", blocked_reason=event.reason, last_progress_at=meta.time)
         case TaskReleased() | TaskLeaseExpired():
             _end_claim(row, "inbox", None)
         case TaskSubmitted():

@@ -457,12 +457,14 @@ def test_task_life_with_a_rejected_review() -> None:
 
 def test_block_and_progress() -> None:
     fold = task_fold(created(), claimed())
-    fold(blocked())
+    blocked_at = fold(blocked()).time
     row = fold.row(TASKS, TASK)
     assert (row["status"], row["blocked_reason"]) == ("blocked", "need input")
-    fold(progressed())
+    assert row["last_progress_at"] == blocked_at  # a report of the holder: renews its lease
+    progressed_at = fold(progressed()).time
     row = fold.row(TASKS, TASK)
     assert (row["status"], row["blocked_reason"]) == ("in_progress", None)
+    assert row["last_progress_at"] == progressed_at
 
 
 def test_claim_of_a_task_held_by_another_agent_is_rejected() -> None:
