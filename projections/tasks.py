@@ -301,6 +301,15 @@ def _void(row: Row, verdict: TaskClaimRefused | TaskReviewRefused) -> str | None
     return None
 
 
+def reopenable(row: Row) -> bool:
+    """A done task that a verdict of the board may still send back: the verdict on its claim
+    (undoable until the claim ends) or on the agent's review that did it."""
+    return bool(
+        row["status"] == "done"
+        and (row["undo_status"] is not None or row["undo_event"] is not None)
+    )
+
+
 def _end_claim(row: Row, status: str, assignee: str | None) -> None:
     """The claim ends: nothing of it can be undone any more."""
     row.update(

@@ -121,17 +121,29 @@ LIMIT $1;
 SELECT agent_id, status, heartbeat_interval_s, updated_at FROM fleet.agents;
 
 -- name: watchdog_tasks
--- The watchdog's start: held tasks, tasks in review, and open tasks that carry an SLA or
--- dependencies (with those of them that are cancelled: dead ends).
-SELECT t.task_id, t.status, t.assignee, t.claim_epoch, t.sla_s, t.claimed_at, t.updated_at,
-       t.lease_s, t.last_progress_at, i.last_seq, t.submitted_at, t.depends_on,
-       ARRAY(SELECT d.task_id FROM unnest(t.depends_on) AS d(task_id)
-             JOIN fleetward.tasks dep USING (task_id)
-             WHERE dep.status = 'cancelled') AS cancelled_deps
-FROM fleet.tasks t JOIN fleetward.tasks i USING (task_id)
-WHERE t.status IN ('in_progress', 'blocked', 'review')
-   OR (t.status IN ('inbox', 'assigned')
-       AND (t.sla_s IS NOT NULL OR t.claim_epoch > 0 OR cardinality(t.depends_on) > 0));
+-- The watchdog's start: every open task, and every done one that a verdict of the board may
+-- still send back (projections/tasks.py `reopenable`, and the board has emitted verdicts on the
+-- task: an over-estimate is harmless), with the columns the task state machine reads and writes
+-- (services/watchdog/core/mirror.py MIRRORED), so a loaded row is the row the watchdog folds.
+SELECT task_id, status, assignee, claim_epoch, lease_s, depends_on, sla_s, review_rounds,
+       rework_count, deliverable_version, blocked_reason, created_at, updated_at, claimed_at,
+       submitted_at, done_at, last_seq, last_progress_at, claim_id, undo_event, undo_status,
+       undo_assignee, undo_verdict
+FROM fleetward.tasks t
+WHERE status IN ('inbox', 'assigned', 'in_progress', 'blocked', 'review')
+   OR (status = 'done' AND (undo_status IS NOT NULL OR undo_event IS NOT NULL)
+       AND EXISTS (SELECT 1 FROM fleetward.outbox o
+                   WHERE o.subject = 'fw.task.' || t.task_id AND o.subject LIKE 'fw.task.%'));
+
+-- name: watchdog_ended_deps
+-- The watchdog's start: the tasks open tasks depend on that are done or cancelled (a cancelled
+-- one is a dead end).
+SELECT DISTINCT dep.task_id, dep.status
+FROM fleetward.tasks t
+CROSS JOIN LATERAL unnest(t.depends_on) AS d(task_id)
+JOIN fleetward.tasks dep ON dep.task_id = d.task_id
+WHERE t.status IN ('inbox', 'assigned', 'in_progress', 'blocked', 'review')
+  AND dep.status IN ('done', 'cancelled');
 
 -- name: watchdog_escalations
 -- The watchdog's start: open escalations with the last sequence on their subject.

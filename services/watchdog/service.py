@@ -1,9 +1,9 @@
 """The watchdog service: heartbeats and activity in, escalations out (the judging is in
 services/watchdog/core/judge.py; this module only reads, times and publishes).
 
-At start it reads the agent registry, the open tasks it watches (held, in review, with an SLA
-or dependencies) and the open escalations from the projections in one snapshot, with their
-checkpoints; then it follows fw.agent.> and fw.task.>
+At start it reads the agent registry, the open tasks (with the columns the task state machine
+reads: core/mirror.py), the ended tasks they depend on and the open escalations from the
+projections in one snapshot, with their checkpoints; then it follows fw.agent.> and fw.task.>
 (FW_EVENTS, together, in order) from the older of their projections' checkpoints, fw.esc.> from
 its own, and FW_HEARTBEATS from each agent's last heartbeat, with ordered ephemeral consumers
 (services/jetstream/follower.py). Its state is
@@ -37,7 +37,6 @@ from collections.abc import Callable
 from datetime import datetime
 
 import anyio
-import asyncpg
 import msgspec
 from anyio.streams.memory import MemoryObjectSendStream
 
@@ -53,7 +52,6 @@ from fleetward.services.jetstream.consumer import EPOCH
 from fleetward.services.jetstream.follower import StreamFollower
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.signals import Signal, Signals
-from fleetward.services.watchdog.core.detectors import TaskRow
 from fleetward.services.watchdog.core.failures import STAGES, Failure
 from fleetward.services.watchdog.core.incidents import Plan
 from fleetward.services.watchdog.core.judge import CHECKPOINTS, Judge
@@ -135,6 +133,7 @@ class Watchdog:
             marks = await conn.fetch(q("watchdog_checkpoints"), list(CHECKPOINTS.values()))
             agents = await conn.fetch(q("watchdog_agents"))
             tasks = await conn.fetch(q("watchdog_tasks"))
+            ended = await conn.fetch(q("watchdog_ended_deps"))
             open_ = await conn.fetch(q("watchdog_escalations"))
         done = {r["projection"]: int(r["seq"]) for r in marks}
         judge.checkpoints = {kind: done.get(p, 0) for kind, p in CHECKPOINTS.items()}
@@ -144,9 +143,12 @@ class Watchdog:
                 judge.load_agent(
                     r["agent_id"], r["status"], r["heartbeat_interval_s"], micros(r["updated_at"])
                 )
+        for r in ended:
+            with isolated("load", f"task {r['task_id']}"):
+                judge.load_ended(r["task_id"], r["status"])
         for r in tasks:
             with isolated("load", f"task {r['task_id']}"):
-                judge.load_task(_task_row(r), now)
+                judge.load_task(dict(r), now)
         for r in open_:
             with isolated("load", f"escalation {r['escalation_id']}"):
                 raised = EscalationRaised(
@@ -347,16 +349,6 @@ class Watchdog:
         for state in STATES:
             metrics.WATCHDOG_AGENTS.labels(state).set(counts.get(state, 0))
         metrics.WATCHDOG_GRACE.set(0 if self.judge.judging(now) else 1)
-
-
-def _task_row(r: asyncpg.Record) -> TaskRow:
-    """A row of the watchdog_tasks query as the core takes it (stream times in µs)."""
-    claimed = micros(r["claimed_at"]) if r["claimed_at"] else None
-    progress = micros(r["last_progress_at"]) if r["last_progress_at"] else None
-    submitted = micros(r["submitted_at"]) if r["submitted_at"] else None
-    return TaskRow(r["task_id"], r["status"], r["assignee"], r["claim_epoch"], r["sla_s"],
-                   claimed, micros(r["updated_at"]), r["lease_s"], progress, r["last_seq"],
-                   submitted, tuple(r["depends_on"]), tuple(r["cancelled_deps"]))  # fmt: skip
 
 
 def _because(error: str) -> str:

@@ -20,9 +20,8 @@ from fleetward.schemas.events import (
     Verdict,
 )
 from fleetward.services.config import WatchdogSettings
-from fleetward.services.watchdog.core.detectors import TaskRow
 from fleetward.services.watchdog.core.incidents import Plan, escalation_id
-from tests.unit.test_liveness import SETTINGS, T0, World, env, events, raised
+from tests.unit.test_liveness import SETTINGS, T0, World, env, events, raised, task_row
 
 REVIEWS = replace(SETTINGS, stall_s=10_000.0, review_sla_s=600.0)
 US = int(T0 * 1e6)
@@ -97,19 +96,20 @@ def test_a_cancel_a_revoke_or_a_refused_claim_ends_the_wait_for_a_review() -> No
     for a in agents:
         w.register(a, T0)
     beat(w, agents, T0, T0 + 200)
+    claims = {}
     for a in agents:
-        w.claim(a, f"t-{a}", T0, sla=None if a == "none" else 30)
+        claims[a] = w.claim(a, f"t-{a}", T0, sla=None if a == "none" else 30)
         submit(w, a, f"t-{a}", T0 + 1)
     w.event(TaskCancelled(**env("user:o"), task="t-c"), T0 + 5)
     escalated = {e.task: e.escalation for e in raised(w.tick(T0 + 31))}
     assert set(escalated) == {"t-r", "t-x"}
     revoked = w.event(TaskRevoked(**env("user:o"), task="t-r", agent="r", epoch=1), T0 + 40)
     assert resolved(revoked) == [(escalated["t-r"], "the task was revoked")]
-    other_epoch = TaskClaimRefused(**env("svc:board"), task="t-x", agent="x", epoch=2,
+    other_claim = TaskClaimRefused(**env("svc:board"), task="t-x", agent="x", epoch=2,
                                    claim="c1", reason="not the claim under review")  # fmt: skip
-    assert w.event(other_epoch, T0 + 41) == []
-    refused = TaskClaimRefused(**env("svc:board"), task="t-x", agent="x", epoch=1, claim="c1",
-                               reason="agent x is paused")  # fmt: skip
+    assert w.event(other_claim, T0 + 41) == []
+    refused = TaskClaimRefused(**env("svc:board"), task="t-x", agent="x", epoch=1,
+                               claim=claims["x"].id, reason="agent x is paused")  # fmt: skip
     assert resolved(w.event(refused, T0 + 42)) == [(escalated["t-x"], "the claim was refused")]
     assert (
         reasons(w.tick(T0 + 10_000), "review_overdue") == []
@@ -119,8 +119,10 @@ def test_a_cancel_a_revoke_or_a_refused_claim_ends_the_wait_for_a_review() -> No
 def test_a_review_loaded_at_start_is_judged_after_grace_and_ended_ones_are_reconciled() -> None:
     w = World(REVIEWS, judging=False)
     w.judge.load_agent("a1", "active", 10.0, US)
-    w.judge.load_task(TaskRow("t1", "review", "a1", 2, 30.0, US, US, submitted_us=US), T0)
-    w.judge.load_task(TaskRow("t2", "review", "a1", 1, 30.0, US, US, submitted_us=US), T0)
+    for task, epoch in (("t1", 2), ("t2", 1)):
+        row = task_row(task, "review", "a1", epoch, sla=30.0, claimed_us=US, updated_us=US,
+                       submitted_us=US)  # fmt: skip
+        w.judge.load_task(row, T0)
     stale = escalation_id("ro", "t-done", str(US))  # reviewed while no watchdog looked
     w.judge.load_escalation(EscalationRaised(**env("svc:watchdog"), escalation=stale,
                                              tier="warning", reason="review_overdue",
@@ -191,9 +193,12 @@ def test_a_cancel_the_board_refuses_is_no_dead_end() -> None:
 
 def test_dead_ends_loaded_at_start_wait_for_grace_and_ended_ones_are_reconciled() -> None:
     w = World(judging=False)
-    w.judge.load_task(TaskRow("t1", "inbox", None, 0, None, None, US, depends_on=("d1", "d2"),
-                              cancelled_deps=("d1",)), T0)  # fmt: skip
-    w.judge.load_task(TaskRow("t2", "assigned", "a1", 0, None, None, US, depends_on=("d3",)), T0)
+    w.judge.load_ended("d1", "cancelled")  # before the tasks that need it
+    for dep in ("d2", "d3"):
+        w.judge.load_task(task_row(dep, "inbox", None, 0, updated_us=US), T0)
+    t1 = task_row("t1", "inbox", None, 0, updated_us=US, depends_on=("d1", "d2"))
+    w.judge.load_task(t1, T0)
+    w.judge.load_task(task_row("t2", "assigned", "a1", 0, updated_us=US, depends_on=("d3",)), T0)
     gone = escalation_id("dc", "t9", "d9")  # t9 was cancelled while no watchdog looked
     w.judge.load_escalation(EscalationRaised(**env("svc:watchdog"), escalation=gone,
                                              tier="warning", reason="dependency_cancelled",

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from fleetward.projections.base import Row
 from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
@@ -36,10 +37,10 @@ from fleetward.schemas.events import (
 from fleetward.schemas.ids import new_id
 from fleetward.schemas.subjects import subject_of
 from fleetward.services.config import WatchdogSettings
-from fleetward.services.watchdog.core.detectors import TaskRow
 from fleetward.services.watchdog.core.incidents import Plan, pause_step
 from fleetward.services.watchdog.core.judge import Judge
 from fleetward.services.watchdog.core.liveness import DeadlineHeap
+from fleetward.services.watchdog.core.mirror import MIRRORED, stream_time
 
 T0 = 1_800_000_000.0  # stream time of the tests' start, seconds
 SETTINGS = WatchdogSettings(
@@ -98,12 +99,48 @@ class World:
 
     def claim(
         self, agent: str, task: str, t: float, epoch: int = 1, sla: float | None = None
-    ) -> None:
+    ) -> TaskClaimed:
         if epoch == 1:
             self.event(
                 TaskCreated(**env("user:p"), task=task, project="p", title=task, sla_s=sla), t
             )
-        self.event(TaskClaimed(**env(agent), task=task, agent=agent, epoch=epoch), t)
+        claim = TaskClaimed(**env(agent), task=task, agent=agent, epoch=epoch)
+        self.event(claim, t)
+        return claim
+
+
+def task_row(
+    task: str,
+    status: str,
+    assignee: str | None,
+    epoch: int,
+    *,
+    updated_us: int,
+    sla: float | None = None,
+    claimed_us: int | None = None,
+    lease_s: float | None = None,
+    progress_us: int | None = None,
+    last_seq: int = 0,
+    submitted_us: int | None = None,
+    depends_on: tuple[str, ...] = (),
+) -> Row:
+    """A task as the watchdog loads it from the board at start (stream times in µs)."""
+
+    def time(us: int | None) -> datetime | None:
+        return None if us is None else stream_time(us)
+
+    row: Row = {
+        "task_id": task, "status": status, "assignee": assignee, "claim_epoch": epoch,
+        "lease_s": lease_s, "depends_on": list(depends_on), "sla_s": sla, "review_rounds": 0,
+        "rework_count": 0, "deliverable_version": int(status == "review"),
+        "blocked_reason": None, "created_at": time(claimed_us or updated_us),
+        "updated_at": time(updated_us), "claimed_at": time(claimed_us),
+        "submitted_at": time(submitted_us), "done_at": None, "last_seq": last_seq,
+        "last_progress_at": time(progress_us), "claim_id": f"claim-{task}-{epoch}",
+        "undo_event": None, "undo_status": None, "undo_assignee": None, "undo_verdict": None,
+    }  # fmt: skip
+    assert set(row) == set(MIRRORED)
+    return row
 
 
 def raised(plans: list[Plan]) -> list[EscalationRaised]:
@@ -459,8 +496,8 @@ def test_a_task_loaded_at_start_is_watched_and_its_lease_released_at_critical() 
     w = World()
     w.judge.load_agent("a1", "active", 10.0, int(T0 * 1e6))
     us = int(T0 * 1e6)
-    w.judge.load_task(TaskRow("t1", "in_progress", "a1", 3, None, us, us), T0)
-    w.judge.load_task(TaskRow("t2", "review", "a1", 1, None, us, us), T0)
+    w.judge.load_task(task_row("t1", "in_progress", "a1", 3, claimed_us=us, updated_us=us), T0)
+    w.judge.load_task(task_row("t2", "review", "a1", 1, claimed_us=us, updated_us=us), T0)
     [critical] = w.tick(T0 + 50)
     assert [(e.task, e.epoch) for e in events([critical], TaskLeaseExpired)] == [("t1", 3)]
 

@@ -23,7 +23,16 @@ from fleetward.projections.agents import AGENTS, AgentRegistry
 from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
 from fleetward.projections.idempotence import newer_heartbeat
 from fleetward.projections.spend import SPEND_AGENTS, SPEND_DAILY, UNASSIGNED, Spend
-from fleetward.projections.tasks import DELIVERABLES, REJECTIONS, TASK_AGENTS, TASKS, TaskBoard
+from fleetward.projections.tasks import (
+    BOARD,
+    DELIVERABLES,
+    REJECTIONS,
+    TASK_AGENTS,
+    TASKS,
+    TaskBoard,
+    holder,
+    step,
+)
 from fleetward.projections.utilization import HOURLY, MAX_GAP, UTILIZATION, Utilization
 from fleetward.schemas import new_id
 from fleetward.schemas.events import (
@@ -516,6 +525,57 @@ def test_release_returns_the_task_to_the_inbox() -> None:
     assert (row["status"], row["assignee"]) == ("inbox", None)
     fold(claimed(AGENT, 2))
     assert fold.row(TASKS, TASK)["claim_epoch"] == 2
+
+
+def fold_steps(*events: Event) -> list[Row | str]:
+    """Each event folded by the task state machine alone (verdicts come when the test says),
+    with what it gave: the new row, or why the event did not fit."""
+    row: Row | None = None
+    out: list[Row | str] = []
+    for seq, event in enumerate(events, start=1):
+        new = step(row, event, Meta(seq, T0 + timedelta(seconds=seq), subject_of(event)))
+        out.append(new)
+        row = new if not isinstance(new, str) else row
+    return out
+
+
+def claim_verdict(claim: TaskClaimed) -> TaskClaimRefused:
+    return TaskClaimRefused(**env(BOARD), task=claim.task, agent=claim.agent, epoch=claim.epoch,
+                            claim=claim.id, reason=f"agent {claim.agent} is paused")  # fmt: skip
+
+
+def review_verdict(review: TaskReviewed) -> TaskReviewRefused:
+    return TaskReviewRefused(**env(BOARD), task=review.task, agent=review.agent,
+                             reviewer=review.actor, review=review.id,
+                             reason=f"{review.actor} lacks the role reviewer")  # fmt: skip
+
+
+@pytest.mark.parametrize("verdict", ["approve", "reject"])
+def test_a_refused_claim_is_voided_though_an_agent_reviewed_its_work_before_the_verdict(
+    verdict: Verdict,
+) -> None:
+    """The claim's verdict restores the task as it was before the claim, whatever an agent's
+    review of its work did meanwhile (the property test in test_one_task_machine.py found the
+    refused claim holding the task again when the two shared what a verdict restores)."""
+    claim = claimed(AGENT)
+    review = TaskReviewed(**env(OTHER), task=TASK, agent=AGENT, verdict=verdict)
+    *_, after_review, voided, late = fold_steps(
+        created(), claim, submitted(), review, claim_verdict(claim), review_verdict(review)
+    )
+    assert isinstance(after_review, dict) and isinstance(voided, dict)
+    assert after_review["status"] == ("done" if verdict == "approve" else "in_progress")
+    assert (voided["status"], voided["assignee"], voided["done_at"]) == ("inbox", None, None)
+    assert late == f"review {review.id} is not the task's last review"  # nothing left to undo
+
+
+def test_a_refused_claim_voids_a_rework_a_person_asked_for() -> None:
+    claim = claimed(AGENT)
+    *_, rework, voided = fold_steps(
+        created(), assigned(AGENT), claim, submitted(), reviewed("reject"), claim_verdict(claim)
+    )
+    assert isinstance(rework, dict) and holder(rework) == AGENT
+    assert isinstance(voided, dict)
+    assert (voided["status"], voided["assignee"]) == ("assigned", AGENT)  # as before the claim
 
 
 def test_lease_expiry_for_an_old_epoch_is_rejected() -> None:

@@ -24,11 +24,10 @@ from fleetward.schemas.events import (
     TaskCreated,
     TaskLeaseExpired,
 )
-from fleetward.services.watchdog.core.detectors import TaskRow
 from fleetward.services.watchdog.core.incidents import Plan
 from fleetward.services.watchdog.core.judge import Judge
 from fleetward.services.watchdog.core.limits import MAX_PERIOD_S, MIN_PERIOD_S, period
-from tests.unit.test_liveness import SETTINGS, T0, World, env, events, raised
+from tests.unit.test_liveness import SETTINGS, T0, World, env, events, raised, task_row
 
 # floats above 0 that JSON carries and admission takes today, smallest to largest
 TINY, HUGE = 5e-324, 1.7976931348623157e308
@@ -123,11 +122,14 @@ def extreme_row(rng: random.Random, judge: Judge, now: float) -> None:
     else:
         sla = rng.choice([None, *ROW_FLOATS])
         deps = tuple(rng.sample(TASKS, rng.randrange(4)))
-        row = TaskRow(rng.choice(TASKS),
-                      rng.choice(["in_progress", "blocked", "review", "inbox", "assigned"]),
-                      rng.choice(AGENTS), rng.choice(ROW_EPOCHS), sla, us, us,
-                      rng.choice(ROW_FLOATS), us, rng.choice(INTS), rng.choice([None, us]),
-                      deps, deps[: rng.randrange(len(deps) + 1)])  # fmt: skip
+        for dep in deps[: rng.randrange(len(deps) + 1)]:
+            judge.load_ended(dep, "cancelled")
+        row = task_row(rng.choice(TASKS),
+                       rng.choice(["in_progress", "blocked", "review", "inbox", "assigned"]),
+                       rng.choice(AGENTS), rng.choice(ROW_EPOCHS), sla=sla, claimed_us=us,
+                       updated_us=us, lease_s=rng.choice(ROW_FLOATS), progress_us=us,
+                       last_seq=rng.choice(INTS), submitted_us=rng.choice([None, us]),
+                       depends_on=deps)  # fmt: skip
         judge.load_task(row, now)
 
 
@@ -232,7 +234,7 @@ def test_a_lease_of_1e308_and_a_heartbeat_renewing_it_fit_a_datetime() -> None:
     w = World()
     w.register("a1", T0)
     w.event(TaskCreated(**env("user:p"), task="t1", project="p", title="t1"), T0)
-    w.event(TaskClaimed(**env("a1"), task="t1", agent="a1", epoch=2**64 - 1, lease_s=1e308), T0)
+    w.event(TaskClaimed(**env("a1"), task="t1", agent="a1", epoch=1, lease_s=1e308), T0)
     w.hb("a1", T0 + 1)
     w.judge.heartbeat("a1", 99, int((T0 + 2) * 1e9), T0 + 2, "t1")
     assert w.judge.leases.leases["t1"].lease.total_seconds() == MAX_PERIOD_S

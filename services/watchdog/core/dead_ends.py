@@ -1,5 +1,5 @@
 """Dead ends: tasks that wait for something that will not come by itself (DESIGN 3.2, 3.12).
-Pure: fed the task mirror's changes (``TaskWatch``, detectors.py) with an explicit ``now``;
+Pure: fed the task mirror's changes (``TaskWatch``, mirror.py) with an explicit ``now``;
 they return ``Plan``s.
 
 - ``ReviewDetector``: a task in review (submitted, no verdict yet) longer than its SLA (the
@@ -28,7 +28,7 @@ from fleetward.schemas.events import (
     TaskReviewed,
     TaskRevoked,
 )
-from fleetward.services.watchdog.core.detectors import DeadlineDetector, Owns, TaskWatch
+from fleetward.services.watchdog.core.detectors import DeadlineDetector, Owns
 from fleetward.services.watchdog.core.failures import Failures
 from fleetward.services.watchdog.core.incidents import (
     DEPENDENCY_CANCELLED,
@@ -43,6 +43,7 @@ from fleetward.services.watchdog.core.incidents import (
     resolve_step,
 )
 from fleetward.services.watchdog.core.limits import period
+from fleetward.services.watchdog.core.mirror import TaskWatch
 
 
 def why_ended(event: Event) -> str:
@@ -74,7 +75,7 @@ class ReviewDetector(DeadlineDetector):
 
     def sla(self, task: str) -> tuple[float, str] | None:
         """The time ``task`` may wait in review, and where it comes from; None: no limit."""
-        own = self.watch.sla.get(task)
+        own = self.watch.sla(task)
         if own is not None:
             return own, "task"
         return (period(self.s.review_sla_s), "default") if self.s.review_sla_s > 0 else None
@@ -101,15 +102,16 @@ class ReviewDetector(DeadlineDetector):
 
     def current(self) -> set[str]:
         """The incidents of the tasks in review now (for reconciling at start)."""
-        return {self.incident(task, us) for task, us in self.watch.submitted.items()}
+        return {self.incident(task, w.submitted_us) for task, w in self.watch.submitted.items()}
 
     def _judge(self, task: str, now: float, owns: Owns, healthy: Owns) -> Plan | None:
         """Raised if this replica owns the submitter, healthy or not: the review is awaited
         from someone else."""
-        submitted, pending = self.watch.submitted.get(task), self.watch.review.get(task)
+        waiting = self.watch.submitted.get(task)
         sla = self.sla(task)
-        if submitted is None or pending is None or sla is None or not owns(pending[0]):
+        if waiting is None or sla is None or not owns(waiting.agent):
             return None
+        agent, epoch, submitted = waiting
         limit, source = sla
         due = submitted / 1e6 + limit
         if now < due:
@@ -118,7 +120,6 @@ class ReviewDetector(DeadlineDetector):
         esc = self.incident(task, submitted)
         if self.escalations.known(esc):
             return None
-        agent, epoch, _ = pending
         raised = raised_event(
             esc, "warning", REVIEW_OVERDUE, now, agent=agent, task=task,
             message=f"waiting for a review for {now - submitted / 1e6:.1f}s, SLA {limit:g}s",
@@ -181,7 +182,7 @@ class DependencyDetector:
                     esc, "warning", DEPENDENCY_CANCELLED, now, task=task,
                     message=f"depends on {dep}, which was cancelled: it can never be claimed",
                     evidence={"dependency": dep,
-                              "depends_on": ", ".join(self.watch.deps.get(task, ()))[:2000]},
+                              "depends_on": ", ".join(self.watch.deps(task))[:2000]},
                 )  # fmt: skip
                 self.escalations.raised(raised)
                 plans.append(Plan(f"esc:{esc}", (Publish(raised, "empty"),), since))

@@ -1,9 +1,9 @@
 """The watchdog's detectors besides liveness. Pure: fed events with their stream time and an
 explicit ``now``; they return ``Plan``s.
 
-- ``TaskWatch`` mirrors which agent holds which task at which epoch (what the task board holds
-  for in-progress and blocked tasks): the basis of the task detectors and of lease release; and
-  which tasks wait for a review since when, and on which dependencies (dead_ends.py).
+- The task detectors judge what the task mirror (``TaskWatch``, mirror.py: every open task's
+  row as the task state machine folds it) says of the held tasks: which claim holds each, since
+  when, and the holder's last report.
 - ``OverdueDetector``: a task held longer than its SLA (``sla_s``, else the default): warning.
 - ``StallDetector``: a held task with no report from its holder (claim, progress, block) for
   the stall time: warning. Both resolve their escalation when the condition ends.
@@ -28,27 +28,11 @@ read while judging (see ``FailedRunsDetector``).
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from fleetward.schemas.events import (
-    Event,
-    RunFinished,
-    TaskBlocked,
-    TaskCancelled,
-    TaskClaimed,
-    TaskClaimRefused,
-    TaskCreated,
-    TaskDependenciesChanged,
-    TaskLeaseExpired,
-    TaskProgressed,
-    TaskReleased,
-    TaskReviewed,
-    TaskRevoked,
-    TaskSubmitted,
-    ToolCalled,
-)
+from fleetward.schemas.events import RunFinished, ToolCalled
 from fleetward.services.config import WatchdogSettings
 from fleetward.services.watchdog.core.failures import Failures
 from fleetward.services.watchdog.core.incidents import (
@@ -68,198 +52,9 @@ from fleetward.services.watchdog.core.incidents import (
 )
 from fleetward.services.watchdog.core.limits import period
 from fleetward.services.watchdog.core.liveness import DeadlineHeap
+from fleetward.services.watchdog.core.mirror import Change, Held, TaskWatch
 
 Owns = Callable[[str], bool]
-
-
-# ---- the held tasks --------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Held:
-    task: str
-    agent: str
-    epoch: int
-    claimed: float  # stream time of the claim, seconds
-    touched_us: int  # stream time of the holder's last report, microseconds
-    sla: float | None  # seconds, clamped (limits.period)
-
-    @property
-    def touched(self) -> float:
-        return self.touched_us / 1e6
-
-
-@dataclass(frozen=True, slots=True)
-class TaskRow:
-    """What the watchdog reads of a task from the board at start (stream times in µs)."""
-
-    task: str
-    status: str
-    assignee: str | None
-    epoch: int
-    sla: float | None
-    claimed_us: int | None
-    updated_us: int
-    lease_s: float | None = None
-    progress_us: int | None = None  # last claim, progress or rework (the lease's renewal)
-    last_seq: int = 0
-    submitted_us: int | None = None  # the submission waiting for review
-    depends_on: tuple[str, ...] = ()
-    cancelled_deps: tuple[str, ...] = ()  # those of depends_on that are cancelled
-
-
-Change = tuple[str, Held]  # ("claimed" | "touched" | "ended", the task)
-
-
-@dataclass(slots=True)
-class TaskWatch:
-    held: dict[str, Held] = field(default_factory=dict)
-    by_agent: dict[str, set[str]] = field(default_factory=dict)
-    sla: dict[str, float] = field(default_factory=dict)  # open tasks that have an sla_s
-    review: dict[str, tuple[str, int, float]] = field(default_factory=dict)  # agent, epoch, claim
-    epoch: dict[str, int] = field(default_factory=dict)  # last claim epoch of open tasks
-    submitted: dict[str, int] = field(default_factory=dict)  # in review since (stream time, µs)
-    deps: dict[str, tuple[str, ...]] = field(default_factory=dict)  # open tasks' dependencies
-    dependents: dict[str, set[str]] = field(default_factory=dict)  # dependency -> open tasks
-    # tasks known to be done or cancelled (the latest ``remember``; at start, the cancelled
-    # dependencies of open tasks): a cancelled dependency is a dead end
-    ended: OrderedDict[str, str] = field(default_factory=OrderedDict)
-    remember: int = 100_000
-
-    def holdings(self, agent: str) -> list[tuple[str, int]]:
-        return sorted((t, self.held[t].epoch) for t in self.by_agent.get(agent, ()))
-
-    def cancelled_deps(self, task: str) -> list[str]:
-        """The dependencies of open ``task`` that are cancelled: it can never be claimed."""
-        return [d for d in self.deps.get(task, ()) if self.ended.get(d) == "cancelled"]
-
-    def load(self, row: TaskRow) -> Held | None:
-        """A task as the board (fleet.tasks) has it at start."""
-        task, agent, epoch = row.task, row.assignee, row.epoch
-        sla = None if row.sla is None else period(row.sla)
-        if sla is not None:
-            self.sla[task] = sla
-        if epoch:
-            self.epoch[task] = epoch
-        for dep in row.cancelled_deps:
-            self._end(dep, "cancelled")
-        self._depend(task, row.depends_on)
-        if agent is None:
-            return None
-        claimed = (row.claimed_us if row.claimed_us is not None else row.updated_us) / 1e6
-        if row.status == "review":
-            self.review[task] = (agent, epoch, claimed)
-            self.submitted[task] = row.submitted_us or row.updated_us
-        elif row.status in ("in_progress", "blocked"):
-            return self._hold(Held(task, agent, epoch, claimed, row.updated_us, sla))
-        return None
-
-    def _hold(self, h: Held) -> Held:
-        old = self.held.get(h.task)
-        if old is not None:  # one holder per task: never leave the old one in by_agent
-            self._drop(old)
-        self.held[h.task] = h
-        self.by_agent.setdefault(h.agent, set()).add(h.task)
-        return h
-
-    def _drop(self, h: Held) -> None:
-        self.held.pop(h.task, None)
-        tasks = self.by_agent.get(h.agent)
-        if tasks is not None:
-            tasks.discard(h.task)
-            if not tasks:
-                del self.by_agent[h.agent]
-
-    def _depend(self, task: str, deps: Iterable[str]) -> None:
-        """``task`` now depends on ``deps`` (none: it is no longer watched for dead ends)."""
-        for dep in self.deps.pop(task, ()):
-            waiting = self.dependents.get(dep)
-            if waiting is not None:
-                waiting.discard(task)
-                if not waiting:
-                    del self.dependents[dep]
-        new = tuple(dict.fromkeys(deps))
-        if new:
-            self.deps[task] = new
-            for dep in new:
-                self.dependents.setdefault(dep, set()).add(task)
-
-    def _end(self, task: str, how: str) -> None:
-        self.ended[task] = how
-        self.ended.move_to_end(task)
-        while len(self.ended) > self.remember:
-            self.ended.popitem(last=False)
-
-    def _unreview(self, task: str) -> None:
-        self.review.pop(task, None)
-        self.submitted.pop(task, None)
-
-    def _forget(self, task: str, how: str) -> None:
-        for table in (self.sla, self.review, self.epoch, self.submitted):
-            table.pop(task, None)
-        self._depend(task, ())
-        self._end(task, how)
-
-    def apply(self, event: Event, us: int) -> Change | None:
-        """Mirror the task board's transitions for held tasks, reviews and dependencies."""
-        t = us / 1e6
-        match event:
-            case TaskCreated() if event.task not in self.ended and event.task not in self.deps:
-                if event.sla_s is not None:
-                    self.sla[event.task] = period(event.sla_s)
-                self._depend(event.task, event.depends_on)
-            case TaskDependenciesChanged() if event.task not in self.ended:
-                self._depend(event.task, event.depends_on)
-            case TaskClaimed() if event.task not in self.held:
-                if event.epoch <= self.epoch.get(event.task, 0):
-                    return None  # the board refuses a claim of an old epoch
-                self.epoch[event.task] = event.epoch
-                self._unreview(event.task)
-                sla = self.sla.get(event.task)
-                return "claimed", self._hold(Held(event.task, event.agent, event.epoch, t, us, sla))
-            case TaskProgressed() | TaskBlocked():
-                touched = self._holder(event.task, event.agent, event.epoch)
-                if touched is not None:
-                    touched.touched_us = us
-                    return "touched", touched
-            case TaskReleased() | TaskLeaseExpired() | TaskSubmitted():
-                ended = self._holder(event.task, event.agent, event.epoch)
-                if ended is not None:
-                    self._drop(ended)
-                    if isinstance(event, TaskSubmitted):
-                        self.review[event.task] = (ended.agent, ended.epoch, ended.claimed)
-                        self.submitted[event.task] = us
-                    return "ended", ended
-            case TaskRevoked() | TaskClaimRefused():  # the holder's claim is taken back
-                pending = self.review.get(event.task)
-                if pending is not None and pending[:2] == (event.agent, event.epoch):
-                    self._unreview(event.task)
-                taken = self._holder(event.task, event.agent, event.epoch)
-                if taken is not None:
-                    self._drop(taken)
-                    return "ended", taken
-            case TaskReviewed():
-                pending = self.review.get(event.task)
-                if pending is None or pending[0] != event.agent:
-                    return None
-                self._unreview(event.task)
-                if event.verdict == "approve":
-                    self._forget(event.task, "done")
-                    return None
-                agent, epoch, claimed = pending  # rework: the holder has the task again
-                sla = self.sla.get(event.task)
-                return "claimed", self._hold(Held(event.task, agent, epoch, claimed, us, sla))
-            case TaskCancelled() if event.task not in self.ended:
-                cancelled = self.held.get(event.task)
-                self._forget(event.task, "cancelled")
-                if cancelled is not None:
-                    self._drop(cancelled)
-                    return "ended", cancelled
-        return None
-
-    def _holder(self, task: str, agent: str, epoch: int) -> Held | None:
-        h = self.held.get(task)
-        return h if h is not None and h.agent == agent and h.epoch == epoch else None
 
 
 # ---- task detectors --------------------------------------------------------------------------

@@ -12,6 +12,9 @@ it returns.
   id. Other agents' heartbeats are dropped before any work.
 - Start: the state comes from the projections (``load_*``) as of their checkpoints; events of a
   kind at or below its projection's checkpoint are already in that state and are skipped.
+- Tasks: one truth of who holds a task (DESIGN 3.3). The task mirror (mirror.py) folds every
+  task event with the board's own task state machine; the task detectors, the dead ends and the
+  leases all follow what it says changed (``Moved``), never the events themselves.
 - Isolation: durations are clamped where they enter (limits.py); whatever raises anyway while
   judging one agent, task, lease or escalation is noted in ``failures`` (failures.py) for the
   service to log and count, and everything else is judged as usual.
@@ -22,10 +25,9 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterable
-from datetime import timedelta
 from typing import Final
 
-from fleetward.projections.tasks import HELD
+from fleetward.projections.base import Row
 from fleetward.schemas.events import (
     AgentResumed,
     EscalationAcknowledged,
@@ -33,13 +35,9 @@ from fleetward.schemas.events import (
     EscalationResolved,
     Event,
     RunFinished,
-    TaskCancelled,
     TaskClaimed,
-    TaskCreated,
-    TaskDependenciesChanged,
     TaskLeaseExpired,
     TaskProgressed,
-    TaskReviewed,
     TaskSubmitted,
     ToolCalled,
 )
@@ -54,8 +52,6 @@ from fleetward.services.watchdog.core.detectors import (
     FailedRunsDetector,
     OverdueDetector,
     StallDetector,
-    TaskRow,
-    TaskWatch,
     WakeLoopDetector,
 )
 from fleetward.services.watchdog.core.failures import Failures
@@ -72,15 +68,13 @@ from fleetward.services.watchdog.core.incidents import (
     at,
     resolve_step,
 )
-from fleetward.services.watchdog.core.leases import Lapse, Lease, LeaseBook
-from fleetward.services.watchdog.core.limits import period
+from fleetward.services.watchdog.core.leases import Lapse, LeaseBook
 from fleetward.services.watchdog.core.liveness import LIFECYCLE, Liveness
+from fleetward.services.watchdog.core.mirror import Moved, TaskWatch, stream_time
 
 # the projection whose checkpoint covers each subject kind of FW_EVENTS
 CHECKPOINTS: Final = {"agent": "agents", "task": "tasks", "esc": "escalations"}
 _ESCALATION_EVENTS: Final = (EscalationRaised, EscalationAcknowledged, EscalationResolved)
-# the task events that can start or end a dead end on a dependency
-_DEPENDENCY_EVENTS: Final = (TaskCreated, TaskDependenciesChanged, TaskCancelled, TaskReviewed)
 
 
 class Judge:
@@ -122,18 +116,16 @@ class Judge:
         if self.owns(agent):
             self.liveness.load(agent, status, interval, updated_us)
 
-    def load_task(self, row: TaskRow, now: float) -> None:
-        if row.status in HELD and row.assignee and row.lease_s:
-            renewed = row.progress_us or row.claimed_us or row.updated_us
-            lease = timedelta(seconds=period(row.lease_s))
-            self.leases.load(Lease(row.task, row.assignee, row.epoch, lease, at(renewed / 1e6),
-                                   row.last_seq))  # fmt: skip
-        held = self.tasks.load(row)
-        if held is not None:
-            self.overdue.changed(("claimed", held), now)
-            self.stall.changed(("claimed", held), now)
-        self.review.changed(row.task, None, self.tasks.submitted.get(row.task), now, "")
-        self.deps.changed(row.task, now, now, "")
+    def load_ended(self, task: str, status: str) -> None:
+        """A task that is done or cancelled (before the open tasks that depend on it)."""
+        self.tasks.load_ended(task, status)
+
+    def load_task(self, row: Row, now: float) -> None:
+        """An open task as the board has it (``mirror.MIRRORED`` columns of fleetward.tasks)."""
+        moved = self.tasks.load(row)
+        with self.failures.isolated("lease", moved.task):
+            self.leases.observe(moved.task, self.tasks.rows.get(moved.task), row["last_seq"])
+        self._moved(moved, "", now, now)
 
     def load_escalation(self, raised: EscalationRaised, seq: int, now: float) -> None:
         """An open escalation (fleet.escalations), ``raised`` standing for its latest raise."""
@@ -161,7 +153,7 @@ class Judge:
         plans = self.liveness.heartbeat(agent, seq, ns // 1000, now, event_id)
         counted = event_id is None or self.liveness.clock(agent).hb_id == event_id
         if task is not None and counted:
-            self.leases.heartbeat(agent, task, at(ns / 1e9))
+            self.leases.heartbeat(agent, task, stream_time(ns // 1000))
         return plans
 
     def event(self, kind: str, event: Event, seq: int, ns: int, now: float) -> list[Plan]:
@@ -181,20 +173,12 @@ class Judge:
         plans: list[Plan] = []
         agent = getattr(event, "agent", None)
         if kind == "task" and fresh:
-            task = getattr(event, "task", "")
-            with self.failures.isolated("lease", task):  # the task board's mirror goes on
-                self.leases.observe(event, at(us / 1e6), seq)
-            submitted = self.tasks.submitted.get(task)
-            affected = [task]  # whose dead ends this event may start or end
-            if isinstance(event, TaskCancelled):
-                affected += sorted(self.tasks.dependents.get(task, ()))
-            change = self.tasks.apply(event, us)
-            if change is not None:
-                with self.failures.isolated("overdue", task):
-                    plans += self.overdue.changed(change, now)
-                with self.failures.isolated("stall", task):
-                    plans += self.stall.changed(change, now)
-            plans += self._dead_ends(event, affected, submitted, us, now)
+            moved = self.tasks.apply(event, seq, us)
+            task = moved.task
+            if task:  # every event on the subject moves its last sequence, fitting or not
+                with self.failures.isolated("lease", task):
+                    self.leases.observe(task, self.tasks.rows.get(task), seq)
+            plans += self._moved(moved, why_ended(event), us / 1e6, now)
         if agent is None or not self.owns(agent):
             return plans
         judging = self.judging(now) and self.liveness.judgeable(agent)
@@ -210,21 +194,24 @@ class Judge:
                 plans += self.wake.progressed(agent, now)
         return plans
 
-    def _dead_ends(
-        self, event: Event, affected: list[str], submitted: int | None, us: int, now: float
-    ) -> list[Plan]:
-        """The dead ends a task event started or ended: the review the task waits for (it was
-        waiting for ``submitted`` before the event), and its and its dependents' dependencies."""
+    def _moved(self, moved: Moved, why: str, since: float, now: float) -> list[Plan]:
+        """What the task detectors make of what an event changed of its task (``why``: the
+        resolution of a dead end it ends; ``since``: its stream time, seconds): the held
+        claim, the review the task waits for, and its and its dependents' dependencies."""
         plans: list[Plan] = []
-        task, why = affected[0], why_ended(event)
-        after = self.tasks.submitted.get(task)
-        if after != submitted:
+        task = moved.task
+        for change in moved.changes:
+            with self.failures.isolated("overdue", task):
+                plans += self.overdue.changed(change, now)
+            with self.failures.isolated("stall", task):
+                plans += self.stall.changed(change, now)
+        before, after = moved.submitted
+        if after != before:
             with self.failures.isolated("review", task):
-                plans += self.review.changed(task, submitted, after, now, why)
-        if isinstance(event, _DEPENDENCY_EVENTS):
-            for waiting in affected:
-                with self.failures.isolated("dependency", waiting):
-                    plans += self.deps.changed(waiting, now, us / 1e6, why)
+                plans += self.review.changed(task, before, after, now, why)
+        for waiting in moved.dead_ends:
+            with self.failures.isolated("dependency", waiting):
+                plans += self.deps.changed(waiting, now, since, why)
         return plans
 
     def _escalation(self, event: Event, seq: int, now: float) -> list[Plan]:
@@ -266,7 +253,7 @@ class Judge:
         for plan in plans:  # a dead agent's leases are released with its critical escalation
             for step in plan.steps:
                 if isinstance(step.event, TaskLeaseExpired):
-                    self.leases.forget(step.event.task)
+                    self.leases.release(step.event.task)
         healthy = self.liveness.healthy
         plans += self.overdue.due(now, self.owns, healthy)
         plans += self.stall.due(now, self.owns, healthy)

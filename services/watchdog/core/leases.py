@@ -1,14 +1,18 @@
-"""Task leases (DESIGN 3.3), pure: which claims have lapsed. No I/O; the watchdog feeds it events
-with their stream time and sequence, asks what is due at a given ``now``, and publishes the
-lease expiries.
+"""Task leases (DESIGN 3.3, 3.4), pure: which claims have lapsed. No I/O; the watchdog feeds it
+each task's row as the task mirror folds it (mirror.py: the task state machine, ``step``) with
+the stream sequence of every event stored on the task's subject, and heartbeats with their
+stream time; it asks what is due at a given ``now``, and publishes the lease expiries.
 
-A claim opens a lease of ``lease_s`` from the stream time of the claim. Progress, a block, or a
-heartbeat of the holder naming the task renews it; a rejected review (the task comes back to
-its holder) opens it again. Submission, release, lease expiry, a revoke or a refusal of the
-claim, approval and cancellation end it. A lease's length enters through ``limits.period``
-(clamped), so a deadline always fits a ``datetime``. Deadlines sit in a heap with lazy deletion:
-a renewal pushes a new entry and the stale one is skipped when it surfaces, so each check costs
-only the leases actually due.
+A lease belongs to the claim that holds the task (holder, epoch and the claim's event id, as the
+row has them) and lasts while the row says the task is held. Its deadline is ``lease_s`` after
+its last renewal: the row's ``last_progress_at`` (the claim, progress, a block, the work back
+after a rejected review) or a heartbeat of the holder naming the task, whichever is later. When
+the task is no longer held by that claim (submitted, released, expired, revoked, the claim
+voided by the board, cancelled, or claimed anew) the lease ends, so a claim the board refuses
+never replaces the holder's lease, and an event that does not fit the task opens none. A lease's
+length enters through ``limits.period`` (clamped), so a deadline always fits a ``datetime``.
+Deadlines sit in a heap with lazy deletion: a renewal pushes a new entry and the stale one is
+skipped when it surfaces, so each check costs only the leases actually due.
 """
 
 from __future__ import annotations
@@ -18,20 +22,9 @@ import itertools
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from fleetward.schemas import Event, deterministic_id
-from fleetward.schemas.events import (
-    Heartbeat,
-    TaskBlocked,
-    TaskCancelled,
-    TaskClaimed,
-    TaskClaimRefused,
-    TaskLeaseExpired,
-    TaskProgressed,
-    TaskReleased,
-    TaskReviewed,
-    TaskRevoked,
-    TaskSubmitted,
-)
+from fleetward.projections.base import Row
+from fleetward.projections.tasks import holder
+from fleetward.schemas import deterministic_id
 from fleetward.services.watchdog.core.limits import period
 
 
@@ -40,11 +33,13 @@ class Lease:
     task: str
     agent: str
     epoch: int
+    claim: str | None  # the claim's event id
     lease: timedelta
     deadline: datetime
     task_seq: int  # the last stream sequence seen on the task's subject
     version: int = 0  # new on every renewal (unique in the book); older heap entries are stale
     reported: bool = False  # its lapse was handed out (again only after news of the task)
+    released: bool = False  # released another way (its holder went offline): never reported
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,12 +74,6 @@ class LeaseBook:
         lease.deadline = at + lease.lease
         heapq.heappush(self._heap, (lease.deadline, lease.task, lease.version))
 
-    def load(self, lease: Lease) -> None:
-        """A held task as the board last saw it (at the watchdog's start); its ``deadline``
-        is the time of its last renewal."""
-        self.leases[lease.task] = lease
-        self._renew(lease, lease.deadline)
-
     def heartbeat(self, agent: str, task: str, at: datetime) -> None:
         """A heartbeat of ``agent`` naming ``task`` at stream time ``at``."""
         lease = self.leases.get(task)
@@ -95,46 +84,33 @@ class LeaseBook:
         """When the earliest deadline falls (seconds since the epoch), or None."""
         return self._heap[0][0].timestamp() if self._heap else None
 
-    def observe(self, event: Event, at: datetime, seq: int) -> None:
-        """Take one event, with its stream time and sequence, in stream order."""
-        if isinstance(event, Heartbeat):
-            if event.task:
-                self.heartbeat(event.agent, event.task, at)
-            return
-        task = getattr(event, "task", None)
-        if task is None:
-            return
+    def observe(self, task: str, row: Row | None, seq: int) -> None:
+        """``row`` is ``task``'s row (None: no such task) after an event stored at ``seq`` on
+        its subject, whether or not the event fitted the task; in stream order. At start, the
+        row loaded from the board with its ``last_seq``."""
         lease = self.leases.get(task)
-        if lease is not None:
-            lease.task_seq = max(lease.task_seq, seq)
-            if lease.reported:  # its expiry was refused or is on its way: judge it again
-                lease.reported = False
-                heapq.heappush(self._heap, (lease.deadline, task, lease.version))
-        match event:
-            case TaskClaimed():
-                length = timedelta(seconds=period(event.lease_s))
-                new = Lease(task, event.agent, event.epoch, length, at, seq)
-                self.leases[task] = new
-                self._renew(new, at)
-            case TaskProgressed() | TaskBlocked() if self._holds(lease, event.agent, event.epoch):
-                assert lease is not None
-                self._renew(lease, at)
-            case TaskReviewed(verdict="reject") if lease is not None and lease.agent == event.agent:
-                self._renew(lease, at)  # the work is back with its holder, same epoch
-            case TaskSubmitted() if self._holds(lease, event.agent, event.epoch):
-                assert lease is not None
-                lease.version = next(self._versions)  # no deadline while under review
-                lease.deadline = datetime.max.replace(tzinfo=at.tzinfo)
-            case TaskReleased() | TaskLeaseExpired() | TaskRevoked() | TaskClaimRefused() if (
-                self._holds(lease, event.agent, event.epoch)
-            ):
-                del self.leases[task]
-            case TaskReviewed(verdict="approve") | TaskCancelled():
-                self.leases.pop(task, None)
-
-    @staticmethod
-    def _holds(lease: Lease | None, agent: str, epoch: int) -> bool:
-        return lease is not None and lease.agent == agent and lease.epoch == epoch
+        agent = holder(row)
+        if row is None or agent is None or not row["lease_s"]:
+            if lease is not None:
+                del self.leases[task]  # the task is no longer held
+            return
+        claim = (agent, row["claim_epoch"], row["claim_id"])
+        if lease is not None and (lease.agent, lease.epoch, lease.claim) != claim:
+            del self.leases[task]  # held by another claim now
+            lease = None
+        renewed = row["last_progress_at"] or row["claimed_at"] or row["updated_at"]
+        if lease is None:
+            length = timedelta(seconds=period(row["lease_s"]))
+            lease = Lease(task, *claim, length, renewed, seq)
+            self.leases[task] = lease
+            self._renew(lease, renewed)
+            return
+        lease.task_seq = max(lease.task_seq, seq)
+        if renewed + lease.lease > lease.deadline:
+            self._renew(lease, renewed)  # the holder reported on the task
+        elif lease.reported and not lease.released:  # its expiry was refused or is on its
+            lease.reported = False  # way: judge it again
+            heapq.heappush(self._heap, (lease.deadline, task, lease.version))
 
     def due(self, now: datetime) -> list[Lapse]:
         """Leases whose deadline is at or before ``now``. Each is reported once until the
@@ -143,8 +119,8 @@ class LeaseBook:
         while self._heap and self._heap[0][0] <= now:
             deadline, task, version = heapq.heappop(self._heap)
             lease = self.leases.get(task)
-            if lease is None or lease.version != version or lease.reported:
-                continue  # renewed, ended or replaced since this entry was pushed
+            if lease is None or lease.version != version or lease.reported or lease.released:
+                continue  # renewed, ended, replaced or released since this entry was pushed
             lease.reported = True
             out.append(Lapse(task, lease.agent, lease.epoch, deadline, lease.task_seq))
         return out
@@ -156,10 +132,13 @@ class LeaseBook:
             lease.reported = False
             heapq.heappush(self._heap, (lapse.deadline, lease.task, lease.version))
 
-    def forget(self, task: str) -> None:
-        """Stop watching ``task`` (its lease is being released another way)."""
-        self.leases.pop(task, None)
+    def release(self, task: str) -> None:
+        """Stop judging ``task``'s lease: it is being released another way (its holder went
+        offline). Ends with the claim, as every lease does."""
+        lease = self.leases.get(task)
+        if lease is not None:
+            lease.released = True
 
     def holders(self, agent: str) -> list[Lease]:
-        """The leases an agent holds (to release them all when it goes offline)."""
+        """The leases an agent holds."""
         return [lease for lease in self.leases.values() if lease.agent == agent]
