@@ -247,6 +247,8 @@ def _transition(row: Row, event: Event, meta: Meta) -> str | None:
             row["review_rounds"] += 1
             if event.verdict == "approve":
                 row.update(status="done", done_at=meta.time)
+                if actor_kind(event.actor) != "agent":  # a person's approval is final: the
+                    row.update(undo_status=None, undo_assignee=None)  # claim stays done
             else:
                 row.update(
                     status="in_progress",
@@ -302,8 +304,9 @@ def _void(row: Row, verdict: TaskClaimRefused | TaskReviewRefused) -> str | None
 
 
 def reopenable(row: Row) -> bool:
-    """A done task that a verdict of the board may still send back: the verdict on its claim
-    (undoable until the claim ends) or on the agent's review that did it."""
+    """A done task that a verdict of the board may still send back: one an agent approved
+    (the verdict on that review, or on the claim whose work it approved). A person's or a
+    service's approval is final."""
     return bool(
         row["status"] == "done"
         and (row["undo_status"] is not None or row["undo_event"] is not None)
