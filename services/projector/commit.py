@@ -28,6 +28,7 @@ from fleetward.services import db
 from fleetward.services.db import Conn, q
 from fleetward.services.jetstream.consumer import Delivery
 from fleetward.services.jetstream.publish import encode
+from fleetward.services.projector import outbox
 from fleetward.services.projector.window import Window
 
 DETAIL_CHARS: Final = 2000  # a dead letter's detail is cut here
@@ -95,6 +96,7 @@ async def store_emitted(conn: Conn, projection: Projection, rows: Rows) -> None:
                 raise ValueError(msg) from exc
             stored.append((out.id, subject, data, projection.name, seq))
         await conn.executemany(q("outbox_insert"), stored)
+        outbox.stored()  # (committed with the caller's transaction: published after it)
 
 
 def rekeyed(secret: str, event: Event, seq: int) -> Event:

@@ -4,16 +4,20 @@ to agents' inboxes; projections/base.py ``Rows.emit``).
 A fold's emitted events are stored in ``fleetward.outbox`` in the same transaction as the rows
 and the checkpoint of the events that caused them (services/projector/commit.py), so an event
 is emitted exactly when its cause is applied: never lost, never for a window that did not
-commit. ``publish_outbox`` publishes them in the order stored, each with ``Nats-Msg-Id`` = its
+commit. ``Outbox`` publishes them in the order stored, each with ``Nats-Msg-Id`` = its
 event id, and marks them published once the stream acknowledged them. A crash between the two
 publishes again: the stream's duplicate window drops the copy, and beyond it every reader
 applies an event id once (the projector's ledger; an agent's inbox skips a command id it has
 seen). Two projector processes may both publish: the same.
+
+When: within ``IDLE_S`` of a commit of this process that stored something (``stored()``), and
+every ``POLL_S`` anyway, for what other processes (a rebuild) stored.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import anyio
@@ -26,8 +30,17 @@ from fleetward.services.runtime.connect import Runtime
 log = logging.getLogger("fleetward.outbox")
 
 BATCH = 256
-IDLE_S = 0.05  # how often an empty outbox is looked at again
+IDLE_S = 0.05  # how often the outbox looks whether this process stored something
+POLL_S = 1.0  # how often it asks Postgres anyway (what other processes stored)
 STUCK_S = 30.0  # the oldest waiting event older than this: the outbox is not healthy
+
+_stored = [True]  # set by ``stored()``: this process stored emitted events since the last look
+
+
+def stored() -> None:
+    """Say that this process just committed events into the outbox (commit.py): the outbox
+    publishes them at its next look, without waiting for its poll."""
+    _stored[0] = True
 
 
 class Outbox:
@@ -52,7 +65,15 @@ class Outbox:
     async def run(self, stopping: Callable[[], bool]) -> None:
         """Publish what is stored, as it is stored, until ``stopping()``."""
         delay = IDLE_S
+        asked = eager_until = 0.0
         while not stopping():
+            now = time.monotonic()
+            if _stored[0]:  # stored here lately: look often for a while (its commit may lag)
+                _stored[0], eager_until = False, now + POLL_S
+            if now >= eager_until and now - asked < POLL_S:
+                await anyio.sleep(IDLE_S)
+                continue
+            asked = now
             try:
                 sent = await self.publish_once()
                 delay = IDLE_S
@@ -62,6 +83,8 @@ class Outbox:
                 sent = 0
                 delay = min(delay * 2, 2.0)
                 await self._measure()
+            if sent:
+                eager_until = time.monotonic() + POLL_S  # more may follow
             if sent < BATCH:
                 await anyio.sleep(delay)
 
