@@ -31,7 +31,11 @@ promtool: ## install promtool and prometheus (Debian package prometheus) when mi
 
 # The contract read by another language's validator (tests/unit/test_contract_ajv.py).
 AJV_DIR := tests/ajv
-ajv: ## install ajv and ajv-formats (npm, pinned in tests/ajv/package-lock.json) when missing
+ajv: ## install ajv and ajv-formats (npm, pinned in tests/ajv/package-lock.json) when missing (and node, npm: Debian's)
+	@if ! command -v npm >/dev/null; then \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nodejs npm; \
+	fi
 	@if ! command -v npm >/dev/null; then \
 	  echo "make: npm not found: install node 18+ with npm, or test_contract_ajv.py fails" >&2; \
 	elif [ ! -f $(AJV_DIR)/node_modules/.package-lock.json ] || \
