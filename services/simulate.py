@@ -87,6 +87,7 @@ from fleetward.schemas.events import (
 )
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.services.client import AgentClient
+from fleetward.services.db import q
 from fleetward.services.jetstream.publish import publish_many
 from fleetward.services.runtime.connect import Runtime, connect_nats
 
@@ -535,17 +536,8 @@ async def read_board(
     running, it carries on from what they show)."""
     await _caught_up(pool, js, wait)
     async with pool.acquire() as conn:
-        registry = await conn.fetch(
-            "SELECT agent_id, status, status_reason FROM fleet.agents "
-            "WHERE agent_id = ANY($1::text[])",
-            list(agents),
-        )
-        tasks = await conn.fetch(
-            "SELECT task_id, status, assignee, claim_epoch, created_by, required_role, "
-            "waiting_on_dependencies FROM fleet.tasks "
-            "WHERE status IN ('inbox', 'in_progress', 'blocked', 'review') "
-            "ORDER BY created_at, task_id"
-        )
+        registry = await conn.fetch(q("sim_agents"), list(agents))
+        tasks = await conn.fetch(q("sim_open_tasks"))
     return carried_from([dict(r) for r in registry], [dict(r) for r in tasks], agents)
 
 
@@ -595,11 +587,7 @@ async def _caught_up(pool: asyncpg.Pool, js: JetStreamContext, wait: float) -> b
     deadline = anyio.current_time() + wait
     while True:
         async with pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT projection, checkpoint FROM fleet.projections "
-                "WHERE projection = ANY($1::text[])",
-                names,
-            )
+            rows = await conn.fetch(q("projection_checkpoints"), names)
         marks = {r["projection"]: r["checkpoint"] for r in rows}
         if all(marks.get(name, 0) >= target for name in names):
             return True
@@ -713,10 +701,7 @@ async def _watch_registry(pool: asyncpg.Pool, fleet: Fleet, agents: list[str]) -
         await anyio.sleep(REGISTRY_EVERY_S)
         try:
             async with pool.acquire(timeout=REGISTRY_EVERY_S) as conn:
-                rows = await conn.fetch(
-                    "SELECT agent_id, status FROM fleet.agents WHERE agent_id = ANY($1::text[])",
-                    agents,
-                )
+                rows = await conn.fetch(q("sim_agents"), agents)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.debug("simulator: cannot read the registry: %r", exc)
             continue

@@ -213,3 +213,18 @@ FROM fleetward.outbox WHERE published_at IS NULL;
 -- name: outbox_secret
 -- The secret the outbox's event ids are derived with (migration 0008).
 SELECT secret FROM fleetward.outbox_secret;
+
+-- name: sim_agents
+-- The simulator: the registry's status of its agents ($1 agent ids).
+SELECT agent_id, status, status_reason FROM fleet.agents WHERE agent_id = ANY($1::text[]);
+
+-- name: sim_open_tasks
+-- The simulator: the open tasks an earlier run left, oldest first.
+SELECT task_id, status, assignee, claim_epoch, created_by, required_role, waiting_on_dependencies
+FROM fleet.tasks
+WHERE status IN ('inbox', 'in_progress', 'blocked', 'review')
+ORDER BY created_at, task_id;
+
+-- name: projection_checkpoints
+-- The checkpoints of some projections ($1 names).
+SELECT projection, checkpoint FROM fleet.projections WHERE projection = ANY($1::text[]);

@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 
 from fleetward.services.cli import views
-from fleetward.services.cli.command import Command, console, operator, read
+from fleetward.services.cli.command import Command, console, read
 from fleetward.services.client import FleetClient
+from fleetward.services.client.respond import operator
 from fleetward.services.config import Settings
 from fleetward.services.runtime.connect import open_runtime
 

@@ -1,12 +1,10 @@
 """What a command group gives the CLI: ``Command`` (a name, a help line, its arguments and the
-coroutine that runs it), the ``console`` every command prints on, ``operator`` (the actor of the
-person typing) and ``read`` for the commands that show a view."""
+coroutine that runs it), the ``console`` every command prints on, and ``read`` for the commands
+that show a view. (The person typing is ``services.client.respond.operator``.)"""
 
 from __future__ import annotations
 
 import argparse
-import getpass
-import os
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -19,12 +17,6 @@ from fleetward.services.runtime.connect import open_runtime
 
 # piped output is not cut to 80 columns: tables keep their ids whole
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-
-
-def operator() -> str:
-    """The actor for a person at the CLI: ``user:<FLEETWARD_USER or login name>``."""
-    name = os.environ.get("FLEETWARD_USER") or getpass.getuser() or "operator"
-    return f"user:{name}"
 
 
 def no_arguments(_parser: argparse.ArgumentParser) -> None:

@@ -12,9 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from fleetward.schemas.events import Event, TaskRevoked, Verdict, type_name
-from fleetward.services.cli.command import Command, console, operator
+from fleetward.services.cli.command import Command, console
 from fleetward.services.cli.views import show_tasks
 from fleetward.services.client import FleetClient
+from fleetward.services.client.respond import operator
 from fleetward.services.client.taskstate import read_task
 from fleetward.services.config import Settings
 from fleetward.services.db import Conn, q

@@ -7,6 +7,7 @@ subject: an acknowledgement racing a resolution fails cleanly instead of landing
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 from datetime import UTC, datetime
@@ -27,9 +28,10 @@ _IDENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def operator() -> str:
-    """``user:<login>`` of the person at the keyboard ($USER, else 'operator')."""
-    name = re.sub(r"[^A-Za-z0-9_.@-]", "_", os.environ.get("USER") or "operator")[:64]
-    return f"user:{name or 'operator'}"
+    """``user:<name>`` of the person at the keyboard: ``FLEETWARD_USER``, else the login name,
+    else ``operator``; characters an actor may not hold (schemas/bounds.py) become ``_``."""
+    name = os.environ.get("FLEETWARD_USER") or getpass.getuser() or "operator"
+    return f"user:{re.sub(r'[^A-Za-z0-9_.@-]', '_', name)[:64]}"
 
 
 async def _last(js: JetStreamContext, esc: str) -> tuple[int, Event | None]:
