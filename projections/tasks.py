@@ -503,7 +503,6 @@ def _judge(rows: Rows, old: Row | None, new: Row, event: Event, meta: Meta) -> N
                 event.agent,
                 "wake",
                 reason=f"task {task} is assigned to you",
-                task=task,
                 payload=payload,
             )
         case TaskClaimRefused():
@@ -515,7 +514,6 @@ def _judge(rows: Rows, old: Row | None, new: Row, event: Event, meta: Meta) -> N
                 event.agent,
                 "refused",
                 reason=event.reason,
-                task=task,
                 payload=payload,
             )
         case TaskReviewRefused() if actor_kind(event.reviewer) == "agent":
@@ -527,7 +525,6 @@ def _judge(rows: Rows, old: Row | None, new: Row, event: Event, meta: Meta) -> N
                 event.reviewer,
                 "refused",
                 reason=event.reason,
-                task=task,
                 payload=payload,
             )
         case TaskLeaseExpired():
@@ -539,20 +536,15 @@ def _judge(rows: Rows, old: Row | None, new: Row, event: Event, meta: Meta) -> N
                 event.agent,
                 "lease_lost",
                 reason="the lease expired",
-                task=task,
                 payload=payload,
             )
         case TaskRevoked():
             payload = {"epoch": event.epoch, "by": event.actor, "assign_to": event.assign_to}
             reason = event.reason or f"revoked by {event.actor}"
             if event.assign_to:
-                wake = CommandIssued(
-                    id=deterministic_id(event.id, "inbox", "assign_to"), actor=BOARD,
-                    at=event.at, agent=event.assign_to, command="wake",
-                    reason=f"task {task} is assigned to you", task=task,
-                    payload={"why": "assigned", "by": event.actor, "epoch": event.epoch},
-                )  # fmt: skip
-                rows.emit(wake, meta)
+                woken: Evidence = {"why": "assigned", "by": event.actor, "epoch": event.epoch}
+                _tell(rows, meta, event, event.assign_to, "wake", key="assign_to",
+                      reason=f"task {task} is assigned to you", payload=woken)  # fmt: skip
             _tell(
                 rows,
                 meta,
@@ -560,7 +552,6 @@ def _judge(rows: Rows, old: Row | None, new: Row, event: Event, meta: Meta) -> N
                 event.agent,
                 "lease_lost",
                 reason=reason,
-                task=task,
                 payload=payload,
             )
         case TaskCancelled() if (
@@ -581,7 +572,6 @@ def _judge(rows: Rows, old: Row | None, new: Row, event: Event, meta: Meta) -> N
                 old["assignee"],
                 "lease_lost",
                 reason=reason,
-                task=task,
                 payload=payload,
             )
 
@@ -630,7 +620,6 @@ def _judge_review(rows: Rows, new: Row, event: TaskReviewed, meta: Meta) -> None
         event.agent,
         "review_feedback",
         reason=event.feedback,
-        task=task,
         payload=payload,
     )
 
@@ -657,20 +646,20 @@ def _tell(
     command: CommandName,
     *,
     reason: str,
-    task: str | None,
     payload: Evidence,
+    key: str = "inbox",
 ) -> None:
-    """Emit a durable inbox command to ``agent`` about ``about`` (one per event: its id derives
-    from the event's)."""
+    """Emit a durable inbox command to ``agent`` about ``about`` and its task: one per event and
+    ``key`` (its id derives from both; the outbox then salts it, commit.py ``rekeyed``)."""
     rows.emit(
         CommandIssued(
-            id=deterministic_id(about.id, "inbox"),
+            id=deterministic_id(about.id, key),
             actor=BOARD,
             at=about.at,
             agent=agent,
             command=command,
             reason=_short(reason),
-            task=task,
+            task=getattr(about, "task", None),
             payload=payload,
         ),
         meta,
@@ -786,4 +775,4 @@ def _reject(rows: Rows, task: str, event: Event, meta: Meta, reason: str) -> Non
     )
     if actor_kind(event.actor) == "agent":
         payload: Evidence = {"event": event.id, "type": type_name(type(event)), "seq": meta.seq}
-        _tell(rows, meta, event, event.actor, "refused", reason=reason, task=task, payload=payload)
+        _tell(rows, meta, event, event.actor, "refused", reason=reason, payload=payload)
