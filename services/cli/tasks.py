@@ -149,7 +149,7 @@ async def show_task(rt: Runtime, task: str) -> None:
         if row["depends_on"]:
             console.print(f"  depends on: {', '.join(row['depends_on'])}")
     table = Table(box=None, header_style="bold")
-    for column in ("seq", "stored", "event", "by", "details", "applied"):
+    for column in ("seq", "stored", "event", "sent by", "details", "applied"):
         table.add_column(column)
     for step in state.history:
         event = step.event
