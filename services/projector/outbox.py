@@ -10,14 +10,14 @@ publishes again: the stream's duplicate window drops the copy, and beyond it eve
 applies an event id once (the projector's ledger; an agent's inbox skips a command id it has
 seen). Two projector processes may both publish: the same.
 
-When: within ``IDLE_S`` of a commit of this process that stored something (``stored()``), and
-every ``POLL_S`` anyway, for what other processes (a rebuild) stored.
+When: as soon as a commit of this process that stored something ends (``stored()`` during the
+transaction, ``committed()`` after it), and every ``POLL_S`` anyway, for what other processes
+(a rebuild) stored.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 import anyio
@@ -30,17 +30,24 @@ from fleetward.services.runtime.connect import Runtime
 log = logging.getLogger("fleetward.outbox")
 
 BATCH = 256
-IDLE_S = 0.05  # how often the outbox looks whether this process stored something
 POLL_S = 1.0  # how often it asks Postgres anyway (what other processes stored)
+RETRY_S = 2.0  # the longest wait before trying again after a failure
 STUCK_S = 30.0  # the oldest waiting event older than this: the outbox is not healthy
 
-_stored = [True]  # set by ``stored()``: this process stored emitted events since the last look
+_stored = [False]  # ``stored()`` since the last ``committed()``
+_bell: list[anyio.Event] = []  # the running Outbox's: rung when there is something to publish
 
 
 def stored() -> None:
-    """Say that this process just committed events into the outbox (commit.py): the outbox
-    publishes them at its next look, without waiting for its poll."""
+    """This process is storing emitted events in a transaction (commit.py)."""
     _stored[0] = True
+
+
+def committed() -> None:
+    """A transaction of this process ended; if it stored emitted events, wake the outbox."""
+    if _stored[0] and _bell:
+        _stored[0] = False
+        _bell[0].set()
 
 
 class Outbox:
@@ -64,29 +71,26 @@ class Outbox:
 
     async def run(self, stopping: Callable[[], bool]) -> None:
         """Publish what is stored, as it is stored, until ``stopping()``."""
-        delay = IDLE_S
-        asked = eager_until = 0.0
+        delay = 0.0
         while not stopping():
-            now = time.monotonic()
-            if _stored[0]:  # stored here lately: look often for a while (its commit may lag)
-                _stored[0], eager_until = False, now + POLL_S
-            if now >= eager_until and now - asked < POLL_S:
-                await anyio.sleep(IDLE_S)
-                continue
-            asked = now
+            bell = anyio.Event()
+            _bell[:] = [bell]
             try:
                 sent = await self.publish_once()
-                delay = IDLE_S
+                delay = 0.0
             except Exception as exc:  # NATS or Postgres away: try again, slower
                 self.error = f"{type(exc).__name__}: {exc}"
                 log.warning("outbox: %s; retrying", self.error)
                 sent = 0
-                delay = min(delay * 2, 2.0)
+                delay = min(max(delay * 2, 0.05), RETRY_S)
                 await self._measure()
-            if sent:
-                eager_until = time.monotonic() + POLL_S  # more may follow
-            if sent < BATCH:
-                await anyio.sleep(delay)
+            if sent == BATCH:
+                continue  # more may wait
+            with anyio.move_on_after(delay or POLL_S):
+                if delay:
+                    await anyio.sleep(delay)
+                else:
+                    await bell.wait()
 
     async def publish_once(self) -> int:
         """Publish up to ``BATCH`` waiting events, in order; how many."""

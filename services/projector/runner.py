@@ -29,6 +29,7 @@ from fleetward.projections import Projection
 from fleetward.services import db, metrics
 from fleetward.services.db import Conn, q
 from fleetward.services.jetstream.consumer import Delivery, PullConsumer, recreate_consumer
+from fleetward.services.projector import outbox
 from fleetward.services.projector.cache import RowCache
 from fleetward.services.projector.commit import Moved, Resync, commit
 from fleetward.services.projector.consumers import consumer_filter, durable_name, reads_subject
@@ -303,6 +304,7 @@ class ProjectionRunner:
                         await commit(conn, m.projection, window)
                 except Moved as exc:  # a rebuild of one projection must not stall the others:
                     moved[m.projection.name] = exc  # they still commit
+        outbox.committed()  # what the windows emitted is stored now: publish it
 
     async def run(self, stopping: Callable[[], bool]) -> None:
         """Apply batches until ``stopping()``; the batches in hand are always committed first."""
