@@ -15,7 +15,7 @@ from fleetward.services.api.tasks import serve_task_api
 from fleetward.services.client import AgentClient, Claim, ClaimLost, FleetClient
 from fleetward.services.client.claims import AgentPaused
 from fleetward.services.client.taskstate import read_task
-from fleetward.services.jetstream.publish import encode, publish
+from fleetward.services.jetstream.publish import publish
 from fleetward.services.runtime.connect import Runtime
 from tests.helpers import agent, envelope, project_all
 from tests.raw_nats import Raw, publish_raw
@@ -259,4 +259,3 @@ async def test_an_agent_in_any_language_reads_its_refusals_from_the_inbox(
     assert reasons[0].startswith("epoch 3 of poly is not the current claim"), reasons
     assert reasons[1].startswith("invalid"), reasons
     assert any(c["payload"].get("event") == stray["id"] for c in got)
-    assert encode  # the helpers this test shares with others stay imported once
