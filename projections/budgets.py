@@ -1,4 +1,4 @@
-"""Budgets: one row per budget (subject ``fw.budget.<id>``) as its latest ``budget.set`` has it:
+"""Budgets: one row per budget (subjects ``fw.budget.<id>.>``) as its latest ``budget.set`` has it:
 scope (agent, team, org) and scope id, window (day, month, lifetime), limit, warning share, who
 set it and when (stream time). Spent and reserved come with the guard (DESIGN 3.9).
 

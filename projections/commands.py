@@ -1,5 +1,6 @@
 """Commands: the durable commands issued to agents (stream FW_COMMANDS, subject
-``fw.cmd.<agent>``), one row per command, for audit: what each agent was told, by whom, when.
+``fw.cmd.<agent>.<sender>``), one row per command, for audit: what each agent was told, by
+whom, when.
 
 It is also the reader that admits every subject of FW_COMMANDS: an event there that admission
 refuses (not JSON, a command from an agent, another type's event) is dead-lettered under this

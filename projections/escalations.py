@@ -1,4 +1,4 @@
-"""Escalations: one row per escalation (subject ``fw.esc.<id>``): tier, reason, what it is
+"""Escalations: one row per escalation (subjects ``fw.esc.<id>.>``): tier, reason, what it is
 about, and its state: open, acknowledged, resolved.
 
 - A raise creates the row; a later raise of a higher tier escalates it (``tier``,

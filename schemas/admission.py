@@ -2,6 +2,11 @@
 
 Every consumer calls ``admit`` before it uses an event. A rejected event is never applied; the
 caller records it in the dead-letter table with ``Rejected.reason`` and moves on.
+
+Subjects (schemas/subjects.py): an event with ``v >= 2`` is admitted only on its v2 subject,
+whose actor token must be the payload's ``actor`` (NATS permissions make the subject proof of
+who published; the payload alone proves nothing); one with ``v == 1`` only on its v1 subject,
+judged as contract v1 judged it, so history reads as it always did.
 """
 
 from __future__ import annotations
@@ -17,7 +22,15 @@ import msgspec
 
 from fleetward.schemas.bounds import IDENT_PATTERN, MAX_DEPTH, storable
 from fleetward.schemas.events import AnyEvent, Event, TaskReviewed
-from fleetward.schemas.subjects import parse, subject_of
+from fleetward.schemas.subjects import (
+    ACTORLESS,
+    FIRST_V2,
+    Parsed,
+    boundary,
+    boundary_of,
+    parse,
+    subject_of,
+)
 
 MAX_EVENT_BYTES: Final = 256 * 1024  # room for a 32,000-character deliverable, escaped
 
@@ -30,9 +43,17 @@ REASONS: Final = (
     "invalid",  # a field is missing, mistyped or out of range
     "wrong_subject",  # the event belongs on another subject
     "actor_forbidden",  # the actor may not publish this event type (or not about this subject)
+    "actor_mismatch",  # a v2 event on its boundary's subject of another actor than its `actor`
 )
 
 _decoder: Final = msgspec.json.Decoder(AnyEvent)
+
+
+class _Version(msgspec.Struct):
+    v: int | msgspec.UnsetType = msgspec.UNSET
+
+
+_version: Final = msgspec.json.Decoder(_Version)  # whether a payload says `v` at all
 
 _any_json: Final = msgspec.json.Decoder()  # untyped: for measuring nesting
 _NUL_ESCAPE: Final = b"\\u0000"  # the only way JSON text can hold U+0000
@@ -173,28 +194,56 @@ def admit(subj: str, data: bytes) -> Event:
     """Decode an event received on ``subj`` and check that it belongs there and its actor may
     publish it. Raises ``Rejected`` otherwise."""
     event = decode(data)
-    expected = subject_of(event)
+    where = parse(subj)
+    if event.v >= FIRST_V2 and _v1_subject(where) and _v_absent(data):
+        event = msgspec.structs.replace(event, v=1)  # written against v1, whose default was 1
+    try:
+        expected = subject_of(event)
+    except ValueError as exc:  # a v2 actor that cannot be a subject token
+        raise Rejected("invalid", f"{exc} - at `$.actor`") from None
     if expected != subj:
-        where = "a non-Fleetward subject" if parse(subj) is None else subj
-        raise Rejected(
-            "wrong_subject",
-            f"{type(event).__struct_config__.tag} belongs on {expected}, got {where}",
-        )
+        tag = type(event).__struct_config__.tag
+        if where is not None and where.actor is not None and _on_own_boundary(event, where):
+            raise Rejected(
+                "actor_mismatch",
+                f"{tag} by {event.actor!r} on {subj}, whose actor is {where.actor!r}",
+            )
+        shown = "a non-Fleetward subject" if where is None else subj
+        raise Rejected("wrong_subject", f"{tag} belongs on {expected}, got {shown}")
     check_sender(event)
     return event
 
 
+def _v1_subject(where: Parsed | None) -> bool:
+    """``where`` is a v1 subject of a kind whose v2 subjects carry the actor."""
+    return where is not None and where.actor is None and where.kind not in ACTORLESS
+
+
+def _v_absent(data: bytes) -> bool:
+    """The payload says no ``v`` (it decodes: admission decoded it already)."""
+    return _version.decode(data).v is msgspec.UNSET
+
+
+def _on_own_boundary(event: Event, where: Parsed) -> bool:
+    """The v2 subject ``where`` is of the event's own boundary (only its actor differs)."""
+    return event.v >= FIRST_V2 and boundary_of(event) == boundary(where.kind, where.key)
+
+
 _IDENT = re.compile(IDENT_PATTERN)
-_SENDER_KINDS: Final = ("agent", "hb")  # subject kinds whose key is the publishing agent
+_SENDER_KINDS: Final = ("agent", "hb")  # v1 subject kinds whose key is the publishing agent
 
 
 def sender_of(subject: str, data: bytes) -> str | None:
-    """The agent a refused message came from, as far as can be told without trusting it: the
-    ``actor`` of a payload that is a JSON object, when that actor is an agent id (so an agent
-    that publishes about another is told, not the other); else the agent its subject names
-    (``fw.agent.<a>``, ``fw.hb.<a>``: bytes that are not JSON). None when no agent can be named
-    (commands name their recipient, not their sender). Once subjects carry their actor
-    (contract v2), the subject alone will tell."""
+    """The agent a refused message came from, as far as can be told without trusting it. On a
+    v2 subject, its actor token (the subject is proof: NATS permissions let an actor publish
+    only on subjects naming it), when that is an agent id. Otherwise (v1 history, bytes on a
+    subject of no form): the ``actor`` of a payload that is a JSON object, when that actor is
+    an agent id (so an agent that publishes about another is told, not the other); else the
+    agent its subject names (``fw.agent.<a>``, ``fw.hb.<a>``: bytes that are not JSON). None
+    when no agent can be named (a v1 command names its recipient, not its sender)."""
+    where = parse(subject)
+    if where is not None and where.actor is not None:
+        return _agent_or_none(where.actor)
     parts = subject.split(".")
     if len(parts) >= 2 and parts[1] == "cmd":
         return None
@@ -204,7 +253,11 @@ def sender_of(subject: str, data: bytes) -> str | None:
             payload = msgspec.json.decode(data)
     actor = payload.get("actor") if isinstance(payload, dict) else None
     if isinstance(actor, str):
-        return actor if actor_kind(actor) == "agent" and _IDENT.match(actor) else None
+        return _agent_or_none(actor)
     if len(parts) == 3 and parts[1] in _SENDER_KINDS and _IDENT.match(parts[2]):
         return parts[2]
     return None
+
+
+def _agent_or_none(actor: str) -> str | None:
+    return actor if actor_kind(actor) == "agent" and _IDENT.match(actor) else None

@@ -28,13 +28,17 @@ import msgspec.inspect as mi
 
 from fleetward.schemas.api import ENDPOINTS, Endpoint
 from fleetward.schemas.events import EVENT_TYPES, Event, type_name
-from fleetward.schemas.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID
+from fleetward.schemas.headers import (
+    EXPECTED_LAST_SUBJECT_SEQ,
+    EXPECTED_LAST_SUBJECT_SEQ_SUBJECT,
+    MSG_ID,
+)
 from fleetward.schemas.streams import all_streams, stream_for_kind
-from fleetward.schemas.subjects import KINDS, PREFIX
+from fleetward.schemas.subjects import ACTORLESS, KINDS, PREFIX
 
 JSONDict = dict[str, Any]
 
-CONTRACT_VERSION: Final = "0.1.0"
+CONTRACT_VERSION: Final = "2.0.0"  # the envelope's `v`: subjects carry their actor
 SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_BASE: Final = "https://fleetward.dev/schemas/"
 NATS_SERVER: Final = "localhost:4222"
@@ -87,7 +91,8 @@ KIND_DESCRIPTIONS: Final[dict[str, str]] = {
     "esc": "One escalation.",
     "budget": "One budget.",
     "hb": "Heartbeats (liveness) of one agent.",
-    "cmd": "Durable commands to one agent; the agent consumes them.",
+    "cmd": "Durable commands to one agent, by the actor who sent them; the agent consumes them "
+    "(its inbox reads `fw.cmd.<agent>.>`).",
 }
 
 SENDER_MEANING: Final[dict[str, str]] = {
@@ -112,18 +117,37 @@ def summary(cls: type[Event]) -> str:
     return SUMMARIES[type_name(cls)]
 
 
+ACTOR_PARAMETER: Final = (
+    "The event's `actor`, verbatim: an agent id, `user:<name>` or `svc:<name>` (one subject "
+    "token, so no '.'). NATS permissions let an actor publish only on subjects carrying its own "
+    "actor token, and admission refuses an event whose `actor` differs (`actor_mismatch`)."
+)
+
+
+def address(kind: str, key: str, *, v1: bool = False, markers: str = "{}") -> str:
+    """A subject kind's subject with its parameters, e.g. ``fw.task.{task}.{actor}`` (``v1``:
+    the contract v1 form, without the actor; ``markers``: ``<>`` for ``fw.task.<task>...``)."""
+    o, c = markers[0], markers[1]
+    actor = "" if v1 or kind in ACTORLESS else f".{o}actor{c}"
+    return f"{PREFIX}.{kind}.{o}{key}{c}{actor}"
+
+
 def subject_template(cls: type[Event]) -> str:
-    """The subject of an event type with its key as a parameter, e.g. ``fw.task.{task}``."""
-    return f"{PREFIX}.{cls.SUBJECT_KIND}.{{{cls.SUBJECT_KEY}}}"
+    """The subject of an event type with its parameters, e.g. ``fw.task.{task}.{actor}``."""
+    return address(cls.SUBJECT_KIND, cls.SUBJECT_KEY)
 
 
 def vendor_info(cls: type[Event]) -> JSONDict:
-    """The ``x-fleetward`` extension: where an event type lives and who may publish it."""
-    return {
+    """The ``x-fleetward`` extension: where an event type lives (and its history: events with
+    ``v`` 1, on the subject without the actor) and who may publish it."""
+    info: JSONDict = {
         "subject": subject_template(cls),
         "stream": stream_for_kind(cls.SUBJECT_KIND),
         "senders": sorted(cls.SENDERS),
     }
+    if cls.SUBJECT_KIND not in ACTORLESS:
+        info["v1_subject"] = address(cls.SUBJECT_KIND, cls.SUBJECT_KEY, v1=True)
+    return info
 
 
 def _types_of_kind(kind: str) -> list[type[Event]]:
@@ -277,11 +301,19 @@ def _headers(cls: type[Event]) -> JSONDict:
         properties[EXPECTED_LAST_SUBJECT_SEQ] = {
             "type": "string",
             "pattern": "^[0-9]+$",
-            "description": "The stream sequence of the last event on `fw.task.<task>` the "
-            "claimer has seen (0 when none). JetStream rejects the publish when another event "
-            "landed on the subject since, so two agents can never both claim the same epoch.",
+            "description": "The stream sequence of the last event over the task's subjects "
+            f"(`{EXPECTED_LAST_SUBJECT_SEQ_SUBJECT}`) the claimer has seen (0 when none). "
+            "JetStream rejects the publish when any actor's event landed on the task since, so "
+            "two agents can never both claim the same epoch.",
         }
-        required.append(EXPECTED_LAST_SUBJECT_SEQ)
+        properties[EXPECTED_LAST_SUBJECT_SEQ_SUBJECT] = {
+            "type": "string",
+            "pattern": r"^fw\.task\.[A-Za-z0-9_-]{1,64}\.>$",
+            "description": "`fw.task.<task>.>` with the task's id: the compare-and-set of "
+            f"`{EXPECTED_LAST_SUBJECT_SEQ}` is over every actor's subject of the task, not only "
+            "the claimer's own.",
+        }
+        required += [EXPECTED_LAST_SUBJECT_SEQ, EXPECTED_LAST_SUBJECT_SEQ_SUBJECT]
     return {"type": "object", "properties": properties, "required": required}
 
 
@@ -300,16 +332,19 @@ def _message(cls: type[Event]) -> JSONDict:
 def _channel(kind: str) -> JSONDict:
     key, description = kind_key(kind), KIND_DESCRIPTIONS[kind]
     stream = stream_for_kind(kind)
+    safe = "a subject-safe id (`[A-Za-z0-9_-]{1,64}`)"
+    parameters: JSONDict = {key: {"description": f"The event's `{key}` field: {safe}."}}
+    if kind not in ACTORLESS:
+        parameters["actor"] = {"description": ACTOR_PARAMETER}
+        description += (
+            f" Events with `v` 1 (contract v1, history) were published on "
+            f"`{address(kind, key, v1=True)}`."
+        )
     return {
-        "address": f"{PREFIX}.{kind}.{{{key}}}",
+        "address": address(kind, key),
         "title": f"{PREFIX}.{kind}",
         "description": f"{description} Stored in the JetStream stream {stream}.",
-        "parameters": {
-            key: {
-                "description": f"The event's `{key}` field: a subject-safe id "
-                "(`[A-Za-z0-9_-]{1,64}`)."
-            },
-        },
+        "parameters": parameters,
         "messages": {
             _message_id(cls): {"$ref": f"#/components/messages/{_message_id(cls)}"}
             for cls in _types_of_kind(kind)
@@ -508,7 +543,8 @@ def markdown_subjects() -> str:
     lines = ["| Subject | Stream | Carries |", "|---|---|---|"]
     for kind in KINDS:
         key, description = kind_key(kind), KIND_DESCRIPTIONS[kind]
-        lines.append(f"| `{PREFIX}.{kind}.<{key}>` | {stream_for_kind(kind)} | {description} |")
+        subject = address(kind, key, markers="<>")
+        lines.append(f"| `{subject}` | {stream_for_kind(kind)} | {description} |")
     return "\n".join(lines) + "\n"
 
 
@@ -516,7 +552,7 @@ def markdown_events() -> str:
     """The event catalogue table of ``docs/events.md``."""
     lines = ["| Type | Subject | May send | Meaning |", "|---|---|---|---|"]
     for cls in EVENT_TYPES:
-        subject = f"{PREFIX}.{cls.SUBJECT_KIND}.<{cls.SUBJECT_KEY}>"
+        subject = address(cls.SUBJECT_KIND, cls.SUBJECT_KEY, markers="<>")
         senders = ", ".join(sorted(cls.SENDERS))
         lines.append(f"| `{type_name(cls)}` | `{subject}` | {senders} | {summary(cls)} |")
     return "\n".join(lines) + "\n"

@@ -4,8 +4,11 @@ Invariants (the contract; see docs and the generated JSON Schema / AsyncAPI):
 - Every event is a frozen msgspec Struct in the tagged union ``AnyEvent``; ``type`` is the tag.
 - The envelope (``id``, ``type``, ``v``, ``at``, ``actor``, ``corr``) is shared by all events.
 - New fields always get defaults; unknown fields are ignored; a breaking change is a new ``v``.
+  ``v`` 2 (the default) is contract v2: the event's subject carries its actor
+  (``schemas/subjects.py``); ``v`` 1 is v1 history, on the subject without the actor.
 - Each event type lives on exactly one subject kind (``SUBJECT_KIND``) and names the key of that
-  subject in one field (``SUBJECT_KEY``), so the subject can be derived from the event.
+  subject in one field (``SUBJECT_KEY``), so the subject can be derived from the event (and its
+  ``actor``, from ``v`` 2 on).
 - ``SENDERS`` says which actors may publish the type: ``self`` (the agent the event is about),
   ``agent`` (any agent), ``user`` (``user:<name>``), ``svc`` (``svc:<name>``).
 - Every field is bounded by a type from ``schemas/bounds.py`` (the bounds policy): integers fit
@@ -77,9 +80,22 @@ class Event(Struct, frozen=True, kw_only=True, tag_field="type"):
             "replicas may publish use a deterministic UUIDv5); also the Nats-Msg-Id header",
         ),
     ]
-    actor: Actor
+    actor: Annotated[
+        Actor,
+        Meta(
+            description="who publishes it: an agent id, 'user:<name>' or 'svc:<name>'; from v 2 "
+            "on it is also the last token of the event's subject, so it holds no '.'",
+        ),
+    ]
     at: Annotated[datetime, Meta(tz=True, description="producer clock; informational only")]
-    v: Version = 1
+    v: Annotated[
+        Version,
+        Meta(
+            description="the contract version: 2 (subjects carry their actor); 1 is history, "
+            "published on the subject without the actor (an event without `v` on such a "
+            "subject is read as 1)",
+        ),
+    ] = 2
     corr: CorrText | None = None
 
     SUBJECT_KIND: ClassVar[str]
@@ -98,7 +114,7 @@ class _AgentEvent(Event, frozen=True, kw_only=True):
     agent: Ident
 
 
-# ---- agent lifecycle: fw.agent.<agent> -------------------------------------------------------
+# ---- agent lifecycle: fw.agent.<agent>.<actor> -----------------------------------------------
 
 
 class AgentRegistered(_AgentEvent, frozen=True, kw_only=True, tag="agent.registered"):
@@ -150,7 +166,7 @@ class AgentOnline(_AgentEvent, frozen=True, kw_only=True, tag="agent.online"):
     escalation: Ident | None = None
 
 
-# ---- agent activity: fw.agent.<agent> --------------------------------------------------------
+# ---- agent activity: fw.agent.<agent>.<actor> ------------------------------------------------
 
 
 class RunStarted(_AgentEvent, frozen=True, kw_only=True, tag="run.started"):
@@ -202,7 +218,7 @@ class Heartbeat(Event, frozen=True, kw_only=True, tag="agent.heartbeat"):
     message: ShortText = ""
 
 
-# ---- tasks: fw.task.<task> -------------------------------------------------------------------
+# ---- tasks: fw.task.<task>.<actor> -----------------------------------------------------------
 
 
 class _TaskEvent(Event, frozen=True, kw_only=True):
@@ -339,7 +355,7 @@ class TaskDependenciesChanged(
     reason: Text = ""
 
 
-# ---- escalations: fw.esc.<escalation> --------------------------------------------------------
+# ---- escalations: fw.esc.<escalation>.<actor> ------------------------------------------------
 
 
 class _EscalationEvent(Event, frozen=True, kw_only=True):
@@ -370,7 +386,7 @@ class EscalationResolved(_EscalationEvent, frozen=True, kw_only=True, tag="escal
     resolution: Text = ""
 
 
-# ---- budgets: fw.budget.<budget> -------------------------------------------------------------
+# ---- budgets: fw.budget.<budget>.<actor> -----------------------------------------------------
 
 
 class BudgetSet(Event, frozen=True, kw_only=True, tag="budget.set"):
@@ -385,7 +401,7 @@ class BudgetSet(Event, frozen=True, kw_only=True, tag="budget.set"):
     warn_at: Share = 0.8
 
 
-# ---- commands to agents: fw.cmd.<agent> (stream FW_COMMANDS) ---------------------------------
+# ---- commands to agents: fw.cmd.<agent>.<actor> (stream FW_COMMANDS) -------------------------
 
 
 class CommandIssued(Event, frozen=True, kw_only=True, tag="command.issued"):

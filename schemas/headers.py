@@ -12,6 +12,10 @@ from typing import Final
 # ---- headers ----------------------------------------------------------------------------------
 MSG_ID: Final = "Nats-Msg-Id"  # deduplication within the stream's duplicate window
 EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"  # compare-and-set
+# ... over these subjects instead of the message's own (a wildcard: a whole boundary's v2
+# subjects, ``subjects.boundary_wildcard``; nats-server 2.11+)
+EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: Final = "Nats-Expected-Last-Subject-Sequence-Subject"
+SUBJECT: Final = "Nats-Subject"  # a direct get's subject the message was stored on
 SEQUENCE: Final = "Nats-Sequence"  # a direct get's stream sequence
 TIME_STAMP: Final = "Nats-Time-Stamp"  # a direct get's time of record (RFC 3339)
 STATUS: Final = "Status"  # the status of a reply without a message (pull, direct get)
@@ -35,6 +39,13 @@ WRONG_LAST_SEQUENCE: Final = 10071  # err_code: Nats-Expected-Last-Subject-Seque
 def pull_subject(stream: str, consumer: str) -> str:
     """The subject a pull request for ``consumer`` is published to."""
     return f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
+
+
+def consumer_create_subject(stream: str, consumer: str, filter_subject: str) -> str:
+    """The explicit-filter form of creating (or updating) a consumer (nats-server 2.10+): the
+    server refuses a body whose filter differs from the subject's, so a permission on this
+    subject pins both the consumer and what it reads."""
+    return f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}.{filter_subject}"
 
 
 def direct_get_subject(stream: str) -> str:

@@ -1,7 +1,8 @@
 """One realistic, valid instance of every event type, for tests.
 
 ``sample_events()`` returns them in catalogue order (``schemas.events.EVENT_TYPES``). Every sample
-is admitted on its own subject: its actor is allowed to publish it (see ``SENDERS``). Optional
+is admitted on its own subject (contract v2: the subject carries the actor): its actor is allowed
+to publish it (see ``SENDERS``). Optional
 fields are set where they exist, so encoders and schemas see them.
 """
 
@@ -52,7 +53,7 @@ TASK = "task-42"
 RUN = "run-0193"
 ESCALATION = "esc-cost-agent-7"
 BUDGET = "budget-team-docs"
-USER = "user:alice@example.com"
+USER = "user:alice@example"  # a v2 actor is one subject token: no "."
 SVC = "svc:supervisor"
 T0 = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=UTC)
 SHA256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"  # sha256("test")

@@ -123,8 +123,9 @@ SELECT agent_id, status, heartbeat_interval_s, updated_at FROM fleet.agents;
 -- name: watchdog_tasks
 -- The watchdog's start: every open task, and every done one that a verdict of the board may
 -- still send back (projections/tasks.py `reopenable`, and the board has emitted verdicts on the
--- task: an over-estimate is harmless), with the columns the task state machine reads and writes
--- (services/watchdog/core/mirror.py MIRRORED), so a loaded row is the row the watchdog folds.
+-- task, on either subject form: migration 0011; an over-estimate is harmless), with the columns
+-- the task state machine reads and writes (services/watchdog/core/mirror.py MIRRORED), so a
+-- loaded row is the row the watchdog folds.
 SELECT task_id, status, assignee, claim_epoch, lease_s, depends_on, sla_s, review_rounds,
        rework_count, deliverable_version, blocked_reason, created_at, updated_at, claimed_at,
        submitted_at, done_at, last_seq, last_progress_at, claim_id, undo_event, undo_status,
@@ -133,7 +134,8 @@ FROM fleetward.tasks t
 WHERE status IN ('inbox', 'assigned', 'in_progress', 'blocked', 'review')
    OR (status = 'done' AND (undo_status IS NOT NULL OR undo_event IS NOT NULL)
        AND EXISTS (SELECT 1 FROM fleetward.outbox o
-                   WHERE o.subject = 'fw.task.' || t.task_id AND o.subject LIKE 'fw.task.%'));
+                   WHERE split_part(o.subject, '.', 3) = t.task_id
+                     AND o.subject LIKE 'fw.task.%'));
 
 -- name: watchdog_ended_deps
 -- The watchdog's start: the tasks open tasks depend on that are done or cancelled (a cancelled

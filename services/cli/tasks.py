@@ -1,6 +1,6 @@
 """``fleetward tasks ...``: the operator's task commands (create, assign, reassign, revoke, deps,
 review, cancel), the board view by status, and one task's story (``show``: read from its
-subject, folded by the task state machine, every event with whether it was applied). Writes
+subjects, folded by the task state machine, every event with whether it was applied). Writes
 go to the bus through the client, which refuses what the board would refuse (one line, exit
 2); the board is read from the projection."""
 
@@ -132,8 +132,9 @@ async def _change(client: FleetClient, args: argparse.Namespace) -> str:
 
 
 async def show_task(rt: Runtime, task: str) -> None:
-    """The task as the state machine folds it from its subject, and every message of the
-    subject: what it said and whether it was applied (``FleetwardError`` for no such task)."""
+    """The task as the state machine folds it from its subjects, and every message of them
+    (v1 history too): what it said and whether it was applied (``FleetwardError`` for no such
+    task)."""
     state = await read_task(rt.nc, rt.js, task, history=True)
     if not state.history:
         raise FleetwardError(f"no task {task}")

@@ -47,9 +47,9 @@ from fleetward.schemas.events import (
     TaskSubmitted,
     ToolCalled,
 )
-from fleetward.schemas.headers import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
+from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
 from fleetward.schemas.streams import COMMANDS_STREAM, inbox_durable
-from fleetward.schemas.subjects import subject
+from fleetward.schemas.subjects import boundary_wildcard
 from fleetward.services.client.claims import (
     AgentPaused,
     Claim,
@@ -61,7 +61,7 @@ from fleetward.services.client.claims import (
 from fleetward.services.client.operator import FleetClient
 from fleetward.services.client.taskstate import read_task
 from fleetward.services.jetstream.connection import connect
-from fleetward.services.jetstream.consumer import Delivery, PullConsumer
+from fleetward.services.jetstream.consumer import Delivery, PullConsumer, create_inbox
 
 INBOX_REDELIVERY_S = 5.0
 INBOX_BATCH = 16  # commands the open pull request on the inbox may bring ahead of reading
@@ -100,7 +100,7 @@ class AgentClient(FleetClient):
         self._commands: collections.deque[tuple[CommandIssued, Delivery]] = collections.deque()
         self._last_seq = 0  # stream sequence of the last command read (to reopen the inbox)
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._seqs: dict[str, int] = {}  # last sequence known on each held task's subject
+        self._seqs: dict[str, int] = {}  # last sequence known over each held task's subjects
         self._claiming = anyio.Lock()  # one claim at a time: never past the limit
 
     @classmethod
@@ -222,7 +222,7 @@ class AgentClient(FleetClient):
             if seq is None:  # not known here (the inbox said the claim is gone, or a restart)
                 seq = await self._still_mine(claim)
             try:
-                ack = await self.send(event, **{EXPECTED_LAST_SUBJECT_SEQ: str(seq)})
+                ack = await self.send(event, expect=seq)
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
@@ -487,13 +487,15 @@ class AgentClient(FleetClient):
 
     async def _open_inbox(self) -> PullConsumer:
         """The inbox's durable consumer, created if missing: from the start of the agent's
-        commands, or after the last one this client read (when it was deleted under us)."""
+        commands, or after the last one this client read (when it was deleted under us). An
+        inbox of contract v1 (filter ``fw.cmd.<agent>``) gets the v2 filter: commands left
+        pending on the v1 subject are not delivered (commands are transient)."""
         durable = inbox_durable(self.agent)
         if self._inbox is not None:
             with contextlib.suppress(Exception):
                 await self._inbox.stop()
         try:
-            await self.js.consumer_info(COMMANDS_STREAM, durable)
+            info = await self.js.consumer_info(COMMANDS_STREAM, durable)
         except NotFoundError:
             start = (
                 {
@@ -503,18 +505,15 @@ class AgentClient(FleetClient):
                 if self._last_seq
                 else {"deliver_policy": DeliverPolicy.ALL}
             )
-            await self.js.add_consumer(
-                COMMANDS_STREAM,
-                ConsumerConfig(
-                    durable_name=durable,
-                    filter_subject=subject("cmd", self.agent),
-                    ack_policy=AckPolicy.EXPLICIT,
-                    # a command handed to a pull request of a client that just went away is
-                    # delivered again after this long
-                    ack_wait=INBOX_REDELIVERY_S,
-                    **start,
-                ),
+            # a command handed to a pull request of a client that just went away is delivered
+            # again after ack_wait
+            config = ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT, ack_wait=INBOX_REDELIVERY_S, **start
             )
+            await create_inbox(self.nc, self.agent, config)
+        else:
+            if info.config.filter_subject != boundary_wildcard("cmd", self.agent):
+                await create_inbox(self.nc, self.agent, info.config)
         inbox = PullConsumer(self.nc, COMMANDS_STREAM, durable, batch=INBOX_BATCH, expires=5.0)
         await inbox.start()
         return inbox

@@ -1,14 +1,15 @@
 """The claim protocol (DESIGN 3.2, 3.3): how an agent takes a task, atomically, on the stream,
 and how it keeps the right to report on it.
 
-Claiming: the claimer folds the task's subject with the task state machine (projections/tasks.py
+Claiming: the claimer folds the task's events with the task state machine (projections/tasks.py
 ``step``), checks the claim as the board would, and publishes it with
-``Nats-Expected-Last-Subject-Sequence`` set to the last sequence it read. The first claim wins;
-any other publish on that subject in between makes the server answer "wrong last sequence"
-(10071), and the claimer reads again. A retried publish may instead come back as a duplicate.
-Either way the answer is settled by the *identity* of the stored claim: the task's current claim
-is ours only if its event id is the one we published (two processes of one agent compute the
-same epoch; only one of them published the winning event).
+``Nats-Expected-Last-Subject-Sequence`` set to the last sequence it read over all of the task's
+subjects (``Nats-Expected-Last-Subject-Sequence-Subject: fw.task.<task>.>``). The first claim
+wins; any other publish on the task in between, by any actor, makes the server answer "wrong
+last sequence" (10071), and the claimer reads again. A retried publish may instead come back
+as a duplicate. Either way the answer is settled by the *identity* of the stored claim: the
+task's current claim is ours only if its event id is the one we published (two processes of
+one agent compute the same epoch; only one of them published the winning event).
 
 Holding: progress, block, release and submit are published with compare-and-set on the last
 sequence the holder knows of the task. Anything else stored on the task meanwhile (a lease
@@ -26,7 +27,7 @@ from nats.js.errors import APIError
 
 from fleetward.projections.tasks import HELD, agent_claim_problem, task_claim_problem
 from fleetward.schemas.events import TaskClaimed
-from fleetward.schemas.headers import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
+from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
 from fleetward.services.client.publisher import Publisher
 from fleetward.services.client.taskstate import TaskState, read_task
 
@@ -91,8 +92,8 @@ async def claim_task(
     attempts: int,
     gate: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[TaskClaimed, int]:
-    """Publish ``agent``'s claim of ``task`` for a new epoch, compare-and-set on the task's
-    subject: the claim that took the task and the sequence it was stored at, or ``ClaimLost``
+    """Publish ``agent``'s claim of ``task`` for a new epoch, compare-and-set over the task's
+    subjects: the claim that took the task and the sequence it was stored at, or ``ClaimLost``
     saying why not. ``me`` is the agent as the board sees it (``claimant``), asked again at each
     attempt. ``gate`` (e.g. taking the agent's inbox; it raises to stop the claim) runs first."""
     if gate is not None:
@@ -101,7 +102,7 @@ async def claim_task(
         state = await read_task(pub.nc, pub.js, task)
         claim = await _claim_event(pub, state, agent, me, lease_s)
         try:
-            ack = await pub.send(claim, **{EXPECTED_LAST_SUBJECT_SEQ: str(state.last_seq)})
+            ack = await pub.send(claim, expect=state.last_seq)
         except APIError as exc:
             if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise

@@ -5,11 +5,12 @@ resume and retire agents, and send durable commands. NATS only.
 Invariants (DESIGN 3.12, intents take effect or fail visibly):
 - Every write reads the current state first and raises ``IntentRefused`` (with the one-line
   reason) instead of publishing what the board would refuse or what would change nothing.
-- A task's state is read from its subject on the stream (``read_task``): no projection is
-  needed, and a task created a moment ago is seen. Task writes are published compare-and-set on
-  that subject (``Nats-Expected-Last-Subject-Sequence``), so each lands on exactly the state it
-  was judged against; when the task changed in between it is read and judged again, and an
-  earlier try of ours that did land is recognised by its event id.
+- A task's state is read from its subjects on the stream (``read_task``): no projection is
+  needed, and a task created a moment ago is seen. Task writes are published compare-and-set
+  over the task's subjects (``Nats-Expected-Last-Subject-Sequence`` with
+  ``Nats-Expected-Last-Subject-Sequence-Subject: fw.task.<task>.>``), so each lands on exactly
+  the state it was judged against; when the task changed in between it is read and judged
+  again, and an earlier try of ours that did land is recognised by its event id.
 - An agent's state is the registry's (the agents projection), asked through the task API
   (``fw.api.agents.get``): it can lag the stream by a moment.
 - Every event is admitted as the projections would admit it before it is published.
@@ -17,7 +18,6 @@ Invariants (DESIGN 3.12, intents take effect or fail visibly):
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -28,7 +28,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import PubAck, RawStreamMsg
 from nats.js.errors import APIError, NotFoundError
 
-from fleetward.schemas import Event, Rejected, admit, new_id, subject, subject_of
+from fleetward.schemas import Event, Rejected, admit, new_id, subject_of
 from fleetward.schemas.api import (
     AGENTS_GET,
     TASKS_CLAIMABLE,
@@ -53,7 +53,7 @@ from fleetward.schemas.events import (
     TaskRevoked,
     Verdict,
 )
-from fleetward.schemas.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID, WRONG_LAST_SEQUENCE
+from fleetward.schemas.headers import MSG_ID, WRONG_LAST_SEQUENCE
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.services.client import intents
 from fleetward.services.client.intents import TAKEN, IntentRefused
@@ -326,28 +326,28 @@ class FleetClient(Publisher):
 
     # ---- how a write is checked and published --------------------------------------------------
 
-    async def _publish(self, event: Event, **headers: str) -> PubAck:
-        """Publish ``event`` after admitting it as the projections will."""
+    async def _publish(self, event: Event, *, expect: int | None = None) -> PubAck:
+        """Publish ``event`` after admitting it as the projections will (``expect``: see
+        ``Publisher.send``)."""
         try:
             admit(subject_of(event), encode(event))
-        except Rejected as exc:
-            raise IntentRefused(
-                f"the event would be refused ({exc.reason}): {exc.detail}"
-            ) from None
-        return await self.send(event, **headers)
+        except (Rejected, ValueError) as exc:  # ValueError: an actor no subject can carry
+            why = f" ({exc.reason}): {exc.detail}" if isinstance(exc, Rejected) else f": {exc}"
+            raise IntentRefused(f"the event would be refused{why}") from None
+        return await self.send(event, expect=expect)
 
     async def _on_task(
         self, task: str, decide: Callable[[TaskState, str], Awaitable[E]]
     ) -> tuple[E, PubAck]:
         """Publish the event ``decide`` makes of the task's current state (or raises
-        ``IntentRefused`` about), compare-and-set on the task's subject. Every try has the same
+        ``IntentRefused`` about), compare-and-set over the task's subjects. Every try has the same
         event id, so a try that landed unseen (a timeout) is found, never doubled."""
         event_id = new_id()
         for _ in range(ATTEMPTS):
             state = await read_task(self.nc, self.js, task)
             event = await decide(state, event_id)
             try:
-                ack = await self._publish(event, **{EXPECTED_LAST_SUBJECT_SEQ: str(state.last_seq)})
+                ack = await self._publish(event, expect=state.last_seq)
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
@@ -366,14 +366,13 @@ class FleetClient(Publisher):
         return (await read_task(self.nc, self.js, task)).row
 
     async def _created_seq(self, task: str) -> int | None:
-        """The stream sequence of the task's creation (its first admitted ``task.created``),
+        """The stream sequence of the task's creation (its first applied ``task.created``),
         or None when it was never created."""
-        subj = subject("task", task)
-        async for seq, msg in self._messages(subj, 0):
-            with contextlib.suppress(Rejected):
-                if isinstance(admit(subj, msg.data or b""), TaskCreated):
-                    return seq
-        return None
+        state = await read_task(self.nc, self.js, task, history=True)
+        created = (
+            s.seq for s in state.history if isinstance(s.event, TaskCreated) and s.refused is None
+        )
+        return next(created, None)
 
     async def _messages(self, subj: str, after: int) -> AsyncIterator[tuple[int, RawStreamMsg]]:
         """The messages on ``subj`` after sequence ``after``, in order, with their sequence."""

@@ -24,9 +24,10 @@ class Publisher:
         """The envelope fields of a new event: its id (fresh unless given), actor and time."""
         return {"id": event_id or new_id(), "actor": self.actor, "at": datetime.now(UTC)}
 
-    async def send(self, event: Event, **headers: str) -> PubAck:
-        """Publish ``event`` with extra NATS ``headers`` (compare-and-set, for one)."""
-        return await publish(self.js, event, headers=headers or None)
+    async def send(self, event: Event, *, expect: int | None = None) -> PubAck:
+        """Publish ``event``; with ``expect``, compare-and-set over its boundary (the last
+        sequence over the boundary's subjects must be ``expect``: ``jetstream.publish``)."""
+        return await publish(self.js, event, expect=expect)
 
     async def close(self) -> None:
         """Close the connection."""

@@ -1,8 +1,9 @@
 """What a person does about an escalation: acknowledge it ("I am on it") or resolve it.
 
-Both are checked against the escalation's own subject, not a projection, so an escalation raised
-a moment ago can be acknowledged at once. They are published with compare-and-set on that
-subject: an acknowledgement racing a resolution fails cleanly instead of landing after it.
+Both are checked against the escalation's own subjects, not a projection, so an escalation
+raised a moment ago can be acknowledged at once. They are published with compare-and-set over
+those subjects: an acknowledgement racing a resolution fails cleanly instead of landing after
+it.
 """
 
 from __future__ import annotations
@@ -13,15 +14,14 @@ import re
 from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError
 
 from fleetward.schemas import new_id
 from fleetward.schemas.admission import Rejected, decode
 from fleetward.schemas.events import EscalationAcknowledged, EscalationResolved, Event
-from fleetward.schemas.headers import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
-from fleetward.schemas.streams import EVENTS_STREAM
-from fleetward.schemas.subjects import subject
+from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
 from fleetward.services.errors import FleetwardError
+from fleetward.services.jetstream.boundary import last_of
 from fleetward.services.jetstream.publish import publish
 
 _IDENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -29,23 +29,23 @@ _IDENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 def operator() -> str:
     """``user:<name>`` of the person at the keyboard: ``FLEETWARD_USER``, else the login name,
-    else ``operator``; characters an actor may not hold (schemas/bounds.py) become ``_``."""
+    else ``operator``; characters an actor may not hold (schemas/bounds.py), and '.' (a v2
+    actor is one subject token: schemas/subjects.py), become ``_``."""
     name = os.environ.get("FLEETWARD_USER") or getpass.getuser() or "operator"
-    return f"user:{re.sub(r'[^A-Za-z0-9_.@-]', '_', name)[:64]}"
+    return f"user:{re.sub(r'[^A-Za-z0-9_@-]', '_', name)[:64]}"
 
 
 async def _last(js: JetStreamContext, esc: str) -> tuple[int, Event | None]:
+    """The compare-and-set sequence of ``esc`` and its last event (None: unreadable)."""
     if not _IDENT.fullmatch(esc):
         raise FleetwardError(f"no escalation {esc!r}")
+    last = await last_of(js, "esc", esc)
+    if last.msg is None:
+        raise FleetwardError(f"no escalation {esc!r}")
     try:
-        msg = await js.get_last_msg(EVENTS_STREAM, subject("esc", esc))
-    except NotFoundError:
-        raise FleetwardError(f"no escalation {esc!r}") from None
-    assert msg.seq is not None and msg.data is not None
-    try:
-        return msg.seq, decode(msg.data)
+        return last.expect, decode(last.msg.data or b"")
     except Rejected:
-        return msg.seq, None
+        return last.expect, None
 
 
 async def respond(js: JetStreamContext, esc: str, *, resolve: bool, text: str = "") -> int:
@@ -60,7 +60,7 @@ async def respond(js: JetStreamContext, esc: str, *, resolve: bool, text: str = 
         else EscalationAcknowledged(id=new_id(), actor=who, at=now, escalation=esc, note=text)
     )
     try:
-        ack = await publish(js, event, headers={EXPECTED_LAST_SUBJECT_SEQ: str(seq)})
+        ack = await publish(js, event, expect=seq)
     except APIError as exc:
         if exc.err_code != WRONG_LAST_SEQUENCE:
             raise

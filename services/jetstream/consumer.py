@@ -16,13 +16,18 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy
+from nats.js.errors import APIError, NotFoundError, ServiceUnavailableError
 
 from fleetward.projections.base import Meta
+from fleetward.schemas.headers import consumer_create_subject
+from fleetward.schemas.streams import COMMANDS_STREAM, inbox_durable
+from fleetward.schemas.subjects import boundary_wildcard
 from fleetward.services.jetstream.protocol import Status, parse_ack_reply
 from fleetward.services.jetstream.puller import Puller
 
@@ -83,6 +88,40 @@ async def recreate_consumer(
             **start,
         ),
     )
+
+
+async def create_inbox(
+    nc: NatsClient,
+    agent: str,
+    config: ConsumerConfig,
+    *,
+    timeout: float = 5.0,  # noqa: ASYNC109 (the NATS request takes it)
+) -> ConsumerInfo:
+    """Create ``agent``'s command inbox, the durable ``inbox_<agent>`` on FW_COMMANDS reading
+    ``fw.cmd.<agent>.>`` (every sender's commands to it), as ``config`` says otherwise; or, when
+    it exists, update it to ``config`` (what the server allows to change: its filter, say).
+
+    Always by a request to the explicit-filter form
+    ``$JS.API.CONSUMER.CREATE.FW_COMMANDS.inbox_<agent>.fw.cmd.<agent>.>``: the server refuses
+    a body whose filter differs from the subject's, so a NATS permission on that subject lets
+    an agent create its own inbox and nothing else (nats-py's ``add_consumer`` asks
+    ``$JS.API.CONSUMER.DURABLE.CREATE...``, whose body may filter anything)."""
+    durable, wanted = inbox_durable(agent), boundary_wildcard("cmd", agent)
+    body = config.evolve(durable_name=durable, filter_subject=wanted, filter_subjects=None)
+    request = {"stream_name": COMMANDS_STREAM, "config": body.as_dict()}
+    try:
+        msg = await nc.request(
+            consumer_create_subject(COMMANDS_STREAM, durable, wanted),
+            msgspec.json.encode(request),
+            timeout=timeout,
+        )
+    except NoRespondersError:
+        raise ServiceUnavailableError from None
+    reply = msgspec.json.decode(msg.data)
+    if "error" in reply:
+        raise APIError.from_error(reply["error"])
+    info: ConsumerInfo = ConsumerInfo.from_response(reply)
+    return info
 
 
 class PullConsumer:

@@ -1,5 +1,11 @@
 """Publishing events: one subject per event, ``Nats-Msg-Id`` = event id, retried on transient
-errors. A retry of a stored event is deduplicated by the stream, so publishing is idempotent."""
+errors. A retry of a stored event is deduplicated by the stream, so publishing is idempotent.
+
+Compare-and-set (``expect``) is over the event's whole boundary: the publish is stored only if
+the last sequence over the boundary's v2 subjects (``fw.task.<task>.>``: every actor's) is the
+one expected, so an event of any actor on the boundary in between makes the server refuse it
+(10071). The boundary's v1 subject is history no credential may publish on: outside the check.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,12 @@ from nats.js import JetStreamContext
 from nats.js.api import PubAck
 
 from fleetward.schemas import Event, subject_of
-from fleetward.schemas.headers import MSG_ID
+from fleetward.schemas.headers import (
+    EXPECTED_LAST_SUBJECT_SEQ,
+    EXPECTED_LAST_SUBJECT_SEQ_SUBJECT,
+    MSG_ID,
+)
+from fleetward.schemas.subjects import boundary_wildcard, key_of
 
 _encoder = msgspec.json.Encoder()
 
@@ -24,12 +35,24 @@ def encode(event: Event) -> bytes:
     return _encoder.encode(event)
 
 
+def expect_last(event: Event, seq: int) -> dict[str, str]:
+    """The headers that store ``event`` only on top of ``seq``, the last sequence over its
+    boundary's v2 subjects (0: none there)."""
+    return {
+        EXPECTED_LAST_SUBJECT_SEQ: str(seq),
+        EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: boundary_wildcard(event.SUBJECT_KIND, key_of(event)),
+    }
+
+
 async def publish(
-    js: JetStreamContext, event: Event, *, attempts: int = 5, headers: dict[str, str] | None = None
+    js: JetStreamContext, event: Event, *, attempts: int = 5, expect: int | None = None
 ) -> PubAck:
-    """Publish one event and wait for the stream's acknowledgement."""
+    """Publish one event and wait for the stream's acknowledgement; with ``expect``,
+    compare-and-set over its boundary (``APIError`` 10071 when the boundary moved past it)."""
     data = encode(event)
-    hdrs = {MSG_ID: event.id, **(headers or {})}
+    hdrs = {MSG_ID: event.id}
+    if expect is not None:
+        hdrs |= expect_last(event, expect)
     delay = 0.05
     for attempt in range(attempts):
         try:

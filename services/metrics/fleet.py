@@ -69,8 +69,10 @@ class FleetSnapshot:
 
 class FleetMetrics(Collector):
     """The fleet gauges, served from the last snapshot ``refresh`` read. Budgets are not
-    projected yet: ``run`` follows each fw.budget.<id> subject's last ``budget.set`` from the
-    stream (team budgets only; agent ids are not labels, org budgets are not exposed)."""
+    projected yet: ``run`` follows each budget subject's last ``budget.set`` from the stream
+    (team budgets only; agent ids are not labels, org budgets are not exposed). A budget has a
+    subject per actor (``fw.budget.<id>.<actor>``, and ``fw.budget.<id>`` of v1 history); their
+    last messages come in stream order, so the last one kept for a budget is its latest."""
 
     def __init__(self) -> None:
         self.snapshot: FleetSnapshot | None = None

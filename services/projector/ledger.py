@@ -17,8 +17,11 @@ Invariants:
 
 Cost: one query per batch for the ids not in memory, and one insert per commit (arrays through
 ``unnest``). Ids are kept per kind, so an id reused on another kind's subject is another event;
-task events per task subject (``scope``): an agent folding one task's subject can skip the same
-copies the board skips (services/client/taskstate.py), so the two never disagree.
+task events per task (``scope``: the task's boundary, ``fw.task.<task>``, over all of its
+subjects, v1 and v2, every actor's): an agent folding one task's events can skip the same
+copies the board skips (services/client/taskstate.py), so the two never disagree. (The
+boundary's name is its v1 subject, the scope recorded before contract v2: the ledger's rows
+keep their meaning.)
 Ids stored before the ledger existed (migration 0006) are only known once a rebuild has read
 them.
 """
@@ -29,7 +32,8 @@ from collections.abc import Iterable
 
 from fleetward.projections import Projection
 from fleetward.schemas import Rejected
-from fleetward.schemas.subjects import parse
+from fleetward.schemas.events import Event
+from fleetward.schemas.subjects import boundary_of, parse
 from fleetward.services.db import Conn, q
 from fleetward.services.projector.window import Admitted
 
@@ -43,9 +47,9 @@ def kinds_read(projections: Iterable[Projection]) -> frozenset[str]:
     return frozenset(parsed[0] for parsed in found if parsed is not None)
 
 
-def scope(kind: str, subject: str) -> str:
-    """Where an event id must be unique: its subject kind, or for a task its own subject."""
-    return subject if kind == "task" else kind
+def scope(event: Event) -> str:
+    """Where an event id must be unique: its subject kind, or for a task its boundary."""
+    return boundary_of(event) if event.SUBJECT_KIND == "task" else event.SUBJECT_KIND
 
 
 class IdLedger:
@@ -74,7 +78,7 @@ class IdLedger:
         for d, event in admitted:
             if isinstance(event, Rejected) or event.SUBJECT_KIND not in kinds:
                 continue
-            key = (scope(event.SUBJECT_KIND, d.subject), event.id)
+            key = (scope(event), event.id)
             first = open_.get(key) or committing.get(key)
             if first is None:
                 open_[key] = d.seq

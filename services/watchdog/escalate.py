@@ -1,9 +1,11 @@
 """Publishing the watchdog's plans: exactly one escalation per incident, however many replicas.
 
-Every event has a deterministic id, sent as ``Nats-Msg-Id``. Raises and resolutions also carry
-``Nats-Expected-Last-Subject-Sequence``: 0 for the first raise (the subject must be empty), else
-the last sequence known on the subject. A replica that loses the race gets "wrong last sequence"
-(JetStream error 10071) or a duplicate PubAck, reads the subject's last event and decides:
+Every event has a deterministic id, sent as ``Nats-Msg-Id``. Raises and resolutions are also
+published compare-and-set over the escalation's subjects (``fw.esc.<id>.>``, every actor's:
+``jetstream.publish``): 0 for the first raise (they must be empty), else the last sequence known
+over them. A replica that loses the race gets "wrong last sequence" (JetStream error 10071) or a
+duplicate PubAck, reads the escalation's last event (``jetstream.boundary``: on its v1 subject
+when it has only history) and decides:
 
 - the event is there already, or a raise of the same or a higher tier: done (a duplicate);
 - the escalation is resolved: the rest of the plan is dropped (a person or a heartbeat closed
@@ -12,7 +14,10 @@ the last sequence known on the subject. A replica that loses the race gets "wron
 
 A lease expiry is published "exact": only on top of the sequence the lease was last seen at. If
 anything arrived on the task since (a progress just in time), it is dropped; the lease book
-sees that event and judges the lease again.
+sees that event and judges the lease again. That sequence may be one of the task's v1 history
+(the last event the book saw of a task claimed under contract v1): when the server refuses it,
+the task's v2 subjects are read, and if they hold nothing after it the expiry is published on
+top of their last sequence.
 
 Plans with the same key are published one at a time, in order; different keys concurrently,
 up to ``window`` at once. A transient failure (NATS away) retries the step for up to
@@ -30,14 +35,15 @@ from typing import Literal
 import anyio
 from anyio.abc import ObjectReceiveStream
 from nats.js import JetStreamContext
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import APIError
 
 from fleetward.schemas import subject_of
 from fleetward.schemas.admission import Rejected, decode
 from fleetward.schemas.events import EscalationRaised, EscalationResolved, Event
-from fleetward.schemas.headers import EXPECTED_LAST_SUBJECT_SEQ, WRONG_LAST_SEQUENCE
-from fleetward.schemas.streams import EVENTS_STREAM
+from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
+from fleetward.schemas.subjects import key_of
 from fleetward.services import metrics
+from fleetward.services.jetstream.boundary import last_of
 from fleetward.services.jetstream.publish import TRANSIENT, publish
 from fleetward.services.watchdog.core.incidents import TIER_RANK, Plan, Publish
 
@@ -142,50 +148,58 @@ class Publisher:
         if step.expect == "any":
             ack = await publish(self.js, event)
             return "duplicate" if ack.duplicate else "stored"
-        if step.expect == "exact":  # only on top of step.seq; if the subject moved, drop it
-            try:
-                ack = await publish(
-                    self.js, event, headers={EXPECTED_LAST_SUBJECT_SEQ: str(step.seq)}
-                )
-            except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
-                    raise
-                return "duplicate"
-            return "duplicate" if ack.duplicate else "stored"
+        if step.expect == "exact":  # only on top of step.seq; if the task moved, drop it
+            return await self._exact(event, step.seq)
         expected: int | None = 0 if step.expect == "empty" else (step.seq or None)
         for _ in range(8):
             if expected is None:
-                seq, last = await self._last(subject_of(event))
+                seq, found, last = await self._last(event)
                 # a last message no one can read (dead-lettered garbage) says nothing: publish
                 # after it, whatever the event (a resolution must not be taken for a duplicate)
-                verdict = None if seq and last is None else _judge_last(event, last)
+                verdict = None if found and last is None else _judge_last(event, last)
                 if verdict is not None:
                     return verdict
                 expected = seq
             try:
-                ack = await publish(
-                    self.js, event, headers={EXPECTED_LAST_SUBJECT_SEQ: str(expected)}
-                )
+                ack = await publish(self.js, event, expect=expected)
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
-                expected = None  # someone wrote on the subject: look again
+                expected = None  # someone wrote on the escalation: look again
                 continue
             self.on_stored(event, ack.seq)
             return "duplicate" if ack.duplicate else "stored"
         raise RuntimeError(f"{subject_of(event)} keeps changing; gave up publishing {event.id}")
 
-    async def _last(self, subject: str) -> tuple[int, Event | None]:
-        """The sequence and event last stored on ``subject``; (0, None) when it is empty."""
+    async def _exact(self, event: Event, seq: int) -> Outcome:
+        """Publish ``event`` only if nothing was stored on its task after ``seq``."""
+        expect = seq
+        while True:
+            try:
+                ack = await publish(self.js, event, expect=expect)
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                if expect != seq:
+                    return "duplicate"
+                # news after seq (the lease book judges again), or seq is of v1 history
+                last = await last_of(self.js, event.SUBJECT_KIND, key_of(event))
+                if last.expect >= seq:
+                    return "duplicate"
+                expect = last.expect
+                continue
+            return "duplicate" if ack.duplicate else "stored"
+
+    async def _last(self, event: Event) -> tuple[int, bool, Event | None]:
+        """The compare-and-set sequence over ``event``'s escalation, whether it holds anything,
+        and its last event (None: nothing, or nothing readable)."""
+        last = await last_of(self.js, event.SUBJECT_KIND, key_of(event))
+        if last.msg is None:
+            return last.expect, False, None
         try:
-            msg = await self.js.get_last_msg(EVENTS_STREAM, subject)
-        except NotFoundError:
-            return 0, None
-        assert msg.seq is not None and msg.data is not None
-        try:
-            return msg.seq, decode(msg.data)
+            return last.expect, True, decode(last.msg.data or b"")
         except (Rejected, RecursionError):  # nested too deep for the decoder: not ours either
-            return msg.seq, None  # not ours to judge: the caller publishes after it
+            return last.expect, True, None  # not ours to judge: the caller publishes after it
 
 
 def _judge_last(event: Event, last: Event | None) -> Outcome | None:

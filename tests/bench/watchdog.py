@@ -33,7 +33,7 @@ from nats.aio.client import Client as NatsClient
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
 
-from fleetward.schemas import new_id
+from fleetward.schemas import new_id, subject_of
 from fleetward.schemas.admission import admit
 from fleetward.schemas.events import AgentRegistered, EscalationRaised, Heartbeat
 from fleetward.services.config import Settings
@@ -52,7 +52,7 @@ async def _register(rt: Runtime, names: list[str], interval: float) -> None:
         for a in names[i : i + 5_000]:
             event = AgentRegistered(id=new_id(), actor=a, at=at, agent=a, name=a, owner="bench",
                                     team="bench", heartbeat_interval_s=interval)  # fmt: skip
-            await rt.nc.publish(f"fw.agent.{a}", enc.encode(event))
+            await rt.nc.publish(subject_of(event), enc.encode(event))
         await rt.nc.flush()
     deadline = time.monotonic() + 120
     while (await rt.js.stream_info("FW_EVENTS")).state.messages < before + len(names):

@@ -34,6 +34,7 @@ from fleetward.schemas.events import (
     TaskSubmitted,
     ToolCalled,
 )
+from fleetward.schemas.headers import MSG_ID
 from fleetward.schemas.ids import deterministic_id
 from fleetward.schemas.streams import COMMANDS_STREAM, EVENTS_STREAM, inbox_durable
 from fleetward.services.client import AgentClient, Claim, ClaimLost, FleetClient
@@ -198,7 +199,7 @@ async def test_an_agent_cannot_take_its_verdicts_id_first(rt: Runtime, ops: Flee
     """Holds: the board's verdict on a claim is published under an id derived with the
     deployment's secret and the claim's stream sequence, which no publisher can compute. A
     claimer lacking the task's role first publishes one of its *own* events (a tool call on
-    ``fw.agent.<self>``, no forging) under the id a verdict derived from the claim's id alone
+    ``fw.agent.<self>.<self>``, no forging) under the id a verdict derived from the claim's id alone
     would have (``deterministic_id(claim.id, "verdict")``), then claims. The verdict is stored
     anyway under another id: the claim is refused for the board and every client fold (the
     task back in the inbox) and the claimer is told (``refused``)."""
@@ -215,8 +216,8 @@ async def test_an_agent_cannot_take_its_verdicts_id_first(rt: Runtime, ops: Flee
         await project_all(rt)
         async with rt.pool.acquire() as conn:
             verdicts = await conn.fetch(
-                "SELECT event_id, published_at FROM fleet.outbox WHERE subject = $1",
-                "fw.task.guarded",
+                "SELECT event_id, published_at FROM fleet.outbox WHERE subject LIKE $1",
+                "fw.task.guarded.%",
             )
         assert len(verdicts) == 1 and verdicts[0]["published_at"] is not None
         assert verdicts[0]["event_id"] != guessed
@@ -255,7 +256,7 @@ async def test_an_event_id_reused_on_another_tasks_subject_does_not_hide_a_verdi
         await project_all(rt)
         async with rt.pool.acquire() as conn:
             stored = await conn.fetchval(
-                "SELECT event_id FROM fleet.outbox WHERE subject = 'fw.task.guarded2'"
+                "SELECT event_id FROM fleet.outbox WHERE subject LIKE 'fw.task.guarded2.%'"
             )
         assert stored == real  # the stray really carried the verdict's id
         board = status_of(await board_row(rt, "guarded2"))
@@ -885,7 +886,7 @@ async def test_claims_with_zero_negative_or_fractional_epochs_are_refused_and_re
         await project_all(rt)
         for epoch in (0, -1, 1.5, MAX_EPOCH + 1):
             body = {**json.loads(encode(claimed("odd", "odd", 1))), "epoch": epoch}
-            await rt.js.publish("fw.task.odd", json.dumps(body).encode(),
+            await rt.js.publish("fw.task.odd.odd", json.dumps(body).encode(),
                                 headers={"Nats-Msg-Id": body["id"]})  # fmt: skip
         await project_all(rt)
         assert status_of(await board_row(rt, "odd")) == ("inbox", None, 0)
@@ -1067,13 +1068,13 @@ async def test_a_crash_between_storing_and_publishing_the_outbox_delivers_each_c
         before = await last_seq(rt, COMMANDS_STREAM)
         assert await Outbox(rt).publish_once() == 1  # the projector comes back
         async with rt.pool.acquire() as conn:  # ... and crashed before marking it published
-            data = await conn.fetchval(
-                "UPDATE fleetward.outbox SET published_at = NULL WHERE subject = 'fw.cmd.crashy' "
-                "RETURNING data"
+            subject, data = await conn.fetchrow(
+                "UPDATE fleetward.outbox SET published_at = NULL "
+                "WHERE subject LIKE 'fw.cmd.crashy.%' RETURNING subject, data"
             )
         assert await Outbox(rt).publish_once() == 1
         assert await last_seq(rt, COMMANDS_STREAM) == before + 1
-        await rt.js.publish("fw.cmd.crashy", data, headers={"Nats-Msg-Id": "past-the-window"})
+        await rt.js.publish(subject, data, headers={"Nats-Msg-Id": "past-the-window"})
         assert await last_seq(rt, COMMANDS_STREAM) == before + 2
         told = await inbox(worker)
         assert [c.command for c in told] == ["lease_lost"]
@@ -1104,10 +1105,10 @@ async def test_a_command_stored_twice_reaches_a_restarted_agent_twice(
         assert [x.command for x in first] == ["review_feedback"]
         await author.close()
         async with rt.pool.acquire() as conn:
-            data = await conn.fetchval(
-                "SELECT data FROM fleetward.outbox WHERE subject = 'fw.cmd.twice'"
+            subject, data = await conn.fetchrow(
+                "SELECT subject, data FROM fleetward.outbox WHERE subject LIKE 'fw.cmd.twice.%'"
             )
-        await rt.js.publish("fw.cmd.twice", data, headers={"Nats-Msg-Id": "after-the-window"})
+        await rt.js.publish(subject, data, headers={"Nats-Msg-Id": "after-the-window"})
         author = await AgentClient.connect(rt.nats_url, "twice")  # the agent restarted
         again = await inbox(author)
         print("restarted agent sees:", [(x.command, x.id) for x in again])
@@ -1153,11 +1154,11 @@ async def test_a_redelivered_command_acts_once_in_one_process(
         await publish(rt.js, AgentPaused(**envelope("user:ops"), agent="redeliver"))
         await project_all(rt)
         async with rt.pool.acquire() as conn:
-            data = await conn.fetchval(
-                "SELECT data FROM fleetward.outbox WHERE subject = 'fw.cmd.redeliver'"
+            subject, data = await conn.fetchrow(
+                "SELECT subject, data FROM fleetward.outbox WHERE subject LIKE 'fw.cmd.redeliver.%'"
             )
         for i in range(2):
-            await rt.js.publish("fw.cmd.redeliver", data, headers={"Nats-Msg-Id": f"again-{i}"})
+            await rt.js.publish(subject, data, headers={"Nats-Msg-Id": f"again-{i}"})
         assert [c.command for c in await inbox(worker)] == ["pause"]
         assert worker.paused
     finally:
@@ -1253,38 +1254,37 @@ async def _stuck_outbox(settings: Any, server: Any, run_services: Any, http_get:
 # ---- (6) refusals: reaching the right inbox, and only it ----
 
 
+async def publish_flood(rt: Runtime, subject: str, task: str, victim: str, n: int) -> None:
+    """``n`` junk events (no epoch: invalid) and ``n`` stray reports, each naming ``victim`` as
+    actor, published on ``subject``."""
+    for i in range(n):
+        bad = {"type": "task.progressed", "id": f"junk-{task}-{i}", "actor": victim,
+               "at": "2026-01-01T00:00:00Z", "task": task, "agent": victim}  # fmt: skip
+        await rt.js.publish(subject, json.dumps(bad).encode(), headers={MSG_ID: bad["id"]})
+        stray = TaskProgressed(**envelope(victim), task=task, agent=victim, epoch=9)
+        await rt.js.publish(subject, encode(stray), headers={MSG_ID: stray.id})
+
+
 @BUG
 async def test_one_agent_can_flood_another_agents_inbox_with_refusals(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (medium), still open: needs sender identity (issue #13, subjects carrying the
-    actor). It rests on the unauthenticated ``actor`` of task subjects, but the refusal path
-    amplifies it. With only the permissions the docs give an agent (its own subjects and
-    ``fw.task.>``), ``flooder`` publishes 400 junk events on a task subject naming ``victim``
-    as actor: half invalid (dead letters: the refusal goes to "the payload's actor"), half
-    well-formed reports that do not fit (rejections: told to ``event.actor``). Each becomes a
-    durable ``refused`` command in victim's inbox (kept 30 days), nothing bounds or
-    aggregates them (victim's every ``claim`` first reads them all). Should: a refusal reach
-    only the agent that sent the event (or be bounded per sender)."""
+    """BUG (medium), still open until credentials land (issue #13, part 1: permissions that
+    let an actor publish only on subjects carrying its own actor token). Contract v2 names the
+    sender in the subject, and a refusal goes to the subject's actor (the test below), but
+    nothing stops ``flooder`` yet from publishing on *victim's* subjects: 400 junk events on
+    ``fw.task.target.victim``: half invalid (dead letters: the refusal goes to the subject's
+    actor), half well-formed reports that do not fit (rejections: told to ``event.actor``).
+    Each becomes a durable ``refused`` command in victim's inbox (kept 30 days), nothing
+    bounds or aggregates them (victim's every ``claim`` first reads them all). Should: a
+    refusal reach only the agent that sent the event (or be bounded per sender)."""
     await ops.create_task("target", project="p", title="t")
     await ops.create_task("work", project="p", title="t")
     victim = await agent(rt, "victim")
     try:
         await project_all(rt)
         before = await last_seq(rt, COMMANDS_STREAM)
-        for i in range(200):
-            bad = {
-                "type": "task.progressed",
-                "id": f"junk-{i}",
-                "actor": "victim",
-                "at": "2026-01-01T00:00:00Z",
-                "task": "target",
-                "agent": "victim",
-            }
-            await rt.js.publish("fw.task.target", json.dumps(bad).encode(),
-                                headers={"Nats-Msg-Id": bad["id"]})  # fmt: skip
-            stray = TaskProgressed(**envelope("victim"), task="target", agent="victim", epoch=9)
-            await raw(rt, stray)
+        await publish_flood(rt, "fw.task.target.victim", "target", "victim", 200)
         await project_all(rt)
         flood = await last_seq(rt, COMMANDS_STREAM) - before
         started = anyio.current_time()
@@ -1294,6 +1294,31 @@ async def test_one_agent_can_flood_another_agents_inbox_with_refusals(
         assert flood < 10, f"{flood} refusals for events victim never sent"
     finally:
         await victim.close()
+
+
+async def test_events_naming_another_actor_on_ones_own_subject_are_refused_to_their_sender(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """Holds (contract v2, issue #13 part 2): ``flooder`` publishes, on its own subjects (all a
+    credential will let it), events whose payload names ``victim``: well-formed reports are
+    dead-lettered as ``actor_mismatch``, junk as ``invalid``, and every refusal goes to the
+    subject's actor, the flooder; victim's inbox stays empty."""
+    await ops.create_task("target2", project="p", title="t")
+    victim = await agent(rt, "victim2")
+    flooder = await agent(rt, "flooder2")
+    try:
+        await project_all(rt)
+        await publish_flood(rt, "fw.task.target2.flooder2", "target2", "victim2", 5)
+        await project_all(rt)
+        dead = [(d["subject"], d["reason"]) for d in await dead_letters(rt)]
+        on = "fw.task.target2.flooder2"
+        assert sorted(dead) == [(on, "actor_mismatch")] * 5 + [(on, "invalid")] * 5
+        assert await inbox(victim) == []
+        told = await inbox(flooder)
+        assert len(told) == 10 and {c.command for c in told} == {"refused"}
+    finally:
+        await victim.close()
+        await flooder.close()
 
 
 async def test_every_review_reaches_the_author_once_whoever_sends_it(
@@ -1430,8 +1455,8 @@ async def test_a_task_cannot_be_created_on_a_cancelled_dependency(
 async def test_a_reviewer_agent_cannot_keep_its_verdict_from_reaching_the_author(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """Holds (assuming an agent may publish on its own ``fw.cmd.<self>``, which the docs list
-    among "its own subjects"). The reviewer chooses ``review.id``, but the author's
+    """Holds (assuming an agent may publish on a subject of FW_COMMANDS naming itself,
+    ``fw.cmd.<anyone>.<self>``). The reviewer chooses ``review.id``, but the author's
     ``review_feedback`` is published under an id derived with the deployment's secret and the
     review's stream sequence. The reviewer first puts a message on FW_COMMANDS with the
     Nats-Msg-Id the feedback would have from the review's id alone
@@ -1447,7 +1472,7 @@ async def test_a_reviewer_agent_cannot_keep_its_verdict_from_reaching_the_author
         review = TaskReviewed(**envelope("muffler"), task="silenced", agent="unheard",
                               verdict="reject", feedback="you will never read this")  # fmt: skip
         guessed = deterministic_id(review.id, "inbox")
-        await rt.js.publish("fw.cmd.muffler", b"{}", headers={"Nats-Msg-Id": guessed})
+        await rt.js.publish("fw.cmd.unheard.muffler", b"{}", headers={"Nats-Msg-Id": guessed})
         await critic.send(review)
         await project_all(rt)
         assert status_of(await board_row(rt, "silenced"))[:2] == ("in_progress", "unheard")

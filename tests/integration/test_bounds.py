@@ -87,7 +87,8 @@ async def test_values_that_do_not_fit_are_dead_lettered_and_good_events_apply(
     }
     hb = Heartbeat(**envelope(agent), agent=agent, status="busy", message="ok")
     # (subject, payload, reason): each between good events; the reasons are admission's
-    on_agent, reg, paid = "fw.agent.a1", register(agent), spend(agent, 1.0)
+    on_agent, reg, paid = "fw.agent.a1.a1", register(agent), spend(agent, 1.0)
+    on_task, by_op, on_esc = "fw.task.t1.a1", "fw.task.t1.user:op", "fw.esc.e1.svc:watchdog"
     bad = [
         (on_agent, as_json(reg, name="bad\x00name"), "invalid"),
         (on_agent, with_number(paid, "tokens_in", str(2**63)), "invalid"),
@@ -97,16 +98,17 @@ async def test_values_that_do_not_fit_are_dead_lettered_and_good_events_apply(
         (on_agent, with_number(paid, "cost_usd", "1e999"), "invalid"),
         (on_agent, nested(paid, 1000), "too_deep"),
         (on_agent, as_json(paid, type="spend\x00recorded"), "unknown_type"),
-        ("fw.task.t1", as_json(task, title="a\x00b"), "invalid"),
-        ("fw.task.t1", json.dumps(claim | {"epoch": 2**31}).encode(), "invalid"),
-        ("fw.esc.e1", json.dumps(escalation | {"message": "\x00"}).encode(), "invalid"),
+        (by_op, as_json(task, title="a\x00b"), "invalid"),
+        (on_task, json.dumps(claim | {"epoch": 2**31}).encode(), "invalid"),
+        (on_esc, json.dumps(escalation | {"message": "\x00"}).encode(), "invalid"),
         ("fw.hb.a1", as_json(hb, message="bad\x00message"), "invalid"),
         ("fw.hb.a1", nested(hb, 1000), "too_deep"),
     ]
     readers = {
         on_agent: ("agents", "tasks", "spend"),
-        "fw.task.t1": ("tasks",),
-        "fw.esc.e1": ("escalations",),
+        on_task: ("tasks",),
+        by_op: ("tasks",),
+        on_esc: ("escalations",),
         "fw.hb.a1": ("utilization",),
     }
     await publish(rt.js, register(agent, team="red"))

@@ -9,11 +9,13 @@ from collections import Counter
 import anyio
 import pytest
 
-from fleetward.schemas.events import TaskReviewed
+from fleetward.schemas import subject_of
+from fleetward.schemas.events import TaskClaimed, TaskReviewed
+from fleetward.schemas.subjects import boundary, boundary_wildcard
 from fleetward.services.api.tasks import serve_task_api
 from fleetward.services.client import AgentClient, Claim, ClaimLost, FleetClient
 from fleetward.services.client.agent import INBOX_REDELIVERY_S
-from fleetward.services.client.taskstate import read_task
+from fleetward.services.client.taskstate import read_subjects, read_task
 from fleetward.services.jetstream.publish import encode
 from fleetward.services.runtime.connect import Runtime
 from tests.helpers import agent, envelope, project_all
@@ -25,7 +27,10 @@ ROUNDS = 50
 
 async def test_racing_agents_never_share_a_task(rt: Runtime, ops: FleetClient) -> None:
     """50 agents race for 20 tasks, 50 rounds: each (task, epoch) has exactly one holder, every
-    loser is told, and the board ends with every claim counted and none refused."""
+    loser is told, and the board ends with every claim counted and none refused. Contract v2:
+    each claimer publishes on its own subject (``fw.task.<task>.<agent>``), so only a
+    compare-and-set over all of the task's subjects (``fw.task.<task>.>``) keeps two claimers
+    of one epoch from both landing: the stream holds exactly one claim per (task, epoch)."""
     tasks = [f"race-{i:02d}" for i in range(TASKS)]
     for task in tasks:
         await ops.create_task(task, project="race", title=task)
@@ -66,6 +71,15 @@ async def test_racing_agents_never_share_a_task(rt: Runtime, ops: FleetClient) -
         per_task = Counter(task for task, _ in wins)
         assert board == {t: ("inbox", per_task[t]) for t in tasks}  # no task lost
         assert refused == 0  # losers' claims never reached the stream
+        stored: Counter[tuple[str, int]] = Counter()
+        for task in tasks:
+            assert await read_subjects(rt.nc, boundary("task", task)) == []  # nothing on v1
+            for m in await read_subjects(rt.nc, boundary_wildcard("task", task)):
+                assert m.event is not None and m.subject == subject_of(m.event)
+                assert m.subject.rsplit(".", 1)[1] == m.event.actor  # the subject's actor
+                if isinstance(m.event, TaskClaimed):
+                    stored[(task, m.event.epoch)] += 1
+        assert stored == wins
     finally:
         for a in agents:
             await a.close()
@@ -108,10 +122,8 @@ async def test_the_board_refuses_what_the_client_would_not_send(
     await ops.create_task("raw-b", project="p", title="B", depends_on=["raw-a"])
     rogue = await agent(rt, "rogue")
     try:
-        from fleetward.schemas.events import TaskClaimed  # noqa: PLC0415
-
         claim = TaskClaimed(**envelope("rogue"), task="raw-b", agent="rogue", epoch=1)
-        await rt.js.publish("fw.task.raw-b", encode(claim))
+        await rt.js.publish(subject_of(claim), encode(claim))
         await project_all(rt)
         async with rt.pool.acquire() as conn:
             row = await conn.fetchrow("SELECT * FROM fleet.tasks WHERE task_id = 'raw-b'")
@@ -182,7 +194,7 @@ async def test_self_review_sent_raw_is_refused_at_admission(rt: Runtime, ops: Fl
         own = TaskReviewed(
             **envelope("writer-2"), task="self-1", agent="writer-2", verdict="approve"
         )
-        await rt.js.publish("fw.task.self-1", encode(own))
+        await rt.js.publish(subject_of(own), encode(own))
         await project_all(rt)
         async with rt.pool.acquire() as conn:
             status = await conn.fetchval("SELECT status FROM fleet.tasks WHERE task_id = 'self-1'")

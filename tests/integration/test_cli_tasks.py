@@ -58,6 +58,7 @@ async def refused(rt: Runtime, env: dict[str, str], why: str, *args: str) -> Non
 
 
 async def last(rt: Runtime, subj: str) -> Event:
+    """The last event on ``subj`` (a boundary's subjects: ``fw.task.t1.>``)."""
     msg = await rt.js.get_last_msg(EVENTS_STREAM, subj)
     assert msg.data is not None
     return decode(msg.data)
@@ -141,7 +142,7 @@ async def test_an_operator_takes_tasks_back_and_changes_dependencies(
             await refused(rt, env, "task tb-c is not held: it is inbox", "tasks", "revoke", "tb-c")
             out = await ok(env, "tasks", "revoke", "tb-a", "--reason", "stalled")
             assert "revoked tb-a from holder (epoch 1)" in out
-            event = await last(rt, "fw.task.tb-a")
+            event = await last(rt, "fw.task.tb-a.>")
             assert isinstance(event, TaskRevoked)
             assert (event.agent, event.epoch, event.reason, event.assign_to, event.actor) == (
                 "holder", 1, "stalled", None, "user:alice"
@@ -150,11 +151,11 @@ async def test_an_operator_takes_tasks_back_and_changes_dependencies(
                           "tasks", "reassign", "tb-b", "ghost")  # fmt: skip
             out = await ok(env, "tasks", "reassign", "tb-b", "other")
             assert "reassigned tb-b from holder (epoch 1) to other" in out
-            event = await last(rt, "fw.task.tb-b")
+            event = await last(rt, "fw.task.tb-b.>")
             assert isinstance(event, TaskRevoked) and event.assign_to == "other"
             out = await ok(env, "tasks", "reassign", "tb-c", "other")
             assert "assigned tb-c to other" in out
-            assert isinstance(await last(rt, "fw.task.tb-c"), TaskAssigned)
+            assert isinstance(await last(rt, "fw.task.tb-c.>"), TaskAssigned)
     finally:
         await holder.close()
         await other.close()
@@ -167,7 +168,7 @@ async def test_an_operator_takes_tasks_back_and_changes_dependencies(
                   "tasks", "deps", "tb-c", "--drop", "tb-a")  # fmt: skip
     out = await ok(env, "tasks", "deps", "tb-c", "--set", "tb-a", "tb-b", "--reason", "order")
     assert "tb-c now depends on tb-a, tb-b" in out
-    event = await last(rt, "fw.task.tb-c")
+    event = await last(rt, "fw.task.tb-c.>")
     assert isinstance(event, TaskDependenciesChanged) and event.depends_on == ("tb-a", "tb-b")
 
 
@@ -183,16 +184,16 @@ async def test_an_operator_pauses_resumes_and_retires_an_agent(
             await refused(rt, env, "agent w-7 is not paused (it is active)",
                           "agents", "resume", "w-7")  # fmt: skip
             assert "paused w-7" in await ok(env, "agents", "pause", "w-7", "--reason", "budget")
-            event = await last(rt, "fw.agent.w-7")
+            event = await last(rt, "fw.agent.w-7.>")
             assert isinstance(event, AgentPaused)
             assert (event.reason, event.actor) == ("budget", "user:alice")
             await project_all(rt)
             await refused(rt, env, "agent w-7 is already paused", "agents", "pause", "w-7")
             assert "resumed w-7" in await ok(env, "agents", "resume", "w-7")
-            assert isinstance(await last(rt, "fw.agent.w-7"), AgentResumed)
+            assert isinstance(await last(rt, "fw.agent.w-7.>"), AgentResumed)
             await project_all(rt)
             assert "retired w-7" in await ok(env, "agents", "retire", "w-7", "--reason", "done")
-            assert isinstance(await last(rt, "fw.agent.w-7"), AgentRetired)
+            assert isinstance(await last(rt, "fw.agent.w-7.>"), AgentRetired)
             await project_all(rt)
             await refused(rt, env, "agent w-7 is already retired", "agents", "retire", "w-7")
             await refused(rt, env, "agent w-7 is retired", "agents", "pause", "w-7")

@@ -58,10 +58,11 @@ async def test_bad_events_on_budget_subjects_are_dead_lettered_and_good_ones_app
     await publish_many(rt.js, [good])
     from_agent = as_dict(good) | {"actor": "a1", "budget": "b2"}
     bad = {
-        "not_json": ("fw.budget.b3", b"\x00\x9c not json at all \xff"),
-        "actor_forbidden": ("fw.budget.b2", msgspec.json.encode(from_agent)),
-        "wrong_subject": ("fw.budget.b4", encode(register("a1"))),
-        "unknown_type": ("fw.budget.b5", b'{"type": "budget.spent"}'),
+        "not_json": ("fw.budget.b3.user:ops", b"\x00\x9c not json at all \xff"),
+        "actor_forbidden": ("fw.budget.b2.a1", msgspec.json.encode(from_agent)),
+        "wrong_subject": ("fw.budget.b4.a1", encode(register("a1"))),
+        "unknown_type": ("fw.budget.b5.user:ops", b'{"type": "budget.spent"}'),
+        "actor_mismatch": ("fw.budget.b1.user:eve", encode(good)),
     }
     await dead_lettered_and_counted(rt, "budgets", bad)
     async with rt.pool.acquire() as conn:
@@ -78,10 +79,11 @@ async def test_bad_events_on_command_subjects_are_dead_lettered_and_good_ones_ap
                          payload={"escalation": "e1"})  # fmt: skip
     await publish_many(rt.js, [good])
     bad = {
-        "not_json": ("fw.cmd.a1", b"\x00\x01 not json"),
-        "actor_forbidden": ("fw.cmd.a2", msgspec.json.encode(as_dict(good) | {"actor": "a2",
-                                                                              "agent": "a2"})),
-        "wrong_subject": ("fw.cmd.a3", encode(good)),
+        "not_json": ("fw.cmd.a1.user:ops", b"\x00\x01 not json"),
+        "actor_forbidden": ("fw.cmd.a2.a2", msgspec.json.encode(as_dict(good) | {"actor": "a2",
+                                                                                 "agent": "a2"})),
+        "wrong_subject": ("fw.cmd.a3.user:ops", encode(good)),
+        "actor_mismatch": ("fw.cmd.a1.svc:x", encode(good)),
     }  # fmt: skip
     published = await dead_lettered_and_counted(rt, "commands", bad)
     async with rt.pool.acquire() as conn:
@@ -90,6 +92,10 @@ async def test_bad_events_on_command_subjects_are_dead_lettered_and_good_ones_ap
             "SELECT checkpoint FROM fleet.projections WHERE projection = 'commands'"
         )
     found = [(r["command_id"], r["agent"], r["command"], r["payload"], r["issued_by"])
-             for r in rows]  # fmt: skip
+             for r in rows if r["issued_by"] == "user:ops"]  # fmt: skip
     assert found == [(good.id, "a1", "pause", '{"escalation": "e1"}', "user:ops")]
-    assert checkpoint == max(published)
+    # the agent that published a command on its own subject (v2: the subject names the
+    # sender) is told; its refusal is the only other command
+    told = [(r["agent"], r["command"]) for r in rows if r["issued_by"] != "user:ops"]
+    assert told == [("a2", "refused")]
+    assert checkpoint > max(published)

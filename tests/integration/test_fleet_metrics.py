@@ -14,7 +14,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry, generate_latest
 
 from fleetward.projections import BY_NAME
-from fleetward.schemas import Event
+from fleetward.schemas import Event, subject_of
 from fleetward.schemas.events import (
     AgentOffline,
     AgentPaused,
@@ -93,8 +93,8 @@ async def test_the_fleet_gauges_are_what_the_views_hold(rt: Runtime) -> None:
         budget("b5", "team", "ghost", "day", 1.0),  # a team with no agents spends nothing
         budget("b6", "agent", "a1", "day", 0.1),  # agent ids are no labels: not exposed
     ]:
-        fleet.on_budget(f"fw.budget.{b.budget}", encode(b), 1, 0)
-    fleet.on_budget("fw.budget.b7", b"{not json", 1, 0)  # ignored
+        fleet.on_budget(subject_of(b), encode(b), 1, 0)
+    fleet.on_budget("fw.budget.b7.user:ops", b"{not json", 1, 0)  # ignored
 
     snap = await fleet.refresh(rt.pool)
 

@@ -130,7 +130,7 @@ def mutation(draw: st.DrawFn, event: dict[str, Any], subject: str) -> tuple[str,
             [
                 "nul", "surrogate", "int_bound", "float_bound", "type_swap", "deep",
                 "garbage", "truncate", "unknown_type", "type_nul", "wrong_subject",
-                "odd_subject", "drop_field", "huge_text", "bytes_subject",
+                "odd_subject", "drop_field", "huge_text", "bytes_subject", "actor_mismatch",
             ]
         )
     )  # fmt: skip
@@ -170,8 +170,12 @@ def mutation(draw: st.DrawFn, event: dict[str, Any], subject: str) -> tuple[str,
     if how == "type_nul":
         return subject, _dump({**event, "type": event["type"] + "\u0000"}), "NUL in type"
     if how == "wrong_subject":
-        other = draw(st.sampled_from(["fw.agent.someone-else", "fw.task.other", "fw.esc.x"]))
+        other = draw(st.sampled_from(["fw.agent.someone-else.a1", "fw.task.other", "fw.esc.x.y"]))
         return other, _dump(event), "valid event on another subject"
+    if how == "actor_mismatch" and len(subject.split(".")) == 4:  # contract v2: a forgery
+        actor = draw(st.sampled_from(["mallory", "user:eve", "svc:fake"]))
+        forged = f"{subject.rsplit('.', 1)[0]}.{actor}"
+        return forged, _dump(event), f"valid event on its boundary's subject of {actor}"
     if how == "odd_subject":
         kind = subject.split(".")[1]
         token = draw(st.sampled_from(["a" * 300, "ü-agent", "x.y.z", "%41", "a\\b"]))

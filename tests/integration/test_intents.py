@@ -23,7 +23,7 @@ from fleetward.schemas.events import (
 )
 from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
 from fleetward.schemas.streams import EVENTS_STREAM
-from fleetward.schemas.subjects import subject
+from fleetward.schemas.subjects import boundary_wildcard
 from fleetward.services.client import FleetClient, IntentRefused
 from fleetward.services.client.taskstate import read_task
 from fleetward.services.errors import FleetwardError
@@ -32,8 +32,8 @@ from tests.helpers import agent, project_all, task_api
 
 
 async def last(rt: Runtime, kind: str, key: str) -> tuple[int, Event]:
-    """The last event on ``fw.<kind>.<key>`` and its sequence."""
-    msg = await rt.js.get_last_msg(EVENTS_STREAM, subject(kind, key))
+    """The last event on the subjects of ``fw.<kind>.<key>`` and its sequence."""
+    msg = await rt.js.get_last_msg(EVENTS_STREAM, boundary_wildcard(kind, key))
     assert msg.seq is not None and msg.data is not None
     return msg.seq, decode(msg.data)
 
@@ -131,7 +131,7 @@ async def test_two_creations_of_one_id_race_and_one_is_refused(
     seq, _ = await last(rt, "task", "race-1")
     assert (await read_task(rt.nc, rt.js, "race-1")).last_seq == seq
     assert (
-        await rt.js.get_msg(EVENTS_STREAM, seq=1, subject="fw.task.race-1", next=True)
+        await rt.js.get_msg(EVENTS_STREAM, seq=1, subject="fw.task.race-1.>", next=True)
     ).seq == seq
 
 

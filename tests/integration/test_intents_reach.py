@@ -230,23 +230,31 @@ async def test_an_agent_in_any_language_reads_its_refusals_from_the_inbox(
     bad_spend += b'"agent":"poly","model":"m","cost_usd":-5}'
     stray = envelope("poly") | {"type": "task.progressed", "task": "poly-task", "agent": "poly",
                                 "epoch": 3, "at": "2026-01-01T00:00:00Z"}  # fmt: skip
-    acks = await publish_raw(rt.nats_url, [
-        Raw(b"fw.agent.poly", bad_spend),
-        Raw(b"fw.task.poly-task", msgspec.json.encode(stray)),
+    acks = await publish_raw(rt.nats_url, [  # contract v2: each on a subject naming its actor
+        Raw(b"fw.agent.poly.poly", bad_spend),
+        Raw(b"fw.task.poly-task.poly", msgspec.json.encode(stray)),
     ])  # fmt: skip
     assert all("seq" in a for a in acks), acks
     await project_all(rt)
 
+    # the inbox as docs/agents.md creates it: the explicit-filter form a permission can pin
     consumer = {"stream_name": COMMANDS_STREAM, "config": {
-        "durable_name": "poly-inbox", "filter_subject": "fw.cmd.poly",
+        "durable_name": "inbox_poly", "filter_subject": "fw.cmd.poly.>",
         "ack_policy": "explicit", "deliver_policy": "all"}}  # fmt: skip
     created = await rt.nc.request(
-        f"$JS.API.CONSUMER.CREATE.{COMMANDS_STREAM}.poly-inbox", msgspec.json.encode(consumer)
+        f"$JS.API.CONSUMER.CREATE.{COMMANDS_STREAM}.inbox_poly.fw.cmd.poly.>",
+        msgspec.json.encode(consumer),
     )
     assert "error" not in msgspec.json.decode(created.data)
+    mismatch = consumer | {"config": consumer["config"] | {"filter_subject": "fw.cmd.>"}}
+    refused = await rt.nc.request(
+        f"$JS.API.CONSUMER.CREATE.{COMMANDS_STREAM}.inbox_poly.fw.cmd.poly.>",
+        msgspec.json.encode(mismatch),
+    )
+    assert "error" in msgspec.json.decode(refused.data)  # the subject pins the filter
     inbox = rt.nc.new_inbox()
     sub = await rt.nc.subscribe(inbox)
-    await rt.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{COMMANDS_STREAM}.poly-inbox",
+    await rt.nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{COMMANDS_STREAM}.inbox_poly",
                         b'{"batch": 10, "expires": 2000000000}', reply=inbox)  # fmt: skip
     got = []
     while len(got) < 2:

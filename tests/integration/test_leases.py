@@ -11,6 +11,7 @@ from pathlib import Path
 
 import anyio
 
+from fleetward.schemas import subject_of
 from fleetward.schemas.events import Deliverable, TaskSubmitted
 from fleetward.services.client import AgentClient, FleetClient
 from fleetward.services.client.taskstate import read_task
@@ -85,7 +86,7 @@ async def test_a_killed_claimer_loses_its_task_and_another_finishes_it(rt: Runti
                 **envelope("doomed"), task="lease-1", agent="doomed", epoch=1,
                 deliverable=Deliverable(kind="markdown", sha256="0" * 64, content="too late"),
             )  # fmt: skip
-            await rt.js.publish("fw.task.lease-1", encode(late))
+            await rt.js.publish(subject_of(late), encode(late))
             await ops.review("lease-1", "approve")
             stop.set()
         await project_all(rt)

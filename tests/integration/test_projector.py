@@ -9,7 +9,7 @@ import anyio
 import msgspec
 
 from fleetward.projections import ALL, BY_NAME
-from fleetward.schemas import new_id
+from fleetward.schemas import new_id, subject_of
 from fleetward.schemas.admission import MAX_EVENT_BYTES
 from fleetward.schemas.events import AgentRegistered, Heartbeat, SpendRecorded, TaskCreated
 from fleetward.services import metrics
@@ -58,7 +58,7 @@ async def test_a_duplicate_inside_one_batch_is_applied_once(rt: Runtime) -> None
     await publish(rt.js, register("a1"))
     event = spend("a1", 0.5)
     for _ in range(2):
-        await rt.js.publish("fw.agent.a1", encode(event))
+        await rt.js.publish(subject_of(event), encode(event))
     await project_all(rt)
     assert await spend_total(rt, "a1") == (Decimal("0.5"), 10)
     assert metrics.SKIPPED.labels("spend")._value.get() >= 1
@@ -142,8 +142,8 @@ async def test_one_runner_feeds_several_projections_each_its_own_subjects(rt: Ru
     filter subjects are slow in nats-server); each applies, and dead-letters, only the subjects
     it reads."""
     await publish_many(rt.js, [register("a1"), spend("a1", 0.5)])
-    on_agent = (await rt.js.publish("fw.agent.a1", b"garbage")).seq
-    on_esc = (await rt.js.publish("fw.esc.e1", b"garbage")).seq
+    on_agent = (await rt.js.publish("fw.agent.a1.a1", b"garbage")).seq
+    on_esc = (await rt.js.publish("fw.esc.e1.svc:x", b"garbage")).seq
     group = tuple(p for p in ALL if p.stream == "FW_EVENTS")
     assert {p.name for p in group} == {"agents", "tasks", "spend", "escalations", "budgets"}
     runner = ProjectionRunner(rt, *group)
@@ -196,7 +196,7 @@ async def fleet_events(size: int, ticks: int, seed: int = 11) -> list[object]:
 async def test_a_rebuild_equals_the_live_projection(rt: Runtime) -> None:
     events = await fleet_events(30, 25)
     await publish_many(rt.js, events)  # type: ignore[arg-type]  # all are Events
-    await rt.js.publish("fw.agent.sim-001", b"garbage")  # a dead letter must rebuild too
+    await rt.js.publish("fw.agent.sim-001.sim-001", b"garbage")  # a dead letter must rebuild too
     await project_all(rt)
     live = await snapshot(rt)
     assert len(live["fleetward.tasks"]) > 10 and live["dead_letters"]

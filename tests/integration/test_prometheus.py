@@ -185,7 +185,7 @@ async def test_every_dashboard_metric_is_served_by_fleetward(
     assert len(exprs) >= 20 and len(wanted) >= 20, (len(exprs), sorted(wanted))
     # a fleet, a dead letter and a team budget: every family the dashboard shows has samples
     await publish_fleet(rt, 6, ticks=3)
-    await rt.js.publish("fw.agent.sim-000", b"{not json")
+    await rt.js.publish("fw.agent.sim-000.sim-000", b"{not json")
     target = await stream_positions(rt)
     env = {**env, "FLEETWARD_METRICS_PORT": "0"}
     with (

@@ -19,6 +19,7 @@ import msgspec
 import pytest
 from nats.aio.msg import Msg
 
+from fleetward.schemas import subject_of
 from fleetward.schemas.events import AgentRegistered, CommandIssued, Heartbeat, TaskCreated
 from fleetward.schemas.streams import COMMANDS_STREAM, EVENTS_STREAM, HEARTBEATS_STREAM
 from fleetward.services.client.agent import AgentClient
@@ -63,7 +64,7 @@ BAD_EVENT_SUBJECTS = [
     (b"fw.agent.\xc3\xa9", "fw.agent.\u00e9", encode(register("x8"))),  # printable, not safe
     (b"fw.agent." + b"x" * 4000, "fw.agent." + "x" * 4000, encode(register("x9"))),  # too long
     (b"fw.task.t1.extra.tokens", "fw.task.t1.extra.tokens", encode(created("t1"))),
-    (b"fw.agent.a1.x", "fw.agent.a1.x", encode(register("a1"))),
+    (b"fw.agent.a1.a1.x", "fw.agent.a1.a1.x", encode(register("a1"))),
 ]
 # events naming the bad subject's own key (so only the key's bounds can refuse them)
 SELF_NAMED = [
@@ -93,9 +94,9 @@ async def test_events_on_subjects_fleetward_cannot_use_are_dead_lettered_between
 ) -> None:
     caplog.set_level(logging.WARNING, "fleetward.nats")
     good = [register(f"g{i}") for i in range(len(BAD_EVENT_SUBJECTS) + 1)]
-    messages = [Raw(b"fw.agent.g0", encode(good[0]))]
+    messages = [Raw(subject_of(good[0]).encode(), encode(good[0]))]
     for (subject, _, data), event in zip(BAD_EVENT_SUBJECTS, good[1:], strict=True):
-        messages += [Raw(subject, data), Raw(f"fw.agent.{event.agent}".encode(), encode(event))]
+        messages += [Raw(subject, data), Raw(subject_of(event).encode(), encode(event))]
     messages += [Raw(s, d) for s, d in SELF_NAMED]
     acks = await publish_raw(nats_url, messages)
     assert all("seq" in a for a in acks), acks  # nats-server stored every one
@@ -207,11 +208,12 @@ async def test_an_agents_command_inbox_reads_past_bad_bytes(rt: Runtime, nats_ur
     try:
         pause = CommandIssued(**envelope("user:op"), agent="a1", command="pause")
         acks = await publish_raw(nats_url, [
-            Raw(b"fw.cmd.a1", b"\xff\xfe not json",
+            Raw(b"fw.cmd.a1.user:op", b"\xff\xfe not json",
                 headers=b"NATS/1.0\r\nX-\xff: \xfe\r\nNats-\xc3: b\r\n\r\n"),
-            Raw(b"fw.cmd.a1", encode(pause), headers=b"NATS/1.0 \xff\xfe\r\nA: \xff\r\n\r\n"),
-            Raw(b"fw.cmd.\xff", encode(pause)),
-            Raw(b"fw.cmd.a1\x0b", encode(pause)),
+            Raw(b"fw.cmd.a1.user:op", encode(pause),
+                headers=b"NATS/1.0 \xff\xfe\r\nA: \xff\r\n\r\n"),
+            Raw(b"fw.cmd.\xff.user:op", encode(pause)),
+            Raw(b"fw.cmd.a1\x0b.user:op", encode(pause)),
         ])  # fmt: skip
         assert all("seq" in a for a in acks), acks
         await operator.command("a1", "resume", reason="good")

@@ -113,7 +113,7 @@ CASES = {
         dict.fromkeys(("agents", "spend", "tasks"), "unknown_type"),
     ),
     "nul in the subject": Case(
-        lambda: ("fw.agent.a1\x00x", tampered(register("a1"))[1]),
+        lambda: ("fw.agent.a1\x00x.a1", tampered(register("a1"))[1]),
         dict.fromkeys(("agents", "spend", "tasks"), "wrong_subject"),
     ),
     "max_concurrent_tasks past int4": Case(

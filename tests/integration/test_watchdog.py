@@ -210,13 +210,14 @@ async def test_a_silent_agent_gets_a_warning_then_a_critical_on_time_and_a_heart
         esc = warn.event
         assert isinstance(esc, EscalationRaised) and isinstance(crit.event, EscalationRaised)
         assert (
-            crit.event.escalation == esc.escalation and crit.subject == f"fw.esc.{esc.escalation}"
+            crit.event.escalation == esc.escalation
+            and crit.subject == f"fw.esc.{esc.escalation}.svc:watchdog"
         )
         assert esc.evidence["last_seen"] and esc.evidence["misses"] == 2
 
         async def offline_and_released() -> bool:
-            stored = await rt.js.get_last_msg("FW_EVENTS", "fw.task.t1")
-            lease = admit("fw.task.t1", stored.data or b"")
+            stored = await rt.js.get_last_msg("FW_EVENTS", "fw.task.t1.>")
+            lease = admit(stored.subject, stored.data or b"")
             return bool(rec.of(AgentOffline)) and isinstance(lease, TaskLeaseExpired)
 
         await wait_for(offline_and_released, 10, "agent.offline and the lease expiry")
@@ -502,7 +503,7 @@ async def assert_paused_by_the_watchdog(rt: Runtime, rec: Recorder, agent: str, 
     [paused] = [e for e in rec.of(AgentPaused) if e.agent == agent]
     assert paused.actor == "svc:watchdog" and esc in paused.reason
     with pytest.raises(NotFoundError):
-        await rt.js.get_last_msg("FW_COMMANDS", f"fw.cmd.{agent}")
+        await rt.js.get_last_msg("FW_COMMANDS", f"fw.cmd.{agent}.svc:watchdog")
     await project_all(rt)
     async with rt.pool.acquire() as conn:
         status = await conn.fetchval("SELECT status FROM fleet.agents WHERE agent_id = $1", agent)
@@ -574,10 +575,9 @@ async def test_people_list_acknowledge_and_resolve_escalations(
     code, out, err = await fleetward(env, "escalations", "resolve", "esc-crit-old",
                                      "--resolution", "restarted it")  # fmt: skip
     assert (code, out.strip()) == (0, "resolved esc-crit-old"), err
-    answers = [
-        admit(f"fw.esc.{esc}", (await rt.js.get_last_msg("FW_EVENTS", f"fw.esc.{esc}")).data or b"")
-        for esc in ("esc-crit-new", "esc-crit-old")
-    ]  # fmt: skip
+    lasts = [await rt.js.get_last_msg("FW_EVENTS", f"fw.esc.{esc}.>")
+             for esc in ("esc-crit-new", "esc-crit-old")]  # fmt: skip
+    answers = [admit(m.subject, m.data or b"") for m in lasts]
     assert [type(e).__name__ for e in answers] == ["EscalationAcknowledged", "EscalationResolved"]
     assert all(e.actor.startswith("user:") for e in answers)
 

@@ -50,8 +50,11 @@ def raw(payload: dict[str, Any]) -> bytes:
     return msgspec.json.encode({"id": new_id(), "at": datetime.now(UTC).isoformat(), **payload})
 
 
-async def publish_raw(rt: Runtime, subject: str, payload: dict[str, Any]) -> None:
+async def publish_raw(rt: Runtime, boundary: str, payload: dict[str, Any]) -> None:
+    """Publish ``payload`` on its subject in ``boundary`` (``fw.agent.a1``): contract v2, the
+    subject carries the payload's actor."""
     data = raw(payload)
+    subject = f"{boundary}.{payload['actor']}"
     await rt.js.publish(subject, data, headers={MSG_ID: msgspec.json.decode(data)["id"]})
 
 
@@ -283,8 +286,8 @@ async def test_extreme_values_never_stop_the_watchdog_and_the_rest_are_judged(rt
     written before the bounds existed still hold it, and the clamps judge those."""
     for subject, payload in BEYOND + EXTREMES:
         await publish_raw(rt, subject, payload)
-    await rt.js.publish("fw.agent.dead", raw(msgspec.to_builtins(register("dead"))))
-    await rt.js.publish("fw.agent.ok", raw(msgspec.to_builtins(register("ok"))))
+    await rt.js.publish("fw.agent.dead.dead", raw(msgspec.to_builtins(register("dead"))))
+    await rt.js.publish("fw.agent.ok.ok", raw(msgspec.to_builtins(register("ok"))))
     await insert_extreme_rows(rt)
     before = failures()
     raised_after_first = 0
@@ -320,7 +323,7 @@ async def test_extreme_values_never_stop_the_watchdog_and_the_rest_are_judged(rt
 async def test_a_round_that_raises_is_counted_the_watchdog_lives_and_its_health_says_why(
     rt: Runtime,
 ) -> None:
-    await rt.js.publish("fw.agent.a1", raw(msgspec.to_builtins(register("a1"))))
+    await rt.js.publish("fw.agent.a1.a1", raw(msgspec.to_builtins(register("a1"))))
     clock = ManualClock(time.time())
     dog = Watchdog(rt, FAST, clock=clock)
     signals = dog.signals
@@ -366,7 +369,7 @@ async def test_a_round_that_raises_is_counted_the_watchdog_lives_and_its_health_
 async def test_the_watchdog_process_reports_its_health_with_reasons(
     rt: Runtime, env: dict[str, str], tmp_path: Path
 ) -> None:
-    await rt.js.publish("fw.agent.a1", raw(msgspec.to_builtins(register("a1"))))
+    await rt.js.publish("fw.agent.a1.a1", raw(msgspec.to_builtins(register("a1"))))
     watchdog_env = env | {"FLEETWARD_METRICS_PORT": "0", "FLEETWARD_WATCHDOG_GRACE_S": "0.5"}
     with spawn_watchdog(watchdog_env, tmp_path / "wd") as (proc, logs):
         await wait_for(lambda: caught_up(proc, logs), 30, "the watchdog to catch up")
@@ -390,7 +393,7 @@ async def test_an_event_the_decoder_cannot_take_is_skipped_and_counted(rt: Runti
     deep = b'{"type": "agent.registered", "x": ' + b"[" * 1000 + b"]" * 1000 + b"}"
     counts = failures()
     before = counts["event"] + counts["heartbeat"] + dog.rejected
-    dog._on_event("fw.agent.a1", deep, 7, time.time_ns())
+    dog._on_event("fw.agent.a1.a1", deep, 7, time.time_ns())
     dog._on_heartbeat("fw.hb.a1", deep.replace(b"agent.registered", b"agent.heartbeat"), 8, 0)
     after = failures()
     assert after["event"] + after["heartbeat"] + dog.rejected == before + 2

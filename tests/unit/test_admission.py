@@ -22,14 +22,16 @@ from fleetward.schemas.admission import (
 )
 from fleetward.schemas.bounds import INT4_MAX, MAX_COST_USD, MAX_DEPTH, MAX_TOKENS
 from fleetward.schemas.events import (
+    BY_TYPE,
     AgentRegistered,
     Deliverable,
     Event,
     Heartbeat,
+    TaskClaimed,
     TaskSubmitted,
     type_name,
 )
-from fleetward.schemas.subjects import subject_of
+from fleetward.schemas.subjects import boundary, subject, subject_of
 from tests.samples import AGENT, SHA256, TASK, sample_events
 
 SAMPLES = sample_events()
@@ -54,6 +56,12 @@ def raw(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj).encode()
 
 
+def own(obj: dict[str, Any]) -> str:
+    """The v2 subject a payload belongs on: its boundary's, carrying its own actor."""
+    cls = BY_TYPE[obj["type"]]
+    return subject(cls.SUBJECT_KIND, obj[cls.SUBJECT_KEY], obj["actor"])
+
+
 def reason_of(subject: str, data: bytes) -> str:
     """The reason ``admit`` rejects ``data`` with; fails the test when it is admitted."""
     with pytest.raises(Rejected) as caught:
@@ -63,7 +71,7 @@ def reason_of(subject: str, data: bytes) -> str:
 
 
 HB_SUBJECT = f"fw.hb.{AGENT}"
-TASK_SUBJECT = f"fw.task.{TASK}"
+TASK_SUBJECT = f"fw.task.{TASK}.{AGENT}"  # the agent's own (contract v2)
 
 
 # ---- accepted ------------------------------------------------------------------------------
@@ -104,10 +112,10 @@ def test_unknown_fields_are_ignored() -> None:
 def test_fields_with_defaults_may_be_omitted() -> None:
     hb = admit(HB_SUBJECT, raw(heartbeat()))
     assert isinstance(hb, Heartbeat)
-    assert (hb.status, hb.task, hb.message, hb.v, hb.corr) == ("idle", None, "", 1, None)
+    assert (hb.status, hb.task, hb.message, hb.v, hb.corr) == ("idle", None, "", 2, None)
 
     reg = admit(
-        f"fw.agent.{AGENT}",
+        f"fw.agent.{AGENT}.{AGENT}",
         raw(payload("agent.registered", agent=AGENT, name="n", owner="o", team="docs")),
     )
     assert isinstance(reg, AgentRegistered)
@@ -234,7 +242,8 @@ def test_reason_depends_on_the_field_not_on_the_bad_value(bad: str) -> None:
 
 # ---- rejected: values that would not fit where they go (issue 11) ---------------------------
 
-AGENT_SUBJECT = f"fw.agent.{AGENT}"
+AGENT_SUBJECT = f"fw.agent.{AGENT}.{AGENT}"
+ESC_SUBJECT = "fw.esc.esc-1.svc:watchdog"
 
 
 def registration(**fields: Any) -> dict[str, Any]:
@@ -263,9 +272,9 @@ NUL_IN_TEXT = [
     ("registered-name", AGENT_SUBJECT, registration(name="bad\x00name")),
     ("heartbeat-message", HB_SUBJECT, heartbeat(message="bad\x00message")),
     ("task-title", TASK_SUBJECT, payload("task.created", task=TASK, project="p", title="a\x00")),
-    ("escalation-message", "fw.esc.esc-1", escalation(message="\x00")),
-    ("evidence-value", "fw.esc.esc-1", escalation(evidence={"k": "v\x00"})),
-    ("evidence-key", "fw.esc.esc-1", escalation(evidence={"k\x00": "v"})),
+    ("escalation-message", ESC_SUBJECT, escalation(message="\x00")),
+    ("evidence-value", ESC_SUBJECT, escalation(evidence={"k": "v\x00"})),
+    ("evidence-key", ESC_SUBJECT, escalation(evidence={"k\x00": "v"})),
     ("corr", HB_SUBJECT, heartbeat(corr="c\x00")),
     ("deliverable-content", TASK_SUBJECT, payload(
         "task.submitted", task=TASK, agent=AGENT, epoch=1,
@@ -447,7 +456,7 @@ def test_evidence_numbers_out_of_range_are_invalid(literal: str) -> None:
     """Evidence lands in jsonb and is encoded again by the escalations fold: no infinities, and
     integers within bigint (JSON Schema lets 2^63 pass as a number; only services send it)."""
     data = raw(escalation(evidence={"k": 0})).replace(b'"k": 0', f'"k": {literal}'.encode())
-    assert reason_of("fw.esc.esc-1", data) == "invalid"
+    assert reason_of(ESC_SUBJECT, data) == "invalid"
 
 
 @pytest.mark.parametrize(
@@ -477,7 +486,7 @@ def test_heartbeat_on_the_agent_subject() -> None:
 
 
 def test_event_on_another_keys_subject() -> None:
-    assert reason_of("fw.task.task-other", raw(claim())) == "wrong_subject"
+    assert reason_of(f"fw.task.task-other.{AGENT}", raw(claim())) == "wrong_subject"
     assert reason_of("fw.hb.agent-8", raw(heartbeat())) == "wrong_subject"
 
 
@@ -498,34 +507,89 @@ def test_heartbeat_from_a_person_or_service(actor: str) -> None:
 
 
 def test_claim_on_behalf_of_another_agent() -> None:
-    assert reason_of(TASK_SUBJECT, raw(claim(actor="agent-8"))) == "actor_forbidden"
+    data = claim(actor="agent-8")
+    assert reason_of(own(data), raw(data)) == "actor_forbidden"
 
 
 @pytest.mark.parametrize("actor", [AGENT, "agent-8"])
 def test_task_assigned_by_an_agent(actor: str) -> None:
     data = payload("task.assigned", actor=actor, task=TASK, agent=AGENT)
-    assert reason_of(TASK_SUBJECT, raw(data)) == "actor_forbidden"
+    assert reason_of(own(data), raw(data)) == "actor_forbidden"
 
 
 def test_task_assigned_by_a_service_is_admitted() -> None:
     data = payload("task.assigned", actor="svc:dispatcher", task=TASK, agent=AGENT)
-    assert type_name(type(admit(TASK_SUBJECT, raw(data)))) == "task.assigned"
+    assert type_name(type(admit(own(data), raw(data)))) == "task.assigned"
 
 
 @pytest.mark.parametrize("actor", ["user:alice", AGENT])
 def test_lease_expired_not_from_a_service(actor: str) -> None:
     data = payload("task.lease_expired", actor=actor, task=TASK, agent=AGENT, epoch=1)
-    assert reason_of(TASK_SUBJECT, raw(data)) == "actor_forbidden"
+    assert reason_of(own(data), raw(data)) == "actor_forbidden"
 
 
 def test_agent_reviewing_its_own_deliverable() -> None:
     data = payload("task.reviewed", actor=AGENT, task=TASK, agent=AGENT, verdict="approve")
-    assert reason_of(TASK_SUBJECT, raw(data)) == "actor_forbidden"
+    assert reason_of(own(data), raw(data)) == "actor_forbidden"
 
 
 def test_agent_reviewing_another_agents_deliverable_is_admitted() -> None:
     data = payload("task.reviewed", actor="agent-8", task=TASK, agent=AGENT, verdict="approve")
-    assert type_name(type(admit(TASK_SUBJECT, raw(data)))) == "task.reviewed"
+    assert type_name(type(admit(own(data), raw(data)))) == "task.reviewed"
+
+
+# ---- contract v2: the subject carries the actor --------------------------------------------
+
+
+@pytest.mark.parametrize("actor", ["agent-8", "user:alice", "svc:watchdog"])
+def test_a_v2_event_on_its_boundary_under_another_actor_is_an_actor_mismatch(actor: str) -> None:
+    """NATS lets ``actor`` publish on ``fw.task.<task>.<actor>`` only: a payload naming another
+    actor there is a forgery, whatever it says it is."""
+    with pytest.raises(Rejected) as caught:
+        admit(f"fw.task.{TASK}.{actor}", raw(claim()))
+    assert caught.value.reason == "actor_mismatch"
+    assert actor in caught.value.detail and AGENT in caught.value.detail
+    assert "actor_mismatch" in REASONS
+
+
+def test_a_v2_event_is_admitted_only_on_its_v2_subject() -> None:
+    data = claim(v=2)
+    assert isinstance(admit(TASK_SUBJECT, raw(data)), TaskClaimed)
+    assert reason_of(boundary("task", TASK), raw(data)) == "wrong_subject"
+    assert reason_of(f"fw.task.{TASK}.{AGENT}.x", raw(data)) == "wrong_subject"
+
+
+def test_a_v1_event_is_history_admitted_only_on_its_v1_subject() -> None:
+    data = claim(v=1)
+    event = admit(boundary("task", TASK), raw(data))
+    assert isinstance(event, TaskClaimed) and event.v == 1
+    assert reason_of(TASK_SUBJECT, raw(data)) == "wrong_subject"
+    # v1 judged its actor by the payload alone, as history still is
+    assert reason_of(boundary("task", TASK), raw(claim(v=1, actor="agent-8"))) == (
+        "actor_forbidden"
+    )
+
+
+def test_an_event_without_v_is_v1_on_a_v1_subject_and_v2_on_a_v2_one() -> None:
+    """v1's default was 1: history written without ``v`` (as docs/agents.md showed it) still
+    reads as v1 on its subject; from v2 on the default is 2."""
+    data = claim()
+    assert "v" not in data
+    assert admit(boundary("task", TASK), raw(data)).v == 1
+    assert admit(TASK_SUBJECT, raw(data)).v == 2
+    assert admit(HB_SUBJECT, raw(heartbeat())).v == 2  # heartbeats: one subject for both
+
+
+def test_a_v2_actor_with_a_dot_cannot_be_a_subject_token() -> None:
+    data = payload("task.cancelled", actor="user:ana.lopez", task=TASK)
+    with pytest.raises(Rejected) as caught:
+        admit(f"fw.task.{TASK}.user:ana.lopez", raw(data))
+    assert caught.value.reason == "invalid" and "$.actor" in caught.value.detail
+    assert reason_of(f"fw.task.{TASK}.user:ana", raw(data)) == "invalid"
+    with pytest.raises(ValueError, match="subject token"):
+        subject_of(msgspec.json.decode(raw(data), type=BY_TYPE["task.cancelled"]))
+    # v1 history allowed it, and still does
+    assert admit(boundary("task", TASK), raw(data | {"v": 1})).actor == "user:ana.lopez"
 
 
 def test_subject_is_checked_before_actor() -> None:
@@ -546,6 +610,13 @@ def test_subject_is_checked_before_actor() -> None:
         ("fw.cmd.a1", b'{"actor": "a1"}', None),  # commands name their recipient
         ("fw.task.t1", b'{"actor": "bad id with spaces"}', None),
         ("fw.agent.a1", b"[" * 100_000, "a1"),  # too deep to decode: the subject's agent
+        # v2: the subject's actor token is proof (NATS permissions), the payload is not
+        ("fw.task.t1.a2", b'{"actor": "a3", "type": "task.progressed"}', "a2"),
+        ("fw.agent.victim.mallory", b'{"actor": "victim"}', "mallory"),
+        ("fw.task.t1.a2", b"not json", "a2"),
+        ("fw.cmd.a1.a2", b'{"actor": "svc:x"}', "a2"),  # an agent sent a command: it is told
+        ("fw.cmd.a1.svc:x", b'{"actor": "a1"}', None),
+        ("fw.task.t1.user:bob", b'{"actor": "a2"}', None),  # a person: no inbox
     ],
 )
 def test_a_refusal_goes_to_the_agent_that_sent_the_event(

@@ -25,7 +25,7 @@ from fleetward.schemas.admission import Rejected, admit, decode
 from fleetward.schemas.api import ENDPOINTS, MAX_ERROR, Endpoint, bad_request
 from fleetward.schemas.events import BY_TYPE, EVENT_TYPES, AnyEvent, Event, type_name
 from fleetward.schemas.streams import stream_for_kind
-from fleetward.schemas.subjects import KINDS, subject_of
+from fleetward.schemas.subjects import ACTORLESS, KINDS, subject_of
 from tests.samples import sample_events
 from tests.samples_api import PROFILE, sample_api
 
@@ -171,9 +171,13 @@ def test_schema_names_subject_stream_and_senders(event: Event) -> None:
     # keyword for them, and a strict validator refuses one it does not know)
     assert schema["description"] == f"{contract.summary(cls)} {contract.where(cls)}"
     info = _asyncapi()["components"]["messages"][type_name(cls)]["x-fleetward"]
-    assert info["subject"].format(**{cls.SUBJECT_KEY: getattr(event, cls.SUBJECT_KEY)}) == (
-        subject_of(event)
-    )
+    params = {cls.SUBJECT_KEY: getattr(event, cls.SUBJECT_KEY), "actor": event.actor}
+    assert info["subject"].format(**params) == subject_of(event)
+    if cls.SUBJECT_KIND in ACTORLESS:
+        assert "v1_subject" not in info
+    else:  # history: events with v 1 on the subject without the actor
+        v1 = msgspec.structs.replace(event, v=1)
+        assert info["v1_subject"].format(**params) == subject_of(v1) != subject_of(event)
     assert f"`{info['subject']}`" in schema["description"]
     assert info["stream"] == stream_for_kind(cls.SUBJECT_KIND)
     assert info["stream"] in schema["description"]
@@ -713,7 +717,8 @@ def test_asyncapi_channels_are_the_subject_kinds_and_the_api() -> None:
     for kind, channel in channels.items():
         _assert_keys("channel", channel, f"#/channels/{kind}")
         params = set(re.findall(r"\{([^}]+)\}", channel["address"]))
-        assert params == set(channel["parameters"]) == {contract.kind_key(kind)}
+        actor = set() if kind in ACTORLESS else {"actor"}  # contract v2: the subject's actor
+        assert params == set(channel["parameters"]) == {contract.kind_key(kind)} | actor
         for name, parameter in channel["parameters"].items():
             _assert_keys("parameter", parameter, f"#/channels/{kind}/parameters/{name}")
     listed = [name for channel in channels.values() for name in channel["messages"]]
@@ -771,7 +776,8 @@ def test_event_type_is_an_asyncapi_message_on_its_subject(event: Event) -> None:
     cls = type(event)
     name = type_name(cls)
     channel = doc["channels"][cls.SUBJECT_KIND]
-    assert channel["address"] == f"fw.{cls.SUBJECT_KIND}.{{{cls.SUBJECT_KEY}}}"
+    actor = "" if cls.SUBJECT_KIND in ACTORLESS else ".{actor}"
+    assert channel["address"] == f"fw.{cls.SUBJECT_KIND}.{{{cls.SUBJECT_KEY}}}{actor}"
     address = channel["address"]
     for param in channel["parameters"]:
         address = address.replace(f"{{{param}}}", getattr(event, param))
@@ -782,9 +788,8 @@ def test_event_type_is_an_asyncapi_message_on_its_subject(event: Event) -> None:
     assert message["name"] == name
     headers = message["headers"]
     assert "Nats-Msg-Id" in headers["required"]
-    assert ("Nats-Expected-Last-Subject-Sequence" in headers["required"]) == (
-        name == "task.claimed"
-    )
+    cas = {"Nats-Expected-Last-Subject-Sequence", "Nats-Expected-Last-Subject-Sequence-Subject"}
+    assert (cas <= set(headers["required"])) == (name == "task.claimed")
     # The payload schema, as AsyncAPI (JSON Schema draft-07) tools read it, accepts the sample
     # and nothing of another type.
     payload = {"$ref": message["payload"]["$ref"], "components": doc["components"]}

@@ -537,7 +537,7 @@ def assert_paused_as_an_operator_would(plan: Plan, agent: str, esc: str) -> None
     assert isinstance(paused, AgentPaused)
     assert (paused.agent, paused.actor) == (agent, "svc:watchdog")
     assert esc in paused.reason
-    assert subject_of(paused) == f"fw.agent.{agent}"
+    assert subject_of(paused) == f"fw.agent.{agent}.svc:watchdog"
     # its id depends on the escalation alone: every replica, whenever it judges, sends the same
     assert paused.id == pause_step(esc, agent, T0 + 1e6, "another wording").event.id
 

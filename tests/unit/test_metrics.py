@@ -9,7 +9,7 @@ from datetime import date
 import asyncpg
 import nats.errors
 
-from fleetward.schemas import new_id
+from fleetward.schemas import new_id, subject_of
 from fleetward.schemas.events import BudgetSet
 from fleetward.services.metrics import is_postgres_error
 from fleetward.services.metrics.budgets import TeamBudget, team_budgets, window_start
@@ -90,5 +90,5 @@ async def test_a_budget_set_stored_again_late_is_not_taken_for_the_last() -> Non
     first, second = budget(100.0), budget(200.0)
     gauges = FleetMetrics()
     for seq, event in enumerate((first, second, first), start=1):
-        gauges.on_budget("fw.budget.b1", encode(event), seq, 0)
+        gauges.on_budget(subject_of(event), encode(event), seq, 0)
     assert gauges.budgets["b1"].limit_usd == 200.0

@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from fleetward.schemas import Rejected, admit, new_id, subject_of
+from fleetward.schemas import Rejected, admit, new_id, subject, subject_of
 from fleetward.schemas.events import (
     AgentRegistered,
     Event,
@@ -41,12 +41,14 @@ TASKS = [f"t{i}" for i in range(6)]
 ESCALATIONS = [f"e{i}" for i in range(3)]
 
 
-def admitted(payload: dict[str, Any], subject: str) -> Event | None:
-    """The event admission makes of ``payload`` on ``subject``, or None if it refuses it (so
-    this test keeps its meaning as the contract's bounds tighten)."""
+def admitted(payload: dict[str, Any], boundary: str) -> Event | None:
+    """The event admission makes of ``payload`` on its subject in ``boundary`` (``fw.task.t1``;
+    contract v2: the subject carries the actor), or None if it refuses it (so this test keeps
+    its meaning as the contract's bounds tighten)."""
     base = {"id": new_id(), "at": datetime.now(UTC).isoformat()}
+    _, kind, key = boundary.split(".")
     try:
-        return admit(subject, msgspec.json.encode(base | payload))
+        return admit(subject(kind, key, payload["actor"]), msgspec.json.encode(base | payload))
     except Rejected:
         return None
 

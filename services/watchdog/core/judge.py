@@ -175,7 +175,7 @@ class Judge:
         if kind == "task" and fresh:
             moved = self.tasks.apply(event, seq, us)
             task = moved.task
-            if task:  # every event on the subject moves its last sequence, fitting or not
+            if task:  # every event on the task moves its last sequence, fitting or not
                 with self.failures.isolated("lease", task):
                     self.leases.observe(task, self.tasks.rows.get(task), seq)
             plans += self._moved(moved, why_ended(event), us / 1e6, now)

@@ -1,6 +1,6 @@
 """Task leases (DESIGN 3.3, 3.4), pure: which claims have lapsed. No I/O; the watchdog feeds it
 each task's row as the task mirror folds it (mirror.py: the task state machine, ``step``) with
-the stream sequence of every event stored on the task's subject, and heartbeats with their
+the stream sequence of every event stored on the task's subjects, and heartbeats with their
 stream time; it asks what is due at a given ``now``, and publishes the lease expiries.
 
 A lease belongs to the claim that holds the task (holder, epoch and the claim's event id, as the
@@ -36,7 +36,7 @@ class Lease:
     claim: str | None  # the claim's event id
     lease: timedelta
     deadline: datetime
-    task_seq: int  # the last stream sequence seen on the task's subject
+    task_seq: int  # the last stream sequence seen on the task's subjects (v1 or v2)
     version: int = 0  # new on every renewal (unique in the book); older heap entries are stale
     reported: bool = False  # its lapse was handed out (again only after news of the task)
     released: bool = False  # released another way (its holder went offline): never reported
@@ -86,7 +86,7 @@ class LeaseBook:
 
     def observe(self, task: str, row: Row | None, seq: int) -> None:
         """``row`` is ``task``'s row (None: no such task) after an event stored at ``seq`` on
-        its subject, whether or not the event fitted the task; in stream order. At start, the
+        its subjects, whether or not the event fitted the task; in stream order. At start, the
         row loaded from the board with its ``last_seq``."""
         lease = self.leases.get(task)
         agent = holder(row)
