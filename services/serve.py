@@ -16,6 +16,7 @@ import anyio
 
 from fleetward.projections import Projection
 from fleetward.schemas import REASONS
+from fleetward.schemas.grants import API_SERVICE
 from fleetward.services import metrics, simulate
 from fleetward.services.api.tasks import serve_task_api
 from fleetward.services.metrics.fleet import FLEET
@@ -26,7 +27,7 @@ from fleetward.services.projector.health import RunnerHealth
 from fleetward.services.projector.outbox import Outbox
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.projector.window import PROJECTION_ERROR
-from fleetward.services.runtime.connect import Runtime
+from fleetward.services.runtime.connect import Runtime, acting_as
 from fleetward.services.watchdog.service import Watchdog
 
 log = logging.getLogger("fleetward")
@@ -50,7 +51,29 @@ async def run_services(
     watchdog: bool = False,
     on_ready: Callable[[int], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT. ``on_ready`` gets the metrics port once everything runs."""
+    """Run until SIGTERM/SIGINT. ``on_ready`` gets the metrics port once everything runs. The
+    watchdog and the task API act with credentials of their own (``acting_as``)."""
+    async with contextlib.AsyncExitStack() as stack:
+        dog_rt = await stack.enter_async_context(acting_as(rt, "svc:watchdog")) if watchdog else rt
+        api_rt = rt
+        if any(p.name == "tasks" for p in projections):
+            api_rt = await stack.enter_async_context(acting_as(rt, API_SERVICE))
+        await _run_services(
+            rt, projections, dog_rt=dog_rt, api_rt=api_rt, simulate_agents=simulate_agents,
+            watchdog=watchdog, on_ready=on_ready,
+        )  # fmt: skip
+
+
+async def _run_services(
+    rt: Runtime,
+    projections: tuple[Projection, ...],
+    *,
+    dog_rt: Runtime,
+    api_rt: Runtime,
+    simulate_agents: int,
+    watchdog: bool,
+    on_ready: Callable[[int], Coroutine[Any, Any, None]] | None,
+) -> None:
     stop = anyio.Event()
     runners = [
         ProjectionRunner(
@@ -61,7 +84,7 @@ async def run_services(
         )
         for group in by_stream(projections)
     ]
-    dog = Watchdog(rt) if watchdog else None
+    dog = Watchdog(dog_rt) if watchdog else None
     outbox = Outbox(rt) if runners else None
     health = HealthChecks()  # GET /healthz, /readyz: each part's verdict and reason
     health.register("nats", lambda: _connected(rt))
@@ -83,7 +106,7 @@ async def run_services(
             serve_http, rt.settings.metrics_host, rt.settings.metrics_port, health
         )
         if any(p.name == "tasks" for p in projections):
-            services.start_soon(serve_task_api, rt)  # fw.api.*: answers from the projections
+            services.start_soon(serve_task_api, api_rt)  # fw.api.*: answers from the projections
         async with anyio.create_task_group() as workers:
             for runner in runners:
                 workers.start_soon(runner.run, stop.is_set)

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from os import PathLike
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
@@ -55,12 +57,13 @@ from fleetward.schemas.events import (
 )
 from fleetward.schemas.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID, WRONG_LAST_SEQUENCE
 from fleetward.schemas.streams import EVENTS_STREAM
+from fleetward.services.auth.store import identity_of
 from fleetward.services.client import intents
 from fleetward.services.client.intents import TAKEN, IntentRefused
 from fleetward.services.client.publisher import Publisher
 from fleetward.services.client.taskstate import TaskState, read_task
 from fleetward.services.errors import ApiError
-from fleetward.services.jetstream.connection import connect
+from fleetward.services.jetstream.connection import connect_as
 from fleetward.services.jetstream.publish import encode
 
 ATTEMPTS = 10  # reads and compare-and-set publishes of one task write before giving up
@@ -79,9 +82,12 @@ class FleetClient(Publisher):
     """For people and services (actor ``user:<name>`` or ``svc:<name>``)."""
 
     @classmethod
-    async def connect(cls, url: str, actor: str) -> FleetClient:
-        """A client on its own connection to ``url``, publishing as ``actor``."""
-        return cls(await connect(url, name=actor), actor)
+    async def connect(cls, url: str, creds: str | PathLike[str]) -> FleetClient:
+        """A client on its own connection to ``url``, acting as the person (or service) that
+        ``creds`` was issued to (``fleetward people add NAME``). Raises ``FleetwardError`` when
+        ``creds`` is not a credentials file."""
+        actor = identity_of(Path(creds))
+        return cls(await connect_as(url, Path(creds), actor), actor)
 
     # ---- tasks ---------------------------------------------------------------------------------
 

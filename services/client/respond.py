@@ -7,8 +7,6 @@ subject: an acknowledgement racing a resolution fails cleanly instead of landing
 
 from __future__ import annotations
 
-import getpass
-import os
 import re
 from datetime import UTC, datetime
 
@@ -27,13 +25,6 @@ from fleetward.services.jetstream.publish import publish
 _IDENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def operator() -> str:
-    """``user:<name>`` of the person at the keyboard: ``FLEETWARD_USER``, else the login name,
-    else ``operator``; characters an actor may not hold (schemas/bounds.py) become ``_``."""
-    name = os.environ.get("FLEETWARD_USER") or getpass.getuser() or "operator"
-    return f"user:{re.sub(r'[^A-Za-z0-9_.@-]', '_', name)[:64]}"
-
-
 async def _last(js: JetStreamContext, esc: str) -> tuple[int, Event | None]:
     if not _IDENT.fullmatch(esc):
         raise FleetwardError(f"no escalation {esc!r}")
@@ -48,12 +39,15 @@ async def _last(js: JetStreamContext, esc: str) -> tuple[int, Event | None]:
         return msg.seq, None
 
 
-async def respond(js: JetStreamContext, esc: str, *, resolve: bool, text: str = "") -> int:
-    """Acknowledge or resolve ``esc`` as the operator. Returns the stream sequence."""
+async def respond(
+    js: JetStreamContext, esc: str, *, who: str, resolve: bool, text: str = ""
+) -> int:
+    """Acknowledge or resolve ``esc`` as ``who`` (the actor of ``js``'s credentials: the
+    server refuses any other). Returns the stream sequence."""
     seq, last = await _last(js, esc)
     if isinstance(last, EscalationResolved):
         raise FleetwardError(f"escalation {esc!r} is already resolved")
-    who, now = operator(), datetime.now(UTC)
+    now = datetime.now(UTC)
     event: Event = (
         EscalationResolved(id=new_id(), actor=who, at=now, escalation=esc, resolution=text)
         if resolve

@@ -39,12 +39,14 @@ import re
 import time
 import types
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, cast
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.protocol import parser as nats_parser
 
+from fleetward.schemas.grants import inbox_prefix
 from fleetward.services.jetstream.escape import escaped_text, plain_text
 
 log = logging.getLogger("fleetward.nats")
@@ -142,3 +144,17 @@ async def connect(servers: str | list[str], **options: Any) -> FleetwardNats:
     nc = FleetwardNats()
     await nc.connect(servers, **options)
     return nc
+
+
+async def connect_as(
+    servers: str | list[str], creds: Path, identity: str, **options: Any
+) -> FleetwardNats:
+    """``connect`` with the credentials file ``creds`` of ``identity``, its replies on that
+    identity's own inbox prefix (``schemas/grants.py``: it may read no other)."""
+    return await connect(
+        servers,
+        name=identity,
+        user_credentials=str(creds),
+        inbox_prefix=inbox_prefix(identity),
+        **options,
+    )

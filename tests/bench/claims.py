@@ -22,6 +22,7 @@ from fleetward.services.client import AgentClient, ClaimLost, FleetClient
 from fleetward.services.jetstream.publish import encode
 from fleetward.services.runtime.connect import Runtime
 from tests.bench.kit import percentile
+from tests.helpers import creds
 
 
 @dataclass(frozen=True)
@@ -60,14 +61,14 @@ async def run_claims_bench(
     """``agents`` agents claim ``tasks`` tasks until every task is held; each agent keeps what
     it wins and picks its next target at random among tasks it has not seen taken."""
     run = new_id()[-8:]
-    ops = await FleetClient.connect(rt.nats_url, "user:bench")
+    ops = await FleetClient.connect(rt.nats_url, creds(rt, "user:bench"))
     names = [f"task-{run}-{i:05d}" for i in range(tasks)]
     for name in names:
         await ops.create_task(name, project="bench", title=name)
     await ops.close()
     clients = []
     for i in range(agents):
-        client = await AgentClient.connect(rt.nats_url, f"claimer-{run}-{i:03d}")
+        client = await AgentClient.connect(rt.nats_url, creds(rt, f"claimer-{run}-{i:03d}"))
         await client.register(name=f"claimer {i}", owner="bench", team="bench",
                               max_concurrent_tasks=tasks)  # fmt: skip
         clients.append(client)

@@ -58,6 +58,7 @@ from fleetward.services.runtime.connect import Runtime, open_runtime
 from tests.bench.claims import run_claims_bench
 from tests.bench.kit import ProcessWatch, percentile
 from tests.bench.watchdog import HarnessError, run_watchdog_bench
+from tests.helpers import as_harness
 
 ROOT = Path(__file__).resolve().parents[2]
 # the benchmark's own SQL (baseline tables and probes), beside it: not shipped in the wheel
@@ -384,7 +385,9 @@ async def run(args: argparse.Namespace) -> list[Figure]:
     log = home / "projector.log"
     if "pipeline" not in args.only:
         return await other_figures(args)
-    async with open_runtime(settings, embed=True, pool_size=12) as rt:
+    async with open_runtime(
+        settings, identity=as_harness(settings), embed=True, pool_size=12
+    ) as rt:
         say(f"servers: {rt.nats_url}  {rt.database_url}")
         say(f"generating {args.events:,} events from {args.agents:,} agents")
         items = backlog(args.events, args.agents, args.seed)
@@ -535,7 +538,7 @@ async def watchdog_figures(args: argparse.Namespace) -> list[Figure]:
     while len(runs) < args.runs:
         home = Path(tempfile.mkdtemp(prefix="fleetward-bench-wd-"))
         settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
-        async with open_runtime(settings, embed=True) as rt:
+        async with open_runtime(settings, identity=as_harness(settings), embed=True) as rt:
             try:
                 one = await run_watchdog_bench(
                     rt, args.wd_agents, args.wd_interval, args.wd_seconds, log=home / "watchdog.log"
@@ -574,7 +577,7 @@ async def claims_figures(args: argparse.Namespace) -> list[Figure]:
     home = Path(tempfile.mkdtemp(prefix="fleetward-bench-claims-"))
     settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
     runs = []
-    async with open_runtime(settings, embed=True) as rt:
+    async with open_runtime(settings, identity=as_harness(settings), embed=True) as rt:
         for _ in range(args.runs):
             runs.append(await run_claims_bench(rt, args.claim_agents, args.claim_tasks, args.seed))
             say(f"  claims: {runs[-1].claims_per_s:,.0f}/s, p50 {runs[-1].latency_p50_s:.3f}s")
