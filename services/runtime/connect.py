@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import anyio
 import asyncpg
@@ -78,13 +79,17 @@ def credentials(settings: Settings, identity: str) -> Path:
 
 
 async def connect_nats(
-    url: str, *, creds: Path, name: str | None = None, reconnect: bool = True
+    url: str, *, creds: Path | None, name: str | None = None, reconnect: bool = True
 ) -> NatsClient:
     """A connection to ``url`` acting as the identity of ``creds`` (a ``.creds`` file; replies
-    come back on that identity's own inbox prefix, ``schemas/grants.py``). Raises
+    come back on that identity's own inbox prefix, ``schemas/grants.py``). ``creds=None`` only
+    reaches a server without authentication (the benchmark's baseline). Raises
     ``FleetwardError`` when the server cannot be reached, refuses the credentials, is older than
     2.11 or has JetStream off."""
-    identity = identity_of(creds)
+    identity = identity_of(creds) if creds is not None else "anonymous"
+    signin: dict[str, Any] = {}
+    if creds is not None:
+        signin = {"user_credentials": str(creds), "inbox_prefix": inbox_prefix(identity)}
 
     async def quiet(_exc: Exception) -> None:  # nats-py logs every failed attempt otherwise
         return None
@@ -100,14 +105,13 @@ async def connect_nats(
             await nc.connect(
                 url,
                 name=name or identity,
-                user_credentials=str(creds),
-                inbox_prefix=inbox_prefix(identity),
                 connect_timeout=3,
                 max_reconnect_attempts=-1 if reconnect else 0,
                 allow_reconnect=reconnect,
                 error_cb=quiet,
                 reconnected_cb=reconnected,
                 reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int; a float works
+                **signin,
             )
     except Exception as exc:  # nats-py raises many types; all mean the same here
         cause = nc.last_error or exc  # the deadline's TimeoutError hides the real cause

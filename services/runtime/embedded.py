@@ -30,13 +30,14 @@ def nats_server_binary() -> str:
     return found
 
 
-def server_config(store: Path, auth: AuthStore, port: int = -1) -> str:
+def server_config(store: Path, auth: AuthStore | None, port: int = -1) -> str:
     """The embedded server's configuration: JetStream in ``store``, ``port`` of 127.0.0.1 (-1:
-    a free one), and authentication by the credentials ``auth`` issues (operator mode)."""
+    a free one), and authentication by the credentials ``auth`` issues (operator mode). Without
+    ``auth`` the server lets anyone in: only the benchmark's baseline runs one."""
     return (
         f"host: 127.0.0.1\nport: {port}\nmax_payload: 1MB\n"
         f'jetstream {{ store_dir: "{store / "jetstream"}" }}\n'
-        + auth.server_config(store / "accounts")
+        + (auth.server_config(store / "accounts") if auth is not None else "")
     )
 
 
@@ -56,7 +57,7 @@ class EmbeddedNats:
 
     @classmethod
     def start(
-        cls, store: Path, auth: AuthStore, binary: str | None = None, timeout: float = 15.0
+        cls, store: Path, auth: AuthStore | None, binary: str | None = None, timeout: float = 15.0
     ) -> EmbeddedNats:
         """nats-server with JetStream and authentication (``server_config``) under ``store``.
         Raises ``FleetwardError`` when it does not start within ``timeout`` seconds."""

@@ -112,6 +112,7 @@ def _start_watchdog(rt: Runtime, interval: float, log: Path) -> subprocess.Popen
         "FLEETWARD_NATS_URL": rt.nats_url,
         "FLEETWARD_DATABASE_URL": rt.database_url,
         "FLEETWARD_METRICS_PORT": "0",
+        "FLEETWARD_AUTH_DIR": str(rt.settings.auth_dir),
         "FLEETWARD_WATCHDOG_INTERVAL_S": str(interval),
         "FLEETWARD_WATCHDOG_GRACE_S": str(interval),
     }
