@@ -11,13 +11,15 @@ import argparse
 import shutil
 from pathlib import Path
 
-from fleetward.schemas.grants import identity_kind, inbox_prefix
+from fleetward.schemas.grants import API_SERVICE, SERVICE_ACTORS, identity_kind, inbox_prefix
 from fleetward.services.auth.server import push_account
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.cli.command import Command, console, no_arguments
 from fleetward.services.config import Settings
 from fleetward.services.errors import FleetwardError
 from fleetward.services.runtime.connect import discover
+
+SERVICES = tuple(s.split(":", 1)[1] for s in (*SERVICE_ACTORS, API_SERVICE))
 
 
 def signing_keys(settings: Settings) -> AuthStore:
@@ -87,6 +89,9 @@ async def _people(settings: Settings, args: argparse.Namespace) -> None:
 def _auth_arguments(auth: argparse.ArgumentParser) -> None:
     actions = auth.add_subparsers(dest="action", metavar="ACTION", required=True)
     actions.add_parser("init", help="create signing keys in FLEETWARD_AUTH_DIR (if missing)")
+    service = actions.add_parser("service", help="issue a Fleetward service its credentials")
+    service.add_argument("name", choices=SERVICES, help="the service: svc:<name> in its events")
+    service.add_argument("--out", help="also write the credentials file here")
     no_arguments(
         actions.add_parser(
             "server-config", help="print the nats-server settings that trust these keys"
@@ -95,6 +100,9 @@ def _auth_arguments(auth: argparse.ArgumentParser) -> None:
 
 
 async def _auth(settings: Settings, args: argparse.Namespace) -> None:
+    if args.action == "service":
+        issue(settings, f"svc:{args.name}", args.out)
+        return
     if args.action == "init":
         store = AuthStore(settings.auth_dir).init()
         path = store.root / "nats-auth.conf"
