@@ -30,6 +30,7 @@ REASONS: Final = (
     "invalid",  # a field is missing, mistyped or out of range
     "wrong_subject",  # the event belongs on another subject
     "actor_forbidden",  # the actor may not publish this event type (or not about this subject)
+    "role_missing",  # a person without the role the event needs at its position (roles.py)
 )
 
 _decoder: Final = msgspec.json.Decoder(AnyEvent)

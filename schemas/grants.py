@@ -27,7 +27,9 @@ from fleetward.schemas.streams import COMMANDS_STREAM, EVENTS_STREAM, inbox_dura
 from fleetward.schemas.subjects import API_AGENTS_GET, API_PREFIX, API_TASKS_CLAIMABLE, PREFIX
 
 # The kinds of subject that carry their actor as the last token (contract v2).
-ACTOR_KINDS: Final = ("agent", "task", "esc", "budget", "cmd")
+ACTOR_KINDS: Final = ("agent", "task", "esc", "budget", "person", "cmd")
+# People publish events only; commands to agents come from services (events.CommandIssued).
+PERSON_KINDS: Final = ("agent", "task", "esc", "budget", "person")
 
 # The services, and the actors each may publish as (besides itself).
 SERVICE_ACTORS: Final[dict[str, tuple[str, ...]]] = {
@@ -87,11 +89,9 @@ def inbox_prefix(identity: str) -> str:
     return f"_INBOX_{identity}"
 
 
-def own_subjects(actor: str) -> tuple[str, ...]:
-    """The subjects that carry ``actor``: ``fw.<kind>.*.<actor>`` for each kind that names its
-    actor, and an agent's own heartbeat subject."""
-    own = tuple(f"{PREFIX}.{kind}.*.{actor}" for kind in ACTOR_KINDS)
-    return (*own, f"{PREFIX}.hb.{actor}") if identity_kind(actor) == "agent" else own
+def own_subjects(actor: str, kinds: tuple[str, ...] = ACTOR_KINDS) -> tuple[str, ...]:
+    """The subjects of ``kinds`` that carry ``actor``: ``fw.<kind>.*.<actor>``."""
+    return tuple(f"{PREFIX}.{kind}.*.{actor}" for kind in kinds)
 
 
 def _read_events() -> tuple[str, ...]:
@@ -122,7 +122,7 @@ def _agent(agent: str) -> Grants:
 def _person(person: str) -> Grants:
     return Grants(
         publish=(
-            *own_subjects(person),
+            *own_subjects(person, PERSON_KINDS),
             *_read_events(),
             "$JS.API.STREAM.INFO.*",
             "$JS.API.CONSUMER.INFO.*.*",
