@@ -13,6 +13,7 @@ from typing import Final
 MSG_ID: Final = "Nats-Msg-Id"  # deduplication within the stream's duplicate window
 EXPECTED_LAST_SUBJECT_SEQ: Final = "Nats-Expected-Last-Subject-Sequence"  # compare-and-set
 SEQUENCE: Final = "Nats-Sequence"  # a direct get's stream sequence
+SUBJECT: Final = "Nats-Subject"  # a direct get's subject
 TIME_STAMP: Final = "Nats-Time-Stamp"  # a direct get's time of record (RFC 3339)
 STATUS: Final = "Status"  # the status of a reply without a message (pull, direct get)
 DESCRIPTION: Final = "Description"  # the text beside a status

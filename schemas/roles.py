@@ -133,3 +133,14 @@ def check_role(event: Event, seq: int, book: RoleBook) -> None:
         raise Rejected(
             "role_missing", f"{event.actor!r} does not hold the role {needed!r} for {tag}"
         )
+
+
+def judge(event: Event, seq: int, book: RoleBook) -> None:
+    """``check_role``, then ``note`` the event: a role change counts only when its author may
+    make it. Raises ``Rejected`` as ``check_role`` does (the book still learns ``seq``)."""
+    try:
+        check_role(event, seq, book)
+    except Rejected:
+        book.last_seq = max(book.last_seq, seq)
+        raise
+    book.note(seq, event)

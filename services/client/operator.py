@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 import msgspec
 from msgspec import UNSET
+from nats.aio.client import Client as NatsClient
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import PubAck, RawStreamMsg
@@ -47,6 +48,9 @@ from fleetward.schemas.events import (
     CommandIssued,
     CommandName,
     Priority,
+    Role,
+    RoleGranted,
+    RoleRevoked,
     TaskAssigned,
     TaskCancelled,
     TaskCreated,
@@ -56,11 +60,13 @@ from fleetward.schemas.events import (
     Verdict,
 )
 from fleetward.schemas.headers import EXPECTED_LAST_SUBJECT_SEQ, MSG_ID, WRONG_LAST_SEQUENCE
+from fleetward.schemas.roles import RoleBook, check_role, role_needed
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.services.auth.store import identity_of
 from fleetward.services.client import intents
 from fleetward.services.client.intents import TAKEN, IntentRefused
 from fleetward.services.client.publisher import Publisher
+from fleetward.services.client.roles import read_roles
 from fleetward.services.client.taskstate import TaskState, read_task
 from fleetward.services.errors import ApiError
 from fleetward.services.jetstream.connection import connect_as
@@ -88,6 +94,32 @@ class FleetClient(Publisher):
         ``creds`` is not a credentials file."""
         actor = identity_of(Path(creds))
         return cls(await connect_as(url, Path(creds), actor), actor)
+
+    def __init__(self, nc: NatsClient, actor: str) -> None:
+        super().__init__(nc, actor)
+        self._roles = RoleBook()  # the role changes read so far (schemas/roles.py)
+
+    # ---- people's roles ------------------------------------------------------------------------
+
+    async def grant_role(self, person: str, role: Role, reason: str = "") -> PubAck:
+        """Grant ``user:<person>`` ``role`` from now on. Needs ``admin`` (or the signing keys'
+        holder, ``svc:auth``). ``IntentRefused`` when it is already held or not allowed."""
+        book = await read_roles(self.nc, self._roles)
+        if role in book.roles(person, book.last_seq + 1):
+            raise IntentRefused(f"user:{person} already holds {role}")
+        return await self._publish(
+            RoleGranted(**self.envelope(), person=person, role=role, reason=reason)
+        )
+
+    async def revoke_role(self, person: str, role: Role, reason: str = "") -> PubAck:
+        """Take ``role`` from ``user:<person>`` from now on. Needs ``admin``. ``IntentRefused``
+        when it is not held (``admin`` implies every role, but is revoked only by name)."""
+        book = await read_roles(self.nc, self._roles)
+        if role not in book.roles(person, book.last_seq + 1):
+            raise IntentRefused(f"user:{person} does not hold {role}")
+        return await self._publish(
+            RoleRevoked(**self.envelope(), person=person, role=role, reason=reason)
+        )
 
     # ---- tasks ---------------------------------------------------------------------------------
 
@@ -333,10 +365,16 @@ class FleetClient(Publisher):
     # ---- how a write is checked and published --------------------------------------------------
 
     async def _publish(self, event: Event, **headers: str) -> PubAck:
-        """Publish ``event`` after admitting it as the projections will."""
+        """Publish ``event`` after admitting it as the projections will, the roles of a person
+        included (as they stand now: the stream judges them at the event's position)."""
         try:
             admit(subject_of(event), encode(event))
+            if role_needed(event) is not None:
+                self._roles = await read_roles(self.nc, self._roles)
+                check_role(event, self._roles.last_seq + 1, self._roles)
         except Rejected as exc:
+            if exc.reason == "role_missing":
+                raise IntentRefused(exc.detail) from None
             raise IntentRefused(
                 f"the event would be refused ({exc.reason}): {exc.detail}"
             ) from None
