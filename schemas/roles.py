@@ -105,6 +105,10 @@ class RoleBook:
         ``before``."""
         return self._held(person, ADMIN, before) or self._held(person, role, before)
 
+    def people(self) -> list[str]:
+        """Everyone a role was ever granted to, by name."""
+        return sorted({person for person, _ in self._changes})
+
     def roles(self, person: str, before: int) -> tuple[str, ...]:
         """The roles ``user:<person>`` held just before ``before`` (``admin`` means all)."""
         return tuple(r for r in ROLES if self._held(person, r, before))

@@ -87,8 +87,9 @@ from fleetward.schemas.events import (
     TaskSubmitted,
     ToolCalled,
 )
+from fleetward.schemas.roles import ROLE_AUTHORITY
 from fleetward.schemas.streams import EVENTS_STREAM
-from fleetward.services.client import AgentClient
+from fleetward.services.client import AgentClient, FleetClient
 from fleetward.services.db import q
 from fleetward.services.jetstream.publish import publish_many
 from fleetward.services.runtime.connect import Runtime, connect_nats, credentials
@@ -623,8 +624,11 @@ async def run(
     try:
         fleet = Fleet(agents, seed=seed, prefix=f"task-{run_prefix()}-")
         ids = [a.agent_id for a in fleet.agents]
-        for actor in (*ids, PLANNER, REVIEWER):  # connect everyone first: errors come early
+        for actor in (*ids, PLANNER, REVIEWER, ROLE_AUTHORITY):  # errors come early
             await voices.connection(actor)
+        authority = FleetClient(await voices.connection(ROLE_AUTHORITY), ROLE_AUTHORITY)
+        for person, role in ((PLANNER, "operator"), (REVIEWER, "reviewer")):
+            await authority.ensure_roles(person.removeprefix("user:"), [role], "the simulator")
         carried = await read_board(rt.pool, (await voices.connection(PLANNER)).jetstream(), ids,
                                    wait=catch_up_s)  # fmt: skip
         sent = await voices.publish(fleet.start(datetime.now(UTC), carried))

@@ -14,6 +14,7 @@ from fleetward.services import simulate
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.cli import views
 from fleetward.services.cli.command import PERSON, Command, console
+from fleetward.services.cli.people import ensure_roles
 from fleetward.services.config import Settings
 from fleetward.services.runtime.connect import open_runtime
 from fleetward.services.serve import run_services
@@ -32,6 +33,8 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
         # grace lets silent ones show up within seconds instead of after a minute
         settings = replace(settings, watchdog=replace(settings.watchdog, grace_s=DEV_GRACE_S))
     async with open_runtime(settings, embed=True) as rt:
+        # the person at this machine is the fleet's first admin (the keys are here anyway)
+        await ensure_roles(rt, PERSON.removeprefix("user:"), ["admin"], "make run: the first admin")
 
         async def ready(port: int) -> None:
             home = settings.home

@@ -12,12 +12,15 @@ import shutil
 from pathlib import Path
 
 from fleetward.schemas.grants import API_SERVICE, SERVICE_ACTORS, identity_kind, inbox_prefix
+from fleetward.schemas.roles import ROLE_AUTHORITY, ROLES
 from fleetward.services.auth.server import push_account
 from fleetward.services.auth.store import AuthStore
-from fleetward.services.cli.command import Command, console, no_arguments
+from fleetward.services.cli.command import PERSON, Command, console, no_arguments
+from fleetward.services.client import FleetClient
+from fleetward.services.client.roles import read_roles
 from fleetward.services.config import Settings
 from fleetward.services.errors import FleetwardError
-from fleetward.services.runtime.connect import discover
+from fleetward.services.runtime.connect import Runtime, acting_as, discover, open_runtime
 
 SERVICES = tuple(s.split(":", 1)[1] for s in (*SERVICE_ACTORS, API_SERVICE))
 
@@ -71,19 +74,67 @@ async def revoke(settings: Settings, identity: str) -> None:
 
 def _people_arguments(people: argparse.ArgumentParser) -> None:
     actions = people.add_subparsers(dest="action", metavar="ACTION", required=True)
-    add = actions.add_parser("add", help="issue a person credentials (a .creds file)")
+    add = actions.add_parser(
+        "add", help="issue a person credentials (a .creds file), optionally with roles"
+    )
     add.add_argument("name", help="the person's name: user:<name> in every event they publish")
     add.add_argument("--out", help="also write the credentials file here")
+    add.add_argument(
+        "--role", action="append", default=[], choices=ROLES,
+        help="grant this role too (repeatable), as the signing keys' holder",
+    )  # fmt: skip
     gone = actions.add_parser("revoke", help="revoke every credential of a person, at once")
     gone.add_argument("name")
+    for verb, text in (("grant", "grant a person a role (needs admin)"),
+                       ("take", "take a role from a person (needs admin)")):  # fmt: skip
+        one = actions.add_parser(verb, help=text)
+        one.add_argument("name")
+        one.add_argument("role", choices=ROLES)
+        one.add_argument("--reason", default="")
+    roles = actions.add_parser("roles", help="the roles people hold now, from the stream")
+    roles.add_argument("name", nargs="?", help="one person (default: everyone with a role)")
 
 
 async def _people(settings: Settings, args: argparse.Namespace) -> None:
-    identity = f"user:{args.name}"
+    identity = f"user:{args.name}" if args.name else ""
     if args.action == "add":
         issue(settings, identity, args.out)
-    else:
+        if args.role:
+            await grant_as_authority(settings, args.name, args.role)
+    elif args.action == "revoke":
         await revoke(settings, identity)
+    elif args.action in ("grant", "take"):
+        async with open_runtime(settings, identity=PERSON, prepare=False, pool_size=1) as rt:
+            client = FleetClient(rt.nc, rt.actor)
+            if args.action == "grant":
+                await client.grant_role(args.name, args.role, args.reason)
+            else:
+                await client.revoke_role(args.name, args.role, args.reason)
+        done = "granted" if args.action == "grant" else "took"
+        console.print(f"{done} {args.role} {'to' if args.action == 'grant' else 'from'} {identity}")
+    else:
+        async with open_runtime(settings, identity=PERSON, prepare=False, pool_size=1) as rt:
+            book = await read_roles(rt.nc)
+        now = book.last_seq + 1
+        people = [args.name] if args.name else book.people()
+        for name in people:
+            console.print(f"user:{name}  {' '.join(book.roles(name, now)) or '(no role)'}")
+
+
+async def grant_as_authority(settings: Settings, person: str, roles: list[str]) -> None:
+    """Grant ``user:<person>`` ``roles`` it does not hold yet, as ``ROLE_AUTHORITY`` (the holder
+    of the signing keys, which must be on this machine)."""
+    signing_keys(settings)
+    async with open_runtime(settings, identity=ROLE_AUTHORITY, prepare=True, pool_size=1) as rt:
+        for role in await ensure_roles(rt, person, roles):
+            console.print(f"granted {role} to user:{person}")
+
+
+async def ensure_roles(rt: Runtime, person: str, roles: list[str], reason: str = "") -> list[str]:
+    """Grant ``user:<person>`` those of ``roles`` it does not hold now, as ``ROLE_AUTHORITY``
+    (``rt``'s settings must hold the signing keys). Returns the roles granted."""
+    async with acting_as(rt, ROLE_AUTHORITY) as authority:
+        return await FleetClient(authority.nc, ROLE_AUTHORITY).ensure_roles(person, roles, reason)
 
 
 def _auth_arguments(auth: argparse.ArgumentParser) -> None:
@@ -116,5 +167,10 @@ async def _auth(settings: Settings, args: argparse.Namespace) -> None:
     console.print(signing_keys(settings).server_config(Path("/var/lib/nats/accounts")), end="")
 
 
-PEOPLE = Command("people", "issue or revoke a person's credentials", _people_arguments, _people)
+PEOPLE = Command(
+    "people",
+    "issue or revoke a person's credentials; grant and take roles",
+    _people_arguments,
+    _people,
+)
 AUTH = Command("auth", "Fleetward's signing keys, for your own NATS server", _auth_arguments, _auth)

@@ -111,6 +111,14 @@ class FleetClient(Publisher):
             RoleGranted(**self.envelope(), person=person, role=role, reason=reason)
         )
 
+    async def ensure_roles(self, person: str, roles: Sequence[str], reason: str = "") -> list[str]:
+        """Grant ``user:<person>`` those of ``roles`` it does not hold now; returns them."""
+        book = await read_roles(self.nc, self._roles)
+        missing = [r for r in roles if r not in book.roles(person, book.last_seq + 1)]
+        for role in missing:
+            await self.grant_role(person, role, reason)  # type: ignore[arg-type]
+        return missing
+
     async def revoke_role(self, person: str, role: Role, reason: str = "") -> PubAck:
         """Take ``role`` from ``user:<person>`` from now on. Needs ``admin``. ``IntentRefused``
         when it is not held (``admin`` implies every role, but is revoked only by name)."""
