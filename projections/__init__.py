@@ -9,6 +9,7 @@ from fleetward.projections.base import Meta, Projection, Rows, Table
 from fleetward.projections.budgets import Budgets
 from fleetward.projections.commands import Commands
 from fleetward.projections.escalations import EscalationBoard
+from fleetward.projections.people import People
 from fleetward.projections.spend import Spend
 from fleetward.projections.tasks import TaskBoard
 from fleetward.projections.utilization import Utilization
@@ -21,6 +22,7 @@ ALL: tuple[Projection, ...] = (
     EscalationBoard(),
     Budgets(),  # reads fw.budget.>: nothing published there escapes the dead letters
     Commands(),  # reads FW_COMMANDS, likewise
+    People(),  # reads fw.person.>: people's roles
 )
 BY_NAME: dict[str, Projection] = {p.name: p for p in ALL}
 

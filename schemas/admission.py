@@ -44,6 +44,7 @@ REASONS: Final = (
     "wrong_subject",  # the event belongs on another subject
     "actor_forbidden",  # the actor may not publish this event type (or not about this subject)
     "actor_mismatch",  # a v2 event on its boundary's subject of another actor than its `actor`
+    "role_missing",  # a person without the role the event needs at its position (roles.py)
 )
 
 _decoder: Final = msgspec.json.Decoder(AnyEvent)

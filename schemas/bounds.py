@@ -56,6 +56,10 @@ SHA256_PATTERN: Final = r"^[0-9a-f]{64}(?!\n)$"
 # ---- field types ------------------------------------------------------------------------------
 
 Ident = Annotated[str, Meta(pattern=IDENT_PATTERN, description="a subject-safe id")]
+PERSON_PATTERN: Final = r"^[A-Za-z0-9_@-]{1,64}(?!\n)$"
+PersonName = Annotated[
+    str, Meta(pattern=PERSON_PATTERN, description="a person's name: one subject token")
+]
 Actor = Annotated[
     str, Meta(pattern=ACTOR_PATTERN, description="an agent id, 'user:<name>' or 'svc:<name>'")
 ]

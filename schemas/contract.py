@@ -80,8 +80,11 @@ SUMMARIES: Final[dict[str, str]] = {
     "escalation.acknowledged": "A person or service acknowledged the escalation.",
     "escalation.resolved": "The escalation was resolved.",
     "budget.set": "A person set a spend limit for an agent, a team or the org, per window.",
-    "command.issued": "A durable command to one agent: pause, resume, retire, wake, review "
-    "feedback, approval, lease lost, or a refusal of one of its events.",
+    "command.issued": "A durable command to one agent, from a Fleetward service: pause, resume, "
+    "retire, wake, review feedback, approval, lease lost, or a refusal of one of its events.",
+    "role.granted": "A person (user:<person>) holds a role from this event's position on; "
+    "granted by an admin or by the holder of Fleetward's signing keys (svc:auth).",
+    "role.revoked": "A person no longer holds a role from this event's position on.",
 }
 
 # What each subject kind carries (the key of each subject comes from the event classes).
@@ -90,6 +93,7 @@ KIND_DESCRIPTIONS: Final[dict[str, str]] = {
     "task": "Every event of one task, in order: the task's consistency boundary.",
     "esc": "One escalation.",
     "budget": "One budget.",
+    "person": "One person's roles (role.granted, role.revoked).",
     "hb": "Heartbeats (liveness) of one agent.",
     "cmd": "Durable commands to one agent, by the actor who sent them; the agent consumes them "
     "(its inbox reads `fw.cmd.<agent>.>`).",

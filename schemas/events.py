@@ -40,6 +40,7 @@ from fleetward.schemas.bounds import (
     LimitUsd,
     Percent,
     PeriodS,
+    PersonName,
     Sha256,
     Share,
     ShortText,
@@ -63,6 +64,7 @@ CommandName = Literal[
     "pause", "resume", "retire", "wake", "review_feedback", "approval", "lease_lost", "refused"
 ]
 DeliverableKind = Literal["markdown", "code", "link", "file"]
+Role = Literal["viewer", "operator", "reviewer", "approver", "budget-admin", "admin"]
 Sender = Literal["self", "agent", "user", "svc"]
 
 # Evidence and command payloads: a flat map of scalars (stored as jsonb).
@@ -401,13 +403,43 @@ class BudgetSet(Event, frozen=True, kw_only=True, tag="budget.set"):
     warn_at: Share = 0.8
 
 
+# ---- people and their roles: fw.person.<person> (schemas/roles.py) ---------------------------
+
+
+class _PersonEvent(Event, frozen=True, kw_only=True):
+    SUBJECT_KIND: ClassVar[str] = "person"
+    SUBJECT_KEY: ClassVar[str] = "person"
+    person: Annotated[PersonName, Meta(description="the person: user:<person> in their events")]
+
+
+class RoleGranted(_PersonEvent, frozen=True, kw_only=True, tag="role.granted"):
+    """A person (user:<person>) holds a role from this event's position on; granted by an admin
+    or by the holder of Fleetward's signing keys (svc:auth)."""
+
+    SENDERS: ClassVar[frozenset[Sender]] = _USER_SVC
+    role: Role
+    reason: Text = ""
+
+
+class RoleRevoked(_PersonEvent, frozen=True, kw_only=True, tag="role.revoked"):
+    """A person no longer holds a role from this event's position on."""
+
+    SENDERS: ClassVar[frozenset[Sender]] = _USER_SVC
+    role: Role
+    reason: Text = ""
+
+
 # ---- commands to agents: fw.cmd.<agent>.<actor> (stream FW_COMMANDS) -------------------------
 
 
 class CommandIssued(Event, frozen=True, kw_only=True, tag="command.issued"):
+    """A durable command to one agent. Only Fleetward's services issue commands: a person acts
+    through events (pause, assign, review) that a service turns into commands once it has
+    judged them (state, roles), so every command an agent gets was checked."""
+
     SUBJECT_KIND: ClassVar[str] = "cmd"
     SUBJECT_KEY: ClassVar[str] = "agent"
-    SENDERS: ClassVar[frozenset[Sender]] = _USER_SVC
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"svc"})
     agent: Ident
     command: CommandName
     reason: Text = ""
@@ -447,6 +479,8 @@ AnyEvent = (
     | EscalationResolved
     | BudgetSet
     | CommandIssued
+    | RoleGranted
+    | RoleRevoked
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)

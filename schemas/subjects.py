@@ -10,6 +10,7 @@ carrying its own actor token) and admission compares with the payload's ``actor`
 - ``fw.task.<task>.<actor>``    every event of one task             (stream FW_EVENTS)
 - ``fw.esc.<id>.<actor>``       one escalation                      (stream FW_EVENTS)
 - ``fw.budget.<id>.<actor>``    one budget                          (stream FW_EVENTS)
+- ``fw.person.<name>.<actor>``  one person's roles (schemas/roles.py) (stream FW_EVENTS)
 - ``fw.cmd.<agent>.<actor>``    durable commands to one agent, from ``<actor>`` (FW_COMMANDS)
 - ``fw.hb.<agent>``             heartbeats: only the agent publishes them, its subject names it
                                 already (stream FW_HEARTBEATS)
@@ -30,7 +31,7 @@ from typing import NamedTuple
 from fleetward.schemas.events import Event
 
 PREFIX = "fw"
-KINDS = ("agent", "task", "esc", "budget", "hb", "cmd")
+KINDS = ("agent", "task", "esc", "budget", "person", "hb", "cmd")
 ACTORLESS = frozenset({"hb"})  # kinds whose subject names no actor (the key is the publisher)
 FIRST_V2 = 2  # the first envelope version whose subjects carry the actor
 

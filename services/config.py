@@ -90,6 +90,8 @@ class Settings:
     nats_url: str | None  # None: start an embedded nats-server
     database_url: str | None  # None: start an embedded Postgres
     home: Path  # where embedded servers keep their data
+    creds: Path | None  # FLEETWARD_CREDS: the credentials this process acts with
+    auth_dir: Path  # FLEETWARD_AUTH_DIR: the signing keys (services/auth/store.py)
     retention_days: float  # FW_EVENTS retention; 0 keeps events forever
     metrics_host: str
     metrics_port: int  # 0: pick a free port
@@ -101,10 +103,15 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
+        home = Path(env.get("FLEETWARD_HOME", ".fleetward")).resolve()
         return cls(
             nats_url=env.get("FLEETWARD_NATS_URL") or None,
             database_url=env.get("FLEETWARD_DATABASE_URL") or None,
-            home=Path(env.get("FLEETWARD_HOME", ".fleetward")).resolve(),
+            home=home,
+            creds=Path(env["FLEETWARD_CREDS"]).expanduser().resolve()
+            if env.get("FLEETWARD_CREDS")
+            else None,
+            auth_dir=Path(env.get("FLEETWARD_AUTH_DIR") or home / "auth").expanduser().resolve(),
             retention_days=_number(env, "FLEETWARD_RETENTION_DAYS", DEFAULT_AUDIT_RETENTION_DAYS),
             metrics_host=env.get("FLEETWARD_METRICS_HOST", "127.0.0.1"),
             metrics_port=int(_number(env, "FLEETWARD_METRICS_PORT", 0)),

@@ -16,8 +16,10 @@ import anyio
 
 from fleetward.projections import Projection
 from fleetward.schemas import REASONS
+from fleetward.schemas.grants import API_SERVICE
 from fleetward.services import metrics, simulate
 from fleetward.services.api.tasks import serve_task_api
+from fleetward.services.errors import FleetwardError
 from fleetward.services.metrics.fleet import FLEET
 from fleetward.services.metrics.health import HealthChecks
 from fleetward.services.metrics.http import serve_http
@@ -26,7 +28,7 @@ from fleetward.services.projector.health import RunnerHealth
 from fleetward.services.projector.outbox import Outbox
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.projector.window import PROJECTION_ERROR
-from fleetward.services.runtime.connect import Runtime
+from fleetward.services.runtime.connect import Runtime, acting_as
 from fleetward.services.watchdog.service import Watchdog
 
 log = logging.getLogger("fleetward")
@@ -50,7 +52,9 @@ async def run_services(
     watchdog: bool = False,
     on_ready: Callable[[int], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT. ``on_ready`` gets the metrics port once everything runs."""
+    """Run until SIGTERM/SIGINT. ``on_ready`` gets the metrics port once everything runs. The
+    watchdog and the task API act with credentials of their own (``acting_as``), signing in
+    again until they can when NATS is away at the start (``/healthz`` says so meanwhile)."""
     stop = anyio.Event()
     runners = [
         ProjectionRunner(
@@ -61,7 +65,7 @@ async def run_services(
         )
         for group in by_stream(projections)
     ]
-    dog = Watchdog(rt) if watchdog else None
+    dogs: list[Watchdog] = []  # the watchdog, once signed in as svc:watchdog
     outbox = Outbox(rt) if runners else None
     health = HealthChecks()  # GET /healthz, /readyz: each part's verdict and reason
     health.register("nats", lambda: _connected(rt))
@@ -69,8 +73,15 @@ async def run_services(
         health.register("projector", lambda: _committing(runners))
     if outbox is not None:
         health.register("outbox", outbox.health)
-    if dog is not None:
-        health.register("watchdog", dog.health)
+    if watchdog:
+        health.register(
+            "watchdog",
+            lambda: dogs[0].health() if dogs else (False, "not signed in to NATS yet"),
+        )
+
+    async def watch(dog_rt: Runtime) -> None:
+        dogs.append(Watchdog(dog_rt))
+        await dogs[0].run(stop.is_set)
 
     for p in projections:  # series present at 0 from the start, so increase() sees the first
         metrics.RESYNCS.labels(p.name)
@@ -83,7 +94,8 @@ async def run_services(
             serve_http, rt.settings.metrics_host, rt.settings.metrics_port, health
         )
         if any(p.name == "tasks" for p in projections):
-            services.start_soon(serve_task_api, rt)  # fw.api.*: answers from the projections
+            # fw.api.*: answers from the projections
+            services.start_soon(as_service, rt, API_SERVICE, serve_task_api, stop)
         async with anyio.create_task_group() as workers:
             for runner in runners:
                 workers.start_soon(runner.run, stop.is_set)
@@ -92,13 +104,36 @@ async def run_services(
                 workers.start_soon(watch_lag, rt, runners, stop)
             if outbox is not None:
                 workers.start_soon(outbox.run, stop.is_set)
-            if dog is not None:
-                workers.start_soon(dog.run, stop.is_set)
+            if watchdog:
+                workers.start_soon(as_service, rt, "svc:watchdog", watch, stop)
             if simulate_agents:
                 workers.start_soon(_simulate, rt, simulate_agents, stop)
             if on_ready is not None:
                 workers.start_soon(_until_stopped, on_ready, port, stop)
         services.cancel_scope.cancel()
+
+
+async def as_service(
+    rt: Runtime,
+    identity: str,
+    run: Callable[[Runtime], Coroutine[Any, Any, None]],
+    stop: anyio.Event,
+) -> None:
+    """``run`` with a NATS connection of ``identity``'s own (``acting_as``), signing in again
+    every few seconds while NATS refuses or cannot be reached, until ``stop``."""
+    delay = 0.5
+    while not stop.is_set():
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                own = await stack.enter_async_context(acting_as(rt, identity))
+            except FleetwardError as exc:
+                log.warning("%s cannot sign in to NATS (%s); trying again", identity, exc)
+                with anyio.move_on_after(delay):
+                    await stop.wait()
+                delay = min(delay * 2, 5.0)
+                continue
+            await run(own)
+            return
 
 
 def _connected(rt: Runtime) -> tuple[bool, str]:

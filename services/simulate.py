@@ -48,18 +48,20 @@ Commands (``Fleet.command``); each is harmless twice, as inbox delivery is at le
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import random
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 import asyncpg
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
 from fleetward.projections.agents import AgentRegistry
@@ -85,11 +87,12 @@ from fleetward.schemas.events import (
     TaskSubmitted,
     ToolCalled,
 )
+from fleetward.schemas.roles import ROLE_AUTHORITY
 from fleetward.schemas.streams import EVENTS_STREAM
-from fleetward.services.client import AgentClient
+from fleetward.services.client import AgentClient, FleetClient
 from fleetward.services.db import q
 from fleetward.services.jetstream.publish import publish_many
-from fleetward.services.runtime.connect import Runtime, connect_nats
+from fleetward.services.runtime.connect import Runtime, connect_nats, credentials
 
 log = logging.getLogger("fleetward.simulate")
 
@@ -617,13 +620,18 @@ async def run(
     """Drive a simulated fleet of ``agents``, one tick per ``tick_seconds``, carrying on from
     earlier runs on the same data. Returns the number of events sent. The simulator has a NATS
     connection of its own (its agents' inboxes end with it)."""
-    nc = await connect_nats(rt.nats_url, name="fleetward-simulator")
+    voices = Voices(rt)
     try:
-        js = nc.jetstream(timeout=10)
         fleet = Fleet(agents, seed=seed, prefix=f"task-{run_prefix()}-")
         ids = [a.agent_id for a in fleet.agents]
-        carried = await read_board(rt.pool, js, ids, wait=catch_up_s)
-        sent = await publish_many(js, fleet.start(datetime.now(UTC), carried))
+        for actor in (*ids, PLANNER, REVIEWER, ROLE_AUTHORITY):  # errors come early
+            await voices.connection(actor)
+        authority = FleetClient(await voices.connection(ROLE_AUTHORITY), ROLE_AUTHORITY)
+        for person, role in ((PLANNER, "operator"), (REVIEWER, "reviewer")):
+            await authority.ensure_roles(person.removeprefix("user:"), [role], "the simulator")
+        carried = await read_board(rt.pool, (await voices.connection(PLANNER)).jetstream(), ids,
+                                   wait=catch_up_s)  # fmt: skip
+        sent = await voices.publish(fleet.start(datetime.now(UTC), carried))
         log.info(
             "simulator: %d agents (%d paused, %d retired); this run's tasks %s, ...; from "
             "earlier runs %d tasks in hand, %d in review, %d open",
@@ -638,21 +646,63 @@ async def run(
         received: list[tuple[str, CommandIssued]] = []
         async with anyio.create_task_group() as tg:
             for agent in ids:
-                tg.start_soon(_listen, AgentClient(nc, agent), fleet, received)
+                client = AgentClient(await voices.connection(agent), agent)
+                tg.start_soon(_listen, client, fleet, received)
             tg.start_soon(_watch_registry, rt.pool, fleet, ids)
             n = 0
             while not stopping() and (ticks is None or n < ticks):
                 started = anyio.current_time()
                 now = datetime.now(UTC)
-                sent += await publish_many(js, _obey(fleet, received, now) + fleet.tick(now))
+                sent += await voices.publish(_obey(fleet, received, now) + fleet.tick(now))
                 n += 1
                 await anyio.sleep(max(0.0, tick_seconds - (anyio.current_time() - started)))
             tg.cancel_scope.cancel()
         # commands read since the last tick were acknowledged: answer them before leaving
-        sent += await publish_many(js, _obey(fleet, received, datetime.now(UTC)))
+        sent += await voices.publish(_obey(fleet, received, datetime.now(UTC)))
         return sent
     finally:
-        await nc.close()
+        await voices.aclose()
+
+
+class Voices:
+    """The simulator's connections: one per actor it speaks as (each simulated agent, the
+    planner, the reviewer), each with that actor's own credentials, since a credential may
+    publish only as its holder (DESIGN 3.7). Needs the signing keys (``FLEETWARD_AUTH_DIR``)."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self._open: dict[str, NatsClient] = {}
+
+    async def connection(self, actor: str) -> NatsClient:
+        """``actor``'s connection, opened on first use. Raises ``FleetwardError`` when no
+        credentials can be had for it."""
+        if actor not in self._open:
+            creds = credentials(replace(self.rt.settings, creds=None), actor)
+            self._open[actor] = await connect_nats(self.rt.nats_url, creds=creds)
+        return self._open[actor]
+
+    async def publish(self, events: list[Event]) -> int:
+        """Publish ``events``, each on its actor's connection (per actor in order of the list,
+        as ``publish_many`` does). Returns the count."""
+        by_actor: dict[str, list[Event]] = {}
+        for event in events:
+            by_actor.setdefault(event.actor, []).append(event)
+        counts: list[int] = []
+
+        async def one(actor: str, batch: list[Event]) -> None:
+            js = (await self.connection(actor)).jetstream(timeout=10)
+            counts.append(await publish_many(js, batch))
+
+        async with anyio.create_task_group() as tg:
+            for actor, batch in by_actor.items():
+                tg.start_soon(one, actor, batch)
+        return sum(counts)
+
+    async def aclose(self) -> None:
+        for nc in self._open.values():
+            with contextlib.suppress(Exception):
+                await nc.close()
+        self._open.clear()
 
 
 def _obey(fleet: Fleet, received: list[tuple[str, CommandIssued]], now: datetime) -> list[Event]:

@@ -21,10 +21,12 @@ import nats
 import pytest
 
 from fleetward.services import db
+from fleetward.services.auth.store import AuthStore
 from fleetward.services.client import FleetClient
 from fleetward.services.config import Settings
 from fleetward.services.runtime.connect import Runtime, open_runtime
 from fleetward.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, database_url
+from tests.helpers import HARNESS, as_harness, creds, grant_test_admins
 
 TEMPLATE = "fleetward_test_template"
 
@@ -79,12 +81,23 @@ async def database(pg_server: str, template_db: str) -> AsyncIterator[str]:
 
 
 @pytest.fixture
-def nats_url(tmp_path: Path) -> Iterator[str]:
+def auth(tmp_path: Path) -> AuthStore:
+    """The test's signing keys (services/auth/store.py), with the harness's own credential
+    (``tests.helpers.HARNESS``). With FLEETWARD_NATS_URL set, FLEETWARD_AUTH_DIR must hold the
+    keys that server trusts (``fleetward auth init``)."""
+    shared = os.environ.get("FLEETWARD_AUTH_DIR")
+    store = AuthStore(Path(shared) if shared else tmp_path / "auth")
+    as_harness(store)
+    return store
+
+
+@pytest.fixture
+def nats_url(tmp_path: Path, auth: AuthStore) -> Iterator[str]:
     url = os.environ.get("FLEETWARD_NATS_URL")
     if url:
         yield url
         return
-    server = EmbeddedNats.start(tmp_path / "nats")
+    server = EmbeddedNats.start(tmp_path / "nats", auth)
     try:
         yield server.url
     finally:
@@ -92,10 +105,10 @@ def nats_url(tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-async def clean_nats(nats_url: str) -> str:
+async def clean_nats(nats_url: str, auth: AuthStore) -> str:
     """``nats_url`` with no Fleetward streams on it (they are only there on a shared server)."""
     if os.environ.get("FLEETWARD_NATS_URL"):
-        nc = await nats.connect(nats_url)
+        nc = await nats.connect(nats_url, user_credentials=str(auth.creds_path(HARNESS)))
         js = nc.jetstream()
         for name in await js.streams_info():
             if name.config.name and name.config.name.startswith("FW_"):
@@ -105,8 +118,9 @@ async def clean_nats(nats_url: str) -> str:
 
 
 @pytest.fixture
-def settings(clean_nats: str, database: str, tmp_path: Path) -> Settings:
+def settings(clean_nats: str, database: str, tmp_path: Path, auth: AuthStore) -> Settings:
     env = {
+        "FLEETWARD_AUTH_DIR": str(auth.root),
         "FLEETWARD_NATS_URL": clean_nats,
         "FLEETWARD_DATABASE_URL": database,
         "FLEETWARD_HOME": str(tmp_path / "home"),
@@ -116,14 +130,16 @@ def settings(clean_nats: str, database: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def rt(settings: Settings) -> AsyncIterator[Runtime]:
-    async with open_runtime(settings) as runtime:
+    """The harness's runtime, acting as ``HARNESS`` (it may write any subject)."""
+    async with open_runtime(settings, identity=HARNESS) as runtime:
+        await grant_test_admins(runtime)
         yield runtime
 
 
 @pytest.fixture
 async def ops(rt: Runtime) -> AsyncIterator[FleetClient]:
     """An operator's client (actor ``user:ops``) on its own connection."""
-    async with await FleetClient.connect(rt.nats_url, "user:ops") as client:
+    async with await FleetClient.connect(rt.nats_url, creds(rt, "user:ops")) as client:
         yield client
 
 
@@ -136,4 +152,5 @@ def env(settings: Settings) -> dict[str, str]:
         "FLEETWARD_NATS_URL": settings.nats_url,
         "FLEETWARD_DATABASE_URL": settings.database_url,
         "FLEETWARD_HOME": str(settings.home),
+        "FLEETWARD_AUTH_DIR": str(settings.auth_dir),
     }

@@ -6,6 +6,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
@@ -14,9 +15,15 @@ from nats.errors import NoRespondersError
 
 from fleetward.projections import ALL, Projection
 from fleetward.schemas import new_id
+from fleetward.schemas.events import RoleGranted
+from fleetward.schemas.grants import Grants
+from fleetward.schemas.roles import ROLE_AUTHORITY
 from fleetward.schemas.subjects import API_AGENTS_GET
 from fleetward.services.api.tasks import serve_task_api
+from fleetward.services.auth.store import AuthStore
 from fleetward.services.client import AgentClient
+from fleetward.services.config import Settings
+from fleetward.services.jetstream.publish import publish
 from fleetward.services.projector.consumers import by_stream
 from fleetward.services.projector.outbox import Outbox
 from fleetward.services.projector.rebuild import catch_up
@@ -24,6 +31,47 @@ from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime
 
 T = TypeVar("T")
+
+
+# The tests' own identity: the harness writes history "by other means" (any subject, any
+# actor), as a stream's owner could; admission still judges every event it writes. Services
+# under test run with their own credentials (run_services, acting_as).
+HARNESS = "svc:root"
+HARNESS_GRANTS = Grants(publish=(">",), subscribe=(">",), respond=True)
+
+
+# The people the tests act as, made admins at the start of every test's stream (roles are
+# events: schemas/roles.py); tests of roles use other names, with the roles they need.
+TEST_ADMINS = ("o", "ops", "op", "p", "r", "alice", "alice@example", "ann", "bench", "bob",
+               "bob@example", "pass", "planner", "rev", "reviewer", "sre")  # fmt: skip
+
+
+async def grant_test_admins(rt: Runtime) -> None:
+    """``TEST_ADMINS`` granted ``admin`` by the signing keys' holder (the harness may publish
+    as anyone)."""
+    for person in TEST_ADMINS:
+        grant = RoleGranted(**envelope(ROLE_AUTHORITY), person=person, role="admin")
+        await publish(rt.js, grant)
+
+
+def as_harness(where: Settings | AuthStore) -> str:
+    """``HARNESS``, with its credential issued in the signing keys of ``where`` (created if
+    missing): ``open_runtime(settings, identity=as_harness(settings))``."""
+    store = (where if isinstance(where, AuthStore) else AuthStore(where.auth_dir)).init()
+    if not store.creds_path(HARNESS).exists():
+        store.issue(HARNESS, grants=HARNESS_GRANTS)
+    return HARNESS
+
+
+def creds(rt: Runtime | Settings, identity: str) -> Path:
+    """``identity``'s credentials file, issued from the test's signing keys on first use."""
+    settings = rt.settings if isinstance(rt, Runtime) else rt
+    return AuthStore(settings.auth_dir).ensure(identity)
+
+
+def person(env: dict[str, str], name: str) -> Path:
+    """``user:<name>``'s credentials, for a ``fleetward`` subprocess run with ``env``."""
+    return AuthStore(Path(env["FLEETWARD_AUTH_DIR"])).ensure(f"user:{name}")
 
 
 async def wait_for(
@@ -124,6 +172,6 @@ async def task_api(rt: Runtime) -> AsyncIterator[None]:
 
 async def agent(rt: Runtime, name: str, **profile: object) -> AgentClient:
     """A registered agent on its own connection (close it)."""
-    client = await AgentClient.connect(rt.nats_url, name)
+    client = await AgentClient.connect(rt.nats_url, creds(rt, name))
     await client.register(name=name, owner="o", team="t", **profile)  # type: ignore[arg-type]
     return client

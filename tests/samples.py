@@ -27,6 +27,8 @@ from fleetward.schemas.events import (
     EscalationResolved,
     Event,
     Heartbeat,
+    RoleGranted,
+    RoleRevoked,
     RunFinished,
     RunStarted,
     SpendRecorded,
@@ -254,4 +256,6 @@ def sample_events() -> list[Event]:
             task=TASK,
             payload={"verdict": "reject", "feedback": "Add the NATS CLI example.", "epoch": 2},
         ),
+        RoleGranted(**env(USER), person="bob", role="reviewer", reason="joins the docs team"),
+        RoleRevoked(**env(USER), person="bob", role="reviewer", reason="left the docs team"),
     ]

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import argparse
 
-from fleetward.services.cli import views
-from fleetward.services.cli.command import Command, console, read
+from fleetward.services.cli import people, views
+from fleetward.services.cli.command import PERSON, Command, console, read
 from fleetward.services.client import FleetClient
-from fleetward.services.client.respond import operator
 from fleetward.services.config import Settings
 from fleetward.services.runtime.connect import open_runtime
 
@@ -29,14 +28,27 @@ def _arguments(agents: argparse.ArgumentParser) -> None:
         one = actions.add_parser(action, help=text)
         one.add_argument("agent_id")
         one.add_argument("--reason", default="")
+    creds = actions.add_parser("credentials", help="issue an agent credentials (a .creds file)")
+    creds.add_argument("agent_id")
+    creds.add_argument("--out", help="also write the credentials file here")
+    gone = actions.add_parser(
+        "revoke", help="revoke an agent's credentials: its connections close at once"
+    )
+    gone.add_argument("agent_id")
 
 
 async def _agents(settings: Settings, args: argparse.Namespace) -> None:
     if args.action is None:
         await read(settings, lambda c: views.show_agents(c, console, args.limit))
         return
-    async with open_runtime(settings, prepare=True, pool_size=2) as rt:
-        client = FleetClient(rt.nc, operator())
+    if args.action == "credentials":
+        people.issue(settings, args.agent_id, args.out)
+        return
+    if args.action == "revoke":
+        await people.revoke(settings, args.agent_id)
+        return
+    async with open_runtime(settings, identity=PERSON, prepare=True, pool_size=2) as rt:
+        client = FleetClient(rt.nc, rt.actor)
         change = {
             "pause": client.pause_agent,
             "resume": client.resume_agent,
@@ -48,7 +60,8 @@ async def _agents(settings: Settings, args: argparse.Namespace) -> None:
 
 AGENTS = Command(
     "agents",
-    "the agent registry with liveness and spend; pause, resume, retire an agent",
+    "the agent registry with liveness and spend; pause, resume, retire an agent; "
+    "issue or revoke its credentials",
     _arguments,
     _agents,
 )

@@ -1,6 +1,9 @@
 """What a command group gives the CLI: ``Command`` (a name, a help line, its arguments and the
 coroutine that runs it), the ``console`` every command prints on, and ``read`` for the commands
-that show a view. (The person typing is ``services.client.respond.operator``.)"""
+that show a view.
+
+The person typing is whoever the credentials say: ``FLEETWARD_CREDS`` (or ``--creds``), else, on
+the machine that holds Fleetward's signing keys (``make run``), its admin ``PERSON``."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ from rich.console import Console
 
 from fleetward.services.config import Settings
 from fleetward.services.runtime.connect import open_runtime
+
+PERSON = "user:admin"  # who the CLI acts as without FLEETWARD_CREDS, where the keys are
 
 # piped output is not cut to 80 columns: tables keep their ids whole
 console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
@@ -39,7 +44,7 @@ async def read(
 ) -> bool | None:
     """Run ``show`` on one connection to the read views (no streams or migrations touched)."""
     async with (
-        open_runtime(settings, prepare=False, pool_size=2) as rt,
+        open_runtime(settings, identity=PERSON, prepare=False, pool_size=2) as rt,
         rt.pool.acquire() as conn,
     ):
         return await show(conn)

@@ -11,8 +11,10 @@ import anyio
 
 from fleetward import projections
 from fleetward.services import simulate
+from fleetward.services.auth.store import AuthStore
 from fleetward.services.cli import views
-from fleetward.services.cli.command import Command, console
+from fleetward.services.cli.command import PERSON, Command, console
+from fleetward.services.cli.people import ensure_roles
 from fleetward.services.config import Settings
 from fleetward.services.runtime.connect import open_runtime
 from fleetward.services.serve import run_services
@@ -31,6 +33,8 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
         # grace lets silent ones show up within seconds instead of after a minute
         settings = replace(settings, watchdog=replace(settings.watchdog, grace_s=DEV_GRACE_S))
     async with open_runtime(settings, embed=True) as rt:
+        # the person at this machine is the fleet's first admin (the keys are here anyway)
+        await ensure_roles(rt, PERSON.removeprefix("user:"), ["admin"], "make run: the first admin")
 
         async def ready(port: int) -> None:
             home = settings.home
@@ -51,6 +55,12 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
             )
             if args.simulate:
                 console.print(f"  Simulator {args.simulate} agents (sim-000 ...)")
+            admin = AuthStore(settings.auth_dir).ensure(PERSON)
+            console.print(
+                f"  Sign-in   NATS needs credentials; yours ({PERSON}): {admin}\n"
+                f"            keys that issue more: {settings.auth_dir} "
+                "(fleetward people add NAME, fleetward agents credentials ID)"
+            )
             chosen = os.environ.get("FLEETWARD_HOME")
             prefix = f"FLEETWARD_HOME={chosen} " if chosen else ""
             console.print(

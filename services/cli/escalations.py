@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from fleetward.services.cli import views
-from fleetward.services.cli.command import Command, console, read
+from fleetward.services.cli.command import PERSON, Command, console, read
 from fleetward.services.client.respond import respond
 from fleetward.services.config import Settings
 from fleetward.services.runtime.connect import open_runtime
@@ -29,9 +29,9 @@ async def _escalations(settings: Settings, args: argparse.Namespace) -> None:
         await read(settings, lambda c: views.show_escalations(c, console, args.all, args.limit))
         return
     resolve = args.action == "resolve"
-    async with open_runtime(settings, prepare=False, pool_size=2) as rt:
+    async with open_runtime(settings, identity=PERSON, prepare=False, pool_size=2) as rt:
         text = args.resolution if resolve else args.note
-        await respond(rt.js, args.escalation_id, resolve=resolve, text=text)
+        await respond(rt.js, args.escalation_id, who=rt.actor, resolve=resolve, text=text)
     console.print(f"{'resolved' if resolve else 'acknowledged'} {args.escalation_id}")
 
 

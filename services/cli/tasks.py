@@ -12,10 +12,9 @@ from rich.console import Console
 from rich.table import Table
 
 from fleetward.schemas.events import Event, TaskRevoked, Verdict, type_name
-from fleetward.services.cli.command import Command, console
+from fleetward.services.cli.command import PERSON, Command, console
 from fleetward.services.cli.views import show_tasks
 from fleetward.services.client import FleetClient
-from fleetward.services.client.respond import operator
 from fleetward.services.client.taskstate import read_task
 from fleetward.services.config import Settings
 from fleetward.services.db import Conn, q
@@ -74,7 +73,7 @@ def add_parsers(tasks: argparse.ArgumentParser) -> None:
 async def run(settings: Settings, args: argparse.Namespace) -> None:
     """Show the board (no action), or make the change the action names, as the operator."""
     writes = args.action not in (None, "show")
-    async with open_runtime(settings, prepare=writes, pool_size=2) as rt:
+    async with open_runtime(settings, identity=PERSON, prepare=writes, pool_size=2) as rt:
         if args.action == "show":
             await show_task(rt, args.task_id)
             return
@@ -85,7 +84,7 @@ async def run(settings: Settings, args: argparse.Namespace) -> None:
                 else:
                     await show_tasks(conn, console, args.status, args.limit)
             return
-        line = await _change(FleetClient(rt.nc, operator()), args)
+        line = await _change(FleetClient(rt.nc, rt.actor), args)
     console.print(line)
 
 

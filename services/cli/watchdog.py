@@ -11,7 +11,7 @@ from fleetward.services.serve import run_services
 
 
 async def _watchdog(settings: Settings, args: argparse.Namespace) -> None:
-    async with open_runtime(settings) as rt:
+    async with open_runtime(settings, identity="svc:watchdog") as rt:
         w = settings.watchdog
 
         async def ready(port: int) -> None:

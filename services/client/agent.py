@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import partial
+from os import PathLike
+from pathlib import Path
 from typing import Any, Literal
 
 import anyio
@@ -47,9 +49,11 @@ from fleetward.schemas.events import (
     TaskSubmitted,
     ToolCalled,
 )
+from fleetward.schemas.grants import identity_kind
 from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
 from fleetward.schemas.streams import COMMANDS_STREAM, inbox_durable
 from fleetward.schemas.subjects import boundary_wildcard
+from fleetward.services.auth.store import identity_of
 from fleetward.services.client.claims import (
     AgentPaused,
     Claim,
@@ -60,7 +64,8 @@ from fleetward.services.client.claims import (
 )
 from fleetward.services.client.operator import FleetClient
 from fleetward.services.client.taskstate import read_task
-from fleetward.services.jetstream.connection import connect
+from fleetward.services.errors import FleetwardError
+from fleetward.services.jetstream.connection import connect_as
 from fleetward.services.jetstream.consumer import Delivery, PullConsumer, create_inbox
 
 INBOX_REDELIVERY_S = 5.0
@@ -104,9 +109,15 @@ class AgentClient(FleetClient):
         self._claiming = anyio.Lock()  # one claim at a time: never past the limit
 
     @classmethod
-    async def connect(cls, url: str, agent: str) -> AgentClient:
-        """A client for ``agent`` on its own connection to ``url`` (reconnecting forever)."""
-        return cls(await connect(url, name=agent, max_reconnect_attempts=-1), agent)
+    async def connect(cls, url: str, creds: str | PathLike[str]) -> AgentClient:
+        """A client for the agent that ``creds`` was issued to (a ``.creds`` file from
+        ``fleetward agents credentials ID``), on its own connection to ``url`` (reconnecting
+        forever). It may publish only as that agent (DESIGN 3.7). Raises ``FleetwardError``
+        when ``creds`` is not an agent's credentials file."""
+        agent = identity_of(Path(creds))
+        if identity_kind(agent) != "agent":
+            raise FleetwardError(f"{creds} holds the credentials of {agent}, not of an agent")
+        return cls(await connect_as(url, Path(creds), agent, max_reconnect_attempts=-1), agent)
 
     # ---- who I am and that I am alive ------------------------------------------------------
 
@@ -206,7 +217,7 @@ class AgentClient(FleetClient):
 
     async def _still_mine(self, claim: Claim) -> int:
         """The task's last sequence, if ``claim`` still holds it; else ``ClaimLost``."""
-        state = await read_task(self.nc, self.js, claim.task)
+        state = await read_task(self.nc, self.js, claim.task, roles=self.roles)
         problem = holder_problem(state.row, claim, self.agent)
         if problem is not None:
             self._drop(claim.task)

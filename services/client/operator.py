@@ -18,15 +18,18 @@ Invariants (DESIGN 3.12, intents take effect or fail visibly):
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
+from os import PathLike
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 from msgspec import UNSET
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.api import PubAck, RawStreamMsg
-from nats.js.errors import APIError, NotFoundError
+from nats.js.api import PubAck
+from nats.js.errors import APIError
 
 from fleetward.schemas import Event, Rejected, admit, new_id, subject_of
 from fleetward.schemas.api import (
@@ -45,6 +48,9 @@ from fleetward.schemas.events import (
     CommandIssued,
     CommandName,
     Priority,
+    Role,
+    RoleGranted,
+    RoleRevoked,
     TaskAssigned,
     TaskCancelled,
     TaskCreated,
@@ -54,13 +60,16 @@ from fleetward.schemas.events import (
     Verdict,
 )
 from fleetward.schemas.headers import MSG_ID, WRONG_LAST_SEQUENCE
+from fleetward.schemas.roles import check_role, role_needed
 from fleetward.schemas.streams import EVENTS_STREAM
-from fleetward.services.client import intents
+from fleetward.services.auth.store import identity_of
+from fleetward.services.client import direct, intents
 from fleetward.services.client.intents import TAKEN, IntentRefused
 from fleetward.services.client.publisher import Publisher
+from fleetward.services.client.roles import read_roles
 from fleetward.services.client.taskstate import TaskState, read_task
 from fleetward.services.errors import ApiError
-from fleetward.services.jetstream.connection import connect
+from fleetward.services.jetstream.connection import connect_as
 from fleetward.services.jetstream.publish import encode
 
 ATTEMPTS = 10  # reads and compare-and-set publishes of one task write before giving up
@@ -79,9 +88,42 @@ class FleetClient(Publisher):
     """For people and services (actor ``user:<name>`` or ``svc:<name>``)."""
 
     @classmethod
-    async def connect(cls, url: str, actor: str) -> FleetClient:
-        """A client on its own connection to ``url``, publishing as ``actor``."""
-        return cls(await connect(url, name=actor), actor)
+    async def connect(cls, url: str, creds: str | PathLike[str]) -> FleetClient:
+        """A client on its own connection to ``url``, acting as the person (or service) that
+        ``creds`` was issued to (``fleetward people add NAME``). Raises ``FleetwardError`` when
+        ``creds`` is not a credentials file."""
+        actor = identity_of(Path(creds))
+        return cls(await connect_as(url, Path(creds), actor), actor)
+
+    # ---- people's roles ------------------------------------------------------------------------
+
+    async def grant_role(self, person: str, role: Role, reason: str = "") -> PubAck:
+        """Grant ``user:<person>`` ``role`` from now on. Needs ``admin`` (or the signing keys'
+        holder, ``svc:auth``). ``IntentRefused`` when it is already held or not allowed."""
+        book = await read_roles(self.nc, self.roles)
+        if role in book.roles(person, book.last_seq + 1):
+            raise IntentRefused(f"user:{person} already holds {role}")
+        return await self._publish(
+            RoleGranted(**self.envelope(), person=person, role=role, reason=reason)
+        )
+
+    async def ensure_roles(self, person: str, roles: Sequence[str], reason: str = "") -> list[str]:
+        """Grant ``user:<person>`` those of ``roles`` it does not hold now; returns them."""
+        book = await read_roles(self.nc, self.roles)
+        missing = [r for r in roles if r not in book.roles(person, book.last_seq + 1)]
+        for role in missing:
+            await self.grant_role(person, role, reason)  # type: ignore[arg-type]
+        return missing
+
+    async def revoke_role(self, person: str, role: Role, reason: str = "") -> PubAck:
+        """Take ``role`` from ``user:<person>`` from now on. Needs ``admin``. ``IntentRefused``
+        when it is not held (``admin`` implies every role, but is revoked only by name)."""
+        book = await read_roles(self.nc, self.roles)
+        if role not in book.roles(person, book.last_seq + 1):
+            raise IntentRefused(f"user:{person} does not hold {role}")
+        return await self._publish(
+            RoleRevoked(**self.envelope(), person=person, role=role, reason=reason)
+        )
 
     # ---- tasks ---------------------------------------------------------------------------------
 
@@ -328,10 +370,16 @@ class FleetClient(Publisher):
 
     async def _publish(self, event: Event, *, expect: int | None = None) -> PubAck:
         """Publish ``event`` after admitting it as the projections will (``expect``: see
-        ``Publisher.send``)."""
+        ``Publisher.send``), the roles of a person included (as they stand now: the stream
+        judges them at the event's position)."""
         try:
             admit(subject_of(event), encode(event))
+            if role_needed(event) is not None:
+                self.roles = await read_roles(self.nc, self.roles)
+                check_role(event, self.roles.last_seq + 1, self.roles)
         except (Rejected, ValueError) as exc:  # ValueError: an actor no subject can carry
+            if isinstance(exc, Rejected) and exc.reason == "role_missing":
+                raise IntentRefused(exc.detail) from None
             why = f" ({exc.reason}): {exc.detail}" if isinstance(exc, Rejected) else f": {exc}"
             raise IntentRefused(f"the event would be refused{why}") from None
         return await self.send(event, expect=expect)
@@ -344,16 +392,21 @@ class FleetClient(Publisher):
         event id, so a try that landed unseen (a timeout) is found, never doubled."""
         event_id = new_id()
         for _ in range(ATTEMPTS):
-            state = await read_task(self.nc, self.js, task)
+            state = await read_task(self.nc, self.js, task, roles=self.roles)
             event = await decide(state, event_id)
             try:
                 ack = await self._publish(event, expect=state.last_seq)
             except APIError as exc:
                 if exc.err_code != WRONG_LAST_SEQUENCE:
                     raise
-                async for seq, msg in self._messages(subject_of(event), state.last_seq):
-                    if (msg.headers or {}).get(MSG_ID) == event_id:  # an earlier try landed
-                        return event, PubAck(stream=EVENTS_STREAM, seq=seq, duplicate=True)
+                after = direct.read_subjects(
+                    self.nc, EVENTS_STREAM, subject_of(event), after=state.last_seq
+                )
+                async with contextlib.aclosing(after) as stored:
+                    async for raw in stored:
+                        if raw.headers.get(MSG_ID) == event_id:  # an earlier try landed
+                            ack = PubAck(stream=EVENTS_STREAM, seq=raw.seq, duplicate=True)
+                            return event, ack
                 continue  # the task changed since it was read: read and judge again
             return event, ack
         raise IntentRefused(f"task {task} kept changing while it was checked; try again")
@@ -363,24 +416,13 @@ class FleetClient(Publisher):
         refuse(intents.agent_problem(agent, await self.agent_profile(agent), task, state.row))
 
     async def _task_row(self, task: str) -> dict[str, Any] | None:
-        return (await read_task(self.nc, self.js, task)).row
+        return (await read_task(self.nc, self.js, task, roles=self.roles)).row
 
     async def _created_seq(self, task: str) -> int | None:
         """The stream sequence of the task's creation (its first applied ``task.created``),
         or None when it was never created."""
-        state = await read_task(self.nc, self.js, task, history=True)
+        state = await read_task(self.nc, self.js, task, history=True, roles=self.roles)
         created = (
             s.seq for s in state.history if isinstance(s.event, TaskCreated) and s.refused is None
         )
         return next(created, None)
-
-    async def _messages(self, subj: str, after: int) -> AsyncIterator[tuple[int, RawStreamMsg]]:
-        """The messages on ``subj`` after sequence ``after``, in order, with their sequence."""
-        while True:
-            try:
-                msg = await self.js.get_msg(EVENTS_STREAM, seq=after + 1, subject=subj, next=True)
-            except NotFoundError:
-                return
-            assert msg.seq is not None
-            after = msg.seq
-            yield after, msg

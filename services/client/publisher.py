@@ -11,6 +11,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import PubAck
 
 from fleetward.schemas import Event, new_id
+from fleetward.schemas.roles import RoleBook
 from fleetward.services.jetstream.publish import publish
 
 
@@ -19,6 +20,8 @@ class Publisher:
 
     def __init__(self, nc: NatsClient, actor: str) -> None:
         self.nc, self.js, self.actor = nc, nc.jetstream(timeout=10), actor
+        # people's role changes read so far: task reads judge people's events with them
+        self.roles = RoleBook()
 
     def envelope(self, event_id: str | None = None) -> dict[str, Any]:
         """The envelope fields of a new event: its id (fresh unless given), actor and time."""

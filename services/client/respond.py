@@ -8,8 +8,6 @@ it.
 
 from __future__ import annotations
 
-import getpass
-import os
 import re
 from datetime import UTC, datetime
 
@@ -27,14 +25,6 @@ from fleetward.services.jetstream.publish import publish
 _IDENT = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
-def operator() -> str:
-    """``user:<name>`` of the person at the keyboard: ``FLEETWARD_USER``, else the login name,
-    else ``operator``; characters an actor may not hold (schemas/bounds.py), and '.' (a v2
-    actor is one subject token: schemas/subjects.py), become ``_``."""
-    name = os.environ.get("FLEETWARD_USER") or getpass.getuser() or "operator"
-    return f"user:{re.sub(r'[^A-Za-z0-9_@-]', '_', name)[:64]}"
-
-
 async def _last(js: JetStreamContext, esc: str) -> tuple[int, Event | None]:
     """The compare-and-set sequence of ``esc`` and its last event (None: unreadable)."""
     if not _IDENT.fullmatch(esc):
@@ -48,12 +38,15 @@ async def _last(js: JetStreamContext, esc: str) -> tuple[int, Event | None]:
         return last.expect, None
 
 
-async def respond(js: JetStreamContext, esc: str, *, resolve: bool, text: str = "") -> int:
-    """Acknowledge or resolve ``esc`` as the operator. Returns the stream sequence."""
+async def respond(
+    js: JetStreamContext, esc: str, *, who: str, resolve: bool, text: str = ""
+) -> int:
+    """Acknowledge or resolve ``esc`` as ``who`` (the actor of ``js``'s credentials: the
+    server refuses any other). Returns the stream sequence."""
     seq, last = await _last(js, esc)
     if isinstance(last, EscalationResolved):
         raise FleetwardError(f"escalation {esc!r} is already resolved")
-    who, now = operator(), datetime.now(UTC)
+    now = datetime.now(UTC)
     event: Event = (
         EscalationResolved(id=new_id(), actor=who, at=now, escalation=esc, resolution=text)
         if resolve

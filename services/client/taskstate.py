@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import msgspec
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
@@ -28,9 +27,11 @@ from fleetward.projections.base import Row
 from fleetward.projections.tasks import step
 from fleetward.schemas import Event, Rejected, admit
 from fleetward.schemas.events import TaskCreated
-from fleetward.schemas.headers import SEQUENCE, STATUS, SUBJECT, TIME_STAMP, direct_get_subject
+from fleetward.schemas.roles import RoleBook, check_role
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import boundary, boundary_wildcard
+from fleetward.services.client import direct
+from fleetward.services.client.roles import read_roles
 
 BATCH = 1000
 
@@ -65,9 +66,17 @@ class Stored:
 
 
 async def read_task(
-    nc: NatsClient, js: JetStreamContext, task: str, *, history: bool = False
+    nc: NatsClient,
+    js: JetStreamContext,
+    task: str,
+    *,
+    history: bool = False,
+    roles: RoleBook | None = None,
 ) -> TaskState:
-    """Fold every event of one task (see above). With ``history``, keep every message and what
+    """Fold every event of one task (see above). A person's event counts only with the role it
+    needs at its position (schemas/roles.py), as the board judges it: ``roles`` is the caller's
+    book of role changes, brought up to date here after the task is read (so it holds every
+    change stored before the task's last event). With ``history``, keep every message and what
     the fold made of it."""
     v2 = await read_subjects(nc, boundary_wildcard("task", task))
     last = v2[-1].seq if v2 else 0
@@ -76,12 +85,18 @@ async def read_task(
         v1 = await read_subjects(nc, boundary("task", task))
         if v1:
             messages = sorted(v1 + v2, key=lambda m: m.seq)
+    book = await read_roles(nc, RoleBook() if roles is None else roles)
     row: Row | None = None
     steps: list[Step] = []
     seen: set[str] = set()  # a copy of an event (its id seen before here) is not applied again
     for m in messages:
         why = m.refused
-        if m.event is not None:
+        if m.event is not None and why is None:
+            try:
+                check_role(m.event, m.seq, book)
+            except Rejected as exc:
+                why = f"{exc.reason}: {exc.detail}"
+        if m.event is not None and why is None:
             after = (
                 "a copy of an event stored before (the same id)"
                 if m.event.id in seen
@@ -99,39 +114,13 @@ async def read_task(
 
 async def read_subjects(nc: NatsClient, subjects: str) -> list[Stored]:
     """Every message of FW_EVENTS on ``subjects`` (a subject or a wildcard), in order, each
-    admitted on the subject it is stored on, read with one batch direct get (ADR-31, NATS
-    2.11+): the server streams the messages to an inbox and ends with a 204 status."""
+    admitted on the subject it is stored on (one batch direct get: client/direct.py)."""
     out: list[Stored] = []
-    inbox = nc.new_inbox()
-    replies = await nc.subscribe(inbox, pending_msgs_limit=100_000)
-    try:
-        while True:  # one request, unless there are ever more than BATCH messages
-            after = out[-1].seq if out else 0
-            request = {"batch": BATCH, "seq": after + 1, "next_by_subj": subjects}
-            await nc.publish(direct_get_subject(EVENTS_STREAM), msgspec.json.encode(request), inbox)
-            got = 0
-            while True:
-                msg = await replies.next_msg(timeout=5.0)
-                headers = msg.headers or {}
-                if not msg.data and STATUS in headers:
-                    break  # 204: end of batch; 404: nothing (more) on the subjects
-                got += 1
-                subj = headers[SUBJECT]
-                try:
-                    event: Event | None = admit(subj, msg.data)
-                    why = None
-                except Rejected as exc:  # the board never applies bad events
-                    event, why = None, f"{exc.reason}: {exc.detail}"
-                seq, when = int(headers[SEQUENCE]), _parse_time(headers[TIME_STAMP])
-                out.append(Stored(seq, when, subj, event, why))
-            if got < BATCH:
-                return out
-    finally:
-        await replies.unsubscribe()
-
-
-def _parse_time(stamp: str) -> datetime:
-    """A JetStream RFC 3339 timestamp with nanoseconds, to microseconds."""
-    head, _, frac = stamp.rstrip("Z").partition(".")
-    micros = (frac + "000000")[:6]
-    return datetime.fromisoformat(f"{head}.{micros}+00:00")
+    async for raw in direct.read_subjects(nc, EVENTS_STREAM, subjects):
+        try:
+            event: Event | None = admit(raw.subject, raw.data)
+            why = None
+        except Rejected as exc:  # the board never applies bad events
+            event, why = None, f"{exc.reason}: {exc.detail}"
+        out.append(Stored(raw.seq, raw.time, raw.subject, event, why))
+    return out

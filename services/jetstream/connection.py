@@ -34,17 +34,22 @@ Every connection Fleetward makes is one of these: ``connect()`` stands in for ``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 import types
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, cast
 
+import anyio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.protocol import parser as nats_parser
 
+from fleetward.schemas.grants import inbox_prefix
+from fleetward.services.errors import FleetwardError
 from fleetward.services.jetstream.escape import escaped_text, plain_text
 
 log = logging.getLogger("fleetward.nats")
@@ -141,4 +146,54 @@ async def connect(servers: str | list[str], **options: Any) -> FleetwardNats:
     """A connected ``FleetwardNats``: ``nats.connect(servers, **options)`` with this class."""
     nc = FleetwardNats()
     await nc.connect(servers, **options)
+    return nc
+
+
+FIRST_CONNECT_S = 10.0  # the first connect, retries included (reconnects later are unbounded)
+
+
+async def sign_in(
+    nc: Client,
+    servers: str | list[str],
+    *,
+    creds: Path | None,
+    identity: str,
+    deadline_s: float = FIRST_CONNECT_S,
+    hint: str = "",
+    **options: Any,
+) -> None:
+    """Connect ``nc`` as ``identity`` with its credentials file ``creds`` (None: a server
+    without authentication), replies on that identity's own inbox prefix (``schemas/grants.py``:
+    it may read no other). The first connect gives up after ``deadline_s`` seconds: nats-py would
+    retry it forever with unlimited reconnects. Raises ``FleetwardError``: the server refused the
+    credentials (revoked, expired, or of other signing keys), or cannot be reached (``hint``
+    follows the cause)."""
+    if creds is not None:
+        options |= {"user_credentials": str(creds), "inbox_prefix": inbox_prefix(identity)}
+    options.setdefault("name", identity)
+    try:
+        with anyio.fail_after(deadline_s):
+            await nc.connect(servers, **options)
+    except Exception as exc:  # nats-py raises many types; all mean the same here
+        cause = nc.last_error or exc  # the deadline's TimeoutError hides the real cause
+        with contextlib.suppress(Exception):
+            await nc.close()
+        if "authorization violation" in str(cause).lower():
+            raise FleetwardError(
+                f"NATS at {servers} refused the credentials in {creds} ({identity}): revoked, "
+                "expired, or issued by signing keys this server does not trust"
+            ) from None
+        raise FleetwardError(
+            f"cannot reach NATS at {servers} ({type(cause).__name__}: {cause or 'no answer'})"
+            + hint
+        ) from None
+
+
+async def connect_as(
+    servers: str | list[str], creds: Path, identity: str, **options: Any
+) -> FleetwardNats:
+    """A connected ``FleetwardNats`` acting as ``identity`` (``sign_in``; ``options`` go to
+    nats-py's connect). Raises ``FleetwardError`` as ``sign_in`` does."""
+    nc = FleetwardNats()
+    await sign_in(nc, servers, creds=creds, identity=identity, **options)
     return nc

@@ -29,10 +29,18 @@ def to_config(spec: StreamSpec) -> StreamConfig:
     )
 
 
+def missing_subjects(spec: StreamSpec, found: StreamConfig) -> list[str]:
+    """The subjects ``spec`` has that the existing stream lacks (a newer contract's kinds,
+    e.g. ``fw.person.>`` of contract v2): adding them changes nothing already stored."""
+    have = set(found.subjects or [])
+    return [s for s in spec.subjects if s not in have]
+
+
 def conflicts(spec: StreamSpec, found: StreamConfig) -> list[str]:
-    """The settings in which an existing stream differs from ``spec``, as readable phrases."""
+    """The settings in which an existing stream differs from ``spec``, as readable phrases
+    (subjects it lacks are not a conflict: ``ensure_streams`` adds them)."""
     wanted: dict[str, tuple[Any, Any]] = {
-        "subjects": (sorted(spec.subjects), sorted(found.subjects or [])),
+        "subjects": (sorted(spec.subjects), sorted({*(found.subjects or []), *spec.subjects})),
         "max_age": (spec.max_age_s, found.max_age or 0.0),
         "max_msg_size": (spec.max_msg_size, found.max_msg_size),
         "deny_delete": (spec.deny_delete, found.deny_delete),
@@ -71,6 +79,11 @@ async def ensure_streams(js: JetStreamContext, specs: tuple[StreamSpec, ...]) ->
             created.append(spec.name)
             continue
         problems = conflicts(spec, info.config)
+        if not problems and missing_subjects(spec, info.config):
+            config = info.config
+            config.subjects = [*(config.subjects or []), *missing_subjects(spec, config)]
+            await js.update_stream(config)  # only adds subjects: nothing stored changes
+            continue
         if problems:
             raise StreamConflict(
                 f"stream {spec.name} exists with other settings: {'; '.join(problems)} "

@@ -26,7 +26,11 @@ from dataclasses import dataclass, field
 import anyio
 
 from fleetward.projections import Projection
+from fleetward.schemas.roles import RoleBook
+from fleetward.schemas.streams import EVENTS_STREAM
+from fleetward.schemas.subjects import wildcard
 from fleetward.services import db, metrics
+from fleetward.services.client.roles import read_roles
 from fleetward.services.db import Conn, q
 from fleetward.services.jetstream.consumer import Delivery, PullConsumer, recreate_consumer
 from fleetward.services.projector import outbox
@@ -97,6 +101,10 @@ class ProjectionRunner:
             if any(p.id_ledger for p in projections)
             else None
         )
+        # people's events are judged by the roles in force at their position (schemas/roles.py)
+        self.roles: RoleBook | None = None
+        # whether the consumer delivers the role events; if not, the book is read per batch
+        self._sees_roles = not self.filters or wildcard("person") in self.filters
         self.batch_size = batch_size
         # while far behind the stream: commit every window_size events or window_seconds
         self.window_size, self.window_seconds = max(window_size, batch_size), window_seconds
@@ -132,6 +140,8 @@ class ProjectionRunner:
                 m.window = None
         if self.ledger is not None:
             self.ledger.clear()
+        if self.stream == EVENTS_STREAM:  # people's events are judged by their roles
+            self.roles = await read_roles(self.rt.nc)
         if self.consumer is not None:
             await self.consumer.stop()
         await recreate_consumer(
@@ -162,7 +172,9 @@ class ProjectionRunner:
             return 0
         self.health.took()
         careful = batch[0].seq <= self._careful_until
-        admitted = admit_batch(batch)
+        if self.roles is not None and not self._sees_roles:
+            await read_roles(self.rt.nc, self.roles)  # up to the head: past this batch
+        admitted = admit_batch(batch, self.roles)
         async with self.rt.pool.acquire() as conn:
             ledger = self.ledger
             repeats = frozenset() if ledger is None else await ledger.repeats(conn, admitted)

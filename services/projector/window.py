@@ -22,6 +22,7 @@ from typing import TypeVar
 
 from fleetward.projections import Meta, Projection, Rows
 from fleetward.schemas import Event, Rejected, admit, type_name
+from fleetward.schemas.roles import RoleBook, judge
 from fleetward.services.db import Conn
 from fleetward.services.jetstream.consumer import Delivery
 from fleetward.services.projector.cache import RowCache, load_rows
@@ -75,15 +76,20 @@ Admitted = list[tuple[Delivery, Event | Rejected]]
 """A batch with each delivery's event, or why it was refused (admitted once per runner)."""
 
 
-def admit_batch(batch: list[Delivery]) -> Admitted:
-    """Each delivery of ``batch`` with its admitted event, or the ``Rejected`` that refused it.
+def admit_batch(batch: list[Delivery], roles: RoleBook | None = None) -> Admitted:
+    """Each delivery of ``batch`` with its admitted event, or the ``Rejected`` that refused it;
+    with ``roles`` (a runner of FW_EVENTS), a person's event is also judged by the roles in force
+    before its position, and role changes are noted as they pass (schemas/roles.py).
     Admission failing in any other way (a bug, or an input it was not built for, e.g. nesting
     deep enough for a ``RecursionError``) refuses the event as a ``projection_error``: no event
     may stop the runner."""
     out: Admitted = []
     for d in batch:
         try:
-            out.append((d, admit(d.subject, d.data)))
+            event = admit(d.subject, d.data)
+            if roles is not None:
+                judge(event, d.seq, roles)
+            out.append((d, event))
         except Rejected as r:
             out.append((d, r))
         except Exception as exc:

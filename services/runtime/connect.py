@@ -6,11 +6,10 @@ runs the migrations. Every failure is a ``FleetwardError`` whose text says what 
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio
@@ -20,9 +19,10 @@ from nats.js import JetStreamContext
 
 from fleetward.schemas.streams import all_streams
 from fleetward.services import db, metrics
+from fleetward.services.auth.store import AuthStore, identity_of
 from fleetward.services.config import Settings
 from fleetward.services.errors import FleetwardError
-from fleetward.services.jetstream.connection import FleetwardNats
+from fleetward.services.jetstream.connection import FleetwardNats, sign_in
 from fleetward.services.jetstream.streams import ensure_streams
 from fleetward.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, database_url
 
@@ -35,6 +35,7 @@ DATABASE = "fleetward"
 @dataclass
 class Runtime:
     settings: Settings
+    actor: str  # the identity of ``nc``'s credentials (services/auth)
     nats_url: str
     database_url: str
     nc: NatsClient
@@ -57,7 +58,33 @@ def check_nats_version(version: str) -> None:
         )
 
 
-async def connect_nats(url: str, *, name: str = "fleetward", reconnect: bool = True) -> NatsClient:
+def credentials(settings: Settings, identity: str) -> Path:
+    """The credentials file a process acts with: ``FLEETWARD_CREDS`` when set (whatever
+    identity it holds), else ``identity``'s, issued from the signing keys in
+    ``FLEETWARD_AUTH_DIR`` when this machine holds them (``fleetward dev``, the tests, an admin's
+    machine). Raises ``FleetwardError`` when there is neither."""
+    if settings.creds is not None:
+        return settings.creds
+    store = AuthStore(settings.auth_dir)
+    if store.exists():
+        return store.ensure(identity)
+    raise FleetwardError(
+        f"no credentials: set FLEETWARD_CREDS to a .creds file issued by Fleetward "
+        f"('fleetward agents credentials ID', 'fleetward people add NAME'), or FLEETWARD_AUTH_DIR "
+        f"to the folder with Fleetward's signing keys (none in {settings.auth_dir})"
+    )
+
+
+async def connect_nats(
+    url: str, *, creds: Path | None, name: str | None = None, reconnect: bool = True
+) -> NatsClient:
+    """A connection to ``url`` acting as the identity of ``creds`` (a ``.creds`` file; replies
+    come back on that identity's own inbox prefix, ``schemas/grants.py``). ``creds=None`` only
+    reaches a server without authentication (the benchmark's baseline). Raises
+    ``FleetwardError`` when the server cannot be reached, refuses the credentials, is older than
+    2.11 or has JetStream off."""
+    identity = identity_of(creds) if creds is not None else "anonymous"
+
     async def quiet(_exc: Exception) -> None:  # nats-py logs every failed attempt otherwise
         return None
 
@@ -67,26 +94,21 @@ async def connect_nats(url: str, *, name: str = "fleetward", reconnect: bool = T
     # With unlimited reconnects nats-py also retries the FIRST connect forever: bound it, so an
     # unreachable server is an error instead of a hang.
     nc = FleetwardNats()
-    try:
-        with anyio.fail_after(NATS_CONNECT_DEADLINE_S):
-            await nc.connect(
-                url,
-                name=name,
-                connect_timeout=3,
-                max_reconnect_attempts=-1 if reconnect else 0,
-                allow_reconnect=reconnect,
-                error_cb=quiet,
-                reconnected_cb=reconnected,
-                reconnect_time_wait=0.5,  # type: ignore[arg-type]  # annotated int; a float works
-            )
-    except Exception as exc:  # nats-py raises many types; all mean the same here
-        cause = nc.last_error or exc  # the deadline's TimeoutError hides the real cause
-        with contextlib.suppress(Exception):
-            await nc.close()
-        raise FleetwardError(
-            f"cannot reach NATS at {url} ({type(cause).__name__}: {cause or 'no answer'}); "
-            "start it or fix FLEETWARD_NATS_URL"
-        ) from None
+    await sign_in(
+        nc,
+        url,
+        creds=creds,
+        identity=identity,
+        deadline_s=NATS_CONNECT_DEADLINE_S,
+        hint="; start it or fix FLEETWARD_NATS_URL",
+        name=name or identity,
+        connect_timeout=3,
+        max_reconnect_attempts=-1 if reconnect else 0,
+        allow_reconnect=reconnect,
+        error_cb=quiet,
+        reconnected_cb=reconnected,
+        reconnect_time_wait=0.5,
+    )
     try:  # nats-py exposes the server's INFO only as _server_info
         check_nats_version(str(nc._server_info.get("version", "")))
         if not nc._server_info.get("jetstream"):
@@ -175,16 +197,25 @@ def discover(settings: Settings) -> tuple[str, str]:
 
 @asynccontextmanager
 async def open_runtime(
-    settings: Settings, *, embed: bool = False, prepare: bool = True, pool_size: int = 10
+    settings: Settings,
+    *,
+    identity: str = "svc:projector",
+    embed: bool = False,
+    prepare: bool = True,
+    pool_size: int = 10,
 ) -> AsyncIterator[Runtime]:
-    """Connections to NATS and Postgres. With ``embed``, servers not named in the settings are
-    started under ``settings.home``. With ``prepare``, streams and migrations are ensured."""
+    """Connections to NATS and Postgres, acting as ``identity`` (or as ``FLEETWARD_CREDS``, see
+    ``credentials``). With ``embed``, servers not named in the settings are started under
+    ``settings.home``, NATS with authentication on (the signing keys in
+    ``settings.auth_dir``, created when missing). With ``prepare``, streams and migrations are
+    ensured."""
     async with AsyncExitStack() as stack:
         if embed:
             nats_url, database = await _start_embedded(settings, stack)
         else:
             nats_url, database = discover(settings)
-        nc = await connect_nats(nats_url)
+        creds = credentials(settings, identity)
+        nc = await connect_nats(nats_url, creds=creds)
         stack.push_async_callback(nc.close)
         pool = await connect_postgres(database, max_size=pool_size)
         stack.push_async_callback(pool.close)
@@ -193,7 +224,22 @@ async def open_runtime(
             await ensure_streams(js, all_streams(settings.retention_days))
             async with pool.acquire() as conn:
                 await db.migrate(conn)
-        yield Runtime(settings, nats_url, database, nc, js, pool)
+        yield Runtime(settings, identity_of(creds), nats_url, database, nc, js, pool)
+
+
+@asynccontextmanager
+async def acting_as(rt: Runtime, identity: str) -> AsyncIterator[Runtime]:
+    """``rt`` with a NATS connection of ``identity``'s own (one credential per service, DESIGN
+    3.7): ``rt`` itself when it already acts as ``identity`` or the process was given one
+    credential (``FLEETWARD_CREDS``). Raises ``FleetwardError`` as ``credentials`` does."""
+    if rt.actor == identity or rt.settings.creds is not None:
+        yield rt
+        return
+    nc = await connect_nats(rt.nats_url, creds=credentials(rt.settings, identity))
+    try:
+        yield replace(rt, actor=identity, nc=nc, js=nc.jetstream(timeout=10))
+    finally:
+        await nc.close()
 
 
 async def _start_embedded(settings: Settings, stack: AsyncExitStack) -> tuple[str, str]:
@@ -201,7 +247,8 @@ async def _start_embedded(settings: Settings, stack: AsyncExitStack) -> tuple[st
     home.mkdir(parents=True, exist_ok=True)
     nats_url = settings.nats_url
     if nats_url is None:
-        server = await anyio.to_thread.run_sync(EmbeddedNats.start, home / "nats")
+        store = AuthStore(settings.auth_dir).init()
+        server = await anyio.to_thread.run_sync(EmbeddedNats.start, home / "nats", store)
         stack.callback(server.stop)
         nats_url = server.url
     database = settings.database_url

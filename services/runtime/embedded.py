@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from fleetward.services.auth.store import AuthStore
 from fleetward.services.errors import FleetwardError
 
 
@@ -29,10 +30,20 @@ def nats_server_binary() -> str:
     return found
 
 
-def _spawn(binary: str, store: Path, ports: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    """nats-server with JetStream on a free port of 127.0.0.1; it writes its URL into ``ports``."""
-    args = ["-a", "127.0.0.1", "-p", "-1", "-js", "-sd", str(store / "jetstream"),
-            "--ports_file_dir", str(ports)]  # fmt: skip
+def server_config(store: Path, auth: AuthStore | None, port: int = -1) -> str:
+    """The embedded server's configuration: JetStream in ``store``, ``port`` of 127.0.0.1 (-1:
+    a free one), and authentication by the credentials ``auth`` issues (operator mode). Without
+    ``auth`` the server lets anyone in: only the benchmark's baseline runs one."""
+    return (
+        f"host: 127.0.0.1\nport: {port}\nmax_payload: 1MB\n"
+        f'jetstream {{ store_dir: "{store / "jetstream"}" }}\n'
+        + (auth.server_config(store / "accounts") if auth is not None else "")
+    )
+
+
+def _spawn(binary: str, config: Path, ports: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """nats-server with ``config``; it writes its URL into ``ports``."""
+    args = ["-c", str(config), "--ports_file_dir", str(ports)]
     return subprocess.Popen(
         [binary, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
@@ -45,13 +56,19 @@ class EmbeddedNats:
     store: Path
 
     @classmethod
-    def start(cls, store: Path, binary: str | None = None, timeout: float = 15.0) -> EmbeddedNats:
+    def start(
+        cls, store: Path, auth: AuthStore | None, binary: str | None = None, timeout: float = 15.0
+    ) -> EmbeddedNats:
+        """nats-server with JetStream and authentication (``server_config``) under ``store``.
+        Raises ``FleetwardError`` when it does not start within ``timeout`` seconds."""
         store.mkdir(parents=True, exist_ok=True)
+        config = store / "nats-server.conf"
+        config.write_text(server_config(store, auth))
         ports = store / "ports"
         shutil.rmtree(ports, ignore_errors=True)
         ports.mkdir()
         with (store / "nats-server.log").open("ab") as log:  # the child keeps its own copy
-            process = _spawn(binary or nats_server_binary(), store, ports, log)
+            process = _spawn(binary or nats_server_binary(), config, ports, log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for path in ports.glob("*.ports"):

@@ -42,9 +42,12 @@ from anyio.streams.memory import MemoryObjectSendStream
 
 from fleetward.schemas.admission import Rejected, admit
 from fleetward.schemas.events import EscalationRaised, Event
+from fleetward.schemas.roles import RoleBook
+from fleetward.schemas.roles import judge as judge_role
 from fleetward.schemas.streams import EVENTS_STREAM, HEARTBEATS, follower_prefix
 from fleetward.schemas.subjects import kind_prefix, wildcard
 from fleetward.services import metrics
+from fleetward.services.client.roles import read_roles
 from fleetward.services.clock import SYSTEM_CLOCK, Clock
 from fleetward.services.config import WatchdogSettings
 from fleetward.services.db import q
@@ -112,6 +115,9 @@ class Watchdog:
         )
         self.followers: list[StreamFollower] = []  # heartbeats, agents + tasks, escalations
         self.rejected = 0
+        # people's events are judged by the roles in force at their position, as the
+        # projector judges them; the followers note role changes in stream order
+        self.roles = RoleBook()
         self._send: MemoryObjectSendStream[Plan] | None = None
         self._reconnects = 0
         self._restarts = 0
@@ -184,14 +190,16 @@ class Watchdog:
 
     def _on_event(self, subject: str, data: bytes, seq: int, ns: int) -> None:
         with self.judge.failures.isolated("event", f"{EVENTS_STREAM} seq {seq}"):
+            kind = subject.split(".", 2)[1]
             try:
                 event: Event = admit(subject, data)
+                judge_role(event, seq, self.roles)  # as the projector judges it
             except Rejected:
                 self.rejected += 1
                 metrics.WATCHDOG_REJECTED.labels(EVENTS_STREAM).inc()
                 return
-            kind = subject.split(".", 2)[1]
-            self._plan(self.judge.event(kind, event, seq, ns, self.clock.now()))
+            if kind != "person":  # role changes only change the book
+                self._plan(self.judge.event(kind, event, seq, ns, self.clock.now()))
         self._report_failures()
 
     def _report_failures(self) -> None:
@@ -254,11 +262,13 @@ class Watchdog:
         # checkpoint is the last sequence of *its* subjects, and escalations may be rare
         marks = self.judge.checkpoints
         self.followers += [
-            StreamFollower(rt.nc, rt.js, EVENTS_STREAM, (wildcard("agent"), wildcard("task")),
-                           self._on_event, start_seq=min(marks["agent"], marks["task"]) + 1,
+            StreamFollower(rt.nc, rt.js, EVENTS_STREAM, (wildcard("agent"), wildcard("task"),
+                           wildcard("person")), self._on_event,
+                           start_seq=min(marks["agent"], marks["task"]) + 1,
                            name=follower_prefix(f"{name}_events")),
-            StreamFollower(rt.nc, rt.js, EVENTS_STREAM, (wildcard("esc"),), self._on_event,
-                           start_seq=marks["esc"] + 1, name=follower_prefix(f"{name}_esc")),
+            StreamFollower(rt.nc, rt.js, EVENTS_STREAM, (wildcard("esc"), wildcard("person")),
+                           self._on_event, start_seq=marks["esc"] + 1,
+                           name=follower_prefix(f"{name}_esc")),
         ]  # fmt: skip
         self.judge.enter_grace(self.clock.now())
         self._reconnects = rt.nc.stats["reconnects"]
@@ -288,6 +298,7 @@ class Watchdog:
         while not stopping():
             try:
                 await self.load()
+                self.roles = await read_roles(self.rt.nc)  # every role change up to now
                 self._loaded, self._load_error = True, ""
                 return True
             except Exception as exc:  # Postgres away: keep trying

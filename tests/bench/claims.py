@@ -11,17 +11,24 @@ from __future__ import annotations
 import random
 import statistics
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import anyio
+from nats.aio.client import Client as NatsClient
 
 from fleetward.schemas import new_id
 from fleetward.schemas.events import Heartbeat
 from fleetward.services.client import AgentClient, ClaimLost, FleetClient
+from fleetward.services.jetstream.connection import connect_as
 from fleetward.services.jetstream.publish import encode
 from fleetward.services.runtime.connect import Runtime
 from tests.bench.kit import percentile
+from tests.helpers import creds
+
+Connect = Callable[[str], Awaitable[NatsClient]]
+"""A connection acting as an identity (with its credentials, or none on an open server)."""
 
 
 @dataclass(frozen=True)
@@ -55,19 +62,27 @@ async def publish_baseline(rt: Runtime, publishers: int, each: int) -> tuple[lis
 
 
 async def run_claims_bench(
-    rt: Runtime, agents: int = 100, tasks: int = 1000, seed: int = 1
-) -> ClaimFigures:
+    rt: Runtime, agents: int = 100, tasks: int = 1000, seed: int = 1, *,
+    connect: Connect | None = None,
+) -> ClaimFigures:  # fmt: skip
     """``agents`` agents claim ``tasks`` tasks until every task is held; each agent keeps what
-    it wins and picks its next target at random among tasks it has not seen taken."""
+    it wins and picks its next target at random among tasks it has not seen taken. Each
+    connects with ``connect`` (default: its own credentials)."""
+    if connect is None:
+
+        async def connect(identity: str) -> NatsClient:
+            return await connect_as(rt.nats_url, creds(rt, identity), identity)
+
     run = new_id()[-8:]
-    ops = await FleetClient.connect(rt.nats_url, "user:bench")
+    ops = FleetClient(await connect("user:bench"), "user:bench")
     names = [f"task-{run}-{i:05d}" for i in range(tasks)]
     for name in names:
         await ops.create_task(name, project="bench", title=name)
     await ops.close()
     clients = []
     for i in range(agents):
-        client = await AgentClient.connect(rt.nats_url, f"claimer-{run}-{i:03d}")
+        name = f"claimer-{run}-{i:03d}"
+        client = AgentClient(await connect(name), name)
         await client.register(name=f"claimer {i}", owner="bench", team="bench",
                               max_concurrent_tasks=tasks)  # fmt: skip
         clients.append(client)

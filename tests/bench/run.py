@@ -55,9 +55,11 @@ from fleetward.services.jetstream.consumer import PullConsumer, recreate_consume
 from fleetward.services.projector.consumers import by_stream, consumer_filter, durable_name
 from fleetward.services.projector.rebuild import rebuild, reset
 from fleetward.services.runtime.connect import Runtime, open_runtime
+from tests.bench.auth import auth_bench
 from tests.bench.claims import run_claims_bench
 from tests.bench.kit import ProcessWatch, percentile
 from tests.bench.watchdog import HarnessError, run_watchdog_bench
+from tests.helpers import as_harness
 
 ROOT = Path(__file__).resolve().parents[2]
 # the benchmark's own SQL (baseline tables and probes), beside it: not shipped in the wheel
@@ -69,7 +71,7 @@ def bench_q(name: str) -> str:
     return BENCH_SQL[name]
 
 
-SECTIONS = ("pipeline", "claims", "watchdog")
+SECTIONS = ("pipeline", "claims", "watchdog", "auth")
 
 
 @dataclass
@@ -252,7 +254,8 @@ def projector_groups(layout: str) -> list[list[str]]:
 
 def start_projector(rt: Runtime, log: Path, only: list[str]) -> subprocess.Popen[bytes]:
     env = os.environ | {"FLEETWARD_NATS_URL": rt.nats_url, "FLEETWARD_DATABASE_URL":
-                        rt.database_url, "FLEETWARD_METRICS_PORT": "0"}  # fmt: skip
+                        rt.database_url, "FLEETWARD_METRICS_PORT": "0",
+                        "FLEETWARD_AUTH_DIR": str(rt.settings.auth_dir)}  # fmt: skip
     args = [sys.executable, "-m", "fleetward.services.cli", "projector"] + (
         ["--only", *only] if only else []
     )
@@ -384,7 +387,9 @@ async def run(args: argparse.Namespace) -> list[Figure]:
     log = home / "projector.log"
     if "pipeline" not in args.only:
         return await other_figures(args)
-    async with open_runtime(settings, embed=True, pool_size=12) as rt:
+    async with open_runtime(
+        settings, identity=as_harness(settings), embed=True, pool_size=12
+    ) as rt:
         say(f"servers: {rt.nats_url}  {rt.database_url}")
         say(f"generating {args.events:,} events from {args.agents:,} agents")
         items = backlog(args.events, args.agents, args.seed)
@@ -524,6 +529,39 @@ async def other_figures(args: argparse.Namespace) -> list[Figure]:
         out += await claims_figures(args)
     if "watchdog" in args.only:
         out += await watchdog_figures(args)
+    if "auth" in args.only:
+        out += await auth_figures(args)
+    return out
+
+
+async def auth_figures(args: argparse.Namespace) -> list[Figure]:
+    """The same work with authentication on and off, in one run (tests/bench/auth.py)."""
+    m = await auth_bench(
+        runs=args.runs, agents=args.claim_agents, each=max(10, 20_000 // args.claim_agents),
+        claim_agents=args.claim_agents, claim_tasks=args.claim_tasks, fleet=args.auth_agents,
+        revoked=args.auth_revoked, say=say,
+    )  # fmt: skip
+    out = []
+    for key, what, unit in (
+        ("publish", f"agents' events/s, {args.claim_agents} agents, authentication on", "events/s"),
+        ("claims", f"claims/s, {args.claim_agents} agents on {args.claim_tasks:,} tasks, "
+                   "authentication on", "claims/s"),
+        ("connect", f"agent sign-ins/s with credentials, {args.auth_agents:,} agents", "conn/s"),
+    ):  # fmt: skip
+        on, off = m[key]
+        value, low, high = median_of(on)
+        base = statistics.median(off)
+        target = ">= 0.95x" if key != "connect" else "(context)"
+        out.append(Figure(what, value, unit, "the same without authentication", base,
+                          value / base, target, low, high, args.runs))  # fmt: skip
+    issued = m["issue"][0][0]
+    out.append(Figure("credentials issued/s (JWT signed, .creds written)", issued, "creds/s",
+                      "none", 0.0, 0.0, "(context)", issued, issued, 1))  # fmt: skip
+    pushes, size = m["revoke"]
+    push = median_of(pushes)
+    out.append(Figure(f"revocation pushed to the server, {args.auth_revoked:,} revoked keys "
+                      f"({size[0] / 1024:,.0f} KiB account JWT)", push[0], "s", "none", 0.0, 0.0,
+                      "(context: within 5 s)", push[1], push[2], args.runs))  # fmt: skip
     return out
 
 
@@ -535,7 +573,7 @@ async def watchdog_figures(args: argparse.Namespace) -> list[Figure]:
     while len(runs) < args.runs:
         home = Path(tempfile.mkdtemp(prefix="fleetward-bench-wd-"))
         settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
-        async with open_runtime(settings, embed=True) as rt:
+        async with open_runtime(settings, identity=as_harness(settings), embed=True) as rt:
             try:
                 one = await run_watchdog_bench(
                     rt, args.wd_agents, args.wd_interval, args.wd_seconds, log=home / "watchdog.log"
@@ -574,7 +612,7 @@ async def claims_figures(args: argparse.Namespace) -> list[Figure]:
     home = Path(tempfile.mkdtemp(prefix="fleetward-bench-claims-"))
     settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
     runs = []
-    async with open_runtime(settings, embed=True) as rt:
+    async with open_runtime(settings, identity=as_harness(settings), embed=True) as rt:
         for _ in range(args.runs):
             runs.append(await run_claims_bench(rt, args.claim_agents, args.claim_tasks, args.seed))
             say(f"  claims: {runs[-1].claims_per_s:,.0f}/s, p50 {runs[-1].latency_p50_s:.3f}s")
@@ -675,6 +713,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wd-seconds", type=float, default=60.0)
     p.add_argument("--claim-agents", type=int, default=100)
     p.add_argument("--claim-tasks", type=int, default=1000)
+    p.add_argument("--auth-agents", type=int, default=10_000, help="agents signing in")
+    p.add_argument("--auth-revoked", type=int, default=1_000, help="revoked keys in the account")
     p.add_argument(
         "--only", nargs="+", default=list(SECTIONS), choices=SECTIONS, help="sections to run"
     )
@@ -691,6 +731,7 @@ def main(argv: list[str] | None = None) -> int:
         args.events, args.agents, args.runs, args.seconds = 30_000, 3_000, 1, 5.0
         args.rate = 2_000
         args.claim_agents, args.claim_tasks = 20, 100
+        args.auth_agents, args.auth_revoked = 500, 100
         args.wd_agents, args.wd_interval, args.wd_seconds = 2_000, 2.0, 15.0
         args.out = Path(tempfile.mkdtemp(prefix="fleetward-bench-quick-"))
     figures = asyncio.run(run(args))

@@ -40,6 +40,7 @@ from fleetward.services.config import Settings
 from fleetward.services.jetstream.follower import StreamFollower
 from fleetward.services.runtime.connect import Runtime, connect_nats, open_runtime
 from tests.bench.kit import ProcessWatch, percentile
+from tests.helpers import HARNESS, as_harness, creds
 
 ROOT = Path(__file__).resolve().parents[2]
 TICK = 0.05  # the heartbeat publisher's tick
@@ -111,6 +112,7 @@ def _start_watchdog(rt: Runtime, interval: float, log: Path) -> subprocess.Popen
         "FLEETWARD_NATS_URL": rt.nats_url,
         "FLEETWARD_DATABASE_URL": rt.database_url,
         "FLEETWARD_METRICS_PORT": "0",
+        "FLEETWARD_AUTH_DIR": str(rt.settings.auth_dir),
         "FLEETWARD_WATCHDOG_INTERVAL_S": str(interval),
         "FLEETWARD_WATCHDOG_GRACE_S": str(interval),
     }
@@ -130,7 +132,7 @@ async def _read_back(
     deadline (last heartbeat + 2 intervals) to the warning. Read on a connection of its own,
     so the load generator's connection cannot blind the measurement; a failure to read is the
     harness's, not the watchdog's."""
-    nc = await connect_nats(rt.nats_url, name="fleetward-bench-read-back")
+    nc = await connect_nats(rt.nats_url, creds=creds(rt, HARNESS), name="fleetward-bench-read-back")
     try:
         js = nc.jetstream()
         raised = await _escalations(nc, js)
@@ -240,7 +242,7 @@ async def run_watchdog_bench(
 async def _main(args: argparse.Namespace) -> dict[str, float]:
     home = Path(tempfile.mkdtemp(prefix="fleetward-bench-wd-"))
     settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
-    async with open_runtime(settings, embed=True) as rt:
+    async with open_runtime(settings, identity=as_harness(settings), embed=True) as rt:
         figures = await run_watchdog_bench(
             rt, args.agents, args.interval, args.seconds, args.silent_share,
             log=home / "watchdog.log",

@@ -23,7 +23,7 @@ from fleetward.services.api.tasks import QUEUE_GROUP, responder, serve_task_api
 from fleetward.services.client import AgentClient, FleetClient
 from fleetward.services.errors import ApiError
 from fleetward.services.runtime.connect import Runtime
-from tests.helpers import project_all, wait_for
+from tests.helpers import creds, project_all, wait_for
 
 SCHEMAS = contract.render()
 
@@ -40,7 +40,7 @@ async def serving(rt: Runtime) -> AsyncIterator[FleetClient]:
     must be left by the task that entered it.)"""
     # the client outside the task group: cancelling the group must not cut the client's close
     async with (
-        await FleetClient.connect(rt.nats_url, "user:ops") as ops,
+        await FleetClient.connect(rt.nats_url, creds(rt, "user:ops")) as ops,
         anyio.create_task_group() as tg,
     ):
         await tg.start(serve_task_api, rt)
@@ -58,7 +58,7 @@ async def answers(ops: FleetClient) -> bool:
 
 
 async def test_agent_profile_comes_from_the_registry(rt: Runtime) -> None:
-    agent = await AgentClient.connect(rt.nats_url, "agent-7")
+    agent = await AgentClient.connect(rt.nats_url, creds(rt, "agent-7"))
     try:
         await agent.register(name="Docs writer", owner="ana@example.com", team="docs",
                              roles=["writer"], heartbeat_interval_s=30)  # fmt: skip
@@ -127,7 +127,7 @@ async def test_an_unreadable_projection_is_an_error_reply(rt: Runtime) -> None:
         AGENTS_GET.subject, queue=QUEUE_GROUP, cb=responder(AGENTS_GET, broken)
     )
     try:
-        async with await FleetClient.connect(rt.nats_url, "user:ops") as ops:
+        async with await FleetClient.connect(rt.nats_url, creds(rt, "user:ops")) as ops:
             with pytest.raises(ApiError) as raised:
                 await ops.agent_profile("agent-7")
         assert str(raised.value) == "fw.api.agents.get: the agent registry is unavailable"
@@ -136,7 +136,7 @@ async def test_an_unreadable_projection_is_an_error_reply(rt: Runtime) -> None:
 
 
 async def test_no_task_api_is_a_one_line_error(rt: Runtime) -> None:
-    async with await FleetClient.connect(rt.nats_url, "user:ops") as ops:
+    async with await FleetClient.connect(rt.nats_url, creds(rt, "user:ops")) as ops:
         with anyio.fail_after(2):  # no responders: told at once, not after the timeout
             with pytest.raises(ApiError, match=r"^nothing serves fw\.api\.agents\.get: start"):
                 await ops.agent_profile("agent-7")

@@ -37,6 +37,7 @@ from fleetward.schemas.events import (
 from fleetward.schemas.headers import MSG_ID
 from fleetward.schemas.ids import deterministic_id
 from fleetward.schemas.streams import COMMANDS_STREAM, EVENTS_STREAM, inbox_durable
+from fleetward.services.auth.store import AuthStore
 from fleetward.services.client import AgentClient, Claim, ClaimLost, FleetClient
 from fleetward.services.client.agent import INBOX_REDELIVERY_S
 from fleetward.services.client.claims import AgentPaused as AgentPausedError
@@ -46,7 +47,18 @@ from fleetward.services.jetstream.publish import encode, publish
 from fleetward.services.projector import rebuild as rebuilding
 from fleetward.services.projector.outbox import Outbox
 from fleetward.services.runtime.connect import Runtime
-from tests.helpers import agent, envelope, project_all, snapshot, task_api, wait_for
+from tests.helpers import (
+    agent,
+    as_harness,
+    creds,
+    envelope,
+    grant_test_admins,
+    person,
+    project_all,
+    snapshot,
+    task_api,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = (sys.executable, "-m", "fleetward.services.cli")
@@ -149,7 +161,10 @@ def submitted(agent_id: str, task: str, epoch: int, content: str = "work") -> Ta
 async def fleetward(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     with anyio.fail_after(60):
         done = await anyio.run_process(
-            [*CLI, *args], cwd=ROOT, env=env | {"FLEETWARD_USER": "alice"}, check=False
+            [*CLI, *args],
+            cwd=ROOT,
+            env=env | {"FLEETWARD_CREDS": str(person(env, "alice"))},
+            check=False,
         )
     return done.returncode, done.stdout.decode(), done.stderr.decode()
 
@@ -468,7 +483,7 @@ async def test_many_processes_of_many_agents_race_one_task_and_exactly_one_wins(
     """Holds: 6 processes of one agent and 4 other agents race each of 3 tasks; exactly one
     claim wins each, and the board, the client fold and the winner agree on it."""
     procs = [await agent(rt, "multi", max_concurrent_tasks=5)]
-    procs += [await AgentClient.connect(rt.nats_url, "multi") for _ in range(5)]
+    procs += [await AgentClient.connect(rt.nats_url, creds(rt, "multi")) for _ in range(5)]
     for p in procs[1:]:
         p.profile = procs[0].profile
     others = [await agent(rt, f"rival-{i}", max_concurrent_tasks=5) for i in range(4)]
@@ -536,7 +551,7 @@ async def test_a_second_process_of_a_paused_agent_claims_without_agent_paused(
     (promise 5): ``claim`` raise AgentPaused while the agent is paused, in every process of
     the agent."""
     first = await agent(rt, "pair")
-    second = await AgentClient.connect(rt.nats_url, "pair")
+    second = await AgentClient.connect(rt.nats_url, creds(rt, "pair"))
     try:
         async with api(rt):
             await ops.create_task("pz-a", project="p", title="t")
@@ -595,7 +610,7 @@ async def test_reports_after_the_inbox_said_lease_lost_or_from_another_process_a
     its last sequence), a ``submit`` on that claim, from this process or the other, raises
     ClaimLost and stores nothing (promise 3)."""
     worker = await agent(rt, "dropped")
-    restarted = await AgentClient.connect(rt.nats_url, "dropped")
+    restarted = await AgentClient.connect(rt.nats_url, creds(rt, "dropped"))
     try:
         async with api(rt):
             await ops.create_task("ll", project="p", title="t")
@@ -708,7 +723,7 @@ async def test_an_operator_review_racing_a_revoke_is_refused_to_the_operator(
     reads the task again and raises IntentRefused (not waiting for review): the board has
     nothing to reject, and the operator is told (promise 4)."""
     author = await agent(rt, "subject")
-    other = FleetClient(await _connect(rt), "user:bob")
+    other = await FleetClient.connect(rt.nats_url, creds(rt, "user:bob"))
     try:
         await ops.create_task("rr", project="p", title="t")
         await project_all(rt)
@@ -740,12 +755,6 @@ async def test_an_operator_review_racing_a_revoke_is_refused_to_the_operator(
     finally:
         await author.close()
         await other.close()
-
-
-async def _connect(rt: Runtime) -> Any:
-    from fleetward.services.jetstream.connection import connect  # noqa: PLC0415
-
-    return await connect(rt.nats_url, name="bob")
 
 
 async def test_cancel_racing_submit_ends_one_way_and_the_author_knows(
@@ -1109,7 +1118,7 @@ async def test_a_command_stored_twice_reaches_a_restarted_agent_twice(
                 "SELECT subject, data FROM fleetward.outbox WHERE subject LIKE 'fw.cmd.twice.%'"
             )
         await rt.js.publish(subject, data, headers={"Nats-Msg-Id": "after-the-window"})
-        author = await AgentClient.connect(rt.nats_url, "twice")  # the agent restarted
+        author = await AgentClient.connect(rt.nats_url, creds(rt, "twice"))  # the agent restarted
         again = await inbox(author)
         print("restarted agent sees:", [(x.command, x.id) for x in again])
         assert again == []
@@ -1136,7 +1145,7 @@ async def test_commands_read_ahead_by_claim_come_back_when_the_agent_dies(
         await project_all(rt)
         await author.claim("fg-2")  # reads (and acts on) the inbox first
         await author.close()  # the process dies before asking for its next command
-        author = await AgentClient.connect(rt.nats_url, "forgetful")
+        author = await AgentClient.connect(rt.nats_url, creds(rt, "forgetful"))
         got = await author.next_command(wait=INBOX_REDELIVERY_S + 5)
         print("after the restart:", got)
         assert got is not None and (got.command, got.reason) == ("review_feedback", "the only copy")
@@ -1195,7 +1204,7 @@ async def test_an_agent_whose_inbox_consumer_was_deleted_re_creates_it_and_obeys
 
 
 async def test_an_outbox_stuck_while_nats_is_away_shows_in_healthz(
-    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    database: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, auth: AuthStore
 ) -> None:
     """Holds: commands stored while the projector ran, then NATS goes away before the outbox
     publishes them: /healthz answers 503 and names NATS, the projector and, once the oldest
@@ -1207,10 +1216,11 @@ async def test_an_outbox_stuck_while_nats_is_away_shows_in_healthz(
     from tests.helpers import http_get  # noqa: PLC0415
 
     monkeypatch.setattr(outbox_module, "STUCK_S", 2.0)
-    server = EmbeddedNats.start(tmp_path / "nats-away")
+    server = EmbeddedNats.start(tmp_path / "nats-away", auth)
     settings = Settings.from_env({"FLEETWARD_NATS_URL": server.url,
                                   "FLEETWARD_DATABASE_URL": database,
-                                  "FLEETWARD_HOME": str(tmp_path / "home")})  # fmt: skip
+                                  "FLEETWARD_HOME": str(tmp_path / "home"),
+                                  "FLEETWARD_AUTH_DIR": str(auth.root)})  # fmt: skip
     try:
         # (closing the connection to a server that is gone raises ConnectionResetError)
         with contextlib.suppress(ConnectionResetError):
@@ -1223,7 +1233,8 @@ async def _stuck_outbox(settings: Any, server: Any, run_services: Any, http_get:
     from fleetward.projections import ALL  # noqa: PLC0415
     from fleetward.services.runtime.connect import open_runtime  # noqa: PLC0415
 
-    async with open_runtime(settings) as rt:
+    async with open_runtime(settings, identity=as_harness(settings)) as rt:
+        await grant_test_admins(rt)
         for i in range(3):
             await publish(rt.js, AgentPaused(**envelope("user:ops"), agent=f"away-{i}"))
         await project_all(rt, outbox=False)
@@ -1330,7 +1341,7 @@ async def test_every_review_reaches_the_author_once_whoever_sends_it(
     author = await agent(rt, "prolific", max_concurrent_tasks=5)
     critic = await agent(rt, "critic9", roles=("reviewer",))
     crony = await agent(rt, "crony9")
-    svc = FleetClient(await _connect(rt), "svc:qa")
+    svc = await FleetClient.connect(rt.nats_url, creds(rt, "svc:qa"))
     try:
         tasks = ("rv-ops", "rv-cli", "rv-svc", "rv-agent", "rv-crony")
         for t in tasks:

@@ -18,7 +18,7 @@ from fleetward.services.client.agent import INBOX_REDELIVERY_S
 from fleetward.services.client.taskstate import read_subjects, read_task
 from fleetward.services.jetstream.publish import encode
 from fleetward.services.runtime.connect import Runtime
-from tests.helpers import agent, envelope, project_all
+from tests.helpers import agent, creds, envelope, project_all
 
 AGENTS = 50
 TASKS = 20
@@ -213,7 +213,7 @@ async def test_a_pause_sent_while_offline_arrives_on_reconnect(
     assert await first.next_command(wait=0.2) is None  # opens its durable inbox
     await first.close()  # offline
     await ops.command("sleeper", "pause", reason="budget review")
-    back = await AgentClient.connect(rt.nats_url, "sleeper")
+    back = await AgentClient.connect(rt.nats_url, creds(rt, "sleeper"))
     try:
         # at once, or after INBOX_REDELIVERY_S if the closed client's last pull took it
         command = await back.next_command(wait=2 * INBOX_REDELIVERY_S)

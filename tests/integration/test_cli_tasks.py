@@ -22,7 +22,7 @@ from fleetward.schemas.events import (
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.services.client import AgentClient
 from fleetward.services.runtime.connect import Runtime
-from tests.helpers import agent, project_all, task_api
+from tests.helpers import agent, creds, person, project_all, task_api
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = (sys.executable, "-m", "fleetward.services.cli")
@@ -34,7 +34,7 @@ async def fleetward(env: dict[str, str], *args: str) -> tuple[int, str, str]:
         done = await anyio.run_process(
             [*CLI, *args],
             cwd=ROOT,
-            env=env | {"FLEETWARD_USER": "alice"},
+            env=env | {"FLEETWARD_CREDS": str(person(env, "alice"))},
             check=False,
         )
     return done.returncode, done.stdout.decode(), done.stderr.decode()
@@ -76,7 +76,7 @@ async def test_an_operator_runs_a_task_from_creation_to_review(
                   "--project", "docs", "--title", "again")  # fmt: skip
     await ok(env, "tasks", "create", "cli-c", "--project", "docs", "--title", "C")
 
-    writer = await AgentClient.connect(rt.nats_url, "writer-9")
+    writer = await AgentClient.connect(rt.nats_url, creds(rt, "writer-9"))
     try:
         await writer.register(name="writer", owner="o", team="docs")
         async with task_api(rt):

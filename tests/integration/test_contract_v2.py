@@ -37,7 +37,7 @@ from fleetward.services.projector.rebuild import rebuild
 from fleetward.services.runtime.connect import Runtime, open_runtime
 from fleetward.services.runtime.embedded import EmbeddedNats, database_url
 from fleetward.services.simulate import Fleet
-from tests.helpers import agent, envelope, now, project_all, snapshot
+from tests.helpers import agent, creds, envelope, now, project_all, snapshot
 
 
 def v1(event: Event) -> Event:
@@ -183,7 +183,7 @@ async def test_an_inbox_created_under_v1_moves_to_the_v2_filter(
         ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL, ack_wait=5.0,
     ))  # fmt: skip
     await publish(rt.js, v1(CommandIssued(**envelope("user:ops"), agent="old", command="pause")))
-    client = await AgentClient.connect(rt.nats_url, "old")
+    client = await AgentClient.connect(rt.nats_url, creds(rt, "old"))
     try:
         await client.sync_inbox()
         info = await rt.js.consumer_info(COMMANDS_STREAM, inbox_durable("old"))

@@ -27,13 +27,14 @@ from fleetward.schemas.events import (
     TaskCreated,
 )
 from fleetward.services import metrics
+from fleetward.services.auth.store import AuthStore
 from fleetward.services.jetstream.publish import encode, publish, publish_many
 from fleetward.services.metrics.budgets import TeamBudget
 from fleetward.services.metrics.fleet import FleetMetrics
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime, connect_nats
 from fleetward.services.serve import watch_lag
-from tests.helpers import envelope, project_all, wait_for
+from tests.helpers import HARNESS, envelope, project_all, wait_for
 from tests.integration.test_watchdog import free_port, nats_on
 
 SVC, USER = "svc:watchdog", "user:ops"
@@ -234,12 +235,12 @@ async def test_postgres_away_is_counted_and_survived(rt: Runtime, pg_server: str
         stop.set()
 
 
-async def test_a_nats_reconnect_is_counted(tmp_path: Path) -> None:
+async def test_a_nats_reconnect_is_counted(tmp_path: Path, auth: AuthStore) -> None:
     port, store = free_port(), tmp_path / "js"
-    server = nats_on(port, store)
+    server = nats_on(port, store, auth)
     server.__enter__()
     try:
-        nc = await connect_nats(f"nats://127.0.0.1:{port}")
+        nc = await connect_nats(f"nats://127.0.0.1:{port}", creds=auth.creds_path(HARNESS))
         try:
             before = metrics.NATS_RECONNECTS._value.get()
             server.__exit__(None, None, None)
@@ -248,7 +249,7 @@ async def test_a_nats_reconnect_is_counted(tmp_path: Path) -> None:
                 return not nc.is_connected
 
             await wait_for(disconnected, 10, "the client to notice")
-            server = nats_on(port, store)
+            server = nats_on(port, store, auth)
             server.__enter__()
 
             async def reconnected() -> bool:

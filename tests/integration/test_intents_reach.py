@@ -17,7 +17,7 @@ from fleetward.services.client.claims import AgentPaused
 from fleetward.services.client.taskstate import read_task
 from fleetward.services.jetstream.publish import publish
 from fleetward.services.runtime.connect import Runtime
-from tests.helpers import agent, envelope, project_all
+from tests.helpers import agent, creds, envelope, project_all
 from tests.raw_nats import Raw, publish_raw
 
 
@@ -49,7 +49,7 @@ async def test_two_processes_of_one_agent_never_both_win_a_claim(
 ) -> None:
     """Both compute the same epoch; the claim's event id settles which one stored it."""
     first = await agent(rt, "twin")
-    second = await AgentClient.connect(rt.nats_url, "twin")
+    second = await AgentClient.connect(rt.nats_url, creds(rt, "twin"))
     try:
         for i in range(5):
             task = f"twin-{i}"

@@ -19,7 +19,7 @@ from fleetward.services.config import WatchdogSettings
 from fleetward.services.jetstream.publish import encode
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.watchdog.service import Watchdog
-from tests.helpers import envelope, project_all, wait_for
+from tests.helpers import creds, envelope, project_all, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 LEASE_S = 1.0
@@ -35,7 +35,7 @@ CLAIMER = textwrap.dedent(
     from fleetward.services.client import AgentClient
 
     async def main(url: str) -> None:
-        agent = await AgentClient.connect(url, "doomed")
+        agent = await AgentClient.connect(url, sys.argv[3])
         await agent.register(name="doomed", owner="o", team="t", heartbeat_interval_s=60)
         claim = await agent.claim("lease-1", lease_s=float(sys.argv[2]))
         await agent.progress(claim, "started")
@@ -48,9 +48,9 @@ CLAIMER = textwrap.dedent(
 )
 
 
-def spawn_claimer(url: str) -> subprocess.Popen[str]:
+def spawn_claimer(url: str, creds_file: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-c", CLAIMER, url, str(LEASE_S)],
+        [sys.executable, "-c", CLAIMER, url, str(LEASE_S), str(creds_file)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         text=True,
@@ -58,10 +58,10 @@ def spawn_claimer(url: str) -> subprocess.Popen[str]:
 
 
 async def test_a_killed_claimer_loses_its_task_and_another_finishes_it(rt: Runtime) -> None:
-    ops = await FleetClient.connect(rt.nats_url, "user:ops")
+    ops = await FleetClient.connect(rt.nats_url, creds(rt, "user:ops"))
     await ops.create_task("lease-1", project="p", title="Survive a crash")
-    proc = spawn_claimer(rt.nats_url)
-    rescuer = await AgentClient.connect(rt.nats_url, "rescuer")
+    proc = spawn_claimer(rt.nats_url, creds(rt, "doomed"))
+    rescuer = await AgentClient.connect(rt.nats_url, creds(rt, "rescuer"))
     await rescuer.register(name="rescuer", owner="o", team="t")
     dog = Watchdog(rt, replace(SLOW_LIVENESS))
     stop = anyio.Event()
@@ -119,9 +119,9 @@ async def test_a_killed_claimer_loses_its_task_and_another_finishes_it(rt: Runti
 
 
 async def test_progress_in_time_keeps_the_lease(rt: Runtime) -> None:
-    ops = await FleetClient.connect(rt.nats_url, "user:ops")
+    ops = await FleetClient.connect(rt.nats_url, creds(rt, "user:ops"))
     await ops.create_task("lease-2", project="p", title="Keep working")
-    worker = await AgentClient.connect(rt.nats_url, "steady")
+    worker = await AgentClient.connect(rt.nats_url, creds(rt, "steady"))
     await worker.register(name="steady", owner="o", team="t")
     dog = Watchdog(rt, SLOW_LIVENESS)
     stop = anyio.Event()

@@ -20,11 +20,13 @@ import nats
 import pytest
 
 from fleetward.schemas.streams import all_streams, events_stream
+from fleetward.services.auth.store import AuthStore
 from fleetward.services.config import Settings
 from fleetward.services.errors import FleetwardError, StreamConflict
 from fleetward.services.jetstream.streams import ensure_streams, to_config
 from fleetward.services.runtime.connect import check_nats_version, check_postgres_version
 from fleetward.services.runtime.embedded import EmbeddedNats
+from tests.helpers import HARNESS
 
 ROOT = Path(__file__).resolve().parents[2]
 OLD_NATS_VERSION = "2.10.26"
@@ -118,16 +120,18 @@ def old_nats_binary() -> Path:
 
 
 @pytest.fixture
-def old_nats(old_nats_binary: Path, tmp_path: Path) -> Iterator[str]:
-    server = EmbeddedNats.start(tmp_path / "old", binary=str(old_nats_binary))
+def old_nats(old_nats_binary: Path, tmp_path: Path, auth: AuthStore) -> Iterator[str]:
+    server = EmbeddedNats.start(tmp_path / "old", auth, binary=str(old_nats_binary))
     try:
         yield server.url
     finally:
         server.stop()
 
 
-async def test_too_old_nats_server_is_refused(old_nats: str, env: dict[str, str]) -> None:
-    nc = await nats.connect(old_nats)  # it really is a 2.10 server
+async def test_too_old_nats_server_is_refused(
+    old_nats: str, env: dict[str, str], auth: AuthStore
+) -> None:
+    nc = await nats.connect(old_nats, user_credentials=str(auth.creds_path(HARNESS)))  # a 2.10
     try:
         assert nc._server_info["version"] == OLD_NATS_VERSION
     finally:
@@ -149,9 +153,9 @@ def test_check_nats_version() -> None:
 
 
 async def test_conflicting_stream_is_one_line(
-    nats_url: str, env: dict[str, str], settings: Settings
+    nats_url: str, env: dict[str, str], settings: Settings, auth: AuthStore
 ) -> None:
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url, user_credentials=str(auth.creds_path(HARNESS)))
     try:
         js = nc.jetstream()
         await js.add_stream(name="FW_EVENTS", subjects=list(events_stream().subjects), max_age=3600)
@@ -165,9 +169,9 @@ async def test_conflicting_stream_is_one_line(
         await nc.close()
 
 
-async def test_ensure_streams_is_idempotent(nats_url: str) -> None:
+async def test_ensure_streams_is_idempotent(nats_url: str, auth: AuthStore) -> None:
     specs = all_streams(30)
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url, user_credentials=str(auth.creds_path(HARNESS)))
     try:
         js = nc.jetstream()
         assert await ensure_streams(js, specs) == [s.name for s in specs]

@@ -29,7 +29,7 @@ from fleetward.services.jetstream.follower import StreamFollower
 from fleetward.services.jetstream.publish import encode, publish
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.watchdog.service import Watchdog
-from tests.helpers import envelope, project_all, wait_for
+from tests.helpers import creds, envelope, project_all, wait_for
 from tests.raw_nats import Raw, publish_raw
 
 STALL_S = 60.0  # far beyond what these few events take; a stalled reader fails here
@@ -203,8 +203,8 @@ async def test_an_agents_command_inbox_reads_past_bad_bytes(rt: Runtime, nats_ur
     """Commands stored with headers nats-py cannot read, a payload that is not JSON, and
     commands on other agents' bad subjects: the agent still gets its good command."""
     assert rt.settings.nats_url
-    agent = await AgentClient.connect(rt.settings.nats_url, "a1")
-    operator = await FleetClient.connect(rt.settings.nats_url, "user:op")
+    agent = await AgentClient.connect(rt.settings.nats_url, creds(rt, "a1"))
+    operator = await FleetClient.connect(rt.settings.nats_url, creds(rt, "user:op"))
     try:
         pause = CommandIssued(**envelope("user:op"), agent="a1", command="pause")
         acks = await publish_raw(nats_url, [

@@ -44,15 +44,16 @@ from fleetward.schemas.events import (
     Tier,
     ToolCalled,
 )
+from fleetward.services.auth.store import AuthStore
 from fleetward.services.clock import ManualClock
 from fleetward.services.config import Settings, WatchdogSettings
 from fleetward.services.jetstream.follower import StreamFollower
 from fleetward.services.jetstream.publish import publish_many
 from fleetward.services.runtime.connect import Runtime, open_runtime
-from fleetward.services.runtime.embedded import nats_server_binary
+from fleetward.services.runtime.embedded import nats_server_binary, server_config
 from fleetward.services.watchdog.core.incidents import at
 from fleetward.services.watchdog.service import Watchdog
-from tests.helpers import envelope, project_all, wait_for
+from tests.helpers import as_harness, envelope, project_all, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 INTERVAL = 0.3
@@ -291,7 +292,7 @@ async def test_two_watchdogs_raise_exactly_one_escalation_per_incident(
     healthy = [f"h-{i:02d}" for i in range(20)]
     await publish_many(rt.js, [register(a, 1.0) for a in silent + healthy])
     settings_b = replace(FAST, interval_s=1.0)
-    async with open_runtime(settings) as rt2:
+    async with open_runtime(settings, identity=as_harness(settings)) as rt2:
         a, b = Watchdog(rt, settings_b, name="wd_a"), Watchdog(rt2, settings_b, name="wd_b")
         beater = Beater(rt, silent + healthy)
         async with running(rt, a, b, beater=beater) as (rec, _):
@@ -605,9 +606,13 @@ async def test_people_list_acknowledge_and_resolve_escalations(
 
 
 @contextlib.contextmanager
-def nats_on(port: int, store: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A nats-server on a fixed port (so clients can reconnect to it after a restart)."""
-    args = ["-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store)]
+def nats_on(port: int, store: Path, auth: AuthStore) -> Iterator[subprocess.Popen[bytes]]:
+    """A nats-server on a fixed port (so clients can reconnect to it after a restart), with
+    authentication as every Fleetward server has it."""
+    store.mkdir(parents=True, exist_ok=True)
+    config = store / "nats-server.conf"
+    config.write_text(server_config(store, auth, port))
+    args = ["-c", str(config)]
     with (store.parent / f"nats-{port}.log").open("ab") as log:
         proc = subprocess.Popen([nats_server_binary(), *args], stdout=log, stderr=log)
     try:
@@ -624,17 +629,21 @@ def free_port() -> int:
 
 
 async def test_after_a_nats_outage_the_watchdog_waits_a_grace_period_before_judging(
-    database: str, tmp_path: Path
+    database: str, tmp_path: Path, auth: AuthStore
 ) -> None:
     port, store = free_port(), tmp_path / "js"
     settings = Settings.from_env({"FLEETWARD_NATS_URL": f"nats://127.0.0.1:{port}",
                                   "FLEETWARD_DATABASE_URL": database,
-                                  "FLEETWARD_HOME": str(tmp_path / "home")})  # fmt: skip
+                                  "FLEETWARD_HOME": str(tmp_path / "home"),
+                                  "FLEETWARD_AUTH_DIR": str(auth.root)})  # fmt: skip
     agents = [f"a-{i}" for i in range(10)]
-    server = nats_on(port, store)
+    server = nats_on(port, store, auth)
     server.__enter__()
     try:
-        async with open_runtime(settings) as rt, open_runtime(settings) as agents_rt:
+        async with (
+            open_runtime(settings, identity=as_harness(settings)) as rt,
+            open_runtime(settings, identity=as_harness(settings)) as agents_rt,
+        ):
             await publish_many(rt.js, [register(a) for a in [*agents, "dead"]])
             # the agents' clients reconnect up to ~1 s after the server is back: a grace of 2 s
             dog = Watchdog(rt, replace(FAST, grace_s=2.0))
@@ -654,7 +663,7 @@ async def test_after_a_nats_outage_the_watchdog_waits_a_grace_period_before_judg
                     return (dog.signals.ticked.last or down) - down > 5 * INTERVAL
 
                 await dog.signals.wait_for(outage_over, 5, "a round five intervals into the outage")
-                server = nats_on(port, store)
+                server = nats_on(port, store, auth)
                 server.__enter__()
 
                 async def reconnected() -> bool:

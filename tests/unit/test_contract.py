@@ -127,7 +127,7 @@ def _resolve(document: dict[str, Any], ref: str) -> Any:
 
 def test_samples_cover_every_event_type_once() -> None:
     assert [type_name(cls) for cls in EVENT_TYPES] == SAMPLE_IDS
-    assert len(SAMPLES) == len(BY_TYPE) == 31
+    assert len(SAMPLES) == len(BY_TYPE) == 33
 
 
 @pytest.mark.parametrize("event", SAMPLES, ids=SAMPLE_IDS)
@@ -341,7 +341,7 @@ API_TYPES = [cls for ep in ENDPOINTS for cls in (ep.request, ep.reply)]
 def test_every_value_is_bounded(cls: type[msgspec.Struct]) -> None:
     """The bounds policy (schemas/bounds.py), for fields added later too: text has a pattern that
     refuses NUL, every number a finite range, every integer a range within bigint."""
-    ids = {bounds.IDENT_PATTERN, bounds.ACTOR_PATTERN, bounds.SHA256_PATTERN}
+    ids = {bounds.IDENT_PATTERN, bounds.ACTOR_PATTERN, bounds.SHA256_PATTERN, bounds.PERSON_PATTERN}
     for where, t, schema in _leaves(mi.type_info(cls), cls.__name__):
         if isinstance(t, mi.StrType):
             pattern = t.pattern or schema.get("pattern")  # NO_NUL: published, checked once

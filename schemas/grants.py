@@ -1,0 +1,161 @@
+"""Who may publish and subscribe where: the NATS permissions of each identity. Pure.
+
+Identity is proven by the subject (DESIGN 3.7): every subject an actor publishes on carries that
+actor as its last token (contract v2: ``fw.task.<task>.<actor>``; heartbeats ``fw.hb.<agent>``
+name their agent already), and an identity's credentials allow publishing only on subjects that
+carry its own actor tokens. The server refuses anything else (a permissions violation); the
+projector's admission refuses a payload whose ``actor`` is not the subject's.
+
+Identities are actors: an agent id, ``user:<name>`` (a person) or ``svc:<name>`` (a Fleetward
+service). A service may publish as the actors it speaks for (``SERVICE_ACTORS``): the projector
+writes the board's verdicts as ``svc:board`` and the registry's commands as ``svc:registry``.
+
+Replies come back on a per-identity inbox prefix (``inbox_prefix``), so no identity can read
+another's replies. JetStream API subjects are nats-server's (ADR-1, ADR-31 direct gets; the
+explicit-filter consumer create of nats-server 2.10, which a permission can pin to one filter).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+import msgspec
+
+from fleetward.schemas.bounds import IDENT_PATTERN
+from fleetward.schemas.streams import COMMANDS_STREAM, EVENTS_STREAM, inbox_durable
+from fleetward.schemas.subjects import API_AGENTS_GET, API_PREFIX, API_TASKS_CLAIMABLE, PREFIX
+
+# The kinds of subject that carry their actor as the last token (contract v2).
+ACTOR_KINDS: Final = ("agent", "task", "esc", "budget", "person", "cmd")
+# People publish events only; commands to agents come from services (events.CommandIssued).
+PERSON_KINDS: Final = ("agent", "task", "esc", "budget", "person")
+
+# The services, and the actors each may publish as (besides itself).
+SERVICE_ACTORS: Final[dict[str, tuple[str, ...]]] = {
+    "svc:projector": ("svc:projector", "svc:board", "svc:registry"),
+    "svc:watchdog": ("svc:watchdog",),
+}
+API_SERVICE: Final = "svc:api"  # answers fw.api.* from the projections; publishes no event
+
+# The request/reply APIs meant for agents (and people; services answer them).
+AGENT_APIS: Final = (API_TASKS_CLAIMABLE, API_AGENTS_GET)
+
+_NAME: Final = re.compile(r"^(user|svc):[A-Za-z0-9_@-]{1,64}$")
+_AGENT: Final = re.compile(IDENT_PATTERN)
+
+# JetStream's administrative verbs that no Fleetward identity needs: the audit log denies them
+# too (DenyDelete, DenyPurge), this refuses them at the door.
+_JS_DESTRUCTIVE: Final = (
+    "$JS.API.STREAM.DELETE.>",
+    "$JS.API.STREAM.PURGE.>",
+    "$JS.API.STREAM.MSG.DELETE.>",
+    "$JS.API.ACCOUNT.PURGE.>",
+)
+
+
+class Grants(msgspec.Struct, frozen=True, kw_only=True):
+    """The NATS permissions of one credential (the ``pub``/``sub`` of a NATS user JWT).
+
+    ``publish`` and ``subscribe`` are subject patterns (NATS wildcards ``*`` and ``>``);
+    ``deny_publish`` wins over ``publish``; ``respond`` lets the holder answer requests sent to
+    subjects it subscribes to (a service's ``fw.api.*``)."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    deny_publish: tuple[str, ...] = ()
+    respond: bool = False
+
+
+def identity_kind(identity: str) -> str:
+    """``agent``, ``user`` or ``svc``. Raises ``ValueError`` for a string that cannot be an
+    identity: an agent id (``[A-Za-z0-9_-]{1,64}``) or ``user:``/``svc:`` and a name of
+    ``[A-Za-z0-9_@-]{1,64}`` (one subject token: no '.')."""
+    if _NAME.match(identity):
+        return identity.split(":", 1)[0]
+    if _AGENT.match(identity):
+        return "agent"
+    raise ValueError(
+        f"{identity!r} is not an identity: an agent id of [A-Za-z0-9_-] (up to 64), or "
+        "'user:<name>' / 'svc:<name>' with a name of [A-Za-z0-9_@-] (up to 64)"
+    )
+
+
+def inbox_prefix(identity: str) -> str:
+    """The prefix of the reply subjects of ``identity``'s connections, e.g. ``_INBOX_a-17``.
+    Clients pass it to the NATS client (nats-py ``inbox_prefix``, nats.go ``CustomInboxPrefix``,
+    ...); the credential may subscribe to nothing else but its own inbox."""
+    identity_kind(identity)
+    return f"_INBOX_{identity}"
+
+
+def own_subjects(actor: str, kinds: tuple[str, ...] = ACTOR_KINDS) -> tuple[str, ...]:
+    """The subjects of ``kinds`` that carry ``actor``: ``fw.<kind>.*.<actor>``."""
+    return tuple(f"{PREFIX}.{kind}.*.{actor}" for kind in kinds)
+
+
+def _read_events() -> tuple[str, ...]:
+    """Direct gets on the audit log (the client's task reads, ADR-31)."""
+    return (f"$JS.API.DIRECT.GET.{EVENTS_STREAM}", f"$JS.API.DIRECT.GET.{EVENTS_STREAM}.>")
+
+
+def _agent(agent: str) -> Grants:
+    inbox = inbox_durable(agent)
+    consumer = f"{COMMANDS_STREAM}.{inbox}"
+    return Grants(
+        publish=(
+            f"{PREFIX}.agent.{agent}.{agent}",
+            f"{PREFIX}.hb.{agent}",
+            f"{PREFIX}.task.*.{agent}",
+            *_read_events(),
+            # its own inbox, pinned to its own commands
+            f"$JS.API.CONSUMER.CREATE.{consumer}.{PREFIX}.cmd.{agent}.>",
+            f"$JS.API.CONSUMER.INFO.{consumer}",
+            f"$JS.API.CONSUMER.MSG.NEXT.{consumer}",
+            f"$JS.ACK.{consumer}.>",
+            *AGENT_APIS,
+        ),
+        subscribe=(f"{inbox_prefix(agent)}.>",),
+    )
+
+
+def _person(person: str) -> Grants:
+    return Grants(
+        publish=(
+            *own_subjects(person, PERSON_KINDS),
+            *_read_events(),
+            "$JS.API.STREAM.INFO.*",
+            "$JS.API.CONSUMER.INFO.*.*",
+            f"{API_PREFIX}>",
+        ),
+        subscribe=(f"{inbox_prefix(person)}.>",),
+    )
+
+
+def _service(service: str) -> Grants:
+    if service == API_SERVICE:
+        return Grants(
+            publish=(), subscribe=(f"{inbox_prefix(service)}.>", f"{API_PREFIX}>"), respond=True
+        )
+    actors = SERVICE_ACTORS.get(service, (service,))
+    return Grants(
+        publish=(
+            *(s for actor in actors for s in own_subjects(actor)),
+            "$JS.API.>",  # streams, consumers, direct gets, the watchdog's followers
+            "$JS.ACK.>",
+            *AGENT_APIS,
+        ),
+        deny_publish=_JS_DESTRUCTIVE,
+        subscribe=(f"{inbox_prefix(service)}.>",),
+    )
+
+
+def grants_for(identity: str) -> Grants:
+    """The permissions of ``identity``'s credentials. Raises ``ValueError`` for a string that
+    cannot be an identity (``identity_kind``)."""
+    kind = identity_kind(identity)
+    if kind == "agent":
+        return _agent(identity)
+    if kind == "user":
+        return _person(identity)
+    return _service(identity)
