@@ -1,0 +1,450 @@
+"""Attacks on identity and permissions, as a hostile agent or person would make them.
+
+Every attacker connects with its own credentials only; ``rt`` (the harness) only sets the scene
+and reads the results. A test marked ``xfail(strict=True)`` is a weakness that works today: it
+fails because the attack succeeds, and passes once the weakness is fixed.
+
+The root weakness of the first group: NATS checks the *subject* a client publishes on, never
+the *reply subject* it names, and the server (JetStream's API, and any service allowed to
+respond) publishes its answer on that reply subject with full rights, where FW_EVENTS,
+FW_HEARTBEATS and FW_COMMANDS store it like any other message. A direct get on FW_EVENTS (which
+every agent and person may make) answers with the *bytes of a stored message*, so an attacker
+stores any payload on its own subject (dead-lettered there, harmlessly), then asks for it back
+with the victim's subject as reply: the server re-publishes the bytes on a subject the attacker
+may not publish on, and admission then sees a subject whose actor token matches the payload.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import nats
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from fleetward.schemas import new_id
+from fleetward.schemas.admission import Rejected, admit
+from fleetward.schemas.events import (
+    AgentPaused,
+    AgentRegistered,
+    AgentResumed,
+    AgentRetired,
+    CommandIssued,
+    Heartbeat,
+    RoleGranted,
+    TaskCancelled,
+    TaskCreated,
+)
+from fleetward.schemas.grants import inbox_prefix
+from fleetward.schemas.streams import COMMANDS_STREAM, EVENTS_STREAM, HEARTBEATS_STREAM
+from fleetward.services.auth.store import AuthStore
+from fleetward.services.client import AgentClient
+from fleetward.services.jetstream.publish import encode, publish
+from fleetward.services.runtime.connect import Runtime
+from tests.helpers import agent, creds, envelope, project_all, task_api, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = (sys.executable, "-m", "fleetward.services.cli")
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+
+
+class Attacker:
+    """A raw NATS connection as ``identity`` (its own credentials and inbox prefix) that
+    records the server's permission violations."""
+
+    def __init__(self, rt: Runtime, identity: str) -> None:
+        self.rt, self.identity, self.errors = rt, identity, list[str]()
+        self.nc: NatsClient
+
+    async def __aenter__(self) -> Attacker:
+        async def record(exc: Exception) -> None:
+            self.errors.append(str(exc))
+
+        self.nc = await nats.connect(
+            self.rt.nats_url,
+            user_credentials=str(creds(self.rt, self.identity)),
+            inbox_prefix=inbox_prefix(self.identity),
+            error_cb=record,
+            allow_reconnect=False,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.nc.close()
+
+    async def violated(self, subject: str, timeout: float = 3.0) -> bool:  # noqa: ASYNC109
+        async def seen() -> bool:
+            return any(subject.lower() in e.lower() for e in self.errors)
+
+        with anyio.move_on_after(timeout):
+            await wait_for(seen, timeout, f"a violation naming {subject}")
+        return await seen()
+
+    async def request(self, subject: str, body: Any) -> dict[str, Any] | None:
+        """A JetStream API request; its JSON answer, or None when nothing answered (refused)."""
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        try:
+            reply = await self.nc.request(subject, data, timeout=1)
+        except nats.errors.TimeoutError:
+            return None
+        answer: dict[str, Any] = json.loads(reply.data)
+        return answer
+
+    async def replay_onto(self, payload: bytes, onto: str) -> None:
+        """Store ``payload`` on the attacker's own task subject (no Nats-Msg-Id, so no
+        duplicate window applies), then ask FW_EVENTS for it by direct get with ``onto`` as the
+        reply subject: the server publishes the stored bytes on ``onto``."""
+        js = self.nc.jetstream(timeout=2)
+        own = await js.publish(f"fw.task.scratch-{new_id()[-8:]}.{self.identity}", payload)
+        request = json.dumps({"seq": own.seq}).encode()
+        await self.nc.publish(f"$JS.API.DIRECT.GET.{EVENTS_STREAM}", request, reply=onto)
+        await self.nc.flush()
+
+
+async def count_on(rt: Runtime, stream: str, subject: str) -> int:
+    info = await rt.js.stream_info(stream, subjects_filter=subject)
+    return sum((info.state.subjects or {}).values())
+
+
+async def landed(rt: Runtime, stream: str, subject: str, before: int = 0) -> bool:
+    """Whether a message appears on ``subject`` in ``stream`` within 3 s."""
+
+    async def there() -> bool:
+        return await count_on(rt, stream, subject) > before
+
+    with anyio.move_on_after(3):
+        await wait_for(there, 3, f"a message on {subject}")
+    return await there()
+
+
+def at() -> datetime:
+    return datetime.now(UTC)
+
+
+async def row(rt: Runtime, sql: str, *args: object) -> Any:
+    async with rt.pool.acquire() as conn:
+        return await conn.fetchrow(sql, *args)
+
+
+# ---- forging through the reply subject of a direct get -------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="CRITICAL: any agent makes any person admin. A v1 role.granted by svc:auth, stored "
+    "on the agent's own subject and replayed by a direct get with reply subject "
+    "fw.person.eve, is stored on the v1 subject and applied (v1 skips roles and actor tokens)",
+)
+async def test_an_agent_makes_a_person_admin_by_replaying_its_bytes_through_a_direct_get(
+    rt: Runtime,
+) -> None:
+    forged = {"type": "role.granted", "id": new_id(), "actor": "svc:auth", "v": 1,
+              "at": at().isoformat(), "person": "eve", "role": "admin"}  # fmt: skip
+    async with Attacker(rt, "agent-a") as a:
+        await a.replay_onto(json.dumps(forged).encode(), "fw.person.eve")
+        await landed(rt, EVENTS_STREAM, "fw.person.eve")
+    await project_all(rt)
+    granted = await row(rt, "SELECT held FROM fleet.roles WHERE person = 'eve' AND role = 'admin'")
+    assert granted is None or not granted["held"], "agent-a made user:eve an admin"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="CRITICAL: a v2 event forged as a person: the replayed bytes land on "
+    "fw.task.<t>.user:alice, whose actor token matches the payload, so alice's (an admin's) "
+    "task.cancelled written by agent-a is applied: 'every event is provably from its actor' "
+    "does not hold",
+)
+async def test_an_agent_cancels_a_task_as_an_admin_through_a_direct_get_reply(
+    rt: Runtime,
+) -> None:
+    await publish(rt.js, TaskCreated(**envelope("user:ops"), task="t-1", project="p", title="x"))
+    await project_all(rt)
+    forged = TaskCancelled(**envelope("user:alice"), task="t-1", reason="forged by agent-a")
+    async with Attacker(rt, "agent-a") as a:
+        await a.replay_onto(encode(forged), "fw.task.t-1.user:alice")
+        await landed(rt, EVENTS_STREAM, "fw.task.t-1.user:alice")
+    await project_all(rt)
+    task = await row(rt, "SELECT status FROM fleet.tasks WHERE task_id = 't-1'")
+    assert task["status"] != "cancelled", "agent-a cancelled t-1 as user:alice"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="CRITICAL: commands forged into another agent's inbox: a command.issued by "
+    "svc:registry replayed onto fw.cmd.agent-b.svc:registry is admitted by agent-b's client, "
+    "which obeys it (retire)",
+)
+async def test_an_agent_retires_another_agent_by_forging_a_command_into_its_inbox(
+    rt: Runtime,
+) -> None:
+    b = await agent(rt, "agent-b")
+    try:
+        forged = CommandIssued(
+            **envelope("svc:registry"), agent="agent-b", command="retire", reason="forged"
+        )
+        async with Attacker(rt, "agent-a") as a:
+            await a.replay_onto(encode(forged), "fw.cmd.agent-b.svc:registry")
+            await landed(rt, COMMANDS_STREAM, "fw.cmd.agent-b.svc:registry")
+        with anyio.move_on_after(5):
+            while (command := await b.next_command(wait=1)) is not None:
+                if command.id == forged.id:
+                    break
+        assert not b.retired, "agent-b obeyed a retire command written by agent-a"
+    finally:
+        await b.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HIGH: heartbeats forged for another agent (keeps a dead agent 'alive' and its "
+    "leases renewed): the replayed bytes land on fw.hb.agent-b and are admitted",
+)
+async def test_an_agent_forges_another_agents_heartbeat_through_a_direct_get_reply(
+    rt: Runtime,
+) -> None:
+    forged = Heartbeat(**envelope("agent-b"), agent="agent-b", message="forged by agent-a")
+    async with Attacker(rt, "agent-a") as a:
+        await a.replay_onto(encode(forged), "fw.hb.agent-b")
+        stored = await landed(rt, HEARTBEATS_STREAM, "fw.hb.agent-b")
+    assert stored  # the replay reached FW_HEARTBEATS
+    msg = await rt.js.get_last_msg(HEARTBEATS_STREAM, "fw.hb.agent-b")
+    try:
+        admitted = admit(msg.subject, msg.data)
+    except Rejected:
+        return  # refused by every reader: fixed
+    raise AssertionError(f"agent-a's forged heartbeat is admitted as agent-b's: {admitted}")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="MEDIUM: any requester aims the task API's answer (svc:api may respond anywhere), "
+    "as it may JetStream's API answers, at any stream subject: bytes on "
+    "fw.cmd.agent-b.svc:api land in agent-b's inbox and in the audit log, which no agent "
+    "may publish on; a direct get with batch (up to 1000 messages per request) amplifies it once the 120 s duplicate window passed",
+)
+async def test_api_answers_can_be_aimed_at_another_agents_inbox_and_the_audit_log(
+    rt: Runtime,
+) -> None:
+    async with task_api(rt), Attacker(rt, "agent-a") as a:
+        await a.nc.publish("fw.api.agents.get", b'{"agent":"x"}', reply="fw.cmd.agent-b.svc:api")
+        await a.nc.publish(
+            "fw.api.tasks.claimable", b'{"agent":"agent-a"}', reply="fw.task.t-9.svc:api"
+        )
+        await a.nc.flush()
+        in_inbox = await landed(rt, COMMANDS_STREAM, "fw.cmd.agent-b.svc:api")
+        in_audit = await landed(rt, EVENTS_STREAM, "fw.task.t-9.svc:api")
+    assert not (in_inbox or in_audit), (in_inbox, in_audit)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="MEDIUM: the inbox consumer create is pinned by filter only: an agent may make its "
+    "inbox a push consumer with deliver_subject on any subject (here fw.task.zz.svc:registry), "
+    "so the server writes svc:registry's commands into FW_EVENTS on the agent's behalf",
+)
+async def test_an_agent_makes_its_inbox_push_its_commands_into_the_audit_log(
+    rt: Runtime,
+) -> None:
+    config = {"durable_name": "inbox_agent-a", "filter_subject": "fw.cmd.agent-a.>",
+              "ack_policy": "explicit", "deliver_subject": "fw.task.zz.svc:registry"}  # fmt: skip
+    async with Attacker(rt, "agent-a") as a:
+        answer = await a.request(
+            f"$JS.API.CONSUMER.CREATE.{COMMANDS_STREAM}.inbox_agent-a.fw.cmd.agent-a.>",
+            {"stream_name": COMMANDS_STREAM, "config": config},
+        )
+    assert answer is None or "error" in answer, "a push inbox delivering to the audit log"
+
+
+# ---- an agent overruling the people who operate it ----------------------------------------------
+
+
+async def _registered_by_ops(rt: Runtime, name: str) -> AgentClient:
+    """``name`` registered by an operator (no roles, one task at a time), and its own client."""
+    profile = AgentRegistered(
+        **envelope("user:ops"), agent=name, name=name, owner="o", team="t", roles=(),
+        max_concurrent_tasks=1,
+    )  # fmt: skip
+    await publish(rt.js, profile)
+    return await AgentClient.connect(rt.nats_url, creds(rt, name))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HIGH: agent.resumed lists 'self' among its senders, so an agent an operator (or the "
+    "watchdog) paused resumes itself and the registry applies it",
+)
+async def test_an_agent_paused_by_an_operator_resumes_itself(rt: Runtime) -> None:
+    a = await _registered_by_ops(rt, "agent-a")
+    try:
+        await publish(rt.js, AgentPaused(**envelope("user:ops"), agent="agent-a", reason="stop"))
+        await project_all(rt)
+        await a.send(AgentResumed(**a.envelope(), agent="agent-a", reason="no"))
+        await project_all(rt)
+    finally:
+        await a.close()
+    status = await row(rt, "SELECT status FROM fleet.agents WHERE agent_id = 'agent-a'")
+    assert status["status"] == "paused"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HIGH: registering again un-retires (projections/agents.py next_status), and an agent "
+    "may register itself, so an agent an operator retired brings itself back",
+)
+async def test_an_agent_retired_by_an_operator_brings_itself_back(rt: Runtime) -> None:
+    a = await _registered_by_ops(rt, "agent-a")
+    try:
+        await publish(rt.js, AgentRetired(**envelope("user:ops"), agent="agent-a", reason="bye"))
+        await project_all(rt)
+        await a.register(name="agent-a", owner="o", team="t")
+        await project_all(rt)
+    finally:
+        await a.close()
+    status = await row(rt, "SELECT status FROM fleet.agents WHERE agent_id = 'agent-a'")
+    assert status["status"] == "retired"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="MEDIUM (by design in docs/agents.md 3, but an escalation): an agent's roles and "
+    "limits are whatever its latest agent.registered says, including its own: an agent an "
+    "operator registered with no roles gives itself 'reviewer' and 20 concurrent tasks",
+)
+async def test_an_agent_gives_itself_roles_and_a_higher_limit_by_registering_again(
+    rt: Runtime,
+) -> None:
+    a = await _registered_by_ops(rt, "agent-a")
+    try:
+        await a.register(
+            name="agent-a", owner="o", team="t", roles=("reviewer",), max_concurrent_tasks=20
+        )
+        await project_all(rt)
+    finally:
+        await a.close()
+    agent_row = await row(
+        rt, "SELECT roles, max_concurrent_tasks FROM fleet.agents WHERE agent_id = 'agent-a'"
+    )
+    assert list(agent_row["roles"]) == [] and agent_row["max_concurrent_tasks"] == 1
+
+
+# ---- what held ---------------------------------------------------------------------------------
+
+
+async def test_the_inbox_consumer_cannot_be_bent_to_other_commands_or_names(rt: Runtime) -> None:
+    """Holds: the server refuses the agent's own consumer-create subject with a second filter,
+    another consumer name in the body, or another agent's filter in the subject; the legacy
+    durable create, ephemeral creates, acks and pulls on another inbox, key-value and object
+    store subjects and destructive stream verbs are permission violations."""
+    own = f"$JS.API.CONSUMER.CREATE.{COMMANDS_STREAM}.inbox_agent-a.fw.cmd.agent-a.>"
+    bodies = [
+        {"durable_name": "inbox_agent-a", "filter_subjects": ["fw.cmd.agent-b.>"]},
+        {
+            "durable_name": "inbox_agent-a",
+            "filter_subject": "fw.cmd.agent-a.>",
+            "filter_subjects": ["fw.cmd.agent-b.>"],
+        },
+        {"durable_name": "inbox_agent-b", "filter_subject": "fw.cmd.agent-a.>"},
+        {"durable_name": "inbox_agent-a", "filter_subject": "fw.cmd.>"},
+    ]
+    async with Attacker(rt, "agent-a") as a:
+        for config in bodies:
+            answer = await a.request(own, {"stream_name": COMMANDS_STREAM, "config": config})
+            assert answer is not None and "error" in answer, (config, answer)
+        refused = [
+            f"$JS.API.CONSUMER.CREATE.{COMMANDS_STREAM}.inbox_agent-b.fw.cmd.agent-b.>",
+            f"$JS.API.CONSUMER.CREATE.{COMMANDS_STREAM}.inbox_agent-a.fw.cmd.agent-b.>",
+            f"$JS.API.CONSUMER.CREATE.{COMMANDS_STREAM}.inbox_agent-a.fw.cmd.*.>",
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{COMMANDS_STREAM}.inbox_agent-a",
+            f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}",
+            f"$JS.API.CONSUMER.MSG.NEXT.{COMMANDS_STREAM}.inbox_agent-b",
+            f"$JS.ACK.{COMMANDS_STREAM}.inbox_agent-b.1.1.1.1.0",
+            f"$JS.API.STREAM.UPDATE.{EVENTS_STREAM}",
+            f"$JS.API.STREAM.PURGE.{COMMANDS_STREAM}",
+            f"$JS.API.STREAM.MSG.DELETE.{COMMANDS_STREAM}",
+            f"$JS.API.CONSUMER.DELETE.{COMMANDS_STREAM}.inbox_agent-b",
+            "$JS.API.STREAM.CREATE.SPY",
+            "$KV.fw.agent-b",
+            "$O.fw.C.x",
+            "fw.task.t-1.agent-b",
+            "fw.task.t-1.*",
+            "fw.task.t-1.>",
+            "fw.cmd.agent-b.agent-a",
+            "fw.person.eve.agent-a",
+            "fw.hb.agent-b",
+            "fw.task.t-1",  # the v1 subject
+        ]
+        for subject in refused:
+            await a.nc.publish(subject, b"{}")
+            assert await a.violated(f'publish to "{subject}"'), (subject, a.errors)
+
+
+async def test_a_person_without_a_role_cannot_dodge_role_checks_with_v1(rt: Runtime) -> None:
+    """Holds: user:eve (no role) cannot grant herself admin on her own v2 subject, neither as
+    v2 (role_missing) nor as v1 (wrong_subject: a v1 event belongs on the v1 subject, which no
+    credential may publish on), nor with another person's actor (actor_mismatch)."""
+    forged = [
+        RoleGranted(**envelope("user:eve"), person="eve", role="admin"),
+        RoleGranted(**envelope("user:eve"), person="eve", role="admin", v=1),
+        RoleGranted(**envelope("user:ops"), person="eve", role="admin"),
+    ]
+    async with Attacker(rt, "user:eve") as eve:
+        js = eve.nc.jetstream(timeout=2)
+        for event in forged:
+            await js.publish("fw.person.eve.user:eve", encode(event))
+    await project_all(rt)
+    assert await row(rt, "SELECT 1 FROM fleet.roles WHERE person = 'eve'") is None
+    async with rt.pool.acquire() as conn:
+        reasons = await conn.fetch(
+            "SELECT reason FROM fleetward.dead_letters WHERE subject = 'fw.person.eve.user:eve' "
+            "ORDER BY seq"
+        )
+    assert [r["reason"] for r in reasons] == ["role_missing", "wrong_subject", "actor_mismatch"]
+
+
+async def test_revoking_an_agent_cuts_off_every_credential_it_was_ever_issued(
+    rt: Runtime, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Holds: two credential files of one agent (two keys), both connected with a subscription
+    open: ``agents revoke`` closes both connections and refuses both files afterwards."""
+    first = tmp_path / "first.creds"
+    first.write_bytes(creds(rt, "agent-r").read_bytes())
+    second = AuthStore(rt.settings.auth_dir).issue("agent-r")
+    closed: list[str] = []
+    conns = []
+    for path in (first, second):
+
+        async def on_closed(path: Path = path) -> None:
+            closed.append(path.name)
+
+        nc = await nats.connect(
+            rt.nats_url, user_credentials=str(path), inbox_prefix=inbox_prefix("agent-r"),
+            allow_reconnect=False, closed_cb=on_closed,
+        )  # fmt: skip
+        await nc.subscribe(f"{inbox_prefix('agent-r')}.x")
+        conns.append(nc)
+    with anyio.fail_after(60):
+        done = await anyio.run_process(
+            [*CLI, "agents", "revoke", "agent-r"], cwd=ROOT, env=env, check=False
+        )
+    assert done.returncode == 0, done.stderr.decode()
+
+    async def all_closed() -> bool:
+        return all(nc.is_closed for nc in conns)
+
+    await wait_for(all_closed, 5, "both connections closed")
+    for path in (first, second):
+        with pytest.raises(Exception):  # noqa: B017  # authorization violation
+            await nats.connect(
+                rt.nats_url, user_credentials=str(path), allow_reconnect=False,
+                max_reconnect_attempts=0, connect_timeout=2,
+            )  # fmt: skip
+    assert msgspec.json.encode(sorted(closed))  # the callbacks ran (both closed by the server)
