@@ -229,7 +229,8 @@ async def test_an_agent_forges_another_agents_heartbeat_through_a_direct_get_rep
     reason="MEDIUM: any requester aims the task API's answer (svc:api may respond anywhere), "
     "as it may JetStream's API answers, at any stream subject: bytes on "
     "fw.cmd.agent-b.svc:api land in agent-b's inbox and in the audit log, which no agent "
-    "may publish on; a direct get with batch (up to 1000 messages per request) amplifies it once the 120 s duplicate window passed",
+    "may publish on; a direct get with batch (up to 1000 messages per request) amplifies "
+    "it once the 120 s duplicate window passed",
 )
 async def test_api_answers_can_be_aimed_at_another_agents_inbox_and_the_audit_log(
     rt: Runtime,
