@@ -23,7 +23,6 @@ import typing
 from typing import Final
 
 from fleetward.schemas.admission import Rejected, actor_kind
-from fleetward.schemas.subjects import FIRST_V2
 from fleetward.schemas.events import (
     AgentPaused,
     AgentRegistered,
@@ -44,6 +43,7 @@ from fleetward.schemas.events import (
     TaskReviewed,
     TaskRevoked,
 )
+from fleetward.schemas.subjects import FIRST_V2
 
 ROLES: Final[tuple[str, ...]] = typing.get_args(Role)
 ADMIN: Final = "admin"

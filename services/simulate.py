@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import logging
 import random
 import secrets
@@ -682,21 +683,15 @@ class Voices:
         return self._open[actor]
 
     async def publish(self, events: list[Event]) -> int:
-        """Publish ``events``, each on its actor's connection (per actor in order of the list,
-        as ``publish_many`` does). Returns the count."""
-        by_actor: dict[str, list[Event]] = {}
-        for event in events:
-            by_actor.setdefault(event.actor, []).append(event)
-        counts: list[int] = []
-
-        async def one(actor: str, batch: list[Event]) -> None:
+        """Publish ``events`` in their order, each on its actor's connection: consecutive
+        events of one actor go out together (``publish_many``), and each actor's batch is stored
+        before the next actor's begins (a review never overtakes the submission it is about).
+        Returns the count."""
+        sent = 0
+        for actor, batch in itertools.groupby(events, key=lambda e: e.actor):
             js = (await self.connection(actor)).jetstream(timeout=10)
-            counts.append(await publish_many(js, batch))
-
-        async with anyio.create_task_group() as tg:
-            for actor, batch in by_actor.items():
-                tg.start_soon(one, actor, batch)
-        return sum(counts)
+            sent += await publish_many(js, list(batch))
+        return sent
 
     async def aclose(self) -> None:
         for nc in self._open.values():

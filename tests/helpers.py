@@ -42,7 +42,7 @@ HARNESS_GRANTS = Grants(publish=(">",), subscribe=(">",), respond=True)
 
 # The people the tests act as, made admins at the start of every test's stream (roles are
 # events: schemas/roles.py); tests of roles use other names, with the roles they need.
-TEST_ADMINS = ("o", "ops", "op", "p", "r", "alice", "alice@example", "ann", "bench", "bob",
+TEST_ADMINS = ("admin", "o", "ops", "op", "p", "r", "alice", "alice@example", "ann", "bench", "bob",
                "bob@example", "pass", "planner", "rev", "reviewer", "sre")  # fmt: skip
 
 

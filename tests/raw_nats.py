@@ -10,12 +10,17 @@ the stream sequence the server stored the message at, or the error it answered w
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
+import nkeys
 from anyio.abc import SocketStream
+
+from fleetward.services.auth import jwt
 
 CRLF = b"\r\n"
 
@@ -52,26 +57,39 @@ class _Lines:
         return data
 
 
+def signed(creds: Path, nonce: str) -> dict[str, str]:
+    """The CONNECT fields that sign in with a credentials file: its JWT and the nonce signed
+    with its seed (base64url, as NATS clients send it)."""
+    text = creds.read_text()
+    token = jwt.creds_jwt(text)
+    seed = text.split("-----BEGIN USER NKEY SEED-----")[1].split()[0]
+    signature = nkeys.from_seed(seed.encode()).sign(nonce.encode())
+    return {"jwt": token, "sig": base64.urlsafe_b64encode(signature).rstrip(b"=").decode()}
+
+
 async def publish_raw(
     url: str,
     messages: list[Raw],
     *,
+    creds: Path,
     stored: bool = True,
     timeout: float = 10.0,  # noqa: ASYNC109  # a deadline for the whole exchange
 ) -> list[dict[str, Any]]:
-    """Publish ``messages`` in order on one connection to ``url`` (``nats://host:port``, no
-    authentication) and return the server's answer to each: a JetStream ack (``{"stream",
-    "seq"}``, or ``{"error": {...}}`` when the stream refused it). With ``stored=False`` (core
-    NATS subjects no stream takes) nothing is asked for: the server has handled every message
-    when it answers a PING, and the answer is ``[]``. Raises ``TimeoutError`` after
-    ``timeout`` seconds."""
+    """Publish ``messages`` in order on one connection to ``url`` (``nats://host:port``, signed
+    in with the credentials file ``creds``: the server's nonce signed with its nkey) and return
+    the server's answer to each: a JetStream ack (``{"stream", "seq"}``, or ``{"error": {...}}``
+    when the stream refused it). With ``stored=False`` (core NATS subjects no stream takes)
+    nothing is asked for: the server has handled every message when it answers a PING, and the
+    answer is ``[]``. Raises ``TimeoutError`` after ``timeout`` seconds."""
     host, port = url.removeprefix("nats://").rsplit(":", 1)
     with anyio.fail_after(timeout):
         stream = await anyio.connect_tcp(host, int(port))
         async with stream:
             lines = _Lines(stream)
-            await lines.line()  # INFO
+            info = json.loads((await lines.line()).removeprefix(b"INFO "))
             connect = {"verbose": False, "pedantic": False, "headers": True, "protocol": 1}
+            if "nonce" in info:
+                connect |= signed(creds, info["nonce"])
             out = b"CONNECT " + json.dumps(connect).encode() + CRLF + b"SUB _INBOX.raw.* 1" + CRLF
             for i, m in enumerate(messages):
                 reply = b" _INBOX.raw.%d" % i if stored else b""

@@ -18,6 +18,8 @@ from fleetward.schemas import new_id
 from fleetward.schemas.admission import Rejected, decode
 from fleetward.schemas.events import EscalationAcknowledged, EscalationResolved, Event
 from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
+from fleetward.schemas.roles import check_role
+from fleetward.services.client.roles import read_roles
 from fleetward.services.errors import FleetwardError
 from fleetward.services.jetstream.boundary import last_of
 from fleetward.services.jetstream.publish import publish
@@ -52,6 +54,11 @@ async def respond(
         if resolve
         else EscalationAcknowledged(id=new_id(), actor=who, at=now, escalation=esc, note=text)
     )
+    book = await read_roles(js._nc)  # a person needs the role operator (schemas/roles.py)
+    try:
+        check_role(event, book.last_seq + 1, book)
+    except Rejected as exc:
+        raise FleetwardError(exc.detail) from None
     try:
         ack = await publish(js, event, expect=seq)
     except APIError as exc:

@@ -27,13 +27,13 @@ class Last:
 async def last_of(js: JetStreamContext, kind: str, key: str) -> Last:
     """The last message of a boundary: one request, two when its v2 subjects hold nothing."""
     try:
-        msg = await js.get_last_msg(EVENTS_STREAM, boundary_wildcard(kind, key))
+        msg = await js.get_last_msg(EVENTS_STREAM, boundary_wildcard(kind, key), direct=True)
     except NotFoundError:
         pass
     else:
         assert msg.seq is not None
         return Last(msg.seq, msg)
     try:
-        return Last(0, await js.get_last_msg(EVENTS_STREAM, boundary(kind, key)))
+        return Last(0, await js.get_last_msg(EVENTS_STREAM, boundary(kind, key), direct=True))
     except NotFoundError:
         return Last(0, None)

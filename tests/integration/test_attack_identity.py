@@ -45,6 +45,8 @@ from fleetward.schemas.grants import inbox_prefix
 from fleetward.schemas.streams import COMMANDS_STREAM, EVENTS_STREAM, HEARTBEATS_STREAM
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.client import AgentClient
+from fleetward.services.errors import FleetwardError
+from fleetward.services.jetstream.connection import connect_as
 from fleetward.services.jetstream.publish import encode, publish
 from fleetward.services.runtime.connect import Runtime
 from tests.helpers import agent, creds, envelope, project_all, task_api, wait_for
@@ -442,10 +444,8 @@ async def test_revoking_an_agent_cuts_off_every_credential_it_was_ever_issued(
         return all(nc.is_closed for nc in conns)
 
     await wait_for(all_closed, 5, "both connections closed")
-    for path in (first, second):
-        with pytest.raises(Exception):  # noqa: B017  # authorization violation
-            await nats.connect(
-                rt.nats_url, user_credentials=str(path), allow_reconnect=False,
-                max_reconnect_attempts=0, connect_timeout=2,
-            )  # fmt: skip
+    for path in (first, second):  # (connect_as closes what a refused connect leaves open)
+        with pytest.raises(FleetwardError, match="refused the credentials"):
+            await connect_as(rt.nats_url, path, "agent-r", allow_reconnect=False,
+                             max_reconnect_attempts=0, connect_timeout=2)  # fmt: skip
     assert msgspec.json.encode(sorted(closed))  # the callbacks ran (both closed by the server)

@@ -212,7 +212,8 @@ async def test_a_pause_sent_while_offline_arrives_on_reconnect(
     first = await agent(rt, "sleeper")
     assert await first.next_command(wait=0.2) is None  # opens its durable inbox
     await first.close()  # offline
-    await ops.command("sleeper", "pause", reason="budget review")
+    async with await FleetClient.connect(rt.nats_url, creds(rt, "svc:ops")) as service:
+        await service.command("sleeper", "pause", reason="budget review")
     back = await AgentClient.connect(rt.nats_url, creds(rt, "sleeper"))
     try:
         # at once, or after INBOX_REDELIVERY_S if the closed client's last pull took it

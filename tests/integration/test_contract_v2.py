@@ -29,6 +29,7 @@ from fleetward.schemas.events import (
 )
 from fleetward.schemas.headers import MSG_ID
 from fleetward.schemas.streams import COMMANDS_STREAM, inbox_durable
+from fleetward.services.auth.store import AuthStore
 from fleetward.services.client import AgentClient, Claim, ClaimLost, FleetClient
 from fleetward.services.client.taskstate import read_task
 from fleetward.services.config import Settings
@@ -37,7 +38,16 @@ from fleetward.services.projector.rebuild import rebuild
 from fleetward.services.runtime.connect import Runtime, open_runtime
 from fleetward.services.runtime.embedded import EmbeddedNats, database_url
 from fleetward.services.simulate import Fleet
-from tests.helpers import agent, creds, envelope, now, project_all, snapshot
+from tests.helpers import (
+    agent,
+    as_harness,
+    creds,
+    envelope,
+    grant_test_admins,
+    now,
+    project_all,
+    snapshot,
+)
 
 
 def v1(event: Event) -> Event:
@@ -63,12 +73,15 @@ async def another_deployment(
     name = f"fleetward_test_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(pg_server)
     await conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
-    server = EmbeddedNats.start(tmp_path / "nats-other")
+    keys = AuthStore(tmp_path / "auth-other")
+    server = EmbeddedNats.start(tmp_path / "nats-other", keys.init())
     try:
         settings = Settings.from_env({"FLEETWARD_NATS_URL": server.url,
                                       "FLEETWARD_DATABASE_URL": database_url(pg_server, name),
-                                      "FLEETWARD_HOME": str(tmp_path / "home-other")})  # fmt: skip
-        async with open_runtime(settings) as rt:
+                                      "FLEETWARD_HOME": str(tmp_path / "home-other"),
+                                      "FLEETWARD_AUTH_DIR": str(keys.root)})  # fmt: skip
+        async with open_runtime(settings, identity=as_harness(keys)) as rt:
+            await grant_test_admins(rt)
             yield rt
     finally:
         server.stop()
@@ -188,7 +201,8 @@ async def test_an_inbox_created_under_v1_moves_to_the_v2_filter(
         await client.sync_inbox()
         info = await rt.js.consumer_info(COMMANDS_STREAM, inbox_durable("old"))
         assert (info.config.filter_subject, info.config.ack_wait) == ("fw.cmd.old.>", 5.0)
-        await ops.command("old", "wake", reason="under v2")
+        async with await FleetClient.connect(rt.nats_url, creds(rt, "svc:ops")) as service:
+            await service.command("old", "wake", reason="under v2")
         command = await client.next_command(wait=5)
         assert command is not None and (command.command, command.reason) == ("wake", "under v2")
         assert not client.paused

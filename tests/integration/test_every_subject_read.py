@@ -75,14 +75,14 @@ async def test_bad_events_on_budget_subjects_are_dead_lettered_and_good_ones_app
 async def test_bad_events_on_command_subjects_are_dead_lettered_and_good_ones_applied(
     rt: Runtime,
 ) -> None:
-    good = CommandIssued(**envelope("user:ops"), agent="a1", command="pause", reason="why",
+    good = CommandIssued(**envelope("svc:ops"), agent="a1", command="pause", reason="why",
                          payload={"escalation": "e1"})  # fmt: skip
     await publish_many(rt.js, [good])
     bad = {
-        "not_json": ("fw.cmd.a1.user:ops", b"\x00\x01 not json"),
+        "not_json": ("fw.cmd.a1.svc:ops", b"\x00\x01 not json"),
         "actor_forbidden": ("fw.cmd.a2.a2", msgspec.json.encode(as_dict(good) | {"actor": "a2",
                                                                                  "agent": "a2"})),
-        "wrong_subject": ("fw.cmd.a3.user:ops", encode(good)),
+        "wrong_subject": ("fw.cmd.a3.svc:ops", encode(good)),
         "actor_mismatch": ("fw.cmd.a1.svc:x", encode(good)),
     }  # fmt: skip
     published = await dead_lettered_and_counted(rt, "commands", bad)
@@ -92,10 +92,10 @@ async def test_bad_events_on_command_subjects_are_dead_lettered_and_good_ones_ap
             "SELECT checkpoint FROM fleet.projections WHERE projection = 'commands'"
         )
     found = [(r["command_id"], r["agent"], r["command"], r["payload"], r["issued_by"])
-             for r in rows if r["issued_by"] == "user:ops"]  # fmt: skip
-    assert found == [(good.id, "a1", "pause", '{"escalation": "e1"}', "user:ops")]
+             for r in rows if r["issued_by"] == "svc:ops"]  # fmt: skip
+    assert found == [(good.id, "a1", "pause", '{"escalation": "e1"}', "svc:ops")]
     # the agent that published a command on its own subject (v2: the subject names the
     # sender) is told; its refusal is the only other command
-    told = [(r["agent"], r["command"]) for r in rows if r["issued_by"] != "user:ops"]
+    told = [(r["agent"], r["command"]) for r in rows if r["issued_by"] != "svc:ops"]
     assert told == [("a2", "refused")]
     assert checkpoint > max(published)

@@ -40,7 +40,7 @@ from fleetward.services.projector.consumers import reads_subject
 from fleetward.services.projector.rebuild import rebuild, stream_last_seq
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.watchdog.service import Watchdog
-from tests.helpers import project_all, snapshot
+from tests.helpers import HARNESS, creds, project_all, snapshot
 from tests.integration.test_watchdog import FAST
 from tests.raw_nats import Raw, publish_raw
 from tests.samples import AGENT, BUDGET, ESCALATION, RUN, TASK, sample_events
@@ -206,7 +206,9 @@ async def _publish(rt: Runtime, subject: str, data: bytes, what: str) -> Sent:
     if subject.startswith(RAW):
         raw = bytes.fromhex(subject.removeprefix(RAW))
         assert rt.settings.nats_url
-        (ack,) = await publish_raw(rt.settings.nats_url, [Raw(raw, data)])
+        (ack,) = await publish_raw(
+            rt.settings.nats_url, creds=creds(rt, HARNESS), messages=[Raw(raw, data)]
+        )
         seen = subject_text(raw)  # the subject as Fleetward's connection hands it over
         return Sent(seen, data, ack["seq"], _oracle(seen, data), what)
     ack = await rt.js.publish(subject, data, headers={"Nats-Msg-Id": new_id()})

@@ -133,7 +133,7 @@ async def test_a_heartbeat_stored_again_later_counts_once(rt: Runtime) -> None:
     async with rt.pool.acquire() as conn:
         state = await conn.fetchval("SELECT state FROM fleet.utilization WHERE agent_id = 'a1'")
     assert state == "idle"
-    await rebuild_equals_live(rt)
+    await rebuild_equals_live(rt, (BY_NAME["utilization"],))
     assert await heartbeats_of(rt, "a1") == 2
 
 

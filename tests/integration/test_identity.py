@@ -255,8 +255,10 @@ async def test_the_cli_acts_as_the_holder_of_its_credentials(
 async def test_connecting_without_credentials_is_refused(rt: Runtime) -> None:
     """Holds: nothing connects without credentials, and credentials of other signing keys are
     refused with one line naming the file."""
+    bare = NatsClient()
     with pytest.raises(Exception, match=r"(?i)authorization"):
-        await nats.connect(rt.nats_url, allow_reconnect=False, max_reconnect_attempts=0)
+        await bare.connect(rt.nats_url, allow_reconnect=False, max_reconnect_attempts=0)
+    await bare.close()  # what a refused connect leaves open
     stranger = AuthStore(Path(rt.settings.home) / "other-keys").init().issue("user:mallory")
     with pytest.raises(FleetwardError, match="refused the credentials"):
         await connect_nats(rt.nats_url, creds=stranger, reconnect=False)

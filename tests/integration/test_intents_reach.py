@@ -17,7 +17,7 @@ from fleetward.services.client.claims import AgentPaused
 from fleetward.services.client.taskstate import read_task
 from fleetward.services.jetstream.publish import publish
 from fleetward.services.runtime.connect import Runtime
-from tests.helpers import agent, creds, envelope, project_all
+from tests.helpers import HARNESS, agent, creds, envelope, project_all
 from tests.raw_nats import Raw, publish_raw
 
 
@@ -230,7 +230,8 @@ async def test_an_agent_in_any_language_reads_its_refusals_from_the_inbox(
     bad_spend += b'"agent":"poly","model":"m","cost_usd":-5}'
     stray = envelope("poly") | {"type": "task.progressed", "task": "poly-task", "agent": "poly",
                                 "epoch": 3, "at": "2026-01-01T00:00:00Z"}  # fmt: skip
-    acks = await publish_raw(rt.nats_url, [  # contract v2: each on a subject naming its actor
+    # contract v2: each on a subject naming its actor
+    acks = await publish_raw(rt.nats_url, creds=creds(rt, HARNESS), messages=[
         Raw(b"fw.agent.poly.poly", bad_spend),
         Raw(b"fw.task.poly-task.poly", msgspec.json.encode(stray)),
     ])  # fmt: skip

@@ -123,7 +123,7 @@ async def simulating(
 async def test_a_paused_agent_claims_and_spends_nothing_until_resumed(rt: Runtime) -> None:
     seed = 7
     agent = next(a.agent_id for a in simulate.Fleet(4, seed=seed).agents if a.silent_after is None)
-    ops = FleetClient(rt.nc, "user:ops")
+    ops = FleetClient(rt.nc, "svc:ops")  # commands come from services
     working = (SpendRecorded, ToolCalled, RunStarted, TaskClaimed)
 
     async with simulating(rt, 4, seed) as (events, beats):

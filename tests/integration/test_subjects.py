@@ -29,7 +29,7 @@ from fleetward.services.jetstream.follower import StreamFollower
 from fleetward.services.jetstream.publish import encode, publish
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.watchdog.service import Watchdog
-from tests.helpers import creds, envelope, project_all, wait_for
+from tests.helpers import HARNESS, creds, envelope, project_all, wait_for
 from tests.raw_nats import Raw, publish_raw
 
 STALL_S = 60.0  # far beyond what these few events take; a stalled reader fails here
@@ -98,7 +98,7 @@ async def test_events_on_subjects_fleetward_cannot_use_are_dead_lettered_between
     for (subject, _, data), event in zip(BAD_EVENT_SUBJECTS, good[1:], strict=True):
         messages += [Raw(subject, data), Raw(subject_of(event).encode(), encode(event))]
     messages += [Raw(s, d) for s, d in SELF_NAMED]
-    acks = await publish_raw(nats_url, messages)
+    acks = await publish_raw(nats_url, creds=creds(rt, HARNESS), messages=messages)
     assert all("seq" in a for a in acks), acks  # nats-server stored every one
     bad_seqs = [a["seq"] for a in acks[1 : 2 * len(BAD_EVENT_SUBJECTS) : 2]]
     self_named_seqs = [a["seq"] for a in acks[-len(SELF_NAMED) :]]
@@ -135,7 +135,7 @@ async def test_heartbeats_on_bad_subjects_are_dead_lettered_and_the_watchdog_fol
     await publish(rt.js, register("a1"))
     dog = Watchdog(rt)
     stop = anyio.Event()
-    acks = await publish_raw(nats_url, [
+    acks = await publish_raw(nats_url, creds=creds(rt, HARNESS), messages=[
         Raw(b"fw.hb.a1", encode(heartbeat("a1"))),
         Raw(b"fw.hb.\xff", encode(heartbeat("a1"))),
         Raw(b"fw.hb.a\x0bb", encode(heartbeat("a1"))),
@@ -184,7 +184,11 @@ async def test_a_follower_hands_over_bad_subjects_escaped_in_stream_order(
         rt.nc, rt.js, HEARTBEATS_STREAM, ("fw.hb.>",),
         lambda subject, _data, seq, _ns: seen.append((subject, seq)), start_seq=1,
     )  # fmt: skip
-    await publish_raw(nats_url, [Raw(b"fw.hb.a"), Raw(b"fw.hb.\xfe\x00"), Raw(b"fw.hb.b")])
+    await publish_raw(
+        nats_url,
+        creds=creds(rt, HARNESS),
+        messages=[Raw(b"fw.hb.a"), Raw(b"fw.hb.\xfe\x00"), Raw(b"fw.hb.b")],
+    )
     stop = anyio.Event()
 
     async def all_three() -> bool:
@@ -204,16 +208,16 @@ async def test_an_agents_command_inbox_reads_past_bad_bytes(rt: Runtime, nats_ur
     commands on other agents' bad subjects: the agent still gets its good command."""
     assert rt.settings.nats_url
     agent = await AgentClient.connect(rt.settings.nats_url, creds(rt, "a1"))
-    operator = await FleetClient.connect(rt.settings.nats_url, creds(rt, "user:op"))
+    operator = await FleetClient.connect(rt.settings.nats_url, creds(rt, "svc:op"))
     try:
-        pause = CommandIssued(**envelope("user:op"), agent="a1", command="pause")
-        acks = await publish_raw(nats_url, [
-            Raw(b"fw.cmd.a1.user:op", b"\xff\xfe not json",
+        pause = CommandIssued(**envelope("svc:op"), agent="a1", command="pause")
+        acks = await publish_raw(nats_url, creds=creds(rt, HARNESS), messages=[
+            Raw(b"fw.cmd.a1.svc:op", b"\xff\xfe not json",
                 headers=b"NATS/1.0\r\nX-\xff: \xfe\r\nNats-\xc3: b\r\n\r\n"),
-            Raw(b"fw.cmd.a1.user:op", encode(pause),
+            Raw(b"fw.cmd.a1.svc:op", encode(pause),
                 headers=b"NATS/1.0 \xff\xfe\r\nA: \xff\r\n\r\n"),
-            Raw(b"fw.cmd.\xff.user:op", encode(pause)),
-            Raw(b"fw.cmd.a1\x0b.user:op", encode(pause)),
+            Raw(b"fw.cmd.\xff.svc:op", encode(pause)),
+            Raw(b"fw.cmd.a1\x0b.svc:op", encode(pause)),
         ])  # fmt: skip
         assert all("seq" in a for a in acks), acks
         await operator.command("a1", "resume", reason="good")
@@ -243,7 +247,7 @@ async def test_a_core_message_with_an_unreadable_status_line_does_not_end_the_co
 
     sub = await rt.nc.subscribe("probe.>", cb=take)
     await rt.nc.flush()
-    await publish_raw(nats_url, [
+    await publish_raw(nats_url, creds=creds(rt, HARNESS), messages=[
         Raw(b"probe.1", b"a", headers=b"NATS/1.0 \xff\xfe\r\n\r\n"),
         Raw(b"probe.2", b"b", headers=b"NATS/1.0 409 \xff\r\nA: b\r\n\r\n"),
         Raw(b"probe.\xff", b"c"),
