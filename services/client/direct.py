@@ -57,6 +57,15 @@ async def read_subjects(
         await replies.unsubscribe()
 
 
+async def last_seq_on(nc: NatsClient, stream: str, subjects: str, *, wait_s: float = 5.0) -> int:
+    """The sequence of the last message of ``stream`` on ``subjects`` (a subject or a
+    wildcard), 0 when there is none: one direct get by last subject, which the server answers
+    from its subject index."""
+    msg = await nc.request(f"{direct_get_subject(stream)}.{subjects}", b"", timeout=wait_s)
+    headers = msg.headers or {}
+    return int(headers[SEQUENCE]) if SEQUENCE in headers else 0
+
+
 def parse_time(stamp: str) -> datetime:
     """A JetStream RFC 3339 timestamp with nanoseconds, to microseconds."""
     head, _, frac = stamp.rstrip("Z").partition(".")

@@ -10,13 +10,18 @@ from fleetward.schemas import Rejected, admit
 from fleetward.schemas.roles import RoleBook, judge
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import wildcard
-from fleetward.services.client.direct import read_subjects
+from fleetward.services.client.direct import last_seq_on, read_subjects
 
 
 async def read_roles(nc: NatsClient, book: RoleBook | None = None) -> RoleBook:
     """``book`` (a new one when None) with every role event stored after its ``last_seq``.
-    A role event admission refuses, or whose author may not make it, grants nothing."""
+    A role event admission refuses, or whose author may not make it, grants nothing. One
+    indexed lookup when nothing changed (the last message on ``fw.person.>``), so a reader can
+    bring its book up to date before every judgement."""
     book = RoleBook() if book is None else book
+    newest = await last_seq_on(nc, EVENTS_STREAM, wildcard("person"))
+    if newest <= book.last_seq:
+        return book
     async for stored in read_subjects(nc, EVENTS_STREAM, wildcard("person"), after=book.last_seq):
         try:
             judge(admit(stored.subject, stored.data), stored.seq, book)

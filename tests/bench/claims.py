@@ -20,6 +20,7 @@ from nats.aio.client import Client as NatsClient
 
 from fleetward.schemas import new_id
 from fleetward.schemas.events import Heartbeat
+from fleetward.schemas.roles import ROLE_AUTHORITY
 from fleetward.services.client import AgentClient, ClaimLost, FleetClient
 from fleetward.services.jetstream.connection import connect_as
 from fleetward.services.jetstream.publish import encode
@@ -74,6 +75,8 @@ async def run_claims_bench(
             return await connect_as(rt.nats_url, creds(rt, identity), identity)
 
     run = new_id()[-8:]
+    async with FleetClient(await connect(ROLE_AUTHORITY), ROLE_AUTHORITY) as authority:
+        await authority.ensure_roles("bench", ["operator"], "the claims benchmark")
     ops = FleetClient(await connect("user:bench"), "user:bench")
     names = [f"task-{run}-{i:05d}" for i in range(tasks)]
     for name in names:
