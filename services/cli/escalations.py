@@ -31,7 +31,7 @@ async def _escalations(settings: Settings, args: argparse.Namespace) -> None:
     resolve = args.action == "resolve"
     async with open_runtime(settings, identity=PERSON, prepare=False, pool_size=2) as rt:
         text = args.resolution if resolve else args.note
-        await respond(rt.js, args.escalation_id, who=rt.actor, resolve=resolve, text=text)
+        await respond(rt.nc, args.escalation_id, who=rt.actor, resolve=resolve, text=text)
     console.print(f"{'resolved' if resolve else 'acknowledged'} {args.escalation_id}")
 
 

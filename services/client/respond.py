@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 
+from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 from nats.js.errors import APIError
 
@@ -40,11 +41,10 @@ async def _last(js: JetStreamContext, esc: str) -> tuple[int, Event | None]:
         return last.expect, None
 
 
-async def respond(
-    js: JetStreamContext, esc: str, *, who: str, resolve: bool, text: str = ""
-) -> int:
-    """Acknowledge or resolve ``esc`` as ``who`` (the actor of ``js``'s credentials: the
+async def respond(nc: NatsClient, esc: str, *, who: str, resolve: bool, text: str = "") -> int:
+    """Acknowledge or resolve ``esc`` as ``who`` (the actor of ``nc``'s credentials: the
     server refuses any other). Returns the stream sequence."""
+    js = nc.jetstream(timeout=10)
     seq, last = await _last(js, esc)
     if isinstance(last, EscalationResolved):
         raise FleetwardError(f"escalation {esc!r} is already resolved")
@@ -54,7 +54,7 @@ async def respond(
         if resolve
         else EscalationAcknowledged(id=new_id(), actor=who, at=now, escalation=esc, note=text)
     )
-    book = await read_roles(js._nc)  # a person needs the role operator (schemas/roles.py)
+    book = await read_roles(nc)  # a person needs the role operator (schemas/roles.py)
     try:
         check_role(event, book.last_seq + 1, book)
     except Rejected as exc:

@@ -33,8 +33,6 @@ from fleetward.schemas.subjects import boundary, boundary_wildcard
 from fleetward.services.client import direct
 from fleetward.services.client.roles import read_roles
 
-BATCH = 1000
-
 
 @dataclass(frozen=True, slots=True)
 class TaskState:
