@@ -11,8 +11,9 @@ service). A service may publish as the actors it speaks for (``SERVICE_ACTORS``)
 writes the board's verdicts as ``svc:board`` and the registry's commands as ``svc:registry``.
 
 Replies come back on a per-identity inbox prefix (``inbox_prefix``), so no identity can read
-another's replies. JetStream API subjects are nats-server's (ADR-1, ADR-31 direct gets; the
-explicit-filter consumer create of nats-server 2.10, which a permission can pin to one filter).
+another's replies. JetStream API subjects are nats-server's (ADR-1; ADR-31 direct gets, for services
+only: ``_read_events``; the explicit-filter consumer create of nats-server 2.10, which a
+permission can pin to one filter).
 """
 
 from __future__ import annotations
@@ -86,7 +87,18 @@ def inbox_prefix(identity: str) -> str:
     Clients pass it to the NATS client (nats-py ``inbox_prefix``, nats.go ``CustomInboxPrefix``,
     ...); the credential may subscribe to nothing else but its own inbox."""
     identity_kind(identity)
-    return f"_INBOX_{identity}"
+    return f"{INBOX_PREFIX}_{identity}"
+
+
+INBOX_PREFIX: Final = "_INBOX"  # every inbox: nats-py's default ``_INBOX.`` and ``inbox_prefix``
+
+
+def is_inbox(subject: str) -> bool:
+    """Whether ``subject`` is a reply inbox. A service answers a request only there (services/api):
+    the server lets a responder publish on whatever reply subject the requester named, so an
+    answer aimed at ``fw.*`` would be stored as if its service had published it there, and one
+    aimed at ``$JS.API.*`` would call JetStream with the service's rights."""
+    return subject.startswith(INBOX_PREFIX)
 
 
 def own_subjects(actor: str, kinds: tuple[str, ...] = ACTOR_KINDS) -> tuple[str, ...]:
@@ -95,8 +107,17 @@ def own_subjects(actor: str, kinds: tuple[str, ...] = ACTOR_KINDS) -> tuple[str,
 
 
 def _read_events() -> tuple[str, ...]:
-    """Direct gets on the audit log (the client's task reads, ADR-31)."""
-    return (f"$JS.API.DIRECT.GET.{EVENTS_STREAM}", f"$JS.API.DIRECT.GET.{EVENTS_STREAM}.>")
+    """Message gets on the audit log (the clients' task and role reads), never direct gets.
+
+    NATS checks the subject a client publishes on, not the reply subject it names, and the
+    server publishes its answers on that reply subject with full rights, where a stream that
+    captures the subject stores them. A direct get (ADR-31) answers with a stored message's
+    bytes themselves, so it would let a credential have any bytes it stored on its own subject
+    (refused there) re-published, and stored, on another actor's subject: a forgery that
+    admission cannot tell apart. A message get answers with the message wrapped in a JetStream
+    API response, which no reader admits as an event. Direct gets are for services
+    (services/client/direct.py)."""
+    return (f"$JS.API.STREAM.MSG.GET.{EVENTS_STREAM}",)
 
 
 def _agent(agent: str) -> Grants:

@@ -32,6 +32,7 @@ CONSUMER_IS_PUSH_BASED: Final = "Consumer is push based"  # a 409's: it cannot b
 
 # ---- JetStream API errors ---------------------------------------------------------------------
 WRONG_LAST_SEQUENCE: Final = 10071  # err_code: Nats-Expected-Last-Subject-Sequence did not match
+NO_MESSAGE_FOUND: Final = 10037  # err_code of a message get that found nothing
 
 # ---- JetStream API subjects -------------------------------------------------------------------
 
@@ -51,3 +52,9 @@ def consumer_create_subject(stream: str, consumer: str, filter_subject: str) -> 
 def direct_get_subject(stream: str) -> str:
     """The subject of a direct get (ADR-31) on ``stream`` (needs ``allow_direct``)."""
     return f"$JS.API.DIRECT.GET.{stream}"
+
+
+def msg_get_subject(stream: str) -> str:
+    """The subject of a message get on ``stream``, answered with the message wrapped in JSON
+    (``{"type": "io.nats.jetstream.api.v1.stream_msg_get_response", "message": {...}}``)."""
+    return f"$JS.API.STREAM.MSG.GET.{stream}"

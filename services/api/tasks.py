@@ -4,7 +4,8 @@ have no Postgres. The shapes are the contract's (``schemas/api.py``):
 - ``fw.api.tasks.claimable`` {"agent", "roles", "limit"} -> {"tasks": [ids]}, from the board;
 - ``fw.api.agents.get`` {"agent"} -> {"agent": {...} | null}, from the agent registry.
 
-Every request gets one reply: a malformed request gets ``error`` "bad request: ...", an
+Every request gets one reply on its inbox (a reply subject that is not an inbox gets none:
+``schemas.grants.is_inbox``): a malformed request gets ``error`` "bad request: ...", an
 unreadable projection ``error`` "... is unavailable" (never silence, never a dead responder).
 An answer is a hint from the projection; whether a claim takes a task is decided on the stream
 (services/client/claims.py). Run beside the projector (``fleetward dev`` and ``fleetward
@@ -35,12 +36,14 @@ from fleetward.schemas.api import (
     bad_request,
     unavailable,
 )
+from fleetward.schemas.grants import is_inbox
 from fleetward.services.db import q
 from fleetward.services.runtime.connect import Runtime
 
 log = logging.getLogger("fleetward.taskapi")
 
 QUEUE_GROUP = "fleetward-taskapi"
+NOT_ANSWERED = [0]  # requests whose reply subject is not an inbox, in this process
 
 
 def responder(
@@ -52,6 +55,14 @@ def responder(
     async def respond(msg: Msg) -> None:
         if not msg.reply:
             return  # published, not requested: nobody waits for an answer
+        if not is_inbox(msg.reply):  # aimed at a stream or an API, not at a requester's inbox
+            NOT_ANSWERED[0] += 1
+            if NOT_ANSWERED[0] & (NOT_ANSWERED[0] - 1) == 0:  # the 1st, 2nd, 4th, 8th...
+                log.warning(
+                    "task API %s: no answer on %r, not an inbox (%d such so far)",
+                    endpoint.subject, msg.reply, NOT_ANSWERED[0],
+                )  # fmt: skip
+            return
         try:
             reply = await answer(msgspec.json.decode(msg.data, type=endpoint.request))
         except msgspec.DecodeError as exc:  # not JSON, or not the request's shape

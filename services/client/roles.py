@@ -13,16 +13,22 @@ from fleetward.schemas.subjects import wildcard
 from fleetward.services.client.direct import last_seq_on, read_subjects
 
 
-async def read_roles(nc: NatsClient, book: RoleBook | None = None) -> RoleBook:
+async def read_roles(
+    nc: NatsClient, book: RoleBook | None = None, *, direct: bool = False
+) -> RoleBook:
     """``book`` (a new one when None) with every role event stored after its ``last_seq``.
     A role event admission refuses, or whose author may not make it, grants nothing. One
     indexed lookup when nothing changed (the last message on ``fw.person.>``), so a reader can
-    bring its book up to date before every judgement."""
+    bring its book up to date before every judgement. ``direct``: read by direct gets (services
+    only, services/client/direct.py)."""
     book = RoleBook() if book is None else book
-    newest = await last_seq_on(nc, EVENTS_STREAM, wildcard("person"))
+    newest = await last_seq_on(nc, EVENTS_STREAM, wildcard("person"), direct=direct)
     if newest <= book.last_seq:
         return book
-    async for stored in read_subjects(nc, EVENTS_STREAM, wildcard("person"), after=book.last_seq):
+    changes = read_subjects(
+        nc, EVENTS_STREAM, wildcard("person"), after=book.last_seq, direct=direct
+    )
+    async for stored in changes:
         try:
             judge(admit(stored.subject, stored.data), stored.seq, book)
         except Rejected:

@@ -24,16 +24,18 @@ class Last:
     msg: RawStreamMsg | None
 
 
-async def last_of(js: JetStreamContext, kind: str, key: str) -> Last:
-    """The last message of a boundary: one request, two when its v2 subjects hold nothing."""
+async def last_of(js: JetStreamContext, kind: str, key: str, *, direct: bool = False) -> Last:
+    """The last message of a boundary: one request, two when its v2 subjects hold nothing; by
+    direct get when ``direct`` (services only: see services/client/direct.py), else by a
+    wrapped message get."""
     try:
-        msg = await js.get_last_msg(EVENTS_STREAM, boundary_wildcard(kind, key), direct=True)
+        msg = await js.get_last_msg(EVENTS_STREAM, boundary_wildcard(kind, key), direct=direct)
     except NotFoundError:
         pass
     else:
         assert msg.seq is not None
         return Last(msg.seq, msg)
     try:
-        return Last(0, await js.get_last_msg(EVENTS_STREAM, boundary(kind, key), direct=True))
+        return Last(0, await js.get_last_msg(EVENTS_STREAM, boundary(kind, key), direct=direct))
     except NotFoundError:
         return Last(0, None)

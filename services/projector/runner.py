@@ -141,7 +141,7 @@ class ProjectionRunner:
         if self.ledger is not None:
             self.ledger.clear()
         if self.stream == EVENTS_STREAM:  # people's events are judged by their roles
-            self.roles = await read_roles(self.rt.nc)
+            self.roles = await read_roles(self.rt.nc, direct=True)
         if self.consumer is not None:
             await self.consumer.stop()
         await recreate_consumer(
@@ -173,7 +173,7 @@ class ProjectionRunner:
         self.health.took()
         careful = batch[0].seq <= self._careful_until
         if self.roles is not None and not self._sees_roles:
-            await read_roles(self.rt.nc, self.roles)  # up to the head: past this batch
+            await read_roles(self.rt.nc, self.roles, direct=True)  # up to the head: past this batch
         admitted = admit_batch(batch, self.roles)
         async with self.rt.pool.acquire() as conn:
             ledger = self.ledger

@@ -183,7 +183,7 @@ class Publisher:
                 if expect != seq:
                     return "duplicate"
                 # news after seq (the lease book judges again), or seq is of v1 history
-                last = await last_of(self.js, event.SUBJECT_KIND, key_of(event))
+                last = await last_of(self.js, event.SUBJECT_KIND, key_of(event), direct=True)
                 if last.expect >= seq:
                     return "duplicate"
                 expect = last.expect
@@ -193,7 +193,7 @@ class Publisher:
     async def _last(self, event: Event) -> tuple[int, bool, Event | None]:
         """The compare-and-set sequence over ``event``'s escalation, whether it holds anything,
         and its last event (None: nothing, or nothing readable)."""
-        last = await last_of(self.js, event.SUBJECT_KIND, key_of(event))
+        last = await last_of(self.js, event.SUBJECT_KIND, key_of(event), direct=True)
         if last.msg is None:
             return last.expect, False, None
         try:

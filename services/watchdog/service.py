@@ -298,7 +298,8 @@ class Watchdog:
         while not stopping():
             try:
                 await self.load()
-                self.roles = await read_roles(self.rt.nc)  # every role change up to now
+                # every role change up to now
+                self.roles = await read_roles(self.rt.nc, direct=True)
                 self._loaded, self._load_error = True, ""
                 return True
             except Exception as exc:  # Postgres away: keep trying

@@ -4,14 +4,17 @@ Every attacker connects with its own credentials only; ``rt`` (the harness) only
 and reads the results. A test marked ``xfail(strict=True)`` is a weakness that works today: it
 fails because the attack succeeds, and passes once the weakness is fixed.
 
-The root weakness of the first group: NATS checks the *subject* a client publishes on, never
-the *reply subject* it names, and the server (JetStream's API, and any service allowed to
-respond) publishes its answer on that reply subject with full rights, where FW_EVENTS,
-FW_HEARTBEATS and FW_COMMANDS store it like any other message. A direct get on FW_EVENTS (which
-every agent and person may make) answers with the *bytes of a stored message*, so an attacker
-stores any payload on its own subject (dead-lettered there, harmlessly), then asks for it back
-with the victim's subject as reply: the server re-publishes the bytes on a subject the attacker
-may not publish on, and admission then sees a subject whose actor token matches the payload.
+The first group aims the server's answers. NATS checks the *subject* a client publishes on,
+never the *reply subject* it names, and the server (JetStream's API, and any service allowed
+to respond) publishes its answer on that reply subject with full rights, where FW_EVENTS,
+FW_HEARTBEATS and FW_COMMANDS store it like any other message. A direct get answers with the
+*bytes of a stored message*, so with one an attacker could store any payload on its own subject
+(dead-lettered there, harmlessly), ask for it back with the victim's subject as reply, and have
+the server re-publish the bytes where admission sees a subject whose actor token matches the
+payload. What holds now: no agent or person may make a direct get (schemas/grants.py); the
+message get they use answers in a JSON wrapper that every reader refuses; the task API answers
+only on inboxes (``schemas.grants.is_inbox``); and what an inbox delivers elsewhere is the
+agent's own commands, refused on any subject but their own.
 """
 
 from __future__ import annotations
@@ -102,13 +105,18 @@ class Attacker:
 
     async def replay_onto(self, payload: bytes, onto: str) -> None:
         """Store ``payload`` on the attacker's own task subject (no Nats-Msg-Id, so no
-        duplicate window applies), then ask FW_EVENTS for it by direct get with ``onto`` as the
-        reply subject: the server publishes the stored bytes on ``onto``."""
+        duplicate window applies), then ask FW_EVENTS for it with ``onto`` as the reply
+        subject: by direct get (which would publish the stored bytes themselves on ``onto``;
+        the server must refuse the request), and by message get (which the server answers on
+        ``onto``, in a JetStream API response)."""
         js = self.nc.jetstream(timeout=2)
         own = await js.publish(f"fw.task.scratch-{new_id()[-8:]}.{self.identity}", payload)
         request = json.dumps({"seq": own.seq}).encode()
-        await self.nc.publish(f"$JS.API.DIRECT.GET.{EVENTS_STREAM}", request, reply=onto)
+        direct = f"$JS.API.DIRECT.GET.{EVENTS_STREAM}"
+        await self.nc.publish(direct, request, reply=onto)
+        await self.nc.publish(f"$JS.API.STREAM.MSG.GET.{EVENTS_STREAM}", request, reply=onto)
         await self.nc.flush()
+        assert await self.violated(f'publish to "{direct}"'), self.errors
 
 
 async def count_on(rt: Runtime, stream: str, subject: str) -> int:
@@ -136,58 +144,46 @@ async def row(rt: Runtime, sql: str, *args: object) -> Any:
         return await conn.fetchrow(sql, *args)
 
 
-# ---- forging through the reply subject of a direct get -------------------------------------------
+# ---- forging through the reply subject of a server's answer -----------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CRITICAL: any agent makes any person admin. A v1 role.granted by svc:auth, stored "
-    "on the agent's own subject and replayed by a direct get with reply subject "
-    "fw.person.eve, is stored on the v1 subject and applied (v1 skips roles and actor tokens)",
-)
-async def test_an_agent_makes_a_person_admin_by_replaying_its_bytes_through_a_direct_get(
+async def test_an_agent_cannot_make_a_person_admin_by_replaying_its_bytes_through_a_get(
     rt: Runtime,
 ) -> None:
+    """Was CRITICAL: a v1 role.granted by svc:auth, stored on the agent's own subject and
+    replayed by a direct get with reply subject fw.person.eve, was stored on the v1 subject and
+    applied. Now the direct get is refused; the message get's answer lands and is refused."""
     forged = {"type": "role.granted", "id": new_id(), "actor": "svc:auth", "v": 1,
               "at": at().isoformat(), "person": "eve", "role": "admin"}  # fmt: skip
     async with Attacker(rt, "agent-a") as a:
         await a.replay_onto(json.dumps(forged).encode(), "fw.person.eve")
-        await landed(rt, EVENTS_STREAM, "fw.person.eve")
+        assert await landed(rt, EVENTS_STREAM, "fw.person.eve")  # the wrapped answer
     await project_all(rt)
     granted = await row(rt, "SELECT held FROM fleet.roles WHERE person = 'eve' AND role = 'admin'")
     assert granted is None or not granted["held"], "agent-a made user:eve an admin"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CRITICAL: a v2 event forged as a person: the replayed bytes land on "
-    "fw.task.<t>.user:alice, whose actor token matches the payload, so alice's (an admin's) "
-    "task.cancelled written by agent-a is applied: 'every event is provably from its actor' "
-    "does not hold",
-)
-async def test_an_agent_cancels_a_task_as_an_admin_through_a_direct_get_reply(
+async def test_an_agent_cannot_cancel_a_task_as_an_admin_through_a_get_reply(
     rt: Runtime,
 ) -> None:
+    """Was CRITICAL: the replayed bytes landed on fw.task.<t>.user:alice, whose actor token
+    matched the payload, so alice's (an admin's) task.cancelled written by agent-a was applied."""
     await publish(rt.js, TaskCreated(**envelope("user:ops"), task="t-1", project="p", title="x"))
     await project_all(rt)
     forged = TaskCancelled(**envelope("user:alice"), task="t-1", reason="forged by agent-a")
     async with Attacker(rt, "agent-a") as a:
         await a.replay_onto(encode(forged), "fw.task.t-1.user:alice")
-        await landed(rt, EVENTS_STREAM, "fw.task.t-1.user:alice")
+        assert await landed(rt, EVENTS_STREAM, "fw.task.t-1.user:alice")
     await project_all(rt)
     task = await row(rt, "SELECT status FROM fleet.tasks WHERE task_id = 't-1'")
     assert task["status"] != "cancelled", "agent-a cancelled t-1 as user:alice"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="CRITICAL: commands forged into another agent's inbox: a command.issued by "
-    "svc:registry replayed onto fw.cmd.agent-b.svc:registry is admitted by agent-b's client, "
-    "which obeys it (retire)",
-)
-async def test_an_agent_retires_another_agent_by_forging_a_command_into_its_inbox(
+async def test_an_agent_cannot_retire_another_agent_by_forging_a_command_into_its_inbox(
     rt: Runtime,
 ) -> None:
+    """Was CRITICAL: a command.issued by svc:registry replayed onto fw.cmd.agent-b.svc:registry
+    was admitted by agent-b's client, which obeyed it (retire)."""
     b = await agent(rt, "agent-b")
     try:
         forged = CommandIssued(
@@ -195,7 +191,7 @@ async def test_an_agent_retires_another_agent_by_forging_a_command_into_its_inbo
         )
         async with Attacker(rt, "agent-a") as a:
             await a.replay_onto(encode(forged), "fw.cmd.agent-b.svc:registry")
-            await landed(rt, COMMANDS_STREAM, "fw.cmd.agent-b.svc:registry")
+            assert await landed(rt, COMMANDS_STREAM, "fw.cmd.agent-b.svc:registry")
         with anyio.move_on_after(5):
             while (command := await b.next_command(wait=1)) is not None:
                 if command.id == forged.id:
@@ -205,14 +201,11 @@ async def test_an_agent_retires_another_agent_by_forging_a_command_into_its_inbo
         await b.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HIGH: heartbeats forged for another agent (keeps a dead agent 'alive' and its "
-    "leases renewed): the replayed bytes land on fw.hb.agent-b and are admitted",
-)
-async def test_an_agent_forges_another_agents_heartbeat_through_a_direct_get_reply(
+async def test_an_agent_cannot_forge_another_agents_heartbeat_through_a_get_reply(
     rt: Runtime,
 ) -> None:
+    """Was HIGH: heartbeats forged for another agent (keeping a dead agent 'alive' and its
+    leases renewed): the replayed bytes landed on fw.hb.agent-b and were admitted."""
     forged = Heartbeat(**envelope("agent-b"), agent="agent-b", message="forged by agent-a")
     async with Attacker(rt, "agent-a") as a:
         await a.replay_onto(encode(forged), "fw.hb.agent-b")
@@ -226,18 +219,15 @@ async def test_an_agent_forges_another_agents_heartbeat_through_a_direct_get_rep
     raise AssertionError(f"agent-a's forged heartbeat is admitted as agent-b's: {admitted}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MEDIUM: any requester aims the task API's answer (svc:api may respond anywhere), "
-    "as it may JetStream's API answers, at any stream subject: bytes on "
-    "fw.cmd.agent-b.svc:api land in agent-b's inbox and in the audit log, which no agent "
-    "may publish on; a direct get with batch (up to 1000 messages per request) amplifies "
-    "it once the 120 s duplicate window passed",
-)
-async def test_api_answers_can_be_aimed_at_another_agents_inbox_and_the_audit_log(
+async def test_api_answers_cannot_be_aimed_at_another_agents_inbox_or_the_audit_log(
     rt: Runtime,
 ) -> None:
+    """Was MEDIUM: svc:api may respond anywhere, so its answers on fw.cmd.agent-b.svc:api and
+    fw.task.t-9.svc:api landed in agent-b's inbox and the audit log. The task API answers only
+    on inboxes now; a request with an inbox still gets its answer."""
     async with task_api(rt), Attacker(rt, "agent-a") as a:
+        answer = await a.request("fw.api.agents.get", {"agent": "x"})
+        assert answer == {"agent": None}, answer
         await a.nc.publish("fw.api.agents.get", b'{"agent":"x"}', reply="fw.cmd.agent-b.svc:api")
         await a.nc.publish(
             "fw.api.tasks.claimable", b'{"agent":"agent-a"}', reply="fw.task.t-9.svc:api"
@@ -248,23 +238,35 @@ async def test_api_answers_can_be_aimed_at_another_agents_inbox_and_the_audit_lo
     assert not (in_inbox or in_audit), (in_inbox, in_audit)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MEDIUM: the inbox consumer create is pinned by filter only: an agent may make its "
-    "inbox a push consumer with deliver_subject on any subject (here fw.task.zz.svc:registry), "
-    "so the server writes svc:registry's commands into FW_EVENTS on the agent's behalf",
-)
-async def test_an_agent_makes_its_inbox_push_its_commands_into_the_audit_log(
+async def test_an_agent_that_makes_its_inbox_push_elsewhere_moves_only_its_own_commands(
     rt: Runtime,
 ) -> None:
+    """Holds, with a gap left (docs/identity.md, Known gaps): the inbox consumer create is
+    pinned by filter only, so an agent may make its inbox a push consumer delivering to any
+    subject (here fw.task.zz.svc:registry). The server delivers only while something listens
+    there, and a stream that captures the deliver subject stores the message under its *own*
+    subject (a command on fw.cmd.agent-a.>, which no projection of FW_EVENTS reads): the agent
+    can copy its own commands into the audit log, never put bytes on another actor's subject."""
     config = {"durable_name": "inbox_agent-a", "filter_subject": "fw.cmd.agent-a.>",
               "ack_policy": "explicit", "deliver_subject": "fw.task.zz.svc:registry"}  # fmt: skip
+    listening = await rt.nc.subscribe("fw.task.zz.svc:registry")  # push needs a listener
+    await rt.nc.flush()
     async with Attacker(rt, "agent-a") as a:
         answer = await a.request(
             f"$JS.API.CONSUMER.CREATE.{COMMANDS_STREAM}.inbox_agent-a.fw.cmd.agent-a.>",
             {"stream_name": COMMANDS_STREAM, "config": config},
         )
-    assert answer is None or "error" in answer, "a push inbox delivering to the audit log"
+    assert answer is not None and "error" not in answer, answer  # the gap: allowed
+    command = CommandIssued(
+        **envelope("svc:registry"), agent="agent-a", command="retire", reason="a real one"
+    )
+    await publish(rt.js, command)
+    own = "fw.cmd.agent-a.svc:registry"
+    assert await landed(rt, EVENTS_STREAM, own)  # copied into FW_EVENTS, on its own subject
+    await listening.unsubscribe()
+    assert await count_on(rt, EVENTS_STREAM, "fw.task.zz.>") == 0
+    await project_all(rt)
+    assert await row(rt, "SELECT 1 FROM fleet.tasks WHERE task_id = 'zz'") is None
 
 
 # ---- an agent overruling the people who operate it ----------------------------------------------

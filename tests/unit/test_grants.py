@@ -12,6 +12,7 @@ from fleetward.schemas.grants import (
     grants_for,
     identity_kind,
     inbox_prefix,
+    is_inbox,
 )
 
 IDENTITIES = ("a-17", "agent_9", "user:alice", "user:bob@example", "svc:projector", "svc:watchdog",
@@ -50,8 +51,7 @@ def test_an_agent_reaches_its_own_inbox_and_the_agent_apis_only() -> None:
     grants = grants_for("a-1")
     js = [p for p in grants.publish if p.startswith("$JS.")]
     assert js == [
-        "$JS.API.DIRECT.GET.FW_EVENTS",
-        "$JS.API.DIRECT.GET.FW_EVENTS.>",
+        "$JS.API.STREAM.MSG.GET.FW_EVENTS",
         "$JS.API.CONSUMER.CREATE.FW_COMMANDS.inbox_a-1.fw.cmd.a-1.>",
         "$JS.API.CONSUMER.INFO.FW_COMMANDS.inbox_a-1",
         "$JS.API.CONSUMER.MSG.NEXT.FW_COMMANDS.inbox_a-1",
@@ -79,3 +79,16 @@ def test_the_task_api_publishes_nothing_and_answers_requests() -> None:
 def test_what_is_not_an_identity_is_refused(bad: str) -> None:
     with pytest.raises(ValueError, match="not an identity"):
         grants_for(bad)
+
+
+@pytest.mark.parametrize("identity", ["a-1", "user:alice", "svc:api"])
+def test_no_agent_person_or_responder_may_make_a_direct_get(identity: str) -> None:
+    """A direct get answers with a stored message's bytes on any reply subject the requester
+    names, which a stream may store (docs/identity.md, "Answers are a write path")."""
+    assert not any("DIRECT" in p or p.startswith("$JS.API.>") for p in grants_for(identity).publish)
+
+
+def test_services_answer_only_on_inboxes() -> None:
+    assert is_inbox("_INBOX.x.y") and is_inbox(f"{inbox_prefix('a-1')}.z")
+    for subject in ("fw.task.t.svc:api", "fw.cmd.a-1.svc:api", "$JS.API.STREAM.CREATE.X", "x"):
+        assert not is_inbox(subject), subject
