@@ -85,6 +85,9 @@ class RoleBook:
         # (person, role) -> sorted [(seq, granted)]
         self._changes: dict[tuple[str, str], list[tuple[int, bool]]] = {}
         self.last_seq = 0  # the highest sequence noted
+        # every role change stored at or before this sequence is noted (a reader that read up
+        # to a sequence and then brought the book up to date knows nothing was missed before it)
+        self.known_to = 0
 
     def note(self, seq: int, event: Event) -> None:
         """Record ``event`` stored at ``seq`` if it grants or revokes a role."""
@@ -100,6 +103,11 @@ class RoleBook:
         changes = self._changes.get((person, role), ())
         at = bisect.bisect_left(changes, (before, False))  # the changes stored before ``before``
         return at > 0 and changes[at - 1][1]
+
+    def covers(self, seq: int) -> bool:
+        """Whether the book can judge an event stored at ``seq``: every role change stored
+        before it is noted."""
+        return seq - 1 <= max(self.known_to, self.last_seq)
 
     def holds(self, person: str, role: str, before: int) -> bool:
         """Whether ``user:<person>`` held ``role`` (or ``admin``) just before stream sequence
@@ -122,6 +130,12 @@ def role_needed(event: Event) -> str | None:
     if event.v < FIRST_V2 or actor_kind(event.actor) != "user":
         return None
     return PERSON_ROLES.get(type(event))
+
+
+def judged_by_roles(event: Event) -> bool:
+    """Whether ``check_role`` needs the book for ``event`` (a person's event that needs a
+    role); a reader may skip bringing its book up to date for everything else."""
+    return role_needed(event) is not None and person_of(event.actor) is not None
 
 
 def check_role(event: Event, seq: int, book: RoleBook) -> None:

@@ -27,7 +27,7 @@ from fleetward.projections.base import Row
 from fleetward.projections.tasks import step
 from fleetward.schemas import Event, Rejected, admit
 from fleetward.schemas.events import TaskCreated
-from fleetward.schemas.roles import RoleBook, check_role
+from fleetward.schemas.roles import RoleBook, check_role, judged_by_roles
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import boundary, boundary_wildcard
 from fleetward.services.client import direct
@@ -73,8 +73,9 @@ async def read_task(
 ) -> TaskState:
     """Fold every event of one task (see above). A person's event counts only with the role it
     needs at its position (schemas/roles.py), as the board judges it: ``roles`` is the caller's
-    book of role changes, brought up to date here after the task is read (so it holds every
-    change stored before the task's last event). With ``history``, keep every message and what
+    book of role changes, brought up to date here after the task is read when the task holds a
+    person's event the book cannot judge yet (``RoleBook.covers``), so it then holds every
+    change stored before the task's last event. With ``history``, keep every message and what
     the fold made of it."""
     v2 = await read_subjects(nc, boundary_wildcard("task", task))
     last = v2[-1].seq if v2 else 0
@@ -83,7 +84,13 @@ async def read_task(
         v1 = await read_subjects(nc, boundary("task", task))
         if v1:
             messages = sorted(v1 + v2, key=lambda m: m.seq)
-    book = await read_roles(nc, RoleBook() if roles is None else roles)
+    book = RoleBook() if roles is None else roles
+    if any(
+        m.event is not None and judged_by_roles(m.event) and not book.covers(m.seq)
+        for m in messages
+    ):  # a person's event the book cannot judge yet: one lookup, more only if roles changed
+        book = await read_roles(nc, book)
+        book.known_to = max(book.known_to, messages[-1].seq)  # read before the lookup began
     row: Row | None = None
     steps: list[Step] = []
     seen: set[str] = set()  # a copy of an event (its id seen before here) is not applied again

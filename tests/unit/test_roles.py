@@ -17,7 +17,13 @@ from fleetward.schemas.events import (
     TaskCancelled,
     TaskReviewed,
 )
-from fleetward.schemas.roles import PERSON_ROLES, ROLE_AUTHORITY, RoleBook, check_role
+from fleetward.schemas.roles import (
+    PERSON_ROLES,
+    ROLE_AUTHORITY,
+    RoleBook,
+    check_role,
+    judged_by_roles,
+)
 from tests.helpers import envelope
 
 
@@ -110,3 +116,22 @@ def test_contract_v1_history_is_judged_without_roles() -> None:
     old = TaskCancelled(**{**envelope("user:bob"), "v": 1}, task="t-1")
     assert judged(old, 5, book) is None
     assert judged(cancel("user:bob"), 5, book) == "role_missing"
+
+
+def test_a_book_covers_what_it_was_brought_up_to_date_after() -> None:
+    """A reader skips the role lookup for events the book can judge already: those stored no
+    later than one past what it noted, or than a position read before its last lookup."""
+    book = RoleBook()
+    assert book.covers(1) and not book.covers(2)
+    book.note(5, grant("bob", "reviewer"))
+    assert book.covers(6) and not book.covers(7)
+    book.known_to = 40  # the last lookup began after sequence 40 was read
+    assert book.covers(41) and not book.covers(42)
+
+
+def test_only_a_persons_events_that_need_a_role_are_judged_by_roles() -> None:
+    assert judged_by_roles(cancel("user:ops"))
+    assert not judged_by_roles(cancel("svc:board"))
+    assert not judged_by_roles(TaskCancelled(**envelope("user:ops"), task="t-1", v=1))
+    assert judged_by_roles(grant("bob", "reviewer", by="user:admin"))
+    assert not judged_by_roles(grant("bob", "reviewer"))  # the authority: a service
