@@ -43,6 +43,8 @@ MAX_DURATION_MS: Final = 30 * 86_400_000.0  # longest run latency or tool call: 
 MAX_TOKENS: Final = 1_000_000_000  # tokens in (or out) of one model call
 MAX_COST_USD: Final = 1_000_000.0  # cost of one model or tool call
 MAX_LIMIT_USD: Final = 1_000_000_000_000.0  # largest budget limit
+# largest token limit of a budget: a quadrillion, below 2^53, so exact in every JSON number
+MAX_LIMIT_TOKENS: Final = 1_000_000_000_000_000
 MAX_FLOAT: Final = sys.float_info.max  # the largest finite double
 
 # ---- patterns ---------------------------------------------------------------------------------
@@ -100,6 +102,7 @@ TaskLimit = Annotated[int, Meta(ge=1, le=INT4_MAX, description="stored as intege
 Tokens = Annotated[int, Meta(ge=0, le=MAX_TOKENS, description="tokens of one model call")]
 CostUsd = Annotated[float, Meta(ge=0, le=MAX_COST_USD, description="USD of one call")]
 LimitUsd = Annotated[float, Meta(ge=0, le=MAX_LIMIT_USD)]
+LimitTokens = Annotated[int, Meta(ge=0, le=MAX_LIMIT_TOKENS)]
 DurationMs = Annotated[float, Meta(ge=0, le=MAX_DURATION_MS)]
 PeriodS = Annotated[float, Meta(ge=MIN_PERIOD_S, le=MAX_PERIOD_S, description="seconds")]
 SlaS = Annotated[float, Meta(ge=MIN_PERIOD_S, le=MAX_SLA_S, description="seconds")]

@@ -79,7 +79,8 @@ SUMMARIES: Final[dict[str, str]] = {
     "evidence.",
     "escalation.acknowledged": "A person or service acknowledged the escalation.",
     "escalation.resolved": "The escalation was resolved.",
-    "budget.set": "A person set a spend limit for an agent, a team or the org, per window.",
+    "budget.set": "A person set a spend limit for an agent, a team, a project or the org, per "
+    "window.",
     "command.issued": "A durable command to one agent, from a Fleetward service: pause, resume, "
     "retire, wake, review feedback, approval, lease lost, or a refusal of one of its events.",
     "role.granted": "A person (user:<person>) holds a role from this event's position on; "
@@ -570,6 +571,8 @@ def _number(x: float) -> str:
 
 def _numeric_bound(t: mi.Type) -> str | None:
     """``1 ≤ integer ≤ 2,147,483,647`` for a bounded int or float type (optional or not)."""
+    if isinstance(t, mi.Metadata):  # a description around an optional type
+        t = t.type
     if isinstance(t, mi.UnionType):
         numeric = [u for u in t.types if not isinstance(u, mi.NoneType)]
         if len(numeric) != 1:

@@ -37,6 +37,7 @@ from fleetward.schemas.bounds import (
     FiniteFloat,
     Ident,
     Int8,
+    LimitTokens,
     LimitUsd,
     Percent,
     PeriodS,
@@ -58,7 +59,7 @@ HeartbeatStatus = Literal["idle", "busy", "waiting", "error"]
 RunOutcome = Literal["succeeded", "failed", "cancelled"]
 Tier = Literal["info", "warning", "critical"]
 Verdict = Literal["approve", "reject"]
-BudgetScope = Literal["agent", "team", "org"]
+BudgetScope = Literal["agent", "team", "project", "org"]  # org: the organisation
 BudgetWindow = Literal["day", "month", "lifetime"]
 CommandName = Literal[
     "pause", "resume", "retire", "wake", "review_feedback", "approval", "lease_lost", "refused"
@@ -392,15 +393,27 @@ class EscalationResolved(_EscalationEvent, frozen=True, kw_only=True, tag="escal
 
 
 class BudgetSet(Event, frozen=True, kw_only=True, tag="budget.set"):
+    """A person set a spend limit (USD, optionally tokens) for an agent, a team, a project or
+    the org, per window (UTC day, month, lifetime).
+
+    The person needs the role budget-admin. The window is counted by the stream's time of
+    record; the latest set of a budget id replaces the earlier ones; the budget warns once
+    ``warn_at`` of a limit is spent (docs/views.md, ``fleet.budgets``)."""
+
     SUBJECT_KIND: ClassVar[str] = "budget"
     SUBJECT_KEY: ClassVar[str] = "budget"
     SENDERS: ClassVar[frozenset[Sender]] = frozenset({"user"})
     budget: Ident
     scope: BudgetScope
-    scope_id: Ident
+    scope_id: Annotated[
+        Ident, Meta(description="the agent, team, project or organisation the budget limits")
+    ]
     window: BudgetWindow
-    limit_usd: LimitUsd
-    warn_at: Share = 0.8
+    limit_usd: Annotated[LimitUsd, Meta(description="USD")]
+    warn_at: Annotated[Share, Meta(description="the share of a limit that warns")] = 0.8
+    limit_tokens: Annotated[
+        LimitTokens | None, Meta(description="tokens in and out together; null: no token limit")
+    ] = None
 
 
 # ---- people and their roles: fw.person.<person> (schemas/roles.py) ---------------------------

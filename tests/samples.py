@@ -54,7 +54,7 @@ REVIEWER = "agent-reviewer-2"
 TASK = "task-42"
 RUN = "run-0193"
 ESCALATION = "esc-cost-agent-7"
-BUDGET = "budget-team-docs"
+BUDGET = "budget-docs-site"
 USER = "user:alice@example"  # a v2 actor is one subject token: no "."
 SVC = "svc:supervisor"
 T0 = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=UTC)
@@ -242,11 +242,12 @@ def sample_events() -> list[Event]:
         BudgetSet(
             **env(USER),
             budget=BUDGET,
-            scope="team",
-            scope_id="docs",
+            scope="project",
+            scope_id="docs-site",
             window="month",
             limit_usd=250.0,
             warn_at=0.9,
+            limit_tokens=50_000_000,
         ),
         CommandIssued(
             **env(SVC),
