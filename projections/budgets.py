@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import ClassVar
 
 from fleetward.projections.base import Key, Meta, Projection, Rows, Table
-from fleetward.projections.spend import money
+from fleetward.projections.money import money
 from fleetward.schemas.events import BudgetSet, Event
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import wildcard

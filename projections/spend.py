@@ -1,5 +1,6 @@
 """Spend: per agent, day (UTC, by the stream's time of record) and team: model and tool cost,
-tokens, runs and tool calls, under the team the agent belonged to when it spent.
+tokens, runs and tool calls, under the team the agent belonged to when it spent; and the same
+spend attributed per model and day, per task and day, and per run (attribution.py).
 
 - An agent re-registered into another team starts a new row for the rest of the day; what it
   spent before stays with the old team (in every view, live and after a rebuild). Before its
@@ -11,18 +12,21 @@ tokens, runs and tool calls, under the team the agent belonged to when it spent.
   kept) and flagged: ``paused_cost_usd`` and ``paused_events`` count what it reported while its
   status (the registry's state machine, ``agents.next_status``) was not active.
 - Money is added as ``Decimal`` from the shortest decimal form of each reported figure, so sums
-  are exact and a rebuild equals the live projection to the last digit. Token sums are
-  ``numeric`` too: the contract bounds one spend's tokens, nothing bounds a day's.
+  are exact and a rebuild equals the live projection to the last digit (money.py). Token sums
+  are ``numeric`` too: the contract bounds one spend's tokens, nothing bounds a day's.
+- Budgets count their spend from these rows (fleet.budgets): no second copy of the money.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
-from typing import ClassVar, Final
+from decimal import Decimal
+from typing import ClassVar
 
+from fleetward.projections import attribution
 from fleetward.projections.agents import next_status
 from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
+from fleetward.projections.money import add_exact, money
 from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
@@ -71,22 +75,10 @@ SPEND_DAILY = Table(
 _ACTIVITY = (SpendRecorded, ToolCalled, RunStarted, RunFinished)
 _STATUS = (AgentRegistered, AgentPaused, AgentResumed, AgentRetired, AgentOffline, AgentOnline)
 _READS_AGENT = (*_STATUS, *_ACTIVITY)
+_COSTED = (SpendRecorded, ToolCalled)
+_ZERO = Decimal(0)
 HELD_BACK = frozenset({"paused", "retired"})  # statuses whose spend is flagged
 UNASSIGNED = "unassigned"
-
-
-def money(x: float) -> Decimal:
-    return Decimal(repr(x))
-
-
-# Sums of money are exact: the default context keeps 28 digits, so 1e6 + 1e-30 would round.
-# Addition in a context this wide never rounds (digits grow only as far as the figures need).
-_EXACT: Final = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
-
-
-def add_money(total: Decimal, x: float) -> Decimal:
-    """``total + x`` exactly (``x`` in its shortest decimal form, as ``money``)."""
-    return _EXACT.add(total, money(x))
 
 
 def _member(agent: str) -> Row:
@@ -117,11 +109,13 @@ class Spend(Projection):
     name: ClassVar[str] = "spend"
     stream: ClassVar[str] = EVENTS_STREAM
     subjects: ClassVar[tuple[str, ...]] = (wildcard("agent"),)
-    tables: ClassVar[tuple[Table, ...]] = (SPEND_AGENTS, SPEND_DAILY)
+    tables: ClassVar[tuple[Table, ...]] = (SPEND_AGENTS, SPEND_DAILY, *attribution.TABLES)
 
     def touches(self, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
         if isinstance(event, _READS_AGENT):
             yield SPEND_AGENTS, (event.agent,)
+        if isinstance(event, _ACTIVITY):
+            yield from attribution.keys(event, meta)
 
     def touches_more(self, rows: Rows, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
         """The agent's day rows under every team it has spent under: registrations earlier in
@@ -145,6 +139,9 @@ class Spend(Projection):
             return
         if not isinstance(event, _ACTIVITY):
             return
+        # each figure made exact once, and added to the agent's day and the attribution rows
+        cost = money(event.cost_usd) if isinstance(event, _COSTED) else _ZERO
+        attribution.attribute(rows, event, meta, cost)
         member = rows.get(SPEND_AGENTS, (event.agent,))
         team = member["team"] if member else UNASSIGNED
         status = member["status"] if member else "active"
@@ -154,23 +151,14 @@ class Spend(Projection):
                                     "status": status})  # fmt: skip
         old = rows.get(SPEND_DAILY, (event.agent, meta.time.date(), team))
         day = dict(old) if old else _empty_day(event.agent, meta, team)
+        attribution.add_sums(day, event, cost)
         match event:
-            case SpendRecorded():
-                day["model_cost_usd"] = add_money(day["model_cost_usd"], event.cost_usd)
-                day["tokens_in"] += event.tokens_in
-                day["tokens_out"] += event.tokens_out
-                day["spend_events"] += 1
-            case ToolCalled():
-                day["tool_cost_usd"] = add_money(day["tool_cost_usd"], event.cost_usd)
-                day["tool_calls"] += 1
-                day["tool_errors"] += 0 if event.ok else 1
             case RunStarted():
                 day["runs"] += 1
             case RunFinished():
                 day["runs_failed"] += 1 if event.outcome == "failed" else 0
         if status in HELD_BACK:
             day["paused_events"] += 1
-            cost = getattr(event, "cost_usd", 0.0)
             if cost:
-                day["paused_cost_usd"] = add_money(day["paused_cost_usd"], cost)
+                day["paused_cost_usd"] = add_exact(day["paused_cost_usd"], cost)
         rows.put(SPEND_DAILY, day)

@@ -57,25 +57,31 @@ ORDER BY cost_today DESC, a.agent_id
 LIMIT $1;
 
 -- name: tasks_list
--- The task board, open tasks first, by priority then age.
+-- The task board, open tasks first, by priority then age, with what each has cost so far.
 SELECT task_id, project, title, priority, status, assignee, claim_epoch, waiting_on_dependencies,
-       review_rounds, updated_at
-FROM fleet.tasks
+       review_rounds, updated_at,
+       coalesce((SELECT s.cost_usd FROM fleet.spend_tasks s WHERE s.task_id = t.task_id), 0)
+         AS cost_usd
+FROM fleet.tasks t
 WHERE $1::text IS NULL OR status = $1
 ORDER BY status IN ('done', 'cancelled'),
          array_position(ARRAY['urgent','high','medium','low'], priority), created_at
 LIMIT $2;
 
 -- name: agent_detail
--- Everything about one agent: who it is, what it does now, what it cost today and in total.
+-- Everything about one agent: who it is, what it does now, what it cost today, this month and
+-- in total (UTC days, as fleet.spend_daily keeps them).
 SELECT a.*, u.state, u.current_task, u.message, u.last_seen, u.busy_s, u.idle_s, u.utilization,
        u.tasks_done,
        (SELECT coalesce(sum(cost_usd), 0) FROM fleet.spend_daily s
-         WHERE s.agent_id = a.agent_id AND s.day = current_date) AS cost_today,
+         WHERE s.agent_id = a.agent_id AND s.day = (now() AT TIME ZONE 'UTC')::date) AS cost_today,
+       (SELECT coalesce(sum(cost_usd), 0) FROM fleet.spend_daily s
+         WHERE s.agent_id = a.agent_id
+           AND s.day >= date_trunc('month', now() AT TIME ZONE 'UTC')::date) AS cost_month,
        (SELECT coalesce(sum(cost_usd), 0) FROM fleet.spend_daily s
          WHERE s.agent_id = a.agent_id) AS cost_total,
        (SELECT coalesce(sum(tokens_in + tokens_out), 0) FROM fleet.spend_daily s
-         WHERE s.agent_id = a.agent_id AND s.day = current_date) AS tokens_today,
+         WHERE s.agent_id = a.agent_id AND s.day = (now() AT TIME ZONE 'UTC')::date) AS tokens_today,
        ARRAY(SELECT t.task_id FROM fleet.tasks t WHERE t.assignee = a.agent_id
               AND t.status IN ('in_progress', 'blocked') ORDER BY t.task_id) AS holds
 FROM fleet.agents a LEFT JOIN fleet.utilization u USING (agent_id)
@@ -91,6 +97,13 @@ WHERE (status = 'inbox' OR (status = 'assigned' AND assignee = $1))
 ORDER BY status = 'assigned' DESC,
          array_position(ARRAY['urgent','high','medium','low'], priority), created_at, task_id
 LIMIT $3;
+
+-- name: task_spend
+-- What one task has cost so far (fleet.spend_tasks); no row when nothing was spent on it.
+SELECT cost_usd, model_cost_usd, tool_cost_usd, tokens_in, tokens_out, runs, tool_calls,
+       tool_errors, spend_events
+FROM fleet.spend_tasks
+WHERE task_id = $1;
 
 -- name: agent_profile
 -- One agent's profile and status, as the task API answers fw.api.agents.get (schemas/api.py).

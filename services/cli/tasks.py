@@ -13,7 +13,7 @@ from rich.table import Table
 
 from fleetward.schemas.events import Event, TaskRevoked, Verdict, type_name
 from fleetward.services.cli.command import PERSON, Command, console
-from fleetward.services.cli.views import show_tasks
+from fleetward.services.cli.views import show_tasks, task_cost
 from fleetward.services.client import FleetClient
 from fleetward.services.client.taskstate import read_task
 from fleetward.services.config import Settings
@@ -131,9 +131,9 @@ async def _change(client: FleetClient, args: argparse.Namespace) -> str:
 
 
 async def show_task(rt: Runtime, task: str) -> None:
-    """The task as the state machine folds it from its subjects, and every message of them
-    (v1 history too): what it said and whether it was applied (``FleetwardError`` for no such
-    task)."""
+    """The task as the state machine folds it from its subjects, what it has cost so far (the
+    spend views), and every message of its subjects (v1 history too): what it said and whether
+    it was applied (``FleetwardError`` for no such task)."""
     state = await read_task(rt.nc, rt.js, task, history=True)
     if not state.history:
         raise FleetwardError(f"no task {task}")
@@ -148,6 +148,8 @@ async def show_task(rt: Runtime, task: str) -> None:
         )
         if row["depends_on"]:
             console.print(f"  depends on: {', '.join(row['depends_on'])}")
+    async with rt.pool.acquire() as conn:
+        console.print(f"  {await task_cost(conn, task)}")
     table = Table(box=None, header_style="bold")
     for column in ("seq", "stored", "event", "sent by", "details", "applied"):
         table.add_column(column)

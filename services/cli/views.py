@@ -90,6 +90,7 @@ async def show_tasks(conn: Conn, console: Console, status: str | None, limit: in
         "epoch",
         "deps open",
         "reviews",
+        "cost",
         "updated",
         title="task board",
     )
@@ -104,9 +105,22 @@ async def show_tasks(conn: Conn, console: Console, status: str | None, limit: in
             str(r["claim_epoch"]),
             "yes" if r["waiting_on_dependencies"] else "no",
             str(r["review_rounds"]),
+            f"${r['cost_usd']:.4f}",
             age(r["updated_at"]),
         )
     console.print(table)
+
+
+async def task_cost(conn: Conn, task: str) -> str:
+    """One line: what ``task`` has cost so far (fleet.spend_tasks), model and tools apart."""
+    r = await conn.fetchrow(q("task_spend"), task)
+    if r is None:
+        return "cost: nothing spent on it yet (spend and tool calls naming it)"
+    return (
+        f"cost: ${r['cost_usd']:.4f} (model ${r['model_cost_usd']:.4f}, tools "
+        f"${r['tool_cost_usd']:.4f}); tokens {r['tokens_in']} in, {r['tokens_out']} out; "
+        f"{r['runs']} runs, {r['tool_calls']} tool calls ({r['tool_errors']} failed)"
+    )
 
 
 async def show_agent(conn: Conn, console: Console, agent_id: str) -> bool:
@@ -127,8 +141,8 @@ async def show_agent(conn: Conn, console: Console, agent_id: str) -> bool:
         f"holds      {', '.join(r['holds']) or 'no task'} (the task board)",
         f"last seen  {age(r['last_seen'])}"
         + (f" ({r['last_seen']:%Y-%m-%d %H:%M:%S} UTC)" if r["last_seen"] else ""),
-        f"cost       ${r['cost_today']:.4f} today, ${r['cost_total']:.4f} in all; "
-        f"{r['tokens_today']} tokens today",
+        f"cost       ${r['cost_today']:.4f} today, ${r['cost_month']:.4f} this month, "
+        f"${r['cost_total']:.4f} in all (UTC days); {r['tokens_today']} tokens today",
         f"work       {r['tasks_done'] or 0} tasks done; busy {r['busy_s'] or 0}s, "
         f"idle {r['idle_s'] or 0}s (utilization {util})",
     ]

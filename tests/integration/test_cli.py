@@ -214,7 +214,8 @@ async def test_read_commands_show_the_projected_fleet(rt: Runtime, env: dict[str
     assert agents[1]["team"] in detail
     last_seen = re.search(r"^last seen\s+(.+)$", detail, re.MULTILINE)
     assert last_seen and "never" not in last_seen.group(1), detail
-    assert re.search(rf"^cost\s+\$\d+\.\d{{4}} today, \${cost_total:.4f} in all", detail, re.M)
+    cost = rf"^cost\s+\$\d+\.\d{{4}} today, \$\d+\.\d{{4}} this month, \${cost_total:.4f} in all"
+    assert re.search(cost, detail, re.M), detail
     holding = ("in_progress", "blocked")
     held = sorted(
         t["task_id"] for t in tasks if t["assignee"] == "sim-001" and t["status"] in holding

@@ -1328,7 +1328,7 @@ def test_money_adds_exactly_however_far_apart_the_figures() -> None:
     (28 digits) rounded 1e6 + 1e-30 to 1e6; the sums must stay exact, live and after a rebuild."""
     from decimal import Decimal  # noqa: PLC0415
 
-    from fleetward.projections.spend import add_money  # noqa: PLC0415
+    from fleetward.projections.money import add_money  # noqa: PLC0415
 
     total = Decimal(0)
     for x in (1e6, 5e-324, 1e-30, 0.1):
