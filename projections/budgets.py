@@ -1,6 +1,12 @@
 """Budgets: one row per budget (subjects ``fw.budget.<id>.>``) as its latest ``budget.set`` has it:
-scope (agent, team, org) and scope id, window (day, month, lifetime), limit, warning share, who
-set it and when (stream time). Spent and reserved come with the guard (DESIGN 3.9).
+scope (agent, team, project, org) and scope id, window (day, month, lifetime), limits (USD, and
+tokens or none), warning share, who set it and when (stream time).
+
+What a budget has spent is not kept here: the view ``fleet.budgets`` sums the spend
+projection's rows of its scope over its current window (agent and team: per agent, team and
+day; project: per task and day, by the task board's project; org: everything), so the money
+has one copy. ``reserved_usd`` is 0 until reservations exist (DESIGN 3.9: events on the
+budget's own subject, folded here); a later ``budget.set`` keeps it.
 
 It is also the reader that admits every subject under fw.budget.>: an event there that
 admission refuses (not JSON, a budget set by an agent, another type's event) is dead-lettered
@@ -13,6 +19,7 @@ spend is), so limits and spend compare exactly.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import ClassVar
 
 from fleetward.projections.base import Key, Meta, Projection, Rows, Table
@@ -31,7 +38,9 @@ BUDGETS = Table(
         "scope_id",
         "budget_window",  # the event's ``window``: a reserved word in SQL
         "limit_usd",
+        "limit_tokens",  # None: no token limit
         "warn_at",
+        "reserved_usd",
         "set_by",
         "set_at",
         "created_at",
@@ -62,7 +71,9 @@ class Budgets(Projection):
                 "scope_id": event.scope_id,
                 "budget_window": event.window,
                 "limit_usd": money(event.limit_usd),
+                "limit_tokens": event.limit_tokens,
                 "warn_at": event.warn_at,
+                "reserved_usd": old["reserved_usd"] if old else Decimal(0),
                 "set_by": event.actor,
                 "set_at": meta.time,
                 "created_at": old["created_at"] if old else meta.time,

@@ -194,6 +194,17 @@ FROM (SELECT DISTINCT team FROM fleet.agents) t
 LEFT JOIN fleet.spend_daily s ON s.team = t.team AND s.day >= $1::date
 GROUP BY t.team;
 
+-- name: budgets_list
+-- Every budget with its spend in the current window, the ones nearest their limit first.
+SELECT budget_id, scope, scope_id, budget_window, limit_usd, spent_usd, reserved_usd,
+       remaining_usd, limit_tokens, spent_tokens, state
+FROM fleet.budgets
+ORDER BY array_position(ARRAY['exhausted','warning','ok'], state), budget_id;
+
+-- name: budget_detail
+-- One budget in full (fleet.budgets).
+SELECT * FROM fleet.budgets WHERE budget_id = $1;
+
 -- name: projections_list
 -- Each projection's checkpoint, for `fleetward status`.
 SELECT projection, stream, checkpoint, updated_at FROM fleet.projections ORDER BY projection;

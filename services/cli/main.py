@@ -15,6 +15,7 @@ import anyio
 
 from fleetward.services.cli import (
     agents,
+    budgets,
     dev,
     escalations,
     fleet,
@@ -38,6 +39,7 @@ COMMANDS: tuple[Command, ...] = (
     agents.AGENTS,
     tasks.TASKS,
     fleet.AGENT,
+    budgets.BUDGETS,
     escalations.ESCALATIONS,
     projector.PROJECTIONS,
     people.PEOPLE,

@@ -1,8 +1,8 @@
 """What an operator's request would do, judged before it is sent (DESIGN 3.12): every write of
 ``FleetClient`` reads the current state first and, when the board would refuse the event or the
 request could not take effect, raises ``IntentRefused`` with the one-line reason instead of
-publishing. Pure: the rules take the task rows (``read_task``) and agent records
-(``FleetClient.agent_profile``) their caller read.
+publishing. Pure: the rules take the task rows (``read_task``), agent records
+(``FleetClient.agent_profile``) and budgets (``read_budget``) their caller read.
 
 Invariants:
 - A refusal names the task or agent and why, in one line an operator can act on.
@@ -12,11 +12,16 @@ Invariants:
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from fleetward.schemas.events import BudgetScope, BudgetSet, BudgetWindow
+
 FINISHED = frozenset({"done", "cancelled"})
 TAKEN = frozenset({"in_progress", "blocked", "review"})  # a claim holds it (or its deliverable)
+BUDGET_SCOPES: tuple[str, ...] = typing.get_args(BudgetScope)
+BUDGET_WINDOWS: tuple[str, ...] = typing.get_args(BudgetWindow)
 
 Row = Mapping[str, Any]
 
@@ -192,3 +197,21 @@ def retire_problem(agent: str, record: Row | None) -> str | None:
     if record["status"] == "retired":
         return f"agent {agent} is already retired"
     return None
+
+
+def budget_problem(scope: str, window: str) -> str | None:
+    """Why a budget may not have this scope or window: there is no such one. Checked before
+    anything is read, so a typo fails at once."""
+    if scope not in BUDGET_SCOPES:
+        return f"no budget scope {scope!r}: it is one of {', '.join(BUDGET_SCOPES)}"
+    if window not in BUDGET_WINDOWS:
+        return f"no budget window {window!r}: it is one of {', '.join(BUDGET_WINDOWS)}"
+    return None
+
+
+def budget_unchanged(current: BudgetSet | None, wanted: BudgetSet) -> str | None:
+    """Why setting ``wanted`` would change nothing: the budget is set to exactly that now."""
+    fields = ("scope", "scope_id", "window", "limit_usd", "limit_tokens", "warn_at")
+    if current is None or any(getattr(current, f) != getattr(wanted, f) for f in fields):
+        return None
+    return f"budget {wanted.budget} is already set to that (by {current.actor})"

@@ -1,6 +1,6 @@
 """The operator client, ``FleetClient``: what people and services use to direct the fleet.
 Create, assign, reassign, revoke, review and cancel tasks, change their dependencies, pause,
-resume and retire agents, and send durable commands. NATS only.
+resume and retire agents, set budgets, and send durable commands. NATS only.
 
 Invariants (DESIGN 3.12, intents take effect or fail visibly):
 - Every write reads the current state first and raises ``IntentRefused`` (with the one-line
@@ -45,6 +45,7 @@ from fleetward.schemas.events import (
     AgentPaused,
     AgentResumed,
     AgentRetired,
+    BudgetSet,
     CommandIssued,
     CommandName,
     Priority,
@@ -64,6 +65,7 @@ from fleetward.schemas.roles import check_role, role_needed
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.services.auth.store import identity_of
 from fleetward.services.client import direct, intents
+from fleetward.services.client.budgets import read_budget
 from fleetward.services.client.intents import TAKEN, IntentRefused
 from fleetward.services.client.publisher import Publisher
 from fleetward.services.client.roles import read_roles
@@ -295,6 +297,42 @@ class FleetClient(Publisher):
         refuse(intents.retire_problem(agent, await self.agent_profile(agent)))
         return await self._publish(AgentRetired(**self.envelope(), agent=agent, reason=reason))
 
+    # ---- budgets -------------------------------------------------------------------------------
+
+    async def set_budget(
+        self,
+        budget: str,
+        *,
+        scope: str,
+        scope_id: str,
+        window: str,
+        limit_usd: float,
+        limit_tokens: int | None = None,
+        warn_at: float = 0.8,
+    ) -> BudgetSet:
+        """Set budget ``budget`` (or change it): a hard limit of ``limit_usd`` USD (and of
+        ``limit_tokens`` tokens in and out together, or none) on what ``scope`` (agent, team,
+        project, org) ``scope_id`` spends per ``window`` (day, month: UTC; lifetime); it warns
+        at ``warn_at`` (a share in (0, 1]) of a limit. Needs the role budget-admin.
+        ``IntentRefused`` (one line) for an unknown scope or window (before anything is read), a
+        value out of the contract's bounds, a missing role, and a budget set to exactly this
+        already. Returns the event published."""
+        refuse(intents.budget_problem(scope, window))
+        event = BudgetSet(
+            **self.envelope(),
+            budget=budget,
+            scope=scope,  # type: ignore[arg-type]  # checked by budget_problem
+            scope_id=scope_id,
+            window=window,  # type: ignore[arg-type]  # likewise
+            limit_usd=limit_usd,
+            limit_tokens=limit_tokens,
+            warn_at=warn_at,
+        )
+        await self._admit(event)  # the role first: a person without it learns nothing more
+        refuse(intents.budget_unchanged(await read_budget(self.nc, budget, self.roles), event))
+        await self.send(event)
+        return event
+
     # ---- commands and the task API -------------------------------------------------------------
 
     async def command(
@@ -372,6 +410,12 @@ class FleetClient(Publisher):
         """Publish ``event`` after admitting it as the projections will (``expect``: see
         ``Publisher.send``), the roles of a person included (as they stand now: the stream
         judges them at the event's position)."""
+        await self._admit(event)
+        return await self.send(event, expect=expect)
+
+    async def _admit(self, event: Event) -> None:
+        """``IntentRefused`` unless the projections would admit ``event`` if it were published
+        now: its contract (bounds, sender) and the role a person needs for it."""
         try:
             admit(subject_of(event), encode(event))
             if role_needed(event) is not None:
@@ -382,7 +426,6 @@ class FleetClient(Publisher):
                 raise IntentRefused(exc.detail) from None
             why = f" ({exc.reason}): {exc.detail}" if isinstance(exc, Rejected) else f": {exc}"
             raise IntentRefused(f"the event would be refused{why}") from None
-        return await self.send(event, expect=expect)
 
     async def _on_task(
         self, task: str, decide: Callable[[TaskState, str], Awaitable[E]]

@@ -25,16 +25,21 @@ def budget_set(limit: float, budget: str = "b1", **fields: Any) -> BudgetSet:
 def test_a_budget_is_its_latest_set_and_keeps_when_it_was_first_set() -> None:
     fold = Fold(Budgets())
     first = fold(budget_set(10.1))
-    later = fold(budget_set(1e308, scope="org", scope_id="acme", window="day", warn_at=0.5))
-    fold(budget_set(3.0, budget="b2"))
+    assert fold.row(BUDGETS, "b1")["reserved_usd"] == 0  # until reservations exist
+    fold.rows.put(BUDGETS, fold.row(BUDGETS, "b1") | {"reserved_usd": Decimal("2.5")})
+    later = fold(budget_set(1e308, scope="org", scope_id="acme", window="day", warn_at=0.5,
+                            limit_tokens=10**15))  # fmt: skip
+    fold(budget_set(3.0, budget="b2", scope="project", scope_id="alpha"))
     row = fold.row(BUDGETS, "b1")
     assert row == {
         "budget_id": "b1", "scope": "org", "scope_id": "acme", "budget_window": "day",
-        "limit_usd": Decimal("1e308"), "warn_at": 0.5, "set_by": USER, "set_at": later.time,
-        "created_at": first.time, "last_seq": later.seq,
+        "limit_usd": Decimal("1e308"), "limit_tokens": 10**15, "warn_at": 0.5,
+        "reserved_usd": Decimal("2.5"),  # what a reservation holds outlives a new limit
+        "set_by": USER, "set_at": later.time, "created_at": first.time, "last_seq": later.seq,
     }  # fmt: skip
-    assert fold.row(BUDGETS, "b2")["limit_usd"] == Decimal("3.0")
-    assert fold.row(BUDGETS, "b2")["created_at"] > T0
+    b2 = fold.row(BUDGETS, "b2")
+    assert (b2["scope"], b2["limit_usd"], b2["limit_tokens"]) == ("project", Decimal("3.0"), None)
+    assert b2["created_at"] > T0
 
 
 def command(name: CommandName = "pause", agent: str = "agent-7") -> CommandIssued:
