@@ -3,10 +3,13 @@ what passes."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
+from fleetward.schemas import new_id
+from fleetward.schemas.events import BudgetSet
 from fleetward.services.client import intents
 
 
@@ -122,3 +125,27 @@ def test_agent_lifecycle_refusals() -> None:
     assert intents.retire_problem("b", agent("retired")) == "agent b is already retired"
     assert intents.retire_problem("b", agent("paused")) is None
     assert intents.retire_problem("b", None) == "no agent b in the registry"
+
+
+def test_a_budget_has_a_known_scope_and_window() -> None:
+    assert intents.budget_problem("project", "lifetime") is None
+    assert intents.budget_problem("organisation", "day") == (
+        "no budget scope 'organisation': it is one of agent, team, project, org"
+    )
+    assert intents.budget_problem("org", "week") == (
+        "no budget window 'week': it is one of day, month, lifetime"
+    )
+
+
+def test_a_budget_set_to_what_it_is_changes_nothing() -> None:
+    def budget(actor: str = "user:ann", **fields: Any) -> BudgetSet:
+        given: dict[str, Any] = {"scope": "team", "scope_id": "docs", "window": "day",
+                                 "limit_usd": 2.5} | fields  # fmt: skip
+        return BudgetSet(id=new_id(), actor=actor, at=datetime.now(UTC), budget="b", **given)
+
+    same = intents.budget_unchanged(budget(), budget("user:bob"))
+    assert same == "budget b is already set to that (by user:ann)"
+    assert intents.budget_unchanged(None, budget()) is None
+    for change in ({"limit_usd": 2.6}, {"limit_tokens": 10}, {"warn_at": 0.9},
+                   {"window": "month"}, {"scope": "project"}, {"scope_id": "ops"}):  # fmt: skip
+        assert intents.budget_unchanged(budget(), budget(**change)) is None, change
