@@ -183,16 +183,19 @@ SELECT status, priority, count(*)::int AS n FROM fleet.tasks GROUP BY status, pr
 SELECT tier, count(*)::int AS n FROM fleet.escalations_open GROUP BY tier;
 
 -- name: metrics_team_spend
--- Spend per team of the registry (UTC days): since $1 (the oldest budget window), today ($2),
--- this month (from $3). One index range scan per team on spend_daily (team, day). Sums stay
--- numeric: one past the largest float8 must fail its team's row in Python, not the whole read.
-SELECT t.team,
-       coalesce(sum(s.cost_usd), 0) AS since,
-       coalesce(sum(s.cost_usd) FILTER (WHERE s.day = $2::date), 0) AS today,
-       coalesce(sum(s.cost_usd) FILTER (WHERE s.day >= $3::date), 0) AS month
+-- Spend today ($1, a UTC day) per team of the registry: one index lookup per team on
+-- spend_daily (team, day). Sums stay numeric: one past the largest float8 must fail its team's
+-- row in Python, not the whole read.
+SELECT t.team, coalesce(sum(s.cost_usd), 0) AS today
 FROM (SELECT DISTINCT team FROM fleet.agents) t
-LEFT JOIN fleet.spend_daily s ON s.team = t.team AND s.day >= $1::date
+LEFT JOIN fleet.spend_daily s ON s.team = t.team AND s.day = $1::date
 GROUP BY t.team;
+
+-- name: metrics_budgets
+-- The budget gauges: every budget with what its scope spent in its current window (exact sums,
+-- turned into floats row by row, as above).
+SELECT budget_id, scope, budget_window, limit_usd, spent_usd, limit_tokens, spent_tokens, state
+FROM fleet.budgets;
 
 -- name: budgets_list
 -- Every budget with its spend in the current window, the ones nearest their limit first.

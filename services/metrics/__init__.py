@@ -2,7 +2,8 @@
 (``REGISTRY``); call sites write ``metrics.EVENTS.labels(...).inc()``.
 
 Label values are bounded: projection names, event type names, reasons, statuses, priorities,
-tiers, teams (few). Never an id of an agent, a task or an event.
+tiers, teams (few), budget ids (set by people, and capped: ``budgets``). Never an id of an
+agent, a task or an event.
 
 Beside the metric objects: ``http`` serves /metrics and /healthz; ``health`` keeps the named
 health checks /healthz reports; ``budgets`` holds the pure budget rules; ``fleet`` the fleet
@@ -124,11 +125,12 @@ FLEET_BAD_ROWS = Counter(
     "fleetward_fleet_metrics_bad_rows",
     "Rows of the views that the fleet gauges skipped at a reading because a value does not fit "
     "a gauge (e.g. a team's spend past the largest float); the other gauges still refresh. "
-    "view: the view read (fleet.spend_daily: a team's spend, and its budget gauges with it).",
+    "view: the view read (fleet.spend_daily: a team's spend today; fleet.budgets: a budget).",
     ["view"],
     registry=REGISTRY,
 )
-FLEET_BAD_ROWS.labels("fleet.spend_daily")  # present at 0, so increase() sees the first
+for _view in ("fleet.spend_daily", "fleet.budgets"):  # present at 0, so increase() sees the first
+    FLEET_BAD_ROWS.labels(_view)
 
 for _component in ("projector", "fleet_metrics"):  # present at 0, so increase() sees the first
     POSTGRES_ERRORS.labels(_component)

@@ -1,12 +1,12 @@
 """The fleet gauges (FleetMetrics, services/metrics/fleet.py) and the connection counters, against
-real servers: the gauges equal what the views hold, team budgets come from the stream, and a
-Postgres or NATS outage is counted and survived."""
+real servers: the gauges equal what the views hold, budgets of every scope included (from
+fleet.budgets), and a Postgres or NATS outage is counted and survived."""
 
 from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -14,7 +14,7 @@ import asyncpg
 from prometheus_client import CollectorRegistry, generate_latest
 
 from fleetward.projections import BY_NAME
-from fleetward.schemas import Event, subject_of
+from fleetward.schemas import Event
 from fleetward.schemas.events import (
     AgentOffline,
     AgentPaused,
@@ -28,8 +28,8 @@ from fleetward.schemas.events import (
 )
 from fleetward.services import metrics
 from fleetward.services.auth.store import AuthStore
-from fleetward.services.jetstream.publish import encode, publish, publish_many
-from fleetward.services.metrics.budgets import TeamBudget
+from fleetward.services.jetstream.publish import publish, publish_many
+from fleetward.services.metrics.budgets import BudgetReading
 from fleetward.services.metrics.fleet import FleetMetrics
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime, connect_nats
@@ -48,9 +48,15 @@ def spend(agent: str, cost: float) -> SpendRecorded:
     return SpendRecorded(**envelope(agent), agent=agent, model="m", cost_usd=cost)
 
 
-def budget(budget_id: str, scope: str, scope_id: str, window: str, limit: float) -> BudgetSet:
+def budget(budget_id: str, scope: str, scope_id: str, window: str, limit: float, *,
+           limit_tokens: int | None = None) -> BudgetSet:  # fmt: skip
     return BudgetSet(**envelope(USER), budget=budget_id, scope=scope, scope_id=scope_id,
-                     window=window, limit_usd=limit)  # fmt: skip
+                     window=window, limit_usd=limit, limit_tokens=limit_tokens)  # fmt: skip
+
+
+def team_day(budget_id: str, limit: float, spent: float) -> BudgetReading:
+    """A team budget of a day whose spend is under its warning share."""
+    return BudgetReading(budget_id, "team", "day", limit, spent, None, 0.0, "ok")
 
 
 def fleet_events() -> list[Event]:
@@ -82,20 +88,18 @@ def exposition(fleet: FleetMetrics) -> str:
 
 
 async def test_the_fleet_gauges_are_what_the_views_hold(rt: Runtime) -> None:
-    await publish_many(rt.js, fleet_events())
-    await project_all(rt)
-    fleet = FleetMetrics()
-    assert exposition(fleet) == ""  # nothing read yet: nothing served, rather than zeros
-    for b in [
-        budget("b1", "team", "docs", "day", 3.0),
-        budget("b2", "team", "docs", "day", 1.0),  # the tighter of the two counts
+    await publish_many(rt.js, [*fleet_events(), *(
+        budget("b1", "team", "docs", "day", 1.0),
         budget("b3", "team", "docs", "month", 10.0),
         budget("b4", "team", "ops", "lifetime", 2.0),
         budget("b5", "team", "ghost", "day", 1.0),  # a team with no agents spends nothing
-        budget("b6", "agent", "a1", "day", 0.1),  # agent ids are no labels: not exposed
-    ]:
-        fleet.on_budget(subject_of(b), encode(b), 1, 0)
-    fleet.on_budget("fw.budget.b7.user:ops", b"{not json", 1, 0)  # ignored
+        budget("b6", "agent", "a1", "day", 0.1),  # its scope id is no label: its budget id is
+        budget("b7", "org", "acme", "month", 100.0, limit_tokens=1000),
+        budget("b8", "project", "proj-x", "day", 5.0),
+    )])  # fmt: skip
+    fleet = FleetMetrics()
+    assert exposition(fleet) == ""  # nothing read yet: nothing served, rather than zeros
+    await project_all(rt)
 
     snap = await fleet.refresh(rt.pool)
 
@@ -104,11 +108,16 @@ async def test_the_fleet_gauges_are_what_the_views_hold(rt: Runtime) -> None:
     assert snap.escalations == {"critical": 1, "warning": 1}
     assert snap.spend_today == {"docs": 0.75, "ops": 1.0}
     assert snap.budgets == [
-        TeamBudget("docs", "day", 1.0, 0.75),
-        TeamBudget("docs", "month", 10.0, 0.75),
-        TeamBudget("ghost", "day", 1.0, 0.0),
-        TeamBudget("ops", "lifetime", 2.0, 1.0),
+        team_day("b1", 1.0, 0.75),
+        BudgetReading("b3", "team", "month", 10.0, 0.75, None, 0.0, "ok"),
+        BudgetReading("b4", "team", "lifetime", 2.0, 1.0, None, 0.0, "ok"),
+        team_day("b5", 1.0, 0.0),
+        BudgetReading("b6", "agent", "day", 0.1, 0.25, None, 0.0, "exhausted"),
+        BudgetReading("b7", "org", "month", 100.0, 1.75, 1000, 0.0, "ok"),
+        BudgetReading("b8", "project", "day", 5.0, 0.0, None, 0.0, "ok"),
     ]
+    assert snap.budget_states == {("team", "ok"): 4, ("agent", "exhausted"): 1,
+                                  ("org", "ok"): 1, ("project", "ok"): 1}  # fmt: skip
     text = exposition(fleet)
     for line in [
         'fleetward_agents{status="active"} 2.0',
@@ -118,17 +127,25 @@ async def test_the_fleet_gauges_are_what_the_views_hold(rt: Runtime) -> None:
         'fleetward_escalations_open{tier="critical"} 1.0',
         'fleetward_escalations_open{tier="info"} 0.0',
         'fleetward_spend_usd_today{team="docs"} 0.75',
-        'fleetward_budget_used_ratio{team="docs",window="day"} 0.75',
-        'fleetward_budget_used_ratio{team="ops",window="lifetime"} 0.5',
-        'fleetward_budget_limit_usd{team="docs",window="month"} 10.0',
-        'fleetward_budget_spend_usd{team="ghost",window="day"} 0.0',
+        'fleetward_budget_used_ratio{budget="b1",scope="team",window="day"} 0.75',
+        'fleetward_budget_used_ratio{budget="b4",scope="team",window="lifetime"} 0.5',
+        'fleetward_budget_used_ratio{budget="b6",scope="agent",window="day"} 2.5',
+        'fleetward_budget_limit_usd{budget="b3",scope="team",window="month"} 10.0',
+        'fleetward_budget_spent_usd{budget="b5",scope="team",window="day"} 0.0',
+        'fleetward_budget_spent_usd{budget="b7",scope="org",window="month"} 1.75',
+        'fleetward_budget_limit_tokens{budget="b7",scope="org",window="month"} 1000.0',
+        'fleetward_budget_spent_tokens{budget="b7",scope="org",window="month"} 0.0',
+        'fleetward_budgets{scope="team",state="ok"} 4.0',
+        'fleetward_budgets{scope="agent",state="exhausted"} 1.0',
+        'fleetward_budgets{scope="project",state="warning"} 0.0',  # every scope and state
     ]:
         assert line in text.splitlines(), f"{line!r} not in\n{text}"
     assert len(re.findall(r"^fleetward_tasks\{", text, re.M)) == 7 * 4
+    assert len(re.findall(r"^fleetward_budgets\{", text, re.M)) == 4 * 3
+    assert len(re.findall(r"^fleetward_budget_limit_tokens\{", text, re.M)) == 1
     labels = set(re.findall(r'="([^"]*)"', text))
-    ids = {"a1", "a2", "a3", "a4", "a5", "t1", "t2", "t3", "e1", "e2", "e3"}
+    ids = {"a1", "a2", "a3", "a4", "a5", "t1", "t2", "t3", "e1", "e2", "e3", "acme", "proj-x"}
     assert not labels & ids, labels & ids
-    assert not any(label.startswith("b") and label[1:].isdigit() for label in labels)
 
 
 def sample(name: str, **labels: str) -> float:
@@ -137,27 +154,30 @@ def sample(name: str, **labels: str) -> float:
     return value
 
 
-async def test_a_budget_set_refreshes_the_gauges_at_once(rt: Runtime) -> None:
+async def test_the_budget_gauges_follow_the_view(rt: Runtime) -> None:
+    """A budget shows at the first reading after its projection committed it, and its spend
+    with it: the gauges read fleet.budgets, not the stream."""
     await publish_many(rt.js, [register("a1", "docs")])
     await project_all(rt)
     fleet = FleetMetrics()
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
-        tg.start_soon(fleet.run, rt, stop, 3600.0)  # no tick during the test
+        tg.start_soon(fleet.run, rt, stop, 0.05)
 
-        async def read() -> bool:
-            return fleet.snapshot is not None
+        def showing(*budgets: BudgetReading) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                return fleet.snapshot is not None and fleet.snapshot.budgets == list(budgets)
 
-        await wait_for(read, 10, "the first reading")
-        first = fleet.snapshot
-        assert first is not None and first.budgets == []
-        await publish(rt.js, budget("b1", "team", "docs", "month", 8.0))
+            return check
 
-        async def shown() -> bool:
-            snap = fleet.snapshot
-            return snap is not None and snap.budgets == [TeamBudget("docs", "month", 8.0, 0.0)]
-
-        await wait_for(shown, 10, "the budget in the gauges without waiting for the next tick")
+        await wait_for(showing(), 10, "the first reading")
+        await publish(rt.js, budget("b1", "team", "docs", "day", 8.0))
+        await project_all(rt)
+        await wait_for(showing(team_day("b1", 8.0, 0.0)), 10, "the budget in the gauges")
+        await publish(rt.js, spend("a1", 7.0))
+        await project_all(rt)
+        warned = BudgetReading("b1", "team", "day", 8.0, 7.0, None, 0.0, "warning")  # 7 >= 6.4
+        await wait_for(showing(warned), 10, "the budget's spend in the gauges")
         stop.set()
 
 
@@ -196,15 +216,6 @@ async def test_postgres_away_is_counted_and_survived(rt: Runtime, pg_server: str
         tg.start_soon(runner.run, stop.is_set)
         tg.start_soon(watch_lag, rt, [runner], stop, 0.1)
         await wait_for(lambda: agents_active(2), 15, "the gauges to show 2 agents")
-        # a team budget reaches the gauges from the stream (fw.budget.<id>)
-        await publish(rt.js, budget("b1", "team", "docs", "day", 4.0))
-
-        async def budget_shown() -> bool:
-            snap = fleet.snapshot
-            return snap is not None and snap.budgets == [TeamBudget("docs", "day", 4.0, 0.0)]
-
-        await wait_for(budget_shown, 10, "the budget in the gauges")
-
         before = errors("projector"), errors("fleet_metrics")
         async with postgres_away(pg_server, database):
             await publish(rt.js, register("a3", "ops"))
@@ -262,8 +273,8 @@ async def test_a_nats_reconnect_is_counted(tmp_path: Path, auth: AuthStore) -> N
         server.__exit__(None, None, None)
 
 
-def bad_rows() -> float:
-    labels = {"view": "fleet.spend_daily"}
+def bad_rows(view: str = "fleet.spend_daily") -> float:
+    labels = {"view": view}
     return metrics.REGISTRY.get_sample_value("fleetward_fleet_metrics_bad_rows_total", labels) or 0
 
 
@@ -285,16 +296,17 @@ async def test_a_team_spend_past_the_largest_float_is_skipped_and_the_gauges_sti
         )
     await publish_many(rt.js, [budget("b1", "team", "docs", "day", 5.0),
                                budget("b2", "team", "ops", "day", 3.0)])  # fmt: skip
+    await project_all(rt)
     fleet = FleetMetrics()
-    before = bad_rows()
+    before = bad_rows(), bad_rows("fleet.budgets")
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(fleet.run, rt, stop, 0.05)
         readings: list[float] = []
 
-        async def refreshed_thrice() -> bool:  # with both budgets read from the stream
+        async def refreshed_thrice() -> bool:
             snap = fleet.snapshot
-            if snap is not None and len(fleet.budgets) == 2 and snap.at not in readings:
+            if snap is not None and snap.at not in readings:
                 readings.append(snap.at)
             return len(readings) >= 3
 
@@ -304,8 +316,10 @@ async def test_a_team_spend_past_the_largest_float_is_skipped_and_the_gauges_sti
     assert snap is not None
     assert snap.agents == {"active": 2}
     assert snap.spend_today == {"ops": 1.5}  # docs skipped, not shown as 0 or inf
-    assert snap.budgets == [TeamBudget("ops", "day", 3.0, 1.5)]  # docs' spent is unknown
-    assert bad_rows() >= before + 3  # counted at every reading
+    assert snap.budgets == [team_day("b2", 3.0, 1.5)]  # b1's spent does not fit: not shown
+    assert snap.budget_states == {("team", "exhausted"): 1, ("team", "ok"): 1}  # yet counted
+    assert bad_rows() >= before[0] + 3  # counted at every reading
+    assert bad_rows("fleet.budgets") >= before[1] + 3
     text = exposition(fleet)
     assert 'fleetward_spend_usd_today{team="ops"} 1.5' in text.splitlines()
-    assert 'team="docs"' not in text
+    assert 'team="docs"' not in text and 'budget="b1"' not in text

@@ -91,6 +91,7 @@ def test_every_alert_has_a_firing_unit_test_and_a_runbook_line() -> None:
         "FleetwardAgentsOffline",
         "FleetwardCriticalEscalationsOpen",
         "FleetwardBudgetNearlyExhausted",
+        "FleetwardBudgetExhausted",
     } <= set(alerts)
     tests = (PROMETHEUS_DIR / "alerts_test.yml").read_text()
     # a case that fires: "alertname: X" followed (before the next case) by an expected alert
@@ -172,9 +173,10 @@ def metrics_port(proc: subprocess.Popen[bytes], logs: Path) -> Callable[[], Awai
     return port
 
 
-def team_budget(team: str, window: str, limit_usd: float) -> BudgetSet:
-    return BudgetSet(id=new_id(), actor="user:sre", at=now(), budget=f"b-{team}-{window}",
-                     scope="team", scope_id=team, window=window, limit_usd=limit_usd)  # fmt: skip
+def budget_of(scope: str, scope_id: str, window: str, limit_usd: float) -> BudgetSet:
+    return BudgetSet(id=new_id(), actor="user:sre", at=now(), budget=f"b-{scope_id}-{window}",
+                     scope=scope, scope_id=scope_id, window=window, limit_usd=limit_usd,
+                     limit_tokens=1000)  # fmt: skip
 
 
 async def test_every_dashboard_metric_is_served_by_fleetward(
@@ -183,7 +185,7 @@ async def test_every_dashboard_metric_is_served_by_fleetward(
     exprs = dashboard_exprs()
     wanted = set().union(*(metric_names(e) for e in exprs))
     assert len(exprs) >= 20 and len(wanted) >= 20, (len(exprs), sorted(wanted))
-    # a fleet, a dead letter and a team budget: every family the dashboard shows has samples
+    # a fleet, a dead letter and budgets: every family the dashboard shows has samples
     await publish_fleet(rt, 6, ticks=3)
     await rt.js.publish("fw.agent.sim-000.sim-000", b"{not json")
     target = await stream_positions(rt)
@@ -202,8 +204,10 @@ async def test_every_dashboard_metric_is_served_by_fleetward(
             return all(done.get(p, 0) >= seq for p, seq in target.items())
 
         await wait_for(caught_up, 30, "the projector to apply the fleet")
-        # a budget makes the projector read the views at once (the teams are there by now)
-        await publish(rt.js, team_budget("research", "day", 5.0))
+        # a budget of every scope: the budget gauges show it at the next reading of the views
+        for scope, scope_id in (("team", "research"), ("agent", "sim-001"), ("project", "p"),
+                                ("org", "acme")):  # fmt: skip
+            await publish(rt.js, budget_of(scope, scope_id, "day", 5.0))
         missing: set[str] = set()
         served: list[set[str]] = []
 

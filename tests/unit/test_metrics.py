@@ -1,50 +1,53 @@
-"""The pure parts of services/metrics: budget windows and ratios, and which errors count as
-Postgres errors."""
+"""The pure parts of services/metrics: budget use, which budgets get series, and which errors
+count as Postgres errors."""
 
 from __future__ import annotations
 
 import socket
-from datetime import date
+from decimal import Decimal
 
 import asyncpg
 import nats.errors
+import pytest
 
-from fleetward.schemas import new_id, subject_of
-from fleetward.schemas.events import BudgetSet
-from fleetward.services.metrics import is_postgres_error
-from fleetward.services.metrics.budgets import TeamBudget, team_budgets, window_start
-from tests.helpers import now
+from fleetward.services.metrics import budgets, is_postgres_error
+from fleetward.services.metrics.budgets import BudgetReading, with_series
 
 
-def test_budget_windows_start_on_utc_days() -> None:
-    today = date(2026, 11, 21)
-    assert window_start("day", today) == today
-    assert window_start("month", today) == date(2026, 11, 1)
-    assert window_start("lifetime", today) == date.min
+def reading(budget: str, limit: float, spent: float, tokens: tuple[int | None, int] = (None, 0)
+            ) -> BudgetReading:  # fmt: skip
+    return BudgetReading(budget, "team", "day", limit, spent, tokens[0], tokens[1], "ok")
 
 
-def test_the_tightest_team_budget_counts_and_other_scopes_are_not_exposed() -> None:
-    def set_(budget: str, scope: str, scope_id: str, window: str, limit: float) -> BudgetSet:
-        return BudgetSet(id=new_id(), actor="user:sre", at=now(), budget=budget, scope=scope,
-                         scope_id=scope_id, window=window, limit_usd=limit)  # fmt: skip
-
-    budgets = {
-        b.budget: b
-        for b in [
-            set_("b1", "team", "docs", "day", 2.0),
-            set_("b2", "team", "docs", "day", 5.0),  # set later, but not the tightest
-            set_("b3", "team", "docs", "month", 50.0),
-            set_("b4", "agent", "a1", "day", 1.0),
-            set_("b5", "org", "acme", "day", 100.0),
-        ]
-    }
-    assert team_budgets(budgets) == {("docs", "day"): 2.0, ("docs", "month"): 50.0}
+def test_budget_use_is_spent_over_limit_and_a_zero_limit_is_exhausted_by_any_spend() -> None:
+    assert reading("b", 4.0, 3.0).used == 0.75
+    assert reading("b", 0.0, 0.0).used == 0.0
+    assert reading("b", 0.0, 0.01).used == float("inf")
 
 
-def test_budget_use_is_spend_over_limit_and_a_zero_limit_is_exhausted_by_any_spend() -> None:
-    assert TeamBudget("docs", "day", 4.0, 3.0).used == 0.75
-    assert TeamBudget("docs", "day", 0.0, 0.0).used == 0.0
-    assert TeamBudget("docs", "day", 0.0, 0.01).used == float("inf")
+def test_budget_use_is_the_greater_of_dollars_and_tokens() -> None:
+    assert reading("b", 4.0, 1.0, (1000, 900)).used == 0.9
+    assert reading("b", 4.0, 3.0, (1000, 100)).used == 0.75
+    assert reading("b", 4.0, 0.0, (0, 0)).used == 0.0
+    assert reading("b", 4.0, 0.0, (0, 1)).used == float("inf")
+
+
+def test_a_budget_reads_from_its_view_row_and_a_sum_past_a_float_is_refused() -> None:
+    row = {"budget_id": "b", "scope": "org", "budget_window": "month", "limit_usd": Decimal("2.5"),
+           "spent_usd": Decimal("0.1"), "limit_tokens": None, "spent_tokens": Decimal(7),
+           "state": "ok"}  # fmt: skip
+    assert BudgetReading.of(row) == BudgetReading("b", "org", "month", 2.5, 0.1, None, 7.0, "ok")
+    with pytest.raises(ValueError, match="does not fit a gauge"):
+        BudgetReading.of(row | {"spent_usd": Decimal("2e308")})
+
+
+def test_at_most_so_many_budgets_get_series_the_most_used_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(budgets, "MAX_BUDGET_SERIES", 3)
+    many = [reading(f"b{i}", 10.0, float(i)) for i in range(6)]
+    assert [b.budget for b in with_series(many)] == ["b3", "b4", "b5"]
+    assert [b.budget for b in with_series(many[:2])] == ["b0", "b1"]
 
 
 def _closed_port() -> int:
@@ -74,21 +77,3 @@ async def test_postgres_errors_are_the_drivers_and_os_errors_raised_inside_it() 
     assert not is_postgres_error(_raised_here())  # e.g. from NATS: not Postgres's
     assert not is_postgres_error(nats.errors.TimeoutError())
     assert not is_postgres_error(ValueError("a bug"))
-
-
-async def test_a_budget_set_stored_again_late_is_not_taken_for_the_last() -> None:
-    """The fleet gauges keep each budget's last ``budget.set`` from the stream; a copy of an
-    older one (another Nats-Msg-Id, or past the duplicate window) must not bring its limit back,
-    as the budgets projection (its id ledger) does not."""
-    from fleetward.services.jetstream.publish import encode  # noqa: PLC0415
-    from fleetward.services.metrics.fleet import FleetMetrics  # noqa: PLC0415
-
-    def budget(limit: float) -> BudgetSet:
-        return BudgetSet(id=new_id(), actor="user:ann", at=now(), budget="b1", scope="team",
-                         scope_id="docs", window="month", limit_usd=limit)  # fmt: skip
-
-    first, second = budget(100.0), budget(200.0)
-    gauges = FleetMetrics()
-    for seq, event in enumerate((first, second, first), start=1):
-        gauges.on_budget(subject_of(event), encode(event), seq, 0)
-    assert gauges.budgets["b1"].limit_usd == 200.0
