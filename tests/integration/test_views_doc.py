@@ -38,3 +38,13 @@ async def test_every_view_and_column_is_documented_in_views_md(rt: Runtime) -> N
         for view, columns in views.items()
     }
     assert {v: cs for v, cs in missing.items() if cs} == {}
+
+
+async def test_the_example_queries_run(rt: Runtime) -> None:
+    """The queries under "Example queries" are code people copy: each one runs (on empty views)."""
+    block = DOC.read_text().split("## Example queries", 1)[1].split("```sql", 1)[1].split("```")[0]
+    queries = [q.strip() for q in re.sub(r"--[^\n]*", "", block).split(";") if q.strip()]
+    assert len(queries) >= 6, queries
+    async with rt.pool.acquire() as conn:
+        for query in queries:
+            await conn.fetch(query)
