@@ -3,7 +3,7 @@
 -- projection's rows of the budget's scope (no second copy of the money):
 --   agent   fleetward.spend_daily by agent_id, day   (its primary key)
 --   team    fleetward.spend_daily by team, day       (its index on (team, day))
---   project fleetward.spend_task_daily of the project's tasks (index on tasks (project), 0013)
+--   project fleetward.spend_task_daily of the project's tasks (index on tasks (project), 0014)
 --   org     fleetward.spend_daily by day             (the index below)
 -- The window is the budget's current one by the clock of the reading transaction, in UTC days
 -- (the days the spend rows keep by the stream's time of record): today, this month, or ever.
