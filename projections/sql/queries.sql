@@ -117,8 +117,9 @@ ORDER BY open DESC, CASE tier WHEN 'critical' THEN 2 WHEN 'warning' THEN 1 ELSE 
 LIMIT $1;
 
 -- name: watchdog_agents
--- The watchdog's start: every agent's status, promised interval and last lifecycle change.
-SELECT agent_id, status, heartbeat_interval_s, updated_at FROM fleet.agents;
+-- The watchdog's start: every agent's status (and whose pause is in force), promised interval
+-- and last lifecycle change.
+SELECT agent_id, status, paused_by, heartbeat_interval_s, updated_at FROM fleet.agents;
 
 -- name: watchdog_tasks
 -- The watchdog's start: every open task, and every done one that a verdict of the board may

@@ -280,30 +280,34 @@ async def _registered_by_ops(rt: Runtime, name: str) -> AgentClient:
     return await AgentClient.connect(rt.nats_url, creds(rt, name))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HIGH: agent.resumed lists 'self' among its senders, so an agent an operator (or the "
-    "watchdog) paused resumes itself and the registry applies it",
-)
 async def test_an_agent_paused_by_an_operator_resumes_itself(rt: Runtime) -> None:
+    """agent.resumed lists 'self' among its senders (an agent lifts its own pause), so an agent
+    an operator (or the watchdog) paused could resume itself: every reader now refuses that
+    (projections/lifecycle.py), the registry dead-letters it with the reason, and the agent is
+    told in its inbox."""
     a = await _registered_by_ops(rt, "agent-a")
     try:
         await publish(rt.js, AgentPaused(**envelope("user:ops"), agent="agent-a", reason="stop"))
         await project_all(rt)
         await a.send(AgentResumed(**a.envelope(), agent="agent-a", reason="no"))
         await project_all(rt)
+        told = [await a.next_command(wait=3) for _ in range(2)]
     finally:
         await a.close()
     status = await row(rt, "SELECT status FROM fleet.agents WHERE agent_id = 'agent-a'")
     assert status["status"] == "paused"
+    dead = await row(
+        rt, "SELECT reason, detail FROM fleet.dead_letters WHERE projection = 'agents'"
+    )
+    assert dead["reason"] == "lifecycle_forbidden" and "paused by user:ops" in dead["detail"]
+    assert [(c.command, c.payload.get("reason")) for c in told if c] == [
+        ("pause", None), ("refused", "lifecycle_forbidden")]  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HIGH: registering again un-retires (projections/agents.py next_status), and an agent "
-    "may register itself, so an agent an operator retired brings itself back",
-)
 async def test_an_agent_retired_by_an_operator_brings_itself_back(rt: Runtime) -> None:
+    """Registering again un-retired, and an agent may register itself, so an agent an operator
+    retired could bring itself back: retirement is now final for the agent itself
+    (projections/lifecycle.py)."""
     a = await _registered_by_ops(rt, "agent-a")
     try:
         await publish(rt.js, AgentRetired(**envelope("user:ops"), agent="agent-a", reason="bye"))
@@ -316,15 +320,12 @@ async def test_an_agent_retired_by_an_operator_brings_itself_back(rt: Runtime) -
     assert status["status"] == "retired"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MEDIUM (by design in docs/agents.md 3, but an escalation): an agent's roles and "
-    "limits are whatever its latest agent.registered says, including its own: an agent an "
-    "operator registered with no roles gives itself 'reviewer' and 20 concurrent tasks",
-)
 async def test_an_agent_gives_itself_roles_and_a_higher_limit_by_registering_again(
     rt: Runtime,
 ) -> None:
+    """An agent's roles and limit were whatever its latest agent.registered said, its own
+    included, so an agent an operator registered with no roles gave itself 'reviewer' and 20
+    concurrent tasks: they now stay the operator's (projections/lifecycle.py)."""
     a = await _registered_by_ops(rt, "agent-a")
     try:
         await a.register(
