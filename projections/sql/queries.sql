@@ -95,7 +95,7 @@ LIMIT $3;
 -- name: agent_profile
 -- One agent's profile and status, as the task API answers fw.api.agents.get (schemas/api.py).
 SELECT agent_id, name, owner, team, status, status_reason, roles, max_concurrent_tasks,
-       heartbeat_interval_s, version, risk_class
+       heartbeat_interval_s, version, risk_class, purpose, paused_by, registered_by
 FROM fleet.agents
 WHERE agent_id = $1;
 

@@ -44,7 +44,7 @@ from fleetward.schemas.events import (
 from fleetward.schemas.grants import inbox_prefix
 from fleetward.schemas.streams import COMMANDS_STREAM, EVENTS_STREAM, HEARTBEATS_STREAM
 from fleetward.services.auth.store import AuthStore
-from fleetward.services.client import AgentClient
+from fleetward.services.client import AgentClient, IntentRefused
 from fleetward.services.errors import FleetwardError
 from fleetward.services.jetstream.connection import connect_as
 from fleetward.services.jetstream.publish import encode, publish
@@ -307,17 +307,30 @@ async def test_an_agent_paused_by_an_operator_resumes_itself(rt: Runtime) -> Non
 async def test_an_agent_retired_by_an_operator_brings_itself_back(rt: Runtime) -> None:
     """Registering again un-retired, and an agent may register itself, so an agent an operator
     retired could bring itself back: retirement is now final for the agent itself
-    (projections/lifecycle.py)."""
+    (projections/lifecycle.py). Its client refuses at once; a registration sent past the
+    client is dead-lettered by every reader."""
     a = await _registered_by_ops(rt, "agent-a")
     try:
         await publish(rt.js, AgentRetired(**envelope("user:ops"), agent="agent-a", reason="bye"))
         await project_all(rt)
-        await a.register(name="agent-a", owner="o", team="t")
+        async with task_api(rt):
+            with pytest.raises(IntentRefused, match="agent-a is retired"):
+                await a.register(name="agent-a", owner="o", team="t")
+        await a.send(
+            AgentRegistered(**a.envelope(), agent="agent-a", name="agent-a", owner="o", team="t")
+        )
         await project_all(rt)
     finally:
         await a.close()
     status = await row(rt, "SELECT status FROM fleet.agents WHERE agent_id = 'agent-a'")
     assert status["status"] == "retired"
+    async with rt.pool.acquire() as conn:
+        dead = await conn.fetch(
+            "SELECT projection, reason FROM fleet.dead_letters ORDER BY projection"
+        )
+    assert [tuple(d) for d in dead] == [
+        ("agents", "lifecycle_forbidden"), ("spend", "lifecycle_forbidden"),
+        ("tasks", "lifecycle_forbidden")]  # fmt: skip
 
 
 async def test_an_agent_gives_itself_roles_and_a_higher_limit_by_registering_again(
@@ -325,19 +338,35 @@ async def test_an_agent_gives_itself_roles_and_a_higher_limit_by_registering_aga
 ) -> None:
     """An agent's roles and limit were whatever its latest agent.registered said, its own
     included, so an agent an operator registered with no roles gave itself 'reviewer' and 20
-    concurrent tasks: they now stay the operator's (projections/lifecycle.py)."""
+    concurrent tasks: they now stay the operator's (projections/lifecycle.py). Its client
+    refuses at once; a registration sent past the client changes only the rest of its
+    profile."""
     a = await _registered_by_ops(rt, "agent-a")
     try:
-        await a.register(
-            name="agent-a", owner="o", team="t", roles=("reviewer",), max_concurrent_tasks=20
-        )
+        await project_all(rt)
+        async with task_api(rt):
+            with pytest.raises(IntentRefused, match="are set by user:ops"):
+                await a.register(
+                    name="agent-a", owner="o", team="t", roles=("reviewer",),
+                    max_concurrent_tasks=20,
+                )  # fmt: skip
+        mine = AgentRegistered(
+            **a.envelope(), agent="agent-a", name="renamed", owner="o", team="t",
+            roles=("reviewer",), max_concurrent_tasks=20,
+        )  # fmt: skip
+        await a.send(mine)
         await project_all(rt)
     finally:
         await a.close()
     agent_row = await row(
-        rt, "SELECT roles, max_concurrent_tasks FROM fleet.agents WHERE agent_id = 'agent-a'"
+        rt,
+        "SELECT name, roles, max_concurrent_tasks, registered_by FROM fleet.agents "
+        "WHERE agent_id = 'agent-a'",
     )
     assert list(agent_row["roles"]) == [] and agent_row["max_concurrent_tasks"] == 1
+    assert (agent_row["name"], agent_row["registered_by"]) == ("renamed", "user:ops")
+    board = await row(rt, "SELECT roles, max_concurrent_tasks FROM fleetward.task_agents")
+    assert (list(board["roles"]), board["max_concurrent_tasks"]) == ([], 1)
 
 
 # ---- what held ---------------------------------------------------------------------------------
