@@ -28,6 +28,9 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from fleetward.projections.agents import AgentRegistry
+from fleetward.projections.spend import Spend
+from fleetward.projections.tasks import TaskBoard
 from fleetward.schemas import new_id
 from fleetward.schemas.admission import Rejected, admit
 from fleetward.schemas.events import (
@@ -48,10 +51,12 @@ from fleetward.services.client import AgentClient, IntentRefused
 from fleetward.services.errors import FleetwardError
 from fleetward.services.jetstream.connection import connect_as
 from fleetward.services.jetstream.publish import encode, publish
+from fleetward.services.projector.rebuild import rebuild
 from fleetward.services.runtime.connect import Runtime
-from tests.helpers import agent, creds, envelope, project_all, task_api, wait_for
+from tests.helpers import agent, creds, envelope, project_all, snapshot, task_api, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+READERS = (AgentRegistry(), TaskBoard(), Spend())  # the projections that read agents' lifecycle
 CLI = (sys.executable, "-m", "fleetward.services.cli")
 
 
@@ -331,6 +336,10 @@ async def test_an_agent_retired_by_an_operator_brings_itself_back(rt: Runtime) -
     assert [tuple(d) for d in dead] == [
         ("agents", "lifecycle_forbidden"), ("spend", "lifecycle_forbidden"),
         ("tasks", "lifecycle_forbidden")]  # fmt: skip
+    live = await snapshot(rt, READERS)
+    for projection in READERS:  # judged from the stream alone: a rebuild judges alike
+        await rebuild(rt, projection)
+    assert await snapshot(rt, READERS) == live
 
 
 async def test_an_agent_gives_itself_roles_and_a_higher_limit_by_registering_again(
