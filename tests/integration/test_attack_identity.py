@@ -318,7 +318,9 @@ async def test_an_agent_retired_by_an_operator_brings_itself_back(rt: Runtime) -
     try:
         await publish(rt.js, AgentRetired(**envelope("user:ops"), agent="agent-a", reason="bye"))
         await project_all(rt)
-        async with task_api(rt):
+        with pytest.raises(IntentRefused, match="agent-a is retired"):  # its inbox said retire
+            await a.register(name="agent-a", owner="o", team="t")
+        async with task_api(rt):  # the registry says so
             with pytest.raises(IntentRefused, match="agent-a is retired"):
                 await a.register(name="agent-a", owner="o", team="t")
         await a.send(
