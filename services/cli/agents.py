@@ -48,6 +48,9 @@ def _arguments(agents: argparse.ArgumentParser) -> None:
     creds = actions.add_parser("credentials", help="issue an agent credentials (a .creds file)")
     creds.add_argument("agent_id")
     creds.add_argument("--out", help="also write the credentials file here")
+    creds.add_argument(
+        "--expires", type=people.seconds, default=0, metavar="SECONDS", help=people.EXPIRES_HELP
+    )
     gone = actions.add_parser(
         "revoke", help="revoke an agent's credentials: its connections close at once"
     )
@@ -59,7 +62,7 @@ async def _agents(settings: Settings, args: argparse.Namespace) -> None:
         await read(settings, lambda c: views.show_agents(c, console, args.limit))
         return
     if args.action == "credentials":
-        people.issue(settings, args.agent_id, args.out)
+        people.issue(settings, args.agent_id, args.out, args.expires)
         return
     if args.action == "revoke":
         await people.revoke(settings, args.agent_id)
