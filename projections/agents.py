@@ -1,5 +1,10 @@
 """Agent registry: who each agent is and its status: active, paused, offline, retired.
 
+The status follows the agents' state machine (projections/lifecycle.py), which also says who
+may change it: an agent lifts only a pause it made itself (``paused_by``), never leaves
+retirement on its own, and keeps the roles and task limit of the person or service that
+registered it (``registered_by``). An agent's event that would overrule them is refused
+(``Rejected("lifecycle_forbidden")``): the projector dead-letters it and tells the agent.
 ``offline`` comes from the watchdog's ``agent.offline`` (a critical liveness escalation) and is
 cleared by ``agent.online``; only an active agent goes offline, and a paused or retired agent
 keeps its status.
@@ -15,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import ClassVar
 
+from fleetward.projections import lifecycle
 from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
 from fleetward.schemas.events import (
     AgentOffline,
@@ -52,6 +58,8 @@ AGENTS = Table(
         "registered_at",
         "updated_at",
         "last_seq",
+        "paused_by",
+        "registered_by",
     ),
 )
 
@@ -84,28 +92,9 @@ def _placeholder(agent: str, meta: Meta) -> Row:
         "registered_at": None,
         "updated_at": meta.time,
         "last_seq": meta.seq,
+        "paused_by": None,
+        "registered_by": None,
     }
-
-
-def next_status(status: str, event: Event) -> tuple[str, str | None]:
-    """An agent's status after a lifecycle event, and the reason to record (None: unchanged).
-
-    Registering again brings a retired agent back; a retired agent ignores pause and resume;
-    only an active agent goes offline, and only an offline one comes back online."""
-    match event:
-        case AgentRegistered() if status == "retired":
-            return "active", ""
-        case AgentPaused() if status != "retired":
-            return "paused", event.reason
-        case AgentResumed() if status != "retired":
-            return "active", event.reason
-        case AgentRetired():
-            return "retired", event.reason
-        case AgentOffline() if status == "active":
-            return "offline", f"escalation {event.escalation}"
-        case AgentOnline() if status == "offline":
-            return "active", ""
-    return status, None
 
 
 class AgentRegistry(Projection):
@@ -119,9 +108,15 @@ class AgentRegistry(Projection):
             yield AGENTS, (event.agent,)
 
     def apply(self, rows: Rows, event: Event, meta: Meta) -> None:
+        """Fold a lifecycle event into the agent's row (creating a placeholder for an agent not
+        registered yet), and emit the inbox command of a status change. Raises ``Rejected``
+        (``lifecycle_forbidden``) for an agent's own event that ``lifecycle.check`` refuses:
+        nothing changes."""
         if not isinstance(event, _LIFECYCLE):
             return
         old = rows.get(AGENTS, (event.agent,))
+        life = lifecycle.Life.of(old)
+        now, reason = lifecycle.step(life, event)
         row = dict(old) if old else _placeholder(event.agent, meta)
         if isinstance(event, AgentRegistered):
             row.update(
@@ -132,22 +127,22 @@ class AgentRegistry(Projection):
                 risk_class=event.risk_class,
                 version=event.version,
                 heartbeat_interval_s=event.heartbeat_interval_s,
-                roles=list(event.roles),
-                max_concurrent_tasks=event.max_concurrent_tasks,
                 registered_at=row["registered_at"] or meta.time,
             )
+            if lifecycle.sets_limits(life, event):
+                row.update(roles=list(event.roles), max_concurrent_tasks=event.max_concurrent_tasks)
         elif isinstance(event, AgentVersionChanged):
             row["version"] = event.version
         was = row["status"]
-        status, reason = next_status(was, event)
+        row.update(paused_by=now.paused_by, registered_by=now.registered_by)
         if reason is not None:
-            row.update(status=status, status_reason=reason)
+            row.update(status=now.status, status_reason=reason)
         elif isinstance(event, (AgentPaused, AgentResumed, AgentOffline, AgentOnline)):
             return  # a status change that does not apply (e.g. pausing a retired agent)
         row.update(updated_at=meta.time, last_seq=meta.seq)
         rows.put(AGENTS, row)
         command = _COMMANDS.get(type(event))
-        if command is not None and reason is not None and status != was:
+        if command is not None and reason is not None and now.status != was:
             told = CommandIssued(
                 id=deterministic_id(event.id, "inbox"), actor="svc:registry", at=event.at,
                 agent=event.agent, command=command, reason=reason,

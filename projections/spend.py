@@ -10,7 +10,8 @@ spend attributed per model and day, per task and day, and per run (attribution.p
   (``touches_more``), however the events are batched.
 - Spend and tool calls of an agent that is paused or retired are still recorded (the truth is
   kept) and flagged: ``paused_cost_usd`` and ``paused_events`` count what it reported while its
-  status (the registry's state machine, ``agents.next_status``) was not active.
+  status (the agents' state machine, projections/lifecycle.py) was not active. An agent's
+  lifecycle event that machine refuses is refused here too (``Rejected``), as by every reader.
 - Money is added as ``Decimal`` from the shortest decimal form of each reported figure, so sums
   are exact and a rebuild equals the live projection to the last digit (money.py). Token sums
   are ``numeric`` too: the contract bounds one spend's tokens, nothing bounds a day's.
@@ -23,8 +24,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import ClassVar
 
-from fleetward.projections import attribution
-from fleetward.projections.agents import next_status
+from fleetward.projections import attribution, lifecycle
 from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
 from fleetward.projections.money import add_exact, money
 from fleetward.schemas.events import (
@@ -47,7 +47,7 @@ SPEND_AGENTS = Table(
     name="fleetward.spend_agents",
     key=("agent_id",),
     key_types=("text",),
-    columns=("agent_id", "team", "teams", "status"),
+    columns=("agent_id", "team", "teams", "status", "paused_by"),
 )
 
 SPEND_DAILY = Table(
@@ -83,7 +83,13 @@ UNASSIGNED = "unassigned"
 
 def _member(agent: str) -> Row:
     """An agent the spend projection had not heard of yet."""
-    return {"agent_id": agent, "team": UNASSIGNED, "teams": [], "status": "active"}
+    return {
+        "agent_id": agent,
+        "team": UNASSIGNED,
+        "teams": [],
+        "status": "active",
+        "paused_by": None,
+    }
 
 
 def _empty_day(agent: str, meta: Meta, team: str) -> Row:
@@ -131,10 +137,11 @@ class Spend(Projection):
     def apply(self, rows: Rows, event: Event, meta: Meta) -> None:
         if isinstance(event, _STATUS):
             member = rows.get(SPEND_AGENTS, (event.agent,))
+            now, _ = lifecycle.step(lifecycle.Life.of(member), event)
             row = dict(member) if member else _member(event.agent)
             if isinstance(event, AgentRegistered):
                 row["team"] = event.team
-            row["status"], _ = next_status(row["status"], event)
+            row.update(status=now.status, paused_by=now.paused_by)
             rows.put(SPEND_AGENTS, row)
             return
         if not isinstance(event, _ACTIVITY):
@@ -147,8 +154,8 @@ class Spend(Projection):
         status = member["status"] if member else "active"
         if member is None or team not in member["teams"]:
             teams = sorted({*(member["teams"] if member else ()), team})
-            rows.put(SPEND_AGENTS, {"agent_id": event.agent, "team": team, "teams": teams,
-                                    "status": status})  # fmt: skip
+            rows.put(SPEND_AGENTS, {**(member or _member(event.agent)), "team": team,
+                                    "teams": teams, "status": status})  # fmt: skip
         old = rows.get(SPEND_DAILY, (event.agent, meta.time.date(), team))
         day = dict(old) if old else _empty_day(event.agent, meta, team)
         attribution.add_sums(day, event, cost)

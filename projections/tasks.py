@@ -31,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from fleetward.projections.agents import next_status
+from fleetward.projections import lifecycle
 from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
 from fleetward.schemas.admission import actor_kind
 from fleetward.schemas.events import (
@@ -142,6 +142,9 @@ TASK_AGENTS = Table(
         "held",
         "held_tasks",
         "assigned_tasks",
+        "paused_by",
+        "registered_by",
+        "registered",
     ),
 )
 
@@ -367,7 +370,7 @@ def reviewer_problem(reviewer: Row | None, review: TaskReviewed) -> str | None:
 def agent_claim_problem(task: Row, agent: Row | None, claim: TaskClaimed) -> str | None:
     """What the claimer's own state decides: registered, active, the role, the limit. ``agent``
     is the claimer as ``TASK_AGENTS`` has it, counting the tasks it held *before* this claim."""
-    if agent is None:
+    if agent is None or not agent["registered"]:
         return f"agent {claim.agent} is not registered"
     if agent["status"] != "active":
         return f"agent {claim.agent} is {agent['status']}"
@@ -667,16 +670,25 @@ def _tell(
 
 
 def _agent_lifecycle(rows: Rows, event: Event, meta: Meta) -> None:
+    """What the board keeps of an agent (status, roles, limit), by the agents' state machine
+    (projections/lifecycle.py), from its first lifecycle event on, as the registry does: an
+    agent paused or retired before it registered is still paused or retired once it registers.
+    It may claim only once registered (``registered``). Raises ``Rejected``
+    (``lifecycle_forbidden``) for an agent's own event the state machine refuses, as every
+    reader does: nothing changes."""
     agent = getattr(event, "agent")  # noqa: B009  # every lifecycle event has one
     old = rows.get(TASK_AGENTS, (agent,))
+    life = lifecycle.Life.of(old)
+    now, _ = lifecycle.step(life, event)
     row = dict(old) if old else {"agent_id": agent, "roles": [], "status": "active",
-                                  "max_concurrent_tasks": 1, "held": 0,
-                                  "held_tasks": [], "assigned_tasks": []}  # fmt: skip
+                                  "max_concurrent_tasks": 1, "held": 0, "held_tasks": [],
+                                  "assigned_tasks": [], "paused_by": None,
+                                  "registered_by": None, "registered": False}  # fmt: skip
     if isinstance(event, AgentRegistered):
-        row.update(roles=list(event.roles), max_concurrent_tasks=event.max_concurrent_tasks)
-    elif old is None:
-        return  # lifecycle of an agent never registered: claims by it are refused anyway
-    row["status"], _ = next_status(row["status"], event)
+        row["registered"] = True
+        if lifecycle.sets_limits(life, event):
+            row.update(roles=list(event.roles), max_concurrent_tasks=event.max_concurrent_tasks)
+    row.update(status=now.status, paused_by=now.paused_by, registered_by=now.registered_by)
     rows.put(TASK_AGENTS, row)
     if isinstance(event, AgentRetired):  # retiring ends its leases and its assignments
         for task in [*row["held_tasks"], *row["assigned_tasks"]]:

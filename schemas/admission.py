@@ -45,6 +45,9 @@ REASONS: Final = (
     "actor_forbidden",  # the actor may not publish this event type (or not about this subject)
     "actor_mismatch",  # a v2 event on its boundary's subject of another actor than its `actor`
     "role_missing",  # a person without the role the event needs at its position (roles.py)
+    # an agent's own lifecycle event that would overrule the people and services operating it:
+    # lift a pause it did not make, leave retirement (projections/lifecycle.py, judged in order)
+    "lifecycle_forbidden",
 )
 
 _decoder: Final = msgspec.json.Decoder(AnyEvent)

@@ -22,6 +22,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from fleetward.schemas.bounds import (
+    Actor,
     Ident,
     PeriodS,
     ShortText,
@@ -91,6 +92,17 @@ class AgentProfile(Struct, frozen=True, kw_only=True):
     heartbeat_interval_s: Annotated[PeriodS, Meta(description="seconds between heartbeats")]
     version: ShortText
     risk_class: RiskClass
+    purpose: Text = ""
+    paused_by: Annotated[
+        Actor | None,
+        Meta(description="whose pause is in force, while paused (else null): an agent may lift "
+             "only its own pause; a person with the role operator or a service lifts any"),
+    ] = None  # fmt: skip
+    registered_by: Annotated[
+        Actor | None,
+        Meta(description="the person or service that registered the agent last, whose roles "
+             "and task limit hold; null when only the agent registered itself"),
+    ] = None  # fmt: skip
 
 
 class AgentReply(Reply, frozen=True, kw_only=True, omit_defaults=True):

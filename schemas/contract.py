@@ -46,12 +46,7 @@ NATS_SERVER: Final = "localhost:4222"
 # One line per event type for people. A class docstring, when present, wins; these are the
 # fallback until every event class in schemas/events.py carries its own docstring.
 SUMMARIES: Final[dict[str, str]] = {
-    "agent.registered": "An agent announces itself and its profile: name, owner, team, roles, "
-    "risk class, heartbeat interval.",
     "agent.version_changed": "The agent now runs a new version.",
-    "agent.paused": "The agent was paused: it should take no new work until resumed.",
-    "agent.resumed": "The agent was resumed after a pause.",
-    "agent.retired": "The agent left the fleet for good.",
     "run.started": "The agent started a run (one unit of work), optionally on a task.",
     "run.finished": "A run ended (succeeded, failed or cancelled), with its latency.",
     "tool.called": "The agent called a tool: duration, success or error, cost.",

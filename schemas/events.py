@@ -10,7 +10,9 @@ Invariants (the contract; see docs and the generated JSON Schema / AsyncAPI):
   subject in one field (``SUBJECT_KEY``), so the subject can be derived from the event (and its
   ``actor``, from ``v`` 2 on).
 - ``SENDERS`` says which actors may publish the type: ``self`` (the agent the event is about),
-  ``agent`` (any agent), ``user`` (``user:<name>``), ``svc`` (``svc:<name>``).
+  ``agent`` (any agent), ``user`` (``user:<name>``), ``svc`` (``svc:<name>``). A person needs a
+  role too (schemas/roles.py), and an agent's own lifecycle events may not overrule the people
+  and services who operate it (projections/lifecycle.py, judged in stream order).
 - Every field is bounded by a type from ``schemas/bounds.py`` (the bounds policy): integers fit
   their columns, floats are finite and in range, text has no NUL, ids are subject-safe.
 
@@ -121,6 +123,15 @@ class _AgentEvent(Event, frozen=True, kw_only=True):
 
 
 class AgentRegistered(_AgentEvent, frozen=True, kw_only=True, tag="agent.registered"):
+    """An agent announces itself and its profile: name, owner, team, roles, risk class,
+    heartbeat interval. Once a person or a service has registered the agent, its roles and
+    max_concurrent_tasks are theirs (the agent's own registration changes only the rest), and
+    a retired agent's own registration is refused: a person or a service brings it back by
+    registering it.
+
+    The rule every reader applies, in stream order: projections/lifecycle.py; a refused event
+    is dead-lettered ``lifecycle_forbidden``."""
+
     SENDERS: ClassVar[frozenset[Sender]] = _SELF_USER_SVC
     name: ShortText
     owner: ShortText
@@ -140,16 +151,26 @@ class AgentVersionChanged(_AgentEvent, frozen=True, kw_only=True, tag="agent.ver
 
 
 class AgentPaused(_AgentEvent, frozen=True, kw_only=True, tag="agent.paused"):
+    """The agent was paused: it should take no new work until resumed. Who paused it decides
+    who may resume it: an agent lifts only a pause of its own (projections/lifecycle.py)."""
+
     SENDERS: ClassVar[frozenset[Sender]] = _SELF_USER_SVC
     reason: Text = ""
 
 
 class AgentResumed(_AgentEvent, frozen=True, kw_only=True, tag="agent.resumed"):
+    """The agent was resumed after a pause. An agent may resume itself only from a pause it
+    made itself: its own resume from a person's or a service's pause, from retirement or while
+    offline is refused (``lifecycle_forbidden``, projections/lifecycle.py)."""
+
     SENDERS: ClassVar[frozenset[Sender]] = _SELF_USER_SVC
     reason: Text = ""
 
 
 class AgentRetired(_AgentEvent, frozen=True, kw_only=True, tag="agent.retired"):
+    """The agent left the fleet for good: it cannot come back on its own; a person or a
+    service brings it back by registering it (projections/lifecycle.py)."""
+
     SENDERS: ClassVar[frozenset[Sender]] = _SELF_USER_SVC
     reason: Text = ""
 

@@ -21,11 +21,11 @@ A run carries on where the runs before it on the same data stopped (``make run``
 - **The agents carry on.** Before it starts, ``run`` waits (a bounded while) until the
   projections ``agents`` and ``tasks`` have caught up with the stream, then reads the public
   views: an agent the registry shows paused starts paused, a retired one stays retired (it
-  does not even register again: that would bring it back), an offline one claims nothing until
-  the watchdog has seen it alive again (the board refuses claims of an offline agent). Every
-  other agent registers again. A task an agent holds, it goes on with in the same epoch (a new
-  run); a deliverable of its own waiting for review is reviewed; the planner's open tasks that
-  nobody holds are claimed again, at the next epoch.
+  does not even register again: that would be refused, retirement is final for an agent), an
+  offline one claims nothing until the watchdog has seen it alive again (the board refuses
+  claims of an offline agent). Every other agent registers again. A task an agent holds, it
+  goes on with in the same epoch (a new run); a deliverable of its own waiting for review is
+  reviewed; the planner's open tasks that nobody holds are claimed again, at the next epoch.
 
 Commands (``Fleet.command``); each is harmless twice, as inbox delivery is at least once:
 
@@ -197,7 +197,7 @@ class Fleet:
                 roles=("worker",),
             )
             for a in self.agents
-            if not a.retired  # registering again would bring it back
+            if not a.retired  # its own registration would be refused (projections/lifecycle.py)
         ]
         events += self._new_tasks(now, max(3, self.size))
         return events

@@ -108,7 +108,7 @@ WHERE task_id = $1;
 -- name: agent_profile
 -- One agent's profile and status, as the task API answers fw.api.agents.get (schemas/api.py).
 SELECT agent_id, name, owner, team, status, status_reason, roles, max_concurrent_tasks,
-       heartbeat_interval_s, version, risk_class
+       heartbeat_interval_s, version, risk_class, purpose, paused_by, registered_by
 FROM fleet.agents
 WHERE agent_id = $1;
 
@@ -130,8 +130,9 @@ ORDER BY open DESC, CASE tier WHEN 'critical' THEN 2 WHEN 'warning' THEN 1 ELSE 
 LIMIT $1;
 
 -- name: watchdog_agents
--- The watchdog's start: every agent's status, promised interval and last lifecycle change.
-SELECT agent_id, status, heartbeat_interval_s, updated_at FROM fleet.agents;
+-- The watchdog's start: every agent's status (and whose pause is in force), promised interval
+-- and last lifecycle change.
+SELECT agent_id, status, paused_by, heartbeat_interval_s, updated_at FROM fleet.agents;
 
 -- name: watchdog_tasks
 -- The watchdog's start: every open task, and every done one that a verdict of the board may

@@ -14,9 +14,19 @@ A store is a folder (``FLEETWARD_AUTH_DIR``, by default ``$FLEETWARD_HOME/auth``
 - ``keys/*.nk``                   operator, account, signing and system account seeds (0600)
 - ``operator.jwt``, ``account.jwt``, ``system.jwt``  the signed claims
 - ``system.creds``                the system user that pushes account updates
-- ``issued.json``                 identity -> the user public keys issued to it, and revocations
+- ``issued/<kind>/<name>.json``  the user public keys issued to one identity (``Keys``)
+- ``revoked.json``                revoked user public key -> since (what the account JWT carries)
 - ``creds/<kind>/<name>.creds``   issued credentials (kind: agents, users, services)
 - ``nats-auth.conf``              the server settings that trust this store (``include`` it)
+
+Issuing writes the identity's own two files (its key list and its credentials), so it costs the
+same with 10 identities or 100,000; revoking rewrites ``revoked.json`` and ``account.jwt``, whose
+size is the number of revoked keys. Writers of the store (issue, revoke, init) take an flock on
+``.lock``, across processes; every file is replaced atomically (written aside, then renamed).
+
+Stores of earlier versions kept everything in one ``issued.json``; the first use of such a store
+(issue, revoke, ``is_revoked``/``ensure``) moves it to the files above and renames it
+``issued.json.migrated`` (kept for the record, no longer read).
 
 Whoever holds this folder can issue any identity: keep it on the admin's machine (0700).
 """
@@ -25,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import time
 from collections.abc import Iterator
@@ -45,12 +56,24 @@ CREDS_DIRS: Final = {"agent": "agents", "user": "users", "svc": "services"}
 DEFAULT_EXPIRY_S: Final = 0
 
 
+class Keys(msgspec.Struct, kw_only=True):
+    """``issued/<kind>/<name>.json``: the user public keys issued to one identity, oldest
+    first (``U...`` nkeys)."""
+
+    keys: list[str] = msgspec.field(default_factory=list)
+
+
 class Issued(msgspec.Struct, kw_only=True):
-    """What the store has issued: identity -> user public keys; revoked user key -> since
-    (seconds since the epoch: credentials issued up to then are refused)."""
+    """``issued.json`` of earlier versions (read once, to migrate it): identity -> user public
+    keys; revoked user key -> since (seconds since the epoch: credentials issued up to then are
+    refused)."""
 
     keys: dict[str, list[str]] = msgspec.field(default_factory=dict)
     revoked: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+# revoked.json: revoked user public key -> since (seconds since the epoch)
+_REVOKED: Final = msgspec.json.Decoder(dict[str, int])
 
 
 def identity_of(creds: Path) -> str:
@@ -80,6 +103,7 @@ class AuthStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self._keys: dict[str, nkeys.KeyPair] = {}  # read once: keys never change once made
 
     # ---- the keys -------------------------------------------------------------------------------
 
@@ -99,19 +123,23 @@ class AuthStore:
                 for name in ("operator", "account", "system"):  # signing last: exists() is true
                     _write(self.root / "keys" / f"{name}.nk", keys[name].seed.decode())
                 _write(self.root / "keys" / "signing.nk", keys["signing"].seed.decode())
-                self._sign_all(Issued())
+                self._sign_all({})
         return self
 
     def _key(self, name: str) -> nkeys.KeyPair:
+        if name in self._keys:
+            return self._keys[name]
         try:
-            return nkeys.from_seed((self.root / "keys" / f"{name}.nk").read_bytes().strip())
+            key = nkeys.from_seed((self.root / "keys" / f"{name}.nk").read_bytes().strip())
         except OSError:
             raise FleetwardError(
                 f"no Fleetward signing keys in {self.root}: run 'fleetward auth init' there, "
                 "or set FLEETWARD_AUTH_DIR to the folder that holds them"
             ) from None
+        self._keys[name] = key
+        return key
 
-    def _sign_all(self, issued: Issued) -> None:
+    def _sign_all(self, revoked: dict[str, int]) -> None:
         operator, system = self._key("operator"), self._key("system")
         operator_jwt = jwt.encode(
             jwt.public(operator),
@@ -124,7 +152,7 @@ class AuthStore:
         )
         _write(self.root / "operator.jwt", operator_jwt)
         _write(self.root / "system.jwt", system_jwt)
-        self._sign_account(issued)
+        self._sign_account(revoked)
         user = jwt.new_key(nkeys.PREFIX_BYTE_USER)
         sys_user = jwt.encode(
             jwt.public(user),
@@ -135,17 +163,19 @@ class AuthStore:
         )  # fmt: skip
         _write(self.root / "system.creds", jwt.creds_file(sys_user, user))
 
-    def _sign_account(self, issued: Issued) -> str:
+    def _sign_account(self, revoked: dict[str, int]) -> str:
+        """Sign the account JWT with ``revoked`` (user public key -> since) and save both
+        (``revoked.json`` first: it is what the next signing starts from). Under the lock."""
         nats: dict[str, Any] = {
             "type": "account",
             "limits": jwt.JETSTREAM_LIMITS,
             "signing_keys": [jwt.public(self._key("signing"))],
         }
-        if issued.revoked:
-            nats["revocations"] = issued.revoked
+        if revoked:
+            nats["revocations"] = revoked
         token = jwt.encode(jwt.public(self._key("account")), ACCOUNT, nats, self._key("operator"))
+        _write(self.root / "revoked.json", msgspec.json.encode(revoked).decode())
         _write(self.root / "account.jwt", token)
-        _write(self.root / "issued.json", msgspec.json.encode(issued).decode())
         return token
 
     def server_config(self, resolver_dir: Path) -> str:
@@ -169,9 +199,13 @@ class AuthStore:
     # ---- credentials ----------------------------------------------------------------------------
 
     def creds_path(self, identity: str) -> Path:
-        """Where ``identity``'s credentials file is kept, e.g. ``creds/agents/a-1.creds``."""
-        folder = CREDS_DIRS[identity_kind(identity)]
-        return self.root / "creds" / folder / f"{identity.rsplit(':', maxsplit=1)[-1]}.creds"
+        """Where ``identity``'s credentials file is kept, e.g. ``creds/agents/a-1.creds``.
+        Raises ``ValueError`` for a string that is no identity."""
+        return self._path("creds", identity, ".creds")
+
+    def _path(self, folder: str, identity: str, suffix: str) -> Path:
+        kind = CREDS_DIRS[identity_kind(identity)]
+        return self.root / folder / kind / f"{identity.rsplit(':', maxsplit=1)[-1]}{suffix}"
 
     def issue(
         self,
@@ -181,9 +215,14 @@ class AuthStore:
         expires_s: float = DEFAULT_EXPIRY_S,
     ) -> Path:
         """Issue new credentials to ``identity`` (a new user key; earlier ones stay valid until
-        revoked) with ``grants`` (default: ``grants_for(identity)``); returns the file's path.
-        Raises ``ValueError`` for a string that is no identity."""
+        revoked) with ``grants`` (default: ``grants_for(identity)``), valid for ``expires_s``
+        seconds from now (0: until revoked); returns the file's path. Writes the identity's own
+        files only: the cost does not grow with the number of identities issued. Raises
+        ``ValueError`` for a string that is no identity or a negative ``expires_s``."""
+        if expires_s < 0:
+            raise ValueError(f"expires_s must be 0 (until revoked) or more, not {expires_s}")
         grants = grants_for(identity) if grants is None else grants
+        path, record = self.creds_path(identity), self._path("issued", identity, ".json")
         user = jwt.new_key(nkeys.PREFIX_BYTE_USER)
         nats: dict[str, Any] = {
             "type": "user",
@@ -194,48 +233,84 @@ class AuthStore:
         }  # fmt: skip
         if grants.respond:
             nats["resp"] = {"max": 1, "ttl": 0}
-        extra = {"exp": int(time.time() + expires_s)} if expires_s else {}
+        extra = {"exp": math.ceil(time.time() + expires_s)} if expires_s else {}
         token = jwt.encode(jwt.public(user), identity, nats, self._key("signing"), **extra)
-        path = self.creds_path(identity)
-        with self._locked():
-            issued = self._issued()
-            issued.keys.setdefault(identity, []).append(jwt.public(user))
-            _write(self.root / "issued.json", msgspec.json.encode(issued).decode())
+        self._migrate()
+        with self._locked():  # the key list is read, extended and replaced: one writer
+            keys = self._keys_of(record)
+            keys.keys.append(jwt.public(user))
+            _write(record, msgspec.json.encode(keys).decode())  # first: revoke finds the key
             _write(path, jwt.creds_file(token, user))
         return path
 
     def ensure(self, identity: str) -> Path:
-        """``identity``'s credentials file, issued now if there is none or it was revoked."""
+        """``identity``'s credentials file, issued now (until revoked) if there is none or it
+        was revoked or has expired."""
         path = self.creds_path(identity)
-        if path.exists() and not self.is_revoked(path):
+        if path.exists() and not self.is_revoked(path) and not is_expired(path):
             return path
         return self.issue(identity)
 
     def is_revoked(self, creds: Path) -> bool:
+        """Whether the credentials in ``creds`` were revoked by this store. Raises ``OSError``
+        when the file cannot be read, ``ValueError`` when it holds no JWT."""
         claims = jwt.claims(jwt.creds_jwt(creds.read_text()))
-        since = self._issued().revoked.get(str(claims.get("sub")))
+        self._migrate()
+        since = self._revoked().get(str(claims.get("sub")))
         return since is not None and int(claims.get("iat", 0)) <= since
 
     def revoke(self, identity: str) -> str:
         """Revoke every credential issued to ``identity`` so far; returns the re-signed account
         JWT, which ``push_account`` sends to the server. Raises ``FleetwardError`` when the store
-        never issued credentials to ``identity``."""
+        never issued credentials to ``identity``, ``ValueError`` for a string that is no
+        identity."""
+        record = self._path("issued", identity, ".json")
+        self._migrate()
         with self._locked():
-            issued = self._issued()
-            keys = issued.keys.get(identity)
+            keys = self._keys_of(record).keys
             if not keys:
                 raise FleetwardError(f"no credentials were issued to {identity!r} by {self.root}")
-            now = int(time.time())
+            revoked, now = self._revoked(), int(time.time())
             for key in keys:
-                issued.revoked[key] = now
-            return self._sign_account(issued)
+                revoked[key] = now
+            return self._sign_account(revoked)
 
     def account_jwt(self) -> str:
         return (self.root / "account.jwt").read_text().strip()
 
-    def _issued(self) -> Issued:
-        path = self.root / "issued.json"
-        return msgspec.json.decode(path.read_bytes(), type=Issued) if path.exists() else Issued()
+    def _keys_of(self, record: Path) -> Keys:
+        try:
+            return msgspec.json.decode(record.read_bytes(), type=Keys)
+        except FileNotFoundError:
+            return Keys()
+
+    def _revoked(self) -> dict[str, int]:
+        try:
+            return _REVOKED.decode((self.root / "revoked.json").read_bytes())
+        except FileNotFoundError:  # a store of an earlier version, before its migration
+            return {}
+
+    def _migrate(self) -> None:
+        """Move an ``issued.json`` of an earlier version to ``issued/`` and ``revoked.json``
+        (merged with what is there, so a migration cut short runs again harmlessly), then
+        rename it ``issued.json.migrated``. Costs one ``stat`` when there is nothing to do."""
+        old = self.root / "issued.json"
+        if not old.exists():
+            return
+        with self._locked():
+            if not old.exists():  # another process migrated it meanwhile
+                return
+            issued = msgspec.json.decode(old.read_bytes(), type=Issued)
+            for identity, keys in issued.keys.items():
+                record = self._path("issued", identity, ".json")
+                have = self._keys_of(record)
+                have.keys += [k for k in keys if k not in have.keys]
+                _write(record, msgspec.json.encode(have).decode())
+            revoked = self._revoked()
+            for key, since in issued.revoked.items():
+                revoked[key] = max(since, revoked.get(key, since))
+            _write(self.root / "revoked.json", msgspec.json.encode(revoked).decode())
+            old.replace(self.root / "issued.json.migrated")
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -249,4 +324,12 @@ class AuthStore:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-__all__ = ["AuthStore", "identity_of", "inbox_prefix"]
+def is_expired(creds: Path, margin_s: float = 0.0) -> bool:
+    """Whether the credentials in ``creds`` expire within ``margin_s`` seconds from now (their
+    JWT's ``exp``; none: they never expire). Raises ``OSError`` when the file cannot be read,
+    ``ValueError`` when it holds no JWT."""
+    exp = jwt.claims(jwt.creds_jwt(creds.read_text())).get("exp")
+    return isinstance(exp, int | float) and exp <= time.time() + margin_s
+
+
+__all__ = ["AuthStore", "identity_of", "inbox_prefix", "is_expired"]

@@ -1,6 +1,7 @@
 """``fleetward agents``: the registry with liveness and spend (read from the public views), and
-an agent's lifecycle: ``pause``, ``resume``, ``retire`` (published through the client, which
-refuses what would not take effect)."""
+an agent's lifecycle: ``pause``, ``resume``, ``retire``, and ``register`` (set its profile, its
+roles and task limit, or bring a retired agent back), published through the client, which
+refuses what would not take effect."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from fleetward.services.runtime.connect import open_runtime
 ACTIONS = {
     "pause": ("pause an agent: it may claim nothing until resumed", "paused"),
     "resume": ("resume a paused agent", "resumed"),
-    "retire": ("retire an agent for good (registering again brings it back)", "retired"),
+    "retire": ("retire an agent for good (an operator brings it back: `register`)", "retired"),
 }
 
 
@@ -28,9 +29,28 @@ def _arguments(agents: argparse.ArgumentParser) -> None:
         one = actions.add_parser(action, help=text)
         one.add_argument("agent_id")
         one.add_argument("--reason", default="")
+    register = actions.add_parser(
+        "register",
+        help="register an agent as you: its roles and task limit are then yours to set (its "
+        "own registrations cannot change them); a retired agent comes back; what you leave "
+        "out keeps the registry's value",
+    )
+    register.add_argument("agent_id")
+    for flag in ("name", "owner", "team", "purpose", "version"):
+        register.add_argument(f"--{flag}")
+    register.add_argument("--risk-class", choices=("low", "medium", "high", "critical"))
+    register.add_argument(
+        "--role", action="append", dest="roles", metavar="ROLE",
+        help="a role it holds (repeat for several; --role '' for none)",
+    )  # fmt: skip
+    register.add_argument("--max-tasks", type=int, dest="max_concurrent_tasks")
+    register.add_argument("--heartbeat-interval", type=float, dest="heartbeat_interval_s")
     creds = actions.add_parser("credentials", help="issue an agent credentials (a .creds file)")
     creds.add_argument("agent_id")
     creds.add_argument("--out", help="also write the credentials file here")
+    creds.add_argument(
+        "--expires", type=people.seconds, default=0, metavar="SECONDS", help=people.EXPIRES_HELP
+    )
     gone = actions.add_parser(
         "revoke", help="revoke an agent's credentials: its connections close at once"
     )
@@ -42,10 +62,13 @@ async def _agents(settings: Settings, args: argparse.Namespace) -> None:
         await read(settings, lambda c: views.show_agents(c, console, args.limit))
         return
     if args.action == "credentials":
-        people.issue(settings, args.agent_id, args.out)
+        people.issue(settings, args.agent_id, args.out, args.expires)
         return
     if args.action == "revoke":
         await people.revoke(settings, args.agent_id)
+        return
+    if args.action == "register":
+        await _register(settings, args)
         return
     async with open_runtime(settings, identity=PERSON, prepare=True, pool_size=2) as rt:
         client = FleetClient(rt.nc, rt.actor)
@@ -58,9 +81,21 @@ async def _agents(settings: Settings, args: argparse.Namespace) -> None:
     console.print(f"{ACTIONS[args.action][1]} {args.agent_id}")
 
 
+async def _register(settings: Settings, args: argparse.Namespace) -> None:
+    roles = None if args.roles is None else [r for r in args.roles if r]
+    async with open_runtime(settings, identity=PERSON, prepare=True, pool_size=2) as rt:
+        await FleetClient(rt.nc, rt.actor).register_agent(
+            args.agent_id, name=args.name, owner=args.owner, team=args.team,
+            purpose=args.purpose, version=args.version, risk_class=args.risk_class,
+            roles=roles, max_concurrent_tasks=args.max_concurrent_tasks,
+            heartbeat_interval_s=args.heartbeat_interval_s,
+        )  # fmt: skip
+    console.print(f"registered {args.agent_id}")
+
+
 AGENTS = Command(
     "agents",
-    "the agent registry with liveness and spend; pause, resume, retire an agent; "
+    "the agent registry with liveness and spend; pause, resume, retire or register an agent; "
     "issue or revoke its credentials",
     _arguments,
     _agents,

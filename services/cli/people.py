@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fleetward.schemas.grants import API_SERVICE, SERVICE_ACTORS, identity_kind, inbox_prefix
 from fleetward.schemas.roles import ROLE_AUTHORITY, ROLES
+from fleetward.services.auth import jwt
 from fleetward.services.auth.server import push_account
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.cli.command import PERSON, Command, console, no_arguments
@@ -45,15 +47,41 @@ def _identity(identity: str) -> str:
     return identity
 
 
-def issue(settings: Settings, identity: str, out: str | None) -> Path:
-    """Issue ``identity`` new credentials (copied to ``out`` when given) and say how to use them."""
-    path = signing_keys(settings).issue(_identity(identity))
+EXPIRES_HELP = (
+    "the credentials expire SECONDS from now: the server refuses them from then on and closes "
+    "their connections (default 0: valid until revoked)"
+)
+
+
+def seconds(text: str) -> int:
+    """``--expires``: a whole number of seconds, 0 or more. Raises ``argparse.ArgumentTypeError``
+    for anything else."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 or more)")
+    return value
+
+
+def issue(settings: Settings, identity: str, out: str | None, expires_s: int = 0) -> Path:
+    """Issue ``identity`` new credentials valid for ``expires_s`` seconds (0: until revoked),
+    copied to ``out`` when given, and say how to use them. Raises ``FleetwardError`` when this
+    machine has no signing keys or ``identity`` is none."""
+    path = signing_keys(settings).issue(_identity(identity), expires_s=expires_s)
     if out:
         target = Path(out)
         shutil.copyfile(path, target)
         target.chmod(0o600)
         path = target
-    console.print(f"credentials for {identity}: {path}")
+    exp = jwt.claims(jwt.creds_jwt(path.read_text())).get("exp")
+    until = (
+        f"they expire {datetime.fromtimestamp(exp, UTC):%Y-%m-%d %H:%M:%S} UTC"
+        if isinstance(exp, int)
+        else "valid until revoked"
+    )
+    console.print(f"credentials for {identity}: {path} ({until})")
     console.print(
         f"  connect with them: FLEETWARD_CREDS={path} (CLI, Python client), or any NATS client's "
         f"credentials-file option with inbox prefix {inbox_prefix(identity)} (docs/agents.md)"
@@ -79,6 +107,7 @@ def _people_arguments(people: argparse.ArgumentParser) -> None:
     )
     add.add_argument("name", help="the person's name: user:<name> in every event they publish")
     add.add_argument("--out", help="also write the credentials file here")
+    add.add_argument("--expires", type=seconds, default=0, metavar="SECONDS", help=EXPIRES_HELP)
     add.add_argument(
         "--role", action="append", default=[], choices=ROLES,
         help="grant this role too (repeatable), as the signing keys' holder",
@@ -98,7 +127,7 @@ def _people_arguments(people: argparse.ArgumentParser) -> None:
 async def _people(settings: Settings, args: argparse.Namespace) -> None:
     identity = f"user:{args.name}" if args.name else ""
     if args.action == "add":
-        issue(settings, identity, args.out)
+        issue(settings, identity, args.out, args.expires)
         if args.role:
             await grant_as_authority(settings, args.name, args.role)
     elif args.action == "revoke":

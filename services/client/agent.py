@@ -29,6 +29,7 @@ from nats.aio.client import Client as NatsClient
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import APIError, NotFoundError
 
+from fleetward.projections import lifecycle
 from fleetward.schemas import Rejected, admit
 from fleetward.schemas.events import (
     AgentRegistered,
@@ -54,6 +55,7 @@ from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
 from fleetward.schemas.streams import COMMANDS_STREAM, inbox_durable
 from fleetward.schemas.subjects import boundary_wildcard
 from fleetward.services.auth.store import identity_of
+from fleetward.services.client import intents
 from fleetward.services.client.claims import (
     AgentPaused,
     Claim,
@@ -62,9 +64,10 @@ from fleetward.services.client.claims import (
     claimant,
     holder_problem,
 )
+from fleetward.services.client.intents import IntentRefused
 from fleetward.services.client.operator import FleetClient
 from fleetward.services.client.taskstate import read_task
-from fleetward.services.errors import FleetwardError
+from fleetward.services.errors import ApiError, FleetwardError
 from fleetward.services.jetstream.connection import connect_as
 from fleetward.services.jetstream.consumer import Delivery, PullConsumer, create_inbox
 
@@ -131,32 +134,60 @@ class AgentClient(FleetClient):
         risk_class: Literal["low", "medium", "high", "critical"] = "medium",
         version: str = "1",
         heartbeat_interval_s: float = 60.0,
-        roles: Sequence[str] = (),
-        max_concurrent_tasks: int = 1,
+        roles: Sequence[str] | None = None,
+        max_concurrent_tasks: int | None = None,
     ) -> PubAck:
-        """Register (or re-register) this agent: who it is, its roles and heartbeat interval.
-        Then open its inbox and take what waits there (a pause sent while it was away holds);
-        registering again brings a retired agent back, as it does in the registry."""
-        self.profile = _Profile(tuple(roles), max_concurrent_tasks, heartbeat_interval_s)
-        ack = await self.send(
-            AgentRegistered(
-                **self.envelope(),
-                agent=self.agent,
-                name=name,
-                owner=owner,
-                team=team,
-                purpose=purpose,
-                risk_class=risk_class,
-                version=version,
-                heartbeat_interval_s=heartbeat_interval_s,
-                roles=tuple(roles),
-                max_concurrent_tasks=max_concurrent_tasks,
-            )
-        )
+        """Register (or re-register) this agent: who it is, its heartbeat interval, and its
+        roles and task limit (None: those in force, the registry's; none and 1 for a new
+        agent). Opens its inbox and takes what waits there (a pause sent while it was away
+        holds).
+
+        Judged first as every reader will judge it (projections/lifecycle.py), against the
+        registry's record of this agent (``agent_profile``): ``IntentRefused`` when the agent is
+        retired (retirement is final for the agent: a person with the role operator, or a
+        service, brings it back by registering it), and when a person or a service registered
+        it and it asks for other roles or another task limit than theirs (its own registration
+        changes only the rest of its profile). When the task API cannot be asked, the inbox
+        decides whether it is retired, and the registry judges the rest (a refusal then comes
+        back as ``refused``)."""
         await self.sync_inbox()
-        if self.retired:  # projections/agents.py next_status: registering un-retires
-            self.retired = self.paused = False
+        record, known = await self._own_record()
+        if known:  # the registry is at least as new as the commands read (it emits them)
+            status = record["status"] if record is not None else "active"
+            self.retired, self.paused = status == "retired", status in ("paused", "retired")
+        life = lifecycle.Life.of(record) if known else lifecycle.Life(
+            "retired" if self.retired else "active"
+        )  # fmt: skip
+        held, limit = intents.own_limits(record, roles, max_concurrent_tasks)
+        event = AgentRegistered(
+            **self.envelope(),
+            agent=self.agent,
+            name=name,
+            owner=owner,
+            team=team,
+            purpose=purpose,
+            risk_class=risk_class,
+            version=version,
+            heartbeat_interval_s=heartbeat_interval_s,
+            roles=held,
+            max_concurrent_tasks=limit,
+        )
+        why = lifecycle.problem(life, event)
+        why = why or intents.own_limits_problem(self.agent, record, roles, max_concurrent_tasks)
+        if why is not None:
+            raise IntentRefused(why)
+        ack = await self.send(event)
+        self.profile = _Profile(held, limit, heartbeat_interval_s)
+        await self.sync_inbox()
         return ack
+
+    async def _own_record(self) -> tuple[dict[str, Any] | None, bool]:
+        """The registry's record of this agent (None: it has none), and whether it could be
+        asked at all (False when the task API does not answer or fails)."""
+        try:
+            return await self.agent_profile(self.agent), True
+        except ApiError:
+            return None, False
 
     async def heartbeat(self, message: str = "") -> PubAck:
         """One heartbeat; it names the task in hand, which renews that task's lease."""

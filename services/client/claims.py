@@ -58,8 +58,10 @@ class Claim:
 def claimant(
     roles: Sequence[str], held: int, max_concurrent_tasks: int, status: str = "active"
 ) -> dict[str, Any]:
-    """An agent as the board's claim check sees it: its status, roles and the tasks it holds."""
+    """An agent as the board's claim check sees it: registered, its status, roles and the tasks
+    it holds."""
     return {
+        "registered": True,
         "status": status,
         "roles": list(roles),
         "held": held,

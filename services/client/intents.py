@@ -199,6 +199,45 @@ def retire_problem(agent: str, record: Row | None) -> str | None:
     return None
 
 
+# ---- an agent's own registration (AgentClient.register; the rule: projections/lifecycle.py) ----
+
+
+def own_limits(
+    record: Row | None, roles: Sequence[str] | None, max_concurrent_tasks: int | None
+) -> tuple[tuple[str, ...], int]:
+    """The roles and task limit an agent's own registration carries: those it asks for, else
+    (None) those in force: its registry ``record``'s, or none and 1 for an agent the registry
+    does not know."""
+    held = tuple(record["roles"]) if record is not None else ()
+    limit = record["max_concurrent_tasks"] if record is not None else 1
+    return (
+        tuple(roles) if roles is not None else held,
+        max_concurrent_tasks if max_concurrent_tasks is not None else limit,
+    )
+
+
+def own_limits_problem(
+    agent: str, record: Row | None, roles: Sequence[str] | None, max_concurrent_tasks: int | None
+) -> str | None:
+    """Why an agent's own registration would not set the roles or task limit it asks for: a
+    person or a service registered it (``record["registered_by"]``) and theirs hold. None when
+    nobody else registered it, or when it asks for nothing (None) or for what holds already."""
+    by = record.get("registered_by") if record is not None else None
+    if record is None or by is None:
+        return None
+    roles_differ = roles is not None and set(roles) != set(record["roles"])
+    limit = record["max_concurrent_tasks"]
+    limit_differs = max_concurrent_tasks is not None and max_concurrent_tasks != limit
+    if not (roles_differ or limit_differs):
+        return None
+    held = ", ".join(record["roles"]) or "none"
+    return (
+        f"agent {agent}'s roles ({held}) and task limit ({limit}) are set by {by}, who "
+        "registered it: its own registration cannot change them (register without roles and "
+        "max_concurrent_tasks, or ask a person with the role operator)"
+    )
+
+
 def budget_problem(scope: str, window: str) -> str | None:
     """Why a budget may not have this scope or window: there is no such one. Checked before
     anything is read, so a typo fails at once."""

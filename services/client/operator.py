@@ -31,6 +31,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import PubAck
 from nats.js.errors import APIError
 
+from fleetward.projections import lifecycle
 from fleetward.schemas import Event, Rejected, admit, new_id, subject_of
 from fleetward.schemas.api import (
     AGENTS_GET,
@@ -43,12 +44,14 @@ from fleetward.schemas.api import (
 )
 from fleetward.schemas.events import (
     AgentPaused,
+    AgentRegistered,
     AgentResumed,
     AgentRetired,
     BudgetSet,
     CommandIssued,
     CommandName,
     Priority,
+    RiskClass,
     Role,
     RoleGranted,
     RoleRevoked,
@@ -280,22 +283,85 @@ class FleetClient(Publisher):
 
     # ---- agents --------------------------------------------------------------------------------
 
+    async def register_agent(
+        self,
+        agent: str,
+        *,
+        name: str | None = None,
+        owner: str | None = None,
+        team: str | None = None,
+        purpose: str | None = None,
+        risk_class: RiskClass | None = None,
+        version: str | None = None,
+        heartbeat_interval_s: float | None = None,
+        roles: Sequence[str] | None = None,
+        max_concurrent_tasks: int | None = None,
+    ) -> PubAck:
+        """Register ``agent`` as this person (role ``operator``) or service: its roles and task
+        limit are then this registration's, and the agent's own registrations cannot change
+        them; a retired agent comes back (active). Each field left None keeps the registry's
+        value (a new agent needs ``name``, ``owner`` and ``team``; its roles default to none,
+        its limit to 1). Refused for a new agent without a name, owner or team. The rule of who
+        may change an agent's lifecycle: projections/lifecycle.py."""
+        record = await self.agent_profile(agent)
+        now = record or {}
+        fields: dict[str, Any] = {
+            "name": name, "owner": owner, "team": team, "purpose": purpose,
+            "risk_class": risk_class, "version": version,
+            "heartbeat_interval_s": heartbeat_interval_s,
+            "roles": tuple(roles) if roles is not None else None,
+            "max_concurrent_tasks": max_concurrent_tasks,
+        }  # fmt: skip
+        for field, value in fields.items():
+            if value is None and field in now:
+                fields[field] = tuple(now[field]) if field == "roles" else now[field]
+        missing = [f for f in ("name", "owner", "team") if fields[f] is None]
+        if missing:
+            refuse(f"no agent {agent} in the registry: give its {', '.join(missing)}")
+        event = AgentRegistered(
+            **self.envelope(),
+            agent=agent,
+            **{k: v for k, v in fields.items() if v is not None},
+        )
+        if not lifecycle.sets_limits(lifecycle.Life.of(record), event):  # an agent, itself
+            refuse(intents.own_limits_problem(agent, record, roles, max_concurrent_tasks))
+        return await self._on_agent(record, event)
+
     async def pause_agent(self, agent: str, reason: str = "") -> PubAck:
         """Pause ``agent``: it may claim nothing until resumed. Refused for an unknown agent
         and one already paused or retired."""
-        refuse(intents.pause_problem(agent, await self.agent_profile(agent)))
-        return await self._publish(AgentPaused(**self.envelope(), agent=agent, reason=reason))
+        record = await self.agent_profile(agent)
+        refuse(intents.pause_problem(agent, record))
+        return await self._on_agent(
+            record, AgentPaused(**self.envelope(), agent=agent, reason=reason)
+        )
 
     async def resume_agent(self, agent: str, reason: str = "") -> PubAck:
-        """Resume a paused ``agent``. Refused for an unknown agent and one not paused."""
-        refuse(intents.resume_problem(agent, await self.agent_profile(agent)))
-        return await self._publish(AgentResumed(**self.envelope(), agent=agent, reason=reason))
+        """Resume a paused ``agent``, whoever paused it (a person or a service may lift any
+        pause; an agent only its own: projections/lifecycle.py). Refused for an unknown agent
+        and one not paused."""
+        record = await self.agent_profile(agent)
+        refuse(intents.resume_problem(agent, record))
+        return await self._on_agent(
+            record, AgentResumed(**self.envelope(), agent=agent, reason=reason)
+        )
 
     async def retire_agent(self, agent: str, reason: str = "") -> PubAck:
-        """Retire ``agent`` for good (registering again brings it back). Refused for an unknown
+        """Retire ``agent`` for good: it cannot come back on its own; a person with the role
+        operator (or a service) brings it back with ``register_agent``. Refused for an unknown
         agent and one already retired."""
-        refuse(intents.retire_problem(agent, await self.agent_profile(agent)))
-        return await self._publish(AgentRetired(**self.envelope(), agent=agent, reason=reason))
+        record = await self.agent_profile(agent)
+        refuse(intents.retire_problem(agent, record))
+        return await self._on_agent(
+            record, AgentRetired(**self.envelope(), agent=agent, reason=reason)
+        )
+
+    async def _on_agent(self, record: dict[str, Any] | None, event: Event) -> PubAck:
+        """Publish a lifecycle event about the agent whose registry ``record`` was read,
+        judged first as every reader will judge it (projections/lifecycle.py: an agent acting
+        on itself may not overrule the people and services who operate it)."""
+        refuse(lifecycle.problem(lifecycle.Life.of(record), event))
+        return await self._publish(event)
 
     # ---- budgets -------------------------------------------------------------------------------
 

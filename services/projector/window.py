@@ -101,12 +101,16 @@ def fold(
     projection: Projection, items: list[tuple[Event, M]], rows: Rows
 ) -> list[tuple[Event, M, str, str]]:
     """Apply events in order; returns the ones the fold refused as (event, meta, reason,
-    detail)."""
+    detail): a ``Rejected`` the fold raises (a rule it judges in stream order, e.g. an agent's
+    lifecycle: projections/lifecycle.py) with its own reason, anything else it raises as a
+    ``projection_error``."""
     failed = []
     apply = projection.apply
     for event, meta in items:
         try:
             apply(rows, event, meta)
+        except Rejected as r:
+            failed.append((event, meta, r.reason, r.detail))
         except Exception as exc:  # one bad event must not stop the projection
             failed.append((event, meta, PROJECTION_ERROR, f"{type(exc).__name__}: {exc}"))
     return failed

@@ -147,8 +147,9 @@ class Watchdog:
         for r in agents:
             with isolated("load", f"agent {r['agent_id']}"):
                 judge.load_agent(
-                    r["agent_id"], r["status"], r["heartbeat_interval_s"], micros(r["updated_at"])
-                )
+                    r["agent_id"], r["status"], r["heartbeat_interval_s"],
+                    micros(r["updated_at"]), r["paused_by"],
+                )  # fmt: skip
         for r in ended:
             with isolated("load", f"task {r['task_id']}"):
                 judge.load_ended(r["task_id"], r["status"])

@@ -81,6 +81,9 @@ async def test_agent_profile_comes_from_the_registry(rt: Runtime) -> None:
         "heartbeat_interval_s": 30.0,
         "version": "1",
         "risk_class": "medium",
+        "purpose": "",
+        "paused_by": None,  # not paused
+        "registered_by": None,  # only the agent registered itself: it sets its own roles
     }
     assert unknown is None
     assert _reply_errors(AGENTS_GET, reply.data) == []

@@ -31,6 +31,9 @@ import nats
 import pytest
 from nats.aio.client import Client as NatsClient
 
+from fleetward.projections.agents import AgentRegistry
+from fleetward.projections.spend import Spend
+from fleetward.projections.tasks import TaskBoard
 from fleetward.schemas import new_id
 from fleetward.schemas.admission import Rejected, admit
 from fleetward.schemas.events import (
@@ -47,14 +50,16 @@ from fleetward.schemas.events import (
 from fleetward.schemas.grants import inbox_prefix
 from fleetward.schemas.streams import COMMANDS_STREAM, EVENTS_STREAM, HEARTBEATS_STREAM
 from fleetward.services.auth.store import AuthStore
-from fleetward.services.client import AgentClient
+from fleetward.services.client import AgentClient, IntentRefused
 from fleetward.services.errors import FleetwardError
 from fleetward.services.jetstream.connection import connect_as
 from fleetward.services.jetstream.publish import encode, publish
+from fleetward.services.projector.rebuild import rebuild
 from fleetward.services.runtime.connect import Runtime
-from tests.helpers import agent, creds, envelope, project_all, task_api, wait_for
+from tests.helpers import agent, creds, envelope, project_all, snapshot, task_api, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+READERS = (AgentRegistry(), TaskBoard(), Spend())  # the projections that read agents' lifecycle
 CLI = (sys.executable, "-m", "fleetward.services.cli")
 
 
@@ -282,63 +287,99 @@ async def _registered_by_ops(rt: Runtime, name: str) -> AgentClient:
     return await AgentClient.connect(rt.nats_url, creds(rt, name))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HIGH: agent.resumed lists 'self' among its senders, so an agent an operator (or the "
-    "watchdog) paused resumes itself and the registry applies it",
-)
 async def test_an_agent_paused_by_an_operator_resumes_itself(rt: Runtime) -> None:
+    """agent.resumed lists 'self' among its senders (an agent lifts its own pause), so an agent
+    an operator (or the watchdog) paused could resume itself: every reader now refuses that
+    (projections/lifecycle.py), the registry dead-letters it with the reason, and the agent is
+    told in its inbox."""
     a = await _registered_by_ops(rt, "agent-a")
     try:
         await publish(rt.js, AgentPaused(**envelope("user:ops"), agent="agent-a", reason="stop"))
         await project_all(rt)
         await a.send(AgentResumed(**a.envelope(), agent="agent-a", reason="no"))
         await project_all(rt)
+        told = [await a.next_command(wait=3) for _ in range(2)]
     finally:
         await a.close()
     status = await row(rt, "SELECT status FROM fleet.agents WHERE agent_id = 'agent-a'")
     assert status["status"] == "paused"
+    dead = await row(
+        rt, "SELECT reason, detail FROM fleet.dead_letters WHERE projection = 'agents'"
+    )
+    assert dead["reason"] == "lifecycle_forbidden" and "paused by user:ops" in dead["detail"]
+    assert [(c.command, c.payload.get("reason")) for c in told if c] == [
+        ("pause", None), ("refused", "lifecycle_forbidden")]  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HIGH: registering again un-retires (projections/agents.py next_status), and an agent "
-    "may register itself, so an agent an operator retired brings itself back",
-)
 async def test_an_agent_retired_by_an_operator_brings_itself_back(rt: Runtime) -> None:
+    """Registering again un-retired, and an agent may register itself, so an agent an operator
+    retired could bring itself back: retirement is now final for the agent itself
+    (projections/lifecycle.py). Its client refuses at once; a registration sent past the
+    client is dead-lettered by every reader."""
     a = await _registered_by_ops(rt, "agent-a")
     try:
         await publish(rt.js, AgentRetired(**envelope("user:ops"), agent="agent-a", reason="bye"))
         await project_all(rt)
-        await a.register(name="agent-a", owner="o", team="t")
+        with pytest.raises(IntentRefused, match="agent-a is retired"):  # its inbox said retire
+            await a.register(name="agent-a", owner="o", team="t")
+        async with task_api(rt):  # the registry says so
+            with pytest.raises(IntentRefused, match="agent-a is retired"):
+                await a.register(name="agent-a", owner="o", team="t")
+        await a.send(
+            AgentRegistered(**a.envelope(), agent="agent-a", name="agent-a", owner="o", team="t")
+        )
         await project_all(rt)
     finally:
         await a.close()
     status = await row(rt, "SELECT status FROM fleet.agents WHERE agent_id = 'agent-a'")
     assert status["status"] == "retired"
+    async with rt.pool.acquire() as conn:
+        dead = await conn.fetch(
+            "SELECT projection, reason FROM fleet.dead_letters ORDER BY projection"
+        )
+    assert [tuple(d) for d in dead] == [
+        ("agents", "lifecycle_forbidden"), ("spend", "lifecycle_forbidden"),
+        ("tasks", "lifecycle_forbidden")]  # fmt: skip
+    live = await snapshot(rt, READERS)
+    for projection in READERS:  # judged from the stream alone: a rebuild judges alike
+        await rebuild(rt, projection)
+    assert await snapshot(rt, READERS) == live
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="MEDIUM (by design in docs/agents.md 3, but an escalation): an agent's roles and "
-    "limits are whatever its latest agent.registered says, including its own: an agent an "
-    "operator registered with no roles gives itself 'reviewer' and 20 concurrent tasks",
-)
 async def test_an_agent_gives_itself_roles_and_a_higher_limit_by_registering_again(
     rt: Runtime,
 ) -> None:
+    """An agent's roles and limit were whatever its latest agent.registered said, its own
+    included, so an agent an operator registered with no roles gave itself 'reviewer' and 20
+    concurrent tasks: they now stay the operator's (projections/lifecycle.py). Its client
+    refuses at once; a registration sent past the client changes only the rest of its
+    profile."""
     a = await _registered_by_ops(rt, "agent-a")
     try:
-        await a.register(
-            name="agent-a", owner="o", team="t", roles=("reviewer",), max_concurrent_tasks=20
-        )
+        await project_all(rt)
+        async with task_api(rt):
+            with pytest.raises(IntentRefused, match="are set by user:ops"):
+                await a.register(
+                    name="agent-a", owner="o", team="t", roles=("reviewer",),
+                    max_concurrent_tasks=20,
+                )  # fmt: skip
+        mine = AgentRegistered(
+            **a.envelope(), agent="agent-a", name="renamed", owner="o", team="t",
+            roles=("reviewer",), max_concurrent_tasks=20,
+        )  # fmt: skip
+        await a.send(mine)
         await project_all(rt)
     finally:
         await a.close()
     agent_row = await row(
-        rt, "SELECT roles, max_concurrent_tasks FROM fleet.agents WHERE agent_id = 'agent-a'"
+        rt,
+        "SELECT name, roles, max_concurrent_tasks, registered_by FROM fleet.agents "
+        "WHERE agent_id = 'agent-a'",
     )
     assert list(agent_row["roles"]) == [] and agent_row["max_concurrent_tasks"] == 1
+    assert (agent_row["name"], agent_row["registered_by"]) == ("renamed", "user:ops")
+    board = await row(rt, "SELECT roles, max_concurrent_tasks FROM fleetward.task_agents")
+    assert (list(board["roles"]), board["max_concurrent_tasks"]) == ([], 1)
 
 
 # ---- what held ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import anyio
 from fleetward.schemas import decode
 from fleetward.schemas.events import (
     AgentPaused,
+    AgentRegistered,
     AgentResumed,
     AgentRetired,
     Event,
@@ -197,7 +198,17 @@ async def test_an_operator_pauses_resumes_and_retires_an_agent(
             await project_all(rt)
             await refused(rt, env, "agent w-7 is already retired", "agents", "retire", "w-7")
             await refused(rt, env, "agent w-7 is retired", "agents", "pause", "w-7")
-        listed = await ok(env, "agents")  # the bare list still works
-        assert "w-7" in listed and "retired" in listed
+            listed = await ok(env, "agents")  # the bare list still works
+            assert "w-7" in listed and "retired" in listed
+            # only a person (or a service) brings it back, by registering it
+            await refused(rt, env, "no agent ghost in the registry: give its name, owner, team",
+                          "agents", "register", "ghost")  # fmt: skip
+            out = await ok(env, "agents", "register", "w-7", "--role", "writer", "--max-tasks", "2")
+            assert "registered w-7" in out
+            event = await last(rt, "fw.agent.w-7.>")
+            assert isinstance(event, AgentRegistered) and event.actor == "user:alice"
+            assert (event.name, event.roles, event.max_concurrent_tasks) == ("w-7", ("writer",), 2)
+            await project_all(rt)
+            assert (await worker.agent_profile("w-7") or {})["status"] == "active"
     finally:
         await worker.close()

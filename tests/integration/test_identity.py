@@ -4,6 +4,7 @@ own inbox; a revoked credential is cut off at once and cannot sign in again."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ from nats.aio.client import Client as NatsClient
 from fleetward.schemas.events import AgentRegistered, Heartbeat, TaskCreated
 from fleetward.schemas.grants import inbox_prefix
 from fleetward.schemas.streams import COMMANDS_STREAM, EVENTS_STREAM, HEARTBEATS_STREAM
+from fleetward.services.auth import jwt
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.client import AgentClient, FleetClient
 from fleetward.services.errors import FleetwardError
@@ -193,6 +195,51 @@ async def test_a_revoked_agent_is_cut_off_within_5s_and_cannot_sign_in_again(
     await again.close()
     with pytest.raises(Exception):  # noqa: B017  # closed by the server already
         await doomed.close()
+
+
+async def test_an_expired_credential_is_cut_off_and_refused_at_sign_in(
+    rt: Runtime, env: dict[str, str]
+) -> None:
+    """Holds: ``fleetward agents credentials ID --expires S`` and ``fleetward people add NAME
+    --expires S`` issue credentials that carry their expiry and work until then; once it has
+    passed, the server closes the agent's open connection and refuses both at sign-in."""
+    store = AuthStore(rt.settings.auth_dir)
+    issued = {"agent": store.creds_path("brief"), "person": store.creds_path("user:temp")}
+    expires_s = 4  # long enough for two CLI runs on a busy machine, short to wait out
+
+    async def cli(*args: str) -> None:
+        with anyio.fail_after(60):
+            done = await anyio.run_process([*CLI, *args], cwd=ROOT, env=env, check=False)
+        assert done.returncode == 0, done.stderr.decode()
+        assert "they expire" in done.stdout.decode()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(cli, "agents", "credentials", "brief", "--expires", str(expires_s))
+        tg.start_soon(cli, "people", "add", "temp", "--expires", str(expires_s))
+    expiry = {k: jwt.claims(jwt.creds_jwt(p.read_text()))["exp"] for k, p in issued.items()}
+    for exp in expiry.values():
+        assert time.time() < exp <= time.time() + expires_s + 1
+    brief = await AgentClient.connect(rt.nats_url, issued["agent"])
+    await brief.heartbeat()  # valid until then
+    temp = await FleetClient.connect(rt.nats_url, issued["person"])
+    await temp.close()
+
+    async def cut_off() -> bool:
+        try:
+            await brief.heartbeat()
+        except Exception:  # any failure: the connection is gone
+            return True
+        return False
+
+    await wait_for(cut_off, max(expiry.values()) - time.time() + 5, "the expired agent cut off")
+    assert time.time() >= expiry["agent"]
+    with contextlib.suppress(Exception):  # it was trying to reconnect, refused each time
+        await brief.close()
+    await anyio.sleep(max(0.0, max(expiry.values()) - time.time()))
+    with pytest.raises(FleetwardError, match="refused the credentials"):
+        await AgentClient.connect(rt.nats_url, issued["agent"])
+    with pytest.raises(FleetwardError, match="refused the credentials"):
+        await FleetClient.connect(rt.nats_url, issued["person"])
 
 
 async def test_each_service_may_publish_only_as_itself(rt: Runtime) -> None:

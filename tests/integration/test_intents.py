@@ -14,6 +14,7 @@ from nats.js.errors import APIError
 from fleetward.schemas import Event, decode
 from fleetward.schemas.events import (
     AgentPaused,
+    AgentRegistered,
     AgentResumed,
     AgentRetired,
     TaskAssigned,
@@ -288,6 +289,74 @@ async def test_pause_resume_retire_an_agent(rt: Runtime, ops: FleetClient) -> No
             ):
                 with pytest.raises(IntentRefused, match=why):
                     await write("w-life")
+    finally:
+        await worker.close()
+
+
+async def nothing_published(rt: Runtime, write: Awaitable[object], why: str) -> None:
+    """``write`` raises IntentRefused saying ``why`` and publishes nothing."""
+    before = (await rt.js.stream_info(EVENTS_STREAM)).state.last_seq
+    with pytest.raises(IntentRefused, match=why):
+        await write
+    assert (await rt.js.stream_info(EVENTS_STREAM)).state.last_seq == before
+
+
+async def test_an_agents_client_refuses_at_once_to_overrule_its_operators(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """projections/lifecycle.py, judged by the agent's own client before it publishes: once
+    retired it cannot register itself back, it cannot resume itself from an operator's pause,
+    and it keeps the roles and limit the operator registered it with. An operator brings it
+    back with ``register_agent``, keeping the registry's profile where it gives none."""
+    worker = await agent(rt, "w-own", roles=["writer", "reviewer"], max_concurrent_tasks=5)
+    try:
+        async with task_api(rt):
+            await nothing_published(
+                rt, ops.register_agent("ghost", name="G"),
+                "no agent ghost in the registry: give its owner, team",
+            )  # fmt: skip
+            await project_all(rt)
+            await ops.retire_agent("w-own", "replaced")
+            await project_all(rt)
+            await nothing_published(
+                rt, worker.register(name="w-own", owner="o", team="t"),
+                "agent w-own is retired, and retirement is final for the agent",
+            )  # fmt: skip
+            assert worker.retired and worker.paused
+
+            await ops.register_agent("w-own", roles=["writer"], max_concurrent_tasks=2)
+            _, event = await last(rt, "agent", "w-own")
+            assert isinstance(event, AgentRegistered) and event.actor == "user:ops"
+            assert (event.name, event.owner, event.team) == ("w-own", "o", "t")  # kept
+            assert (event.roles, event.max_concurrent_tasks) == (("writer",), 2)
+            await project_all(rt)
+            profile = await ops.agent_profile("w-own") or {}
+            assert (profile["status"], profile["registered_by"]) == ("active", "user:ops")
+
+            await nothing_published(
+                rt, worker.register(name="w-own", owner="o", team="t", roles=["reviewer"]),
+                r"w-own's roles \(writer\) and task limit \(2\) are set by user:ops",
+            )  # fmt: skip
+            await worker.register(name="W own", owner="o", team="t", version="2")
+            _, event = await last(rt, "agent", "w-own")
+            assert (event.roles, event.max_concurrent_tasks) == (("writer",), 2)  # theirs
+            assert not (worker.retired or worker.paused)
+            assert (worker.profile.roles, worker.profile.max_concurrent_tasks) == (("writer",), 2)
+            await project_all(rt)
+            profile = await ops.agent_profile("w-own") or {}
+            assert (profile["name"], profile["version"], profile["roles"]) == (
+                "W own", "2", ["writer"])  # fmt: skip
+
+            await ops.pause_agent("w-own", "audit")
+            await project_all(rt)
+            assert (await ops.agent_profile("w-own") or {})["paused_by"] == "user:ops"
+            await nothing_published(
+                rt, worker.resume_agent("w-own"),
+                "agent w-own was paused by user:ops: an agent may resume itself only",
+            )  # fmt: skip
+            await ops.resume_agent("w-own", "audit done")
+            await project_all(rt)
+            assert (await ops.agent_profile("w-own") or {})["status"] == "active"
     finally:
         await worker.close()
 

@@ -127,6 +127,46 @@ def test_agent_lifecycle_refusals() -> None:
     assert intents.retire_problem("b", None) == "no agent b in the registry"
 
 
+# ---- an agent's own registration (the rule: projections/lifecycle.py) ----------------------
+
+
+def record(by: str | None, roles: tuple[str, ...] = ("writer",), limit: int = 2) -> dict[str, Any]:
+    return {"status": "active", "roles": list(roles), "max_concurrent_tasks": limit,
+            "registered_by": by, "paused_by": None}  # fmt: skip
+
+
+def test_an_agents_own_registration_asks_for_what_holds_unless_it_says_otherwise() -> None:
+    assert intents.own_limits(None, None, None) == ((), 1)  # a new agent
+    assert intents.own_limits(record("user:ops"), None, None) == (("writer",), 2)
+    assert intents.own_limits(record(None), ("x",), 7) == (("x",), 7)
+
+
+@pytest.mark.parametrize(
+    ("roles", "limit"), [(("reviewer",), None), (None, 20), ((), None), (("writer", "x"), 2)]
+)
+def test_an_agent_registered_by_a_person_cannot_change_its_roles_or_limit(
+    roles: tuple[str, ...] | None, limit: int | None
+) -> None:
+    why = intents.own_limits_problem("a", record("user:ops"), roles, limit)
+    assert why is not None
+    assert why.startswith("agent a's roles (writer) and task limit (2) are set by user:ops")
+
+
+@pytest.mark.parametrize(
+    ("rec", "roles", "limit"),
+    [
+        (None, ("reviewer",), 20),  # unknown to the registry: nobody else registered it
+        (record(None), ("reviewer",), 20),  # it registered itself only: it sets its own
+        (record("user:ops"), None, None),  # asks for nothing: what holds
+        (record("user:ops"), ("writer",), 2),  # asks for what holds already
+    ],
+)
+def test_an_agents_own_registration_passes(
+    rec: dict[str, Any] | None, roles: tuple[str, ...] | None, limit: int | None
+) -> None:
+    assert intents.own_limits_problem("a", rec, roles, limit) is None
+
+
 def test_a_budget_has_a_known_scope_and_window() -> None:
     assert intents.budget_problem("project", "lifetime") is None
     assert intents.budget_problem("organisation", "day") == (

@@ -650,6 +650,23 @@ def test_runs_failed_in_a_row_pause_the_agent_however_far_apart() -> None:
         assert_paused_as_an_operator_would(plan, str(esc.agent), esc.escalation)
 
 
+def test_an_agent_resuming_itself_from_the_watchdogs_pause_is_ignored() -> None:
+    """The watchdog's pause is lifted only by a person or a service (projections/lifecycle.py):
+    the agent's own resume neither makes it active again nor ends the streak and resolves its
+    escalation; a person's does."""
+    w = World()
+    w.register("a1", T0)
+    for k in range(5):
+        w.event(run_failed("a1", f"r{k}"), T0 + 10 * k)
+    [first] = failed_runs(w.plans)
+    w.event(AgentPaused(**env("svc:watchdog"), agent="a1"), T0 + 41)
+    assert w.event(AgentResumed(**env("a1"), agent="a1"), T0 + 50) == []
+    assert w.judge.liveness.agents["a1"].status == "paused"
+    back = w.event(AgentResumed(**env("user:op"), agent="a1"), T0 + 100)
+    assert [e.escalation for e in events(back, EscalationResolved)] == [first.escalation]
+    assert w.judge.liveness.agents["a1"].status == "active"
+
+
 def test_a_success_or_a_resume_ends_the_streak_and_resolves_its_escalation() -> None:
     w = World()
     w.register("a1", T0)

@@ -33,17 +33,19 @@ from hypothesis import HealthCheck, Phase, given, note, seed, settings
 from hypothesis import strategies as st
 
 from fleetward.projections.base import Meta, Row, Rows
+from fleetward.projections.lifecycle import FORBIDDEN
 from fleetward.projections.tasks import (
     BOARD,
     HELD,
     OPEN,
     REJECTIONS,
+    TASK_AGENTS,
     TASKS,
     TaskBoard,
     holder,
     step,
 )
-from fleetward.schemas import new_id
+from fleetward.schemas import Rejected, new_id
 from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
@@ -129,7 +131,11 @@ class Readers:
         note(f"{self.seq} {self.time:%H:%M:%S.%f} {event!r}")  # the trace of a failing example
         kind = type(event).SUBJECT_KIND
         before = len(self.rows.outbox)
-        self.board.apply(self.rows, event, meta)
+        try:
+            self.board.apply(self.rows, event, meta)
+        except Rejected as refused:  # an agent overruling its operators: dead-lettered
+            assert refused.reason == FORBIDDEN, refused
+            self.reached["lifecycle_refused"] += 1
         for emitted, _ in self.rows.outbox[before:]:
             if type(emitted).SUBJECT_KIND == "task":  # verdicts; commands go to inboxes
                 due = max(self.outbox[-1][0] if self.outbox else 0, self.seq + self.delay())
@@ -213,6 +219,12 @@ class Readers:
             for row in (board, client, mine):  # a refused claim, once its verdict is folded
                 if row is not None and holder(row) is not None:
                     assert row["claim_id"] not in self.refused_claims, f"{task}: {row}"
+        for agent in AGENT_IDS:  # the board and the watchdog agree on every agent's status
+            known = self.rows.get(TASK_AGENTS, (agent,))
+            clock = self.judge.liveness.agents.get(agent)
+            if known is not None:
+                assert clock is not None and clock.status == known["status"], (agent, known)
+                assert clock.paused_by == known["paused_by"]
         assert self.judge.failures.total == 0, list(self.judge.failures.drain())
 
 
@@ -248,10 +260,11 @@ def an_epoch(w: Readers, d: st.DataObject, task: str, ahead: int, least: int = 1
     return max(least, base + ahead + pick(d, (0, 0, 0, 0, 0, -1, 1)))
 
 
-def registration(agent: str, d: st.DataObject) -> AgentRegistered:
-    """Mostly a writer, now and then a reviewer too, or neither; a limit of 2 or 1 tasks."""
+def registration(agent: str, d: st.DataObject, by: str | None = None) -> AgentRegistered:
+    """Mostly a writer, now and then a reviewer too, or neither; a limit of 2 or 1 tasks. By
+    the agent itself, or ``by`` a person or a service (whose roles and limit then hold)."""
     roles = pick(d, (("writer",), ("writer", "reviewer"), ("writer",), ()))
-    return AgentRegistered(**envelope(agent), agent=agent, name=agent, owner="o", team="t",
+    return AgentRegistered(**envelope(by or agent), agent=agent, name=agent, owner="o", team="t",
                            heartbeat_interval_s=86_400.0, roles=roles,
                            max_concurrent_tasks=pick(d, (2, 1)))  # fmt: skip
 
@@ -324,15 +337,23 @@ def build(w: Readers, d: st.DataObject, kind: str = "") -> Event | None:
     # mostly one that holds a task (its pause, retirement or silence matters most)
     holders = [h for t in TASK_IDS if (h := holder(current(w, t))) is not None]
     agent = pick(d, (*holders, *holders, *AGENT_IDS))
+    # its own lifecycle events too: those that overrule its operators are refused
     match pick(d, AGENT_KINDS):
         case "register":
-            return registration(agent, d)
+            return registration(agent, d, by=pick(d, (agent, agent, *PEOPLE)))
         case "pause":
-            return AgentPaused(**envelope(pick(d, PEOPLE)), agent=agent)
+            return AgentPaused(**envelope(pick(d, (*PEOPLE, agent))), agent=agent)
         case "resume":
-            return AgentResumed(**envelope(pick(d, PEOPLE)), agent=agent)
+            return AgentResumed(**envelope(pick(d, (*PEOPLE, agent))), agent=agent)
         case "retire":
             return AgentRetired(**envelope(pick(d, PEOPLE)), agent=agent)
+        case "overrule":  # an agent someone else paused or retired tries to undo it: refused
+            kept = [a for a in AGENT_IDS if (r := w.rows.get(TASK_AGENTS, (a,))) is not None
+                    and r["status"] in ("paused", "retired") and r["paused_by"] != a]  # fmt: skip
+            me = pick(d, kept) if kept else agent
+            if pick(d, (False, True)):
+                return AgentResumed(**envelope(me), agent=me)
+            return registration(me, d)
         case "offline":
             return AgentOffline(**envelope("svc:watchdog"), agent=agent, escalation="e-1")
         case "online":
@@ -346,7 +367,7 @@ KINDS = (
     *["create"] * 2, "release", "assign", "cancel", "expire", "revoke", "deps", *["agent"] * 3,
 )  # fmt: skip
 AGENT_KINDS = ("register", "register", "pause", "resume", "resume", "retire", "offline", "online",
-               "online", "retire")  # fmt: skip
+               "online", "retire", "overrule")  # fmt: skip
 # what comes next in the work on a task, by its status
 NEXT = {
     "inbox": ("claim",), "assigned": ("claim",),
@@ -416,10 +437,12 @@ def test_the_board_the_client_and_the_watchdog_fold_every_task_alike() -> None:
         return
     seed(SEED)(example)()
     # the fixed examples reach every status, the board's verdicts folded, claims it refused by
-    # a verdict while they held, and lease expiries of the watchdog's own
+    # a verdict while they held, lease expiries of the watchdog's own, and agents' own
+    # lifecycle events refused (overruling their operators)
     statuses = {"inbox", "assigned", "in_progress", "blocked", "review", "done", "cancelled"}
     verdicts = {"claim_refused", "review_refused", "board_cancelled", "board_revoked"}
-    assert reached.keys() >= statuses | verdicts | {"voided_claim", "watchdog_expiry"}, reached
+    more = {"voided_claim", "watchdog_expiry", "lifecycle_refused"}
+    assert reached.keys() >= statuses | verdicts | more, reached
 
 
 # ---- the two bugs of issue 12 -------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import random
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -22,6 +23,7 @@ import pytest
 from fleetward.projections.agents import AGENTS, AgentRegistry
 from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
 from fleetward.projections.idempotence import newer_heartbeat
+from fleetward.projections.lifecycle import FORBIDDEN
 from fleetward.projections.spend import SPEND_AGENTS, SPEND_DAILY, UNASSIGNED, Spend
 from fleetward.projections.tasks import (
     BOARD,
@@ -34,7 +36,7 @@ from fleetward.projections.tasks import (
     step,
 )
 from fleetward.projections.utilization import HOURLY, MAX_GAP, UTILIZATION, Utilization
-from fleetward.schemas import new_id
+from fleetward.schemas import Rejected, new_id
 from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
@@ -129,17 +131,20 @@ def env(actor: str, at: datetime = T0) -> dict[str, Any]:
 # ---- event builders ------------------------------------------------------------------------
 
 
-def registered(agent: str = AGENT, team: str = "docs", **fields: Any) -> AgentRegistered:
+def registered(
+    agent: str = AGENT, team: str = "docs", by: str | None = None, **fields: Any
+) -> AgentRegistered:
+    """``agent`` registers itself, or ``by`` (a person or a service) registers it."""
     defaults: dict[str, Any] = {"name": f"Agent {agent}", "owner": "alice@example.com"}
-    return AgentRegistered(**env(agent), agent=agent, team=team, **(defaults | fields))
+    return AgentRegistered(**env(by or agent), agent=agent, team=team, **(defaults | fields))
 
 
-def paused(agent: str = AGENT, reason: str = "budget") -> AgentPaused:
-    return AgentPaused(**env(SVC), agent=agent, reason=reason)
+def paused(agent: str = AGENT, reason: str = "budget", by: str = SVC) -> AgentPaused:
+    return AgentPaused(**env(by), agent=agent, reason=reason)
 
 
-def resumed(agent: str = AGENT, reason: str = "budget raised") -> AgentResumed:
-    return AgentResumed(**env(USER), agent=agent, reason=reason)
+def resumed(agent: str = AGENT, reason: str = "budget raised", by: str = USER) -> AgentResumed:
+    return AgentResumed(**env(by), agent=agent, reason=reason)
 
 
 def retired(agent: str = AGENT, reason: str = "replaced") -> AgentRetired:
@@ -257,6 +262,8 @@ def test_registration_fills_the_agent_row() -> None:
         "registered_at": meta.time,
         "updated_at": meta.time,
         "last_seq": meta.seq,
+        "paused_by": None,
+        "registered_by": None,
     }
     assert set(fold.row(AGENTS, AGENT)) == set(AGENTS.columns)
 
@@ -316,14 +323,15 @@ def test_retired_agent_ignores_pause_and_resume() -> None:
     assert (row["last_seq"], row["updated_at"]) == (retire.seq, retire.time)
 
 
-def test_re_registration_brings_a_retired_agent_back() -> None:
+def test_a_person_brings_a_retired_agent_back_by_registering_it() -> None:
     fold = Fold(AgentRegistry())
     first = fold(registered(team="docs"))
     fold(retired())
-    fold(registered(team="platform"))
+    fold(registered(team="platform", by=USER))
     row = fold.row(AGENTS, AGENT)
     assert (row["status"], row["status_reason"], row["team"]) == ("active", "", "platform")
     assert row["registered_at"] == first.time  # the first registration is kept
+    assert row["registered_by"] == USER
 
 
 def test_re_registration_does_not_resume_a_paused_agent() -> None:
@@ -945,6 +953,7 @@ def test_team_is_stamped_from_the_latest_registration() -> None:
         "team": "docs",
         "teams": [UNASSIGNED],
         "status": "active",
+        "paused_by": None,
     }
     fold(spent(2.0), at=d1 + timedelta(minutes=2))
     assert day_row(fold, d1.date(), team="docs")["model_cost_usd"] == Decimal("2.0")
@@ -1051,12 +1060,16 @@ def _disturb(rng: random.Random, fleet: Fleet) -> list[Event]:
     agent = rng.choice(fleet.agents)
     me = agent.agent_id
     roll = rng.random()
-    if roll < 0.05:
-        out.append(paused(me) if rng.random() < 0.5 else resumed(me))
+    if roll < 0.05:  # by a service or a person, or by the agent itself (refused at times)
+        by = rng.choice((None, me))
+        out.append(paused(me, by=by or SVC) if rng.random() < 0.5 else resumed(me, by=by or USER))
     elif roll < 0.07:
         out.append(retired(me))
-    elif roll < 0.09:
-        out.append(registered(me, team=rng.choice(("research", "support", "infra"))))
+        if rng.random() < 0.5:  # it tries to come back on its own: refused
+            out.append(registered(me, team="escaped", roles=("reviewer",)))
+    elif roll < 0.09:  # by itself (refused once retired) or by a person (who brings it back)
+        team = rng.choice(("research", "support", "infra"))
+        out.append(registered(me, team=team, by=rng.choice((None, USER)), roles=("worker",)))
     elif roll < 0.11:
         out.append(AgentVersionChanged(**env(USER), agent=me, version=str(rng.randint(2, 9))))
     elif roll < 0.16 and agent.task is not None:
@@ -1115,10 +1128,29 @@ def stream_of(projection: Projection) -> list[tuple[Event, Meta]]:
 Tables = dict[str, dict[Key, Row]]
 
 
-def fold_at_once(projection: Projection, items: list[tuple[Event, Meta]]) -> Tables:
+def apply_or_refuse(
+    projection: Projection,
+    rows: Rows,
+    event: Event,
+    meta: Meta,
+    refused: Counter[str] | None = None,
+) -> None:
+    """Fold one event; one the fold refuses (``Rejected``: the projector dead-letters it)
+    changes nothing, and is counted in ``refused`` by type (``lifecycle_forbidden`` only)."""
+    try:
+        projection.apply(rows, event, meta)
+    except Rejected as r:
+        assert r.reason == FORBIDDEN, r
+        if refused is not None:
+            refused[type_name(type(event))] += 1
+
+
+def fold_at_once(
+    projection: Projection, items: list[tuple[Event, Meta]], refused: Counter[str] | None = None
+) -> Tables:
     rows = Rows()
     for event, meta in items:
-        projection.apply(rows, event, meta)
+        apply_or_refuse(projection, rows, event, meta, refused)
     return {t.name: dict(rows.data.get(t.name, {})) for t in projection.tables}
 
 
@@ -1142,7 +1174,7 @@ def fold_in_batches(
                 if key in db[table.name] and key not in rows.data.get(table.name, {}):
                     rows.data.setdefault(table.name, {})[key] = copy.deepcopy(db[table.name][key])
         for event, meta in batch:
-            projection.apply(rows, event, meta)
+            apply_or_refuse(projection, rows, event, meta)
         for table in projection.tables:
             for row in rows.changed(table):
                 db[table.name][table.key_of(row)] = copy.deepcopy(row)
@@ -1163,6 +1195,10 @@ def test_generated_stream_exercises_every_path() -> None:
     assert len(generated()) > 2000
     agents = fold_at_once(AgentRegistry(), stream_of(AgentRegistry()))[AGENTS.name]
     assert {r["status"] for r in agents.values()} >= {"active", "paused", "retired"}
+    refused: Counter[str] = Counter()  # the agents' own events refused at times
+    fold_at_once(AgentRegistry(), stream_of(AgentRegistry()), refused)
+    assert refused["agent.registered"] and refused["agent.resumed"], refused
+    assert any(r["registered_by"] == USER for r in agents.values())
 
     tasks = fold_at_once(TaskBoard(), stream_of(TaskBoard()))
     assert {r["status"] for r in tasks[TASKS.name].values()} >= {
@@ -1178,7 +1214,7 @@ def test_generated_stream_exercises_every_path() -> None:
     assert {"epoch", "task", "unknown"} <= reasons, reasons
     rows = Rows()
     for event, meta in stream_of(TaskBoard()):
-        TaskBoard().apply(rows, event, meta)
+        apply_or_refuse(TaskBoard(), rows, event, meta)
     verdicts = {e.reason.split(" ")[0] for e, _ in rows.outbox if isinstance(e, TaskClaimRefused)}
     assert "agent" in verdicts, verdicts  # claims the board overruled
 

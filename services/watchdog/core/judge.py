@@ -112,9 +112,16 @@ class Judge:
 
     # ---- the state at start ------------------------------------------------------------------
 
-    def load_agent(self, agent: str, status: str, interval: float, updated_us: int) -> None:
+    def load_agent(
+        self,
+        agent: str,
+        status: str,
+        interval: float,
+        updated_us: int,
+        paused_by: str | None = None,
+    ) -> None:
         if self.owns(agent):
-            self.liveness.load(agent, status, interval, updated_us)
+            self.liveness.load(agent, status, interval, updated_us, paused_by)
 
     def load_ended(self, task: str, status: str) -> None:
         """A task that is done or cancelled (before the open tasks that depend on it)."""
@@ -165,9 +172,9 @@ class Judge:
         if isinstance(event, LIFECYCLE):
             if not self.owns(event.agent):
                 return []
-            if fresh:
-                self.liveness.lifecycle(event, us)
-            if isinstance(event, AgentResumed):  # a fresh start: a new streak of failed runs
+            # an event before the checkpoint is in the loaded state already (applied or not)
+            applied = self.liveness.lifecycle(event, us) if fresh else True
+            if isinstance(event, AgentResumed) and applied:  # a fresh start: a new streak
                 return self.failed.ended(event.agent, now, "the agent was resumed", fresh)
             return []
         plans: list[Plan] = []

@@ -35,7 +35,9 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Final, Generic, TypeVar
 
+from fleetward.projections import lifecycle
 from fleetward.projections.idempotence import newer_heartbeat
+from fleetward.schemas.admission import Rejected
 from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
@@ -135,6 +137,7 @@ class AgentClock:
     agent: str
     interval: float
     status: str = "active"  # as the agents projection has it: active, paused, offline, retired
+    paused_by: str | None = None  # the actor whose pause is in force (projections/lifecycle.py)
     hb_seq: int = 0  # stream sequence of the last heartbeat (0: none seen)
     hb_us: int = 0  # its stream time, microseconds
     hb_id: str | None = None  # its event id: a heartbeat counts only with a newer one
@@ -202,12 +205,21 @@ class Liveness:
         else:
             self.heap.schedule(a.agent, self.warn_at(a))
 
-    def load(self, agent: str, status: str, interval: float, updated_us: int) -> None:
+    def load(
+        self,
+        agent: str,
+        status: str,
+        interval: float,
+        updated_us: int,
+        paused_by: str | None = None,
+    ) -> None:
         """An agent as the registry (fleet.agents) has it at start (``interval`` in seconds, any
-        float: clamped here; ``updated_us`` its last lifecycle change, µs of stream time)."""
+        float: clamped here; ``updated_us`` its last lifecycle change, µs of stream time;
+        ``paused_by`` whose pause is in force, if paused)."""
         a = self.clock(agent)
         old = a.label
         a.status, a.interval, a.lc_us = status, period(interval), updated_us
+        a.paused_by = paused_by
         self._relabel(a, old)
         self._arm(a)
 
@@ -257,39 +269,36 @@ class Liveness:
         self._arm(a)
         return [Plan(f"agent:{a.agent}", tuple(steps))] if steps else []
 
-    def lifecycle(self, event: Event, us: int) -> None:
-        """Mirror the agents projection's status changes (the same ones it applies)."""
+    def lifecycle(self, event: Event, us: int) -> bool:
+        """Mirror the agents projection's status changes: the same ones it applies, by the
+        agents' state machine (projections/lifecycle.py). Returns False, changing nothing, for
+        an agent's own event that machine refuses (e.g. resuming itself from an operator's
+        pause), which the projection dead-letters."""
         assert isinstance(event, LIFECYCLE)
         a = self.clock(event.agent)
+        try:
+            life, reason = lifecycle.step(lifecycle.Life(a.status, a.paused_by), event)
+        except Rejected:
+            return False
         old = a.label
-        retired = a.status == "retired"
-        match event:
-            case AgentRegistered():
-                a.interval = period(event.heartbeat_interval_s)
-                a.quarantined = False  # a new promise: judged again
-                if retired:
-                    a.status = "active"
-            case AgentVersionChanged():
-                pass
-            case AgentPaused() if not retired:
-                a.status = "paused"
-            case AgentResumed() if not retired:
-                a.status = "active"
-            case AgentRetired():
-                a.status = "retired"
-            case AgentOffline() if a.status == "active":
-                a.status = "offline"
-                if a.escalation is None and event.escalation in self.escalations.open:
-                    a.escalation = event.escalation
-                if a.state in ("alive", "warning") and not a.online_sent:
-                    a.state = "critical"  # offline by another replica's critical
-            case AgentOnline() if a.status == "offline":
-                a.status, a.online_sent = "active", False
-            case _:
-                return
+        if isinstance(event, AgentRegistered):
+            a.interval = period(event.heartbeat_interval_s)
+            a.quarantined = False  # a new promise: judged again
+        elif reason is None and not isinstance(event, AgentVersionChanged):
+            return True  # a status change that does not apply (e.g. pausing a retired agent)
+        was = a.status
+        a.status, a.paused_by = life.status, life.paused_by
+        if isinstance(event, AgentOffline) and a.status != was:
+            if a.escalation is None and event.escalation in self.escalations.open:
+                a.escalation = event.escalation
+            if a.state in ("alive", "warning") and not a.online_sent:
+                a.state = "critical"  # offline by another replica's critical
+        elif isinstance(event, AgentOnline) and a.status != was:
+            a.online_sent = False
         a.lc_us = us
         self._relabel(a, old)
         self._arm(a)
+        return True
 
     def adopt(self, esc: Open, now: float) -> list[Plan]:
         """A liveness escalation raised by anyone (another replica, or this one before a
