@@ -131,6 +131,11 @@ class AgentRegistry(Projection):
             )
             if lifecycle.sets_limits(life, event):
                 row.update(roles=list(event.roles), max_concurrent_tasks=event.max_concurrent_tasks)
+            elif (list(event.roles), event.max_concurrent_tasks) != (
+                list(row["roles"]),
+                row["max_concurrent_tasks"],
+            ):  # asked for other roles or another limit: the rest applies, the agent is told
+                _tell_limits_kept(rows, meta, event, row)
         elif isinstance(event, AgentVersionChanged):
             row["version"] = event.version
         was = row["status"]
@@ -149,6 +154,33 @@ class AgentRegistry(Projection):
                 payload={"by": event.actor},
             )  # fmt: skip
             rows.emit(told, meta)
+
+
+def _tell_limits_kept(rows: Rows, meta: Meta, event: AgentRegistered, row: Row) -> None:
+    """Tell an agent that its own registration asked for roles or a task limit other than
+    those of the person or service that registered it (lifecycle.sets_limits): the rest of it
+    applied, those stay. A ``refused`` command in its inbox, naming the registration."""
+    roles, limit = list(row["roles"]), row["max_concurrent_tasks"]
+    rows.emit(
+        CommandIssued(
+            id=deterministic_id(event.id, "limits"),
+            actor="svc:registry",
+            at=event.at,
+            agent=event.agent,
+            command="refused",
+            reason=(
+                f"roles and task limit are {row['registered_by']}'s: kept {roles} and {limit}; "
+                "the rest of the registration applied"
+            ),
+            payload={
+                "seq": meta.seq,
+                "type": "agent.registered",
+                "roles": ",".join(roles),
+                "max_concurrent_tasks": limit,
+            },
+        ),
+        meta,
+    )
 
 
 _COMMANDS: dict[type[Event], CommandName] = {

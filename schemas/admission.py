@@ -40,6 +40,9 @@ REASONS: Final = (
     "too_deep",  # arrays and objects nest deeper than bounds.MAX_DEPTH (known fields or not)
     "not_json",  # the payload does not parse as JSON
     "unknown_type",  # `type` is missing or names no event in the catalogue
+    # a NATS server's answer (a JetStream publish ack or API response) that its requester aimed
+    # at this subject as the reply subject: nobody published it here (docs/identity.md)
+    "server_answer",
     "invalid",  # a field is missing, mistyped or out of range
     "wrong_subject",  # the event belongs on another subject
     "actor_forbidden",  # the actor may not publish this event type (or not about this subject)
@@ -51,6 +54,27 @@ REASONS: Final = (
 )
 
 _decoder: Final = msgspec.json.Decoder(AnyEvent)
+
+
+class _Answer(msgspec.Struct):
+    """What tells a NATS server's answer from an event: a JetStream publish ack names its
+    ``stream`` and ``seq``; every JetStream API response has a ``type`` of ``io.nats.``."""
+
+    type: str = ""
+    stream: str = ""
+
+
+_answer: Final = msgspec.json.Decoder(_Answer)
+SERVER_TYPES: Final = "io.nats."
+
+
+def _server_answer(data: bytes) -> bool:
+    """Whether ``data`` (which decoded as no event) is a NATS server's answer."""
+    try:
+        answer = _answer.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return False
+    return answer.type.startswith(SERVER_TYPES) or (not answer.type and bool(answer.stream))
 
 
 class _Version(msgspec.Struct):
@@ -184,6 +208,8 @@ def decode(data: bytes) -> Event:
         at_tag = message.endswith(" - at `$.type`")
         tag_missing = message == "Object missing required field `type`"
         reason = "unknown_type" if at_tag or tag_missing else "invalid"
+        if reason == "unknown_type" and _server_answer(data):
+            raise Rejected("server_answer", "a NATS server's answer aimed here") from None
         raise Rejected(reason, message) from None
     except msgspec.DecodeError as exc:
         raise Rejected("not_json", str(exc)) from None

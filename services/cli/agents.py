@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 
+from fleetward.schemas.grants import identity_kind
 from fleetward.services.cli import people, views
 from fleetward.services.cli.command import PERSON, Command, console, read
 from fleetward.services.client import FleetClient
 from fleetward.services.config import Settings
+from fleetward.services.errors import FleetwardError
 from fleetward.services.runtime.connect import open_runtime
 
 # action -> (help, what the CLI says when done)
@@ -57,15 +59,30 @@ def _arguments(agents: argparse.ArgumentParser) -> None:
     gone.add_argument("agent_id")
 
 
+def _agent_id(value: str) -> str:
+    """``value`` if it is an agent id; else ``FleetwardError`` saying where a person's or a
+    service's credentials come from (so a script cannot hand out a service's by mistake)."""
+    try:
+        kind = identity_kind(value)
+    except ValueError as exc:
+        raise FleetwardError(str(exc)) from None
+    if kind != "agent":
+        raise FleetwardError(
+            f"{value!r} is not an agent id: people's credentials come from 'fleetward people "
+            "add NAME' (revoked by 'people revoke'), services' from 'fleetward auth service NAME'"
+        )
+    return value
+
+
 async def _agents(settings: Settings, args: argparse.Namespace) -> None:
     if args.action is None:
         await read(settings, lambda c: views.show_agents(c, console, args.limit))
         return
     if args.action == "credentials":
-        people.issue(settings, args.agent_id, args.out, args.expires)
+        people.issue(settings, _agent_id(args.agent_id), args.out, args.expires)
         return
     if args.action == "revoke":
-        await people.revoke(settings, args.agent_id)
+        await people.revoke(settings, _agent_id(args.agent_id))
         return
     if args.action == "register":
         await _register(settings, args)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import anyio
 
+from fleetward.schemas.grants import identity_kind
+from fleetward.services.auth.store import identity_of
 from fleetward.services.cli import (
     agents,
     budgets,
@@ -78,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env()
         if args.creds:
             settings = replace(settings, creds=Path(args.creds).expanduser().resolve())
+        _not_an_agent(settings)
         return _dispatch(settings, args)
     except (FleetwardError, IntentRefused, BaseExceptionGroup) as exc:
         problem = _operator_error(exc)
@@ -87,6 +90,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def _not_an_agent(settings: Settings) -> None:
+    """Raise ``FleetwardError`` when the credentials given are an agent's: the CLI acts for
+    people and services (an agent's credentials may not read the streams' state, so every
+    command would only time out)."""
+    if settings.creds is None:
+        return
+    identity = identity_of(settings.creds)
+    if identity_kind(identity) == "agent":
+        raise FleetwardError(
+            f"{settings.creds} holds the credentials of agent {identity}: the CLI acts for "
+            "people and services (a person's: 'fleetward people add NAME')"
+        )
 
 
 def _operator_error(exc: BaseException) -> FleetwardError | IntentRefused | None:

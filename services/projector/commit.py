@@ -130,12 +130,15 @@ async def tell_senders(
     conn: Conn, projection: Projection, dead: list[tuple[Delivery, str, str]]
 ) -> None:
     """Report each dead letter to the agent that sent it, if one can be named
-    (``schemas.admission.sender_of``): a ``refused`` command in its inbox, through the outbox.
+    (``schemas.admission.sender_of``; never a server's answer, which its requester aimed at the
+    subject): a ``refused`` command in its inbox, through the outbox.
     One per stream message, however many projections refused it (the id derives from the
     stream and sequence)."""
     rows = []
     secret: str | None = None
     for d, reason, detail in dead:
+        if reason == "server_answer":  # aimed here by whoever asked: no sender to tell
+            continue
         agent = sender_of(d.subject, d.data)
         if agent is None:
             continue

@@ -230,12 +230,15 @@ async def open_runtime(
 @asynccontextmanager
 async def acting_as(rt: Runtime, identity: str) -> AsyncIterator[Runtime]:
     """``rt`` with a NATS connection of ``identity``'s own (one credential per service, DESIGN
-    3.7): ``rt`` itself when it already acts as ``identity`` or the process was given one
-    credential (``FLEETWARD_CREDS``). Raises ``FleetwardError`` as ``credentials`` does."""
-    if rt.actor == identity or rt.settings.creds is not None:
+    3.7): ``rt`` itself when it already acts as ``identity``, or when the process was given one
+    credential (``FLEETWARD_CREDS``) and this machine has no signing keys to issue another.
+    Raises ``FleetwardError`` as ``credentials`` does."""
+    store = AuthStore(rt.settings.auth_dir)
+    if rt.actor == identity or (rt.settings.creds is not None and not store.exists()):
         yield rt
         return
-    nc = await connect_nats(rt.nats_url, creds=credentials(rt.settings, identity))
+    own = store.ensure(identity) if store.exists() else credentials(rt.settings, identity)
+    nc = await connect_nats(rt.nats_url, creds=own)
     try:
         yield replace(rt, actor=identity, nc=nc, js=nc.jetstream(timeout=10))
     finally:

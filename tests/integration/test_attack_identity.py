@@ -353,7 +353,7 @@ async def test_an_agent_gives_itself_roles_and_a_higher_limit_by_registering_aga
     included, so an agent an operator registered with no roles gave itself 'reviewer' and 20
     concurrent tasks: they now stay the operator's (projections/lifecycle.py). Its client
     refuses at once; a registration sent past the client changes only the rest of its
-    profile."""
+    profile, and the registry tells the agent (``refused``) what it kept."""
     a = await _registered_by_ops(rt, "agent-a")
     try:
         await project_all(rt)
@@ -369,8 +369,11 @@ async def test_an_agent_gives_itself_roles_and_a_higher_limit_by_registering_aga
         )  # fmt: skip
         await a.send(mine)
         await project_all(rt)
+        told = await a.next_command(wait=3)
     finally:
         await a.close()
+    assert told is not None and told.command == "refused", told  # the agent is told
+    assert told.payload["type"] == "agent.registered" and "kept []" in told.reason, told
     agent_row = await row(
         rt,
         "SELECT name, roles, max_concurrent_tasks, registered_by FROM fleet.agents "

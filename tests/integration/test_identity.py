@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -269,9 +270,7 @@ async def test_the_cli_acts_as_the_holder_of_its_credentials(
     alice = person(env, "alice")
     bob = person(env, "bob")
 
-    async def cli(*args: str, **extra: str) -> Any:
-        with anyio.fail_after(60):
-            return await anyio.run_process([*CLI, *args], cwd=ROOT, env=env | extra, check=False)
+    cli = partial(run_cli, env)
 
     done = await cli("tasks", "create", "by-alice", "--project", "p", "--title", "t",
                      FLEETWARD_CREDS=str(alice), FLEETWARD_USER="ceo")  # fmt: skip
@@ -297,6 +296,46 @@ async def test_the_cli_acts_as_the_holder_of_its_credentials(
     err = done.stderr.decode()
     assert done.returncode == 2 and err.count("\n") == 1, err
     assert "not a Fleetward credentials file" in err
+
+
+async def test_the_cli_refuses_at_once_what_it_cannot_do_with_the_credentials_given(
+    rt: Runtime, env: dict[str, str]
+) -> None:
+    """An agent's credentials are one line and exit 2 (not a timeout on the stream's state);
+    ``agents credentials`` and ``agents revoke`` take agent ids only (not a person's or a
+    service's); ``people add --role`` run with a person's credentials on the keys' machine
+    grants as the signing keys' holder, not as that person (which the server would refuse)."""
+    bob = person(env, "bob")
+    agent_creds = creds(rt, "agent-q")
+
+    cli = partial(run_cli, env)
+
+    done = await cli("tasks", "create", "x", "--project", "p", "--title", "t",
+                     FLEETWARD_CREDS=str(agent_creds))  # fmt: skip
+    err = done.stderr.decode()
+    assert done.returncode == 2 and err.count("\n") == 1, err
+    assert "credentials of agent agent-q" in err
+    for action in ("credentials", "revoke"):
+        for who in ("user:mallory", "svc:projector"):
+            done = await cli("agents", action, who)
+            err = done.stderr.decode()
+            assert done.returncode == 2 and "is not an agent id" in err, (action, who, err)
+    done = await cli("people", "add", "eve", "--role", "operator", FLEETWARD_CREDS=str(bob))
+    assert done.returncode == 0, done.stderr.decode()
+    await project_all(rt)
+    granted = await row_of(rt, "SELECT held FROM fleet.roles WHERE person = 'eve'")
+    assert granted is not None and granted["held"]
+
+
+async def run_cli(env: dict[str, str], *args: str, **extra: str) -> Any:
+    """``fleetward ARGS`` in ``env`` plus ``extra``: the finished process."""
+    with anyio.fail_after(60):
+        return await anyio.run_process([*CLI, *args], cwd=ROOT, env=env | extra, check=False)
+
+
+async def row_of(rt: Runtime, sql: str) -> Any:
+    async with rt.pool.acquire() as conn:
+        return await conn.fetchrow(sql)
 
 
 async def test_connecting_without_credentials_is_refused(rt: Runtime) -> None:
