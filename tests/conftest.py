@@ -74,43 +74,65 @@ async def template_db(pg_server: str) -> str:
 class Databases:
     """Copies of the template database, made ``AHEAD`` of the tests that take them and dropped
     after, by a thread with a connection of its own: a copy takes about half a second of the
-    server's time, which then overlaps the previous test instead of adding to it. Jobs run one
-    at a time in the order given; a failure reaches the test that takes the copy."""
+    server's time, which then overlaps the tests before instead of adding to them. One job at
+    a time, copies first (drops wait while a copy is wanted); a failed copy reaches the test
+    that takes it, failed drops are raised at ``close``."""
 
-    AHEAD = 2
+    AHEAD = 3
 
     def __init__(self, server: str, template: str) -> None:
         self.server, self.template = server, template
-        self._jobs: queue.Queue[tuple[str, str] | None] = queue.Queue()
+        self.failed: list[Exception] = []
+        self._wanted = self.AHEAD  # copies to make
+        self._drops: list[str] = []
+        self._closing = False
+        self._jobs = threading.Condition()
         self._ready: queue.Queue[str | BaseException] = queue.Queue()
-        self.failed: list[Exception] = []  # drops that failed: raised at ``close``
         self._thread = threading.Thread(target=asyncio.run, args=(self._work(),), daemon=True)
         self._thread.start()
-        for _ in range(self.AHEAD):
-            self._jobs.put(("create", f"fleetward_test_{uuid.uuid4().hex[:12]}"))
 
     def take(self) -> str:
         """The name of a fresh copy (waiting for it if needed); another is started."""
-        self._jobs.put(("create", f"fleetward_test_{uuid.uuid4().hex[:12]}"))
+        with self._jobs:
+            self._wanted += 1
+            self._jobs.notify()
         made = self._ready.get(timeout=120)
         if isinstance(made, BaseException):
             raise made
         return made
 
     def drop(self, name: str) -> None:
-        self._jobs.put(("drop", name))
+        with self._jobs:
+            self._drops.append(name)
+            self._jobs.notify()
 
     def close(self) -> None:
         """Drop what was made and not taken, finish every job, stop the thread."""
-        self._jobs.put(None)
+        with self._jobs:
+            self._closing = True
+            self._jobs.notify()
         self._thread.join(timeout=120)
         if self.failed:
             raise ExceptionGroup("test databases that could not be dropped", self.failed)
 
+    def _next(self) -> tuple[str, str] | None:
+        """The next job, waiting for one: a copy when one is wanted, else a drop; None once
+        closing with no drops left."""
+        with self._jobs:
+            while True:
+                if self._wanted and not self._closing:
+                    self._wanted -= 1
+                    return ("create", f"fleetward_test_{uuid.uuid4().hex[:12]}")
+                if self._drops:
+                    return ("drop", self._drops.pop(0))
+                if self._closing:
+                    return None
+                self._jobs.wait()
+
     async def _work(self) -> None:
         conn = await asyncpg.connect(self.server)
         try:
-            while (job := await asyncio.to_thread(self._jobs.get)) is not None:
+            while (job := await asyncio.to_thread(self._next)) is not None:
                 what, name = job
                 try:
                     if what == "create":
@@ -119,10 +141,7 @@ class Databases:
                     else:
                         await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
                 except Exception as exc:
-                    if what == "create":
-                        self._ready.put(exc)
-                    else:
-                        self.failed.append(exc)
+                    (self._ready.put if what == "create" else self.failed.append)(exc)
             while not self._ready.empty():
                 left = self._ready.get()
                 if isinstance(left, str):
