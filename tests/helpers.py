@@ -23,7 +23,7 @@ from fleetward.services.api.tasks import serve_task_api
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.client import AgentClient
 from fleetward.services.config import Settings
-from fleetward.services.jetstream.publish import publish
+from fleetward.services.jetstream.publish import publish_many
 from fleetward.services.projector.consumers import by_stream
 from fleetward.services.projector.outbox import Outbox
 from fleetward.services.projector.rebuild import catch_up
@@ -48,10 +48,9 @@ TEST_ADMINS = ("admin", "o", "ops", "op", "p", "r", "alice", "alice@example", "a
 
 async def grant_test_admins(rt: Runtime) -> None:
     """``TEST_ADMINS`` granted ``admin`` by the signing keys' holder (the harness may publish
-    as anyone)."""
-    for person in TEST_ADMINS:
-        grant = RoleGranted(**envelope(ROLE_AUTHORITY), person=person, role="admin")
-        await publish(rt.js, grant)
+    as anyone), every acknowledgement awaited at once."""
+    grants = [RoleGranted(**envelope(ROLE_AUTHORITY), person=p, role="admin") for p in TEST_ADMINS]
+    await publish_many(rt.js, grants)
 
 
 def as_harness(where: Settings | AuthStore) -> str:

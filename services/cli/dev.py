@@ -10,14 +10,12 @@ from dataclasses import replace
 import anyio
 
 from fleetward import projections
-from fleetward.services import simulate
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.cli import views
 from fleetward.services.cli.command import PERSON, Command, console
 from fleetward.services.cli.people import ensure_roles
 from fleetward.services.config import Settings
 from fleetward.services.runtime.connect import open_runtime
-from fleetward.services.serve import run_services
 
 DEV_GRACE_S = 5.0  # the watchdog's grace under `fleetward dev` (see _dev)
 
@@ -32,6 +30,8 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
         # dev starts its own servers, and the simulated agents heartbeat every 1-2 s: a short
         # grace lets silent ones show up within seconds instead of after a minute
         settings = replace(settings, watchdog=replace(settings.watchdog, grace_s=DEV_GRACE_S))
+    from fleetward.services.serve import run_services  # noqa: PLC0415  # only dev needs it
+
     async with open_runtime(settings, embed=True) as rt:
         # the person at this machine is the fleet's first admin (the keys are here anyway)
         await ensure_roles(rt, PERSON.removeprefix("user:"), ["admin"], "make run: the first admin")
@@ -92,6 +92,8 @@ def _simulate_arguments(sim: argparse.ArgumentParser) -> None:
 
 
 async def _simulate(settings: Settings, args: argparse.Namespace) -> None:
+    from fleetward.services import simulate  # noqa: PLC0415  # only simulate needs it
+
     async with open_runtime(settings) as rt:
         console.print(f"simulating {args.agents} agents (seed {args.seed}); Ctrl-C stops")
         sent = await simulate.run(

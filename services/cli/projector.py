@@ -5,14 +5,10 @@ from __future__ import annotations
 
 import argparse
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
 from fleetward import projections
 from fleetward.services.cli.command import Command, console
 from fleetward.services.config import Settings
-from fleetward.services.projector.rebuild import rebuild, stream_last_seq
 from fleetward.services.runtime.connect import open_runtime
-from fleetward.services.serve import run_services
 
 
 def _projector_arguments(proj: argparse.ArgumentParser) -> None:
@@ -20,6 +16,8 @@ def _projector_arguments(proj: argparse.ArgumentParser) -> None:
 
 
 async def _projector(settings: Settings, args: argparse.Namespace) -> None:
+    from fleetward.services.serve import run_services  # noqa: PLC0415  # only services need it
+
     chosen = tuple(projections.BY_NAME[n] for n in (args.only or projections.BY_NAME))
     async with open_runtime(settings) as rt:
 
@@ -42,6 +40,16 @@ async def _projections(settings: Settings, args: argparse.Namespace) -> None:
 
 
 async def _rebuild(settings: Settings, args: argparse.Namespace) -> None:
+    from rich.progress import (  # noqa: PLC0415  # only a rebuild needs these
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    from fleetward.services.projector.rebuild import rebuild, stream_last_seq  # noqa: PLC0415
+
     projection = projections.BY_NAME[args.name]
     async with open_runtime(settings) as rt:
         total = await stream_last_seq(rt, projection.stream)

@@ -7,10 +7,11 @@ import argparse
 from fleetward.services.cli.command import Command, console, no_arguments
 from fleetward.services.config import Settings
 from fleetward.services.runtime.connect import open_runtime
-from fleetward.services.serve import run_services
 
 
 async def _watchdog(settings: Settings, args: argparse.Namespace) -> None:
+    from fleetward.services.serve import run_services  # noqa: PLC0415  # only services need it
+
     async with open_runtime(settings, identity="svc:watchdog") as rt:
         w = settings.watchdog
 

@@ -166,19 +166,28 @@ async def sign_in(
     without authentication), replies on that identity's own inbox prefix (``schemas/grants.py``:
     it may read no other). The first connect gives up after ``deadline_s`` seconds: nats-py would
     retry it forever with unlimited reconnects. Raises ``FleetwardError``: the server refused the
-    credentials (revoked, expired, or of other signing keys), or cannot be reached (``hint``
-    follows the cause)."""
+    credentials (revoked, expired, or of other signing keys: at once, a refusal is not retried),
+    or cannot be reached (``hint`` follows the cause)."""
     if creds is not None:
         options |= {"user_credentials": str(creds), "inbox_prefix": inbox_prefix(identity)}
     options.setdefault("name", identity)
+    given: Callable[[Exception], Awaitable[None]] = options.get("error_cb") or _log_error
+    signing_in = True
+
+    async def on_error(exc: Exception) -> None:
+        await given(exc)
+        if signing_in and _refused(exc):  # raised out of nats-py's retry loop of the connect
+            raise exc
+
     try:
         with anyio.fail_after(deadline_s):
-            await nc.connect(servers, **options)
+            await nc.connect(servers, **(options | {"error_cb": on_error}))
+        signing_in = False
     except Exception as exc:  # nats-py raises many types; all mean the same here
         cause = nc.last_error or exc  # the deadline's TimeoutError hides the real cause
         with contextlib.suppress(Exception):
             await nc.close()
-        if "authorization violation" in str(cause).lower():
+        if _refused(cause):
             raise FleetwardError(
                 f"NATS at {servers} refused the credentials in {creds} ({identity}): revoked, "
                 "expired, or issued by signing keys this server does not trust"
@@ -187,6 +196,16 @@ async def sign_in(
             f"cannot reach NATS at {servers} ({type(cause).__name__}: {cause or 'no answer'})"
             + hint
         ) from None
+
+
+def _refused(exc: BaseException) -> bool:
+    """The server refused the credentials (``-ERR 'Authorization Violation'``)."""
+    return "authorization violation" in str(exc).lower()
+
+
+async def _log_error(exc: Exception) -> None:
+    """What nats-py does with an error when given no ``error_cb``."""
+    logging.getLogger("nats.aio.client").error("nats: encountered error", exc_info=exc)
 
 
 async def connect_as(

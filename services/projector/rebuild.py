@@ -36,8 +36,11 @@ async def stream_last_seq(rt: Runtime, stream: str) -> int:
 
 async def catch_up(runner: ProjectionRunner, progress: Callable[[int], Any] | None = None) -> None:
     """Apply batches until the runner's consumer (positioned) has nothing pending and nothing
-    unacknowledged; ``progress`` gets the runner's checkpoint after each batch."""
+    unacknowledged; ``progress`` gets the runner's checkpoint after each batch. A consumer
+    that has nothing pending from the start returns at once (no wait for an empty batch)."""
     assert runner.consumer is not None
+    if await _drained(runner):
+        return
     while True:
         try:
             n = await runner.step(wait=0.2)
@@ -50,10 +53,15 @@ async def catch_up(runner: ProjectionRunner, progress: Callable[[int], Any] | No
             runner.isolating(exc)
             await runner.position()
             continue
-        if n == 0:
-            info = await runner.rt.js.consumer_info(runner.stream, runner.durable)
-            if info.num_pending == 0 and info.num_ack_pending == 0:
-                return
+        if n == 0 and await _drained(runner):
+            return
+
+
+async def _drained(runner: ProjectionRunner) -> bool:
+    """The runner's consumer has nothing pending and nothing unacknowledged (a delivery is
+    acknowledged only once committed)."""
+    info = await runner.rt.js.consumer_info(runner.stream, runner.durable)
+    return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
 
 async def rebuild(

