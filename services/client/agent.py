@@ -248,7 +248,7 @@ class AgentClient(FleetClient):
 
     async def _still_mine(self, claim: Claim) -> int:
         """The task's last sequence, if ``claim`` still holds it; else ``ClaimLost``."""
-        state = await read_task(self.nc, self.js, claim.task, roles=self.roles)
+        state = await read_task(self.nc, self.js, claim.task, roles=self.roles, cache=self.tasks)
         problem = holder_problem(state.row, claim, self.agent)
         if problem is not None:
             self._drop(claim.task)

@@ -101,19 +101,19 @@ async def claim_task(
     if gate is not None:
         await gate()
     for _ in range(attempts):
-        state = await read_task(pub.nc, pub.js, task, roles=pub.roles)
+        state = await read_task(pub.nc, pub.js, task, roles=pub.roles, cache=pub.tasks)
         claim = await _claim_event(pub, state, agent, me, lease_s)
         try:
             ack = await pub.send(claim, expect=state.last_seq)
         except APIError as exc:
             if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise
-            now = await read_task(pub.nc, pub.js, task, roles=pub.roles)
+            now = await read_task(pub.nc, pub.js, task, roles=pub.roles, cache=pub.tasks)
             if now.row is not None and now.row["claim_id"] == claim.id:
                 return claim, now.last_seq  # an earlier try of this very claim did land
             continue  # someone published first: read again and judge again
         if ack.duplicate:
-            now = await read_task(pub.nc, pub.js, task, roles=pub.roles)
+            now = await read_task(pub.nc, pub.js, task, roles=pub.roles, cache=pub.tasks)
             if now.row is None or now.row["claim_id"] != claim.id:
                 raise ClaimLost(task, "the claim was stored before and did not take the task")
             return claim, now.last_seq
@@ -141,7 +141,7 @@ async def _claim_event(
     problem = task_claim_problem(state.row, claim) or agent_claim_problem(state.row, me(), claim)
     if problem is None:
         for dep in state.row["depends_on"]:
-            row = (await read_task(pub.nc, pub.js, dep, roles=pub.roles)).row
+            row = (await read_task(pub.nc, pub.js, dep, roles=pub.roles, cache=pub.tasks)).row
             if row is None or row["status"] != "done":
                 problem = f"waiting on dependencies: {dep}"
                 break

@@ -501,7 +501,7 @@ class FleetClient(Publisher):
         event id, so a try that landed unseen (a timeout) is found, never doubled."""
         event_id = new_id()
         for _ in range(ATTEMPTS):
-            state = await read_task(self.nc, self.js, task, roles=self.roles)
+            state = await read_task(self.nc, self.js, task, roles=self.roles, cache=self.tasks)
             event = await decide(state, event_id)
             try:
                 ack = await self._publish(event, expect=state.last_seq)
@@ -525,7 +525,7 @@ class FleetClient(Publisher):
         refuse(intents.agent_problem(agent, await self.agent_profile(agent), task, state.row))
 
     async def _task_row(self, task: str) -> dict[str, Any] | None:
-        return (await read_task(self.nc, self.js, task, roles=self.roles)).row
+        return (await read_task(self.nc, self.js, task, roles=self.roles, cache=self.tasks)).row
 
     async def _created_seq(self, task: str) -> int | None:
         """The stream sequence of the task's creation (its first applied ``task.created``),

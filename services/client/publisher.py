@@ -12,6 +12,7 @@ from nats.js.api import PubAck
 
 from fleetward.schemas import Event, new_id
 from fleetward.schemas.roles import RoleBook
+from fleetward.services.client.taskstate import TaskCache
 from fleetward.services.jetstream.publish import publish
 
 
@@ -22,6 +23,7 @@ class Publisher:
         self.nc, self.js, self.actor = nc, nc.jetstream(timeout=10), actor
         # people's role changes read so far: task reads judge people's events with them
         self.roles = RoleBook()
+        self.tasks = TaskCache()  # the tasks read lately, folded: read on from there
 
     def envelope(self, event_id: str | None = None) -> dict[str, Any]:
         """The envelope fields of a new event: its id (fresh unless given), actor and time."""

@@ -53,6 +53,42 @@ class Step:
 
 
 @dataclass(frozen=True, slots=True)
+class Fold:
+    """What a reader keeps of a task it folded, to fold only what was stored since: the row,
+    the last sequence over the v2 subjects, the sequence read up to (v1 history included) and
+    the event ids applied or seen (a later copy of one is not applied)."""
+
+    row: Row
+    last_seq: int
+    read_to: int
+    seen: frozenset[str]
+
+
+class TaskCache:
+    """The folds of the tasks a client read lately (``read_task``), least recently used first
+    out past ``size``. A task's events never change once stored, and each is judged at its own
+    position (roles included), so folding on from a kept fold gives what a fold from the start
+    gives: a claim on a task with a long history reads only what is new (one message get
+    each)."""
+
+    def __init__(self, size: int = 10_000) -> None:
+        self.size = size
+        self._folds: dict[str, Fold] = {}
+
+    def get(self, task: str) -> Fold | None:
+        fold = self._folds.pop(task, None)
+        if fold is not None:
+            self._folds[task] = fold  # most recent last
+        return fold
+
+    def put(self, task: str, fold: Fold) -> None:
+        self._folds.pop(task, None)
+        self._folds[task] = fold
+        while len(self._folds) > self.size:
+            del self._folds[next(iter(self._folds))]
+
+
+@dataclass(frozen=True, slots=True)
 class Stored:
     """A message as a direct get returns it, admitted (``event``) or not (``refused``)."""
 
@@ -70,20 +106,27 @@ async def read_task(
     *,
     history: bool = False,
     roles: RoleBook | None = None,
+    cache: TaskCache | None = None,
 ) -> TaskState:
     """Fold every event of one task (see above). A person's event counts only with the role it
     needs at its position (schemas/roles.py), as the board judges it: ``roles`` is the caller's
     book of role changes, brought up to date here after the task is read when the task holds a
     person's event the book cannot judge yet (``RoleBook.covers``), so it then holds every
     change stored before the task's last event. With ``history``, keep every message and what
-    the fold made of it."""
-    v2 = await read_subjects(nc, boundary_wildcard("task", task))
-    last = v2[-1].seq if v2 else 0
-    messages = v2
-    if not (v2 and isinstance(v2[0].event, TaskCreated)):  # v1 history, perhaps
-        v1 = await read_subjects(nc, boundary("task", task))
-        if v1:
-            messages = sorted(v1 + v2, key=lambda m: m.seq)
+    the fold made of it. With ``cache`` (and no ``history``), fold on from the task's kept
+    fold, reading only the messages stored since."""
+    kept = None if cache is None or history else cache.get(task)
+    if kept is not None:
+        messages = await read_subjects(nc, boundary_wildcard("task", task), after=kept.read_to)
+        last = messages[-1].seq if messages else kept.last_seq
+    else:
+        v2 = await read_subjects(nc, boundary_wildcard("task", task))
+        last = v2[-1].seq if v2 else 0
+        messages = v2
+        if not (v2 and isinstance(v2[0].event, TaskCreated)):  # v1 history, perhaps
+            v1 = await read_subjects(nc, boundary("task", task))
+            if v1:
+                messages = sorted(v1 + v2, key=lambda m: m.seq)
     book = RoleBook() if roles is None else roles
     if any(
         m.event is not None and judged_by_roles(m.event) and not book.covers(m.seq)
@@ -91,9 +134,10 @@ async def read_task(
     ):  # a person's event the book cannot judge yet: one lookup, more only if roles changed
         book = await read_roles(nc, book)
         book.known_to = max(book.known_to, messages[-1].seq)  # read before the lookup began
-    row: Row | None = None
+    row: Row | None = None if kept is None else kept.row
     steps: list[Step] = []
-    seen: set[str] = set()  # a copy of an event (its id seen before here) is not applied again
+    # a copy of an event (its id seen before here) is not applied again
+    seen: set[str] = set() if kept is None else set(kept.seen)
     for m in messages:
         why = m.refused
         if m.event is not None and why is None:
@@ -114,14 +158,18 @@ async def read_task(
                 row = after
         if history:
             steps.append(Step(m.seq, m.time, m.event, why))
+    if cache is not None and row is not None:
+        read_to = messages[-1].seq if messages else kept.read_to if kept else 0
+        cache.put(task, Fold(row, last, read_to, frozenset(seen)))
     return TaskState(task, row, last, tuple(steps))
 
 
-async def read_subjects(nc: NatsClient, subjects: str) -> list[Stored]:
-    """Every message of FW_EVENTS on ``subjects`` (a subject or a wildcard), in order, each
-    admitted on the subject it is stored on (one batch direct get: client/direct.py)."""
+async def read_subjects(nc: NatsClient, subjects: str, *, after: int = 0) -> list[Stored]:
+    """Every message of FW_EVENTS on ``subjects`` (a subject or a wildcard) stored after
+    sequence ``after``, in order, each admitted on the subject it is stored on (one message get
+    each: client/direct.py)."""
     out: list[Stored] = []
-    async for raw in direct.read_subjects(nc, EVENTS_STREAM, subjects):
+    async for raw in direct.read_subjects(nc, EVENTS_STREAM, subjects, after=after):
         try:
             event: Event | None = admit(raw.subject, raw.data)
             why = None

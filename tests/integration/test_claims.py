@@ -250,3 +250,31 @@ async def test_claim_next_takes_the_most_urgent_claimable_task(
         ]
     finally:
         await worker.close()
+
+
+async def test_a_task_folded_on_from_the_cache_equals_a_fold_from_the_start(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """A client keeps the folds of the tasks it read (``TaskCache``) and reads only what was
+    stored since: after claims, progress, a copy of an event and a release, the fold it keeps
+    equals a fold of the whole task, and it asked only for the new messages."""
+    await ops.create_task("cached", project="p", title="t")
+    a = await agent(rt, "cacher")
+    try:
+        claim = await a.claim("cached", lease_s=60)  # read and folded before the claim: kept
+        kept = a.tasks.get("cached")
+        assert kept is not None and kept.row["status"] == "inbox"
+        await a.progress(claim, "halfway")
+        progress = await read_subjects(rt.nc, boundary_wildcard("task", "cached"))
+        copy = progress[-1]
+        assert copy.event is not None
+        await rt.js.publish(copy.subject, encode(copy.event))  # a copy, another message id
+        await a.release(claim, "done for now")
+        cached = await read_task(a.nc, a.js, "cached", roles=a.roles, cache=a.tasks)
+        whole = await read_task(a.nc, a.js, "cached", roles=a.roles)
+        assert (cached.row, cached.last_seq) == (whole.row, whole.last_seq)
+        assert cached.row is not None and cached.row["status"] == "inbox"
+        kept = a.tasks.get("cached")
+        assert kept is not None and kept.read_to == whole.last_seq
+    finally:
+        await a.close()
