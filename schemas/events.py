@@ -437,6 +437,43 @@ class BudgetSet(Event, frozen=True, kw_only=True, tag="budget.set"):
     ] = None
 
 
+class _BudgetEvent(Event, frozen=True, kw_only=True):
+    SUBJECT_KIND: ClassVar[str] = "budget"
+    SUBJECT_KEY: ClassVar[str] = "budget"
+    budget: Ident
+
+
+class BudgetExhausted(_BudgetEvent, frozen=True, kw_only=True, tag="budget.exhausted"):
+    """The guard found a budget's hard limit reached in its current window (spent >= limit, in
+    USD or in tokens, as ``fleet.budgets`` judges ``exhausted``): it pauses every agent in the
+    budget's scope (``agent.paused`` by the guard, reason ``budget <id> exhausted ...``).
+
+    Published by the guard (services/guard) once per budget and window: a deterministic id and
+    compare-and-set over the budget's subjects. ``window_start`` is the window's first UTC day
+    (null: lifetime)."""
+
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"svc"})
+    window: BudgetWindow
+    window_start: Annotated[datetime, Meta(tz=True, description="UTC midnight")] | None = None
+    spent_usd: Annotated[LimitUsd, Meta(description="USD spent in the window")]
+    limit_usd: Annotated[LimitUsd, Meta(description="USD")]
+    spent_tokens: Annotated[LimitTokens, Meta(description="tokens in and out")] = 0
+    limit_tokens: LimitTokens | None = None
+
+
+class BudgetRestored(_BudgetEvent, frozen=True, kw_only=True, tag="budget.restored"):
+    """An exhausted budget has room again: its limit was raised (``budget.set``) or a new
+    window began. The guard resumes exactly the agents it paused for the budget whose pause is
+    still its own (``paused_by`` = the guard; an agent someone else paused meanwhile stays
+    paused), unless another exhausted budget still covers them. ``window_start`` is the start
+    of the exhausted window this ends (null: lifetime)."""
+
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"svc"})
+    window: BudgetWindow
+    window_start: Annotated[datetime, Meta(tz=True, description="UTC midnight")] | None = None
+    reason: Literal["limit_raised", "new_window", "budget_changed"]
+
+
 # ---- people and their roles: fw.person.<person> (schemas/roles.py) ---------------------------
 
 
@@ -512,6 +549,8 @@ AnyEvent = (
     | EscalationAcknowledged
     | EscalationResolved
     | BudgetSet
+    | BudgetExhausted
+    | BudgetRestored
     | CommandIssued
     | RoleGranted
     | RoleRevoked

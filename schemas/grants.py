@@ -36,6 +36,7 @@ PERSON_KINDS: Final = ("agent", "task", "esc", "budget", "person")
 SERVICE_ACTORS: Final[dict[str, tuple[str, ...]]] = {
     "svc:projector": ("svc:projector", "svc:board", "svc:registry"),
     "svc:watchdog": ("svc:watchdog",),
+    "svc:guard": ("svc:guard",),  # budgets: budget.exhausted/restored, pauses, warnings
 }
 API_SERVICE: Final = "svc:api"  # answers fw.api.* from the projections; publishes no event
 

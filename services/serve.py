@@ -1,7 +1,7 @@
-"""Running services in one process: projection runners, the watchdog, the simulator, the
-metrics endpoint and, with any projection, the fleet gauges' refresher and the lag watch (once
-per process); graceful shutdown on SIGTERM / SIGINT (finish the batch in hand, commit, ack,
-exit)."""
+"""Running services in one process: projection runners, the watchdog, the guard, the
+simulator, the metrics endpoint and, with any projection, the fleet gauges' refresher and the
+lag watch (once per process); graceful shutdown on SIGTERM / SIGINT (finish the batch in hand,
+commit, ack, exit)."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from fleetward.schemas.grants import API_SERVICE
 from fleetward.services import metrics, simulate
 from fleetward.services.api.tasks import serve_task_api
 from fleetward.services.errors import FleetwardError
+from fleetward.services.guard.core import GUARD
+from fleetward.services.guard.service import Guard
 from fleetward.services.metrics.fleet import FLEET
 from fleetward.services.metrics.health import HealthChecks
 from fleetward.services.metrics.http import serve_http
@@ -50,11 +52,13 @@ async def run_services(
     *,
     simulate_agents: int = 0,
     watchdog: bool = False,
+    guard: bool = False,
     on_ready: Callable[[int], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT. ``on_ready`` gets the metrics port once everything runs. The
     watchdog and the task API act with credentials of their own (``acting_as``), signing in
-    again until they can when NATS is away at the start (``/healthz`` says so meanwhile)."""
+    again until they can when NATS is away at the start (``/healthz`` says so meanwhile); so
+    does the guard (``svc:guard``)."""
     stop = anyio.Event()
     runners = [
         ProjectionRunner(
@@ -66,6 +70,7 @@ async def run_services(
         for group in by_stream(projections)
     ]
     dogs: list[Watchdog] = []  # the watchdog, once signed in as svc:watchdog
+    guards: list[Guard] = []  # the guard, once signed in as svc:guard
     outbox = Outbox(rt) if runners else None
     health = HealthChecks()  # GET /healthz, /readyz: each part's verdict and reason
     health.register("nats", lambda: _connected(rt))
@@ -78,6 +83,15 @@ async def run_services(
             "watchdog",
             lambda: dogs[0].health() if dogs else (False, "not signed in to NATS yet"),
         )
+    if guard:
+        health.register(
+            "guard",
+            lambda: guards[0].health() if guards else (False, "not signed in to NATS yet"),
+        )
+
+    async def guarding(guard_rt: Runtime) -> None:
+        guards.append(Guard(guard_rt))
+        await guards[0].run(stop.is_set)
 
     async def watch(dog_rt: Runtime) -> None:
         dogs.append(Watchdog(dog_rt))
@@ -106,6 +120,8 @@ async def run_services(
                 workers.start_soon(outbox.run, stop.is_set)
             if watchdog:
                 workers.start_soon(as_service, rt, "svc:watchdog", watch, stop)
+            if guard:
+                workers.start_soon(as_service, rt, GUARD, guarding, stop)
             if simulate_agents:
                 workers.start_soon(_simulate, rt, simulate_agents, stop)
             if on_ready is not None:

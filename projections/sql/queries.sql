@@ -258,3 +258,42 @@ ORDER BY created_at, task_id;
 -- name: projection_checkpoints
 -- The checkpoints of some projections ($1 names).
 SELECT projection, checkpoint FROM fleet.projections WHERE projection = ANY($1::text[]);
+
+-- name: guard_budgets
+-- The guard's start: every budget as its latest budget.set has it (services/guard).
+SELECT budget_id, scope, scope_id, budget_window, limit_usd, limit_tokens, warn_at, set_by,
+       last_seq
+FROM fleetward.budgets;
+
+-- name: guard_agents
+-- The guard's start: each agent's team (the one its spend counts under: spend_agents), status,
+-- whose pause is in force and the status reason (which budget a pause of the guard names).
+SELECT s.agent_id, s.team, coalesce(a.status, s.status) AS status,
+       coalesce(a.paused_by, s.paused_by) AS paused_by, coalesce(a.status_reason, '') AS reason
+FROM fleetward.spend_agents s LEFT JOIN fleetward.agents a USING (agent_id)
+UNION ALL
+SELECT a.agent_id, 'unassigned', a.status, a.paused_by, coalesce(a.status_reason, '')
+FROM fleetward.agents a
+WHERE NOT EXISTS (SELECT 1 FROM fleetward.spend_agents s WHERE s.agent_id = a.agent_id);
+
+-- name: guard_tasks
+-- The guard's start: each task's project, and who holds it while it is open.
+SELECT task_id, project,
+       CASE WHEN status IN ('in_progress', 'blocked', 'review') THEN assignee END AS holder
+FROM fleetward.tasks;
+
+-- name: guard_agent_spend
+-- The guard's start: spend per agent and team, per UTC day from $1 on, and before $1 in one
+-- row (day null). USD and tokens in and out.
+SELECT agent_id, team, CASE WHEN day >= $1 THEN day END AS day,
+       sum(model_cost_usd + tool_cost_usd) AS usd, sum(tokens_in + tokens_out) AS tokens
+FROM fleetward.spend_daily
+GROUP BY agent_id, team, CASE WHEN day >= $1 THEN day END;
+
+-- name: guard_task_spend
+-- The guard's start: spend per task (with its project, null while the board has not seen its
+-- task.created), per UTC day from $1 on, and before $1 in one row (day null).
+SELECT d.task_id, t.project, CASE WHEN d.day >= $1 THEN d.day END AS day,
+       sum(d.model_cost_usd + d.tool_cost_usd) AS usd, sum(d.tokens_in + d.tokens_out) AS tokens
+FROM fleetward.spend_task_daily d LEFT JOIN fleetward.tasks t USING (task_id)
+GROUP BY d.task_id, t.project, CASE WHEN d.day >= $1 THEN d.day END;

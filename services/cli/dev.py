@@ -74,7 +74,12 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
                 console.print(f"[dim]{_clock()}[/dim] {line}")
 
         await run_services(
-            rt, projections.ALL, simulate_agents=args.simulate, watchdog=True, on_ready=ready
+            rt,
+            projections.ALL,
+            simulate_agents=args.simulate,
+            watchdog=True,
+            guard=True,
+            on_ready=ready,
         )
 
 

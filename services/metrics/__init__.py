@@ -195,6 +195,46 @@ WATCHDOG_FAILURES = Counter(
     registry=REGISTRY,
 )
 
+# ---- the guard (services/guard) ---------------------------------------------------------------
+
+GUARD_BUDGETS = Gauge(
+    "fleetward_guard_budgets",
+    "Budgets this guard replica follows (every budget set), by state it has stored: "
+    "exhausted (a budget.exhausted in force) or not.",
+    ["exhausted"],
+    registry=REGISTRY,
+)
+GUARD_EXHAUSTED = Counter(
+    "fleetward_guard_exhausted",
+    "budget.exhausted events this replica stored (another replica's are not counted).",
+    registry=REGISTRY,
+)
+GUARD_PAUSED = Counter(
+    "fleetward_guard_agents_paused",
+    "agent.paused events this replica stored for an exhausted budget.",
+    registry=REGISTRY,
+)
+GUARD_PAUSE_LAG = Histogram(
+    "fleetward_guard_pause_lag_seconds",
+    "From the stream time of the event that exhausted a budget to each pause it calls for "
+    "being stored, by the guard host's clock (DESIGN 3.9: within a second).",
+    registry=REGISTRY,
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
+)
+GUARD_PUBLISHED = Counter(
+    "fleetward_guard_publish_outcomes",
+    "Steps of the guard's plans by outcome: stored, duplicate (another replica or an earlier "
+    "run did it), moved (the budget changed under it: judged again), failed.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+GUARD_FAILURES = Counter(
+    "fleetward_guard_failures",
+    "Messages or rows the guard could not fold, skipped while it folded the rest (the log has "
+    "each one).",
+    registry=REGISTRY,
+)
+
 OUTBOX_PUBLISHED = Counter(
     "fleetward_outbox_published",
     "Events the projector's outbox published (verdicts on task subjects, inbox commands), by "

@@ -1,0 +1,569 @@
+"""The guard's pure core: spend against budgets, in stream order (DESIGN 3.9). No I/O, no clock:
+every time is passed in (UTC days of the stream's time of record).
+
+State, folded from the projections at start (``load_*``) and from FW_EVENTS after:
+
+- ``Sums`` of spend (USD as exact ``Decimal``, tokens in and out) per scope key (``("agent",
+  id)``, ``("team", id)``, ``("project", id)``, ``("org", "")``), per UTC day and in total
+  (lifetime). A spend counts for its agent, the team the agent is in when it spends (as the
+  spend projection keeps it: ``unassigned`` before its first registration), the project of the
+  task it names (a task the guard has not seen created yet keeps its spend until it is) and the
+  org. So any budget's spent in any window is known at once, a budget set this second included.
+- Budgets as their latest ``budget.set`` has them, with ``seq`` (the last stream sequence over
+  the budget's subjects: compare-and-set) and ``exhausted`` (the window the guard's last
+  ``budget.exhausted`` stored on the stream names, until its ``budget.restored``).
+- Agents: their team, lifecycle (projections/lifecycle.py, the one state machine) and ``hold``:
+  the budget a pause of the guard names (its reason, ``pause_reason``).
+
+Rules (the one place they are decided):
+
+- ``state``: ``exhausted`` when spent >= limit (USD, or tokens when the budget limits them),
+  ``warning`` when spent >= ``warn_at`` x limit, else ``ok``: what ``fleet.budgets`` shows.
+- A window is the budget's UTC day, month or lifetime (``window_start``).
+- Scope: agent (that agent), team (agents whose team is the budget's, in the registry), org
+  (every agent), project (agents holding an open task of the project when the guard loaded,
+  plus every agent that claims or spends on a task of the project while it runs: the agents
+  that can spend on it; an agent that held one before the guard started and released it is
+  not counted).
+- Exhausted: plan ``budget.exhausted`` (compare-and-set on the budget) then a pause of every
+  agent in scope that is active, offline or paused only by itself (a pause by a person or
+  another service is theirs: it stays as it is). An agent that enters the scope while the
+  budget is exhausted (registers into the team, claims or spends on the project) is paused too,
+  once per window.
+- Restored: the limit was raised (or the budget changed) so that it is not exhausted, or a new
+  window began: plan ``budget.restored`` then resume each agent whose pause in force is the
+  guard's and names this budget, unless another exhausted budget covers it (then that budget
+  holds it).
+- Warning: one ``escalation.raised`` (tier warning, reason ``budget_warning``) per budget and
+  window, to the budget's owner (``set_by``, in the evidence), when spent reaches ``warn_at``.
+
+Replicas fold the same stream and plan the same events with the same ids (deterministic: the
+budget, its window and the sequence of the budget.set in force); the publisher's
+compare-and-set and the stream's deduplication make them stored once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Final, Literal
+
+from fleetward.projections import lifecycle
+from fleetward.projections.money import money
+from fleetward.schemas.admission import Rejected
+from fleetward.schemas.events import (
+    AgentPaused,
+    AgentRegistered,
+    AgentResumed,
+    BudgetExhausted,
+    BudgetRestored,
+    BudgetSet,
+    EscalationRaised,
+    Event,
+    SpendRecorded,
+    TaskClaimed,
+    TaskCreated,
+    ToolCalled,
+)
+from fleetward.schemas.ids import deterministic_id
+
+GUARD: Final = "svc:guard"
+BUDGET_WARNING: Final = "budget_warning"  # the escalations' reason
+UNASSIGNED: Final = "unassigned"  # the team of an agent never registered (projections/spend.py)
+LIFETIME: Final = "lifetime"
+MAX_TOKENS: Final = 10**18  # budget.exhausted's bound on spent_tokens (schemas/bounds.py)
+
+State = Literal["ok", "warning", "exhausted"]
+ScopeKey = tuple[str, str]
+Expect = Literal["budget", "empty", "any"]
+
+_REASON: Final = re.compile(r"^budget (\S+) exhausted")
+
+
+def pause_reason(budget: str, window: str, spent: Decimal, limit: Decimal) -> str:
+    """The reason of the guard's ``agent.paused``: names the budget (``held_by`` reads it)."""
+    return f"budget {budget} exhausted ({window}): {spent} of {limit} USD spent"
+
+
+def held_by(reason: str) -> str | None:
+    """The budget a pause reason of the guard names, or None."""
+    found = _REASON.match(reason)
+    return found.group(1) if found else None
+
+
+def window_start(window: str, day: date) -> date | None:
+    """The first UTC day of the ``window`` (day, month, lifetime) holding ``day``; None:
+    lifetime."""
+    if window == "day":
+        return day
+    if window == "month":
+        return day.replace(day=1)
+    return None
+
+
+def window_key(window: str, day: date) -> str:
+    """The window holding ``day`` as text: its first day, or ``lifetime``."""
+    start = window_start(window, day)
+    return LIFETIME if start is None else start.isoformat()
+
+
+def midnight(start: date | None) -> datetime | None:
+    return None if start is None else datetime(start.year, start.month, start.day, tzinfo=UTC)
+
+
+@dataclass(slots=True)
+class Sums:
+    usd: Decimal = Decimal(0)
+    tokens: int = 0
+
+    def add(self, usd: Decimal, tokens: int) -> None:
+        self.usd += usd
+        self.tokens += tokens
+
+
+@dataclass(slots=True)
+class Budget:
+    budget: str
+    scope: str
+    scope_id: str
+    window: str
+    limit_usd: Decimal
+    limit_tokens: int | None
+    warn_at: float
+    set_by: str
+    set_seq: int  # the sequence of the budget.set in force (part of the events' ids)
+    seq: int = 0  # the last sequence over the budget's subjects (compare-and-set)
+    exhausted: str | None = None  # the window of the guard's budget.exhausted in force
+
+    @property
+    def key(self) -> ScopeKey:
+        return ("org", "") if self.scope == "org" else (self.scope, self.scope_id)
+
+    def state(self, spent: Sums) -> State:
+        """As ``fleet.budgets`` judges it (migration 0015)."""
+        tokens = self.limit_tokens
+        if spent.usd >= self.limit_usd or (tokens is not None and spent.tokens >= tokens):
+            return "exhausted"
+        share = Decimal(repr(self.warn_at))
+        if spent.usd >= self.limit_usd * share or (
+            tokens is not None and spent.tokens >= tokens * share
+        ):
+            return "warning"
+        return "ok"
+
+
+@dataclass(slots=True)
+class Agent:
+    team: str = UNASSIGNED
+    life: lifecycle.Life = field(default_factory=lifecycle.Life)
+    hold: str | None = None  # the budget the guard's pause names (while it is in force)
+
+    def guard_paused(self) -> bool:
+        return self.life.status == "paused" and self.life.paused_by == GUARD
+
+    def pausable(self, agent: str) -> bool:
+        """Active, offline or paused only by itself: the guard's pause may take over."""
+        life = self.life
+        return life.status in ("active", "offline") or (
+            life.status == "paused" and life.paused_by == agent
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    event: Event
+    expect: Expect = "any"  # budget: compare-and-set on the budget; empty: first on its subject
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Events to publish in order; plans with one ``key`` (a budget id) one after another.
+    ``crossing_ns``: the stream time (ns) of the event that exhausted the budget (the pause
+    latency is measured from it); ``mark``: what the core planned, released by ``done``."""
+
+    key: str
+    steps: tuple[Publish, ...]
+    mark: tuple[str, ...]
+    crossing_ns: int | None = None
+
+
+@dataclass
+class Core:
+    """The guard's state and rules (see the module). ``ready``: plans are made only once the
+    followers caught up (the state is then the stream's head), as the watchdog judges."""
+
+    budgets: dict[str, Budget] = field(default_factory=dict)
+    agents: dict[str, Agent] = field(default_factory=dict)
+    tasks: dict[str, str] = field(default_factory=dict)  # task -> project
+    ready: bool = False
+    _index: defaultdict[ScopeKey, set[str]] = field(default_factory=lambda: defaultdict(set))
+    _days: defaultdict[ScopeKey, defaultdict[date, Sums]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(Sums))
+    )
+    _total: defaultdict[ScopeKey, Sums] = field(default_factory=lambda: defaultdict(Sums))
+    _orphans: defaultdict[str, list[tuple[date | None, Sums]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )  # spend on tasks not seen created yet
+    _project_agents: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    _planned: set[tuple[str, ...]] = field(default_factory=set)
+    _targets: defaultdict[tuple[str, str], set[str]] = field(
+        default_factory=lambda: defaultdict(set)
+    )  # (budget, window) -> agents judged for a pause in it
+
+    # ---- loading -----------------------------------------------------------------------------
+
+    def load_budget(self, budget: Budget) -> None:
+        old = self.budgets.get(budget.budget)
+        if old is not None:
+            self._index[old.key].discard(old.budget)
+            budget.seq, budget.exhausted = max(old.seq, budget.seq), old.exhausted
+        self.budgets[budget.budget] = budget
+        self._index[budget.key].add(budget.budget)
+
+    def load_agent(self, agent: str, team: str, life: lifecycle.Life, reason: str) -> None:
+        hold = held_by(reason) if life.status == "paused" and life.paused_by == GUARD else None
+        self.agents[agent] = Agent(team, life, hold)
+
+    def load_task(self, task: str, project: str, holder: str | None) -> None:
+        self._created(task, project)
+        if holder is not None:
+            self._project_agents[project].add(holder)
+
+    def load_spend(self, keys: list[ScopeKey], day: date | None, usd: Decimal, tokens: int) -> None:
+        """Spend of ``keys`` on ``day`` (None: before the days kept one by one)."""
+        for key in keys:
+            self._add(key, day, usd, tokens)
+
+    def load_task_spend(self, task: str, day: date | None, usd: Decimal, tokens: int) -> None:
+        project = self.tasks.get(task)
+        if project is None:
+            sums = Sums()
+            sums.add(usd, tokens)
+            self._orphans[task].append((day, sums))
+        else:
+            self._add(("project", project), day, usd, tokens)
+
+    # ---- spend -------------------------------------------------------------------------------
+
+    def _add(self, key: ScopeKey, day: date | None, usd: Decimal, tokens: int) -> None:
+        self._total[key].add(usd, tokens)
+        if day is not None:
+            self._days[key][day].add(usd, tokens)
+
+    def spent(self, budget: Budget, day: date) -> Sums:
+        """What ``budget``'s scope spent in its window holding ``day``."""
+        key = budget.key
+        start = window_start(budget.window, day)
+        if start is None:
+            return self._total[key]
+        if start == day:
+            return self._days[key].get(day) or Sums()
+        total = Sums()
+        for d, sums in self._days[key].items():
+            if start <= d <= day:  # d > day: spend of a later day, stored before this event
+                total.add(sums.usd, sums.tokens)
+        return total
+
+    def _created(self, task: str, project: str) -> None:
+        if task in self.tasks:
+            return
+        self.tasks[task] = project
+        for day, sums in self._orphans.pop(task, []):
+            self._add(("project", project), day, sums.usd, sums.tokens)
+
+    def _scope_keys(self, agent: str, task: str | None) -> list[ScopeKey]:
+        team = self.agents[agent].team if agent in self.agents else UNASSIGNED
+        keys: list[ScopeKey] = [("agent", agent), ("team", team), ("org", "")]
+        project = self.tasks.get(task) if task is not None else None
+        if project is not None:
+            keys.append(("project", project))
+        return keys
+
+    def in_scope(self, budget: Budget, agent: str) -> bool:
+        match budget.scope:
+            case "agent":
+                return agent == budget.scope_id
+            case "team":
+                return agent in self.agents and self.agents[agent].team == budget.scope_id
+            case "project":
+                return agent in self._project_agents[budget.scope_id]
+        return agent in self.agents  # org
+
+    def scope_agents(self, budget: Budget) -> list[str]:
+        if budget.scope == "agent":
+            return [budget.scope_id] if budget.scope_id in self.agents else []
+        if budget.scope == "project":
+            return sorted(a for a in self._project_agents[budget.scope_id] if a in self.agents)
+        return sorted(a for a in self.agents if self.in_scope(budget, a))
+
+    # ---- the stream --------------------------------------------------------------------------
+
+    def budget_seq(self, budget: str, seq: int) -> None:
+        """Any message stored on the budget's subjects (readable or not) moves its sequence."""
+        if budget in self.budgets:
+            self.budgets[budget].seq = max(self.budgets[budget].seq, seq)
+
+    def event(self, event: Event, seq: int, ns: int, *, spend: bool = True,
+              life: bool = True, budget: bool = True) -> list[Plan]:  # fmt: skip
+        """Fold one admitted event stored at ``seq`` at stream time ``ns`` (nanoseconds since
+        the epoch); the plans it calls for (none before ``ready``). ``spend``, ``life`` and
+        ``budget`` say whether the projections loaded at start had not applied it yet (an
+        event they applied is read again only to follow the stream from one position)."""
+        day = datetime.fromtimestamp(ns / 1e9, UTC).date()
+        match event:
+            case SpendRecorded() | ToolCalled():
+                if not spend:
+                    return []
+                tokens = (
+                    event.tokens_in + event.tokens_out if isinstance(event, SpendRecorded) else 0
+                )
+                cost = money(event.cost_usd)
+                keys = self._scope_keys(event.agent, event.task)
+                for key in keys:
+                    self._add(key, day, cost, tokens)
+                self.agents.setdefault(event.agent, Agent())
+                if event.task is not None and event.task in self.tasks:
+                    self._project_agents[self.tasks[event.task]].add(event.agent)
+                return self._evaluate_keys(keys, event.agent, day, ns)
+            case TaskCreated():
+                self._created(event.task, event.project)
+                return []
+            case TaskClaimed():
+                project = self.tasks.get(event.task)
+                if project is None:
+                    return []
+                self._project_agents[project].add(event.agent)
+                return self._joined(event.agent, [("project", project)], day, ns)
+            case BudgetSet():
+                if not budget:
+                    return []
+                self.load_budget(Budget(
+                    event.budget, event.scope, event.scope_id, event.window,
+                    money(event.limit_usd), event.limit_tokens, event.warn_at, event.actor, seq,
+                    seq,
+                ))  # fmt: skip
+                return self.evaluate(self.budgets[event.budget], day, ns)
+            case BudgetExhausted():
+                if event.budget in self.budgets:
+                    b = self.budgets[event.budget]
+                    start = event.window_start.date() if event.window_start else None
+                    b.exhausted = LIFETIME if start is None else start.isoformat()
+                    return self.evaluate(b, day, ns)
+                return []
+            case BudgetRestored():
+                if event.budget in self.budgets:
+                    self.budgets[event.budget].exhausted = None
+                    return self.evaluate(self.budgets[event.budget], day, ns)
+                return []
+        if not life or not hasattr(event, "agent") or event.SUBJECT_KIND != "agent":
+            return []
+        return self._lifecycle(event, day, ns)
+
+    def _lifecycle(self, event: Event, day: date, ns: int) -> list[Plan]:
+        agent_id: str = event.agent  # type: ignore[attr-defined]
+        agent = self.agents.setdefault(agent_id, Agent())
+        try:
+            agent.life, _ = lifecycle.step(agent.life, event)
+        except Rejected:  # refused by every reader: changes nothing
+            return []
+        if not agent.guard_paused():
+            agent.hold = None
+        elif isinstance(event, AgentPaused) and event.actor == GUARD:
+            agent.hold = held_by(event.reason)
+        if isinstance(event, AgentRegistered) and event.team != agent.team:
+            agent.team = event.team
+            return self._joined(agent_id, [("team", event.team), ("org", "")], day, ns)
+        return []
+
+    # ---- judging -----------------------------------------------------------------------------
+
+    def _evaluate_keys(self, keys: list[ScopeKey], agent: str, day: date, ns: int) -> list[Plan]:
+        plans = self._joined(agent, keys, day, ns)
+        for key in keys:
+            for budget in sorted(self._index.get(key, ())):
+                plans += self.evaluate(self.budgets[budget], day, ns)
+        return plans
+
+    def _exhausted_window(self, budget: Budget, day: date) -> str | None:
+        """The window (key) in which ``budget`` is exhausted now, stored or planned."""
+        wk = window_key(budget.window, day)
+        if (
+            budget.exhausted == wk
+            or ("exhaust", budget.budget, wk, str(budget.set_seq)) in self._planned
+        ):
+            return wk
+        return None
+
+    def _joined(self, agent: str, keys: list[ScopeKey], day: date, ns: int) -> list[Plan]:
+        """``agent`` may have entered the scope of an exhausted budget: pause it there."""
+        if not self.ready:
+            return []
+        plans = []
+        for key in keys:
+            for name in sorted(self._index.get(key, ())):
+                budget = self.budgets[name]
+                wk = self._exhausted_window(budget, day)
+                if wk is None or agent in self._targets[(name, wk)]:
+                    continue
+                if not self.in_scope(budget, agent):
+                    continue
+                self._targets[(name, wk)].add(agent)
+                if self.agents[agent].pausable(agent):
+                    spent = self.spent(budget, day)
+                    pause = self._pause(budget, wk, agent, spent)
+                    plans.append(Plan(name, (Publish(pause),), (), ns))
+        return plans
+
+    def evaluate(self, budget: Budget, day: date, ns: int) -> list[Plan]:
+        """The plans ``budget`` calls for on ``day`` (the stream day of the event at ``ns``)."""
+        if not self.ready:
+            return []
+        plans: list[Plan] = []
+        name, wk = budget.budget, window_key(budget.window, day)
+        spent = self.spent(budget, day)
+        state = budget.state(spent)
+        if budget.exhausted is not None and (budget.exhausted != wk or state != "exhausted"):
+            plans += self._restore(budget, wk, resume=state != "exhausted")
+        mark = ("exhaust", name, wk, str(budget.set_seq))
+        if state == "exhausted" and budget.exhausted != wk and mark not in self._planned:
+            self._planned.add(mark)
+            plans.append(self._exhaust(budget, wk, day, spent, ns))
+        warn = ("warn", name, wk)
+        if state != "ok" and warn not in self._planned:
+            self._planned.add(warn)
+            plans.append(Plan(name, (Publish(self._warning(budget, wk, spent), "empty"),), warn))
+        return plans
+
+    def _exhaust(self, budget: Budget, wk: str, day: date, spent: Sums, ns: int) -> Plan:
+        name = budget.budget
+        mark = ("exhaust", name, wk, str(budget.set_seq))
+        start = window_start(budget.window, day)
+        exhausted = BudgetExhausted(
+            id=deterministic_id("budget.exhausted", name, wk, str(budget.set_seq)),
+            actor=GUARD, at=_at(ns), budget=name, window=budget.window,  # type: ignore[arg-type]
+            window_start=midnight(start), spent_usd=float(spent.usd),
+            limit_usd=float(budget.limit_usd), spent_tokens=min(spent.tokens, MAX_TOKENS),
+            limit_tokens=budget.limit_tokens,
+        )  # fmt: skip
+        steps = [Publish(exhausted, "budget")]
+        for agent in self.scope_agents(budget):
+            if agent in self._targets[(name, wk)]:
+                continue
+            self._targets[(name, wk)].add(agent)
+            if self.agents[agent].pausable(agent):
+                steps.append(Publish(self._pause(budget, wk, agent, spent)))
+        return Plan(name, tuple(steps), mark, ns)
+
+    def _pause(self, budget: Budget, wk: str, agent: str, spent: Sums) -> AgentPaused:
+        return AgentPaused(
+            id=deterministic_id("agent.paused", budget.budget, wk, str(budget.set_seq), agent),
+            actor=GUARD, at=_now(), agent=agent,
+            reason=pause_reason(budget.budget, budget.window, spent.usd, budget.limit_usd),
+        )  # fmt: skip
+
+    def _restore(self, budget: Budget, wk: str, *, resume: bool) -> list[Plan]:
+        name, old = budget.budget, budget.exhausted or LIFETIME
+        mark = ("restore", name, old, str(budget.set_seq))
+        if mark in self._planned:
+            return []
+        self._planned.add(mark)
+        why: Literal["new_window", "limit_raised"] = "new_window" if old != wk else "limit_raised"
+        start = None if old == LIFETIME else date.fromisoformat(old)
+        restored = BudgetRestored(
+            id=deterministic_id("budget.restored", name, old, str(budget.set_seq)),
+            actor=GUARD, at=_now(), budget=name, window=budget.window,  # type: ignore[arg-type]
+            window_start=midnight(start), reason=why,
+        )  # fmt: skip
+        steps = [Publish(restored, "budget")]
+        if resume:  # (a new window exhausted at once keeps its agents paused)
+            steps += self._resumes(name, (old, str(budget.set_seq)), why)
+        return [Plan(name, tuple(steps), mark)]
+
+    def _resumes(self, name: str, parts: tuple[str, ...], why: str) -> list[Publish]:
+        """Resume the agents whose pause in force is the guard's for budget ``name``, unless
+        another exhausted budget covers them (it holds them then). ``parts`` make the ids."""
+        steps = []
+        for agent_id, agent in sorted(self.agents.items()):
+            if agent.hold != name or not agent.guard_paused():
+                continue
+            other = self._covering(agent_id, name)
+            if other is not None:
+                agent.hold = other  # still exhausted there: that budget holds it
+                continue
+            steps.append(Publish(AgentResumed(
+                id=deterministic_id("agent.resumed", name, *parts, agent_id),
+                actor=GUARD, at=_now(), agent=agent_id, reason=f"budget {name} restored ({why})",
+            )))  # fmt: skip
+        return steps
+
+    def _covering(self, agent: str, but: str) -> str | None:
+        """Another budget exhausted now (stored) whose scope holds ``agent``."""
+        for name, budget in sorted(self.budgets.items()):
+            if name != but and budget.exhausted is not None and self.in_scope(budget, agent):
+                return name
+        return None
+
+    def _warning(self, budget: Budget, wk: str, spent: Sums) -> EscalationRaised:
+        esc = (
+            f"budget-{deterministic_id('budget_warning', budget.budget, wk).replace('-', '')[:20]}"
+        )
+        limit = budget.limit_usd
+        return EscalationRaised(
+            id=deterministic_id(esc, "raised", "warning"), actor=GUARD, at=_now(),
+            escalation=esc, tier="warning", reason=BUDGET_WARNING,
+            agent=budget.scope_id if budget.scope == "agent" else None,
+            message=(f"budget {budget.budget} ({budget.scope} {budget.scope_id}, "
+                     f"{budget.window}) has spent {spent.usd} of {limit} USD; "
+                     f"for {budget.set_by}, who set it"),
+            evidence={"budget": budget.budget, "owner": budget.set_by, "window": budget.window,
+                      "window_start": wk, "spent_usd": float(spent.usd),
+                      "limit_usd": float(limit), "warn_at": budget.warn_at,
+                      "spent_tokens": min(spent.tokens, MAX_TOKENS),
+                      "limit_tokens": budget.limit_tokens},
+        )  # fmt: skip
+
+    def tick(self, day: date, ns: int) -> list[Plan]:
+        """A new window may have begun (``day``: today by the host's clock, UTC): restore the
+        budgets exhausted in an earlier one."""
+        plans: list[Plan] = []
+        for budget in list(self.budgets.values()):
+            if budget.exhausted is not None and budget.exhausted != window_key(budget.window, day):
+                plans += self.evaluate(budget, day, ns)
+        return plans
+
+    def reconcile(self, day: date, ns: int) -> list[Plan]:
+        """Once caught up: judge every budget, and lift the guard's pauses that name a budget
+        no longer exhausted (a restore stored while the guard was away, its resumes not)."""
+        plans: list[Plan] = []
+        for budget in list(self.budgets.values()):
+            plans += self.evaluate(budget, day, ns)
+        held = {a.hold for a in self.agents.values() if a.hold is not None and a.guard_paused()}
+        for name in sorted(held):
+            found = self.budgets.get(name)
+            if found is not None and found.exhausted is not None:
+                continue
+            mark = ("resume", name, str(found.seq if found else 0))
+            if mark not in self._planned:
+                self._planned.add(mark)
+                steps = self._resumes(name, mark[1:], "restored while the guard was away")
+                if steps:
+                    plans.append(Plan(name, tuple(steps), mark))
+        return plans
+
+    def done(self, plan: Plan, stored: bool) -> None:
+        """A plan finished; when it was not stored (the budget moved under it), its mark is
+        released so the next event judges the budget again."""
+        if not stored and plan.mark:
+            self._planned.discard(plan.mark)
+
+
+def _at(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, UTC)
+
+
+def _now() -> datetime:
+    """Producer time (informational; ids never depend on it)."""
+    return datetime.now(UTC)

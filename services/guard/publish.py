@@ -1,0 +1,158 @@
+"""Publishing the guard's plans: each event once, however many replicas (DESIGN 3.9).
+
+Every event has a deterministic id (services/guard/core.py), sent as ``Nats-Msg-Id``, so a
+replica's second publish within the stream's duplicate window (>= 2 minutes) is a duplicate.
+On top of that:
+
+- ``budget`` steps (``budget.exhausted``, ``budget.restored``) are compare-and-set over the
+  budget's subjects (``fw.budget.<id>.>``, every actor's) on the last sequence the guard has
+  seen there. Refused (JetStream 10071): the budget's last event is read; the same event, or
+  one of the same type for the same window, means another replica stored it (a duplicate: the
+  plan goes on, its pauses are deduplicated too); anything else (a new ``budget.set``) means
+  the budget moved: the plan is dropped and the core judges the budget again on that event.
+- ``empty`` steps (a warning escalation) are stored only on an empty escalation subject: once
+  per budget and window, ever; refused means raised already.
+- ``any`` steps (pauses, resumes): the stream's deduplication only.
+
+Plans with the same key (a budget) are published one at a time, in order. A transient failure
+(NATS away) retries the step for up to ``give_up_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Literal
+
+import anyio
+from anyio.abc import ObjectReceiveStream
+from nats.js import JetStreamContext
+from nats.js.errors import APIError
+
+from fleetward.schemas import subject_of
+from fleetward.schemas.admission import Rejected, decode
+from fleetward.schemas.events import AgentPaused, BudgetExhausted, Event
+from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
+from fleetward.schemas.subjects import key_of
+from fleetward.services import metrics
+from fleetward.services.guard.core import Plan, Publish
+from fleetward.services.jetstream.boundary import last_of
+from fleetward.services.jetstream.publish import TRANSIENT, publish
+
+log = logging.getLogger("fleetward.guard")
+
+Outcome = Literal["stored", "duplicate", "moved"]
+
+
+class Publisher:
+    """Publishes the guard's plans (see above). ``seq_of(budget)`` is the last sequence the
+    guard has seen over a budget's subjects; ``on_done(plan, stored)`` is told how each plan
+    ended (``stored`` False: dropped, the budget moved); ``clock`` (seconds since the epoch)
+    times the pause latency."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        seq_of: Callable[[str], int],
+        on_done: Callable[[Plan, bool], None],
+        give_up_s: float = 120.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.js, self.seq_of, self.on_done = js, seq_of, on_done
+        self.give_up_s, self.clock = give_up_s, clock
+        self.outcomes: Counter[str] = Counter()
+        self.in_flight = 0
+        self._locks: dict[str, tuple[anyio.Lock, int]] = {}
+
+    async def run(self, plans: ObjectReceiveStream[Plan]) -> None:
+        """Publish plans as they come, until the stream closes; then finish those in hand."""
+        async with anyio.create_task_group() as tg, plans:
+            async for plan in plans:
+                self.in_flight += 1
+                tg.start_soon(self._one, plan)
+
+    async def _one(self, plan: Plan) -> None:
+        lock, users = self._locks.get(plan.key, (anyio.Lock(), 0))
+        self._locks[plan.key] = (lock, users + 1)
+        stored = False
+        try:
+            async with lock:
+                stored = await self.execute(plan)
+        except Exception:
+            log.exception("publishing the plan for budget %s failed; dropped", plan.key)
+            self.outcomes["failed"] += 1
+            metrics.GUARD_PUBLISHED.labels("failed").inc()
+        finally:
+            self.in_flight -= 1
+            lock, users = self._locks[plan.key]
+            if users == 1:
+                del self._locks[plan.key]
+            else:
+                self._locks[plan.key] = (lock, users - 1)
+            self.on_done(plan, stored)
+
+    async def execute(self, plan: Plan) -> bool:
+        """Publish a plan's steps in order; False when the budget moved under it (dropped)."""
+        for step in plan.steps:
+            outcome = await self._retrying(step)
+            self.outcomes[outcome] += 1
+            metrics.GUARD_PUBLISHED.labels(outcome).inc()
+            if outcome == "moved":
+                return False
+            event = step.event
+            if outcome == "stored" and isinstance(event, BudgetExhausted):
+                metrics.GUARD_EXHAUSTED.inc()
+                log.info("budget %s exhausted: %s of %s USD", event.budget, event.spent_usd,
+                         event.limit_usd)  # fmt: skip
+            if outcome == "stored" and isinstance(event, AgentPaused):
+                metrics.GUARD_PAUSED.inc()
+                if plan.crossing_ns is not None:
+                    lag = max(0.0, self.clock() - plan.crossing_ns / 1e9)
+                    metrics.GUARD_PAUSE_LAG.observe(lag)
+        return True
+
+    async def _retrying(self, step: Publish) -> Outcome:
+        started, delay = time.monotonic(), 0.2
+        while True:
+            try:
+                return await self.step(step)
+            except (*TRANSIENT, OSError) as exc:
+                if time.monotonic() - started > self.give_up_s:
+                    raise
+                log.warning("publishing %s: %s; retrying", subject_of(step.event), exc)
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def step(self, step: Publish) -> Outcome:
+        event = step.event
+        if step.expect == "any":
+            ack = await publish(self.js, event)
+            return "duplicate" if ack.duplicate else "stored"
+        expected = 0 if step.expect == "empty" else self.seq_of(key_of(event))
+        try:
+            ack = await publish(self.js, event, expect=expected)
+        except APIError as exc:
+            if exc.err_code != WRONG_LAST_SEQUENCE:
+                raise
+            if step.expect == "empty":
+                return "duplicate"
+            return await self._judge_last(event)
+        return "duplicate" if ack.duplicate else "stored"
+
+    async def _judge_last(self, event: Event) -> Outcome:
+        """After a refused compare-and-set on a budget: stored already, or moved."""
+        last = await last_of(self.js, event.SUBJECT_KIND, key_of(event), direct=True)
+        if last.msg is None:
+            return "moved"
+        try:
+            found = decode(last.msg.data or b"")
+        except (Rejected, RecursionError):
+            return "moved"
+        same = found.id == event.id or (
+            type(found) is type(event)
+            and getattr(found, "window_start", None) == getattr(event, "window_start", None)
+        )
+        return "duplicate" if same else "moved"
