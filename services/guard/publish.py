@@ -26,7 +26,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Literal
 
-import anyio
 from anyio.abc import ObjectReceiveStream
 from nats.js import JetStreamContext
 from nats.js.errors import APIError
@@ -39,7 +38,8 @@ from fleetward.schemas.subjects import key_of
 from fleetward.services import metrics
 from fleetward.services.guard.core import Plan, Publish
 from fleetward.services.jetstream.boundary import last_of
-from fleetward.services.jetstream.publish import TRANSIENT, publish
+from fleetward.services.jetstream.plans import KeyedRunner, retrying
+from fleetward.services.jetstream.publish import publish
 
 log = logging.getLogger("fleetward.guard")
 
@@ -64,34 +64,26 @@ class Publisher:
         self.js, self.seq_of, self.on_done = js, seq_of, on_done
         self.give_up_s, self.clock = give_up_s, clock
         self.outcomes: Counter[str] = Counter()
-        self.in_flight = 0
-        self._locks: dict[str, tuple[anyio.Lock, int]] = {}
+        self._runner = KeyedRunner()
+
+    @property
+    def in_flight(self) -> int:
+        """Plans taken and not finished."""
+        return self._runner.in_flight
 
     async def run(self, plans: ObjectReceiveStream[Plan]) -> None:
         """Publish plans as they come, until the stream closes; then finish those in hand."""
-        async with anyio.create_task_group() as tg, plans:
-            async for plan in plans:
-                self.in_flight += 1
-                tg.start_soon(self._one, plan)
+        await self._runner.run(plans, self._one)
 
     async def _one(self, plan: Plan) -> None:
-        lock, users = self._locks.get(plan.key, (anyio.Lock(), 0))
-        self._locks[plan.key] = (lock, users + 1)
         stored = False
         try:
-            async with lock:
-                stored = await self.execute(plan)
+            stored = await self.execute(plan)
         except Exception:
             log.exception("publishing the plan for budget %s failed; dropped", plan.key)
             self.outcomes["failed"] += 1
             metrics.GUARD_PUBLISHED.labels("failed").inc()
         finally:
-            self.in_flight -= 1
-            lock, users = self._locks[plan.key]
-            if users == 1:
-                del self._locks[plan.key]
-            else:
-                self._locks[plan.key] = (lock, users - 1)
             self.on_done(plan, stored)
 
     async def execute(self, plan: Plan) -> bool:
@@ -115,16 +107,7 @@ class Publisher:
         return True
 
     async def _retrying(self, step: Publish) -> Outcome:
-        started, delay = time.monotonic(), 0.2
-        while True:
-            try:
-                return await self.step(step)
-            except (*TRANSIENT, OSError) as exc:
-                if time.monotonic() - started > self.give_up_s:
-                    raise
-                log.warning("publishing %s: %s; retrying", subject_of(step.event), exc)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        return await retrying(lambda: self.step(step), subject_of(step.event), log, self.give_up_s)
 
     async def step(self, step: Publish) -> Outcome:
         event = step.event

@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime
+from functools import partial
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
@@ -49,6 +50,7 @@ from fleetward.services.guard.core import GUARD, LIFETIME, Budget, Core, Plan
 from fleetward.services.guard.publish import Publisher
 from fleetward.services.jetstream.boundary import last_of
 from fleetward.services.jetstream.follower import StreamFollower
+from fleetward.services.jetstream.plans import load_retrying, publishing
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.signals import Signal, Signals
 
@@ -211,40 +213,23 @@ class Guard:
             rt.nc, rt.js, EVENTS_STREAM, subjects, self._on_event, start_seq=start,
             name=follower_prefix(f"{self.name}_events"),
         )  # fmt: skip
-        send, receive = anyio.create_memory_object_stream[Plan](math.inf)
-        self._send = send
-        published = anyio.Event()
-
-        async def publish() -> None:
-            await self.publisher.run(receive)
-            published.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(publish)
-            try:
-                async with anyio.create_task_group() as readers:
-                    readers.start_soon(self.follower.run, stopping)
-                    readers.start_soon(self._tick, stopping)
-            finally:
-                send.close()
-            with anyio.move_on_after(SHUTDOWN_S):
-                await published.wait()
-            tg.cancel_scope.cancel()
+        plans = anyio.create_memory_object_stream[Plan](math.inf)
+        self._send = plans[0]
+        readers = [partial(self.follower.run, stopping), partial(self._tick, stopping)]
+        await publishing(self.publisher.run, plans, readers, SHUTDOWN_S)
 
     async def _load_retrying(self, stopping: Callable[[], bool]) -> bool:
-        delay = 0.2
-        while not stopping():
-            try:
-                await self.load()
-                self.roles = await read_roles(self.rt.nc, direct=True)
-                self._loaded, self._load_error = True, ""
-                return True
-            except Exception as exc:  # Postgres or NATS away: keep trying
-                self._load_error = f"{type(exc).__name__}: {exc}"
-                log.warning("%s: cannot read the projections (%s); retrying", self.name, exc)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        return False
+        async def load() -> None:
+            await self.load()
+            self.roles = await read_roles(self.rt.nc, direct=True)
+
+        def failed(why: str) -> None:
+            self._load_error = why
+
+        self._loaded = await load_retrying(load, stopping, name=self.name, log=log, failed=failed)
+        if self._loaded:
+            self._load_error = ""
+        return self._loaded
 
     async def _tick(self, stopping: Callable[[], bool]) -> None:
         while not stopping():

@@ -32,7 +32,6 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Literal
 
-import anyio
 from anyio.abc import ObjectReceiveStream
 from nats.js import JetStreamContext
 from nats.js.errors import APIError
@@ -44,7 +43,8 @@ from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
 from fleetward.schemas.subjects import key_of
 from fleetward.services import metrics
 from fleetward.services.jetstream.boundary import last_of
-from fleetward.services.jetstream.publish import TRANSIENT, publish
+from fleetward.services.jetstream.plans import KeyedRunner, retrying
+from fleetward.services.jetstream.publish import publish
 from fleetward.services.watchdog.core.incidents import TIER_RANK, Plan, Publish
 
 log = logging.getLogger("fleetward.watchdog")
@@ -75,36 +75,25 @@ class Publisher:
         self.give_up_s = give_up_s
         self.clock = clock
         self.outcomes: Counter[str] = Counter()  # this publisher's step outcomes
-        self.in_flight = 0
-        self._slots = anyio.Semaphore(window)
-        self._locks: dict[str, tuple[anyio.Lock, int]] = {}
+        self._runner = KeyedRunner(window)
+
+    @property
+    def in_flight(self) -> int:
+        """Plans taken and not finished."""
+        return self._runner.in_flight
 
     async def run(self, plans: ObjectReceiveStream[Plan]) -> None:
         """Publish plans as they come, until the stream closes; then finish those in hand."""
-        async with anyio.create_task_group() as tg, plans:
-            async for plan in plans:
-                self.in_flight += 1
-                tg.start_soon(self._one, plan)
+        await self._runner.run(plans, self._one)
 
     async def _one(self, plan: Plan) -> None:
-        lock, users = self._locks.get(plan.key, (None, 0))
-        if lock is None:
-            lock = anyio.Lock()
-        self._locks[plan.key] = (lock, users + 1)
         try:
-            async with lock, self._slots:
-                await self.execute(plan)
+            await self.execute(plan)
         except Exception:
             log.exception("publishing the plan for %s failed; dropped", plan.key)
             self.outcomes["failed"] += 1
             metrics.WATCHDOG_PUBLISHED.labels("failed").inc()
         finally:
-            self.in_flight -= 1
-            lock, users = self._locks[plan.key]
-            if users == 1:
-                del self._locks[plan.key]
-            else:
-                self._locks[plan.key] = (lock, users - 1)
             if self.on_done is not None:
                 self.on_done(plan.key)
 
@@ -132,16 +121,7 @@ class Publisher:
                 )
 
     async def _retrying(self, step: Publish) -> Outcome:
-        started, delay = time.monotonic(), 0.2
-        while True:
-            try:
-                return await self.step(step)
-            except (*TRANSIENT, OSError) as exc:
-                if time.monotonic() - started > self.give_up_s:
-                    raise
-                log.warning("publishing %s: %s; retrying", subject_of(step.event), exc)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        return await retrying(lambda: self.step(step), subject_of(step.event), log, self.give_up_s)
 
     async def step(self, step: Publish) -> Outcome:
         event = step.event

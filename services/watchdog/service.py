@@ -35,6 +35,7 @@ import math
 import time
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 
 import anyio
 import msgspec
@@ -53,6 +54,7 @@ from fleetward.services.config import WatchdogSettings
 from fleetward.services.db import q
 from fleetward.services.jetstream.consumer import EPOCH
 from fleetward.services.jetstream.follower import StreamFollower
+from fleetward.services.jetstream.plans import load_retrying, publishing
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.signals import Signal, Signals
 from fleetward.services.watchdog.core.failures import STAGES, Failure
@@ -273,42 +275,25 @@ class Watchdog:
         ]  # fmt: skip
         self.judge.enter_grace(self.clock.now())
         self._reconnects = rt.nc.stats["reconnects"]
-        send, receive = anyio.create_memory_object_stream[Plan](math.inf)
-        self._send = send
-        published = anyio.Event()
-
-        async def publish() -> None:
-            await self.publisher.run(receive)
-            published.set()
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(publish)
-            try:
-                async with anyio.create_task_group() as readers:
-                    for follower in self.followers:
-                        readers.start_soon(follower.run, stopping)
-                    readers.start_soon(self._judge, stopping)
-            finally:
-                send.close()  # the publisher finishes the plans in hand, then returns
-            with anyio.move_on_after(SHUTDOWN_S):
-                await published.wait()
-            tg.cancel_scope.cancel()
+        plans = anyio.create_memory_object_stream[Plan](math.inf)
+        self._send = plans[0]
+        readers = [partial(f.run, stopping) for f in self.followers]
+        await publishing(
+            self.publisher.run, plans, [*readers, partial(self._judge, stopping)], SHUTDOWN_S
+        )
 
     async def _load_retrying(self, stopping: Callable[[], bool]) -> bool:
-        delay = 0.2
-        while not stopping():
-            try:
-                await self.load()
-                # every role change up to now
-                self.roles = await read_roles(self.rt.nc, direct=True)
-                self._loaded, self._load_error = True, ""
-                return True
-            except Exception as exc:  # Postgres away: keep trying
-                self._load_error = f"{type(exc).__name__}: {exc}"
-                log.warning("%s: cannot read the projections (%s); retrying", self.name, exc)
-                await anyio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        return False
+        async def load() -> None:
+            await self.load()
+            self.roles = await read_roles(self.rt.nc, direct=True)  # every role change up to now
+
+        def failed(why: str) -> None:
+            self._load_error = why
+
+        self._loaded = await load_retrying(load, stopping, name=self.name, log=log, failed=failed)
+        if self._loaded:
+            self._load_error = ""
+        return self._loaded
 
     async def _judge(self, stopping: Callable[[], bool]) -> None:
         gauges_at = 0.0
