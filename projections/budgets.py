@@ -5,8 +5,10 @@ tokens or none), warning share, who set it and when (stream time).
 What a budget has spent is not kept here: the view ``fleet.budgets`` sums the spend
 projection's rows of its scope over its current window (agent and team: per agent, team and
 day; project: per task and day, by the task board's project; org: everything), so the money
-has one copy. ``reserved_usd`` is 0 until reservations exist (DESIGN 3.9: events on the
-budget's own subject, folded here); a later ``budget.set`` keeps it.
+has one copy. ``reserved_usd`` (USD) is the sum of the budget's open reservations: each
+``budget.reserved`` adds its ``usd``, its ``budget.released`` (settled, expired or refused: the
+guard stores one per reservation and budget) takes it back (DESIGN 3.9); a later
+``budget.set`` keeps it. A reservation on a budget this projection has no row for is ignored.
 
 It is also the reader that admits every subject under fw.budget.>: an event there that
 admission refuses (not JSON, a budget set by an agent, another type's event) is dead-lettered
@@ -24,7 +26,7 @@ from typing import ClassVar
 
 from fleetward.projections.base import Key, Meta, Projection, Rows, Table
 from fleetward.projections.money import money
-from fleetward.schemas.events import BudgetSet, Event
+from fleetward.schemas.events import BudgetReleased, BudgetReserved, BudgetSet, Event
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import wildcard
 
@@ -56,10 +58,16 @@ class Budgets(Projection):
     tables: ClassVar[tuple[Table, ...]] = (BUDGETS,)
 
     def touches(self, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
-        if isinstance(event, BudgetSet):
+        if isinstance(event, BudgetSet | BudgetReserved | BudgetReleased):
             yield BUDGETS, (event.budget,)
 
     def apply(self, rows: Rows, event: Event, meta: Meta) -> None:
+        if isinstance(event, BudgetReserved | BudgetReleased):
+            row = rows.get(BUDGETS, (event.budget,))
+            if row is not None:
+                usd = money(event.usd) * (1 if isinstance(event, BudgetReserved) else -1)
+                rows.put(BUDGETS, {**row, "reserved_usd": row["reserved_usd"] + usd})
+            return
         if not isinstance(event, BudgetSet):
             return
         old = rows.get(BUDGETS, (event.budget,))

@@ -9,19 +9,22 @@ Invariants:
   (one line for people) beside the endpoint's empty answer (``Endpoint.empty``).
 - ``error`` is absent from a reply that succeeded; nothing else tells success from failure.
 - Answers come from the projections: as fresh as the projector, a hint and never a decision
-  (whether a claim takes a task is decided on the stream).
+  (whether a claim takes a task is decided on the stream); except ``fw.api.budgets.reserve``,
+  which the guard answers by storing the decision on the budgets' subjects.
 - As for events: new fields get defaults; unknown fields are ignored.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from fleetward.schemas.bounds import (
+    MAX_COST_USD,
     Actor,
     Ident,
     PeriodS,
@@ -32,7 +35,12 @@ from fleetward.schemas.bounds import (
     text,
 )
 from fleetward.schemas.events import RiskClass
-from fleetward.schemas.subjects import API_AGENTS_GET, API_PREFIX, API_TASKS_CLAIMABLE
+from fleetward.schemas.subjects import (
+    API_AGENTS_GET,
+    API_BUDGETS_RESERVE,
+    API_PREFIX,
+    API_TASKS_CLAIMABLE,
+)
 
 MAX_CLAIMABLE: Final = 200  # task ids in one fw.api.tasks.claimable reply
 MAX_ERROR: Final = 1000  # characters of a reply's error
@@ -112,6 +120,34 @@ class AgentReply(Reply, frozen=True, kw_only=True, omit_defaults=True):
     agent: AgentProfile | None
 
 
+# ---- fw.api.budgets.reserve --------------------------------------------------------------------
+
+MAX_RESERVE_TTL_S: Final = 86_400.0  # a reservation lasts at most a day
+
+
+class ReserveRequest(Struct, frozen=True, kw_only=True):
+    """Set ``usd`` aside for the agent's next step in every budget whose scope covers it."""
+
+    agent: Annotated[Ident, Meta(description="the agent that will spend")]
+    usd: Annotated[float, Meta(gt=0, le=MAX_COST_USD, description="the estimated cost, USD")]
+    ttl_s: Annotated[
+        float, Meta(gt=0, le=MAX_RESERVE_TTL_S, description="seconds until released unsettled")
+    ] = 300.0
+
+
+class ReserveReply(Reply, frozen=True, kw_only=True, omit_defaults=True):
+    """A granted reservation: its id (name it in the spend it settles: ``reservation``), the
+    budgets it holds (empty when no budget covers the agent) and when it expires unsettled.
+    Refused (``error``, empty answer): the agent is paused or retired, a budget in its scope is
+    exhausted or has less than ``usd`` remaining, or the guard is not caught up yet."""
+
+    reservation: Annotated[Ident | None, Meta(description="null when refused")] = None
+    budgets: Annotated[tuple[Ident, ...], Meta(description="the budgets it holds")] = ()
+    expires_at: Annotated[datetime, Meta(tz=True, description="UTC; null when refused")] | None = (
+        None
+    )
+
+
 # ---- the endpoints ------------------------------------------------------------------------------
 
 Req = TypeVar("Req", bound=Struct)
@@ -159,7 +195,14 @@ AGENTS_GET: Final = Endpoint(
     summary="One agent's profile and status from the registry.",
     source="the agent registry",
 )
-ENDPOINTS: Final[tuple[Endpoint[Any, Any], ...]] = (TASKS_CLAIMABLE, AGENTS_GET)
+BUDGETS_RESERVE: Final = Endpoint(
+    subject=API_BUDGETS_RESERVE,
+    request=ReserveRequest,
+    empty=ReserveReply(),
+    summary="Reserve an estimated cost in every budget covering an agent, before it spends.",
+    source="the guard",
+)
+ENDPOINTS: Final[tuple[Endpoint[Any, Any], ...]] = (TASKS_CLAIMABLE, AGENTS_GET, BUDGETS_RESERVE)
 
 
 def bad_request(detail: str) -> str:

@@ -217,6 +217,10 @@ class ToolCalled(_AgentEvent, frozen=True, kw_only=True, tag="tool.called"):
     cost_usd: CostUsd = 0.0
     run: Ident | None = None
     task: Ident | None = None
+    reservation: Annotated[
+        Ident | None,
+        Meta(description="the budget reservation this cost settles (budget.reserved); null: none"),
+    ] = None
 
 
 class SpendRecorded(_AgentEvent, frozen=True, kw_only=True, tag="spend.recorded"):
@@ -227,6 +231,10 @@ class SpendRecorded(_AgentEvent, frozen=True, kw_only=True, tag="spend.recorded"
     cost_usd: CostUsd
     run: Ident | None = None
     task: Ident | None = None
+    reservation: Annotated[
+        Ident | None,
+        Meta(description="the budget reservation this cost settles (budget.reserved); null: none"),
+    ] = None
 
 
 # ---- liveness: fw.hb.<agent> (stream FW_HEARTBEATS) ------------------------------------------
@@ -474,6 +482,39 @@ class BudgetRestored(_BudgetEvent, frozen=True, kw_only=True, tag="budget.restor
     reason: Literal["limit_raised", "new_window", "budget_changed"]
 
 
+class BudgetReserved(_BudgetEvent, frozen=True, kw_only=True, tag="budget.reserved"):
+    """The guard set ``usd`` of the budget aside for one agent's next step
+    (``fw.api.budgets.reserve``): from this event until its ``budget.released``, the budget's
+    remaining (limit - spent - open reservations) counts it as spent.
+
+    Published by the guard with compare-and-set over the budget's subjects on the last sequence
+    it had folded there, so two reservations are never judged against the same remainder. One
+    reservation id spans every budget in the agent's scope: one ``budget.reserved`` on each.
+    ``expires_at``: when the guard releases it if no spend has settled it."""
+
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"svc"})
+    reservation: Annotated[Ident, Meta(description="the reservation's id")]
+    agent: Annotated[Ident, Meta(description="the agent it is for")]
+    usd: Annotated[LimitUsd, Meta(description="USD set aside")]
+    expires_at: Annotated[datetime, Meta(tz=True, description="UTC; released then if unsettled")]
+
+
+class BudgetReleased(_BudgetEvent, frozen=True, kw_only=True, tag="budget.released"):
+    """A reservation no longer holds the budget: ``usd`` (its whole amount) returns to the
+    remainder. ``settled``: a spend event named it (that spend counts as spent instead);
+    ``expired``: its ``expires_at`` passed unsettled; ``refused``: the reservation was refused
+    on another budget of the agent's scope, so the part stored here is given back.
+
+    Published by the guard, at most once per reservation and budget (compare-and-set over the
+    budget's subjects and a deterministic id)."""
+
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"svc"})
+    reservation: Annotated[Ident, Meta(description="the reservation's id")]
+    agent: Annotated[Ident, Meta(description="the agent it was for")]
+    usd: Annotated[LimitUsd, Meta(description="USD returned to the budget")]
+    reason: Literal["settled", "expired", "refused"]
+
+
 # ---- people and their roles: fw.person.<person> (schemas/roles.py) ---------------------------
 
 
@@ -551,6 +592,8 @@ AnyEvent = (
     | BudgetSet
     | BudgetExhausted
     | BudgetRestored
+    | BudgetReserved
+    | BudgetReleased
     | CommandIssued
     | RoleGranted
     | RoleRevoked

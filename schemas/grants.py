@@ -25,7 +25,13 @@ import msgspec
 
 from fleetward.schemas.bounds import IDENT_PATTERN
 from fleetward.schemas.streams import COMMANDS_STREAM, EVENTS_STREAM, inbox_durable
-from fleetward.schemas.subjects import API_AGENTS_GET, API_PREFIX, API_TASKS_CLAIMABLE, PREFIX
+from fleetward.schemas.subjects import (
+    API_AGENTS_GET,
+    API_BUDGETS_RESERVE,
+    API_PREFIX,
+    API_TASKS_CLAIMABLE,
+    PREFIX,
+)
 
 # The kinds of subject that carry their actor as the last token (contract v2).
 ACTOR_KINDS: Final = ("agent", "task", "esc", "budget", "person", "cmd")
@@ -41,7 +47,9 @@ SERVICE_ACTORS: Final[dict[str, tuple[str, ...]]] = {
 API_SERVICE: Final = "svc:api"  # answers fw.api.* from the projections; publishes no event
 
 # The request/reply APIs meant for agents (and people; services answer them).
-AGENT_APIS: Final = (API_TASKS_CLAIMABLE, API_AGENTS_GET)
+AGENT_APIS: Final = (API_TASKS_CLAIMABLE, API_AGENTS_GET, API_BUDGETS_RESERVE)
+# The request/reply APIs a service answers itself (besides svc:api), in a queue group.
+SERVICE_APIS: Final[dict[str, tuple[str, ...]]] = {"svc:guard": (API_BUDGETS_RESERVE,)}
 
 _NAME: Final = re.compile(r"^(user|svc):[A-Za-z0-9_@-]{1,64}$")
 _AGENT: Final = re.compile(IDENT_PATTERN)
@@ -168,7 +176,8 @@ def _service(service: str) -> Grants:
             *AGENT_APIS,
         ),
         deny_publish=_JS_DESTRUCTIVE,
-        subscribe=(f"{inbox_prefix(service)}.>",),
+        subscribe=(f"{inbox_prefix(service)}.>", *SERVICE_APIS.get(service, ())),
+        respond=service in SERVICE_APIS,
     )
 
 

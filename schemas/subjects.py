@@ -39,6 +39,7 @@ FIRST_V2 = 2  # the first envelope version whose subjects carry the actor
 API_PREFIX = f"{PREFIX}.api."
 API_TASKS_CLAIMABLE = f"{API_PREFIX}tasks.claimable"
 API_AGENTS_GET = f"{API_PREFIX}agents.get"
+API_BUDGETS_RESERVE = f"{API_PREFIX}budgets.reserve"
 
 
 class Parsed(NamedTuple):

@@ -5,16 +5,21 @@ reply that failed."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from msgspec import Struct
 
 from fleetward.schemas.api import (
     AGENTS_GET,
+    BUDGETS_RESERVE,
     TASKS_CLAIMABLE,
     AgentProfile,
     AgentReply,
     AgentRequest,
     ClaimableReply,
     ClaimableRequest,
+    ReserveReply,
+    ReserveRequest,
     bad_request,
     unavailable,
 )
@@ -48,4 +53,15 @@ def sample_api() -> list[tuple[str, Struct]]:
         ("api/agents.get.reply", AgentReply(agent=PROFILE)),
         ("api/agents.get.reply", AgentReply(agent=None)),
         ("api/agents.get.reply", AGENTS_GET.failed(bad_request("Expected `object`, got `int`"))),
+        ("api/budgets.reserve.request", ReserveRequest(agent="agent-7", usd=2.5, ttl_s=120.0)),
+        ("api/budgets.reserve.request", ReserveRequest(agent="agent-7", usd=0.01)),
+        (
+            "api/budgets.reserve.reply",
+            ReserveReply(
+                reservation="rsv-1",
+                budgets=("docs-day",),
+                expires_at=datetime(2026, 11, 30, 17, 30, tzinfo=UTC),
+            ),
+        ),
+        ("api/budgets.reserve.reply", BUDGETS_RESERVE.failed("budget docs-day is exhausted")),
     ]

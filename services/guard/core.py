@@ -37,6 +37,22 @@ Rules (the one place they are decided):
 - Warning: one ``escalation.raised`` (tier warning, reason ``budget_warning``) per budget and
   window, to the budget's owner (``set_by``, in the evidence), when spent reaches ``warn_at``.
 
+Reservations (``fw.api.budgets.reserve``, issue 14 part 4):
+
+- ``judge_reserve``: granted when the agent is registered, neither paused nor retired, and every
+  budget covering it (sorted by id) is not exhausted and has ``remaining`` = limit - spent -
+  open reservations (USD) >= the amount; else the reason, in words. The grant is one
+  ``budget.reserved`` per budget, each stored by the service with compare-and-set on the
+  budget's sequence taken with the verdict (``Grant``): a replica that judged a stale budget is
+  refused by the server, reads on and judges again.
+- A reservation is open on a budget from its ``budget.reserved`` until its ``budget.released``.
+  It is released (plans from ``tick``, one per reservation and budget, compare-and-set on the
+  budget and a deterministic id): ``settled`` once a spend event names it (that spend counts as
+  spent instead), ``expired`` once its ``expires_at`` passed by the host's clock, ``refused``
+  when the service gave it up (stored on one budget, refused on another: ``abandon``).
+- Reservations are folded from every ``budget.reserved``/``released`` read, whatever the
+  projections' checkpoints (the service reads the guard's budget subjects from the start).
+
 Replicas fold the same stream and plan the same events with the same ids (deterministic: the
 budget, its window and the sequence of the budget.set in force); the publisher's
 compare-and-set and the stream's deduplication make them stored once.
@@ -59,6 +75,8 @@ from fleetward.schemas.events import (
     AgentRegistered,
     AgentResumed,
     BudgetExhausted,
+    BudgetReleased,
+    BudgetReserved,
     BudgetRestored,
     BudgetSet,
     EscalationRaised,
@@ -125,6 +143,17 @@ class Sums:
 
 
 @dataclass(slots=True)
+class Hold:
+    """One open reservation on one budget: ``usd`` (USD) for ``agent`` until ``expires_ns``
+    (stream-independent UTC, ns since the epoch); ``settled``: a spend named it."""
+
+    agent: str
+    usd: Decimal
+    expires_ns: int
+    settled: bool = False
+
+
+@dataclass(slots=True)
 class Budget:
     budget: str
     scope: str
@@ -137,10 +166,15 @@ class Budget:
     set_seq: int  # the sequence of the budget.set in force (part of the events' ids)
     seq: int = 0  # the last sequence over the budget's subjects (compare-and-set)
     exhausted: str | None = None  # the window of the guard's budget.exhausted in force
+    holds: dict[str, Hold] = field(default_factory=dict)  # open reservations by id
 
     @property
     def key(self) -> ScopeKey:
         return ("org", "") if self.scope == "org" else (self.scope, self.scope_id)
+
+    def reserved_usd(self) -> Decimal:
+        """USD of the open reservations."""
+        return sum((h.usd for h in self.holds.values()), Decimal(0))
 
     def state(self, spent: Sums) -> State:
         """As ``fleet.budgets`` judges it (migration 0015)."""
@@ -170,6 +204,15 @@ class Agent:
         return life.status in ("active", "offline") or (
             life.status == "paused" and life.paused_by == agent
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A reservation judged grantable on ``budget``: store its ``budget.reserved`` only on top of
+    ``seq``, the last sequence the core had folded over the budget's subjects when it judged."""
+
+    budget: str
+    seq: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +255,7 @@ class Core:
     _targets: defaultdict[tuple[str, str], set[str]] = field(
         default_factory=lambda: defaultdict(set)
     )  # (budget, window) -> agents judged for a pause in it
+    _abandoned: set[str] = field(default_factory=set)  # reservations to release as refused
 
     # ---- loading -----------------------------------------------------------------------------
 
@@ -220,6 +264,7 @@ class Core:
         if old is not None:
             self._index[old.key].discard(old.budget)
             budget.seq, budget.exhausted = max(old.seq, budget.seq), old.exhausted
+            budget.holds = old.holds
         self.budgets[budget.budget] = budget
         self._index[budget.key].add(budget.budget)
 
@@ -327,6 +372,8 @@ class Core:
                 self.agents.setdefault(event.agent, Agent())
                 if event.task is not None and event.task in self.tasks:
                     self._project_agents[self.tasks[event.task]].add(event.agent)
+                if event.reservation is not None:
+                    self._settle(event.reservation)
                 return self._evaluate_keys(keys, event.agent, day, ns)
             case TaskCreated():
                 self._created(event.task, event.project)
@@ -352,6 +399,16 @@ class Core:
                     start = event.window_start.date() if event.window_start else None
                     b.exhausted = LIFETIME if start is None else start.isoformat()
                     return self.evaluate(b, day, ns)
+                return []
+            case BudgetReserved():
+                if event.budget in self.budgets:
+                    expires = int(event.expires_at.timestamp() * 1e9)
+                    hold = Hold(event.agent, money(event.usd), expires)
+                    self.budgets[event.budget].holds[event.reservation] = hold
+                return []
+            case BudgetReleased():
+                if event.budget in self.budgets:
+                    self.budgets[event.budget].holds.pop(event.reservation, None)
                 return []
             case BudgetRestored():
                 if event.budget in self.budgets:
@@ -525,10 +582,76 @@ class Core:
                       "limit_tokens": budget.limit_tokens},
         )  # fmt: skip
 
+    # ---- reservations ------------------------------------------------------------------------
+
+    def judge_reserve(self, agent: str, usd: Decimal, day: date) -> list[Grant] | str:
+        """Whether ``usd`` (USD, > 0) may be reserved for ``agent`` on ``day`` (today, UTC): the
+        budgets covering it, sorted by id, each with the sequence to compare-and-set on; or why
+        not (one line for people). See the module."""
+        if not self.ready:
+            return "the guard is catching up with the stream; retry shortly"
+        found = self.agents.get(agent)
+        if found is None:
+            return f"agent {agent} is not registered"
+        if found.life.status in ("paused", "retired"):
+            return f"agent {agent} is {found.life.status}"
+        grants = []
+        for name, budget in sorted(self.budgets.items()):
+            if not self.in_scope(budget, agent):
+                continue
+            spent = self.spent(budget, day)
+            if budget.state(spent) == "exhausted" or self._exhausted_window(budget, day):
+                return f"budget {name} is exhausted"
+            left = budget.limit_usd - spent.usd - budget.reserved_usd()
+            if left < usd:
+                return f"budget {name} has {max(left, Decimal(0))} USD left; {usd} USD asked"
+            grants.append(Grant(name, budget.seq))
+        return grants
+
+    def abandon(self, reservation: str) -> None:
+        """The service gave ``reservation`` up (refused on another budget): its holds are
+        released (reason ``refused``) by the next ``tick``."""
+        self._abandoned.add(reservation)
+
+    def _settle(self, reservation: str) -> None:
+        for budget in self.budgets.values():
+            hold = budget.holds.get(reservation)
+            if hold is not None:
+                hold.settled = True
+
+    def releases(self, ns: int) -> list[Plan]:
+        """The releases due at ``ns`` (host clock, ns since the epoch): holds settled,
+        abandoned or expired, each planned once (again once a plan was dropped: ``done``)."""
+        if not self.ready:
+            return []
+        plans = []
+        for name, budget in sorted(self.budgets.items()):
+            for reservation, hold in sorted(budget.holds.items()):
+                reason: Literal["settled", "expired", "refused"]
+                if hold.settled:
+                    reason = "settled"
+                elif reservation in self._abandoned:
+                    reason = "refused"
+                elif hold.expires_ns <= ns:
+                    reason = "expired"
+                else:
+                    continue
+                mark = ("release", name, reservation)
+                if mark in self._planned:
+                    continue
+                self._planned.add(mark)
+                released = BudgetReleased(
+                    id=deterministic_id("budget.released", name, reservation), actor=GUARD,
+                    at=_now(), budget=name, reservation=reservation, agent=hold.agent,
+                    usd=float(hold.usd), reason=reason,
+                )  # fmt: skip
+                plans.append(Plan(name, (Publish(released, "budget"),), mark))
+        return plans
+
     def tick(self, day: date, ns: int) -> list[Plan]:
         """A new window may have begun (``day``: today by the host's clock, UTC): restore the
-        budgets exhausted in an earlier one."""
-        plans: list[Plan] = []
+        budgets exhausted in an earlier one; and release the reservations due."""
+        plans: list[Plan] = self.releases(ns)
         for budget in list(self.budgets.values()):
             if budget.exhausted is not None and budget.exhausted != window_key(budget.window, day):
                 plans += self.evaluate(budget, day, ns)

@@ -4,12 +4,13 @@ Every event has a deterministic id (services/guard/core.py), sent as ``Nats-Msg-
 replica's second publish within the stream's duplicate window (>= 2 minutes) is a duplicate.
 On top of that:
 
-- ``budget`` steps (``budget.exhausted``, ``budget.restored``) are compare-and-set over the
-  budget's subjects (``fw.budget.<id>.>``, every actor's) on the last sequence the guard has
-  seen there. Refused (JetStream 10071): the budget's last event is read; the same event, or
-  one of the same type for the same window, means another replica stored it (a duplicate: the
-  plan goes on, its pauses are deduplicated too); anything else (a new ``budget.set``) means
-  the budget moved: the plan is dropped and the core judges the budget again on that event.
+- ``budget`` steps (``budget.exhausted``, ``budget.restored``, ``budget.released``) are
+  compare-and-set over the budget's subjects (``fw.budget.<id>.>``, every actor's) on the last
+  sequence the guard has seen there. Refused (JetStream 10071): the budget's last event is
+  read; the same event, or an exhaustion or restore of the same window, means another replica
+  stored it (a duplicate: the plan goes on, its pauses are deduplicated too); anything else (a
+  new ``budget.set``, another reservation) means the budget moved: the plan is dropped and the
+  core judges the budget again (a release is planned again by the next tick, if still due).
 - ``empty`` steps (a warning escalation) are stored only on an empty escalation subject: once
   per budget and window, ever; refused means raised already.
 - ``any`` steps (pauses, resumes): the stream's deduplication only.
@@ -32,7 +33,7 @@ from nats.js.errors import APIError
 
 from fleetward.schemas import subject_of
 from fleetward.schemas.admission import Rejected, decode
-from fleetward.schemas.events import AgentPaused, BudgetExhausted, Event
+from fleetward.schemas.events import AgentPaused, BudgetExhausted, BudgetRestored, Event
 from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
 from fleetward.schemas.subjects import key_of
 from fleetward.services import metrics
@@ -135,7 +136,8 @@ class Publisher:
         except (Rejected, RecursionError):
             return "moved"
         same = found.id == event.id or (
-            type(found) is type(event)
+            isinstance(event, BudgetExhausted | BudgetRestored)
+            and type(found) is type(event)
             and getattr(found, "window_start", None) == getattr(event, "window_start", None)
         )
         return "duplicate" if same else "moved"

@@ -7,11 +7,20 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from fleetward.projections.lifecycle import Life
-from fleetward.schemas.events import AgentPaused, AgentResumed, BudgetExhausted, BudgetRestored
+from fleetward.schemas.events import (
+    AgentPaused,
+    AgentResumed,
+    BudgetExhausted,
+    BudgetReleased,
+    BudgetReserved,
+    BudgetRestored,
+    SpendRecorded,
+)
 from fleetward.services.guard.core import (
     GUARD,
     Budget,
     Core,
+    Grant,
     Sums,
     held_by,
     pause_reason,
@@ -66,3 +75,77 @@ def test_a_crossing_pauses_the_scope_and_a_new_window_resumes_the_guards_pauses(
     restored, *resumes = [s.event for s in restore.steps]
     assert isinstance(restored, BudgetRestored) and restored.reason == "new_window"
     assert [(type(e), e.agent) for e in resumes] == [(AgentResumed, "a1")]
+
+
+# ---- reservations (issue 14 part 4) ------------------------------------------------------------
+
+
+def _reserving_core() -> Core:
+    core = Core(ready=True)
+    core.load_agent("a1", "docs", Life(), "")
+    core.load_agent("a2", "docs", Life("paused", "user:o"), "someone's pause")
+    core.load_budget(Budget("t", "team", "docs", "day", Decimal("10"), None, 0.8, "user:o", 1))
+    core.load_budget(Budget("o", "org", "", "day", Decimal("4"), None, 0.8, "user:o", 2, 5))
+    core.load_spend([("agent", "a1"), ("team", "docs"), ("org", "")], DAY, Decimal("1.5"), 0)
+    return core
+
+
+def _reserved(budget: str, reservation: str, usd: float, expires_ns: int = NS) -> BudgetReserved:
+    return BudgetReserved(
+        id=reservation + budget, actor=GUARD, at=datetime.now(UTC), budget=budget,
+        reservation=reservation, agent="a1", usd=usd,
+        expires_at=datetime.fromtimestamp(expires_ns / 1e9, UTC),
+    )  # fmt: skip
+
+
+def test_a_reservation_is_judged_on_every_budget_in_scope_with_their_sequences() -> None:
+    core = _reserving_core()
+    assert core.judge_reserve("a1", Decimal("2.5"), DAY) == [Grant("o", 5), Grant("t", 0)]
+    refused = core.judge_reserve("a1", Decimal("2.6"), DAY)  # org: 4 - 1.5 = 2.5 left
+    assert refused == "budget o has 2.5 USD left; 2.6 USD asked"
+    assert core.judge_reserve("a2", Decimal("0.1"), DAY) == "agent a2 is paused"
+    assert core.judge_reserve("nobody", Decimal("0.1"), DAY) == "agent nobody is not registered"
+    assert isinstance(Core().judge_reserve("a1", Decimal(1), DAY), str)  # not caught up
+
+
+def test_open_reservations_count_until_released() -> None:
+    core = _reserving_core()
+    core.event(_reserved("o", "r1", 2.0, NS + 10**9), 6, NS)
+    assert core.budgets["o"].seq == 5  # the service moves it (budget_seq), not the fold
+    assert core.budgets["o"].reserved_usd() == Decimal("2.0")
+    assert (
+        core.judge_reserve("a1", Decimal("0.6"), DAY) == "budget o has 0.5 USD left; 0.6 USD asked"
+    )
+    assert core.releases(NS) == []  # not due yet
+    [plan] = core.releases(NS + 10**9)  # expired
+    [step] = plan.steps
+    assert isinstance(step.event, BudgetReleased) and step.expect == "budget"
+    assert (step.event.reason, step.event.usd, step.event.reservation) == ("expired", 2.0, "r1")
+    assert core.releases(NS + 10**9) == []  # planned once
+    core.done(plan, stored=False)  # the budget moved under it: planned again
+    [again] = core.releases(NS + 10**9)
+    assert again.steps[0].event.id == step.event.id  # deterministic: replicas store it once
+    core.event(step.event, 7, NS)
+    assert core.budgets["o"].reserved_usd() == 0
+    assert core.judge_reserve("a1", Decimal("2.5"), DAY) == [Grant("o", 5), Grant("t", 0)]
+
+
+def test_a_spend_naming_a_reservation_settles_it_and_a_refused_one_is_given_back() -> None:
+    core = _reserving_core()
+    core.event(_reserved("o", "r1", 1.0, NS + 10**12), 6, NS)
+    core.event(_reserved("t", "r1", 1.0, NS + 10**12), 7, NS)
+    core.event(_reserved("t", "r2", 1.0, NS + 10**12), 8, NS)
+    spend = SpendRecorded(
+        id="s", actor="a1", at=datetime.now(UTC), agent="a1", model="m", cost_usd=0.8,
+        reservation="r1",
+    )  # fmt: skip
+    core.event(spend, 9, NS)
+    core.abandon("r2")
+    plans = core.releases(NS)
+    released = [(p.key, p.steps[0].event) for p in plans]
+    assert [(k, e.reservation, e.reason) for k, e in released] == [  # type: ignore[attr-defined]
+        ("o", "r1", "settled"), ("t", "r1", "settled"), ("t", "r2", "refused"),
+    ]  # fmt: skip
+    # a later budget.set keeps the open reservations
+    core.load_budget(Budget("t", "team", "docs", "day", Decimal("20"), None, 0.8, "user:o", 10))
+    assert core.budgets["t"].reserved_usd() == Decimal("2.0")
