@@ -47,10 +47,14 @@ NOT_ANSWERED = [0]  # requests whose reply subject is not an inbox, in this proc
 
 
 def responder(
-    endpoint: Endpoint[Req, Rep], answer: Callable[[Req], Awaitable[Rep]]
+    endpoint: Endpoint[Req, Rep],
+    answer: Callable[[Req], Awaitable[Rep]],
+    refuse: Callable[[Req, str], str | None] | None = None,
 ) -> Callable[[Msg], Awaitable[None]]:
     """The NATS callback of one endpoint: decode the request, ``answer`` it, reply; a failure
-    of either becomes a reply with ``error``."""
+    of either becomes a reply with ``error``. ``refuse(request, reply subject)``, when given,
+    may refuse a request before it is answered (the error, else None): e.g. one that asks for
+    another identity than the one whose inbox waits."""
 
     async def respond(msg: Msg) -> None:
         if not msg.reply:
@@ -64,7 +68,9 @@ def responder(
                 )  # fmt: skip
             return
         try:
-            reply = await answer(msgspec.json.decode(msg.data, type=endpoint.request))
+            request = msgspec.json.decode(msg.data, type=endpoint.request)
+            why = None if refuse is None else refuse(request, msg.reply)
+            reply = endpoint.failed(why) if why is not None else await answer(request)
         except msgspec.DecodeError as exc:  # not JSON, or not the request's shape
             reply = endpoint.failed(bad_request(str(exc)))
         except Exception as exc:  # an answer, never a dead responder

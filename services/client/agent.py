@@ -8,6 +8,13 @@ The client acts on what its inbox says (``next_command``, and before every claim
 and ``retire`` make ``claim`` raise ``AgentPaused`` (until ``resume``); ``lease_lost`` and a
 ``refused`` claim drop the task from ``claims``. Reports on a held task are fenced
 (``client.claims``): once the task is no longer this agent's, they raise ``ClaimLost``.
+
+Before an expensive step, ``async with agent.reserve(usd=2.5) as r:`` sets the estimate aside
+in every budget covering the agent (the guard, ``fw.api.budgets.reserve``) or raises
+``ReservationRefused``; name ``r.reservation`` in the spend it pays for (``spend`` or ``tool``
+``reservation=``): that settles it. Leaving the block publishes nothing (an agent cannot write
+on a budget's subjects): a reservation no spend settled returns to its budgets when it expires
+(``ttl_s``, default 300 seconds), so keep ``ttl_s`` close to the step's duration.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from os import PathLike
 from pathlib import Path
@@ -31,6 +39,7 @@ from nats.js.errors import APIError, NotFoundError
 
 from fleetward.projections import lifecycle
 from fleetward.schemas import Rejected, admit
+from fleetward.schemas.api import BUDGETS_RESERVE, ReserveRequest
 from fleetward.schemas.events import (
     AgentRegistered,
     CommandIssued,
@@ -67,7 +76,7 @@ from fleetward.services.client.claims import (
 from fleetward.services.client.intents import IntentRefused
 from fleetward.services.client.operator import FleetClient
 from fleetward.services.client.taskstate import read_task
-from fleetward.services.errors import ApiError, FleetwardError
+from fleetward.services.errors import ApiError, ApiRefused, FleetwardError, ReservationRefused
 from fleetward.services.jetstream.connection import connect_as
 from fleetward.services.jetstream.consumer import Delivery, PullConsumer, create_inbox
 
@@ -90,6 +99,18 @@ class _Profile:
     roles: tuple[str, ...] = ()
     max_concurrent_tasks: int = 1
     heartbeat_interval_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A granted reservation: its id (name it in the spend it pays for), ``usd`` (USD) set
+    aside in each of ``budgets`` (empty: no budget covers the agent), released unsettled at
+    ``expires_at`` (UTC)."""
+
+    reservation: str
+    usd: float
+    budgets: tuple[str, ...]
+    expires_at: datetime
 
 
 class AgentClient(FleetClient):
@@ -386,7 +407,12 @@ class AgentClient(FleetClient):
 
     @asynccontextmanager
     async def tool(
-        self, name: str, *, run: str | None = None, task: str | None = None
+        self,
+        name: str,
+        *,
+        run: str | None = None,
+        task: str | None = None,
+        reservation: str | None = None,
     ) -> AsyncIterator[ToolCall]:
         """Record one tool call: its duration, whether it raised, and its cost.
 
@@ -410,6 +436,7 @@ class AgentClient(FleetClient):
                     cost_usd=call.cost_usd,
                     run=run,
                     task=task,
+                    reservation=reservation,
                 )
             )
 
@@ -422,8 +449,10 @@ class AgentClient(FleetClient):
         tokens_out: int = 0,
         run: str | None = None,
         task: str | None = None,
+        reservation: str | None = None,
     ) -> PubAck:
-        """Report model spend: tokens and what they cost."""
+        """Report model spend: tokens and what they cost (USD); ``reservation``: the one it
+        settles (``reserve``)."""
         return await self.send(
             SpendRecorded(
                 **self.envelope(),
@@ -434,8 +463,22 @@ class AgentClient(FleetClient):
                 cost_usd=cost_usd,
                 run=run,
                 task=task,
+                reservation=reservation,
             )
         )
+
+    @asynccontextmanager
+    async def reserve(self, *, usd: float, ttl_s: float = 300.0) -> AsyncIterator[Reservation]:
+        """Set ``usd`` (USD, the step's estimated cost) aside for ``ttl_s`` seconds in every
+        budget covering this agent, for the block (see the module). Raises
+        ``ReservationRefused`` when the guard refuses, ``ApiError`` when no guard answers."""
+        request = ReserveRequest(agent=self.agent, usd=usd, ttl_s=ttl_s)
+        try:
+            reply = await self.ask(BUDGETS_RESERVE, request)
+        except ApiRefused as exc:
+            raise ReservationRefused(str(exc)) from None
+        assert reply.reservation is not None and reply.expires_at is not None
+        yield Reservation(reply.reservation, usd, reply.budgets, reply.expires_at)
 
     # ---- the durable command inbox -----------------------------------------------------------
 

@@ -73,7 +73,7 @@ from fleetward.services.client.intents import TAKEN, IntentRefused
 from fleetward.services.client.publisher import Publisher
 from fleetward.services.client.roles import read_roles
 from fleetward.services.client.taskstate import TaskState, read_task
-from fleetward.services.errors import ApiError
+from fleetward.services.errors import ApiError, ApiRefused
 from fleetward.services.jetstream.connection import connect_as
 from fleetward.services.jetstream.publish import encode
 
@@ -448,7 +448,7 @@ class FleetClient(Publisher):
         timeout: float = API_TIMEOUT_S,  # noqa: ASYNC109 (the NATS request takes it)
     ) -> Rep:
         """One request to the task API and its reply; ``ApiError`` (one line) when nothing
-        answers within ``timeout`` seconds or the reply is an error."""
+        answers within ``timeout`` seconds, ``ApiRefused`` when the reply is an error."""
         subject = endpoint.subject
         try:
             msg = await self.nc.request(subject, msgspec.json.encode(request), timeout=timeout)
@@ -467,7 +467,7 @@ class FleetClient(Publisher):
         except msgspec.DecodeError as exc:
             raise ApiError(f"{subject} answered something else than its reply: {exc}") from None
         if reply.error is not UNSET:
-            raise ApiError(f"{subject}: {reply.error}")
+            raise ApiRefused(f"{subject}: {reply.error}")
         return reply
 
     # ---- how a write is checked and published --------------------------------------------------

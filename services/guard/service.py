@@ -21,29 +21,52 @@ projector dead-letters it).
 
 Health (``health``): not ready, with the reason, until the projections were read and the
 stream caught up, and while NATS is away.
+
+Reservations (``fw.api.budgets.reserve`` {"agent", "usd" (USD), "ttl_s" (seconds)} ->
+{"reservation", "budgets", "expires_at"} or {"error"}; queue group ``fleetward-guard``, so
+replicas share the requests): answered only on the inbox of the agent named (an agent reserves
+for itself). The core judges (``Core.judge_reserve``); the grant is a ``budget.reserved`` on
+each budget in scope, sorted by id, each published with compare-and-set on the sequence the
+core had folded for that budget when it judged. A refused compare-and-set (10071: another
+replica, or this one, stored something there meanwhile) gives back the parts already stored
+(``Core.abandon``: released, reason ``refused``, by the tick), waits until this replica has
+folded the budget's last sequence, and judges again with a new reservation id, up to
+``RESERVE_ATTEMPTS`` times (then ``error`` "budget ... is busy"). So two grants are never
+judged against the same remainder, whichever replicas judge them. At start, every reservation
+stored before the follower's first sequence is read from ``fw.budget.*.svc:guard``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, date, datetime
 from functools import partial
 
 import anyio
 from anyio.streams.memory import MemoryObjectSendStream
-from nats.js.errors import NotFoundError
+from nats.aio.subscription import Subscription
+from nats.js.errors import APIError, NotFoundError
 
 from fleetward.projections import lifecycle
+from fleetward.projections.money import money
 from fleetward.schemas.admission import Rejected, admit, decode
-from fleetward.schemas.events import BudgetExhausted
+from fleetward.schemas.api import BUDGETS_RESERVE, ReserveReply, ReserveRequest
+from fleetward.schemas.events import BudgetExhausted, BudgetReleased, BudgetReserved
+from fleetward.schemas.grants import inbox_prefix
+from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
+from fleetward.schemas.ids import deterministic_id, new_id
 from fleetward.schemas.roles import RoleBook
 from fleetward.schemas.roles import judge as judge_role
 from fleetward.schemas.streams import EVENTS_STREAM, follower_prefix
-from fleetward.schemas.subjects import parse, subject, wildcard
+from fleetward.schemas.subjects import PREFIX, parse, subject, wildcard
 from fleetward.services import metrics
+from fleetward.services.api.tasks import responder
 from fleetward.services.client.roles import read_roles
 from fleetward.services.db import q
 from fleetward.services.guard.core import GUARD, LIFETIME, Budget, Core, Plan
@@ -51,6 +74,7 @@ from fleetward.services.guard.publish import Publisher
 from fleetward.services.jetstream.boundary import last_of
 from fleetward.services.jetstream.follower import StreamFollower
 from fleetward.services.jetstream.plans import load_retrying, publishing
+from fleetward.services.jetstream.publish import publish
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.signals import Signal, Signals
 
@@ -58,6 +82,9 @@ log = logging.getLogger("fleetward.guard")
 
 LOADED = ("spend", "budgets", "agents", "tasks")  # the projections read at start
 SHUTDOWN_S = 5.0  # on SIGTERM, plans in hand get this long to be published
+QUEUE_GROUP = "fleetward-guard"  # replicas share fw.api.budgets.reserve
+RESERVE_ATTEMPTS = 50  # judgments of one reservation request before "busy"
+CATCH_UP_S = 5.0  # after a refused compare-and-set, wait this long to read the budget's head
 
 
 class GuardSignals(Signals):
@@ -84,6 +111,7 @@ class Guard:
         self._send: MemoryObjectSendStream[Plan] | None = None
         self._loaded = False
         self._load_error = ""
+        self.reservations: Counter[str] = Counter()  # granted, refused, moved (10071), busy
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -126,9 +154,30 @@ class Guard:
                 )  # fmt: skip
                 budget.seq, budget.exhausted = await self._stored_state(budget.budget)
                 core.load_budget(budget)
+        await self._load_reservations(core, min(self.checkpoints.values()) + 1)
         self.core = core
         log.info("%s: %d budgets, %d agents, %d tasks from the projections (checkpoints %s)",
                  self.name, len(budgets), len(agents), len(tasks), self.checkpoints)  # fmt: skip
+
+    async def _load_reservations(self, core: Core, before: int) -> None:
+        """Fold every ``budget.reserved``/``released`` the guard stored before stream sequence
+        ``before`` (the follower reads on from there), so a restart loses no reservation."""
+        if before <= 1:
+            return
+
+        def fold(subj: str, data: bytes, seq: int, ns: int) -> None:
+            if seq >= before:
+                return
+            with contextlib.suppress(Rejected):
+                event = admit(subj, data)
+                if isinstance(event, BudgetReserved | BudgetReleased):
+                    core.event(event, seq, ns)
+
+        holds = StreamFollower(
+            self.rt.nc, self.rt.js, EVENTS_STREAM, (f"{PREFIX}.budget.*.{GUARD}",), fold,
+            start_seq=1, name=follower_prefix(f"{self.name}_holds"),
+        )  # fmt: skip
+        await holds.run(lambda: holds.caught_up or holds.last_seq >= before - 1)
 
     async def _stored_state(self, budget: str) -> tuple[int, str | None]:
         """The last sequence over the budget's subjects, and the window of the guard's
@@ -189,6 +238,69 @@ class Guard:
             self._plan(self.core.evaluate(self.core.budgets[plan.key], _today(now), _ns(now)))
         self.signals.published.emit(plan.key)
 
+    # ---- reservations ------------------------------------------------------------------------
+
+    async def reserve(self, req: ReserveRequest) -> ReserveReply:
+        """Judge and store one reservation (see the module); the reply names it, or says why
+        not. Raises on a NATS failure (the responder replies "the guard is unavailable"; a
+        ``budget.reserved`` stored before it then expires unsettled)."""
+        usd = money(req.usd)
+        for _ in range(RESERVE_ATTEMPTS):
+            now = time.time()
+            verdict = self.core.judge_reserve(req.agent, usd, _today(now))
+            if isinstance(verdict, str):
+                self.reservations["refused"] += 1
+                return BUDGETS_RESERVE.failed(verdict)
+            reservation, expires = new_id(), datetime.fromtimestamp(now + req.ttl_s, UTC)
+            stored: list[str] = []
+            for grant in verdict:
+                event = BudgetReserved(
+                    id=deterministic_id("budget.reserved", grant.budget, reservation),
+                    actor=GUARD, at=datetime.now(UTC), budget=grant.budget,
+                    reservation=reservation, agent=req.agent, usd=req.usd, expires_at=expires,
+                )  # fmt: skip
+                try:
+                    await publish(self.rt.js, event, expect=grant.seq)
+                except APIError as exc:
+                    if exc.err_code != WRONG_LAST_SEQUENCE:
+                        raise
+                    self.reservations["moved"] += 1
+                    if stored:
+                        self.core.abandon(reservation)
+                    await self._read_up_to(grant.budget)
+                    break
+                stored.append(grant.budget)
+            else:
+                metrics.GUARD_PUBLISHED.labels("stored").inc(len(stored))
+                self.reservations["granted"] += 1
+                return ReserveReply(reservation=reservation, budgets=tuple(stored),
+                                    expires_at=expires)  # fmt: skip
+        self.reservations["busy"] += 1
+        return BUDGETS_RESERVE.failed("the budgets are busy; retry")
+
+    async def _read_up_to(self, budget: str) -> None:
+        """Wait (up to ``CATCH_UP_S``) until this replica has folded the budget's last
+        message."""
+        last = (await last_of(self.rt.js, "budget", budget, direct=True)).expect
+        with anyio.move_on_after(CATCH_UP_S):
+            for _ in itertools.count():
+                if budget not in self.core.budgets or self.core.budgets[budget].seq >= last:
+                    return
+                await anyio.sleep(0.005)
+
+    async def _serve_reserve(self) -> Subscription:
+        """Answer ``fw.api.budgets.reserve`` in the queue group (until unsubscribed)."""
+
+        def refuse(req: ReserveRequest, reply: str) -> str | None:
+            if reply.startswith(f"{inbox_prefix(req.agent)}."):
+                return None
+            return f"only agent {req.agent} may reserve for itself"
+
+        return await self.rt.nc.subscribe(
+            BUDGETS_RESERVE.subject, queue=QUEUE_GROUP,
+            cb=responder(BUDGETS_RESERVE, self.reserve, refuse),
+        )  # fmt: skip
+
     # ---- the loops ---------------------------------------------------------------------------
 
     def health(self) -> tuple[bool, str]:
@@ -215,8 +327,16 @@ class Guard:
         )  # fmt: skip
         plans = anyio.create_memory_object_stream[Plan](math.inf)
         self._send = plans[0]
-        readers = [partial(self.follower.run, stopping), partial(self._tick, stopping)]
-        await publishing(self.publisher.run, plans, readers, SHUTDOWN_S)
+        readers = [
+            partial(self.follower.run, stopping),
+            partial(self._tick, stopping),
+        ]
+        sub = await self._serve_reserve()
+        try:
+            await publishing(self.publisher.run, plans, readers, SHUTDOWN_S)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await sub.unsubscribe()
 
     async def _load_retrying(self, stopping: Callable[[], bool]) -> bool:
         async def load() -> None:
