@@ -35,6 +35,7 @@ from fleetward.projections import lifecycle
 from fleetward.schemas import Event, Rejected, admit, new_id, subject_of
 from fleetward.schemas.api import (
     AGENTS_GET,
+    BUDGETS_RESERVE,
     TASKS_CLAIMABLE,
     AgentRequest,
     ClaimableRequest,
@@ -450,17 +451,18 @@ class FleetClient(Publisher):
         """One request to the task API and its reply; ``ApiError`` (one line) when nothing
         answers within ``timeout`` seconds, ``ApiRefused`` when the reply is an error."""
         subject = endpoint.subject
+        server = (
+            "the guard (`fleetward guard`)"
+            if endpoint.subject == BUDGETS_RESERVE.subject
+            else "the task API (`fleetward projector` or `fleetward dev`)"
+        )
         try:
             msg = await self.nc.request(subject, msgspec.json.encode(request), timeout=timeout)
         except NoRespondersError:
-            raise ApiError(
-                f"nothing serves {subject}: start the task API (`fleetward projector` or "
-                "`fleetward dev`)"
-            ) from None
+            raise ApiError(f"nothing serves {subject}: start {server}") from None
         except NatsTimeout:
             raise ApiError(
-                f"no answer on {subject} within {timeout:g} s: is the task API "
-                "(`fleetward projector`) running and reachable?"
+                f"no answer on {subject} within {timeout:g} s: is {server} running and reachable?"
             ) from None
         try:
             reply = msgspec.json.decode(msg.data, type=endpoint.reply)

@@ -8,15 +8,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import anyio
 import pytest
+from nats.js import JetStreamContext
 
 from fleetward.schemas.api import BUDGETS_RESERVE, ReserveRequest
-from fleetward.schemas.events import BudgetReleased, BudgetReserved
+from fleetward.schemas.events import BudgetReleased, BudgetReserved, Event
 from fleetward.services.client.agent import AgentClient, Reservation
 from fleetward.services.config import Settings
 from fleetward.services.errors import ApiRefused, ReservationRefused
+from fleetward.services.guard import service
 from fleetward.services.guard.service import Guard
 from fleetward.services.jetstream.publish import publish_many
 from fleetward.services.runtime.connect import Runtime, open_runtime
@@ -150,3 +153,43 @@ async def test_an_agent_reserves_only_for_itself(rt: Runtime) -> None:
         async with guarding(guard):
             with pytest.raises(ApiRefused, match="only agent x1 may reserve for itself"):
                 await impostor.ask(BUDGETS_RESERVE, ReserveRequest(agent="x1", usd=1.0))
+
+
+async def test_a_reservation_holds_every_budget_in_scope_and_a_part_refused_is_given_back(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await publish_many(rt.js, [
+        register("m1", "duo"), budget("a-team", "team", "duo", 5.0),
+        budget("z-org", "org", "acme", 100.0),
+    ])  # fmt: skip
+    real = service.publish
+    raced: list[str] = []
+
+    async def racing(js: JetStreamContext, event: Event, **kw: Any) -> Any:
+        """Someone sets z-org again just before the guard's first reservation there."""
+        if isinstance(event, BudgetReserved) and event.budget == "z-org" and not raced:
+            raced.append(event.reservation)
+            await real(js, budget("z-org", "org", "acme", 100.0))
+        return await real(js, event, **kw)
+
+    monkeypatch.setattr(service, "publish", racing)
+    async with clients(rt, ["m1"]) as (m1,):
+        guard = Guard(rt, name="guard_1")
+        async with guarding(guard):
+            granted = await try_reserve(m1, 2.0, 600.0)
+            assert isinstance(granted, Reservation)
+            assert granted.budgets == ("a-team", "z-org")  # sorted by id
+            [first] = raced
+            assert granted.reservation != first and guard.reservations["moved"] == 1
+
+            async def given_back() -> list[BudgetReleased]:
+                return await by_guard(rt, BudgetReleased)
+
+            [released] = await wait_for(given_back, 10, "the refused part given back")
+            assert (released.budget, released.reservation, released.reason) == (
+                "a-team", first, "refused",
+            )  # fmt: skip
+            await settled(guard)
+            assert await reserved_usd(rt, "a-team") == Decimal(2)
+            assert await reserved_usd(rt, "z-org") == Decimal(2)
+            assert "budget a-team has 3.0 USD left" in str(await try_reserve(m1, 3.5, 600.0))

@@ -14,6 +14,7 @@ from fleetward.schemas.grants import (
     inbox_prefix,
     is_inbox,
 )
+from fleetward.schemas.subjects import API_BUDGETS_RESERVE
 
 IDENTITIES = ("a-17", "agent_9", "user:alice", "user:bob@example", "svc:projector", "svc:watchdog",
               "svc:api", "svc:qa")  # fmt: skip
@@ -71,6 +72,14 @@ def test_services_may_not_delete_or_purge(identity: str) -> None:
 def test_the_task_api_publishes_nothing_and_answers_requests() -> None:
     grants = grants_for("svc:api")
     assert grants.publish == () and grants.respond and "fw.api.>" in grants.subscribe
+
+
+def test_the_guard_answers_reservations_in_its_queue_group_and_agents_may_ask() -> None:
+    guard = grants_for("svc:guard")
+    assert guard.respond and API_BUDGETS_RESERVE in guard.subscribe
+    assert "fw.api.>" not in guard.subscribe  # only its own endpoint
+    assert API_BUDGETS_RESERVE in grants_for("a-1").publish
+    assert not grants_for("svc:watchdog").respond
 
 
 @pytest.mark.parametrize(
