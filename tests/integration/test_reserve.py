@@ -193,3 +193,26 @@ async def test_a_reservation_holds_every_budget_in_scope_and_a_part_refused_is_g
             assert await reserved_usd(rt, "a-team") == Decimal(2)
             assert await reserved_usd(rt, "z-org") == Decimal(2)
             assert "budget a-team has 3.0 USD left" in str(await try_reserve(m1, 3.5, 600.0))
+
+
+async def test_the_guard_on_its_own_credentials_serves_reservations(
+    rt: Runtime, settings: Settings
+) -> None:
+    await publish_many(rt.js, [register("c1", "own"), budget("own-day", "team", "own", 1.0)])
+    with anyio.fail_after(60):
+        await project_all(rt)
+    async with (
+        open_runtime(settings, identity="svc:guard", prepare=False) as grt,
+        clients(rt, ["c1"]) as (c1,),
+    ):
+        guard = Guard(grt, name="guard_own")
+        async with guarding(guard):
+            granted = await try_reserve(c1, 0.75, 1.0)
+            assert isinstance(granted, Reservation) and granted.budgets == ("own-day",)
+
+            async def expired() -> list[BudgetReleased]:
+                return await by_guard(rt, BudgetReleased)
+
+            [released] = await wait_for(expired, 10, "the expiry, published as svc:guard")
+            assert released.reason == "expired"
+            await settled(guard)
