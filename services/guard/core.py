@@ -360,6 +360,8 @@ class Core:
         day = datetime.fromtimestamp(ns / 1e9, UTC).date()
         match event:
             case SpendRecorded() | ToolCalled():
+                if event.reservation is not None:  # whatever the spend projection applied
+                    self._settle(event.reservation)
                 if not spend:
                     return []
                 tokens = (
@@ -372,8 +374,6 @@ class Core:
                 self.agents.setdefault(event.agent, Agent())
                 if event.task is not None and event.task in self.tasks:
                     self._project_agents[self.tasks[event.task]].add(event.agent)
-                if event.reservation is not None:
-                    self._settle(event.reservation)
                 return self._evaluate_keys(keys, event.agent, day, ns)
             case TaskCreated():
                 self._created(event.task, event.project)

@@ -33,7 +33,10 @@ replica, or this one, stored something there meanwhile) gives back the parts alr
 folded the budget's last sequence, and judges again with a new reservation id, up to
 ``RESERVE_ATTEMPTS`` times (then ``error`` "budget ... is busy"). So two grants are never
 judged against the same remainder, whichever replicas judge them. At start, every reservation
-stored before the follower's first sequence is read from ``fw.budget.*.svc:guard``.
+stored before the follower's first sequence is read from ``fw.budget.*.svc:guard`` (all of
+that subject's history, at every start); a spend that settled one before that sequence is not
+read again, so such a reservation stays held until it expires (released ``expired``): the
+guard may hold too much for a while after a restart, never too little.
 """
 
 from __future__ import annotations

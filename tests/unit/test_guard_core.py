@@ -139,7 +139,7 @@ def test_a_spend_naming_a_reservation_settles_it_and_a_refused_one_is_given_back
         id="s", actor="a1", at=datetime.now(UTC), agent="a1", model="m", cost_usd=0.8,
         reservation="r1",
     )  # fmt: skip
-    core.event(spend, 9, NS)
+    core.event(spend, 9, NS, spend=False)  # settles even when the projection counted it
     core.abandon("r2")
     plans = core.releases(NS)
     released = [(p.key, p.steps[0].event) for p in plans]
