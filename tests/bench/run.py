@@ -58,6 +58,7 @@ from fleetward.services.runtime.connect import Runtime, open_runtime
 from tests.bench.auth import auth_bench
 from tests.bench.claims import run_claims_bench
 from tests.bench.kit import ProcessWatch, percentile
+from tests.bench.spend import LIMIT_USD, run_spend_bench
 from tests.bench.watchdog import HarnessError, run_watchdog_bench
 from tests.helpers import as_harness
 
@@ -71,7 +72,7 @@ def bench_q(name: str) -> str:
     return BENCH_SQL[name]
 
 
-SECTIONS = ("pipeline", "claims", "watchdog", "auth")
+SECTIONS = ("pipeline", "claims", "watchdog", "auth", "spend")
 
 
 @dataclass
@@ -531,7 +532,37 @@ async def other_figures(args: argparse.Namespace) -> list[Figure]:
         out += await watchdog_figures(args)
     if "auth" in args.only:
         out += await auth_figures(args)
+    if "spend" in args.only:
+        out += await spend_figures(args)
     return out
+
+
+async def spend_figures(args: argparse.Namespace) -> list[Figure]:
+    """Overshoot of a $10 team budget by ``--claim-agents`` agents spending at once, with
+    reservations through the guard and checking after the fact (tests/bench/spend.py)."""
+    home = Path(tempfile.mkdtemp(prefix="fleetward-bench-spend-"))
+    settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
+    reserved, after = [], []
+    async with open_runtime(settings, identity=as_harness(settings), embed=True) as rt:
+        for i in range(args.runs):
+            after.append(await run_spend_bench(rt, args.claim_agents, reserve=False, seed=i))
+            reserved.append(await run_spend_bench(rt, args.claim_agents, reserve=True, seed=i))
+            r, a = reserved[-1], after[-1]
+            say(f"  overshoot: reservations ${r.overshoot_usd:.2f} (spent ${r.spent_usd:.2f} "
+                f"in {r.steps} steps, largest ${r.largest_step_usd:.2f}), check after "
+                f"${a.overshoot_usd:.2f} (spent ${a.spent_usd:.2f}, {a.steps} steps)")  # fmt: skip
+    setup = f"{args.claim_agents} agents, ${LIMIT_USD:g} budget, steps $0.05-0.50"
+    ours = median_of([r.overshoot_usd for r in reserved])
+    base = statistics.median([r.overshoot_usd for r in after])
+    step = statistics.median([r.largest_step_usd for r in reserved])
+    return [
+        Figure(f"overshoot with reservations, {setup}", ours[0], "USD",
+               "check after the fact, USD", base, ours[0] / base if base else 0.0,
+               "<= 0.1x, and <= the largest step", ours[1], ours[2], args.runs),
+        Figure(f"overshoot with reservations against the largest step, {setup}", ours[0], "USD",
+               "largest single step, USD", step, ours[0] / step if step else 0.0, "<= 1x",
+               ours[1], ours[2], args.runs),
+    ]  # fmt: skip
 
 
 async def auth_figures(args: argparse.Namespace) -> list[Figure]:
