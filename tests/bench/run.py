@@ -58,7 +58,7 @@ from fleetward.services.runtime.connect import Runtime, open_runtime
 from tests.bench.auth import auth_bench
 from tests.bench.claims import run_claims_bench
 from tests.bench.kit import ProcessWatch, percentile
-from tests.bench.spend import LIMIT_USD, run_spend_bench
+from tests.bench.spend import LIMIT_USD, run_pause_latency, run_spend_bench
 from tests.bench.watchdog import HarnessError, run_watchdog_bench
 from tests.helpers import as_harness
 
@@ -542,11 +542,12 @@ async def spend_figures(args: argparse.Namespace) -> list[Figure]:
     reservations through the guard and checking after the fact (tests/bench/spend.py)."""
     home = Path(tempfile.mkdtemp(prefix="fleetward-bench-spend-"))
     settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
-    reserved, after = [], []
+    reserved, after, lags = [], [], list[float]()
     async with open_runtime(settings, identity=as_harness(settings), embed=True) as rt:
         for i in range(args.runs):
             after.append(await run_spend_bench(rt, args.claim_agents, reserve=False, seed=i))
             reserved.append(await run_spend_bench(rt, args.claim_agents, reserve=True, seed=i))
+            lags += await run_pause_latency(rt)
             r, a = reserved[-1], after[-1]
             say(f"  overshoot: reservations ${r.overshoot_usd:.2f} (spent ${r.spent_usd:.2f} "
                 f"in {r.steps} steps, largest ${r.largest_step_usd:.2f}), check after "
@@ -562,6 +563,12 @@ async def spend_figures(args: argparse.Namespace) -> list[Figure]:
         Figure(f"overshoot with reservations against the largest step, {setup}", ours[0], "USD",
                "largest single step, USD", step, ours[0] / step if step else 0.0, "<= 1x",
                ours[1], ours[2], args.runs),
+        Figure("guard pause latency p50 (crossing spend stored -> last pause in scope stored), "
+               "team budgets of 10 agents", statistics.median(lags), "s", "1 s", 1.0,
+               statistics.median(lags), "(context)", min(lags), max(lags), len(lags)),
+        Figure("guard pause latency p99, team budgets of 10 agents", percentile(lags, 0.99), "s",
+               "1 s", 1.0, percentile(lags, 0.99), "< 1x (p99 within 1 s)", min(lags),
+               max(lags), len(lags)),
     ]  # fmt: skip
 
 

@@ -23,15 +23,18 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 import anyio
+from nats.js.errors import NotFoundError
 
 from fleetward.schemas import new_id
-from fleetward.schemas.events import AgentRegistered, BudgetSet
+from fleetward.schemas.events import AgentRegistered, BudgetSet, Event, SpendRecorded
 from fleetward.schemas.roles import ROLE_AUTHORITY
+from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.services.client import AgentClient, FleetClient
 from fleetward.services.errors import ReservationRefused
+from fleetward.services.guard.core import GUARD
 from fleetward.services.guard.service import Guard
 from fleetward.services.jetstream.connection import connect_as
-from fleetward.services.jetstream.publish import publish_many
+from fleetward.services.jetstream.publish import publish, publish_many
 from fleetward.services.runtime.connect import Runtime
 from tests.helpers import creds, envelope
 
@@ -117,3 +120,61 @@ async def run_spend_bench(
             await client.close()
     over = max(Decimal(0), recorded - Decimal(repr(LIMIT_USD)))
     return SpendFigures(float(over), float(recorded), largest, steps)
+
+
+async def run_pause_latency(rt: Runtime, rounds: int = 40, agents: int = 10) -> list[float]:
+    """Seconds from a crossing spend stored to the last of its scope's pauses stored (both by
+    the stream's time of record), for ``rounds`` team budgets of ``agents`` agents each, one
+    guard running here: one figure per crossing."""
+    run = new_id()[-8:]
+    teams = {f"pause-{run}-{r:02d}": [f"p-{run}-{r:02d}-{i:02d}" for i in range(agents)]
+             for r in range(rounds)}  # fmt: skip
+    async with FleetClient(
+        await connect_as(rt.nats_url, creds(rt, ROLE_AUTHORITY), ROLE_AUTHORITY), ROLE_AUTHORITY
+    ) as authority:
+        await authority.ensure_roles("bench", ["budget-admin"], "the spend benchmark")
+    events: list[Event] = []
+    for team, names in teams.items():
+        events += [AgentRegistered(**envelope(n), agent=n, name=n, owner="bench", team=team)
+                   for n in names]  # fmt: skip
+        events.append(BudgetSet(**envelope("user:bench"), budget=f"b-{team}", scope="team",
+                                scope_id=team, window="day", limit_usd=1.0))  # fmt: skip
+    await publish_many(rt.js, events)
+    lags: list[float] = []
+    stop = anyio.Event()
+    guard = Guard(rt, name=f"guard_pause_{run}")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(guard.run, stop.is_set)
+        await guard.signals.wait_for(lambda: guard.core.ready, 60, "the guard")
+        last_budget = f"b-{list(teams)[-1]}"
+        await guard.signals.wait_for(lambda: last_budget in guard.core.budgets, 60, "budgets")
+        for names in teams.values():
+            crossing = SpendRecorded(**envelope(names[0]), agent=names[0], model="bench",
+                                     cost_usd=1.5)  # fmt: skip
+            ack = await publish(rt.js, crossing)
+            stored = (await rt.js.get_msg(EVENTS_STREAM, ack.seq, direct=True)).time
+            last = await _last_pause(rt, names)
+            assert stored is not None
+            lags.append(last - stored.timestamp())
+        stop.set()
+    return lags
+
+
+async def _last_pause(rt: Runtime, names: list[str]) -> float:
+    """When the last of ``names``' pauses by the guard was stored (seconds since the epoch)."""
+    times: dict[str, float] = {}
+    with anyio.fail_after(30):
+        while len(times) < len(names):
+            for name in names:
+                if name in times:
+                    continue
+                try:
+                    msg = await rt.js.get_last_msg(
+                        EVENTS_STREAM, f"fw.agent.{name}.{GUARD}", direct=True
+                    )
+                except NotFoundError:
+                    continue
+                if msg.time is not None:
+                    times[name] = msg.time.timestamp()
+            await anyio.sleep(0.01)
+    return max(times.values())
