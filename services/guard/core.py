@@ -71,6 +71,7 @@ from fleetward.projections import lifecycle
 from fleetward.projections.money import money
 from fleetward.schemas.admission import Rejected
 from fleetward.schemas.events import (
+    AgentOnline,
     AgentPaused,
     AgentRegistered,
     AgentResumed,
@@ -361,7 +362,7 @@ class Core:
         match event:
             case SpendRecorded() | ToolCalled():
                 if event.reservation is not None:  # whatever the spend projection applied
-                    self._settle(event.reservation)
+                    self._settle(event.reservation, event.agent)
                 if not spend:
                     return []
                 tokens = (
@@ -433,6 +434,11 @@ class Core:
         if isinstance(event, AgentRegistered) and event.team != agent.team:
             agent.team = event.team
             return self._joined(agent_id, [("team", event.team), ("org", "")], day, ns)
+        if isinstance(event, AgentResumed | AgentOnline) and agent.pausable(agent_id):
+            # someone else's pause ended while a budget of its scope is exhausted: pause it now
+            mine = [p for p, who in self._project_agents.items() if agent_id in who]
+            keys = [*self._scope_keys(agent_id, None), *(("project", p) for p in mine)]
+            return self._joined(agent_id, keys, day, ns)
         return []
 
     # ---- judging -----------------------------------------------------------------------------
@@ -467,8 +473,8 @@ class Core:
                     continue
                 if not self.in_scope(budget, agent):
                     continue
-                self._targets[(name, wk)].add(agent)
-                if self.agents[agent].pausable(agent):
+                if self.agents[agent].pausable(agent):  # else judged again once it is
+                    self._targets[(name, wk)].add(agent)
                     spent = self.spent(budget, day)
                     pause = self._pause(budget, wk, agent, spent)
                     plans.append(Plan(name, (Publish(pause),), (), ns))
@@ -509,8 +515,8 @@ class Core:
         for agent in self.scope_agents(budget):
             if agent in self._targets[(name, wk)]:
                 continue
-            self._targets[(name, wk)].add(agent)
-            if self.agents[agent].pausable(agent):
+            if self.agents[agent].pausable(agent):  # else judged again once it is (_joined)
+                self._targets[(name, wk)].add(agent)
                 steps.append(Publish(self._pause(budget, wk, agent, spent)))
         return Plan(name, tuple(steps), mark, ns)
 
@@ -613,10 +619,13 @@ class Core:
         released (reason ``refused``) by the next ``tick``."""
         self._abandoned.add(reservation)
 
-    def _settle(self, reservation: str) -> None:
+    def _settle(self, reservation: str, agent: str) -> None:
+        """A spend by ``agent`` naming ``reservation`` settles it only if the reservation is
+        ``agent``'s own: another agent naming it (its id is on the budget's subjects, which
+        agents may read) releases nothing."""
         for budget in self.budgets.values():
             hold = budget.holds.get(reservation)
-            if hold is not None:
+            if hold is not None and hold.agent == agent:
                 hold.settled = True
 
     def releases(self, ns: int) -> list[Plan]:

@@ -92,7 +92,8 @@ async def test_fifty_agents_reserving_at_once_through_two_guards_never_exceed_th
             assert sum(Decimal(str(e.usd)) for e in stored) <= Decimal(9)
             assert len(granted) == 18, f"{len(granted)} granted: the budget was not used up"
             assert await by_guard(rt, BudgetReleased) == []
-            assert a.reservations["granted"] > 0 and b.reservations["granted"] > 0
+            # both replicas answered (which one grants is the queue group's draw)
+            assert sum(a.reservations.values()) > 0 and sum(b.reservations.values()) > 0
             assert a.reservations["moved"] + b.reservations["moved"] > 0, "no race: proves nothing"
 
             assert await reserved_usd(rt, "crew-day") == Decimal(9)

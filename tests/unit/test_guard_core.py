@@ -149,3 +149,37 @@ def test_a_spend_naming_a_reservation_settles_it_and_a_refused_one_is_given_back
     # a later budget.set keeps the open reservations
     core.load_budget(Budget("t", "team", "docs", "day", Decimal("20"), None, 0.8, "user:o", 10))
     assert core.budgets["t"].reserved_usd() == Decimal("2.0")
+
+
+def test_a_spend_settles_only_its_own_agents_reservation() -> None:
+    """A reservation's id is on its budget's subjects, which agents may read: another agent's
+    spend naming it releases nothing (an attacker run released a1's $8 with a2's $0.01 spend,
+    and a third agent was granted $8 more than the budget had)."""
+    core = _reserving_core()
+    core.event(_reserved("t", "r1", 8.0, NS + 10**12), 6, NS)
+    other = SpendRecorded(
+        id="s", actor="a2", at=datetime.now(UTC), agent="a2", model="m", cost_usd=0.01,
+        reservation="r1",
+    )  # fmt: skip
+    core.event(other, 7, NS, spend=False)
+    assert core.releases(NS) == []
+    assert core.budgets["t"].reserved_usd() == Decimal("8.0")
+
+
+def test_an_agent_another_paused_is_paused_once_resumed_while_its_budget_is_exhausted() -> None:
+    """An attacker run: the guard left an operator's pause alone at the crossing and marked the
+    agent judged, so once the operator resumed it, it claimed and spent on an exhausted budget.
+    Now an agent the guard could not pause is judged again when it is resumed."""
+    core = Core(ready=True)
+    core.load_agent("a1", "docs", Life(), "")
+    core.load_agent("k1", "docs", Life("paused", "user:o"), "someone's pause")
+    core.load_budget(Budget("b", "team", "docs", "day", Decimal("1.0"), None, 0.8, "user:o", 1))
+    core.load_spend([("agent", "a1"), ("team", "docs"), ("org", "")], DAY, Decimal("1.2"), 0)
+    paused = [s.event.agent for p in core.reconcile(DAY, NS) for s in p.steps
+              if isinstance(s.event, AgentPaused)]  # fmt: skip
+    assert paused == ["a1"]
+    resumed = AgentResumed(id="r", actor="user:o", at=datetime.now(UTC), agent="k1", v=2)
+    plans = core.event(resumed, 9, NS)
+    assert [(type(s.event), s.event.agent) for p in plans for s in p.steps] == [  # type: ignore[attr-defined]
+        (AgentPaused, "k1")
+    ]
