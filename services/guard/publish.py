@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Literal
 
-from anyio.abc import ObjectReceiveStream
 from nats.js import JetStreamContext
 from nats.js.errors import APIError
 
@@ -39,7 +37,7 @@ from fleetward.schemas.subjects import key_of
 from fleetward.services import metrics
 from fleetward.services.guard.core import Plan, Publish
 from fleetward.services.jetstream.boundary import last_of
-from fleetward.services.jetstream.plans import KeyedRunner, retrying
+from fleetward.services.jetstream.plans import PlanPublisher, retrying
 from fleetward.services.jetstream.publish import publish
 
 log = logging.getLogger("fleetward.guard")
@@ -47,7 +45,7 @@ log = logging.getLogger("fleetward.guard")
 Outcome = Literal["stored", "duplicate", "moved"]
 
 
-class Publisher:
+class Publisher(PlanPublisher):
     """Publishes the guard's plans (see above). ``seq_of(budget)`` is the last sequence the
     guard has seen over a budget's subjects; ``on_done(plan, stored)`` is told how each plan
     ended (``stored`` False: dropped, the budget moved); ``clock`` (seconds since the epoch)
@@ -62,30 +60,14 @@ class Publisher:
         give_up_s: float = 120.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(
+            log=log, failed_metric=metrics.GUARD_PUBLISHED.labels("failed").inc, window=None
+        )
         self.js, self.seq_of, self.on_done = js, seq_of, on_done
         self.give_up_s, self.clock = give_up_s, clock
-        self.outcomes: Counter[str] = Counter()
-        self._runner = KeyedRunner()
 
-    @property
-    def in_flight(self) -> int:
-        """Plans taken and not finished."""
-        return self._runner.in_flight
-
-    async def run(self, plans: ObjectReceiveStream[Plan]) -> None:
-        """Publish plans as they come, until the stream closes; then finish those in hand."""
-        await self._runner.run(plans, self._one)
-
-    async def _one(self, plan: Plan) -> None:
-        stored = False
-        try:
-            stored = await self.execute(plan)
-        except Exception:
-            log.exception("publishing the plan for budget %s failed; dropped", plan.key)
-            self.outcomes["failed"] += 1
-            metrics.GUARD_PUBLISHED.labels("failed").inc()
-        finally:
-            self.on_done(plan, stored)
+    def finished(self, plan: Plan, result: bool | None) -> None:
+        self.on_done(plan, bool(result))
 
     async def execute(self, plan: Plan) -> bool:
         """Publish a plan's steps in order; False when the budget moved under it (dropped)."""

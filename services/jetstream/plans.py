@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -138,3 +139,44 @@ async def load_retrying(
             await anyio.sleep(delay)
             delay = min(delay * 2, 5.0)
     return False
+
+
+class PlanPublisher:
+    """What a service's plan publisher shares: plans run one key at a time (``KeyedRunner``),
+    a plan whose publishing fails is logged, counted in ``outcomes["failed"]`` and on
+    ``failed_metric`` and dropped, and ``finished(plan, result)`` is told how each ended
+    (``result``: what ``execute`` returned, None when it failed)."""
+
+    def __init__(
+        self, *, log: logging.Logger, failed_metric: Callable[[], None], window: int | None
+    ) -> None:
+        self.outcomes: Counter[str] = Counter()  # this publisher's step outcomes
+        self._log, self._failed_metric = log, failed_metric
+        self._runner = KeyedRunner(window)
+
+    @property
+    def in_flight(self) -> int:
+        """Plans taken and not finished."""
+        return self._runner.in_flight
+
+    async def run(self, plans: ObjectReceiveStream[Any]) -> None:
+        """Publish plans as they come, until the stream closes; then finish those in hand."""
+        await self._runner.run(plans, self._one)
+
+    async def _one(self, plan: Any) -> None:
+        result = None
+        try:
+            result = await self.execute(plan)
+        except Exception:
+            self._log.exception("publishing the plan for %s failed; dropped", plan.key)
+            self.outcomes["failed"] += 1
+            self._failed_metric()
+        finally:
+            self.finished(plan, result)
+
+    async def execute(self, plan: Any) -> Any:
+        """Publish ``plan``; what ``finished`` is told."""
+        raise NotImplementedError
+
+    def finished(self, plan: Any, result: Any) -> None:
+        """Told how each plan ended. Nothing by default."""

@@ -28,11 +28,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 from typing import Literal
 
-from anyio.abc import ObjectReceiveStream
 from nats.js import JetStreamContext
 from nats.js.errors import APIError
 
@@ -43,7 +41,7 @@ from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
 from fleetward.schemas.subjects import key_of
 from fleetward.services import metrics
 from fleetward.services.jetstream.boundary import last_of
-from fleetward.services.jetstream.plans import KeyedRunner, retrying
+from fleetward.services.jetstream.plans import PlanPublisher, retrying
 from fleetward.services.jetstream.publish import publish
 from fleetward.services.watchdog.core.incidents import TIER_RANK, Plan, Publish
 
@@ -53,7 +51,7 @@ log = logging.getLogger("fleetward.watchdog")
 Outcome = Literal["stored", "duplicate", "closed"]
 
 
-class Publisher:
+class Publisher(PlanPublisher):
     """Publishes the watchdog's plans (see above). ``on_stored`` gets each event stored under
     compare-and-set with its sequence, ``on_closed`` each escalation found resolved, ``on_done``
     the key of each plan finished (published, found done already, or dropped); ``clock`` is the
@@ -70,32 +68,17 @@ class Publisher:
         give_up_s: float = 120.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(
+            log=log, failed_metric=metrics.WATCHDOG_PUBLISHED.labels("failed").inc, window=window
+        )
         self.js = js
         self.on_stored, self.on_closed, self.on_done = on_stored, on_closed, on_done
         self.give_up_s = give_up_s
         self.clock = clock
-        self.outcomes: Counter[str] = Counter()  # this publisher's step outcomes
-        self._runner = KeyedRunner(window)
 
-    @property
-    def in_flight(self) -> int:
-        """Plans taken and not finished."""
-        return self._runner.in_flight
-
-    async def run(self, plans: ObjectReceiveStream[Plan]) -> None:
-        """Publish plans as they come, until the stream closes; then finish those in hand."""
-        await self._runner.run(plans, self._one)
-
-    async def _one(self, plan: Plan) -> None:
-        try:
-            await self.execute(plan)
-        except Exception:
-            log.exception("publishing the plan for %s failed; dropped", plan.key)
-            self.outcomes["failed"] += 1
-            metrics.WATCHDOG_PUBLISHED.labels("failed").inc()
-        finally:
-            if self.on_done is not None:
-                self.on_done(plan.key)
+    def finished(self, plan: Plan, result: None) -> None:
+        if self.on_done is not None:
+            self.on_done(plan.key)
 
     async def execute(self, plan: Plan) -> None:
         """Publish a plan's steps in order; stop when one finds its escalation resolved."""
