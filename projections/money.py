@@ -27,3 +27,13 @@ def add_exact(total: Decimal, amount: Decimal) -> Decimal:
     """``total + amount`` exactly: for a figure added to several sums, made ``money`` once (the
     conversion costs more than the additions)."""
     return _EXACT.add(total, amount)
+
+
+def sub_exact(a: Decimal, b: Decimal) -> Decimal:
+    """``a - b`` exactly (USD)."""
+    return _EXACT.subtract(a, b)
+
+
+def mul_exact(a: Decimal, b: Decimal) -> Decimal:
+    """``a * b`` exactly: a limit times a share (the warning threshold)."""
+    return _EXACT.multiply(a, b)

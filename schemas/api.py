@@ -9,8 +9,11 @@ Invariants:
   (one line for people) beside the endpoint's empty answer (``Endpoint.empty``).
 - ``error`` is absent from a reply that succeeded; nothing else tells success from failure.
 - Answers come from the projections: as fresh as the projector, a hint and never a decision
-  (whether a claim takes a task is decided on the stream); except ``fw.api.budgets.reserve``,
+  (whether a claim takes a task is decided on the stream); except ``fw.api.budgets.*``,
   which the guard answers by storing the decision on the budgets' subjects.
+- A per-actor endpoint (``Endpoint.per_actor``) is asked on ``<subject>.<actor>``: the subject,
+  which only that actor's credentials may publish on, is its identity (schemas/grants.py); an
+  ``agent`` in the request must agree with it.
 - As for events: new fields get defaults; unknown fields are ignored.
 """
 
@@ -37,6 +40,7 @@ from fleetward.schemas.bounds import (
 from fleetward.schemas.events import RiskClass
 from fleetward.schemas.subjects import (
     API_AGENTS_GET,
+    API_BUDGETS_RELEASE,
     API_BUDGETS_RESERVE,
     API_PREFIX,
     API_TASKS_CLAIMABLE,
@@ -120,32 +124,71 @@ class AgentReply(Reply, frozen=True, kw_only=True, omit_defaults=True):
     agent: AgentProfile | None
 
 
-# ---- fw.api.budgets.reserve --------------------------------------------------------------------
+# ---- fw.api.budgets.reserve.<agent>, fw.api.budgets.release.<agent> ---------------------------
 
 MAX_RESERVE_TTL_S: Final = 86_400.0  # a reservation lasts at most a day
+MIN_RESERVE_USD: Final = 1e-6  # a reservation of less than a millionth of a dollar is refused
+MAX_OPEN_RESERVATIONS: Final = 16  # open reservations of one agent at once
 
 
 class ReserveRequest(Struct, frozen=True, kw_only=True):
-    """Set ``usd`` aside for the agent's next step in every budget whose scope covers it."""
+    """Set ``usd`` aside for the agent's next step in every budget whose scope covers it, and in
+    the budgets of ``task``'s project. Sent on ``fw.api.budgets.reserve.<agent>``: the subject,
+    which only the agent's credentials may publish on, names the agent (DESIGN 3.7)."""
 
-    agent: Annotated[Ident, Meta(description="the agent that will spend")]
-    usd: Annotated[float, Meta(gt=0, le=MAX_COST_USD, description="the estimated cost, USD")]
+    agent: Annotated[
+        Ident | None,
+        Meta(description="the agent that will spend; when given, it must be the subject's"),
+    ] = None
+    usd: Annotated[
+        float,
+        Meta(ge=MIN_RESERVE_USD, le=MAX_COST_USD, description="the estimated cost, USD"),
+    ]
     ttl_s: Annotated[
         float, Meta(gt=0, le=MAX_RESERVE_TTL_S, description="seconds until released unsettled")
     ] = 300.0
+    task: Annotated[
+        Ident | None,
+        Meta(description="the task the step spends on: its project's budgets are held too"),
+    ] = None
+    key: Annotated[
+        Ident | None,
+        Meta(description="the caller's idempotency key: a request repeated with the same key "
+             "(a retry after a timeout) gets the reservation already granted, not a second one"),
+    ] = None  # fmt: skip
 
 
 class ReserveReply(Reply, frozen=True, kw_only=True, omit_defaults=True):
     """A granted reservation: its id (name it in the spend it settles: ``reservation``), the
     budgets it holds (empty when no budget covers the agent) and when it expires unsettled.
     Refused (``error``, empty answer): the agent is paused or retired, a budget in its scope is
-    exhausted or has less than ``usd`` remaining, or the guard is not caught up yet."""
+    exhausted or has less than ``usd`` remaining, the agent holds ``MAX_OPEN_RESERVATIONS``
+    already, or the guard is not caught up yet."""
 
     reservation: Annotated[Ident | None, Meta(description="null when refused")] = None
     budgets: Annotated[tuple[Ident, ...], Meta(description="the budgets it holds")] = ()
     expires_at: Annotated[datetime, Meta(tz=True, description="UTC; null when refused")] | None = (
         None
     )
+
+
+class ReleaseRequest(Struct, frozen=True, kw_only=True):
+    """Give back a reservation the step did not spend (sent on
+    ``fw.api.budgets.release.<agent>``, by the agent that holds it)."""
+
+    agent: Annotated[
+        Ident | None,
+        Meta(description="the agent that holds it; when given, it must be the subject's"),
+    ] = None
+    reservation: Annotated[Ident, Meta(description="the reservation's id")]
+
+
+class ReleaseReply(Reply, frozen=True, kw_only=True, omit_defaults=True):
+    """The budgets the reservation is released on (``budget.released``, reason ``returned``,
+    stored by the time of the reply). Refused (``error``): no open reservation of this agent
+    has that id (released already, settled by a spend, expired, or another agent's)."""
+
+    budgets: Annotated[tuple[Ident, ...], Meta(description="the budgets given back")] = ()
 
 
 # ---- the endpoints ------------------------------------------------------------------------------
@@ -164,6 +207,16 @@ class Endpoint(Generic[Req, Rep]):
     empty: Rep
     summary: str
     source: str
+    per_actor: bool = False  # asked on ``<subject>.<actor>``: the subject names the requester
+
+    def subject_for(self, actor: str) -> str:
+        """The subject ``actor`` asks on: ``subject``, or ``<subject>.<actor>`` per actor."""
+        return f"{self.subject}.{actor}" if self.per_actor else self.subject
+
+    @property
+    def pattern(self) -> str:
+        """The subject pattern a responder subscribes to."""
+        return f"{self.subject}.*" if self.per_actor else self.subject
 
     @property
     def name(self) -> str:
@@ -201,8 +254,19 @@ BUDGETS_RESERVE: Final = Endpoint(
     empty=ReserveReply(),
     summary="Reserve an estimated cost in every budget covering an agent, before it spends.",
     source="the guard",
+    per_actor=True,
 )
-ENDPOINTS: Final[tuple[Endpoint[Any, Any], ...]] = (TASKS_CLAIMABLE, AGENTS_GET, BUDGETS_RESERVE)
+BUDGETS_RELEASE: Final = Endpoint(
+    subject=API_BUDGETS_RELEASE,
+    request=ReleaseRequest,
+    empty=ReleaseReply(),
+    summary="Give back a reservation the agent did not spend.",
+    source="the guard",
+    per_actor=True,
+)
+ENDPOINTS: Final[tuple[Endpoint[Any, Any], ...]] = (
+    TASKS_CLAIMABLE, AGENTS_GET, BUDGETS_RESERVE, BUDGETS_RELEASE,
+)  # fmt: skip
 
 
 def bad_request(detail: str) -> str:

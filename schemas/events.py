@@ -484,12 +484,15 @@ class BudgetRestored(_BudgetEvent, frozen=True, kw_only=True, tag="budget.restor
 
 class BudgetReserved(_BudgetEvent, frozen=True, kw_only=True, tag="budget.reserved"):
     """The guard set ``usd`` of the budget aside for one agent's next step
-    (``fw.api.budgets.reserve``): from this event until its ``budget.released``, the budget's
-    remaining (limit - spent - open reservations) counts it as spent.
+    (``fw.api.budgets.reserve.<agent>``): from this event until its ``budget.released``, the
+    budget's remaining (limit - spent - open reservations) counts it as spent.
 
-    Published by the guard with compare-and-set over the budget's subjects on the last sequence
-    it had folded there, so two reservations are never judged against the same remainder. One
-    reservation id spans every budget in the agent's scope: one ``budget.reserved`` on each.
+    Published by the guard with compare-and-set on its own subject of the budget
+    (``fw.budget.<id>.svc:guard``) on the last sequence it had folded there, so two reservations
+    are never judged against the same remainder, and nobody else's messages on the budget can
+    hold a grant up. One reservation id spans every budget in the agent's scope: one
+    ``budget.reserved`` on each. When the agent enters another budget's scope while the
+    reservation is open (a team move, a claim on a project), the guard stores it there too.
     ``expires_at``: when the guard releases it if no spend has settled it."""
 
     SENDERS: ClassVar[frozenset[Sender]] = frozenset({"svc"})
@@ -503,16 +506,17 @@ class BudgetReleased(_BudgetEvent, frozen=True, kw_only=True, tag="budget.releas
     """A reservation no longer holds the budget: ``usd`` (its whole amount) returns to the
     remainder. ``settled``: a spend event named it (that spend counts as spent instead);
     ``expired``: its ``expires_at`` passed unsettled; ``refused``: the reservation was refused
-    on another budget of the agent's scope, so the part stored here is given back.
+    on another budget of the agent's scope, so the part stored here is given back;
+    ``returned``: the agent gave it back unspent (``fw.api.budgets.release.<agent>``).
 
-    Published by the guard, at most once per reservation and budget (compare-and-set over the
-    budget's subjects and a deterministic id)."""
+    Published by the guard, at most once per reservation and budget (compare-and-set on the
+    guard's subject of the budget and a deterministic id)."""
 
     SENDERS: ClassVar[frozenset[Sender]] = frozenset({"svc"})
     reservation: Annotated[Ident, Meta(description="the reservation's id")]
     agent: Annotated[Ident, Meta(description="the agent it was for")]
     usd: Annotated[LimitUsd, Meta(description="USD returned to the budget")]
-    reason: Literal["settled", "expired", "refused"]
+    reason: Literal["settled", "expired", "refused", "returned"]
 
 
 # ---- people and their roles: fw.person.<person> (schemas/roles.py) ---------------------------

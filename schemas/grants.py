@@ -27,6 +27,7 @@ from fleetward.schemas.bounds import IDENT_PATTERN
 from fleetward.schemas.streams import COMMANDS_STREAM, EVENTS_STREAM, inbox_durable
 from fleetward.schemas.subjects import (
     API_AGENTS_GET,
+    API_BUDGETS_RELEASE,
     API_BUDGETS_RESERVE,
     API_PREFIX,
     API_TASKS_CLAIMABLE,
@@ -47,9 +48,13 @@ SERVICE_ACTORS: Final[dict[str, tuple[str, ...]]] = {
 API_SERVICE: Final = "svc:api"  # answers fw.api.* from the projections; publishes no event
 
 # The request/reply APIs meant for agents (and people; services answer them).
-AGENT_APIS: Final = (API_TASKS_CLAIMABLE, API_AGENTS_GET, API_BUDGETS_RESERVE)
+AGENT_APIS: Final = (API_TASKS_CLAIMABLE, API_AGENTS_GET)
+# The per-agent APIs: asked on ``<api>.<agent>``, so the subject proves who asks (schemas/api.py).
+PER_AGENT_APIS: Final = (API_BUDGETS_RESERVE, API_BUDGETS_RELEASE)
 # The request/reply APIs a service answers itself (besides svc:api), in a queue group.
-SERVICE_APIS: Final[dict[str, tuple[str, ...]]] = {"svc:guard": (API_BUDGETS_RESERVE,)}
+SERVICE_APIS: Final[dict[str, tuple[str, ...]]] = {
+    "svc:guard": tuple(f"{api}.*" for api in PER_AGENT_APIS),
+}
 
 _NAME: Final = re.compile(r"^(user|svc):[A-Za-z0-9_@-]{1,64}$")
 _AGENT: Final = re.compile(IDENT_PATTERN)
@@ -144,6 +149,7 @@ def _agent(agent: str) -> Grants:
             f"$JS.API.CONSUMER.MSG.NEXT.{consumer}",
             f"$JS.ACK.{consumer}.>",
             *AGENT_APIS,
+            *(f"{api}.{agent}" for api in PER_AGENT_APIS),
         ),
         subscribe=(f"{inbox_prefix(agent)}.>",),
     )
@@ -158,6 +164,7 @@ def _person(person: str) -> Grants:
             "$JS.API.CONSUMER.INFO.*.*",
             f"{API_PREFIX}>",
         ),
+        deny_publish=tuple(f"{api}.>" for api in PER_AGENT_APIS),  # an agent asks for itself
         subscribe=(f"{inbox_prefix(person)}.>",),
     )
 

@@ -39,7 +39,9 @@ FIRST_V2 = 2  # the first envelope version whose subjects carry the actor
 API_PREFIX = f"{PREFIX}.api."
 API_TASKS_CLAIMABLE = f"{API_PREFIX}tasks.claimable"
 API_AGENTS_GET = f"{API_PREFIX}agents.get"
+# per agent: an agent asks on ``<endpoint>.<its id>``, which only its credentials may publish on
 API_BUDGETS_RESERVE = f"{API_PREFIX}budgets.reserve"
+API_BUDGETS_RELEASE = f"{API_PREFIX}budgets.release"
 
 
 class Parsed(NamedTuple):

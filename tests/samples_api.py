@@ -11,6 +11,7 @@ from msgspec import Struct
 
 from fleetward.schemas.api import (
     AGENTS_GET,
+    BUDGETS_RELEASE,
     BUDGETS_RESERVE,
     TASKS_CLAIMABLE,
     AgentProfile,
@@ -18,6 +19,8 @@ from fleetward.schemas.api import (
     AgentRequest,
     ClaimableReply,
     ClaimableRequest,
+    ReleaseReply,
+    ReleaseRequest,
     ReserveReply,
     ReserveRequest,
     bad_request,
@@ -55,6 +58,7 @@ def sample_api() -> list[tuple[str, Struct]]:
         ("api/agents.get.reply", AGENTS_GET.failed(bad_request("Expected `object`, got `int`"))),
         ("api/budgets.reserve.request", ReserveRequest(agent="agent-7", usd=2.5, ttl_s=120.0)),
         ("api/budgets.reserve.request", ReserveRequest(agent="agent-7", usd=0.01)),
+        ("api/budgets.reserve.request", ReserveRequest(usd=3.0, task="T-1", key="k-1")),
         (
             "api/budgets.reserve.reply",
             ReserveReply(
@@ -64,4 +68,11 @@ def sample_api() -> list[tuple[str, Struct]]:
             ),
         ),
         ("api/budgets.reserve.reply", BUDGETS_RESERVE.failed("budget docs-day is exhausted")),
+        ("api/budgets.release.request", ReleaseRequest(reservation="rsv-1")),
+        ("api/budgets.release.request", ReleaseRequest(agent="agent-7", reservation="rsv-1")),
+        ("api/budgets.release.reply", ReleaseReply(budgets=("docs-day",))),
+        (
+            "api/budgets.release.reply",
+            BUDGETS_RELEASE.failed("agent agent-7 holds no open reservation rsv-1"),
+        ),
     ]

@@ -297,3 +297,9 @@ SELECT d.task_id, t.project, CASE WHEN d.day >= $1 THEN d.day END AS day,
        sum(d.model_cost_usd + d.tool_cost_usd) AS usd, sum(d.tokens_in + d.tokens_out) AS tokens
 FROM fleetward.spend_task_daily d LEFT JOIN fleetward.tasks t USING (task_id)
 GROUP BY d.task_id, t.project, CASE WHEN d.day >= $1 THEN d.day END;
+
+-- name: guard_holds
+-- The guard's start: the reservations open at the budgets projection's checkpoint.
+SELECT budget_id, reservation, agent_id, usd, expires_at
+FROM fleetward.reservations
+WHERE released_reason IS NULL;

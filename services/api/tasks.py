@@ -46,15 +46,30 @@ QUEUE_GROUP = "fleetward-taskapi"
 NOT_ANSWERED = [0]  # requests whose reply subject is not an inbox, in this process
 
 
+class _NotTheAsker(Exception):
+    """A per-actor request names another agent than the subject it was sent on."""
+
+
+def _as_asker(request: Req, subject: str) -> Req:
+    """``request`` with ``agent`` set to the asker: the last token of ``subject``
+    (``<endpoint>.<agent>``, which only that agent's credentials may publish on)."""
+    asker = subject.rsplit(".", 1)[-1]
+    named = getattr(request, "agent", None)
+    if named is not None and named != asker:
+        raise _NotTheAsker(f"the request names agent {named} but was sent by {asker}")
+    return msgspec.structs.replace(request, agent=asker)
+
+
 def responder(
     endpoint: Endpoint[Req, Rep],
     answer: Callable[[Req], Awaitable[Rep]],
     refuse: Callable[[Req, str], str | None] | None = None,
 ) -> Callable[[Msg], Awaitable[None]]:
     """The NATS callback of one endpoint: decode the request, ``answer`` it, reply; a failure
-    of either becomes a reply with ``error``. ``refuse(request, reply subject)``, when given,
-    may refuse a request before it is answered (the error, else None): e.g. one that asks for
-    another identity than the one whose inbox waits."""
+    of either becomes a reply with ``error``. A per-actor endpoint's request gets the subject's
+    last token as its ``agent`` (refused when the request names another). ``refuse(request,
+    reply subject)``, when given, may refuse a request before it is answered (the error, else
+    None): e.g. one that asks for another identity than the one whose inbox waits."""
 
     async def respond(msg: Msg) -> None:
         if not msg.reply:
@@ -69,10 +84,14 @@ def responder(
             return
         try:
             request = msgspec.json.decode(msg.data, type=endpoint.request)
+            if endpoint.per_actor:
+                request = _as_asker(request, msg.subject)
             why = None if refuse is None else refuse(request, msg.reply)
             reply = endpoint.failed(why) if why is not None else await answer(request)
         except msgspec.DecodeError as exc:  # not JSON, or not the request's shape
             reply = endpoint.failed(bad_request(str(exc)))
+        except _NotTheAsker as exc:
+            reply = endpoint.failed(str(exc))
         except Exception as exc:  # an answer, never a dead responder
             log.warning("task API %s: %s", endpoint.subject, exc)
             reply = endpoint.failed(unavailable(endpoint))

@@ -9,12 +9,14 @@ and ``retire`` make ``claim`` raise ``AgentPaused`` (until ``resume``); ``lease_
 ``refused`` claim drop the task from ``claims``. Reports on a held task are fenced
 (``client.claims``): once the task is no longer this agent's, they raise ``ClaimLost``.
 
-Before an expensive step, ``async with agent.reserve(usd=2.5) as r:`` sets the estimate aside
-in every budget covering the agent (the guard, ``fw.api.budgets.reserve``) or raises
-``ReservationRefused``; name ``r.reservation`` in the spend it pays for (``spend`` or ``tool``
-``reservation=``): that settles it. Leaving the block publishes nothing (an agent cannot write
-on a budget's subjects): a reservation no spend settled returns to its budgets when it expires
-(``ttl_s``, default 300 seconds), so keep ``ttl_s`` close to the step's duration.
+Before an expensive step, ``async with agent.reserve(usd=2.5, task=t) as r:`` sets the
+estimate aside in every budget covering the agent and the budgets of ``t``'s project (the
+guard, ``fw.api.budgets.reserve.<agent>``) or raises ``ReservationRefused``; name
+``r.reservation`` in the spend it pays for (``spend`` or ``tool`` ``reservation=``): that
+settles it. Leaving the block without such a spend gives the reservation back at once
+(``fw.api.budgets.release.<agent>``); one the guard never hears back about returns to its
+budgets when it expires (``ttl_s``, default 300 seconds). A request that times out is asked
+once more with the same idempotency key, so it never holds twice.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import APIError, NotFoundError
 
 from fleetward.projections import lifecycle
-from fleetward.schemas import Rejected, admit
-from fleetward.schemas.api import BUDGETS_RESERVE, ReserveRequest
+from fleetward.schemas import Rejected, admit, new_id
+from fleetward.schemas.api import BUDGETS_RELEASE, BUDGETS_RESERVE, ReleaseRequest, ReserveRequest
 from fleetward.schemas.events import (
     AgentRegistered,
     CommandIssued,
@@ -123,6 +125,7 @@ class AgentClient(FleetClient):
         self.claims: dict[str, Claim] = {}
         self.status: HeartbeatStatus = "idle"
         self.paused = False  # told to pause (or retired) by its inbox: takes no new work
+        self._settled: set[str] = set()  # reservations a spend or tool call of this client named
         self.retired = False
         self._inbox: PullConsumer | None = None
         # read (and acted on), not yet returned by next_command: not acknowledged either
@@ -425,6 +428,8 @@ class AgentClient(FleetClient):
             call.error = call.error or f"{type(exc).__name__}: {exc}"[:8000]
             raise
         finally:
+            if reservation is not None:
+                self._settled.add(reservation)
             await self.send(
                 ToolCalled(
                     **self.envelope(),
@@ -453,6 +458,8 @@ class AgentClient(FleetClient):
     ) -> PubAck:
         """Report model spend: tokens and what they cost (USD); ``reservation``: the one it
         settles (``reserve``)."""
+        if reservation is not None:
+            self._settled.add(reservation)
         return await self.send(
             SpendRecorded(
                 **self.envelope(),
@@ -468,17 +475,34 @@ class AgentClient(FleetClient):
         )
 
     @asynccontextmanager
-    async def reserve(self, *, usd: float, ttl_s: float = 300.0) -> AsyncIterator[Reservation]:
+    async def reserve(
+        self, *, usd: float, ttl_s: float = 300.0, task: str | None = None
+    ) -> AsyncIterator[Reservation]:
         """Set ``usd`` (USD, the step's estimated cost) aside for ``ttl_s`` seconds in every
-        budget covering this agent, for the block (see the module). Raises
-        ``ReservationRefused`` when the guard refuses, ``ApiError`` when no guard answers."""
-        request = ReserveRequest(agent=self.agent, usd=usd, ttl_s=ttl_s)
-        try:
-            reply = await self.ask(BUDGETS_RESERVE, request)
-        except ApiRefused as exc:
-            raise ReservationRefused(str(exc)) from None
+        budget covering this agent, and in the budgets of ``task``'s project, for the block (see
+        the module); leaving the block with no spend naming it gives it back. Raises
+        ``ReservationRefused`` when the guard refuses, ``ApiError`` when no guard answers (after
+        one more try with the same idempotency key)."""
+        request = ReserveRequest(usd=usd, ttl_s=ttl_s, task=task, key=new_id())
+        for attempt in range(2):
+            try:
+                reply = await self.ask(BUDGETS_RESERVE, request)
+                break
+            except ApiRefused as exc:
+                raise ReservationRefused(str(exc)) from None
+            except ApiError:  # no answer: once more; the key makes it the same reservation
+                if attempt:
+                    raise
         assert reply.reservation is not None and reply.expires_at is not None
-        yield Reservation(reply.reservation, usd, reply.budgets, reply.expires_at)
+        reservation = reply.reservation
+        try:
+            yield Reservation(reservation, usd, reply.budgets, reply.expires_at)
+        finally:
+            if reservation in self._settled:
+                self._settled.discard(reservation)
+            else:
+                with anyio.CancelScope(shield=True), contextlib.suppress(ApiError):
+                    await self.ask(BUDGETS_RELEASE, ReleaseRequest(reservation=reservation))
 
     # ---- the durable command inbox -----------------------------------------------------------
 

@@ -450,10 +450,10 @@ class FleetClient(Publisher):
     ) -> Rep:
         """One request to the task API and its reply; ``ApiError`` (one line) when nothing
         answers within ``timeout`` seconds, ``ApiRefused`` when the reply is an error."""
-        subject = endpoint.subject
+        subject = endpoint.subject_for(self.actor)
         server = (
             "the guard (`fleetward guard`)"
-            if endpoint.subject == BUDGETS_RESERVE.subject
+            if endpoint.source == BUDGETS_RESERVE.source
             else "the task API (`fleetward projector` or `fleetward dev`)"
         )
         try:

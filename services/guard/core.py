@@ -9,9 +9,10 @@ State, folded from the projections at start (``load_*``) and from FW_EVENTS afte
   spend projection keeps it: ``unassigned`` before its first registration), the project of the
   task it names (a task the guard has not seen created yet keeps its spend until it is) and the
   org. So any budget's spent in any window is known at once, a budget set this second included.
-- Budgets as their latest ``budget.set`` has them, with ``seq`` (the last stream sequence over
-  the budget's subjects: compare-and-set) and ``exhausted`` (the window the guard's last
-  ``budget.exhausted`` stored on the stream names, until its ``budget.restored``).
+- Budgets as their latest ``budget.set`` has them, with ``seq`` (the last stream sequence on
+  the guard's own subject of the budget, ``fw.budget.<id>.svc:guard``: compare-and-set, so
+  nobody else's messages on the budget can hold the guard up) and ``exhausted`` (the window the
+  guard's last ``budget.exhausted`` stored on the stream names, until its ``budget.restored``).
 - Agents: their team, lifecycle (projections/lifecycle.py, the one state machine) and ``hold``:
   the budget a pause of the guard names (its reason, ``pause_reason``).
 
@@ -37,21 +38,31 @@ Rules (the one place they are decided):
 - Warning: one ``escalation.raised`` (tier warning, reason ``budget_warning``) per budget and
   window, to the budget's owner (``set_by``, in the evidence), when spent reaches ``warn_at``.
 
-Reservations (``fw.api.budgets.reserve``, issue 14 part 4):
+Reservations (``fw.api.budgets.reserve.<agent>``, issue 14 part 4):
 
-- ``judge_reserve``: granted when the agent is registered, neither paused nor retired, and every
-  budget covering it (sorted by id) is not exhausted and has ``remaining`` = limit - spent -
-  open reservations (USD) >= the amount; else the reason, in words. The grant is one
-  ``budget.reserved`` per budget, each stored by the service with compare-and-set on the
-  budget's sequence taken with the verdict (``Grant``): a replica that judged a stale budget is
-  refused by the server, reads on and judges again.
+- ``judge_reserve``: granted when the agent is registered, neither paused nor retired, holds
+  fewer than ``MAX_OPEN_RESERVATIONS`` open reservations, and every budget covering it (and,
+  when the request names a task, the budgets of its project), sorted by id, is not exhausted
+  and has ``remaining`` = limit - spent - open reservations (USD, exact) >= the amount; else
+  the reason, in words. The grant is one ``budget.reserved`` per budget, each stored by the
+  service with compare-and-set on the budget's sequence taken with the verdict (``Grant``): a
+  replica that judged a stale budget is refused by the server, reads on and judges again. A
+  reservation id asked again (the caller's idempotency key) gets the grant already held
+  (``granted``).
 - A reservation is open on a budget from its ``budget.reserved`` until its ``budget.released``.
   It is released (plans from ``tick``, one per reservation and budget, compare-and-set on the
-  budget and a deterministic id): ``settled`` once a spend event names it (that spend counts as
-  spent instead), ``expired`` once its ``expires_at`` passed by the host's clock, ``refused``
-  when the service gave it up (stored on one budget, refused on another: ``abandon``).
-- Reservations are folded from every ``budget.reserved``/``released`` read, whatever the
-  projections' checkpoints (the service reads the guard's budget subjects from the start).
+  budget and a deterministic id): ``settled`` once a spend event of its agent names it (that
+  spend counts as spent instead), ``expired`` once its ``expires_at`` passed by the host's
+  clock, ``refused`` when the service gave it up (stored on one budget, refused on another:
+  ``abandon``), ``returned`` when its agent gave it back unspent (``give_back``).
+- A reservation follows its agent: when the agent enters the scope of another budget while
+  the reservation is open (it registers into another team, claims a task of a project), the
+  hold is added there at once (so this replica judges with it) and a ``budget.reserved`` is
+  planned there (``_carry``; stored with the same deterministic id by any replica). The new
+  budget may then hold more than it has left: its next grants are refused, and the overshoot
+  is bounded by the reservation that moved, not by the agents running.
+- Reservations are folded from every ``budget.reserved``/``released`` read; the ones open at
+  start come from the budgets projection (``fleetward.reservations``, ``load_hold``).
 
 Replicas fold the same stream and plan the same events with the same ids (deterministic: the
 budget, its window and the sequence of the budget.set in force); the publisher's
@@ -68,8 +79,9 @@ from decimal import Decimal
 from typing import Final, Literal
 
 from fleetward.projections import lifecycle
-from fleetward.projections.money import money
+from fleetward.projections.money import add_exact, money, mul_exact, sub_exact
 from fleetward.schemas.admission import Rejected
+from fleetward.schemas.api import MAX_OPEN_RESERVATIONS
 from fleetward.schemas.events import (
     AgentOnline,
     AgentPaused,
@@ -139,19 +151,23 @@ class Sums:
     tokens: int = 0
 
     def add(self, usd: Decimal, tokens: int) -> None:
-        self.usd += usd
+        self.usd = add_exact(self.usd, usd)  # exact: the default context rounds at 28 digits
         self.tokens += tokens
 
 
 @dataclass(slots=True)
 class Hold:
     """One open reservation on one budget: ``usd`` (USD) for ``agent`` until ``expires_ns``
-    (stream-independent UTC, ns since the epoch); ``settled``: a spend named it."""
+    (stream-independent UTC, ns since the epoch); ``settled``: a spend named it;
+    ``returned``: its agent gave it back; ``stored``: its ``budget.reserved`` is on this
+    budget's subject (False: carried here by ``_carry`` and not stored yet)."""
 
     agent: str
     usd: Decimal
     expires_ns: int
     settled: bool = False
+    returned: bool = False
+    stored: bool = True
 
 
 @dataclass(slots=True)
@@ -165,7 +181,7 @@ class Budget:
     warn_at: float
     set_by: str
     set_seq: int  # the sequence of the budget.set in force (part of the events' ids)
-    seq: int = 0  # the last sequence over the budget's subjects (compare-and-set)
+    seq: int = 0  # the last sequence on the guard's subject of the budget (compare-and-set)
     exhausted: str | None = None  # the window of the guard's budget.exhausted in force
     holds: dict[str, Hold] = field(default_factory=dict)  # open reservations by id
 
@@ -174,8 +190,13 @@ class Budget:
         return ("org", "") if self.scope == "org" else (self.scope, self.scope_id)
 
     def reserved_usd(self) -> Decimal:
-        """USD of the open reservations."""
-        return sum((h.usd for h in self.holds.values()), Decimal(0))
+        """USD of the open reservations (exact): neither settled (that spend counts as spent
+        from the same event on) nor returned by their agent, released or not yet."""
+        total = Decimal(0)
+        for hold in self.holds.values():
+            if not (hold.settled or hold.returned):
+                total = add_exact(total, hold.usd)
+        return total
 
     def state(self, spent: Sums) -> State:
         """As ``fleet.budgets`` judges it (migration 0015)."""
@@ -183,7 +204,7 @@ class Budget:
         if spent.usd >= self.limit_usd or (tokens is not None and spent.tokens >= tokens):
             return "exhausted"
         share = Decimal(repr(self.warn_at))
-        if spent.usd >= self.limit_usd * share or (
+        if spent.usd >= mul_exact(self.limit_usd, share) or (
             tokens is not None and spent.tokens >= tokens * share
         ):
             return "warning"
@@ -217,9 +238,19 @@ class Grant:
 
 
 @dataclass(frozen=True, slots=True)
+class Granted:
+    """A reservation already held (asked again with the same idempotency key): the budgets it
+    holds and when it expires (ns since the epoch)."""
+
+    budgets: tuple[str, ...]
+    expires_ns: int
+
+
+@dataclass(frozen=True, slots=True)
 class Publish:
     event: Event
-    expect: Expect = "any"  # budget: compare-and-set on the budget; empty: first on its subject
+    # budget: compare-and-set on the guard's subject of the budget; empty: first on its subject
+    expect: Expect = "any"
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,6 +299,12 @@ class Core:
             budget.holds = old.holds
         self.budgets[budget.budget] = budget
         self._index[budget.key].add(budget.budget)
+
+    def load_hold(self, budget: str, reservation: str, agent: str, usd: Decimal,
+                  expires_ns: int) -> None:  # fmt: skip
+        """A reservation open on ``budget`` at the projections' snapshot."""
+        if budget in self.budgets:
+            self.budgets[budget].holds[reservation] = Hold(agent, usd, expires_ns)
 
     def load_agent(self, agent: str, team: str, life: lifecycle.Life, reason: str) -> None:
         hold = held_by(reason) if life.status == "paused" and life.paused_by == GUARD else None
@@ -384,14 +421,16 @@ class Core:
                 if project is None:
                     return []
                 self._project_agents[project].add(event.agent)
-                return self._joined(event.agent, [("project", project)], day, ns)
+                joined: list[ScopeKey] = [("project", project)]
+                return self._carry(event.agent, joined) + self._joined(event.agent, joined, day, ns)
             case BudgetSet():
                 if not budget:
                     return []
+                # set_seq = seq; the compare-and-set sequence (the guard's own subject's) is
+                # kept by load_budget
                 self.load_budget(Budget(
                     event.budget, event.scope, event.scope_id, event.window,
                     money(event.limit_usd), event.limit_tokens, event.warn_at, event.actor, seq,
-                    seq,
                 ))  # fmt: skip
                 return self.evaluate(self.budgets[event.budget], day, ns)
             case BudgetExhausted():
@@ -403,9 +442,12 @@ class Core:
                 return []
             case BudgetReserved():
                 if event.budget in self.budgets:
-                    expires = int(event.expires_at.timestamp() * 1e9)
-                    hold = Hold(event.agent, money(event.usd), expires)
-                    self.budgets[event.budget].holds[event.reservation] = hold
+                    holds = self.budgets[event.budget].holds
+                    if event.reservation in holds:  # carried here: now stored
+                        holds[event.reservation].stored = True
+                    else:
+                        expires = int(event.expires_at.timestamp() * 1e9)
+                        holds[event.reservation] = Hold(event.agent, money(event.usd), expires)
                 return []
             case BudgetReleased():
                 if event.budget in self.budgets:
@@ -433,7 +475,8 @@ class Core:
             agent.hold = held_by(event.reason)
         if isinstance(event, AgentRegistered) and event.team != agent.team:
             agent.team = event.team
-            return self._joined(agent_id, [("team", event.team), ("org", "")], day, ns)
+            keys: list[ScopeKey] = [("team", event.team), ("org", "")]
+            return self._carry(agent_id, keys) + self._joined(agent_id, keys, day, ns)
         if isinstance(event, AgentResumed | AgentOnline) and agent.pausable(agent_id):
             # someone else's pause ended while a budget of its scope is exhausted: pause it now
             mine = [p for p, who in self._project_agents.items() if agent_id in who]
@@ -590,10 +633,11 @@ class Core:
 
     # ---- reservations ------------------------------------------------------------------------
 
-    def judge_reserve(self, agent: str, usd: Decimal, day: date) -> list[Grant] | str:
-        """Whether ``usd`` (USD, > 0) may be reserved for ``agent`` on ``day`` (today, UTC): the
-        budgets covering it, sorted by id, each with the sequence to compare-and-set on; or why
-        not (one line for people). See the module."""
+    def judge_reserve(self, agent: str, usd: Decimal, day: date, *,
+                      task: str | None = None) -> list[Grant] | str:  # fmt: skip
+        """Whether ``usd`` (USD, > 0) may be reserved for ``agent`` on ``day`` (today, UTC),
+        spending on ``task`` when given: the budgets covering it, sorted by id, each with the
+        sequence to compare-and-set on; or why not (one line for people). See the module."""
         if not self.ready:
             return "the guard is catching up with the stream; retry shortly"
         found = self.agents.get(agent)
@@ -601,18 +645,83 @@ class Core:
             return f"agent {agent} is not registered"
         if found.life.status in ("paused", "retired"):
             return f"agent {agent} is {found.life.status}"
+        held = {r for b in self.budgets.values() for r, h in b.holds.items() if h.agent == agent}
+        if len(held) >= MAX_OPEN_RESERVATIONS:
+            return (f"agent {agent} holds {len(held)} open reservations, the most at once; "
+                    "spend or release one first")  # fmt: skip
+        project = self.tasks.get(task) if task is not None else None
         grants = []
         for name, budget in sorted(self.budgets.items()):
-            if not self.in_scope(budget, agent):
+            if not (self.in_scope(budget, agent) or budget.key == ("project", project)):
                 continue
             spent = self.spent(budget, day)
             if budget.state(spent) == "exhausted" or self._exhausted_window(budget, day):
                 return f"budget {name} is exhausted"
-            left = budget.limit_usd - spent.usd - budget.reserved_usd()
+            left = sub_exact(sub_exact(budget.limit_usd, spent.usd), budget.reserved_usd())
             if left < usd:
                 return f"budget {name} has {max(left, Decimal(0))} USD left; {usd} USD asked"
             grants.append(Grant(name, budget.seq))
         return grants
+
+    def granted(self, reservation: str, agent: str) -> Granted | None:
+        """The reservation ``reservation`` of ``agent`` when it is held (an idempotent repeat of
+        its request), else None."""
+        names = tuple(
+            name for name, b in sorted(self.budgets.items())
+            if reservation in b.holds and b.holds[reservation].agent == agent
+        )  # fmt: skip
+        if not names:
+            return None
+        return Granted(names, self.budgets[names[0]].holds[reservation].expires_ns)
+
+    def give_back(self, reservation: str, agent: str) -> tuple[str, ...]:
+        """``agent`` gives ``reservation`` back unspent: its open holds (not settled) are
+        released (reason ``returned``) by the next ``releases``. The budgets it held; empty
+        when ``agent`` holds no such open reservation."""
+        names = []
+        for name, budget in sorted(self.budgets.items()):
+            hold = budget.holds.get(reservation)
+            if hold is not None and hold.agent == agent and not hold.settled:
+                hold.returned = True
+                names.append(name)
+        return tuple(names)
+
+    def _carry(self, agent: str, keys: list[ScopeKey]) -> list[Plan]:
+        """``agent`` entered the scopes ``keys``: its open reservations hold the budgets there
+        too (see the module). The holds are added now, whether ready or not (every replica
+        folds the same); ``budget.reserved`` is planned once ready (``reconcile`` plans the
+        ones carried before)."""
+        mine: dict[str, Hold] = {}
+        for budget in self.budgets.values():
+            for reservation, hold in budget.holds.items():
+                if hold.agent == agent and not (hold.settled or hold.returned):
+                    mine.setdefault(reservation, hold)
+        if not mine:
+            return []
+        plans = []
+        for key in keys:
+            for name in sorted(self._index.get(key, ())):
+                budget = self.budgets[name]
+                for reservation, hold in sorted(mine.items()):
+                    if reservation in budget.holds:
+                        continue
+                    budget.holds[reservation] = Hold(agent, hold.usd, hold.expires_ns,
+                                                     stored=False)  # fmt: skip
+                    plans += self._carry_plan(name, reservation)
+        return plans
+
+    def _carry_plan(self, name: str, reservation: str) -> list[Plan]:
+        mark = ("carry", name, reservation)
+        if not self.ready or mark in self._planned:
+            return []
+        self._planned.add(mark)
+        hold = self.budgets[name].holds[reservation]
+        event = BudgetReserved(
+            id=deterministic_id("budget.reserved", name, reservation), actor=GUARD, at=_now(),
+            budget=name, reservation=reservation, agent=hold.agent, usd=float(hold.usd),
+            expires_at=_at(hold.expires_ns),
+        )  # fmt: skip
+        return [Plan(name, (Publish(event, "budget"),), mark)]
 
     def abandon(self, reservation: str) -> None:
         """The service gave ``reservation`` up (refused on another budget): its holds are
@@ -636,14 +745,19 @@ class Core:
         plans = []
         for name, budget in sorted(self.budgets.items()):
             for reservation, hold in sorted(budget.holds.items()):
-                reason: Literal["settled", "expired", "refused"]
+                reason: Literal["settled", "expired", "refused", "returned"]
                 if hold.settled:
                     reason = "settled"
+                elif hold.returned:
+                    reason = "returned"
                 elif reservation in self._abandoned:
                     reason = "refused"
                 elif hold.expires_ns <= ns:
                     reason = "expired"
                 else:
+                    continue
+                if not hold.stored:  # carried and never stored here: nothing to release
+                    del budget.holds[reservation]
                     continue
                 mark = ("release", name, reservation)
                 if mark in self._planned:
@@ -672,6 +786,10 @@ class Core:
         plans: list[Plan] = []
         for budget in list(self.budgets.values()):
             plans += self.evaluate(budget, day, ns)
+        for name, budget in sorted(self.budgets.items()):
+            for reservation, hold in sorted(budget.holds.items()):
+                if not hold.stored:  # carried while catching up
+                    plans += self._carry_plan(name, reservation)
         held = {a.hold for a in self.agents.values() if a.hold is not None and a.guard_paused()}
         for name in sorted(held):
             found = self.budgets.get(name)

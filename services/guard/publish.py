@@ -4,13 +4,16 @@ Every event has a deterministic id (services/guard/core.py), sent as ``Nats-Msg-
 replica's second publish within the stream's duplicate window (>= 2 minutes) is a duplicate.
 On top of that:
 
-- ``budget`` steps (``budget.exhausted``, ``budget.restored``, ``budget.released``) are
-  compare-and-set over the budget's subjects (``fw.budget.<id>.>``, every actor's) on the last
-  sequence the guard has seen there. Refused (JetStream 10071): the budget's last event is
-  read; the same event, or an exhaustion or restore of the same window, means another replica
-  stored it (a duplicate: the plan goes on, its pauses are deduplicated too); anything else (a
-  new ``budget.set``, another reservation) means the budget moved: the plan is dropped and the
-  core judges the budget again (a release is planned again by the next tick, if still due).
+- ``budget`` steps (``budget.exhausted``, ``budget.restored``, ``budget.reserved`` carried,
+  ``budget.released``) are compare-and-set on the guard's own subject of the budget
+  (``fw.budget.<id>.svc:guard``) on the last sequence the guard has seen there: only the
+  guard's replicas publish there, so nobody else's messages on the budget (a person's refused
+  flood) hold it up, and a change of the budget by a person is folded and judged after.
+  Refused (JetStream 10071): the last event there is read; the same event, or an exhaustion or
+  restore of the same window, means another replica stored it (a duplicate: the plan goes on,
+  its pauses are deduplicated too); anything else (another reservation) means the budget
+  moved: the plan is dropped and the core judges the budget again (a release is planned again
+  by the next tick, if still due).
 - ``empty`` steps (a warning escalation) are stored only on an empty escalation subject: once
   per budget and window, ever; refused means raised already.
 - ``any`` steps (pauses, resumes): the stream's deduplication only.
@@ -27,16 +30,16 @@ from collections.abc import Callable
 from typing import Literal
 
 from nats.js import JetStreamContext
-from nats.js.errors import APIError
+from nats.js.errors import APIError, NotFoundError
 
 from fleetward.schemas import subject_of
 from fleetward.schemas.admission import Rejected, decode
 from fleetward.schemas.events import AgentPaused, BudgetExhausted, BudgetRestored, Event
 from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
+from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import key_of
 from fleetward.services import metrics
 from fleetward.services.guard.core import Plan, Publish
-from fleetward.services.jetstream.boundary import last_of
 from fleetward.services.jetstream.plans import PlanPublisher, retrying
 from fleetward.services.jetstream.publish import publish
 
@@ -47,7 +50,7 @@ Outcome = Literal["stored", "duplicate", "moved"]
 
 class Publisher(PlanPublisher):
     """Publishes the guard's plans (see above). ``seq_of(budget)`` is the last sequence the
-    guard has seen over a budget's subjects; ``on_done(plan, stored)`` is told how each plan
+    guard has seen on its own subject of a budget; ``on_done(plan, stored)`` is told how each plan
     ended (``stored`` False: dropped, the budget moved); ``clock`` (seconds since the epoch)
     times the pause latency."""
 
@@ -97,9 +100,12 @@ class Publisher(PlanPublisher):
         if step.expect == "any":
             ack = await publish(self.js, event)
             return "duplicate" if ack.duplicate else "stored"
-        expected = 0 if step.expect == "empty" else self.seq_of(key_of(event))
+        if step.expect == "empty":
+            expected, over = 0, None
+        else:
+            expected, over = self.seq_of(key_of(event)), subject_of(event)
         try:
-            ack = await publish(self.js, event, expect=expected)
+            ack = await publish(self.js, event, expect=expected, over=over)
         except APIError as exc:
             if exc.err_code != WRONG_LAST_SEQUENCE:
                 raise
@@ -110,11 +116,12 @@ class Publisher(PlanPublisher):
 
     async def _judge_last(self, event: Event) -> Outcome:
         """After a refused compare-and-set on a budget: stored already, or moved."""
-        last = await last_of(self.js, event.SUBJECT_KIND, key_of(event), direct=True)
-        if last.msg is None:
+        try:
+            msg = await self.js.get_last_msg(EVENTS_STREAM, subject_of(event), direct=True)
+        except NotFoundError:
             return "moved"
         try:
-            found = decode(last.msg.data or b"")
+            found = decode(msg.data or b"")
         except (Rejected, RecursionError):
             return "moved"
         same = found.id == event.id or (

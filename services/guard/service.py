@@ -22,27 +22,33 @@ projector dead-letters it).
 Health (``health``): not ready, with the reason, until the projections were read and the
 stream caught up, and while NATS is away.
 
-Reservations (``fw.api.budgets.reserve`` {"agent", "usd" (USD), "ttl_s" (seconds)} ->
-{"reservation", "budgets", "expires_at"} or {"error"}; queue group ``fleetward-guard``, so
-replicas share the requests): answered only on the inbox of the agent named (an agent reserves
-for itself). The core judges (``Core.judge_reserve``); the grant is a ``budget.reserved`` on
-each budget in scope, sorted by id, each published with compare-and-set on the sequence the
-core had folded for that budget when it judged. A refused compare-and-set (10071: another
-replica, or this one, stored something there meanwhile) gives back the parts already stored
-(``Core.abandon``: released, reason ``refused``, by the tick), waits until this replica has
-folded the budget's last sequence, and judges again with a new reservation id, up to
-``RESERVE_ATTEMPTS`` times (then ``error`` "budget ... is busy"). So two grants are never
-judged against the same remainder, whichever replicas judge them. At start, every reservation
-stored before the follower's first sequence is read from ``fw.budget.*.svc:guard`` (all of
-that subject's history, at every start); a spend that settled one before that sequence is not
-read again, so such a reservation stays held until it expires (released ``expired``): the
-guard may hold too much for a while after a restart, never too little.
+Reservations (``fw.api.budgets.reserve.<agent>`` {"usd" (USD), "ttl_s" (seconds), "task",
+"key"} -> {"reservation", "budgets", "expires_at"} or {"error"}; queue group
+``fleetward-guard``, so replicas share the requests). The subject names the agent: only its
+credentials may publish there (schemas/grants.py), and the answer goes only to its inbox. The
+core judges (``Core.judge_reserve``); the grant is a ``budget.reserved`` on each budget in
+scope, sorted by id, each published with compare-and-set on the guard's own subject of the
+budget, on the sequence the core had folded there when it judged. A refused compare-and-set
+(10071: another replica, or this one, stored something there meanwhile) gives back the parts
+already stored (``Core.abandon``: released, reason ``refused``, by the tick), waits until this
+replica has folded the budget's last sequence (signalled as it folds, not polled), and judges
+again with a new reservation id, up to ``RESERVE_ATTEMPTS`` times (then ``error`` "the budgets
+are busy"). So two grants are never judged against the same remainder, whichever replicas
+judge them. With a ``key``, the reservation's id is derived from the agent and the key, so a
+request repeated after a timeout gets the reservation already held, never a second.
+
+``fw.api.budgets.release.<agent>`` {"reservation"} -> {"budgets"} or {"error"}: the agent gives a
+reservation back unspent; answered once the ``budget.released`` (reason ``returned``) are
+folded here (or after ``CATCH_UP_S``, planned).
+
+At start, the reservations open at the budgets projection's checkpoint come from
+``fleetward.reservations``; the follower folds the rest. A spend that settled one before that
+checkpoint is not read again, so such a reservation stays held until it expires (released
+``expired``): the guard may hold too much for a while after a restart, never too little.
 """
 
 from __future__ import annotations
 
-import contextlib
-import itertools
 import logging
 import math
 import time
@@ -58,23 +64,30 @@ from nats.js.errors import APIError, NotFoundError
 
 from fleetward.projections import lifecycle
 from fleetward.projections.money import money
+from fleetward.schemas import subject_of
 from fleetward.schemas.admission import Rejected, admit, decode
-from fleetward.schemas.api import BUDGETS_RESERVE, ReserveReply, ReserveRequest
-from fleetward.schemas.events import BudgetExhausted, BudgetReleased, BudgetReserved
+from fleetward.schemas.api import (
+    BUDGETS_RELEASE,
+    BUDGETS_RESERVE,
+    ReleaseReply,
+    ReleaseRequest,
+    ReserveReply,
+    ReserveRequest,
+)
+from fleetward.schemas.events import BudgetExhausted, BudgetReserved
 from fleetward.schemas.grants import inbox_prefix
 from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
 from fleetward.schemas.ids import deterministic_id, new_id
 from fleetward.schemas.roles import RoleBook
 from fleetward.schemas.roles import judge as judge_role
 from fleetward.schemas.streams import EVENTS_STREAM, follower_prefix
-from fleetward.schemas.subjects import PREFIX, parse, subject, wildcard
+from fleetward.schemas.subjects import parse, subject, wildcard
 from fleetward.services import metrics
 from fleetward.services.api.tasks import responder
 from fleetward.services.client.roles import read_roles
 from fleetward.services.db import q
 from fleetward.services.guard.core import GUARD, LIFETIME, Budget, Core, Plan
 from fleetward.services.guard.publish import Publisher
-from fleetward.services.jetstream.boundary import last_of
 from fleetward.services.jetstream.follower import StreamFollower
 from fleetward.services.jetstream.plans import load_retrying, publishing
 from fleetward.services.jetstream.publish import publish
@@ -85,7 +98,7 @@ log = logging.getLogger("fleetward.guard")
 
 LOADED = ("spend", "budgets", "agents", "tasks")  # the projections read at start
 SHUTDOWN_S = 5.0  # on SIGTERM, plans in hand get this long to be published
-QUEUE_GROUP = "fleetward-guard"  # replicas share fw.api.budgets.reserve
+QUEUE_GROUP = "fleetward-guard"  # replicas share fw.api.budgets.*
 RESERVE_ATTEMPTS = 50  # judgments of one reservation request before "busy"
 CATCH_UP_S = 5.0  # after a refused compare-and-set, wait this long to read the budget's head
 
@@ -115,6 +128,7 @@ class Guard:
         self._loaded = False
         self._load_error = ""
         self.reservations: Counter[str] = Counter()  # granted, refused, moved (10071), busy
+        self._progress = anyio.Event()  # set (and replaced) as a guard subject is folded
 
     # ---- start -------------------------------------------------------------------------------
 
@@ -132,6 +146,7 @@ class Guard:
             tasks = await conn.fetch(q("guard_tasks"))
             agent_spend = await conn.fetch(q("guard_agent_spend"), month)
             task_spend = await conn.fetch(q("guard_task_spend"), month)
+            holds = await conn.fetch(q("guard_holds"))
         done = {r["projection"]: int(r["checkpoint"] or 0) for r in marks}
         self.checkpoints = {p: done.get(p, 0) for p in LOADED}
         for r in agents:
@@ -157,42 +172,25 @@ class Guard:
                 )  # fmt: skip
                 budget.seq, budget.exhausted = await self._stored_state(budget.budget)
                 core.load_budget(budget)
-        await self._load_reservations(core, min(self.checkpoints.values()) + 1)
+        for r in holds:
+            with _Isolated("reservation", r["reservation"]):
+                expires = int(r["expires_at"].timestamp() * 1e9)
+                core.load_hold(r["budget_id"], r["reservation"], r["agent_id"], r["usd"], expires)
         self.core = core
         log.info("%s: %d budgets, %d agents, %d tasks from the projections (checkpoints %s)",
                  self.name, len(budgets), len(agents), len(tasks), self.checkpoints)  # fmt: skip
 
-    async def _load_reservations(self, core: Core, before: int) -> None:
-        """Fold every ``budget.reserved``/``released`` the guard stored before stream sequence
-        ``before`` (the follower reads on from there), so a restart loses no reservation."""
-        if before <= 1:
-            return
-
-        def fold(subj: str, data: bytes, seq: int, ns: int) -> None:
-            if seq >= before:
-                return
-            with contextlib.suppress(Rejected):
-                event = admit(subj, data)
-                if isinstance(event, BudgetReserved | BudgetReleased):
-                    core.event(event, seq, ns)
-
-        holds = StreamFollower(
-            self.rt.nc, self.rt.js, EVENTS_STREAM, (f"{PREFIX}.budget.*.{GUARD}",), fold,
-            start_seq=1, name=follower_prefix(f"{self.name}_holds"),
-        )  # fmt: skip
-        await holds.run(lambda: holds.caught_up or holds.last_seq >= before - 1)
-
     async def _stored_state(self, budget: str) -> tuple[int, str | None]:
-        """The last sequence over the budget's subjects, and the window of the guard's
-        ``budget.exhausted`` in force on it (None: none, or restored since)."""
+        """The last sequence on the guard's subject of the budget, and the window of the
+        guard's ``budget.exhausted`` in force on it (None: none, or restored since)."""
         js = self.rt.js
-        seq = (await last_of(js, "budget", budget, direct=True)).expect
         try:
             msg = await js.get_last_msg(
                 EVENTS_STREAM, subject("budget", budget, GUARD), direct=True
             )
         except NotFoundError:
-            return seq, None
+            return 0, None
+        seq = msg.seq or 0
         try:
             event = decode(msg.data or b"")
         except Rejected:
@@ -206,8 +204,10 @@ class Guard:
 
     def _on_event(self, subj: str, data: bytes, seq: int, ns: int) -> None:
         where = parse(subj)
-        if where is not None and where.kind == "budget":
+        if where is not None and where.kind == "budget" and where.actor == GUARD:
             self.core.budget_seq(where.key, seq)
+            self._progress.set()  # wakes whoever waits for this replica to fold a budget
+            self._progress = anyio.Event()
         try:
             event = admit(subj, data)
             judge_role(event, seq, self.roles)  # as the projector judges it
@@ -245,25 +245,36 @@ class Guard:
 
     async def reserve(self, req: ReserveRequest) -> ReserveReply:
         """Judge and store one reservation (see the module); the reply names it, or says why
-        not. Raises on a NATS failure (the responder replies "the guard is unavailable"; a
-        ``budget.reserved`` stored before it then expires unsettled)."""
-        usd = money(req.usd)
+        not. ``req.agent`` is the asker (the responder sets it from the subject). Raises on a
+        NATS failure (the responder replies "the guard is unavailable"; a ``budget.reserved``
+        stored before it then expires unsettled)."""
+        agent, usd = req.agent or "", money(req.usd)
+        keyed = req.key is not None
         for _ in range(RESERVE_ATTEMPTS):
             now = time.time()
-            verdict = self.core.judge_reserve(req.agent, usd, _today(now))
+            reservation = deterministic_id("reservation", agent, req.key) if req.key else new_id()
+            held = self.core.granted(reservation, agent) if keyed else None
+            if held is not None:
+                self.reservations["repeated"] += 1
+                expires_at = datetime.fromtimestamp(held.expires_ns / 1e9, UTC)
+                return ReserveReply(reservation=reservation, budgets=held.budgets,
+                                    expires_at=expires_at)  # fmt: skip
+            verdict = self.core.judge_reserve(agent, usd, _today(now), task=req.task)
             if isinstance(verdict, str):
                 self.reservations["refused"] += 1
                 return BUDGETS_RESERVE.failed(verdict)
-            reservation, expires = new_id(), datetime.fromtimestamp(now + req.ttl_s, UTC)
+            expires = datetime.fromtimestamp(now + req.ttl_s, UTC)
             stored: list[str] = []
+            repeated = False
             for grant in verdict:
                 event = BudgetReserved(
                     id=deterministic_id("budget.reserved", grant.budget, reservation),
                     actor=GUARD, at=datetime.now(UTC), budget=grant.budget,
-                    reservation=reservation, agent=req.agent, usd=req.usd, expires_at=expires,
+                    reservation=reservation, agent=agent, usd=req.usd, expires_at=expires,
                 )  # fmt: skip
                 try:
-                    await publish(self.rt.js, event, expect=grant.seq)
+                    ack = await publish(self.rt.js, event, expect=grant.seq,
+                                        over=subject_of(event))  # fmt: skip
                 except APIError as exc:
                     if exc.err_code != WRONG_LAST_SEQUENCE:
                         raise
@@ -272,37 +283,72 @@ class Guard:
                         self.core.abandon(reservation)
                     await self._read_up_to(grant.budget)
                     break
+                if ack.duplicate:  # this key's reservation was stored before: answer it
+                    repeated = True
+                    await self._read_up_to(grant.budget)
+                    break
                 stored.append(grant.budget)
             else:
                 metrics.GUARD_PUBLISHED.labels("stored").inc(len(stored))
                 self.reservations["granted"] += 1
                 return ReserveReply(reservation=reservation, budgets=tuple(stored),
                                     expires_at=expires)  # fmt: skip
+            if repeated and self.core.granted(reservation, agent) is None:
+                self.reservations["refused"] += 1
+                return BUDGETS_RESERVE.failed(
+                    f"the reservation of key {req.key} was granted and released already; "
+                    "use a new key"
+                )
         self.reservations["busy"] += 1
         return BUDGETS_RESERVE.failed("the budgets are busy; retry")
 
-    async def _read_up_to(self, budget: str) -> None:
-        """Wait (up to ``CATCH_UP_S``) until this replica has folded the budget's last
-        message."""
-        last = (await last_of(self.rt.js, "budget", budget, direct=True)).expect
+    async def release(self, req: ReleaseRequest) -> ReleaseReply:
+        """Give ``req.reservation`` back for ``req.agent`` (the asker): plan its releases
+        (reason ``returned``) and answer once they are folded here, or after ``CATCH_UP_S``."""
+        agent = req.agent or ""
+        budgets = self.core.give_back(req.reservation, agent)
+        if not budgets:
+            return BUDGETS_RELEASE.failed(
+                f"agent {agent} holds no open reservation {req.reservation} (released, settled "
+                "by a spend, expired, or not its own)"
+            )
+        self._plan(self.core.releases(_ns(time.time())))
         with anyio.move_on_after(CATCH_UP_S):
-            for _ in itertools.count():
-                if budget not in self.core.budgets or self.core.budgets[budget].seq >= last:
-                    return
-                await anyio.sleep(0.005)
+            while any(req.reservation in self.core.budgets[b].holds for b in budgets
+                      if b in self.core.budgets):  # fmt: skip
+                await self._progress.wait()
+        return ReleaseReply(budgets=budgets)
 
-    async def _serve_reserve(self) -> Subscription:
-        """Answer ``fw.api.budgets.reserve`` in the queue group (until unsubscribed)."""
+    async def _read_up_to(self, budget: str) -> None:
+        """Wait (up to ``CATCH_UP_S``) until this replica has folded the last message on the
+        guard's subject of the budget: woken as budgets are folded, never polled."""
+        try:
+            msg = await self.rt.js.get_last_msg(
+                EVENTS_STREAM, subject("budget", budget, GUARD), direct=True
+            )
+        except NotFoundError:
+            return
+        last = msg.seq or 0
+        with anyio.move_on_after(CATCH_UP_S):
+            while budget in self.core.budgets and self.core.budgets[budget].seq < last:
+                await self._progress.wait()
 
-        def refuse(req: ReserveRequest, reply: str) -> str | None:
-            if reply.startswith(f"{inbox_prefix(req.agent)}."):
+    async def _serve(self) -> list[Subscription]:
+        """Answer ``fw.api.budgets.reserve.*`` and ``fw.api.budgets.release.*`` in the queue
+        group (until unsubscribed)."""
+
+        def refuse(req: ReserveRequest | ReleaseRequest, reply: str) -> str | None:
+            if reply.startswith(f"{inbox_prefix(req.agent or '')}."):
                 return None
-            return f"only agent {req.agent} may reserve for itself"
+            return f"only agent {req.agent} may ask for itself (answers go to its inbox)"
 
-        return await self.rt.nc.subscribe(
-            BUDGETS_RESERVE.subject, queue=QUEUE_GROUP,
-            cb=responder(BUDGETS_RESERVE, self.reserve, refuse),
-        )  # fmt: skip
+        nc = self.rt.nc
+        return [
+            await nc.subscribe(BUDGETS_RESERVE.pattern, queue=QUEUE_GROUP,
+                               cb=responder(BUDGETS_RESERVE, self.reserve, refuse)),
+            await nc.subscribe(BUDGETS_RELEASE.pattern, queue=QUEUE_GROUP,
+                               cb=responder(BUDGETS_RELEASE, self.release, refuse)),
+        ]  # fmt: skip
 
     # ---- the loops ---------------------------------------------------------------------------
 
@@ -334,12 +380,13 @@ class Guard:
             partial(self.follower.run, stopping),
             partial(self._tick, stopping),
         ]
-        sub = await self._serve_reserve()
+        subs = await self._serve()
         try:
             await publishing(self.publisher.run, plans, readers, SHUTDOWN_S)
         finally:
             with anyio.CancelScope(shield=True):
-                await sub.unsubscribe()
+                for sub in subs:
+                    await sub.unsubscribe()
 
     async def _load_retrying(self, stopping: Callable[[], bool]) -> bool:
         async def load() -> None:

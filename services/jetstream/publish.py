@@ -35,24 +35,31 @@ def encode(event: Event) -> bytes:
     return _encoder.encode(event)
 
 
-def expect_last(event: Event, seq: int) -> dict[str, str]:
+def expect_last(event: Event, seq: int, over: str | None = None) -> dict[str, str]:
     """The headers that store ``event`` only on top of ``seq``, the last sequence over its
-    boundary's v2 subjects (0: none there)."""
+    boundary's v2 subjects, or over the subject pattern ``over`` when given (0: none there)."""
     return {
         EXPECTED_LAST_SUBJECT_SEQ: str(seq),
-        EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: boundary_wildcard(event.SUBJECT_KIND, key_of(event)),
+        EXPECTED_LAST_SUBJECT_SEQ_SUBJECT: over
+        or boundary_wildcard(event.SUBJECT_KIND, key_of(event)),
     }
 
 
 async def publish(
-    js: JetStreamContext, event: Event, *, attempts: int = 5, expect: int | None = None
+    js: JetStreamContext,
+    event: Event,
+    *,
+    attempts: int = 5,
+    expect: int | None = None,
+    over: str | None = None,
 ) -> PubAck:
     """Publish one event and wait for the stream's acknowledgement; with ``expect``,
-    compare-and-set over its boundary (``APIError`` 10071 when the boundary moved past it)."""
+    compare-and-set over its boundary, or over the subjects ``over`` when given (``APIError``
+    10071 when they moved past it)."""
     data = encode(event)
     hdrs = {MSG_ID: event.id}
     if expect is not None:
-        hdrs |= expect_last(event, expect)
+        hdrs |= expect_last(event, expect, over)
     delay = 0.05
     for attempt in range(attempts):
         try:

@@ -58,8 +58,20 @@ def test_an_agent_reaches_its_own_inbox_and_the_agent_apis_only() -> None:
         "$JS.API.CONSUMER.MSG.NEXT.FW_COMMANDS.inbox_a-1",
         "$JS.ACK.FW_COMMANDS.inbox_a-1.>",
     ]
-    assert [p for p in grants.publish if p.startswith("fw.api.")] == list(AGENT_APIS)
+    assert [p for p in grants.publish if p.startswith("fw.api.")] == [
+        *AGENT_APIS,
+        "fw.api.budgets.reserve.a-1",
+        "fw.api.budgets.release.a-1",
+    ]  # the budget APIs only on its own subjects: the subject proves who asks
     assert not grants.respond
+
+
+def test_nobody_but_the_agent_asks_the_budget_apis_in_its_name() -> None:
+    person = grants_for("user:alice")
+    assert "fw.api.budgets.reserve.>" in person.deny_publish
+    assert "fw.api.budgets.release.>" in person.deny_publish
+    other = grants_for("a-2").publish
+    assert "fw.api.budgets.reserve.a-1" not in other and "fw.api.budgets.reserve.*" not in other
 
 
 @pytest.mark.parametrize("identity", ["svc:projector", "svc:watchdog"])
@@ -76,9 +88,9 @@ def test_the_task_api_publishes_nothing_and_answers_requests() -> None:
 
 def test_the_guard_answers_reservations_in_its_queue_group_and_agents_may_ask() -> None:
     guard = grants_for("svc:guard")
-    assert guard.respond and API_BUDGETS_RESERVE in guard.subscribe
-    assert "fw.api.>" not in guard.subscribe  # only its own endpoint
-    assert API_BUDGETS_RESERVE in grants_for("a-1").publish
+    assert guard.respond and f"{API_BUDGETS_RESERVE}.*" in guard.subscribe
+    assert "fw.api.>" not in guard.subscribe  # only its own endpoints
+    assert f"{API_BUDGETS_RESERVE}.a-1" in grants_for("a-1").publish
     assert not grants_for("svc:watchdog").respond
 
 

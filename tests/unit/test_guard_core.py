@@ -7,8 +7,10 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 
 from fleetward.projections.lifecycle import Life
+from fleetward.schemas.api import MAX_OPEN_RESERVATIONS
 from fleetward.schemas.events import (
     AgentPaused,
+    AgentRegistered,
     AgentResumed,
     BudgetExhausted,
     BudgetReleased,
@@ -183,3 +185,89 @@ def test_an_agent_another_paused_is_paused_once_resumed_while_its_budget_is_exha
     assert [(type(s.event), s.event.agent) for p in plans for s in p.steps] == [  # type: ignore[attr-defined]
         (AgentPaused, "k1")
     ]
+
+
+def test_a_reservation_follows_its_agent_into_a_new_team_and_is_stored_there() -> None:
+    """An attacker run: a reservation held team A's budget, the agent moved to team B and spent
+    it there; team B's budget, which never held it, granted its whole remainder to others as
+    well ($18 recorded on $10). Now the reservation holds team B's budget from the move on."""
+    core = _reserving_core()
+    core.load_budget(Budget("b", "team", "ops", "day", Decimal("10"), None, 0.8, "user:o", 3))
+    core.budgets["o"].limit_usd = Decimal(100)
+    core.event(_reserved("o", "r1", 6.0, NS + 10**12), 5, NS)
+    core.event(_reserved("t", "r1", 6.0, NS + 10**12), 6, NS)
+    moved = AgentRegistered(id="m", actor="user:o", at=datetime.now(UTC), agent="a1", name="a1",
+                            owner="o", team="ops")  # fmt: skip
+    plans = core.event(moved, 7, NS)
+    carried = [s for p in plans for s in p.steps if isinstance(s.event, BudgetReserved)]
+    assert [(s.event.budget, s.event.reservation, s.event.usd, s.expect) for s in carried] == [  # type: ignore[attr-defined]
+        ("b", "r1", 6.0, "budget")
+    ]
+    assert core.budgets["b"].reserved_usd() == Decimal(6)  # judged with it at once
+    core.load_agent("a3", "ops", Life(), "")
+    assert core.judge_reserve("a3", Decimal(5), DAY) == "budget b has 4.0 USD left; 5 USD asked"
+    # the carried hold is released with the reservation (it was stored on b: carried)
+    core.event(carried[0].event, 8, NS)
+    core.event(SpendRecorded(id="s", actor="a1", at=datetime.now(UTC), agent="a1", model="m",
+                             cost_usd=5.0, reservation="r1"), 9, NS)  # fmt: skip
+    reasons = sorted((p.key, p.steps[0].event.reason) for p in core.releases(NS))  # type: ignore[attr-defined]
+    assert reasons == [("b", "settled"), ("o", "settled"), ("t", "settled")]
+
+
+def test_a_carry_read_while_catching_up_is_planned_once_caught_up_and_never_released_unstored() -> (
+    None
+):
+    core = _reserving_core()
+    core.ready = False
+    core.load_budget(Budget("b", "team", "ops", "day", Decimal("10"), None, 0.8, "user:o", 3))
+    core.event(_reserved("o", "r1", 1.0, NS + 10**12), 5, NS)
+    core.event(_reserved("t", "r1", 1.0, NS + 10**12), 6, NS)
+    moved = AgentRegistered(id="m", actor="user:o", at=datetime.now(UTC), agent="a1", name="a1",
+                            owner="o", team="ops")  # fmt: skip
+    assert core.event(moved, 7, NS) == []
+    core.ready = True
+    carried = [s.event for p in core.reconcile(DAY, NS) for s in p.steps
+               if isinstance(s.event, BudgetReserved)]  # fmt: skip
+    assert [(e.budget, e.reservation) for e in carried] == [("b", "r1")]
+    core.budgets["b"].holds["r1"].stored = False  # suppose it was never stored
+    core.give_back("r1", "a1")
+    released = [p.steps[0].event for p in core.releases(NS)]
+    assert [(e.budget, e.reason) for e in released] == [("o", "returned"), ("t", "returned")]  # type: ignore[attr-defined]
+    assert "r1" not in core.budgets["b"].holds
+
+
+def test_a_reservation_naming_a_task_holds_its_projects_budgets() -> None:
+    core = _reserving_core()
+    core.load_task("T-1", "site", None)
+    core.load_budget(Budget("p", "project", "site", "day", Decimal("3"), None, 0.8, "user:o", 4))
+    assert [g.budget for g in core.judge_reserve("a1", Decimal(2), DAY)] == ["o", "t"]  # type: ignore[union-attr]
+    assert [g.budget for g in core.judge_reserve("a1", Decimal(2), DAY, task="T-1")] == [  # type: ignore[union-attr]
+        "o",
+        "p",
+        "t",
+    ]
+    assert core.judge_reserve("a1", Decimal("2.6"), DAY, task="T-1") == (
+        "budget o has 2.5 USD left; 2.6 USD asked"
+    )
+
+
+def test_an_agent_holds_a_bounded_number_of_reservations_and_gives_back_only_its_own() -> None:
+    core = _reserving_core()
+    for i in range(MAX_OPEN_RESERVATIONS):
+        core.event(_reserved("t", f"r{i}", 0.01, NS + 10**12), 6 + i, NS)
+    refused = core.judge_reserve("a1", Decimal("0.01"), DAY)
+    assert isinstance(refused, str) and "16 open reservations" in refused
+    assert core.give_back("r0", "a2") == ()  # not a2's
+    assert core.give_back("r0", "a1") == ("t",)
+    assert core.granted("r1", "a1") is not None and core.granted("r1", "a2") is None
+
+
+def test_money_is_exact_beyond_28_digits() -> None:
+    """The default decimal context rounds at 28 digits: 1e6 + 1e-30 would be 1e6."""
+    core = _reserving_core()
+    core.load_budget(Budget("x", "agent", "a1", "lifetime", Decimal("1000000"), None, 0.8,
+                            "user:o", 9))  # fmt: skip
+    core.load_spend([("agent", "a1")], None, Decimal("999999.999999"), 0)
+    core.load_spend([("agent", "a1")], None, Decimal("1E-30"), 0)
+    spent = core.spent(core.budgets["x"], DAY).usd  # with a1's 1.5 of the day before
+    assert spent == Decimal("1000001.499999000000000000000000000001")
