@@ -542,12 +542,21 @@ async def spend_figures(args: argparse.Namespace) -> list[Figure]:
     reservations through the guard and checking after the fact (tests/bench/spend.py)."""
     home = Path(tempfile.mkdtemp(prefix="fleetward-bench-spend-"))
     settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
-    reserved, after, lags = [], [], list[float]()
+    reserved, after, lags, told = [], [], list[float](), list[float]()
+    log = home / "projector.log"
     async with open_runtime(settings, identity=as_harness(settings), embed=True) as rt:
         for i in range(args.runs):
             after.append(await run_spend_bench(rt, args.claim_agents, reserve=False, seed=i))
             reserved.append(await run_spend_bench(rt, args.claim_agents, reserve=True, seed=i))
-            lags += await run_pause_latency(rt)
+            projector = start_projector(rt, log, [])  # the registry and board turn pauses
+            try:  # into durable pause commands; timed once it has read the backlog
+                await wait_all_applied(rt)
+                paused, commands = await run_pause_latency(rt, commands=True)
+            finally:
+                projector.terminate()
+                projector.wait(30)
+            lags += paused
+            told += commands
             r, a = reserved[-1], after[-1]
             say(f"  overshoot: reservations ${r.overshoot_usd:.2f} (spent ${r.spent_usd:.2f} "
                 f"in {r.steps} steps, largest ${r.largest_step_usd:.2f}), check after "
@@ -569,6 +578,13 @@ async def spend_figures(args: argparse.Namespace) -> list[Figure]:
         Figure("guard pause latency p99, team budgets of 10 agents", percentile(lags, 0.99), "s",
                "1 s", 1.0, percentile(lags, 0.99), "< 1x (p99 within 1 s)", min(lags),
                max(lags), len(lags)),
+        Figure("pause command latency p50 (crossing spend stored -> last durable pause command "
+               "in scope stored on FW_COMMANDS; guard + projector), team budgets of 10 agents",
+               statistics.median(told), "s", "1 s", 1.0, statistics.median(told), "(context)",
+               min(told), max(told), len(told)),
+        Figure("pause command latency p99, team budgets of 10 agents", percentile(told, 0.99),
+               "s", "1 s", 1.0, percentile(told, 0.99), "< 1x (p99 within 1 s)", min(told),
+               max(told), len(told)),
     ]  # fmt: skip
 
 
