@@ -251,7 +251,7 @@ def _decided(rows: Rows, event: ApprovalGranted | ApprovalDenied, meta: Meta) ->
     payload: Evidence = {
         "approval": gate.approval, "decision": gate.state, "by": event.actor,
         "expired": gate.expired, "policy": stamp.policy, "policy_version": stamp.version,
-        "kind": gate.kind, "name": gate.name,
+        "kind": gate.kind, "name": gate.name, "reason": gate.reason,
     }  # fmt: skip
     told = CommandIssued(
         id=deterministic_id(event.id, "approval"), actor=OVERSIGHT, at=event.at,
