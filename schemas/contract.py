@@ -90,6 +90,8 @@ KIND_DESCRIPTIONS: Final[dict[str, str]] = {
     "esc": "One escalation.",
     "budget": "One budget.",
     "person": "One person's roles (role.granted, role.revoked).",
+    "approval": "One approval request and its decision (approval.requested, .granted, .denied).",
+    "policy": "One scope's tool policy (policy.set): an agent's, a team's or a risk class's.",
     "hb": "Heartbeats (liveness) of one agent.",
     "cmd": "Durable commands to one agent, by the actor who sent them; the agent consumes them "
     "(its inbox reads `fw.cmd.<agent>.>`).",

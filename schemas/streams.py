@@ -37,7 +37,9 @@ def events_stream(retention_days: float = DEFAULT_AUDIT_RETENTION_DAYS) -> Strea
     """The audit log. ``retention_days == 0`` keeps events forever."""
     return StreamSpec(
         name=EVENTS_STREAM,
-        subjects=tuple(wildcard(k) for k in ("agent", "task", "esc", "budget", "person")),
+        subjects=tuple(
+            wildcard(k) for k in ("agent", "task", "esc", "budget", "person", "approval", "policy")
+        ),
         description="Fleetward audit log: every agent, task, escalation, budget and role event",
         max_age_s=retention_days * DAY,
         deny_delete=True,

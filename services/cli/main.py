@@ -17,6 +17,7 @@ from fleetward.schemas.grants import identity_kind
 from fleetward.services.auth.store import identity_of
 from fleetward.services.cli import (
     agents,
+    approvals,
     budgets,
     dev,
     escalations,
@@ -45,6 +46,10 @@ COMMANDS: tuple[Command, ...] = (
     fleet.AGENT,
     budgets.BUDGETS,
     escalations.ESCALATIONS,
+    approvals.APPROVALS,
+    approvals.APPROVE,
+    approvals.DENY,
+    approvals.POLICIES,
     projector.PROJECTIONS,
     people.PEOPLE,
     people.AUTH,
