@@ -90,6 +90,7 @@ KIND_DESCRIPTIONS: Final[dict[str, str]] = {
     "esc": "One escalation.",
     "budget": "One budget.",
     "person": "One person's roles (role.granted, role.revoked).",
+    "audit": "The audit chain's seals (audit.sealed), by the auditor (svc:audit).",
     "hb": "Heartbeats (liveness) of one agent.",
     "cmd": "Durable commands to one agent, by the actor who sent them; the agent consumes them "
     "(its inbox reads `fw.cmd.<agent>.>`).",

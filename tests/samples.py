@@ -19,6 +19,7 @@ from fleetward.schemas.events import (
     AgentResumed,
     AgentRetired,
     AgentVersionChanged,
+    AuditSealed,
     BudgetExhausted,
     BudgetReleased,
     BudgetReserved,
@@ -296,4 +297,12 @@ def sample_events() -> list[Event]:
         ),
         RoleGranted(**env(USER), person="bob", role="reviewer", reason="joins the docs team"),
         RoleRevoked(**env(USER), person="bob", role="reviewer", reason="left the docs team"),
+        AuditSealed(
+            **env("svc:audit"),
+            stream="FW_EVENTS",
+            seq=1_000_000,
+            head="9f2b" + "0" * 60,
+            period_start=datetime(2025, 3, 14, tzinfo=UTC),
+            period_s=86_400.0,
+        ),
     ]
