@@ -297,3 +297,16 @@ SELECT d.task_id, t.project, CASE WHEN d.day >= $1 THEN d.day END AS day,
        sum(d.model_cost_usd + d.tool_cost_usd) AS usd, sum(d.tokens_in + d.tokens_out) AS tokens
 FROM fleetward.spend_task_daily d LEFT JOIN fleetward.tasks t USING (task_id)
 GROUP BY d.task_id, t.project, CASE WHEN d.day >= $1 THEN d.day END;
+
+-- name: audit_team_agents
+-- The agents of some teams, as the registry has them now (audit export --team).
+SELECT agent_id FROM fleet.agents WHERE team = ANY($1::text[]);
+
+-- name: audit_dead_letters
+-- Why the projector refused the messages of a stream between two sequences: seq, reasons.
+SELECT seq, string_agg(DISTINCT reason, ',' ORDER BY reason) AS reasons
+FROM fleet.dead_letters WHERE stream = $1 AND seq BETWEEN $2 AND $3 GROUP BY seq;
+
+-- name: audit_judged_to
+-- Every sequence of a stream up to this one has been judged by all of its projections.
+SELECT coalesce(min(checkpoint), 0) FROM fleet.projections WHERE stream = $1;
