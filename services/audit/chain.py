@@ -25,6 +25,7 @@ import calendar
 import csv
 import hashlib
 import io
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -358,7 +359,7 @@ class FileCheck:
         self.seals_checked = 0
         self.seals_unchecked = 0
         self._names = False  # CSV: the row of column names is next
-        self._recent: dict[int, bytes] = {}
+        self._recent: OrderedDict[int, bytes] = OrderedDict()  # popped from the front: O(1)
 
     @property
     def filtered(self) -> bool:
@@ -450,7 +451,7 @@ class FileCheck:
     def _remember(self, seq: int, chain: bytes) -> None:
         self._recent[seq] = chain
         if len(self._recent) > RECENT:
-            del self._recent[next(iter(self._recent))]
+            self._recent.popitem(last=False)
 
     def _seal(self, rec: Record) -> None:
         seal = seal_of(rec)
