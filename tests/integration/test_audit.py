@@ -27,7 +27,7 @@ from fleetward.services.audit.sealer import Auditor
 from fleetward.services.audit.verify import NotVerified, check_file, check_live
 from fleetward.services.jetstream.publish import encode, publish_many
 from fleetward.services.runtime.connect import Runtime, acting_as
-from tests.helpers import envelope, person, project_all
+from tests.helpers import envelope, person, project_all, wait_for
 
 AT = "2025-03-14T09:27:03.589Z"
 
@@ -304,3 +304,28 @@ def test_bound_reads_sequences_dates_and_times() -> None:
     assert bound("42") == 42
     assert bound("2025-03-14").isoformat() == "2025-03-14T00:00:00+00:00"  # type: ignore[union-attr]
     assert bound("2025-03-14T09:00:00Z").isoformat() == "2025-03-14T09:00:00+00:00"  # type: ignore[union-attr]
+
+
+async def test_the_auditor_runs_sealing_each_period_until_stopped(rt: Runtime) -> None:
+    import anyio  # noqa: PLC0415
+
+    await bulk(rt, tool_calls(10))
+    stop = anyio.Event()
+
+    async def sealed() -> list[AuditSealed]:
+        return [s async for s in _seals(rt)]
+
+    async with acting_as(rt, chain.SEALER) as art, anyio.create_task_group() as tg:
+        auditor = Auditor(art, 1.0)
+        assert not auditor.health()[0]
+        tg.start_soon(auditor.run, stop.is_set, 0.1)
+        found = await wait_for(lambda: _at_least(sealed, 2), what="two seals")
+        assert auditor.health()[0]
+        stop.set()
+    assert {s.actor for s in found} == {chain.SEALER}
+    assert found[1].period_start > found[0].period_start
+
+
+async def _at_least(read: Any, n: int) -> Any:
+    found = await read()
+    return found if len(found) >= n else None
