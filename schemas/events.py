@@ -44,10 +44,12 @@ from fleetward.schemas.bounds import (
     Percent,
     PeriodS,
     PersonName,
+    SealPeriodS,
     Sha256,
     Share,
     ShortText,
     SlaS,
+    StreamSeq,
     TaskLimit,
     Text,
     Tokens,
@@ -70,7 +72,8 @@ CommandName = Literal[
 ]
 DeliverableKind = Literal["markdown", "code", "link", "file"]
 Role = Literal[
-    "viewer", "operator", "reviewer", "approver", "budget-admin", "policy-admin", "admin"
+    "viewer", "operator", "reviewer", "approver", "budget-admin", "policy-admin", "auditor",
+    "admin",
 ]
 ApprovalKind = Literal["tool_call", "deliverable", "action"]
 OnExpiry = Literal["deny", "wait"]  # at the second deadline: denied, or left to people
@@ -643,6 +646,32 @@ class PolicySet(Event, frozen=True, kw_only=True, tag="policy.set"):
     default: ToolVerdict = "allow"
     max_cost_usd: Annotated[CostUsd | None, Meta(description="USD per call; null: none")] = None
     reason: Text = ""
+# ---- the audit log's seals: fw.audit.<stream>.<actor> ----------------------------------------
+
+
+class AuditSealed(Event, frozen=True, kw_only=True, tag="audit.sealed"):
+    """The head of the audit stream's hash chain at stream sequence ``seq``: the stream commits
+    to everything stored up to ``seq``, so an exported file (``fleetward audit export``) can be
+    checked against it (``fleetward audit verify``).
+
+    ``head`` = chain(seq), where chain(0) is the genesis constant and chain(n) =
+    sha256(chain(n-1) || the canonical bytes of the message stored at n) (docs/audit.md has
+    the bytes; ``anchor`` is the sequence the chain was started from: 0 at the stream's
+    genesis). Published by the auditor (svc:audit) once per period (daily by default) with a
+    deterministic id and compare-and-set over ``fw.audit.<stream>.>``, so two replicas store
+    one seal per period. Readers trust the seals of ``svc:audit`` only."""
+
+    SUBJECT_KIND: ClassVar[str] = "audit"
+    SUBJECT_KEY: ClassVar[str] = "stream"
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"svc"})
+    stream: Annotated[Ident, Meta(description="the sealed stream, FW_EVENTS")]
+    seq: Annotated[StreamSeq, Meta(description="the last stream sequence the head covers")]
+    head: Annotated[Sha256, Meta(description="chain(seq), lowercase hex")]
+    anchor: Annotated[
+        StreamSeq, Meta(description="the sequence the chain starts from (0: the genesis)")
+    ] = 0
+    period_start: Annotated[datetime, Meta(tz=True, description="start of the sealed period")]
+    period_s: Annotated[SealPeriodS, Meta(description="the sealing period, seconds")]
 
 
 # ---- commands to agents: fw.cmd.<agent>.<actor> (stream FW_COMMANDS) -------------------------
@@ -705,6 +734,7 @@ AnyEvent = (
     | ApprovalGranted
     | ApprovalDenied
     | PolicySet
+    | AuditSealed
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)

@@ -35,7 +35,9 @@ from fleetward.schemas.subjects import (
 )
 
 # The kinds of subject that carry their actor as the last token (contract v2).
-ACTOR_KINDS: Final = ("agent", "task", "esc", "budget", "person", "approval", "policy", "cmd")
+ACTOR_KINDS: Final = (
+    "agent", "task", "esc", "budget", "person", "approval", "policy", "audit", "cmd",
+)
 # People publish events only; commands to agents come from services (events.CommandIssued).
 PERSON_KINDS: Final = ("agent", "task", "esc", "budget", "person", "approval", "policy")
 
@@ -45,6 +47,7 @@ SERVICE_ACTORS: Final[dict[str, tuple[str, ...]]] = {
     "svc:projector": ("svc:projector", "svc:board", "svc:registry", "svc:oversight"),
     "svc:watchdog": ("svc:watchdog",),
     "svc:guard": ("svc:guard",),  # budgets: budget.exhausted/restored, pauses, warnings
+    "svc:audit": ("svc:audit",),  # the audit chain's seals (audit.sealed); audit exports
 }
 API_SERVICE: Final = "svc:api"  # answers fw.api.* from the projections; publishes no event
 

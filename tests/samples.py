@@ -22,6 +22,7 @@ from fleetward.schemas.events import (
     ApprovalDenied,
     ApprovalGranted,
     ApprovalRequested,
+    AuditSealed,
     BudgetExhausted,
     BudgetReleased,
     BudgetReserved,
@@ -333,5 +334,13 @@ def sample_events() -> list[Event]:
             default="approve",
             max_cost_usd=5.0,
             reason="payments need a person",
+        ),
+        AuditSealed(
+            **env("svc:audit"),
+            stream="FW_EVENTS",
+            seq=1_000_000,
+            head="9f2b" + "0" * 60,
+            period_start=datetime(2025, 3, 14, tzinfo=UTC),
+            period_s=86_400.0,
         ),
     ]

@@ -342,3 +342,15 @@ FROM fleet.approvals;
 -- name: metrics_violations
 -- The policy violation gauge: violations ever, by kind and tier.
 SELECT kind, tier, count(*)::bigint AS n FROM fleet.policy_violations GROUP BY kind, tier;
+-- name: audit_team_agents
+-- The agents of some teams, as the registry has them now (audit export --team).
+SELECT agent_id FROM fleet.agents WHERE team = ANY($1::text[]);
+
+-- name: audit_dead_letters
+-- Why the projector refused the messages of a stream between two sequences: seq, reasons.
+SELECT seq, string_agg(DISTINCT reason, ',' ORDER BY reason) AS reasons
+FROM fleet.dead_letters WHERE stream = $1 AND seq BETWEEN $2 AND $3 GROUP BY seq;
+
+-- name: audit_judged_to
+-- Every sequence of a stream up to this one has been judged by all of its projections.
+SELECT coalesce(min(checkpoint), 0) FROM fleet.projections WHERE stream = $1;

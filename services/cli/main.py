@@ -18,6 +18,7 @@ from fleetward.services.auth.store import identity_of
 from fleetward.services.cli import (
     agents,
     approvals,
+    audit,
     budgets,
     dev,
     escalations,
@@ -39,6 +40,7 @@ COMMANDS: tuple[Command, ...] = (
     projector.PROJECTOR,
     watchdog.WATCHDOG,
     guard.GUARD,
+    audit.AUDITOR,
     dev.SIMULATE,
     fleet.STATUS,
     agents.AGENTS,
@@ -53,6 +55,7 @@ COMMANDS: tuple[Command, ...] = (
     projector.PROJECTIONS,
     people.PEOPLE,
     people.AUTH,
+    audit.AUDIT,
 )
 
 
@@ -94,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem is None:
             raise
         print(f"fleetward: error: {problem}", file=sys.stderr)
-        return 2
+        return int(getattr(problem, "exit_code", 2))
     except KeyboardInterrupt:
         return 130
 
