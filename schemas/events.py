@@ -72,7 +72,13 @@ CommandName = Literal[
 ]
 DeliverableKind = Literal["markdown", "code", "link", "file"]
 Role = Literal[
-    "viewer", "operator", "reviewer", "approver", "budget-admin", "policy-admin", "auditor",
+    "viewer",
+    "operator",
+    "reviewer",
+    "approver",
+    "budget-admin",
+    "policy-admin",
+    "auditor",
     "admin",
 ]
 ApprovalKind = Literal["tool_call", "deliverable", "action"]
@@ -646,6 +652,8 @@ class PolicySet(Event, frozen=True, kw_only=True, tag="policy.set"):
     default: ToolVerdict = "allow"
     max_cost_usd: Annotated[CostUsd | None, Meta(description="USD per call; null: none")] = None
     reason: Text = ""
+
+
 # ---- the audit log's seals: fw.audit.<stream>.<actor> ----------------------------------------
 
 

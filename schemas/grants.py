@@ -36,7 +36,15 @@ from fleetward.schemas.subjects import (
 
 # The kinds of subject that carry their actor as the last token (contract v2).
 ACTOR_KINDS: Final = (
-    "agent", "task", "esc", "budget", "person", "approval", "policy", "audit", "cmd",
+    "agent",
+    "task",
+    "esc",
+    "budget",
+    "person",
+    "approval",
+    "policy",
+    "audit",
+    "cmd",
 )
 # People publish events only; commands to agents come from services (events.CommandIssued).
 PERSON_KINDS: Final = ("agent", "task", "esc", "budget", "person", "approval", "policy")

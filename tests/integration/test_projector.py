@@ -153,6 +153,7 @@ async def test_one_runner_feeds_several_projections_each_its_own_subjects(rt: Ru
         "budgets",
         "people",
         "approvals",  # reads fw.agent.> too: agents' teams, risk classes and tool calls
+        "audit",
     }
     runner = ProjectionRunner(rt, *group)
     await run_to_end(runner)
