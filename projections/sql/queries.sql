@@ -305,6 +305,10 @@ SELECT d.task_id, t.project, CASE WHEN d.day >= $1 THEN d.day END AS day,
 FROM fleetward.spend_task_daily d LEFT JOIN fleetward.tasks t USING (task_id)
 GROUP BY d.task_id, t.project, CASE WHEN d.day >= $1 THEN d.day END;
 
+-- name: guard_reservation_known
+-- A reservation id the guard would grant: was it ever stored (its idempotency key used)?
+SELECT EXISTS (SELECT 1 FROM fleetward.reservations WHERE reservation = $1);
+
 -- name: guard_holds
 -- The guard's start: the reservations open at the budgets projection's checkpoint.
 SELECT budget_id, reservation, agent_id, usd, expires_at

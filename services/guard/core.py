@@ -81,7 +81,8 @@ from typing import Final, Literal
 from fleetward.projections import lifecycle
 from fleetward.projections.money import add_exact, money, mul_exact, sub_exact
 from fleetward.schemas.admission import Rejected
-from fleetward.schemas.api import MAX_OPEN_RESERVATIONS
+from fleetward.schemas.api import MAX_OPEN_RESERVATIONS, MAX_RESERVE_TTL_S
+from fleetward.schemas.bounds import MAX_LIMIT_TOKENS, MAX_LIMIT_USD
 from fleetward.schemas.events import (
     AgentOnline,
     AgentPaused,
@@ -105,7 +106,11 @@ GUARD: Final = "svc:guard"
 BUDGET_WARNING: Final = "budget_warning"  # the escalations' reason
 UNASSIGNED: Final = "unassigned"  # the team of an agent never registered (projections/spend.py)
 LIFETIME: Final = "lifetime"
-MAX_TOKENS: Final = 10**18  # budget.exhausted's bound on spent_tokens (schemas/bounds.py)
+# budget.exhausted's bounds on spent_tokens and spent_usd (schemas/bounds.py): a window's
+# spend can pass them (a million calls of a billion tokens); the event says "at least this much"
+MAX_TOKENS: Final = MAX_LIMIT_TOKENS
+MAX_USD: Final = MAX_LIMIT_USD
+ENDED_KEPT_NS: Final = int(2 * MAX_RESERVE_TTL_S * 1e9)  # ended reservations remembered here
 
 State = Literal["ok", "warning", "exhausted"]
 ScopeKey = tuple[str, str]
@@ -195,6 +200,15 @@ class Budget:
         total = Decimal(0)
         for hold in self.holds.values():
             if not (hold.settled or hold.returned):
+                total = add_exact(total, hold.usd)
+        return total
+
+    def held_usd(self) -> Decimal:
+        """USD of the holds no spend has settled, by the stream alone (a hold returned by its
+        agent counts until its release is stored): what every replica judges a carry by."""
+        total = Decimal(0)
+        for hold in self.holds.values():
+            if not hold.settled:
                 total = add_exact(total, hold.usd)
         return total
 
@@ -288,6 +302,8 @@ class Core:
         default_factory=lambda: defaultdict(set)
     )  # (budget, window) -> agents judged for a pause in it
     _abandoned: set[str] = field(default_factory=set)  # reservations to release as refused
+    # reservations released lately (id -> stream time, ns): an id is never granted again
+    ended: dict[str, int] = field(default_factory=dict)
 
     # ---- loading -----------------------------------------------------------------------------
 
@@ -422,17 +438,18 @@ class Core:
                     return []
                 self._project_agents[project].add(event.agent)
                 joined: list[ScopeKey] = [("project", project)]
-                return self._carry(event.agent, joined) + self._joined(event.agent, joined, day, ns)
+                carried = self._carry(event.agent, joined, day)
+                return carried + self._joined(event.agent, joined, day, ns)
             case BudgetSet():
                 if not budget:
                     return []
                 # set_seq = seq; the compare-and-set sequence (the guard's own subject's) is
                 # kept by load_budget
-                self.load_budget(Budget(
+                new = Budget(
                     event.budget, event.scope, event.scope_id, event.window,
                     money(event.limit_usd), event.limit_tokens, event.warn_at, event.actor, seq,
-                ))  # fmt: skip
-                return self.evaluate(self.budgets[event.budget], day, ns)
+                )  # fmt: skip
+                return self._set(new, day, ns)
             case BudgetExhausted():
                 if event.budget in self.budgets:
                     b = self.budgets[event.budget]
@@ -450,6 +467,7 @@ class Core:
                         holds[event.reservation] = Hold(event.agent, money(event.usd), expires)
                 return []
             case BudgetReleased():
+                self.ended[event.reservation] = ns
                 if event.budget in self.budgets:
                     self.budgets[event.budget].holds.pop(event.reservation, None)
                 return []
@@ -476,13 +494,32 @@ class Core:
         if isinstance(event, AgentRegistered) and event.team != agent.team:
             agent.team = event.team
             keys: list[ScopeKey] = [("team", event.team), ("org", "")]
-            return self._carry(agent_id, keys) + self._joined(agent_id, keys, day, ns)
+            return self._carry(agent_id, keys, day) + self._joined(agent_id, keys, day, ns)
         if isinstance(event, AgentResumed | AgentOnline) and agent.pausable(agent_id):
             # someone else's pause ended while a budget of its scope is exhausted: pause it now
             mine = [p for p, who in self._project_agents.items() if agent_id in who]
             keys = [*self._scope_keys(agent_id, None), *(("project", p) for p in mine)]
             return self._joined(agent_id, keys, day, ns)
         return []
+
+    def _set(self, new: Budget, day: date, ns: int) -> list[Plan]:
+        """A ``budget.set`` in force from now. When it moves an exhausted budget to another
+        scope or window, the old one is restored first (``budget_changed``: the guard's pauses
+        for it are lifted) and the new one judged afresh (its scope paused if exhausted)."""
+        old = self.budgets.get(new.budget)
+        plans: list[Plan] = []
+        moved = old is not None and (old.scope, old.scope_id, old.window) != (
+            new.scope, new.scope_id, new.window,
+        )  # fmt: skip
+        if old is not None and moved and old.exhausted is not None:
+            plans += self._restore(old, window_key(old.window, day), resume=True,
+                                   why="budget_changed")  # fmt: skip
+        self.load_budget(new)
+        if old is not None and moved:
+            new.exhausted = None  # restored above (stored in order: the same plan key)
+            for target in [t for t in self._targets if t[0] == new.budget]:
+                del self._targets[target]  # the new scope is judged afresh
+        return plans + self.evaluate(new, day, ns)
 
     # ---- judging -----------------------------------------------------------------------------
 
@@ -550,7 +587,7 @@ class Core:
         exhausted = BudgetExhausted(
             id=deterministic_id("budget.exhausted", name, wk, str(budget.set_seq)),
             actor=GUARD, at=_at(ns), budget=name, window=budget.window,  # type: ignore[arg-type]
-            window_start=midnight(start), spent_usd=float(spent.usd),
+            window_start=midnight(start), spent_usd=min(float(spent.usd), MAX_USD),
             limit_usd=float(budget.limit_usd), spent_tokens=min(spent.tokens, MAX_TOKENS),
             limit_tokens=budget.limit_tokens,
         )  # fmt: skip
@@ -570,13 +607,16 @@ class Core:
             reason=pause_reason(budget.budget, budget.window, spent.usd, budget.limit_usd),
         )  # fmt: skip
 
-    def _restore(self, budget: Budget, wk: str, *, resume: bool) -> list[Plan]:
+    def _restore(self, budget: Budget, wk: str, *, resume: bool,
+                 why: Literal["new_window", "limit_raised", "budget_changed"] | None = None,
+                 ) -> list[Plan]:  # fmt: skip
         name, old = budget.budget, budget.exhausted or LIFETIME
         mark = ("restore", name, old, str(budget.set_seq))
         if mark in self._planned:
             return []
         self._planned.add(mark)
-        why: Literal["new_window", "limit_raised"] = "new_window" if old != wk else "limit_raised"
+        if why is None:
+            why = "new_window" if old != wk else "limit_raised"
         start = None if old == LIFETIME else date.fromisoformat(old)
         restored = BudgetRestored(
             id=deterministic_id("budget.restored", name, old, str(budget.set_seq)),
@@ -663,6 +703,11 @@ class Core:
             grants.append(Grant(name, budget.seq))
         return grants
 
+    def forget_ended(self, ns: int) -> None:
+        """Forget the reservations released more than ``ENDED_KEPT_NS`` before ``ns``."""
+        for reservation in [r for r, at in self.ended.items() if at < ns - ENDED_KEPT_NS]:
+            del self.ended[reservation]
+
     def granted(self, reservation: str, agent: str) -> Granted | None:
         """The reservation ``reservation`` of ``agent`` when it is held (an idempotent repeat of
         its request), else None."""
@@ -686,15 +731,22 @@ class Core:
                 names.append(name)
         return tuple(names)
 
-    def _carry(self, agent: str, keys: list[ScopeKey]) -> list[Plan]:
-        """``agent`` entered the scopes ``keys``: its open reservations hold the budgets there
-        too (see the module). The holds are added now, whether ready or not (every replica
-        folds the same); ``budget.reserved`` is planned once ready (``reconcile`` plans the
-        ones carried before)."""
+    def _carry(self, agent: str, keys: list[ScopeKey], day: date) -> list[Plan]:
+        """``agent`` entered the scopes ``keys`` on ``day``: each of its open reservations
+        holds the budgets there too when they have room for it, judged as a grant is (limit -
+        spent - what they hold already, by what the stream says: the same on every replica).
+        A reservation that does not fit a budget it entered is revoked: released everywhere
+        (``refused``), so the spend that names it counts after the fact, like a spend with no
+        reservation. The holds are added now, ready or not; ``budget.reserved`` is planned once
+        ready (``reconcile`` and ``tick`` plan the ones not stored yet)."""
         mine: dict[str, Hold] = {}
         for budget in self.budgets.values():
             for reservation, hold in budget.holds.items():
-                if hold.agent == agent and not (hold.settled or hold.returned):
+                if (
+                    hold.agent == agent
+                    and not (hold.settled or hold.returned)
+                    and (reservation not in self._abandoned)
+                ):
                     mine.setdefault(reservation, hold)
         if not mine:
             return []
@@ -703,7 +755,12 @@ class Core:
             for name in sorted(self._index.get(key, ())):
                 budget = self.budgets[name]
                 for reservation, hold in sorted(mine.items()):
-                    if reservation in budget.holds:
+                    if reservation in budget.holds or reservation in self._abandoned:
+                        continue
+                    spent = self.spent(budget, day).usd
+                    left = sub_exact(sub_exact(budget.limit_usd, spent), budget.held_usd())
+                    if left < hold.usd or budget.state(self.spent(budget, day)) == "exhausted":
+                        self._abandoned.add(reservation)  # released everywhere by the tick
                         continue
                     budget.holds[reservation] = Hold(agent, hold.usd, hold.expires_ns,
                                                      stored=False)  # fmt: skip
@@ -722,6 +779,18 @@ class Core:
             expires_at=_at(hold.expires_ns),
         )  # fmt: skip
         return [Plan(name, (Publish(event, "budget"),), mark)]
+
+    def _unstored_carries(self) -> list[Plan]:
+        """``budget.reserved`` for the holds carried and not stored yet: carried while catching
+        up, or whose plan was dropped (the budget moved under it: ``done``)."""
+        plans = []
+        for name, budget in sorted(self.budgets.items()):
+            for reservation, hold in sorted(budget.holds.items()):
+                if not (hold.stored or hold.settled or hold.returned) and (
+                    reservation not in self._abandoned
+                ):
+                    plans += self._carry_plan(name, reservation)
+        return plans
 
     def abandon(self, reservation: str) -> None:
         """The service gave ``reservation`` up (refused on another budget): its holds are
@@ -774,7 +843,7 @@ class Core:
     def tick(self, day: date, ns: int) -> list[Plan]:
         """A new window may have begun (``day``: today by the host's clock, UTC): restore the
         budgets exhausted in an earlier one; and release the reservations due."""
-        plans: list[Plan] = self.releases(ns)
+        plans: list[Plan] = self.releases(ns) + self._unstored_carries()
         for budget in list(self.budgets.values()):
             if budget.exhausted is not None and budget.exhausted != window_key(budget.window, day):
                 plans += self.evaluate(budget, day, ns)
@@ -786,10 +855,7 @@ class Core:
         plans: list[Plan] = []
         for budget in list(self.budgets.values()):
             plans += self.evaluate(budget, day, ns)
-        for name, budget in sorted(self.budgets.items()):
-            for reservation, hold in sorted(budget.holds.items()):
-                if not hold.stored:  # carried while catching up
-                    plans += self._carry_plan(name, reservation)
+        plans += self._unstored_carries()
         held = {a.hold for a in self.agents.values() if a.hold is not None and a.guard_paused()}
         for name in sorted(held):
             found = self.budgets.get(name)

@@ -53,12 +53,14 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime
 from functools import partial
 
 import anyio
+import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import APIError, NotFoundError
 
@@ -101,6 +103,7 @@ SHUTDOWN_S = 5.0  # on SIGTERM, plans in hand get this long to be published
 QUEUE_GROUP = "fleetward-guard"  # replicas share fw.api.budgets.*
 RESERVE_ATTEMPTS = 50  # judgments of one reservation request before "busy"
 CATCH_UP_S = 5.0  # after a refused compare-and-set, wait this long to read the budget's head
+IN_FLIGHT = 64  # reservation requests answered at once by one replica
 
 
 class GuardSignals(Signals):
@@ -254,6 +257,11 @@ class Guard:
             now = time.time()
             reservation = deterministic_id("reservation", agent, req.key) if req.key else new_id()
             held = self.core.granted(reservation, agent) if keyed else None
+            if keyed and held is None and await self._used(reservation):
+                self.reservations["refused"] += 1
+                return BUDGETS_RESERVE.failed(
+                    f"key {req.key} was used for a reservation that has ended; use a new key"
+                )
             if held is not None:
                 self.reservations["repeated"] += 1
                 expires_at = datetime.fromtimestamp(held.expires_ns / 1e9, UTC)
@@ -302,6 +310,14 @@ class Guard:
         self.reservations["busy"] += 1
         return BUDGETS_RESERVE.failed("the budgets are busy; retry")
 
+    async def _used(self, reservation: str) -> bool:
+        """Whether ``reservation`` was granted before and has ended (released lately, as this
+        replica read, or ever, as the budgets projection kept): its key is spent."""
+        if reservation in self.core.ended:
+            return True
+        async with self.rt.pool.acquire() as conn:
+            return bool(await conn.fetchval(q("guard_reservation_known"), reservation))
+
     async def release(self, req: ReleaseRequest) -> ReleaseReply:
         """Give ``req.reservation`` back for ``req.agent`` (the asker): plan its releases
         (reason ``returned``) and answer once they are folded here, or after ``CATCH_UP_S``."""
@@ -333,21 +349,34 @@ class Guard:
             while budget in self.core.budgets and self.core.budgets[budget].seq < last:
                 await self._progress.wait()
 
-    async def _serve(self) -> list[Subscription]:
+    async def _serve(self, tg: anyio.abc.TaskGroup) -> list[Subscription]:
         """Answer ``fw.api.budgets.reserve.*`` and ``fw.api.budgets.release.*`` in the queue
-        group (until unsubscribed)."""
+        group (until unsubscribed), each request in its own task of ``tg`` (NATS hands a
+        subscription's messages over one at a time: a request waiting for the stream must not
+        hold up the others), at most ``IN_FLIGHT`` at once."""
 
         def refuse(req: ReserveRequest | ReleaseRequest, reply: str) -> str | None:
             if reply.startswith(f"{inbox_prefix(req.agent or '')}."):
                 return None
             return f"only agent {req.agent} may ask for itself (answers go to its inbox)"
 
-        nc = self.rt.nc
+        nc, slots = self.rt.nc, anyio.Semaphore(IN_FLIGHT)
+
+        def each(respond: Callable[[Msg], Awaitable[None]]) -> Callable[[Msg], Awaitable[None]]:
+            async def run(msg: Msg) -> None:
+                async with slots:
+                    await respond(msg)
+
+            async def spawn(msg: Msg) -> None:
+                tg.start_soon(run, msg)
+
+            return spawn
+
         return [
             await nc.subscribe(BUDGETS_RESERVE.pattern, queue=QUEUE_GROUP,
-                               cb=responder(BUDGETS_RESERVE, self.reserve, refuse)),
+                               cb=each(responder(BUDGETS_RESERVE, self.reserve, refuse))),
             await nc.subscribe(BUDGETS_RELEASE.pattern, queue=QUEUE_GROUP,
-                               cb=responder(BUDGETS_RELEASE, self.release, refuse)),
+                               cb=each(responder(BUDGETS_RELEASE, self.release, refuse))),
         ]  # fmt: skip
 
     # ---- the loops ---------------------------------------------------------------------------
@@ -380,13 +409,15 @@ class Guard:
             partial(self.follower.run, stopping),
             partial(self._tick, stopping),
         ]
-        subs = await self._serve()
-        try:
-            await publishing(self.publisher.run, plans, readers, SHUTDOWN_S)
-        finally:
-            with anyio.CancelScope(shield=True):
-                for sub in subs:
-                    await sub.unsubscribe()
+        async with anyio.create_task_group() as requests:
+            subs = await self._serve(requests)
+            try:
+                await publishing(self.publisher.run, plans, readers, SHUTDOWN_S)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    for sub in subs:
+                        await sub.unsubscribe()
+                requests.cancel_scope.cancel()
 
     async def _load_retrying(self, stopping: Callable[[], bool]) -> bool:
         async def load() -> None:
@@ -413,6 +444,7 @@ class Guard:
                     self.signals.ready.emit(True)
                 if core.ready:
                     self._plan(core.tick(_today(now), _ns(now)))
+                    core.forget_ended(_ns(now))
                 exhausted = sum(b.exhausted is not None for b in core.budgets.values())
                 metrics.GUARD_BUDGETS.labels("true").set(exhausted)
                 metrics.GUARD_BUDGETS.labels("false").set(len(core.budgets) - exhausted)

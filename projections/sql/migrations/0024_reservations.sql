@@ -17,6 +17,7 @@ CREATE TABLE fleetward.reservations (
     PRIMARY KEY (budget_id, reservation)
 );
 CREATE INDEX ON fleetward.reservations (budget_id) WHERE released_reason IS NULL;
+CREATE INDEX ON fleetward.reservations (reservation);  -- an idempotency key is used once
 
 CREATE VIEW fleet.reservations AS
     SELECT budget_id, reservation, agent_id, usd, expires_at, reserved_at,
