@@ -105,7 +105,7 @@ async def test_values_that_do_not_fit_are_dead_lettered_and_good_events_apply(
         ("fw.hb.a1", nested(hb, 1000), "too_deep"),
     ]
     readers = {
-        on_agent: ("agents", "tasks", "spend"),
+        on_agent: ("agents", "tasks", "spend", "approvals"),  # approvals: agents' tool calls
         on_task: ("tasks",),
         by_op: ("tasks",),
         on_esc: ("escalations",),
