@@ -5,6 +5,8 @@ Invariant: every subject of every stream (schemas/streams.py) is read by a proje
 """
 
 from fleetward.projections.agents import AgentRegistry
+from fleetward.projections.approvals import Oversight
+from fleetward.projections.audit import AuditSeals
 from fleetward.projections.base import Meta, Projection, Rows, Table
 from fleetward.projections.budgets import Budgets
 from fleetward.projections.commands import Commands
@@ -23,6 +25,8 @@ ALL: tuple[Projection, ...] = (
     Budgets(),  # reads fw.budget.>: nothing published there escapes the dead letters
     Commands(),  # reads FW_COMMANDS, likewise
     People(),  # reads fw.person.>: people's roles
+    Oversight(),  # reads fw.approval.>, fw.policy.> (and fw.agent.>): approvals, policies
+    AuditSeals(),  # reads fw.audit.>: the audit chain's seals
 )
 BY_NAME: dict[str, Projection] = {p.name: p for p in ALL}
 

@@ -53,6 +53,15 @@ from fleetward.schemas.events import (
 from fleetward.schemas.subjects import FIRST_V2
 
 FORBIDDEN: Final = "lifecycle_forbidden"  # the dead letters' reason (schemas.admission.REASONS)
+# the events of an agent's lifecycle, which every reader folds with ``step``
+EVENTS: Final = (
+    AgentRegistered,
+    AgentPaused,
+    AgentResumed,
+    AgentRetired,
+    AgentOffline,
+    AgentOnline,
+)
 
 
 @dataclass(frozen=True, slots=True)

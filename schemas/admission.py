@@ -21,7 +21,13 @@ from typing import Final
 import msgspec
 
 from fleetward.schemas.bounds import IDENT_PATTERN, MAX_DEPTH, storable
-from fleetward.schemas.events import AnyEvent, Event, TaskReviewed
+from fleetward.schemas.events import (
+    AnyEvent,
+    ApprovalDenied,
+    ApprovalGranted,
+    Event,
+    TaskReviewed,
+)
 from fleetward.schemas.subjects import (
     ACTORLESS,
     FIRST_V2,
@@ -51,6 +57,10 @@ REASONS: Final = (
     # an agent's own lifecycle event that would overrule the people and services operating it:
     # lift a pause it did not make, leave retirement (projections/lifecycle.py, judged in order)
     "lifecycle_forbidden",
+    # an approval request or decision that does not fit the request's state: an id used
+    # twice, a decision on an unknown or decided request, or naming another agent
+    # (projections/approvals.py, judged in stream order)
+    "approval_forbidden",
 )
 
 _decoder: Final = msgspec.json.Decoder(AnyEvent)
@@ -118,6 +128,9 @@ def actor_kind(actor: str) -> str:
 
 def check_sender(event: Event) -> None:
     """Raise ``Rejected`` unless the event's actor may publish it (DESIGN 3.7)."""
+    if isinstance(event, ApprovalGranted | ApprovalDenied) and event.actor == event.agent:
+        # nobody decides their own request (DESIGN 3.10), whatever roles it holds
+        raise Rejected("actor_forbidden", f"{event.actor!r} may not decide its own request")
     kind = actor_kind(event.actor)
     senders = event.SENDERS
     is_self = kind == "agent" and event.actor == getattr(event, "agent", None)

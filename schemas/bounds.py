@@ -46,6 +46,10 @@ MAX_LIMIT_USD: Final = 1_000_000_000_000.0  # largest budget limit
 # largest token limit of a budget: a quadrillion, below 2^53, so exact in every JSON number
 MAX_LIMIT_TOKENS: Final = 1_000_000_000_000_000
 MAX_FLOAT: Final = sys.float_info.max  # the largest finite double
+MAX_WAIT_S: Final = 30 * 86_400.0  # longest wait for a person's approval: 30 days
+MAX_LISTED: Final = 256  # tools one policy lists as allowed, denied or needing approval
+MIN_SEAL_PERIOD_S: Final = 1.0  # the audit chain's shortest sealing period (tests)
+MAX_SEAL_PERIOD_S: Final = 366 * 86_400.0  # ... and longest: a year
 
 # ---- patterns ---------------------------------------------------------------------------------
 
@@ -108,8 +112,14 @@ PeriodS = Annotated[float, Meta(ge=MIN_PERIOD_S, le=MAX_PERIOD_S, description="s
 SlaS = Annotated[float, Meta(ge=MIN_PERIOD_S, le=MAX_SLA_S, description="seconds")]
 Percent = Annotated[float, Meta(ge=0, le=100)]
 Share = Annotated[float, Meta(gt=0, le=1)]
+WaitS = Annotated[float, Meta(ge=MIN_PERIOD_S, le=MAX_WAIT_S, description="seconds")]
+ToolList = Annotated[tuple[ShortText, ...], Meta(max_length=MAX_LISTED)]
 
 Int8 = Annotated[int, Meta(ge=INT8_MIN, le=INT8_MAX)]
+StreamSeq = Annotated[int, Meta(ge=0, le=INT8_MAX, description="a stream sequence (bigint)")]
+SealPeriodS = Annotated[
+    float, Meta(ge=MIN_SEAL_PERIOD_S, le=MAX_SEAL_PERIOD_S, description="seconds")
+]
 FiniteFloat = Annotated[float, Meta(ge=-MAX_FLOAT, le=MAX_FLOAT)]
 
 

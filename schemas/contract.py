@@ -90,6 +90,9 @@ KIND_DESCRIPTIONS: Final[dict[str, str]] = {
     "esc": "One escalation.",
     "budget": "One budget.",
     "person": "One person's roles (role.granted, role.revoked).",
+    "approval": "One approval request and its decision (approval.requested, .granted, .denied).",
+    "policy": "One scope's tool policy (policy.set): an agent's, a team's or a risk class's.",
+    "audit": "The audit chain's seals (audit.sealed), by the auditor (svc:audit).",
     "hb": "Heartbeats (liveness) of one agent.",
     "cmd": "Durable commands to one agent, by the actor who sent them; the agent consumes them "
     "(its inbox reads `fw.cmd.<agent>.>`).",

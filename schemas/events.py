@@ -44,15 +44,19 @@ from fleetward.schemas.bounds import (
     Percent,
     PeriodS,
     PersonName,
+    SealPeriodS,
     Sha256,
     Share,
     ShortText,
     SlaS,
+    StreamSeq,
     TaskLimit,
     Text,
     Tokens,
+    ToolList,
     UriText,
     Version,
+    WaitS,
 )
 
 Priority = Literal["urgent", "high", "medium", "low"]
@@ -67,7 +71,20 @@ CommandName = Literal[
     "pause", "resume", "retire", "wake", "review_feedback", "approval", "lease_lost", "refused"
 ]
 DeliverableKind = Literal["markdown", "code", "link", "file"]
-Role = Literal["viewer", "operator", "reviewer", "approver", "budget-admin", "admin"]
+Role = Literal[
+    "viewer",
+    "operator",
+    "reviewer",
+    "approver",
+    "budget-admin",
+    "policy-admin",
+    "auditor",
+    "admin",
+]
+ApprovalKind = Literal["tool_call", "deliverable", "action"]
+OnExpiry = Literal["deny", "wait"]  # at the second deadline: denied, or left to people
+PolicyScope = Literal["agent", "team", "risk"]  # risk: an agent's risk class
+ToolVerdict = Literal["allow", "deny", "approve"]  # approve: the call needs an approval
 Sender = Literal["self", "agent", "user", "svc"]
 
 # Evidence and command payloads: a flat map of scalars (stored as jsonb).
@@ -232,6 +249,13 @@ class ToolCalled(_AgentEvent, frozen=True, kw_only=True, tag="tool.called"):
     reservation: Annotated[
         Ident | None,
         Meta(description="the budget reservation this cost settles (budget.reserved); null: none"),
+    ] = None
+    approval: Annotated[
+        Ident | None,
+        Meta(
+            description="the granted approval this call was gated by (approval.granted); a "
+            "tool that its policy gates, called without one, is a violation"
+        ),
     ] = None
 
 
@@ -557,6 +581,119 @@ class RoleRevoked(_PersonEvent, frozen=True, kw_only=True, tag="role.revoked"):
     reason: Text = ""
 
 
+# ---- approvals: fw.approval.<approval>.<actor> (DESIGN 3.10) ---------------------------------
+
+
+class _ApprovalEvent(Event, frozen=True, kw_only=True):
+    SUBJECT_KIND: ClassVar[str] = "approval"
+    SUBJECT_KEY: ClassVar[str] = "approval"
+    approval: Annotated[Ident, Meta(description="the request's id (chosen by the agent)")]
+    agent: Annotated[Ident, Meta(description="the agent that asks")]
+
+
+class ApprovalRequested(_ApprovalEvent, frozen=True, kw_only=True, tag="approval.requested"):
+    """An agent asks a person before a gated step: a tool call, a deliverable or another action
+    (``name`` says which), with a summary of its arguments and the step's risk.
+
+    Deadlines count from the stream time of this event: with no decision after
+    ``escalate_after_s`` seconds the watchdog escalates to the approvers (``approval_overdue``);
+    after ``expire_after_s`` (at least ``escalate_after_s``) it denies the request
+    (``on_expiry`` ``deny``), or leaves it to people (``wait``). An approval id is used once:
+    a second request under it is refused (``approval_forbidden``, projections/approvals.py)."""
+
+    SENDERS: ClassVar[frozenset[Sender]] = _SELF
+    kind: ApprovalKind
+    name: Annotated[ShortText, Meta(description="the tool, deliverable or action asked for")]
+    summary: Annotated[Text, Meta(description="what the step will do, for the approver")] = ""
+    arguments: Annotated[Evidence, Meta(description="a summary of its arguments")] = msgspec.field(
+        default_factory=dict
+    )
+    risk: RiskClass = "medium"
+    escalate_after_s: WaitS = 900.0
+    expire_after_s: WaitS = 86_400.0
+    on_expiry: OnExpiry = "deny"
+    task: Ident | None = None
+    run: Ident | None = None
+
+
+class ApprovalGranted(_ApprovalEvent, frozen=True, kw_only=True, tag="approval.granted"):
+    """A person with the role ``approver`` lets the request go ahead; the approver is the
+    actor, never the asking agent (agents decide no approvals). The first decision of a request
+    in stream order counts; a later one is refused (``approval_forbidden``). The tool policy in
+    force at this event's position is stamped on the decision by every reader
+    (``fleet.approvals.policy_version``, projections/approvals.py)."""
+
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"user"})
+    reason: Text = ""
+
+
+class ApprovalDenied(_ApprovalEvent, frozen=True, kw_only=True, tag="approval.denied"):
+    """A person with the role ``approver`` refuses the request, or the watchdog does at its
+    second deadline (``expired``). As for ``approval.granted``, the first decision counts."""
+
+    SENDERS: ClassVar[frozenset[Sender]] = _USER_SVC
+    reason: Text = ""
+    expired: Annotated[bool, Meta(description="denied because no one decided in time")] = False
+
+
+# ---- tool policies: fw.policy.<policy>.<actor> -----------------------------------------------
+
+
+class PolicySet(Event, frozen=True, kw_only=True, tag="policy.set"):
+    """A person with the role ``policy-admin`` sets the tool policy of one agent, one team or
+    one risk class: the tools it may call, may not call, and may call only with a granted
+    approval; ``default`` for the tools it does not list; optionally a cost cap per call (USD).
+
+    One policy per scope: ``policy`` must be ``schemas.ids.policy_id(scope, scope_id)``. Each set
+    replaces the policy and is its next version (1, 2, ...). An agent is judged by the most
+    specific policy that lists the tool (agent, then team, then risk class), else by the most
+    specific policy's ``default``; with none at all, every tool is allowed
+    (schemas/policies.py)."""
+
+    SUBJECT_KIND: ClassVar[str] = "policy"
+    SUBJECT_KEY: ClassVar[str] = "policy"
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"user"})
+    policy: Annotated[Ident, Meta(description="policy_id(scope, scope_id)")]
+    scope: PolicyScope
+    scope_id: Annotated[
+        Ident, Meta(description="the agent, the team, or the risk class (low ... critical)")
+    ]
+    allow: ToolList = ()
+    deny: ToolList = ()
+    approve: Annotated[ToolList, Meta(description="tools that need a granted approval")] = ()
+    default: ToolVerdict = "allow"
+    max_cost_usd: Annotated[CostUsd | None, Meta(description="USD per call; null: none")] = None
+    reason: Text = ""
+
+
+# ---- the audit log's seals: fw.audit.<stream>.<actor> ----------------------------------------
+
+
+class AuditSealed(Event, frozen=True, kw_only=True, tag="audit.sealed"):
+    """The head of the audit stream's hash chain at stream sequence ``seq``: the stream commits
+    to everything stored up to ``seq``, so an exported file (``fleetward audit export``) can be
+    checked against it (``fleetward audit verify``).
+
+    ``head`` = chain(seq), where chain(0) is the genesis constant and chain(n) =
+    sha256(chain(n-1) || the canonical bytes of the message stored at n) (docs/audit.md has
+    the bytes; ``anchor`` is the sequence the chain was started from: 0 at the stream's
+    genesis). Published by the auditor (svc:audit) once per period (daily by default) with a
+    deterministic id and compare-and-set over ``fw.audit.<stream>.>``, so two replicas store
+    one seal per period. Readers trust the seals of ``svc:audit`` only."""
+
+    SUBJECT_KIND: ClassVar[str] = "audit"
+    SUBJECT_KEY: ClassVar[str] = "stream"
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"svc"})
+    stream: Annotated[Ident, Meta(description="the sealed stream, FW_EVENTS")]
+    seq: Annotated[StreamSeq, Meta(description="the last stream sequence the head covers")]
+    head: Annotated[Sha256, Meta(description="chain(seq), lowercase hex")]
+    anchor: Annotated[
+        StreamSeq, Meta(description="the sequence the chain starts from (0: the genesis)")
+    ] = 0
+    period_start: Annotated[datetime, Meta(tz=True, description="start of the sealed period")]
+    period_s: Annotated[SealPeriodS, Meta(description="the sealing period, seconds")]
+
+
 # ---- commands to agents: fw.cmd.<agent>.<actor> (stream FW_COMMANDS) -------------------------
 
 
@@ -613,6 +750,11 @@ AnyEvent = (
     | CommandIssued
     | RoleGranted
     | RoleRevoked
+    | ApprovalRequested
+    | ApprovalGranted
+    | ApprovalDenied
+    | PolicySet
+    | AuditSealed
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = typing.get_args(AnyEvent)

@@ -35,15 +35,27 @@ from fleetward.schemas.subjects import (
 )
 
 # The kinds of subject that carry their actor as the last token (contract v2).
-ACTOR_KINDS: Final = ("agent", "task", "esc", "budget", "person", "cmd")
+ACTOR_KINDS: Final = (
+    "agent",
+    "task",
+    "esc",
+    "budget",
+    "person",
+    "approval",
+    "policy",
+    "audit",
+    "cmd",
+)
 # People publish events only; commands to agents come from services (events.CommandIssued).
-PERSON_KINDS: Final = ("agent", "task", "esc", "budget", "person")
+PERSON_KINDS: Final = ("agent", "task", "esc", "budget", "person", "approval", "policy")
 
 # The services, and the actors each may publish as (besides itself).
 SERVICE_ACTORS: Final[dict[str, tuple[str, ...]]] = {
-    "svc:projector": ("svc:projector", "svc:board", "svc:registry"),
+    # svc:oversight: approvals' decisions to agents' inboxes, policy violations' escalations
+    "svc:projector": ("svc:projector", "svc:board", "svc:registry", "svc:oversight"),
     "svc:watchdog": ("svc:watchdog",),
     "svc:guard": ("svc:guard",),  # budgets: budget.exhausted/restored, pauses, warnings
+    "svc:audit": ("svc:audit",),  # the audit chain's seals (audit.sealed); audit exports
 }
 API_SERVICE: Final = "svc:api"  # answers fw.api.* from the projections; publishes no event
 
@@ -142,6 +154,7 @@ def _agent(agent: str) -> Grants:
             f"{PREFIX}.agent.{agent}.{agent}",
             f"{PREFIX}.hb.{agent}",
             f"{PREFIX}.task.*.{agent}",
+            f"{PREFIX}.approval.*.{agent}",  # its own approval requests
             *_read_events(),
             # its own inbox, pinned to its own commands
             f"$JS.API.CONSUMER.CREATE.{consumer}.{PREFIX}.cmd.{agent}.>",

@@ -16,3 +16,11 @@ def new_id() -> str:
 
 def deterministic_id(*parts: str) -> str:
     return str(uuid.uuid5(_NAMESPACE, "/".join(parts)))
+
+
+def policy_id(scope: str, scope_id: str) -> str:
+    """The one tool policy of a scope (``agent``, ``team`` or ``risk``) and its id (an agent id,
+    a team, a risk class): ``<scope>-<20 hex digits>``, the key of its subjects
+    (``fw.policy.<id>.<actor>``). Anyone can compute it, so an agent finds the policies that
+    cover it by their ids (schemas/policies.py)."""
+    return f"{scope}-{deterministic_id('policy', scope, scope_id).replace('-', '')[:20]}"

@@ -29,10 +29,13 @@ from fleetward.schemas.events import (
     AgentResumed,
     AgentRetired,
     AgentVersionChanged,
+    ApprovalDenied,
+    ApprovalGranted,
     BudgetSet,
     EscalationAcknowledged,
     EscalationResolved,
     Event,
+    PolicySet,
     Role,
     RoleGranted,
     RoleRevoked,
@@ -65,6 +68,9 @@ PERSON_ROLES: Final[dict[type[Event], str]] = {
     EscalationResolved: "operator",
     TaskReviewed: "reviewer",
     BudgetSet: "budget-admin",
+    ApprovalGranted: "approver",  # people oversee (DESIGN 3.10): agents decide no approvals
+    ApprovalDenied: "approver",
+    PolicySet: "policy-admin",
     RoleGranted: ADMIN,
     RoleRevoked: ADMIN,
 }

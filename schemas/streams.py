@@ -37,8 +37,12 @@ def events_stream(retention_days: float = DEFAULT_AUDIT_RETENTION_DAYS) -> Strea
     """The audit log. ``retention_days == 0`` keeps events forever."""
     return StreamSpec(
         name=EVENTS_STREAM,
-        subjects=tuple(wildcard(k) for k in ("agent", "task", "esc", "budget", "person")),
-        description="Fleetward audit log: every agent, task, escalation, budget and role event",
+        subjects=tuple(
+            wildcard(k)
+            for k in ("agent", "task", "esc", "budget", "person", "approval", "policy", "audit")
+        ),
+        description="Fleetward audit log: every agent, task, escalation, budget, role, approval "
+        "and policy event, and its seals",
         max_age_s=retention_days * DAY,
         deny_delete=True,
         deny_purge=True,

@@ -11,6 +11,9 @@ carrying its own actor token) and admission compares with the payload's ``actor`
 - ``fw.esc.<id>.<actor>``       one escalation                      (stream FW_EVENTS)
 - ``fw.budget.<id>.<actor>``    one budget                          (stream FW_EVENTS)
 - ``fw.person.<name>.<actor>``  one person's roles (schemas/roles.py) (stream FW_EVENTS)
+- ``fw.approval.<id>.<actor>``  one approval request and its decision (stream FW_EVENTS)
+- ``fw.policy.<id>.<actor>``    one scope's tool policy (schemas/policies.py) (stream FW_EVENTS)
+- ``fw.audit.<stream>.<actor>`` the audit chain's seals, ``audit.sealed`` (stream FW_EVENTS)
 - ``fw.cmd.<agent>.<actor>``    durable commands to one agent, from ``<actor>`` (FW_COMMANDS)
 - ``fw.hb.<agent>``             heartbeats: only the agent publishes them, its subject names it
                                 already (stream FW_HEARTBEATS)
@@ -31,7 +34,7 @@ from typing import NamedTuple
 from fleetward.schemas.events import Event
 
 PREFIX = "fw"
-KINDS = ("agent", "task", "esc", "budget", "person", "hb", "cmd")
+KINDS = ("agent", "task", "esc", "budget", "person", "approval", "policy", "audit", "hb", "cmd")
 ACTORLESS = frozenset({"hb"})  # kinds whose subject names no actor (the key is the publisher)
 FIRST_V2 = 2  # the first envelope version whose subjects carry the actor
 

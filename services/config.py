@@ -7,11 +7,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fleetward.schemas.bounds import MAX_SEAL_PERIOD_S, MIN_SEAL_PERIOD_S
 from fleetward.schemas.streams import DEFAULT_AUDIT_RETENTION_DAYS
 from fleetward.services.errors import FleetwardError
 
 DEFAULT_HEARTBEAT_INTERVAL_S = 60.0  # AgentRegistered.heartbeat_interval_s's default
 DEFAULT_STALL_S = 60.0  # a projection holding events this long without a commit is stalled
+DEFAULT_AUDIT_SEAL_S = 86_400.0  # the auditor seals the audit chain daily
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,7 @@ class Settings:
     watchdog: WatchdogSettings = field(default_factory=WatchdogSettings)
     # /healthz fails when a projection holds events it has not committed for this long
     stall_s: float = DEFAULT_STALL_S
+    audit_seal_s: float = DEFAULT_AUDIT_SEAL_S  # the auditor seals the chain once per this
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -118,7 +121,18 @@ class Settings:
             batch_size=int(_number(env, "FLEETWARD_BATCH_SIZE", 1000)),
             watchdog=WatchdogSettings.from_env(env),
             stall_s=_number(env, "FLEETWARD_STALL_S", DEFAULT_STALL_S),
+            audit_seal_s=_seal_period(env),
         )
+
+
+def _seal_period(env: dict[str, str]) -> float:
+    value = _number(env, "FLEETWARD_AUDIT_SEAL_S", DEFAULT_AUDIT_SEAL_S)
+    if not MIN_SEAL_PERIOD_S <= value <= MAX_SEAL_PERIOD_S:
+        raise FleetwardError(
+            f"FLEETWARD_AUDIT_SEAL_S={value:g} is out of range: {MIN_SEAL_PERIOD_S:g} to "
+            f"{MAX_SEAL_PERIOD_S:g} seconds (86400: daily)"
+        )
+    return value
 
 
 def _number(env: dict[str, str], name: str, default: float) -> float:

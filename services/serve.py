@@ -1,4 +1,4 @@
-"""Running services in one process: projection runners, the watchdog, the guard, the
+"""Running services in one process: projection runners, the watchdog, the guard, the auditor, the
 simulator, the metrics endpoint and, with any projection, the fleet gauges' refresher and the
 lag watch (once per process); graceful shutdown on SIGTERM / SIGINT (finish the batch in hand,
 commit, ack, exit)."""
@@ -19,6 +19,8 @@ from fleetward.schemas import REASONS
 from fleetward.schemas.grants import API_SERVICE
 from fleetward.services import metrics, simulate
 from fleetward.services.api.tasks import serve_task_api
+from fleetward.services.audit.chain import SEALER
+from fleetward.services.audit.sealer import Auditor
 from fleetward.services.errors import FleetwardError
 from fleetward.services.guard.core import GUARD
 from fleetward.services.guard.service import Guard
@@ -53,6 +55,7 @@ async def run_services(
     simulate_agents: int = 0,
     watchdog: bool = False,
     guard: bool = False,
+    auditor: bool = False,
     on_ready: Callable[[int], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT. ``on_ready`` gets the metrics port once everything runs. The
@@ -71,6 +74,7 @@ async def run_services(
     ]
     dogs: list[Watchdog] = []  # the watchdog, once signed in as svc:watchdog
     guards: list[Guard] = []  # the guard, once signed in as svc:guard
+    auditors: list[Auditor] = []  # the auditor, once signed in as svc:audit
     outbox = Outbox(rt) if runners else None
     health = HealthChecks()  # GET /healthz, /readyz: each part's verdict and reason
     health.register("nats", lambda: _connected(rt))
@@ -78,16 +82,16 @@ async def run_services(
         health.register("projector", lambda: _committing(runners))
     if outbox is not None:
         health.register("outbox", outbox.health)
-    if watchdog:
-        health.register(
-            "watchdog",
-            lambda: dogs[0].health() if dogs else (False, "not signed in to NATS yet"),
-        )
-    if guard:
-        health.register(
-            "guard",
-            lambda: guards[0].health() if guards else (False, "not signed in to NATS yet"),
-        )
+    parts: tuple[tuple[str, bool, list[Any]], ...] = (
+        ("watchdog", watchdog, dogs), ("guard", guard, guards), ("auditor", auditor, auditors),
+    )  # fmt: skip
+    for name, wanted, signed_in in parts:
+        if wanted:
+            health.register(name, _health_of(signed_in))
+
+    async def sealing(audit_rt: Runtime) -> None:
+        auditors.append(Auditor(audit_rt, rt.settings.audit_seal_s))
+        await auditors[0].run(stop.is_set)
 
     async def guarding(guard_rt: Runtime) -> None:
         guards.append(Guard(guard_rt))
@@ -122,6 +126,8 @@ async def run_services(
                 workers.start_soon(as_service, rt, "svc:watchdog", watch, stop)
             if guard:
                 workers.start_soon(as_service, rt, GUARD, guarding, stop)
+            if auditor:
+                workers.start_soon(as_service, rt, SEALER, sealing, stop)
             if simulate_agents:
                 workers.start_soon(_simulate, rt, simulate_agents, stop)
             if on_ready is not None:
@@ -150,6 +156,11 @@ async def as_service(
                 continue
             await run(own)
             return
+
+
+def _health_of(signed_in: list[Any]) -> Callable[[], tuple[bool, str]]:
+    """The health check of a service that runs once signed in (it is in ``signed_in`` then)."""
+    return lambda: signed_in[0].health() if signed_in else (False, "not signed in to NATS yet")
 
 
 def _connected(rt: Runtime) -> tuple[bool, str]:

@@ -19,6 +19,10 @@ from fleetward.schemas.events import (
     AgentResumed,
     AgentRetired,
     AgentVersionChanged,
+    ApprovalDenied,
+    ApprovalGranted,
+    ApprovalRequested,
+    AuditSealed,
     BudgetExhausted,
     BudgetReleased,
     BudgetReserved,
@@ -31,6 +35,7 @@ from fleetward.schemas.events import (
     EscalationResolved,
     Event,
     Heartbeat,
+    PolicySet,
     RoleGranted,
     RoleRevoked,
     RunFinished,
@@ -52,12 +57,14 @@ from fleetward.schemas.events import (
     TaskSubmitted,
     ToolCalled,
 )
+from fleetward.schemas.ids import policy_id
 
 AGENT = "agent-7"
 REVIEWER = "agent-reviewer-2"
 TASK = "task-42"
 RUN = "run-0193"
 ESCALATION = "esc-cost-agent-7"
+APPROVAL = "appr-refund-1234"
 BUDGET = "budget-docs-site"
 USER = "user:alice@example"  # a v2 actor is one subject token: no "."
 SVC = "svc:supervisor"
@@ -135,6 +142,7 @@ def sample_events() -> list[Event]:
             cost_usd=0.002,
             run=RUN,
             task=TASK,
+            approval=APPROVAL,
         ),
         SpendRecorded(
             **env(AGENT),
@@ -296,4 +304,43 @@ def sample_events() -> list[Event]:
         ),
         RoleGranted(**env(USER), person="bob", role="reviewer", reason="joins the docs team"),
         RoleRevoked(**env(USER), person="bob", role="reviewer", reason="left the docs team"),
+        ApprovalRequested(
+            **env(AGENT),
+            approval=APPROVAL,
+            agent=AGENT,
+            kind="tool_call",
+            name="payments.send",
+            summary="Refund order 1234",
+            arguments={"order": "1234", "usd": 12.5},
+            risk="high",
+            escalate_after_s=600.0,
+            expire_after_s=3600.0,
+            on_expiry="deny",
+            task=TASK,
+            run=RUN,
+        ),
+        ApprovalGranted(**env(USER), approval=APPROVAL, agent=AGENT, reason="refund agreed"),
+        ApprovalDenied(
+            **env(SVC), approval=APPROVAL, agent=AGENT, reason="no decision in time", expired=True
+        ),
+        PolicySet(
+            **env(USER),
+            policy=policy_id("team", "docs"),
+            scope="team",
+            scope_id="docs",
+            allow=("web.search",),
+            deny=("shell.exec",),
+            approve=("payments.send",),
+            default="approve",
+            max_cost_usd=5.0,
+            reason="payments need a person",
+        ),
+        AuditSealed(
+            **env("svc:audit"),
+            stream="FW_EVENTS",
+            seq=1_000_000,
+            head="9f2b" + "0" * 60,
+            period_start=datetime(2025, 3, 14, tzinfo=UTC),
+            period_s=86_400.0,
+        ),
     ]

@@ -167,6 +167,13 @@ SELECT escalation_id, reason, tier, agent, task, message, evidence::text AS evid
 FROM fleetward.escalations
 WHERE state <> 'resolved';
 
+-- name: watchdog_approvals
+-- The watchdog's start: open approval requests, with the columns of projections.gates.Gate.
+SELECT approval_id, agent, kind, name, risk, requested_at, deadline_at, expires_at, on_expiry,
+       state, decided_by, decided_at, reason, expired
+FROM fleetward.approvals
+WHERE state = 'open';
+
 -- name: watchdog_checkpoints
 -- The watchdog's start: how far the projections it reads have applied their streams.
 SELECT projection, seq FROM fleetward.checkpoints WHERE projection = ANY($1::text[]);
@@ -303,3 +310,47 @@ GROUP BY d.task_id, t.project, CASE WHEN d.day >= $1 THEN d.day END;
 SELECT budget_id, reservation, agent_id, usd, expires_at
 FROM fleetward.reservations
 WHERE released_reason IS NULL;
+
+-- name: approvals_open
+-- fleetward approvals: the open requests, the oldest first.
+SELECT approval_id, agent, kind, name, summary, risk, requested_at, deadline_at, expires_at,
+       overdue, policy_id, policy_version
+FROM fleet.approvals WHERE open ORDER BY requested_at, approval_id LIMIT $1;
+
+-- name: policies_list
+-- fleetward policies show: every policy (or those of one scope), the most specific scope first.
+SELECT policy_id, scope, scope_id, version, allow, deny, approve, default_verdict,
+       max_cost_usd, set_by, set_at
+FROM fleet.policies
+WHERE ($1::text IS NULL OR scope = $1) AND ($2::text IS NULL OR scope_id = $2)
+ORDER BY CASE scope WHEN 'agent' THEN 0 WHEN 'team' THEN 1 ELSE 2 END, scope_id;
+
+-- name: metrics_approvals
+-- The approval gauges: open requests by age bucket, overdue ones, decisions by outcome.
+SELECT count(*) FILTER (WHERE open AND age < interval '5 minutes')::int AS open_5m,
+       count(*) FILTER (WHERE open AND age >= interval '5 minutes'
+                        AND age < interval '1 hour')::int AS open_1h,
+       count(*) FILTER (WHERE open AND age >= interval '1 hour'
+                        AND age < interval '1 day')::int AS open_1d,
+       count(*) FILTER (WHERE open AND age >= interval '1 day')::int AS open_older,
+       count(*) FILTER (WHERE overdue)::int AS overdue,
+       count(*) FILTER (WHERE state = 'granted')::bigint AS granted,
+       count(*) FILTER (WHERE state = 'denied' AND NOT expired)::bigint AS denied,
+       count(*) FILTER (WHERE state = 'denied' AND expired)::bigint AS expired
+FROM fleet.approvals;
+
+-- name: metrics_violations
+-- The policy violation gauge: violations ever, by kind and tier.
+SELECT kind, tier, count(*)::bigint AS n FROM fleet.policy_violations GROUP BY kind, tier;
+-- name: audit_team_agents
+-- The agents of some teams, as the registry has them now (audit export --team).
+SELECT agent_id FROM fleet.agents WHERE team = ANY($1::text[]);
+
+-- name: audit_dead_letters
+-- Why the projector refused the messages of a stream between two sequences: seq, reasons.
+SELECT seq, string_agg(DISTINCT reason, ',' ORDER BY reason) AS reasons
+FROM fleet.dead_letters WHERE stream = $1 AND seq BETWEEN $2 AND $3 GROUP BY seq;
+
+-- name: audit_judged_to
+-- Every sequence of a stream up to this one has been judged by all of its projections.
+SELECT coalesce(min(checkpoint), 0) FROM fleet.projections WHERE stream = $1;

@@ -79,6 +79,7 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
             simulate_agents=args.simulate,
             watchdog=True,
             guard=True,
+            auditor=True,
             on_ready=ready,
         )
 

@@ -17,6 +17,8 @@ from fleetward.schemas.grants import identity_kind
 from fleetward.services.auth.store import identity_of
 from fleetward.services.cli import (
     agents,
+    approvals,
+    audit,
     budgets,
     dev,
     escalations,
@@ -38,6 +40,7 @@ COMMANDS: tuple[Command, ...] = (
     projector.PROJECTOR,
     watchdog.WATCHDOG,
     guard.GUARD,
+    audit.AUDITOR,
     dev.SIMULATE,
     fleet.STATUS,
     agents.AGENTS,
@@ -45,9 +48,14 @@ COMMANDS: tuple[Command, ...] = (
     fleet.AGENT,
     budgets.BUDGETS,
     escalations.ESCALATIONS,
+    approvals.APPROVALS,
+    approvals.APPROVE,
+    approvals.DENY,
+    approvals.POLICIES,
     projector.PROJECTIONS,
     people.PEOPLE,
     people.AUTH,
+    audit.AUDIT,
 )
 
 
@@ -89,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem is None:
             raise
         print(f"fleetward: error: {problem}", file=sys.stderr)
-        return 2
+        return int(getattr(problem, "exit_code", 2))
     except KeyboardInterrupt:
         return 130
 

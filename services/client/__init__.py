@@ -13,15 +13,25 @@ Invariants:
 """
 
 from fleetward.services.client.agent import AgentClient, ToolCall
+from fleetward.services.client.approvals import (
+    Approval,
+    ApprovalExpired,
+    ApprovalRefused,
+    ToolDenied,
+)
 from fleetward.services.client.claims import Claim, ClaimLost
 from fleetward.services.client.intents import IntentRefused
 from fleetward.services.client.operator import FleetClient
 
 __all__ = [
     "AgentClient",  # an agent: register, heartbeat, claim, report, submit, read its inbox
+    "Approval",  # a granted approval request (AgentClient.approval)
+    "ApprovalExpired",  # a request no one decided by its second deadline
+    "ApprovalRefused",  # a request denied, by whom and why
     "Claim",  # a task an agent holds, in one epoch
     "ClaimLost",  # a claim that did not take the task, and why
     "FleetClient",  # an operator or a service: tasks, agents' lifecycle, commands
     "IntentRefused",  # a FleetClient write that was not sent, and why (one line)
     "ToolCall",  # what one tool call reports (AgentClient.tool)
+    "ToolDenied",  # a tool call its policy refuses (AgentClient.tool)
 ]

@@ -40,16 +40,20 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import APIError, NotFoundError
 
 from fleetward.projections import lifecycle
-from fleetward.schemas import Rejected, admit, new_id
+from fleetward.schemas import Rejected, admit, new_id, subject_of
 from fleetward.schemas.api import BUDGETS_RELEASE, BUDGETS_RESERVE, ReleaseRequest, ReserveRequest
 from fleetward.schemas.events import (
     AgentRegistered,
+    ApprovalKind,
+    ApprovalRequested,
     CommandIssued,
     Deliverable,
     DeliverableKind,
     Event,
     Heartbeat,
     HeartbeatStatus,
+    OnExpiry,
+    RiskClass,
     RunFinished,
     RunOutcome,
     RunStarted,
@@ -63,10 +67,20 @@ from fleetward.schemas.events import (
 )
 from fleetward.schemas.grants import identity_kind
 from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
+from fleetward.schemas.policies import Verdict, verdict
 from fleetward.schemas.streams import COMMANDS_STREAM, inbox_durable
 from fleetward.schemas.subjects import boundary_wildcard
 from fleetward.services.auth.store import identity_of
 from fleetward.services.client import intents
+from fleetward.services.client.approvals import (
+    Approval,
+    ApprovalRefused,
+    ToolDenied,
+    decision_of,
+    decision_of_gate,
+    read_gate,
+    read_policies,
+)
 from fleetward.services.client.claims import (
     AgentPaused,
     Claim,
@@ -81,10 +95,12 @@ from fleetward.services.client.taskstate import read_task
 from fleetward.services.errors import ApiError, ApiRefused, FleetwardError, ReservationRefused
 from fleetward.services.jetstream.connection import connect_as
 from fleetward.services.jetstream.consumer import Delivery, PullConsumer, create_inbox
+from fleetward.services.jetstream.publish import encode
 
 INBOX_REDELIVERY_S = 5.0
 INBOX_BATCH = 16  # commands the open pull request on the inbox may bring ahead of reading
 SEEN_COMMANDS = 1024  # command ids remembered, so a redelivered command acts once
+APPROVAL_READ_S = 10.0  # seconds of a quiet inbox after which a wait reads the request itself
 
 
 @dataclass
@@ -101,6 +117,8 @@ class _Profile:
     roles: tuple[str, ...] = ()
     max_concurrent_tasks: int = 1
     heartbeat_interval_s: float = 60.0
+    team: str | None = None  # None: not registered by this client
+    risk_class: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +152,8 @@ class AgentClient(FleetClient):
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._seqs: dict[str, int] = {}  # last sequence known over each held task's subjects
         self._claiming = anyio.Lock()  # one claim at a time: never past the limit
+        # decisions on this agent's approval requests, as its inbox told them
+        self._decisions: dict[str, Approval | ApprovalRefused] = {}
 
     @classmethod
     async def connect(cls, url: str, creds: str | PathLike[str]) -> AgentClient:
@@ -201,7 +221,7 @@ class AgentClient(FleetClient):
         if why is not None:
             raise IntentRefused(why)
         ack = await self.send(event)
-        self.profile = _Profile(held, limit, heartbeat_interval_s)
+        self.profile = _Profile(held, limit, heartbeat_interval_s, team, risk_class)
         await self.sync_inbox()
         return ack
 
@@ -416,10 +436,40 @@ class AgentClient(FleetClient):
         run: str | None = None,
         task: str | None = None,
         reservation: str | None = None,
+        summary: str = "",
+        arguments: dict[str, str | int | float | bool | None] | None = None,
+        estimate_usd: float | None = None,
+        risk: RiskClass = "medium",
+        escalate_after_s: float = 900.0,
+        expire_after_s: float = 86_400.0,
     ) -> AsyncIterator[ToolCall]:
-        """Record one tool call: its duration, whether it raised, and its cost.
+        """Record one tool call: its duration, whether it raised, and its cost, once the tool
+        policy in force lets it run (``tool_verdict``, schemas/policies.py).
 
-        ``async with agent.tool("web.search") as call: ...; call.cost_usd = 0.002``"""
+        ``async with agent.tool("web.search") as call: ...; call.cost_usd = 0.002``
+
+        A denied tool, or an ``estimate_usd`` (USD) over the policy's cost cap per call, raises
+        ``ToolDenied`` before anything runs or is published. A tool that needs an approval asks
+        for one first (``approval``, with ``summary``, ``arguments``, ``risk`` and the
+        deadlines in seconds) and waits for the decision: ``ApprovalRefused`` (or
+        ``ApprovalExpired``) when denied; once granted, the call names the approval."""
+        v = await self.tool_verdict(name)
+        if v.verdict == "deny":
+            raise ToolDenied(f"tool {name} is denied by policy {v.stamp()}")
+        cap = v.max_cost_usd
+        if cap is not None and estimate_usd is not None and estimate_usd > cap:
+            raise ToolDenied(
+                f"tool {name}: an estimate of {estimate_usd:g} USD is over the cap of {cap:g} "
+                f"USD per call (policy {v.stamp()})"
+            )
+        approval: str | None = None
+        if v.verdict == "approve":
+            granted = await self.approval(
+                kind="tool_call", name=name, summary=summary, arguments=arguments, risk=risk,
+                escalate_after_s=escalate_after_s, expire_after_s=expire_after_s, task=task,
+                run=run,
+            )  # fmt: skip
+            approval = granted.approval
         call = ToolCall(name)
         started = time.perf_counter()
         try:
@@ -442,8 +492,89 @@ class AgentClient(FleetClient):
                     run=run,
                     task=task,
                     reservation=reservation,
+                    approval=approval,
                 )
             )
+
+    async def tool_verdict(self, tool: str) -> Verdict:
+        """What the tool policies in force for this agent say of ``tool`` now (allow, deny,
+        approve; the deciding policy and version; the cost cap per call, USD), read from the
+        stream (services/client/approvals.py). The agent's team and risk class are the
+        registry's (``agent_profile``); when the task API cannot be asked, those of this
+        client's own registration (none before it registered: its own policy alone). The
+        projector judges every ``tool.called`` again, whatever the client did."""
+        team, risk_class = self.profile.team, self.profile.risk_class
+        with contextlib.suppress(ApiError):
+            record = await self.agent_profile(self.agent)
+            if record is not None:
+                team, risk_class = record["team"], record["risk_class"]
+        policies = await read_policies(self.nc, self.agent, team, risk_class, self.roles)
+        return verdict(tool, policies)
+
+    async def approval(
+        self,
+        *,
+        kind: ApprovalKind,
+        name: str,
+        summary: str = "",
+        arguments: dict[str, str | int | float | bool | None] | None = None,
+        risk: RiskClass = "medium",
+        escalate_after_s: float = 900.0,
+        expire_after_s: float = 86_400.0,
+        on_expiry: OnExpiry = "deny",
+        task: str | None = None,
+        run: str | None = None,
+        wait_s: float | None = None,
+    ) -> Approval:
+        """Ask a person before a gated step (``kind``: tool_call, deliverable, action; ``name``
+        says which) and wait for the decision, which reaches this agent's inbox durably
+        (command ``approval``). Deadlines in seconds from when the request is stored: the
+        watchdog escalates to the approvers after ``escalate_after_s`` and denies it after
+        ``expire_after_s`` (unless ``on_expiry`` is ``wait``).
+
+        Returns the ``Approval`` (who granted it, the policy version in force). Raises
+        ``ApprovalRefused`` when denied (``ApprovalExpired`` at the second deadline),
+        ``TimeoutError`` after ``wait_s`` seconds without a decision (None: wait for it; the
+        request stays open), ``IntentRefused`` for a request the contract refuses."""
+        event = ApprovalRequested(
+            **self.envelope(), approval=new_id(), agent=self.agent, kind=kind, name=name,
+            summary=summary, arguments=arguments or {}, risk=risk,
+            escalate_after_s=escalate_after_s, expire_after_s=expire_after_s,
+            on_expiry=on_expiry, task=task, run=run,
+        )  # fmt: skip
+        try:
+            admit(subject_of(event), encode(event))
+        except Rejected as exc:
+            raise IntentRefused(
+                f"the request would be refused ({exc.reason}): {exc.detail}"
+            ) from None
+        await self.sync_inbox()
+        await self.send(event)
+        return await self.decision(event.approval, wait_s=wait_s)
+
+    async def decision(self, approval: str, *, wait_s: float | None = None) -> Approval:
+        """Wait for the decision on this agent's request ``approval`` (see ``approval``): read
+        from the inbox as it comes; when nothing comes for a while, from the request's own
+        subjects too (a decision whose command an earlier process of this agent took)."""
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        quiet = 0.0
+        while (decided := self._decisions.get(approval)) is None:
+            left = 1.0 if deadline is None else deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no decision on approval {approval} within {wait_s:g} s")
+            taken = await self._take_command(wait=min(left, 1.0))
+            if taken is not None:
+                self._commands.append(taken)
+                continue
+            quiet += 1.0
+            if quiet >= APPROVAL_READ_S:  # the inbox is quiet: look at the request itself
+                quiet = 0.0
+                state = await read_gate(self.nc, approval, self.roles)
+                if state.gate is not None and (found := decision_of_gate(state.gate)):
+                    self._decisions[approval] = found
+        if isinstance(decided, ApprovalRefused):
+            raise decided
+        return decided
 
     async def spend(
         self,
@@ -589,6 +720,9 @@ class AgentClient(FleetClient):
                 held = self.claims.get(command.task)
                 if held is not None and command.payload.get("epoch") in (None, held.epoch):
                     self._drop(command.task)
+            case "approval" if isinstance(command.payload.get("approval"), str):
+                decided = decision_of({**command.payload, "reason": command.reason})
+                self._decisions[str(command.payload["approval"])] = decided
             case "refused" if command.task and command.payload.get("type") == "task.claimed":
                 held = self.claims.get(command.task)
                 if held is not None and command.payload.get("event") == held.id:

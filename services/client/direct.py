@@ -88,7 +88,7 @@ async def read_subjects(
         await replies.unsubscribe()
 
 
-class _Stored(msgspec.Struct):
+class Stored(msgspec.Struct):
     """A message as ``$JS.API.STREAM.MSG.GET`` wraps it (base64 headers and data)."""
 
     subject: str
@@ -107,14 +107,16 @@ class _Error(msgspec.Struct):
 class _Answer(msgspec.Struct):
     """The answer to a wrapped get: ``message``, or ``error``."""
 
-    message: _Stored | None = None
+    message: Stored | None = None
     error: _Error | None = None
 
 
-async def _get_wrapped(
+async def get_wrapped(
     nc: NatsClient, stream: str, request: dict[str, object], wait_s: float
-) -> _Stored | None:
-    """One ``$JS.API.STREAM.MSG.GET``: the message, None when there is none."""
+) -> Stored | None:
+    """One ``$JS.API.STREAM.MSG.GET`` (``request``: ``{"seq": n}``, ``{"last_by_subj": s}``,
+    ...): the message, None when there is none. Raises ``nats.errors.TimeoutError`` after
+    ``wait_s`` seconds without an answer, ``FleetwardError`` when the server refuses."""
     msg = await nc.request(msg_get_subject(stream), msgspec.json.encode(request), timeout=wait_s)
     answer = msgspec.json.decode(msg.data, type=_Answer)
     if answer.error is not None:
@@ -124,7 +126,7 @@ async def _get_wrapped(
     return answer.message
 
 
-def _raw(stored: _Stored) -> Raw:
+def _raw(stored: Stored) -> Raw:
     data = base64.b64decode(stored.data) if stored.data else b""
     headers = parse_headers(base64.b64decode(stored.hdrs)) if stored.hdrs else {}
     return Raw(stored.seq, parse_time(stored.time), stored.subject, data, headers)
@@ -136,7 +138,7 @@ async def _read_wrapped(
     last = after
     while True:
         request = {"seq": last + 1, "next_by_subj": subjects}
-        stored = await _get_wrapped(nc, stream, request, wait_s)
+        stored = await get_wrapped(nc, stream, request, wait_s)
         if stored is None:
             return
         last = stored.seq
@@ -150,7 +152,7 @@ async def last_of_subjects(
     there is none: one get by last subject (a direct get when ``direct``, services only), which
     the server answers from its subject index. Raises as ``read_subjects``."""
     if not direct:
-        stored = await _get_wrapped(nc, stream, {"last_by_subj": subjects}, wait_s)
+        stored = await get_wrapped(nc, stream, {"last_by_subj": subjects}, wait_s)
         return None if stored is None else _raw(stored)
     msg = await nc.request(f"{direct_get_subject(stream)}.{subjects}", b"", timeout=wait_s)
     headers = msg.headers or {}

@@ -31,7 +31,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import PubAck
 from nats.js.errors import APIError
 
-from fleetward.projections import lifecycle
+from fleetward.projections import gates, lifecycle
 from fleetward.schemas import Event, Rejected, admit, new_id, subject_of
 from fleetward.schemas.api import (
     AGENTS_GET,
@@ -48,9 +48,12 @@ from fleetward.schemas.events import (
     AgentRegistered,
     AgentResumed,
     AgentRetired,
+    ApprovalDenied,
+    ApprovalGranted,
     BudgetSet,
     CommandIssued,
     CommandName,
+    PolicySet,
     Priority,
     RiskClass,
     Role,
@@ -65,10 +68,13 @@ from fleetward.schemas.events import (
     Verdict,
 )
 from fleetward.schemas.headers import MSG_ID, WRONG_LAST_SEQUENCE
+from fleetward.schemas.ids import policy_id
+from fleetward.schemas.policies import Policy, scope_problem
 from fleetward.schemas.roles import check_role, role_needed
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.services.auth.store import identity_of
 from fleetward.services.client import direct, intents
+from fleetward.services.client.approvals import read_gate, read_policy
 from fleetward.services.client.budgets import read_budget
 from fleetward.services.client.intents import TAKEN, IntentRefused
 from fleetward.services.client.publisher import Publisher
@@ -399,6 +405,69 @@ class FleetClient(Publisher):
         refuse(intents.budget_unchanged(await read_budget(self.nc, budget, self.roles), event))
         await self.send(event)
         return event
+
+    # ---- approvals and tool policies (DESIGN 3.10) ---------------------------------------------
+
+    async def decide(
+        self, approval: str, *, grant: bool, reason: str = ""
+    ) -> ApprovalGranted | ApprovalDenied:
+        """Grant (``grant``) or deny the open request ``approval``, as the person (or service)
+        this client acts for; published compare-and-set over the request's subjects, so it
+        lands on exactly the state it was judged against. Needs the role ``approver``.
+        ``IntentRefused`` (one line) when the role is missing (checked first: a person without
+        it learns nothing of the request), the request is unknown or decided already
+        (projections/gates.py), or it is the decider's own. Returns the event published."""
+        cls = ApprovalGranted if grant else ApprovalDenied
+        for _ in range(ATTEMPTS):
+            state = await read_gate(self.nc, approval, self.roles)
+            agent = state.gate.agent if state.gate is not None else "unknown"
+            event = cls(**self.envelope(), approval=approval, agent=agent, reason=reason)
+            await self._admit(event)  # the role, and nobody decides their own request
+            refuse(gates.problem(state.gate, event))
+            try:
+                await self.send(event, expect=state.last_seq)
+            except APIError as exc:
+                if exc.err_code != WRONG_LAST_SEQUENCE:
+                    raise
+                continue  # someone wrote on the request meanwhile: read and judge again
+            return event
+        raise IntentRefused(f"approval {approval} kept changing while it was checked; try again")
+
+    async def set_policy(
+        self,
+        scope: str,
+        scope_id: str,
+        *,
+        allow: Sequence[str] = (),
+        deny: Sequence[str] = (),
+        approve: Sequence[str] = (),
+        default: str = "allow",
+        max_cost_usd: float | None = None,
+        reason: str = "",
+    ) -> tuple[PolicySet, int]:
+        """Set the tool policy of ``scope`` (agent, team, risk) ``scope_id`` (schemas/
+        policies.py): tools allowed, denied, needing approval, the ``default`` verdict for the
+        rest and a cost cap per call (USD, None: none). Needs the role ``policy-admin``.
+        ``IntentRefused`` (one line) for an unknown scope or risk class, a missing role, a value
+        out of the contract's bounds, and a policy that is so already. Returns the event
+        published and the version it makes."""
+        refuse(scope_problem(scope, scope_id))
+        refuse(None if default in ("allow", "deny", "approve") else f"no verdict {default!r}")
+        event = PolicySet(
+            **self.envelope(), policy=policy_id(scope, scope_id),
+            scope=scope,  # type: ignore[arg-type]  # checked by scope_problem
+            scope_id=scope_id, allow=tuple(allow), deny=tuple(deny), approve=tuple(approve),
+            default=default,  # type: ignore[arg-type]  # checked above
+            max_cost_usd=max_cost_usd, reason=reason,
+        )  # fmt: skip
+        await self._admit(event)  # the role first: a person without it learns nothing more
+        current = await read_policy(self.nc, event.policy, self.roles)
+        if current is not None and current == Policy.of(event, current.version):
+            raise IntentRefused(
+                f"the policy of {scope} {scope_id} is so already (version {current.version})"
+            )
+        await self.send(event)
+        return event, (current.version if current else 0) + 1
 
     # ---- commands and the task API -------------------------------------------------------------
 

@@ -247,3 +247,28 @@ OUTBOX_WAITING = Gauge(
     "Events in the outbox not yet published.",
     registry=REGISTRY,
 )
+
+# ---- the auditor (services/audit) ---------------------------------------------------------------
+
+AUDIT_CHAIN_SEQ = Gauge(
+    "fleetward_audit_chain_seq",
+    "The last FW_EVENTS sequence the auditor has chained.",
+    registry=REGISTRY,
+)
+AUDIT_SEALS = Counter(
+    "fleetward_audit_seals",
+    "audit.sealed published by this auditor replica, by outcome: stored, duplicate (a retry or "
+    "another replica's, same id), lost (another replica sealed the period first).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+AUDIT_LAST_SEAL = Gauge(
+    "fleetward_audit_last_seal_timestamp_seconds",
+    "When this replica last stored a seal (its clock).",
+    registry=REGISTRY,
+)
+AUDIT_FAILURES = Counter(
+    "fleetward_audit_failures",
+    "Auditor rounds that failed (NATS away, ...) and were tried again.",
+    registry=REGISTRY,
+)

@@ -17,7 +17,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Final, get_args
@@ -54,6 +54,13 @@ PRIORITIES: Final[tuple[str, ...]] = get_args(Priority)
 TIERS: Final[tuple[str, ...]] = get_args(Tier)
 BUDGET_SCOPES: Final[tuple[str, ...]] = get_args(BudgetScope)
 BUDGET_STATES: Final = ("ok", "warning", "exhausted")  # fleet.budgets.state
+APPROVAL_AGES: Final = (
+    ("lt_5m", "open_5m"),
+    ("5m_1h", "open_1h"),
+    ("1h_1d", "open_1d"),
+    ("gt_1d", "open_older"),
+)  # (label, column of metrics_approvals)
+VIOLATION_KINDS: Final = ("denied", "unapproved", "over_cap")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +74,10 @@ class FleetSnapshot:
     budgets: list[BudgetReading]  # those with series of their own (budgets.with_series)
     budget_states: dict[tuple[str, str], int]  # (scope, state) -> every budget
     at: float  # when it was read (unix time)
+    approvals: dict[str, int] = field(default_factory=dict)  # metrics_approvals' columns
+    violations: dict[tuple[str, str], int] = field(
+        default_factory=dict
+    )  # (kind, tier) -> n  # when it was read (unix time)
 
 
 class FleetMetrics(Collector):
@@ -89,6 +100,8 @@ class FleetMetrics(Collector):
                 escalations = await conn.fetch(q("metrics_escalations"))
                 spend = await conn.fetch(q("metrics_team_spend"), today)
                 budgets = await conn.fetch(q("metrics_budgets"))
+                approvals = await conn.fetchrow(q("metrics_approvals"))
+                violations = await conn.fetch(q("metrics_violations"))
         bad: set[str] = set()
         readings = []
         for r in budgets:
@@ -107,6 +120,8 @@ class FleetMetrics(Collector):
             budgets=with_series(readings),
             budget_states=dict(Counter((r["scope"], r["state"]) for r in budgets)),
             at=time.time(),
+            approvals=dict(approvals) if approvals is not None else {},
+            violations={(r["kind"], r["tier"]): r["n"] for r in violations},
         )
         self._bad = bad
         self.snapshot = snap
@@ -179,12 +194,49 @@ class FleetMetrics(Collector):
         for team, amount in sorted(snap.spend_today.items()):
             spend.add_metric([team], amount)
         yield from (agents, tasks, escalations, spend, *self._budget_families(snap))
+        yield from self._oversight_families(snap)
         yield GaugeMetricFamily(
             "fleetward_fleet_metrics_updated_timestamp_seconds",
             "Unix time of the last reading of the fleet gauges (they keep their values while "
             "Postgres is away).",
             value=snap.at,
         )
+
+    @staticmethod
+    def _oversight_families(snap: FleetSnapshot) -> Iterator[Metric]:
+        """Approvals and policy violations (fleet.approvals, fleet.policy_violations): bounded
+        labels only (age buckets, decisions, violation kinds and tiers)."""
+        a = snap.approvals
+        open_ = GaugeMetricFamily(
+            "fleetward_approvals_open",
+            "Open approval requests (fleet.approvals) by age: under 5m, 5m-1h, 1h-1d, over 1d.",
+            labels=["age"],
+        )
+        for label, column in APPROVAL_AGES:
+            open_.add_metric([label], a.get(column, 0))
+        yield open_
+        yield GaugeMetricFamily(
+            "fleetward_approvals_overdue",
+            "Open approval requests past their deadline (fleet.approvals.overdue).",
+            value=a.get("overdue", 0),
+        )
+        decisions = GaugeMetricFamily(
+            "fleetward_approval_decisions",
+            "Approval requests decided, ever (fleet.approvals): granted, denied, expired.",
+            labels=["decision"],
+        )
+        for decision in ("granted", "denied", "expired"):
+            decisions.add_metric([decision], a.get(decision, 0))
+        yield decisions
+        violations = GaugeMetricFamily(
+            "fleetward_policy_violations",
+            "Tool calls that broke a policy, ever (fleet.policy_violations), by kind and tier.",
+            labels=["kind", "tier"],
+        )
+        for kind in VIOLATION_KINDS:
+            for tier in ("warning", "critical"):
+                violations.add_metric([kind, tier], snap.violations.get((kind, tier), 0))
+        yield violations
 
     @staticmethod
     def _budget_families(snap: FleetSnapshot) -> Iterator[Metric]:

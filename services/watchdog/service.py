@@ -41,6 +41,8 @@ import anyio
 import msgspec
 from anyio.streams.memory import MemoryObjectSendStream
 
+from fleetward.projections.approvals import gate_of
+from fleetward.projections.gates import Gate
 from fleetward.schemas.admission import Rejected, admit
 from fleetward.schemas.events import EscalationRaised, Event
 from fleetward.schemas.roles import RoleBook
@@ -143,6 +145,7 @@ class Watchdog:
             tasks = await conn.fetch(q("watchdog_tasks"))
             ended = await conn.fetch(q("watchdog_ended_deps"))
             open_ = await conn.fetch(q("watchdog_escalations"))
+            approvals = await conn.fetch(q("watchdog_approvals"))
         done = {r["projection"]: int(r["seq"]) for r in marks}
         judge.checkpoints = {kind: done.get(p, 0) for kind, p in CHECKPOINTS.items()}
         isolated = judge.failures.isolated  # a row that cannot be judged is skipped
@@ -167,6 +170,9 @@ class Watchdog:
                     evidence=msgspec.json.decode(r["evidence"]),
                 )  # fmt: skip
                 judge.load_escalation(raised, int(r["last_seq"]), now)
+        for r in approvals:
+            with isolated("load", f"approval {r['approval_id']}"):
+                judge.load_approval(gate_of(dict(r)) or _never())
         self._report_failures()
         log.info(
             "%s: %d agents, %d tasks, %d open escalations from the projections (checkpoints %s)",
@@ -272,6 +278,11 @@ class Watchdog:
             StreamFollower(rt.nc, rt.js, EVENTS_STREAM, (wildcard("esc"), wildcard("person")),
                            self._on_event, start_seq=marks["esc"] + 1,
                            name=follower_prefix(f"{name}_esc")),
+            # approval requests and decisions (people's judged by roles, as the projector does)
+            StreamFollower(rt.nc, rt.js, EVENTS_STREAM,
+                           (wildcard("approval"), wildcard("person")), self._on_event,
+                           start_seq=marks["approval"] + 1,
+                           name=follower_prefix(f"{name}_approvals")),
         ]  # fmt: skip
         self.judge.enter_grace(self.clock.now())
         self._reconnects = rt.nc.stats["reconnects"]
@@ -347,6 +358,10 @@ class Watchdog:
         for state in STATES:
             metrics.WATCHDOG_AGENTS.labels(state).set(counts.get(state, 0))
         metrics.WATCHDOG_GRACE.set(0 if self.judge.judging(now) else 1)
+
+
+def _never() -> Gate:
+    raise ValueError("no request in the row")
 
 
 def _because(error: str) -> str:

@@ -55,6 +55,7 @@ from fleetward.services.jetstream.consumer import PullConsumer, recreate_consume
 from fleetward.services.projector.consumers import by_stream, consumer_filter, durable_name
 from fleetward.services.projector.rebuild import rebuild, reset
 from fleetward.services.runtime.connect import Runtime, open_runtime
+from tests.bench import audit as audit_bench
 from tests.bench.auth import auth_bench
 from tests.bench.claims import run_claims_bench
 from tests.bench.kit import ProcessWatch, percentile
@@ -72,7 +73,7 @@ def bench_q(name: str) -> str:
     return BENCH_SQL[name]
 
 
-SECTIONS = ("pipeline", "claims", "watchdog", "auth", "spend")
+SECTIONS = ("pipeline", "claims", "watchdog", "auth", "spend", "audit")
 
 
 @dataclass
@@ -534,7 +535,37 @@ async def other_figures(args: argparse.Namespace) -> list[Figure]:
         out += await auth_figures(args)
     if "spend" in args.only:
         out += await spend_figures(args)
+    if "audit" in args.only:
+        out += await audit_figures(args)
     return out
+
+
+async def audit_figures(args: argparse.Namespace) -> list[Figure]:
+    """``fleetward audit export`` of ``--audit-events`` events against raw consumption of the
+    same stream, in the same run (tests/bench/audit.py)."""
+    home = Path(tempfile.mkdtemp(prefix="fleetward-bench-audit-"))
+    settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
+    raws, exports, verifies = [], [], []
+    async with open_runtime(settings, identity=as_harness(settings), embed=True) as rt:
+        await audit_bench.publish(rt, audit_bench.events(args.audit_events, 10_000, args.seed))
+        for _ in range(args.runs):
+            raws.append(await audit_bench.raw_events(rt))
+            exported, verified = await audit_bench.export_rate(rt)
+            exports.append(exported)
+            verifies.append(verified)
+            say(f"  audit export {exported:,.0f} events/s, raw {raws[-1]:,.0f} msgs/s, "
+                f"verify {verified:,.0f} lines/s")  # fmt: skip
+    ours, base = median_of(exports), statistics.median(raws)
+    checked = median_of(verifies)
+    n = f"{args.audit_events:,} events"
+    return [
+        Figure(f"audit export, {n} (jsonl to a file)", ours[0], "events/s",
+               "raw FW_EVENTS consumption, msgs/s", base, ours[0] / base, ">= 0.5x", ours[1],
+               ours[2], args.runs),
+        Figure(f"audit verify of that file, alone, {n}", checked[0], "lines/s",
+               "raw FW_EVENTS consumption, msgs/s", base, checked[0] / base, "(context)",
+               checked[1], checked[2], args.runs),
+    ]  # fmt: skip
 
 
 async def spend_figures(args: argparse.Namespace) -> list[Figure]:
@@ -542,12 +573,21 @@ async def spend_figures(args: argparse.Namespace) -> list[Figure]:
     reservations through the guard and checking after the fact (tests/bench/spend.py)."""
     home = Path(tempfile.mkdtemp(prefix="fleetward-bench-spend-"))
     settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
-    reserved, after, lags = [], [], list[float]()
+    reserved, after, lags, told = [], [], list[float](), list[float]()
+    log = home / "projector.log"
     async with open_runtime(settings, identity=as_harness(settings), embed=True) as rt:
         for i in range(args.runs):
             after.append(await run_spend_bench(rt, args.claim_agents, reserve=False, seed=i))
             reserved.append(await run_spend_bench(rt, args.claim_agents, reserve=True, seed=i))
-            lags += await run_pause_latency(rt)
+            projector = start_projector(rt, log, [])  # the registry and board turn pauses
+            try:  # into durable pause commands; timed once it has read the backlog
+                await wait_all_applied(rt)
+                paused, commands = await run_pause_latency(rt, commands=True)
+            finally:
+                projector.terminate()
+                projector.wait(30)
+            lags += paused
+            told += commands
             r, a = reserved[-1], after[-1]
             say(f"  overshoot: reservations ${r.overshoot_usd:.2f} (spent ${r.spent_usd:.2f} "
                 f"in {r.steps} steps, largest ${r.largest_step_usd:.2f}), check after "
@@ -569,6 +609,13 @@ async def spend_figures(args: argparse.Namespace) -> list[Figure]:
         Figure("guard pause latency p99, team budgets of 10 agents", percentile(lags, 0.99), "s",
                "1 s", 1.0, percentile(lags, 0.99), "< 1x (p99 within 1 s)", min(lags),
                max(lags), len(lags)),
+        Figure("pause command latency p50 (crossing spend stored -> last durable pause command "
+               "in scope stored on FW_COMMANDS; guard + projector), team budgets of 10 agents",
+               statistics.median(told), "s", "1 s", 1.0, statistics.median(told), "(context)",
+               min(told), max(told), len(told)),
+        Figure("pause command latency p99, team budgets of 10 agents", percentile(told, 0.99),
+               "s", "1 s", 1.0, percentile(told, 0.99), "< 1x (p99 within 1 s)", min(told),
+               max(told), len(told)),
     ]  # fmt: skip
 
 
@@ -761,6 +808,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wd-agents", type=int, default=100_000)
     p.add_argument("--wd-interval", type=float, default=10.0)
     p.add_argument("--wd-seconds", type=float, default=60.0)
+    p.add_argument("--audit-events", type=int, default=1_000_000, help="events exported")
     p.add_argument("--claim-agents", type=int, default=100)
     p.add_argument("--claim-tasks", type=int, default=1000)
     p.add_argument("--auth-agents", type=int, default=10_000, help="agents signing in")
@@ -785,6 +833,7 @@ def main(argv: list[str] | None = None) -> int:
         args.events, args.agents, args.runs, args.seconds = 30_000, 3_000, 1, 5.0
         args.rate = 2_000
         args.claim_agents, args.claim_tasks = 20, 100
+        args.audit_events = 20_000
         args.auth_agents, args.auth_revoked = 500, 100
         args.wd_agents, args.wd_interval, args.wd_seconds = 2_000, 2.0, 15.0
         args.out = Path(tempfile.mkdtemp(prefix="fleetward-bench-quick-"))

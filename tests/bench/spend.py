@@ -28,7 +28,7 @@ from nats.js.errors import NotFoundError
 from fleetward.schemas import new_id
 from fleetward.schemas.events import AgentRegistered, BudgetSet, Event, SpendRecorded
 from fleetward.schemas.roles import ROLE_AUTHORITY
-from fleetward.schemas.streams import EVENTS_STREAM
+from fleetward.schemas.streams import COMMANDS_STREAM, EVENTS_STREAM
 from fleetward.services.client import AgentClient, FleetClient
 from fleetward.services.errors import ReservationRefused
 from fleetward.services.guard.core import GUARD
@@ -122,10 +122,14 @@ async def run_spend_bench(
     return SpendFigures(float(over), float(recorded), largest, steps)
 
 
-async def run_pause_latency(rt: Runtime, rounds: int = 40, agents: int = 10) -> list[float]:
-    """Seconds from a crossing spend stored to the last of its scope's pauses stored (both by
-    the stream's time of record), for ``rounds`` team budgets of ``agents`` agents each, one
-    guard running here: one figure per crossing."""
+async def run_pause_latency(
+    rt: Runtime, rounds: int = 40, agents: int = 10, *, commands: bool = False
+) -> tuple[list[float], list[float]]:
+    """Seconds from a crossing spend stored to the last of its scope's pauses stored
+    (``agent.paused`` by the guard), and, with ``commands`` (a projector must be running), to
+    the last of their durable ``pause`` commands stored on FW_COMMANDS (both by the streams'
+    time of record), for ``rounds`` team budgets of ``agents`` agents each, one guard running
+    here: one figure per crossing in each list (the second empty without ``commands``)."""
     run = new_id()[-8:]
     teams = {f"pause-{run}-{r:02d}": [f"p-{run}-{r:02d}-{i:02d}" for i in range(agents)]
              for r in range(rounds)}  # fmt: skip
@@ -141,6 +145,7 @@ async def run_pause_latency(rt: Runtime, rounds: int = 40, agents: int = 10) -> 
                                 scope_id=team, window="day", limit_usd=1.0))  # fmt: skip
     await publish_many(rt.js, events)
     lags: list[float] = []
+    to_commands: list[float] = []
     stop = anyio.Event()
     guard = Guard(rt, name=f"guard_pause_{run}")
     async with anyio.create_task_group() as tg:
@@ -153,28 +158,31 @@ async def run_pause_latency(rt: Runtime, rounds: int = 40, agents: int = 10) -> 
                                      cost_usd=1.5)  # fmt: skip
             ack = await publish(rt.js, crossing)
             stored = (await rt.js.get_msg(EVENTS_STREAM, ack.seq, direct=True)).time
-            last = await _last_pause(rt, names)
+            last = await _last_stored(rt, EVENTS_STREAM, [f"fw.agent.{n}.{GUARD}" for n in names])
             assert stored is not None
             lags.append(last - stored.timestamp())
+            if commands:
+                told = await _last_stored(rt, COMMANDS_STREAM, [f"fw.cmd.{n}.>" for n in names])
+                to_commands.append(told - stored.timestamp())
         stop.set()
-    return lags
+    return lags, to_commands
 
 
-async def _last_pause(rt: Runtime, names: list[str]) -> float:
-    """When the last of ``names``' pauses by the guard was stored (seconds since the epoch)."""
+async def _last_stored(rt: Runtime, stream: str, subjects: list[str]) -> float:
+    """When the last of ``subjects``' first messages was stored (seconds since the epoch):
+    each subject (pattern) gets one message here (a pause, or the pause command)."""
     times: dict[str, float] = {}
     with anyio.fail_after(30):
-        while len(times) < len(names):
-            for name in names:
-                if name in times:
+        while len(times) < len(subjects):
+            for subj in subjects:
+                if subj in times:
                     continue
                 try:
-                    msg = await rt.js.get_last_msg(
-                        EVENTS_STREAM, f"fw.agent.{name}.{GUARD}", direct=True
-                    )
+                    # (FW_COMMANDS answers message gets only)
+                    msg = await rt.js.get_last_msg(stream, subj, direct=stream == EVENTS_STREAM)
                 except NotFoundError:
                     continue
                 if msg.time is not None:
-                    times[name] = msg.time.timestamp()
+                    times[subj] = msg.time.timestamp()
             await anyio.sleep(0.01)
     return max(times.values())

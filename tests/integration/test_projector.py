@@ -152,6 +152,8 @@ async def test_one_runner_feeds_several_projections_each_its_own_subjects(rt: Ru
         "escalations",
         "budgets",
         "people",
+        "approvals",  # reads fw.agent.> too: agents' teams, risk classes and tool calls
+        "audit",
     }
     runner = ProjectionRunner(rt, *group)
     await run_to_end(runner)
@@ -161,8 +163,9 @@ async def test_one_runner_feeds_several_projections_each_its_own_subjects(rt: Ru
         dead = await conn.fetch("SELECT projection, seq FROM fleet.dead_letters")
         checkpoints = dict(await conn.fetch("SELECT projection, checkpoint FROM fleet.projections"))
     assert sorted((r["projection"], r["seq"]) for r in dead) == sorted(
-        [("agents", on_agent), ("tasks", on_agent), ("spend", on_agent), ("escalations", on_esc)]
-    )
+        [("agents", on_agent), ("tasks", on_agent), ("spend", on_agent),
+         ("approvals", on_agent), ("escalations", on_esc)]
+    )  # fmt: skip
     assert {checkpoints[p.name] for p in group} == {on_esc}  # each has seen the whole stream
     assert await spend_total(rt, "a1") == (Decimal("0.5"), 10)
     live = await snapshot(rt, group)

@@ -148,9 +148,9 @@ def test_a_spend_naming_a_reservation_settles_it_and_a_refused_one_is_given_back
     assert [(k, e.reservation, e.reason) for k, e in released] == [  # type: ignore[attr-defined]
         ("o", "r1", "settled"), ("t", "r1", "settled"), ("t", "r2", "refused"),
     ]  # fmt: skip
-    # a later budget.set keeps the open reservations
+    # a later budget.set keeps the open reservations (r2; r1 settled: its spend counts instead)
     core.load_budget(Budget("t", "team", "docs", "day", Decimal("20"), None, 0.8, "user:o", 10))
-    assert core.budgets["t"].reserved_usd() == Decimal("2.0")
+    assert core.budgets["t"].reserved_usd() == Decimal("1.0")
 
 
 def test_a_spend_settles_only_its_own_agents_reservation() -> None:

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from fleetward.projections.base import Row
+from fleetward.projections.gates import Gate
 from fleetward.schemas.events import (
     AgentResumed,
     EscalationAcknowledged,
@@ -42,6 +43,7 @@ from fleetward.schemas.events import (
     ToolCalled,
 )
 from fleetward.services.config import WatchdogSettings
+from fleetward.services.watchdog.core.approvals import ApprovalDeadlines
 from fleetward.services.watchdog.core.dead_ends import (
     DependencyDetector,
     ReviewDetector,
@@ -73,7 +75,9 @@ from fleetward.services.watchdog.core.liveness import LIFECYCLE, Liveness
 from fleetward.services.watchdog.core.mirror import Moved, TaskWatch, stream_time
 
 # the projection whose checkpoint covers each subject kind of FW_EVENTS
-CHECKPOINTS: Final = {"agent": "agents", "task": "tasks", "esc": "escalations"}
+CHECKPOINTS: Final = {
+    "agent": "agents", "task": "tasks", "esc": "escalations", "approval": "approvals"
+}  # fmt: skip
 _ESCALATION_EVENTS: Final = (EscalationRaised, EscalationAcknowledged, EscalationResolved)
 
 
@@ -92,6 +96,7 @@ class Judge:
         self.wake = WakeLoopDetector(settings, self.escalations)
         self.failed = FailedRunsDetector(settings, self.escalations)
         self.leases = LeaseBook()
+        self.approvals = ApprovalDeadlines(self.escalations)
         self.checkpoints: dict[str, int] = dict.fromkeys(CHECKPOINTS, 0)
         self.ready = False  # the readers have caught up once
         self.grace_until = math.inf
@@ -140,6 +145,10 @@ class Judge:
         if found is not None and found.reason == HEARTBEAT_MISSED and self.owns(found.agent or ""):
             self.liveness.adopt(found, now)  # no heartbeat is known yet: nothing to recover
 
+    def load_approval(self, gate: Gate) -> None:
+        """An open approval request (fleet.approvals)."""
+        self.approvals.load(gate)
+
     # ---- what is read --------------------------------------------------------------------------
 
     def heartbeat(
@@ -169,6 +178,11 @@ class Judge:
         fresh = seq > self.checkpoints.get(kind, 0)
         if isinstance(event, _ESCALATION_EVENTS):
             return self._escalation(event, seq, now) if fresh else []
+        if kind == "approval":
+            agent = getattr(event, "agent", "")
+            if not fresh or not self.owns(agent):
+                return []
+            return self.approvals.event(event, stream_time(us), now)
         if isinstance(event, LIFECYCLE):
             if not self.owns(event.agent):
                 return []
@@ -266,6 +280,7 @@ class Judge:
         plans += self.stall.due(now, self.owns, healthy)
         plans += self.review.due(now, self.owns, healthy)
         plans += self.deps.due(now, self.owns)
+        plans += self.approvals.due(now, self.owns)
         for lapse in self.leases.due(at(now)):
             with self.failures.isolated("lease", lapse.task):
                 if self.owns(lapse.agent):
@@ -275,7 +290,7 @@ class Judge:
     def next_due(self) -> float | None:
         heaps = (self.liveness.heap, self.overdue.heap, self.stall.heap, self.review.heap)
         dues = [h.next_due() for h in heaps]
-        dues += [self.leases.next_due(), self.deps.next_due()]
+        dues += [self.leases.next_due(), self.deps.next_due(), self.approvals.next_due()]
         return min((d for d in dues if d is not None), default=None)
 
     def reconcile(self, now: float) -> list[Plan]:
