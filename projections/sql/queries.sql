@@ -354,3 +354,31 @@ FROM fleet.dead_letters WHERE stream = $1 AND seq BETWEEN $2 AND $3 GROUP BY seq
 -- name: audit_judged_to
 -- Every sequence of a stream up to this one has been judged by all of its projections.
 SELECT coalesce(min(checkpoint), 0) FROM fleet.projections WHERE stream = $1;
+
+-- name: kpis_agents
+-- `fleetward kpis`: each agent's KPIs over the last $1 days (7 or 30), of team $2 (null: all).
+SELECT * FROM fleet.kpi_agents
+WHERE days = $1 AND ($2::text IS NULL OR team = $2)
+ORDER BY team, agent_id
+LIMIT $3;
+
+-- name: kpis_teams
+-- `fleetward kpis --by team`: each team's KPIs over the last $1 days, team $2 (null: all).
+SELECT * FROM fleet.kpi_teams
+WHERE days = $1 AND ($2::text IS NULL OR team = $2)
+ORDER BY team
+LIMIT $3;
+
+-- name: kpis_versions
+-- `fleetward kpis --by version`: each agent version's KPIs over the last $1 days, of the agents
+-- in team $2 now (null: all).
+SELECT a.team, v.* FROM fleet.kpi_versions v
+JOIN fleet.agents a ON a.agent_id = v.agent_id
+WHERE v.days = $1 AND ($2::text IS NULL OR a.team = $2)
+ORDER BY a.team, v.agent_id, v.version
+LIMIT $3;
+
+-- name: kpis_team_known
+-- Whether team $1 has an agent now, or KPIs in the last 30 days.
+SELECT EXISTS (SELECT 1 FROM fleet.agents WHERE team = $1)
+       OR EXISTS (SELECT 1 FROM fleet.kpi_teams WHERE team = $1);
