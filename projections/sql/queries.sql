@@ -382,3 +382,13 @@ LIMIT $3;
 -- Whether team $1 has an agent now, or KPIs in the last 30 days.
 SELECT EXISTS (SELECT 1 FROM fleet.agents WHERE team = $1)
        OR EXISTS (SELECT 1 FROM fleet.kpi_teams WHERE team = $1);
+
+-- name: metrics_kpi_teams
+-- The KPI gauges: every team of the registry or with KPIs, in both windows (no row in
+-- fleet.kpi_teams: no activity in the window, its counts 0). Sums stay numeric, as above.
+SELECT t.team, p.days, k.runs, k.success_rate, k.avg_latency_ms, k.p95_latency_ms, k.cost_usd,
+       k.cost_per_run_usd, k.tasks_done, k.cost_per_task_usd, k.approval_rate, k.rework_rate,
+       k.tool_error_rate, k.utilization
+FROM (SELECT team FROM fleet.agents UNION SELECT team FROM fleet.kpi_teams) t
+CROSS JOIN (VALUES (7), (30)) AS p(days)
+LEFT JOIN fleet.kpi_teams k ON k.team = t.team AND k.days = p.days;
