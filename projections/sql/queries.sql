@@ -392,3 +392,38 @@ SELECT t.team, p.days, k.runs, k.success_rate, k.avg_latency_ms, k.p95_latency_m
 FROM (SELECT team FROM fleet.agents UNION SELECT team FROM fleet.kpi_teams) t
 CROSS JOIN (VALUES (7), (30)) AS p(days)
 LEFT JOIN fleet.kpi_teams k ON k.team = t.team AND k.days = p.days;
+
+-- name: watchdog_kpi_agents
+-- The KPI drift (services/watchdog/core/drift.py): every agent not retired, its version now,
+-- the one last in force before it (null: none) and when the current one was last put in force.
+SELECT a.agent_id, a.version, cur.changed_at AS since,
+       (SELECT v.version FROM fleetward.agent_versions v
+        WHERE v.agent_id = a.agent_id AND v.version <> a.version
+        ORDER BY v.changed_at DESC, v.version LIMIT 1) AS previous
+FROM fleetward.agents a
+LEFT JOIN fleetward.agent_versions cur ON cur.agent_id = a.agent_id AND cur.version = a.version
+WHERE a.status <> 'retired';
+
+-- name: watchdog_kpi_sums
+-- The KPI drift: per agent, version and period (30: the last 30 UTC days to $1, today; cur: the
+-- last 7; prev: the 7 before them) runs finished, succeeded, cost, and deliverables reviewed,
+-- approved and rejected (by the review's day).
+SELECT f.agent_id, f.version, p.period, sum(f.runs) AS runs, sum(f.succeeded) AS succeeded,
+       sum(f.cost_usd) AS cost_usd, sum(f.approved) AS approved, sum(f.reviewed) AS reviewed,
+       sum(f.rejected) AS rejected
+FROM (
+    SELECT k.agent_id, k.version, k.day, k.runs, k.runs_succeeded AS succeeded,
+           k.model_cost_usd + k.tool_cost_usd AS cost_usd, 0 AS approved, 0 AS reviewed,
+           0 AS rejected
+    FROM fleetward.kpi_daily k WHERE k.day > $1::date - 30
+    UNION ALL
+    SELECT d.agent, coalesce(d.agent_version, ''), (d.reviewed_at AT TIME ZONE 'UTC')::date,
+           0, 0, 0, (d.verdict = 'approve')::int, 1, (d.verdict = 'reject')::int
+    FROM fleetward.deliverables d
+    WHERE d.reviewed_at >= ($1::date - 29)::timestamp AT TIME ZONE 'UTC'
+) f
+CROSS JOIN LATERAL (VALUES ('30', true), ('cur', f.day > $1::date - 7),
+                           ('prev', f.day > $1::date - 14 AND f.day <= $1::date - 7))
+    AS p(period, inside)
+WHERE p.inside
+GROUP BY f.agent_id, f.version, p.period;
