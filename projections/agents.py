@@ -13,6 +13,10 @@ Every pause, resume and retirement that changes an agent's status, whoever publi
 person, the watchdog, the agent itself), becomes the agent's durable inbox command (``pause``,
 ``resume``, ``retire``), emitted through the projector's outbox: one path for every intent about
 an agent.
+
+Every version an agent has run is kept (``agent_versions``): what ``agent.version_changed`` says
+it is made of (prompt, model, tool set), and when it was first and last put in force. A
+registration naming a version not seen yet adds it with nothing said of it.
 """
 
 from __future__ import annotations
@@ -63,6 +67,23 @@ AGENTS = Table(
     ),
 )
 
+AGENT_VERSIONS = Table(
+    name="fleetward.agent_versions",
+    key=("agent_id", "version"),
+    key_types=("text", "text"),
+    columns=(
+        "agent_id",
+        "version",
+        "prompt",
+        "model",
+        "tools",
+        "notes",
+        "set_by",
+        "first_at",
+        "changed_at",
+    ),
+)
+
 _LIFECYCLE = (
     AgentRegistered,
     AgentVersionChanged,
@@ -101,11 +122,13 @@ class AgentRegistry(Projection):
     name: ClassVar[str] = "agents"
     stream: ClassVar[str] = EVENTS_STREAM
     subjects: ClassVar[tuple[str, ...]] = (wildcard("agent"),)
-    tables: ClassVar[tuple[Table, ...]] = (AGENTS,)
+    tables: ClassVar[tuple[Table, ...]] = (AGENTS, AGENT_VERSIONS)
 
     def touches(self, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
         if isinstance(event, _LIFECYCLE):
             yield AGENTS, (event.agent,)
+        if isinstance(event, AgentRegistered | AgentVersionChanged):
+            yield AGENT_VERSIONS, (event.agent, event.version)
 
     def apply(self, rows: Rows, event: Event, meta: Meta) -> None:
         """Fold a lifecycle event into the agent's row (creating a placeholder for an agent not
@@ -138,6 +161,8 @@ class AgentRegistry(Projection):
                 _tell_limits_kept(rows, meta, event, row)
         elif isinstance(event, AgentVersionChanged):
             row["version"] = event.version
+        if isinstance(event, AgentRegistered | AgentVersionChanged):
+            _keep_version(rows, event, meta)
         was = row["status"]
         row.update(paused_by=now.paused_by, registered_by=now.registered_by)
         if reason is not None:
@@ -154,6 +179,22 @@ class AgentRegistry(Projection):
                 payload={"by": event.actor},
             )  # fmt: skip
             rows.emit(told, meta)
+
+
+def _keep_version(rows: Rows, event: AgentRegistered | AgentVersionChanged, meta: Meta) -> None:
+    """Record the version ``event`` puts in force: its details from ``agent.version_changed``
+    (the latest replace earlier ones), a registration's version with nothing said of it."""
+    key = (event.agent, event.version)
+    old = rows.get(AGENT_VERSIONS, key)
+    row = dict(old) if old else {
+        "agent_id": event.agent, "version": event.version, "prompt": "", "model": "",
+        "tools": [], "notes": "", "set_by": event.actor, "first_at": meta.time,
+    }  # fmt: skip
+    if isinstance(event, AgentVersionChanged):
+        row.update(prompt=event.prompt, model=event.model, tools=list(event.tools),
+                   notes=event.notes, set_by=event.actor)  # fmt: skip
+    row["changed_at"] = meta.time
+    rows.put(AGENT_VERSIONS, row)
 
 
 def _tell_limits_kept(rows: Rows, meta: Meta, event: AgentRegistered, row: Row) -> None:

@@ -12,6 +12,8 @@
   model's day, a task's day, a run) so that a batch's many events of one model, task or run
   fold into one row write.
 - Days are UTC days of the stream's time of record; money is exact (``money.add_money``).
+- A run also keeps its latency (ms, its last ``run.finished``'s) and the time its tool calls
+  took (ms, the exact sum of their ``duration_ms``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from datetime import date
 from decimal import Decimal
 
 from fleetward.projections.base import Key, Meta, Row, Rows, Table
-from fleetward.projections.money import add_exact
+from fleetward.projections.money import add_exact, money
 from fleetward.schemas.events import RunFinished, RunStarted, SpendRecorded, ToolCalled
 
 Activity = SpendRecorded | ToolCalled | RunStarted | RunFinished
@@ -69,6 +71,8 @@ SPEND_RUNS = Table(
         "tool_calls",
         "tool_errors",
         "spend_events",
+        "latency_ms",
+        "tool_ms",
     ),
 )
 
@@ -114,6 +118,9 @@ def attribute(rows: Rows, event: Activity, meta: Meta, cost: Decimal) -> None:
             run["started_at"] = meta.time
         elif isinstance(event, RunFinished):
             run["finished_at"], run["outcome"] = meta.time, event.outcome
+            run["latency_ms"] = money(event.latency_ms)
+        elif isinstance(event, ToolCalled):
+            run["tool_ms"] = add_exact(run["tool_ms"], money(event.duration_ms))
         rows.put(SPEND_RUNS, run)
 
 
@@ -155,4 +162,5 @@ def _task_day(task: str, day: date) -> Row:
 
 def _run(agent: str, run: str) -> Row:
     return {"agent_id": agent, "run_id": run, "task_id": None, "started_at": None,
-            "finished_at": None, "outcome": None, **_sums()}  # fmt: skip
+            "finished_at": None, "outcome": None, "latency_ms": None, "tool_ms": Decimal(0),
+            **_sums()}  # fmt: skip

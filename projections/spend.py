@@ -16,6 +16,9 @@ spend attributed per model and day, per task and day, and per run (attribution.p
   are exact and a rebuild equals the live projection to the last digit (money.py). Token sums
   are ``numeric`` too: the contract bounds one spend's tokens, nothing bounds a day's.
 - Budgets count their spend from these rows (fleet.budgets): no second copy of the money.
+- The KPI rollups per agent, day, team and version (kpis.py) are folded here too, from the
+  same events, under the team and version (``agent.registered``, ``agent.version_changed``)
+  in force when each was stored.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import ClassVar
 
-from fleetward.projections import attribution, lifecycle
+from fleetward.projections import attribution, kpis, lifecycle
 from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
 from fleetward.projections.money import add_exact, money
 from fleetward.schemas.events import (
@@ -34,6 +37,7 @@ from fleetward.schemas.events import (
     AgentRegistered,
     AgentResumed,
     AgentRetired,
+    AgentVersionChanged,
     Event,
     RunFinished,
     RunStarted,
@@ -47,7 +51,7 @@ SPEND_AGENTS = Table(
     name="fleetward.spend_agents",
     key=("agent_id",),
     key_types=("text",),
-    columns=("agent_id", "team", "teams", "status", "paused_by"),
+    columns=("agent_id", "team", "teams", "status", "paused_by", "version", "kpi_keys"),
 )
 
 SPEND_DAILY = Table(
@@ -73,7 +77,15 @@ SPEND_DAILY = Table(
 )
 
 _ACTIVITY = (SpendRecorded, ToolCalled, RunStarted, RunFinished)
-_STATUS = (AgentRegistered, AgentPaused, AgentResumed, AgentRetired, AgentOffline, AgentOnline)
+_STATUS = (
+    AgentRegistered,
+    AgentVersionChanged,
+    AgentPaused,
+    AgentResumed,
+    AgentRetired,
+    AgentOffline,
+    AgentOnline,
+)
 _READS_AGENT = (*_STATUS, *_ACTIVITY)
 _COSTED = (SpendRecorded, ToolCalled)
 _ZERO = Decimal(0)
@@ -89,6 +101,8 @@ def _member(agent: str) -> Row:
         "teams": [],
         "status": "active",
         "paused_by": None,
+        "version": "",
+        "kpi_keys": [],
     }
 
 
@@ -115,7 +129,12 @@ class Spend(Projection):
     name: ClassVar[str] = "spend"
     stream: ClassVar[str] = EVENTS_STREAM
     subjects: ClassVar[tuple[str, ...]] = (wildcard("agent"),)
-    tables: ClassVar[tuple[Table, ...]] = (SPEND_AGENTS, SPEND_DAILY, *attribution.TABLES)
+    tables: ClassVar[tuple[Table, ...]] = (
+        SPEND_AGENTS,
+        SPEND_DAILY,
+        *attribution.TABLES,
+        *kpis.TABLES,
+    )
 
     def touches(self, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
         if isinstance(event, _READS_AGENT):
@@ -124,15 +143,19 @@ class Spend(Projection):
             yield from attribution.keys(event, meta)
 
     def touches_more(self, rows: Rows, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
-        """The agent's day rows under every team it has spent under: registrations earlier in
-        the batch may move it back to any of them (a team it never spent under has no row)."""
+        """The agent's day rows under every team it has spent under, and its KPI rows under
+        every team and version: registrations earlier in the batch may move it back to any of
+        them (a team or version it never had rows under has none)."""
         if not isinstance(event, _ACTIVITY):
             return ()
         member = rows.get(SPEND_AGENTS, (event.agent,))
         if member is None:
             return ()
         agent, day = event.agent, meta.time.date()
-        return [(SPEND_DAILY, (agent, day, team)) for team in member["teams"]]
+        return [
+            *((SPEND_DAILY, (agent, day, team)) for team in member["teams"]),
+            *kpis.keys(agent, day, member["kpi_keys"], event),
+        ]
 
     def apply(self, rows: Rows, event: Event, meta: Meta) -> None:
         if isinstance(event, _STATUS):
@@ -141,6 +164,8 @@ class Spend(Projection):
             row = dict(member) if member else _member(event.agent)
             if isinstance(event, AgentRegistered):
                 row["team"] = event.team
+            if isinstance(event, AgentRegistered | AgentVersionChanged):
+                row["version"] = event.version
             row.update(status=now.status, paused_by=now.paused_by)
             rows.put(SPEND_AGENTS, row)
             return
@@ -150,12 +175,15 @@ class Spend(Projection):
         cost = money(event.cost_usd) if isinstance(event, _COSTED) else _ZERO
         attribution.attribute(rows, event, meta, cost)
         member = rows.get(SPEND_AGENTS, (event.agent,))
-        team = member["team"] if member else UNASSIGNED
-        status = member["status"] if member else "active"
-        if member is None or team not in member["teams"]:
-            teams = sorted({*(member["teams"] if member else ()), team})
-            rows.put(SPEND_AGENTS, {**(member or _member(event.agent)), "team": team,
-                                    "teams": teams, "status": status})  # fmt: skip
+        member = member or _member(event.agent)
+        team, status = member["team"], member["status"]
+        version, today = member["version"], meta.time.date()
+        kpi_key = kpis.kpi_key(team, version)
+        if team not in member["teams"] or kpi_key not in member["kpi_keys"]:
+            teams = sorted({*member["teams"], team})
+            kpi_keys = sorted({*member["kpi_keys"], kpi_key})
+            rows.put(SPEND_AGENTS, {**member, "teams": teams, "kpi_keys": kpi_keys})
+        _add_kpis(rows, event, (event.agent, today, team, version), cost)
         old = rows.get(SPEND_DAILY, (event.agent, meta.time.date(), team))
         day = dict(old) if old else _empty_day(event.agent, meta, team)
         attribution.add_sums(day, event, cost)
@@ -169,3 +197,12 @@ class Spend(Projection):
             if cost:
                 day["paused_cost_usd"] = add_exact(day["paused_cost_usd"], cost)
         rows.put(SPEND_DAILY, day)
+
+
+def _add_kpis(rows: Rows, event: attribution.Activity, key: Key, cost: Decimal) -> None:
+    """Add ``event`` to the agent's KPI rollups keyed ``key`` (agent, day, team, version)."""
+    rows.put(kpis.KPI_DAILY, kpis.add(rows.get(kpis.KPI_DAILY, key), key, event, cost))
+    if isinstance(event, RunFinished):
+        latency = (*key, kpis.bucket(event.latency_ms))
+        old = rows.get(kpis.KPI_LATENCY_DAILY, latency)
+        rows.put(kpis.KPI_LATENCY_DAILY, kpis.add_latency(old, latency))

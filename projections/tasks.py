@@ -22,6 +22,10 @@ expiry, a revocation or a cancellation, ``wake`` to an agent a task is assigned 
 ``refused`` to an agent whose task event did not fit (the event is recorded in
 ``fleetward.task_rejections`` with its reason and never applied).
 
+Each deliverable records the agent version that produced it and the team it worked in (from the
+agent's registration and ``agent.version_changed`` before its submission), and the verdict of its
+review once one applies (cleared again when the board voids that review or the approved claim).
+
 Dependencies may only name tasks that already exist (and, when changed, tasks created before
 the dependent one), so they always form a DAG.
 """
@@ -41,6 +45,7 @@ from fleetward.schemas.events import (
     AgentRegistered,
     AgentResumed,
     AgentRetired,
+    AgentVersionChanged,
     CommandIssued,
     CommandName,
     Event,
@@ -120,6 +125,11 @@ DELIVERABLES = Table(
         "content",
         "submitted_at",
         "seq",
+        "agent_version",
+        "team",
+        "verdict",
+        "reviewed_by",
+        "reviewed_at",
     ),
 )
 
@@ -145,6 +155,8 @@ TASK_AGENTS = Table(
         "paused_by",
         "registered_by",
         "registered",
+        "team",
+        "version",
     ),
 )
 
@@ -153,7 +165,15 @@ AGENT_SUBJECTS = kind_prefix("agent")  # agent lifecycle events reach the board 
 OPEN = frozenset({"inbox", "assigned", "in_progress", "blocked", "review"})
 HELD = frozenset({"in_progress", "blocked"})
 _HOLDER_EVENTS = (TaskProgressed, TaskBlocked, TaskReleased, TaskSubmitted, TaskLeaseExpired)
-_LIFECYCLE = (AgentRegistered, AgentPaused, AgentResumed, AgentRetired, AgentOffline, AgentOnline)
+_LIFECYCLE = (
+    AgentRegistered,
+    AgentVersionChanged,
+    AgentPaused,
+    AgentResumed,
+    AgentRetired,
+    AgentOffline,
+    AgentOnline,
+)
 
 
 # ---- the task state machine -------------------------------------------------------------------
@@ -424,6 +444,10 @@ class TaskBoard(Projection):
                 yield TASKS, (dep,)
 
     def touches_more(self, rows: Rows, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
+        if isinstance(event, TaskReviewed | TaskReviewRefused | TaskClaimRefused):
+            row = rows.get(TASKS, (event.task,))
+            if row is not None and row["deliverable_version"] > 0:
+                yield DELIVERABLES, (event.task, row["deliverable_version"])
         if isinstance(event, TaskClaimed):
             row = rows.get(TASKS, (event.task,))
             for dep in row["depends_on"] if row else ():
@@ -461,6 +485,7 @@ class TaskBoard(Projection):
         if was != now:
             _track(rows, was, task, "assigned_tasks", add=False)
             _track(rows, now, task, "assigned_tasks", add=True)
+        _void_verdict(rows, old, new, event, meta)
         _judge(rows, old, new, event, meta)
 
 
@@ -488,12 +513,17 @@ def _judge(rows: Rows, old: Row | None, new: Row, event: Event, meta: Meta) -> N
                 new["overruled"] = event.id  # until the verdict lands (see dependency_problem)
         case TaskSubmitted():
             d = event.deliverable
+            author = rows.get(TASK_AGENTS, (event.agent,))
             rows.put(DELIVERABLES, {
                 "task_id": task, "version": new["deliverable_version"], "agent": event.agent,
                 "epoch": event.epoch, "kind": d.kind, "sha256": d.sha256, "uri": d.uri,
                 "content": d.content, "submitted_at": meta.time, "seq": meta.seq,
+                "agent_version": author["version"] if author else "",
+                "team": author["team"] if author else "unassigned",
+                "verdict": None, "reviewed_by": None, "reviewed_at": None,
             })  # fmt: skip
         case TaskReviewed():
+            _set_verdict(rows, new, event.verdict, event.actor, meta)
             _judge_review(rows, new, event, meta)
         case TaskDependenciesChanged() if old is not None:
             _judge_dependencies(rows, old, event, meta)
@@ -577,6 +607,27 @@ def _judge(rows: Rows, old: Row | None, new: Row, event: Event, meta: Meta) -> N
                 reason=reason,
                 payload=payload,
             )
+
+
+def _set_verdict(
+    rows: Rows, task: Row, verdict: str | None, reviewer: str | None, meta: Meta
+) -> None:
+    """Record on the task's latest deliverable the verdict of its review (None: the review or
+    the claim it approved was voided, so it waits for another)."""
+    key = (task["task_id"], task["deliverable_version"])
+    old = rows.get(DELIVERABLES, key)
+    if old is None:
+        return  # a review before any deliverable cannot apply; kept for rows before 0025
+    at = meta.time if verdict else None
+    rows.put(DELIVERABLES, {**old, "verdict": verdict, "reviewed_by": reviewer, "reviewed_at": at})
+
+
+def _void_verdict(rows: Rows, old: Row | None, new: Row, event: Event, meta: Meta) -> None:
+    """A voided review, or the voided claim whose work was approved, clears the verdict."""
+    if isinstance(event, TaskReviewRefused) or (
+        isinstance(event, TaskClaimRefused) and old is not None and old["status"] == "done"
+    ):
+        _set_verdict(rows, new, None, None, meta)
 
 
 def _judge_dependencies(rows: Rows, old: Row, event: TaskDependenciesChanged, meta: Meta) -> None:
@@ -683,9 +734,12 @@ def _agent_lifecycle(rows: Rows, event: Event, meta: Meta) -> None:
     row = dict(old) if old else {"agent_id": agent, "roles": [], "status": "active",
                                   "max_concurrent_tasks": 1, "held": 0, "held_tasks": [],
                                   "assigned_tasks": [], "paused_by": None,
-                                  "registered_by": None, "registered": False}  # fmt: skip
+                                  "registered_by": None, "registered": False,
+                                  "team": "unassigned", "version": ""}  # fmt: skip
+    if isinstance(event, AgentRegistered | AgentVersionChanged):
+        row["version"] = event.version
     if isinstance(event, AgentRegistered):
-        row["registered"] = True
+        row.update(registered=True, team=event.team)
         if lifecycle.sets_limits(life, event):
             row.update(roles=list(event.roles), max_concurrent_tasks=event.max_concurrent_tasks)
     row.update(status=now.status, paused_by=now.paused_by, registered_by=now.registered_by)

@@ -162,9 +162,21 @@ class AgentRegistered(_AgentEvent, frozen=True, kw_only=True, tag="agent.registe
 
 
 class AgentVersionChanged(_AgentEvent, frozen=True, kw_only=True, tag="agent.version_changed"):
+    """The agent runs another version from here on: what it is made of (prompt, model, tool
+    set). Every deliverable it submits from this event's position on records ``version``
+    (``fleet.deliverable_versions``), and its KPIs are kept per version (``fleet.kpi_versions``).
+    A version id published again with other details keeps the latest ones."""
+
     SENDERS: ClassVar[frozenset[Sender]] = _SELF_USER_SVC
     version: ShortText
     notes: Text = ""
+    prompt: Annotated[
+        ShortText, Meta(description="the prompt in force: a name, tag or hash; '': not said")
+    ] = ""
+    model: Annotated[ShortText, Meta(description="the model it calls; '': not said")] = ""
+    tools: Annotated[
+        tuple[ShortText, ...], Meta(max_length=64, description="the tools it may call")
+    ] = ()
 
 
 class AgentPaused(_AgentEvent, frozen=True, kw_only=True, tag="agent.paused"):

@@ -35,6 +35,13 @@ class WatchdogSettings:
     wake_window_s: float = 600.0  # ... within this window
     failed_runs: int = 5  # this many runs failed in a row, however far apart: critical, paused
     partition: tuple[int, int] = (0, 1)  # (i, n): judge agent a iff crc32(a) % n == i
+    # KPI drift (core/drift.py): read the KPIs this often (0: never) ...
+    drift_every_s: float = 60.0
+    drift_min_runs: int = 10  # ... a success rate needs this many runs on both sides ...
+    drift_min_reviews: int = 5  # ... rework and cost per task this many reviews / tasks done
+    drift_success_drop: float = 0.1  # success rate down by this much (0.1: 10 points) ...
+    drift_cost_rise: float = 0.5  # ... cost per task up by this share (0.5: +50%) ...
+    drift_rework_rise: float = 0.1  # ... or rework rate up by this much: kpi_drift
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0:
@@ -50,6 +57,13 @@ class WatchdogSettings:
             raise FleetwardError("the watchdog's stall time and windows must be more than 0")
         if self.error_min_calls < 1 or self.wake_runs < 1 or self.failed_runs < 1:
             raise FleetwardError("the watchdog's call and run counts must be 1 or more")
+        if self.drift_every_s < 0 or self.drift_min_runs < 1 or self.drift_min_reviews < 1:
+            raise FleetwardError(
+                "FLEETWARD_WATCHDOG_DRIFT_EVERY_S must be 0 or more, and the drift's minimum "
+                "runs and reviews 1 or more"
+            )
+        if min(self.drift_success_drop, self.drift_cost_rise, self.drift_rework_rise) <= 0:
+            raise FleetwardError("the watchdog's KPI drift thresholds must be more than 0")
 
     @classmethod
     def from_env(cls, env: dict[str, str]) -> WatchdogSettings:
@@ -71,6 +85,12 @@ class WatchdogSettings:
             wake_runs=int(num("WAKE_RUNS", 5)),
             wake_window_s=num("WAKE_WINDOW_S", 600.0),
             failed_runs=int(num("FAILED_RUNS", 5)),
+            drift_every_s=num("DRIFT_EVERY_S", 60.0),
+            drift_min_runs=int(num("DRIFT_MIN_RUNS", 10)),
+            drift_min_reviews=int(num("DRIFT_MIN_REVIEWS", 5)),
+            drift_success_drop=num("DRIFT_SUCCESS_DROP", 0.1),
+            drift_cost_rise=num("DRIFT_COST_RISE", 0.5),
+            drift_rework_rise=num("DRIFT_REWORK_RISE", 0.1),
             partition=parse_partition(env.get("FLEETWARD_WATCHDOG_PARTITION", "")),
         )
 

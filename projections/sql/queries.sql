@@ -358,3 +358,76 @@ FROM fleet.dead_letters WHERE stream = $1 AND seq BETWEEN $2 AND $3 GROUP BY seq
 -- name: audit_judged_to
 -- Every sequence of a stream up to this one has been judged by all of its projections.
 SELECT coalesce(min(checkpoint), 0) FROM fleet.projections WHERE stream = $1;
+
+-- name: kpis_agents
+-- `fleetward kpis`: each agent's KPIs over the last $1 days (7 or 30), of team $2 (null: all).
+SELECT * FROM fleet.kpi_agents
+WHERE days = $1 AND ($2::text IS NULL OR team = $2)
+ORDER BY team, agent_id
+LIMIT $3;
+
+-- name: kpis_teams
+-- `fleetward kpis --by team`: each team's KPIs over the last $1 days, team $2 (null: all).
+SELECT * FROM fleet.kpi_teams
+WHERE days = $1 AND ($2::text IS NULL OR team = $2)
+ORDER BY team
+LIMIT $3;
+
+-- name: kpis_versions
+-- `fleetward kpis --by version`: each agent version's KPIs over the last $1 days, of the agents
+-- in team $2 now (null: all).
+SELECT a.team, v.* FROM fleet.kpi_versions v
+JOIN fleet.agents a ON a.agent_id = v.agent_id
+WHERE v.days = $1 AND ($2::text IS NULL OR a.team = $2)
+ORDER BY a.team, v.agent_id, v.version
+LIMIT $3;
+
+-- name: kpis_team_known
+-- Whether team $1 has an agent now, or KPIs in the last 30 days.
+SELECT EXISTS (SELECT 1 FROM fleet.agents WHERE team = $1)
+       OR EXISTS (SELECT 1 FROM fleet.kpi_teams WHERE team = $1);
+
+-- name: metrics_kpi_teams
+-- The KPI gauges: every team of the registry or with KPIs, in both windows (no row in
+-- fleet.kpi_teams: no activity in the window, its counts 0). Sums stay numeric, as above.
+SELECT t.team, p.days, k.runs, k.success_rate, k.avg_latency_ms, k.p95_latency_ms, k.cost_usd,
+       k.cost_per_run_usd, k.tasks_done, k.cost_per_task_usd, k.approval_rate, k.rework_rate,
+       k.tool_error_rate, k.utilization
+FROM (SELECT team FROM fleet.agents UNION SELECT team FROM fleet.kpi_teams) t
+CROSS JOIN (VALUES (7), (30)) AS p(days)
+LEFT JOIN fleet.kpi_teams k ON k.team = t.team AND k.days = p.days;
+
+-- name: watchdog_kpi_agents
+-- The KPI drift (services/watchdog/core/drift.py): every agent not retired, its version now,
+-- the one last in force before it (null: none) and when the current one was last put in force.
+SELECT a.agent_id, a.version, cur.changed_at AS since,
+       (SELECT v.version FROM fleetward.agent_versions v
+        WHERE v.agent_id = a.agent_id AND v.version <> a.version
+        ORDER BY v.changed_at DESC, v.version LIMIT 1) AS previous
+FROM fleetward.agents a
+LEFT JOIN fleetward.agent_versions cur ON cur.agent_id = a.agent_id AND cur.version = a.version
+WHERE a.status <> 'retired';
+
+-- name: watchdog_kpi_sums
+-- The KPI drift: per agent, version and period (30: the last 30 UTC days to $1, today; cur: the
+-- last 7; prev: the 7 before them) runs finished, succeeded, cost, and deliverables reviewed,
+-- approved and rejected (by the review's day).
+SELECT f.agent_id, f.version, p.period, sum(f.runs) AS runs, sum(f.succeeded) AS succeeded,
+       sum(f.cost_usd) AS cost_usd, sum(f.approved) AS approved, sum(f.reviewed) AS reviewed,
+       sum(f.rejected) AS rejected
+FROM (
+    SELECT k.agent_id, k.version, k.day, k.runs, k.runs_succeeded AS succeeded,
+           k.model_cost_usd + k.tool_cost_usd AS cost_usd, 0 AS approved, 0 AS reviewed,
+           0 AS rejected
+    FROM fleetward.kpi_daily k WHERE k.day > $1::date - 30
+    UNION ALL
+    SELECT d.agent, coalesce(d.agent_version, ''), (d.reviewed_at AT TIME ZONE 'UTC')::date,
+           0, 0, 0, (d.verdict = 'approve')::int, 1, (d.verdict = 'reject')::int
+    FROM fleetward.deliverables d
+    WHERE d.reviewed_at >= ($1::date - 29)::timestamp AT TIME ZONE 'UTC'
+) f
+CROSS JOIN LATERAL (VALUES ('30', true), ('cur', f.day > $1::date - 7),
+                           ('prev', f.day > $1::date - 14 AND f.day <= $1::date - 7))
+    AS p(period, inside)
+WHERE p.inside
+GROUP BY f.agent_id, f.version, p.period;

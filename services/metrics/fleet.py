@@ -1,10 +1,11 @@
-"""The fleet gauges (agents, tasks, escalations, spend, budgets), read from the public views
-(schema fleet) by ``FleetMetrics.run``, once per projector process, every ``FLEET_REFRESH_S``; a
-scrape serves the last reading and never waits on Postgres. ``FLEET`` is registered in
-``metrics.REGISTRY`` when this module is imported.
+"""The fleet gauges (agents, tasks, escalations, spend, budgets, KPIs per team), read from the
+public views (schema fleet) by ``FleetMetrics.run``, once per projector process, every
+``FLEET_REFRESH_S``; a scrape serves the last reading and never waits on Postgres. ``FLEET`` is
+registered in ``metrics.REGISTRY`` when this module is imported.
 
 The budget gauges are ``fleet.budgets`` as read: every budget of every scope, with what its
-scope spent in its current window (labels and their bounds: metrics/budgets.py).
+scope spent in its current window (labels and their bounds: metrics/budgets.py). The KPI
+gauges are ``fleet.kpi_teams`` as read, labelled team and window only (metrics/kpis.py).
 
 One bad row never stops the gauges: sums are read exactly (numeric) and turned into floats row
 by row; a row that does not fit (a team's spend past the largest float) is skipped, logged and
@@ -37,6 +38,7 @@ from fleetward.services.metrics import (
     is_postgres_error,
 )
 from fleetward.services.metrics.budgets import BudgetReading, gauge_value, with_series
+from fleetward.services.metrics.kpis import KPI_GAUGES, KpiReading, kpi_families
 
 if TYPE_CHECKING:  # annotations only: the runtime counts reconnects with metrics, not the reverse
     from fleetward.services.runtime.connect import Runtime
@@ -75,9 +77,8 @@ class FleetSnapshot:
     budget_states: dict[tuple[str, str], int]  # (scope, state) -> every budget
     at: float  # when it was read (unix time)
     approvals: dict[str, int] = field(default_factory=dict)  # metrics_approvals' columns
-    violations: dict[tuple[str, str], int] = field(
-        default_factory=dict
-    )  # (kind, tier) -> n  # when it was read (unix time)
+    violations: dict[tuple[str, str], int] = field(default_factory=dict)  # (kind, tier) -> n
+    kpis: list[KpiReading] = field(default_factory=list)  # per team and window
 
 
 class FleetMetrics(Collector):
@@ -102,6 +103,7 @@ class FleetMetrics(Collector):
                 budgets = await conn.fetch(q("metrics_budgets"))
                 approvals = await conn.fetchrow(q("metrics_approvals"))
                 violations = await conn.fetch(q("metrics_violations"))
+                kpi_rows = await conn.fetch(q("metrics_kpi_teams"))
         bad: set[str] = set()
         readings = []
         for r in budgets:
@@ -122,10 +124,19 @@ class FleetMetrics(Collector):
             at=time.time(),
             approvals=dict(approvals) if approvals is not None else {},
             violations={(r["kind"], r["tier"]): r["n"] for r in violations},
+            kpis=[kpi for r in kpi_rows if (kpi := self._kpi(r, bad)) is not None],
         )
         self._bad = bad
         self.snapshot = snap
         return snap
+
+    def _kpi(self, row: asyncpg.Record, bad: set[str]) -> KpiReading | None:
+        """A team's KPI reading; None (counted, logged once) when a value fits no gauge."""
+        what = f"team {row['team']!r} ({row['days']} days)"
+        sums = [row[g.column] for g in KPI_GAUGES if isinstance(row[g.column], Decimal)]
+        if not self._fits("fleet.kpi_teams", what, bad, *sums):
+            return None
+        return KpiReading.of(row)
 
     def _fits(self, view: str, what: str, bad: set[str], *sums: Decimal | None) -> bool:
         """Whether a row's sums fit gauges (``gauge_value``); a row that does not is counted in
@@ -195,6 +206,7 @@ class FleetMetrics(Collector):
             spend.add_metric([team], amount)
         yield from (agents, tasks, escalations, spend, *self._budget_families(snap))
         yield from self._oversight_families(snap)
+        yield from kpi_families(snap.kpis)
         yield GaugeMetricFamily(
             "fleetward_fleet_metrics_updated_timestamp_seconds",
             "Unix time of the last reading of the fleet gauges (they keep their values while "

@@ -7,7 +7,9 @@ projections in one snapshot, with their checkpoints; then it follows fw.agent.> 
 (FW_EVENTS, together, in order) from the older of their projections' checkpoints, fw.esc.> from
 its own, and FW_HEARTBEATS from each agent's last heartbeat, with ordered ephemeral consumers
 (services/jetstream/follower.py). Its state is
-rebuilt at every start, so nothing it reads is acknowledged.
+rebuilt at every start, so nothing it reads is acknowledged. Every ``drift_every_s`` it reads
+the KPI sums (projection spend's rollups, reviewed deliverables) for the KPI drift
+(core/drift.py).
 
 Time: heartbeats are judged by the stream's timestamps; "now" is this host's clock
 (``time.time()``), or the ``Clock`` a test gives it (services/clock.py), which also paces the
@@ -57,10 +59,12 @@ from fleetward.services.db import q
 from fleetward.services.jetstream.consumer import EPOCH
 from fleetward.services.jetstream.follower import StreamFollower
 from fleetward.services.jetstream.plans import load_retrying, publishing
+from fleetward.services.metrics import is_postgres_error
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.signals import Signal, Signals
+from fleetward.services.watchdog.core.drift import AgentVersions, Sums
 from fleetward.services.watchdog.core.failures import STAGES, Failure
-from fleetward.services.watchdog.core.incidents import Plan
+from fleetward.services.watchdog.core.incidents import Plan, at
 from fleetward.services.watchdog.core.judge import CHECKPOINTS, Judge
 from fleetward.services.watchdog.core.liveness import STATES
 from fleetward.services.watchdog.escalate import Publisher
@@ -70,6 +74,7 @@ log = logging.getLogger("fleetward.watchdog")
 HB_PREFIX = kind_prefix("hb")
 SHUTDOWN_S = 5.0  # on SIGTERM, plans in hand get this long to be published
 STALE_S = 10.0  # no judging round completed for this long (by its clock): not healthy
+READ_TIMEOUT_S = 20.0  # a KPI reading Postgres does not answer in this long counts as an error
 
 
 def micros(when: datetime) -> int:
@@ -289,9 +294,8 @@ class Watchdog:
         plans = anyio.create_memory_object_stream[Plan](math.inf)
         self._send = plans[0]
         readers = [partial(f.run, stopping) for f in self.followers]
-        await publishing(
-            self.publisher.run, plans, [*readers, partial(self._judge, stopping)], SHUTDOWN_S
-        )
+        loops = [partial(self._judge, stopping), partial(self._kpi_drift, stopping)]
+        await publishing(self.publisher.run, plans, [*readers, *loops], SHUTDOWN_S)
 
     async def _load_retrying(self, stopping: Callable[[], bool]) -> bool:
         async def load() -> None:
@@ -319,6 +323,38 @@ class Watchdog:
             self._report_failures()
             self.signals.ticked.emit(now)
             await self.clock.sleep(wait)
+
+    async def _kpi_drift(self, stopping: Callable[[], bool]) -> None:
+        """Every ``drift_every_s`` (0: never), read the KPI sums and judge their drift
+        (core/drift.py). Postgres away is logged and counted, and tried again next time."""
+        every, failing = self.settings.drift_every_s, False
+        due = self.clock.now() + every
+        while every > 0 and not stopping():
+            await self.clock.sleep(self.tick_s)  # the judging loop's pace: it stops as soon
+            now = self.clock.now()
+            if stopping() or now < due or not self.judge.judging(now):
+                continue
+            due = now + every
+            today = at(now).date()
+            try:
+                with anyio.fail_after(READ_TIMEOUT_S):
+                    async with self.rt.pool.acquire() as conn:
+                        agents = await conn.fetch(q("watchdog_kpi_agents"))
+                        sums = await conn.fetch(q("watchdog_kpi_sums"), today)
+            except Exception as exc:  # Postgres away or slow: the next reading tries again
+                if is_postgres_error(exc) or isinstance(exc, TimeoutError):
+                    metrics.POSTGRES_ERRORS.labels("watchdog").inc()
+                if not failing:
+                    log.warning("%s: cannot read the KPIs (%s); retrying", self.name, exc)
+                failing = True
+                continue
+            failing = False
+            with self.judge.failures.isolated("kpi_drift", "the KPI rows"):
+                versions = [AgentVersions(r["agent_id"], r["version"], r["previous"],
+                                          r["since"]) for r in agents]  # fmt: skip
+                book = {(r["agent_id"], r["version"], r["period"]): Sums.of(r) for r in sums}
+                self._plan(self.judge.kpi_drift(versions, book, today, now))
+            self._report_failures()
 
     def _round(self, now: float) -> float:
         """One judging round at ``now``; how long to wait for the next (seconds)."""

@@ -35,6 +35,7 @@ from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime, connect_nats
 from fleetward.services.serve import watch_lag
 from tests.helpers import HARNESS, envelope, project_all, wait_for
+from tests.integration.test_kpis import history
 from tests.integration.test_watchdog import free_port, nats_on
 
 SVC, USER = "svc:watchdog", "user:ops"
@@ -146,6 +147,47 @@ async def test_the_fleet_gauges_are_what_the_views_hold(rt: Runtime) -> None:
     labels = set(re.findall(r'="([^"]*)"', text))
     ids = {"a1", "a2", "a3", "a4", "a5", "t1", "t2", "t3", "e1", "e2", "e3", "acme", "proj-x"}
     assert not labels & ids, labels & ids
+
+
+async def test_the_kpi_gauges_are_the_teams_kpis_labelled_team_and_window_only(
+    rt: Runtime,
+) -> None:
+    """The known history of test_kpis.py (docs: a1, 22 runs; ops: a2, one run) and a team with
+    no activity (idle: a3): the gauges hold fleet.kpi_teams' values in both windows, counts 0
+    for the idle team, no sample where a ratio has no denominator, and no agent id or version
+    in any label."""
+    await publish_many(rt.js, [*history(), register("a3", "idle")])
+    await project_all(rt)
+    fleet = FleetMetrics()
+    await fleet.refresh(rt.pool)
+    text = exposition(fleet)
+    lines = text.splitlines()
+    for window in ("7d", "30d"):
+        for line in [
+            f'fleetward_kpi_runs{{team="docs",window="{window}"}} 22.0',
+            f'fleetward_kpi_runs{{team="idle",window="{window}"}} 0.0',
+            f'fleetward_kpi_success_ratio{{team="ops",window="{window}"}} 1.0',
+            f'fleetward_kpi_latency_avg_seconds{{team="ops",window="{window}"}} 0.05',
+            # the 21st of 22 latencies is 1900 ms, in the bucket (1800, 2000]
+            f'fleetward_kpi_latency_p95_seconds{{team="docs",window="{window}"}} 2.0',
+            f'fleetward_kpi_cost_usd{{team="docs",window="{window}"}} 0.6',
+            f'fleetward_kpi_cost_usd{{team="idle",window="{window}"}} 0.0',
+            f'fleetward_kpi_tasks_done{{team="docs",window="{window}"}} 1.0',
+            f'fleetward_kpi_cost_per_task_usd{{team="docs",window="{window}"}} 0.6',
+            f'fleetward_kpi_approval_ratio{{team="docs",window="{window}"}} 0.5',
+            f'fleetward_kpi_rework_ratio{{team="docs",window="{window}"}} 0.5',
+            f'fleetward_kpi_tool_error_ratio{{team="docs",window="{window}"}} 0.5',
+        ]:
+            assert line in lines, f"{line!r} not in\n{text}"
+    success = re.findall(r"^fleetward_kpi_success_ratio\{(.*)\} (.*)$", text, re.M)
+    assert [labels for labels, _ in success] == [
+        'team="docs",window="7d"', 'team="docs",window="30d"',
+        'team="ops",window="7d"', 'team="ops",window="30d"',
+    ]  # fmt: skip  # by team, then window
+    assert abs(float(success[0][1]) - 20 / 22) < 1e-12
+    assert not re.search(r'^fleetward_kpi_cost_per_task_usd\{team="(ops|idle)"', text, re.M)
+    kpi_labels = set(re.findall(r"^fleetward_kpi_\w+\{(.*)\}", text, re.M))
+    assert {re.sub(r'="[^"]*"', "", labels) for labels in kpi_labels} == {"team,window"}
 
 
 def sample(name: str, **labels: str) -> float:
@@ -322,4 +364,4 @@ async def test_a_team_spend_past_the_largest_float_is_skipped_and_the_gauges_sti
     assert bad_rows("fleet.budgets") >= before[1] + 3
     text = exposition(fleet)
     assert 'fleetward_spend_usd_today{team="ops"} 1.5' in text.splitlines()
-    assert 'team="docs"' not in text and 'budget="b1"' not in text
+    assert 'fleetward_spend_usd_today{team="docs"}' not in text and 'budget="b1"' not in text

@@ -27,7 +27,7 @@ import pytest
 
 from fleetward.schemas import new_id
 from fleetward.schemas.events import BudgetSet
-from fleetward.services.jetstream.publish import publish
+from fleetward.services.jetstream.publish import publish, publish_many
 from fleetward.services.runtime.connect import Runtime
 from tests.helpers import now, wait_for
 from tests.integration.test_cli import (
@@ -38,6 +38,7 @@ from tests.integration.test_cli import (
     spawn,
     stream_positions,
 )
+from tests.integration.test_kpis import history
 from tests.integration.test_watchdog import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -185,9 +186,11 @@ async def test_every_dashboard_metric_is_served_by_fleetward(
     exprs = dashboard_exprs()
     wanted = set().union(*(metric_names(e) for e in exprs))
     assert len(exprs) >= 20 and len(wanted) >= 20, (len(exprs), sorted(wanted))
-    # a fleet, a dead letter and budgets: every family the dashboard shows has samples
+    # a fleet, a dead letter, budgets, and finished runs and reviews (the KPI ratios): every
+    # family the dashboard shows has samples
     await publish_fleet(rt, 6, ticks=3)
     await rt.js.publish("fw.agent.sim-000.sim-000", b"{not json")
+    await publish_many(rt.js, history())
     target = await stream_positions(rt)
     env = {**env, "FLEETWARD_METRICS_PORT": "0"}
     with (

@@ -449,9 +449,17 @@ def test_task_life_with_a_rejected_review() -> None:
         "content": "# draft",
         "submitted_at": first.time,
         "seq": first.seq,
+        "agent_version": "1",  # the registration's version (no agent.version_changed yet)
+        "team": "docs",  # the author's team when it submitted
+        "verdict": None,  # not reviewed yet
+        "reviewed_by": None,
+        "reviewed_at": None,
     }
 
-    fold(reviewed("reject"))
+    rejection = fold(reviewed("reject"))
+    draft = fold.row(DELIVERABLES, TASK, 1)
+    assert (draft["verdict"], draft["reviewed_by"]) == ("reject", REVIEWER)
+    assert draft["reviewed_at"] == rejection.time
     row = fold.row(TASKS, TASK)
     assert (row["status"], row["review_rounds"], row["rework_count"]) == ("in_progress", 1, 1)
     assert row["done_at"] is None
@@ -467,6 +475,9 @@ def test_task_life_with_a_rejected_review() -> None:
     done = fold(reviewed("approve"))
     row = fold.row(TASKS, TASK)
     assert (row["status"], row["done_at"]) == ("done", done.time)
+    final = fold.row(DELIVERABLES, TASK, 2)
+    assert (final["verdict"], final["reviewed_at"]) == ("approve", done.time)
+    assert fold.row(DELIVERABLES, TASK, 1)["verdict"] == "reject"  # each version keeps its own
     assert (row["review_rounds"], row["rework_count"]) == (2, 1)
     assert (row["updated_at"], row["last_seq"]) == (done.time, done.seq)
     assert fold.table(REJECTIONS) == {}
@@ -954,8 +965,11 @@ def test_team_is_stamped_from_the_latest_registration() -> None:
         "teams": [UNASSIGNED],
         "status": "active",
         "paused_by": None,
+        "version": "1",  # the registration's version
+        "kpi_keys": ["unassigned/"],  # the KPI rows it has: the spend before it registered
     }
     fold(spent(2.0), at=d1 + timedelta(minutes=2))
+    assert fold.row(SPEND_AGENTS, AGENT)["kpi_keys"] == ["docs/1", "unassigned/"]
     assert day_row(fold, d1.date(), team="docs")["model_cost_usd"] == Decimal("2.0")
     assert day_row(fold, d1.date())["model_cost_usd"] == Decimal("1.0")  # before it registered
 

@@ -72,9 +72,12 @@ def test_spend_is_attributed_to_its_model_task_and_run_in_exact_sums() -> None:
                    "started_at": start.time, "finished_at": end.time, "outcome": "failed",
                    "model_cost_usd": Decimal("0.3"), "tool_cost_usd": Decimal("0.0010"),
                    "tokens_in": 107, "tokens_out": 10, "tool_calls": 2, "tool_errors": 1,
-                   "spend_events": 2}  # fmt: skip
+                   "spend_events": 2,
+                   # the run.finished's latency; two tool calls of 3.0 ms each
+                   "latency_ms": Decimal("9.0"), "tool_ms": Decimal("6.0")}  # fmt: skip
     r2 = fold.row(SPEND_RUNS, AGENT, "r2")
     assert (r2["task_id"], r2["started_at"], r2["outcome"]) == (None, None, None)
+    assert (r2["latency_ms"], r2["tool_ms"]) == (None, Decimal(0))  # never finished, no tools
     assert set(fold.table(SPEND_RUNS)) == {(AGENT, "r1"), (AGENT, "r2")}
 
     # the per agent rows hold the same money: attribution is another cut of it, not more

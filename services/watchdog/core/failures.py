@@ -27,7 +27,7 @@ from typing import Final
 
 STAGES: Final = (
     "load", "heartbeat", "event", "liveness", "overdue", "stall", "review", "dependency", "lease",
-    "reconcile", "tick",
+    "reconcile", "tick", "kpi_drift",
 )  # fmt: skip
 
 

@@ -45,9 +45,10 @@ WAKE_LOOP: Final = "wake_loop"
 FAILED_RUNS: Final = "failed_runs"
 REVIEW_OVERDUE: Final = "review_overdue"
 DEPENDENCY_CANCELLED: Final = "dependency_cancelled"
+KPI_DRIFT: Final = "kpi_drift"
 REASONS: Final = (
     HEARTBEAT_MISSED, TASK_OVERDUE, TASK_STALLED, TOOL_ERROR_SPIKE, WAKE_LOOP, FAILED_RUNS,
-    REVIEW_OVERDUE, DEPENDENCY_CANCELLED,
+    REVIEW_OVERDUE, DEPENDENCY_CANCELLED, KPI_DRIFT,
 )  # fmt: skip
 TASK_REASONS: Final = frozenset({TASK_OVERDUE, TASK_STALLED})  # about a held task and its epoch
 # about a task rather than an agent (an open escalation is found by its task)

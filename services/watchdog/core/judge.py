@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterable
+from datetime import date
 from typing import Final
 
 from fleetward.projections.base import Row
@@ -56,6 +57,7 @@ from fleetward.services.watchdog.core.detectors import (
     StallDetector,
     WakeLoopDetector,
 )
+from fleetward.services.watchdog.core.drift import AgentVersions, DriftDetector, Sums
 from fleetward.services.watchdog.core.failures import Failures
 from fleetward.services.watchdog.core.incidents import (
     DEPENDENCY_CANCELLED,
@@ -97,6 +99,7 @@ class Judge:
         self.failed = FailedRunsDetector(settings, self.escalations)
         self.leases = LeaseBook()
         self.approvals = ApprovalDeadlines(self.escalations)
+        self.drift = DriftDetector(settings, self.escalations)
         self.checkpoints: dict[str, int] = dict.fromkeys(CHECKPOINTS, 0)
         self.ready = False  # the readers have caught up once
         self.grace_until = math.inf
@@ -286,6 +289,21 @@ class Judge:
                 if self.owns(lapse.agent):
                     plans.append(lease_plan(lapse, now))
         return plans
+
+    def kpi_drift(
+        self,
+        agents: Iterable[AgentVersions],
+        sums: dict[tuple[str, str, str], Sums],
+        today: date,
+        now: float,
+    ) -> list[Plan]:
+        """The KPI drift of the agents this replica owns (core/drift.py), read at ``now``;
+        nothing while it is not judging."""
+        if not self.judging(now):
+            return []
+        with self.failures.isolated("kpi_drift", ""):
+            return self.drift.judge(agents, sums, today, now, self.owns)
+        return []
 
     def next_due(self) -> float | None:
         heaps = (self.liveness.heap, self.overdue.heap, self.stall.heap, self.review.heap)
