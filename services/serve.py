@@ -27,8 +27,9 @@ from fleetward.services.guard.service import Guard
 from fleetward.services.metrics.fleet import FLEET
 from fleetward.services.metrics.health import HealthChecks
 from fleetward.services.metrics.http import serve_http
-from fleetward.services.projector.consumers import by_stream
+from fleetward.services.projector.consumers import by_stream, durable_name
 from fleetward.services.projector.health import RunnerHealth
+from fleetward.services.projector.lease import Lease
 from fleetward.services.projector.outbox import Outbox
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.projector.window import PROJECTION_ERROR
@@ -69,6 +70,8 @@ async def run_services(
             *group,
             batch_size=rt.settings.batch_size,
             health=RunnerHealth(stall_after=rt.settings.stall_s),
+            # one writer per projection: a second process stands by (services/projector/lease.py)
+            lease=Lease(rt.database_url, durable_name(*group), (p.name for p in group)),
         )
         for group in by_stream(projections)
     ]
@@ -101,10 +104,7 @@ async def run_services(
         dogs.append(Watchdog(dog_rt))
         await dogs[0].run(stop.is_set)
 
-    for p in projections:  # series present at 0 from the start, so increase() sees the first
-        metrics.RESYNCS.labels(p.name)
-        for reason in (*REASONS, PROJECTION_ERROR):
-            metrics.DEAD_LETTERS.labels(p.name, reason)
+    _series_at_zero(projections)
 
     async with anyio.create_task_group() as services:
         services.start_soon(_stop_on_signal, stop)
@@ -133,6 +133,15 @@ async def run_services(
             if on_ready is not None:
                 workers.start_soon(_until_stopped, on_ready, port, stop)
         services.cancel_scope.cancel()
+
+
+def _series_at_zero(projections: tuple[Projection, ...]) -> None:
+    """Series present at 0 from the start, so that increase() sees the first."""
+    for p in projections:
+        metrics.RESYNCS.labels(p.name)
+        metrics.ACTIVE.labels(p.name).set(0)
+        for reason in (*REASONS, PROJECTION_ERROR):
+            metrics.DEAD_LETTERS.labels(p.name, reason)
 
 
 async def as_service(
@@ -168,9 +177,18 @@ def _connected(rt: Runtime) -> tuple[bool, str]:
 
 
 def _committing(runners: list[ProjectionRunner]) -> tuple[bool, str]:
-    """Whether every runner is positioned and committing (services/projector/health.py)."""
+    """Whether every runner is positioned and committing, or a standby (another process holds
+    its lease: services/projector/health.py)."""
     problems = [p for r in runners for p in r.health.problems(r.name)]
-    return (False, "; ".join(problems)) if problems else (True, "committing")
+    if problems:
+        return False, "; ".join(problems)
+    standbys = [f"standby for {r.name} (active: {r.health.standby})"
+                for r in runners if r.health.standby is not None]  # fmt: skip
+    if not standbys:
+        return True, "committing"
+    if len(standbys) == len(runners):
+        return True, "; ".join(standbys)
+    return True, "committing; " + "; ".join(standbys)
 
 
 async def watch_lag(
@@ -182,6 +200,8 @@ async def watch_lag(
         with anyio.move_on_after(every):
             await stop.wait()
         for runner in runners:
+            if runner.health.standby is not None:  # the active process measures its own
+                continue
             with contextlib.suppress(Exception):  # NATS away, consumer re-created: next round
                 await measure_lag(rt, runner)
 

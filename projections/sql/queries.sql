@@ -431,3 +431,41 @@ CROSS JOIN LATERAL (VALUES ('30', true), ('cur', f.day > $1::date - 7),
     AS p(period, inside)
 WHERE p.inside
 GROUP BY f.agent_id, f.version, p.period;
+
+-- name: lease_register
+-- Say which process this lease session serves (and forget the rows of sessions that ended).
+WITH gone AS (
+  DELETE FROM fleetward.projector_leases l
+  WHERE NOT EXISTS (SELECT FROM pg_stat_activity a
+                    WHERE a.pid = l.backend_pid AND a.backend_start = l.backend_start)
+)
+INSERT INTO fleetward.projector_leases
+  (backend_pid, backend_start, durable, projections, lock_keys, host, pid)
+SELECT a.pid, a.backend_start, $1, $2, $3, $4, $5
+FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()
+ON CONFLICT (backend_pid, backend_start) DO NOTHING;
+
+-- name: lease_try
+-- Take the session-level advisory lock of every key, in order; true for each one taken.
+SELECT pg_try_advisory_lock(k) FROM unnest($1::bigint[]) WITH ORDINALITY AS t(k, i) ORDER BY i;
+
+-- name: lease_unlock
+-- Give back the session-level advisory locks of these keys (a standby keeps none of them).
+SELECT pg_advisory_unlock(k) FROM unnest($1::bigint[]) AS t(k);
+
+-- name: lease_fence
+-- How many of the advisory locks of these keys session $2 holds (the fence of every commit).
+SELECT count(*) FROM pg_locks
+WHERE locktype = 'advisory' AND granted AND pid = $2 AND objsubid = 1
+  AND ((classid::bigint << 32) | objid::bigint) = ANY($1::bigint[]);
+
+-- name: lease_sessions
+-- The live lease sessions: the process each serves, and whether it holds all its locks.
+SELECT l.durable, l.projections, l.host, l.pid, l.since,
+       (SELECT count(*) FROM pg_locks k
+        WHERE k.locktype = 'advisory' AND k.granted AND k.pid = l.backend_pid AND k.objsubid = 1
+          AND ((k.classid::bigint << 32) | k.objid::bigint) = ANY(l.lock_keys))
+         = cardinality(l.lock_keys) AS active
+FROM fleetward.projector_leases l
+JOIN pg_stat_activity a ON a.pid = l.backend_pid AND a.backend_start = l.backend_start
+ORDER BY l.durable, active DESC, l.since;

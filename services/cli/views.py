@@ -62,6 +62,25 @@ async def show_status(conn: Conn, console: Console) -> None:
     for r in await conn.fetch(q("projections_list")):
         table.add_row(r["projection"], r["stream"], str(r["checkpoint"]), age(r["updated_at"]))
     console.print(table)
+    await show_projector_processes(conn, console)
+
+
+async def show_projector_processes(conn: Conn, console: Console) -> None:
+    """The projector processes alive, by durable consumer: the one that writes (holds the lease
+    of its projections: services/projector/lease.py) and those standing by."""
+    rows = await conn.fetch(q("lease_sessions"))
+    if not rows:
+        console.print("projector processes: none running")
+        return
+    table = Table(
+        "consumer", "projections", "process", "role", "since", title="projector processes"
+    )
+    table.columns[2].no_wrap = True  # host and pid: what an operator looks for, on one line
+    table.columns[3].no_wrap = True
+    for r in rows:
+        table.add_row(r["durable"], " ".join(r["projections"]), f"{r['host']} pid {r['pid']}",
+                      "active" if r["active"] else "standby", age(r["since"]))  # fmt: skip
+    console.print(table)
 
 
 async def show_agents(conn: Conn, console: Console, limit: int) -> None:

@@ -46,14 +46,17 @@ class Delivery(Meta):
     data: bytes
     reply: str
     pending: int  # messages left for this consumer after this one
+    # the consumer's sequence: its deliveries (redeliveries too) up to this one, from 1 when it
+    # was created; one missing means a delivery went elsewhere (another puller, a lost reply)
+    cseq: int = 0
 
 
 def to_delivery(msg: Msg) -> Delivery:
     """The ``Delivery`` of a stream message (raises ``ValueError`` or ``IndexError`` when its
     reply subject is not an ack subject)."""
-    seq, _, ns, pending = parse_ack_reply(msg.reply)
+    seq, cseq, ns, pending = parse_ack_reply(msg.reply)
     when = EPOCH + timedelta(microseconds=ns // 1000)
-    return Delivery(seq, when, msg.subject, msg.data, msg.reply, pending)
+    return Delivery(seq, when, msg.subject, msg.data, msg.reply, pending, cseq)
 
 
 async def recreate_consumer(

@@ -73,6 +73,12 @@ LAG_SECONDS = Gauge(
     ["projection"],
     registry=REGISTRY,
 )
+ACTIVE = Gauge(
+    "fleetward_projection_active",
+    "1 while this process writes the projection (holds its lease), 0 while it stands by.",
+    ["projection"],
+    registry=REGISTRY,
+)
 RESYNCS = Counter(
     "fleetward_projection_resyncs",
     "Times a projection re-positioned its consumer "

@@ -9,7 +9,8 @@ A runner is unhealthy when:
   same failure again and again), whatever the time;
 - it is not positioned (reading its checkpoints, creating its consumer): starting, or unable
   to (Postgres or NATS away).
-A commit, or finding nothing left to do, makes it healthy again.
+A commit, or finding nothing left to do, makes it healthy again. A standby (another process
+holds the lease of its projections: lease.py) is healthy, and says so.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class RunnerHealth:
     resyncs: int = 0  # re-positionings since the last commit (or idle moment)
     is_positioned: bool = False
     last_error: str = ""
+    standby: str | None = None  # standing by: the processes that hold the lease
 
     def took(self) -> None:
         """The runner took a batch of events to fold."""
@@ -62,12 +64,22 @@ class RunnerHealth:
     def positioning(self) -> None:
         """The runner starts to position (read checkpoints, create its consumer)."""
         self.is_positioned = False
+        self.standby = None
+
+    def standing_by(self, holders: str) -> None:
+        """Another process holds the lease (``holders``): this runner waits, healthy."""
+        self.standby = holders
+        self.waiting_since = None
+        self.resyncs = 0
+        self.last_error = ""
 
     def positioned(self) -> None:
         self.is_positioned = True
 
     def problems(self, name: str) -> list[str]:
         """Why the runner of ``name`` (its projections) is not doing its work; [] when it is."""
+        if self.standby is not None:
+            return []
         now, found = self.clock(), []
         why = f" (last error: {self.last_error})" if self.last_error else ""
         if not self.is_positioned:

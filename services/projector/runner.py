@@ -12,6 +12,13 @@ cached rows of the windows being committed (cache.py); if that commit fails, the
 both and re-positions from the checkpoints in the database. A failure that an event caused
 (failures.py) cannot heal by retrying: the runner folds the failed range again in careful
 windows, and bisects the one that fails to dead-letter the culprits (isolate.py).
+
+With a ``Lease`` (lease.py; the projector always has one), the runner writes only while it
+holds it: it stands by until it takes it, then positions and applies until the lease is lost
+(it stands by again, writing nothing more: every commit is fenced) or it is stopped (it commits
+what it holds, then gives the lease up). A window must start right after the checkpoint it
+commits on (window.py ``follows``), and the consumer must lose no delivery (``_follow``): else
+the window fails (``Gap``) and the runner re-positions.
 """
 
 from __future__ import annotations
@@ -40,8 +47,9 @@ from fleetward.services.projector.consumers import consumer_filter, durable_name
 from fleetward.services.projector.failures import classify, needs_operator
 from fleetward.services.projector.health import RunnerHealth
 from fleetward.services.projector.isolate import Isolate, isolate
+from fleetward.services.projector.lease import RETRY_S, Lease, LeaseLost
 from fleetward.services.projector.ledger import IdLedger, Records, kinds_read
-from fleetward.services.projector.window import Window, admit_batch, open_window, prepare
+from fleetward.services.projector.window import Gap, Window, admit_batch, open_window, prepare
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.signals import Signal, Signals
 
@@ -87,6 +95,7 @@ class ProjectionRunner:
         window_seconds: float = 3.0,
         durable_suffix: str = "",
         health: RunnerHealth | None = None,
+        lease: Lease | None = None,
     ) -> None:
         assert projections and len({p.stream for p in projections}) == 1, "one stream"
         # by name: one durable name and one checkpoint lock order, however they were given
@@ -116,6 +125,9 @@ class ProjectionRunner:
         self._careful_until = 0
         self.signals = RunnerSignals()
         self.health = health or RunnerHealth()  # what /healthz reads (health.py)
+        self.lease = lease  # None: it writes without asking (tests, a rebuild)
+        # the consumer's deliveries so far: the highest stream sequence, and its sequence
+        self._taken, self._cseq = 0, 0
 
     @property
     def checkpoint(self) -> int:
@@ -125,6 +137,8 @@ class ProjectionRunner:
     async def position(self) -> None:
         """Read the checkpoints and put the consumer right after the lowest (dropping anything
         folded or being committed: it will be delivered again)."""
+        if self.lease is not None and not self.lease.held:  # the consumer is the holder's
+            raise LeaseLost(f"projection {self.name}: not holding the lease")
         self.health.positioning()
         inflight, self._inflight = self._inflight, None
         if inflight is not None:
@@ -153,6 +167,7 @@ class ProjectionRunner:
             max_ack_pending=max(50_000, 2 * self.window_size + 4 * self.batch_size),
         )
         self.consumer = PullConsumer(self.rt.nc, self.stream, self.durable, batch=self.batch_size)
+        self._taken, self._cseq = self.checkpoint, 0  # it delivers from there, from 1
         await self.consumer.start()
         for m in self.members:
             metrics.CHECKPOINT.labels(m.projection.name).set(m.checkpoint)
@@ -171,6 +186,7 @@ class ProjectionRunner:
             self.health.idle()
             return 0
         self.health.took()
+        self._follow(batch)
         careful = batch[0].seq <= self._careful_until
         if self.roles is not None and not self._sees_roles:
             await read_roles(self.rt.nc, self.roles, direct=True)  # up to the head: past this batch
@@ -182,7 +198,8 @@ class ProjectionRunner:
                 if m.window is None:
                     m.window = open_window(m.folded, m.cache, keep=careful)
                 await prepare(conn, m.projection, admitted, m.window, cache=m.cache,
-                              reads=m.reads, repeats=repeats)  # fmt: skip
+                              reads=m.reads, repeats=repeats, after=self._taken)  # fmt: skip
+        self._taken = max(self._taken, *(d.seq for d in batch))
         tail = batch[-1]
         self.pending = tail.pending
         window = self.members[0].window
@@ -192,6 +209,18 @@ class ProjectionRunner:
         elif not self._should_grow(window, tail):
             await self._start_commit()
         return len(batch)
+
+    def _follow(self, batch: list[Delivery]) -> None:
+        """Raise ``Gap`` unless ``batch`` continues the consumer's deliveries to this runner
+        without a hole (consumer sequences one by one): a delivery that went elsewhere (another
+        process pulling from this durable, a reply lost in a reconnect) would be skipped."""
+        for d in batch:
+            if d.cseq != self._cseq + 1:
+                raise Gap(
+                    f"the consumer's delivery {d.cseq} (stream sequence {d.seq}) came after "
+                    f"{self._cseq}: deliveries went elsewhere"
+                )
+            self._cseq = d.cseq
 
     def isolating(self, exc: Isolate) -> None:
         """A window failed for an event it holds: fold its events again in careful windows, up
@@ -306,6 +335,8 @@ class ProjectionRunner:
         (``bisect``, careful windows only; each window's result becomes what the bisection
         found). The ids are facts of the stream, recorded whichever projections moved."""
         async with self.rt.pool.acquire() as conn, conn.transaction():
+            if self.lease is not None:  # the fence: no commit once the lease is gone
+                await self.lease.fence(conn)
             if self.ledger is not None:
                 await self.ledger.record(conn, records)
             for m, window in windows:
@@ -319,10 +350,71 @@ class ProjectionRunner:
         outbox.committed()  # what the windows emitted is stored now: publish it
 
     async def run(self, stopping: Callable[[], bool]) -> None:
-        """Apply batches until ``stopping()``; the batches in hand are always committed first."""
+        """Apply batches until ``stopping()``; the batches in hand are always committed first.
+        With a lease: only while holding it, standing by meanwhile; given up at the end."""
+        lease = self.lease
+        if lease is None:
+            await self._apply(stopping)
+            return
+        try:
+            while await self._stand_by(lease, stopping):
+                self._activate(True)
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(lease.keep)
+                    await self._apply(stopping)
+                    tg.cancel_scope.cancel()
+                self._activate(False)
+                self._drop()
+        finally:
+            await lease.close()
+            self._activate(False)
+
+    def _writing(self, stopping: Callable[[], bool]) -> bool:
+        return not stopping() and (self.lease is None or self.lease.held)
+
+    async def _stand_by(self, lease: Lease, stopping: Callable[[], bool]) -> bool:
+        """Try to take the lease every ``RETRY_S`` until this process holds it (True) or is
+        stopped (False); meanwhile it is a standby, healthy (health.py), and says which process
+        is active."""
+        said = ""
+        while not stopping():
+            try:
+                if await lease.try_take():
+                    log.info("projection %s: active (this process holds the lease)", self.name)
+                    return True
+                holders = ", ".join(await lease.holders()) or "another process"
+                self.health.standing_by(holders)
+                if said != holders:
+                    log.info("projection %s: standby (active: %s)", self.name, holders)
+                    said = holders
+            except Exception as exc:  # Postgres away: not a standby anyone can count on
+                log.warning("projection %s: cannot reach the lease (%s); retrying", self.name, exc)
+                self.health.failed(exc, resync=False)
+                self.health.positioning()
+                metrics.count_postgres_error("projector", exc)
+                lease.lose(f"{type(exc).__name__}: {exc}")
+                said = ""
+            await anyio.sleep(RETRY_S)
+        return False
+
+    def _activate(self, active: bool) -> None:
+        for m in self.members:
+            metrics.ACTIVE.labels(m.projection.name).set(1 if active else 0)
+
+    def _drop(self) -> None:
+        """Forget what was folded (the lease is lost: the next holder applies it)."""
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:  # fenced: it commits nothing; what it raised is of no use now
+            inflight.cancel()
+            inflight.add_done_callback(lambda f: f.cancelled() or f.exception())
+        for m in self.members:
+            m.window = None
+
+    async def _apply(self, stopping: Callable[[], bool]) -> None:
+        """Apply batches while ``_writing``; stopped, commit the batches in hand first."""
         backoff = 0.1
         await self._position_retrying(stopping)
-        while not stopping():
+        while self._writing(stopping):
             try:
                 await self.step()
                 if stopping():
@@ -332,7 +424,10 @@ class ProjectionRunner:
                 self.health.failed(exc, resync=True)
                 self.isolating(exc)
                 await self._position_retrying(stopping)
-            except Exception as exc:  # Resync, NATS or Postgres trouble: start again
+            except Exception as exc:  # Resync, Gap, NATS or Postgres trouble: start again
+                if not self._writing(stopping) or isinstance(exc, LeaseLost):
+                    log.warning("projection %s: %s; standing by", self.name, exc)
+                    break
                 if needs_operator(exc):  # no event caused it, and waiting will not cure it
                     log.error("projection %s: %r; re-positioning", self.name, exc)
                 else:
@@ -356,9 +451,11 @@ class ProjectionRunner:
 
     async def _position_retrying(self, stopping: Callable[[], bool]) -> None:
         delay = 0.1
-        while not stopping():
+        while self._writing(stopping):
             try:
                 await self.position()
+                return
+            except LeaseLost:
                 return
             except Exception as exc:  # NATS or Postgres away: keep trying
                 log.warning("projection %s: cannot position (%s); retrying", self.name, exc)

@@ -7,6 +7,12 @@ ledger.py), are skipped; the rows the events touch are loaded (cache.py); the ev
 in stream order (pure).
 Nothing is written here: commit.py writes a window.
 
+Invariant: a window starts right after the checkpoint it commits on. The first delivery it
+folds past that checkpoint must follow, on its consumer, a delivery at or before it (or the
+consumer's start): otherwise the events between were never folded, and committing would skip
+them. ``follows`` checks it for every delivery (``Gap``: the window fails, the runner
+re-positions from the checkpoints); the runner checks that the consumer lost no delivery.
+
 Near the head of the stream a window is one batch, committed as soon as it is folded. Far
 behind (catching up, a rebuild), a window grows to ``window_size`` events or
 ``window_seconds``, so a row many of its events change is written once.
@@ -31,6 +37,11 @@ from fleetward.services.projector.failures import describe
 PROJECTION_ERROR = "projection_error"  # a valid event the fold could not apply (a bug of ours)
 
 M = TypeVar("M", bound=Meta)
+
+
+class Gap(Exception):
+    """A window would not start right after the checkpoint it commits on (or a consumer lost a
+    delivery): committing it would skip events. The window fails; the runner re-positions."""
 
 
 @dataclass(slots=True)
@@ -125,10 +136,14 @@ async def prepare(
     cache: RowCache | None = None,
     reads: Callable[[str], bool] | None = None,
     repeats: Set[int] = frozenset(),
+    after: int | None = None,
 ) -> Window:
     """Fold an admitted batch into ``window``: the deliveries on subjects the projection
     ``reads`` (all when None), past the window's last sequence and not ``repeats`` (sequences of
-    copies of earlier events: ledger.py). Reads rows only."""
+    copies of earlier events: ledger.py). ``after``: the highest stream sequence the consumer
+    delivered before this batch (``follows``; None: not checked). Reads rows only."""
+    if after is not None:
+        follows(window, admitted, after)
     result, dead = window.result, window.dead
     items: list[tuple[Event, Delivery]] = []
     last = window.last
@@ -157,6 +172,23 @@ async def prepare(
     await load_rows(conn, projection, items, window.rows, cache)
     tally(items, fold(projection, items, window.rows), dead, result)
     return window
+
+
+def follows(window: Window, admitted: Admitted, after: int) -> None:
+    """Raise ``Gap`` unless every delivery of ``admitted`` past the window's last sequence
+    comes right after it: the consumer delivered nothing past it before (``after``: the highest
+    stream sequence it delivered before this batch). A delivery at or before the last sequence
+    is a redelivery, skipped by ``prepare``. Pure."""
+    last, taken = window.last, after
+    for d, _ in admitted:
+        if d.seq > last:
+            if taken > last:
+                raise Gap(
+                    f"delivery {d.seq} would start after {taken}, but the window commits on "
+                    f"{window.expected} and has folded up to {last}: events would be skipped"
+                )
+            last = d.seq
+        taken = max(taken, d.seq)
 
 
 def tally(

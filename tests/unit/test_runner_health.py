@@ -83,3 +83,13 @@ def test_a_runners_problems_fail_the_projector_check_with_their_reasons() -> Non
     assert body["ok"] is False
     assert body["problems"] == ['projector: projection agents: no commit for 61 s ("quoted")']
     assert body["checks"]["nats"] == {"ok": True, "reason": "connected"}
+
+
+def test_a_standby_is_healthy_until_it_positions_to_write() -> None:
+    health = RunnerHealth()
+    assert health.problems("spend")  # not positioned
+    health.standing_by("host-a pid 7")
+    assert health.problems("spend") == []
+    health.positioning()  # it took the lease: from now on judged as a writer
+    assert health.standby is None
+    assert health.problems("spend")
