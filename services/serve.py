@@ -60,13 +60,15 @@ async def run_services(
     api: bool = False,
     on_ready: Callable[[int], Coroutine[Any, Any, None]] | None = None,
     on_api: Callable[[int], None] | None = None,
+    stop: anyio.Event | None = None,
 ) -> None:
     """Run until SIGTERM/SIGINT. ``on_ready`` gets the metrics port once everything runs; with
     ``api``, the HTTP API and dashboard (services/api/server.py) run too, and ``on_api`` gets
     their port before that. The watchdog and the task API act with credentials of their own
     (``acting_as``), signing in again until they can when NATS is away at the start
-    (``/healthz`` says so meanwhile); so does the guard (``svc:guard``)."""
-    stop = anyio.Event()
+    (``/healthz`` says so meanwhile); so does the guard (``svc:guard``). Setting ``stop`` stops
+    it as SIGTERM does."""
+    stop = stop or anyio.Event()
     runners = [
         ProjectionRunner(
             rt,

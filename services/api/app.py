@@ -197,6 +197,7 @@ def _pages(gate: Gate, health: HealthChecks) -> list[StarletteRoute]:
         StarletteRoute("/readyz", healthz, methods=["GET"]),
         StarletteRoute("/openapi.json", spec, methods=["GET"]),
         StarletteRoute("/static/{name}", static, methods=["GET"]),
+        StarletteRoute("/favicon.ico", lambda _r: Response(status_code=204), methods=["GET"]),
     ]
 
 

@@ -55,7 +55,11 @@ function overview(o) {
       el("td", b.state, "b-" + b.state));
     body.append(tr);
   }
-  if (!o.budgets.length) body.append(el("tr")).append(el("td", "no budgets set"));
+  if (!o.budgets.length) {
+    const tr = el("tr");
+    tr.append(el("td", "no budgets set"));
+    body.append(tr);
+  }
 }
 
 const agents = new Map(); // agent_id -> row data
