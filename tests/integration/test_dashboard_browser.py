@@ -81,4 +81,4 @@ async def test_the_dashboard_shows_an_agent_go_offline_and_its_escalation_withou
         tg.cancel_scope.cancel()
     with capsys.disabled():
         print(f"\ndashboard screenshot: {shot}")
-    assert os.path.getsize(shot) > 0
+    assert (await anyio.Path(shot).stat()).st_size > 0
