@@ -122,6 +122,8 @@ class Settings:
     # /healthz fails when a projection holds events it has not committed for this long
     stall_s: float = DEFAULT_STALL_S
     audit_seal_s: float = DEFAULT_AUDIT_SEAL_S  # the auditor seals the chain once per this
+    api_host: str = "127.0.0.1"  # FLEETWARD_API_HOST: the HTTP API and dashboard
+    api_port: int = 0  # FLEETWARD_API_PORT; 0: pick a free port
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -142,6 +144,8 @@ class Settings:
             watchdog=WatchdogSettings.from_env(env),
             stall_s=_number(env, "FLEETWARD_STALL_S", DEFAULT_STALL_S),
             audit_seal_s=_seal_period(env),
+            api_host=env.get("FLEETWARD_API_HOST", "127.0.0.1"),
+            api_port=int(_number(env, "FLEETWARD_API_PORT", 0)),
         )
 
 
