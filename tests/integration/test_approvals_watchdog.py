@@ -36,19 +36,26 @@ from tests.integration.test_watchdog import FAST, running
 
 
 @contextlib.asynccontextmanager
-async def projecting(rt: Runtime) -> AsyncIterator[None]:
+async def projecting(rt: Runtime) -> AsyncIterator[Callable[[], Awaitable[None]]]:
     """The projections (and their outbox: decisions to agents' inboxes) applied every 0.2 s
-    while the block runs, as the projector would."""
+    while the block runs, as the projector would; it yields a function that applies them now
+    (one runner at a time: two would move each other's checkpoints)."""
+    lock = anyio.Lock()
+
+    async def project() -> None:
+        async with lock:
+            await project_all(rt)
+
     async with anyio.create_task_group() as tg:
 
         async def loop() -> None:
             while True:
-                await project_all(rt)
+                await project()
                 await anyio.sleep(0.2)
 
         tg.start_soon(loop)
         try:
-            yield
+            yield project
         finally:
             tg.cancel_scope.cancel()
 
@@ -81,7 +88,7 @@ async def test_the_watchdog_escalates_once_across_a_restart_then_denies_and_the_
     a = await agent(rt, "slow-a")
     outcome: list[BaseException] = []
     try:
-        async with projecting(rt), anyio.create_task_group() as tg:
+        async with projecting(rt) as project, anyio.create_task_group() as tg:
 
             async def ask() -> None:
                 try:
@@ -101,7 +108,7 @@ async def test_the_watchdog_escalates_once_across_a_restart_then_denies_and_the_
 
             request = await wait_for(requested, 10, "the request")
             esc = escalation_of(request.approval)
-            await project_all(rt)
+            await project()
             first = Watchdog(rt, FAST, name="wd_first")
             async with running(rt, first) as (rec, _):
 
@@ -113,7 +120,7 @@ async def test_the_watchdog_escalates_once_across_a_restart_then_denies_and_the_
             assert raised.evidence["notify"] == "approver"
             assert raised.actor == "svc:watchdog" and not outcome  # still open, still waiting
 
-            await project_all(rt)  # the restarted watchdog loads the escalation as open
+            await project()  # the restarted watchdog loads the escalation as open
             second = Watchdog(rt, FAST, name="wd_second")
             async with running(rt, second) as (rec2, _):
                 await wait_for(lambda: _true(outcome), 20, "the agent's client to raise")
