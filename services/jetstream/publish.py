@@ -10,6 +10,7 @@ one expected, so an event of any actor on the boundary in between makes the serv
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 
 import msgspec
@@ -45,31 +46,44 @@ def expect_last(event: Event, seq: int, over: str | None = None) -> dict[str, st
     }
 
 
+# How long a publish keeps trying through transient errors. A cluster electing a stream's new
+# leader (its old one died) has nobody to answer for some seconds: nats-server's election takes
+# 4 to 9 s after the old leader is missed. The id dedupes every retry.
+RIDE_OUT_S = 30.0
+
+
 async def publish(
     js: JetStreamContext,
     event: Event,
     *,
     attempts: int = 5,
+    ride_out_s: float = RIDE_OUT_S,
     expect: int | None = None,
     over: str | None = None,
 ) -> PubAck:
     """Publish one event and wait for the stream's acknowledgement; with ``expect``,
     compare-and-set over its boundary, or over the subjects ``over`` when given (``APIError``
-    10071 when they moved past it)."""
+    10071 when they moved past it). Transient errors (no answer, nobody to answer, the
+    connection gone) are retried with the same id: at least ``attempts`` tries, and on for up
+    to ``ride_out_s`` seconds from the first (a leader election). A retry of an event that was
+    stored comes back as a duplicate, or, with ``expect`` on one server, as 10071: the server
+    checks the expected sequence before the id there, and the id first on a cluster."""
     data = encode(event)
     hdrs = {MSG_ID: event.id}
     if expect is not None:
         hdrs |= expect_last(event, expect, over)
     delay = 0.05
-    for attempt in range(attempts):
+    give_up = time.monotonic() + ride_out_s
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return await js.publish(subject_of(event), data, headers=hdrs)
         except TRANSIENT:
-            if attempt == attempts - 1:
+            if attempt >= attempts and time.monotonic() + delay > give_up:
                 raise
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-    raise AssertionError("unreachable")
+            delay = min(delay * 2, 1.0)
 
 
 async def publish_many(js: JetStreamContext, events: Iterable[Event], *, window: int = 256) -> int:
