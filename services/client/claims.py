@@ -30,7 +30,7 @@ from nats.js.errors import APIError
 
 from fleetward.projections.tasks import HELD, agent_claim_problem, task_claim_problem
 from fleetward.schemas.events import TaskClaimed
-from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
+from fleetward.schemas.headers import WRONG_LAST_SEQUENCES
 from fleetward.services.client.publisher import Publisher
 from fleetward.services.client.taskstate import TaskState, read_task
 from fleetward.services.jetstream.publish import RIDE_OUT_S, TRANSIENT
@@ -110,7 +110,7 @@ async def claim_task(
         try:
             ack = await pub.send(claim, expect=state.last_seq)
         except APIError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
+            if exc.err_code not in WRONG_LAST_SEQUENCES:
                 raise
             now = await _settle(pub, task)
             if now.row is not None and now.row["claim_id"] == claim.id:

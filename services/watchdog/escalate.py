@@ -37,7 +37,7 @@ from nats.js.errors import APIError
 from fleetward.schemas import subject_of
 from fleetward.schemas.admission import Rejected, decode
 from fleetward.schemas.events import EscalationRaised, EscalationResolved, Event
-from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
+from fleetward.schemas.headers import WRONG_LAST_SEQUENCES
 from fleetward.schemas.subjects import key_of
 from fleetward.services import metrics
 from fleetward.services.jetstream.boundary import last_of
@@ -126,7 +126,7 @@ class Publisher(PlanPublisher):
             try:
                 ack = await publish(self.js, event, expect=expected)
             except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code not in WRONG_LAST_SEQUENCES:
                     raise
                 expected = None  # someone wrote on the escalation: look again
                 continue
@@ -141,7 +141,7 @@ class Publisher(PlanPublisher):
             try:
                 ack = await publish(self.js, event, expect=expect)
             except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code not in WRONG_LAST_SEQUENCES:
                     raise
                 if expect != seq:
                     return "duplicate"

@@ -20,7 +20,7 @@ import msgspec
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.api import PubAck
-from nats.js.errors import APIError
+from nats.js.errors import APIError, ServiceUnavailableError
 
 from fleetward.projections import ALL
 from fleetward.schemas import Event
@@ -168,7 +168,7 @@ async def work(a: RecordingAgent, tasks: list[str], seed: int, stop: anyio.Event
             await anyio.sleep(0.01)  # someone else holds it: another pick, in a moment
             continue
         except Exception as exc:  # the cluster in an election: counted, and on
-            ledger.errors[type(exc).__name__] += 1
+            ledger.errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
             continue
         ledger.wins.append((a.agent, claim))
         for step in ("progress", "spend", "release"):
@@ -185,13 +185,22 @@ async def work(a: RecordingAgent, tasks: list[str], seed: int, stop: anyio.Event
                 except ClaimLost:
                     break
                 except Exception as exc:
-                    ledger.errors[type(exc).__name__] += 1
+                    ledger.errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
+
+
+async def caught_up(rt: Runtime) -> bool:
+    """``all_caught_up``, False while a consumer has no leader (its election after a kill)."""
+    try:
+        return await all_caught_up(rt)
+    except ServiceUnavailableError:
+        return False
 
 
 async def stored(rt: Runtime, stream: str) -> list[tuple[int, str, bytes]]:
-    """Every message of ``stream``: (sequence, its event id, its bytes)."""
+    """Every message of ``stream``: (sequence, its event id, its bytes), read from its leader
+    (a direct get may be answered by any replica)."""
     out = []
-    async for raw in read_subjects(rt.nc, stream, ">", direct=True):
+    async for raw in read_subjects(rt.nc, stream, ">"):
         out.append((raw.seq, raw.headers.get(MSG_ID, ""), raw.data))
     return out
 
@@ -232,13 +241,12 @@ async def test_leader_then_follower_killed_while_agents_claim_and_the_projector_
                 leader = await stream_leader(rt.nc, EVENTS_STREAM)
                 await kill_and_restart(leader, f"leader {leader}")
                 now = await stream_leader(rt.nc, EVENTS_STREAM)
-                assert now != leader, "a restarted node took back the lead at once"
                 follower = next(n.name for n in nats_cluster.nodes if n.name != now)
                 await kill_and_restart(follower, f"follower {follower}")
                 at = len(ledger.acked)
                 await wait_for(lambda: progressed(at), 60, "progress after the faults")
                 stop.set()
-            await wait_for(lambda: all_caught_up(rt), 120, "the projector to catch up")
+            await wait_for(lambda: caught_up(rt), 120, "the projector to catch up")
             assert proj.poll() is None, output(logs)  # it rode out both kills by itself
             proj.send_signal(signal.SIGTERM)
             assert proj.wait(timeout=30) == 0, output(logs)
@@ -248,8 +256,7 @@ async def test_leader_then_follower_killed_while_agents_claim_and_the_projector_
                 await a.close()
             await ops.close()
 
-    await stream_leader(rt.nc, EVENTS_STREAM)  # direct reads may go to any replica: all current
-    await stream_leader(rt.nc, HEARTBEATS_STREAM)
+    await stream_leader(rt.nc, EVENTS_STREAM)  # every replica current again
     await check_stored_once(rt, ledger)
     await check_one_holder(rt, ledger)
     await check_applied_once(rt, ledger)
@@ -274,6 +281,10 @@ async def check_stored_once(rt: Runtime, ledger: Ledger) -> None:
     ours = {i for i in where if i in ledger.tried}
     unacked = ours - set(ledger.acked)  # published, no acknowledgement seen, stored after all
     assert len(ledger.acked) + len(unacked) == len(ours)
+    print(
+        f"tried {len(ledger.tried)} acked {len(ledger.acked)} stored-unacked {len(unacked)} "
+        f"wins {len(ledger.wins)} errors {dict(ledger.errors)}"
+    )
     assert len(ledger.acked) >= 3 * PROGRESS_PER_FAULT
 
 
