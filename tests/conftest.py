@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import shutil
@@ -33,8 +34,8 @@ from fleetward.services.client import FleetClient
 from fleetward.services.config import Settings
 from fleetward.services.runtime.connect import Runtime, open_runtime
 from fleetward.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, database_url
-from tests.cluster import Cluster, jetstream_ready, start_cluster
-from tests.helpers import HARNESS, as_harness, creds, grant_test_admins
+from tests.cluster import SIZE, Cluster, jetstream_ready, start_cluster
+from tests.helpers import HARNESS, as_harness, creds, grant_test_admins, settings_env
 
 TEMPLATE = "fleetward_test_template"
 
@@ -211,22 +212,36 @@ async def clean_nats(nats_url: str, auth: AuthStore) -> str:
     return nats_url
 
 
-@pytest.fixture
-def settings(clean_nats: str, database: str, tmp_path: Path, auth: AuthStore) -> Settings:
+def make_settings(
+    auth: AuthStore, nats_url: str, database: str, home: Path, **more: str
+) -> Settings:
+    """A test's settings: its keys, servers and home (``more``: other variables)."""
     env = {
         "FLEETWARD_AUTH_DIR": str(auth.root),
-        "FLEETWARD_NATS_URL": clean_nats,
+        "FLEETWARD_NATS_URL": nats_url,
         "FLEETWARD_DATABASE_URL": database,
-        "FLEETWARD_HOME": str(tmp_path / "home"),
+        "FLEETWARD_HOME": str(home),
     }
-    return Settings.from_env(env)
+    return Settings.from_env(env | more)
+
+
+@pytest.fixture
+def settings(clean_nats: str, database: str, tmp_path: Path, auth: AuthStore) -> Settings:
+    return make_settings(auth, clean_nats, database, tmp_path / "home")
+
+
+@contextlib.asynccontextmanager
+async def harness(settings: Settings) -> AsyncIterator[Runtime]:
+    """The harness's runtime, acting as ``HARNESS``, the test admins granted."""
+    async with open_runtime(settings, identity=HARNESS) as runtime:
+        await grant_test_admins(runtime)
+        yield runtime
 
 
 @pytest.fixture
 async def rt(settings: Settings) -> AsyncIterator[Runtime]:
     """The harness's runtime, acting as ``HARNESS`` (it may write any subject)."""
-    async with open_runtime(settings, identity=HARNESS) as runtime:
-        await grant_test_admins(runtime)
+    async with harness(settings) as runtime:
         yield runtime
 
 
@@ -240,14 +255,7 @@ async def ops(rt: Runtime) -> AsyncIterator[FleetClient]:
 @pytest.fixture
 def env(settings: Settings) -> dict[str, str]:
     """The environment for a ``fleetward`` subprocess pointed at this test's servers."""
-    assert settings.nats_url and settings.database_url
-    return {
-        **os.environ,
-        "FLEETWARD_NATS_URL": settings.nats_url,
-        "FLEETWARD_DATABASE_URL": settings.database_url,
-        "FLEETWARD_HOME": str(settings.home),
-        "FLEETWARD_AUTH_DIR": str(settings.auth_dir),
-    }
+    return {**os.environ, **settings_env(settings)}
 
 
 @pytest.fixture(scope="module")
@@ -295,33 +303,20 @@ async def cluster_settings(
 ) -> Settings:
     """Settings for the cluster (every node's URL, streams R3) and a fresh database."""
     await _clean_cluster(nats_cluster, cluster_auth)
-    env = {
-        "FLEETWARD_AUTH_DIR": str(cluster_auth.root),
-        "FLEETWARD_NATS_URL": nats_cluster.url,
-        "FLEETWARD_DATABASE_URL": database,
-        "FLEETWARD_HOME": str(tmp_path / "home"),
-        "FLEETWARD_STREAM_REPLICAS": "3",
-    }
-    return Settings.from_env(env)
+    home = tmp_path / "home"
+    return make_settings(
+        cluster_auth, nats_cluster.url, database, home, FLEETWARD_STREAM_REPLICAS=str(SIZE)
+    )
 
 
 @pytest.fixture
 async def crt(cluster_settings: Settings) -> AsyncIterator[Runtime]:
     """``rt`` on the cluster."""
-    async with open_runtime(cluster_settings, identity=HARNESS) as runtime:
-        await grant_test_admins(runtime)
+    async with harness(cluster_settings) as runtime:
         yield runtime
 
 
 @pytest.fixture
 def cluster_env(cluster_settings: Settings) -> dict[str, str]:
     """``env`` on the cluster: for a ``fleetward`` subprocess."""
-    assert cluster_settings.nats_url and cluster_settings.database_url
-    return {
-        **os.environ,
-        "FLEETWARD_NATS_URL": cluster_settings.nats_url,
-        "FLEETWARD_DATABASE_URL": cluster_settings.database_url,
-        "FLEETWARD_HOME": str(cluster_settings.home),
-        "FLEETWARD_AUTH_DIR": str(cluster_settings.auth_dir),
-        "FLEETWARD_STREAM_REPLICAS": "3",
-    }
+    return {**os.environ, **settings_env(cluster_settings)}

@@ -35,7 +35,15 @@ from fleetward.services.errors import FleetwardError, StreamConflict
 from fleetward.services.projector.rebuild import rebuild
 from fleetward.services.runtime.connect import Runtime, open_runtime
 from tests.cluster import SIZE, Cluster, stream_leader
-from tests.helpers import HARNESS, agent, creds, snapshot, task_api, wait_for
+from tests.helpers import (
+    HARNESS,
+    agent,
+    creds,
+    settings_env,
+    snapshot,
+    task_api,
+    wait_for,
+)
 from tests.integration.test_chaos import all_caught_up
 from tests.integration.test_cli import output, spawn
 from tests.integration.test_health import ready_port
@@ -54,31 +62,20 @@ async def test_streams_are_created_with_the_configured_replicas_and_verified(
         assert info.cluster is not None and len(info.cluster.replicas or []) == SIZE - 1
     async with open_runtime(cluster_settings, identity=HARNESS):  # verified as they are
         pass
-    unset = Settings.from_env(_env(cluster_settings, FLEETWARD_STREAM_REPLICAS=""))
+    unset = Settings.from_env(settings_env(cluster_settings, FLEETWARD_STREAM_REPLICAS=""))
     async with open_runtime(unset, identity=HARNESS):  # no count asked for: any is accepted
         pass
-    one = Settings.from_env(_env(cluster_settings, FLEETWARD_STREAM_REPLICAS="1"))
+    one = Settings.from_env(settings_env(cluster_settings, FLEETWARD_STREAM_REPLICAS="1"))
     with pytest.raises(StreamConflict, match="num_replicas is 3, FLEETWARD_STREAM_REPLICAS asks"):
         async with open_runtime(one, identity=HARNESS):
             pass
 
 
 async def test_one_server_cannot_hold_three_replicas_and_says_so(settings: Settings) -> None:
-    three = Settings.from_env(_env(settings, FLEETWARD_STREAM_REPLICAS="3"))
+    three = Settings.from_env(settings_env(settings, FLEETWARD_STREAM_REPLICAS="3"))
     with pytest.raises(FleetwardError, match="cannot create stream FW_EVENTS with 3 replicas"):
         async with open_runtime(three, identity=HARNESS):
             pass
-
-
-def _env(settings: Settings, **more: str) -> dict[str, str]:
-    assert settings.nats_url and settings.database_url
-    return {
-        "FLEETWARD_AUTH_DIR": str(settings.auth_dir),
-        "FLEETWARD_NATS_URL": settings.nats_url,
-        "FLEETWARD_DATABASE_URL": settings.database_url,
-        "FLEETWARD_HOME": str(settings.home),
-        **more,
-    }
 
 
 async def test_a_claim_whose_ack_was_lost_is_won_on_one_server(rt: Runtime) -> None:
