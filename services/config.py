@@ -127,6 +127,8 @@ class Settings:
     # three-node cluster) and existing ones must have it; None (unset): created with 1, and an
     # existing stream's count is left as it is
     stream_replicas: int | None = None
+    api_host: str = "127.0.0.1"  # FLEETWARD_API_HOST: the HTTP API and dashboard
+    api_port: int = 0  # FLEETWARD_API_PORT; 0: pick a free port
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -148,6 +150,8 @@ class Settings:
             stall_s=_number(env, "FLEETWARD_STALL_S", DEFAULT_STALL_S),
             audit_seal_s=_seal_period(env),
             stream_replicas=_replicas(env),
+            api_host=env.get("FLEETWARD_API_HOST", "127.0.0.1"),
+            api_port=int(_number(env, "FLEETWARD_API_PORT", 0)),
         )
 
 
