@@ -222,7 +222,7 @@ async def open_runtime(
         stack.push_async_callback(pool.close)
         js = nc.jetstream(timeout=10)
         if prepare:
-            await ensure_streams(js, all_streams(settings.retention_days))
+            await ensure_streams(js, all_streams(settings.retention_days), settings.stream_replicas)
             async with pool.acquire() as conn:
                 await db.migrate(conn)
         yield Runtime(settings, identity_of(creds), nats_url, database, nc, js, pool)

@@ -45,7 +45,7 @@ from nats.js.errors import APIError
 from fleetward.schemas import subject_of
 from fleetward.schemas.admission import Rejected, decode
 from fleetward.schemas.events import ApprovalDenied, EscalationRaised, EscalationResolved, Event
-from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
+from fleetward.schemas.headers import WRONG_LAST_SEQUENCES
 from fleetward.schemas.subjects import key_of
 from fleetward.services import metrics
 from fleetward.services.client.approvals import GateState
@@ -142,7 +142,7 @@ class Publisher(PlanPublisher):
             try:
                 ack = await publish(self.js, event, expect=expected)
             except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code not in WRONG_LAST_SEQUENCES:
                     raise
                 expected = None  # someone wrote on the escalation: look again
                 continue
@@ -165,7 +165,7 @@ class Publisher(PlanPublisher):
             try:
                 ack = await publish(self.js, event, expect=state.last_seq)
             except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code not in WRONG_LAST_SEQUENCES:
                     raise
                 continue  # something was stored on the request meanwhile: read it again
             return "duplicate" if ack.duplicate else "stored"
@@ -178,7 +178,7 @@ class Publisher(PlanPublisher):
             try:
                 ack = await publish(self.js, event, expect=expect)
             except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code not in WRONG_LAST_SEQUENCES:
                     raise
                 if expect != seq:
                     return "duplicate"
