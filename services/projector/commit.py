@@ -96,7 +96,7 @@ async def store_emitted(conn: Conn, projection: Projection, rows: Rows) -> None:
                 raise ValueError(msg) from exc
             stored.append((out.id, subject, data, projection.name, seq))
         await conn.executemany(q("outbox_insert"), stored)
-        outbox.stored()  # (committed with the caller's transaction: published after it)
+        outbox.stored(conn)  # (committed with the caller's transaction: published after it)
 
 
 def rekeyed(secret: str, event: Event, seq: int) -> Event:

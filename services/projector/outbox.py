@@ -34,20 +34,24 @@ POLL_S = 1.0  # how often it asks Postgres anyway (what other processes stored)
 RETRY_S = 2.0  # the longest wait before trying again after a failure
 STUCK_S = 30.0  # the oldest waiting event older than this: the outbox is not healthy
 
-_stored = [False]  # ``stored()`` since the last ``committed()``
+_stored: set[int] = set()  # the transactions (their connections' ids) that stored emitted events
 _bell: list[anyio.Event] = []  # the running Outbox's: rung when there is something to publish
 
 
-def stored() -> None:
-    """This process is storing emitted events in a transaction (commit.py)."""
-    _stored[0] = True
+def stored(conn: object) -> None:
+    """The transaction on ``conn`` is storing emitted events (commit.py)."""
+    _stored.add(id(conn))
 
 
-def committed() -> None:
-    """A transaction of this process ended; if it stored emitted events, wake the outbox."""
-    if _stored[0] and _bell:
-        _stored[0] = False
-        _bell[0].set()
+def committed(conn: object) -> None:
+    """The transaction on ``conn`` ended; if it stored emitted events, wake the outbox. Kept
+    per transaction: with several runners in a process, another runner's commit must not take
+    this one's wake-up while this one's rows are not visible yet (the outbox then slept until
+    its next poll: the pause commands' 1 s tail in ``make bench --only spend``)."""
+    if id(conn) in _stored:
+        _stored.discard(id(conn))
+        if _bell:
+            _bell[0].set()
 
 
 class Outbox:

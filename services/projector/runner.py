@@ -347,7 +347,7 @@ class ProjectionRunner:
                         await commit(conn, m.projection, window)
                 except Moved as exc:  # a rebuild of one projection must not stall the others:
                     moved[m.projection.name] = exc  # they still commit
-        outbox.committed()  # what the windows emitted is stored now: publish it
+        outbox.committed(conn)  # what the windows emitted is stored now: publish it
 
     async def run(self, stopping: Callable[[], bool]) -> None:
         """Apply batches until ``stopping()``; the batches in hand are always committed first.
