@@ -27,6 +27,7 @@ from fleetward.services.cli import (
     kpis,
     people,
     projector,
+    review,
     tasks,
     watchdog,
 )
@@ -49,6 +50,7 @@ COMMANDS: tuple[Command, ...] = (
     fleet.AGENT,
     budgets.BUDGETS,
     kpis.KPIS,
+    review.REVIEW,
     escalations.ESCALATIONS,
     approvals.APPROVALS,
     approvals.APPROVE,
