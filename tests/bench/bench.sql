@@ -33,3 +33,8 @@ DROP TABLE bench_agents;
 -- name: bench_probe
 -- The freshness probe: the message of the probe agent's last heartbeat, as the view shows it.
 SELECT message FROM fleet.utilization WHERE agent_id = 'probe';
+
+-- name: kpis_empty
+-- The KPI benchmark's history gone, for the next run's.
+TRUNCATE fleetward.agents, fleetward.agent_versions, fleetward.kpi_daily,
+         fleetward.kpi_latency_daily, fleetward.deliverables, fleetward.utilization_hourly;
