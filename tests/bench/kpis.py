@@ -6,18 +6,19 @@ baseline) and of the KPI views as the CLI, the review and the metrics read them.
 The history is built fast, straight into the tables the projections own, by the projections'
 own folds: each agent-day's rollup rows (``kpi_daily``, ``kpi_latency_daily``) are folded by
 ``projections/kpis.py`` (``add``, ``add_latency``) from a day of runs, spends and tool calls
-drawn from a few patterns, and COPYed in with the agents, their versions, one reviewed
-deliverable per agent-day and 24 utilization hours per agent-day (``utilization_hourly``).
-Publishing the ~10^8 events that history stands for would take hours on 2 cores; the views read
-only these rows, so they answer the same."""
+drawn from a few patterns, then stamped onto every agent and day on the server
+(``kpis_history``, tests/bench/bench.sql) with the agents, their versions and one reviewed
+deliverable per agent-day; the team rollups are then summed from them as migration 0035 does
+(``fleetward.kpi_rollups_fill``), and each agent-day's utilization written by day. Publishing
+the ~10^7 events that history stands for would take hours on 2 shared cores; the views read only
+these rows, so they answer the same."""
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -27,6 +28,7 @@ from fleetward.schemas.events import Event, RunFinished, RunStarted, SpendRecord
 from fleetward.services.db import q
 from fleetward.services.runtime.connect import Runtime
 from tests.bench.kit import percentile
+from tests.bench.sql import bench_q
 
 TEAM_SIZE = 100
 PATTERNS = 16  # distinct agent-days, folded once each
@@ -79,93 +81,24 @@ def _agent(i: int) -> tuple[str, str]:
     return f"agent-{i:06d}", f"team-{i // TEAM_SIZE:04d}"
 
 
-Batch = tuple[str, list[str], list[tuple[Any, ...]]]
-
-
-def _tables(agents: int, days: int, today: date, seed: int) -> Iterator[Batch]:
-    """(table, columns, rows) to COPY, one batch per agent."""
-    rng = random.Random(seed)
-    patterns = [_fold(_day_events(rng)) for _ in range(PATTERNS)]
-    now = datetime.combine(today, datetime.min.time(), UTC)
-    first = now - timedelta(days=days - 1)
-    half = first + timedelta(days=days // 2)
-    daily_cols = list(kpis.KPI_DAILY.columns)
-    for i in range(agents):
-        agent, team = _agent(i)
-        yield "fleetward.agents", [
-            "agent_id", "name", "owner", "team", "purpose", "risk_class", "version", "status",
-            "status_reason", "heartbeat_interval_s", "roles", "max_concurrent_tasks",
-            "registered_at", "updated_at", "last_seq",
-        ], [(agent, agent, "bench", team, "", "medium", "2", "active", "", 60.0, ["worker"], 1,
-             first, half, i)]  # fmt: skip
-        yield "fleetward.agent_versions", [
-            "agent_id", "version", "prompt", "model", "tools", "notes", "set_by", "first_at",
-            "changed_at",
-        ], [(agent, "1", "p1", "m", [], "", agent, first, first),
-            (agent, "2", "p2", "m", [], "", agent, half, half)]  # fmt: skip
-        daily, latency, delivered, hours = [], [], [], []
-        for d in range(days):
-            day = (first + timedelta(days=d)).date()
-            version = "1" if d < days // 2 else "2"
-            row, buckets = patterns[(i * 7 + d) % PATTERNS]
-            stamped = {**row, "agent_id": agent, "day": day, "team": team, "version": version}
-            daily.append(tuple(stamped[c] for c in daily_cols))
-            latency += [(agent, day, team, version, le, n) for le, n in buckets.items()]
-            at = datetime.combine(day, datetime.min.time(), UTC) + timedelta(hours=12)
-            verdict = "reject" if (i + d) % 5 == 0 else "approve"
-            delivered.append((f"task-{i}-{d}", 1, agent, 1, "markdown", "0" * 64, "", at,
-                              i * days + d, version, team, verdict, "user:bench",
-                              at + timedelta(hours=1)))  # fmt: skip
-            start = datetime.combine(day, datetime.min.time(), UTC)
-            hours += [(agent, start + timedelta(hours=h), 1_800_000_000, 1_800_000_000, 60)
-                      for h in range(24)]  # fmt: skip
-        yield "fleetward.kpi_daily", daily_cols, daily
-        yield "fleetward.kpi_latency_daily", list(kpis.KPI_LATENCY_DAILY.columns), latency
-        yield (
-            "fleetward.deliverables",
-            [
-                "task_id",
-                "version",
-                "agent",
-                "epoch",
-                "kind",
-                "sha256",
-                "content",
-                "submitted_at",
-                "seq",
-                "agent_version",
-                "team",
-                "verdict",
-                "reviewed_by",
-                "reviewed_at",
-            ],
-            delivered,
-        )
-        yield "fleetward.utilization_hourly", [
-            "agent_id", "hour", "busy_us", "idle_us", "heartbeats"
-        ], hours  # fmt: skip
-
-
 async def build(rt: Runtime, agents: int, days: int, seed: int) -> History:
-    """Write the history of ``agents`` agents over the last ``days`` UTC days."""
+    """Write the history of ``agents`` agents over the last ``days`` UTC days: ``PATTERNS``
+    agent-days folded here, COPYed into a scratch table, then stamped onto every agent and day
+    by ``kpis_history`` (tests/bench/bench.sql) on the server."""
+    rng = random.Random(seed)
+    daily_cols = list(kpis.KPI_DAILY.columns)
+    daily, latency = [], []
+    for p in range(PATTERNS):
+        row, buckets = _fold(_day_events(rng))
+        daily.append((p, *(row[c] for c in daily_cols[4:])))
+        latency += [(p, le, n) for le, n in buckets.items()]
     async with rt.pool.acquire() as conn:
-        today = await conn.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
-        pending: dict[str, tuple[list[str], list[tuple[Any, ...]]]] = {}
-        written = 0
-        for table, columns, rows in _tables(agents, days, today, seed):
-            pending.setdefault(table, (columns, []))[1].extend(rows)
-            if len(pending[table][1]) >= 50_000:
-                written += await _copy(conn, table, *pending.pop(table))
-        for table, (columns, rows) in pending.items():
-            written += await _copy(conn, table, columns, rows)
+        await conn.execute(bench_q("kpis_patterns"))
+        await conn.copy_records_to_table("bench_kpi_patterns", records=daily)
+        await conn.copy_records_to_table("bench_kpi_buckets", records=latency)
+        written = await conn.fetchval(bench_q("kpis_history"), agents, days, PATTERNS, TEAM_SIZE)
         await conn.execute("ANALYZE")
     return History(agents, days, written)
-
-
-async def _copy(conn: Any, table: str, columns: list[str], rows: list[tuple[Any, ...]]) -> int:
-    schema, name = table.split(".")
-    await conn.copy_records_to_table(name, schema_name=schema, columns=columns, records=rows)
-    return len(rows)
 
 
 # (what, SQL, arguments(rng)); the SQL reads the public views as their readers do

@@ -50,7 +50,6 @@ from fleetward.schemas.events import (
 )
 from fleetward.schemas.subjects import subject_of
 from fleetward.services.config import Settings
-from fleetward.services.db import named_queries
 from fleetward.services.jetstream.consumer import PullConsumer, recreate_consumer
 from fleetward.services.projector.consumers import by_stream, consumer_filter, durable_name
 from fleetward.services.projector.rebuild import rebuild, reset
@@ -61,19 +60,11 @@ from tests.bench.claims import run_claims_bench
 from tests.bench.kit import ProcessWatch, percentile
 from tests.bench.kpis import BASELINE, run_kpis_bench
 from tests.bench.spend import LIMIT_USD, run_pause_latency, run_spend_bench
+from tests.bench.sql import bench_q
 from tests.bench.watchdog import HarnessError, run_watchdog_bench
 from tests.helpers import as_harness
 
 ROOT = Path(__file__).resolve().parents[2]
-# the benchmark's own SQL (baseline tables and probes), beside it: not shipped in the wheel
-BENCH_SQL = named_queries((Path(__file__).parent / "bench.sql").read_text())
-
-
-def bench_q(name: str) -> str:
-    """A named query of tests/bench/bench.sql."""
-    return BENCH_SQL[name]
-
-
 SECTIONS = ("pipeline", "claims", "watchdog", "auth", "spend", "audit", "kpis")
 
 
