@@ -47,8 +47,8 @@ SELECT
 
 -- name: agents_list
 -- The agent registry with liveness and today's spend, busiest first.
-SELECT a.agent_id, a.name, a.team, a.status, u.state, u.current_task, u.last_seen,
-       coalesce(s.cost_usd, 0) AS cost_today
+SELECT a.agent_id, a.name, a.team, a.status, a.promoted_version, u.state, u.current_task,
+       u.last_seen, coalesce(s.cost_usd, 0) AS cost_today
 FROM fleet.agents a
 LEFT JOIN fleet.utilization u USING (agent_id)
 LEFT JOIN (SELECT agent_id, sum(cost_usd) AS cost_usd FROM fleet.spend_daily

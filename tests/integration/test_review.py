@@ -131,6 +131,7 @@ async def test_rollback_and_promote_are_events_with_the_person_who_took_them(
             assert (row["version"], row["promoted_by"], row["promoted_version"]) == (
                 "1", "user:alice", "1")  # fmt: skip
             assert row["promotion_reason"] == "pays" and row["promoted_at"] is not None
+            assert "active, promoted" in await ok(env, "agents")  # every team sees the tag
             assert [tuple(v) for v in versions] == [("1", "user:alice"), ("2", None)]
             await refused(rt, env, "agent rv-w is already promoted at version 1",
                           "agents", "promote", "rv-w")  # fmt: skip
