@@ -7,7 +7,7 @@ AGENTS ?= 25
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install promtool ajv run test fuzz lint schemas bench clean
+.PHONY: help install promtool chromium ajv run test fuzz lint schemas bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -29,6 +29,13 @@ promtool: ## install promtool and prometheus (Debian package prometheus) when mi
 	  elif [ -x /etc/init.d/prometheus ]; then $(SUDO) /etc/init.d/prometheus stop || true; fi; \
 	fi
 
+# The dashboard's browser test drives Debian's chromium through Playwright (no browser download).
+chromium: ## install chromium (Debian package chromium) when missing, for the dashboard's browser test
+	@if ! command -v chromium >/dev/null; then \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	fi
+
 # The contract read by another language's validator (tests/unit/test_contract_ajv.py).
 AJV_DIR := tests/ajv
 ajv: ## install ajv and ajv-formats (npm, pinned in tests/ajv/package-lock.json) when missing (and node, npm: Debian's)
@@ -46,7 +53,7 @@ ajv: ## install ajv and ajv-formats (npm, pinned in tests/ajv/package-lock.json)
 run: $(STAMP) ## run Fleetward locally: embedded NATS + Postgres, all services, a simulated fleet
 	$(BIN)/fleetward dev --simulate $(AGENTS)
 
-test: $(STAMP) promtool ajv ## run the test suite against real nats-server, Postgres and Prometheus (and promtool, ajv)
+test: $(STAMP) promtool chromium ajv ## run the test suite against real nats-server, Postgres, Prometheus and chromium (and promtool, ajv)
 	FLEETWARD_REQUIRE_AJV=1 $(BIN)/python -m pytest
 
 FUZZ_EXAMPLES ?= 300

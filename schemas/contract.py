@@ -1,10 +1,10 @@
 """The published contract, generated from the code: JSON Schema per event type and per API
-request and reply, and AsyncAPI 3.
+request and reply, and AsyncAPI 3; the HTTP API as OpenAPI 3.1 (``schemas/openapi.py``).
 
 ``python -m fleetward.schemas.contract`` (``make schemas``) writes ``schemas/jsonschema/*.json``,
-``schemas/jsonschema/api/*.json`` and ``schemas/asyncapi.json``; ``--check`` exits 1 when the
-committed files differ from the code; ``--markdown`` prints the subject, event and bounds tables
-used in ``docs/events.md``.
+``schemas/jsonschema/api/*.json``, ``schemas/asyncapi.json`` and ``schemas/openapi.json``;
+``--check`` exits 1 when the committed files differ from the code; ``--markdown`` prints the
+subject, event and bounds tables used in ``docs/events.md``.
 
 Everything here is pure except ``write`` and ``main``. Output is deterministic (sorted keys,
 2-space indent, trailing newline), so the committed files only change when the code does. The
@@ -33,6 +33,7 @@ from fleetward.schemas.headers import (
     EXPECTED_LAST_SUBJECT_SEQ_SUBJECT,
     MSG_ID,
 )
+from fleetward.schemas.openapi import openapi
 from fleetward.schemas.streams import all_streams, stream_for_kind
 from fleetward.schemas.subjects import ACTORLESS, KINDS, PREFIX
 
@@ -499,6 +500,7 @@ def render() -> dict[str, bytes]:
     files |= {f"jsonschema/{name}.json": _dump(s) for name, s in sorted(api_schemas().items())}
     files["jsonschema/event.json"] = _dump(union_schema())
     files["asyncapi.json"] = _dump(asyncapi())
+    files["openapi.json"] = _dump(openapi())
     return files
 
 

@@ -32,6 +32,14 @@ CONSUMER_IS_PUSH_BASED: Final = "Consumer is push based"  # a 409's: it cannot b
 
 # ---- JetStream API errors ---------------------------------------------------------------------
 WRONG_LAST_SEQUENCE: Final = 10071  # err_code: Nats-Expected-Last-Subject-Sequence did not match
+# ... the same on a replicated stream whose leader refuses while a message on those subjects is
+# still in flight (JSStreamWrongLastSequenceConstantErr): a compare-and-set lost all the same
+WRONG_LAST_SEQUENCE_IN_FLIGHT: Final = 10164
+WRONG_LAST_SEQUENCES: Final = frozenset({WRONG_LAST_SEQUENCE, WRONG_LAST_SEQUENCE_IN_FLIGHT})
+# A publish the server could not judge yet, to be retried with the same id: a message with that
+# id is in flight (JSStreamDuplicateMessageConflict, 409); the new leader of a replicated stream
+# cannot check expected sequences yet (JSStreamExpectedLastSeqPerSubjectNotReady, 503)
+PUBLISH_NOT_YET: Final = frozenset({10158, 10163})
 NO_MESSAGE_FOUND: Final = 10037  # err_code of a message get that found nothing
 
 # ---- JetStream API subjects -------------------------------------------------------------------

@@ -14,6 +14,7 @@ from fleetward.services.errors import FleetwardError
 DEFAULT_HEARTBEAT_INTERVAL_S = 60.0  # AgentRegistered.heartbeat_interval_s's default
 DEFAULT_STALL_S = 60.0  # a projection holding events this long without a commit is stalled
 DEFAULT_AUDIT_SEAL_S = 86_400.0  # the auditor seals the audit chain daily
+MAX_STREAM_REPLICAS = 5  # nats-server's limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +123,12 @@ class Settings:
     # /healthz fails when a projection holds events it has not committed for this long
     stall_s: float = DEFAULT_STALL_S
     audit_seal_s: float = DEFAULT_AUDIT_SEAL_S  # the auditor seals the chain once per this
+    # FLEETWARD_STREAM_REPLICAS: the streams are created with this many replicas (3 on a
+    # three-node cluster) and existing ones must have it; None (unset): created with 1, and an
+    # existing stream's count is left as it is
+    stream_replicas: int | None = None
+    api_host: str = "127.0.0.1"  # FLEETWARD_API_HOST: the HTTP API and dashboard
+    api_port: int = 0  # FLEETWARD_API_PORT; 0: pick a free port
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -142,7 +149,22 @@ class Settings:
             watchdog=WatchdogSettings.from_env(env),
             stall_s=_number(env, "FLEETWARD_STALL_S", DEFAULT_STALL_S),
             audit_seal_s=_seal_period(env),
+            stream_replicas=_replicas(env),
+            api_host=env.get("FLEETWARD_API_HOST", "127.0.0.1"),
+            api_port=int(_number(env, "FLEETWARD_API_PORT", 0)),
         )
+
+
+def _replicas(env: dict[str, str]) -> int | None:
+    raw = env.get("FLEETWARD_STREAM_REPLICAS", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_STREAM_REPLICAS:
+        raise FleetwardError(
+            f"FLEETWARD_STREAM_REPLICAS={raw!r} is not a replica count from 1 to "
+            f"{MAX_STREAM_REPLICAS} (3 on a three-node cluster, 1 on one server), or unset"
+        )
+    return int(raw)
 
 
 def _seal_period(env: dict[str, str]) -> float:

@@ -1,7 +1,7 @@
-"""Running services in one process: projection runners, the watchdog, the guard, the auditor, the
-simulator, the metrics endpoint and, with any projection, the fleet gauges' refresher and the
-lag watch (once per process); graceful shutdown on SIGTERM / SIGINT (finish the batch in hand,
-commit, ack, exit)."""
+"""Running services in one process: projection runners, the watchdog, the guard, the auditor,
+the HTTP API and dashboard, the simulator, the metrics endpoint and, with any projection, the
+fleet gauges' refresher and the lag watch (once per process); graceful shutdown on SIGTERM /
+SIGINT (finish the batch in hand, commit, ack, exit)."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from fleetward.projections import Projection
 from fleetward.schemas import REASONS
 from fleetward.schemas.grants import API_SERVICE
 from fleetward.services import metrics, simulate
+from fleetward.services.api.server import serve_api
 from fleetward.services.api.tasks import serve_task_api
 from fleetward.services.audit.chain import SEALER
 from fleetward.services.audit.sealer import Auditor
@@ -57,13 +58,18 @@ async def run_services(
     watchdog: bool = False,
     guard: bool = False,
     auditor: bool = False,
+    api: bool = False,
     on_ready: Callable[[int], Coroutine[Any, Any, None]] | None = None,
+    on_api: Callable[[int], None] | None = None,
+    stop: anyio.Event | None = None,
 ) -> None:
-    """Run until SIGTERM/SIGINT. ``on_ready`` gets the metrics port once everything runs. The
-    watchdog and the task API act with credentials of their own (``acting_as``), signing in
-    again until they can when NATS is away at the start (``/healthz`` says so meanwhile); so
-    does the guard (``svc:guard``)."""
-    stop = anyio.Event()
+    """Run until SIGTERM/SIGINT. ``on_ready`` gets the metrics port once everything runs; with
+    ``api``, the HTTP API and dashboard (services/api/server.py) run too, and ``on_api`` gets
+    their port before that. The watchdog and the task API act with credentials of their own
+    (``acting_as``), signing in again until they can when NATS is away at the start
+    (``/healthz`` says so meanwhile); so does the guard (``svc:guard``). Setting ``stop`` stops
+    it as SIGTERM does."""
+    stop = stop or anyio.Event()
     runners = [
         ProjectionRunner(
             rt,
@@ -85,12 +91,9 @@ async def run_services(
         health.register("projector", lambda: _committing(runners))
     if outbox is not None:
         health.register("outbox", outbox.health)
-    parts: tuple[tuple[str, bool, list[Any]], ...] = (
+    _register_parts(health, (
         ("watchdog", watchdog, dogs), ("guard", guard, guards), ("auditor", auditor, auditors),
-    )  # fmt: skip
-    for name, wanted, signed_in in parts:
-        if wanted:
-            health.register(name, _health_of(signed_in))
+    ))  # fmt: skip
 
     async def sealing(audit_rt: Runtime) -> None:
         auditors.append(Auditor(audit_rt, rt.settings.audit_seal_s))
@@ -111,6 +114,8 @@ async def run_services(
         port = await services.start(
             serve_http, rt.settings.metrics_host, rt.settings.metrics_port, health
         )
+        if api:
+            _api_ready(await services.start(serve_api, rt, health, stop), on_api)
         if any(p.name == "tasks" for p in projections):
             # fw.api.*: answers from the projections
             services.start_soon(as_service, rt, API_SERVICE, serve_task_api, stop)
@@ -165,6 +170,19 @@ async def as_service(
                 continue
             await run(own)
             return
+
+
+def _register_parts(health: HealthChecks, parts: tuple[tuple[str, bool, list[Any]], ...]) -> None:
+    """The health check of each part wanted (name, wanted, the list it is in once signed in)."""
+    for name, wanted, signed_in in parts:
+        if wanted:
+            health.register(name, _health_of(signed_in))
+
+
+def _api_ready(port: int, on_api: Callable[[int], None] | None) -> None:
+    log.info("the HTTP API and dashboard listen on port %d", port)
+    if on_api is not None:
+        on_api(port)
 
 
 def _health_of(signed_in: list[Any]) -> Callable[[], tuple[bool, str]]:

@@ -6,11 +6,15 @@
 - NATS: a fresh embedded nats-server per test, so streams never leak between tests. With
   FLEETWARD_NATS_URL set, that server is used instead and the FW_* streams on it are deleted
   before each test: point it only at a scratch server.
+- A NATS cluster (``nats_cluster``): three nodes of ``deploy/nats/cluster-node.conf`` per test
+  module (tests/cluster.py), for the tests that ask for it; each test gets it with every node
+  running and no FW_* streams, and streams created R3 (``cluster_settings``, ``crt``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import queue
 import shutil
@@ -30,7 +34,8 @@ from fleetward.services.client import FleetClient
 from fleetward.services.config import Settings
 from fleetward.services.runtime.connect import Runtime, open_runtime
 from fleetward.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, database_url
-from tests.helpers import HARNESS, as_harness, creds, grant_test_admins
+from tests.cluster import SIZE, Cluster, jetstream_ready, start_cluster
+from tests.helpers import HARNESS, as_harness, creds, grant_test_admins, settings_env
 
 TEMPLATE = "fleetward_test_template"
 
@@ -207,22 +212,36 @@ async def clean_nats(nats_url: str, auth: AuthStore) -> str:
     return nats_url
 
 
-@pytest.fixture
-def settings(clean_nats: str, database: str, tmp_path: Path, auth: AuthStore) -> Settings:
+def make_settings(
+    auth: AuthStore, nats_url: str, database: str, home: Path, **more: str
+) -> Settings:
+    """A test's settings: its keys, servers and home (``more``: other variables)."""
     env = {
         "FLEETWARD_AUTH_DIR": str(auth.root),
-        "FLEETWARD_NATS_URL": clean_nats,
+        "FLEETWARD_NATS_URL": nats_url,
         "FLEETWARD_DATABASE_URL": database,
-        "FLEETWARD_HOME": str(tmp_path / "home"),
+        "FLEETWARD_HOME": str(home),
     }
-    return Settings.from_env(env)
+    return Settings.from_env(env | more)
+
+
+@pytest.fixture
+def settings(clean_nats: str, database: str, tmp_path: Path, auth: AuthStore) -> Settings:
+    return make_settings(auth, clean_nats, database, tmp_path / "home")
+
+
+@contextlib.asynccontextmanager
+async def harness(settings: Settings) -> AsyncIterator[Runtime]:
+    """The harness's runtime, acting as ``HARNESS``, the test admins granted."""
+    async with open_runtime(settings, identity=HARNESS) as runtime:
+        await grant_test_admins(runtime)
+        yield runtime
 
 
 @pytest.fixture
 async def rt(settings: Settings) -> AsyncIterator[Runtime]:
     """The harness's runtime, acting as ``HARNESS`` (it may write any subject)."""
-    async with open_runtime(settings, identity=HARNESS) as runtime:
-        await grant_test_admins(runtime)
+    async with harness(settings) as runtime:
         yield runtime
 
 
@@ -236,11 +255,68 @@ async def ops(rt: Runtime) -> AsyncIterator[FleetClient]:
 @pytest.fixture
 def env(settings: Settings) -> dict[str, str]:
     """The environment for a ``fleetward`` subprocess pointed at this test's servers."""
-    assert settings.nats_url and settings.database_url
-    return {
-        **os.environ,
-        "FLEETWARD_NATS_URL": settings.nats_url,
-        "FLEETWARD_DATABASE_URL": settings.database_url,
-        "FLEETWARD_HOME": str(settings.home),
-        "FLEETWARD_AUTH_DIR": str(settings.auth_dir),
-    }
+    return {**os.environ, **settings_env(settings)}
+
+
+@pytest.fixture(scope="module")
+def cluster_auth(tmp_path_factory: pytest.TempPathFactory) -> AuthStore:
+    """The signing keys the module's cluster trusts, with the harness's credential."""
+    store = AuthStore(tmp_path_factory.mktemp("cluster-auth"))
+    as_harness(store)
+    return store
+
+
+@pytest.fixture(scope="module")
+def nats_cluster(
+    tmp_path_factory: pytest.TempPathFactory, cluster_auth: AuthStore
+) -> Iterator[Cluster]:
+    """Three nats-server nodes in one JetStream cluster, for a whole test module."""
+    cluster = start_cluster(tmp_path_factory.mktemp("cluster"), cluster_auth)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+async def _clean_cluster(cluster: Cluster, auth: AuthStore) -> None:
+    """Every node running (a test may have left one killed), JetStream answering, and no FW_*
+    streams left by an earlier test."""
+    for node in cluster.nodes:
+        if not node.running:
+            node.start()
+    nc = await nats.connect(
+        [n.url for n in cluster.nodes], user_credentials=str(auth.creds_path(HARNESS))
+    )
+    try:
+        await jetstream_ready(nc)
+        js = nc.jetstream(timeout=10)
+        for name in await js.streams_info():
+            if name.config.name and name.config.name.startswith("FW_"):
+                await js.delete_stream(name.config.name)
+    finally:
+        await nc.close()
+
+
+@pytest.fixture
+async def cluster_settings(
+    nats_cluster: Cluster, cluster_auth: AuthStore, database: str, tmp_path: Path
+) -> Settings:
+    """Settings for the cluster (every node's URL, streams R3) and a fresh database."""
+    await _clean_cluster(nats_cluster, cluster_auth)
+    home = tmp_path / "home"
+    return make_settings(
+        cluster_auth, nats_cluster.url, database, home, FLEETWARD_STREAM_REPLICAS=str(SIZE)
+    )
+
+
+@pytest.fixture
+async def crt(cluster_settings: Settings) -> AsyncIterator[Runtime]:
+    """``rt`` on the cluster."""
+    async with harness(cluster_settings) as runtime:
+        yield runtime
+
+
+@pytest.fixture
+def cluster_env(cluster_settings: Settings) -> dict[str, str]:
+    """``env`` on the cluster: for a ``fleetward`` subprocess."""
+    return {**os.environ, **settings_env(cluster_settings)}

@@ -68,6 +68,21 @@ def creds(rt: Runtime | Settings, identity: str) -> Path:
     return AuthStore(settings.auth_dir).ensure(identity)
 
 
+def settings_env(settings: Settings, **more: str) -> dict[str, str]:
+    """The ``FLEETWARD_*`` variables that give ``settings`` again (its servers, home, keys and
+    replica count), with ``more`` over them."""
+    assert settings.nats_url and settings.database_url
+    env = {
+        "FLEETWARD_NATS_URL": settings.nats_url,
+        "FLEETWARD_DATABASE_URL": settings.database_url,
+        "FLEETWARD_HOME": str(settings.home),
+        "FLEETWARD_AUTH_DIR": str(settings.auth_dir),
+    }
+    if settings.stream_replicas is not None:
+        env["FLEETWARD_STREAM_REPLICAS"] = str(settings.stream_replicas)
+    return env | more
+
+
 def person(env: dict[str, str], name: str) -> Path:
     """``user:<name>``'s credentials, for a ``fleetward`` subprocess run with ``env``."""
     return AuthStore(Path(env["FLEETWARD_AUTH_DIR"])).ensure(f"user:{name}")

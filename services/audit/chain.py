@@ -25,6 +25,7 @@ import calendar
 import csv
 import hashlib
 import io
+import re
 from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -42,6 +43,12 @@ FORMATS: Final[tuple[Format, ...]] = ("jsonl", "csv", "ocsf")
 COLUMNS: Final = ("seq", "time", "subject", "actor", "type", "dead_letter", "data", "data_b64",
                   "chain")  # fmt: skip
 _HASH_JSON_LEN: Final = len(',"hash":"') + 64 + len('"}')
+_SHA256_HEX: Final = re.compile(r"[0-9a-f]{64}")
+# A CSV cell holds a stored message (up to the server's max payload, 1 MiB by default, as
+# base64): far past the csv module's default field limit (128 KiB). Raised, once, for every
+# reader in this process.
+_CSV_FIELD_LIMIT: Final = 1 << 27
+csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
 
 
 class Record(msgspec.Struct, kw_only=True):
@@ -158,7 +165,7 @@ def peek(data: bytes) -> tuple[str | None, str | None]:
     """(``type``, ``agent``) of a payload, each None when it has none (or is no JSON object)."""
     try:
         found = _peek.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):  # nested too deep
         return None, None
     return found.type, found.agent
 
@@ -294,7 +301,7 @@ def decode_header(line: bytes) -> tuple[Header, bytes, bytes]:
     body, digest = split_json(line[1:] if line.startswith(b"#") else line)
     try:
         return msgspec.json.decode(body, type=Header), body, digest
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError) as exc:
         raise BadLine(f"not a Fleetward audit header ({exc})") from None
 
 
@@ -317,7 +324,14 @@ def decode_record(fmt: Format, body: bytes) -> Record | End:
         if fmt == "ocsf":
             return msgspec.json.decode(body, type=_Ocsf).unmapped
         return msgspec.json.decode(body, type=Record)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, ValueError) as exc:
+    except (
+        msgspec.DecodeError,
+        msgspec.ValidationError,
+        UnicodeDecodeError,
+        ValueError,
+        csv.Error,
+        RecursionError,
+    ) as exc:
         raise BadLine(f"not a record ({exc})") from None
 
 
@@ -328,7 +342,7 @@ def seal_of(rec: Record) -> tuple[int, str] | None:
         return None
     try:
         found = msgspec.json.decode(rec.data, type=_Seal)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None
     return found.seq, found.head
 
@@ -438,7 +452,7 @@ class FileCheck:
         if rec.type != peek(data)[0]:
             raise BadLine("its type is not the payload's")
         if self.filtered:
-            if len(rec.chain) != 64:
+            if not _SHA256_HEX.fullmatch(rec.chain):
                 raise BadLine("its chain is not a sha256")
         else:
             self.chain = step(self.chain, rec.seq, rec.time, rec.subject, data)

@@ -22,7 +22,7 @@ import anyio
 from nats.js.errors import APIError
 
 from fleetward.schemas.events import AuditSealed
-from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
+from fleetward.schemas.headers import WRONG_LAST_SEQUENCES
 from fleetward.schemas.ids import deterministic_id
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.services import metrics
@@ -115,7 +115,7 @@ class Auditor:
         try:
             ack = await publish(self.rt.js, event, expect=self.last_seal_at)
         except APIError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
+            if exc.err_code not in WRONG_LAST_SEQUENCES:
                 raise
             found = await seals(self.rt, "direct")
             if found:

@@ -7,6 +7,7 @@ from nats.aio.client import Client as NatsClient
 
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.errors import FleetwardError
+from fleetward.services.jetstream.connection import server_list
 
 CLAIMS_UPDATE = "$SYS.REQ.CLAIMS.UPDATE"  # nats-server's full resolver (system account)
 
@@ -18,7 +19,7 @@ async def push_account(url: str, store: AuthStore) -> None:
     nc = NatsClient()
     try:
         await nc.connect(
-            url,
+            server_list(url),
             user_credentials=str(store.root / "system.creds"),
             allow_reconnect=False,
             max_reconnect_attempts=0,

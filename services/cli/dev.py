@@ -12,6 +12,7 @@ import anyio
 from fleetward import projections
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.cli import views
+from fleetward.services.cli.api import viewer_token
 from fleetward.services.cli.command import PERSON, Command, console
 from fleetward.services.cli.people import ensure_roles
 from fleetward.services.config import Settings
@@ -36,6 +37,8 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
         # the person at this machine is the fleet's first admin (the keys are here anyway)
         await ensure_roles(rt, PERSON.removeprefix("user:"), ["admin"], "make run: the first admin")
 
+        api_ports: list[int] = []
+
         async def ready(port: int) -> None:
             home = settings.home
             console.print("[bold]Fleetward is running.[/bold] Ctrl-C stops it.")
@@ -53,6 +56,13 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
             console.print(
                 f"  Metrics   http://{settings.metrics_host}:{port}/metrics  (health: /healthz)"
             )
+            for api in api_ports:
+                token = viewer_token(settings, PERSON)
+                console.print(
+                    f"  Dashboard http://{settings.api_host}:{api}/login#token={token}\n"
+                    f"            HTTP API http://{settings.api_host}:{api}/api/v1/ "
+                    "(schemas/openapi.json; the token above as 'Authorization: Bearer')"
+                )
             if args.simulate:
                 console.print(f"  Simulator {args.simulate} agents (sim-000 ...)")
             admin = AuthStore(settings.auth_dir).ensure(PERSON)
@@ -80,7 +90,9 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
             watchdog=True,
             guard=True,
             auditor=True,
+            api=True,
             on_ready=ready,
+            on_api=api_ports.append,
         )
 
 

@@ -17,6 +17,7 @@ from fleetward.schemas.grants import identity_kind
 from fleetward.services.auth.store import identity_of
 from fleetward.services.cli import (
     agents,
+    api,
     approvals,
     audit,
     budgets,
@@ -43,6 +44,7 @@ COMMANDS: tuple[Command, ...] = (
     watchdog.WATCHDOG,
     guard.GUARD,
     audit.AUDITOR,
+    api.API,
     dev.SIMULATE,
     fleet.STATUS,
     agents.AGENTS,

@@ -66,7 +66,7 @@ from fleetward.schemas.events import (
     ToolCalled,
 )
 from fleetward.schemas.grants import identity_kind
-from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
+from fleetward.schemas.headers import WRONG_LAST_SEQUENCES
 from fleetward.schemas.policies import Verdict, verdict
 from fleetward.schemas.streams import COMMANDS_STREAM, inbox_durable
 from fleetward.schemas.subjects import boundary_wildcard
@@ -310,7 +310,7 @@ class AgentClient(FleetClient):
             try:
                 ack = await self.send(event, expect=seq)
             except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code not in WRONG_LAST_SEQUENCES:
                     raise
                 self._seqs[task] = await self._still_mine(claim)  # news that leaves it ours
                 continue

@@ -7,7 +7,8 @@ Claiming: the claimer folds the task's events with the task state machine (proje
 subjects (``Nats-Expected-Last-Subject-Sequence-Subject: fw.task.<task>.>``). The first claim
 wins; any other publish on the task in between, by any actor, makes the server answer "wrong
 last sequence" (10071), and the claimer reads again. A retried publish may instead come back
-as a duplicate. Either way the answer is settled by the *identity* of the stored claim: the
+as a duplicate (a cluster checks the message id before the expected sequence; one server checks
+the sequence first). Either way the answer is settled by the *identity* of the stored claim: the
 task's current claim is ours only if its event id is the one we published (two processes of
 one agent compute the same epoch; only one of them published the winning event).
 
@@ -19,17 +20,20 @@ the publish; the holder reads the task again and goes on only if the claim is st
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from nats.js.errors import APIError
 
 from fleetward.projections.tasks import HELD, agent_claim_problem, task_claim_problem
 from fleetward.schemas.events import TaskClaimed
-from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
+from fleetward.schemas.headers import WRONG_LAST_SEQUENCES
 from fleetward.services.client.publisher import Publisher
 from fleetward.services.client.taskstate import TaskState, read_task
+from fleetward.services.jetstream.publish import RIDE_OUT_S, TRANSIENT
 
 
 class ClaimLost(Exception):
@@ -106,19 +110,37 @@ async def claim_task(
         try:
             ack = await pub.send(claim, expect=state.last_seq)
         except APIError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
+            if exc.err_code not in WRONG_LAST_SEQUENCES:
                 raise
-            now = await read_task(pub.nc, pub.js, task, roles=pub.roles, cache=pub.tasks)
+            now = await _settle(pub, task)
             if now.row is not None and now.row["claim_id"] == claim.id:
                 return claim, now.last_seq  # an earlier try of this very claim did land
             continue  # someone published first: read again and judge again
-        if ack.duplicate:
-            now = await read_task(pub.nc, pub.js, task, roles=pub.roles, cache=pub.tasks)
+        if ack.duplicate:  # a retry of this very claim, stored before (on a cluster)
+            now = await _settle(pub, task)
             if now.row is None or now.row["claim_id"] != claim.id:
                 raise ClaimLost(task, "the claim was stored before and did not take the task")
             return claim, now.last_seq
         return claim, ack.seq
     raise ClaimLost(task, "other agents kept publishing on the task first")
+
+
+async def _settle(pub: Publisher, task: str) -> TaskState:
+    """The task read after the server's answer left open whether the claim took it. That
+    answer may come from a cluster electing a new leader for the stream (the old one stored the
+    claim and died before acknowledging it), so a read that meets the election is tried again
+    while ``publish`` itself would ride it out: giving up here would leave the task held by a
+    claim its agent does not know it won."""
+    give_up = time.monotonic() + RIDE_OUT_S
+    delay = 0.05
+    while True:
+        try:
+            return await read_task(pub.nc, pub.js, task, roles=pub.roles, cache=pub.tasks)
+        except TRANSIENT:
+            if time.monotonic() + delay > give_up:
+                raise
+            await anyio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
 
 async def _claim_event(

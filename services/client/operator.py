@@ -69,7 +69,7 @@ from fleetward.schemas.events import (
     TaskRevoked,
     Verdict,
 )
-from fleetward.schemas.headers import MSG_ID, WRONG_LAST_SEQUENCE
+from fleetward.schemas.headers import MSG_ID, WRONG_LAST_SEQUENCES
 from fleetward.schemas.ids import policy_id
 from fleetward.schemas.policies import Policy, scope_problem
 from fleetward.schemas.roles import check_role, role_needed
@@ -465,7 +465,7 @@ class FleetClient(Publisher):
             try:
                 await self.send(event, expect=state.last_seq)
             except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code not in WRONG_LAST_SEQUENCES:
                     raise
                 continue  # someone wrote on the request meanwhile: read and judge again
             return event
@@ -615,7 +615,7 @@ class FleetClient(Publisher):
             try:
                 ack = await self._publish(event, expect=state.last_seq)
             except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code not in WRONG_LAST_SEQUENCES:
                     raise
                 after = direct.read_subjects(
                     self.nc, EVENTS_STREAM, subject_of(event), after=state.last_seq

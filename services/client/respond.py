@@ -18,7 +18,7 @@ from nats.js.errors import APIError
 from fleetward.schemas import new_id
 from fleetward.schemas.admission import Rejected, decode
 from fleetward.schemas.events import EscalationAcknowledged, EscalationResolved, Event
-from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
+from fleetward.schemas.headers import WRONG_LAST_SEQUENCES
 from fleetward.schemas.roles import check_role
 from fleetward.services.client.roles import read_roles
 from fleetward.services.errors import FleetwardError
@@ -62,7 +62,7 @@ async def respond(nc: NatsClient, esc: str, *, who: str, resolve: bool, text: st
     try:
         ack = await publish(js, event, expect=seq)
     except APIError as exc:
-        if exc.err_code != WRONG_LAST_SEQUENCE:
+        if exc.err_code not in WRONG_LAST_SEQUENCES:
             raise
         raise FleetwardError(
             f"escalation {esc!r} changed while you answered it; look again and retry"

@@ -35,7 +35,7 @@ from nats.js.errors import APIError, NotFoundError
 from fleetward.schemas import subject_of
 from fleetward.schemas.admission import Rejected, decode
 from fleetward.schemas.events import AgentPaused, BudgetExhausted, BudgetRestored, Event
-from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
+from fleetward.schemas.headers import WRONG_LAST_SEQUENCES
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import key_of
 from fleetward.services import metrics
@@ -107,7 +107,7 @@ class Publisher(PlanPublisher):
         try:
             ack = await publish(self.js, event, expect=expected, over=over)
         except APIError as exc:
-            if exc.err_code != WRONG_LAST_SEQUENCE:
+            if exc.err_code not in WRONG_LAST_SEQUENCES:
                 raise
             if step.expect == "empty":
                 return "duplicate"

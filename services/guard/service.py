@@ -78,7 +78,7 @@ from fleetward.schemas.api import (
 )
 from fleetward.schemas.events import BudgetExhausted, BudgetReserved
 from fleetward.schemas.grants import inbox_prefix
-from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
+from fleetward.schemas.headers import WRONG_LAST_SEQUENCES
 from fleetward.schemas.ids import deterministic_id, new_id
 from fleetward.schemas.roles import RoleBook
 from fleetward.schemas.roles import judge as judge_role
@@ -284,7 +284,7 @@ class Guard:
                     ack = await publish(self.rt.js, event, expect=grant.seq,
                                         over=subject_of(event))  # fmt: skip
                 except APIError as exc:
-                    if exc.err_code != WRONG_LAST_SEQUENCE:
+                    if exc.err_code not in WRONG_LAST_SEQUENCES:
                         raise
                     self.reservations["moved"] += 1
                     if stored:

@@ -142,10 +142,20 @@ class FleetwardNats(Client):
             log.warning("%s: %s (%d such on this connection)", what, shown, self.unreadable)
 
 
+def server_list(servers: str | list[str]) -> list[str]:
+    """The server URLs of ``servers``: a list as it is, a string split at its commas
+    (``FLEETWARD_NATS_URL=nats://fw-1:4222,nats://fw-2:4222,nats://fw-3:4222``: the nodes of a
+    cluster; nats-py reads a string as one URL). The client connects to one of them and moves
+    to another when it goes."""
+    if isinstance(servers, list):
+        return servers
+    return [url.strip() for url in servers.split(",") if url.strip()]
+
+
 async def connect(servers: str | list[str], **options: Any) -> FleetwardNats:
     """A connected ``FleetwardNats``: ``nats.connect(servers, **options)`` with this class."""
     nc = FleetwardNats()
-    await nc.connect(servers, **options)
+    await nc.connect(server_list(servers), **options)
     return nc
 
 
@@ -181,7 +191,7 @@ async def sign_in(
 
     try:
         with anyio.fail_after(deadline_s):
-            await nc.connect(servers, **(options | {"error_cb": on_error}))
+            await nc.connect(server_list(servers), **(options | {"error_cb": on_error}))
         signing_in = False
     except Exception as exc:  # nats-py raises many types; all mean the same here
         cause = nc.last_error or exc  # the deadline's TimeoutError hides the real cause

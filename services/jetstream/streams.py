@@ -1,5 +1,9 @@
 """Create the streams of schemas/streams.py, or verify existing ones. Never changes a stream's
-settings silently: a conflict is an error that names the setting."""
+settings silently: a conflict is an error that names the setting.
+
+The replica count is the deployment's, not the contract's (``FLEETWARD_STREAM_REPLICAS``: 3 on a
+three-node cluster): streams are created with it, and an existing stream must have it when it is
+given; without it they are created with one replica and an existing one's count is its own."""
 
 from __future__ import annotations
 
@@ -7,14 +11,15 @@ from typing import Any
 
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import APIError, NotFoundError
 
 from fleetward.schemas.streams import StreamSpec
-from fleetward.services.errors import StreamConflict
+from fleetward.services.errors import FleetwardError, StreamConflict
 
 
-def to_config(spec: StreamSpec) -> StreamConfig:
+def to_config(spec: StreamSpec, replicas: int = 1) -> StreamConfig:
     return StreamConfig(
+        num_replicas=replicas,
         name=spec.name,
         description=spec.description,
         subjects=list(spec.subjects),
@@ -36,9 +41,10 @@ def missing_subjects(spec: StreamSpec, found: StreamConfig) -> list[str]:
     return [s for s in spec.subjects if s not in have]
 
 
-def conflicts(spec: StreamSpec, found: StreamConfig) -> list[str]:
-    """The settings in which an existing stream differs from ``spec``, as readable phrases
-    (subjects it lacks are not a conflict: ``ensure_streams`` adds them)."""
+def conflicts(spec: StreamSpec, found: StreamConfig, replicas: int | None = None) -> list[str]:
+    """The settings in which an existing stream differs from ``spec`` (and from ``replicas``
+    when given), as readable phrases (subjects it lacks are not a conflict: ``ensure_streams``
+    adds them)."""
     wanted: dict[str, tuple[Any, Any]] = {
         "subjects": (sorted(spec.subjects), sorted({*(found.subjects or []), *spec.subjects})),
         "max_age": (spec.max_age_s, found.max_age or 0.0),
@@ -54,6 +60,11 @@ def conflicts(spec: StreamSpec, found: StreamConfig) -> list[str]:
         for k, (want, have) in wanted.items()
         if not _same(want, have)
     ]
+    if replicas is not None and (found.num_replicas or 1) != replicas:
+        out.append(
+            f"num_replicas is {found.num_replicas or 1}, FLEETWARD_STREAM_REPLICAS asks for "
+            f"{replicas}"
+        )
     if (found.duplicate_window or 0) < spec.duplicate_window_s:
         out.append(
             f"duplicate_window is {found.duplicate_window!r}s, Fleetward needs at least "
@@ -68,17 +79,22 @@ def _same(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
-async def ensure_streams(js: JetStreamContext, specs: tuple[StreamSpec, ...]) -> list[str]:
-    """Create missing streams; verify existing ones. Returns the names created."""
+async def ensure_streams(
+    js: JetStreamContext, specs: tuple[StreamSpec, ...], replicas: int | None = None
+) -> list[str]:
+    """Create missing streams (with ``replicas``, 1 when None); verify existing ones (their
+    replica count too when ``replicas`` is given). Returns the names created. Raises
+    ``StreamConflict`` naming the settings that differ, ``FleetwardError`` when the server
+    cannot hold that many replicas."""
     created = []
     for spec in specs:
         try:
             info = await js.stream_info(spec.name)
         except NotFoundError:
-            await js.add_stream(to_config(spec))
+            await _create(js, spec, replicas or 1)
             created.append(spec.name)
             continue
-        problems = conflicts(spec, info.config)
+        problems = conflicts(spec, info.config, replicas)
         if not problems and missing_subjects(spec, info.config):
             config = info.config
             config.subjects = [*(config.subjects or []), *missing_subjects(spec, config)]
@@ -90,3 +106,16 @@ async def ensure_streams(js: JetStreamContext, specs: tuple[StreamSpec, ...]) ->
                 f"(change the stream with the nats CLI, or the setting that asks for it)"
             )
     return created
+
+
+async def _create(js: JetStreamContext, spec: StreamSpec, replicas: int) -> None:
+    try:
+        await js.add_stream(to_config(spec, replicas))
+    except APIError as exc:
+        if replicas == 1 or exc.code not in (400, 500, 503):
+            raise
+        raise FleetwardError(
+            f"cannot create stream {spec.name} with {replicas} replicas ({exc.description}): "
+            "a server that is not in a JetStream cluster of that many nodes holds 1; set "
+            "FLEETWARD_STREAM_REPLICAS to the cluster's size (1 on one server)"
+        ) from None

@@ -29,6 +29,7 @@ from fleetward.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, 
 MIN_NATS = (2, 11)
 MIN_POSTGRES = 14
 NATS_CONNECT_DEADLINE_S = 5.0  # the first connect, retries included
+CLOSE_S = 5.0  # a connection of acting_as closes within this long, cancelled or not
 DATABASE = "fleetward"
 
 
@@ -221,7 +222,7 @@ async def open_runtime(
         stack.push_async_callback(pool.close)
         js = nc.jetstream(timeout=10)
         if prepare:
-            await ensure_streams(js, all_streams(settings.retention_days))
+            await ensure_streams(js, all_streams(settings.retention_days), settings.stream_replicas)
             async with pool.acquire() as conn:
                 await db.migrate(conn)
         yield Runtime(settings, identity_of(creds), nats_url, database, nc, js, pool)
@@ -242,7 +243,9 @@ async def acting_as(rt: Runtime, identity: str) -> AsyncIterator[Runtime]:
     try:
         yield replace(rt, actor=identity, nc=nc, js=nc.jetstream(timeout=10))
     finally:
-        await nc.close()
+        # closed even when the block is cancelled (a cancelled close leaves the socket open)
+        with anyio.move_on_after(CLOSE_S, shield=True):
+            await nc.close()
 
 
 async def _start_embedded(settings: Settings, stack: AsyncExitStack) -> tuple[str, str]:

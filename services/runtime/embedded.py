@@ -43,12 +43,38 @@ def server_config(store: Path, auth: AuthStore | None, port: int = -1) -> str:
     )
 
 
-def _spawn(binary: str, config: Path, ports: Path, log: IO[bytes]) -> subprocess.Popen[bytes]:
-    """nats-server with ``config``; it writes its URL into ``ports``."""
+def spawn_nats(
+    binary: str, config: Path, ports: Path, log: IO[bytes], env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """nats-server with ``config`` (``env``: the environment its ``$NAME`` values come from);
+    it writes its URL into the folder ``ports`` (emptied first)."""
+    shutil.rmtree(ports, ignore_errors=True)
+    ports.mkdir(parents=True)
     args = ["-c", str(config), "--ports_file_dir", str(ports)]
     return subprocess.Popen(
-        [binary, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        [binary, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
     )
+
+
+def await_nats_url(
+    process: subprocess.Popen[bytes], ports: Path, log: Path, timeout: float = 15.0
+) -> str:
+    """The client URL that the nats-server ``process`` (``spawn_nats``) writes into ``ports``
+    once it listens. Raises ``FleetwardError`` when it exits first or is not listening within
+    ``timeout`` seconds (and kills it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in ports.glob("*.ports"):
+            try:
+                urls = json.loads(path.read_text())["nats"]
+            except (ValueError, KeyError):
+                continue  # the file is being written
+            return str(urls[0])
+        if process.poll() is not None:
+            raise FleetwardError(f"nats-server exited at start; see {log}")
+        time.sleep(START_POLL_S)
+    process.kill()
+    raise FleetwardError(f"nats-server did not start in {timeout:.0f}s; see {log}")
 
 
 @dataclass
@@ -66,26 +92,10 @@ class EmbeddedNats:
         store.mkdir(parents=True, exist_ok=True)
         config = store / "nats-server.conf"
         config.write_text(server_config(store, auth))
-        ports = store / "ports"
-        shutil.rmtree(ports, ignore_errors=True)
-        ports.mkdir()
-        with (store / "nats-server.log").open("ab") as log:  # the child keeps its own copy
-            process = _spawn(binary or nats_server_binary(), config, ports, log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for path in ports.glob("*.ports"):
-                try:
-                    urls = json.loads(path.read_text())["nats"]
-                except (ValueError, KeyError):
-                    continue  # the file is being written
-                return cls(process=process, url=urls[0], store=store)
-            if process.poll() is not None:
-                raise FleetwardError(f"nats-server exited at start; see {store}/nats-server.log")
-            time.sleep(START_POLL_S)
-        process.kill()
-        raise FleetwardError(
-            f"nats-server did not start in {timeout:.0f}s; see {store}/nats-server.log"
-        )
+        ports, log = store / "ports", store / "nats-server.log"
+        with log.open("ab") as out:  # the child keeps its own copy
+            process = spawn_nats(binary or nats_server_binary(), config, ports, out)
+        return cls(process=process, url=await_nats_url(process, ports, log, timeout), store=store)
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -12,6 +12,14 @@ when it has only history) and decides:
   the incident; nothing is marked offline for it);
 - anything else (an acknowledgement, a lower tier): publish again after that sequence.
 
+An approval's expiry denial is published "gate": the publisher reads the request's subjects
+(``fw.approval.<id>.>``, folded with the approval state machine and the role book, as every
+reader does: services/client/approvals.py ``read_gate``) and, while the request is open, stores
+the denial compare-and-set on the last sequence read there; "wrong last sequence" reads again.
+A request decided by someone else (a person first) drops the denial and the rest of its plan
+(the watchdog resolves the escalation when it reads that decision); one denied by this very
+denial (another replica's) is a duplicate.
+
 A lease expiry is published "exact": only on top of the sequence the lease was last seen at. If
 anything arrived on the task since (a progress just in time), it is dropped; the lease book
 sees that event and judges the lease again. That sequence may be one of the task's v1 history
@@ -28,7 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 from nats.js import JetStreamContext
@@ -36,10 +44,11 @@ from nats.js.errors import APIError
 
 from fleetward.schemas import subject_of
 from fleetward.schemas.admission import Rejected, decode
-from fleetward.schemas.events import EscalationRaised, EscalationResolved, Event
-from fleetward.schemas.headers import WRONG_LAST_SEQUENCE
+from fleetward.schemas.events import ApprovalDenied, EscalationRaised, EscalationResolved, Event
+from fleetward.schemas.headers import WRONG_LAST_SEQUENCES
 from fleetward.schemas.subjects import key_of
 from fleetward.services import metrics
+from fleetward.services.client.approvals import GateState
 from fleetward.services.jetstream.boundary import last_of
 from fleetward.services.jetstream.plans import PlanPublisher, retrying
 from fleetward.services.jetstream.publish import publish
@@ -55,7 +64,8 @@ class Publisher(PlanPublisher):
     """Publishes the watchdog's plans (see above). ``on_stored`` gets each event stored under
     compare-and-set with its sequence, ``on_closed`` each escalation found resolved, ``on_done``
     the key of each plan finished (published, found done already, or dropped); ``clock`` is the
-    watchdog's, in seconds since the epoch, for the detection delay."""
+    watchdog's, in seconds since the epoch, for the detection delay; ``read_gate`` reads an
+    approval request's state from its subjects (for "gate" steps)."""
 
     def __init__(
         self,
@@ -67,6 +77,7 @@ class Publisher(PlanPublisher):
         window: int = 256,
         give_up_s: float = 120.0,
         clock: Callable[[], float] = time.time,
+        read_gate: Callable[[str], Awaitable[GateState]] | None = None,
     ) -> None:
         super().__init__(
             log=log, failed_metric=metrics.WATCHDOG_PUBLISHED.labels("failed").inc, window=window
@@ -75,6 +86,7 @@ class Publisher(PlanPublisher):
         self.on_stored, self.on_closed, self.on_done = on_stored, on_closed, on_done
         self.give_up_s = give_up_s
         self.clock = clock
+        self.read_gate = read_gate
 
     def finished(self, plan: Plan, result: None) -> None:
         if self.on_done is not None:
@@ -87,7 +99,8 @@ class Publisher(PlanPublisher):
             self.outcomes[outcome] += 1
             metrics.WATCHDOG_PUBLISHED.labels(outcome).inc()
             if outcome == "closed":
-                self.on_closed(getattr(step.event, "escalation", ""))
+                if isinstance(esc := getattr(step.event, "escalation", None), str):
+                    self.on_closed(esc)
                 return
             event = step.event
             if isinstance(event, EscalationRaised) and outcome == "stored":
@@ -113,6 +126,9 @@ class Publisher(PlanPublisher):
             return "duplicate" if ack.duplicate else "stored"
         if step.expect == "exact":  # only on top of step.seq; if the task moved, drop it
             return await self._exact(event, step.seq)
+        if step.expect == "gate":  # only while the request is open
+            assert isinstance(event, ApprovalDenied), event
+            return await self._gate(event)
         expected: int | None = 0 if step.expect == "empty" else (step.seq or None)
         for _ in range(8):
             if expected is None:
@@ -126,11 +142,32 @@ class Publisher(PlanPublisher):
             try:
                 ack = await publish(self.js, event, expect=expected)
             except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code not in WRONG_LAST_SEQUENCES:
                     raise
                 expected = None  # someone wrote on the escalation: look again
                 continue
             self.on_stored(event, ack.seq)
+            return "duplicate" if ack.duplicate else "stored"
+        raise RuntimeError(f"{subject_of(event)} keeps changing; gave up publishing {event.id}")
+
+    async def _gate(self, event: ApprovalDenied) -> Outcome:
+        """Publish the denial only on top of an open request (see the module)."""
+        if self.read_gate is None:
+            raise RuntimeError(f"no reader of approval requests to publish {event.id}")
+        for _ in range(8):
+            state = await self.read_gate(event.approval)
+            gate = state.gate
+            if gate is None or gate.agent != event.agent:
+                return "closed"  # nothing to deny (a reader that saw otherwise was wrong)
+            if not gate.open:
+                mine = gate.decided_by == event.actor and gate.expired
+                return "duplicate" if mine else "closed"
+            try:
+                ack = await publish(self.js, event, expect=state.last_seq)
+            except APIError as exc:
+                if exc.err_code not in WRONG_LAST_SEQUENCES:
+                    raise
+                continue  # something was stored on the request meanwhile: read it again
             return "duplicate" if ack.duplicate else "stored"
         raise RuntimeError(f"{subject_of(event)} keeps changing; gave up publishing {event.id}")
 
@@ -141,7 +178,7 @@ class Publisher(PlanPublisher):
             try:
                 ack = await publish(self.js, event, expect=expect)
             except APIError as exc:
-                if exc.err_code != WRONG_LAST_SEQUENCE:
+                if exc.err_code not in WRONG_LAST_SEQUENCES:
                     raise
                 if expect != seq:
                     return "duplicate"

@@ -52,6 +52,7 @@ from fleetward.schemas.roles import judge as judge_role
 from fleetward.schemas.streams import EVENTS_STREAM, HEARTBEATS, follower_prefix
 from fleetward.schemas.subjects import kind_prefix, wildcard
 from fleetward.services import metrics
+from fleetward.services.client.approvals import read_gate
 from fleetward.services.client.roles import read_roles
 from fleetward.services.clock import SYSTEM_CLOCK, Clock
 from fleetward.services.config import WatchdogSettings
@@ -121,6 +122,7 @@ class Watchdog:
             on_closed=self.judge.found_resolved,
             on_done=self.signals.published.emit,
             clock=clock.now,
+            read_gate=lambda approval: read_gate(rt.nc, approval, self.roles),
         )
         self.followers: list[StreamFollower] = []  # heartbeats, agents + tasks, escalations
         self.rejected = 0

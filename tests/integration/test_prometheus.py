@@ -26,10 +26,10 @@ import anyio
 import pytest
 
 from fleetward.schemas import new_id
-from fleetward.schemas.events import BudgetSet
+from fleetward.schemas.events import BudgetSet, Heartbeat
 from fleetward.services.jetstream.publish import publish, publish_many
 from fleetward.services.runtime.connect import Runtime
-from tests.helpers import now, wait_for
+from tests.helpers import envelope, now, wait_for
 from tests.integration.test_cli import (
     checkpoints,
     http_get,
@@ -207,6 +207,12 @@ async def test_every_dashboard_metric_is_served_by_fleetward(
             return all(done.get(p, 0) >= seq for p, seq in target.items())
 
         await wait_for(caught_up, 30, "the projector to apply the fleet")
+        # heartbeat time while the projector runs (FW_HEARTBEATS keeps each agent's last one
+        # only, so a burst published before it started may leave no interval): the KPI
+        # utilization ratio of sim-001's team has a denominator
+        for _ in range(2):
+            await publish(rt.js, Heartbeat(**envelope("sim-001"), agent="sim-001", status="busy"))
+            await anyio.sleep(0.5)
         # a budget of every scope: the budget gauges show it at the next reading of the views
         for scope, scope_id in (("team", "research"), ("agent", "sim-001"), ("project", "p"),
                                 ("org", "acme")):  # fmt: skip

@@ -520,7 +520,7 @@ def test_render_is_deterministic_and_complete() -> None:
     assert files == contract.render()
     expected = {f"jsonschema/{name}.json" for name in BY_TYPE}
     api = {f"jsonschema/api/{ep.name}.{part}.json" for ep in ENDPOINTS for part in PARTS}
-    assert set(files) == expected | api | {"jsonschema/event.json", "asyncapi.json"}
+    assert set(files) == expected | api | {"jsonschema/event.json", "asyncapi.json", "openapi.json"}
     for rel, data in files.items():
         assert data.endswith(b"}\n"), rel
         canonical = json.dumps(json.loads(data), indent=2, sort_keys=True, ensure_ascii=False)

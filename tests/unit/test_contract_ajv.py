@@ -106,7 +106,7 @@ def test_every_schema_compiles_in_strict_mode(ajv: dict[str, Any]) -> None:
     assert ajv["failed"] == {}
     assert ajv["warnings"] == []
     expected = {rel.removeprefix("jsonschema/").removesuffix(".json") for rel in contract.render()}
-    expected.discard("asyncapi")
+    expected -= {"asyncapi", "openapi"}  # documents of their own, not JSON Schemas
     assert set(ajv["compiled"]) == expected
 
 

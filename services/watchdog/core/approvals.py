@@ -10,8 +10,9 @@ this detector closes exactly the requests ``fleet.approvals`` closes.
   request, first raise compare-and-set on an empty subject), warning, critical for a request of
   risk high or critical; its evidence names ``notify: approver`` (the approvers' on-call tier).
 - Second deadline (``expires``), ``on_expiry`` ``deny``: ``approval.denied`` by the watchdog
-  (``expired``, a deterministic id: replicas publish one; if a person's decision came first the
-  projection refuses it, and the person's decision stands), then the escalation is resolved.
+  (``expired``, a deterministic id: replicas publish one), compare-and-set over the request's
+  subjects while it is open (``Publish`` ``gate``): if a person's decision came first, the
+  denial is not stored and the person's decision stands; then the escalation is resolved.
 - A decision resolves the escalation it raised.
 Deadlines sit in a heap (lazily cleaned), so a tick touches only requests that are due.
 """
@@ -128,7 +129,7 @@ class ApprovalDeadlines:
             approval=gate.approval, agent=gate.agent, expired=True,
             reason=f"no decision by {gate.expires.isoformat(timespec='seconds')}",
         )  # fmt: skip
-        steps = [Publish(denied)]
+        steps = [Publish(denied, "gate")]
         esc = escalation_of(gate.approval)
         if self._escalated(gate.approval):
             steps.append(resolve_step(esc, now, f"approval {gate.approval} expired, denied"))

@@ -13,6 +13,10 @@ are open. Pure: no I/O, no clock (every time is passed in).
             sequence known on the subject (``seq``); on "wrong last sequence" the publisher reads
             the subject and tries again, or stops when the escalation is resolved or already
             holds what this event says.
+  ``gate``  an approval's decision (the watchdog's expiry denial): stored only while its
+            request is open, compare-and-set over the request's subjects
+            (``fw.approval.<id>.>``) on the state the publisher reads there; a decision stored
+            first (a person's) drops it and the rest of its plan.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ BY_TASK: Final = TASK_REASONS | {REVIEW_OVERDUE, DEPENDENCY_CANCELLED}
 
 TIER_RANK: Final[dict[str, int]] = {"info": 0, "warning": 1, "critical": 2}
 
-Expect = Literal["any", "empty", "open", "exact"]
+Expect = Literal["any", "empty", "open", "exact", "gate"]
 
 
 def escalation_id(prefix: str, *parts: str) -> str:

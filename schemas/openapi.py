@@ -1,0 +1,99 @@
+"""The HTTP API as OpenAPI 3.1 (``schemas/openapi.json``), generated from ``schemas/http.py``.
+Pure; written and checked for drift with the rest of the contract (``make schemas``,
+``schemas/contract.py``)."""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+import msgspec
+
+from fleetward.schemas.http import API_VERSION, EVENTS_PATH, LIVE_EVENTS, ROUTES, Error, Route
+
+JSONDict = dict[str, Any]
+REF: Final = "#/components/schemas/{name}"
+BEARER: Final = "viewerToken"
+
+
+def _parameters(route: Route) -> list[JSONDict]:
+    params: list[JSONDict] = [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in route.path_params
+    ]
+    schema = msgspec.json.schema(route.query)
+    body = schema["$defs"][schema["$ref"].rsplit("/", 1)[1]]
+    for name, prop in body.get("properties", {}).items():
+        params.append({"name": name, "in": "query", "required": False, "schema": _given(prop)})
+    return params
+
+
+def _given(prop: JSONDict) -> JSONDict:
+    """A query parameter's schema when it is given: a query string cannot say null, so an
+    optional parameter's ``anyOf [T, null]`` is ``T`` (absent means "no filter")."""
+    variants = [v for v in prop.get("anyOf", []) if v != {"type": "null"}]
+    if len(variants) != 1:
+        return prop
+    return {**variants[0], **{k: v for k, v in prop.items() if k not in ("anyOf", "default")}}
+
+
+def _json(ref: str, description: str) -> JSONDict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
+
+
+def _operation(route: Route) -> JSONDict:
+    error = REF.format(name="Error")
+    responses: JSONDict = {
+        "200": _json(REF.format(name=route.answer.__name__), "the answer"),
+        "400": _json(error, "an unknown query parameter, or a value out of its type or bounds"),
+        "401": _json(error, "no token, or one that is not valid (bad signature, expired)"),
+        "503": _json(error, "Postgres cannot be reached"),
+    }
+    if route.not_found:
+        responses["404"] = _json(error, "no such id")
+    return {
+        "operationId": route.name,
+        "summary": route.summary,
+        "parameters": _parameters(route),
+        "responses": responses,
+    }
+
+
+def _events() -> JSONDict:
+    lines = "\n".join(f"- `{name}`: {what}" for name, what in LIVE_EVENTS.items())
+    return {
+        "operationId": "events",
+        "summary": "Changes as they reach the views, as server-sent events",
+        "description": "A `text/event-stream`; each event's `data` is one JSON object:\n" + lines,
+        "parameters": [],
+        "responses": {
+            "200": {
+                "description": "the stream, until the client goes away",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            "401": _json(REF.format(name="Error"), "no token, or one that is not valid"),
+        },
+    }
+
+
+def openapi() -> JSONDict:
+    """The OpenAPI 3.1 document of every route."""
+    types = sorted({r.answer for r in ROUTES} | {Error}, key=lambda t: t.__name__)
+    _, components = msgspec.json.schema_components(types, ref_template=REF)
+    paths: JSONDict = {r.path: {"get": _operation(r)} for r in ROUTES}
+    paths[EVENTS_PATH] = {"get": _events()}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Fleetward HTTP API",
+            "version": API_VERSION,
+            "description": "Reads of the public views (docs/views.md) for dashboards and "
+            "scripts; a viewer token (`fleetward api token`) as `Authorization: Bearer` or "
+            "the dashboard's session cookie. Nothing here writes.",
+        },
+        "paths": dict(sorted(paths.items())),
+        "components": {
+            "schemas": components,
+            "securitySchemes": {BEARER: {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{BEARER: []}],
+    }

@@ -1,0 +1,218 @@
+"""The HTTP API and the dashboard as one Starlette app: the routes of ``schemas/http.py`` (JSON),
+the live stream (``services/api/live.py``), the dashboard's pages and /healthz.
+
+Invariants: every route but /login, /healthz, /readyz, /livez and the static files needs a valid
+viewer token (``Authorization: Bearer`` or the ``fw_token`` cookie that /login sets); query
+parameters are checked before any read (400 with a reason); nothing here writes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any, Final
+
+import anyio
+import asyncpg
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response, StreamingResponse
+from starlette.routing import Route as StarletteRoute
+
+from fleetward.schemas import http
+from fleetward.schemas.openapi import openapi
+from fleetward.services.api import reads
+from fleetward.services.api.live import Live, sse
+from fleetward.services.api.token import BadToken, Claims, verify
+from fleetward.services.metrics.health import HealthChecks
+
+COOKIE: Final = "fw_token"
+PING_S: Final = 15.0  # a comment on an idle event stream, so proxies keep it open
+SECURITY_HEADERS: Final = {
+    "content-security-policy": "default-src 'self'; frame-ancestors 'none'",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+}
+STATIC: Final = {  # file -> media type
+    "dashboard.html": "text/html; charset=utf-8",
+    "login.html": "text/html; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "login.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
+}
+
+Handler = Callable[[Any, Any, dict[str, str]], Awaitable[msgspec.Struct | None]]
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(msgspec.json.encode(value), status, media_type="application/json")
+
+
+def _error(status: int, why: str) -> Response:
+    return _json(http.Error(why), status)
+
+
+def _static(name: str) -> Response:
+    body = resources.files("fleetward.services.api").joinpath("static", name).read_bytes()
+    return Response(body, media_type=STATIC[name], headers=SECURITY_HEADERS)
+
+
+def _handlers(now: Callable[[], float]) -> dict[str, Handler]:
+    """Each route's read: (connection, query, path parameters) -> its answer (None: 404)."""
+    return {
+        "overview": lambda c, _q, _p: reads.overview(c),
+        "agents": lambda c, query, _p: reads.agents(c, query),
+        "agent": lambda c, _q, p: reads.agent(c, p["agent_id"]),
+        "tasks": lambda c, query, _p: reads.tasks(c, query),
+        "task": lambda c, _q, p: reads.task(c, p["task_id"]),
+        "spend": lambda c, query, _p: reads.spend(c, query, datetime.fromtimestamp(now(), UTC)),
+        "escalations": lambda c, query, _p: reads.escalations(c, query),
+        "dead_letters": lambda c, query, _p: reads.dead_letters(c, query),
+        "budgets": lambda c, query, _p: reads.budgets(c, query),
+    }
+
+
+class Gate:
+    """Who asks: the viewer token of a request, verified."""
+
+    def __init__(self, key: bytes, now: Callable[[], float]) -> None:
+        self.key, self.now = key, now
+
+    def claims(self, request: Request) -> Claims | Response:
+        """The request's verified claims, or the 401 answer saying why not."""
+        header = request.headers.get("authorization", "")
+        token = header[7:].strip() if header.lower().startswith("bearer ") else None
+        token = token or request.cookies.get(COOKIE)
+        if not token:
+            return _error(401, "sign in: send a viewer token (fleetward api token) as "
+                          "'Authorization: Bearer TOKEN'")  # fmt: skip
+        try:
+            return verify(self.key, token, self.now())
+        except BadToken as exc:
+            return _error(401, str(exc))
+
+
+def _read(
+    route: http.Route, gate: Gate, pool: asyncpg.Pool, handler: Handler | None
+) -> Callable[[Request], Awaitable[Response]]:
+    """The endpoint of one read route."""
+
+    async def endpoint(request: Request) -> Response:
+        who = gate.claims(request)
+        if isinstance(who, Response):
+            return who
+        if handler is None:  # whoami
+            exp = datetime.fromtimestamp(who.exp, UTC) if who.exp else None
+            return _json(http.Whoami(person=who.sub, role=who.role, expires_at=exp))
+        try:
+            query = msgspec.convert(dict(request.query_params), route.query, strict=False)
+        except msgspec.ValidationError as exc:
+            return _error(400, f"bad query: {exc}")
+        try:
+            async with pool.acquire() as conn:
+                answer = await handler(conn, query, request.path_params)
+        except (OSError, asyncpg.PostgresConnectionError) as exc:
+            return _error(503, f"cannot read the views: {exc}")
+        if answer is None:
+            return _error(404, f"no {route.name} {next(iter(request.path_params.values()))}")
+        return _json(answer)
+
+    return endpoint
+
+
+def _events(gate: Gate, live: Live) -> Callable[[Request], Awaitable[Response]]:
+    """The live stream's endpoint: every change from the subscription on, pings when idle."""
+
+    async def events(request: Request) -> Response:
+        who = gate.claims(request)
+        if isinstance(who, Response):
+            return who
+
+        async def stream() -> AsyncIterator[bytes]:
+            yield b"retry: 2000\n\n"
+            async with live.subscribe() as changes:
+                while True:
+                    with anyio.move_on_after(PING_S) as idle:
+                        try:
+                            name, data = await changes.receive()
+                        except anyio.EndOfStream:
+                            return
+                    yield b": ping\n\n" if idle.cancelled_caught else sse(name, data)
+
+        headers = {"cache-control": "no-store", "x-accel-buffering": "no"}
+        return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+    return events
+
+
+def _pages(gate: Gate, health: HealthChecks) -> list[StarletteRoute]:
+    """The dashboard, sign-in and out, health, the OpenAPI document and the static files."""
+    document = msgspec.json.encode(openapi())
+
+    async def dashboard(request: Request) -> Response:
+        if isinstance(gate.claims(request), Response):
+            return RedirectResponse("/login", 303)
+        return _static("dashboard.html")
+
+    async def login(request: Request) -> Response:
+        if request.method == "GET":
+            return _static("login.html")
+        try:
+            token = msgspec.json.decode(await request.body(), type=dict[str, str])["token"]
+            claims = verify(gate.key, token, gate.now())
+        except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+            return _error(400, 'send {"token": "..."}')
+        except BadToken as exc:
+            return _error(401, str(exc))
+        response = _json(http.Whoami(person=claims.sub, role=claims.role, expires_at=None))
+        max_age = max(int(claims.exp - gate.now()), 1) if claims.exp else None
+        response.set_cookie(COOKIE, token, max_age=max_age, httponly=True, samesite="strict",
+                            secure=request.url.scheme == "https", path="/")  # fmt: skip
+        return response
+
+    async def logout(_request: Request) -> Response:
+        response = RedirectResponse("/login", 303)
+        response.delete_cookie(COOKIE, path="/")
+        return response
+
+    async def healthz(_request: Request) -> Response:
+        report = health.report()
+        return Response(report.json(), 200 if report.ok else 503, media_type="application/json")
+
+    async def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        return _static(name) if name in STATIC else _error(404, f"no file {name}")
+
+    async def spec(_request: Request) -> Response:
+        return Response(document, media_type="application/json")
+
+    return [
+        StarletteRoute("/", dashboard, methods=["GET"]),
+        StarletteRoute("/login", login, methods=["GET", "POST"]),
+        StarletteRoute("/logout", logout, methods=["POST"]),
+        StarletteRoute("/healthz", healthz, methods=["GET"]),
+        StarletteRoute("/readyz", healthz, methods=["GET"]),
+        StarletteRoute("/openapi.json", spec, methods=["GET"]),
+        StarletteRoute("/static/{name}", static, methods=["GET"]),
+        StarletteRoute("/favicon.ico", lambda _r: Response(status_code=204), methods=["GET"]),
+    ]
+
+
+def make_app(
+    pool: asyncpg.Pool,
+    key: bytes,
+    live: Live,
+    health: HealthChecks,
+    now: Callable[[], float] = time.time,
+) -> Starlette:
+    """The app, reading from ``pool``, verifying tokens with ``key``."""
+    gate, handlers = Gate(key, now), _handlers(now)
+    routes = [
+        StarletteRoute(r.path, _read(r, gate, pool, handlers.get(r.name)), methods=["GET"])
+        for r in http.ROUTES
+    ]
+    routes.append(StarletteRoute(http.EVENTS_PATH, _events(gate, live), methods=["GET"]))
+    return Starlette(routes=routes + _pages(gate, health))

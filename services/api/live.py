@@ -1,0 +1,135 @@
+"""The live stream of ``GET /api/v1/events``: changes of the views, as server-sent events.
+
+How: one poller per process reads the projections' checkpoints every ``every`` seconds, and only
+when one moved reads the watched rows of agents, tasks and escalations again, compares them with
+the last reading and sends what changed to every subscriber. So a change is sent once its
+projection has committed it (what a client then reads from the routes agrees with it), the cost
+is one small query a second however many dashboards are open, and the API needs no right on
+the streams. Following FW_EVENTS instead would tell of an event before the views show it, and
+fold every event a second time beside the projector.
+
+Invariants: a subscriber gets the changes after it subscribed, in order; one that cannot keep up
+(``BUFFER`` events waiting) is dropped (its EventSource reconnects, and reads the routes again).
+More than ``MAX_ROWS`` changed rows in one round are sent as one ``resync``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
+
+import anyio
+import asyncpg
+import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from fleetward.services.api import reads
+from fleetward.services.db import Conn, q
+
+log = logging.getLogger("fleetward.api")
+
+BUFFER: Final = 1000  # events waiting for one subscriber before it is dropped
+MAX_ROWS: Final = 500  # changed rows in one round past which a resync is sent instead
+Event = tuple[str, bytes]  # (name, JSON data)
+Snapshot = dict[str, tuple[Any, ...]]
+
+
+def sse(name: str, data: bytes) -> bytes:
+    """One server-sent event (``data`` is one line of JSON)."""
+    return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def diff(before: Snapshot, after: Snapshot) -> tuple[list[str], list[str]]:
+    """Keys whose rows are new or changed, and keys that are gone."""
+    changed = [k for k, row in after.items() if before.get(k) != row]
+    return sorted(changed), sorted(k for k in before if k not in after)
+
+
+class Live:
+    """The poller and its subscribers (one per open event stream)."""
+
+    def __init__(self, pool: asyncpg.Pool, every: float = 1.0) -> None:
+        self.pool = pool
+        self.every = every
+        self._subscribers: set[MemoryObjectSendStream[Event]] = set()
+        self._seen: dict[str, Snapshot] = {}
+        self._overview = b""
+        self._checkpoints: list[int] | None = None
+        self.ok: tuple[bool, str] = (True, "starting")
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self) -> AsyncIterator[MemoryObjectReceiveStream[Event]]:
+        send, receive = anyio.create_memory_object_stream[Event](BUFFER)
+        self._subscribers.add(send)
+        try:
+            yield receive
+        finally:
+            self._subscribers.discard(send)
+            send.close()
+            receive.close()
+
+    def _publish(self, events: list[Event]) -> None:
+        for send in list(self._subscribers):
+            try:
+                for event in events:
+                    send.send_nowait(event)
+            except (anyio.WouldBlock, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                log.info("a live subscriber fell %d events behind: dropped", BUFFER)
+                self._subscribers.discard(send)
+                send.close()
+
+    async def run(self, stopping: Callable[[], bool]) -> None:
+        """Poll until ``stopping()``; then close every subscriber's stream."""
+        try:
+            while not stopping():
+                try:
+                    async with self.pool.acquire() as conn:
+                        self._publish(await self.round(conn))
+                    self.ok = (True, f"{len(self._subscribers)} live subscribers")
+                except (OSError, asyncpg.PostgresError) as exc:
+                    self.ok = (False, f"cannot read the views: {exc}")
+                await anyio.sleep(self.every)
+        finally:
+            for send in list(self._subscribers):
+                send.close()
+            self._subscribers.clear()
+
+    async def round(self, conn: Conn) -> list[Event]:
+        """The changes since the last round (none on the first: it is the baseline)."""
+        at = (await conn.fetchval(q("api_checkpoints"))) or []
+        if at == self._checkpoints:
+            return []
+        first, self._checkpoints = self._checkpoints is None, list(at)
+        events: list[Event] = []
+        agents, gone = await self._changed(conn, "agents", "api_live_agents")
+        events += [("agent", msgspec.json.encode(a)) for a in await reads.agent_rows(conn, agents)]
+        events += [("agent", msgspec.json.encode({"agent_id": a, "removed": True})) for a in gone]
+        events += await self._rows(conn, "task", "api_live_tasks")
+        events += await self._rows(conn, "escalation", "api_live_escalations")
+        overview = msgspec.json.encode(await reads.overview(conn))
+        if overview != self._overview:
+            self._overview = overview
+            events.append(("overview", overview))
+        if first:
+            return []
+        if len(events) > MAX_ROWS:
+            return [("resync", b"{}")]
+        return events
+
+    async def _changed(self, conn: Conn, kind: str, query: str) -> tuple[list[str], list[str]]:
+        records = await conn.fetch(q(query))
+        now = {r[0]: tuple(r) for r in records}
+        changed, gone = diff(self._seen.get(kind, {}), now)
+        self._seen[kind] = now
+        return changed, gone
+
+    async def _rows(self, conn: Conn, name: str, query: str) -> list[Event]:
+        """Events for the rows of ``query`` that changed (keyed by the first column)."""
+        records = await conn.fetch(q(query))
+        now = {r[0]: tuple(r) for r in records}
+        changed, _ = diff(self._seen.get(name, {}), now)
+        self._seen[name] = now
+        by_key = {r[0]: r for r in records}
+        return [(name, msgspec.json.encode(dict(by_key[k]))) for k in changed]

@@ -1,0 +1,112 @@
+"""Viewer tokens for the HTTP API and the dashboard: who asks (a person), with what role, until
+when, signed with HMAC-SHA256 by a key kept beside the NATS signing keys
+(``FLEETWARD_AUTH_DIR/api.key``, 0600, made on first use). Whoever holds that folder issues them
+(``fleetward api token --person user:NAME``), as it issues credentials.
+
+A token is ``fwv1.<payload>.<signature>`` (base64url without padding; the payload is JSON
+``{"sub", "role", "iat", "exp"}``, ``exp`` 0 for none). ``verify`` is pure: it takes the key.
+
+Revocation is by key: ``fleetward api token --rotate-key`` makes a new key, and every token
+signed by the old one fails from the API's next start. Only the role ``viewer`` exists yet:
+the API has no write route.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import math
+import os
+import secrets
+from pathlib import Path
+from typing import Final, Literal
+
+import msgspec
+
+from fleetward.schemas.grants import identity_kind
+
+PREFIX: Final = "fwv1"
+KEY_FILE: Final = "api.key"
+MAX_TOKEN: Final = 2048  # characters: anything longer is refused unread
+Role = Literal["viewer"]
+
+
+class Claims(msgspec.Struct, frozen=True):
+    sub: str  # user:<name>
+    role: Role
+    iat: int
+    exp: int = 0  # seconds since the epoch; 0: none
+
+
+class BadToken(ValueError):
+    """A token that is malformed, forged, expired or not a person's: why, in one line."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sign(key: bytes, signed: str) -> str:
+    return _b64(hmac.new(key, signed.encode(), hashlib.sha256).digest())
+
+
+def issue(key: bytes, person: str, now: float, expires_s: float = 0.0) -> str:
+    """A viewer token for ``person`` (``user:<name>``), valid ``expires_s`` seconds (0: until
+    the key changes). Raises ``BadToken`` for an identity that is not a person's."""
+    try:
+        kind = identity_kind(person)
+    except ValueError as exc:
+        raise BadToken(str(exc)) from None
+    if kind != "user":
+        raise BadToken(f"{person} is not a person: tokens are for people (user:NAME)")
+    exp = math.ceil(now + expires_s) if expires_s > 0 else 0
+    payload = _b64(msgspec.json.encode(Claims(person, "viewer", int(now), exp)))
+    signed = f"{PREFIX}.{payload}"
+    return f"{signed}.{_sign(key, signed)}"
+
+
+def verify(key: bytes, token: str, now: float) -> Claims:
+    """The claims of ``token`` signed with ``key`` and not expired at ``now``; else ``BadToken``."""
+    if len(token) > MAX_TOKEN:
+        raise BadToken("the token is too long")
+    parts = token.split(".")
+    if len(parts) != 3 or parts[0] != PREFIX:
+        raise BadToken(f"not a Fleetward token ({PREFIX}.<payload>.<signature>)")
+    if not hmac.compare_digest(_sign(key, f"{parts[0]}.{parts[1]}"), parts[2]):
+        raise BadToken("the token's signature does not match: issued by another key, or altered")
+    try:
+        claims = msgspec.json.decode(_unb64(parts[1]), type=Claims)
+    except (ValueError, msgspec.DecodeError) as exc:
+        raise BadToken(f"the token's payload cannot be read: {exc}") from None
+    if claims.exp and now >= claims.exp:
+        raise BadToken("the token has expired: issue a new one (fleetward api token)")
+    return claims
+
+
+def key_path(auth_dir: Path) -> Path:
+    return auth_dir / KEY_FILE
+
+
+def load_key(auth_dir: Path, *, create: bool = False, rotate: bool = False) -> bytes:
+    """The signing key in ``auth_dir``; made (or, with ``rotate``, replaced) when asked.
+    Raises ``FileNotFoundError`` when there is none and ``create`` is false."""
+    path = key_path(auth_dir)
+    if rotate or (create and not path.is_file()):
+        auth_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = path.with_name(f".{KEY_FILE}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+        if rotate:
+            tmp.replace(path)
+        else:
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)  # atomic: the first of two processes making it wins
+            tmp.unlink()
+    return bytes.fromhex(path.read_text().strip())

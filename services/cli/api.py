@@ -1,0 +1,69 @@
+"""``fleetward api``: the HTTP API and dashboard as a service of its own (``svc:api``; reads the
+views, writes nothing), and ``fleetward api token``: a viewer token for a person."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from fleetward.schemas.grants import API_SERVICE
+from fleetward.services.api import token
+from fleetward.services.cli.command import Command, console
+from fleetward.services.config import Settings
+from fleetward.services.errors import FleetwardError
+from fleetward.services.runtime.connect import open_runtime
+
+
+def viewer_token(settings: Settings, person: str, expires_s: float = 0.0) -> str:
+    """A viewer token for ``person``, signed with the key in ``FLEETWARD_AUTH_DIR`` (made when
+    missing). Raises ``FleetwardError`` for an identity that is not a person's."""
+    try:
+        return token.issue(
+            token.load_key(settings.auth_dir, create=True), person, time.time(), expires_s
+        )
+    except token.BadToken as exc:
+        raise FleetwardError(str(exc)) from None
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    issue = sub.add_parser("token", help="print a viewer token for a person (dashboard, API)")
+    issue.add_argument("--person", required=True, help="who it is for: user:NAME")
+    issue.add_argument(
+        "--expires", type=float, default=0.0, metavar="SECONDS", help="valid this long (0: no end)"
+    )
+    issue.add_argument(
+        "--rotate-key",
+        action="store_true",
+        help="make a new signing key first: every token issued before fails (restart the API)",
+    )
+
+
+async def _api(settings: Settings, args: argparse.Namespace) -> None:
+    if args.action == "token":
+        if args.expires < 0:
+            raise FleetwardError("--expires must be 0 (no end) or more seconds")
+        if args.rotate_key:
+            token.load_key(settings.auth_dir, rotate=True)
+        console.print(viewer_token(settings, args.person, args.expires))
+        return
+    from fleetward.services.serve import run_services  # noqa: PLC0415  # only services need it
+
+    async with open_runtime(settings, identity=API_SERVICE, prepare=False) as rt:
+        api_ports: list[int] = []
+
+        async def ready(port: int) -> None:
+            console.print(
+                f"api running on http://{settings.api_host}:{api_ports[0]}/ "
+                f"(sign in: fleetward api token --person user:NAME); metrics on :{port}/metrics"
+            )
+
+        await run_services(rt, (), api=True, on_ready=ready, on_api=api_ports.append)
+
+
+API = Command(
+    "api",
+    "run the HTTP API and live dashboard (read-only); 'api token' issues a viewer token",
+    _arguments,
+    _api,
+)
