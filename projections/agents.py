@@ -15,8 +15,12 @@ person, the watchdog, the agent itself), becomes the agent's durable inbox comma
 an agent.
 
 Every version an agent has run is kept (``agent_versions``): what ``agent.version_changed`` says
-it is made of (prompt, model, tool set), and when it was first and last put in force. A
-registration naming a version not seen yet adds it with nothing said of it.
+it is made of (prompt, model, tool set), when it was first and last put in force, and who last
+rolled the agent back to it (``rollback``). A registration naming a version not seen yet adds it
+with nothing said of it.
+
+``agent.promoted`` puts a tag on the agent that every team sees (``promoted_by``,
+``promoted_at``, ``promoted_version``); it changes nothing the agent may do.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
     AgentPaused,
+    AgentPromoted,
     AgentRegistered,
     AgentResumed,
     AgentRetired,
@@ -64,6 +69,10 @@ AGENTS = Table(
         "last_seq",
         "paused_by",
         "registered_by",
+        "promoted_by",
+        "promoted_at",
+        "promoted_version",
+        "promotion_reason",
     ),
 )
 
@@ -81,6 +90,8 @@ AGENT_VERSIONS = Table(
         "set_by",
         "first_at",
         "changed_at",
+        "rolled_back_by",
+        "rolled_back_at",
     ),
 )
 
@@ -92,6 +103,7 @@ _LIFECYCLE = (
     AgentRetired,
     AgentOffline,
     AgentOnline,
+    AgentPromoted,
 )
 
 
@@ -115,6 +127,10 @@ def _placeholder(agent: str, meta: Meta) -> Row:
         "last_seq": meta.seq,
         "paused_by": None,
         "registered_by": None,
+        "promoted_by": None,
+        "promoted_at": None,
+        "promoted_version": None,
+        "promotion_reason": None,
     }
 
 
@@ -161,6 +177,8 @@ class AgentRegistry(Projection):
                 _tell_limits_kept(rows, meta, event, row)
         elif isinstance(event, AgentVersionChanged):
             row["version"] = event.version
+        elif isinstance(event, AgentPromoted):
+            _promote(row, event, meta)
         if isinstance(event, AgentRegistered | AgentVersionChanged):
             _keep_version(rows, event, meta)
         was = row["status"]
@@ -189,12 +207,25 @@ def _keep_version(rows: Rows, event: AgentRegistered | AgentVersionChanged, meta
     row = dict(old) if old else {
         "agent_id": event.agent, "version": event.version, "prompt": "", "model": "",
         "tools": [], "notes": "", "set_by": event.actor, "first_at": meta.time,
+        "rolled_back_by": None, "rolled_back_at": None,
     }  # fmt: skip
     if isinstance(event, AgentVersionChanged):
         row.update(prompt=event.prompt, model=event.model, tools=list(event.tools),
                    notes=event.notes, set_by=event.actor)  # fmt: skip
+    if isinstance(event, AgentVersionChanged) and event.rollback:
+        row.update(rolled_back_by=event.actor, rolled_back_at=meta.time)
     row["changed_at"] = meta.time
     rows.put(AGENT_VERSIONS, row)
+
+
+def _promote(row: Row, event: AgentPromoted, meta: Meta) -> None:
+    """Put the promotion tag on the agent's ``row``, or take it away (``withdrawn``)."""
+    if event.withdrawn:
+        row.update(promoted_by=None, promoted_at=None, promoted_version=None,
+                   promotion_reason=None)  # fmt: skip
+    else:
+        row.update(promoted_by=event.actor, promoted_at=meta.time,
+                   promoted_version=event.version, promotion_reason=event.reason)  # fmt: skip
 
 
 def _tell_limits_kept(rows: Rows, meta: Meta, event: AgentRegistered, row: Row) -> None:

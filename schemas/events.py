@@ -165,10 +165,19 @@ class AgentVersionChanged(_AgentEvent, frozen=True, kw_only=True, tag="agent.ver
     """The agent runs another version from here on: what it is made of (prompt, model, tool
     set). Every deliverable it submits from this event's position on records ``version``
     (``fleet.deliverable_versions``), and its KPIs are kept per version (``fleet.kpi_versions``).
-    A version id published again with other details keeps the latest ones."""
+    A version id published again with other details keeps the latest ones. A rollback
+    (``fleetward agents rollback ID --to VERSION``) is this event too, with ``rollback`` true:
+    a version the agent ran before is in force again, with the details it had, and every reader
+    of versions (deliverables, KPIs, drift) follows it as it follows any change; who took it
+    back and when is kept (``fleet.agent_versions.rolled_back_by``)."""
 
     SENDERS: ClassVar[frozenset[Sender]] = _SELF_USER_SVC
     version: ShortText
+    rollback: Annotated[
+        bool,
+        Meta(description="a version the agent ran before is put in force again "
+             "(`fleetward agents rollback`), with the details it had"),
+    ] = False  # fmt: skip
     notes: Text = ""
     prompt: Annotated[
         ShortText, Meta(description="the prompt in force: a name, tag or hash; '': not said")
@@ -202,6 +211,18 @@ class AgentRetired(_AgentEvent, frozen=True, kw_only=True, tag="agent.retired"):
 
     SENDERS: ClassVar[frozenset[Sender]] = _SELF_USER_SVC
     reason: Text = ""
+
+
+class AgentPromoted(_AgentEvent, frozen=True, kw_only=True, tag="agent.promoted"):
+    """A person with the role ``operator`` marks the agent, at ``version``, as one that pays
+    (the lifecycle review's "promote": top value per cost): a tag every team sees in the
+    registry (``fleet.agents.promoted_by``, ``promoted_at``, ``promoted_version``). A later
+    promotion replaces it; ``withdrawn`` takes it away. It changes nothing the agent may do."""
+
+    SENDERS: ClassVar[frozenset[Sender]] = frozenset({"user"})
+    version: Annotated[ShortText, Meta(description="the agent's version that is promoted")]
+    reason: Text = ""
+    withdrawn: Annotated[bool, Meta(description="the tag is taken away")] = False
 
 
 class AgentOffline(_AgentEvent, frozen=True, kw_only=True, tag="agent.offline"):
@@ -718,6 +739,7 @@ AnyEvent = (
     | AgentPaused
     | AgentResumed
     | AgentRetired
+    | AgentPromoted
     | AgentOffline
     | AgentOnline
     | RunStarted

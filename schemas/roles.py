@@ -25,6 +25,7 @@ from typing import Final
 from fleetward.schemas.admission import Rejected, actor_kind
 from fleetward.schemas.events import (
     AgentPaused,
+    AgentPromoted,
     AgentRegistered,
     AgentResumed,
     AgentRetired,
@@ -64,6 +65,7 @@ PERSON_ROLES: Final[dict[type[Event], str]] = {
     AgentPaused: "operator",
     AgentResumed: "operator",
     AgentRetired: "operator",
+    AgentPromoted: "operator",
     EscalationAcknowledged: "operator",
     EscalationResolved: "operator",
     TaskReviewed: "reviewer",

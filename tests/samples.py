@@ -15,6 +15,7 @@ from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
     AgentPaused,
+    AgentPromoted,
     AgentRegistered,
     AgentResumed,
     AgentRetired,
@@ -119,6 +120,9 @@ def sample_events() -> list[Event]:
         AgentPaused(**env(SVC), agent=AGENT, reason="daily budget exhausted"),
         AgentResumed(**env(USER), agent=AGENT, reason="budget raised"),
         AgentRetired(**env(USER), agent="agent-legacy-1", reason="replaced by agent-7"),
+        AgentPromoted(
+            **env(USER), agent=AGENT, version="2025.03.2", reason="top value per cost in docs"
+        ),
         AgentOffline(
             **env("svc:watchdog"), agent=AGENT, escalation="hb-agent-7-1042", last_seen=T0
         ),

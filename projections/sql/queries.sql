@@ -47,8 +47,8 @@ SELECT
 
 -- name: agents_list
 -- The agent registry with liveness and today's spend, busiest first.
-SELECT a.agent_id, a.name, a.team, a.status, u.state, u.current_task, u.last_seen,
-       coalesce(s.cost_usd, 0) AS cost_today
+SELECT a.agent_id, a.name, a.team, a.status, a.promoted_version, u.state, u.current_task,
+       u.last_seen, coalesce(s.cost_usd, 0) AS cost_today
 FROM fleet.agents a
 LEFT JOIN fleet.utilization u USING (agent_id)
 LEFT JOIN (SELECT agent_id, sum(cost_usd) AS cost_usd FROM fleet.spend_daily
@@ -469,3 +469,49 @@ SELECT l.durable, l.projections, l.host, l.pid, l.since,
 FROM fleetward.projector_leases l
 JOIN pg_stat_activity a ON a.pid = l.backend_pid AND a.backend_start = l.backend_start
 ORDER BY l.durable, active DESC, l.since;
+
+-- name: review_agents
+-- `fleetward review`: every agent not retired (of team $1, null: all), its KPIs over the last 30
+-- days, the last UTC day it ran or called a tool (null: never), the version it ran before the
+-- one in force (null: none), its open kpi_drift escalations and their messages.
+SELECT a.agent_id, a.team, a.version, a.status, a.registered_at, a.promoted_version,
+       k.runs, k.success_rate, k.cost_usd, k.cost_per_run_usd, k.tasks_done, k.cost_per_task_usd,
+       k.reviewed, k.rework_rate, k.tool_error_rate,
+       (SELECT max(d.day) FROM fleetward.kpi_daily d
+        WHERE d.agent_id = a.agent_id AND d.runs_started + d.runs + d.tool_calls > 0)
+           AS last_active_day,
+       (SELECT v.version FROM fleetward.agent_versions v
+        WHERE v.agent_id = a.agent_id AND v.version <> a.version
+        ORDER BY v.changed_at DESC, v.version LIMIT 1) AS previous_version,
+       (SELECT coalesce(array_agg(e.message ORDER BY e.raised_at), '{}') FROM fleet.escalations e
+        WHERE e.agent = a.agent_id AND e.reason = 'kpi_drift' AND e.open) AS drifts
+FROM fleet.agents a
+LEFT JOIN fleet.kpi_agents k ON k.agent_id = a.agent_id AND k.days = 30
+WHERE a.status <> 'retired' AND ($1::text IS NULL OR a.team = $1)
+ORDER BY a.team, a.agent_id;
+
+-- name: review_rework
+-- `fleetward review`: per agent (of team $2, null: all) deliverables reviewed and rejected in the
+-- last 7 UTC days to $1 (today) and in the 7 before them, by the review's day.
+SELECT d.agent AS agent_id,
+       count(*) FILTER (WHERE d.reviewed_at >= ($1::date - 6)::timestamp AT TIME ZONE 'UTC')
+           AS reviewed_now,
+       count(*) FILTER (WHERE d.reviewed_at >= ($1::date - 6)::timestamp AT TIME ZONE 'UTC'
+                        AND d.verdict = 'reject') AS rejected_now,
+       count(*) FILTER (WHERE d.reviewed_at < ($1::date - 6)::timestamp AT TIME ZONE 'UTC')
+           AS reviewed_before,
+       count(*) FILTER (WHERE d.reviewed_at < ($1::date - 6)::timestamp AT TIME ZONE 'UTC'
+                        AND d.verdict = 'reject') AS rejected_before
+FROM fleetward.deliverables d
+JOIN fleetward.agents a ON a.agent_id = d.agent
+WHERE d.reviewed_at >= ($1::date - 13)::timestamp AT TIME ZONE 'UTC'
+  AND ($2::text IS NULL OR a.team = $2)
+GROUP BY d.agent;
+
+-- name: review_version_ran
+-- `fleetward agents rollback`: version $2 of agent $1 as it ran (null: never).
+SELECT prompt, model, tools, notes FROM fleet.agent_versions WHERE agent_id = $1 AND version = $2;
+
+-- name: review_promoted
+-- `fleetward agents promote`: the version agent $1's promotion tag names (null: none).
+SELECT promoted_version FROM fleet.agents WHERE agent_id = $1;

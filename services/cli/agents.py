@@ -1,7 +1,8 @@
 """``fleetward agents``: the registry with liveness and spend (read from the public views), and
-an agent's lifecycle: ``pause``, ``resume``, ``retire``, and ``register`` (set its profile, its
-roles and task limit, or bring a retired agent back), published through the client, which
-refuses what would not take effect."""
+an agent's lifecycle: ``pause``, ``resume``, ``retire``, ``register`` (set its profile, its
+roles and task limit, or bring a retired agent back), and the lifecycle review's ``rollback``
+(a version it ran before in force again) and ``promote`` (a tag every team sees), published
+through the client, which refuses what would not take effect."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from fleetward.services.cli import people, views
 from fleetward.services.cli.command import PERSON, Command, console, read
 from fleetward.services.client import FleetClient
 from fleetward.services.config import Settings
+from fleetward.services.db import q
 from fleetward.services.errors import FleetwardError
 from fleetward.services.runtime.connect import open_runtime
 
@@ -47,6 +49,18 @@ def _arguments(agents: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     register.add_argument("--max-tasks", type=int, dest="max_concurrent_tasks")
     register.add_argument("--heartbeat-interval", type=float, dest="heartbeat_interval_s")
+    rollback = actions.add_parser(
+        "rollback", help="put a version the agent ran before in force again, as it was"
+    )
+    rollback.add_argument("agent_id")
+    rollback.add_argument("--to", required=True, metavar="VERSION", dest="to")
+    rollback.add_argument("--reason", default="")
+    promote = actions.add_parser(
+        "promote", help="tag the agent, at the version it runs, as promoted: every team sees it"
+    )
+    promote.add_argument("agent_id")
+    promote.add_argument("--reason", default="")
+    promote.add_argument("--withdraw", action="store_true", help="take the tag away")
     creds = actions.add_parser("credentials", help="issue an agent credentials (a .creds file)")
     creds.add_argument("agent_id")
     creds.add_argument("--out", help="also write the credentials file here")
@@ -87,6 +101,9 @@ async def _agents(settings: Settings, args: argparse.Namespace) -> None:
     if args.action == "register":
         await _register(settings, args)
         return
+    if args.action in ("rollback", "promote"):
+        await _review_action(settings, args)
+        return
     async with open_runtime(settings, identity=PERSON, prepare=True, pool_size=2) as rt:
         client = FleetClient(rt.nc, rt.actor)
         change = {
@@ -96,6 +113,29 @@ async def _agents(settings: Settings, args: argparse.Namespace) -> None:
         }[args.action]
         await change(args.agent_id, args.reason)
     console.print(f"{ACTIONS[args.action][1]} {args.agent_id}")
+
+
+async def _review_action(settings: Settings, args: argparse.Namespace) -> None:
+    """``rollback`` or ``promote``: what the registry's views say of the agent decides (the
+    version as it ran; the version its tag names), the client judges and publishes."""
+    async with open_runtime(settings, identity=PERSON, prepare=True, pool_size=2) as rt:
+        client = FleetClient(rt.nc, rt.actor)
+        async with rt.pool.acquire() as conn:
+            if args.action == "rollback":
+                ran = await conn.fetchrow(q("review_version_ran"), args.agent_id, args.to)
+            else:
+                promoted = await conn.fetchval(q("review_promoted"), args.agent_id)
+        if args.action == "rollback":
+            await client.rollback_agent(
+                args.agent_id, args.to, dict(ran) if ran else None, args.reason
+            )
+            console.print(f"rolled back {args.agent_id} to version {args.to}")
+        else:
+            await client.promote_agent(
+                args.agent_id, args.reason, promoted=promoted, withdraw=args.withdraw
+            )
+            done = "withdrew the promotion of" if args.withdraw else "promoted"
+            console.print(f"{done} {args.agent_id}")
 
 
 async def _register(settings: Settings, args: argparse.Namespace) -> None:
@@ -113,7 +153,7 @@ async def _register(settings: Settings, args: argparse.Namespace) -> None:
 AGENTS = Command(
     "agents",
     "the agent registry with liveness and spend; pause, resume, retire or register an agent; "
-    "issue or revoke its credentials",
+    "roll it back to an earlier version or promote it; issue or revoke its credentials",
     _arguments,
     _agents,
 )

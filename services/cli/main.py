@@ -28,6 +28,7 @@ from fleetward.services.cli import (
     kpis,
     people,
     projector,
+    review,
     tasks,
     watchdog,
 )
@@ -51,6 +52,7 @@ COMMANDS: tuple[Command, ...] = (
     fleet.AGENT,
     budgets.BUDGETS,
     kpis.KPIS,
+    review.REVIEW,
     escalations.ESCALATIONS,
     approvals.APPROVALS,
     approvals.APPROVE,

@@ -90,7 +90,7 @@ async def show_agents(conn: Conn, console: Console, limit: int) -> None:
         table.add_row(
             r["agent_id"],
             r["team"],
-            r["status"],
+            r["status"] + ("" if r["promoted_version"] is None else ", promoted"),
             r["state"] or "-",
             r["current_task"] or "-",
             age(r["last_seen"]),

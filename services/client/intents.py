@@ -254,3 +254,36 @@ def budget_unchanged(current: BudgetSet | None, wanted: BudgetSet) -> str | None
     if current is None or any(getattr(current, f) != getattr(wanted, f) for f in fields):
         return None
     return f"budget {wanted.budget} is already set to that (by {current.actor})"
+
+
+# ---- the lifecycle review's actions (fleetward agents rollback | promote) ----------------------
+
+
+def rollback_problem(agent: str, record: Row | None, to: str, ran: Row | None) -> str | None:
+    """Why ``agent`` cannot be rolled back to version ``to``; ``ran`` is that version's row of
+    ``fleet.agent_versions`` (None: the agent never ran it)."""
+    if record is None:
+        return f"no agent {agent} in the registry"
+    if record["status"] == "retired":
+        return f"agent {agent} is retired"
+    if record["version"] == to:
+        return f"agent {agent} already runs version {to}"
+    if ran is None:
+        return f"agent {agent} never ran version {to}: a rollback returns to a version it ran"
+    return None
+
+
+def promote_problem(
+    agent: str, record: Row | None, promoted: str | None, withdraw: bool
+) -> str | None:
+    """Why ``agent`` cannot be promoted (or its promotion withdrawn); ``promoted`` is the
+    version its tag names now (None: not promoted)."""
+    if record is None:
+        return f"no agent {agent} in the registry"
+    if withdraw:
+        return None if promoted is not None else f"agent {agent} is not promoted"
+    if record["status"] == "retired":
+        return f"agent {agent} is retired"
+    if promoted == record["version"]:
+        return f"agent {agent} is already promoted at version {promoted}"
+    return None

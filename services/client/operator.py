@@ -19,7 +19,7 @@ Invariants (DESIGN 3.12, intents take effect or fail visibly):
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,9 +45,11 @@ from fleetward.schemas.api import (
 )
 from fleetward.schemas.events import (
     AgentPaused,
+    AgentPromoted,
     AgentRegistered,
     AgentResumed,
     AgentRetired,
+    AgentVersionChanged,
     ApprovalDenied,
     ApprovalGranted,
     BudgetSet,
@@ -362,6 +364,42 @@ class FleetClient(Publisher):
         return await self._on_agent(
             record, AgentRetired(**self.envelope(), agent=agent, reason=reason)
         )
+
+    async def rollback_agent(
+        self, agent: str, to: str, ran: Mapping[str, Any] | None, reason: str = ""
+    ) -> PubAck:
+        """Put version ``to`` in force again: ``agent.version_changed`` with ``rollback``, with
+        the details the version had (``ran``: its row of ``fleet.agent_versions``, None when
+        the agent never ran it). Needs the role ``operator`` (checked first). Refused for an
+        unknown or retired agent, the version it runs now, and one it never ran."""
+        details = ran or {}
+        event = AgentVersionChanged(
+            **self.envelope(), agent=agent, version=to, rollback=True,
+            notes=reason or details.get("notes", ""), prompt=details.get("prompt", ""),
+            model=details.get("model", ""), tools=tuple(details.get("tools") or ()),
+        )  # fmt: skip
+        await self._admit(event)  # the role first: a person without it learns nothing more
+        record = await self.agent_profile(agent)
+        refuse(intents.rollback_problem(agent, record, to, ran))
+        return await self._on_agent(record, event)
+
+    async def promote_agent(
+        self, agent: str, reason: str = "", *, promoted: str | None = None, withdraw: bool = False
+    ) -> PubAck:
+        """Tag ``agent`` at the version it runs now as promoted (``agent.promoted``), or take
+        the tag away (``withdraw``); ``promoted`` is the version its tag names now (None: none;
+        ``fleet.agents.promoted_version``). Needs the role ``operator`` (checked first). Refused
+        for an unknown agent, promoting a retired one or one promoted at its version already,
+        and withdrawing a tag it does not have."""
+        event = AgentPromoted(
+            **self.envelope(), agent=agent, version="", reason=reason, withdrawn=withdraw
+        )
+        await self._admit(event)
+        record = await self.agent_profile(agent)
+        refuse(intents.promote_problem(agent, record, promoted, withdraw))
+        assert record is not None
+        version = (promoted if withdraw else record["version"]) or ""
+        return await self._on_agent(record, msgspec.structs.replace(event, version=version))
 
     async def _on_agent(self, record: dict[str, Any] | None, event: Event) -> PubAck:
         """Publish a lifecycle event about the agent whose registry ``record`` was read,

@@ -33,3 +33,81 @@ DROP TABLE bench_agents;
 -- name: bench_probe
 -- The freshness probe: the message of the probe agent's last heartbeat, as the view shows it.
 SELECT message FROM fleet.utilization WHERE agent_id = 'probe';
+
+-- name: kpis_empty
+-- The KPI benchmark's history gone, for the next run's.
+TRUNCATE fleetward.agents, fleetward.agent_versions, fleetward.kpi_daily,
+         fleetward.kpi_latency_daily, fleetward.deliverables, fleetward.utilization_hourly,
+         fleetward.utilization_daily;
+
+-- name: kpis_patterns
+-- The KPI benchmark's scratch tables (agent-days folded by projections/kpis.py) and the function
+-- that stamps them onto every agent and day (kpis_history): this session's only.
+DROP TABLE IF EXISTS bench_kpi_patterns, bench_kpi_buckets;
+CREATE TEMP TABLE bench_kpi_patterns (
+    p int, runs_started bigint, runs bigint, runs_succeeded bigint, runs_failed bigint,
+    latency_ms numeric, model_cost_usd numeric, tool_cost_usd numeric, tool_calls bigint,
+    tool_errors bigint, tool_ms numeric);
+CREATE TEMP TABLE bench_kpi_buckets (p int, le_ms numeric, runs bigint);
+CREATE OR REPLACE FUNCTION pg_temp.bench_kpi_history(agents int, days int, patterns int, team_size int)
+RETURNS bigint LANGUAGE plpgsql AS $$
+DECLARE
+    first date := (now() AT TIME ZONE 'UTC')::date - days + 1;
+    n bigint;
+    total bigint := 0;
+BEGIN
+    -- a bulk load: the rollup triggers stay off, the rollups are summed once at the end
+    PERFORM set_config('session_replication_role', 'replica', true);
+    CREATE TEMP TABLE bench_agent_days ON COMMIT DROP AS
+        SELECT 'agent-' || lpad(i::text, 6, '0') AS agent_id,
+               'team-' || lpad((i / team_size)::text, 4, '0') AS team, i, d, first + d AS day,
+               CASE WHEN d < days / 2 THEN '1' ELSE '2' END AS version,
+               (i * 7 + d) % patterns AS p
+        FROM generate_series(0, agents - 1) i, generate_series(0, days - 1) d;
+    INSERT INTO fleetward.agents (agent_id, name, owner, team, purpose, risk_class, version,
+        status, status_reason, heartbeat_interval_s, roles, max_concurrent_tasks, registered_at,
+        updated_at, last_seq)
+    SELECT agent_id, agent_id, 'bench', team, '', 'medium', '2', 'active', '', 60, '{worker}', 1,
+           first::timestamp AT TIME ZONE 'UTC', now(), i
+    FROM bench_agent_days WHERE d = 0;
+    GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+    INSERT INTO fleetward.agent_versions (agent_id, version, prompt, model, tools, notes, set_by,
+        first_at, changed_at)
+    SELECT agent_id, v, 'p' || v, 'm', '{}', '', agent_id, t, t
+    FROM bench_agent_days,
+         LATERAL (VALUES ('1', first::timestamp AT TIME ZONE 'UTC'),
+                         ('2', (first + days / 2)::timestamp AT TIME ZONE 'UTC')) x(v, t)
+    WHERE d = 0;
+    GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+    INSERT INTO fleetward.kpi_daily
+    SELECT a.agent_id, a.day, a.team, a.version, k.runs_started, k.runs, k.runs_succeeded,
+           k.runs_failed, k.latency_ms, k.model_cost_usd, k.tool_cost_usd, k.tool_calls,
+           k.tool_errors, k.tool_ms
+    FROM bench_agent_days a JOIN bench_kpi_patterns k ON k.p = a.p;
+    GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+    INSERT INTO fleetward.kpi_latency_daily
+    SELECT a.agent_id, a.day, a.team, a.version, b.le_ms, b.runs
+    FROM bench_agent_days a JOIN bench_kpi_buckets b ON b.p = a.p;
+    GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+    INSERT INTO fleetward.deliverables (task_id, version, agent, epoch, kind, sha256, content,
+        submitted_at, seq, agent_version, team, verdict, reviewed_by, reviewed_at)
+    SELECT 'task-' || i || '-' || d, 1, agent_id, 1, 'markdown', repeat('0', 64), '',
+           (day + interval '12 hours') AT TIME ZONE 'UTC', i * days + d, version, team,
+           CASE WHEN (i + d) % 5 = 0 THEN 'reject' ELSE 'approve' END, 'user:bench',
+           (day + interval '13 hours') AT TIME ZONE 'UTC'
+    FROM bench_agent_days;
+    GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+    PERFORM set_config('session_replication_role', 'origin', true);
+    PERFORM fleetward.kpi_rollups_fill();
+    -- the views read utilization by day (utilization_daily: 24 half-busy hours a day); the
+    -- 720 hourly rows of an agent's 30 days would change nothing they read
+    INSERT INTO fleetward.utilization_daily (agent_id, day, busy_s, idle_s)
+    SELECT agent_id, day, 43200, 43200 FROM bench_agent_days;
+    GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+    RETURN total;
+END $$;
+
+-- name: kpis_history
+-- The KPI benchmark's history: $1 agents in teams of $4 over the last $2 UTC days, each
+-- agent-day one of the $3 folded patterns (kpis_patterns); the rows written.
+SELECT pg_temp.bench_kpi_history($1, $2, $3, $4);

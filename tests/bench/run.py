@@ -50,7 +50,6 @@ from fleetward.schemas.events import (
 )
 from fleetward.schemas.subjects import subject_of
 from fleetward.services.config import Settings
-from fleetward.services.db import named_queries
 from fleetward.services.jetstream.consumer import PullConsumer, recreate_consumer
 from fleetward.services.projector.consumers import by_stream, consumer_filter, durable_name
 from fleetward.services.projector.rebuild import rebuild, reset
@@ -59,21 +58,14 @@ from tests.bench import audit as audit_bench
 from tests.bench.auth import auth_bench
 from tests.bench.claims import run_claims_bench
 from tests.bench.kit import ProcessWatch, percentile
+from tests.bench.kpis import BASELINE, run_kpis_bench
 from tests.bench.spend import LIMIT_USD, run_pause_latency, run_spend_bench
+from tests.bench.sql import bench_q
 from tests.bench.watchdog import HarnessError, run_watchdog_bench
 from tests.helpers import as_harness
 
 ROOT = Path(__file__).resolve().parents[2]
-# the benchmark's own SQL (baseline tables and probes), beside it: not shipped in the wheel
-BENCH_SQL = named_queries((Path(__file__).parent / "bench.sql").read_text())
-
-
-def bench_q(name: str) -> str:
-    """A named query of tests/bench/bench.sql."""
-    return BENCH_SQL[name]
-
-
-SECTIONS = ("pipeline", "claims", "watchdog", "auth", "spend", "audit")
+SECTIONS = ("pipeline", "claims", "watchdog", "auth", "spend", "audit", "kpis")
 
 
 @dataclass
@@ -537,6 +529,40 @@ async def other_figures(args: argparse.Namespace) -> list[Figure]:
         out += await spend_figures(args)
     if "audit" in args.only:
         out += await audit_figures(args)
+    if "kpis" in args.only:
+        out += await kpis_figures(args)
+    return out
+
+
+async def kpis_figures(args: argparse.Namespace) -> list[Figure]:
+    """The KPI views' p99 for ``--kpi-agents`` agents with ``--kpi-days`` days of history, next
+    to a plain indexed lookup of one row in the same run (tests/bench/kpis.py)."""
+    home = Path(tempfile.mkdtemp(prefix="fleetward-bench-kpis-"))
+    settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
+    bases: list[float] = []
+    p99s: dict[str, list[float]] = {}
+    async with open_runtime(settings, identity=as_harness(settings), embed=True) as rt:
+        for i in range(args.runs):
+            if i:  # each run on a history of its own
+                async with rt.pool.acquire() as conn:
+                    await conn.execute(bench_q("kpis_empty"))
+            started = time.perf_counter()
+            history, base, probes = await run_kpis_bench(
+                rt, args.kpi_agents, args.kpi_days, args.seed + i
+            )
+            say(f"  kpis: {history.rows:,} rows written in {time.perf_counter() - started:.0f} s;"
+                f" baseline p99 {base * 1e3:.2f} ms")  # fmt: skip
+            bases.append(base)
+            for what, p99, n in probes:
+                say(f"    {what}: p99 {p99 * 1e3:.2f} ms ({n} queries)")
+                p99s.setdefault(what, []).append(p99)
+    setup = f"{args.kpi_agents:,} agents, {args.kpi_days} days"
+    base = statistics.median(bases) * 1e3
+    out = []
+    for what, values in p99s.items():
+        ms = median_of([v * 1e3 for v in values])
+        out.append(Figure(f"{what} p99, {setup}", ms[0], "ms", f"{BASELINE[0]} p99, ms", base,
+                          ms[0] / base, "< 50 ms", ms[1], ms[2], args.runs))  # fmt: skip
     return out
 
 
@@ -809,6 +835,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wd-interval", type=float, default=10.0)
     p.add_argument("--wd-seconds", type=float, default=60.0)
     p.add_argument("--audit-events", type=int, default=1_000_000, help="events exported")
+    p.add_argument("--kpi-agents", type=int, default=10_000, help="agents with KPI history")
+    p.add_argument("--kpi-days", type=int, default=30, help="days of KPI history")
     p.add_argument("--claim-agents", type=int, default=100)
     p.add_argument("--claim-tasks", type=int, default=1000)
     p.add_argument("--auth-agents", type=int, default=10_000, help="agents signing in")
@@ -834,6 +862,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rate = 2_000
         args.claim_agents, args.claim_tasks = 20, 100
         args.audit_events = 20_000
+        args.kpi_agents = 1_000
         args.auth_agents, args.auth_revoked = 500, 100
         args.wd_agents, args.wd_interval, args.wd_seconds = 2_000, 2.0, 15.0
         args.out = Path(tempfile.mkdtemp(prefix="fleetward-bench-quick-"))

@@ -127,7 +127,7 @@ def _resolve(document: dict[str, Any], ref: str) -> Any:
 
 def test_samples_cover_every_event_type_once() -> None:
     assert [type_name(cls) for cls in EVENT_TYPES] == SAMPLE_IDS
-    assert len(SAMPLES) == len(BY_TYPE) == 42
+    assert len(SAMPLES) == len(BY_TYPE) == 43
 
 
 @pytest.mark.parametrize("event", SAMPLES, ids=SAMPLE_IDS)

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from fleetward.projections.agents import AGENTS, AgentRegistry
+from fleetward.projections.agents import AGENT_VERSIONS, AGENTS, AgentRegistry
 from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
 from fleetward.projections.idempotence import newer_heartbeat
 from fleetward.projections.lifecycle import FORBIDDEN
@@ -41,6 +41,7 @@ from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
     AgentPaused,
+    AgentPromoted,
     AgentRegistered,
     AgentResumed,
     AgentRetired,
@@ -264,6 +265,10 @@ def test_registration_fills_the_agent_row() -> None:
         "last_seq": meta.seq,
         "paused_by": None,
         "registered_by": None,
+        "promoted_by": None,
+        "promoted_at": None,
+        "promoted_version": None,
+        "promotion_reason": None,
     }
     assert set(fold.row(AGENTS, AGENT)) == set(AGENTS.columns)
 
@@ -295,6 +300,29 @@ def test_version_change_keeps_status() -> None:
     fold(AgentVersionChanged(**env(USER), agent=AGENT, version="2"))
     row = fold.row(AGENTS, AGENT)
     assert (row["version"], row["status"]) == ("2", "paused")
+
+
+def test_a_rollback_puts_a_version_back_and_says_who_took_it() -> None:
+    fold = Fold(AgentRegistry())
+    fold(registered(version="1"))
+    fold(AgentVersionChanged(**env(USER), agent=AGENT, version="2", prompt="p2"))
+    meta = fold(AgentVersionChanged(**env(USER), agent=AGENT, version="1", rollback=True))
+    assert fold.row(AGENTS, AGENT)["version"] == "1"
+    back = fold.row(AGENT_VERSIONS, AGENT, "1")
+    assert (back["rolled_back_by"], back["rolled_back_at"]) == (USER, meta.time)
+    assert fold.row(AGENT_VERSIONS, AGENT, "2")["rolled_back_by"] is None
+
+
+def test_a_promotion_tags_the_agent_until_withdrawn() -> None:
+    fold = Fold(AgentRegistry())
+    fold(registered(version="3"))
+    meta = fold(AgentPromoted(**env(USER), agent=AGENT, version="3", reason="pays"))
+    row = fold.row(AGENTS, AGENT)
+    assert (row["promoted_by"], row["promoted_at"], row["promoted_version"]) == (
+        USER, meta.time, "3")  # fmt: skip
+    assert (row["promotion_reason"], row["status"]) == ("pays", "active")
+    fold(AgentPromoted(**env(USER), agent=AGENT, version="3", withdrawn=True))
+    assert fold.row(AGENTS, AGENT)["promoted_by"] is None
 
 
 def test_pause_before_registration_keeps_a_placeholder_then_stays_paused() -> None:
