@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import re
 import signal
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 
 from fleetward.projections import ALL, BY_NAME
 from fleetward.services.jetstream.publish import publish_many
+from fleetward.services.projector.consumers import by_stream
 from fleetward.services.projector.rebuild import catch_up, rebuild
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.projector.window import Gap
@@ -35,12 +37,23 @@ PROJECTIONS = [p.name for p in ALL]
 
 @contextlib.contextmanager
 def projectors(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Popen[bytes], ...]]:
+    """Two projector processes; the second starts once the first holds every runner's lease.
+    (Started together, each may win the lease of some runners: one writer per projection
+    still, but not the one active process and one standby these tests are about.)"""
     settings = {"FLEETWARD_METRICS_PORT": "0", "FLEETWARD_BATCH_SIZE": "250"}
-    with (
-        spawn(["projector"], {**env, **settings}, tmp_path / "a") as a,
-        spawn(["projector"], {**env, **settings}, tmp_path / "b") as b,
-    ):
-        yield a, b
+    with spawn(["projector"], {**env, **settings}, tmp_path / "a") as a:
+        _await_leases(tmp_path / "a", len(by_stream(ALL)))
+        with spawn(["projector"], {**env, **settings}, tmp_path / "b") as b:
+            yield a, b
+
+
+def _await_leases(log: Path, runners: int, timeout_s: float = 60.0) -> None:
+    """Until the process logging under ``log`` says it holds the lease of ``runners`` runners
+    (a blocking wait: the process starts meanwhile)."""
+    deadline = time.monotonic() + timeout_s
+    while output(log).count("active (this process holds the lease)") < runners:
+        assert time.monotonic() < deadline, f"no lease within {timeout_s} s: {output(log)}"
+        time.sleep(0.1)
 
 
 async def active_series(port: int) -> dict[str, float]:
