@@ -95,16 +95,7 @@ AGENT_VERSIONS = Table(
     ),
 )
 
-_LIFECYCLE = (
-    AgentRegistered,
-    AgentVersionChanged,
-    AgentPaused,
-    AgentResumed,
-    AgentRetired,
-    AgentOffline,
-    AgentOnline,
-    AgentPromoted,
-)
+_LIFECYCLE = (*lifecycle.WITH_VERSION, AgentPromoted)
 
 
 def _placeholder(agent: str, meta: Meta) -> Row:

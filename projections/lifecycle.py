@@ -48,6 +48,7 @@ from fleetward.schemas.events import (
     AgentRegistered,
     AgentResumed,
     AgentRetired,
+    AgentVersionChanged,
     Event,
 )
 from fleetward.schemas.subjects import FIRST_V2
@@ -62,6 +63,9 @@ EVENTS: Final = (
     AgentOffline,
     AgentOnline,
 )
+# ... and the events every reader of an agent's status and version folds (the registry, the
+# board, spend, the watchdog): ``EVENTS`` and the version in force
+WITH_VERSION: Final = (*EVENTS, AgentVersionChanged)
 
 
 @dataclass(frozen=True, slots=True)

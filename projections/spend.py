@@ -31,12 +31,7 @@ from fleetward.projections import attribution, kpis, lifecycle
 from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
 from fleetward.projections.money import add_exact, money
 from fleetward.schemas.events import (
-    AgentOffline,
-    AgentOnline,
-    AgentPaused,
     AgentRegistered,
-    AgentResumed,
-    AgentRetired,
     AgentVersionChanged,
     Event,
     RunFinished,
@@ -77,15 +72,7 @@ SPEND_DAILY = Table(
 )
 
 _ACTIVITY = (SpendRecorded, ToolCalled, RunStarted, RunFinished)
-_STATUS = (
-    AgentRegistered,
-    AgentVersionChanged,
-    AgentPaused,
-    AgentResumed,
-    AgentRetired,
-    AgentOffline,
-    AgentOnline,
-)
+_STATUS = lifecycle.WITH_VERSION
 _READS_AGENT = (*_STATUS, *_ACTIVITY)
 _COSTED = (SpendRecorded, ToolCalled)
 _ZERO = Decimal(0)

@@ -39,11 +39,7 @@ from fleetward.projections import lifecycle
 from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
 from fleetward.schemas.admission import actor_kind
 from fleetward.schemas.events import (
-    AgentOffline,
-    AgentOnline,
-    AgentPaused,
     AgentRegistered,
-    AgentResumed,
     AgentRetired,
     AgentVersionChanged,
     CommandIssued,
@@ -165,15 +161,7 @@ AGENT_SUBJECTS = kind_prefix("agent")  # agent lifecycle events reach the board 
 OPEN = frozenset({"inbox", "assigned", "in_progress", "blocked", "review"})
 HELD = frozenset({"in_progress", "blocked"})
 _HOLDER_EVENTS = (TaskProgressed, TaskBlocked, TaskReleased, TaskSubmitted, TaskLeaseExpired)
-_LIFECYCLE = (
-    AgentRegistered,
-    AgentVersionChanged,
-    AgentPaused,
-    AgentResumed,
-    AgentRetired,
-    AgentOffline,
-    AgentOnline,
-)
+_LIFECYCLE = lifecycle.WITH_VERSION
 
 
 # ---- the task state machine -------------------------------------------------------------------

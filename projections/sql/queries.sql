@@ -515,3 +515,7 @@ SELECT prompt, model, tools, notes FROM fleet.agent_versions WHERE agent_id = $1
 -- name: review_promoted
 -- `fleetward agents promote`: the version agent $1's promotion tag names (null: none).
 SELECT promoted_version FROM fleet.agents WHERE agent_id = $1;
+
+-- name: utc_today
+-- Today as a UTC date, by the database's clock (the windows of the views).
+SELECT (now() AT TIME ZONE 'UTC')::date;

@@ -56,7 +56,7 @@ async def _review(settings: Settings, args: argparse.Namespace) -> None:
     async def load(conn: Conn) -> None:
         if args.team is not None and not await conn.fetchval(q("kpis_team_known"), args.team):
             raise FleetwardError(f"no team {args.team!r}: no agent is in it")
-        today = await conn.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
+        today = await conn.fetchval(q("utc_today"))
         agents = await conn.fetch(q("review_agents"), args.team)
         rework = await conn.fetch(q("review_rework"), today, args.team)
         found.extend(judge([dict(r) for r in agents], [dict(r) for r in rework], today,

@@ -41,10 +41,7 @@ from fleetward.schemas.admission import Rejected
 from fleetward.schemas.events import (
     AgentOffline,
     AgentOnline,
-    AgentPaused,
     AgentRegistered,
-    AgentResumed,
-    AgentRetired,
     AgentVersionChanged,
     Event,
     TaskLeaseExpired,
@@ -71,15 +68,7 @@ from fleetward.services.watchdog.core.limits import period
 
 K = TypeVar("K", bound=Hashable)
 
-LIFECYCLE: Final = (
-    AgentRegistered,
-    AgentVersionChanged,
-    AgentPaused,
-    AgentResumed,
-    AgentRetired,
-    AgentOffline,
-    AgentOnline,
-)
+LIFECYCLE: Final = lifecycle.WITH_VERSION
 # the values of the fleetward_watchdog_agents{state} gauge
 STATES: Final = (
     "alive", "warning", "critical", "dismissed", "offline", "paused", "retired", "quarantined",
