@@ -15,11 +15,15 @@ from fleetward.services.cli.command import PERSON, Command, console, read
 from fleetward.services.client import FleetClient, IntentRefused
 from fleetward.services.config import Settings
 from fleetward.services.db import Conn, q
+from fleetward.services.errors import FleetwardError
 from fleetward.services.runtime.connect import open_runtime
+
+MAX_LISTED = 10_000  # open requests listed at most
 
 
 def _list_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--limit", type=int, default=100, metavar="N",
+                   help=f"the most requests listed, 1 to {MAX_LISTED:,}")  # fmt: skip
 
 
 async def show_approvals(conn: Conn, limit: int) -> None:
@@ -38,6 +42,8 @@ async def show_approvals(conn: Conn, limit: int) -> None:
 
 
 async def _approvals(settings: Settings, args: argparse.Namespace) -> None:
+    if not 1 <= args.limit <= MAX_LISTED:  # before any connection (a newcomer met a traceback)
+        raise FleetwardError(f"--limit {args.limit}: it is 1 to {MAX_LISTED:,}")
     await read(settings, lambda c: show_approvals(c, args.limit))
 
 

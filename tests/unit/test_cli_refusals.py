@@ -1,0 +1,17 @@
+"""Arguments the CLI refuses before it connects anywhere: one line, exit 2 (a newcomer met a
+traceback from ``fleetward approvals --limit -1``: Postgres refused a negative LIMIT)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleetward.services.cli.main import main
+
+
+@pytest.mark.parametrize("limit", ["-1", "0", "99999999999999999999"])
+def test_approvals_refuses_a_limit_out_of_range(
+    limit: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["approvals", "--limit", limit]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--limit" in err[0], err
