@@ -1,9 +1,11 @@
 """The HTTP API and the dashboard as one Starlette app: the routes of ``schemas/http.py`` (JSON),
 the live stream (``services/api/live.py``), the dashboard's pages and /healthz.
 
-Invariants: every route but /login, /healthz, /readyz, /livez and the static files needs a valid
+Invariants: every route but /login, /healthz, /readyz, /livez, the static files and the
+ingress (``/api/v1/ingress``: an agent's token, services/api/ingress.py) needs a valid
 viewer token (``Authorization: Bearer`` or the ``fw_token`` cookie that /login sets); query
-parameters are checked before any read (400 with a reason); nothing here writes.
+parameters are checked before any read (400 with a reason); nothing here writes but the
+ingress, which publishes as the agent whose token it is.
 """
 
 from __future__ import annotations
@@ -82,10 +84,20 @@ class Gate:
         self.key, self.now = key, now
 
     def claims(self, request: Request) -> Claims | Response:
-        """The request's verified claims, or the 401 answer saying why not."""
+        """The verified claims of a person's token, or the 401/403 answer saying why not (an
+        agent's token serves only the ingress, services/api/ingress.py)."""
+        who = self.verified(request)
+        if isinstance(who, Claims) and who.role == "agent":
+            return _error(403, "an agent's token serves only /api/v1/ingress: reads need a "
+                          "person's (fleetward api token --person user:NAME)")  # fmt: skip
+        return who
+
+    def verified(self, request: Request, *, cookie: bool = True) -> Claims | Response:
+        """The request's verified claims, whatever the role, or the 401 answer saying why not;
+        the session cookie counts only with ``cookie``."""
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else None
-        token = token or request.cookies.get(COOKIE)
+        token = token or (request.cookies.get(COOKIE) if cookie else None)
         if not token:
             return _error(401, "sign in: send a viewer token (fleetward api token) as "
                           "'Authorization: Bearer TOKEN'")  # fmt: skip
@@ -207,12 +219,16 @@ def make_app(
     live: Live,
     health: HealthChecks,
     now: Callable[[], float] = time.time,
+    *,
+    more: Callable[[Gate], list[StarletteRoute]] | None = None,
 ) -> Starlette:
-    """The app, reading from ``pool``, verifying tokens with ``key``."""
+    """The app, reading from ``pool``, verifying tokens with ``key``; ``more`` adds the routes
+    it makes with the app's ``Gate`` (the ingress: services/api/ingress.py)."""
     gate, handlers = Gate(key, now), _handlers(now)
     routes = [
         StarletteRoute(r.path, _read(r, gate, pool, handlers.get(r.name)), methods=["GET"])
         for r in http.ROUTES
     ]
     routes.append(StarletteRoute(http.EVENTS_PATH, _events(gate, live), methods=["GET"]))
+    routes += more(gate) if more is not None else []
     return Starlette(routes=routes + _pages(gate, health))

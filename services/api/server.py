@@ -12,7 +12,9 @@ import anyio
 import uvicorn
 from anyio.abc import TaskStatus
 
+from fleetward.services.api.acting import AgentPool
 from fleetward.services.api.app import make_app
+from fleetward.services.api.ingress import ingress_routes
 from fleetward.services.api.live import Live
 from fleetward.services.api.token import load_key
 from fleetward.services.metrics.health import HealthChecks
@@ -48,11 +50,14 @@ async def serve_api(
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the API on ``FLEETWARD_API_HOST:FLEETWARD_API_PORT``, reporting the bound port,
-    until ``stop`` is set. The viewer tokens' key is made in ``FLEETWARD_AUTH_DIR`` if missing."""
+    until ``stop`` is set. The viewer tokens' key is made in ``FLEETWARD_AUTH_DIR`` if missing;
+    the ingress acts for agents with their credentials there (services/api/acting.py), and
+    closes their connections when the API stops."""
     key = load_key(rt.settings.auth_dir, create=True)
     live = Live(rt.pool)
     health.register("live", lambda: live.ok)
-    app = make_app(rt.pool, key, live, health)
+    agents = AgentPool(rt.nats_url, rt.settings.auth_dir)
+    app = make_app(rt.pool, key, live, health, more=ingress_routes(agents))
     config = uvicorn.Config(
         app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2, access_log=False
     )
@@ -65,9 +70,13 @@ async def serve_api(
         server.should_exit = True
 
     with sock:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(live.run, stop.is_set)
-            tg.start_soon(watch_stop)
-            task_status.started(port)
-            await server.serve(sockets=[sock])
-            tg.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(live.run, stop.is_set)
+                tg.start_soon(watch_stop)
+                task_status.started(port)
+                await server.serve(sockets=[sock])
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await agents.aclose()
