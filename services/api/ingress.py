@@ -37,7 +37,7 @@ from fleetward.services.api.acting import Acting, AgentPool, NotActing
 from fleetward.services.api.app import Gate, _error, _json
 from fleetward.services.api.token import Claims
 from fleetward.services.client import ClaimLost
-from fleetward.services.client.claims import Claim
+from fleetward.services.client.claims import AgentPaused, Claim
 from fleetward.services.client.intents import IntentRefused
 from fleetward.services.errors import FleetwardError
 
@@ -107,8 +107,17 @@ async def heartbeat(acting: Acting, body: shapes.Beat, _r: Request) -> Any:
 
 
 async def claim(acting: Acting, body: shapes.ClaimBody, request: Request) -> Any:
+    """A claim; asked again after its answer was lost, the claim this client won already (the
+    SDK keeps only claims it won and its inbox has not taken back)."""
+    task, client = request.path_params["task_id"], acting.client
     async with acting.lock:
-        held = await acting.client.claim(request.path_params["task_id"], lease_s=body.lease_s)
+        try:
+            held = await client.claim(task, lease_s=body.lease_s)
+        except AgentPaused:
+            raise
+        except ClaimLost:
+            if (held := client.claims.get(task)) is None:  # type: ignore[assignment]
+                raise
     return shapes.Claimed(task=held.task, epoch=held.epoch, lease_s=held.lease_s, claim_id=held.id)
 
 

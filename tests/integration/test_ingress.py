@@ -98,6 +98,9 @@ async def test_an_http_agent_takes_part_like_a_nats_agent(rt: Runtime, ops: Flee
         won, winner, loser = await race_for("t-1", http, {"h-1": h1, "h-2": h2})
         winner_id = "h-1" if winner is h1 else "h-2"
         await nats_agent_first(rt, http, "t-2", loser)
+        # the winner asks again (its answer lost): the claim it won, not a second one
+        again = await http.post(f"{INGRESS}/tasks/t-1/claim", headers=winner, json={})
+        assert (again.status_code, again.json()) == (200, won), again.text
 
         held = {"epoch": won["epoch"], "claim_id": won["claim_id"]}
         progressed = await http.post(f"{INGRESS}/tasks/t-1/progress", headers=winner,
