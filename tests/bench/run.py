@@ -561,6 +561,8 @@ async def http_figures(args: argparse.Namespace) -> list[Figure]:
     base50 = statistics.median([n.p50_s * 1e3 for _, n in pairs])
     api_cpu = median_of([w.api_cpu_s / args.http_seconds for w, _ in pairs])
     gen_cpu = statistics.median([w.client_cpu_s / args.http_seconds for w, _ in pairs])
+    per_request = median_of([w.api_cpu_s / w.requests * 1e3 for w, _ in pairs])
+    per_publish = statistics.median([n.client_cpu_s / n.requests * 1e3 for _, n in pairs])
     return [
         Figure(f"HTTP heartbeat ingest, {setup}", rate[0], "req/s",
                "direct JetStream publishes of the same heartbeats, same agents, publishes/s",
@@ -571,8 +573,12 @@ async def http_figures(args: argparse.Namespace) -> list[Figure]:
         Figure(f"HTTP heartbeat latency p99, {setup}", p99[0], "ms",
                "direct JetStream publish p99, ms", base99, p99[0] / base99, "(context)",
                p99[1], p99[2], args.runs),
+        Figure(f"fleetward api CPU per HTTP heartbeat, {setup}", per_request[0], "ms",
+               "CPU of the direct publishers' process (nats-py) per publish, ms", per_publish,
+               per_request[0] / per_publish, "(context)", per_request[1], per_request[2],
+               args.runs),
         Figure(f"fleetward api CPU during HTTP heartbeat ingest, {setup}", api_cpu[0],
-               "share of a core", "the load generator (httpx, same machine), share of a core",
+               "share of a core", "the load generator (wrk, same machine), share of a core",
                gen_cpu, api_cpu[0] / gen_cpu if gen_cpu else 0.0, "(context)", api_cpu[1],
                api_cpu[2], args.runs),
     ]  # fmt: skip
