@@ -32,6 +32,7 @@ from fleetward.services.jetstream.connection import connect_as
 DEFAULT_SIZE: Final = 1000  # agents with an open connection at once
 RECONNECTS: Final = 10  # tries after a dropped connection (0.5 s apart) before it is replaced
 CLOSE_S: Final = 5.0
+SIGN_IN_S: Final = 3.0  # a request waits this long at most for its agent's first connect (503)
 
 
 class NotActing(Exception):
@@ -50,8 +51,11 @@ class Acting:
 class AgentPool:
     """The clients of the agents the ingress acts for (see the module)."""
 
-    def __init__(self, nats_url: str, auth_dir: Path, size: int = DEFAULT_SIZE) -> None:
+    def __init__(
+        self, nats_url: str, auth_dir: Path, size: int = DEFAULT_SIZE, sign_in_s: float = SIGN_IN_S
+    ) -> None:
         self.nats_url, self.store, self.size = nats_url, AuthStore(auth_dir), size
+        self.sign_in_s = sign_in_s  # seconds a request waits for its agent's first connect
         self._clients: collections.OrderedDict[str, Acting] = collections.OrderedDict()
         self._opening: dict[str, anyio.Lock] = {}
 
@@ -93,8 +97,9 @@ class AgentPool:
             raise NotActing(f"agent {agent}'s credentials are revoked or expired: an operator "
                             f"issues new ones ('fleetward api token --agent {agent}')")  # fmt: skip
         nc = await connect_as(
-            self.nats_url, creds, agent, max_reconnect_attempts=RECONNECTS,
-            reconnect_time_wait=0.5, connect_timeout=3,
+            self.nats_url, creds, agent, deadline_s=self.sign_in_s,
+            connect_timeout=self.sign_in_s, max_reconnect_attempts=RECONNECTS,
+            reconnect_time_wait=0.5,
         )  # fmt: skip
         client = AgentClient(nc, agent)
         await client.take_up_profile()

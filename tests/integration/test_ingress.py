@@ -13,8 +13,13 @@ import httpx
 import pytest
 
 from fleetward.services.api import token
+from fleetward.services.api.acting import AgentPool
+from fleetward.services.api.app import make_app
+from fleetward.services.api.ingress import ingress_routes
+from fleetward.services.api.live import Live
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.client import AgentClient, ClaimLost, FleetClient
+from fleetward.services.metrics.health import HealthChecks
 from fleetward.services.runtime.connect import Runtime
 from tests.helpers import creds, wait_for
 from tests.integration.api_harness import Api, running_api
@@ -202,3 +207,20 @@ async def test_tokens_and_bodies_that_are_not_right_are_refused(rt: Runtime) -> 
         AuthStore(rt.settings.auth_dir).revoke("c-1")
         revoked = await post("heartbeat", gone, {})
         assert revoked.status_code == 403 and "revoked" in revoked.json()["error"]
+
+
+async def test_nats_away_is_503_and_a_large_body_413(rt: Runtime) -> None:
+    """The ingress on an app whose NATS cannot be reached: one line and 503, never a 500."""
+    key = token.load_key(rt.settings.auth_dir, create=True)
+    # nothing listens on port 9
+    pool = AgentPool("nats://127.0.0.1:9", rt.settings.auth_dir, sign_in_s=0.5)
+    app = make_app(rt.pool, key, Live(rt.pool), HealthChecks(), more=ingress_routes(pool))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
+        who = bearer(agent_token(rt, "a-1"))
+        away = await http.post(f"{INGRESS}/heartbeat", headers=who, json={})
+        assert away.status_code == 503, away.text
+        assert away.json()["error"].startswith("cannot reach NATS"), away.text
+        large = await http.post(f"{INGRESS}/events", headers=who, content=b" " * 600_000)
+        assert large.status_code == 413, large.text
+    await pool.aclose()
