@@ -7,6 +7,8 @@ Invariants:
 - The ingress never issues credentials: an agent whose credentials are missing, revoked or
   expired is refused (``NotActing``), so revoking an agent (``fleetward agents revoke``) stops
   its HTTP traffic too. ``fleetward api token --agent ID`` issues them with the token.
+- A client whose connection the server closed because the agent was revoked is closed at the
+  agent's next request, which is refused; while NATS is away, requests are 503 at once.
 - At most ``size`` clients are kept; the least recently used idle one is closed to make room
   (its commands read ahead and not returned go back to the server). A client whose connection
   closed (revoked, or NATS away past its reconnects) is replaced at its agent's next request.
@@ -27,6 +29,7 @@ import anyio
 
 from fleetward.services.auth.store import AuthStore, is_expired
 from fleetward.services.client import AgentClient
+from fleetward.services.errors import FleetwardError
 from fleetward.services.jetstream.connection import connect_as
 
 DEFAULT_SIZE: Final = 1000  # agents with an open connection at once
@@ -72,6 +75,8 @@ class AgentPool:
 
     async def _get(self, agent: str) -> Acting:
         found = self._clients.get(agent)
+        if found is not None and not found.client.nc.is_connected:
+            await self._down(agent, found)
         if found is not None and not found.client.nc.is_closed:
             self._clients.move_to_end(agent)
             return found
@@ -88,7 +93,8 @@ class AgentPool:
         await self._make_room()
         return acting
 
-    async def _open(self, agent: str) -> AgentClient:
+    def _creds(self, agent: str) -> Path:
+        """``agent``'s credentials file, or ``NotActing`` saying why there is none to use."""
         creds = self.store.creds_path(agent)
         if not creds.exists():
             raise NotActing(f"agent {agent} has no credentials here: issue its token with "
@@ -96,6 +102,25 @@ class AgentPool:
         if self.store.is_revoked(creds) or is_expired(creds):
             raise NotActing(f"agent {agent}'s credentials are revoked or expired: an operator "
                             f"issues new ones ('fleetward api token --agent {agent}')")  # fmt: skip
+        return creds
+
+    async def _down(self, agent: str, acting: Acting) -> None:
+        """``agent``'s connection is not connected: revoked (the server closed it: closed
+        here, ``NotActing``), else NATS is away and nats-py reconnects it (``FleetwardError``,
+        at once: a request does not wait for the reconnect)."""
+        try:
+            self._creds(agent)
+        except NotActing:
+            if self._clients.get(agent) is acting:
+                del self._clients[agent]
+            await self._close(acting)
+            raise
+        if not acting.client.nc.is_closed:
+            raise FleetwardError(f"agent {agent}'s NATS connection is down, reconnecting: "
+                                 "try again")  # fmt: skip
+
+    async def _open(self, agent: str) -> AgentClient:
+        creds = self._creds(agent)
         nc = await connect_as(
             self.nats_url, creds, agent, deadline_s=self.sign_in_s,
             connect_timeout=self.sign_in_s, max_reconnect_attempts=RECONNECTS,

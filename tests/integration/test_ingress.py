@@ -17,6 +17,7 @@ from fleetward.services.api.acting import AgentPool
 from fleetward.services.api.app import make_app
 from fleetward.services.api.ingress import ingress_routes
 from fleetward.services.api.live import Live
+from fleetward.services.auth.server import push_account
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.client import AgentClient, ClaimLost, FleetClient
 from fleetward.services.metrics.health import HealthChecks
@@ -202,11 +203,21 @@ async def test_tokens_and_bodies_that_are_not_right_are_refused(rt: Runtime) -> 
         unknown_task = await post("tasks/t-404/claim", a, {})
         assert unknown_task.status_code == 409 and "no such task" in unknown_task.json()["error"]
 
-        # revoked credentials: the ingress acts no more for the agent
-        gone = bearer(agent_token(rt, "c-1"))
-        AuthStore(rt.settings.auth_dir).revoke("c-1")
-        revoked = await post("heartbeat", gone, {})
-        assert revoked.status_code == 403 and "revoked" in revoked.json()["error"]
+        # revoked credentials: the ingress acts no more for the agent, connected or not
+        store = AuthStore(rt.settings.auth_dir)
+        gone, cut = bearer(agent_token(rt, "c-1")), bearer(agent_token(rt, "c-2"))
+        assert (await post("heartbeat", cut, {})).status_code == 200  # c-2's connection is open
+        store.revoke("c-1")
+        store.revoke("c-2")
+        await push_account(rt.nats_url, store)  # as fleetward agents revoke: cut off at once
+        for who in (gone, cut):
+
+            async def refused(who: dict[str, str] = who) -> bool:
+                answer = await post("heartbeat", who, {})
+                assert answer.status_code in (403, 503), answer.text  # 503: cut, not yet seen
+                return answer.status_code == 403 and "revoked" in answer.json()["error"]
+
+            await wait_for(refused, 10, "the revoked agent refused")
 
 
 async def test_nats_away_is_503_and_a_large_body_413(rt: Runtime) -> None:
