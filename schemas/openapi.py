@@ -86,9 +86,10 @@ def _ingress_operation(route: IngressRoute) -> JSONDict:
         "401": "no token, or one that is not valid (bad signature, expired)",
         "403": "not an agent token, an event naming another agent, or the agent's NATS "
         "credentials revoked or missing",
-        "413": "a body larger than the largest event",
         "503": "NATS (or the task API) cannot be reached",
     }
+    if route.method == "post":
+        refusals["413"] = "a body larger than the largest event"
     if route.conflict:
         refusals["409"] = (
             "the compare-and-set was lost, or the task is no longer the agent's (the reason, "
