@@ -81,16 +81,19 @@ class AgentPool:
             self._clients.move_to_end(agent)
             return found
         opening = self._opening.setdefault(agent, anyio.Lock())
-        async with opening:  # one sign-in per agent, however many of its requests wait
-            found = self._clients.get(agent)
-            if found is not None and not found.client.nc.is_closed:
-                return found
-            if found is not None:
-                del self._clients[agent]
-            acting = Acting(await self._open(agent))
-            self._clients[agent] = acting
-        self._opening.pop(agent, None)
-        await self._make_room()
+        try:
+            async with opening:  # one sign-in per agent, however many of its requests wait
+                found = self._clients.get(agent)
+                if found is not None and not found.client.nc.is_closed:
+                    return found
+                if found is not None:
+                    del self._clients[agent]
+                acting = Acting(await self._open(agent))
+                self._clients[agent] = acting
+        finally:
+            if not opening.locked() and not opening.statistics().tasks_waiting:
+                self._opening.pop(agent, None)
+        await self._make_room(keep=agent)
         return acting
 
     def _creds(self, agent: str) -> Path:
@@ -130,8 +133,12 @@ class AgentPool:
         await client.take_up_profile()
         return client
 
-    async def _make_room(self) -> None:
-        idle = [a for a, c in self._clients.items() if c.users == 0 and not c.lock.locked()]
+    async def _make_room(self, keep: str) -> None:
+        """Close the least recently used idle clients past ``size`` (never ``keep``'s)."""
+        idle = [
+            a for a, c in self._clients.items()
+            if a != keep and c.users == 0 and not c.lock.locked()
+        ]  # fmt: skip
         for agent in idle[: max(0, len(self._clients) - self.size)]:
             await self._close(self._clients.pop(agent))
 

@@ -235,3 +235,23 @@ async def test_nats_away_is_503_and_a_large_body_413(rt: Runtime) -> None:
         large = await http.post(f"{INGRESS}/events", headers=who, content=b" " * 600_000)
         assert large.status_code == 413, large.text
     await pool.aclose()
+
+
+async def test_the_pool_keeps_at_most_its_size_closing_the_least_recently_used(
+    rt: Runtime,
+) -> None:
+    pool = AgentPool(rt.nats_url, rt.settings.auth_dir, size=2)
+    try:
+        clients = {}
+        for agent in ("p-1", "p-2", "p-1", "p-3"):  # p-2 is then the least recently used
+            creds(rt, agent)
+            async with pool.acting(agent) as acting:
+                clients[agent] = acting.client
+        assert len(pool) == 2
+        assert clients["p-2"].nc.is_closed
+        assert not clients["p-1"].nc.is_closed and not clients["p-3"].nc.is_closed
+        async with pool.acting("p-2") as again:  # opened again at its next request
+            assert again.client is not clients["p-2"] and again.client.nc.is_connected
+    finally:
+        await pool.aclose()
+    assert clients["p-1"].nc.is_closed and clients["p-3"].nc.is_closed
