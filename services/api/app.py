@@ -112,10 +112,14 @@ def _read(
         if handler is None:  # whoami
             exp = datetime.fromtimestamp(who.exp, UTC) if who.exp else None
             return _json(http.Whoami(person=who.sub, role=who.role, expires_at=exp))
+        given = dict(request.query_params)
         try:
-            query = msgspec.convert(dict(request.query_params), route.query, strict=False)
+            query = msgspec.convert(given, route.query, strict=False)
         except msgspec.ValidationError as exc:
             return _error(400, f"bad query: {exc}")
+        nulls = [name for name in given if getattr(query, name, "") is None]
+        if nulls:  # lax conversion reads "null" as None: a query string cannot say null
+            return _error(400, f"bad query: {nulls[0]}=null is no value of it (leave it out)")
         try:
             async with pool.acquire() as conn:
                 answer = await handler(conn, query, request.path_params)
