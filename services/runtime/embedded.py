@@ -37,7 +37,7 @@ from typing import IO, Any
 
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.errors import FleetwardError
-from fleetward.services.runtime.orphans import POSTGRES_STOP_S
+from fleetward.services.runtime.orphans import POSTGRES_STOP_S, stop_postgres
 
 START_POLL_S = 0.005  # how often to look for the ports file (it starts in 20 to 80 ms)
 PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
@@ -202,6 +202,7 @@ class EmbeddedPostgres:
         atexit.unregister(self.server._cleanup)
         _stop_keeper(self.keeper, self.pipe)
         self.pipe = -1
+        stop_postgres(self.pgdata)  # a keeper that was killed stopped nothing
 
 
 def _start_keeper(pgdata: Path) -> tuple[subprocess.Popen[bytes], int]:
