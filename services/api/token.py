@@ -1,13 +1,19 @@
-"""Viewer tokens for the HTTP API and the dashboard: who asks (a person), with what role, until
-when, signed with HMAC-SHA256 by a key kept beside the NATS signing keys
+"""Tokens for the HTTP API and the dashboard: who asks (a person), with what role, until when,
+signed with HMAC-SHA256 by a key kept beside the NATS signing keys
 (``FLEETWARD_AUTH_DIR/api.key``, 0600, made on first use). Whoever holds that folder issues them
-(``fleetward api token --person user:NAME``), as it issues credentials.
+(``fleetward api token --person user:NAME [--role operator]``), as it issues credentials.
+
+Roles: ``viewer`` reads (every GET route); ``operator`` also calls the write routes
+(``services/api/write.py``). An operator token lends no power of its own: each write is
+published as the token's person, with that person's own NATS credentials, so the stream's role
+rules (``schemas/roles.py``) judge it exactly as they judge the person's CLI.
 
 A token is ``fwv1.<payload>.<signature>`` (base64url without padding; the payload is JSON
 ``{"sub", "role", "iat", "exp"}``, ``exp`` 0 for none). ``verify`` is pure: it takes the key.
 
 Revocation is by key: ``fleetward api token --rotate-key`` makes a new key, and every token
-signed by the old one fails from the API's next start.
+signed by the old one fails from the API's next start; revoking a person's NATS credentials
+(``fleetward people revoke``) stops their writes at once, whatever token they hold.
 
 Roles: ``viewer`` (a person: the read routes and the dashboard) and ``agent`` (an agent, ``sub``
 its id: only the HTTPS ingress, ``/api/v1/ingress``, which publishes as that agent with its own
@@ -34,7 +40,8 @@ from fleetward.schemas.grants import identity_kind
 PREFIX: Final = "fwv1"
 KEY_FILE: Final = "api.key"
 MAX_TOKEN: Final = 2048  # characters: anything longer is refused unread
-Role = Literal["viewer", "agent"]
+Role = Literal["viewer", "operator", "agent"]
+ROLES: Final[tuple[Role, ...]] = ("viewer", "operator")  # a person's; an agent's is "agent"
 
 
 class Claims(msgspec.Struct, frozen=True):
@@ -77,10 +84,15 @@ def _signed(key: bytes, sub: str, *, kind: str, role: Role, now: float, expires_
     return f"{signed}.{_sign(key, signed)}"
 
 
-def issue(key: bytes, person: str, now: float, expires_s: float = 0.0) -> str:
-    """A viewer token for ``person`` (``user:<name>``), valid ``expires_s`` seconds (0: until
-    the key changes). Raises ``BadToken`` for an identity that is not a person's."""
-    return _signed(key, person, kind="user", role="viewer", now=now, expires_s=expires_s)
+def issue(
+    key: bytes, person: str, now: float, expires_s: float = 0.0, role: Role = "viewer"
+) -> str:
+    """A ``role`` token for ``person`` (``user:<name>``), valid ``expires_s`` seconds (0: until
+    the key changes). Raises ``BadToken`` for an identity that is not a person's, or a role
+    that is not ``ROLES``'."""
+    if role not in ROLES:
+        raise BadToken(f"no token role {role!r}: it is one of {', '.join(ROLES)}")
+    return _signed(key, person, kind="user", role=role, now=now, expires_s=expires_s)
 
 
 def issue_agent(key: bytes, agent: str, now: float, expires_s: float = 0.0) -> str:

@@ -1,6 +1,7 @@
-"""``fleetward api``: the HTTP API and dashboard as a service of its own (``svc:api``; reads the
-views; publishes only through the ingress, as the agent whose token it is), and ``fleetward api
-token``: a viewer token for a person, or an agent token for the HTTPS ingress."""
+"""``fleetward api``: the HTTP API and dashboard as a service of its own (``svc:api`` reads the
+views; each write is published as the person whose operator token asks, each ingress request as
+the agent whose token it is), and ``fleetward api token``: a viewer or operator token for a
+person, or an agent token for the HTTPS ingress."""
 
 from __future__ import annotations
 
@@ -16,12 +17,15 @@ from fleetward.services.errors import FleetwardError
 from fleetward.services.runtime.connect import open_runtime
 
 
-def viewer_token(settings: Settings, person: str, expires_s: float = 0.0) -> str:
-    """A viewer token for ``person``, signed with the key in ``FLEETWARD_AUTH_DIR`` (made when
-    missing). Raises ``FleetwardError`` for an identity that is not a person's."""
+def api_token(
+    settings: Settings, person: str, expires_s: float = 0.0, role: token.Role = "viewer"
+) -> str:
+    """A token for ``person`` (``role``: viewer or operator), signed with the key in
+    ``FLEETWARD_AUTH_DIR`` (made when missing). Raises ``FleetwardError`` for an identity that
+    is not a person's."""
     try:
         return token.issue(
-            token.load_key(settings.auth_dir, create=True), person, time.time(), expires_s
+            token.load_key(settings.auth_dir, create=True), person, time.time(), expires_s, role
         )
     except token.BadToken as exc:
         raise FleetwardError(str(exc)) from None
@@ -49,11 +53,15 @@ def agent_token(settings: Settings, agent: str, expires_s: float = 0.0) -> str:
 def _arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     issue = sub.add_parser(
-        "token", help="print a viewer token for a person (dashboard, API) or an agent's (ingress)"
+        "token", help="print a token for a person (dashboard, API) or an agent's (ingress)"
     )
     who = issue.add_mutually_exclusive_group(required=True)
-    who.add_argument("--person", help="a viewer token for a person: user:NAME")
+    who.add_argument("--person", help="who it is for: user:NAME")
     who.add_argument("--agent", metavar="ID", help="an agent token for the HTTPS ingress")
+    issue.add_argument(
+        "--role", choices=token.ROLES, default="viewer",
+        help="viewer reads; operator also writes, as the person, with the person's own roles",
+    )  # fmt: skip
     issue.add_argument(
         "--expires", type=float, default=0.0, metavar="SECONDS", help="valid this long (0: no end)"
     )
@@ -73,7 +81,7 @@ async def _api(settings: Settings, args: argparse.Namespace) -> None:
         if args.agent is not None:
             console.print(agent_token(settings, args.agent, args.expires))
         else:
-            console.print(viewer_token(settings, args.person, args.expires))
+            console.print(api_token(settings, args.person, args.expires, args.role))
         return
     from fleetward.services.serve import run_services  # noqa: PLC0415  # only services need it
 

@@ -66,7 +66,7 @@ from tests.bench.watchdog import HarnessError, run_watchdog_bench
 from tests.helpers import as_harness
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("pipeline", "claims", "watchdog", "auth", "spend", "audit", "kpis", "http")
+SECTIONS = ("pipeline", "claims", "watchdog", "auth", "spend", "audit", "kpis", "cluster", "http")
 
 
 @dataclass
@@ -532,6 +532,10 @@ async def other_figures(args: argparse.Namespace) -> list[Figure]:
         out += await audit_figures(args)
     if "kpis" in args.only:
         out += await kpis_figures(args)
+    if "cluster" in args.only:
+        from tests.bench.cluster import cluster_figures  # noqa: PLC0415  # it imports this module
+
+        out += await cluster_figures(args)
     if "http" in args.only:
         out += await http_figures(args)
     return out
@@ -887,6 +891,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--audit-events", type=int, default=1_000_000, help="events exported")
     p.add_argument("--kpi-agents", type=int, default=10_000, help="agents with KPI history")
     p.add_argument("--kpi-days", type=int, default=30, help="days of KPI history")
+    p.add_argument(
+        "--cluster-events", type=int, default=200_000, help="backlog of the R3 and one-node ingest"
+    )
     p.add_argument("--claim-agents", type=int, default=100)
     p.add_argument("--http-agents", type=int, default=100, help="agents heartbeating over HTTP")
     p.add_argument("--http-seconds", type=float, default=10.0, help="each HTTP/direct phase")
@@ -915,6 +922,7 @@ def main(argv: list[str] | None = None) -> int:
         args.claim_agents, args.claim_tasks = 20, 100
         args.audit_events = 20_000
         args.kpi_agents = 1_000
+        args.cluster_events = 20_000
         args.http_agents, args.http_seconds = 20, 3.0
         args.auth_agents, args.auth_revoked = 500, 100
         args.wd_agents, args.wd_interval, args.wd_seconds = 2_000, 2.0, 15.0

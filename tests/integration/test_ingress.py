@@ -17,6 +17,7 @@ from fleetward.services.api.acting import AgentPool
 from fleetward.services.api.app import make_app
 from fleetward.services.api.ingress import ingress_routes
 from fleetward.services.api.live import Live
+from fleetward.services.api.write import People
 from fleetward.services.auth.server import push_account
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.client import AgentClient, ClaimLost, FleetClient
@@ -225,7 +226,8 @@ async def test_nats_away_is_503_and_a_large_body_413(rt: Runtime) -> None:
     key = token.load_key(rt.settings.auth_dir, create=True)
     # nothing listens on port 9
     pool = AgentPool("nats://127.0.0.1:9", rt.settings.auth_dir, sign_in_s=0.5)
-    app = make_app(rt.pool, key, Live(rt.pool), HealthChecks(), more=ingress_routes(pool))
+    people = People("nats://127.0.0.1:9", rt.settings.auth_dir)
+    app = make_app(rt.pool, key, Live(rt.pool), HealthChecks(), people, more=ingress_routes(pool))
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as http:
         who = bearer(agent_token(rt, "a-1"))
