@@ -102,7 +102,14 @@ class AgentPool:
         if not creds.exists():
             raise NotActing(f"agent {agent} has no credentials here: issue its token with "
                             f"'fleetward api token --agent {agent}'")  # fmt: skip
-        if self.store.is_revoked(creds) or is_expired(creds):
+        try:
+            unusable = self.store.is_revoked(creds) or is_expired(creds)
+        except (OSError, ValueError) as exc:
+            raise NotActing(
+                f"agent {agent}'s credentials cannot be read ({exc}): an operator "
+                f"issues new ones ('fleetward api token --agent {agent}')"
+            ) from None
+        if unusable:
             raise NotActing(f"agent {agent}'s credentials are revoked or expired: an operator "
                             f"issues new ones ('fleetward api token --agent {agent}')")  # fmt: skip
         return creds
