@@ -26,7 +26,7 @@ def viewer_token(settings: Settings, person: str, expires_s: float = 0.0) -> str
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", help="none: run the API")
     issue = sub.add_parser("token", help="print a viewer token for a person (dashboard, API)")
     issue.add_argument("--person", required=True, help="who it is for: user:NAME")
     issue.add_argument(

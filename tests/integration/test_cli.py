@@ -199,7 +199,7 @@ async def test_read_commands_show_the_projected_fleet(rt: Runtime, env: dict[str
     listed = await fleetward_ok(env, "agents")
     for agent in agents:
         assert agent["agent_id"] in listed
-    assert "last seen" in listed
+    assert "last_seen" in listed and "current_task" in listed  # the views' column names
 
     board = await fleetward_ok(env, "tasks")
     for task in tasks:
