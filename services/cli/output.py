@@ -129,8 +129,8 @@ class Listing:
     def table(self, page: Page) -> Table:
         table = Table(*(c.key for c in self.columns), title=self.title)
         for i, c in enumerate(self.columns):
+            table.columns[i].overflow = "fold"  # never "…": a header cut short is ambiguous
             if c.whole:
-                table.columns[i].overflow = "fold"
                 table.columns[i].min_width = 8
         for row in page.rows:
             table.add_row(*(c.show(row) for c in self.columns))
