@@ -216,18 +216,21 @@ def _details(event: Event | None) -> str:
     return " ".join(parts)[:120]
 
 
+BOARD_DEPTH = 15  # tasks a status shows at most in the board's table (--json: --limit)
+
+
 async def show_board(conn: Conn, console: Console, limit: int, as_json: bool) -> None:
-    """One column per status: its count and its most urgent tasks (at most ``limit``, 15 in a
-    table). JSON: ``{statuses: {STATUS: {rows, total, truncated}}}``."""
+    """One column per status: its count and its most urgent tasks (at most ``limit``, and
+    ``BOARD_DEPTH`` in a table). JSON: ``{statuses: {STATUS: {rows, total, truncated}}}``."""
     rows = await conn.fetch(q("tasks_list"), None, None)
-    by_status = {s: [r for r in rows if r["status"] == s] for s in STATUSES}
-    pages = {s: Page(found[:limit], len(found), limit) for s, found in by_status.items()}
+    shown = limit if as_json else min(limit, BOARD_DEPTH)
+    pages = {s: Page(found[:shown], len(found), shown) for s in STATUSES
+             for found in [[r for r in rows if r["status"] == s]]}  # fmt: skip
     if as_json:
         write_json({"statuses": {s: TASK_BOARD.json(p) for s, p in pages.items()}})
         return
     table = Table(*(f"{s} ({p.total})" for s, p in pages.items()), title="task board by status")
-    depth = max((len(p.rows) for p in pages.values()), default=0)
-    for i in range(min(depth, 15)):
+    for i in range(max(len(p.rows) for p in pages.values())):
         cells = []
         for p in pages.values():
             task = p.rows[i] if i < len(p.rows) else None
@@ -235,6 +238,9 @@ async def show_board(conn: Conn, console: Console, limit: int, as_json: bool) ->
             cells.append("" if task is None else f"{task['task_id']}{held}")
         table.add_row(*cells)
     console.print(table)
+    if any(p.truncated for p in pages.values()):
+        console.print(f"showing the first {shown} of each status (--limit N, at most "
+                      f"{BOARD_DEPTH} here; --json for more)")  # fmt: skip
 
 
 TASKS = Command(
