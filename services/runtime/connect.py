@@ -7,6 +7,7 @@ runs the migrations. Every failure is a ``FleetwardError`` whose text says what 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
@@ -17,6 +18,7 @@ import asyncpg
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
+from fleetward.schemas.grants import API_SERVICE, identity_kind
 from fleetward.schemas.streams import all_streams
 from fleetward.services import db, metrics
 from fleetward.services.auth.store import AuthStore, identity_of
@@ -25,12 +27,16 @@ from fleetward.services.errors import FleetwardError
 from fleetward.services.jetstream.connection import FleetwardNats, sign_in
 from fleetward.services.jetstream.streams import ensure_streams
 from fleetward.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, database_url
+from fleetward.services.runtime.orphans import stop_orphans
+from fleetward.services.runtime.ownership import FolderLock
 
 MIN_NATS = (2, 11)
 MIN_POSTGRES = 14
 NATS_CONNECT_DEADLINE_S = 5.0  # the first connect, retries included
 CLOSE_S = 5.0  # a connection of acting_as closes within this long, cancelled or not
 DATABASE = "fleetward"
+
+log = logging.getLogger("fleetward.runtime")
 
 
 @dataclass
@@ -231,14 +237,38 @@ async def open_runtime(
 @asynccontextmanager
 async def acting_as(rt: Runtime, identity: str) -> AsyncIterator[Runtime]:
     """``rt`` with a NATS connection of ``identity``'s own (one credential per service, DESIGN
-    3.7): ``rt`` itself when it already acts as ``identity``, or when the process was given one
-    credential (``FLEETWARD_CREDS``) and this machine has no signing keys to issue another.
-    Raises ``FleetwardError`` as ``credentials`` does."""
+    3.7). The credential is, in order: none (``rt`` itself) when ``rt`` acts as ``identity``
+    already; ``FLEETWARD_API_CREDS`` for ``svc:api``; one issued from the signing keys when
+    this machine holds them; else ``rt`` itself when the process was given one credential
+    (``FLEETWARD_CREDS``, a person's: the server judges what it may do). Raises
+    ``FleetwardError`` as ``credentials`` does, and when a service would act as another service
+    without that one's credentials (its subscriptions would be refused by the server, silently
+    for the caller)."""
     store = AuthStore(rt.settings.auth_dir)
-    if rt.actor == identity or (rt.settings.creds is not None and not store.exists()):
+    settings = rt.settings
+    if rt.actor == identity:
         yield rt
         return
-    own = store.ensure(identity) if store.exists() else credentials(rt.settings, identity)
+    if identity == API_SERVICE and settings.api_creds is not None:
+        own = settings.api_creds
+        if identity_of(own) != API_SERVICE:
+            raise FleetwardError(
+                f"FLEETWARD_API_CREDS={own} holds {identity_of(own)}'s credentials, not "
+                f"{API_SERVICE}'s ('fleetward auth service api')"
+            )
+    elif store.exists():
+        own = store.ensure(identity)
+    elif settings.creds is not None:
+        if identity_kind(identity) == "svc" and identity_kind(rt.actor) == "svc":
+            hint = "FLEETWARD_API_CREDS" if identity == API_SERVICE else "its own process"
+            raise FleetwardError(
+                f"{rt.actor} cannot act as {identity} without its credentials: give it "
+                f"{hint} ('fleetward auth service {identity.split(':', 1)[1]}')"
+            )
+        yield rt
+        return
+    else:
+        own = credentials(settings, identity)
     nc = await connect_nats(rt.nats_url, creds=own)
     try:
         yield replace(rt, actor=identity, nc=nc, js=nc.jetstream(timeout=10))
@@ -249,17 +279,31 @@ async def acting_as(rt: Runtime, identity: str) -> AsyncIterator[Runtime]:
 
 
 async def _start_embedded(settings: Settings, stack: AsyncExitStack) -> tuple[str, str]:
+    """Own ``settings.home`` (one ``fleetward dev`` per data folder: ``FleetwardError`` naming
+    the running one otherwise), stop what a dead owner left running there (one log line), then
+    start the servers the settings do not name; each stops when ``stack`` closes, or when this
+    process dies (``embedded.py``)."""
     home = settings.home
-    home.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock.take(
+        home, hint="stop that one first, or set FLEETWARD_HOME to another folder"
+    )
+    stack.callback(lock.release)  # the last thing to go: after the servers have stopped
+    stopped = await anyio.to_thread.run_sync(stop_orphans, home, home / "pg")
+    if stopped:
+        log.warning(
+            "stopped %s left running in %s by a Fleetward that died", " and ".join(stopped), home
+        )
     nats_url = settings.nats_url
     if nats_url is None:
         store = AuthStore(settings.auth_dir).init()
-        server = await anyio.to_thread.run_sync(EmbeddedNats.start, home / "nats", store)
+        # on this (the main) thread: the server's parent-death signal follows the thread
+        server = EmbeddedNats.start(home / "nats", store)
         stack.callback(server.stop)
         nats_url = server.url
     database = settings.database_url
     if database is None:
         pg = await anyio.to_thread.run_sync(EmbeddedPostgres.start, home / "pg")
+        stack.callback(pg.stop)
         database = await ensure_database(pg.url, DATABASE)
     path = runtime_file(home)
     path.write_text(json.dumps({"nats_url": nats_url, "database_url": database}))
