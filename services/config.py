@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from platformdirs import user_state_dir
+
 from fleetward.schemas.bounds import MAX_SEAL_PERIOD_S, MIN_SEAL_PERIOD_S
 from fleetward.schemas.streams import DEFAULT_AUDIT_RETENTION_DAYS
 from fleetward.services.errors import FleetwardError
@@ -108,11 +110,19 @@ def parse_partition(raw: str) -> tuple[int, int]:
     return int(found.group(1)), int(found.group(2))
 
 
+def default_home() -> Path:
+    """Where Fleetward keeps its data without ``FLEETWARD_HOME``: the user's state folder
+    (platformdirs: ``$XDG_STATE_HOME/fleetward``, else ``~/.local/state/fleetward`` on Linux),
+    the same from every working directory, so ``fleetward status`` finds the Fleetward that
+    ``fleetward dev`` runs. Not created here."""
+    return Path(user_state_dir("fleetward", appauthor=False))
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     nats_url: str | None  # None: start an embedded nats-server
     database_url: str | None  # None: start an embedded Postgres
-    home: Path  # where embedded servers keep their data
+    home: Path  # FLEETWARD_HOME: the embedded servers' data, runtime.json (default_home())
     creds: Path | None  # FLEETWARD_CREDS: the credentials this process acts with
     auth_dir: Path  # FLEETWARD_AUTH_DIR: the signing keys (services/auth/store.py)
     retention_days: float  # FW_EVENTS retention; 0 keeps events forever
@@ -136,7 +146,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
         env = dict(os.environ if env is None else env)
-        home = Path(env.get("FLEETWARD_HOME", ".fleetward")).resolve()
+        home = Path(env.get("FLEETWARD_HOME") or default_home()).expanduser().resolve()
         return cls(
             nats_url=env.get("FLEETWARD_NATS_URL") or None,
             database_url=env.get("FLEETWARD_DATABASE_URL") or None,

@@ -52,6 +52,24 @@ from tests.helpers import (
 TEMPLATE = "fleetward_test_template"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_real_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """No test reaches the Fleetward of the person running them: FLEETWARD_HOME (its default,
+    the per-user state folder, too: XDG_STATE_HOME) points into the session's temporary folder
+    for the CLI run in-process and for every subprocess given ``os.environ``. Tests that need a
+    home of their own still set FLEETWARD_HOME."""
+    home = tmp_path_factory.mktemp("no-real-home")
+    saved = {k: os.environ.get(k) for k in ("FLEETWARD_HOME", "XDG_STATE_HOME")}
+    os.environ["FLEETWARD_HOME"] = str(home / "fleetward")
+    os.environ["XDG_STATE_HOME"] = str(home / "state")
+    yield home
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Stop the servers of test sessions that died (killed by a timeout, SIGKILL), and delete
     their folders; say so on the terminal."""

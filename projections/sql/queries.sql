@@ -114,16 +114,16 @@ WHERE agent_id = $1;
 
 -- name: escalations_open
 -- Open escalations for people: critical first, then warning, info; the oldest first in each.
-SELECT escalation_id, reason, tier, state, agent, task, message, raised_at, tier_at,
-       acknowledged_by, age
+SELECT escalation_id, reason, tier, state, agent AS agent_id, task AS task_id, message, raised_at,
+       tier_at, acknowledged_by, age
 FROM fleet.escalations_open
 ORDER BY tier_rank DESC, raised_at, escalation_id
 LIMIT $1;
 
 -- name: escalations_all
 -- Every escalation, open ones first, then the most recently raised.
-SELECT escalation_id, reason, tier, state, agent, task, message, raised_at, tier_at,
-       acknowledged_by, age
+SELECT escalation_id, reason, tier, state, agent AS agent_id, task AS task_id, message, raised_at,
+       tier_at, acknowledged_by, age
 FROM fleet.escalations
 ORDER BY open DESC, CASE tier WHEN 'critical' THEN 2 WHEN 'warning' THEN 1 ELSE 0 END DESC,
          raised_at DESC
@@ -317,8 +317,8 @@ WHERE released_reason IS NULL;
 
 -- name: approvals_open
 -- fleetward approvals: the open requests, the oldest first.
-SELECT approval_id, agent, kind, name, summary, risk, requested_at, deadline_at, expires_at,
-       overdue, policy_id, policy_version
+SELECT approval_id, agent AS agent_id, task AS task_id, kind, name, summary, risk, requested_at,
+       deadline_at, expires_at, overdue, policy_id, policy_version
 FROM fleet.approvals WHERE open ORDER BY requested_at, approval_id LIMIT $1;
 
 -- name: policies_list

@@ -95,9 +95,10 @@ class People:
                 return path
         except (OSError, ValueError):
             problem = "are missing"
+        copy = f"; on an API host without the signing keys, copy them to {path}"
         raise Refused(403, f"{person}'s NATS credentials {problem}: writes are published as "
-                      f"the person (fleetward people add {name}; on an API host without the "
-                      f"signing keys, copy the file to {path})")  # fmt: skip
+                      f"the person (fleetward people add {name}"
+                      f"{copy if problem == 'are missing' else ''})")  # fmt: skip
 
     @asynccontextmanager
     async def client(self, person: str) -> AsyncIterator[_Recording]:

@@ -51,7 +51,7 @@ def agent_token(settings: Settings, agent: str, expires_s: float = 0.0) -> str:
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", help="none: run the API")
     issue = sub.add_parser(
         "token", help="print a token for a person (dashboard, API) or an agent's (ingress)"
     )
@@ -79,6 +79,8 @@ async def _api(settings: Settings, args: argparse.Namespace) -> None:
         if args.rotate_key:
             token.load_key(settings.auth_dir, rotate=True)
         if args.agent is not None:
+            if args.role != "viewer":
+                raise FleetwardError("--role is a person's: an agent's token has the role agent")
             console.print(agent_token(settings, args.agent, args.expires))
         else:
             console.print(api_token(settings, args.person, args.expires, args.role))

@@ -1,18 +1,23 @@
 """``fleetward projector`` (the projector service) and ``fleetward projections rebuild`` (one
-projection rebuilt from the stream, with a progress bar)."""
+projection rebuilt from the stream, with a progress bar), and ``fleetward projections
+[list]``: each projection's checkpoint."""
 
 from __future__ import annotations
 
 import argparse
 
 from fleetward import projections
-from fleetward.services.cli.command import Command, console
+from fleetward.services.cli import views
+from fleetward.services.cli.args import add_json
+from fleetward.services.cli.command import Command, console, read
 from fleetward.services.config import Settings
 from fleetward.services.runtime.connect import open_runtime
 
 
 def _projector_arguments(proj: argparse.ArgumentParser) -> None:
-    proj.add_argument("--only", nargs="*", choices=sorted(projections.BY_NAME), default=None)
+    proj.add_argument("--only", nargs="*", choices=sorted(projections.BY_NAME), default=None,
+                      metavar="NAME", help="run only these projections (default: all): "
+                      + ", ".join(sorted(projections.BY_NAME)))  # fmt: skip
 
 
 async def _projector(settings: Settings, args: argparse.Namespace) -> None:
@@ -29,14 +34,23 @@ async def _projector(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _projections_arguments(projs: argparse.ArgumentParser) -> None:
-    psub = projs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    """``projections`` with no action lists their checkpoints, like ``projections list``."""
+    add_json(projs)
+    psub = projs.add_subparsers(dest="action", metavar="ACTION", help="none: list them")
+    listed = psub.add_parser("list", help="each projection's stream and checkpoint")
+    add_json(listed, nested=True)
     rebuild = psub.add_parser("rebuild", help="rebuild one projection from the stream")
-    rebuild.add_argument("name", choices=sorted(projections.BY_NAME))
+    rebuild.add_argument(
+        "name", choices=sorted(projections.BY_NAME), metavar="NAME",
+        help="the projection: " + ", ".join(sorted(projections.BY_NAME)),
+    )  # fmt: skip
 
 
 async def _projections(settings: Settings, args: argparse.Namespace) -> None:
     if args.action == "rebuild":
         await _rebuild(settings, args)
+        return
+    await read(settings, lambda c: views.show_projections(c, console, args.json))
 
 
 async def _rebuild(settings: Settings, args: argparse.Namespace) -> None:
@@ -78,5 +92,8 @@ PROJECTOR = Command(
     _projector,
 )
 PROJECTIONS = Command(
-    "projections", "inspect or rebuild projections", _projections_arguments, _projections
+    "projections",
+    "each projection's checkpoint; rebuild one",
+    _projections_arguments,
+    _projections,
 )
