@@ -113,6 +113,34 @@ class AgentDetail(Struct, frozen=True, kw_only=True):
     utilization: float | None
 
 
+class AgentEventsQuery(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    limit: Annotated[int, Meta(ge=1, le=MAX_LIMIT, description="events, the latest first")] = 50
+
+
+class AgentEvent(Struct, frozen=True, kw_only=True):
+    """One line of an agent's timeline, read from the views that keep a time per agent:
+    ``kind`` is ``version`` (``fleet.agent_versions``), ``command`` (``fleet.commands``: pause,
+    resume, lease_lost, review_feedback, ...), ``claimed`` / ``done`` (``fleet.tasks``),
+    ``run_started`` / ``run_finished`` (``fleet.spend_runs``), ``submitted``
+    (``fleet.deliverables``), ``escalation`` / ``escalation_resolved`` (``fleet.escalations``),
+    ``approval_requested`` / ``approval_decided`` (``fleet.approvals``) or ``policy_violation``
+    (``fleet.policy_violations``). ``at`` is stream time; ``by`` the actor, when the view keeps
+    it."""
+
+    at: datetime
+    kind: str
+    what: str
+    task: str | None
+    detail: str | None
+    by: str | None
+
+
+class AgentEventsPage(Struct, frozen=True, kw_only=True):
+    """An agent's recent events, the latest first (at most ``limit``; no further pages)."""
+
+    items: list[AgentEvent]
+
+
 # ---- tasks -------------------------------------------------------------------------------------
 
 
@@ -313,6 +341,9 @@ ROUTES: Final[tuple[Route, ...]] = (
           AgentsQuery, AgentsPage),
     Route("agent", f"{API_ROOT}/agents/{{agent_id}}", "One agent", NoQuery, AgentDetail,
           ("agent_id",), not_found=True),
+    Route("agent_events", f"{API_ROOT}/agents/{{agent_id}}/events",
+          "One agent's recent events (a timeline from the views), the latest first",
+          AgentEventsQuery, AgentEventsPage, ("agent_id",), not_found=True),
     Route("tasks", f"{API_ROOT}/tasks", "The task board: open first, by priority then age",
           TasksQuery, TasksPage),
     Route("task", f"{API_ROOT}/tasks/{{task_id}}", "One task", NoQuery, TaskDetail,

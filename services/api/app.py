@@ -66,6 +66,7 @@ def _handlers(now: Callable[[], float]) -> dict[str, Handler]:
         "overview": lambda c, _q, _p: reads.overview(c),
         "agents": lambda c, query, _p: reads.agents(c, query),
         "agent": lambda c, _q, p: reads.agent(c, p["agent_id"]),
+        "agent_events": lambda c, query, p: reads.agent_events(c, p["agent_id"], query),
         "tasks": lambda c, query, _p: reads.tasks(c, query),
         "task": lambda c, _q, p: reads.task(c, p["task_id"]),
         "spend": lambda c, query, _p: reads.spend(c, query, datetime.fromtimestamp(now(), UTC)),

@@ -44,6 +44,16 @@ async def agent(conn: Conn, agent_id: str) -> http.AgentDetail | None:
     return None if row is None else msgspec.convert(dict(row), http.AgentDetail)
 
 
+async def agent_events(
+    conn: Conn, agent_id: str, query: http.AgentEventsQuery
+) -> http.AgentEventsPage | None:
+    """Agent ``agent_id``'s timeline (named query ``api_agent_events``); None: no such agent."""
+    if await conn.fetchval(q("api_agent_known"), agent_id) is None:
+        return None
+    found = await conn.fetch(q("api_agent_events"), agent_id, query.limit)
+    return http.AgentEventsPage(items=_rows(found, http.AgentEvent))
+
+
 async def agent_rows(conn: Conn, ids: list[str]) -> list[http.Agent]:
     return _rows(await conn.fetch(q("api_agent_rows"), ids), http.Agent)
 
