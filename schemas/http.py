@@ -300,12 +300,15 @@ class BudgetsPage(Struct, frozen=True, kw_only=True):
 
 class Overview(Struct, frozen=True, kw_only=True):
     """The dashboard's head: agents by status and by last heartbeat's state, open escalations
-    by tier, tasks by status, spend today (UTC), budgets not ok, dead letters."""
+    by tier, tasks by status, throughput (tasks done this UTC day and in the last hour, by
+    ``done_at`` of ``fleet.tasks``), spend today (UTC), budgets not ok, dead letters."""
 
     agents_by_status: dict[str, int]
     agents_by_state: dict[str, int]
     escalations_by_tier: dict[str, int]
     tasks_by_status: dict[str, int]
+    tasks_done_today: int = 0
+    tasks_done_last_hour: int = 0
     spend_today_usd: Usd
     budgets: list[Budget]
     dead_letters: int
@@ -365,7 +368,7 @@ LIVE_EVENTS: Final[dict[str, str]] = {
     "the row (`Agent`), or `{agent_id, removed: true}`",
     "task": "a task moved: `{task_id, status, assignee, priority, project}`",
     "escalation": "an escalation was raised, changed tier or state: `{escalation_id, tier, "
-    "state, reason, agent, task, message}`",
+    "state, reason, agent, task, message, raised_at, tier_at}`",
     "overview": "the overview changed (`Overview`)",
     "resync": "too much changed at once to send row by row: read the routes again (`{}`)",
 }

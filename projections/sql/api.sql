@@ -95,7 +95,8 @@ SELECT task_id, status, assignee, priority, project FROM fleet.tasks;
 -- name: api_live_escalations
 -- What the live stream watches of every escalation raised or changed in the last day, and of
 -- every one still open.
-SELECT escalation_id, tier, state, reason, agent, task, message FROM fleet.escalations
+SELECT escalation_id, tier, state, reason, agent, task, message, raised_at, tier_at
+FROM fleet.escalations
 WHERE open OR updated_at > now() - interval '1 day';
 
 -- name: api_tasks
@@ -181,7 +182,7 @@ LIMIT $3 OFFSET $4;
 
 -- name: api_overview
 -- The dashboard's head: agents by status and by state, open escalations by tier, tasks by
--- status, spend today, dead letters.
+-- status, tasks done today (UTC) and in the last hour, spend today, dead letters.
 SELECT
   (SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM
      (SELECT status, count(*) n FROM fleet.agents GROUP BY status) a) AS agents_by_status,
@@ -193,6 +194,11 @@ SELECT
      (SELECT tier, count(*) n FROM fleet.escalations_open GROUP BY tier) e) AS escalations_by_tier,
   (SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM
      (SELECT status, count(*) n FROM fleet.tasks GROUP BY status) t) AS tasks_by_status,
+  (SELECT count(*) FROM fleet.tasks WHERE status = 'done'
+    AND done_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
+    AS tasks_done_today,
+  (SELECT count(*) FROM fleet.tasks WHERE status = 'done'
+    AND done_at >= now() - interval '1 hour') AS tasks_done_last_hour,
   (SELECT coalesce(sum(cost_usd), 0) FROM fleet.spend_daily
     WHERE day = (now() AT TIME ZONE 'UTC')::date) AS spend_today_usd,
   (SELECT count(*) FROM fleet.dead_letters) AS dead_letters;

@@ -41,6 +41,7 @@ STATIC: Final = {  # file -> media type
     "login.html": "text/html; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
     "login.js": "text/javascript; charset=utf-8",
+    "chart.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
 }
 

@@ -116,6 +116,8 @@ async def overview(conn: Conn) -> http.Overview:
         agents_by_state=json.loads(row["agents_by_state"]),
         escalations_by_tier=json.loads(row["escalations_by_tier"]),
         tasks_by_status=json.loads(row["tasks_by_status"]),
+        tasks_done_today=row["tasks_done_today"],
+        tasks_done_last_hour=row["tasks_done_last_hour"],
         spend_today_usd=row["spend_today_usd"],
         budgets=top.items,
         dead_letters=row["dead_letters"],
