@@ -57,6 +57,7 @@ from fleetward.services.runtime.connect import Runtime, open_runtime
 from tests.bench import audit as audit_bench
 from tests.bench.auth import auth_bench
 from tests.bench.claims import run_claims_bench
+from tests.bench.dashboard import run_dashboard_bench
 from tests.bench.kit import ProcessWatch, percentile
 from tests.bench.kpis import BASELINE, run_kpis_bench
 from tests.bench.spend import LIMIT_USD, run_pause_latency, run_spend_bench
@@ -65,7 +66,7 @@ from tests.bench.watchdog import HarnessError, run_watchdog_bench
 from tests.helpers import as_harness
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("pipeline", "claims", "watchdog", "auth", "spend", "audit", "kpis")
+SECTIONS = ("pipeline", "claims", "watchdog", "auth", "spend", "audit", "kpis", "dashboard")
 
 
 @dataclass
@@ -531,6 +532,36 @@ async def other_figures(args: argparse.Namespace) -> list[Figure]:
         out += await audit_figures(args)
     if "kpis" in args.only:
         out += await kpis_figures(args)
+    if "dashboard" in args.only:
+        out += await dashboard_figures(args)
+    return out
+
+
+async def dashboard_figures(args: argparse.Namespace) -> list[Figure]:
+    """The overview page's reads through HTTP against the running API, p99, with
+    ``--dash-agents`` agents in the views, next to a plain indexed lookup of one row in the same
+    run (tests/bench/dashboard.py)."""
+    bases: list[float] = []
+    p99s: dict[str, list[float]] = {}
+    for i in range(args.runs):  # each run on a fresh fleet
+        home = Path(tempfile.mkdtemp(prefix="fleetward-bench-dashboard-"))
+        settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
+        async with open_runtime(settings, identity=as_harness(settings), embed=True) as rt:
+            started = time.perf_counter()
+            written, base, probes = await run_dashboard_bench(rt, args.dash_agents, args.seed + i)
+        say(f"  dashboard: {written:,} rows; measured in {time.perf_counter() - started:.0f} s;"
+            f" baseline p99 {base * 1e3:.2f} ms")  # fmt: skip
+        bases.append(base)
+        for what, p99, p50, n in probes:
+            say(f"    {what}: p99 {p99 * 1e3:.2f} ms, p50 {p50 * 1e3:.2f} ms ({n} requests)")
+            p99s.setdefault(what, []).append(p99)
+    base = statistics.median(bases) * 1e3
+    setup = f"{args.dash_agents:,} agents"
+    out = []
+    for what, values in p99s.items():
+        ms = median_of([v * 1e3 for v in values])
+        out.append(Figure(f"dashboard: {what} p99, {setup}", ms[0], "ms", f"{BASELINE[0]} p99, ms",
+                          base, ms[0] / base, "< 100 ms", ms[1], ms[2], args.runs))  # fmt: skip
     return out
 
 
@@ -837,6 +868,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--audit-events", type=int, default=1_000_000, help="events exported")
     p.add_argument("--kpi-agents", type=int, default=10_000, help="agents with KPI history")
     p.add_argument("--kpi-days", type=int, default=30, help="days of KPI history")
+    p.add_argument(
+        "--dash-agents", type=int, default=10_000, help="agents in the dashboard's views"
+    )
     p.add_argument("--claim-agents", type=int, default=100)
     p.add_argument("--claim-tasks", type=int, default=1000)
     p.add_argument("--auth-agents", type=int, default=10_000, help="agents signing in")
@@ -863,6 +897,7 @@ def main(argv: list[str] | None = None) -> int:
         args.claim_agents, args.claim_tasks = 20, 100
         args.audit_events = 20_000
         args.kpi_agents = 1_000
+        args.dash_agents = 1_000
         args.auth_agents, args.auth_revoked = 500, 100
         args.wd_agents, args.wd_interval, args.wd_seconds = 2_000, 2.0, 15.0
         args.out = Path(tempfile.mkdtemp(prefix="fleetward-bench-quick-"))
