@@ -11,7 +11,8 @@ const LIST = 500; // rows a page reads at most (the API's limit)
 let role = "viewer";
 const agents = new Map(); // agent_id -> row of the agents table
 const silent = new Map(); // escalation_id -> open heartbeat_missed escalation
-const state = { page: "overview", agent: null, boardLoaded: false, escLoaded: false };
+const state = { page: "overview", agent: null, agentsLoaded: false, boardLoaded: false,
+  escLoaded: false };
 
 class Refused extends Error {}
 
@@ -149,6 +150,8 @@ function matches(a) {
 }
 
 function putAgent(a, flash) {
+  if (state.page === "agent" && state.agent === a.agent_id) showAgent(a.agent_id);
+  if (!state.agentsLoaded) return;
   const body = document.querySelector("#agents tbody");
   const old = body.querySelector(`tr[data-agent-id="${CSS.escape(a.agent_id)}"]`);
   if (a.removed) { agents.delete(a.agent_id); if (old) old.remove(); return; }
@@ -161,16 +164,21 @@ function putAgent(a, flash) {
   tr.hidden = !matches(a);
   if (flash) tr.classList.add("flash");
   if (old) old.replaceWith(tr); else body.append(tr);
-  if (state.page === "agent" && state.agent === a.agent_id) showAgent(a.agent_id);
 }
 
 async function loadAgents(q) {
   const a = await api("agents?limit=" + LIST + (q ? "&q=" + encodeURIComponent(q) : ""));
+  state.agentsLoaded = true;
   document.querySelector("#agents tbody").replaceChildren();
   for (const row of a.items) putAgent(row, false);
   document.getElementById("agents-note").textContent = a.next_offset === null ? ""
     : `the first ${LIST} agents (the dearest today first); search narrows them`;
-  return a.next_offset !== null;
+  if (!q) truncated = a.next_offset !== null; // more agents than one read: search asks the server
+}
+
+async function refreshAgents() {
+  await loadAgents(null);
+  if (document.getElementById("search").value.trim()) search();
 }
 
 let truncated = false;
@@ -422,6 +430,7 @@ function route() {
     a.classList.toggle("here", a.dataset.page === page || (page === "agent" && a.dataset.page === "agents"));
   }
   document.getElementById("flash").hidden = true;
+  if (page === "agents") refreshAgents();
   if (page === "agent") showAgent(state.agent);
   if (page === "board") loadBoard();
   if (page === "escalations") loadEscalations();
@@ -433,7 +442,7 @@ async function loadAll() {
   overview(o);
   silent.clear();
   for (const e of open.items) putSilent(e);
-  truncated = await loadAgents(null);
+  if (state.agentsLoaded) await refreshAgents();
   if (state.escLoaded) await loadEscalations();
   if (state.boardLoaded) await loadBoard();
   if (state.page === "agent") showAgent(state.agent);
