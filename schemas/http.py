@@ -1,9 +1,12 @@
-"""The HTTP read API (``fleetward api``): its routes, their query parameters and their answers,
-as frozen msgspec Structs. Pure: ``schemas/openapi.py`` publishes them as OpenAPI 3.1
+"""The HTTP API (``fleetward api``): its routes, their query parameters, request bodies and
+answers, as frozen msgspec Structs. Pure: ``schemas/openapi.py`` publishes them as OpenAPI 3.1
 (``schemas/openapi.json``), and ``services/api/app.py`` serves exactly these routes.
 
 Invariants:
-- Every route is a GET that reads the public views (docs/views.md) and writes nothing.
+- Every ``Route`` is a GET that reads the public views (docs/views.md) and writes nothing.
+- Every ``WriteRoute`` is a POST of an operator's action, the CLI's (``services/api/write.py``):
+  a JSON body checked against its Struct (unknown fields refused, the contract's bounds) before
+  anything is read, published as the person whose operator token asks.
 - Query parameters are checked against their Struct before any read: an unknown parameter, a
   value of the wrong type or out of its bounds is answered 400 with ``{"error": ...}``.
 - Lists are pages: ``limit`` (1 to ``MAX_LIMIT``) and ``offset``; ``next_offset`` is the offset
@@ -19,6 +22,9 @@ from decimal import Decimal
 from typing import Annotated, Final, Literal
 
 from msgspec import Meta, Struct
+
+from fleetward.schemas.bounds import IDENT_PATTERN, Ident, ShortText, SlaS, Text
+from fleetward.schemas.events import Verdict
 
 API_VERSION: Final = "1.0.0"  # of the HTTP API; a breaking change is /api/v2
 MAX_LIMIT: Final = 500
@@ -315,11 +321,72 @@ class Overview(Struct, frozen=True, kw_only=True):
 
 
 class Whoami(Struct, frozen=True, kw_only=True):
-    """Who the token says is asking, and what it lets them do."""
+    """Who the token says is asking, and what it lets them do: ``viewer`` reads, ``operator``
+    also writes (as ``person``, with the person's own roles)."""
 
     person: str
     role: str
     expires_at: datetime | None
+
+
+# ---- writes (an operator token; the CLI's operator actions) -----------------------------------
+
+
+class NewTask(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A task to create, as ``fleetward tasks create``'s options: ``depends_on`` must exist
+    already (so no cycle can form); ``required_role`` is the role an agent needs to claim it;
+    ``sla_s`` the seconds it may stay in progress."""
+
+    task_id: Ident
+    project: Ident
+    title: ShortText
+    description: Text = ""
+    priority: Priority = "medium"
+    depends_on: list[Ident] = []
+    required_role: Ident | None = None
+    sla_s: SlaS | None = None
+
+
+class Assignment(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The agent a task goes to."""
+
+    agent_id: Ident
+
+
+class Reassignment(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """The agent a task goes to (a held one is taken from its holder), and why."""
+
+    agent_id: Ident
+    reason: Text = ""
+
+
+class Reason(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Why (optional; the body may be empty)."""
+
+    reason: Text = ""
+
+
+class Review(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A verdict on the task's latest deliverable, with feedback for its author."""
+
+    verdict: Verdict
+    feedback: Text = ""
+
+
+class Note(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """A note on an escalation (optional; the body may be empty): acknowledging, what you are
+    doing about it; resolving, the resolution."""
+
+    note: Text = ""
+
+
+class Written(Struct, frozen=True, kw_only=True):
+    """What a write published: the event's type (e.g. ``task.cancelled``) and id, and who it
+    was published as (the token's person)."""
+
+    event: str
+    event_id: str
+    actor: str
 
 
 # ---- routes ------------------------------------------------------------------------------------
@@ -360,6 +427,51 @@ ROUTES: Final[tuple[Route, ...]] = (
     Route("budgets", f"{API_ROOT}/budgets", "Budgets, the nearest their limit first",
           BudgetsQuery, BudgetsPage),
     Route("whoami", f"{API_ROOT}/whoami", "Who the token belongs to", NoQuery, Whoami),
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRoute:
+    """One POST route: its path, its body Struct (``body_required``: an empty body is refused;
+    otherwise it reads as ``{}``); the answer is ``Written``."""
+
+    name: str  # the operationId, and the write's name in services/api/write.py
+    path: str
+    summary: str
+    body: type[Struct]
+    path_params: tuple[str, ...] = ()
+    body_required: bool = False
+
+
+TASK: Final = f"{API_ROOT}/tasks/{{task_id}}"
+AGENT: Final = f"{API_ROOT}/agents/{{agent_id}}"
+ESCALATION: Final = f"{API_ROOT}/escalations/{{escalation_id}}"
+ID_PATTERN: Final = IDENT_PATTERN  # every id in a write route's path
+MAX_BODY: Final = 64 * 1024  # bytes of a write's body; more is refused (413) unread
+
+WRITE_ROUTES: Final[tuple[WriteRoute, ...]] = (
+    WriteRoute("create_task", f"{API_ROOT}/tasks", "Create a task", NewTask,
+               body_required=True),
+    WriteRoute("assign_task", f"{TASK}/assign", "Assign a task nobody holds to an agent",
+               Assignment, ("task_id",), body_required=True),
+    WriteRoute("reassign_task", f"{TASK}/reassign",
+               "Give a task to another agent (a held one is taken from its holder)",
+               Reassignment, ("task_id",), body_required=True),
+    WriteRoute("revoke_task", f"{TASK}/revoke", "Take a held task back to the inbox", Reason,
+               ("task_id",)),
+    WriteRoute("review_task", f"{TASK}/review", "Review the task's latest deliverable", Review,
+               ("task_id",), body_required=True),
+    WriteRoute("cancel_task", f"{TASK}/cancel", "Cancel a task", Reason, ("task_id",)),
+    WriteRoute("pause_agent", f"{AGENT}/pause", "Pause an agent: it claims nothing until resumed",
+               Reason, ("agent_id",)),
+    WriteRoute("resume_agent", f"{AGENT}/resume", "Resume a paused agent", Reason,
+               ("agent_id",)),
+    WriteRoute("retire_agent", f"{AGENT}/retire", "Retire an agent (its tasks go back)", Reason,
+               ("agent_id",)),
+    WriteRoute("ack_escalation", f"{ESCALATION}/ack", "Acknowledge an escalation: you are on it",
+               Note, ("escalation_id",)),
+    WriteRoute("resolve_escalation", f"{ESCALATION}/resolve", "Resolve an escalation", Note,
+               ("escalation_id",)),
 )  # fmt: skip
 
 # The server-sent events of EVENTS_PATH: name -> what its JSON data holds.

@@ -8,11 +8,23 @@ from typing import Any, Final
 
 import msgspec
 
-from fleetward.schemas.http import API_VERSION, EVENTS_PATH, LIVE_EVENTS, ROUTES, Error, Route
+from fleetward.schemas.http import (
+    API_VERSION,
+    EVENTS_PATH,
+    ID_PATTERN,
+    LIVE_EVENTS,
+    MAX_BODY,
+    ROUTES,
+    WRITE_ROUTES,
+    Error,
+    Route,
+    WriteRoute,
+    Written,
+)
 
 JSONDict = dict[str, Any]
 REF: Final = "#/components/schemas/{name}"
-BEARER: Final = "viewerToken"
+BEARER: Final = "apiToken"
 
 
 def _parameters(route: Route) -> list[JSONDict]:
@@ -58,6 +70,43 @@ def _operation(route: Route) -> JSONDict:
     }
 
 
+def _path_id(name: str) -> JSONDict:
+    return {"name": name, "in": "path", "required": True,
+            "schema": {"type": "string", "pattern": ID_PATTERN}}  # fmt: skip
+
+
+def _write(route: WriteRoute) -> JSONDict:
+    """A write route's POST: its body, its answers (the refusals' statuses:
+    services/api/write.py)."""
+    error = REF.format(name="Error")
+    body = REF.format(name=route.body.__name__)
+    responses: JSONDict = {
+        "200": _json(REF.format(name=Written.__name__), "published: the event and its id"),
+        "400": _json(error, "a body that is not JSON, has an unknown field, or a value out of "
+                     "its type or the contract's bounds"),
+        "401": _json(error, "no token, or one that is not valid (bad signature, expired)"),
+        "403": _json(error, "a viewer's token, or a person who lacks the role for the action "
+                     "or whose NATS credentials are missing, revoked or expired"),
+        "409": _json(error, "the state does not allow it (a task held, done or cancelled; an "
+                     "id taken; an agent already paused): the CLI's one-line reason"),
+        "413": _json(error, f"a body over {MAX_BODY} bytes"),
+        "415": _json(error, "a body that is not application/json"),
+        "503": _json(error, "NATS or the task API cannot be reached"),
+    }  # fmt: skip
+    if route.path_params:
+        responses["404"] = _json(error, "no such task, agent or escalation")
+    return {
+        "operationId": route.name,
+        "summary": route.summary,
+        "parameters": [_path_id(name) for name in route.path_params],
+        "requestBody": {
+            "required": route.body_required,
+            "content": {"application/json": {"schema": {"$ref": body}}},
+        },
+        "responses": dict(sorted(responses.items())),
+    }
+
+
 def _events() -> JSONDict:
     lines = "\n".join(f"- `{name}`: {what}" for name, what in LIVE_EVENTS.items())
     return {
@@ -77,18 +126,23 @@ def _events() -> JSONDict:
 
 def openapi() -> JSONDict:
     """The OpenAPI 3.1 document of every route."""
-    types = sorted({r.answer for r in ROUTES} | {Error}, key=lambda t: t.__name__)
+    bodies = {r.body for r in WRITE_ROUTES} | {Written}
+    types = sorted({r.answer for r in ROUTES} | bodies | {Error}, key=lambda t: t.__name__)
     _, components = msgspec.json.schema_components(types, ref_template=REF)
     paths: JSONDict = {r.path: {"get": _operation(r)} for r in ROUTES}
     paths[EVENTS_PATH] = {"get": _events()}
+    for w in WRITE_ROUTES:
+        paths.setdefault(w.path, {})["post"] = _write(w)
     return {
         "openapi": "3.1.0",
         "info": {
             "title": "Fleetward HTTP API",
             "version": API_VERSION,
             "description": "Reads of the public views (docs/views.md) for dashboards and "
-            "scripts; a viewer token (`fleetward api token`) as `Authorization: Bearer` or "
-            "the dashboard's session cookie. Nothing here writes.",
+            "scripts, and the operator's actions of the CLI; a token (`fleetward api token "
+            "--person user:NAME [--role operator]`) as `Authorization: Bearer` or the "
+            "dashboard's session cookie. A viewer's token reads; an operator's also writes, "
+            "each write published as its person, judged by that person's own roles.",
         },
         "paths": dict(sorted(paths.items())),
         "components": {

@@ -129,6 +129,9 @@ class Settings:
     stream_replicas: int | None = None
     api_host: str = "127.0.0.1"  # FLEETWARD_API_HOST: the HTTP API and dashboard
     api_port: int = 0  # FLEETWARD_API_PORT; 0: pick a free port
+    # FLEETWARD_API_CREDS: svc:api's credentials, for a process given FLEETWARD_CREDS of another
+    # service that serves the task API too (the projector: deploy/systemd)
+    api_creds: Path | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -152,6 +155,9 @@ class Settings:
             stream_replicas=_replicas(env),
             api_host=env.get("FLEETWARD_API_HOST", "127.0.0.1"),
             api_port=int(_number(env, "FLEETWARD_API_PORT", 0)),
+            api_creds=Path(env["FLEETWARD_API_CREDS"]).expanduser().resolve()
+            if env.get("FLEETWARD_API_CREDS")
+            else None,
         )
 
 

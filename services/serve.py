@@ -91,7 +91,8 @@ async def run_services(
         health.register("projector", lambda: _committing(runners))
     if outbox is not None:
         health.register("outbox", outbox.health)
-    _register_parts(health, (
+    why: dict[str, str] = {}  # a part's last reason it could not sign in (as_service)
+    _register_parts(health, why, (
         ("watchdog", watchdog, dogs), ("guard", guard, guards), ("auditor", auditor, auditors),
     ))  # fmt: skip
 
@@ -117,8 +118,8 @@ async def run_services(
         if api:
             _api_ready(await services.start(serve_api, rt, health, stop), on_api)
         if any(p.name == "tasks" for p in projections):
-            # fw.api.*: answers from the projections
-            services.start_soon(as_service, rt, API_SERVICE, serve_task_api, stop)
+            # fw.api.*: answers from the projections, signed in as svc:api
+            _start_task_api(services, rt, health, why, stop)
         async with anyio.create_task_group() as workers:
             for runner in runners:
                 workers.start_soon(runner.run, stop.is_set)
@@ -128,11 +129,13 @@ async def run_services(
             if outbox is not None:
                 workers.start_soon(outbox.run, stop.is_set)
             if watchdog:
-                workers.start_soon(as_service, rt, "svc:watchdog", watch, stop)
+                workers.start_soon(
+                    as_service, rt, "svc:watchdog", watch, stop, _note(why, "watchdog")
+                )
             if guard:
-                workers.start_soon(as_service, rt, GUARD, guarding, stop)
+                workers.start_soon(as_service, rt, GUARD, guarding, stop, _note(why, "guard"))
             if auditor:
-                workers.start_soon(as_service, rt, SEALER, sealing, stop)
+                workers.start_soon(as_service, rt, SEALER, sealing, stop, _note(why, "auditor"))
             if simulate_agents:
                 workers.start_soon(_simulate, rt, simulate_agents, stop)
             if on_ready is not None:
@@ -154,9 +157,11 @@ async def as_service(
     identity: str,
     run: Callable[[Runtime], Coroutine[Any, Any, None]],
     stop: anyio.Event,
+    failed: Callable[[str], None] | None = None,
 ) -> None:
     """``run`` with a NATS connection of ``identity``'s own (``acting_as``), signing in again
-    every few seconds while NATS refuses or cannot be reached, until ``stop``."""
+    every few seconds while NATS refuses or cannot be reached, until ``stop``; ``failed`` gets
+    each reason it could not (one line)."""
     delay = 0.5
     while not stop.is_set():
         async with contextlib.AsyncExitStack() as stack:
@@ -164,6 +169,8 @@ async def as_service(
                 own = await stack.enter_async_context(acting_as(rt, identity))
             except FleetwardError as exc:
                 log.warning("%s cannot sign in to NATS (%s); trying again", identity, exc)
+                if failed is not None:
+                    failed(str(exc))
                 with anyio.move_on_after(delay):
                     await stop.wait()
                 delay = min(delay * 2, 5.0)
@@ -172,11 +179,50 @@ async def as_service(
             return
 
 
-def _register_parts(health: HealthChecks, parts: tuple[tuple[str, bool, list[Any]], ...]) -> None:
-    """The health check of each part wanted (name, wanted, the list it is in once signed in)."""
+def _start_task_api(
+    tg: anyio.abc.TaskGroup,
+    rt: Runtime,
+    health: HealthChecks,
+    why: dict[str, str],
+    stop: anyio.Event,
+) -> None:
+    """The task API (``fw.api.*``) in ``tg``, signed in as svc:api, with its health check."""
+    answering: list[bool] = []
+
+    async def answer(api_rt: Runtime) -> None:
+        await serve_task_api(api_rt, task_status=_Started(answering))
+
+    health.register("task_api", lambda: (True, "answering fw.api.*") if answering else (
+        False, "not answering fw.api.*: " + why.get("task_api", _NOT_YET)))  # fmt: skip
+    tg.start_soon(as_service, rt, API_SERVICE, answer, stop, _note(why, "task_api"))
+
+
+class _Started:
+    """A ``task_status`` that records, in ``flags``, that the task started."""
+
+    def __init__(self, flags: list[bool]) -> None:
+        self.flags = flags
+
+    def started(self, value: object = None) -> None:
+        self.flags.append(True)
+
+
+_NOT_YET = "not signed in to NATS yet"
+
+
+def _note(why: dict[str, str], part: str) -> Callable[[str], None]:
+    """What ``as_service`` calls with each reason ``part`` could not sign in."""
+    return lambda reason: why.__setitem__(part, f"cannot sign in to NATS: {reason}")
+
+
+def _register_parts(
+    health: HealthChecks, why: dict[str, str], parts: tuple[tuple[str, bool, list[Any]], ...]
+) -> None:
+    """The health check of each part wanted (name, wanted, the list it is in once signed in;
+    ``why`` has the last reason a part could not sign in)."""
     for name, wanted, signed_in in parts:
         if wanted:
-            health.register(name, _health_of(signed_in))
+            health.register(name, _health_of(signed_in, why, name))
 
 
 def _api_ready(port: int, on_api: Callable[[int], None] | None) -> None:
@@ -185,9 +231,11 @@ def _api_ready(port: int, on_api: Callable[[int], None] | None) -> None:
         on_api(port)
 
 
-def _health_of(signed_in: list[Any]) -> Callable[[], tuple[bool, str]]:
+def _health_of(
+    signed_in: list[Any], why: dict[str, str], name: str
+) -> Callable[[], tuple[bool, str]]:
     """The health check of a service that runs once signed in (it is in ``signed_in`` then)."""
-    return lambda: signed_in[0].health() if signed_in else (False, "not signed in to NATS yet")
+    return lambda: signed_in[0].health() if signed_in else (False, why.get(name, _NOT_YET))
 
 
 def _connected(rt: Runtime) -> tuple[bool, str]:

@@ -2,12 +2,15 @@
 the live stream (``services/api/live.py``), the dashboard's pages and /healthz.
 
 Invariants: every route but /login, /healthz, /readyz, /livez and the static files needs a valid
-viewer token (``Authorization: Bearer`` or the ``fw_token`` cookie that /login sets); query
-parameters are checked before any read (400 with a reason); nothing here writes.
+token (``Authorization: Bearer`` or the ``fw_token`` cookie that /login sets); query
+parameters are checked before any read (400 with a reason); the write routes need an operator's
+token and publish as its person (``services/api/write.py``); every refusal, unknown paths and
+methods included, is JSON ``{"error": ...}``.
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -18,6 +21,7 @@ import anyio
 import asyncpg
 import msgspec
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route as StarletteRoute
@@ -27,6 +31,7 @@ from fleetward.schemas.openapi import openapi
 from fleetward.services.api import reads
 from fleetward.services.api.live import Live, sse
 from fleetward.services.api.token import BadToken, Claims, verify
+from fleetward.services.api.write import People, Refused, read_body, write
 from fleetward.services.metrics.health import HealthChecks
 
 COOKIE: Final = "fw_token"
@@ -89,7 +94,7 @@ class Gate:
         token = header[7:].strip() if header.lower().startswith("bearer ") else None
         token = token or request.cookies.get(COOKIE)
         if not token:
-            return _error(401, "sign in: send a viewer token (fleetward api token) as "
+            return _error(401, "sign in: send a token (fleetward api token) as "
                           "'Authorization: Bearer TOKEN'")  # fmt: skip
         try:
             return verify(self.key, token, self.now())
@@ -109,10 +114,14 @@ def _read(
         if handler is None:  # whoami
             exp = datetime.fromtimestamp(who.exp, UTC) if who.exp else None
             return _json(http.Whoami(person=who.sub, role=who.role, expires_at=exp))
+        given = dict(request.query_params)
         try:
-            query = msgspec.convert(dict(request.query_params), route.query, strict=False)
+            query = msgspec.convert(given, route.query, strict=False)
         except msgspec.ValidationError as exc:
             return _error(400, f"bad query: {exc}")
+        nulls = [name for name in given if getattr(query, name, "") is None]
+        if nulls:  # lax conversion reads "null" as None: a query string cannot say null
+            return _error(400, f"bad query: {nulls[0]}=null is no value of it (leave it out)")
         try:
             async with pool.acquire() as conn:
                 answer = await handler(conn, query, request.path_params)
@@ -121,6 +130,36 @@ def _read(
         if answer is None:
             return _error(404, f"no {route.name} {next(iter(request.path_params.values()))}")
         return _json(answer)
+
+    return endpoint
+
+
+ID: Final = re.compile(http.ID_PATTERN)
+
+
+def _write(
+    route: http.WriteRoute, gate: Gate, people: People
+) -> Callable[[Request], Awaitable[Response]]:
+    """The endpoint of one write route: an operator's token, ids that can exist, the body,
+    then the write as the token's person."""
+
+    async def endpoint(request: Request) -> Response:
+        who = gate.claims(request)
+        if isinstance(who, Response):
+            return who
+        if who.role != "operator":
+            return _error(403, f"{who.sub}'s token is a {who.role}'s: writes need an operator's "
+                          f"(fleetward api token --person {who.sub} --role operator)")  # fmt: skip
+        params = dict(request.path_params)
+        for name, value in params.items():
+            if not ID.match(value):
+                return _error(404, f"no {name.removesuffix('_id')} {value!r}: ids are 1 to 64 "
+                              "of A-Z a-z 0-9 _ -")  # fmt: skip
+        try:
+            body = await read_body(request, route)
+            return _json(await write(people, who.sub, route, body, params))
+        except Refused as exc:
+            return _error(exc.status, str(exc))
 
     return endpoint
 
@@ -203,18 +242,32 @@ def _pages(gate: Gate, health: HealthChecks) -> list[StarletteRoute]:
     ]
 
 
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (no such path, a method the path does not take) as JSON."""
+    assert isinstance(exc, HTTPException)
+    return _json(http.Error(exc.detail), exc.status_code)
+
+
 def make_app(
     pool: asyncpg.Pool,
     key: bytes,
     live: Live,
     health: HealthChecks,
+    people: People,
+    *,
     now: Callable[[], float] = time.time,
 ) -> Starlette:
-    """The app, reading from ``pool``, verifying tokens with ``key``."""
+    """The app, reading from ``pool``, verifying tokens with ``key``, writing as people through
+    ``people``'s connections."""
     gate, handlers = Gate(key, now), _handlers(now)
     routes = [
         StarletteRoute(r.path, _read(r, gate, pool, handlers.get(r.name)), methods=["GET"])
         for r in http.ROUTES
     ]
+    routes += [
+        StarletteRoute(w.path, _write(w, gate, people), methods=["POST"]) for w in http.WRITE_ROUTES
+    ]
     routes.append(StarletteRoute(http.EVENTS_PATH, _events(gate, live), methods=["GET"]))
-    return Starlette(routes=routes + _pages(gate, health))
+    return Starlette(
+        routes=routes + _pages(gate, health), exception_handlers={HTTPException: _http_error}
+    )

@@ -1,5 +1,6 @@
 """``fleetward api``'s HTTP server: the app (services/api/app.py) under uvicorn, in the services'
-task group, with the live poller beside it; stops when the services stop."""
+task group, with the live poller beside it; stops when the services stop, and then closes the
+connections it wrote with as people (services/api/write.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from anyio.abc import TaskStatus
 from fleetward.services.api.app import make_app
 from fleetward.services.api.live import Live
 from fleetward.services.api.token import load_key
+from fleetward.services.api.write import People
 from fleetward.services.metrics.health import HealthChecks
 from fleetward.services.runtime.connect import Runtime
 
@@ -52,7 +54,8 @@ async def serve_api(
     key = load_key(rt.settings.auth_dir, create=True)
     live = Live(rt.pool)
     health.register("live", lambda: live.ok)
-    app = make_app(rt.pool, key, live, health)
+    people = People(rt.nats_url, rt.settings.auth_dir)
+    app = make_app(rt.pool, key, live, health, people)
     config = uvicorn.Config(
         app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2, access_log=False
     )
@@ -64,10 +67,13 @@ async def serve_api(
         await stop.wait()
         server.should_exit = True
 
-    with sock:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(live.run, stop.is_set)
-            tg.start_soon(watch_stop)
-            task_status.started(port)
-            await server.serve(sockets=[sock])
-            tg.cancel_scope.cancel()
+    try:
+        with sock:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(live.run, stop.is_set)
+                tg.start_soon(watch_stop)
+                task_status.started(port)
+                await server.serve(sockets=[sock])
+                tg.cancel_scope.cancel()
+    finally:
+        await people.aclose()  # the writers' connections (shielded: closed even if cancelled)

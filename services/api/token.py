@@ -1,14 +1,19 @@
-"""Viewer tokens for the HTTP API and the dashboard: who asks (a person), with what role, until
-when, signed with HMAC-SHA256 by a key kept beside the NATS signing keys
+"""Tokens for the HTTP API and the dashboard: who asks (a person), with what role, until when,
+signed with HMAC-SHA256 by a key kept beside the NATS signing keys
 (``FLEETWARD_AUTH_DIR/api.key``, 0600, made on first use). Whoever holds that folder issues them
-(``fleetward api token --person user:NAME``), as it issues credentials.
+(``fleetward api token --person user:NAME [--role operator]``), as it issues credentials.
+
+Roles: ``viewer`` reads (every GET route); ``operator`` also calls the write routes
+(``services/api/write.py``). An operator token lends no power of its own: each write is
+published as the token's person, with that person's own NATS credentials, so the stream's role
+rules (``schemas/roles.py``) judge it exactly as they judge the person's CLI.
 
 A token is ``fwv1.<payload>.<signature>`` (base64url without padding; the payload is JSON
 ``{"sub", "role", "iat", "exp"}``, ``exp`` 0 for none). ``verify`` is pure: it takes the key.
 
 Revocation is by key: ``fleetward api token --rotate-key`` makes a new key, and every token
-signed by the old one fails from the API's next start. Only the role ``viewer`` exists yet:
-the API has no write route.
+signed by the old one fails from the API's next start; revoking a person's NATS credentials
+(``fleetward people revoke``) stops their writes at once, whatever token they hold.
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ from fleetward.schemas.grants import identity_kind
 PREFIX: Final = "fwv1"
 KEY_FILE: Final = "api.key"
 MAX_TOKEN: Final = 2048  # characters: anything longer is refused unread
-Role = Literal["viewer"]
+Role = Literal["viewer", "operator"]
+ROLES: Final[tuple[Role, ...]] = ("viewer", "operator")
 
 
 class Claims(msgspec.Struct, frozen=True):
@@ -56,9 +62,14 @@ def _sign(key: bytes, signed: str) -> str:
     return _b64(hmac.new(key, signed.encode(), hashlib.sha256).digest())
 
 
-def issue(key: bytes, person: str, now: float, expires_s: float = 0.0) -> str:
-    """A viewer token for ``person`` (``user:<name>``), valid ``expires_s`` seconds (0: until
-    the key changes). Raises ``BadToken`` for an identity that is not a person's."""
+def issue(
+    key: bytes, person: str, now: float, expires_s: float = 0.0, role: Role = "viewer"
+) -> str:
+    """A ``role`` token for ``person`` (``user:<name>``), valid ``expires_s`` seconds (0: until
+    the key changes). Raises ``BadToken`` for an identity that is not a person's, or a role
+    that is not ``ROLES``'."""
+    if role not in ROLES:
+        raise BadToken(f"no token role {role!r}: it is one of {', '.join(ROLES)}")
     try:
         kind = identity_kind(person)
     except ValueError as exc:
@@ -66,7 +77,7 @@ def issue(key: bytes, person: str, now: float, expires_s: float = 0.0) -> str:
     if kind != "user":
         raise BadToken(f"{person} is not a person: tokens are for people (user:NAME)")
     exp = math.ceil(now + expires_s) if expires_s > 0 else 0
-    payload = _b64(msgspec.json.encode(Claims(person, "viewer", int(now), exp)))
+    payload = _b64(msgspec.json.encode(Claims(person, role, int(now), exp)))
     signed = f"{PREFIX}.{payload}"
     return f"{signed}.{_sign(key, signed)}"
 

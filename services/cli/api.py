@@ -1,5 +1,6 @@
-"""``fleetward api``: the HTTP API and dashboard as a service of its own (``svc:api``; reads the
-views, writes nothing), and ``fleetward api token``: a viewer token for a person."""
+"""``fleetward api``: the HTTP API and dashboard as a service of its own (``svc:api`` reads the
+views; each write is published as the person whose operator token asks), and ``fleetward api
+token``: a viewer or operator token for a person."""
 
 from __future__ import annotations
 
@@ -14,12 +15,15 @@ from fleetward.services.errors import FleetwardError
 from fleetward.services.runtime.connect import open_runtime
 
 
-def viewer_token(settings: Settings, person: str, expires_s: float = 0.0) -> str:
-    """A viewer token for ``person``, signed with the key in ``FLEETWARD_AUTH_DIR`` (made when
-    missing). Raises ``FleetwardError`` for an identity that is not a person's."""
+def api_token(
+    settings: Settings, person: str, expires_s: float = 0.0, role: token.Role = "viewer"
+) -> str:
+    """A token for ``person`` (``role``: viewer or operator), signed with the key in
+    ``FLEETWARD_AUTH_DIR`` (made when missing). Raises ``FleetwardError`` for an identity that
+    is not a person's."""
     try:
         return token.issue(
-            token.load_key(settings.auth_dir, create=True), person, time.time(), expires_s
+            token.load_key(settings.auth_dir, create=True), person, time.time(), expires_s, role
         )
     except token.BadToken as exc:
         raise FleetwardError(str(exc)) from None
@@ -27,8 +31,12 @@ def viewer_token(settings: Settings, person: str, expires_s: float = 0.0) -> str
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
-    issue = sub.add_parser("token", help="print a viewer token for a person (dashboard, API)")
+    issue = sub.add_parser("token", help="print a token for a person (dashboard, API)")
     issue.add_argument("--person", required=True, help="who it is for: user:NAME")
+    issue.add_argument(
+        "--role", choices=token.ROLES, default="viewer",
+        help="viewer reads; operator also writes, as the person, with the person's own roles",
+    )  # fmt: skip
     issue.add_argument(
         "--expires", type=float, default=0.0, metavar="SECONDS", help="valid this long (0: no end)"
     )
@@ -45,7 +53,7 @@ async def _api(settings: Settings, args: argparse.Namespace) -> None:
             raise FleetwardError("--expires must be 0 (no end) or more seconds")
         if args.rotate_key:
             token.load_key(settings.auth_dir, rotate=True)
-        console.print(viewer_token(settings, args.person, args.expires))
+        console.print(api_token(settings, args.person, args.expires, args.role))
         return
     from fleetward.services.serve import run_services  # noqa: PLC0415  # only services need it
 
@@ -63,7 +71,7 @@ async def _api(settings: Settings, args: argparse.Namespace) -> None:
 
 API = Command(
     "api",
-    "run the HTTP API and live dashboard (read-only); 'api token' issues a viewer token",
+    "run the HTTP API and live dashboard; 'api token' issues a viewer or operator token",
     _arguments,
     _api,
 )

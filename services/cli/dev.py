@@ -12,7 +12,7 @@ import anyio
 from fleetward import projections
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.cli import views
-from fleetward.services.cli.api import viewer_token
+from fleetward.services.cli.api import api_token
 from fleetward.services.cli.command import PERSON, Command, console
 from fleetward.services.cli.people import ensure_roles
 from fleetward.services.config import Settings
@@ -57,7 +57,7 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
                 f"  Metrics   http://{settings.metrics_host}:{port}/metrics  (health: /healthz)"
             )
             for api in api_ports:
-                token = viewer_token(settings, PERSON)
+                token = api_token(settings, PERSON, role="operator")
                 console.print(
                     f"  Dashboard http://{settings.api_host}:{api}/login#token={token}\n"
                     f"            HTTP API http://{settings.api_host}:{api}/api/v1/ "

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from fleetward.schemas.events import BudgetScope, BudgetSet, BudgetWindow
 
@@ -26,15 +26,40 @@ BUDGET_WINDOWS: tuple[str, ...] = typing.get_args(BudgetWindow)
 Row = Mapping[str, Any]
 
 
+# What kind of refusal: the one-line reason is the same everywhere; the HTTP API answers each
+# kind with its own status (services/api/write.py: 404, 403, 400, 409).
+Refusal = Literal["missing", "forbidden", "invalid", "conflict"]
+
+
+class Missing(str):
+    """A problem saying that the task or agent a request names does not exist (a ``str``, so
+    the rules below return it like any other problem; ``refuse`` makes it kind ``missing``)."""
+
+    __slots__ = ()
+
+
 class IntentRefused(ValueError):
     """The request was not sent: the board would refuse it, or it would change nothing.
-    ``str()`` is the reason, one line."""
+    ``str()`` is the reason, one line. ``kind``: ``missing`` (an unknown task, agent or
+    escalation), ``forbidden`` (the sender lacks the role), ``invalid`` (the event would break
+    the contract's bounds) or ``conflict`` (the state does not allow it: held, finished, a
+    duplicate id, a change that would change nothing). Default: ``missing`` for a ``Missing``
+    reason, else ``conflict``."""
+
+    def __init__(self, reason: str, kind: Refusal | None = None) -> None:
+        super().__init__(reason)
+        self.kind: Refusal = kind or ("missing" if isinstance(reason, Missing) else "conflict")
+
+
+def unknown_agent(agent: str) -> Missing:
+    """``no agent A in the registry``."""
+    return Missing(f"no agent {agent} in the registry")
 
 
 def task_problem(task: str, row: Row | None) -> str | None:
     """Why nothing more may happen to ``task``: it does not exist or it is finished."""
     if row is None:
-        return f"no task {task}"
+        return Missing(f"no task {task}")
     if row["status"] in FINISHED:
         return f"task {task} is {row['status']}"
     return None
@@ -70,7 +95,7 @@ def creation_problem(
 def agent_problem(agent: str, record: Row | None, task: str, row: Row) -> str | None:
     """Why ``agent`` cannot take ``task``: unknown, retired, or lacking the task's role."""
     if record is None:
-        return f"no agent {agent} in the registry"
+        return unknown_agent(agent)
     if record["status"] == "retired":
         return f"agent {agent} is retired"
     role = row["required_role"]
@@ -122,7 +147,7 @@ def reassign_problem(task: str, row: Row | None, agent: str) -> str | None:
 
 def review_problem(task: str, row: Row | None, reviewer: str) -> str | None:
     if row is None:
-        return f"no task {task}"
+        return Missing(f"no task {task}")
     if row["status"] != "review":
         return f"task {task} is not waiting for review (it is {row['status']})"
     if row["assignee"] == reviewer:
@@ -175,7 +200,7 @@ def drop_problem(task: str, row: Row | None, drop: Sequence[str]) -> str | None:
 
 def pause_problem(agent: str, record: Row | None) -> str | None:
     if record is None:
-        return f"no agent {agent} in the registry"
+        return unknown_agent(agent)
     if record["status"] == "retired":
         return f"agent {agent} is retired"
     if record["status"] == "paused":
@@ -185,7 +210,7 @@ def pause_problem(agent: str, record: Row | None) -> str | None:
 
 def resume_problem(agent: str, record: Row | None) -> str | None:
     if record is None:
-        return f"no agent {agent} in the registry"
+        return unknown_agent(agent)
     if record["status"] != "paused":
         return f"agent {agent} is not paused (it is {record['status']})"
     return None
@@ -193,7 +218,7 @@ def resume_problem(agent: str, record: Row | None) -> str | None:
 
 def retire_problem(agent: str, record: Row | None) -> str | None:
     if record is None:
-        return f"no agent {agent} in the registry"
+        return unknown_agent(agent)
     if record["status"] == "retired":
         return f"agent {agent} is already retired"
     return None
@@ -263,7 +288,7 @@ def rollback_problem(agent: str, record: Row | None, to: str, ran: Row | None) -
     """Why ``agent`` cannot be rolled back to version ``to``; ``ran`` is that version's row of
     ``fleet.agent_versions`` (None: the agent never ran it)."""
     if record is None:
-        return f"no agent {agent} in the registry"
+        return unknown_agent(agent)
     if record["status"] == "retired":
         return f"agent {agent} is retired"
     if record["version"] == to:
@@ -279,7 +304,7 @@ def promote_problem(
     """Why ``agent`` cannot be promoted (or its promotion withdrawn); ``promoted`` is the
     version its tag names now (None: not promoted)."""
     if record is None:
-        return f"no agent {agent} in the registry"
+        return unknown_agent(agent)
     if withdraw:
         return None if promoted is not None else f"agent {agent} is not promoted"
     if record["status"] == "retired":

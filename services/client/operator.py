@@ -598,9 +598,9 @@ class FleetClient(Publisher):
                 check_role(event, self.roles.last_seq + 1, self.roles)
         except (Rejected, ValueError) as exc:  # ValueError: an actor no subject can carry
             if isinstance(exc, Rejected) and exc.reason == "role_missing":
-                raise IntentRefused(exc.detail) from None
+                raise IntentRefused(exc.detail, "forbidden") from None
             why = f" ({exc.reason}): {exc.detail}" if isinstance(exc, Rejected) else f": {exc}"
-            raise IntentRefused(f"the event would be refused{why}") from None
+            raise IntentRefused(f"the event would be refused{why}", "invalid") from None
 
     async def _on_task(
         self, task: str, decide: Callable[[TaskState, str], Awaitable[E]]

@@ -17,6 +17,7 @@ import asyncpg
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
+from fleetward.schemas.grants import API_SERVICE, identity_kind
 from fleetward.schemas.streams import all_streams
 from fleetward.services import db, metrics
 from fleetward.services.auth.store import AuthStore, identity_of
@@ -231,14 +232,38 @@ async def open_runtime(
 @asynccontextmanager
 async def acting_as(rt: Runtime, identity: str) -> AsyncIterator[Runtime]:
     """``rt`` with a NATS connection of ``identity``'s own (one credential per service, DESIGN
-    3.7): ``rt`` itself when it already acts as ``identity``, or when the process was given one
-    credential (``FLEETWARD_CREDS``) and this machine has no signing keys to issue another.
-    Raises ``FleetwardError`` as ``credentials`` does."""
+    3.7). The credential is, in order: none (``rt`` itself) when ``rt`` acts as ``identity``
+    already; ``FLEETWARD_API_CREDS`` for ``svc:api``; one issued from the signing keys when
+    this machine holds them; else ``rt`` itself when the process was given one credential
+    (``FLEETWARD_CREDS``, a person's: the server judges what it may do). Raises
+    ``FleetwardError`` as ``credentials`` does, and when a service would act as another service
+    without that one's credentials (its subscriptions would be refused by the server, silently
+    for the caller)."""
     store = AuthStore(rt.settings.auth_dir)
-    if rt.actor == identity or (rt.settings.creds is not None and not store.exists()):
+    settings = rt.settings
+    if rt.actor == identity:
         yield rt
         return
-    own = store.ensure(identity) if store.exists() else credentials(rt.settings, identity)
+    if identity == API_SERVICE and settings.api_creds is not None:
+        own = settings.api_creds
+        if identity_of(own) != API_SERVICE:
+            raise FleetwardError(
+                f"FLEETWARD_API_CREDS={own} holds {identity_of(own)}'s credentials, not "
+                f"{API_SERVICE}'s ('fleetward auth service api')"
+            )
+    elif store.exists():
+        own = store.ensure(identity)
+    elif settings.creds is not None:
+        if identity_kind(identity) == "svc" and identity_kind(rt.actor) == "svc":
+            hint = "FLEETWARD_API_CREDS" if identity == API_SERVICE else "its own process"
+            raise FleetwardError(
+                f"{rt.actor} cannot act as {identity} without its credentials: give it "
+                f"{hint} ('fleetward auth service {identity.split(':', 1)[1]}')"
+            )
+        yield rt
+        return
+    else:
+        own = credentials(settings, identity)
     nc = await connect_nats(rt.nats_url, creds=own)
     try:
         yield replace(rt, actor=identity, nc=nc, js=nc.jetstream(timeout=10))

@@ -1,5 +1,6 @@
 """A running Fleetward with its HTTP API for the API's tests: every projection, the watchdog
-(short intervals) and the API in this process (``run_services``), and a viewer's token."""
+(short intervals) and the API in this process (``run_services``), a viewer's token, and more
+tokens (``token_of``: an operator's writes as its person)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,12 @@ FAST = WatchdogSettings(
 class Api:
     base: str  # http://127.0.0.1:PORT
     token: str  # a viewer's (user:viewer)
+    key: bytes  # the tokens' signing key: ``token_of`` issues more
+
+
+def token_of(api: Api, person: str, role: token.Role = "operator") -> str:
+    """A ``role`` token for ``person``, signed with the API's key."""
+    return token.issue(api.key, person, time.time(), role=role)
 
 
 @asynccontextmanager
@@ -48,6 +55,7 @@ async def running_api(rt: Runtime) -> AsyncIterator[Api]:
         bound = await wait_for(port, 30, "the API's port")
         key = token.load_key(rt.settings.auth_dir, create=True)
         try:
-            yield Api(f"http://127.0.0.1:{bound}", token.issue(key, "user:viewer", time.time()))
+            viewer = token.issue(key, "user:viewer", time.time())
+            yield Api(f"http://127.0.0.1:{bound}", viewer, key)
         finally:
             stop.set()  # as SIGTERM: every part finishes and closes its connections

@@ -193,3 +193,53 @@ async def test_deliveries_taken_by_another_puller_fail_the_window_instead_of_bei
     live = await snapshot(rt, (projection,))
     await rebuild(rt, projection)
     assert await snapshot(rt, (projection,)) == live
+
+
+async def test_two_projectors_started_together_split_or_not_never_write_one_projection_twice(
+    rt: Runtime, env: dict[str, str], tmp_path: Path
+) -> None:
+    """Started at the same moment, each process may win the leases of some runners (a split):
+    at every look, no projection has two writers, every one gets one, and once the events are
+    in, the views equal a rebuild."""
+    settings = {"FLEETWARD_METRICS_PORT": "0", "FLEETWARD_BATCH_SIZE": "100"}
+    events = make_events(seed=23)[:5_000]
+    logs = [tmp_path / "a", tmp_path / "b"]
+    with (
+        spawn(["projector"], {**env, **settings}, logs[0]) as a,
+        spawn(["projector"], {**env, **settings}, logs[1]) as b,
+    ):
+        ports = [await ready_port(proc, log) for proc, log in zip((a, b), logs, strict=True)]
+        writers: dict[str, set[int]] = {p: set() for p in PROJECTIONS}
+
+        async def look() -> None:
+            series = [await active_series(port) for port in ports]
+            for p in PROJECTIONS:
+                both = [i for i in (0, 1) if series[i].get(p) == 1]
+                assert len(both) <= 1, f"{p} has two writers: {series}"
+                writers[p].update(both)
+
+        async def every_projection_written() -> bool:
+            await look()
+            return all(writers[p] for p in PROJECTIONS)
+
+        await wait_for(every_projection_written, 60, "a writer for every projection")
+        for i in range(0, len(events), 1_000):
+            await publish_many(rt.js, events[i : i + 1_000])
+            await look()
+
+        async def drained() -> bool:
+            await look()
+            return await all_caught_up(rt)
+
+        await wait_for(drained, 120, "every projection to catch up")
+        for proc in (a, b):
+            proc.send_signal(signal.SIGTERM)
+        for proc, log in zip((a, b), logs, strict=True):
+            assert proc.wait(timeout=30) == 0, output(log)
+    live = await snapshot(rt)
+    for projection in ALL:
+        await rebuild(rt, projection)
+    clean = await snapshot(rt)
+    assert sum(len(rows) for rows in clean.values()) > 1_000
+    for table, rows in clean.items():
+        assert live[table] == rows, f"{table} differs from a clean rebuild"
