@@ -478,7 +478,8 @@ WRITE_ROUTES: Final[tuple[WriteRoute, ...]] = (
 LIVE_EVENTS: Final[dict[str, str]] = {
     "agent": "an agent's row of the agents table changed (status, state, current task): "
     "the row (`Agent`), or `{agent_id, removed: true}`",
-    "task": "a task moved: `{task_id, status, assignee, priority, project}`",
+    "task": "a task moved, or its dependencies came to be done: `{task_id, status, assignee, "
+    "priority, project, waiting_on_dependencies}`",
     "escalation": "an escalation was raised, changed tier or state: `{escalation_id, tier, "
     "state, reason, agent, task, message, raised_at, tier_at}`",
     "overview": "the overview changed (`Overview`)",

@@ -89,8 +89,9 @@ LIMIT $2;
 SELECT 1 FROM fleet.agents WHERE agent_id = $1;
 
 -- name: api_live_tasks
--- What the live stream watches of every task.
-SELECT task_id, status, assignee, priority, project FROM fleet.tasks;
+-- What the live stream watches of every task (whether it still waits on a dependency too: the
+-- board shows it).
+SELECT task_id, status, assignee, priority, project, waiting_on_dependencies FROM fleet.tasks;
 
 -- name: api_live_escalations
 -- What the live stream watches of every escalation raised or changed in the last day, and of

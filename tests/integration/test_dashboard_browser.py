@@ -2,7 +2,9 @@
 against a running Fleetward (projector, watchdog, API). Signed in with a viewer token, the pages
 show an agent go offline and its escalation appear, without reloading; an agent's page shows its
 timeline; the board shows a task in review with what depends on it, and no buttons for a viewer.
-The screenshots are kept under the test's tmp folder (their paths are printed).
+Signed in with an operator's token, a task is approved from the board and moves to done (and a
+refused click shows the server's one line). The screenshots are kept under the test's tmp
+folder (their paths are printed).
 
 Chromium comes from Debian (``make test`` installs it: ``make chromium``); Playwright never
 downloads a browser here. Without it the test fails and says why: it is never skipped."""
@@ -28,8 +30,8 @@ from fleetward.schemas.events import (
 )
 from fleetward.services.jetstream.publish import publish, publish_many
 from fleetward.services.runtime.connect import Runtime
-from tests.helpers import envelope
-from tests.integration.api_harness import INTERVAL, running_api
+from tests.helpers import creds, envelope
+from tests.integration.api_harness import INTERVAL, running_api, token_of
 from tests.integration.test_watchdog import register
 
 CHROMIUM = os.environ.get("FLEETWARD_CHROMIUM", "/usr/bin/chromium")
@@ -142,6 +144,29 @@ async def board(page: Page, shots: Path) -> None:
     await page.screenshot(path=str(shots / "dashboard-board.png"), full_page=True)
 
 
+async def operator_reviews(page: Page, shots: Path) -> None:
+    """An operator approves the task in review from the board: it moves to done, and the task
+    after it is no longer waiting; a refused click shows the server's one line."""
+    assert await page.locator("#whoami").inner_text() == "user:ops (operator)"
+    await go(page, "#/board")
+    await page.evaluate("window.notReloaded = true")
+    nxt = card(page, "inbox", "guide-next")
+    await nxt.locator("input").fill("nobody")  # no such agent: the server refuses the assignment
+    await nxt.locator("button.assign").click()
+    flash = page.locator("#flash.bad")
+    await flash.wait_for(timeout=WAIT_MS)
+    assert "nobody" in await flash.inner_text()
+
+    review = card(page, "review", "guide")
+    await review.locator("input").fill("clear and complete")
+    await review.locator("button.approve").click()
+    await card(page, "done", "guide").wait_for(timeout=WAIT_MS)
+    assert await review.count() == 0
+    await nxt.locator(".deps:not(.waiting)").wait_for(timeout=WAIT_MS)
+    assert await page.evaluate("window.notReloaded === true"), "the page reloaded"
+    await page.screenshot(path=str(shots / "dashboard-reviewed.png"), full_page=True)
+
+
 async def test_the_dashboard_shows_an_agent_go_offline_and_its_escalation_without_reload(
     rt: Runtime, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -149,6 +174,7 @@ async def test_the_dashboard_shows_an_agent_go_offline_and_its_escalation_withou
         rt.js, [register("web-quiet"), register("web-busy"), *in_review("web-busy", "guide")]
     )
     alive = {"web-quiet", "web-busy"}
+    creds(rt, "user:ops")  # an admin of the test stream (tests/helpers.py): reviews as itself
     problems: list[str] = []  # the page's errors and console lines, shown if it fails
     async with running_api(rt) as api, anyio.create_task_group() as tg, chromium() as browser:
         tg.start_soon(beat, rt, alive)
@@ -157,15 +183,17 @@ async def test_the_dashboard_shows_an_agent_go_offline_and_its_escalation_withou
             await offline_without_reload(page, alive, tmp_path)
             await agent_page(page, tmp_path)
             await board(page, tmp_path)
+            await page.close()
+            page = await signed_in(browser, api.base, token_of(api, "user:ops"), problems)
+            await operator_reviews(page, tmp_path)
         except Exception:
             await page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
             print(f"the page at the failure: {tmp_path / 'failure.png'}\n" + "\n".join(problems))
             print(await page.content())
             raise
         tg.cancel_scope.cancel()
-    shots = [
-        tmp_path / f"dashboard-{name}.png" for name in ("agents", "overview", "agent", "board")
-    ]
+    names = ("agents", "overview", "agent", "board", "reviewed")
+    shots = [tmp_path / f"dashboard-{name}.png" for name in names]
     with capsys.disabled():
         print("\ndashboard screenshots: " + " ".join(map(str, shots)))
     for shot in shots:
