@@ -146,7 +146,8 @@ async def board(page: Page, shots: Path) -> None:
 
 async def operator_reviews(page: Page, shots: Path) -> None:
     """An operator approves the task in review from the board: it moves to done, and the task
-    after it is no longer waiting; a refused click shows the server's one line."""
+    after it is no longer waiting; a refused click shows the server's one line. Then it
+    acknowledges an escalation and pauses an agent from its page."""
     assert await page.locator("#whoami").inner_text() == "user:ops (operator)"
     await go(page, "#/board")
     await page.evaluate("window.notReloaded = true")
@@ -163,8 +164,21 @@ async def operator_reviews(page: Page, shots: Path) -> None:
     await card(page, "done", "guide").wait_for(timeout=WAIT_MS)
     assert await review.count() == 0
     await nxt.locator(".deps:not(.waiting)").wait_for(timeout=WAIT_MS)
-    assert await page.evaluate("window.notReloaded === true"), "the page reloaded"
     await page.screenshot(path=str(shots / "dashboard-reviewed.png"), full_page=True)
+
+    await go(page, "#/escalations")  # acknowledge web-quiet's open escalation
+    quiet = page.locator("#escalations tbody tr", has_text="web-quiet")
+    await quiet.locator("button.ack").first.click()
+    await quiet.locator("td.e-acknowledged").first.wait_for(timeout=WAIT_MS)
+
+    await page.goto(page.url.split("#")[0] + "#/agents/web-busy")  # pause web-busy
+    await page.evaluate("window.notReloaded = true")
+    await page.locator("#agent-reason").fill("look at its output")
+    await page.locator("#agent-pause").click()
+    status = page.locator('#agent-facts dd[data-fact="status"]')
+    await page.locator('#agent-facts dd[data-fact="status"].s-paused').wait_for(timeout=WAIT_MS)
+    assert "look at its output" in await status.inner_text()
+    assert await page.evaluate("window.notReloaded === true"), "the page reloaded"
 
 
 async def test_the_dashboard_shows_an_agent_go_offline_and_its_escalation_without_reload(
