@@ -1,9 +1,12 @@
 """The dashboard's reads that the first increment did not have, against real Postgres and NATS:
-an agent's timeline (``GET /api/v1/agents/{agent_id}/events``, services/api/reads.py)."""
+an agent's timeline (``GET /api/v1/agents/{agent_id}/events``, services/api/reads.py), and the
+overview the live poller keeps for ``GET /api/v1/overview`` (services/api/live.py)."""
 
 from __future__ import annotations
 
 from datetime import timedelta
+
+import msgspec
 
 from fleetward.schemas import http
 from fleetward.schemas.events import (
@@ -15,6 +18,7 @@ from fleetward.schemas.events import (
     TaskCreated,
 )
 from fleetward.services.api import reads
+from fleetward.services.api.live import Live
 from fleetward.services.jetstream.publish import publish_many
 from fleetward.services.runtime.connect import Runtime
 from tests.helpers import envelope, now, project_all
@@ -74,3 +78,22 @@ async def test_an_agents_timeline_gathers_its_events_from_the_views_latest_first
     assert all(start - timedelta(minutes=1) < t for t in times)
     assert two.items == page.items[:2]
     assert unknown is None
+
+
+async def test_the_overview_is_read_each_round_while_asked_and_served_from_the_last_reading(
+    rt: Runtime,
+) -> None:
+    live = Live(rt.pool)
+    assert live.overview() is None  # nothing read yet: the route reads it (and asks for it)
+    async with rt.pool.acquire() as conn:
+        assert await live.round(conn) == []  # the first round is the baseline
+    first = live.overview()
+    assert first is not None and first.agents_by_status == {}
+    await publish_many(rt.js, [register("ov-1")])
+    await project_all(rt)
+    assert live.overview() is first  # the last reading, until the poller reads again
+    async with rt.pool.acquire() as conn:
+        events = await live.round(conn)
+    now = live.overview()
+    assert now is not None and now.agents_by_status == {"active": 1}
+    assert ("overview", msgspec.json.encode(now)) in events
