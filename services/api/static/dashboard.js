@@ -340,6 +340,7 @@ async function loadBoard() {
 
 async function taskMoved(change) {
   if (!state.boardLoaded) return;
+  if (!onBoard(change)) { putTask(change, false); return; } // filtered out: only its card goes
   const t = await api("tasks/" + encodeURIComponent(change.task_id));
   if (t) putTask(t, true);
 }
