@@ -1,9 +1,10 @@
 """The dashboard in a real browser (issue 17, item 3): Debian's chromium, driven by Playwright,
 against a running Fleetward (projector, watchdog, API). Signed in with a viewer token, the pages
 show an agent go offline and its escalation appear, without reloading; an agent's page shows its
-timeline; the board shows a task in review with what depends on it, and no buttons for a viewer.
-Signed in with an operator's token, a task is approved from the board and moves to done (and a
-refused click shows the server's one line). The screenshots are kept under the test's tmp
+timeline; the board shows a task in review with what depends on it, and no buttons for a viewer;
+the spend page draws the team's spend. Signed in with an operator's token, a task is approved
+from the board and moves to done (a refused click shows the server's one line), an escalation is
+acknowledged and an agent paused from its page. The screenshots are kept under the test's tmp
 folder (their paths are printed).
 
 Chromium comes from Debian (``make test`` installs it: ``make chromium``); Playwright never
@@ -24,6 +25,7 @@ from fleetward.schemas.events import (
     Deliverable,
     Event,
     Heartbeat,
+    SpendRecorded,
     TaskClaimed,
     TaskCreated,
     TaskSubmitted,
@@ -47,7 +49,8 @@ async def beat(rt: Runtime, agents: set[str]) -> None:
 
 
 def in_review(agent: str, task: str) -> list[Event]:
-    """``task`` created, claimed by ``agent`` and handed in: in review; and a task after it."""
+    """``task`` created, claimed by ``agent`` and handed in (for $0.25): in review; and a task
+    after it."""
     return [
         TaskCreated(**envelope("user:ops"), task=task, project="web", title="Write the guide",
                     priority="high"),
@@ -56,6 +59,7 @@ def in_review(agent: str, task: str) -> list[Event]:
                       deliverable=Deliverable(kind="link", sha256="0" * 64)),
         TaskCreated(**envelope("user:ops"), task=f"{task}-next", project="web",
                     title="Publish the guide", depends_on=(task,)),
+        SpendRecorded(**envelope(agent), agent=agent, model="m", cost_usd=0.25, task=task),
     ]  # fmt: skip
 
 
@@ -143,6 +147,11 @@ async def board(page: Page, shots: Path) -> None:
     assert await review.count() == 1
     await page.screenshot(path=str(shots / "dashboard-board.png"), full_page=True)
 
+    await go(page, "#/spend")  # team t's quarter of a dollar today, as a bar
+    await page.locator('#spend-chart rect[data-team="t"]').wait_for(timeout=WAIT_MS)
+    assert "$0.2500" in await page.locator("#spend tbody").inner_text()
+    await page.screenshot(path=str(shots / "dashboard-spend.png"), full_page=True)
+
 
 async def operator_reviews(page: Page, shots: Path) -> None:
     """An operator approves the task in review from the board: it moves to done, and the task
@@ -206,7 +215,7 @@ async def test_the_dashboard_shows_an_agent_go_offline_and_its_escalation_withou
             print(await page.content())
             raise
         tg.cancel_scope.cancel()
-    names = ("agents", "overview", "agent", "board", "reviewed")
+    names = ("agents", "overview", "agent", "board", "spend", "reviewed")
     shots = [tmp_path / f"dashboard-{name}.png" for name in names]
     with capsys.disabled():
         print("\ndashboard screenshots: " + " ".join(map(str, shots)))
