@@ -23,7 +23,6 @@ it returns.
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Iterable
 from datetime import date
 from typing import Final
@@ -43,6 +42,7 @@ from fleetward.schemas.events import (
     TaskSubmitted,
     ToolCalled,
 )
+from fleetward.schemas.partitions import partition_of
 from fleetward.services.config import WatchdogSettings
 from fleetward.services.watchdog.core.approvals import ApprovalDeadlines
 from fleetward.services.watchdog.core.dead_ends import (
@@ -108,7 +108,9 @@ class Judge:
     # ---- grace and partitions ----------------------------------------------------------------
 
     def owns(self, agent: str) -> bool:
-        return self._parts == 1 or zlib.crc32(agent.encode()) % self._parts == self._part
+        """Whether ``agent`` is in this replica's partition: the heartbeat partition token's
+        mapping (schemas/partitions.py), so projector partition i/n reads the same agents."""
+        return self._parts == 1 or partition_of(agent, self._parts) == self._part
 
     def enter_grace(self, now: float) -> None:
         """Judge no one until one grace period from ``now``."""
