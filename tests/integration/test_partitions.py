@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from nats.js.api import StreamConfig
 
 from fleetward.projections.utilization import HOURLY, UTILIZATION, Utilization, partition
 from fleetward.schemas.events import Heartbeat
-from fleetward.schemas.partitions import partition_of, stored_subject
+from fleetward.schemas.partitions import partition_filter, partition_of, stored_subject
 from fleetward.schemas.streams import HEARTBEATS_STREAM, heartbeats_stream
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.errors import StreamConflict
@@ -22,8 +23,10 @@ from fleetward.services.jetstream.streams import ensure_streams, heartbeat_parti
 from fleetward.services.projector.rebuild import rebuild
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime
+from fleetward.services.watchdog.service import Watchdog
 from tests.conftest import harness, make_settings
-from tests.helpers import envelope, run_to_end, snapshot
+from tests.helpers import envelope, run_to_end, snapshot, wait_for
+from tests.integration.test_watchdog import FAST, Beater, judging, register, running
 
 AGENTS = 40
 BEATS = 5  # per agent
@@ -91,9 +94,40 @@ async def test_two_partitions_apply_each_heartbeat_once_and_equal_one_rebuild(
         assert checkpoints == last
 
         await rebuild(rt, Utilization())  # one runner over the whole stream
+        async with rt.pool.acquire() as conn:  # the partitions start over (and skip it all)
+            assert not await conn.fetchval(
+                "SELECT max(seq) FROM fleetward.checkpoints WHERE projection LIKE 'utilization_p%'"
+            )
         assert {t: v for t, v in (await snapshot(rt, (Utilization(),))).items()
                 if t in tables} == {t: both[t] for t in tables}  # fmt: skip
         assert not both["dead_letters"]
+
+
+async def test_watchdog_partitions_read_only_their_token_and_judge_their_agents(
+    clean_nats: str, database: str, tmp_path: Path, auth: AuthStore
+) -> None:
+    agents = [f"w-{i}" for i in range(12)]
+    silent = [next(a for a in agents if partition_of(a, 2) == p) for p in (0, 1)]
+    async with partitioned(auth, clean_nats, database, tmp_path, 2) as rt:
+        await publish_many(rt.js, [register(a) for a in agents])
+        dogs = [Watchdog(rt, replace(FAST, partition=(p, 2)), name=f"wd_p{p}") for p in (0, 1)]
+        beater = Beater(rt, agents)
+        async with running(rt, *dogs, beater=beater) as (rec, _):
+            await judging(*dogs)
+            # the server sends each replica its partition's heartbeats only
+            assert [d.followers[0].subjects for d in dogs] == [
+                (partition_filter(0),), (partition_filter(1),)]  # fmt: skip
+            beater.alive -= set(silent)
+
+            async def both_critical() -> bool:
+                return rec.agents("critical") >= set(silent)
+
+            await wait_for(both_critical, 20, "a critical escalation for each silent agent")
+            assert rec.agents() == set(silent)  # the beating ones: never
+            assert len(rec.raised(tier="critical")) == 2  # each once, by its partition's replica
+        for part, dog in enumerate(dogs):
+            assert set(dog.judge.liveness.agents) == {a for a in agents
+                                                       if partition_of(a, 2) == part}  # fmt: skip
 
 
 async def test_a_stream_without_partitions_gets_them_and_another_count_is_refused(
