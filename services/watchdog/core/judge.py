@@ -7,7 +7,9 @@ it returns.
   or the moment its readers caught up again after an outage (``enter_grace``). Heartbeats and
   events are still followed meanwhile, so afterwards only the truly silent are escalated.
   Recoveries (a heartbeat after an escalation) are published at once, grace or not.
-- Partitioning: this replica judges agent ``a`` iff ``crc32(a) % n == i``; tasks by their
+- Partitioning: this replica judges agent ``a`` iff ``partition_of(a, n) == i`` (the heartbeat
+  partition token's mapping, schemas/partitions.py: projector partition ``i/n`` owns the same
+  agents); tasks by their
   holder (a review by the agent that submitted), a task's cancelled dependencies by the task's
   id. Other agents' heartbeats are dropped before any work.
 - Start: the state comes from the projections (``load_*``) as of their checkpoints; events of a
