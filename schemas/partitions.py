@@ -79,7 +79,7 @@ def partition_filter(part: int) -> str:
 def published_subject(stored: str) -> str:
     """The subject a message stored on ``stored`` was published on: a partitioned heartbeat's
     ``fw.hb.<p>.<agent>`` is ``fw.hb.<agent>``; any other subject is itself."""
-    if not stored.startswith(HB_PREFIX):
+    if stored.count(".") != 3 or not stored.startswith(HB_PREFIX):  # the hot path: one count
         return stored
     found = _STORED.fullmatch(stored)
     return stored if found is None else HB_PREFIX + found.group(2)
