@@ -20,6 +20,8 @@ from fleetward.services.auth.store import AuthStore
 from fleetward.services.errors import StreamConflict
 from fleetward.services.jetstream.publish import publish_many
 from fleetward.services.jetstream.streams import ensure_streams, heartbeat_partitions, to_config
+from fleetward.services.projector.consumers import durable_name
+from fleetward.services.projector.lease import Lease, this_process
 from fleetward.services.projector.rebuild import rebuild
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime
@@ -145,6 +147,25 @@ async def test_a_stream_without_partitions_gets_them_and_another_count_is_refuse
     with pytest.raises(StreamConflict, match=r"makes 2 partitions.*asks for 1"):
         await ensure_streams(rt.js, (heartbeats_stream(1),))
     assert await heartbeat_partitions(rt.js) == 2
+
+
+async def test_each_partition_has_one_writer(rt: Runtime) -> None:
+    def lease(projection: Utilization) -> Lease:
+        return Lease(rt.database_url, durable_name(projection), [projection.name])
+
+    first, second = lease(partition(0, 2)), lease(partition(0, 2))
+    other = lease(partition(1, 2))
+    try:
+        assert await first.try_take()
+        assert not await second.try_take()  # a second process of partition 0 stands by
+        assert await other.try_take()  # partition 1 is written beside it
+        host, pid = this_process()
+        assert await second.holders() == [f"{host} pid {pid}"]  # the first, this process
+        await first.close()
+        assert await second.try_take()  # and takes over once the first is gone
+    finally:
+        for held in (first, second, other):
+            await held.close()
 
 
 def test_the_stream_config_carries_the_transform() -> None:
