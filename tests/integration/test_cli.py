@@ -136,7 +136,8 @@ async def test_projector_serves_health_and_metrics_and_stops_cleanly_on_sigterm(
                 "nats": {"ok": True, "reason": "connected"},
                 "projector": {"ok": True, "reason": "committing"},
                 "outbox": {"ok": True, "reason": "0 waiting"},
-                "task_api": {"ok": True, "reason": "answering fw.api.*"}}, "problems": []}  # fmt: skip
+                "task_api": {"ok": True, "reason": "answering fw.api.*"},
+            }, "problems": []}  # fmt: skip
 
         await wait_for(healthy, 30, "/healthz to answer 200")
 
