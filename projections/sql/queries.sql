@@ -19,8 +19,11 @@ UPDATE fleetward.checkpoints SET seq = $3, updated_at = now()
 WHERE projection = $1 AND seq = $2;
 
 -- name: checkpoint_reset
--- Start a projection over from the beginning of its stream.
-UPDATE fleetward.checkpoints SET seq = 0, updated_at = now() WHERE projection = $1;
+-- Start a projection over from the beginning of its stream, and its heartbeat partitions
+-- ($1_p<i>of<n>: their runners, failing their compare-and-set, re-position and skip what the
+-- rebuild counted).
+UPDATE fleetward.checkpoints SET seq = 0, updated_at = now()
+WHERE projection = $1 OR projection ~ ('^' || $1 || '_p[0-9]+of[0-9]+$');
 
 -- name: dead_letter_insert
 -- Record an event a projection could not accept (kept once per projection and sequence).
@@ -29,8 +32,10 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT DO NOTHING;
 
 -- name: dead_letters_clear
--- Forget a projection's dead letters (before a rebuild records them again).
-DELETE FROM fleetward.dead_letters WHERE projection = $1;
+-- Forget a projection's dead letters (before a rebuild records them again), and those of its
+-- heartbeat partitions ($1_p<i>of<n>, projections/utilization.py).
+DELETE FROM fleetward.dead_letters
+WHERE projection = $1 OR projection ~ ('^' || $1 || '_p[0-9]+of[0-9]+$');
 
 -- name: fleet_status
 -- One-line fleet summary: agents by status, tasks by status, today's spend, open escalations.
@@ -114,16 +119,16 @@ WHERE agent_id = $1;
 
 -- name: escalations_open
 -- Open escalations for people: critical first, then warning, info; the oldest first in each.
-SELECT escalation_id, reason, tier, state, agent, task, message, raised_at, tier_at,
-       acknowledged_by, age
+SELECT escalation_id, reason, tier, state, agent AS agent_id, task AS task_id, message, raised_at,
+       tier_at, acknowledged_by, age
 FROM fleet.escalations_open
 ORDER BY tier_rank DESC, raised_at, escalation_id
 LIMIT $1;
 
 -- name: escalations_all
 -- Every escalation, open ones first, then the most recently raised.
-SELECT escalation_id, reason, tier, state, agent, task, message, raised_at, tier_at,
-       acknowledged_by, age
+SELECT escalation_id, reason, tier, state, agent AS agent_id, task AS task_id, message, raised_at,
+       tier_at, acknowledged_by, age
 FROM fleet.escalations
 ORDER BY open DESC, CASE tier WHEN 'critical' THEN 2 WHEN 'warning' THEN 1 ELSE 0 END DESC,
          raised_at DESC
@@ -317,8 +322,8 @@ WHERE released_reason IS NULL;
 
 -- name: approvals_open
 -- fleetward approvals: the open requests, the oldest first.
-SELECT approval_id, agent, kind, name, summary, risk, requested_at, deadline_at, expires_at,
-       overdue, policy_id, policy_version
+SELECT approval_id, agent AS agent_id, task AS task_id, kind, name, summary, risk, requested_at,
+       deadline_at, expires_at, overdue, policy_id, policy_version
 FROM fleet.approvals WHERE open ORDER BY requested_at, approval_id LIMIT $1;
 
 -- name: policies_list

@@ -79,12 +79,11 @@ class People:
         self._lock = anyio.Lock()
 
     def credentials(self, person: str) -> Path:
-        """``person``'s credentials file. ``Refused`` 403 when there is none or it was revoked
-        or has expired (nothing is issued here: revoking a person stops their writes), 503 when
-        this API has no signing keys (no folder of people's credentials)."""
-        if not self.store.exists():
-            raise Refused(503, f"this API cannot act as people: {self.store.root} holds no "
-                          "Fleetward signing keys (set FLEETWARD_AUTH_DIR)")  # fmt: skip
+        """``person``'s credentials file, from the folder of people's credentials under
+        ``auth_dir`` (``creds/users/NAME.creds``: where ``fleetward people add`` writes them
+        beside the signing keys, or where the admin copies them on an API host without the keys,
+        with ``revoked.json``). ``Refused`` 403 when there is none or it was revoked or has
+        expired: nothing is issued here, so revoking a person stops their writes."""
         path = self.store.creds_path(person)
         name = person.split(":", 1)[1]
         try:
@@ -96,8 +95,10 @@ class People:
                 return path
         except (OSError, ValueError):
             problem = "are missing"
+        copy = f"; on an API host without the signing keys, copy them to {path}"
         raise Refused(403, f"{person}'s NATS credentials {problem}: writes are published as "
-                      f"the person (fleetward people add {name})")  # fmt: skip
+                      f"the person (fleetward people add {name}"
+                      f"{copy if problem == 'are missing' else ''})")  # fmt: skip
 
     @asynccontextmanager
     async def client(self, person: str) -> AsyncIterator[_Recording]:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 
+from fleetward.schemas.bounds import INT4_MAX, MAX_PERIOD_S, MIN_PERIOD_S
 from fleetward.schemas.grants import identity_kind
 from fleetward.services.cli import people, views
+from fleetward.services.cli.args import add_json, add_limit, ident, seconds, whole
 from fleetward.services.cli.command import PERSON, Command, console, read
 from fleetward.services.client import FleetClient
 from fleetward.services.config import Settings
@@ -25,44 +27,61 @@ ACTIONS = {
 }
 
 
+AGENT_ID = ident("agent id")
+
+
 def _arguments(agents: argparse.ArgumentParser) -> None:
     """``agents`` with no action lists the registry; the actions change one agent."""
-    agents.add_argument("--limit", type=int, default=50)
-    actions = agents.add_subparsers(dest="action", metavar="ACTION")
+    add_limit(agents, 50)
+    add_json(agents)
+    actions = agents.add_subparsers(
+        dest="action", metavar="ACTION", help="what to do (none: list the registry)"
+    )
     for action, (text, _) in ACTIONS.items():
         one = actions.add_parser(action, help=text)
-        one.add_argument("agent_id")
-        one.add_argument("--reason", default="")
+        one.add_argument("agent_id", type=AGENT_ID, help="the agent's id")
+        one.add_argument("--reason", default="", help="why, for the record and the agent")
     register = actions.add_parser(
         "register",
         help="register an agent as you: its roles and task limit are then yours to set (its "
         "own registrations cannot change them); a retired agent comes back; what you leave "
         "out keeps the registry's value",
     )
-    register.add_argument("agent_id")
-    for flag in ("name", "owner", "team", "purpose", "version"):
-        register.add_argument(f"--{flag}")
-    register.add_argument("--risk-class", choices=("low", "medium", "high", "critical"))
+    register.add_argument("agent_id", type=AGENT_ID, help="the agent's id")
+    for flag, text in (("name", "its name, for people"), ("owner", "who answers for it"),
+                       ("team", "the team it works in"), ("purpose", "what it is for"),
+                       ("version", "the version it runs")):  # fmt: skip
+        register.add_argument(f"--{flag}", help=text)
+    register.add_argument(
+        "--risk-class", choices=("low", "medium", "high", "critical"),
+        help="how much harm it could do: low, medium, high or critical",
+    )  # fmt: skip
     register.add_argument(
         "--role", action="append", dest="roles", metavar="ROLE",
         help="a role it holds (repeat for several; --role '' for none)",
     )  # fmt: skip
-    register.add_argument("--max-tasks", type=int, dest="max_concurrent_tasks")
-    register.add_argument("--heartbeat-interval", type=float, dest="heartbeat_interval_s")
+    register.add_argument("--max-tasks", type=whole(1, INT4_MAX), dest="max_concurrent_tasks",
+                          metavar="N", help="how many tasks it may hold at once")  # fmt: skip
+    register.add_argument("--heartbeat-interval", type=seconds(MIN_PERIOD_S, MAX_PERIOD_S),
+                          dest="heartbeat_interval_s", metavar="SECONDS",
+                          help="how often it promises to heartbeat")  # fmt: skip
     rollback = actions.add_parser(
         "rollback", help="put a version the agent ran before in force again, as it was"
     )
-    rollback.add_argument("agent_id")
-    rollback.add_argument("--to", required=True, metavar="VERSION", dest="to")
-    rollback.add_argument("--reason", default="")
+    rollback.add_argument("agent_id", type=AGENT_ID, help="the agent's id")
+    rollback.add_argument(
+        "--to", required=True, metavar="VERSION", dest="to",
+        help="the version it ran before (fleetward kpis --by version)",
+    )  # fmt: skip
+    rollback.add_argument("--reason", default="", help="why, for the record")
     promote = actions.add_parser(
         "promote", help="tag the agent, at the version it runs, as promoted: every team sees it"
     )
-    promote.add_argument("agent_id")
-    promote.add_argument("--reason", default="")
+    promote.add_argument("agent_id", type=AGENT_ID, help="the agent's id")
+    promote.add_argument("--reason", default="", help="why, for the record")
     promote.add_argument("--withdraw", action="store_true", help="take the tag away")
     creds = actions.add_parser("credentials", help="issue an agent credentials (a .creds file)")
-    creds.add_argument("agent_id")
+    creds.add_argument("agent_id", help="the agent's id")
     creds.add_argument("--out", help="also write the credentials file here")
     creds.add_argument(
         "--expires", type=people.seconds, default=0, metavar="SECONDS", help=people.EXPIRES_HELP
@@ -70,7 +89,7 @@ def _arguments(agents: argparse.ArgumentParser) -> None:
     gone = actions.add_parser(
         "revoke", help="revoke an agent's credentials: its connections close at once"
     )
-    gone.add_argument("agent_id")
+    gone.add_argument("agent_id", help="the agent's id")
 
 
 def _agent_id(value: str) -> str:
@@ -90,7 +109,7 @@ def _agent_id(value: str) -> str:
 
 async def _agents(settings: Settings, args: argparse.Namespace) -> None:
     if args.action is None:
-        await read(settings, lambda c: views.show_agents(c, console, args.limit))
+        await read(settings, lambda c: views.show_agents(c, console, args.limit, args.json))
         return
     if args.action == "credentials":
         people.issue(settings, _agent_id(args.agent_id), args.out, args.expires)

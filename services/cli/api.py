@@ -30,7 +30,7 @@ def api_token(
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", help="none: run the API")
     issue = sub.add_parser("token", help="print a token for a person (dashboard, API)")
     issue.add_argument("--person", required=True, help="who it is for: user:NAME")
     issue.add_argument(

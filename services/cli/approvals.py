@@ -8,48 +8,51 @@ from __future__ import annotations
 
 import argparse
 
-from rich.table import Table
-
+from fleetward.schemas.bounds import MAX_COST_USD
 from fleetward.services.cli import views
+from fleetward.services.cli.args import add_json, add_limit, ident, usd
 from fleetward.services.cli.command import PERSON, Command, console, read
+from fleetward.services.cli.output import Column, Listing, Row, fetch_page, page_of, show
 from fleetward.services.client import FleetClient, IntentRefused
 from fleetward.services.config import Settings
 from fleetward.services.db import Conn, q
-from fleetward.services.errors import FleetwardError
 from fleetward.services.runtime.connect import open_runtime
 
-MAX_LISTED = 10_000  # open requests listed at most
+APPROVAL_ID = ident("approval id")
 
 
 def _list_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--limit", type=int, default=100, metavar="N",
-                   help=f"the most requests listed, 1 to {MAX_LISTED:,}")  # fmt: skip
+    add_limit(p, 100)
+    add_json(p)
 
 
-async def show_approvals(conn: Conn, limit: int) -> None:
-    columns = ("approval", "agent", "asks for", "risk", "waiting", "deadline", "summary")
-    table = Table(*columns, title="open approval requests (oldest first)")
-    for i in (0, 1):
-        table.columns[i].overflow = "fold"
-    rows = await conn.fetch(q("approvals_open"), limit)
-    for r in rows:
-        due = f"{r['deadline_at']:%Y-%m-%d %H:%M:%S}" + (" OVERDUE" if r["overdue"] else "")
-        table.add_row(r["approval_id"], r["agent"], f"{r['kind']} {r['name']}", r["risk"],
-                      views.age(r["requested_at"]), due, r["summary"][:80])  # fmt: skip
-    console.print(table)
-    if not rows:
-        console.print("no open approval requests")
+def _due(r: Row) -> str:
+    return f"{r['deadline_at']:%Y-%m-%d %H:%M:%S}" + (" OVERDUE" if r["overdue"] else "")
+
+
+APPROVALS_LISTING = Listing(
+    "open approval requests (oldest first)",
+    (Column("approval_id", whole=True), Column("agent_id", whole=True),
+     Column("kind", lambda r: f"{r['kind']} {r['name']}"), Column("risk"),
+     Column("requested_at", lambda r: views.age(r["requested_at"])),
+     Column("deadline_at", _due), Column("summary", lambda r: str(r["summary"])[:80])),
+    empty="no open approval requests",
+)  # fmt: skip
+
+
+async def show_approvals(conn: Conn, limit: int, as_json: bool) -> None:
+    """The open requests of ``fleet.approvals``, the oldest first, at most ``limit``."""
+    page = await fetch_page(conn, "approvals_open", limit=limit)
+    show(console, APPROVALS_LISTING, page, as_json)
 
 
 async def _approvals(settings: Settings, args: argparse.Namespace) -> None:
-    if not 1 <= args.limit <= MAX_LISTED:  # before any connection (a newcomer met a traceback)
-        raise FleetwardError(f"--limit {args.limit}: it is 1 to {MAX_LISTED:,}")
-    await read(settings, lambda c: show_approvals(c, args.limit))
+    await read(settings, lambda c: show_approvals(c, args.limit, args.json))
 
 
 def _decision_arguments(grant: bool) -> object:
     def arguments(p: argparse.ArgumentParser) -> None:
-        p.add_argument("approval_id")
+        p.add_argument("approval_id", type=APPROVAL_ID, help="the request's id")
         p.add_argument("--reason", default="", required=not grant,
                        help="why (a denial needs one)")  # fmt: skip
 
@@ -73,46 +76,54 @@ async def _deny(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def _policy_arguments(policies: argparse.ArgumentParser) -> None:
-    actions = policies.add_subparsers(dest="action", metavar="ACTION")
-    show = actions.add_parser("show", help="the tool policies (of one scope)")
-    show.add_argument("--scope", choices=("agent", "team", "risk"))
-    show.add_argument("--scope-id")
+    add_json(policies)
+    actions = policies.add_subparsers(dest="action", metavar="ACTION", help="none: show them")
+    show_ = actions.add_parser("show", help="the tool policies (of one scope)")
+    show_.add_argument("--scope", choices=("agent", "team", "risk"), help="only this kind of scope")
+    show_.add_argument("--scope-id", help="only the policy of this agent, team or risk class")
+    add_json(show_, nested=True)
     set_ = actions.add_parser("set", help="set one scope's tool policy: needs policy-admin")
-    set_.add_argument("--scope", required=True, metavar="agent|team|risk")
+    set_.add_argument("--scope", required=True, metavar="agent|team|risk",
+                      help="what it governs: one agent, a team, or a risk class")  # fmt: skip
     set_.add_argument("--scope-id", required=True, help="the agent, team, or risk class")
-    set_.add_argument("--allow", nargs="*", default=[], metavar="TOOL")
-    set_.add_argument("--deny", nargs="*", default=[], metavar="TOOL")
+    set_.add_argument("--allow", nargs="*", default=[], metavar="TOOL", help="tools allowed")
+    set_.add_argument("--deny", nargs="*", default=[], metavar="TOOL", help="tools denied")
     set_.add_argument("--approve", nargs="*", default=[], metavar="TOOL",
                       help="tools that need a person's approval")  # fmt: skip
     set_.add_argument("--default", default="allow", metavar="allow|deny|approve",
                       help="for the tools not listed (default: allow)")  # fmt: skip
-    set_.add_argument("--max-cost-usd", type=float, default=None, metavar="USD",
+    set_.add_argument("--max-cost-usd", type=usd(MAX_COST_USD), default=None, metavar="USD",
                       help="cost cap per call (default: none)")  # fmt: skip
-    set_.add_argument("--reason", default="")
+    set_.add_argument("--reason", default="", help="why, for the record")
 
 
-async def show_policies(conn: Conn, scope: str | None, scope_id: str | None) -> None:
-    columns = ("policy", "scope", "version", "allow", "deny", "approve", "default", "cap", "set")
-    table = Table(*columns, title="tool policies (most specific scope first)")
-    table.columns[0].overflow = "fold"
+def _tools(r: Row, key: str) -> str:
+    return ", ".join(r[key]) or "-"
+
+
+POLICIES_LISTING = Listing(
+    "tool policies (most specific scope first)",
+    (Column("policy_id", whole=True), Column("scope", lambda r: f"{r['scope']} {r['scope_id']}"),
+     Column("version"), Column("allow", lambda r: _tools(r, "allow")),
+     Column("deny", lambda r: _tools(r, "deny")), Column("approve", lambda r: _tools(r, "approve")),
+     Column("default_verdict"),
+     Column("max_cost_usd", lambda r: "-" if r["max_cost_usd"] is None
+            else f"${r['max_cost_usd']:g}"),
+     Column("set_by", lambda r: f"{r['set_by']} {views.age(r['set_at'])}")),
+    empty="no tool policies (every tool is allowed): fleetward policies set ...",
+)  # fmt: skip
+
+
+async def show_policies(conn: Conn, scope: str | None, scope_id: str | None, as_json: bool) -> None:
+    """The tool policies of ``fleet.policies`` (of one ``scope`` / ``scope_id``; None: all)."""
     rows = await conn.fetch(q("policies_list"), scope, scope_id)
-    for r in rows:
-        cap = "-" if r["max_cost_usd"] is None else f"${r['max_cost_usd']:g}"
-        table.add_row(
-            r["policy_id"], f"{r['scope']} {r['scope_id']}", str(r["version"]),
-            ", ".join(r["allow"]) or "-", ", ".join(r["deny"]) or "-",
-            ", ".join(r["approve"]) or "-", r["default_verdict"], cap,
-            f"{r['set_by']} {views.age(r['set_at'])}",
-        )  # fmt: skip
-    console.print(table)
-    if not rows:
-        console.print("no tool policies (every tool is allowed): fleetward policies set ...")
+    show(console, POLICIES_LISTING, page_of(rows), as_json)
 
 
 async def _policies(settings: Settings, args: argparse.Namespace) -> None:
     if args.action != "set":
         scope, scope_id = getattr(args, "scope", None), getattr(args, "scope_id", None)
-        await read(settings, lambda c: show_policies(c, scope, scope_id))
+        await read(settings, lambda c: show_policies(c, scope, scope_id, args.json))
         return
     if args.default not in ("allow", "deny", "approve"):
         raise IntentRefused(f"no verdict {args.default!r}: allow, deny or approve")

@@ -36,7 +36,7 @@ def bound(text: str) -> int | datetime:
 
 
 def _arguments(audit: argparse.ArgumentParser) -> None:
-    sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION", help="what to do")
     ex = sub.add_parser("export", help="the stored events of FW_EVENTS in order, hash-chained")
     ex.add_argument(
         "--from",
@@ -56,10 +56,11 @@ def _arguments(audit: argparse.ArgumentParser) -> None:
     ex.add_argument("--team", nargs="+", default=[], help="events of these teams' agents")
     ex.add_argument("--type", nargs="+", default=[], help="events of these types")
     ex.add_argument("--actor", nargs="+", default=[], help="events by these (proven) actors")
-    ex.add_argument("--format", choices=chain.FORMATS, default="jsonl")
+    ex.add_argument("--format", choices=chain.FORMATS, default="jsonl",
+                    help="jsonl (default, verifiable), csv or ocsf (docs/audit.md)")  # fmt: skip
     ex.add_argument("--out", type=Path, metavar="FILE", help="write here (default: stdout)")
     ve = sub.add_parser("verify", help="check an exported file, alone and against the stream")
-    ve.add_argument("file", type=Path)
+    ve.add_argument("file", type=Path, help="a file 'fleetward audit export' wrote (jsonl)")
     live = ve.add_mutually_exclusive_group()
     live.add_argument("--offline", action="store_true", help="check the file alone")
     live.add_argument("--live", action="store_true",

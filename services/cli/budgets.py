@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 from decimal import Decimal
 
-import asyncpg
-from rich.table import Table
-
+from fleetward.schemas.bounds import MAX_LIMIT_TOKENS
+from fleetward.services.cli.args import add_json, ident, share, usd, whole
 from fleetward.services.cli.command import PERSON, Command, console, read
+from fleetward.services.cli.output import Column, Listing, Row, page_of, show, show_one
 from fleetward.services.client import FleetClient
 from fleetward.services.client.intents import (
     BUDGET_SCOPES,
@@ -24,35 +24,48 @@ from fleetward.services.db import Conn, q
 from fleetward.services.errors import FleetwardError
 from fleetward.services.runtime.connect import open_runtime
 
+BUDGET_ID = ident("budget id")
+
 
 def _arguments(budgets: argparse.ArgumentParser) -> None:
     """``budgets`` with no action lists them, like ``budgets list``."""
-    actions = budgets.add_subparsers(dest="action", metavar="ACTION")
-    actions.add_parser("list", help="every budget: its spend in the current window, its state")
+    add_json(budgets)
+    actions = budgets.add_subparsers(dest="action", metavar="ACTION", help="none: list them")
+    listed = actions.add_parser(
+        "list", help="every budget: its spend in the current window, its state"
+    )
+    add_json(listed, nested=True)
     show = actions.add_parser("show", help="one budget in full")
-    show.add_argument("budget_id")
+    show.add_argument("budget_id", type=BUDGET_ID, help="the budget's id")
+    add_json(show, "{budget_id, scope, ...}: the budget's row of fleet.budgets", nested=True)
     set_ = actions.add_parser(
         "set", help="set a budget (or change it): needs the role budget-admin"
     )
-    set_.add_argument("budget_id")
-    set_.add_argument("--scope", required=True, metavar="|".join(BUDGET_SCOPES))
-    set_.add_argument("--scope-id", required=True, help="the agent, team, project or org")
+    set_.add_argument("budget_id", type=BUDGET_ID, help="the budget's id (new, or one to change)")
+    set_.add_argument("--scope", required=True, metavar="|".join(BUDGET_SCOPES),
+                      help="what it limits: one agent, a team, a project or the org")  # fmt: skip
+    set_.add_argument("--scope-id", required=True, type=ident("scope id"),
+                      help="the agent, team, project or org")  # fmt: skip
     set_.add_argument("--window", required=True, metavar="|".join(BUDGET_WINDOWS),
                       help="the UTC day, the UTC month, or ever")  # fmt: skip
-    set_.add_argument("--limit-usd", required=True, type=float, metavar="USD")
-    set_.add_argument("--limit-tokens", type=int, default=None, metavar="N",
+    set_.add_argument(
+        "--limit-usd", required=True, type=usd(), metavar="USD",
+        help="the most it may spend in a window, in US dollars (e.g. 25.00)",
+    )  # fmt: skip
+    set_.add_argument("--limit-tokens", type=whole(0, MAX_LIMIT_TOKENS), default=None,
+                      metavar="N",
                       help="a limit on tokens in and out together (default: none)")  # fmt: skip
-    set_.add_argument("--warn-at", type=float, default=0.8, metavar="SHARE",
+    set_.add_argument("--warn-at", type=share, default=0.8, metavar="SHARE",
                       help="the share of a limit that warns (default: 0.8)")  # fmt: skip
 
 
 async def _budgets(settings: Settings, args: argparse.Namespace) -> None:
     if args.action == "show":
-        if not await read(settings, lambda c: show_budget(c, args.budget_id)):
+        if not await read(settings, lambda c: show_budget(c, args.budget_id, args.json)):
             raise FleetwardError(f"no budget {args.budget_id!r} (set it: fleetward budgets set)")
         return
     if args.action != "set":
-        await read(settings, show_budgets)
+        await read(settings, lambda c: show_budgets(c, args.json))
         return
     problem = budget_problem(args.scope, args.window)
     if problem is not None:  # before any connection
@@ -74,7 +87,7 @@ async def _budgets(settings: Settings, args: argparse.Namespace) -> None:
     )
 
 
-def _tokens(r: asyncpg.Record) -> str:
+def _tokens(r: Row) -> str:
     """``spent / limit`` tokens, or the tokens spent alone without a token limit."""
     if r["limit_tokens"] is None:
         return f"{r['spent_tokens']} (no limit)"
@@ -85,26 +98,25 @@ def _usd(amount: Decimal) -> str:
     return f"${amount:.4f}"
 
 
-async def show_budgets(conn: Conn) -> None:
-    rows = await conn.fetch(q("budgets_list"))
-    columns = ("budget", "scope", "scope id", "window", "limit", "spent", "reserved",
-               "remaining", "state", "tokens")  # fmt: skip
-    table = Table(*columns, title="budgets (spent in the current window)")
-    for i in (0, 2):
-        table.columns[i].overflow = "fold"
-    for r in rows:
-        table.add_row(
-            r["budget_id"], r["scope"], r["scope_id"], r["budget_window"], _usd(r["limit_usd"]),
-            _usd(r["spent_usd"]), _usd(r["reserved_usd"]), _usd(r["remaining_usd"]),
-            r["state"], _tokens(r),
-        )  # fmt: skip
-    console.print(table)
-    if not rows:
-        console.print("no budgets (fleetward budgets set BUDGET --scope ... to set one)")
+BUDGETS_LISTING = Listing(
+    "budgets (spent in the current window)",
+    (Column("budget_id", whole=True), Column("scope"), Column("scope_id", whole=True),
+     Column("budget_window"), Column("limit_usd", lambda r: _usd(r["limit_usd"])),
+     Column("spent_usd", lambda r: _usd(r["spent_usd"])),
+     Column("reserved_usd", lambda r: _usd(r["reserved_usd"])),
+     Column("remaining_usd", lambda r: _usd(r["remaining_usd"])), Column("state"),
+     Column("spent_tokens", _tokens)),
+    empty="no budgets (fleetward budgets set BUDGET --scope ... to set one)",
+)  # fmt: skip
 
 
-async def show_budget(conn: Conn, budget: str) -> bool:
-    """Print one budget; False when there is none."""
+async def show_budgets(conn: Conn, as_json: bool) -> None:
+    """Every budget (``fleet.budgets``), those nearest their limit first."""
+    show(console, BUDGETS_LISTING, page_of(await conn.fetch(q("budgets_list"))), as_json)
+
+
+async def show_budget(conn: Conn, budget: str, as_json: bool) -> bool:
+    """Print one budget (its ``fleet.budgets`` row); False when there is none."""
     r = await conn.fetchrow(q("budget_detail"), budget)
     if r is None:
         return False
@@ -121,8 +133,7 @@ async def show_budget(conn: Conn, budget: str) -> bool:
         f"set by     {r['set_by']} at {r['set_at']:%Y-%m-%d %H:%M:%S} UTC "
         f"(first set {r['created_at']:%Y-%m-%d %H:%M:%S} UTC)",
     ]
-    for line in lines:
-        console.print(line)
+    show_one(console, r, lines, as_json)
     return True
 
 

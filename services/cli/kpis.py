@@ -1,20 +1,16 @@
 """``fleetward kpis``: what each agent, team or agent version achieved over the last 7 or 30 UTC
 days (``fleet.kpi_agents``, ``kpi_teams``, ``kpi_versions``; docs/views.md), as a table or, with
-``--json``, as one JSON document for scripts. A level, window or team that does not exist is one
-line and exit 2."""
+``--json``, as one JSON document for scripts (``output.py``: money as decimal strings). A level,
+window or team that does not exist is one line and exit 2."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from decimal import Decimal
-from typing import Any
 
-import asyncpg
-from rich.table import Table
-
+from fleetward.services.cli.args import add_json, add_limit, ident
 from fleetward.services.cli.command import Command, console, read
+from fleetward.services.cli.output import Column, Listing, Page, fetch_page, show
 from fleetward.services.config import Settings
 from fleetward.services.db import Conn, q
 from fleetward.services.errors import FleetwardError
@@ -26,15 +22,14 @@ _NO_LIMIT = 2**62
 
 
 def _arguments(kpis: argparse.ArgumentParser) -> None:
-    kpis.add_argument("--team", metavar="T", help="only this team (its agents now, or itself)")
+    kpis.add_argument("--team", metavar="T", type=ident("team"),
+                      help="only this team (its agents now, or itself)")  # fmt: skip
     kpis.add_argument("--by", default="agent", metavar="|".join(LEVELS),
                       help="one row per agent (default), team or agent version")  # fmt: skip
     kpis.add_argument("--window", default="7", metavar="|".join(map(str, WINDOWS)),
                       help="the last 7 (default) or 30 UTC days, today included")  # fmt: skip
-    kpis.add_argument("--limit", type=int, default=100, metavar="N",
-                      help="at most N rows (default 100; 0: all)")  # fmt: skip
-    kpis.add_argument("--json", action="store_true",
-                      help="print one JSON document: {by, window_days, team, rows}")  # fmt: skip
+    add_limit(kpis, 100, zero_all=True)
+    add_json(kpis, "{by, window_days, team, rows, total, truncated}")
 
 
 def problem(by: str, window: str, limit: int) -> str | None:
@@ -54,31 +49,16 @@ async def _kpis(settings: Settings, args: argparse.Namespace) -> None:
         raise FleetwardError(why)
     days, limit = int(args.window), args.limit or _NO_LIMIT
 
-    rows: list[asyncpg.Record] = []
-
-    async def load(conn: Conn) -> None:
+    async def load(conn: Conn) -> Page:
         if args.team is not None and not await conn.fetchval(q("kpis_team_known"), args.team):
             raise FleetwardError(
                 f"no team {args.team!r}: no agent is in it and it has no KPIs in the last 30 days"
             )
-        rows.extend(await conn.fetch(q(_QUERY[args.by]), days, args.team, limit))
+        return await fetch_page(conn, _QUERY[args.by], days, args.team, limit=limit)
 
-    await read(settings, load)
-    if args.json:
-        doc = {"by": args.by, "window_days": days, "team": args.team,
-               "rows": [{k: _plain(v) for k, v in r.items()} for r in rows]}  # fmt: skip
-        sys.stdout.write(json.dumps(doc) + "\n")
-        return
-    _table(args.by, days, args.team, rows)
-    if len(rows) == args.limit:
-        console.print(f"the first {args.limit} rows (--limit N for more, 0 for all)")
-
-
-def _plain(value: Any) -> Any:
-    """A value as JSON has it: numeric sums and ratios as numbers (integers when whole)."""
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    return value
+    page = await read(settings, load)
+    meta = {"by": args.by, "window_days": days, "team": args.team}
+    show(console, _listing(args.by, days, args.team), page, args.json, meta)
 
 
 def _rate(value: float | None) -> str:
@@ -93,34 +73,29 @@ def _ms(value: Decimal | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def _head(by: str, r: asyncpg.Record) -> tuple[str, ...]:
-    """The cells that name a row."""
-    if by == "agent":
-        return r["agent_id"], r["team"], r["version"]
-    if by == "team":
-        return r["team"], str(r["agents"])
-    return r["agent_id"], r["version"], "yes" if r["current"] else "", r["model"] or "-"
-
-
-def _table(by: str, days: int, team: str | None, rows: list[asyncpg.Record]) -> None:
-    names = {"agent": ("agent", "team", "version"), "team": ("team", "agents"),
-             "version": ("agent", "version", "current", "model")}[by]  # fmt: skip
-    kpis = ("runs", "success", "avg ms", "p95 ms", "cost", "$/run", "done", "$/task",
-            "approved", "rework", "tool err", "util")  # fmt: skip
+def _listing(by: str, days: int, team: str | None) -> Listing:
+    """The KPI table per ``by``: the columns that name a row, then the KPIs."""
+    names = {
+        "agent": (Column("agent_id", whole=True), Column("team"), Column("version")),
+        "team": (Column("team", whole=True), Column("agents")),
+        "version": (Column("agent_id", whole=True), Column("version"),
+                    Column("current", lambda r: "yes" if r["current"] else ""), Column("model")),
+    }[by]  # fmt: skip
+    kpis = (
+        Column("runs"), Column("success_rate", lambda r: _rate(r["success_rate"])),
+        Column("avg_latency_ms", lambda r: _ms(r["avg_latency_ms"])),
+        Column("p95_latency_ms", lambda r: _ms(r["p95_latency_ms"])),
+        Column("cost_usd", lambda r: _usd(r["cost_usd"])),
+        Column("cost_per_run_usd", lambda r: _usd(r["cost_per_run_usd"])),
+        Column("tasks_done"), Column("cost_per_task_usd", lambda r: _usd(r["cost_per_task_usd"])),
+        Column("approval_rate", lambda r: _rate(r["approval_rate"])),
+        Column("rework_rate", lambda r: _rate(r["rework_rate"])),
+        Column("tool_error_rate", lambda r: _rate(r["tool_error_rate"])),
+        Column("utilization", lambda r: _rate(r["utilization"])),
+    )  # fmt: skip
     scope = f"team {team}" if team else "all teams"
-    table = Table(*names, *kpis, title=f"KPIs per {by}, last {days} days ({scope})")
-    table.columns[0].overflow = "fold"
-    for r in rows:
-        head = _head(by, r)
-        table.add_row(
-            *head, str(r["runs"]), _rate(r["success_rate"]), _ms(r["avg_latency_ms"]),
-            _ms(r["p95_latency_ms"]), _usd(r["cost_usd"]), _usd(r["cost_per_run_usd"]),
-            str(r["tasks_done"]), _usd(r["cost_per_task_usd"]), _rate(r["approval_rate"]),
-            _rate(r["rework_rate"]), _rate(r["tool_error_rate"]), _rate(r["utilization"]),
-        )  # fmt: skip
-    console.print(table)
-    if not rows:
-        console.print(f"no KPIs per {by} in the last {days} days")
+    return Listing(f"KPIs per {by}, last {days} days ({scope})", names + kpis,
+                   empty=f"no KPIs per {by} in the last {days} days")  # fmt: skip
 
 
 KPIS = Command(

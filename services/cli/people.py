@@ -17,7 +17,9 @@ from fleetward.schemas.roles import ROLE_AUTHORITY, ROLES
 from fleetward.services.auth import jwt
 from fleetward.services.auth.server import push_account
 from fleetward.services.auth.store import AuthStore
+from fleetward.services.cli.args import add_json
 from fleetward.services.cli.command import PERSON, Command, console, no_arguments
+from fleetward.services.cli.output import Column, Listing, page_of, show
 from fleetward.services.client import FleetClient
 from fleetward.services.client.roles import read_roles
 from fleetward.services.config import Settings
@@ -101,7 +103,9 @@ async def revoke(settings: Settings, identity: str) -> None:
 
 
 def _people_arguments(people: argparse.ArgumentParser) -> None:
-    actions = people.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = people.add_subparsers(
+        dest="action", metavar="ACTION", required=True, help="what to do"
+    )
     add = actions.add_parser(
         "add", help="issue a person credentials (a .creds file), optionally with roles"
     )
@@ -113,15 +117,16 @@ def _people_arguments(people: argparse.ArgumentParser) -> None:
         help="grant this role too (repeatable), as the signing keys' holder",
     )  # fmt: skip
     gone = actions.add_parser("revoke", help="revoke every credential of a person, at once")
-    gone.add_argument("name")
+    gone.add_argument("name", help="the person's name (user:<name>)")
     for verb, text in (("grant", "grant a person a role (needs admin)"),
                        ("take", "take a role from a person (needs admin)")):  # fmt: skip
         one = actions.add_parser(verb, help=text)
-        one.add_argument("name")
-        one.add_argument("role", choices=ROLES)
-        one.add_argument("--reason", default="")
+        one.add_argument("name", help="the person's name (user:<name>)")
+        one.add_argument("role", choices=ROLES, help=f"one of {', '.join(ROLES)}")
+        one.add_argument("--reason", default="", help="why, for the record")
     roles = actions.add_parser("roles", help="the roles people hold now, from the stream")
     roles.add_argument("name", nargs="?", help="one person (default: everyone with a role)")
+    add_json(roles, "{rows: [{person, roles}], total, truncated}")
 
 
 async def _people(settings: Settings, args: argparse.Namespace) -> None:
@@ -145,9 +150,17 @@ async def _people(settings: Settings, args: argparse.Namespace) -> None:
         async with open_runtime(settings, identity=PERSON, prepare=False, pool_size=2) as rt:
             book = await read_roles(rt.nc)
         now = book.last_seq + 1
-        people = [args.name] if args.name else book.people()
-        for name in people:
-            console.print(f"user:{name}  {' '.join(book.roles(name, now)) or '(no role)'}")
+        names = [args.name] if args.name else book.people()
+        rows = [{"person": name, "roles": list(book.roles(name, now))} for name in names]
+        show(console, ROLES_LISTING, page_of(rows), args.json)
+
+
+ROLES_LISTING = Listing(
+    "roles people hold now (from the stream)",
+    (Column("person", lambda r: f"user:{r['person']}"),
+     Column("roles", lambda r: " ".join(r["roles"]) or "(no role)")),
+    empty="nobody holds a role",
+)  # fmt: skip
 
 
 async def grant_as_authority(settings: Settings, person: str, roles: list[str]) -> None:
@@ -167,7 +180,7 @@ async def ensure_roles(rt: Runtime, person: str, roles: list[str], reason: str =
 
 
 def _auth_arguments(auth: argparse.ArgumentParser) -> None:
-    actions = auth.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = auth.add_subparsers(dest="action", metavar="ACTION", required=True, help="what to do")
     actions.add_parser("init", help="create signing keys in FLEETWARD_AUTH_DIR (if missing)")
     service = actions.add_parser("service", help="issue a Fleetward service its credentials")
     service.add_argument("name", choices=SERVICES, help="the service: svc:<name> in its events")

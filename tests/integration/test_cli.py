@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 import os
 import queue
 import re
@@ -20,15 +22,18 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
 import anyio
 import msgspec
 import psutil
+import pytest
 from nats.js.errors import NotFoundError
 
 from fleetward import projections
+from fleetward.services.cli.main import main
 from fleetward.services.jetstream.publish import publish_many
 from fleetward.services.projector.consumers import by_stream, consumer_filter, runner_durable
 from fleetward.services.runtime.connect import Runtime
@@ -130,7 +135,9 @@ async def test_projector_serves_health_and_metrics_and_stops_cleanly_on_sigterm(
             return status == 200 and msgspec.json.decode(body) == {"ok": True, "checks": {
                 "nats": {"ok": True, "reason": "connected"},
                 "projector": {"ok": True, "reason": "committing"},
-                "outbox": {"ok": True, "reason": "0 waiting"}}, "problems": []}  # fmt: skip
+                "outbox": {"ok": True, "reason": "0 waiting"},
+                "task_api": {"ok": True, "reason": "answering fw.api.*"},
+            }, "problems": []}  # fmt: skip
 
         await wait_for(healthy, 30, "/healthz to answer 200")
 
@@ -199,7 +206,7 @@ async def test_read_commands_show_the_projected_fleet(rt: Runtime, env: dict[str
     listed = await fleetward_ok(env, "agents")
     for agent in agents:
         assert agent["agent_id"] in listed
-    assert "last seen" in listed
+    assert "last_seen" in listed and "current_task" in listed  # the views' column names
 
     board = await fleetward_ok(env, "tasks")
     for task in tasks:
@@ -227,6 +234,85 @@ async def test_read_commands_show_the_projected_fleet(rt: Runtime, env: dict[str
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1, (code, err)
     assert lines[0] == "fleetward: error: no agent 'nope' in the registry"
+    assert "showing" not in listed  # every agent: not cut off
+
+
+def in_process(args: tuple[str, ...]) -> str:
+    """Run ``fleetward ARGS`` in this process (its own event loop: call it in a thread); its
+    stdout. Fails unless it exits 0."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(list(args))
+    assert code == 0, f"fleetward {' '.join(args)} exited {code}"
+    return out.getvalue()
+
+
+async def test_read_commands_as_json_for_scripts(
+    rt: Runtime, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every read command's ``--json``: one document, the views' column names as keys (an
+    agent's id ``agent_id``, a task's ``task_id``), money as decimal strings, times RFC 3339."""
+    await publish_fleet(rt, 8, ticks=5, seed=3)
+    await project_all(rt)
+    async with rt.pool.acquire() as conn:
+        tasks = await conn.fetch("SELECT task_id, status FROM fleet.tasks ORDER BY 1")
+        spend = await conn.fetchval("SELECT sum(cost_usd) FROM fleet.spend_daily")
+    marks = await checkpoints(rt)
+    commands = {
+        "agents": ("agents", "--json", "--limit", "3"),
+        "tasks": ("tasks", "--json"),
+        "board": ("tasks", "--board", "--json", "--limit", "1"),
+        "show": ("tasks", "show", tasks[0]["task_id"], "--json"),
+        "status": ("status", "--json"),
+        "agent": ("agent", "sim-001", "--json"),
+        "projections": ("projections", "--json"),
+        "escalations": ("escalations", "--all", "--json"),
+        "approvals": ("approvals", "--json"),
+        "policies": ("policies", "show", "--json"),
+        "budgets": ("budgets", "--json"),
+        "roles": ("people", "roles", "--json"),
+    }
+    docs: dict[str, Any] = {}
+    for key, value in env.items():  # the CLI in this process (a subprocess each: 2 s of CPU)
+        if key.startswith("FLEETWARD_"):
+            monkeypatch.setenv(key, value)
+    for name, args in commands.items():
+        out = await anyio.to_thread.run_sync(in_process, args)
+        assert out.count("\n") == 1, out  # one document, one line
+        docs[name] = json.loads(out)
+
+    agents = docs["agents"]
+    assert (len(agents["rows"]), agents["total"], agents["truncated"]) == (3, 8, True)
+    first = agents["rows"][0]
+    assert set(first) >= {"agent_id", "team", "status", "state", "current_task", "last_seen",
+                          "cost_today"}  # fmt: skip
+    assert isinstance(first["cost_today"], str) and Decimal(first["cost_today"]) >= 0
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", first["last_seen"])
+    assert sorted(r["task_id"] for r in docs["tasks"]["rows"]) == [t["task_id"] for t in tasks]
+    assert (docs["tasks"]["total"], docs["tasks"]["truncated"]) == (len(tasks), False)
+    for status, column in docs["board"]["statuses"].items():
+        assert column["total"] == sum(1 for t in tasks if t["status"] == status)
+        assert len(column["rows"]) == min(1, column["total"])
+    story = docs["show"]
+    assert story["task"]["task_id"] == tasks[0]["task_id"]
+    assert story["history"][0]["type"] == "task.created" and story["history"][0]["applied"]
+    assert story["history"][0]["event"]["task"] == tasks[0]["task_id"]
+    summary = docs["status"]["summary"]
+    assert sum(summary["agents"].values()) == 8 and sum(summary["tasks"].values()) == len(tasks)
+    assert Decimal(summary["spend_today"]) == spend
+    assert {r["projection"]: r["checkpoint"] for r in docs["status"]["projections"]} == marks
+    assert docs["projections"]["rows"] == docs["status"]["projections"]
+    assert docs["agent"]["agent_id"] == "sim-001" and "cost_total" in docs["agent"]
+    for name in ("escalations", "approvals", "policies", "budgets"):
+        assert (docs[name]["rows"], docs[name]["total"]) == ([], 0), docs[name]
+    # a table cut off says so, and how many there are in all
+    cut = await anyio.to_thread.run_sync(in_process, ("agents", "--limit", "3"))
+    assert "showing 3 of 8 (--limit N for more)" in cut
+    board = await anyio.to_thread.run_sync(in_process, ("tasks", "--board", "--limit", "1"))
+    crowded = any(sum(t["status"] == s for t in tasks) > 1 for s in {t["status"] for t in tasks})
+    assert ("showing the first 1 of each status" in board) == crowded, board
+    roles = docs["roles"]["rows"]  # the test's admins (tests/helpers.py grant_test_admins)
+    assert roles and all(set(r) == {"person", "roles"} and r["roles"] for r in roles), roles
 
 
 async def test_rebuild_spend_gives_the_same_rows(rt: Runtime, env: dict[str, str]) -> None:
@@ -289,10 +375,21 @@ def _gone(process: psutil.Process) -> bool:
         return True
 
 
+def _status_from(folder: Path, env: dict[str, str]) -> Any:
+    """``fleetward status --json`` run in ``folder`` (made here) with ``env``: its document."""
+    folder.mkdir()
+    found = subprocess.run([*CLI, "status", "--json"], cwd=folder, env=env, capture_output=True,
+                           timeout=60, check=False)  # fmt: skip
+    assert found.returncode == 0, found.stderr.decode()
+    return json.loads(found.stdout)
+
+
 def test_dev_runs_embedded_and_stops_on_ctrl_c(tmp_path: Path) -> None:
-    home = tmp_path / "home"
+    """``fleetward dev`` without FLEETWARD_HOME keeps its data in the per-user state folder
+    (here XDG_STATE_HOME's), where the other commands find it from any folder."""
+    home = tmp_path / "state" / "fleetward"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWARD_")}
-    env["FLEETWARD_HOME"] = str(home)
+    env["XDG_STATE_HOME"] = str(tmp_path / "state")
     proc = subprocess.Popen(
         [*CLI, "dev", "--simulate", "5"],
         cwd=ROOT,
@@ -315,6 +412,7 @@ def test_dev_runs_embedded_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         status = _next_line_with(lines, "agents 5", deadline, seen)
         assert "tasks" in status
         assert (home / "runtime.json").exists()
+        assert sum(_status_from(tmp_path / "elsewhere", env)["summary"]["agents"].values()) == 5
         nats_server = _embedded_nats(psutil.Process(proc.pid), home / "nats")
         postmaster = psutil.Process(int((home / "pg" / "postmaster.pid").read_text().split()[0]))
 

@@ -4,7 +4,9 @@ line and publishes nothing. And the cost of tasks in ``fleetward tasks`` and ``t
 
 from __future__ import annotations
 
+import json
 import re
+from decimal import Decimal
 
 import anyio
 
@@ -44,10 +46,11 @@ async def test_a_budget_admin_sets_lists_and_shows_budgets(
                   "budgets", "set", "b", "--scope", "team", "--scope-id", "x", "--window",
                   "week", "--limit-usd", "1")  # fmt: skip
     team_x = ("budgets", "set", "b", "--scope", "team", "--scope-id", "x", "--window", "day")
-    invalid = "the event would be refused (invalid)"
-    await refused(rt, env, invalid, *team_x, "--limit-usd", "-1")
-    await refused(rt, env, invalid, *team_x, "--limit-usd", "1", "--warn-at", "1.5")
-    await refused(rt, env, invalid, *team_x, "--limit-usd", "1", "--limit-tokens", "-5")
+    await refused(rt, env, "'-1' is not an amount of USD", *team_x, "--limit-usd", "-1")
+    await refused(rt, env, "'1.5' is not a share above 0 and at most 1",
+                  *team_x, "--limit-usd", "1", "--warn-at", "1.5")  # fmt: skip
+    await refused(rt, env, "'-5' is not a whole number from 0",
+                  *team_x, "--limit-usd", "1", "--limit-tokens", "-5")  # fmt: skip
     out = await ok(env, "budgets", "set", "alpha", "--scope", "project", "--scope-id", "alpha",
                    "--window", "lifetime", "--limit-usd", "0.15", "--limit-tokens", "1000",
                    "--warn-at", "0.5")  # fmt: skip
@@ -73,6 +76,20 @@ async def test_a_budget_admin_sets_lists_and_shows_budgets(
     assert cells[1:4] == ["alpha", "project", "alpha"], listed  # exhausted first
     assert "exhausted" in lines[0] and "150 / 1000" in lines[0]
     assert "$2.5000" in lines[1] and "$0.1500" in lines[1] and "ok" in lines[1]
+
+    doc = json.loads(await ok(env, "budgets", "--json"))
+    assert (doc["total"], doc["truncated"]) == (2, False)
+    alpha = doc["rows"][0]
+    assert (alpha["budget_id"], alpha["state"], alpha["spent_tokens"]) == (
+        "alpha",
+        "exhausted",
+        150,
+    )
+    # money: decimal strings, exact
+    assert (Decimal(alpha["limit_usd"]), Decimal(alpha["spent_usd"])) == (Decimal("0.15"),) * 2
+    one = json.loads(await ok(env, "budgets", "show", "alpha", "--json"))
+    assert {k: one[k] for k in alpha} == alpha
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", one["set_at"]), one
 
     shown = await ok(env, "budgets", "show", "alpha")
     for line in [

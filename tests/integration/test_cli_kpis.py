@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+from decimal import Decimal
 
 import anyio
 
@@ -29,17 +30,20 @@ async def test_kpis_per_agent_team_and_version_as_tables_and_json(
     assert (a1["agent_id"], a1["team"], a1["version"], a1["days"]) == ("a1", "docs", "2", 7)
     # the hand-computed values of test_kpis.py: 22 runs, 20 succeeded, p95 2000 ms, $0.6 for
     # one completed task, one review of two rejected
-    assert (a1["runs"], a1["p95_latency_ms"], a1["cost_usd"], a1["tasks_done"]) == (
-        22, 2000, 0.6, 1)  # fmt: skip
+    # money is a decimal string, exact (services/cli/output.py); counts and ratios are numbers
+    assert (a1["runs"], a1["p95_latency_ms"], Decimal(a1["cost_usd"]), a1["tasks_done"]) == (
+        22, 2000, Decimal("0.6"), 1)  # fmt: skip
     assert abs(a1["success_rate"] - 20 / 22) < 1e-12
-    assert (a1["cost_per_task_usd"], a1["approval_rate"], a1["rework_rate"]) == (0.6, 0.5, 0.5)
+    assert (Decimal(a1["cost_per_task_usd"]), a1["approval_rate"], a1["rework_rate"]) == (
+        Decimal("0.6"), 0.5, 0.5)  # fmt: skip
     assert (a2["agent_id"], a2["runs"], a2["avg_latency_ms"], a2["cost_per_task_usd"]) == (
         "a2", 1, 50, None)  # fmt: skip
     async with rt.pool.acquire() as conn:
         cost = await conn.fetchval(
             "SELECT cost_per_run_usd FROM fleet.kpi_agents WHERE agent_id = 'a1' AND days = 7"
         )
-    assert a1["cost_per_run_usd"] == float(cost)
+    assert a1["cost_per_run_usd"] == str(cost)
+    assert (doc["total"], doc["truncated"]) == (2, False)
 
     teams = json.loads(await ok(env, "kpis", "--by", "team", "--window", "30", "--json"))
     assert [(r["team"], r["days"], r["agents"], r["runs"]) for r in teams["rows"]] == [
@@ -59,7 +63,12 @@ async def test_kpis_per_agent_team_and_version_as_tables_and_json(
     assert not re.search(r"\ba2\b", table), table
     shown = await ok(env, "kpis", "--by", "version", "--window", "30")
     assert re.search(r"a1 .* 2 .* yes .* m-large .* 20 .* 95\.0%", shown), shown
-    assert "the first 1 rows" in await ok(env, "kpis", "--by", "team", "--limit", "1")
+    assert "showing 1 of 2 (--limit N for more)" in await ok(
+        env, "kpis", "--by", "team", "--limit", "1"
+    )
+    cut = json.loads(await ok(env, "kpis", "--by", "team", "--limit", "1", "--json"))
+    assert ([r["team"] for r in cut["rows"]], cut["total"], cut["truncated"]) == (
+        ["docs"], 2, True)  # fmt: skip
 
     await refused(rt, env, "no KPI level 'model': it is one of agent, team, version",
                   "kpis", "--by", "model")  # fmt: skip

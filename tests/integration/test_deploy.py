@@ -168,6 +168,17 @@ async def test_the_services_run_as_their_units_say_with_only_their_own_credentia
                 return bool(task.json()["assignee"] == "deploy-agent")
 
             await wait_for(held, 30, "the API to show deploy-1 held by deploy-agent")
+            # writes: as the person, with their credentials copied to the API's host
+            api_store = AuthStore(tmp_path / "home" / "fleetward-api.service" / "no-keys")
+            operator = token.issue(key, "user:ops", time.time(), role="operator")
+            headers = {"authorization": f"Bearer {operator}"}
+            pause = await http.post("/api/v1/agents/deploy-agent/pause", headers=headers, json={})
+            assert pause.status_code == 403, pause.text  # no credentials of user:ops there yet
+            assert str(api_store.creds_path("user:ops")) in pause.json()["error"]
+            api_store.creds_path("user:ops").parent.mkdir(parents=True)
+            shutil.copy(creds(rt, "user:ops"), api_store.creds_path("user:ops"))
+            pause = await http.post("/api/v1/agents/deploy-agent/pause", headers=headers, json={})
+            assert pause.status_code == 200, pause.text
         for proc, _logs in procs.values():
             proc.send_signal(signal.SIGTERM)
         for name, (proc, logs) in procs.items():

@@ -68,7 +68,8 @@ async def test_the_review_lists_an_idle_agent_and_its_retire_command_ends_its_le
             assert "## Team t" in text and "### Retire" in text, text
             assert "- **rv-idle** (version 1): idle 20 days" in text, text
             await refused(rt, env, "no team 'nope'", "review", "--team", "nope")
-            await refused(rt, env, "--idle-days 0: it is 1 or more", "review", "--idle-days", "0")
+            await refused(rt, env, "argument --idle-days: '0' is not a whole number from 1",
+                          "review", "--idle-days", "0")  # fmt: skip
 
             assert "retired rv-idle" in await ok(env, *cand["command"].split()[1:])
             assert isinstance(await last(rt, "fw.agent.rv-idle.>"), AgentRetired)

@@ -596,7 +596,11 @@ async def test_people_list_acknowledge_and_resolve_escalations(
     for args, problem in [
         (("ack", "nope"), "no escalation 'nope'"),
         (("resolve", "esc-crit-old"), "escalation 'esc-crit-old' is already resolved"),
-        (("ack", "fw.>"), "no escalation 'fw.>'"),
+        (
+            ("ack", "fw.>"),
+            "argument escalation_id: 'fw.>' is not a valid escalation id: 1 to "
+            "64 characters of A-Z a-z 0-9 _ - (see 'fleetward escalations ack --help')",
+        ),
     ]:
         code, _, err = await fleetward(env, "escalations", *args)
         assert (code, err.strip().splitlines()) == (2, [f"fleetward: error: {problem}"]), err
