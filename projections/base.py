@@ -119,6 +119,9 @@ class Projection:
     # projection whose stream is too large for one (heartbeats) says False and makes its fold
     # ignore copies itself (idempotence.py).
     id_ledger: ClassVar[bool] = True
+    # Runs in a runner (a durable consumer) of its own, never grouped with the other projections
+    # of its stream: one heartbeat partition of utilization (projections/utilization.py).
+    alone: ClassVar[bool] = False
 
     def touches(self, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
         """The rows ``apply`` will read for this event (loaded before the batch is folded)."""

@@ -14,6 +14,11 @@ shows both (a closed hour is never also an agent's current one).
 A heartbeat counts once: only if its id sorts after the last one counted for its agent
 (``idempotence.newer_heartbeat``, kept in ``last_id``); a copy stored again, or an older
 heartbeat arriving late, changes nothing.
+
+Partitions (schemas/partitions.py): ``partition(i, n)`` is the same fold over the agents of
+heartbeat partition ``i`` of ``n`` only, named ``utilization_p<i>of<n>``, reading ``fw.hb.<i>.>``
+with a checkpoint and a lease of its own. Rows are per agent and an agent is in one partition,
+so the partitions together write exactly the rows one ``Utilization`` writes.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from typing import ClassVar, Final
 from fleetward.projections.base import Key, Meta, Projection, Rows, Table
 from fleetward.projections.idempotence import newer_heartbeat
 from fleetward.schemas.events import Event, Heartbeat
+from fleetward.schemas.partitions import partition_filter, partition_of
 from fleetward.schemas.streams import HEARTBEATS_STREAM
 from fleetward.schemas.subjects import wildcard
 
@@ -77,6 +83,7 @@ class Utilization(Projection):
     subjects: ClassVar[tuple[str, ...]] = (wildcard("hb"),)
     tables: ClassVar[tuple[Table, ...]] = (UTILIZATION, HOURLY)
     id_ledger: ClassVar[bool] = False  # too many heartbeats for one: newer_heartbeat instead
+    partition: ClassVar[tuple[int, int]] = (0, 1)  # (i, n): the agents it folds (all: (0, 1))
 
     def __init__(self) -> None:
         # the hour of the last event folded: most events fall in the same hour as the one before
@@ -88,12 +95,19 @@ class Utilization(Projection):
             hour = self._hour = t.replace(minute=0, second=0, microsecond=0)
         return hour
 
+    def owns(self, agent: str) -> bool:
+        """Whether ``agent``'s heartbeats are this fold's (its partition's; all with one)."""
+        part, parts = self.partition
+        return parts == 1 or partition_of(agent, parts) == part
+
     def touches(self, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
-        if isinstance(event, Heartbeat):
+        if isinstance(event, Heartbeat) and self.owns(event.agent):
             yield UTILIZATION, (event.agent,)  # the closed hours it may write are never read
 
     def apply(self, rows: Rows, event: Event, meta: Meta) -> None:
-        if not isinstance(event, Heartbeat):
+        # a heartbeat of another partition (stored under an old token after the stream was
+        # re-partitioned) is that partition's to fold
+        if not isinstance(event, Heartbeat) or not self.owns(event.agent):
             return
         at = meta.time
         hour = self.hour_of(at)
@@ -145,3 +159,21 @@ class Utilization(Projection):
             "hour_heartbeats": h_beats + 1,
             "last_id": event.id,
         })  # fmt: skip
+
+
+def partition(part: int, parts: int) -> Utilization:
+    """Utilization over heartbeat partition ``part`` of ``parts`` (``parts > 1``): the projection
+    ``utilization_p<part>of<parts>``, reading ``fw.hb.<part>.>`` in a runner of its own."""
+    assert 0 <= part < parts and parts > 1, "a partition of two or more"
+    cls = type(
+        f"UtilizationP{part}of{parts}",
+        (Utilization,),
+        {
+            "name": f"{Utilization.name}_p{part}of{parts}",
+            "subjects": (partition_filter(part),),
+            "partition": (part, parts),
+            "alone": True,
+        },
+    )
+    made: Utilization = cls()
+    return made

@@ -28,6 +28,7 @@ from fleetward.schemas.events import (
     Event,
     TaskReviewed,
 )
+from fleetward.schemas.partitions import published_subject
 from fleetward.schemas.subjects import (
     ACTORLESS,
     FIRST_V2,
@@ -235,8 +236,10 @@ def decode(data: bytes) -> Event:
 
 def admit(subj: str, data: bytes) -> Event:
     """Decode an event received on ``subj`` and check that it belongs there and its actor may
-    publish it. Raises ``Rejected`` otherwise."""
+    publish it (a partitioned heartbeat's stored ``fw.hb.<p>.<agent>`` is judged as the
+    ``fw.hb.<agent>`` it was published on: schemas/partitions.py). Raises ``Rejected`` otherwise."""
     event = decode(data)
+    subj = published_subject(subj)
     where = parse(subj)
     if event.v >= FIRST_V2 and _v1_subject(where) and _v_absent(data):
         event = msgspec.structs.replace(event, v=1)  # written against v1, whose default was 1
@@ -284,6 +287,7 @@ def sender_of(subject: str, data: bytes) -> str | None:
     an agent id (so an agent that publishes about another is told, not the other); else the
     agent its subject names (``fw.agent.<a>``, ``fw.hb.<a>``: bytes that are not JSON). None
     when no agent can be named (a v1 command names its recipient, not its sender)."""
+    subject = published_subject(subject)
     where = parse(subject)
     if where is not None and where.actor is not None:
         return _agent_or_none(where.actor)

@@ -94,7 +94,8 @@ KIND_DESCRIPTIONS: Final[dict[str, str]] = {
     "approval": "One approval request and its decision (approval.requested, .granted, .denied).",
     "policy": "One scope's tool policy (policy.set): an agent's, a team's or a risk class's.",
     "audit": "The audit chain's seals (audit.sealed), by the auditor (svc:audit).",
-    "hb": "Heartbeats (liveness) of one agent.",
+    "hb": "Heartbeats (liveness) of one agent; published here always, stored as "
+    "`fw.hb.<p>.<agent>` when FW_HEARTBEATS is partitioned (schemas/partitions.py).",
     "cmd": "Durable commands to one agent, by the actor who sent them; the agent consumes them "
     "(its inbox reads `fw.cmd.<agent>.>`).",
 }

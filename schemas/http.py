@@ -119,6 +119,34 @@ class AgentDetail(Struct, frozen=True, kw_only=True):
     utilization: float | None
 
 
+class AgentEventsQuery(Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    limit: Annotated[int, Meta(ge=1, le=MAX_LIMIT, description="events, the latest first")] = 50
+
+
+class AgentEvent(Struct, frozen=True, kw_only=True):
+    """One line of an agent's timeline, read from the views that keep a time per agent:
+    ``kind`` is ``version`` (``fleet.agent_versions``), ``command`` (``fleet.commands``: pause,
+    resume, lease_lost, review_feedback, ...), ``claimed`` / ``done`` (``fleet.tasks``),
+    ``run_started`` / ``run_finished`` (``fleet.spend_runs``), ``submitted``
+    (``fleet.deliverables``), ``escalation`` / ``escalation_resolved`` (``fleet.escalations``),
+    ``approval_requested`` / ``approval_decided`` (``fleet.approvals``) or ``policy_violation``
+    (``fleet.policy_violations``). ``at`` is stream time; ``by`` the actor, when the view keeps
+    it."""
+
+    at: datetime
+    kind: str
+    what: str
+    task: str | None
+    detail: str | None
+    by: str | None
+
+
+class AgentEventsPage(Struct, frozen=True, kw_only=True):
+    """An agent's recent events, the latest first (at most ``limit``; no further pages)."""
+
+    items: list[AgentEvent]
+
+
 # ---- tasks -------------------------------------------------------------------------------------
 
 
@@ -278,12 +306,15 @@ class BudgetsPage(Struct, frozen=True, kw_only=True):
 
 class Overview(Struct, frozen=True, kw_only=True):
     """The dashboard's head: agents by status and by last heartbeat's state, open escalations
-    by tier, tasks by status, spend today (UTC), budgets not ok, dead letters."""
+    by tier, tasks by status, throughput (tasks done this UTC day and in the last hour, by
+    ``done_at`` of ``fleet.tasks``), spend today (UTC), budgets not ok, dead letters."""
 
     agents_by_status: dict[str, int]
     agents_by_state: dict[str, int]
     escalations_by_tier: dict[str, int]
     tasks_by_status: dict[str, int]
+    tasks_done_today: int = 0
+    tasks_done_last_hour: int = 0
     spend_today_usd: Usd
     budgets: list[Budget]
     dead_letters: int
@@ -380,6 +411,9 @@ ROUTES: Final[tuple[Route, ...]] = (
           AgentsQuery, AgentsPage),
     Route("agent", f"{API_ROOT}/agents/{{agent_id}}", "One agent", NoQuery, AgentDetail,
           ("agent_id",), not_found=True),
+    Route("agent_events", f"{API_ROOT}/agents/{{agent_id}}/events",
+          "One agent's recent events (a timeline from the views), the latest first",
+          AgentEventsQuery, AgentEventsPage, ("agent_id",), not_found=True),
     Route("tasks", f"{API_ROOT}/tasks", "The task board: open first, by priority then age",
           TasksQuery, TasksPage),
     Route("task", f"{API_ROOT}/tasks/{{task_id}}", "One task", NoQuery, TaskDetail,
@@ -444,9 +478,10 @@ WRITE_ROUTES: Final[tuple[WriteRoute, ...]] = (
 LIVE_EVENTS: Final[dict[str, str]] = {
     "agent": "an agent's row of the agents table changed (status, state, current task): "
     "the row (`Agent`), or `{agent_id, removed: true}`",
-    "task": "a task moved: `{task_id, status, assignee, priority, project}`",
+    "task": "a task moved, or its dependencies came to be done: `{task_id, status, assignee, "
+    "priority, project, waiting_on_dependencies}`",
     "escalation": "an escalation was raised, changed tier or state: `{escalation_id, tier, "
-    "state, reason, agent, task, message}`",
+    "state, reason, agent, task, message, raised_at, tier_at}`",
     "overview": "the overview changed (`Overview`)",
     "resync": "too much changed at once to send row by row: read the routes again (`{}`)",
 }

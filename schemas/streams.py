@@ -9,6 +9,7 @@ from typing import Final
 
 import msgspec
 
+from fleetward.schemas.partitions import transform
 from fleetward.schemas.subjects import wildcard
 
 EVENTS_STREAM: Final = "FW_EVENTS"  # the audit log: agents, tasks, escalations, budgets
@@ -31,6 +32,9 @@ class StreamSpec(msgspec.Struct, frozen=True, kw_only=True):
     allow_rollup: bool = False
     allow_direct: bool = False  # direct gets: agents read a task subject in one request
     storage: str = "file"
+    # (source, destination) of the stream's subject transform (nats-server >= 2.10), or None:
+    # FW_HEARTBEATS' partition token (schemas/partitions.py)
+    subject_transform: tuple[str, str] | None = None
 
 
 def events_stream(retention_days: float = DEFAULT_AUDIT_RETENTION_DAYS) -> StreamSpec:
@@ -50,12 +54,19 @@ def events_stream(retention_days: float = DEFAULT_AUDIT_RETENTION_DAYS) -> Strea
     )
 
 
-HEARTBEATS: Final = StreamSpec(
-    name=HEARTBEATS_STREAM,
-    subjects=(wildcard("hb"),),
-    description="Fleetward heartbeats (liveness), kept for one day",
-    max_age_s=1 * DAY,
-)
+def heartbeats_stream(partitions: int = 1) -> StreamSpec:
+    """Liveness, kept for one day. With ``partitions > 1`` a subject transform stores each
+    heartbeat as ``fw.hb.<p>.<agent>`` (schemas/partitions.py); agents publish as with one."""
+    return StreamSpec(
+        name=HEARTBEATS_STREAM,
+        subjects=(wildcard("hb"),),
+        description="Fleetward heartbeats (liveness), kept for one day",
+        max_age_s=1 * DAY,
+        subject_transform=transform(partitions),
+    )
+
+
+HEARTBEATS: Final = heartbeats_stream()
 
 COMMANDS: Final = StreamSpec(
     name=COMMANDS_STREAM,
@@ -66,8 +77,12 @@ COMMANDS: Final = StreamSpec(
 )
 
 
-def all_streams(retention_days: float = DEFAULT_AUDIT_RETENTION_DAYS) -> tuple[StreamSpec, ...]:
-    return (events_stream(retention_days), HEARTBEATS, COMMANDS)
+def all_streams(
+    retention_days: float = DEFAULT_AUDIT_RETENTION_DAYS, heartbeat_partitions: int = 1
+) -> tuple[StreamSpec, ...]:
+    """Every stream: FW_EVENTS keeping ``retention_days`` (0: forever), FW_HEARTBEATS in
+    ``heartbeat_partitions``, FW_COMMANDS."""
+    return (events_stream(retention_days), heartbeats_stream(heartbeat_partitions), COMMANDS)
 
 
 def stream_for_kind(kind: str) -> str:

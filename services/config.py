@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from platformdirs import user_state_dir
 
+from fleetward.schemas import partitions
 from fleetward.schemas.bounds import MAX_SEAL_PERIOD_S, MIN_SEAL_PERIOD_S
 from fleetward.schemas.streams import DEFAULT_AUDIT_RETENTION_DAYS
 from fleetward.services.errors import FleetwardError
@@ -37,7 +37,9 @@ class WatchdogSettings:
     wake_runs: int = 5  # wake loop: this many runs finished without task progress ...
     wake_window_s: float = 600.0  # ... within this window
     failed_runs: int = 5  # this many runs failed in a row, however far apart: critical, paused
-    partition: tuple[int, int] = (0, 1)  # (i, n): judge agent a iff crc32(a) % n == i
+    # (i, n): judge agent a iff schemas/partitions.partition_of(a, n) == i (FNV-1a, the
+    # server's heartbeat partition token: the projector's partition i/n owns the same agents)
+    partition: tuple[int, int] = (0, 1)
     # KPI drift (core/drift.py): read the KPIs this often (0: never) ...
     drift_every_s: float = 60.0
     drift_min_runs: int = 10  # ... a success rate needs this many runs on both sides ...
@@ -98,16 +100,13 @@ class WatchdogSettings:
         )
 
 
-def parse_partition(raw: str) -> tuple[int, int]:
-    """``"i/n"`` (this replica's share of the agents) as ``(i, n)``; empty means ``(0, 1)``."""
-    if not raw:
-        return (0, 1)
-    found = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", raw)
-    if not found or int(found.group(2)) < 1 or int(found.group(1)) >= int(found.group(2)):
-        raise FleetwardError(
-            f"FLEETWARD_WATCHDOG_PARTITION={raw!r} is not 'i/n' with 0 <= i < n, e.g. '0/2'"
-        )
-    return int(found.group(1)), int(found.group(2))
+def parse_partition(raw: str, setting: str = "FLEETWARD_WATCHDOG_PARTITION") -> tuple[int, int]:
+    """``"i/n"`` (this process's share of the agents) as ``(i, n)``; empty means ``(0, 1)``.
+    ``FleetwardError`` naming ``setting`` when it is not (schemas/partitions.py)."""
+    try:
+        return partitions.parse_partition(raw, setting)
+    except ValueError as exc:
+        raise FleetwardError(str(exc)) from None
 
 
 def default_home() -> Path:
@@ -142,6 +141,9 @@ class Settings:
     # FLEETWARD_API_CREDS: svc:api's credentials, for a process given FLEETWARD_CREDS of another
     # service that serves the task API too (the projector: deploy/systemd)
     api_creds: Path | None = None
+    # FLEETWARD_HEARTBEAT_PARTITIONS: FW_HEARTBEATS stores heartbeats in this many partitions
+    # (schemas/partitions.py); None (unset): created with 1, an existing stream's left as it is
+    heartbeat_partitions: int | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -168,7 +170,20 @@ class Settings:
             api_creds=Path(env["FLEETWARD_API_CREDS"]).expanduser().resolve()
             if env.get("FLEETWARD_API_CREDS")
             else None,
+            heartbeat_partitions=_heartbeat_partitions(env),
         )
+
+
+def _heartbeat_partitions(env: dict[str, str]) -> int | None:
+    raw = env.get("FLEETWARD_HEARTBEAT_PARTITIONS", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= partitions.MAX_PARTITIONS:
+        raise FleetwardError(
+            f"FLEETWARD_HEARTBEAT_PARTITIONS={raw!r} is not a count from 1 to "
+            f"{partitions.MAX_PARTITIONS} (1: heartbeats unpartitioned), or unset"
+        )
+    return int(raw)
 
 
 def _replicas(env: dict[str, str]) -> int | None:

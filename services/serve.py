@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 
 from fleetward.projections import Projection
+from fleetward.projections.utilization import Utilization
 from fleetward.schemas import REASONS
 from fleetward.schemas.grants import API_SERVICE
 from fleetward.services import metrics, simulate
@@ -25,6 +26,7 @@ from fleetward.services.audit.sealer import Auditor
 from fleetward.services.errors import FleetwardError
 from fleetward.services.guard.core import GUARD
 from fleetward.services.guard.service import Guard
+from fleetward.services.jetstream.streams import heartbeat_partitions
 from fleetward.services.metrics.fleet import FLEET
 from fleetward.services.metrics.health import HealthChecks
 from fleetward.services.metrics.http import serve_http
@@ -32,6 +34,7 @@ from fleetward.services.projector.consumers import by_stream, durable_name
 from fleetward.services.projector.health import RunnerHealth
 from fleetward.services.projector.lease import Lease
 from fleetward.services.projector.outbox import Outbox
+from fleetward.services.projector.partitions import expand
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.projector.window import PROJECTION_ERROR
 from fleetward.services.runtime.connect import Runtime, acting_as
@@ -68,19 +71,10 @@ async def run_services(
     their port before that. The watchdog and the task API act with credentials of their own
     (``acting_as``), signing in again until they can when NATS is away at the start
     (``/healthz`` says so meanwhile); so does the guard (``svc:guard``). Setting ``stop`` stops
-    it as SIGTERM does."""
+    it as SIGTERM does. ``utilization`` runs as one runner per heartbeat partition when
+    FW_HEARTBEATS is partitioned (services/projector/partitions.py)."""
     stop = stop or anyio.Event()
-    runners = [
-        ProjectionRunner(
-            rt,
-            *group,
-            batch_size=rt.settings.batch_size,
-            health=RunnerHealth(stall_after=rt.settings.stall_s),
-            # one writer per projection: a second process stands by (services/projector/lease.py)
-            lease=Lease(rt.database_url, durable_name(*group), (p.name for p in group)),
-        )
-        for group in by_stream(projections)
-    ]
+    projections, runners = await _runners(rt, projections)
     dogs: list[Watchdog] = []  # the watchdog, once signed in as svc:watchdog
     guards: list[Guard] = []  # the guard, once signed in as svc:guard
     auditors: list[Auditor] = []  # the auditor, once signed in as svc:audit
@@ -141,6 +135,27 @@ async def run_services(
             if on_ready is not None:
                 workers.start_soon(_until_stopped, on_ready, port, stop)
         services.cancel_scope.cancel()
+
+
+async def _runners(
+    rt: Runtime, projections: tuple[Projection, ...]
+) -> tuple[tuple[Projection, ...], list[ProjectionRunner]]:
+    """The projections to run (``utilization`` as one per heartbeat partition when FW_HEARTBEATS
+    is partitioned) and a runner for each group of them, each with its lease."""
+    if any(type(p) is Utilization for p in projections):
+        projections = expand(projections, await heartbeat_partitions(rt.js))
+    runners = [
+        ProjectionRunner(
+            rt,
+            *group,
+            batch_size=rt.settings.batch_size,
+            health=RunnerHealth(stall_after=rt.settings.stall_s),
+            # one writer per projection: a second process stands by (services/projector/lease.py)
+            lease=Lease(rt.database_url, durable_name(*group), (p.name for p in group)),
+        )
+        for group in by_stream(projections)
+    ]
+    return projections, runners
 
 
 def _series_at_zero(projections: tuple[Projection, ...]) -> None:

@@ -32,14 +32,72 @@ SELECT a.agent_id, a.name, a.team, a.status, u.state, u.current_task, u.last_see
 FROM fleet.agents a LEFT JOIN fleet.utilization u USING (agent_id)
 WHERE a.agent_id = ANY($1::text[]);
 
+-- name: api_agent_events
+-- Agent $1's recent events (at most $2, the latest first), from the views that keep a time per
+-- agent; each branch reads at most $2 rows of its own by an index on the agent.
+SELECT e.* FROM (
+  (SELECT first_at AS at, 'version' AS kind, 'version ' || version AS what, NULL::text AS task,
+          nullif(model, '') AS detail, set_by AS by
+   FROM fleet.agent_versions WHERE agent_id = $1 ORDER BY first_at DESC LIMIT $2)
+  UNION ALL
+  (SELECT issued_at, 'command', command, task, nullif(reason, ''), issued_by
+   FROM fleet.commands WHERE agent = $1 ORDER BY issued_at DESC LIMIT $2)
+  UNION ALL
+  (SELECT claimed_at, 'claimed', title, task_id, 'now ' || status, assignee
+   FROM fleet.tasks WHERE assignee = $1 AND claimed_at IS NOT NULL
+   ORDER BY claimed_at DESC LIMIT $2)
+  UNION ALL
+  (SELECT done_at, 'done', title, task_id, NULL, assignee
+   FROM fleet.tasks WHERE assignee = $1 AND done_at IS NOT NULL ORDER BY done_at DESC LIMIT $2)
+  UNION ALL
+  (SELECT started_at, 'run_started', 'run ' || run_id, task_id, NULL, agent_id
+   FROM fleet.spend_runs WHERE agent_id = $1 AND started_at IS NOT NULL
+   ORDER BY started_at DESC LIMIT $2)
+  UNION ALL
+  (SELECT finished_at, 'run_finished', 'run ' || run_id || ' ' || coalesce(outcome, ''), task_id,
+          '$' || cost_usd::text, agent_id
+   FROM fleet.spend_runs WHERE agent_id = $1 AND finished_at IS NOT NULL
+   ORDER BY finished_at DESC LIMIT $2)
+  UNION ALL
+  (SELECT submitted_at, 'submitted', 'deliverable v' || version || ' (' || kind || ')', task_id,
+          NULL, agent
+   FROM fleet.deliverables WHERE agent = $1 ORDER BY submitted_at DESC LIMIT $2)
+  UNION ALL
+  (SELECT raised_at, 'escalation', reason || ' (' || tier || ')', task, message, raised_by
+   FROM fleet.escalations WHERE agent = $1 ORDER BY raised_at DESC LIMIT $2)
+  UNION ALL
+  (SELECT resolved_at, 'escalation_resolved', reason, task, resolution, resolved_by
+   FROM fleet.escalations WHERE agent = $1 AND resolved_at IS NOT NULL
+   ORDER BY resolved_at DESC LIMIT $2)
+  UNION ALL
+  (SELECT requested_at, 'approval_requested', kind || ' ' || name, task, summary, agent
+   FROM fleet.approvals WHERE agent = $1 ORDER BY requested_at DESC LIMIT $2)
+  UNION ALL
+  (SELECT decided_at, 'approval_decided', kind || ' ' || name || ' ' || state, task, reason,
+          decided_by
+   FROM fleet.approvals WHERE agent = $1 AND decided_at IS NOT NULL
+   ORDER BY decided_at DESC LIMIT $2)
+  UNION ALL
+  (SELECT at, 'policy_violation', kind || ' ' || tool, task, detail, agent
+   FROM fleet.policy_violations WHERE agent = $1 ORDER BY at DESC LIMIT $2)
+) e
+ORDER BY e.at DESC, e.kind
+LIMIT $2;
+
+-- name: api_agent_known
+-- 1 when agent $1 is in the registry (else no row: the agent routes answer 404).
+SELECT 1 FROM fleet.agents WHERE agent_id = $1;
+
 -- name: api_live_tasks
--- What the live stream watches of every task.
-SELECT task_id, status, assignee, priority, project FROM fleet.tasks;
+-- What the live stream watches of every task (whether it still waits on a dependency too: the
+-- board shows it).
+SELECT task_id, status, assignee, priority, project, waiting_on_dependencies FROM fleet.tasks;
 
 -- name: api_live_escalations
 -- What the live stream watches of every escalation raised or changed in the last day, and of
 -- every one still open.
-SELECT escalation_id, tier, state, reason, agent, task, message FROM fleet.escalations
+SELECT escalation_id, tier, state, reason, agent, task, message, raised_at, tier_at
+FROM fleet.escalations
 WHERE open OR updated_at > now() - interval '1 day';
 
 -- name: api_tasks
@@ -125,7 +183,7 @@ LIMIT $3 OFFSET $4;
 
 -- name: api_overview
 -- The dashboard's head: agents by status and by state, open escalations by tier, tasks by
--- status, spend today, dead letters.
+-- status, tasks done today (UTC) and in the last hour, spend today, dead letters.
 SELECT
   (SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM
      (SELECT status, count(*) n FROM fleet.agents GROUP BY status) a) AS agents_by_status,
@@ -137,6 +195,11 @@ SELECT
      (SELECT tier, count(*) n FROM fleet.escalations_open GROUP BY tier) e) AS escalations_by_tier,
   (SELECT coalesce(jsonb_object_agg(status, n), '{}') FROM
      (SELECT status, count(*) n FROM fleet.tasks GROUP BY status) t) AS tasks_by_status,
+  (SELECT count(*) FROM fleet.tasks WHERE status = 'done'
+    AND done_at >= date_trunc('day', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC')
+    AS tasks_done_today,
+  (SELECT count(*) FROM fleet.tasks WHERE status = 'done'
+    AND done_at >= now() - interval '1 hour') AS tasks_done_last_hour,
   (SELECT coalesce(sum(cost_usd), 0) FROM fleet.spend_daily
     WHERE day = (now() AT TIME ZONE 'UTC')::date) AS spend_today_usd,
   (SELECT count(*) FROM fleet.dead_letters) AS dead_letters;

@@ -19,8 +19,11 @@ UPDATE fleetward.checkpoints SET seq = $3, updated_at = now()
 WHERE projection = $1 AND seq = $2;
 
 -- name: checkpoint_reset
--- Start a projection over from the beginning of its stream.
-UPDATE fleetward.checkpoints SET seq = 0, updated_at = now() WHERE projection = $1;
+-- Start a projection over from the beginning of its stream, and its heartbeat partitions
+-- ($1_p<i>of<n>: their runners, failing their compare-and-set, re-position and skip what the
+-- rebuild counted).
+UPDATE fleetward.checkpoints SET seq = 0, updated_at = now()
+WHERE projection = $1 OR projection ~ ('^' || $1 || '_p[0-9]+of[0-9]+$');
 
 -- name: dead_letter_insert
 -- Record an event a projection could not accept (kept once per projection and sequence).
@@ -29,8 +32,10 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 ON CONFLICT DO NOTHING;
 
 -- name: dead_letters_clear
--- Forget a projection's dead letters (before a rebuild records them again).
-DELETE FROM fleetward.dead_letters WHERE projection = $1;
+-- Forget a projection's dead letters (before a rebuild records them again), and those of its
+-- heartbeat partitions ($1_p<i>of<n>, projections/utilization.py).
+DELETE FROM fleetward.dead_letters
+WHERE projection = $1 OR projection ~ ('^' || $1 || '_p[0-9]+of[0-9]+$');
 
 -- name: fleet_status
 -- One-line fleet summary: agents by status, tasks by status, today's spend, open escalations.

@@ -34,6 +34,7 @@ from fleetward.services.api import reads
 from fleetward.services.api.live import Live, sse
 from fleetward.services.api.token import BadToken, Claims, verify
 from fleetward.services.api.write import People, Refused, read_body, write
+from fleetward.services.db import Conn
 from fleetward.services.metrics.health import HealthChecks
 
 COOKIE: Final = "fw_token"
@@ -48,6 +49,7 @@ STATIC: Final = {  # file -> media type
     "login.html": "text/html; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
     "login.js": "text/javascript; charset=utf-8",
+    "chart.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
 }
 
@@ -67,12 +69,22 @@ def _static(name: str) -> Response:
     return Response(body, media_type=STATIC[name], headers=SECURITY_HEADERS)
 
 
-def _handlers(now: Callable[[], float]) -> dict[str, Handler]:
+async def _overview(live: Live, conn: Conn) -> http.Overview:
+    """The overview the live poller read last when fresh (services/api/live.py), else read now."""
+    answer = live.overview()
+    if answer is None:
+        answer = await reads.overview(conn)
+        live.keep(answer)
+    return answer
+
+
+def _handlers(now: Callable[[], float], live: Live) -> dict[str, Handler]:
     """Each route's read: (connection, query, path parameters) -> its answer (None: 404)."""
     return {
-        "overview": lambda c, _q, _p: reads.overview(c),
+        "overview": lambda c, _q, _p: _overview(live, c),
         "agents": lambda c, query, _p: reads.agents(c, query),
         "agent": lambda c, _q, p: reads.agent(c, p["agent_id"]),
+        "agent_events": lambda c, query, p: reads.agent_events(c, p["agent_id"], query),
         "tasks": lambda c, query, _p: reads.tasks(c, query),
         "task": lambda c, _q, p: reads.task(c, p["task_id"]),
         "spend": lambda c, query, _p: reads.spend(c, query, datetime.fromtimestamp(now(), UTC)),
@@ -271,7 +283,7 @@ def make_app(
     """The app, reading from ``pool``, verifying tokens with ``key``, writing as people through
     ``people``'s connections; ``more`` adds the routes it makes with the app's ``Gate`` (the
     ingress: services/api/ingress.py)."""
-    gate, handlers = Gate(key, now), _handlers(now)
+    gate, handlers = Gate(key, now), _handlers(now, live)
     routes = [
         StarletteRoute(r.path, _read(r, gate, pool, handlers.get(r.name)), methods=["GET"])
         for r in http.ROUTES

@@ -8,6 +8,13 @@ is one small query a second however many dashboards are open, and the API needs 
 the streams. Following FW_EVENTS instead would tell of an event before the views show it, and
 fold every event a second time beside the projector.
 
+The poller also keeps the overview it read last: ``GET /api/v1/overview`` answers with it while
+it is younger than ``OVERVIEW_MAX_AGE_S``, and while anyone asked for it in the last
+``OVERVIEW_WANTED_S`` the poller reads it again every round, changes or not (some of it moves
+with the clock: spend today, tasks done in the last hour). So however many dashboards are open,
+the overview's aggregates over every agent and task are read about once a second per process,
+not once per page; nobody asking, they are read only when the views change.
+
 Invariants: a subscriber gets the changes after it subscribed, in order; one that cannot keep up
 (``BUFFER`` events waiting) is dropped (its EventSource reconnects, and reads the routes again).
 More than ``MAX_ROWS`` changed rows in one round are sent as one ``resync``.
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 
@@ -25,6 +33,7 @@ import asyncpg
 import msgspec
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from fleetward.schemas import http
 from fleetward.services.api import reads
 from fleetward.services.db import Conn, q
 
@@ -32,6 +41,8 @@ log = logging.getLogger("fleetward.api")
 
 BUFFER: Final = 1000  # events waiting for one subscriber before it is dropped
 MAX_ROWS: Final = 500  # changed rows in one round past which a resync is sent instead
+OVERVIEW_MAX_AGE_S: Final = 3.0  # /overview answers from the last reading when it is this young
+OVERVIEW_WANTED_S: Final = 10.0  # read every round while it was asked for this recently
 Event = tuple[str, bytes]  # (name, JSON data)
 Snapshot = dict[str, tuple[Any, ...]]
 
@@ -56,8 +67,24 @@ class Live:
         self._subscribers: set[MemoryObjectSendStream[Event]] = set()
         self._seen: dict[str, Snapshot] = {}
         self._overview = b""
+        self._latest: tuple[float, http.Overview] | None = None  # (monotonic time, overview)
+        self._asked = float("-inf")  # monotonic time the overview was last asked for
         self._checkpoints: list[int] | None = None
         self.ok: tuple[bool, str] = (True, "starting")
+
+    def overview(self) -> http.Overview | None:
+        """The overview read last, if younger than ``OVERVIEW_MAX_AGE_S`` seconds; else None
+        (read it, and ``keep`` it). Asking keeps the poller reading it every round for
+        ``OVERVIEW_WANTED_S`` seconds."""
+        now = time.monotonic()
+        self._asked = now
+        if self._latest is not None and now - self._latest[0] <= OVERVIEW_MAX_AGE_S:
+            return self._latest[1]
+        return None
+
+    def keep(self, overview: http.Overview) -> None:
+        """Remember ``overview``, read just now, for ``overview``'s answers."""
+        self._latest = (time.monotonic(), overview)
 
     @contextlib.asynccontextmanager
     async def subscribe(self) -> AsyncIterator[MemoryObjectReceiveStream[Event]]:
@@ -99,16 +126,19 @@ class Live:
     async def round(self, conn: Conn) -> list[Event]:
         """The changes since the last round (none on the first: it is the baseline)."""
         at = (await conn.fetchval(q("api_checkpoints"))) or []
-        if at == self._checkpoints:
+        now = time.monotonic()
+        moved = at != self._checkpoints
+        aged = self._latest is None or now - self._latest[0] >= self.every
+        if not moved and not (aged and now - self._asked <= OVERVIEW_WANTED_S):
             return []
-        first, self._checkpoints = self._checkpoints is None, list(at)
+        first = self._checkpoints is None
         events: list[Event] = []
-        agents, gone = await self._changed(conn, "agents", "api_live_agents")
-        events += [("agent", msgspec.json.encode(a)) for a in await reads.agent_rows(conn, agents)]
-        events += [("agent", msgspec.json.encode({"agent_id": a, "removed": True})) for a in gone]
-        events += await self._rows(conn, "task", "api_live_tasks")
-        events += await self._rows(conn, "escalation", "api_live_escalations")
-        overview = msgspec.json.encode(await reads.overview(conn))
+        if moved:
+            self._checkpoints = list(at)
+            events += await self._moved(conn)
+        read = await reads.overview(conn)
+        self.keep(read)
+        overview = msgspec.json.encode(read)
         if overview != self._overview:
             self._overview = overview
             events.append(("overview", overview))
@@ -117,6 +147,14 @@ class Live:
         if len(events) > MAX_ROWS:
             return [("resync", b"{}")]
         return events
+
+    async def _moved(self, conn: Conn) -> list[Event]:
+        """The rows of agents, tasks and escalations that changed since the last reading."""
+        agents, gone = await self._changed(conn, "agents", "api_live_agents")
+        events = [("agent", msgspec.json.encode(a)) for a in await reads.agent_rows(conn, agents)]
+        events += [("agent", msgspec.json.encode({"agent_id": a, "removed": True})) for a in gone]
+        events += await self._rows(conn, "task", "api_live_tasks")
+        return events + await self._rows(conn, "escalation", "api_live_escalations")
 
     async def _changed(self, conn: Conn, kind: str, query: str) -> tuple[list[str], list[str]]:
         records = await conn.fetch(q(query))

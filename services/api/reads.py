@@ -44,6 +44,16 @@ async def agent(conn: Conn, agent_id: str) -> http.AgentDetail | None:
     return None if row is None else msgspec.convert(dict(row), http.AgentDetail)
 
 
+async def agent_events(
+    conn: Conn, agent_id: str, query: http.AgentEventsQuery
+) -> http.AgentEventsPage | None:
+    """Agent ``agent_id``'s timeline (named query ``api_agent_events``); None: no such agent."""
+    if await conn.fetchval(q("api_agent_known"), agent_id) is None:
+        return None
+    found = await conn.fetch(q("api_agent_events"), agent_id, query.limit)
+    return http.AgentEventsPage(items=_rows(found, http.AgentEvent))
+
+
 async def agent_rows(conn: Conn, ids: list[str]) -> list[http.Agent]:
     return _rows(await conn.fetch(q("api_agent_rows"), ids), http.Agent)
 
@@ -106,6 +116,8 @@ async def overview(conn: Conn) -> http.Overview:
         agents_by_state=json.loads(row["agents_by_state"]),
         escalations_by_tier=json.loads(row["escalations_by_tier"]),
         tasks_by_status=json.loads(row["tasks_by_status"]),
+        tasks_done_today=row["tasks_done_today"],
+        tasks_done_last_hour=row["tasks_done_last_hour"],
         spend_today_usd=row["spend_today_usd"],
         budgets=top.items,
         dead_letters=row["dead_letters"],

@@ -1,6 +1,7 @@
 """``fleetward api``'s HTTP server: the app (services/api/app.py) under uvicorn, in the services'
 task group, with the live poller beside it; stops when the services stop, and then closes the
-connections it wrote with as people (services/api/write.py)."""
+connections it wrote with as people (services/api/write.py) and as agents (the ingress,
+services/api/acting.py)."""
 
 from __future__ import annotations
 
@@ -34,13 +35,14 @@ class _Server(uvicorn.Server):
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port`` (0: a free port), so the port is known at once.
-    Made with ``IPPROTO_TCP`` (not 0), which its connections inherit: asyncio sets TCP_NODELAY
-    only on sockets that say so, and without it every answer on a kept-alive connection waited
-    ~40 ms (its body held back by Nagle's algorithm until the client's delayed ACK)."""
+    """A listening socket on ``host:port`` (0: a free port), so the port is known at once;
+    TCP_NODELAY, so a small answer leaves at once."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # accepted connections inherit it: uvicorn writes a response's head and body apart, and with
+    # Nagle on the body waited for the client's delayed ACK, 40 ms on every request
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     sock.listen(128)
     sock.setblocking(False)
@@ -55,14 +57,13 @@ async def serve_api(
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the API on ``FLEETWARD_API_HOST:FLEETWARD_API_PORT``, reporting the bound port,
-    until ``stop`` is set. The viewer tokens' key is made in ``FLEETWARD_AUTH_DIR`` if missing;
-    the ingress acts for agents with their credentials there (services/api/acting.py), and
-    closes their connections when the API stops."""
+    until ``stop`` is set. The tokens' key is made in ``FLEETWARD_AUTH_DIR`` if missing; the
+    ingress acts for agents with their credentials there (services/api/acting.py)."""
     key = load_key(rt.settings.auth_dir, create=True)
     live = Live(rt.pool)
     health.register("live", lambda: live.ok)
     people = People(rt.nats_url, rt.settings.auth_dir)
-    agents = AgentPool(rt.nats_url, rt.settings.auth_dir)
+    agents = AgentPool(rt.nats_url, rt.settings.auth_dir)  # the ingress's (services/api/acting.py)
     app = make_app(rt.pool, key, live, health, people, more=ingress_routes(agents))
     config = uvicorn.Config(
         app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2, access_log=False

@@ -10,7 +10,8 @@ from fleetward import projections
 from fleetward.services.cli import views
 from fleetward.services.cli.args import add_json
 from fleetward.services.cli.command import Command, console, read
-from fleetward.services.config import Settings
+from fleetward.services.config import Settings, parse_partition
+from fleetward.services.errors import FleetwardError
 from fleetward.services.runtime.connect import open_runtime
 
 
@@ -18,13 +19,27 @@ def _projector_arguments(proj: argparse.ArgumentParser) -> None:
     proj.add_argument("--only", nargs="*", choices=sorted(projections.BY_NAME), default=None,
                       metavar="NAME", help="run only these projections (default: all): "
                       + ", ".join(sorted(projections.BY_NAME)))  # fmt: skip
+    proj.add_argument(
+        "--partition",
+        metavar="I/N",
+        default=None,
+        help="run utilization's heartbeat partition I of N alone (N: FW_HEARTBEATS' partitions, "
+        "FLEETWARD_HEARTBEAT_PARTITIONS); the other projections run in a projector without it",
+    )
 
 
 async def _projector(settings: Settings, args: argparse.Namespace) -> None:
+    from fleetward.services.jetstream.streams import heartbeat_partitions  # noqa: PLC0415
+    from fleetward.services.projector.partitions import expand  # noqa: PLC0415
     from fleetward.services.serve import run_services  # noqa: PLC0415  # only services need it
 
+    only = None if args.partition is None else parse_partition(args.partition, "--partition")
+    if only is not None and args.only is not None:
+        raise FleetwardError("--partition runs one heartbeat partition alone: drop --only")
     chosen = tuple(projections.BY_NAME[n] for n in (args.only or projections.BY_NAME))
     async with open_runtime(settings) as rt:
+        if only is not None:
+            chosen = expand(chosen, await heartbeat_partitions(rt.js), only)
 
         async def ready(port: int) -> None:
             names = ", ".join(p.name for p in chosen)

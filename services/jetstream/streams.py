@@ -3,18 +3,28 @@ settings silently: a conflict is an error that names the setting.
 
 The replica count is the deployment's, not the contract's (``FLEETWARD_STREAM_REPLICAS``: 3 on a
 three-node cluster): streams are created with it, and an existing stream must have it when it is
-given; without it they are created with one replica and an existing one's count is its own."""
+given; without it they are created with one replica and an existing one's count is its own.
+
+FW_HEARTBEATS' partitions (``FLEETWARD_HEARTBEAT_PARTITIONS``, schemas/partitions.py) likewise:
+unset, the stream is created with one and an existing one keeps its subject transform. Given, an
+existing stream without a transform gets it (a migration: heartbeats stored before keep their
+subject, new ones are stored partitioned); a stream partitioned otherwise is refused, naming
+the fix, because moving the token under running partitions would starve them silently."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import StorageType, StreamConfig, SubjectTransform
 from nats.js.errors import APIError, NotFoundError
 
-from fleetward.schemas.streams import StreamSpec
+from fleetward.schemas.partitions import partitions_of
+from fleetward.schemas.streams import HEARTBEATS_STREAM, StreamSpec
 from fleetward.services.errors import FleetwardError, StreamConflict
+
+log = logging.getLogger("fleetward.jetstream")
 
 
 def to_config(spec: StreamSpec, replicas: int = 1) -> StreamConfig:
@@ -31,6 +41,32 @@ def to_config(spec: StreamSpec, replicas: int = 1) -> StreamConfig:
         allow_rollup_hdrs=spec.allow_rollup,
         allow_direct=spec.allow_direct,
         storage=StorageType(spec.storage),
+        subject_transform=None
+        if spec.subject_transform is None
+        else SubjectTransform(*spec.subject_transform),
+    )
+
+
+def transform_of(found: StreamConfig) -> tuple[str, str] | None:
+    """An existing stream's subject transform as (source, destination), or None."""
+    tr = found.subject_transform
+    if tr is None or not (tr.src or tr.dest):
+        return None
+    return tr.src, tr.dest
+
+
+def _transform_problem(spec: StreamSpec, found: StreamConfig) -> str | None:
+    """Why an existing stream's subject transform cannot stand for ``spec``'s, or None when it
+    is the same, or absent where ``spec`` has one (``ensure_streams`` adds it then)."""
+    have = transform_of(found)
+    if have == spec.subject_transform or have is None:
+        return None
+    counted = partitions_of(have)
+    shown = f"{counted} partitions" if counted else f"{have!r}, not Fleetward's"
+    return (
+        f"subject_transform makes {shown}, FLEETWARD_HEARTBEAT_PARTITIONS asks for "
+        f"{partitions_of(spec.subject_transform)}: stop the projector's partitions, remove it "
+        f"(nats stream edit {spec.name} --no-transform) and start with the new count"
     )
 
 
@@ -41,10 +77,17 @@ def missing_subjects(spec: StreamSpec, found: StreamConfig) -> list[str]:
     return [s for s in spec.subjects if s not in have]
 
 
-def conflicts(spec: StreamSpec, found: StreamConfig, replicas: int | None = None) -> list[str]:
+def conflicts(
+    spec: StreamSpec,
+    found: StreamConfig,
+    replicas: int | None = None,
+    *,
+    transforms: bool = True,
+) -> list[str]:
     """The settings in which an existing stream differs from ``spec`` (and from ``replicas``
-    when given), as readable phrases (subjects it lacks are not a conflict: ``ensure_streams``
-    adds them)."""
+    when given; its subject transform unless ``transforms`` is False), as readable phrases
+    (subjects it lacks, or a transform where it has none, are not a conflict:
+    ``ensure_streams`` adds them)."""
     wanted: dict[str, tuple[Any, Any]] = {
         "subjects": (sorted(spec.subjects), sorted({*(found.subjects or []), *spec.subjects})),
         "max_age": (spec.max_age_s, found.max_age or 0.0),
@@ -65,6 +108,8 @@ def conflicts(spec: StreamSpec, found: StreamConfig, replicas: int | None = None
             f"num_replicas is {found.num_replicas or 1}, FLEETWARD_STREAM_REPLICAS asks for "
             f"{replicas}"
         )
+    if transforms and (problem := _transform_problem(spec, found)) is not None:
+        out.append(problem)
     if (found.duplicate_window or 0) < spec.duplicate_window_s:
         out.append(
             f"duplicate_window is {found.duplicate_window!r}s, Fleetward needs at least "
@@ -80,12 +125,17 @@ def _same(a: Any, b: Any) -> bool:
 
 
 async def ensure_streams(
-    js: JetStreamContext, specs: tuple[StreamSpec, ...], replicas: int | None = None
+    js: JetStreamContext,
+    specs: tuple[StreamSpec, ...],
+    replicas: int | None = None,
+    *,
+    transforms: bool = True,
 ) -> list[str]:
     """Create missing streams (with ``replicas``, 1 when None); verify existing ones (their
-    replica count too when ``replicas`` is given). Returns the names created. Raises
-    ``StreamConflict`` naming the settings that differ, ``FleetwardError`` when the server
-    cannot hold that many replicas."""
+    replica count too when ``replicas`` is given, their subject transform unless
+    ``transforms`` is False), adding the subjects and the transform they lack. Returns the
+    names created. Raises ``StreamConflict`` naming the settings that differ,
+    ``FleetwardError`` when the server cannot hold that many replicas."""
     created = []
     for spec in specs:
         try:
@@ -94,11 +144,15 @@ async def ensure_streams(
             await _create(js, spec, replicas or 1)
             created.append(spec.name)
             continue
-        problems = conflicts(spec, info.config, replicas)
-        if not problems and missing_subjects(spec, info.config):
+        problems = conflicts(spec, info.config, replicas, transforms=transforms)
+        adds = transforms and transform_of(info.config) is None and spec.subject_transform
+        if not problems and (missing_subjects(spec, info.config) or adds):
             config = info.config
             config.subjects = [*(config.subjects or []), *missing_subjects(spec, config)]
-            await js.update_stream(config)  # only adds subjects: nothing stored changes
+            if adds:  # messages stored before keep their subjects; new ones are partitioned
+                config.subject_transform = to_config(spec).subject_transform
+                log.warning("stream %s: subject transform added (%s)", spec.name, adds)
+            await js.update_stream(config)
             continue
         if problems:
             raise StreamConflict(
@@ -119,3 +173,17 @@ async def _create(js: JetStreamContext, spec: StreamSpec, replicas: int) -> None
             "a server that is not in a JetStream cluster of that many nodes holds 1; set "
             "FLEETWARD_STREAM_REPLICAS to the cluster's size (1 on one server)"
         ) from None
+
+
+async def heartbeat_partitions(js: JetStreamContext) -> int:
+    """How many partitions FW_HEARTBEATS stores heartbeats in (its subject transform; 1 with
+    none). Raises ``StreamConflict`` for a transform Fleetward did not make, what
+    ``js.stream_info`` raises when the stream is missing."""
+    info = await js.stream_info(HEARTBEATS_STREAM)
+    counted = partitions_of(transform_of(info.config))
+    if counted is None:
+        raise StreamConflict(
+            f"stream {HEARTBEATS_STREAM} has a subject transform Fleetward did not make: "
+            f"{transform_of(info.config)!r}"
+        )
+    return counted

@@ -40,10 +40,11 @@ def reads_subject(projection: Projection, filters: tuple[str, ...]) -> Callable[
 
 
 def by_stream(projections: Iterable[Projection]) -> list[tuple[Projection, ...]]:
-    """Projections grouped by stream, in their given order: one runner each."""
+    """Projections grouped by stream, in their given order: one runner each (a projection that
+    runs ``alone``, a heartbeat partition, is a group of its own)."""
     groups: dict[str, list[Projection]] = {}
     for p in projections:
-        groups.setdefault(p.stream, []).append(p)
+        groups.setdefault(p.name if p.alone else p.stream, []).append(p)
     return [tuple(g) for g in groups.values()]
 
 

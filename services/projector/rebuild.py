@@ -12,13 +12,18 @@ from typing import Any
 from fleetward.projections import Projection
 from fleetward.services import db
 from fleetward.services.db import q
+from fleetward.services.errors import FleetwardError
 from fleetward.services.projector.isolate import Isolate
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime
 
 
 async def reset(rt: Runtime, projection: Projection) -> None:
-    """Empty a projection's tables, dead letters and checkpoint, in one transaction."""
+    """Empty a projection's tables, dead letters and checkpoint, in one transaction (with those
+    of its heartbeat partitions, whose runners then re-position). A partition itself cannot be
+    reset: its tables are shared with the other partitions (``FleetwardError``)."""
+    if projection.alone:
+        raise FleetwardError(f"{projection.name} is a partition: rebuild the whole projection")
     async with rt.pool.acquire() as conn, conn.transaction():
         await conn.execute(q("checkpoint_init"), projection.name, projection.stream)
         await conn.fetchval(q("checkpoint_lock"), projection.name)

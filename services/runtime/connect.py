@@ -228,7 +228,13 @@ async def open_runtime(
         stack.push_async_callback(pool.close)
         js = nc.jetstream(timeout=10)
         if prepare:
-            await ensure_streams(js, all_streams(settings.retention_days), settings.stream_replicas)
+            parts = settings.heartbeat_partitions
+            await ensure_streams(
+                js,
+                all_streams(settings.retention_days, parts or 1),
+                settings.stream_replicas,
+                transforms=parts is not None,  # unset: the stream's partitions stay as they are
+            )
             async with pool.acquire() as conn:
                 await db.migrate(conn)
         yield Runtime(settings, identity_of(creds), nats_url, database, nc, js, pool)

@@ -47,10 +47,11 @@ from fleetward.projections.approvals import gate_of
 from fleetward.projections.gates import Gate
 from fleetward.schemas.admission import Rejected, admit
 from fleetward.schemas.events import EscalationRaised, Event
+from fleetward.schemas.partitions import heartbeat_agent, partition_filter
 from fleetward.schemas.roles import RoleBook
 from fleetward.schemas.roles import judge as judge_role
 from fleetward.schemas.streams import EVENTS_STREAM, HEARTBEATS, follower_prefix
-from fleetward.schemas.subjects import kind_prefix, wildcard
+from fleetward.schemas.subjects import wildcard
 from fleetward.services import metrics
 from fleetward.services.client.approvals import read_gate
 from fleetward.services.client.roles import read_roles
@@ -60,6 +61,7 @@ from fleetward.services.db import q
 from fleetward.services.jetstream.consumer import EPOCH
 from fleetward.services.jetstream.follower import StreamFollower
 from fleetward.services.jetstream.plans import load_retrying, publishing
+from fleetward.services.jetstream.streams import heartbeat_partitions
 from fleetward.services.metrics import is_postgres_error
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.signals import Signal, Signals
@@ -72,7 +74,6 @@ from fleetward.services.watchdog.escalate import Publisher
 
 log = logging.getLogger("fleetward.watchdog")
 
-HB_PREFIX = kind_prefix("hb")
 SHUTDOWN_S = 5.0  # on SIGTERM, plans in hand get this long to be published
 STALE_S = 10.0  # no judging round completed for this long (by its clock): not healthy
 READ_TIMEOUT_S = 20.0  # a KPI reading Postgres does not answer in this long counts as an error
@@ -190,7 +191,7 @@ class Watchdog:
 
     def _on_heartbeat(self, subject: str, data: bytes, seq: int, ns: int) -> None:
         with self.judge.failures.isolated("heartbeat", f"{HEARTBEATS.name} seq {seq}"):
-            agent = subject[len(HB_PREFIX) :]
+            agent = heartbeat_agent(subject)  # fw.hb.<agent>, or fw.hb.<p>.<agent> stored
             if not self.judge.owns(agent):
                 return
             try:
@@ -261,6 +262,24 @@ class Watchdog:
             return True, f"in grace until {_hms(judge.grace_until)}"
         return True, "judging"
 
+    async def _heartbeat_subjects(self) -> tuple[str, ...]:
+        """What the heartbeat follower reads: with partition ``i/n`` of a stream stored in ``n``
+        partitions, only ``fw.hb.<i>.>`` (the server sends no other agent's heartbeats); else
+        the whole stream, of which ``owns`` keeps this replica's agents."""
+        part, parts = self.settings.partition
+        if parts == 1:
+            return HEARTBEATS.subjects
+        try:
+            stored_in = await heartbeat_partitions(self.rt.js)
+        except Exception as exc:  # NATS away or a foreign transform: read it all, judge ours
+            log.warning("%s: reading every heartbeat (%s)", self.name, exc)
+            return HEARTBEATS.subjects
+        if stored_in != parts:
+            log.warning("%s: partition %d/%d, but FW_HEARTBEATS is stored in %d partitions: "
+                        "reading every heartbeat", self.name, part, parts, stored_in)  # fmt: skip
+            return HEARTBEATS.subjects
+        return (partition_filter(part),)
+
     def caught_up(self) -> bool:
         return bool(self.followers) and all(f.caught_up for f in self.followers)
 
@@ -270,7 +289,7 @@ class Watchdog:
             return
         rt, name = self.rt, self.name
         self.followers = [
-            StreamFollower(rt.nc, rt.js, HEARTBEATS.name, HEARTBEATS.subjects,
+            StreamFollower(rt.nc, rt.js, HEARTBEATS.name, await self._heartbeat_subjects(),
                            self._on_heartbeat, name=follower_prefix(f"{name}_hb")),
         ]  # fmt: skip
         # agent and task events in one reader, in stream order (the wake-loop detector weighs

@@ -111,3 +111,72 @@ END $$;
 -- The KPI benchmark's history: $1 agents in teams of $4 over the last $2 UTC days, each
 -- agent-day one of the $3 folded patterns (kpis_patterns); the rows written.
 SELECT pg_temp.bench_kpi_history($1, $2, $3, $4);
+
+-- name: dashboard_fleet
+-- The dashboard benchmark's fleet, straight into the projections' tables: $1 agents in teams of
+-- 100 (9 in 10 active, then paused, offline, retired), each with a last heartbeat and 30 UTC days
+-- of spend; an open critical escalation per offline agent, a warning for 1 in 30 agents and 20
+-- resolved ones per 100 agents; 2 tasks per agent (a fifth of them done, half of those today);
+-- a daily budget per team and one for the organisation. The rows written.
+WITH a AS (
+    INSERT INTO fleetward.agents (agent_id, name, owner, team, purpose, risk_class, version,
+        status, status_reason, heartbeat_interval_s, roles, max_concurrent_tasks, registered_at,
+        updated_at, last_seq)
+    SELECT format('agent-%s', lpad(i::text, 6, '0')), format('Agent %s', i), 'bench',
+           format('team-%s', lpad((i / 100)::text, 4, '0')), '', 'medium', '1',
+           CASE WHEN i % 100 < 90 THEN 'active' WHEN i % 100 < 95 THEN 'paused'
+                WHEN i % 100 < 99 THEN 'offline' ELSE 'retired' END,
+           '', 30, '{worker}', 1, now() - interval '40 days', now(), i
+    FROM generate_series(0, $1 - 1) i RETURNING agent_id, status
+), u AS (
+    INSERT INTO fleetward.utilization (agent_id, state, current_task, message, first_seen,
+        last_seen, busy_us, idle_us, heartbeats, last_seq, hour, hour_busy_us, hour_idle_us,
+        hour_heartbeats)
+    SELECT agent_id, (ARRAY['idle','busy','waiting','error'])[1 + abs(hashtext(agent_id)) % 4],
+           NULL, '', now() - interval '40 days',
+           now() - CASE WHEN status = 'offline' THEN interval '1 hour' ELSE interval '10 s' END,
+           1000000, 1000000, 100, 1, date_trunc('hour', now(), 'UTC'), 0, 0, 0
+    FROM a RETURNING 1
+), s AS (
+    INSERT INTO fleetward.spend_daily (agent_id, day, team, model_cost_usd, tool_cost_usd,
+        tokens_in, tokens_out, runs, runs_failed, tool_calls, tool_errors, spend_events)
+    SELECT format('agent-%s', lpad(i::text, 6, '0')), (now() AT TIME ZONE 'UTC')::date - d,
+           format('team-%s', lpad((i / 100)::text, 4, '0')), 0.01 * (1 + (i + d) % 50), 0.001,
+           9000, 2000, 10, 1, 10, 0, 10
+    FROM generate_series(0, $1 - 1) i, generate_series(0, 29) d RETURNING 1
+), e AS (
+    INSERT INTO fleetward.escalations (escalation_id, reason, tier, state, agent, message,
+        evidence, raised_by, raised_at, tier_at, resolved_by, resolved_at, events, updated_at,
+        last_seq)
+    SELECT format('esc-%s', i), 'heartbeat_missed',
+           CASE WHEN i % 100 BETWEEN 95 AND 98 THEN 'critical' ELSE 'warning' END,
+           CASE WHEN i % 100 BETWEEN 95 AND 98 OR i % 30 = 0 THEN 'open' ELSE 'resolved' END,
+           format('agent-%s', lpad((i % $1)::text, 6, '0')), 'no heartbeat', '{}',
+           'svc:watchdog', now() - interval '2 hours', now() - interval '1 hour',
+           CASE WHEN i % 100 BETWEEN 95 AND 98 OR i % 30 = 0 THEN NULL ELSE 'svc:watchdog' END,
+           CASE WHEN i % 100 BETWEEN 95 AND 98 OR i % 30 = 0 THEN NULL ELSE now() END,
+           1, now(), i
+    FROM generate_series(0, $1 - 1) i
+    WHERE i % 100 BETWEEN 95 AND 98 OR i % 30 = 0 OR i % 5 = 1 RETURNING 1
+), t AS (
+    INSERT INTO fleetward.tasks (task_id, project, title, description, priority, status,
+        assignee, claim_epoch, depends_on, review_rounds, rework_count, deliverable_version,
+        created_by, created_at, updated_at, done_at, last_seq)
+    SELECT format('task-%s', i), format('project-%s', i % 20), format('Task %s', i), '',
+           (ARRAY['urgent','high','medium','low'])[1 + i % 4],
+           (ARRAY['inbox','assigned','in_progress','blocked','review','done','done','done',
+                  'done','cancelled'])[1 + i % 10],
+           CASE WHEN i % 10 = 0 THEN NULL ELSE format('agent-%s', lpad((i % $1)::text, 6, '0')) END,
+           1, '{}', 0, 0, 0, 'user:bench', now() - interval '3 days', now(),
+           CASE WHEN i % 10 BETWEEN 5 AND 8 THEN now() - (i % 2) * interval '2 days' END, i
+    FROM generate_series(0, 2 * $1 - 1) i RETURNING 1
+), b AS (
+    INSERT INTO fleetward.budgets (budget_id, scope, scope_id, budget_window, limit_usd, warn_at,
+        set_by, set_at, created_at, last_seq)
+    SELECT format('budget-%s', i), CASE WHEN i < 0 THEN 'org' ELSE 'team' END,
+           CASE WHEN i < 0 THEN 'org' ELSE format('team-%s', lpad(i::text, 4, '0')) END, 'day',
+           CASE WHEN i < 0 THEN 100000 ELSE 5 + i % 40 END, 0.8, 'user:bench', now(), now(), 1
+    FROM generate_series(-1, ($1 - 1) / 100) i RETURNING 1
+)
+SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM u) + (SELECT count(*) FROM s)
+     + (SELECT count(*) FROM e) + (SELECT count(*) FROM t) + (SELECT count(*) FROM b);

