@@ -38,7 +38,7 @@ SELECT message FROM fleet.utilization WHERE agent_id = 'probe';
 -- The KPI benchmark's history gone, for the next run's.
 TRUNCATE fleetward.agents, fleetward.agent_versions, fleetward.kpi_daily,
          fleetward.kpi_latency_daily, fleetward.deliverables, fleetward.utilization_hourly,
-         fleetward.utilization_daily;
+         fleetward.utilization_daily, fleetward.kpi_cumulative;
 
 -- name: kpis_patterns
 -- The KPI benchmark's scratch tables (agent-days folded by projections/kpis.py) and the function
@@ -97,13 +97,13 @@ BEGIN
            (day + interval '13 hours') AT TIME ZONE 'UTC'
     FROM bench_agent_days;
     GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
-    PERFORM set_config('session_replication_role', 'origin', true);
-    PERFORM fleetward.kpi_rollups_fill();
     -- the views read utilization by day (utilization_daily: 24 half-busy hours a day); the
     -- 720 hourly rows of an agent's 30 days would change nothing they read
     INSERT INTO fleetward.utilization_daily (agent_id, day, busy_s, idle_s)
     SELECT agent_id, day, 43200, 43200 FROM bench_agent_days;
     GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+    PERFORM set_config('session_replication_role', 'origin', true);
+    PERFORM fleetward.kpi_cumulative_fill();
     RETURN total;
 END $$;
 
