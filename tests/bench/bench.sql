@@ -34,11 +34,40 @@ DROP TABLE bench_agents;
 -- The freshness probe: the message of the probe agent's last heartbeat, as the view shows it.
 SELECT message FROM fleet.utilization WHERE agent_id = 'probe';
 
+-- name: kpi_triggers_off
+-- The KPI rollup triggers off (migrations 0035, 0040): the pipeline section's ingest without
+-- them, for their cost (the rollups are wrong until the next reset empties them).
+ALTER TABLE fleetward.kpi_daily DISABLE TRIGGER kpi_runs_rows;
+ALTER TABLE fleetward.kpi_latency_daily DISABLE TRIGGER kpi_latency_rows;
+ALTER TABLE fleetward.deliverables DISABLE TRIGGER kpi_reviews_rows;
+ALTER TABLE fleetward.utilization_hourly DISABLE TRIGGER utilization_daily_rows;
+ALTER TABLE fleetward.utilization_daily DISABLE TRIGGER kpi_time_rows;
+ALTER TABLE fleetward.agents DISABLE TRIGGER kpi_team_time_added;
+ALTER TABLE fleetward.agents DISABLE TRIGGER kpi_team_time_moved;
+
+-- name: kpi_triggers_on
+-- The KPI rollup triggers on again (as migrations 0035 and 0040 leave them).
+ALTER TABLE fleetward.kpi_daily ENABLE TRIGGER kpi_runs_rows;
+ALTER TABLE fleetward.kpi_latency_daily ENABLE TRIGGER kpi_latency_rows;
+ALTER TABLE fleetward.deliverables ENABLE TRIGGER kpi_reviews_rows;
+ALTER TABLE fleetward.utilization_hourly ENABLE TRIGGER utilization_daily_rows;
+ALTER TABLE fleetward.utilization_daily ENABLE TRIGGER kpi_time_rows;
+ALTER TABLE fleetward.agents ENABLE TRIGGER kpi_team_time_added;
+ALTER TABLE fleetward.agents ENABLE TRIGGER kpi_team_time_moved;
+
 -- name: kpis_empty
 -- The KPI benchmark's history gone, for the next run's.
 TRUNCATE fleetward.agents, fleetward.agent_versions, fleetward.kpi_daily,
          fleetward.kpi_latency_daily, fleetward.deliverables, fleetward.utilization_hourly,
          fleetward.utilization_daily, fleetward.kpi_cumulative;
+
+-- name: kpis_kept
+-- The KPI history already here (make bench --kpi-home): its agents, its days, and whether its
+-- last day is today (the views' windows end today).
+SELECT (SELECT count(*) FROM fleetward.agents) AS agents,
+       (SELECT max(day) - min(day) + 1 FROM fleetward.kpi_daily) AS days,
+       coalesce((SELECT max(day) FROM fleetward.kpi_daily)
+                = (now() AT TIME ZONE 'UTC')::date, false) AS ends_today;
 
 -- name: kpis_patterns
 -- The KPI benchmark's scratch tables (agent-days folded by projections/kpis.py) and the function

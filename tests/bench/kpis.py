@@ -149,11 +149,27 @@ async def measure(
     return took
 
 
+async def kept(rt: Runtime, agents: int, days: int) -> History | None:
+    """The history already in the database (``--kpi-home``), if it is one of ``agents`` agents
+    over the last ``days`` UTC days ending today (rows: 0, not counted again); else None."""
+    async with rt.pool.acquire() as conn:
+        found = await conn.fetchrow(bench_q("kpis_kept"))
+    if found and found["agents"] == agents and found["days"] == days and found["ends_today"]:
+        return History(agents, days, 0)
+    return None
+
+
 async def run_kpis_bench(
-    rt: Runtime, agents: int, days: int, seed: int
+    rt: Runtime, agents: int, days: int, seed: int, *, reuse: bool = False
 ) -> tuple[History, float, list[tuple[str, float, int]]]:
-    """The history, the baseline's p99 (s) and each probe's (what, p99 s, executions)."""
-    history = await build(rt, agents, days, seed)
+    """The history (``reuse``: the one kept in the database, when it fits; else any there is
+    emptied and a new one built), the baseline's p99 (s) and each probe's (what, p99 s,
+    executions)."""
+    history = await kept(rt, agents, days) if reuse else None
+    if history is None:
+        async with rt.pool.acquire() as conn:
+            await conn.execute(bench_q("kpis_empty"))
+        history = await build(rt, agents, days, seed)
 
     def one_agent(rng: random.Random) -> tuple[Any, ...]:
         return (_agent(rng.randrange(agents))[0],)
