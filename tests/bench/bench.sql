@@ -37,8 +37,12 @@ SELECT message FROM fleet.utilization WHERE agent_id = 'probe';
 -- name: kpi_triggers_off
 -- The KPI rollup triggers off (migrations 0035, 0040): the pipeline section's ingest without
 -- them, for their cost (the rollups are wrong until the next reset empties them).
-ALTER TABLE fleetward.kpi_daily DISABLE TRIGGER kpi_runs_rows;
-ALTER TABLE fleetward.kpi_latency_daily DISABLE TRIGGER kpi_latency_rows;
+ALTER TABLE fleetward.kpi_daily DISABLE TRIGGER kpi_runs_added;
+ALTER TABLE fleetward.kpi_daily DISABLE TRIGGER kpi_runs_changed;
+ALTER TABLE fleetward.kpi_daily DISABLE TRIGGER kpi_runs_removed;
+ALTER TABLE fleetward.kpi_latency_daily DISABLE TRIGGER kpi_latency_added;
+ALTER TABLE fleetward.kpi_latency_daily DISABLE TRIGGER kpi_latency_changed;
+ALTER TABLE fleetward.kpi_latency_daily DISABLE TRIGGER kpi_latency_removed;
 ALTER TABLE fleetward.deliverables DISABLE TRIGGER kpi_reviews_rows;
 ALTER TABLE fleetward.utilization_hourly DISABLE TRIGGER utilization_daily_rows;
 ALTER TABLE fleetward.utilization_daily DISABLE TRIGGER kpi_time_rows;
@@ -47,8 +51,12 @@ ALTER TABLE fleetward.agents DISABLE TRIGGER kpi_team_time_moved;
 
 -- name: kpi_triggers_on
 -- The KPI rollup triggers on again (as migrations 0035 and 0040 leave them).
-ALTER TABLE fleetward.kpi_daily ENABLE TRIGGER kpi_runs_rows;
-ALTER TABLE fleetward.kpi_latency_daily ENABLE TRIGGER kpi_latency_rows;
+ALTER TABLE fleetward.kpi_daily ENABLE TRIGGER kpi_runs_added;
+ALTER TABLE fleetward.kpi_daily ENABLE TRIGGER kpi_runs_changed;
+ALTER TABLE fleetward.kpi_daily ENABLE TRIGGER kpi_runs_removed;
+ALTER TABLE fleetward.kpi_latency_daily ENABLE TRIGGER kpi_latency_added;
+ALTER TABLE fleetward.kpi_latency_daily ENABLE TRIGGER kpi_latency_changed;
+ALTER TABLE fleetward.kpi_latency_daily ENABLE TRIGGER kpi_latency_removed;
 ALTER TABLE fleetward.deliverables ENABLE TRIGGER kpi_reviews_rows;
 ALTER TABLE fleetward.utilization_hourly ENABLE TRIGGER utilization_daily_rows;
 ALTER TABLE fleetward.utilization_daily ENABLE TRIGGER kpi_time_rows;
@@ -59,7 +67,7 @@ ALTER TABLE fleetward.agents ENABLE TRIGGER kpi_team_time_moved;
 -- The KPI benchmark's history gone, for the next run's.
 TRUNCATE fleetward.agents, fleetward.agent_versions, fleetward.kpi_daily,
          fleetward.kpi_latency_daily, fleetward.deliverables, fleetward.utilization_hourly,
-         fleetward.utilization_daily, fleetward.kpi_cumulative;
+         fleetward.utilization_daily, fleetward.utilization, fleetward.kpi_cumulative;
 
 -- name: kpis_kept
 -- The KPI history already here (make bench --kpi-home): its agents, its days, and whether its
@@ -130,6 +138,14 @@ BEGIN
     -- 720 hourly rows of an agent's 30 days would change nothing they read
     INSERT INTO fleetward.utilization_daily (agent_id, day, busy_s, idle_s)
     SELECT agent_id, day, 43200, 43200 FROM bench_agent_days;
+    GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+    -- and each agent's current hour, half busy so far (fleetward.utilization, as heartbeats
+    -- leave it)
+    INSERT INTO fleetward.utilization (agent_id, state, message, first_seen, last_seen, busy_us,
+        idle_us, heartbeats, last_seq, hour, hour_busy_us, hour_idle_us, hour_heartbeats)
+    SELECT agent_id, 'busy', '', first::timestamp AT TIME ZONE 'UTC', now(), 0, 0, 60, i,
+           date_trunc('hour', now(), 'UTC'), 900000000, 900000000, 60
+    FROM bench_agent_days WHERE d = 0;
     GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
     PERFORM set_config('session_replication_role', 'origin', true);
     PERFORM fleetward.kpi_cumulative_fill();

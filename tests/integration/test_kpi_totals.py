@@ -88,25 +88,36 @@ class Rows:
                                    " team, version) = ($1, $2, $3, $4)", *key)  # fmt: skip
                 del self.runs[key]
                 return
-            n = rng.randint(0, 5)
-            ok, cost = rng.randint(0, n), Decimal(rng.randint(0, 10**6)) / 10**6
-            self.runs[key] = (n, ok, cost)
+            # several days of the agent in one statement, in a random order
+            days = [day, *rng.sample(self.days, rng.randint(0, 3))]
+            days = list(dict.fromkeys(days))
+            values = []
+            for d in days:
+                n = rng.randint(0, 5)
+                ok, cost = rng.randint(0, n), Decimal(rng.randint(0, 10**6)) / 10**6
+                self.runs[(key[0], d, *key[2:])] = (n, ok, cost)
+                values.append((d, n, ok, cost))
             await conn.execute(
-                "INSERT INTO fleetward.kpi_daily VALUES ($1, $2, $3, $4, $5::bigint, $5,"
-                " $6::bigint, $5 - $6, $5 * 100, $7, 0.001, 1, 0, 5)"
+                "INSERT INTO fleetward.kpi_daily SELECT $1, d, $2, $3, n, n, ok, n - ok, n * 100,"
+                " c, 0.001, 1, 0, 5 FROM unnest($4::date[], $5::bigint[], $6::bigint[],"
+                " $7::numeric[]) AS u(d, n, ok, c)"
                 " ON CONFLICT (agent_id, day, team, version) DO UPDATE"
                 " SET runs_started = EXCLUDED.runs_started,"
                 " runs = EXCLUDED.runs, runs_succeeded = EXCLUDED.runs_succeeded,"
                 " runs_failed = EXCLUDED.runs_failed, latency_ms = EXCLUDED.latency_ms,"
-                " model_cost_usd = EXCLUDED.model_cost_usd", *key, n, ok, cost)  # fmt: skip
-        elif what < 0.4:
-            le = rng.choice(EDGES_MS[40:80])
-            key = (agent, day, team, rng.choice(VERSIONS), le)
-            self.latency[key] = rng.randint(1, 9)
+                " model_cost_usd = EXCLUDED.model_cost_usd",
+                agent, key[2], key[3], *map(list, zip(*values, strict=True)))  # fmt: skip
+        elif what < 0.4:  # several buckets and days in one statement
+            keys = {(agent, rng.choice(self.days), team, rng.choice(VERSIONS),
+                     rng.choice(EDGES_MS[40:80])) for _ in range(rng.randint(1, 4))}  # fmt: skip
+            for key in keys:
+                self.latency[key] = rng.randint(1, 9)
             await conn.execute(
-                "INSERT INTO fleetward.kpi_latency_daily VALUES ($1, $2, $3, $4, $5, $6)"
+                "INSERT INTO fleetward.kpi_latency_daily SELECT * FROM unnest($1::text[],"
+                " $2::date[], $3::text[], $4::text[], $5::numeric[], $6::bigint[])"
                 " ON CONFLICT (agent_id, day, team, version, le_ms)"
-                " DO UPDATE SET runs = EXCLUDED.runs", *key, self.latency[key])  # fmt: skip
+                " DO UPDATE SET runs = EXCLUDED.runs",
+                *map(list, zip(*((*k, self.latency[k]) for k in keys), strict=True)))  # fmt: skip
         elif what < 0.6:
             task = f"task-{rng.randrange(30)}"
             review = (agent, team, day, rng.choice(("approve", "reject")))

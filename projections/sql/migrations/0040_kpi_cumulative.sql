@@ -221,43 +221,105 @@ BEGIN
     WHERE c.kind = k AND c.scope = s AND c.day = x.day;
 END $$;
 
--- The row triggers: each adds NEW's sums and takes OLD's away (an UPDATE keeps a row's key:
--- day, agent and team; a deliverable's review may move, then both).
+-- Add many deltas at once (each row: kind, scope, day and the sums to add): a statement's
+-- rows, in three statements whatever their number.
+CREATE FUNCTION fleetward.kpi_cumulative_add_all(deltas fleetward.kpi_cumulative[])
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO fleetward.kpi_cumulative
+    SELECT d.kind, d.scope, d.day, coalesce(p.kpi_rows, 0), coalesce(p.runs_started, 0),
+           coalesce(p.runs, 0), coalesce(p.runs_succeeded, 0), coalesce(p.latency_ms, 0),
+           coalesce(p.cost_usd, 0), coalesce(p.tool_calls, 0), coalesce(p.tool_errors, 0),
+           coalesce(p.runs_le, '{}'), coalesce(p.reviewed, 0), coalesce(p.approved, 0),
+           coalesce(p.rejected, 0), coalesce(p.busy_s, 0), coalesce(p.idle_s, 0)
+    FROM (SELECT DISTINCT kind, scope, day FROM unnest(deltas)) d
+    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
+                       WHERE c.kind = d.kind AND c.scope = d.scope AND c.day < d.day
+                       ORDER BY c.day DESC LIMIT 1) p ON true
+    ON CONFLICT (kind, scope, day) DO NOTHING;
+    UPDATE fleetward.kpi_cumulative c
+    SET kpi_rows = c.kpi_rows + s.kpi_rows, runs_started = c.runs_started + s.runs_started,
+        runs = c.runs + s.runs, runs_succeeded = c.runs_succeeded + s.runs_succeeded,
+        latency_ms = c.latency_ms + s.latency_ms, cost_usd = c.cost_usd + s.cost_usd,
+        tool_calls = c.tool_calls + s.tool_calls, tool_errors = c.tool_errors + s.tool_errors,
+        runs_le = CASE WHEN s.runs_le = '{}' THEN c.runs_le
+                       ELSE fleetward.le_plus(c.runs_le, 1, s.runs_le) END,
+        reviewed = c.reviewed + s.reviewed, approved = c.approved + s.approved,
+        rejected = c.rejected + s.rejected, busy_s = c.busy_s + s.busy_s,
+        idle_s = c.idle_s + s.idle_s
+    FROM (SELECT t.kind, t.scope, t.day, sum(d.kpi_rows) AS kpi_rows,
+                 sum(d.runs_started) AS runs_started, sum(d.runs) AS runs,
+                 sum(d.runs_succeeded) AS runs_succeeded, sum(d.latency_ms) AS latency_ms,
+                 sum(d.cost_usd) AS cost_usd, sum(d.tool_calls) AS tool_calls,
+                 sum(d.tool_errors) AS tool_errors, fleetward.le_sum(d.runs_le) AS runs_le,
+                 sum(d.reviewed) AS reviewed, sum(d.approved) AS approved,
+                 sum(d.rejected) AS rejected, sum(d.busy_s) AS busy_s, sum(d.idle_s) AS idle_s
+          FROM unnest(deltas) d
+          JOIN fleetward.kpi_cumulative t
+            ON t.kind = d.kind AND t.scope = d.scope AND t.day >= d.day
+          GROUP BY t.kind, t.scope, t.day) s
+    WHERE c.kind = s.kind AND c.scope = s.scope AND c.day = s.day;
+END $$;
+
+-- The rows a statement trigger was fired for, each with its sign: NEW's 1, OLD's -1 (an UPDATE
+-- keeps a row's key). SQL over the trigger's transition tables new_rows and old_rows.
+CREATE FUNCTION fleetward.kpi_changed_rows(op text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE op WHEN 'INSERT' THEN 'SELECT 1 AS g, n.* FROM new_rows n'
+                   WHEN 'DELETE' THEN 'SELECT -1 AS g, o.* FROM old_rows o'
+                   ELSE 'SELECT 1 AS g, n.* FROM new_rows n UNION ALL '
+                        'SELECT -1 AS g, o.* FROM old_rows o' END
+$$;
+
+-- The statement triggers of kpi_daily and kpi_latency_daily (the rows projection spend writes
+-- in each commit): their rows' sums per agent and per team, in one kpi_cumulative_add_all.
 CREATE FUNCTION fleetward.kpi_runs_rows() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    r fleetward.kpi_daily := CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
-    n fleetward.kpi_daily := CASE WHEN TG_OP = 'DELETE' THEN NULL ELSE NEW END;
-    o fleetward.kpi_daily := CASE WHEN TG_OP = 'INSERT' THEN NULL ELSE OLD END;
-    delta fleetward.kpi_cumulative;
+    deltas fleetward.kpi_cumulative[];
 BEGIN
-    delta := fleetward.kpi_delta(
-        kpi_rows => (n.agent_id IS NOT NULL)::int - (o.agent_id IS NOT NULL)::int,
-        runs_started => coalesce(n.runs_started, 0) - coalesce(o.runs_started, 0),
-        runs => coalesce(n.runs, 0) - coalesce(o.runs, 0),
-        runs_succeeded => coalesce(n.runs_succeeded, 0) - coalesce(o.runs_succeeded, 0),
-        latency_ms => coalesce(n.latency_ms, 0) - coalesce(o.latency_ms, 0),
-        cost_usd => coalesce(n.model_cost_usd + n.tool_cost_usd, 0)
-                    - coalesce(o.model_cost_usd + o.tool_cost_usd, 0),
-        tool_calls => coalesce(n.tool_calls, 0) - coalesce(o.tool_calls, 0),
-        tool_errors => coalesce(n.tool_errors, 0) - coalesce(o.tool_errors, 0));
-    PERFORM fleetward.kpi_cumulative_add('agent_runs', r.agent_id, r.day, delta);
-    PERFORM fleetward.kpi_cumulative_add('team_runs', r.team, r.day, delta);
+    EXECUTE format($q$
+        SELECT ARRAY(
+            SELECT ROW(kind, scope, day, kpi_rows, runs_started, runs, runs_succeeded,
+                       latency_ms, cost_usd, tool_calls, tool_errors, '{}', 0, 0, 0, 0, 0)
+                   ::fleetward.kpi_cumulative
+            FROM (SELECT k.kind, CASE WHEN k.kind = 'agent_runs' THEN r.agent_id ELSE r.team END
+                             AS scope, r.day, sum(r.g) AS kpi_rows,
+                         sum(r.g * r.runs_started) AS runs_started, sum(r.g * r.runs) AS runs,
+                         sum(r.g * r.runs_succeeded) AS runs_succeeded,
+                         sum(r.g * r.latency_ms) AS latency_ms,
+                         sum(r.g * (r.model_cost_usd + r.tool_cost_usd)) AS cost_usd,
+                         sum(r.g * r.tool_calls) AS tool_calls,
+                         sum(r.g * r.tool_errors) AS tool_errors
+                  FROM (%s) r CROSS JOIN (VALUES ('agent_runs'), ('team_runs')) AS k(kind)
+                  GROUP BY 1, 2, 3) x
+            WHERE kpi_rows <> 0 OR runs_started <> 0 OR runs <> 0 OR runs_succeeded <> 0
+               OR latency_ms <> 0 OR cost_usd <> 0 OR tool_calls <> 0 OR tool_errors <> 0)
+        $q$, fleetward.kpi_changed_rows(TG_OP)) INTO deltas;
+    PERFORM fleetward.kpi_cumulative_add_all(deltas);
     RETURN NULL;
 END $$;
 
 CREATE FUNCTION fleetward.kpi_latency_rows() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    r fleetward.kpi_latency_daily := CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
-    delta fleetward.kpi_cumulative;
+    deltas fleetward.kpi_cumulative[];
 BEGIN
-    delta := fleetward.kpi_delta(runs_le => fleetward.le_vec(r.le_ms,
-        CASE WHEN TG_OP = 'DELETE' THEN 0 ELSE NEW.runs END
-        - CASE WHEN TG_OP = 'INSERT' THEN 0 ELSE OLD.runs END));
-    PERFORM fleetward.kpi_cumulative_add('agent_latency', r.agent_id, r.day, delta);
-    PERFORM fleetward.kpi_cumulative_add('team_latency', r.team, r.day, delta);
+    EXECUTE format($q$
+        SELECT ARRAY(
+            SELECT ROW(kind, scope, day, 0, 0, 0, 0, 0, 0, 0, 0, v, 0, 0, 0, 0, 0)
+                   ::fleetward.kpi_cumulative
+            FROM (SELECT k.kind,
+                         CASE WHEN k.kind = 'agent_latency' THEN r.agent_id ELSE r.team END
+                             AS scope, r.day,
+                         fleetward.le_sum(fleetward.le_vec(r.le_ms, r.g * r.runs)) AS v
+                  FROM (%s) r CROSS JOIN (VALUES ('agent_latency'), ('team_latency')) AS k(kind)
+                  GROUP BY 1, 2, 3) x
+            WHERE NOT 0 = ALL (v))
+        $q$, fleetward.kpi_changed_rows(TG_OP)) INTO deltas;
+    PERFORM fleetward.kpi_cumulative_add_all(deltas);
     RETURN NULL;
 END $$;
 
+-- The row triggers of deliverables and utilization_daily (reviews and finished hours: rarer):
+-- each adds NEW's sums and takes OLD's away (a deliverable's review may move, then both).
 CREATE FUNCTION fleetward.kpi_reviews_rows() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     sign int := -1;
@@ -328,12 +390,26 @@ BEGIN
     RETURN NULL;
 END $$;
 
-CREATE TRIGGER kpi_runs_rows AFTER INSERT OR UPDATE OR DELETE ON fleetward.kpi_daily
-    FOR EACH ROW EXECUTE FUNCTION fleetward.kpi_runs_rows();
+CREATE TRIGGER kpi_runs_added AFTER INSERT ON fleetward.kpi_daily
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION fleetward.kpi_runs_rows();
+CREATE TRIGGER kpi_runs_changed AFTER UPDATE ON fleetward.kpi_daily
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION fleetward.kpi_runs_rows();
+CREATE TRIGGER kpi_runs_removed AFTER DELETE ON fleetward.kpi_daily
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION fleetward.kpi_runs_rows();
 CREATE TRIGGER kpi_runs_emptied AFTER TRUNCATE ON fleetward.kpi_daily
     FOR EACH STATEMENT EXECUTE FUNCTION fleetward.kpi_cumulative_emptied('agent_runs', 'team_runs');
-CREATE TRIGGER kpi_latency_rows AFTER INSERT OR UPDATE OR DELETE ON fleetward.kpi_latency_daily
-    FOR EACH ROW EXECUTE FUNCTION fleetward.kpi_latency_rows();
+CREATE TRIGGER kpi_latency_added AFTER INSERT ON fleetward.kpi_latency_daily
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION fleetward.kpi_latency_rows();
+CREATE TRIGGER kpi_latency_changed AFTER UPDATE ON fleetward.kpi_latency_daily
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION fleetward.kpi_latency_rows();
+CREATE TRIGGER kpi_latency_removed AFTER DELETE ON fleetward.kpi_latency_daily
+    REFERENCING OLD TABLE AS old_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION fleetward.kpi_latency_rows();
 CREATE TRIGGER kpi_latency_emptied AFTER TRUNCATE ON fleetward.kpi_latency_daily
     FOR EACH STATEMENT EXECUTE FUNCTION fleetward.kpi_cumulative_emptied('agent_latency',
                                                                          'team_latency');
