@@ -64,10 +64,13 @@ ALTER TABLE fleetward.agents ENABLE TRIGGER kpi_team_time_added;
 ALTER TABLE fleetward.agents ENABLE TRIGGER kpi_team_time_moved;
 
 -- name: kpis_empty
--- The KPI benchmark's history gone, for the next run's.
+-- The KPI benchmark's history gone, for the next run's (one table a statement: emptying a
+-- source empties its rollups, by trigger).
+TRUNCATE fleetward.utilization_hourly;
+TRUNCATE fleetward.utilization_daily;
 TRUNCATE fleetward.agents, fleetward.agent_versions, fleetward.kpi_daily,
-         fleetward.kpi_latency_daily, fleetward.deliverables, fleetward.utilization_hourly,
-         fleetward.utilization_daily, fleetward.utilization, fleetward.kpi_cumulative;
+         fleetward.kpi_latency_daily, fleetward.deliverables, fleetward.utilization;
+TRUNCATE fleetward.kpi_cumulative;
 
 -- name: kpis_kept
 -- The KPI history already here (make bench --kpi-home): its agents, its days, and whether its

@@ -491,48 +491,63 @@ CREATE FUNCTION fleetward.kpi_rollups_fill() RETURNS void LANGUAGE sql AS $$
     SELECT fleetward.kpi_cumulative_fill();
 $$;
 
--- An agent's KPIs per period: each of its running totals at its latest day (1) and before the
--- window (0), and its current hour.
+-- The sums of an agent's or a team's rows (lvl: 'agent' or 'team'; s: its id) over the days
+-- since `since`: each running total at its latest day (1) less the one before `since` (0), two
+-- index probes each. One SELECT, so the views below inline it into their plans.
+CREATE FUNCTION fleetward.kpi_window(lvl text, s text, since date)
+RETURNS TABLE (kpi_rows bigint, runs_started numeric, runs numeric, runs_succeeded numeric,
+               latency_ms numeric, cost_usd numeric, tool_calls numeric, tool_errors numeric,
+               reviewed bigint, approved bigint, rejected bigint, p95_latency_ms numeric,
+               busy_s numeric, idle_s numeric)
+LANGUAGE sql STABLE AS $$
+    SELECT k1.kpi_rows - coalesce(k0.kpi_rows, 0), k1.runs_started - coalesce(k0.runs_started, 0),
+           k1.runs - coalesce(k0.runs, 0), k1.runs_succeeded - coalesce(k0.runs_succeeded, 0),
+           k1.latency_ms - coalesce(k0.latency_ms, 0), k1.cost_usd - coalesce(k0.cost_usd, 0),
+           k1.tool_calls - coalesce(k0.tool_calls, 0),
+           k1.tool_errors - coalesce(k0.tool_errors, 0),
+           d1.reviewed - coalesce(d0.reviewed, 0), d1.approved - coalesce(d0.approved, 0),
+           d1.rejected - coalesce(d0.rejected, 0), fleetward.p95_le(l1.runs_le, l0.runs_le),
+           t1.busy_s - coalesce(t0.busy_s, 0), t1.idle_s - coalesce(t0.idle_s, 0)
+    FROM (VALUES (lvl || '_runs', lvl || '_latency', lvl || '_reviews', lvl || '_time'))
+             AS n(runs, latency, reviews, time)
+    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
+                       WHERE c.kind = n.runs AND c.scope = s
+                       ORDER BY c.day DESC LIMIT 1) k1 ON true
+    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
+                       WHERE c.kind = n.runs AND c.scope = s AND c.day < since
+                       ORDER BY c.day DESC LIMIT 1) k0 ON true
+    LEFT JOIN LATERAL (SELECT c.runs_le FROM fleetward.kpi_cumulative c
+                       WHERE c.kind = n.latency AND c.scope = s
+                       ORDER BY c.day DESC LIMIT 1) l1 ON true
+    LEFT JOIN LATERAL (SELECT c.runs_le FROM fleetward.kpi_cumulative c
+                       WHERE c.kind = n.latency AND c.scope = s AND c.day < since
+                       ORDER BY c.day DESC LIMIT 1) l0 ON true
+    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
+                       WHERE c.kind = n.reviews AND c.scope = s
+                       ORDER BY c.day DESC LIMIT 1) d1 ON true
+    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
+                       WHERE c.kind = n.reviews AND c.scope = s AND c.day < since
+                       ORDER BY c.day DESC LIMIT 1) d0 ON true
+    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
+                       WHERE c.kind = n.time AND c.scope = s
+                       ORDER BY c.day DESC LIMIT 1) t1 ON true
+    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
+                       WHERE c.kind = n.time AND c.scope = s AND c.day < since
+                       ORDER BY c.day DESC LIMIT 1) t0 ON true
+$$;
+
+-- An agent's KPIs per period: its windows' sums, and its current hour.
 CREATE VIEW fleet.kpi_agents AS
     SELECT a.agent_id, a.team, a.version, p.days, r.*
     FROM fleetward.agents a CROSS JOIN fleetward.kpi_periods p
-    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
-                       WHERE c.kind = 'agent_runs' AND c.scope = a.agent_id
-                       ORDER BY c.day DESC LIMIT 1) k1 ON true
-    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
-                       WHERE c.kind = 'agent_runs' AND c.scope = a.agent_id AND c.day < p.since
-                       ORDER BY c.day DESC LIMIT 1) k0 ON true
-    LEFT JOIN LATERAL (SELECT c.runs_le FROM fleetward.kpi_cumulative c
-                       WHERE c.kind = 'agent_latency' AND c.scope = a.agent_id
-                       ORDER BY c.day DESC LIMIT 1) l1 ON true
-    LEFT JOIN LATERAL (SELECT c.runs_le FROM fleetward.kpi_cumulative c
-                       WHERE c.kind = 'agent_latency' AND c.scope = a.agent_id
-                         AND c.day < p.since
-                       ORDER BY c.day DESC LIMIT 1) l0 ON true
-    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
-                       WHERE c.kind = 'agent_reviews' AND c.scope = a.agent_id
-                       ORDER BY c.day DESC LIMIT 1) d1 ON true
-    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
-                       WHERE c.kind = 'agent_reviews' AND c.scope = a.agent_id
-                         AND c.day < p.since
-                       ORDER BY c.day DESC LIMIT 1) d0 ON true
-    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
-                       WHERE c.kind = 'agent_time' AND c.scope = a.agent_id
-                       ORDER BY c.day DESC LIMIT 1) t1 ON true
-    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
-                       WHERE c.kind = 'agent_time' AND c.scope = a.agent_id AND c.day < p.since
-                       ORDER BY c.day DESC LIMIT 1) t0 ON true
+    CROSS JOIN LATERAL fleetward.kpi_window('agent', a.agent_id, p.since) w
     LEFT JOIN fleetward.utilization h
            ON h.agent_id = a.agent_id AND h.hour >= p.since::timestamp AT TIME ZONE 'UTC'
     CROSS JOIN LATERAL fleetward.kpi_row(
-        k1.runs_started - coalesce(k0.runs_started, 0), k1.runs - coalesce(k0.runs, 0),
-        k1.runs_succeeded - coalesce(k0.runs_succeeded, 0),
-        k1.latency_ms - coalesce(k0.latency_ms, 0), k1.cost_usd - coalesce(k0.cost_usd, 0),
-        k1.tool_calls - coalesce(k0.tool_calls, 0), k1.tool_errors - coalesce(k0.tool_errors, 0),
-        d1.reviewed - coalesce(d0.reviewed, 0), d1.approved - coalesce(d0.approved, 0),
-        d1.rejected - coalesce(d0.rejected, 0), fleetward.p95_le(l1.runs_le, l0.runs_le),
-        coalesce(t1.busy_s - coalesce(t0.busy_s, 0), 0) + coalesce(round(h.hour_busy_us / 1e6, 3), 0),
-        coalesce(t1.idle_s - coalesce(t0.idle_s, 0), 0) + coalesce(round(h.hour_idle_us / 1e6, 3), 0)) r;
+        w.runs_started, w.runs, w.runs_succeeded, w.latency_ms, w.cost_usd, w.tool_calls,
+        w.tool_errors, w.reviewed, w.approved, w.rejected, w.p95_latency_ms,
+        coalesce(w.busy_s, 0) + coalesce(round(h.hour_busy_us / 1e6, 3), 0),
+        coalesce(w.idle_s, 0) + coalesce(round(h.hour_idle_us / 1e6, 3), 0)) r;
 
 -- A team's KPIs per period, from the team's running totals; the time of the agents in it now
 -- (team_time, and their current hours). A team is listed for a period with kpi_daily rows or
@@ -547,43 +562,15 @@ CREATE VIEW fleet.kpi_teams AS
     FROM (SELECT DISTINCT c.scope AS team FROM fleetward.kpi_cumulative c
           WHERE c.kind IN ('team_runs', 'team_reviews')) n
     CROSS JOIN fleetward.kpi_periods p
-    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
-                       WHERE c.kind = 'team_runs' AND c.scope = n.team
-                       ORDER BY c.day DESC LIMIT 1) k1 ON true
-    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
-                       WHERE c.kind = 'team_runs' AND c.scope = n.team AND c.day < p.since
-                       ORDER BY c.day DESC LIMIT 1) k0 ON true
-    LEFT JOIN LATERAL (SELECT c.runs_le FROM fleetward.kpi_cumulative c
-                       WHERE c.kind = 'team_latency' AND c.scope = n.team
-                       ORDER BY c.day DESC LIMIT 1) l1 ON true
-    LEFT JOIN LATERAL (SELECT c.runs_le FROM fleetward.kpi_cumulative c
-                       WHERE c.kind = 'team_latency' AND c.scope = n.team AND c.day < p.since
-                       ORDER BY c.day DESC LIMIT 1) l0 ON true
-    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
-                       WHERE c.kind = 'team_reviews' AND c.scope = n.team
-                       ORDER BY c.day DESC LIMIT 1) d1 ON true
-    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
-                       WHERE c.kind = 'team_reviews' AND c.scope = n.team AND c.day < p.since
-                       ORDER BY c.day DESC LIMIT 1) d0 ON true
-    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
-                       WHERE c.kind = 'team_time' AND c.scope = n.team
-                       ORDER BY c.day DESC LIMIT 1) t1 ON true
-    LEFT JOIN LATERAL (SELECT * FROM fleetward.kpi_cumulative c
-                       WHERE c.kind = 'team_time' AND c.scope = n.team AND c.day < p.since
-                       ORDER BY c.day DESC LIMIT 1) t0 ON true
+    CROSS JOIN LATERAL fleetward.kpi_window('team', n.team, p.since) w
     CROSS JOIN LATERAL (
         SELECT sum(round(h.hour_busy_us / 1e6, 3)) AS busy_s,
                sum(round(h.hour_idle_us / 1e6, 3)) AS idle_s
         FROM fleetward.agents a JOIN fleetward.utilization h ON h.agent_id = a.agent_id
         WHERE a.team = n.team AND h.hour >= p.since::timestamp AT TIME ZONE 'UTC') h
     CROSS JOIN LATERAL fleetward.kpi_row(
-        k1.runs_started - coalesce(k0.runs_started, 0), k1.runs - coalesce(k0.runs, 0),
-        k1.runs_succeeded - coalesce(k0.runs_succeeded, 0),
-        k1.latency_ms - coalesce(k0.latency_ms, 0), k1.cost_usd - coalesce(k0.cost_usd, 0),
-        k1.tool_calls - coalesce(k0.tool_calls, 0), k1.tool_errors - coalesce(k0.tool_errors, 0),
-        d1.reviewed - coalesce(d0.reviewed, 0), d1.approved - coalesce(d0.approved, 0),
-        d1.rejected - coalesce(d0.rejected, 0), fleetward.p95_le(l1.runs_le, l0.runs_le),
-        coalesce(t1.busy_s - coalesce(t0.busy_s, 0), 0) + coalesce(h.busy_s, 0),
-        coalesce(t1.idle_s - coalesce(t0.idle_s, 0), 0) + coalesce(h.idle_s, 0)) r
-    WHERE coalesce(k1.kpi_rows - coalesce(k0.kpi_rows, 0), 0) > 0
-       OR coalesce(d1.reviewed - coalesce(d0.reviewed, 0), 0) > 0;
+        w.runs_started, w.runs, w.runs_succeeded, w.latency_ms, w.cost_usd, w.tool_calls,
+        w.tool_errors, w.reviewed, w.approved, w.rejected, w.p95_latency_ms,
+        coalesce(w.busy_s, 0) + coalesce(h.busy_s, 0),
+        coalesce(w.idle_s, 0) + coalesce(h.idle_s, 0)) r
+    WHERE coalesce(w.kpi_rows, 0) > 0 OR coalesce(w.reviewed, 0) > 0;
