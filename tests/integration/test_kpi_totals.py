@@ -13,7 +13,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from fleetward.projections.kpis import EDGES_MS
@@ -74,6 +74,7 @@ class Rows:
     latency: dict[tuple[Any, ...], int] = field(default_factory=dict)  # kpi_latency_daily
     reviews: dict[str, tuple[str, str, date, str] | None] = field(default_factory=dict)
     time_of: dict[tuple[str, date], tuple[Decimal, Decimal]] = field(default_factory=dict)
+    hour_of: dict[str, tuple[date, int, int]] = field(default_factory=dict)  # current hour: us
 
     async def write_one(self, conn: Conn) -> None:
         """Write, rewrite or delete one random row of a rollup, or register, move or remove
@@ -133,6 +134,17 @@ class Rows:
                 " SET agent = EXCLUDED.agent, team = EXCLUDED.team,"
                 " verdict = EXCLUDED.verdict, reviewed_at = EXCLUDED.reviewed_at",
                 task, agent, "0" * 64, team, review and review[3], at)  # fmt: skip
+        elif what < 0.75:  # an agent's current hour (fleetward.utilization), of a day
+            busy_us, idle_us = rng.randint(0, 1_800_000_000), rng.randint(0, 1_800_000_000)
+            self.hour_of[agent] = (day, busy_us, idle_us)
+            await conn.execute(
+                "INSERT INTO fleetward.utilization (agent_id, state, message, first_seen,"
+                " last_seen, busy_us, idle_us, heartbeats, last_seq, hour, hour_busy_us,"
+                " hour_idle_us, hour_heartbeats) VALUES ($1, 'busy', '', now(), now(), 0, 0, 1,"
+                " 1, $2, $3, $4, 1) ON CONFLICT (agent_id) DO UPDATE SET hour = EXCLUDED.hour,"
+                " hour_busy_us = EXCLUDED.hour_busy_us, hour_idle_us = EXCLUDED.hour_idle_us",
+                agent, datetime.combine(day, time(rng.randrange(24)), UTC),
+                busy_us, idle_us)  # fmt: skip
         elif what < 0.85:
             busy = Decimal(rng.randint(0, 3_600_000)) / 1000
             self.time_of[(agent, day)] = (busy, Decimal(3600) - busy)
@@ -169,6 +181,7 @@ class Rows:
                 b[k[4]] += c
         rv = [x for x in self.reviews.values() if x and x[by] == who and x[2] >= since]
         t = [v for (a, d), v in self.time_of.items() if a in agents and d >= since]
+        t += [(ms(b), ms(i)) for a, (d, b, i) in self.hour_of.items() if a in agents and d >= since]
         zero = Decimal(0)
         return (n, sum(x[1] for x in r) / n if n else None, p95(b),
                 sum((x[2] for x in r), zero) + Decimal("0.001") * len(r),
@@ -209,6 +222,11 @@ async def test_running_totals_equal_the_rows_written_in_any_order(rt: Runtime) -
             assert [(r[0], r[1], *approx(r[2:])) for r in got] == [
                 (t, sum(x == t for x in rows.team_of.values()),
                  *approx(rows.expect(t, 2, 1, since))) for t in listed]  # fmt: skip
+
+
+def ms(us: int) -> Decimal:
+    """Microseconds as seconds rounded to the ms, as fleet.utilization_hourly shows them."""
+    return (Decimal(us) / 10**6).quantize(Decimal("0.001"), ROUND_HALF_UP)
 
 
 def approx(values: Any) -> tuple[Any, ...]:

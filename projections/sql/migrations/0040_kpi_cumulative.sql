@@ -553,9 +553,7 @@ CREATE VIEW fleet.kpi_agents AS
 -- (team_time, and their current hours). A team is listed for a period with kpi_daily rows or
 -- reviews in it.
 CREATE VIEW fleet.kpi_teams AS
-    SELECT n.team, p.days, (SELECT count(*) FROM fleetward.agents a WHERE a.team = n.team)
-               AS agents,
-           r.runs_started, r.runs, r.success_rate, r.avg_latency_ms,
+    SELECT n.team, p.days, coalesce(h.agents, 0) AS agents, r.runs_started, r.runs, r.success_rate, r.avg_latency_ms,
            r.p95_latency_ms, r.cost_usd, r.cost_per_run_usd, r.tasks_done, r.cost_per_task_usd,
            r.reviewed, r.approval_rate, r.rework_rate, r.tool_calls, r.tool_error_rate,
            r.busy_s, r.idle_s, r.utilization
@@ -563,11 +561,15 @@ CREATE VIEW fleet.kpi_teams AS
           WHERE c.kind IN ('team_runs', 'team_reviews')) n
     CROSS JOIN fleetward.kpi_periods p
     CROSS JOIN LATERAL fleetward.kpi_window('team', n.team, p.since) w
-    CROSS JOIN LATERAL (
-        SELECT sum(round(h.hour_busy_us / 1e6, 3)) AS busy_s,
-               sum(round(h.hour_idle_us / 1e6, 3)) AS idle_s
-        FROM fleetward.agents a JOIN fleetward.utilization h ON h.agent_id = a.agent_id
-        WHERE a.team = n.team AND h.hour >= p.since::timestamp AT TIME ZONE 'UTC') h
+    LEFT JOIN (  -- the agents in each team now and their current hours, in one pass
+        -- (each hour rounded to the ms as fleet.utilization_hourly shows it: in bigint, fast)
+        SELECT a.team, q.days, count(*) AS agents,
+               round(sum((h.hour_busy_us + 500) / 1000) / 1000.0, 3) AS busy_s,
+               round(sum((h.hour_idle_us + 500) / 1000) / 1000.0, 3) AS idle_s
+        FROM fleetward.agents a CROSS JOIN fleetward.kpi_periods q
+        LEFT JOIN fleetward.utilization h
+               ON h.agent_id = a.agent_id AND h.hour >= q.since::timestamp AT TIME ZONE 'UTC'
+        GROUP BY a.team, q.days) h ON h.team = n.team AND h.days = p.days
     CROSS JOIN LATERAL fleetward.kpi_row(
         w.runs_started, w.runs, w.runs_succeeded, w.latency_ms, w.cost_usd, w.tool_calls,
         w.tool_errors, w.reviewed, w.approved, w.rejected, w.p95_latency_ms,
