@@ -7,9 +7,10 @@ The history is built fast, straight into the tables the projections own, by the 
 own folds: each agent-day's rollup rows (``kpi_daily``, ``kpi_latency_daily``) are folded by
 ``projections/kpis.py`` (``add``, ``add_latency``) from a day of runs, spends and tool calls
 drawn from a few patterns, then stamped onto every agent and day on the server
-(``kpis_history``, tests/bench/bench.sql) with the agents, their versions and one reviewed
-deliverable per agent-day; the team rollups are then summed from them as migration 0035 does
-(``fleetward.kpi_rollups_fill``), and each agent-day's utilization written by day. Publishing
+(``kpis_history``, tests/bench/bench.sql) with the agents, their versions, one reviewed
+deliverable per agent-day, each agent-day's utilization and each agent's current hour; the
+running totals are then summed from them as migration 0040 does
+(``fleetward.kpi_cumulative_fill``). Publishing
 the ~10^7 events that history stands for would take hours on 2 shared cores; the views read only
 these rows, so they answer the same."""
 
