@@ -136,7 +136,7 @@ class AgentEvent(Struct, frozen=True, kw_only=True):
     at: datetime
     kind: str
     what: str
-    task: str | None
+    task_id: str | None
     detail: str | None
     by: str | None
 
@@ -233,7 +233,7 @@ class EscalationsQuery(Query, frozen=True, kw_only=True, forbid_unknown_fields=T
     state: Literal["open", "acknowledged", "resolved", "unresolved", "all"] = "unresolved"
     tier: Tier | None = None
     reason: Filter | None = None
-    agent: Filter | None = None
+    agent_id: Filter | None = None
 
 
 class Escalation(Struct, frozen=True, kw_only=True):
@@ -243,8 +243,8 @@ class Escalation(Struct, frozen=True, kw_only=True):
     reason: str
     tier: str
     state: str
-    agent: str | None
-    task: str | None
+    agent_id: str | None
+    task_id: str | None
     message: str
     raised_at: datetime
     tier_at: datetime
