@@ -481,7 +481,7 @@ LIVE_EVENTS: Final[dict[str, str]] = {
     "task": "a task moved, or its dependencies came to be done: `{task_id, status, assignee, "
     "priority, project, waiting_on_dependencies}`",
     "escalation": "an escalation was raised, changed tier or state: `{escalation_id, tier, "
-    "state, reason, agent, task, message, raised_at, tier_at}`",
+    "state, reason, agent_id, task_id, message, raised_at, tier_at}`",
     "overview": "the overview changed (`Overview`)",
     "resync": "too much changed at once to send row by row: read the routes again (`{}`)",
 }
