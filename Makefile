@@ -7,7 +7,7 @@ AGENTS ?= 25
 SUDO   := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help install promtool chromium ajv run test fuzz lint schemas bench clean
+.PHONY: help install promtool chromium ajv wrk run test fuzz lint schemas bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -34,6 +34,14 @@ chromium: ## install chromium (Debian package chromium) when missing, for the da
 	@if ! command -v chromium >/dev/null; then \
 	  $(SUDO) apt-get update && \
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+	fi
+
+# The HTTP load generator of the ingress benchmark (tests/bench/ingress.py): C, so it is not
+# what the benchmark measures.
+wrk: ## install wrk (Debian package wrk) when missing, for make bench's http section
+	@if ! command -v wrk >/dev/null; then \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk; \
 	fi
 
 # The contract read by another language's validator (tests/unit/test_contract_ajv.py).
@@ -70,7 +78,7 @@ lint: $(STAMP) ## ruff, mypy (strict) and the import layering (import-linter)
 schemas: $(STAMP) ## regenerate the JSON Schema and AsyncAPI contract in schemas/
 	$(BIN)/python -m fleetward.schemas.contract
 
-bench: $(STAMP) ## benchmarks against baselines measured in the same run (docs/benchmarks.md)
+bench: $(STAMP) wrk ## benchmarks against baselines measured in the same run (docs/benchmarks.md)
 	$(BIN)/python -m tests.bench $(BENCH_ARGS)
 
 # make run's data is in FLEETWARD_HOME (default: the per-user state folder, README), which

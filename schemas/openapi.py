@@ -21,10 +21,12 @@ from fleetward.schemas.http import (
     WriteRoute,
     Written,
 )
+from fleetward.schemas.ingress import INGRESS_ROUTES, IngressRoute
 
 JSONDict = dict[str, Any]
 REF: Final = "#/components/schemas/{name}"
 BEARER: Final = "apiToken"
+AGENT_BEARER: Final = "agentToken"
 
 
 def _parameters(route: Route) -> list[JSONDict]:
@@ -124,15 +126,61 @@ def _events() -> JSONDict:
     }
 
 
+def _ingress_operation(route: IngressRoute) -> JSONDict:
+    """One ingress route: its body (POST) or query (GET), its answers, the agent token."""
+    error = REF.format(name="Error")
+    refusals = {
+        "400": "a body or query that is not its shape, or an event the contract refuses "
+        "(msgspec's or admission's reason)",
+        "401": "no token, or one that is not valid (bad signature, expired)",
+        "403": "not an agent token, an event naming another agent, or the agent's NATS "
+        "credentials revoked or missing",
+        "503": "NATS (or the task API) cannot be reached",
+    }
+    if route.method == "post":
+        refusals["413"] = "a body larger than the largest event"
+    if route.conflict:
+        refusals["409"] = (
+            "the compare-and-set was lost, or the task is no longer the agent's (the reason, "
+            "as the agent SDK raises it)"
+        )
+    responses: JSONDict = {"200": _json(REF.format(name=route.answer.__name__), "the answer")}
+    responses |= {status: _json(error, why) for status, why in sorted(refusals.items())}
+    operation: JSONDict = {
+        "operationId": route.name,
+        "summary": route.summary,
+        "parameters": [
+            {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
+        ] if "{task_id}" in route.path else [],
+        "responses": responses,
+        "security": [{AGENT_BEARER: []}],
+    }  # fmt: skip
+    if route.method == "get":
+        operation["parameters"] += _parameters(
+            Route(route.name, route.path, route.summary, route.body, route.answer)
+        )
+    else:
+        ref = {"$ref": REF.format(name=route.body.__name__)}
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": ref}},
+        }
+    return operation
+
+
 def openapi() -> JSONDict:
     """The OpenAPI 3.1 document of every route."""
     bodies = {r.body for r in WRITE_ROUTES} | {Written}
-    types = sorted({r.answer for r in ROUTES} | bodies | {Error}, key=lambda t: t.__name__)
+    bodies |= {r.body for r in INGRESS_ROUTES if r.method == "post"}
+    answers = {r.answer for r in ROUTES} | {r.answer for r in INGRESS_ROUTES}
+    types = sorted(answers | bodies | {Error}, key=lambda t: t.__name__)
     _, components = msgspec.json.schema_components(types, ref_template=REF)
     paths: JSONDict = {r.path: {"get": _operation(r)} for r in ROUTES}
     paths[EVENTS_PATH] = {"get": _events()}
     for w in WRITE_ROUTES:
         paths.setdefault(w.path, {})["post"] = _write(w)
+    for ingress in INGRESS_ROUTES:
+        paths.setdefault(ingress.path, {})[ingress.method] = _ingress_operation(ingress)
     return {
         "openapi": "3.1.0",
         "info": {
@@ -142,12 +190,17 @@ def openapi() -> JSONDict:
             "scripts, and the operator's actions of the CLI; a token (`fleetward api token "
             "--person user:NAME [--role operator]`) as `Authorization: Bearer` or the "
             "dashboard's session cookie. A viewer's token reads; an operator's also writes, "
-            "each write published as its person, judged by that person's own roles.",
+            "each write published as its person, judged by that person's own roles. Under "
+            "/api/v1/ingress, agents that cannot speak NATS publish as themselves with an agent "
+            "token (`fleetward api token --agent ID`; docs/agents.md, Agents over HTTPS).",
         },
         "paths": dict(sorted(paths.items())),
         "components": {
             "schemas": components,
-            "securitySchemes": {BEARER: {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                BEARER: {"type": "http", "scheme": "bearer"},
+                AGENT_BEARER: {"type": "http", "scheme": "bearer"},
+            },
         },
         "security": [{BEARER: []}],
     }

@@ -4,8 +4,10 @@ the live stream (``services/api/live.py``), the dashboard's pages and /healthz.
 Invariants: every route but /login, /healthz, /readyz, /livez and the static files needs a valid
 token (``Authorization: Bearer`` or the ``fw_token`` cookie that /login sets); query
 parameters are checked before any read (400 with a reason); the write routes need an operator's
-token and publish as its person (``services/api/write.py``); every refusal, unknown paths and
-methods included, is JSON ``{"error": ...}``.
+token and publish as its person (``services/api/write.py``); the ingress
+(``/api/v1/ingress``) takes only an agent's token and publishes as that agent
+(``services/api/ingress.py``), whose token no other route takes; every refusal, unknown paths
+and methods included, is JSON ``{"error": ...}``.
 """
 
 from __future__ import annotations
@@ -99,10 +101,20 @@ class Gate:
         self.key, self.now = key, now
 
     def claims(self, request: Request) -> Claims | Response:
-        """The request's verified claims, or the 401 answer saying why not."""
+        """The verified claims of a person's token, or the 401/403 answer saying why not (an
+        agent's token serves only the ingress, services/api/ingress.py)."""
+        who = self.verified(request)
+        if isinstance(who, Claims) and who.role == "agent":
+            return _error(403, "an agent's token serves only /api/v1/ingress: reads need a "
+                          "person's (fleetward api token --person user:NAME)")  # fmt: skip
+        return who
+
+    def verified(self, request: Request, *, cookie: bool = True) -> Claims | Response:
+        """The request's verified claims, whatever the role, or the 401 answer saying why not;
+        the session cookie counts only with ``cookie``."""
         header = request.headers.get("authorization", "")
         token = header[7:].strip() if header.lower().startswith("bearer ") else None
-        token = token or request.cookies.get(COOKIE)
+        token = token or (request.cookies.get(COOKIE) if cookie else None)
         if not token:
             return _error(401, "sign in: send a token (fleetward api token) as "
                           "'Authorization: Bearer TOKEN'")  # fmt: skip
@@ -266,9 +278,11 @@ def make_app(
     people: People,
     *,
     now: Callable[[], float] = time.time,
+    more: Callable[[Gate], list[StarletteRoute]] | None = None,
 ) -> Starlette:
     """The app, reading from ``pool``, verifying tokens with ``key``, writing as people through
-    ``people``'s connections."""
+    ``people``'s connections; ``more`` adds the routes it makes with the app's ``Gate`` (the
+    ingress: services/api/ingress.py)."""
     gate, handlers = Gate(key, now), _handlers(now, live)
     routes = [
         StarletteRoute(r.path, _read(r, gate, pool, handlers.get(r.name)), methods=["GET"])
@@ -278,6 +292,7 @@ def make_app(
         StarletteRoute(w.path, _write(w, gate, people), methods=["POST"]) for w in http.WRITE_ROUTES
     ]
     routes.append(StarletteRoute(http.EVENTS_PATH, _events(gate, live), methods=["GET"]))
+    routes += more(gate) if more is not None else []
     return Starlette(
         routes=routes + _pages(gate, health), exception_handlers={HTTPException: _http_error}
     )

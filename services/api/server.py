@@ -1,6 +1,7 @@
 """``fleetward api``'s HTTP server: the app (services/api/app.py) under uvicorn, in the services'
 task group, with the live poller beside it; stops when the services stop, and then closes the
-connections it wrote with as people (services/api/write.py)."""
+connections it wrote with as people (services/api/write.py) and as agents (the ingress,
+services/api/acting.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import anyio
 import uvicorn
 from anyio.abc import TaskStatus
 
+from fleetward.services.api.acting import AgentPool
 from fleetward.services.api.app import make_app
+from fleetward.services.api.ingress import ingress_routes
 from fleetward.services.api.live import Live
 from fleetward.services.api.token import load_key
 from fleetward.services.api.write import People
@@ -54,12 +57,14 @@ async def serve_api(
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the API on ``FLEETWARD_API_HOST:FLEETWARD_API_PORT``, reporting the bound port,
-    until ``stop`` is set. The viewer tokens' key is made in ``FLEETWARD_AUTH_DIR`` if missing."""
+    until ``stop`` is set. The tokens' key is made in ``FLEETWARD_AUTH_DIR`` if missing; the
+    ingress acts for agents with their credentials there (services/api/acting.py)."""
     key = load_key(rt.settings.auth_dir, create=True)
     live = Live(rt.pool)
     health.register("live", lambda: live.ok)
     people = People(rt.nats_url, rt.settings.auth_dir)
-    app = make_app(rt.pool, key, live, health, people)
+    agents = AgentPool(rt.nats_url, rt.settings.auth_dir)  # the ingress's (services/api/acting.py)
+    app = make_app(rt.pool, key, live, health, people, more=ingress_routes(agents))
     config = uvicorn.Config(
         app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2, access_log=False
     )
@@ -81,3 +86,5 @@ async def serve_api(
                 tg.cancel_scope.cancel()
     finally:
         await people.aclose()  # the writers' connections (shielded: closed even if cancelled)
+        with anyio.CancelScope(shield=True):
+            await agents.aclose()  # the ingress's agents' connections

@@ -14,6 +14,11 @@ A token is ``fwv1.<payload>.<signature>`` (base64url without padding; the payloa
 Revocation is by key: ``fleetward api token --rotate-key`` makes a new key, and every token
 signed by the old one fails from the API's next start; revoking a person's NATS credentials
 (``fleetward people revoke``) stops their writes at once, whatever token they hold.
+
+Roles: ``viewer`` (a person: the read routes and the dashboard) and ``agent`` (an agent, ``sub``
+its id: only the HTTPS ingress, ``/api/v1/ingress``, which publishes as that agent with its own
+NATS credentials; ``fleetward api token --agent ID``). No read route accepts an agent's token,
+and the ingress accepts no other.
 """
 
 from __future__ import annotations
@@ -35,12 +40,12 @@ from fleetward.schemas.grants import identity_kind
 PREFIX: Final = "fwv1"
 KEY_FILE: Final = "api.key"
 MAX_TOKEN: Final = 2048  # characters: anything longer is refused unread
-Role = Literal["viewer", "operator"]
-ROLES: Final[tuple[Role, ...]] = ("viewer", "operator")
+Role = Literal["viewer", "operator", "agent"]
+ROLES: Final[tuple[Role, ...]] = ("viewer", "operator")  # a person's; an agent's is "agent"
 
 
 class Claims(msgspec.Struct, frozen=True):
-    sub: str  # user:<name>
+    sub: str  # user:<name>; an agent's id for the role agent
     role: Role
     iat: int
     exp: int = 0  # seconds since the epoch; 0: none
@@ -62,6 +67,23 @@ def _sign(key: bytes, signed: str) -> str:
     return _b64(hmac.new(key, signed.encode(), hashlib.sha256).digest())
 
 
+def _signed(key: bytes, sub: str, *, kind: str, role: Role, now: float, expires_s: float) -> str:
+    """A token for ``sub``, which must be an identity of ``kind`` (``BadToken`` otherwise)."""
+    try:
+        found = identity_kind(sub)
+    except ValueError as exc:
+        raise BadToken(str(exc)) from None
+    if found != kind:
+        what = "tokens are for people (user:NAME)" if kind == "user" else (
+            "agent tokens are for agents (their id)"
+        )  # fmt: skip
+        raise BadToken(f"{sub} is not {'a person' if kind == 'user' else 'an agent'}: {what}")
+    exp = math.ceil(now + expires_s) if expires_s > 0 else 0
+    payload = _b64(msgspec.json.encode(Claims(sub, role, int(now), exp)))
+    signed = f"{PREFIX}.{payload}"
+    return f"{signed}.{_sign(key, signed)}"
+
+
 def issue(
     key: bytes, person: str, now: float, expires_s: float = 0.0, role: Role = "viewer"
 ) -> str:
@@ -70,16 +92,14 @@ def issue(
     that is not ``ROLES``'."""
     if role not in ROLES:
         raise BadToken(f"no token role {role!r}: it is one of {', '.join(ROLES)}")
-    try:
-        kind = identity_kind(person)
-    except ValueError as exc:
-        raise BadToken(str(exc)) from None
-    if kind != "user":
-        raise BadToken(f"{person} is not a person: tokens are for people (user:NAME)")
-    exp = math.ceil(now + expires_s) if expires_s > 0 else 0
-    payload = _b64(msgspec.json.encode(Claims(person, role, int(now), exp)))
-    signed = f"{PREFIX}.{payload}"
-    return f"{signed}.{_sign(key, signed)}"
+    return _signed(key, person, kind="user", role=role, now=now, expires_s=expires_s)
+
+
+def issue_agent(key: bytes, agent: str, now: float, expires_s: float = 0.0) -> str:
+    """An agent token (role ``agent``) for ``agent`` (an agent id), valid ``expires_s`` seconds
+    (0: until the key changes): the HTTPS ingress publishes with it as that agent. Raises
+    ``BadToken`` for an identity that is not an agent's."""
+    return _signed(key, agent, kind="agent", role="agent", now=now, expires_s=expires_s)
 
 
 def verify(key: bytes, token: str, now: float) -> Claims:

@@ -233,6 +233,23 @@ class AgentClient(FleetClient):
         except ApiError:
             return None, False
 
+    async def take_up_profile(self) -> bool:
+        """Take the registry's record of this agent (``agent_profile``) as its profile (roles,
+        task limit, heartbeat interval in seconds, team, risk class), for a client that acts
+        for an agent registered by another process (e.g. the HTTPS ingress,
+        services/api/ingress.py), so that its claims are judged with the agent's roles and
+        limit. True when the registry knows the agent; False (defaults kept) when it does not
+        or the task API cannot be asked."""
+        record, _known = await self._own_record()
+        if record is None:
+            return False
+        self.profile = _Profile(
+            tuple(record.get("roles") or ()), int(record.get("max_concurrent_tasks") or 1),
+            float(record.get("heartbeat_interval_s") or 60.0), record.get("team"),
+            record.get("risk_class"),
+        )  # fmt: skip
+        return True
+
     async def heartbeat(self, message: str = "") -> PubAck:
         """One heartbeat; it names the task in hand, which renews that task's lease."""
         task = next(iter(self.claims), None)
@@ -399,6 +416,18 @@ class AgentClient(FleetClient):
             )
         finally:
             self.claims.pop(claim.task, None)  # the sequence stays known, for a rework
+
+    def adopt(self, claim: Claim) -> Claim:
+        """Hold ``claim`` as another process of this agent got it (e.g. an HTTP agent through
+        the ingress, which sends its epoch and claim id): unless it is the claim this client
+        holds, the next report reads the task first and goes on only if ``claim`` still holds
+        it (``ClaimLost`` otherwise). Without ``claim.id``, the epoch alone is compared."""
+        held = self.claims.get(claim.task)
+        same = held is not None and held.epoch == claim.epoch and claim.id in ("", held.id)
+        if not same:
+            self._drop(claim.task)
+            self.claims[claim.task] = claim
+        return held if same and held is not None else claim
 
     def rework(self, claim: Claim) -> Claim:
         """Hold a task again after a rejected review sent it back (same epoch and claim)."""

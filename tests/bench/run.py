@@ -59,6 +59,7 @@ from tests.bench import partitions as partitions_bench
 from tests.bench.auth import auth_bench
 from tests.bench.claims import run_claims_bench
 from tests.bench.dashboard import run_dashboard_bench
+from tests.bench.ingress import run_ingress_bench
 from tests.bench.kit import ProcessWatch, percentile
 from tests.bench.kpis import BASELINE, run_kpis_bench
 from tests.bench.spend import LIMIT_USD, run_pause_latency, run_spend_bench
@@ -78,6 +79,7 @@ SECTIONS = (
     "partitions",
     "cluster",
     "dashboard",
+    "http",
 )
 
 
@@ -562,7 +564,56 @@ async def other_figures(args: argparse.Namespace) -> list[Figure]:
         out += await partitions_figures(args)
     if "dashboard" in args.only:
         out += await dashboard_figures(args)
+    if "http" in args.only:
+        out += await http_figures(args)
     return out
+
+
+async def http_figures(args: argparse.Namespace) -> list[Figure]:
+    """``--http-agents`` agents heartbeating through the HTTPS ingress (``fleetward api`` as a
+    process of its own), next to the same heartbeats published straight to JetStream by the
+    same agents, in the same run (tests/bench/ingress.py)."""
+    home = Path(tempfile.mkdtemp(prefix="fleetward-bench-http-"))
+    settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
+    async with open_runtime(settings, identity=as_harness(settings), embed=True) as rt:
+        pairs = await run_ingress_bench(
+            rt, args.http_agents, args.http_seconds, args.runs, home / "api.log"
+        )
+    for web, nats in pairs:
+        say(f"  http: {web.per_s:,.0f} req/s, p50 {web.p50_s * 1e3:.1f} ms, p99 "
+            f"{web.p99_s * 1e3:.1f} ms (API {web.api_cpu_s:.1f} CPU s, load generator "
+            f"{web.client_cpu_s:.1f} CPU s); direct {nats.per_s:,.0f}/s, p99 "
+            f"{nats.p99_s * 1e3:.1f} ms")  # fmt: skip
+    setup = f"{args.http_agents} agents, one request in flight each, {args.http_seconds:g} s"
+    rate = median_of([w.per_s for w, _ in pairs])
+    p99 = median_of([w.p99_s * 1e3 for w, _ in pairs])
+    p50 = median_of([w.p50_s * 1e3 for w, _ in pairs])
+    base = statistics.median([n.per_s for _, n in pairs])
+    base99 = statistics.median([n.p99_s * 1e3 for _, n in pairs])
+    base50 = statistics.median([n.p50_s * 1e3 for _, n in pairs])
+    api_cpu = median_of([w.api_cpu_s / args.http_seconds for w, _ in pairs])
+    gen_cpu = statistics.median([w.client_cpu_s / args.http_seconds for w, _ in pairs])
+    per_request = median_of([w.api_cpu_s / w.requests * 1e3 for w, _ in pairs])
+    per_publish = statistics.median([n.client_cpu_s / n.requests * 1e3 for _, n in pairs])
+    return [
+        Figure(f"HTTP heartbeat ingest, {setup}", rate[0], "req/s",
+               "direct JetStream publishes of the same heartbeats, same agents, publishes/s",
+               base, rate[0] / base, "(context)", rate[1], rate[2], args.runs),
+        Figure(f"HTTP heartbeat latency p50, {setup}", p50[0], "ms",
+               "direct JetStream publish p50, ms", base50, p50[0] / base50, "(context)",
+               p50[1], p50[2], args.runs),
+        Figure(f"HTTP heartbeat latency p99, {setup}", p99[0], "ms",
+               "direct JetStream publish p99, ms", base99, p99[0] / base99, "(context)",
+               p99[1], p99[2], args.runs),
+        Figure(f"fleetward api CPU per HTTP heartbeat, {setup}", per_request[0], "ms",
+               "CPU of the direct publishers' process (nats-py) per publish, ms", per_publish,
+               per_request[0] / per_publish, "(context)", per_request[1], per_request[2],
+               args.runs),
+        Figure(f"fleetward api CPU during HTTP heartbeat ingest, {setup}", api_cpu[0],
+               "share of a core", "the load generator (wrk, same machine), share of a core",
+               gen_cpu, api_cpu[0] / gen_cpu if gen_cpu else 0.0, "(context)", api_cpu[1],
+               api_cpu[2], args.runs),
+    ]  # fmt: skip
 
 
 async def dashboard_figures(args: argparse.Namespace) -> list[Figure]:
@@ -945,6 +996,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pt-events", type=int, default=300_000, help="heartbeats, partitions section")
     p.add_argument("--pt-agents", type=int, default=30_000, help="their agents")
     p.add_argument("--claim-agents", type=int, default=100)
+    p.add_argument("--http-agents", type=int, default=100, help="agents heartbeating over HTTP")
+    p.add_argument("--http-seconds", type=float, default=10.0, help="each HTTP/direct phase")
     p.add_argument("--claim-tasks", type=int, default=1000)
     p.add_argument("--auth-agents", type=int, default=10_000, help="agents signing in")
     p.add_argument("--auth-revoked", type=int, default=1_000, help="revoked keys in the account")
@@ -973,6 +1026,7 @@ def main(argv: list[str] | None = None) -> int:
         args.dash_agents = 1_000
         args.cluster_events = 20_000
         args.pt_events, args.pt_agents = 20_000, 2_000
+        args.http_agents, args.http_seconds = 20, 3.0
         args.auth_agents, args.auth_revoked = 500, 100
         args.wd_agents, args.wd_interval, args.wd_seconds = 2_000, 2.0, 15.0
         args.out = Path(tempfile.mkdtemp(prefix="fleetward-bench-quick-"))

@@ -5,10 +5,15 @@ checks each answer: never a 5xx, a status the document declares, its media type 
 schema. Invalid input must get a 4xx.
 
 Bounded: ``EXAMPLES`` requests per route and mode. The live stream (``/api/v1/events``) is left
-out: its answer never ends (the browser test reads it). schemathesis sends with ``requests``,
-which blocks, so it runs in a worker thread while the app serves in the test's event loop."""
+out: its answer never ends (the browser test reads it); so is the ingress's inbox, whose ``wait``
+would hold cases up to 10 s each (tests/integration/test_ingress.py reads it). The ingress's
+routes are sent with an agent's token (the only one they take). schemathesis sends with
+``requests``, which blocks, so it runs in a worker thread while the app serves in the test's
+event loop."""
 
 from __future__ import annotations
+
+import time
 
 import anyio
 import schemathesis
@@ -24,7 +29,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from fleetward.schemas.http import EVENTS_PATH
+from fleetward.schemas.ingress import INGRESS_ROOT
 from fleetward.schemas.openapi import openapi
+from fleetward.services.api import token
 from fleetward.services.jetstream.publish import publish_many
 from fleetward.services.runtime.connect import Runtime
 from tests.helpers import creds
@@ -32,6 +39,7 @@ from tests.integration.api_harness import running_api, token_of
 from tests.integration.test_watchdog import escalation, register
 
 EXAMPLES = 3  # per route and generation mode
+INBOX = f"{INGRESS_ROOT}/inbox"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]  # fmt: skip
 
@@ -51,16 +59,18 @@ def _run(operation: APIOperation, mode: GenerationMode, base: str, bearer: str) 
     run()
 
 
-def fuzz(base: str, bearer: str) -> list[str]:
-    """Each route's failures (empty: none), after ``EXAMPLES`` cases per mode."""
+def fuzz(base: str, bearer: str, agent_bearer: str) -> list[str]:
+    """Each route's failures (empty: none), after ``EXAMPLES`` cases per mode; the ingress's
+    routes with an agent's token (``agent_bearer``), the others with ``bearer``."""
     failures: list[str] = []
     for result in schemathesis.openapi.from_dict(openapi()).get_all_operations():
         operation = result.ok()
-        if operation.path == EVENTS_PATH:
+        if operation.path in (EVENTS_PATH, INBOX):
             continue
+        ingress = operation.path.startswith(INGRESS_ROOT)
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             try:
-                _run(operation, mode, base, bearer)
+                _run(operation, mode, base, agent_bearer if ingress else bearer)
             except (Exception, BaseExceptionGroup) as exc:  # every route is tried
                 failures.append(f"{operation.label} ({mode.value}): {exc}")
     return failures
@@ -71,5 +81,7 @@ async def test_every_route_answers_per_its_openapi_document(rt: Runtime) -> None
     creds(rt, "user:ops")  # the operator acts with their own credentials
     async with running_api(rt) as api:
         bearer = token_of(api, "user:ops")
-        failures = await anyio.to_thread.run_sync(fuzz, api.base, bearer)
+        creds(rt, "fuzz-agent")  # the ingress acts as the agent with its own credentials
+        agent_bearer = token.issue_agent(api.key, "fuzz-agent", time.time())
+        failures = await anyio.to_thread.run_sync(fuzz, api.base, bearer, agent_bearer)
     assert failures == [], "\n".join(failures)
