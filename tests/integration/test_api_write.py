@@ -99,7 +99,9 @@ async def test_every_write_route_changes_the_views(rt: Runtime) -> None:
 
         acked = await _post(web, "/api/v1/escalations/esc-w/ack", {"note": "on it"})
         assert (acked["event"], acked["actor"]) == ("escalation.acknowledged", "user:ops")
-        await _shows(web, "/api/v1/escalations?state=all&agent=w-1", next_offset=None)
+        await _shows(web, "/api/v1/escalations?state=all&agent_id=w-1", next_offset=None)
+        page = (await web.get("/api/v1/escalations?state=all&agent_id=w-1")).json()
+        assert [(e["escalation_id"], e["agent_id"]) for e in page["items"]] == [("esc-w", "w-1")]
         await _post(web, "/api/v1/escalations/esc-w/resolve", {"note": "restarted"})
 
         async def resolved() -> bool:

@@ -95,7 +95,7 @@ async def views(rt: Runtime) -> dict[str, list[tuple[Any, ...]]]:
                 f"SELECT agent_id, version, prompt, model, tools, current, days, {cols}"
                 " FROM fleet.kpi_versions ORDER BY agent_id, version, days")],
             "deliverables": [tuple(r.values()) for r in await conn.fetch(
-                "SELECT task_id, version, agent, agent_version, prompt, model, tools, team,"
+                "SELECT task_id, version, agent_id, agent_version, prompt, model, tools, team,"
                 " verdict, reviewed_by FROM fleet.deliverable_versions ORDER BY 1, 2")],
             "runs": [tuple(r.values()) for r in await conn.fetch(
                 "SELECT run_id, latency_ms, tool_ms FROM fleet.spend_runs"
