@@ -152,6 +152,13 @@ async def test_refusals_are_the_clis_lines_with_their_4xx(rt: Runtime) -> None:
         await FleetClient.connect(rt.nats_url, creds(rt, "user:ops")) as ops,
         await FleetClient.connect(rt.nats_url, creds(rt, "user:carol")) as carol,
     ):
+        await _shows(ops_web, "/api/v1/agents/w-1", status="active")  # the registry has it
+
+        async def escalation_shown() -> bool:
+            page = (await ops_web.get("/api/v1/escalations?state=all")).json()
+            return any(e["escalation_id"] == "esc-v" for e in page["items"])
+
+        await wait_for(escalation_shown, what="esc-v in the views")
         # a viewer's token writes nothing, on any write route
         async with _client(api, api.token) as viewer:
             for route in http.WRITE_ROUTES:
