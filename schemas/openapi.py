@@ -144,14 +144,14 @@ def _ingress_operation(route: IngressRoute) -> JSONDict:
             "the compare-and-set was lost, or the task is no longer the agent's (the reason, "
             "as the agent SDK raises it)"
         )
+    if "{task_id}" in route.path:
+        refusals["404"] = "a task id that cannot be an id (refused before anything reads it)"
     responses: JSONDict = {"200": _json(REF.format(name=route.answer.__name__), "the answer")}
     responses |= {status: _json(error, why) for status, why in sorted(refusals.items())}
     operation: JSONDict = {
         "operationId": route.name,
         "summary": route.summary,
-        "parameters": [
-            {"name": "task_id", "in": "path", "required": True, "schema": {"type": "string"}}
-        ] if "{task_id}" in route.path else [],
+        "parameters": [_path_id("task_id")] if "{task_id}" in route.path else [],
         "responses": responses,
         "security": [{AGENT_BEARER: []}],
     }  # fmt: skip

@@ -29,6 +29,7 @@ from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Route as StarletteRoute
 
 from fleetward.schemas import http
+from fleetward.schemas.admission import nul_at
 from fleetward.schemas.openapi import openapi
 from fleetward.services.api import reads
 from fleetward.services.api.live import Live, sse
@@ -136,6 +137,8 @@ def _read(
         if handler is None:  # whoami
             exp = datetime.fromtimestamp(who.exp, UTC) if who.exp else None
             return _json(http.Whoami(person=who.sub, role=who.role, expires_at=exp))
+        if (unknown := no_such_id(request)) is not None:
+            return unknown
         given = dict(request.query_params)
         try:
             query = msgspec.convert(given, route.query, strict=False)
@@ -144,6 +147,8 @@ def _read(
         nulls = [name for name in given if getattr(query, name, "") is None]
         if nulls:  # lax conversion reads "null" as None: a query string cannot say null
             return _error(400, f"bad query: {nulls[0]}=null is no value of it (leave it out)")
+        if where := nul_at(query):  # Postgres text cannot hold it
+            return _error(400, f"bad query: Expected text without NUL (U+0000) - at `{where}`")
         try:
             async with pool.acquire() as conn:
                 answer = await handler(conn, query, request.path_params)
@@ -159,6 +164,16 @@ def _read(
 ID: Final = re.compile(http.ID_PATTERN)
 
 
+def no_such_id(request: Request) -> Response | None:
+    """The 404 answer when an id in the path cannot be an id of the contract (``ID_PATTERN``:
+    no NUL, no subject wildcard or separator), before anything reads it; else None."""
+    for name, value in request.path_params.items():
+        if not ID.match(value):
+            return _error(404, f"no {name.removesuffix('_id')} {value[:80]!r}: ids are 1 to 64 "
+                          "of A-Z a-z 0-9 _ -")  # fmt: skip
+    return None
+
+
 def _write(
     route: http.WriteRoute, gate: Gate, people: People
 ) -> Callable[[Request], Awaitable[Response]]:
@@ -172,11 +187,9 @@ def _write(
         if who.role != "operator":
             return _error(403, f"{who.sub}'s token is a {who.role}'s: writes need an operator's "
                           f"(fleetward api token --person {who.sub} --role operator)")  # fmt: skip
+        if (unknown := no_such_id(request)) is not None:
+            return unknown
         params = dict(request.path_params)
-        for name, value in params.items():
-            if not ID.match(value):
-                return _error(404, f"no {name.removesuffix('_id')} {value!r}: ids are 1 to 64 "
-                              "of A-Z a-z 0-9 _ -")  # fmt: skip
         try:
             body = await read_body(request, route)
             return _json(await write(people, who.sub, route, body, params))
@@ -223,6 +236,9 @@ def _pages(gate: Gate, health: HealthChecks) -> list[StarletteRoute]:
     async def login(request: Request) -> Response:
         if request.method == "GET":
             return _static("login.html")
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            # a cross-site form cannot send JSON: no signing a browser in as someone else
+            return _error(415, 'send {"token": "..."} as application/json')
         try:
             token = msgspec.json.decode(await request.body(), type=dict[str, str])["token"]
             claims = verify(gate.key, token, gate.now())
@@ -230,7 +246,11 @@ def _pages(gate: Gate, health: HealthChecks) -> list[StarletteRoute]:
             return _error(400, 'send {"token": "..."}')
         except BadToken as exc:
             return _error(401, str(exc))
-        response = _json(http.Whoami(person=claims.sub, role=claims.role, expires_at=None))
+        if claims.role == "agent":
+            return _error(403, "an agent's token signs no one in: the dashboard is for people "
+                          "(fleetward api token --person user:NAME)")  # fmt: skip
+        expires = datetime.fromtimestamp(claims.exp, UTC) if claims.exp else None
+        response = _json(http.Whoami(person=claims.sub, role=claims.role, expires_at=expires))
         max_age = max(int(claims.exp - gate.now()), 1) if claims.exp else None
         response.set_cookie(COOKIE, token, max_age=max_age, httponly=True, samesite="strict",
                             secure=request.url.scheme == "https", path="/")  # fmt: skip

@@ -30,11 +30,11 @@ from starlette.routing import Route as StarletteRoute
 
 from fleetward.schemas import Rejected, admit, new_id, type_name
 from fleetward.schemas import ingress as shapes
-from fleetward.schemas.admission import decode
+from fleetward.schemas.admission import decode, nul_at
 from fleetward.schemas.events import CommandIssued, Heartbeat
 from fleetward.schemas.subjects import FIRST_V2, parse, subject, subject_of
 from fleetward.services.api.acting import Acting, AgentPool, NotActing
-from fleetward.services.api.app import Gate, _error, _json
+from fleetward.services.api.app import Gate, _error, _json, no_such_id
 from fleetward.services.api.token import Claims
 from fleetward.services.client import ClaimLost
 from fleetward.services.client.claims import AgentPaused, Claim
@@ -77,10 +77,15 @@ async def _read_body(request: Request) -> bytes:
 
 
 def _decode(raw: bytes, shape: type[msgspec.Struct]) -> Any:
+    """The body as ``shape``, judged as admission judges the event it becomes (text without
+    NUL, which a Struct's bounds do not check): ``Refusal`` 400 otherwise."""
     try:
-        return msgspec.json.decode(raw or b"{}", type=shape)
+        body = msgspec.json.decode(raw or b"{}", type=shape)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise Refusal(400, f"bad body: {exc}") from None
+    if where := nul_at(body):
+        raise Refusal(400, f"bad body: Expected text without NUL (U+0000) - at `{where}`")
+    return body
 
 
 def _held(task: str, body: Any, client_agent: Acting) -> Claim:
@@ -225,6 +230,8 @@ def _endpoint(
     async def endpoint(request: Request) -> Response:
         try:
             agent = _agent_of(gate, request).sub
+            if (unknown := no_such_id(request)) is not None:
+                return unknown
             if route.method == "get":
                 try:
                     args: Any = msgspec.convert(

@@ -40,6 +40,7 @@ from fleetward.schemas.grants import identity_kind
 PREFIX: Final = "fwv1"
 KEY_FILE: Final = "api.key"
 MAX_TOKEN: Final = 2048  # characters: anything longer is refused unread
+MAX_EXPIRES_S: Final = 10 * 366 * 86_400  # seconds: a token lives ten years at most
 Role = Literal["viewer", "operator", "agent"]
 ROLES: Final[tuple[Role, ...]] = ("viewer", "operator")  # a person's; an agent's is "agent"
 
@@ -78,6 +79,9 @@ def _signed(key: bytes, sub: str, *, kind: str, role: Role, now: float, expires_
             "agent tokens are for agents (their id)"
         )  # fmt: skip
         raise BadToken(f"{sub} is not {'a person' if kind == 'user' else 'an agent'}: {what}")
+    if not 0 <= expires_s <= MAX_EXPIRES_S:  # NaN too
+        raise BadToken(f"a token is valid 0 (until the key changes) to {MAX_EXPIRES_S} seconds "
+                       "(ten years)")  # fmt: skip
     exp = math.ceil(now + expires_s) if expires_s > 0 else 0
     payload = _b64(msgspec.json.encode(Claims(sub, role, int(now), exp)))
     signed = f"{PREFIX}.{payload}"
@@ -115,6 +119,8 @@ def verify(key: bytes, token: str, now: float) -> Claims:
         claims = msgspec.json.decode(_unb64(parts[1]), type=Claims)
     except (ValueError, msgspec.DecodeError) as exc:
         raise BadToken(f"the token's payload cannot be read: {exc}") from None
+    if claims.exp > now + MAX_EXPIRES_S or claims.iat > now + MAX_EXPIRES_S:
+        raise BadToken("the token's times are out of range")
     if claims.exp and now >= claims.exp:
         raise BadToken("the token has expired: issue a new one (fleetward api token)")
     return claims

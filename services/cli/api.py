@@ -74,8 +74,10 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
 
 async def _api(settings: Settings, args: argparse.Namespace) -> None:
     if args.action == "token":
-        if args.expires < 0:
-            raise FleetwardError("--expires must be 0 (no end) or more seconds")
+        if not 0 <= args.expires <= token.MAX_EXPIRES_S:
+            raise FleetwardError(
+                f"--expires must be 0 (no end) to {token.MAX_EXPIRES_S} seconds (ten years)"
+            )
         if args.rotate_key:
             token.load_key(settings.auth_dir, rotate=True)
         if args.agent is not None:
