@@ -98,8 +98,13 @@ def _handlers(now: Callable[[], float], live: Live) -> dict[str, Handler]:
 class Gate:
     """Who asks: the viewer token of a request, verified."""
 
-    def __init__(self, key: bytes, now: Callable[[], float]) -> None:
-        self.key, self.now = key, now
+    def __init__(
+        self,
+        key: bytes,
+        now: Callable[[], float],
+        revoked_at: Callable[[str], int | None] = lambda _identity: None,
+    ) -> None:
+        self.key, self.now, self.revoked_at = key, now, revoked_at
 
     def claims(self, request: Request) -> Claims | Response:
         """The verified claims of a person's token, or the 401/403 answer saying why not (an
@@ -120,7 +125,12 @@ class Gate:
             return _error(401, "sign in: send a token (fleetward api token) as "
                           "'Authorization: Bearer TOKEN'")  # fmt: skip
         try:
-            return verify(self.key, token, self.now())
+            claims = verify(self.key, token, self.now())
+            revoked = self.revoked_at(claims.sub)
+            if revoked is not None and claims.iat < revoked:  # a token outlives no revocation
+                raise BadToken(f"{claims.sub}'s credentials were revoked after this token was "
+                               "issued: issue a new one (fleetward api token)")  # fmt: skip
+            return claims
         except BadToken as exc:
             return _error(401, str(exc))
 
@@ -210,8 +220,9 @@ def _events(gate: Gate, live: Live) -> Callable[[Request], Awaitable[Response]]:
         async def stream() -> AsyncIterator[bytes]:
             yield b"retry: 2000\n\n"
             async with live.subscribe() as changes:
-                while True:
-                    with anyio.move_on_after(PING_S) as idle:
+                while not who.exp or gate.now() < who.exp:  # ends with its token
+                    wait = PING_S if not who.exp else min(PING_S, who.exp - gate.now())
+                    with anyio.move_on_after(wait) as idle:
                         try:
                             name, data = await changes.receive()
                         except anyio.EndOfStream:
@@ -303,7 +314,7 @@ def make_app(
     """The app, reading from ``pool``, verifying tokens with ``key``, writing as people through
     ``people``'s connections; ``more`` adds the routes it makes with the app's ``Gate`` (the
     ingress: services/api/ingress.py)."""
-    gate, handlers = Gate(key, now), _handlers(now, live)
+    gate, handlers = Gate(key, now, people.revoked_at), _handlers(now, live)
     routes = [
         StarletteRoute(r.path, _read(r, gate, pool, handlers.get(r.name)), methods=["GET"])
         for r in http.ROUTES

@@ -100,6 +100,14 @@ class People:
                       f"the person (fleetward people add {name}"
                       f"{copy if problem == 'are missing' else ''})")  # fmt: skip
 
+    def revoked_at(self, identity: str) -> int | None:
+        """When ``identity``'s credentials were last revoked here (``AuthStore.revoked_at``),
+        None when never or unknown; a token issued before it is refused (``Gate``)."""
+        try:
+            return self.store.revoked_at(identity)
+        except (OSError, ValueError, msgspec.DecodeError):
+            return None
+
     @asynccontextmanager
     async def client(self, person: str) -> AsyncIterator[_Recording]:
         """A client acting as ``person``, for one write at a time. ``Refused`` as

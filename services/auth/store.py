@@ -275,6 +275,14 @@ class AuthStore:
                 revoked[key] = now
             return self._sign_account(revoked)
 
+    def revoked_at(self, identity: str) -> int | None:
+        """When ``identity``'s credentials were last revoked (seconds since the epoch), None
+        when never, or when this folder does not know what was issued to it (an API host with
+        copied credentials only). Raises ``ValueError`` for a string that is no identity."""
+        keys = self._keys_of(self._path("issued", identity, ".json")).keys
+        revoked = self._revoked()
+        return max((revoked[k] for k in keys if k in revoked), default=None)
+
     def account_jwt(self) -> str:
         return (self.root / "account.jwt").read_text().strip()
 

@@ -11,14 +11,17 @@ import hashlib
 import hmac
 import time
 
+import anyio
 import httpx
 import msgspec
 import pytest
 
 from fleetward.services.api import token
+from fleetward.services.auth.server import push_account
+from fleetward.services.auth.store import AuthStore
 from fleetward.services.client import FleetClient
 from fleetward.services.runtime.connect import Runtime
-from tests.helpers import wait_for
+from tests.helpers import creds, wait_for
 from tests.integration.api_harness import running_api, token_of
 from tests.integration.test_ingress import INGRESS, agent_token, bearer
 
@@ -88,3 +91,31 @@ async def test_hostile_ids_text_and_tokens_get_a_4xx_at_once(rt: Runtime, ops: F
             return answer.status_code == 200 and answer.json()["status"] == "inbox"
 
         await wait_for(still_there, what="task ncw in the inbox")
+
+
+async def test_a_token_dies_with_its_credentials_and_the_live_stream_with_its_token(
+    rt: Runtime,
+) -> None:
+    """A token issued before its holder's credentials were revoked stays refused after new
+    credentials are issued (only rotating the key killed it before); the live stream of a
+    token that expires ends."""
+    store = AuthStore(rt.settings.auth_dir)
+    async with running_api(rt) as api, httpx.AsyncClient(base_url=api.base, timeout=30) as http:
+        creds(rt, "leaky")
+        leaked = bearer(token.issue_agent(api.key, "leaky", time.time() - 10))
+        body = {"name": "N", "owner": "o", "team": "t"}
+        assert (await http.post(f"{INGRESS}/register", headers=leaked, json=body)).is_success
+        store.revoke("leaky")
+        await push_account(rt.nats_url, store)
+        fresh = bearer(agent_token(rt, "leaky"))  # new credentials, a new token
+        beat = await http.post(f"{INGRESS}/heartbeat", headers=fresh, json={})
+        assert beat.status_code == 200, beat.text
+        old = await http.post(f"{INGRESS}/heartbeat", headers=leaked, json={})
+        assert old.status_code == 401 and "revoked" in old.json()["error"], old.text
+
+        brief = bearer(token.issue(api.key, "user:ops", time.time(), expires_s=2))
+        with anyio.fail_after(30):  # a stream that did not end would fail here
+            async with http.stream("GET", "/api/v1/events", headers=brief) as stream:
+                assert stream.status_code == 200
+                async for _chunk in stream.aiter_bytes():
+                    pass
