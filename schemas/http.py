@@ -136,7 +136,7 @@ class AgentEvent(Struct, frozen=True, kw_only=True):
     at: datetime
     kind: str
     what: str
-    task: str | None
+    task_id: str | None
     detail: str | None
     by: str | None
 
@@ -233,7 +233,7 @@ class EscalationsQuery(Query, frozen=True, kw_only=True, forbid_unknown_fields=T
     state: Literal["open", "acknowledged", "resolved", "unresolved", "all"] = "unresolved"
     tier: Tier | None = None
     reason: Filter | None = None
-    agent: Filter | None = None
+    agent_id: Filter | None = None
 
 
 class Escalation(Struct, frozen=True, kw_only=True):
@@ -243,8 +243,8 @@ class Escalation(Struct, frozen=True, kw_only=True):
     reason: str
     tier: str
     state: str
-    agent: str | None
-    task: str | None
+    agent_id: str | None
+    task_id: str | None
     message: str
     raised_at: datetime
     tier_at: datetime
@@ -481,7 +481,7 @@ LIVE_EVENTS: Final[dict[str, str]] = {
     "task": "a task moved, or its dependencies came to be done: `{task_id, status, assignee, "
     "priority, project, waiting_on_dependencies}`",
     "escalation": "an escalation was raised, changed tier or state: `{escalation_id, tier, "
-    "state, reason, agent, task, message, raised_at, tier_at}`",
+    "state, reason, agent_id, task_id, message, raised_at, tier_at}`",
     "overview": "the overview changed (`Overview`)",
     "resync": "too much changed at once to send row by row: read the routes again (`{}`)",
 }

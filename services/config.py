@@ -141,9 +141,15 @@ class Settings:
     # FLEETWARD_API_CREDS: svc:api's credentials, for a process given FLEETWARD_CREDS of another
     # service that serves the task API too (the projector: deploy/systemd)
     api_creds: Path | None = None
+    # FLEETWARD_API_TLS_CERT / FLEETWARD_API_TLS_KEY: PEM files; both set, the API speaks HTTPS
+    api_tls: tuple[Path, Path] | None = None
     # FLEETWARD_HEARTBEAT_PARTITIONS: FW_HEARTBEATS stores heartbeats in this many partitions
     # (schemas/partitions.py); None (unset): created with 1, an existing stream's left as it is
     heartbeat_partitions: int | None = None
+
+    def api_base(self, port: int) -> str:
+        """The API's and dashboard's base URL on ``port``: ``https://`` with TLS set."""
+        return f"{'https' if self.api_tls else 'http'}://{self.api_host}:{port}"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -170,6 +176,7 @@ class Settings:
             api_creds=Path(env["FLEETWARD_API_CREDS"]).expanduser().resolve()
             if env.get("FLEETWARD_API_CREDS")
             else None,
+            api_tls=_tls(env),
             heartbeat_partitions=_heartbeat_partitions(env),
         )
 
@@ -184,6 +191,24 @@ def _heartbeat_partitions(env: dict[str, str]) -> int | None:
             f"{partitions.MAX_PARTITIONS} (1: heartbeats unpartitioned), or unset"
         )
     return int(raw)
+
+
+def _tls(env: dict[str, str]) -> tuple[Path, Path] | None:
+    """(certificate chain, private key) of the API's HTTPS, both PEM files; None for plain HTTP.
+    ``FleetwardError`` when only one is set or a file is missing."""
+    cert, key = env.get("FLEETWARD_API_TLS_CERT", ""), env.get("FLEETWARD_API_TLS_KEY", "")
+    if not cert and not key:
+        return None
+    if not cert or not key:
+        raise FleetwardError(
+            "set both FLEETWARD_API_TLS_CERT (the certificate chain, PEM) and "
+            "FLEETWARD_API_TLS_KEY (its private key, PEM) for HTTPS, or neither"
+        )
+    paths = (Path(cert).expanduser().resolve(), Path(key).expanduser().resolve())
+    for path in paths:
+        if not path.is_file():
+            raise FleetwardError(f"{path} (FLEETWARD_API_TLS_*) is not a file")
+    return paths
 
 
 def _replicas(env: dict[str, str]) -> int | None:

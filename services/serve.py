@@ -14,6 +14,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import anyio
+from nats.errors import Error as NatsError
 
 from fleetward.projections import Projection
 from fleetward.projections.utilization import Utilization
@@ -76,17 +77,13 @@ async def run_services(
     it as SIGTERM does. ``utilization`` runs as one runner per heartbeat partition when
     FW_HEARTBEATS is partitioned (services/projector/partitions.py)."""
     stop = stop or anyio.Event()
-    projections, runners = await _runners(rt, projections)
+    runners: list[ProjectionRunner] = []  # once FW_HEARTBEATS' partitions are read (_project)
+    reading = ["reading FW_HEARTBEATS' partitions from NATS"]
     dogs: list[Watchdog] = []  # the watchdog, once signed in as svc:watchdog
     guards: list[Guard] = []  # the guard, once signed in as svc:guard
     auditors: list[Auditor] = []  # the auditor, once signed in as svc:audit
-    outbox = Outbox(rt) if runners else None
-    health = HealthChecks()  # GET /healthz, /readyz: each part's verdict and reason
-    health.register("nats", lambda: _connected(rt))
-    if runners:
-        health.register("projector", lambda: _committing(runners))
-    if outbox is not None:
-        health.register("outbox", outbox.health)
+    outbox = Outbox(rt) if projections else None
+    health = _health(rt, runners if projections else None, reading, outbox)
     why: dict[str, str] = {}  # a part's last reason it could not sign in (as_service)
     _register_parts(health, why, (
         ("watchdog", watchdog, dogs), ("guard", guard, guards), ("auditor", auditor, auditors),
@@ -104,8 +101,6 @@ async def run_services(
         dogs.append(Watchdog(dog_rt))
         await dogs[0].run(stop.is_set)
 
-    _series_at_zero(projections)
-
     async with anyio.create_task_group() as services:
         _start_process_tasks(services, stop)
         port = await services.start(
@@ -117,9 +112,12 @@ async def run_services(
             # fw.api.*: answers from the projections, signed in as svc:api
             _start_task_api(services, rt, health, why, stop)
         async with anyio.create_task_group() as workers:
-            for runner in runners:
-                workers.start_soon(runner.run, stop.is_set)
-            if runners:  # once per process, however many projections it runs
+            if projections:  # once per process, however many projections it runs
+                workers.start_soon(
+                    lambda: _project(
+                        rt, projections, runners=runners, tg=workers, stop=stop, reading=reading
+                    )
+                )
                 workers.start_soon(FLEET.run, rt, stop)
                 workers.start_soon(watch_lag, rt, runners, stop)
             if outbox is not None:
@@ -137,6 +135,55 @@ async def run_services(
             if on_ready is not None:
                 workers.start_soon(_until_stopped, on_ready, port, stop)
         services.cancel_scope.cancel()
+
+
+def _health(
+    rt: Runtime,
+    runners: list[ProjectionRunner] | None,
+    reading: list[str],
+    outbox: Outbox | None,
+) -> HealthChecks:
+    """GET /healthz, /readyz: NATS, the projector's runners (``None``: none run here; empty:
+    not started yet, ``reading[0]`` says why) and the outbox; each part's verdict and reason."""
+    health = HealthChecks()
+    health.register("nats", lambda: _connected(rt))
+    if runners is not None:
+        health.register("projector", lambda: _committing(runners) if runners else (
+            False, reading[0]))  # fmt: skip
+    if outbox is not None:
+        health.register("outbox", outbox.health)
+    return health
+
+
+async def _project(
+    rt: Runtime,
+    projections: tuple[Projection, ...],
+    *,
+    runners: list[ProjectionRunner],
+    tg: anyio.abc.TaskGroup,
+    stop: anyio.Event,
+    reading: list[str],
+) -> None:
+    """Start a runner per group of ``projections`` in ``tg`` (added to ``runners``) once the
+    partitions of FW_HEARTBEATS can be read, trying again every few seconds while NATS is away
+    (``reading[0]`` says why meanwhile, for /healthz). ``StreamConflict`` is raised: a stream
+    Fleetward did not make is no reason to wait."""
+    delay = 0.5
+    while not stop.is_set():
+        try:
+            expanded, built = await _runners(rt, projections)
+        except (NatsError, OSError, TimeoutError) as exc:
+            reading[0] = f"cannot read FW_HEARTBEATS' partitions from NATS yet ({exc!r})"
+            log.warning("the projector %s; trying again", reading[0])
+            with anyio.move_on_after(delay):
+                await stop.wait()
+            delay = min(delay * 2, 5.0)
+            continue
+        _series_at_zero(expanded)
+        runners.extend(built)
+        for runner in built:
+            tg.start_soon(runner.run, stop.is_set)
+        return
 
 
 async def _runners(

@@ -90,6 +90,16 @@ def session_folder() -> Iterator[Path]:
         yield folder
 
 
+@pytest.fixture
+def server_home(session_folder: Path) -> Path:
+    """A new folder for a test's own embedded servers (``fleetward dev``), in the session's
+    folder: under pytest's basetemp, another pytest session starting meanwhile takes the
+    embedded Postgres user's access to it away (pytest makes ``pytest-of-<user>`` 0700)."""
+    home = session_folder / f"home-{uuid.uuid4().hex[:12]}"
+    home.mkdir()
+    return home
+
+
 @pytest.fixture(scope="session")
 def pg_server(session_folder: Path) -> Iterator[str]:
     """A maintenance URL of the Postgres server the tests create databases on."""

@@ -6,12 +6,14 @@ import contextlib
 import shutil
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import asyncpg
 import msgspec
 from nats.errors import NoRespondersError
 
@@ -21,6 +23,7 @@ from fleetward.schemas.events import RoleGranted
 from fleetward.schemas.grants import Grants
 from fleetward.schemas.roles import ROLE_AUTHORITY
 from fleetward.schemas.subjects import API_AGENTS_GET
+from fleetward.services import db
 from fleetward.services.api.tasks import serve_task_api
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.client import AgentClient
@@ -31,6 +34,7 @@ from fleetward.services.projector.outbox import Outbox
 from fleetward.services.projector.rebuild import catch_up
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime
+from fleetward.services.runtime.embedded import database_url
 from fleetward.services.runtime.orphans import stop_orphans
 from fleetward.services.runtime.ownership import FolderLock
 
@@ -207,6 +211,29 @@ async def snapshot(rt: Runtime, projections: tuple[Projection, ...] = ALL) -> di
         )
         out["dead_letters"] = [tuple(r.values()) for r in rows]
     return out
+
+
+@contextlib.asynccontextmanager
+async def migrated_before(
+    pg_server: str, prefix: str
+) -> AsyncIterator[tuple[asyncpg.Connection, str]]:
+    """A new database on ``pg_server`` with every migration before the one whose file name starts
+    with ``prefix`` applied: a connection to it and that migration's SQL, for a test to put rows
+    in, then upgrade. The database is dropped after the block."""
+    name = f"fleetward_upgrade_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(pg_server)
+    await admin.execute(f"CREATE DATABASE {name}")
+    conn = await asyncpg.connect(database_url(pg_server, name))
+    try:
+        every = db.migrations()
+        at = next(i for i, (file, _) in enumerate(every) if file.startswith(prefix))
+        for _, sql in every[:at]:
+            await conn.execute(sql)
+        yield conn, every[at][1]
+    finally:
+        await conn.close()
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
 
 
 @contextlib.asynccontextmanager

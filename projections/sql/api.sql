@@ -36,12 +36,12 @@ WHERE a.agent_id = ANY($1::text[]);
 -- Agent $1's recent events (at most $2, the latest first), from the views that keep a time per
 -- agent; each branch reads at most $2 rows of its own by an index on the agent.
 SELECT e.* FROM (
-  (SELECT first_at AS at, 'version' AS kind, 'version ' || version AS what, NULL::text AS task,
+  (SELECT first_at AS at, 'version' AS kind, 'version ' || version AS what, NULL::text AS task_id,
           nullif(model, '') AS detail, set_by AS by
    FROM fleet.agent_versions WHERE agent_id = $1 ORDER BY first_at DESC LIMIT $2)
   UNION ALL
-  (SELECT issued_at, 'command', command, task, nullif(reason, ''), issued_by
-   FROM fleet.commands WHERE agent = $1 ORDER BY issued_at DESC LIMIT $2)
+  (SELECT issued_at, 'command', command, task_id, nullif(reason, ''), issued_by
+   FROM fleet.commands WHERE agent_id = $1 ORDER BY issued_at DESC LIMIT $2)
   UNION ALL
   (SELECT claimed_at, 'claimed', title, task_id, 'now ' || status, assignee
    FROM fleet.tasks WHERE assignee = $1 AND claimed_at IS NOT NULL
@@ -60,26 +60,26 @@ SELECT e.* FROM (
    ORDER BY finished_at DESC LIMIT $2)
   UNION ALL
   (SELECT submitted_at, 'submitted', 'deliverable v' || version || ' (' || kind || ')', task_id,
-          NULL, agent
-   FROM fleet.deliverables WHERE agent = $1 ORDER BY submitted_at DESC LIMIT $2)
+          NULL, agent_id
+   FROM fleet.deliverables WHERE agent_id = $1 ORDER BY submitted_at DESC LIMIT $2)
   UNION ALL
-  (SELECT raised_at, 'escalation', reason || ' (' || tier || ')', task, message, raised_by
-   FROM fleet.escalations WHERE agent = $1 ORDER BY raised_at DESC LIMIT $2)
+  (SELECT raised_at, 'escalation', reason || ' (' || tier || ')', task_id, message, raised_by
+   FROM fleet.escalations WHERE agent_id = $1 ORDER BY raised_at DESC LIMIT $2)
   UNION ALL
-  (SELECT resolved_at, 'escalation_resolved', reason, task, resolution, resolved_by
-   FROM fleet.escalations WHERE agent = $1 AND resolved_at IS NOT NULL
+  (SELECT resolved_at, 'escalation_resolved', reason, task_id, resolution, resolved_by
+   FROM fleet.escalations WHERE agent_id = $1 AND resolved_at IS NOT NULL
    ORDER BY resolved_at DESC LIMIT $2)
   UNION ALL
-  (SELECT requested_at, 'approval_requested', kind || ' ' || name, task, summary, agent
-   FROM fleet.approvals WHERE agent = $1 ORDER BY requested_at DESC LIMIT $2)
+  (SELECT requested_at, 'approval_requested', kind || ' ' || name, task_id, summary, agent_id
+   FROM fleet.approvals WHERE agent_id = $1 ORDER BY requested_at DESC LIMIT $2)
   UNION ALL
-  (SELECT decided_at, 'approval_decided', kind || ' ' || name || ' ' || state, task, reason,
+  (SELECT decided_at, 'approval_decided', kind || ' ' || name || ' ' || state, task_id, reason,
           decided_by
-   FROM fleet.approvals WHERE agent = $1 AND decided_at IS NOT NULL
+   FROM fleet.approvals WHERE agent_id = $1 AND decided_at IS NOT NULL
    ORDER BY decided_at DESC LIMIT $2)
   UNION ALL
-  (SELECT at, 'policy_violation', kind || ' ' || tool, task, detail, agent
-   FROM fleet.policy_violations WHERE agent = $1 ORDER BY at DESC LIMIT $2)
+  (SELECT at, 'policy_violation', kind || ' ' || tool, task_id, detail, agent_id
+   FROM fleet.policy_violations WHERE agent_id = $1 ORDER BY at DESC LIMIT $2)
 ) e
 ORDER BY e.at DESC, e.kind
 LIMIT $2;
@@ -96,7 +96,7 @@ SELECT task_id, status, assignee, priority, project, waiting_on_dependencies FRO
 -- name: api_live_escalations
 -- What the live stream watches of every escalation raised or changed in the last day, and of
 -- every one still open.
-SELECT escalation_id, tier, state, reason, agent, task, message, raised_at, tier_at
+SELECT escalation_id, tier, state, reason, agent_id, task_id, message, raised_at, tier_at
 FROM fleet.escalations
 WHERE open OR updated_at > now() - interval '1 day';
 
@@ -152,13 +152,13 @@ ORDER BY day DESC, cost_usd DESC, model LIMIT $4 OFFSET $5;
 -- name: api_escalations
 -- Escalations in state $1 ('unresolved': open or acknowledged; 'all'), tier $2, reason $3,
 -- agent $4; unresolved first, the highest tier, then the oldest; $5 rows from $6.
-SELECT escalation_id, reason, tier, state, agent, task, message, raised_at, tier_at,
+SELECT escalation_id, reason, tier, state, agent_id, task_id, message, raised_at, tier_at,
        acknowledged_by, resolved_at
 FROM fleet.escalations
 WHERE ($1 = 'all' OR ($1 = 'unresolved' AND open) OR state = $1)
   AND ($2::text IS NULL OR tier = $2)
   AND ($3::text IS NULL OR reason = $3)
-  AND ($4::text IS NULL OR agent = $4)
+  AND ($4::text IS NULL OR agent_id = $4)
 ORDER BY open DESC, CASE tier WHEN 'critical' THEN 2 WHEN 'warning' THEN 1 ELSE 0 END DESC,
          raised_at, escalation_id
 LIMIT $5 OFFSET $6;

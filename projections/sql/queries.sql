@@ -119,7 +119,7 @@ WHERE agent_id = $1;
 
 -- name: escalations_open
 -- Open escalations for people: critical first, then warning, info; the oldest first in each.
-SELECT escalation_id, reason, tier, state, agent AS agent_id, task AS task_id, message, raised_at,
+SELECT escalation_id, reason, tier, state, agent_id, task_id, message, raised_at,
        tier_at, acknowledged_by, age
 FROM fleet.escalations_open
 ORDER BY tier_rank DESC, raised_at, escalation_id
@@ -127,7 +127,7 @@ LIMIT $1;
 
 -- name: escalations_all
 -- Every escalation, open ones first, then the most recently raised.
-SELECT escalation_id, reason, tier, state, agent AS agent_id, task AS task_id, message, raised_at,
+SELECT escalation_id, reason, tier, state, agent_id, task_id, message, raised_at,
        tier_at, acknowledged_by, age
 FROM fleet.escalations
 ORDER BY open DESC, CASE tier WHEN 'critical' THEN 2 WHEN 'warning' THEN 1 ELSE 0 END DESC,
@@ -322,7 +322,7 @@ WHERE released_reason IS NULL;
 
 -- name: approvals_open
 -- fleetward approvals: the open requests, the oldest first.
-SELECT approval_id, agent AS agent_id, task AS task_id, kind, name, summary, risk, requested_at,
+SELECT approval_id, agent_id, task_id, kind, name, summary, risk, requested_at,
        deadline_at, expires_at, overdue, policy_id, policy_version
 FROM fleet.approvals WHERE open ORDER BY requested_at, approval_id LIMIT $1;
 
@@ -489,7 +489,7 @@ SELECT a.agent_id, a.team, a.version, a.status, a.registered_at, a.promoted_vers
         WHERE v.agent_id = a.agent_id AND v.version <> a.version
         ORDER BY v.changed_at DESC, v.version LIMIT 1) AS previous_version,
        (SELECT coalesce(array_agg(e.message ORDER BY e.raised_at), '{}') FROM fleet.escalations e
-        WHERE e.agent = a.agent_id AND e.reason = 'kpi_drift' AND e.open) AS drifts
+        WHERE e.agent_id = a.agent_id AND e.reason = 'kpi_drift' AND e.open) AS drifts
 FROM fleet.agents a
 LEFT JOIN fleet.kpi_agents k ON k.agent_id = a.agent_id AND k.days = 30
 WHERE a.status <> 'retired' AND ($1::text IS NULL OR a.team = $1)

@@ -84,7 +84,7 @@ async def spend(conn: Conn, query: http.SpendQuery, now: datetime) -> http.Spend
 
 async def escalations(conn: Conn, query: http.EscalationsQuery) -> http.EscalationsPage:
     found = await conn.fetch(
-        q("api_escalations"), query.state, query.tier, query.reason, query.agent,
+        q("api_escalations"), query.state, query.tier, query.reason, query.agent_id,
         query.limit + 1, query.offset,
     )  # fmt: skip
     rows, nxt = _page(found, query)

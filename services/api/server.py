@@ -56,8 +56,9 @@ async def serve_api(
     *,
     task_status: TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve the API on ``FLEETWARD_API_HOST:FLEETWARD_API_PORT``, reporting the bound port,
-    until ``stop`` is set. The tokens' key is made in ``FLEETWARD_AUTH_DIR`` if missing; the
+    """Serve the API on ``FLEETWARD_API_HOST:FLEETWARD_API_PORT`` (HTTPS when
+    ``FLEETWARD_API_TLS_CERT`` and ``_KEY`` are set), reporting the bound port, until ``stop``
+    is set. The tokens' key is made in ``FLEETWARD_AUTH_DIR`` if missing; the
     ingress acts for agents with their credentials there (services/api/acting.py)."""
     key = load_key(rt.settings.auth_dir, create=True)
     live = Live(rt.pool)
@@ -65,9 +66,11 @@ async def serve_api(
     people = People(rt.nats_url, rt.settings.auth_dir)
     agents = AgentPool(rt.nats_url, rt.settings.auth_dir)  # the ingress's (services/api/acting.py)
     app = make_app(rt.pool, key, live, health, people, more=ingress_routes(agents))
+    tls = rt.settings.api_tls  # HTTPS with these PEM files (FLEETWARD_API_TLS_CERT, _KEY)
     config = uvicorn.Config(
-        app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2, access_log=False
-    )
+        app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2, access_log=False,
+        ssl_certfile=str(tls[0]) if tls else None, ssl_keyfile=str(tls[1]) if tls else None,
+    )  # fmt: skip
     server = _Server(config)
     sock = bind(rt.settings.api_host, rt.settings.api_port)
     port = int(sock.getsockname()[1])

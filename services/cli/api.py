@@ -92,7 +92,7 @@ async def _api(settings: Settings, args: argparse.Namespace) -> None:
 
         async def ready(port: int) -> None:
             console.print(
-                f"api running on http://{settings.api_host}:{api_ports[0]}/ "
+                f"api running on {settings.api_base(api_ports[0])}/ "
                 f"(sign in: fleetward api token --person user:NAME); metrics on :{port}/metrics"
             )
 

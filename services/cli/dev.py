@@ -65,8 +65,8 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
             for api in api_ports:
                 token = api_token(settings, PERSON, role="operator")
                 console.print(
-                    f"  Dashboard http://{settings.api_host}:{api}/login#token={token}\n"
-                    f"            HTTP API http://{settings.api_host}:{api}/api/v1/ "
+                    f"  Dashboard {settings.api_base(api)}/login#token={token}\n"
+                    f"            HTTP API {settings.api_base(api)}/api/v1/ "
                     "(schemas/openapi.json; the token above as 'Authorization: Bearer')"
                 )
             if args.simulate:

@@ -34,11 +34,51 @@ DROP TABLE bench_agents;
 -- The freshness probe: the message of the probe agent's last heartbeat, as the view shows it.
 SELECT message FROM fleet.utilization WHERE agent_id = 'probe';
 
+-- name: kpi_triggers_off
+-- The KPI rollup triggers off (migrations 0035, 0040): the pipeline section's ingest without
+-- them, for their cost (the rollups are wrong until the next reset empties them).
+ALTER TABLE fleetward.kpi_daily DISABLE TRIGGER kpi_runs_added;
+ALTER TABLE fleetward.kpi_daily DISABLE TRIGGER kpi_runs_changed;
+ALTER TABLE fleetward.kpi_daily DISABLE TRIGGER kpi_runs_removed;
+ALTER TABLE fleetward.kpi_latency_daily DISABLE TRIGGER kpi_latency_added;
+ALTER TABLE fleetward.kpi_latency_daily DISABLE TRIGGER kpi_latency_changed;
+ALTER TABLE fleetward.kpi_latency_daily DISABLE TRIGGER kpi_latency_removed;
+ALTER TABLE fleetward.deliverables DISABLE TRIGGER kpi_reviews_rows;
+ALTER TABLE fleetward.utilization_hourly DISABLE TRIGGER utilization_daily_rows;
+ALTER TABLE fleetward.utilization_daily DISABLE TRIGGER kpi_time_rows;
+ALTER TABLE fleetward.agents DISABLE TRIGGER kpi_team_time_added;
+ALTER TABLE fleetward.agents DISABLE TRIGGER kpi_team_time_moved;
+
+-- name: kpi_triggers_on
+-- The KPI rollup triggers on again (as migrations 0035 and 0040 leave them).
+ALTER TABLE fleetward.kpi_daily ENABLE TRIGGER kpi_runs_added;
+ALTER TABLE fleetward.kpi_daily ENABLE TRIGGER kpi_runs_changed;
+ALTER TABLE fleetward.kpi_daily ENABLE TRIGGER kpi_runs_removed;
+ALTER TABLE fleetward.kpi_latency_daily ENABLE TRIGGER kpi_latency_added;
+ALTER TABLE fleetward.kpi_latency_daily ENABLE TRIGGER kpi_latency_changed;
+ALTER TABLE fleetward.kpi_latency_daily ENABLE TRIGGER kpi_latency_removed;
+ALTER TABLE fleetward.deliverables ENABLE TRIGGER kpi_reviews_rows;
+ALTER TABLE fleetward.utilization_hourly ENABLE TRIGGER utilization_daily_rows;
+ALTER TABLE fleetward.utilization_daily ENABLE TRIGGER kpi_time_rows;
+ALTER TABLE fleetward.agents ENABLE TRIGGER kpi_team_time_added;
+ALTER TABLE fleetward.agents ENABLE TRIGGER kpi_team_time_moved;
+
 -- name: kpis_empty
--- The KPI benchmark's history gone, for the next run's.
+-- The KPI benchmark's history gone, for the next run's (one table a statement: emptying a
+-- source empties its rollups, by trigger).
+TRUNCATE fleetward.utilization_hourly;
+TRUNCATE fleetward.utilization_daily;
 TRUNCATE fleetward.agents, fleetward.agent_versions, fleetward.kpi_daily,
-         fleetward.kpi_latency_daily, fleetward.deliverables, fleetward.utilization_hourly,
-         fleetward.utilization_daily;
+         fleetward.kpi_latency_daily, fleetward.deliverables, fleetward.utilization;
+TRUNCATE fleetward.kpi_cumulative;
+
+-- name: kpis_kept
+-- The KPI history already here (make bench --kpi-home): its agents, its days, and whether its
+-- last day is today (the views' windows end today).
+SELECT (SELECT count(*) FROM fleetward.agents) AS agents,
+       (SELECT max(day) - min(day) + 1 FROM fleetward.kpi_daily) AS days,
+       coalesce((SELECT max(day) FROM fleetward.kpi_daily)
+                = (now() AT TIME ZONE 'UTC')::date, false) AS ends_today;
 
 -- name: kpis_patterns
 -- The KPI benchmark's scratch tables (agent-days folded by projections/kpis.py) and the function
@@ -97,13 +137,21 @@ BEGIN
            (day + interval '13 hours') AT TIME ZONE 'UTC'
     FROM bench_agent_days;
     GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
-    PERFORM set_config('session_replication_role', 'origin', true);
-    PERFORM fleetward.kpi_rollups_fill();
     -- the views read utilization by day (utilization_daily: 24 half-busy hours a day); the
     -- 720 hourly rows of an agent's 30 days would change nothing they read
     INSERT INTO fleetward.utilization_daily (agent_id, day, busy_s, idle_s)
     SELECT agent_id, day, 43200, 43200 FROM bench_agent_days;
     GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+    -- and each agent's current hour, half busy so far (fleetward.utilization, as heartbeats
+    -- leave it)
+    INSERT INTO fleetward.utilization (agent_id, state, message, first_seen, last_seen, busy_us,
+        idle_us, heartbeats, last_seq, hour, hour_busy_us, hour_idle_us, hour_heartbeats)
+    SELECT agent_id, 'busy', '', first::timestamp AT TIME ZONE 'UTC', now(), 0, 0, 60, i,
+           date_trunc('hour', now(), 'UTC'), 900000000, 900000000, 60
+    FROM bench_agent_days WHERE d = 0;
+    GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+    PERFORM set_config('session_replication_role', 'origin', true);
+    PERFORM fleetward.kpi_cumulative_fill();
     RETURN total;
 END $$;
 

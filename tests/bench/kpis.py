@@ -7,9 +7,10 @@ The history is built fast, straight into the tables the projections own, by the 
 own folds: each agent-day's rollup rows (``kpi_daily``, ``kpi_latency_daily``) are folded by
 ``projections/kpis.py`` (``add``, ``add_latency``) from a day of runs, spends and tool calls
 drawn from a few patterns, then stamped onto every agent and day on the server
-(``kpis_history``, tests/bench/bench.sql) with the agents, their versions and one reviewed
-deliverable per agent-day; the team rollups are then summed from them as migration 0035 does
-(``fleetward.kpi_rollups_fill``), and each agent-day's utilization written by day. Publishing
+(``kpis_history``, tests/bench/bench.sql) with the agents, their versions, one reviewed
+deliverable per agent-day, each agent-day's utilization and each agent's current hour; the
+running totals are then summed from them as migration 0040 does
+(``fleetward.kpi_cumulative_fill``). Publishing
 the ~10^7 events that history stands for would take hours on 2 shared cores; the views read only
 these rows, so they answer the same."""
 
@@ -149,11 +150,27 @@ async def measure(
     return took
 
 
+async def kept(rt: Runtime, agents: int, days: int) -> History | None:
+    """The history already in the database (``--kpi-home``), if it is one of ``agents`` agents
+    over the last ``days`` UTC days ending today (rows: 0, not counted again); else None."""
+    async with rt.pool.acquire() as conn:
+        found = await conn.fetchrow(bench_q("kpis_kept"))
+    if found and found["agents"] == agents and found["days"] == days and found["ends_today"]:
+        return History(agents, days, 0)
+    return None
+
+
 async def run_kpis_bench(
-    rt: Runtime, agents: int, days: int, seed: int
+    rt: Runtime, agents: int, days: int, seed: int, *, reuse: bool = False
 ) -> tuple[History, float, list[tuple[str, float, int]]]:
-    """The history, the baseline's p99 (s) and each probe's (what, p99 s, executions)."""
-    history = await build(rt, agents, days, seed)
+    """The history (``reuse``: the one kept in the database, when it fits; else any there is
+    emptied and a new one built), the baseline's p99 (s) and each probe's (what, p99 s,
+    executions)."""
+    history = await kept(rt, agents, days) if reuse else None
+    if history is None:
+        async with rt.pool.acquire() as conn:
+            await conn.execute(bench_q("kpis_empty"))
+        history = await build(rt, agents, days, seed)
 
     def one_agent(rng: random.Random) -> tuple[Any, ...]:
         return (_agent(rng.randrange(agents))[0],)

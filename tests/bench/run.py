@@ -349,6 +349,34 @@ async def rebuild_rate(rt: Runtime, name: str) -> float:
     return events / (time.perf_counter() - started)
 
 
+async def kpi_trigger_cost(
+    rt: Runtime, events: int, runs: int, log: Path
+) -> dict[str, tuple[list[float], list[float]]]:
+    """What the KPI rollup triggers (migrations 0035, 0040) cost: ingest with one projector
+    process, and a rebuild of ``spend`` (which writes kpi_daily and kpi_latency_daily), each
+    ``runs`` times with the triggers on and off, alternating which goes first. Returns each
+    figure's events/s (on, off); leaves the triggers on."""
+    out: dict[str, tuple[list[float], list[float]]] = {
+        "ingest (every projection), one projector process": ([], []),
+        "rebuild spend": ([], []),
+    }
+    ingest_rates, spend_rates = out.values()
+    try:
+        for i in range(runs):
+            for on in (True, False) if i % 2 == 0 else (False, True):
+                async with rt.pool.acquire() as conn:
+                    await conn.execute(bench_q("kpi_triggers_on" if on else "kpi_triggers_off"))
+                rate, _ = await ingest(rt, events, log, "one")
+                ingest_rates[not on].append(rate)
+                spend_rates[not on].append(await rebuild_rate(rt, "spend"))
+                say(f"  KPI triggers {'on' if on else 'off'}: ingest {rate:,.0f} events/s,"
+                    f" spend rebuild {spend_rates[not on][-1]:,.0f} events/s")  # fmt: skip
+    finally:
+        async with rt.pool.acquire() as conn:
+            await conn.execute(bench_q("kpi_triggers_on"))
+    return out
+
+
 # ---- the run ----------------------------------------------------------------------------------
 
 
@@ -388,6 +416,7 @@ async def run(args: argparse.Namespace) -> list[Figure]:
 
             ing[layout] = await repeat(args.runs, one_ingest, f"ingest, {label}")
         reb = await repeat(args.runs, lambda: rebuild_rate(rt, "utilization"), "rebuild")
+        kpi = await kpi_trigger_cost(rt, args.events, args.runs, log)
         from tests.bench.freshness import freshness_runs  # noqa: PLC0415  # it imports this module
 
         fresh = await freshness_runs(rt, args, home)
@@ -450,6 +479,15 @@ async def run(args: argparse.Namespace) -> list[Figure]:
         base=raw[0],
         target=">= 0.6x",
     )
+    for what, (on, off) in kpi.items():
+        fig(
+            f"{what}, KPI rollup triggers on",
+            ours=median_of(on),
+            unit="events/s",
+            baseline=f"the same, KPI rollup triggers off (median of {len(off)}), events/s",
+            base=statistics.median(off),
+            target="(context: the triggers' cost)",
+        )
     figures += fresh
     for layout, label in LAYOUTS.items():
         for i, only in enumerate(projector_groups(layout)):
@@ -624,20 +662,19 @@ async def partitions_figures(args: argparse.Namespace) -> list[Figure]:
 async def kpis_figures(args: argparse.Namespace) -> list[Figure]:
     """The KPI views' p99 for ``--kpi-agents`` agents with ``--kpi-days`` days of history, next
     to a plain indexed lookup of one row in the same run (tests/bench/kpis.py)."""
-    home = Path(tempfile.mkdtemp(prefix="fleetward-bench-kpis-"))
+    home = args.kpi_home or Path(tempfile.mkdtemp(prefix="fleetward-bench-kpis-"))
     settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
     bases: list[float] = []
     p99s: dict[str, list[float]] = {}
     async with open_runtime(settings, identity=as_harness(settings), embed=True) as rt:
         for i in range(args.runs):
-            if i:  # each run on a history of its own
-                async with rt.pool.acquire() as conn:
-                    await conn.execute(bench_q("kpis_empty"))
+            reuse = args.kpi_home is not None and i == 0  # else each run on a history of its own
             started = time.perf_counter()
             history, base, probes = await run_kpis_bench(
-                rt, args.kpi_agents, args.kpi_days, args.seed + i
+                rt, args.kpi_agents, args.kpi_days, args.seed + i, reuse=reuse
             )
-            say(f"  kpis: {history.rows:,} rows written in {time.perf_counter() - started:.0f} s;"
+            made = f"{history.rows:,} rows written" if history.rows else "the kept history"
+            say(f"  kpis: {made} in {time.perf_counter() - started:.0f} s;"
                 f" baseline p99 {base * 1e3:.2f} ms")  # fmt: skip
             bases.append(base)
             for what, p99, n in probes:
@@ -949,6 +986,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--pt-events", type=int, default=300_000, help="heartbeats, partitions section")
     p.add_argument("--pt-agents", type=int, default=30_000, help="their agents")
+    p.add_argument(
+        "--kpi-home",
+        type=Path,
+        help="keep the KPI history's servers here and reuse a history found there (tuning)",
+    )
     p.add_argument("--claim-agents", type=int, default=100)
     p.add_argument("--http-agents", type=int, default=100, help="agents heartbeating over HTTP")
     p.add_argument("--http-seconds", type=float, default=10.0, help="each HTTP/direct phase")

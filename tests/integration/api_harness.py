@@ -56,6 +56,6 @@ async def running_api(rt: Runtime) -> AsyncIterator[Api]:
         key = token.load_key(rt.settings.auth_dir, create=True)
         try:
             viewer = token.issue(key, "user:viewer", time.time())
-            yield Api(f"http://127.0.0.1:{bound}", viewer, key)
+            yield Api(fast.settings.api_base(bound), viewer, key)
         finally:
             stop.set()  # as SIGTERM: every part finishes and closes its connections

@@ -99,7 +99,9 @@ async def test_every_write_route_changes_the_views(rt: Runtime) -> None:
 
         acked = await _post(web, "/api/v1/escalations/esc-w/ack", {"note": "on it"})
         assert (acked["event"], acked["actor"]) == ("escalation.acknowledged", "user:ops")
-        await _shows(web, "/api/v1/escalations?state=all&agent=w-1", next_offset=None)
+        await _shows(web, "/api/v1/escalations?state=all&agent_id=w-1", next_offset=None)
+        page = (await web.get("/api/v1/escalations?state=all&agent_id=w-1")).json()
+        assert [(e["escalation_id"], e["agent_id"]) for e in page["items"]] == [("esc-w", "w-1")]
         await _post(web, "/api/v1/escalations/esc-w/resolve", {"note": "restarted"})
 
         async def resolved() -> bool:
@@ -150,6 +152,13 @@ async def test_refusals_are_the_clis_lines_with_their_4xx(rt: Runtime) -> None:
         await FleetClient.connect(rt.nats_url, creds(rt, "user:ops")) as ops,
         await FleetClient.connect(rt.nats_url, creds(rt, "user:carol")) as carol,
     ):
+        await _shows(ops_web, "/api/v1/agents/w-1", status="active")  # the registry has it
+
+        async def escalation_shown() -> bool:
+            page = (await ops_web.get("/api/v1/escalations?state=all")).json()
+            return any(e["escalation_id"] == "esc-v" for e in page["items"])
+
+        await wait_for(escalation_shown, what="esc-v in the views")
         # a viewer's token writes nothing, on any write route
         async with _client(api, api.token) as viewer:
             for route in http.WRITE_ROUTES:

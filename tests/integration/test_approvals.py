@@ -229,11 +229,11 @@ async def test_a_denied_tool_called_anyway_is_a_violation_and_an_escalation(rt: 
                 esc = await conn.fetchrow(
                     "SELECT * FROM fleet.escalations WHERE reason = 'policy_violation'"
                 )
-            assert v is not None and (v["agent"], v["tool"], v["kind"]) == (
+            assert v is not None and (v["agent_id"], v["tool"], v["kind"]) == (
                 "gate-f", "shell.exec", "denied")  # fmt: skip
             assert v["policy_version"] == 1
             assert esc is not None and esc["escalation_id"] == v["escalation_id"]
-            assert (esc["tier"], esc["agent"], esc["state"]) == ("critical", "gate-f", "open")
+            assert (esc["tier"], esc["agent_id"], esc["state"]) == ("critical", "gate-f", "open")
         finally:
             await a.close()
             await ops.close()

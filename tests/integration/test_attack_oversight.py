@@ -107,7 +107,7 @@ async def test_a_hostile_agent_cannot_decide_forge_or_squat_a_request(
                 assert await h.violated(f"fw.approval.req-v.{actor}")
         await project_all(rt)
         row = await _approval(rt, "req-v")
-        assert (row["agent"], row["state"]) == ("victim", "open")
+        assert (row["agent_id"], row["state"]) == ("victim", "open")
         dead = await _dead_letters(rt)
         assert len(dead) == 6, dead
         assert {r for s, r in dead if s.endswith(".victim")} == {"actor_forbidden"}
@@ -180,8 +180,8 @@ async def test_a_tool_call_naming_another_agents_approval_is_a_violation(
                 await t.nc.jetstream(timeout=2).publish("fw.agent.thief.thief", encode(call))
             await project_all(rt)
             async with rt.pool.acquire() as conn:
-                v = await conn.fetch("SELECT agent, kind, detail FROM fleet.policy_violations")
-            assert [(r["agent"], r["kind"]) for r in v] == [("thief", "unapproved")]
+                v = await conn.fetch("SELECT agent_id, kind, detail FROM fleet.policy_violations")
+            assert [(r["agent_id"], r["kind"]) for r in v] == [("thief", "unapproved")]
             assert "not one of thief's requests" in v[0]["detail"]
             assert (await _approval(rt, "req-o"))["used_by"] is None  # still the owner's to use
             own = ToolCalled(**envelope("owner"), agent="owner", tool="payments.send",

@@ -9,25 +9,21 @@ an integer column, ...), so every run is bounded by ``fail_after``: a stall fail
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import anyio
-import asyncpg
 import msgspec
 
 from fleetward.projections import ALL
 from fleetward.schemas.events import AgentRegistered, Event, Heartbeat, SpendRecorded, TaskCreated
-from fleetward.services import db
 from fleetward.services.db import q
 from fleetward.services.jetstream.publish import publish, publish_many
 from fleetward.services.projector.rebuild import rebuild
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime
-from fleetward.services.runtime.embedded import database_url
-from tests.helpers import envelope, project_all, run_to_end, snapshot
+from tests.helpers import envelope, migrated_before, project_all, run_to_end, snapshot
 
 STALL_S = 60  # far more than any of these runs needs
 
@@ -216,16 +212,7 @@ async def test_migration_0005_keeps_the_rows_it_widens(pg_server: str) -> None:
     """Upgrading a database that holds rows: the widened columns keep their values and take
     what they could not before; every agent with spend gets its teams (in code point order, as
     the fold sorts them), one who never registered too."""
-    name = f"fleetward_upgrade_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(pg_server)
-    await admin.execute(f"CREATE DATABASE {name}")
-    conn = await asyncpg.connect(database_url(pg_server, name))
-    try:
-        every = db.migrations()
-        at = next(i for i, (file, _) in enumerate(every) if file.startswith("0005_"))
-        before, last_sql = every[:at], every[at][1]
-        for _, sql in before:
-            await conn.execute(sql)
+    async with migrated_before(pg_server, "0005_") as (conn, last_sql):
         await conn.execute(
             """
             INSERT INTO fleetward.spend_agents VALUES ('a1', 'B');
@@ -264,7 +251,3 @@ async def test_migration_0005_keeps_the_rows_it_widens(pg_server: str) -> None:
             "deliverables.version": "bigint",
             "deliverables.epoch": "integer",
         }
-    finally:
-        await conn.close()
-        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        await admin.close()

@@ -384,12 +384,12 @@ def _status_from(folder: Path, env: dict[str, str]) -> Any:
     return json.loads(found.stdout)
 
 
-def test_dev_runs_embedded_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+def test_dev_runs_embedded_and_stops_on_ctrl_c(server_home: Path) -> None:
     """``fleetward dev`` without FLEETWARD_HOME keeps its data in the per-user state folder
     (here XDG_STATE_HOME's), where the other commands find it from any folder."""
-    home = tmp_path / "state" / "fleetward"
+    home = server_home / "state" / "fleetward"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWARD_")}
-    env["XDG_STATE_HOME"] = str(tmp_path / "state")
+    env["XDG_STATE_HOME"] = str(server_home / "state")
     proc = subprocess.Popen(
         [*CLI, "dev", "--simulate", "5"],
         cwd=ROOT,
@@ -412,7 +412,7 @@ def test_dev_runs_embedded_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         status = _next_line_with(lines, "agents 5", deadline, seen)
         assert "tasks" in status
         assert (home / "runtime.json").exists()
-        assert sum(_status_from(tmp_path / "elsewhere", env)["summary"]["agents"].values()) == 5
+        assert sum(_status_from(server_home / "elsewhere", env)["summary"]["agents"].values()) == 5
         nats_server = _embedded_nats(psutil.Process(proc.pid), home / "nats")
         postmaster = psutil.Process(int((home / "pg" / "postmaster.pid").read_text().split()[0]))
 

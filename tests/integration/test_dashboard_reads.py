@@ -64,7 +64,7 @@ async def test_an_agents_timeline_gathers_its_events_from_the_views_latest_first
         two = await reads.agent_events(conn, "tl-1", http.AgentEventsQuery(limit=2))
         unknown = await reads.agent_events(conn, "tl-404", http.AgentEventsQuery())
     assert page is not None and two is not None
-    kinds = [(e.kind, e.what, e.task) for e in page.items]
+    kinds = [(e.kind, e.what, e.task_id) for e in page.items]
     assert set(kinds) == {
         ("version", "version 1", None),
         ("claimed", "Write docs", "t-1"),

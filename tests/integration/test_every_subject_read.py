@@ -91,11 +91,11 @@ async def test_bad_events_on_command_subjects_are_dead_lettered_and_good_ones_ap
         checkpoint = await conn.fetchval(
             "SELECT checkpoint FROM fleet.projections WHERE projection = 'commands'"
         )
-    found = [(r["command_id"], r["agent"], r["command"], r["payload"], r["issued_by"])
+    found = [(r["command_id"], r["agent_id"], r["command"], r["payload"], r["issued_by"])
              for r in rows if r["issued_by"] == "svc:ops"]  # fmt: skip
     assert found == [(good.id, "a1", "pause", '{"escalation": "e1"}', "svc:ops")]
     # the agent that published a command on its own subject (v2: the subject names the
     # sender) is told; its refusal is the only other command
-    told = [(r["agent"], r["command"]) for r in rows if r["issued_by"] != "svc:ops"]
+    told = [(r["agent_id"], r["command"]) for r in rows if r["issued_by"] != "svc:ops"]
     assert told == [("a2", "refused")]
     assert checkpoint > max(published)

@@ -336,7 +336,10 @@ async def test_no_single_event_stalls_kills_or_skews_fleetward(
             judged = dog.signals.judged.count
             await dog.signals.wait_for(lambda: dog.signals.judged.count > judged, 30, "judging")
         stop.set()
-    # live equals rebuild, over everything published so far (every example's bad input)
+    # live equals rebuild, over everything published so far (every example's bad input), the
+    # watchdog's last judgements too (published after the projection above)
+    with anyio.fail_after(120):
+        await project_all(rt)
     live = await snapshot(rt)
     for projection in ALL:
         with anyio.fail_after(120):

@@ -30,6 +30,7 @@ from fleetward.services.jetstream.publish import publish_many
 from fleetward.services.projector.rebuild import rebuild
 from fleetward.services.runtime.connect import Runtime
 from tests.helpers import TEST_ADMINS, envelope, project_all, snapshot
+from tests.integration.test_kpi_totals import totals
 
 REVIEWER = f"user:{TEST_ADMINS[0]}"
 KPIS = ("runs", "success_rate", "avg_latency_ms", "p95_latency_ms", "cost_usd",
@@ -94,7 +95,7 @@ async def views(rt: Runtime) -> dict[str, list[tuple[Any, ...]]]:
                 f"SELECT agent_id, version, prompt, model, tools, current, days, {cols}"
                 " FROM fleet.kpi_versions ORDER BY agent_id, version, days")],
             "deliverables": [tuple(r.values()) for r in await conn.fetch(
-                "SELECT task_id, version, agent, agent_version, prompt, model, tools, team,"
+                "SELECT task_id, version, agent_id, agent_version, prompt, model, tools, team,"
                 " verdict, reviewed_by FROM fleet.deliverable_versions ORDER BY 1, 2")],
             "runs": [tuple(r.values()) for r in await conn.fetch(
                 "SELECT run_id, latency_ms, tool_ms FROM fleet.spend_runs"
@@ -155,26 +156,14 @@ async def test_kpis_from_a_known_history_equal_the_hand_computed_values_and_a_re
         await rebuild(rt, projection)
     assert await snapshot(rt, projections) == live
     assert await views(rt) == got
-    kept = await rollups(rt)  # the triggers' sums equal their sources', after a rebuild too
-    assert kept == await rollups(rt, summed_again=True)
-    assert kept["kpi_team_daily"] and kept["kpi_team_latency_daily"] and kept["kpi_team_reviews"]
-
-
-ROLLUPS = ("utilization_daily", "kpi_team_daily", "kpi_team_latency_daily", "kpi_team_reviews")
-
-
-async def rollups(rt: Runtime, *, summed_again: bool = False) -> dict[str, list[Any]]:
-    """The rollups under the KPI views (migration 0035) as their triggers kept them, or summed
-    again from their sources (``fleetward.kpi_rollups_fill``, rolled back after); rows whose
-    sums are all zero (every source row taken away again) left out."""
-    async with rt.pool.acquire() as conn:
-        tx = conn.transaction()
-        await tx.start()
-        if summed_again:
-            await conn.execute("SELECT fleetward.kpi_rollups_fill()")
-        found = {}
-        for table in ROLLUPS:
-            rows = await conn.fetch(f"SELECT * FROM fleetward.{table} ORDER BY 1, 2, 3")
-            found[table] = [tuple(r) for r in rows if any(tuple(r)[2:])]
-        await tx.rollback()
-    return found
+    async with rt.pool.acquire() as conn:  # the triggers' totals equal their sources', rebuilt
+        kept = await totals(conn)
+        assert kept == await totals(conn, summed_again=True)
+    assert {kind for kind, *_ in kept} >= {
+        "agent_runs",
+        "team_runs",
+        "agent_latency",
+        "team_latency",
+        "agent_reviews",
+        "team_reviews",
+    }

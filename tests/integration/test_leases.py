@@ -93,7 +93,7 @@ async def test_a_killed_claimer_loses_its_task_and_another_finishes_it(rt: Runti
         async with rt.pool.acquire() as conn:
             task = await conn.fetchrow("SELECT * FROM fleet.tasks WHERE task_id = 'lease-1'")
             versions = await conn.fetch(
-                "SELECT agent, epoch, content FROM fleet.deliverables WHERE task_id = 'lease-1'"
+                "SELECT agent_id, epoch, content FROM fleet.deliverables WHERE task_id = 'lease-1'"
             )
             refused = await conn.fetch(
                 "SELECT type, reason FROM fleet.task_rejections WHERE task_id = 'lease-1'"

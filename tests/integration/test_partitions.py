@@ -125,7 +125,9 @@ async def test_watchdog_partitions_read_only_their_token_and_judge_their_agents(
                 return rec.agents("critical") >= set(silent)
 
             await wait_for(both_critical, 20, "a critical escalation for each silent agent")
-            assert rec.agents() == set(silent)  # the beating ones: never
+            # the beating ones: never critical (a warning needs only a second's delay of the
+            # beater's rounds, which a loaded machine can give)
+            assert rec.agents("critical") == set(silent)
             assert len(rec.raised(tier="critical")) == 2  # each once, by its partition's replica
         for part, dog in enumerate(dogs):
             assert set(dog.judge.liveness.agents) == {a for a in agents

@@ -118,9 +118,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 async def test_dev_killed_with_sigkill_then_started_again_runs_one_of_each_on_intact_data(
-    tmp_path: Path,
+    tmp_path: Path, server_home: Path
 ) -> None:
-    home = tmp_path / "home"
+    home = server_home
     pgdata = home / "pg"
     first = _start_dev(home, tmp_path / "first.log")
     second: subprocess.Popen[bytes] | None = None

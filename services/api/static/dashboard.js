@@ -131,10 +131,10 @@ function putSilent(e) {
   else silent.set(e.escalation_id, e);
   const body = document.querySelector("#silent tbody");
   body.replaceChildren();
-  for (const s of [...silent.values()].sort((a, b) => String(a.agent).localeCompare(b.agent))) {
+  for (const s of [...silent.values()].sort((a, b) => String(a.agent_id).localeCompare(b.agent_id))) {
     const tr = el("tr");
-    tr.dataset.agentId = s.agent || "";
-    tr.append(cell(agentLink(s.agent)),
+    tr.dataset.agentId = s.agent_id || "";
+    tr.append(cell(agentLink(s.agent_id)),
       el("td", s.tier === "critical" ? "offline" : "silent", "t-" + s.tier),
       el("td", ago(s.tier_at || s.raised_at)), el("td", s.message));
     body.append(tr);
@@ -234,7 +234,7 @@ async function readAgent(id) {
     const tr = el("tr");
     tr.dataset.kind = e.kind;
     tr.append(el("td", e.at.replace("T", " ").slice(0, 19), "small"), el("td", e.kind),
-      el("td", e.what), el("td", e.task || "-"), el("td", e.detail || ""), el("td", e.by || ""));
+      el("td", e.what), el("td", e.task_id || "-"), el("td", e.detail || ""), el("td", e.by || ""));
     body.append(tr);
   }
   if (events && !events.items.length) emptyRow(body, "nothing yet");
@@ -360,8 +360,8 @@ function putEscalation(e, flash) {
   if (!escalationShown(e)) { if (old) old.remove(); return; }
   const tr = el("tr");
   tr.dataset.escalationId = e.escalation_id;
-  tr.append(el("td", e.tier, "t-" + e.tier), el("td", e.reason), cell(agentLink(e.agent)),
-    el("td", e.task || "-"), el("td", e.message), el("td", e.state, "e-" + e.state),
+  tr.append(el("td", e.tier, "t-" + e.tier), el("td", e.reason), cell(agentLink(e.agent_id)),
+    el("td", e.task_id || "-"), el("td", e.message), el("td", e.state, "e-" + e.state),
     el("td", ago(e.raised_at)));
   const acts = el("td", undefined, "op");
   if (e.state !== "resolved") {
@@ -469,7 +469,7 @@ function follow() {
   on("agent", (a) => putAgent(a, true));
   on("escalation", (e) => {
     putEscalation(e, true);
-    if (state.page === "agent" && e.agent === state.agent) showAgent(state.agent);
+    if (state.page === "agent" && e.agent_id === state.agent) showAgent(state.agent);
   });
   on("task", (t) => {
     taskMoved(t);
