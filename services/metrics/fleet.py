@@ -1,9 +1,9 @@
 """The fleet gauges (agents, tasks, escalations, spend, budgets, KPIs per team), read from the
 public views (schema fleet) by ``FleetMetrics.run``, once per projector process, every
 ``FLEET_REFRESH_S``; the KPI gauges every ``KPI_REFRESH_S`` only (their windows are 7 and 30
-days, and ``fleet.kpi_teams`` costs Postgres seconds of CPU for 100,000 agents: read every 10 s,
-it took half a core from the projector's commits, docs/benchmarks.md). A scrape serves the last
-reading and never waits on Postgres. ``FLEET`` is registered in ``metrics.REGISTRY`` when this
+days, and ``fleet.kpi_teams`` is the costliest read: for 100,000 agents 4.6-6.7 s of Postgres
+CPU before the KPI running totals, 0.25-0.4 s after, docs/benchmarks.md). A scrape serves the
+last reading and never waits on Postgres. ``FLEET`` is registered in ``metrics.REGISTRY`` when this
 module is imported.
 
 The budget gauges are ``fleet.budgets`` as read: every budget of every scope, with what its
