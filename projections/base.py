@@ -119,6 +119,11 @@ class Projection:
     # projection whose stream is too large for one (heartbeats) says False and makes its fold
     # ignore copies itself (idempotence.py).
     id_ledger: ClassVar[bool] = True
+    # The projector reads every row of its tables (up to its row cache's limit) when it
+    # positions, rather than each row as an event first touches it: for a projection whose
+    # events touch nearly every row within seconds (heartbeats), one read at the start instead
+    # of a read per batch for as long as the rows keep coming (services/projector/cache.py).
+    warm_start: ClassVar[bool] = False
     # Runs in a runner (a durable consumer) of its own, never grouped with the other projections
     # of its stream: one heartbeat partition of utilization (projections/utilization.py).
     alone: ClassVar[bool] = False
@@ -126,6 +131,11 @@ class Projection:
     def touches(self, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
         """The rows ``apply`` will read for this event (loaded before the batch is folded)."""
         raise NotImplementedError
+
+    def folds_row(self, table: Table, row: Row) -> bool:
+        """Whether ``apply`` may read ``row`` of ``table`` (a partition reads only its own
+        agents' rows): what a warm start keeps. All by default."""
+        return True
 
     def touches_more(self, rows: Rows, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
         """Rows ``apply`` reads that depend on rows ``touches`` named (e.g. a task's

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Final
 
-from fleetward.projections.base import Key, Meta, Projection, Rows, Table
+from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
 from fleetward.projections.idempotence import newer_heartbeat
 from fleetward.schemas.events import Event, Heartbeat
 from fleetward.schemas.partitions import partition_filter, partition_of
@@ -84,6 +84,7 @@ class Utilization(Projection):
     tables: ClassVar[tuple[Table, ...]] = (UTILIZATION, HOURLY)
     id_ledger: ClassVar[bool] = False  # too many heartbeats for one: newer_heartbeat instead
     partition: ClassVar[tuple[int, int]] = (0, 1)  # (i, n): the agents it folds (all: (0, 1))
+    warm_start: ClassVar[bool] = True  # every agent heartbeats within seconds: read them at once
 
     def __init__(self) -> None:
         # the hour of the last event folded: most events fall in the same hour as the one before
@@ -99,6 +100,9 @@ class Utilization(Projection):
         """Whether ``agent``'s heartbeats are this fold's (its partition's; all with one)."""
         part, parts = self.partition
         return parts == 1 or partition_of(agent, parts) == part
+
+    def folds_row(self, table: Table, row: Row) -> bool:
+        return table is not UTILIZATION or self.owns(row["agent_id"])
 
     def touches(self, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
         if isinstance(event, Heartbeat) and self.owns(event.agent):

@@ -85,6 +85,12 @@ def load_sql(table: Table) -> str:
 
 
 @cache
+def all_rows_sql(table: Table) -> str:
+    """Select every row of ``table``, at most $1 of them."""
+    return f"SELECT {', '.join(table.columns)} FROM {table.name} LIMIT $1"
+
+
+@cache
 def truncate_sql(table: Table) -> str:
     return f"TRUNCATE {table.name}"
 

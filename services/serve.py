@@ -6,6 +6,7 @@ SIGINT (finish the batch in hand, commit, ack, exit)."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -39,6 +40,7 @@ from fleetward.services.projector.partitions import expand
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.projector.window import PROJECTION_ERROR
 from fleetward.services.runtime.connect import Runtime, acting_as
+from fleetward.services.trace import TRACE
 from fleetward.services.watchdog.service import Watchdog
 
 log = logging.getLogger("fleetward")
@@ -100,7 +102,7 @@ async def run_services(
         await dogs[0].run(stop.is_set)
 
     async with anyio.create_task_group() as services:
-        services.start_soon(_stop_on_signal, stop)
+        _start_process_tasks(services, stop)
         port = await services.start(
             serve_http, rt.settings.metrics_host, rt.settings.metrics_port, health
         )
@@ -203,6 +205,20 @@ async def _runners(
         for group in by_stream(projections)
     ]
     return projections, runners
+
+
+def _start_process_tasks(tg: anyio.abc.TaskGroup, stop: anyio.Event) -> None:
+    """Start what runs once per process in ``tg``: stopping on SIGTERM/SIGINT, and with
+    ``FLEETWARD_TRACE`` a timeline of the process (services/trace.py; off by default)."""
+    tg.start_soon(_stop_on_signal, stop)
+    # what exists once started (modules, classes, settings) lives as long as the process: out
+    # of the garbage collector's full scans, which held the loop up to 0.2 s at 10,000
+    # heartbeats/s (docs/benchmarks.md)
+    gc.collect()
+    gc.freeze()
+    if TRACE is not None:
+        TRACE.watch_gc()
+        tg.start_soon(TRACE.watch_stalls)
 
 
 def _series_at_zero(projections: tuple[Projection, ...]) -> None:

@@ -150,6 +150,7 @@ class PullConsumer:
         self.batch, self.expires = batch, expires
         self._buffer: deque[Delivery] = deque()
         self._arrived = asyncio.Event()
+        self._interrupted = False  # ``interrupt()`` was called: a waiting next_batch() returns
         self.gone = False  # the server says the consumer no longer exists
         self.unavailable_since: float | None = None  # the first of the latest 503s in a row
         self._checked_at = -CHECK_EVERY_S  # time.monotonic() of the last CONSUMER.INFO
@@ -194,6 +195,12 @@ class PullConsumer:
         self._arrived.set()  # a waiting reader goes on waiting (or sees ``gone``)
         return True
 
+    def interrupt(self) -> None:
+        """Make a ``next_batch()`` waiting for its first delivery return now (with what is
+        buffered: nothing), e.g. because its caller has something else to do first."""
+        self._interrupted = True
+        self._arrived.set()
+
     def wants_more(self) -> bool:
         """Ask for more while the buffer has room for a batch and the consumer exists."""
         return len(self._buffer) < self.batch and not self.gone
@@ -207,14 +214,16 @@ class PullConsumer:
         for a full batch; when nothing is pending (live), return what is there at once. After a
         503, first ask whether the consumer still exists (see the class docstring). Once it is
         ``gone``, what is buffered is still returned, then nothing (after ``wait``, so that a
-        caller reading in a loop does not spin)."""
+        caller reading in a loop does not spin). ``interrupt()`` ends the wait for a first
+        delivery at once."""
+        self._interrupted = False
         self._pulls.forget_lost()  # a request lost in a reconnect: ask again
         if self.unavailable_since is not None and not self._buffer:
             await self._check_exists()
         until = time.monotonic() + wait
         while not self._buffer:  # status messages (a request expired) wake us too: go on waiting
             left = until - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self._interrupted:
                 return []
             self._arrived.clear()
             await self._pulls.refill()

@@ -56,8 +56,28 @@ class RowCache:
             cached.update(bucket)
 
 
+async def warm(conn: Conn, projection: Projection, cache: RowCache) -> None:
+    """Read every row the fold may read (``folds_row``) of each table the cache keeps into the
+    cache, which then holds them all (``complete``: no key is queried again); a table with more
+    rows than the cache's limit is left to be read as events touch it. Call on an empty cache,
+    from a runner that is its projection's only writer (it positions)."""
+    for table in projection.tables:
+        if table.write_only:
+            continue
+        found = await conn.fetch(db.all_rows_sql(table), cache.limit + 1)
+        if len(found) > cache.limit:
+            continue
+        key_of, keeps = table.key_of, projection.folds_row
+        bucket = cache.tables.setdefault(table.name, {})
+        for record in found:
+            row = dict(record)
+            if keeps(table, row):
+                bucket[key_of(row)] = row
+        cache.complete.add(table.name)
+
+
 async def load_rows(
-    conn: Conn,
+    conn: Conn | None,
     projection: Projection,
     items: list[tuple[Event, M]],
     rows: Rows,
@@ -66,12 +86,13 @@ async def load_rows(
     """Make the rows the events touch available in ``rows``: those in ``rows`` or the cache are
     there already (``rows.base`` is the cache); the rest are read in one query per table. Then,
     in a second round, the rows ``touches_more`` names from what the first round found. Nothing
-    is read while the cache holds every row the fold can read."""
+    is read while the cache holds every row the fold can read (``conn`` may be None then)."""
     complete: set[str] = set()
     if cache is not None:
         if cache.holds_all(projection.tables):
             return
         complete = cache.complete
+    assert conn is not None, "rows to read, and no connection"
     touched = ((t, k) for e, m in items for t, k in projection.touches(e, m))
     await _load(conn, rows, _missing(rows, touched, complete))
     touched_more = ((t, k) for e, m in items for t, k in projection.touches_more(rows, e, m))

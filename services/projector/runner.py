@@ -9,9 +9,13 @@ same transaction (ledger.py).
 
 The next windows fold (pure CPU) while the previous ones commit (waiting on Postgres), on the
 cached rows of the windows being committed (cache.py); if that commit fails, the runner drops
-both and re-positions from the checkpoints in the database. A failure that an event caused
-(failures.py) cannot heal by retrying: the runner folds the failed range again in careful
-windows, and bisects the one that fails to dead-letter the culprits (isolate.py).
+both and re-positions from the checkpoints in the database. Near the head, batches taken while
+a commit is in flight join the open windows, which commit the moment it is done (group
+commit): one commit per Postgres round of work rather than per batch, so a slow commit (a
+loaded host) makes windows larger, not a queue of commits that falls ever further behind.
+A failure that an event caused (failures.py) cannot heal by retrying: the runner folds the
+failed range again in careful windows, and bisects the one that fails to dead-letter the
+culprits (isolate.py).
 
 With a ``Lease`` (lease.py; the projector always has one), the runner writes only while it
 holds it: it stands by until it takes it, then positions and applies until the lease is lost
@@ -27,10 +31,13 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import anyio
+import msgspec
+from nats.aio.msg import Msg
 
 from fleetward.projections import Projection
 from fleetward.schemas.roles import RoleBook
@@ -39,9 +46,14 @@ from fleetward.schemas.subjects import wildcard
 from fleetward.services import db, metrics
 from fleetward.services.client.roles import read_roles
 from fleetward.services.db import Conn, q
-from fleetward.services.jetstream.consumer import Delivery, PullConsumer, recreate_consumer
+from fleetward.services.jetstream.consumer import (
+    Delivery,
+    PullConsumer,
+    recreate_consumer,
+    to_delivery,
+)
 from fleetward.services.projector import outbox
-from fleetward.services.projector.cache import RowCache
+from fleetward.services.projector.cache import RowCache, warm
 from fleetward.services.projector.commit import Moved, Resync, commit
 from fleetward.services.projector.consumers import consumer_filter, durable_name, reads_subject
 from fleetward.services.projector.failures import classify, needs_operator
@@ -52,6 +64,7 @@ from fleetward.services.projector.ledger import IdLedger, Records, kinds_read
 from fleetward.services.projector.window import Gap, Window, admit_batch, open_window, prepare
 from fleetward.services.runtime.connect import Runtime
 from fleetward.services.signals import Signal, Signals
+from fleetward.services.trace import TRACE, Trace
 
 log = logging.getLogger("fleetward.projector")
 
@@ -121,6 +134,7 @@ class ProjectionRunner:
         self.consumer: PullConsumer | None = None
         self.pending = -1  # messages the server had left after the last batch taken
         self._inflight: asyncio.Future[None] | None = None
+        self._due = False  # the open windows commit as soon as the commit in flight is done
         # fold in careful windows up to this sequence (after a window failed for an event)
         self._careful_until = 0
         self.signals = RunnerSignals()
@@ -128,6 +142,7 @@ class ProjectionRunner:
         self.lease = lease  # None: it writes without asking (tests, a rebuild)
         # the consumer's deliveries so far: the highest stream sequence, and its sequence
         self._taken, self._cseq = 0, 0
+        self._traced: list[int] = []  # sequences of traced deliveries folded, not committing
 
     @property
     def checkpoint(self) -> int:
@@ -140,7 +155,7 @@ class ProjectionRunner:
         if self.lease is not None and not self.lease.held:  # the consumer is the holder's
             raise LeaseLost(f"projection {self.name}: not holding the lease")
         self.health.positioning()
-        inflight, self._inflight = self._inflight, None
+        inflight, self._inflight, self._due = self._inflight, None, False
         if inflight is not None:
             with contextlib.suppress(Exception):
                 await inflight
@@ -151,6 +166,8 @@ class ProjectionRunner:
                 m.checkpoint = m.folded = await conn.fetchval(q("checkpoint_get"), p.name)
                 empty = m.checkpoint == 0 and await _tables_empty(conn, p)
                 m.cache.clear(p.tables, empty=empty)
+                if p.warm_start and not empty:
+                    await warm(conn, p, m.cache)
                 m.window = None
         if self.ledger is not None:
             self.ledger.clear()
@@ -167,7 +184,10 @@ class ProjectionRunner:
             max_ack_pending=max(50_000, 2 * self.window_size + 4 * self.batch_size),
         )
         self.consumer = PullConsumer(self.rt.nc, self.stream, self.durable, batch=self.batch_size)
+        if TRACE is not None and TRACE.subject:
+            _trace_arrivals(self.consumer, TRACE)
         self._taken, self._cseq = self.checkpoint, 0  # it delivers from there, from 1
+        self._traced = []
         await self.consumer.start()
         for m in self.members:
             metrics.CHECKPOINT.labels(m.projection.name).set(m.checkpoint)
@@ -175,25 +195,36 @@ class ProjectionRunner:
 
     async def step(self, wait: float = 1.0) -> int:
         """Take one batch (waiting up to ``wait``) and fold it into the open windows, while the
-        previous ones commit; start their commit unless they should grow. Returns the batch's
-        size. ``flush`` commits the open windows and waits."""
+        previous ones commit; start their commit unless they should grow, or, while the previous
+        commit is still in flight, as soon as it is done (group commit: the windows hold what
+        arrived meanwhile). Returns the batch's size (0 also when the wait ended because the
+        commit in flight was done). ``flush`` commits the open windows and waits."""
         assert self.consumer is not None
         if self.consumer.gone:
             raise Resync("the consumer was deleted")
-        batch = await self.consumer.next_batch(self.batch_size, wait)
+        if self._due and not self._committing():  # the commit they waited for is done
+            await self._start_commit()
+        batch = await self._take(wait)
         if not batch:
+            if self._due and not self._committing():  # woken by the end of the commit
+                await self._start_commit()
+                return 0
             await self.flush()
             self.health.idle()
             return 0
+        taken = time.time() if TRACE is not None else 0.0
         self.health.took()
         self._follow(batch)
         careful = batch[0].seq <= self._careful_until
         if self.roles is not None and not self._sees_roles:
             await read_roles(self.rt.nc, self.roles, direct=True)  # up to the head: past this batch
         admitted = admit_batch(batch, self.roles)
-        async with self.rt.pool.acquire() as conn:
+        async with self._reading() as conn:
             ledger = self.ledger
-            repeats = frozenset() if ledger is None else await ledger.repeats(conn, admitted)
+            repeats: AbstractSet[int] = frozenset()
+            if ledger is not None:
+                assert conn is not None
+                repeats = await ledger.repeats(conn, admitted)
             for m in self.members:
                 if m.window is None:
                     m.window = open_window(m.folded, m.cache, keep=careful)
@@ -201,14 +232,58 @@ class ProjectionRunner:
                               reads=m.reads, repeats=repeats, after=self._taken)  # fmt: skip
         self._taken = max(self._taken, *(d.seq for d in batch))
         tail = batch[-1]
+        if TRACE is not None:
+            self._trace_batch(TRACE, batch, taken)
         self.pending = tail.pending
         window = self.members[0].window
         assert window is not None
         if careful:  # one batch a window, committed (or bisected) before the next is folded
             await self.flush()
         elif not self._should_grow(window, tail):
-            await self._start_commit()
+            if self._committing() and window.events < self.window_size:
+                self._due = True  # committed as soon as the commit in flight is done
+            else:
+                await self._start_commit()
         return len(batch)
+
+    @contextlib.asynccontextmanager
+    async def _reading(self) -> AsyncIterator[Conn | None]:
+        """A connection for folding a batch (the ledger's lookup, rows to load), or None when
+        no member needs one (every row cached, no ledger): no pool round trip per batch."""
+        if self.ledger is None and all(m.cache.holds_all(m.projection.tables)
+                                       for m in self.members):  # fmt: skip
+            yield None
+            return
+        async with self.rt.pool.acquire() as conn:
+            yield conn
+
+    def _committing(self) -> bool:
+        """A commit is in flight."""
+        return self._inflight is not None and not self._inflight.done()
+
+    async def _take(self, wait: float) -> list[Delivery]:
+        """The next batch (``next_batch``); with windows due and a commit in flight, an empty
+        one as soon as that commit is done, so that they commit without waiting for more."""
+        consumer, inflight = self.consumer, self._inflight
+        assert consumer is not None
+        if not self._due or inflight is None or inflight.done():
+            return await consumer.next_batch(self.batch_size, wait)
+
+        def wake(_: object) -> None:
+            consumer.interrupt()
+
+        inflight.add_done_callback(wake)
+        try:
+            return await consumer.next_batch(self.batch_size, wait)
+        finally:
+            inflight.remove_done_callback(wake)
+
+    def _trace_batch(self, trace: Trace, batch: list[Delivery], taken: float) -> None:
+        """Mark a batch taken and folded (services/trace.py), with the traced deliveries in it."""
+        traced = [d.seq for d in batch if d.subject == trace.subject]
+        self._traced += traced
+        trace.mark("batch", runner=self.name, taken=taken, n=len(batch), first=batch[0].seq,
+                   last=batch[-1].seq, pending=batch[-1].pending, traced=traced)  # fmt: skip
 
     def _follow(self, batch: list[Delivery]) -> None:
         """Raise ``Gap`` unless ``batch`` continues the consumer's deliveries to this runner
@@ -249,6 +324,7 @@ class ProjectionRunner:
         """Commit the open windows in the background (after the previous ones are committed);
         the next windows fold on their rows meanwhile (optimistic: a failed commit
         re-positions)."""
+        self._due = False
         windows = []
         for m in self.members:
             if m.window is not None:
@@ -260,7 +336,8 @@ class ProjectionRunner:
             return
         await self._wait_inflight()
         records = {} if self.ledger is None else self.ledger.take()
-        self._inflight = asyncio.ensure_future(self._commit(windows, records))
+        traced, self._traced = self._traced, []
+        self._inflight = asyncio.ensure_future(self._commit(windows, records, traced))
 
     async def flush(self) -> None:
         """Commit the open windows, if any, and wait for every commit (raising what it
@@ -273,16 +350,19 @@ class ProjectionRunner:
         if inflight is not None:
             await inflight
 
-    async def _commit(self, windows: list[tuple[Member, Window]], records: Records) -> None:
+    async def _commit(
+        self, windows: list[tuple[Member, Window]], records: Records, traced: list[int]
+    ) -> None:
         """Commit the windows and the event ids they apply first (``records``) in one
         transaction, then acknowledge and count them. A failure an event caused (failures.py)
         bisects careful windows (isolate.py), and raises ``Isolate`` for others; any other
-        failure is raised as it is."""
+        failure is raised as it is. ``traced``: the traced deliveries they hold (trace.py)."""
         assert self.consumer is not None
         started = time.perf_counter()
         moved: dict[str, Moved] = {}
+        steps: dict[str, float] | None = None if TRACE is None else {"began": time.time()}
         try:
-            await self._transaction(windows, records, moved, bisect=False)
+            await self._transaction(windows, records, moved, bisect=False, steps=steps)
         except Resync:
             raise
         except Exception as exc:
@@ -300,6 +380,9 @@ class ProjectionRunner:
         assert last is not None
         if not moved:
             await self.consumer.ack(last)
+        if TRACE is not None and steps is not None:
+            TRACE.mark("commit", runner=self.name, events=sum(w.events for _, w in windows),
+                       last=last.seq, traced=traced, **steps)  # fmt: skip
         lag = 0.0 if last.pending == 0 else max(time.time() - last.time.timestamp(), 0.0)
         elapsed = time.perf_counter() - started
         for m, window in windows:
@@ -330,13 +413,19 @@ class ProjectionRunner:
         moved: dict[str, Moved],
         *,
         bisect: bool,
+        steps: dict[str, float] | None = None,
     ) -> None:
         """One transaction for every window and the event ids: ``commit``, or ``isolate``
         (``bisect``, careful windows only; each window's result becomes what the bisection
-        found). The ids are facts of the stream, recorded whichever projections moved."""
+        found). The ids are facts of the stream, recorded whichever projections moved.
+        ``steps`` (tracing): gets the unix time at which each step ended."""
         async with self.rt.pool.acquire() as conn, conn.transaction():
+            if steps is not None:
+                steps["acquired"] = time.time()
             if self.lease is not None:  # the fence: no commit once the lease is gone
                 await self.lease.fence(conn)
+            if steps is not None:
+                steps["fenced"] = time.time()
             if self.ledger is not None:
                 await self.ledger.record(conn, records)
             for m, window in windows:
@@ -347,6 +436,10 @@ class ProjectionRunner:
                         await commit(conn, m.projection, window)
                 except Moved as exc:  # a rebuild of one projection must not stall the others:
                     moved[m.projection.name] = exc  # they still commit
+            if steps is not None:
+                steps["wrote"] = time.time()
+        if steps is not None:
+            steps["committed"] = time.time()
         outbox.committed(conn)  # what the windows emitted is stored now: publish it
 
     async def run(self, stopping: Callable[[], bool]) -> None:
@@ -403,7 +496,7 @@ class ProjectionRunner:
 
     def _drop(self) -> None:
         """Forget what was folded (the lease is lost: the next holder applies it)."""
-        inflight, self._inflight = self._inflight, None
+        inflight, self._inflight, self._due = self._inflight, None, False
         if inflight is not None:  # fenced: it commits nothing; what it raised is of no use now
             inflight.cancel()
             inflight.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -463,6 +556,21 @@ class ProjectionRunner:
                 metrics.count_postgres_error("projector", exc)
                 await anyio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def _trace_arrivals(consumer: PullConsumer, trace: Trace) -> None:
+    """Mark each delivery of the traced subject as the consumer buffers it (tracing only: the
+    consumer's ``on_message`` is wrapped, so an untraced process pays nothing)."""
+    take = consumer.on_message
+
+    def on_message(msg: Msg) -> None:
+        take(msg)
+        if msg.subject == trace.subject:
+            d = to_delivery(msg)
+            message = msgspec.json.decode(d.data).get("message")
+            trace.mark("arrived", seq=d.seq, stored=d.time.timestamp(), message=message)
+
+    consumer.on_message = on_message  # type: ignore[method-assign]
 
 
 async def _tables_empty(conn: Conn, projection: Projection) -> bool:

@@ -13,9 +13,11 @@ consumer's start): otherwise the events between were never folded, and committin
 them. ``follows`` checks it for every delivery (``Gap``: the window fails, the runner
 re-positions from the checkpoints); the runner checks that the consumer lost no delivery.
 
-Near the head of the stream a window is one batch, committed as soon as it is folded. Far
-behind (catching up, a rebuild), a window grows to ``window_size`` events or
-``window_seconds``, so a row many of its events change is written once.
+Near the head of the stream a window is committed as soon as it is folded: one batch, or,
+while the previous window's commit is still in flight, every batch that arrived meanwhile
+(group commit: runner.py). Far behind (catching up, a rebuild), a window grows to
+``window_size`` events or ``window_seconds``, so a row many of its events change is written
+once.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ class BatchResult:
 class Window:
     """The batches folded since the last commit, committed together (one transaction) on top of
     checkpoint ``expected``. While far behind the stream, a window spans many batches so that
-    each row is written once however many of its events it holds; near the head it holds one."""
+    each row is written once however many of its events it holds; near the head it holds what
+    arrived during the previous commit."""
 
     expected: int
     rows: Rows
@@ -128,7 +131,7 @@ def fold(
 
 
 async def prepare(
-    conn: Conn,
+    conn: Conn | None,
     projection: Projection,
     admitted: Admitted,
     window: Window,
@@ -141,7 +144,8 @@ async def prepare(
     """Fold an admitted batch into ``window``: the deliveries on subjects the projection
     ``reads`` (all when None), past the window's last sequence and not ``repeats`` (sequences of
     copies of earlier events: ledger.py). ``after``: the highest stream sequence the consumer
-    delivered before this batch (``follows``; None: not checked). Reads rows only."""
+    delivered before this batch (``follows``; None: not checked). Reads rows only (``conn``
+    may be None when ``cache`` holds every row the fold can read)."""
     if after is not None:
         follows(window, admitted, after)
     result, dead = window.result, window.dead

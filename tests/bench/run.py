@@ -70,6 +70,7 @@ from tests.helpers import as_harness
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = (
     "pipeline",
+    "freshness",
     "claims",
     "watchdog",
     "auth",
@@ -272,14 +273,23 @@ def start_projector(rt: Runtime, log: Path, only: list[str]) -> subprocess.Popen
     return start_projector_with(rt, log, ["--only", *only] if only else [])
 
 
-def start_projector_with(rt: Runtime, log: Path, more: list[str]) -> subprocess.Popen[bytes]:
-    """A ``fleetward projector`` process with arguments ``more``, logging to ``log``."""
+def start_projector_with(
+    rt: Runtime,
+    log: Path,
+    more: list[str],
+    extra: dict[str, str] | None = None,
+    root: Path = ROOT,
+) -> subprocess.Popen[bytes]:
+    """A ``fleetward projector`` process with arguments ``more``, logging to ``log``; ``extra``:
+    more environment (e.g. FLEETWARD_TRACE); ``root``: the checkout whose code it runs (another
+    one's, for a before-and-after in one run)."""
     env = os.environ | {"FLEETWARD_NATS_URL": rt.nats_url, "FLEETWARD_DATABASE_URL":
                         rt.database_url, "FLEETWARD_METRICS_PORT": "0",
                         "FLEETWARD_AUTH_DIR": str(rt.settings.auth_dir)}  # fmt: skip
+    env |= extra or {}
     args = [sys.executable, "-m", "fleetward.services.cli", "projector", *more]
     with log.open("ab") as out:
-        return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(args, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 async def wait_all_applied(rt: Runtime, deadline_s: float = 1800) -> None:
@@ -367,63 +377,6 @@ async def kpi_trigger_cost(
     return out
 
 
-async def freshness(rt: Runtime, rate: int, agents: int, seconds: float, log: Path) -> list[float]:
-    """Lag (s) from publishing a probe heartbeat to seeing it in fleet.utilization, while
-    ``rate`` heartbeats/s from ``agents`` agents are published."""
-    proc = start_projector(rt, log, [])
-    await wait_all_applied(rt)
-    enc = msgspec.json.Encoder()
-    at = datetime.now(UTC)
-    lags: list[float] = []
-    sent: dict[str, float] = {}
-    stop = anyio.Event()
-
-    async def load() -> None:
-        tick = 0.05
-        per_tick = int(rate * tick)
-        i = 0
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            for _ in range(per_tick):
-                a = f"agent-{i % agents:06d}"
-                i += 1
-                hb = Heartbeat(id=new_id(), actor=a, at=at, agent=a, status="busy")
-                await rt.nc.publish(f"fw.hb.{a}", enc.encode(hb))
-            await anyio.sleep(max(0.0, tick - (time.perf_counter() - t0)))
-
-    async def probe() -> None:
-        n = 0
-        while not stop.is_set():
-            n += 1
-            hb = Heartbeat(id=new_id(), actor="probe", at=at, agent="probe", message=str(n))
-            sent[str(n)] = time.perf_counter()
-            await rt.nc.publish("fw.hb.probe", enc.encode(hb))
-            await anyio.sleep(0.1)
-
-    async def watch() -> None:
-        seen = "0"
-        async with rt.pool.acquire() as conn:
-            while not stop.is_set():
-                msg = await conn.fetchval(bench_q("bench_probe"))
-                if msg and msg != seen:
-                    now = time.perf_counter()
-                    for k in range(int(seen) + 1, int(msg) + 1):
-                        if str(k) in sent:
-                            lags.append(now - sent[str(k)])
-                    seen = msg
-                await anyio.sleep(0.002)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(load)
-        tg.start_soon(probe)
-        tg.start_soon(watch)
-        await anyio.sleep(seconds)
-        stop.set()
-    proc.terminate()
-    proc.wait(30)
-    return lags
-
-
 # ---- the run ----------------------------------------------------------------------------------
 
 
@@ -432,7 +385,7 @@ async def run(args: argparse.Namespace) -> list[Figure]:
     settings = Settings.from_env({**os.environ, "FLEETWARD_HOME": str(home)})
     figures: list[Figure] = []
     log = home / "projector.log"
-    if "pipeline" not in args.only:
+    if "pipeline" not in args.only:  # (it runs the freshness section too)
         return await other_figures(args)
     async with open_runtime(
         settings, identity=as_harness(settings), embed=True, pool_size=12
@@ -464,10 +417,9 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             ing[layout] = await repeat(args.runs, one_ingest, f"ingest, {label}")
         reb = await repeat(args.runs, lambda: rebuild_rate(rt, "utilization"), "rebuild")
         kpi = await kpi_trigger_cost(rt, args.events, args.runs, log)
-        lags: list[float] = []
-        for _ in range(args.runs):
-            lags += await freshness(rt, args.rate, args.agents, args.seconds, log)
-        say(f"freshness: {len(lags)} probes")
+        from tests.bench.freshness import freshness_runs  # noqa: PLC0415  # it imports this module
+
+        fresh = await freshness_runs(rt, args, home)
 
     def fig(
         name: str,
@@ -536,26 +488,7 @@ async def run(args: argparse.Namespace) -> list[Figure]:
             base=statistics.median(off),
             target="(context: the triggers' cost)",
         )
-    p50, p99 = percentile(lags, 0.5), percentile(lags, 0.99)
-    spread = (min(lags), max(lags))
-    fig(
-        f"freshness p50 at {args.rate:,} events/s",
-        ours=(p50, *spread),
-        unit="s",
-        baseline="1 s",
-        base=1.0,
-        target="(context)",
-        lower_is_better=True,
-    )
-    fig(
-        f"freshness p99 at {args.rate:,} events/s",
-        ours=(p99, *spread),
-        unit="s",
-        baseline="1 s",
-        base=1.0,
-        target="p99 < 1 s (ratio > 1)",
-        lower_is_better=True,
-    )
+    figures += fresh
     for layout, label in LAYOUTS.items():
         for i, only in enumerate(projector_groups(layout)):
             process = "fleetward projector" + (" --only " + " ".join(only) if only else "")
@@ -582,6 +515,10 @@ async def run(args: argparse.Namespace) -> list[Figure]:
 
 async def other_figures(args: argparse.Namespace) -> list[Figure]:
     out: list[Figure] = []
+    if "freshness" in args.only and "pipeline" not in args.only:  # else the pipeline's
+        from tests.bench.freshness import freshness_section  # noqa: PLC0415  # it imports this
+
+        out += await freshness_section(args)
     if "claims" in args.only:
         out += await claims_figures(args)
     if "watchdog" in args.only:
@@ -1008,12 +945,29 @@ def _version(name: str) -> str:
     return version(name)
 
 
+def freshness_args(p: argparse.ArgumentParser) -> None:
+    """The freshness section's options (tests/bench/freshness.py)."""
+    p.add_argument("--rate", type=int, default=10_000, help="freshness load, events/s")
+    p.add_argument("--seconds", type=float, default=15.0, help="freshness run length")
+    p.add_argument(
+        "--baseline-root",
+        type=Path,
+        help="freshness: also run each freshness run with the projector of this checkout (e.g. "
+        "a worktree of the code before a change), alternating, on the same servers",
+    )
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="freshness: trace the projector (services/trace.py) and print where the slowest "
+        "probes' time went",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench", description=__doc__)
     p.add_argument("--events", type=int, default=1_000_000)
     p.add_argument("--agents", type=int, default=100_000)
-    p.add_argument("--rate", type=int, default=10_000, help="freshness load, events/s")
-    p.add_argument("--seconds", type=float, default=15.0, help="freshness run length")
+    freshness_args(p)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="a small smoke run (CI may run it)")

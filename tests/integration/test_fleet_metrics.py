@@ -30,7 +30,7 @@ from fleetward.services import metrics
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.jetstream.publish import publish, publish_many
 from fleetward.services.metrics.budgets import BudgetReading
-from fleetward.services.metrics.fleet import FleetMetrics
+from fleetward.services.metrics.fleet import FleetMetrics, FleetSnapshot
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime, connect_nats
 from fleetward.services.serve import watch_lag
@@ -188,6 +188,40 @@ async def test_the_kpi_gauges_are_the_teams_kpis_labelled_team_and_window_only(
     assert not re.search(r'^fleetward_kpi_cost_per_task_usd\{team="(ops|idle)"', text, re.M)
     kpi_labels = set(re.findall(r"^fleetward_kpi_\w+\{(.*)\}", text, re.M))
     assert {re.sub(r'="[^"]*"', "", labels) for labels in kpi_labels} == {"team,window"}
+
+
+async def test_the_kpi_gauges_are_read_at_the_first_reading_then_only_every_kpi_interval(
+    rt: Runtime,
+) -> None:
+    """``run`` reads the other gauges at every reading, the KPI gauges (fleet.kpi_teams, which
+    costs Postgres seconds for a large fleet) only at the first and then every
+    ``kpi_interval``: a team registered after the first reading shows in the agents' count at
+    once, in the KPI gauges only once they are read again."""
+    await publish_many(rt.js, [*history(), register("a3", "idle")])
+    await project_all(rt)
+    fleet = FleetMetrics()
+    stop = anyio.Event()
+
+    async def read() -> FleetSnapshot | None:
+        return fleet.snapshot
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(fleet.run, rt, stop, 0.05, 3600.0)
+        first = await wait_for(read, what="the first reading")
+        assert first is not None
+        assert "idle" in {k.team for k in first.kpis}
+        await publish(rt.js, register("a4", "late"))
+        await project_all(rt)
+
+        async def counted() -> bool:
+            snap = fleet.snapshot
+            return snap is not None and sum(snap.agents.values()) > sum(first.agents.values())
+
+        await wait_for(counted, what="a reading with the new agent")
+        stop.set()
+    assert fleet.snapshot is not None and fleet.snapshot.kpis == first.kpis
+    again = await FleetMetrics().refresh(rt.pool)  # a reading of the KPI gauges sees the team
+    assert "late" in {k.team for k in again.kpis}
 
 
 def sample(name: str, **labels: str) -> float:

@@ -9,9 +9,11 @@ import anyio
 import msgspec
 
 from fleetward.projections import ALL, BY_NAME
+from fleetward.projections.utilization import partition
 from fleetward.schemas import new_id, subject_of
 from fleetward.schemas.admission import MAX_EVENT_BYTES
 from fleetward.schemas.events import AgentRegistered, Heartbeat, SpendRecorded, TaskCreated
+from fleetward.schemas.partitions import partition_of
 from fleetward.services import metrics
 from fleetward.services.jetstream.consumer import recreate_consumer
 from fleetward.services.jetstream.publish import encode, publish, publish_many
@@ -277,3 +279,77 @@ async def test_events_reach_the_public_views(rt: Runtime) -> None:
     assert team is not None and team["cost_usd"] == Decimal("1.25") and team["agents"] == 1
     assert t1 is not None and t1["status"] == "inbox" and not t1["waiting_on_dependencies"]
     assert t2 is not None and t2["waiting_on_dependencies"]
+
+
+async def test_batches_taken_while_a_commit_is_held_up_commit_together_when_it_is_done(
+    rt: Runtime,
+) -> None:
+    """Group commit near the head: while a commit waits (here on the checkpoint's row lock,
+    held by another session), the runner goes on taking and folding batches into the open
+    window instead of waiting; once the commit is done, everything folded meanwhile commits in
+    one transaction, without waiting for another batch. The rows equal a rebuild's."""
+    projection = BY_NAME["utilization"]
+    runner = ProjectionRunner(rt, projection, batch_size=5)
+    await runner.position()
+
+    def heartbeats(n: int, offset: int) -> list[Heartbeat]:
+        return [Heartbeat(**envelope(f"g{offset + i}"), agent=f"g{offset + i}", status="busy")
+                for i in range(n)]  # fmt: skip
+
+    with runner.signals.committed.recording() as commits:
+        async with rt.pool.acquire() as blocker, blocker.transaction():
+            await blocker.execute("SELECT seq FROM fleetward.checkpoints "
+                                  "WHERE projection = 'utilization' FOR UPDATE")  # fmt: skip
+            await publish_many(rt.js, heartbeats(5, 0))
+            with anyio.fail_after(30):  # (a guard: before group commit, the 2nd step hung here)
+                assert await runner.step(wait=10) == 5  # its commit starts, and waits
+                await publish_many(rt.js, heartbeats(10, 5))
+                assert await runner.step(wait=10) == 5  # folded while the first commit waits
+                assert await runner.step(wait=10) == 5
+            assert commits == []
+        with anyio.fail_after(30):  # the lock is gone: the first commit ends, the window follows
+            assert await runner.step(wait=60) == 0  # woken by the end of the commit, not a batch
+            await runner.flush()
+    assert runner.consumer is not None
+    await runner.consumer.stop()
+    last = (await rt.js.stream_info(projection.stream)).state.last_seq
+    assert commits == [("utilization", last - 10), ("utilization", last)]
+    live = await snapshot(rt, (projection,))
+    await rebuild(rt, projection)
+    assert await snapshot(rt, (projection,)) == live
+    assert len(live["fleetward.utilization"]) == 15
+
+
+async def test_a_heartbeat_runner_positioned_on_rows_holds_them_all_and_folds_without_reads(
+    rt: Runtime,
+) -> None:
+    """Warm start: positioned on a utilization table that has rows (a restart, a takeover), a
+    runner reads them all at once, a partition's runner only its agents', instead of a read per
+    batch while the agents' next heartbeats come in; their rows still equal a rebuild's."""
+    agents = [f"w{i:02d}" for i in range(40)]
+
+    def beats() -> list[Heartbeat]:
+        return [Heartbeat(**envelope(a), agent=a, status="busy") for a in agents]
+
+    projection = BY_NAME["utilization"]
+    await publish_many(rt.js, beats())
+    await project_all(rt, (projection,))
+    runner = ProjectionRunner(rt, projection)
+    await runner.position()
+    cache = runner.members[0].cache
+    assert cache.holds_all(projection.tables)  # no key is read from Postgres any more
+    assert set(cache.tables["fleetward.utilization"]) == {(a,) for a in agents}
+    assert runner.consumer is not None
+    await runner.consumer.stop()
+    half = ProjectionRunner(rt, partition(0, 2))
+    await half.position()
+    assert half.consumer is not None
+    await half.consumer.stop()
+    mine = {(a,) for a in agents if partition_of(a, 2) == 0}
+    assert 0 < len(mine) < len(agents)
+    assert set(half.members[0].cache.tables["fleetward.utilization"]) == mine
+    await publish_many(rt.js, beats())
+    await run_to_end(runner)
+    live = await snapshot(rt, (projection,))
+    await rebuild(rt, projection)
+    assert await snapshot(rt, (projection,)) == live
