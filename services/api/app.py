@@ -269,7 +269,7 @@ def _pages(gate: Gate, health: HealthChecks) -> list[StarletteRoute]:
 
     async def logout(_request: Request) -> Response:
         response = RedirectResponse("/login", 303)
-        response.delete_cookie(COOKIE, path="/")
+        response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
         return response
 
     async def healthz(_request: Request) -> Response:

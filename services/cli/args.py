@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from importlib.metadata import PackageNotFoundError, version
-from typing import NoReturn
+from typing import Final, NoReturn
 
 from fleetward.schemas.bounds import IDENT_PATTERN, MAX_LIMIT_USD
 
@@ -107,6 +107,9 @@ def share(text: str) -> float:
     return value
 
 
+MICRO_USD: Final = Decimal("0.000001")  # the smallest amount of USD an argument may name
+
+
 def usd(high: float = MAX_LIMIT_USD) -> Callable[[str], float]:
     """An argument type: an amount of US dollars, 0 to ``high`` (``schemas/bounds.py``), written
     as a plain decimal (``12.50``: no ``$``, no exponent). Raises
@@ -120,6 +123,10 @@ def usd(high: float = MAX_LIMIT_USD) -> Callable[[str], float]:
         if not amount.is_finite() or "e" in text.lower() or not 0 <= amount <= Decimal(high):
             raise argparse.ArgumentTypeError(
                 f"{text!r} is not an amount of USD from 0 to {high:,.0f} (e.g. 12.50)"
+            )
+        if amount != amount.quantize(MICRO_USD):  # what the views keep and show
+            raise argparse.ArgumentTypeError(
+                f"{text!r} has more than 6 decimals: amounts are whole millionths of a dollar"
             )
         return float(amount)
 

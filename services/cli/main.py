@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
@@ -111,13 +112,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         _not_an_agent(settings)
         return _dispatch(settings, args)
     except (FleetwardError, IntentRefused, BaseExceptionGroup) as exc:
+        if _reader_gone(exc):
+            return _quiet_after_broken_pipe()
         problem = _operator_error(exc)
         if problem is None:
             raise
         print(f"fleetward: error: {problem}", file=sys.stderr)
         return int(getattr(problem, "exit_code", 2))
+    except BrokenPipeError:
+        return _quiet_after_broken_pipe()
     except KeyboardInterrupt:
         return 130
+
+
+def _reader_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or holds, a ``BrokenPipeError``: what reads stdout stopped reading
+    (``fleetward audit export | head``)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_reader_gone(inner) for inner in exc.exceptions)
+    return isinstance(exc, BrokenPipeError)
+
+
+def _quiet_after_broken_pipe() -> int:
+    """Exit as a Unix tool whose reader went away does: no traceback, 141 (128 + SIGPIPE).
+    stdout goes to /dev/null first, so Python's flush at exit raises nothing more."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 141
 
 
 def _not_an_agent(settings: Settings) -> None:

@@ -4,6 +4,8 @@ the running Fleetward (FLEETWARD_HOME's per-user default), without any server.""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
@@ -81,3 +83,26 @@ def test_no_test_reaches_the_real_per_user_folder() -> None:
 
 def test_when_utc_is_named_it_is_kept() -> None:
     assert plain("at", datetime(2026, 1, 1, tzinfo=UTC)) == "2026-01-01T00:00:00Z"
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly() -> None:
+    """``fleetward audit export | head``: the pipe's reader goes away mid-output; the command
+    exits 141 (128 + SIGPIPE) without a traceback."""
+    script = (
+        "import sys\n"
+        "from fleetward.services.cli import main\n"
+        "def flood(settings, args):\n"
+        "    for _ in range(100_000):\n"
+        "        print('x' * 1000)\n"
+        "    return 0\n"
+        "main._dispatch = flood\n"
+        "sys.exit(main.main(['status']))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.read(10) == b"x" * 10
+    proc.stdout.close()  # as head does once it has its bytes
+    assert proc.wait(60) == 141
+    with proc.stderr:
+        assert b"Traceback" not in proc.stderr.read()

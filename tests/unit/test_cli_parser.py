@@ -56,6 +56,8 @@ BAD = [
     (["budgets", "set", "b1", "--scope", "team", "--scope-id", "ops", "--window", "day",
       "--limit-usd", "-3"], "'-3' is not an amount of USD"),
     (["budgets", "set", "b1", "--scope", "team", "--scope-id", "ops", "--window", "day",
+      "--limit-usd", "1.0000001"], "'1.0000001' has more than 6 decimals"),
+    (["budgets", "set", "b1", "--scope", "team", "--scope-id", "ops", "--window", "day",
       "--limit-usd", "nan"], "'nan' is not an amount of USD"),
     (["budgets", "set", "b1", "--scope", "team", "--scope-id", "ops", "--window", "day",
       "--limit-usd", "1e400"], "'1e400' is not an amount of USD"),
