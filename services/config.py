@@ -141,6 +141,9 @@ class Settings:
     # FLEETWARD_API_CREDS: svc:api's credentials, for a process given FLEETWARD_CREDS of another
     # service that serves the task API too (the projector: deploy/systemd)
     api_creds: Path | None = None
+    # FLEETWARD_KPI_GAUGES_S: the fleetward_kpi_* gauges are read this often (their windows
+    # are 7 and 30 days); the other fleet gauges every 10 s
+    kpi_gauges_s: float = 300.0
     # FLEETWARD_API_TLS_CERT / FLEETWARD_API_TLS_KEY: PEM files; both set, the API speaks HTTPS
     api_tls: tuple[Path, Path] | None = None
     # FLEETWARD_HEARTBEAT_PARTITIONS: FW_HEARTBEATS stores heartbeats in this many partitions
@@ -177,6 +180,7 @@ class Settings:
             if env.get("FLEETWARD_API_CREDS")
             else None,
             api_tls=_tls(env),
+            kpi_gauges_s=_number(env, "FLEETWARD_KPI_GAUGES_S", 300.0),
             heartbeat_partitions=_heartbeat_partitions(env),
         )
 

@@ -29,7 +29,7 @@ from fleetward.services.errors import FleetwardError
 from fleetward.services.guard.core import GUARD
 from fleetward.services.guard.service import Guard
 from fleetward.services.jetstream.streams import heartbeat_partitions
-from fleetward.services.metrics.fleet import FLEET
+from fleetward.services.metrics.fleet import FLEET, FLEET_REFRESH_S
 from fleetward.services.metrics.health import HealthChecks
 from fleetward.services.metrics.http import serve_http
 from fleetward.services.projector.consumers import by_stream, durable_name
@@ -118,7 +118,7 @@ async def run_services(
                         rt, projections, runners=runners, tg=workers, stop=stop, reading=reading
                     )
                 )
-                workers.start_soon(FLEET.run, rt, stop)
+                workers.start_soon(FLEET.run, rt, stop, FLEET_REFRESH_S, rt.settings.kpi_gauges_s)
                 workers.start_soon(watch_lag, rt, runners, stop)
             if outbox is not None:
                 workers.start_soon(outbox.run, stop.is_set)

@@ -192,7 +192,7 @@ async def test_every_dashboard_metric_is_served_by_fleetward(
     await rt.js.publish("fw.agent.sim-000.sim-000", b"{not json")
     await publish_many(rt.js, history())
     target = await stream_positions(rt)
-    env = {**env, "FLEETWARD_METRICS_PORT": "0"}
+    env = {**env, "FLEETWARD_METRICS_PORT": "0", "FLEETWARD_KPI_GAUGES_S": "1"}
     with (
         spawn(["projector"], env, tmp_path / "projector") as projector,
         spawn(["watchdog"], env, tmp_path / "watchdog") as watchdog,
