@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,6 +248,8 @@ def _number(env: dict[str, str], name: str, default: float) -> float:
         raise FleetwardError(
             f"{name}={raw!r} is not a number; set it to a number or unset it"
         ) from None
+    if not math.isfinite(value):  # inf would never come, nan never compares
+        raise FleetwardError(f"{name}={raw!r} is not a finite number; set a number or unset it")
     if value < 0:
         raise FleetwardError(f"{name}={raw!r} is negative; set it to 0 or more")
     return value

@@ -24,29 +24,16 @@ _NO_LIMIT = 2**62
 def _arguments(kpis: argparse.ArgumentParser) -> None:
     kpis.add_argument("--team", metavar="T", type=ident("team"),
                       help="only this team (its agents now, or itself)")  # fmt: skip
-    kpis.add_argument("--by", default="agent", metavar="|".join(LEVELS),
+    kpis.add_argument("--by", default="agent", choices=LEVELS, metavar="|".join(LEVELS),
                       help="one row per agent (default), team or agent version")  # fmt: skip
-    kpis.add_argument("--window", default="7", metavar="|".join(map(str, WINDOWS)),
+    kpis.add_argument("--window", default="7", choices=[str(w) for w in WINDOWS],
+                      metavar="|".join(map(str, WINDOWS)),
                       help="the last 7 (default) or 30 UTC days, today included")  # fmt: skip
     add_limit(kpis, 100, zero_all=True)
     add_json(kpis, "{by, window_days, team, rows, total, truncated}")
 
 
-def problem(by: str, window: str, limit: int) -> str | None:
-    """Why ``fleetward kpis`` refuses these arguments, or None."""
-    if by not in LEVELS:
-        return f"no KPI level {by!r}: it is one of {', '.join(LEVELS)}"
-    if window not in {str(w) for w in WINDOWS}:
-        return f"no KPI window {window!r}: it is 7 or 30 (days)"
-    if limit < 0:
-        return f"--limit {limit}: it is 0 (all) or more"
-    return None
-
-
 async def _kpis(settings: Settings, args: argparse.Namespace) -> None:
-    why = problem(args.by, args.window, args.limit)
-    if why is not None:  # before any connection
-        raise FleetwardError(why)
     days, limit = int(args.window), args.limit or _NO_LIMIT
 
     async def load(conn: Conn) -> Page:

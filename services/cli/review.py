@@ -31,7 +31,7 @@ def _arguments(review: argparse.ArgumentParser) -> None:
                              "candidate to retire (default 14)")  # fmt: skip
     review.add_argument("--top", type=whole(0, MAX_LIMIT), default=1, metavar="K",
                         help="candidates to promote per team (default 1)")  # fmt: skip
-    review.add_argument("--format", default="text", metavar="|".join(FORMATS),
+    review.add_argument("--format", default="text", choices=FORMATS, metavar="|".join(FORMATS),
                         help="text (default), markdown or json")  # fmt: skip
     review.add_argument("--out", metavar="FILE", help="also write the review to FILE")
     review.add_argument(
@@ -40,21 +40,7 @@ def _arguments(review: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def problem(fmt: str, idle_days: int, top: int) -> str | None:
-    """Why ``fleetward review`` refuses these arguments, or None."""
-    if fmt not in FORMATS:
-        return f"no format {fmt!r}: it is one of {', '.join(FORMATS)}"
-    if idle_days < 1:
-        return f"--idle-days {idle_days}: it is 1 or more"
-    if top < 0:
-        return f"--top {top}: it is 0 (none) or more"
-    return None
-
-
 async def _review(settings: Settings, args: argparse.Namespace) -> None:
-    why = problem(args.format, args.idle_days, args.top)
-    if why is not None:  # before any connection
-        raise FleetwardError(why)
     found: list[Candidate] = []
     day: list[date] = []
 

@@ -70,7 +70,6 @@ async def test_kpis_per_agent_team_and_version_as_tables_and_json(
     assert ([r["team"] for r in cut["rows"]], cut["total"], cut["truncated"]) == (
         ["docs"], 2, True)  # fmt: skip
 
-    await refused(rt, env, "no KPI level 'model': it is one of agent, team, version",
-                  "kpis", "--by", "model")  # fmt: skip
-    await refused(rt, env, "no KPI window '14': it is 7 or 30 (days)", "kpis", "--window", "14")
+    await refused(rt, env, "argument --by: invalid choice: 'model'", "kpis", "--by", "model")
+    await refused(rt, env, "argument --window: invalid choice: '14'", "kpis", "--window", "14")
     await refused(rt, env, "no team 'nope': no agent is in it", "kpis", "--team", "nope", "--json")
