@@ -138,10 +138,16 @@ async def write_rows(conn: Conn, table: Table, rows: list[dict[str, Any]]) -> No
     """Write changed rows of ``table``: COPY them into the staging table, then one upsert.
     Must run inside a transaction (the staging table empties at commit)."""
     await conn.execute(stage_sql(table))
+    await stage_rows(conn, table, rows)
+    await conn.execute(merge_sql(table))
+
+
+async def stage_rows(conn: Conn, table: Table, rows: list[dict[str, Any]]) -> None:
+    """COPY rows of ``table`` into its staging table (``stage_sql``, which must exist), for
+    ``merge_sql`` to upsert in the same transaction."""
     values = itemgetter(*table.columns)  # columns are many, so this returns a tuple
     records = [values(r) for r in rows]
     await conn.copy_records_to_table(stage_name(table), records=records, columns=table.columns)
-    await conn.execute(merge_sql(table))
 
 
 def key_arrays(table: Table, keys: list[tuple[Any, ...]]) -> list[list[Any]]:

@@ -524,3 +524,22 @@ SELECT promoted_version FROM fleet.agents WHERE agent_id = $1;
 -- name: utc_today
 -- Today as a UTC date, by the database's clock (the windows of the views).
 SELECT (now() AT TIME ZONE 'UTC')::date;
+
+-- name: checkpoint_claim
+-- The first statement of a window commit (services/projector/commit.py ``commit_windows``):
+-- the fence and every checkpoint's compare-and-set at once. Lock keys $4 (null: no lease) must
+-- all be held by session $5; then projection $1[i] moves from $2[i] (the checkpoint its window
+-- was folded on) to $3[i], its row locked for the rest of the transaction. Returns whether the
+-- fence held and the projections that moved (none when it did not hold).
+WITH fence AS (
+  SELECT $4::bigint[] IS NULL OR count(*) = cardinality($4::bigint[]) AS held
+  FROM pg_locks
+  WHERE locktype = 'advisory' AND granted AND pid = $5 AND objsubid = 1
+    AND ((classid::bigint << 32) | objid::bigint) = ANY($4::bigint[])
+), claimed AS (
+  UPDATE fleetward.checkpoints c SET seq = w.last, updated_at = now()
+  FROM unnest($1::text[], $2::bigint[], $3::bigint[]) AS w(projection, expected, last), fence
+  WHERE fence.held AND c.projection = w.projection AND c.seq = w.expected
+  RETURNING c.projection
+)
+SELECT fence.held, array(SELECT projection FROM claimed) AS claimed FROM fence;

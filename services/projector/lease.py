@@ -117,8 +117,20 @@ class Lease:
         every lock now."""
         held = self.held and await conn.fetchval(q("lease_fence"), self.keys, self._backend)
         if held != len(self.keys):
-            self.lose("the lease session no longer holds the locks")
-            raise LeaseLost(f"lost the lease of {', '.join(self.projections)}")
+            raise self.fenced_out()
+
+    def fence_of(self) -> tuple[list[int], int]:
+        """What a commit checks in its own transaction, as ``fence`` does (commit.py
+        ``commit_windows``): these lock keys, held by this backend pid. Raises ``LeaseLost``
+        when this process does not hold the lease now."""
+        if not self.held:
+            raise LeaseLost(f"not holding the lease of {', '.join(self.projections)}")
+        return self.keys, self._backend
+
+    def fenced_out(self) -> LeaseLost:
+        """A commit found the locks gone: stop holding; the error to raise."""
+        self.lose("the lease session no longer holds the locks")
+        return LeaseLost(f"lost the lease of {', '.join(self.projections)}")
 
     def lose(self, why: str) -> None:
         """Stop holding: close the lease session (its locks go with it)."""

@@ -86,5 +86,6 @@ async def rebuild(
     finally:
         assert runner.consumer is not None
         await runner.consumer.stop()
+        await runner.close()
         await rt.js.delete_consumer(projection.stream, runner.durable)
     return runner.checkpoint

@@ -36,6 +36,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import anyio
+import asyncpg
 import msgspec
 from nats.aio.msg import Msg
 
@@ -54,7 +55,7 @@ from fleetward.services.jetstream.consumer import (
 )
 from fleetward.services.projector import outbox
 from fleetward.services.projector.cache import RowCache, warm
-from fleetward.services.projector.commit import Moved, Resync, commit
+from fleetward.services.projector.commit import Fenced, Moved, Resync, commit_windows
 from fleetward.services.projector.consumers import consumer_filter, durable_name, reads_subject
 from fleetward.services.projector.failures import classify, needs_operator
 from fleetward.services.projector.health import RunnerHealth
@@ -67,6 +68,12 @@ from fleetward.services.signals import Signal, Signals
 from fleetward.services.trace import TRACE, Trace
 
 log = logging.getLogger("fleetward.projector")
+
+# Near the head of the stream a runner takes batches of at most this many events, and yields
+# the event loop after each: folding one holds the loop for a few milliseconds (heartbeats cost
+# ~50 us each), so the commit in flight, whose every round trip waits for the loop, and NATS
+# reads go on between them. Far behind, it takes full batches (throughput).
+HEAD_BATCH = 100
 
 
 @dataclass(slots=True)
@@ -128,6 +135,7 @@ class ProjectionRunner:
         # whether the consumer delivers the role events; if not, the book is read per batch
         self._sees_roles = not self.filters or wildcard("person") in self.filters
         self.batch_size = batch_size
+        self.head_batch = min(HEAD_BATCH, batch_size)  # near the head (see HEAD_BATCH)
         # while far behind the stream: commit every window_size events or window_seconds
         self.window_size, self.window_seconds = max(window_size, batch_size), window_seconds
         self.durable = durable_name(*projections, suffix=durable_suffix)
@@ -143,6 +151,8 @@ class ProjectionRunner:
         # the consumer's deliveries so far: the highest stream sequence, and its sequence
         self._taken, self._cseq = 0, 0
         self._traced: list[int] = []  # sequences of traced deliveries folded, not committing
+        # the connection its windows commit on (one commit at a time: ``_inflight``)
+        self._writer: asyncpg.Connection | None = None
 
     @property
     def checkpoint(self) -> int:
@@ -244,6 +254,7 @@ class ProjectionRunner:
                 self._due = True  # committed as soon as the commit in flight is done
             else:
                 await self._start_commit()
+        await asyncio.sleep(0)  # the commit in flight and NATS reads go on (HEAD_BATCH)
         return len(batch)
 
     @contextlib.asynccontextmanager
@@ -266,15 +277,16 @@ class ProjectionRunner:
         one as soon as that commit is done, so that they commit without waiting for more."""
         consumer, inflight = self.consumer, self._inflight
         assert consumer is not None
+        size = self.batch_size if self.pending >= self.batch_size else self.head_batch
         if not self._due or inflight is None or inflight.done():
-            return await consumer.next_batch(self.batch_size, wait)
+            return await consumer.next_batch(size, wait)
 
         def wake(_: object) -> None:
             consumer.interrupt()
 
         inflight.add_done_callback(wake)
         try:
-            return await consumer.next_batch(self.batch_size, wait)
+            return await consumer.next_batch(size, wait)
         finally:
             inflight.remove_done_callback(wake)
 
@@ -415,32 +427,65 @@ class ProjectionRunner:
         bisect: bool,
         steps: dict[str, float] | None = None,
     ) -> None:
-        """One transaction for every window and the event ids: ``commit``, or ``isolate``
-        (``bisect``, careful windows only; each window's result becomes what the bisection
-        found). The ids are facts of the stream, recorded whichever projections moved.
-        ``steps`` (tracing): gets the unix time at which each step ended."""
-        async with self.rt.pool.acquire() as conn, conn.transaction():
+        """One transaction for every window and the event ids: ``commit_windows`` on the
+        runner's own connection, or ``isolate`` (``bisect``, careful windows only; each
+        window's result becomes what the bisection found). The ids are facts of the stream,
+        recorded whichever projections moved. ``steps`` (tracing): gets the unix time at which
+        each step ended."""
+        ledger = self.ledger
+
+        async def first(conn: Conn) -> None:
+            if ledger is not None:
+                await ledger.record(conn, records)
+
+        if not bisect:
+            writer = await self._writing_on()
+            fence = None if self.lease is None else self.lease.fence_of()
+            try:
+                moved.update(await commit_windows(
+                    writer, [(m.projection, w) for m, w in windows], fence=fence, first=first,
+                    steps=steps))  # fmt: skip
+            except Fenced:
+                assert self.lease is not None
+                raise self.lease.fenced_out() from None
             if steps is not None:
-                steps["acquired"] = time.time()
+                steps["committed"] = time.time()
+            outbox.committed(writer)  # what the windows emitted is stored now: publish it
+            return
+        async with self.rt.pool.acquire() as conn, conn.transaction():
             if self.lease is not None:  # the fence: no commit once the lease is gone
                 await self.lease.fence(conn)
-            if steps is not None:
-                steps["fenced"] = time.time()
-            if self.ledger is not None:
-                await self.ledger.record(conn, records)
+            await first(conn)
             for m, window in windows:
                 try:
-                    if bisect:
-                        window.result = await isolate(conn, m.projection, window)
-                    else:
-                        await commit(conn, m.projection, window)
+                    window.result = await isolate(conn, m.projection, window)
                 except Moved as exc:  # a rebuild of one projection must not stall the others:
                     moved[m.projection.name] = exc  # they still commit
-            if steps is not None:
-                steps["wrote"] = time.time()
-        if steps is not None:
-            steps["committed"] = time.time()
-        outbox.committed(conn)  # what the windows emitted is stored now: publish it
+        outbox.committed(conn)
+
+    async def _writing_on(self) -> asyncpg.Connection:
+        """The runner's writer connection (``rt.writers``), opened with the staging table of
+        every table its projections write; again after it was lost."""
+        conn = self._writer
+        if conn is not None and not conn.is_closed():
+            return conn
+        self._writer = None
+        conn = await self.rt.writers.connect()
+        try:
+            for m in self.members:
+                for table in m.projection.tables:
+                    await conn.execute(db.stage_sql(table))
+        except BaseException:
+            await self.rt.writers.release(conn)
+            raise
+        self._writer = conn
+        return conn
+
+    async def close(self) -> None:
+        """Close the writer connection (opened again by the next commit)."""
+        conn, self._writer = self._writer, None
+        if conn is not None:
+            await self.rt.writers.release(conn)
 
     async def run(self, stopping: Callable[[], bool]) -> None:
         """Apply batches until ``stopping()``; the batches in hand are always committed first.
@@ -502,6 +547,9 @@ class ProjectionRunner:
             inflight.add_done_callback(lambda f: f.cancelled() or f.exception())
         for m in self.members:
             m.window = None
+        if self._writer is not None:  # a commit cancelled midway may hold it: not reused
+            self.rt.writers.terminate(self._writer)
+            self._writer = None
 
     async def _apply(self, stopping: Callable[[], bool]) -> None:
         """Apply batches while ``_writing``; stopped, commit the batches in hand first."""
@@ -541,6 +589,7 @@ class ProjectionRunner:
                 await self._position_retrying(stopping)
         if self.consumer is not None:
             await self.consumer.stop()
+        await self.close()
 
     async def _position_retrying(self, stopping: Callable[[], bool]) -> None:
         delay = 0.1

@@ -10,7 +10,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
@@ -39,6 +39,52 @@ DATABASE = "fleetward"
 log = logging.getLogger("fleetward.runtime")
 
 
+# Postgres settings of every session Fleetward opens for work. Safe for exactly-once: an
+# asynchronous commit is still atomic and ordered, so a Postgres crash can only lose the newest
+# batches together with their checkpoint, and the projector applies them again from the stream.
+POSTGRES_SETTINGS = {"synchronous_commit": "off"}
+
+
+class Writers:
+    """Connections of their own for writers that commit one transaction after another (a
+    projection runner: services/projector/runner.py), outside the pool: no pool round trip
+    per commit, and their staging tables made once. Closed by their owner, or at the latest
+    when the runtime closes (``close``)."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self._open: set[asyncpg.Connection] = set()
+
+    async def connect(self) -> asyncpg.Connection:
+        """A new connection with ``POSTGRES_SETTINGS`` (raises what asyncpg raises)."""
+        conn = await asyncpg.connect(
+            self.database_url, timeout=5, server_settings=dict(POSTGRES_SETTINGS)
+        )
+        self._open.add(conn)
+        return conn
+
+    async def release(self, conn: asyncpg.Connection) -> None:
+        """Close ``conn`` (terminated if that takes more than 5 s or fails)."""
+        self._open.discard(conn)
+        if conn.is_closed():
+            return
+        try:
+            with anyio.fail_after(5, shield=True):
+                await conn.close()
+        except Exception:
+            conn.terminate()
+
+    def terminate(self, conn: asyncpg.Connection) -> None:
+        """Close ``conn`` at once, whatever it is doing (its owner gives it up midway)."""
+        self._open.discard(conn)
+        conn.terminate()
+
+    async def close(self) -> None:
+        """Close every connection still open."""
+        for conn in list(self._open):
+            await self.release(conn)
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -48,6 +94,12 @@ class Runtime:
     nc: NatsClient
     js: JetStreamContext
     pool: asyncpg.Pool
+    # the runtime's writer connections (copies made by ``replace`` share them)
+    writers: Writers = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.writers is None:
+            self.writers = Writers(self.database_url)
 
 
 def check_nats_version(version: str) -> None:
@@ -133,10 +185,7 @@ async def connect_postgres(url: str, *, min_size: int = 2, max_size: int = 10) -
             min_size=min_size,
             max_size=max_size,
             timeout=5,
-            # Safe for exactly-once: an asynchronous commit is still atomic and ordered, so a
-            # Postgres crash can only lose the newest batches together with their checkpoint,
-            # and the projector applies them again from the stream.
-            server_settings={"synchronous_commit": "off"},
+            server_settings=dict(POSTGRES_SETTINGS),
         )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
         raise FleetwardError(
@@ -237,7 +286,9 @@ async def open_runtime(
             )
             async with pool.acquire() as conn:
                 await db.migrate(conn)
-        yield Runtime(settings, identity_of(creds), nats_url, database, nc, js, pool)
+        rt = Runtime(settings, identity_of(creds), nats_url, database, nc, js, pool)
+        stack.push_async_callback(rt.writers.close)
+        yield rt
 
 
 @asynccontextmanager

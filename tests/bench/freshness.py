@@ -30,6 +30,7 @@ from typing import Any
 
 import anyio
 import msgspec
+import psutil
 
 from fleetward.schemas import new_id
 from fleetward.schemas.events import Heartbeat
@@ -69,6 +70,19 @@ STEPS = (
 
 
 @dataclass
+class Load:
+    """What the projector spent on a run's load: its CPU seconds (user + system) over the run,
+    and the events published meanwhile (probes included)."""
+
+    cpu_s: float
+    events: int
+
+    @property
+    def us_per_event(self) -> float:
+        return self.cpu_s / self.events * 1e6 if self.events else 0.0
+
+
+@dataclass
 class Probe:
     """One probe: its number, when it was published and when the view first showed it."""
 
@@ -90,10 +104,11 @@ async def freshness(
     *,
     trace: Path | None = None,
     root: Path = ROOT,
-) -> list[Probe]:
+) -> tuple[list[Probe], Load]:
     """The probes seen in ``fleet.utilization`` while ``rate`` heartbeats/s from ``agents``
     agents are published, over ``seconds``, by a ``fleetward projector`` started for it (with
-    ``trace``: its timeline written there; ``root``: the checkout whose code it runs)."""
+    ``trace``: its timeline written there; ``root``: the checkout whose code it runs), and what
+    the projector spent on them."""
     env = {} if trace is None else {"FLEETWARD_TRACE": str(trace),
                                     "FLEETWARD_TRACE_SUBJECT": PROBE_SUBJECT}  # fmt: skip
     proc = start_projector_with(rt, log, [], env, root)
@@ -102,9 +117,12 @@ async def freshness(
             tg.start_soon(_exited, proc, log)
             await wait_all_applied(rt)
             await _started(rt)
-            probes = await _measure(rt, rate, agents, seconds)
+            cpu = psutil.Process(proc.pid)
+            before = sum(cpu.cpu_times()[:2])
+            probes, events = await _measure(rt, rate, agents, seconds)
+            load = Load(sum(cpu.cpu_times()[:2]) - before, events)
             tg.cancel_scope.cancel()
-        return probes
+        return probes, load
     finally:
         proc.terminate()
         proc.wait(30)
@@ -129,14 +147,18 @@ async def _exited(proc: subprocess.Popen[bytes], log: Path) -> None:
     raise RuntimeError(f"the projector exited with {code}; see {log}")
 
 
-async def _measure(rt: Runtime, rate: int, agents: int, seconds: float) -> list[Probe]:
+async def _measure(rt: Runtime, rate: int, agents: int, seconds: float) -> tuple[list[Probe], int]:
+    """The probes seen, and the events published (load and probes)."""
     enc = msgspec.json.Encoder()
     at = datetime.now(UTC)
     sent: dict[int, float] = {}
     probes: list[Probe] = []
     stop = anyio.Event()
 
+    published = 0
+
     async def load() -> None:
+        nonlocal published
         tick = 0.05
         per_tick = int(rate * tick)
         i = 0
@@ -147,6 +169,7 @@ async def _measure(rt: Runtime, rate: int, agents: int, seconds: float) -> list[
                 i += 1
                 hb = Heartbeat(id=new_id(), actor=a, at=at, agent=a, status="busy")
                 await rt.nc.publish(subject_of(hb), enc.encode(hb))
+            published = i
             await anyio.sleep(max(0.0, tick - (time.perf_counter() - t0)))
 
     async def probe() -> None:
@@ -177,7 +200,7 @@ async def _measure(rt: Runtime, rate: int, agents: int, seconds: float) -> list[
             tg.start_soon(watch)
             await anyio.sleep(seconds)
             stop.set()  # the watcher goes on until the last probe shows: the slowest count too
-    return probes
+    return probes, published + len(sent)
 
 
 # ---- where the time went --------------------------------------------------------------------
@@ -295,8 +318,8 @@ async def freshness_runs(rt: Runtime, args: argparse.Namespace, home: Path) -> l
         if baseline:  # the baseline first in every other pair, from the first
             before += await _baseline_run(rt, args, log)
         since = time.time()
-        run = await freshness(rt, args.rate, args.agents, args.seconds, log, trace=trace)
-        say(f"  freshness: {_summary(run)}")
+        run, load = await freshness(rt, args.rate, args.agents, args.seconds, log, trace=trace)
+        say(f"  freshness: {_summary(run, load)}")
         if trace is not None:
             marks = sorted(read_marks(trace) + checkpoints(pg_log, since), key=lambda m: m["t"])
             for line in timeline(run, marks):
@@ -311,19 +334,21 @@ async def freshness_runs(rt: Runtime, args: argparse.Namespace, home: Path) -> l
 
 
 async def _baseline_run(rt: Runtime, args: argparse.Namespace, log: Path) -> list[Probe]:
-    run = await freshness(rt, args.rate, args.agents, args.seconds, log,
+    run, load = await freshness(rt, args.rate, args.agents, args.seconds, log,
                           root=args.baseline_root)  # fmt: skip
-    say(f"  freshness, {args.baseline_root}: {_summary(run)}")
+    say(f"  freshness, {args.baseline_root}: {_summary(run, load)}")
     return run
 
 
-def _summary(run: list[Probe]) -> str:
+def _summary(run: list[Probe], load: Load) -> str:
+    spent = (f"projector CPU {load.cpu_s:.1f} s for {load.events:,} events "
+             f"({load.us_per_event:.0f} us each)")  # fmt: skip
     lags = [p.lag for p in run]
     if not lags:
-        return "no probe seen"
+        return f"no probe seen; {spent}"
     ms = [percentile(lags, q) * 1e3 for q in (0.5, 0.99, 0.999)]
     return (f"{len(run)} probes, p50 {ms[0]:.0f} ms, p99 {ms[1]:.0f} ms, "
-            f"p99.9 {ms[2]:.0f} ms, max {max(lags) * 1e3:.0f} ms")  # fmt: skip
+            f"p99.9 {ms[2]:.0f} ms, max {max(lags) * 1e3:.0f} ms; {spent}")  # fmt: skip
 
 
 def figures(args: argparse.Namespace, lags: list[float], whose: str = "") -> list[Figure]:
