@@ -113,7 +113,7 @@ async def ride_out(
             cause = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
             if now + delay > give_up:
                 raise StreamUnavailable(
-                    f"{what}: NATS gave no answer for {now - started:.0f} s ({cause}); are most "
+                    f"{what}: NATS could not answer within {ride_out_s:g} s ({cause}); are most "
                     "of the cluster's nodes running?"
                 ) from exc
             if tries == 1:

@@ -8,6 +8,7 @@ prints a traceback, and a batch of direct gets answered by a 503 returned no mes
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ from fleetward.services.client.direct import BATCH, read_subjects
 from fleetward.services.client.roles import read_roles
 from fleetward.services.client.taskstate import TaskState, read_task
 from fleetward.services.jetstream.boundary import last_of
-from fleetward.services.jetstream.reads import READS
+from fleetward.services.jetstream.reads import READ_RIDE_OUT_S, READS
 from fleetward.services.runtime.connect import Runtime
 from tests.cluster import Cluster, stream_leader
 from tests.helpers import agent, creds
@@ -89,21 +90,30 @@ async def test_reads_issued_right_after_the_stream_leader_dies_ride_out_the_elec
             async def show_task() -> None:
                 cli.append(await fleetward(cluster_env, "tasks", "show", "rd-1"))
 
+            async def create_task() -> None:  # verifies the streams and reads, then publishes
+                cli.append(
+                    await fleetward(
+                        cluster_env, "tasks", "create", "rd-2", "--project", "p", "--title", "t"
+                    )
+                )
+
             with READS.retried.recording() as retried:
                 nats_cluster.node(leader).kill()
                 async with anyio.create_task_group() as tg:
                     for name, read in reads.items():
                         tg.start_soon(once, name, read)
                     tg.start_soon(show_task)
+                    tg.start_soon(create_task)
         finally:
             await worker.close()
             await restarted.close()
 
     assert after == before
-    [(code, out, err)] = cli
-    assert code == 0, f"fleetward tasks show exited {code}:\n{out}\n{err}"
-    assert "Traceback" not in err, err
-    assert "in_progress by rd-worker, epoch 1" in out, out
+    for code, out, err in cli:
+        assert code == 0, f"fleetward exited {code}:\n{out}\n{err}"
+        assert "Traceback" not in err, err
+    assert any("in_progress by rd-worker, epoch 1" in out for _, out, _ in cli), cli
+    assert (await read_task(rt.nc, rt.js, "rd-2")).row is not None
     new = await stream_leader(rt.nc, EVENTS_STREAM, all_current=False)
     assert new != leader
     # the reads did meet the election (else this test shows nothing): the message gets found
@@ -125,3 +135,24 @@ async def test_a_read_by_direct_gets_goes_on_past_one_batch(rt: Runtime) -> None
     assert [raw.seq async for raw in every] == [ack.seq for ack in acks]
     rest = read_subjects(rt.nc, EVENTS_STREAM, where, after=acks[BATCH].seq, direct=True)
     assert [raw.seq async for raw in rest] == [ack.seq for ack in acks[BATCH + 1 :]]
+
+
+async def test_a_read_that_finds_no_leader_for_long_fails_in_one_line(
+    crt: Runtime, nats_cluster: Cluster, cluster_env: dict[str, str]
+) -> None:
+    """Two nodes of three down: no stream has a leader until one comes back. A read gives up
+    after ``READ_RIDE_OUT_S`` and the CLI says so in one line (exit 2), no traceback."""
+    async with await FleetClient.connect(crt.nats_url, creds(crt, "user:ops")) as ops:
+        await ops.create_task("rd-3", project="p", title="t")
+    for node in nats_cluster.nodes[:2]:
+        node.kill()
+    code, out, err = await fleetward(cluster_env, "tasks", "show", "rd-3")
+    assert code == 2, f"fleetward tasks show exited {code}:\n{out}\n{err}"
+    problem = [line for line in err.splitlines() if line.startswith("fleetward: error:")]
+    expected = (  # the cause: a try's timeout, or the 503 a node without a leader answers
+        rf"fleetward: error: reading {EVENTS_STREAM}: NATS could not answer within "
+        rf"{READ_RIDE_OUT_S:g} s \((TimeoutError|ServiceUnavailableError): .+\); are most of "
+        r"the cluster's nodes running\?"
+    )
+    assert len(problem) == 1 and re.fullmatch(expected, problem[0]), err
+    assert "Traceback" not in err, err

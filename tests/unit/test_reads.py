@@ -99,7 +99,7 @@ async def test_a_read_never_answered_fails_in_one_line_and_is_still_a_timeout(
     with pytest.raises(StreamUnavailable) as caught:
         await ride_out(read, "reading FW_EVENTS", ride_out_s=0.2)
     message = str(caught.value)
-    assert message.startswith("reading FW_EVENTS: NATS gave no answer for 0 s (")
+    assert message.startswith("reading FW_EVENTS: NATS could not answer within 0.2 s (")
     assert cause in message and "\n" not in message
     # the CLI prints a FleetwardError as one line; callers that caught the timeout still do
     assert isinstance(caught.value, FleetwardError)
