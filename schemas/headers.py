@@ -24,6 +24,7 @@ DESCRIPTION: Final = "Description"  # the text beside a status
 # ---- status codes of pull requests and direct gets ----------------------------------------------
 IDLE_HEARTBEAT: Final = "100"  # the request is alive; nothing to read
 NO_MESSAGES: Final = "404"  # nothing more right now (no_wait), or no such message (direct get)
+END_OF_BATCH: Final = "204"  # a batch direct get's last reply: no message, this status
 REQUEST_TIMEOUT: Final = "408"  # the request expired
 CONFLICT: Final = "409"  # the request ended: consumer deleted, leadership change, limits
 NO_RESPONDERS: Final = "503"  # JetStream did not answer

@@ -32,6 +32,7 @@ from fleetward.services.client.direct import read_subjects
 from fleetward.services.client.roles import read_roles
 from fleetward.services.db import q
 from fleetward.services.errors import FleetwardError
+from fleetward.services.jetstream.reads import stream_info
 from fleetward.services.runtime.connect import Runtime
 
 AUDITOR_ROLE = "auditor"
@@ -99,7 +100,7 @@ async def check_may_export(rt: Runtime) -> How:
     if person is None:
         return how
     book = await read_roles(rt.nc)
-    head = (await rt.js.stream_info(EVENTS_STREAM)).state.last_seq
+    head = (await stream_info(rt.js, EVENTS_STREAM)).state.last_seq
     if not book.holds(person, AUDITOR_ROLE, head + 1):
         raise Refused(
             f"{rt.actor} may not export the audit log: it needs the role {AUDITOR_ROLE} "
@@ -183,7 +184,7 @@ async def export(
     batch. Raises ``Refused`` (before anything is written) when the identity may not export,
     ``FleetwardError`` when NATS or Postgres fail."""
     how = await check_may_export(rt)
-    state = (await rt.js.stream_info(EVENTS_STREAM)).state
+    state = (await stream_info(rt.js, EVENTS_STREAM)).state
     held, last_held = max(state.first_seq, 1), state.last_seq
     first = held if start is None else start if isinstance(start, int) else (
         await seq_at(rt, how, start, held, last_held))  # fmt: skip

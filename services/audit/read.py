@@ -27,6 +27,7 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
 from fleetward.schemas.headers import (
+    END_OF_BATCH,
     NO_MESSAGES,
     SEQUENCE,
     STATUS,
@@ -43,7 +44,6 @@ from fleetward.services.jetstream.protocol import parse_ack_reply
 BATCH = 1000  # messages a direct get request
 IN_FLIGHT = 256  # message gets at a time
 How = Literal["consumer", "direct", "wrapped"]
-END_OF_BATCH = "204"  # a direct get batch's last reply: no message, this status
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from fleetward.services.client.approvals import (
 from fleetward.services.client.claims import Claim, ClaimLost
 from fleetward.services.client.intents import IntentRefused
 from fleetward.services.client.operator import FleetClient
+from fleetward.services.jetstream.reads import StreamUnavailable
 
 __all__ = [
     "AgentClient",  # an agent: register, heartbeat, claim, report, submit, read its inbox
@@ -32,6 +33,7 @@ __all__ = [
     "ClaimLost",  # a claim that did not take the task, and why
     "FleetClient",  # an operator or a service: tasks, agents' lifecycle, commands
     "IntentRefused",  # a FleetClient write that was not sent, and why (one line)
+    "StreamUnavailable",  # a read that found no stream leader to answer it for 10 s
     "ToolCall",  # what one tool call reports (AgentClient.tool)
     "ToolDenied",  # a tool call its policy refuses (AgentClient.tool)
 ]

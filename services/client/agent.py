@@ -36,7 +36,7 @@ from typing import Any, Literal
 
 import anyio
 from nats.aio.client import Client as NatsClient
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, PubAck
 from nats.js.errors import APIError, NotFoundError
 
 from fleetward.projections import lifecycle
@@ -96,6 +96,7 @@ from fleetward.services.errors import ApiError, ApiRefused, FleetwardError, Rese
 from fleetward.services.jetstream.connection import connect_as
 from fleetward.services.jetstream.consumer import Delivery, PullConsumer, create_inbox
 from fleetward.services.jetstream.publish import encode
+from fleetward.services.jetstream.reads import ride_out
 
 INBOX_REDELIVERY_S = 5.0
 INBOX_BATCH = 16  # commands the open pull request on the inbox may bring ahead of reading
@@ -691,7 +692,7 @@ class AgentClient(FleetClient):
         stored since are already here and taking them costs no round trip."""
         if self._inbox is None:
             self._inbox = await self._open_inbox()
-            info = await self.js.consumer_info(COMMANDS_STREAM, inbox_durable(self.agent))
+            info = await self._inbox_info(inbox_durable(self.agent))
             for _ in range((info.num_pending or 0) + (info.num_ack_pending or 0)):
                 taken = await self._take_command(wait=0.5)
                 if taken is None:
@@ -767,7 +768,7 @@ class AgentClient(FleetClient):
             with contextlib.suppress(Exception):
                 await self._inbox.stop()
         try:
-            info = await self.js.consumer_info(COMMANDS_STREAM, durable)
+            info = await self._inbox_info(durable)
         except NotFoundError:
             start = (
                 {
@@ -789,6 +790,16 @@ class AgentClient(FleetClient):
         inbox = PullConsumer(self.nc, COMMANDS_STREAM, durable, batch=INBOX_BATCH, expires=5.0)
         await inbox.start()
         return inbox
+
+    async def _inbox_info(self, durable: str) -> ConsumerInfo:
+        """The inbox's consumer info (``NotFoundError``: there is none), riding out an election
+        (services/jetstream/reads.py)."""
+
+        async def info(try_s: float) -> ConsumerInfo:
+            found: ConsumerInfo = await self.js.consumer_info(COMMANDS_STREAM, durable, try_s)
+            return found
+
+        return await ride_out(info, f"reading the inbox {durable}")
 
     async def close(self) -> None:
         """Hand back the commands read ahead and not returned (so the agent's next process

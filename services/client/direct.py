@@ -9,6 +9,11 @@
   refused ones too) on another actor's subject. Their credentials therefore allow no direct
   get (schemas/grants.py); a wrapped answer aimed at a stream is a JetStream API response
   there, which admission refuses as an unknown type.
+
+Every read here rides out a stream's leader election (services/jetstream/reads.py): a get that
+meets no leader is asked again for up to ``wait_s`` seconds, then fails with
+``StreamUnavailable``. A batch of direct gets is asked for again from the message after the last
+one it delivered, on an inbox of its own (a late answer to an abandoned request goes nowhere).
 """
 
 from __future__ import annotations
@@ -20,9 +25,15 @@ from datetime import datetime
 
 import msgspec
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.errors import ServiceUnavailableError
 
 from fleetward.schemas.headers import (
+    DESCRIPTION,
+    END_OF_BATCH,
     NO_MESSAGE_FOUND,
+    NO_MESSAGES,
+    NO_RESPONDERS,
     SEQUENCE,
     STATUS,
     SUBJECT,
@@ -31,6 +42,7 @@ from fleetward.schemas.headers import (
     msg_get_subject,
 )
 from fleetward.services.errors import FleetwardError
+from fleetward.services.jetstream.reads import READ_RIDE_OUT_S, ride_out
 
 BATCH = 1000
 
@@ -53,39 +65,66 @@ async def read_subjects(
     subjects: str,
     *,
     after: int = 0,
-    wait_s: float = 5.0,
+    wait_s: float = READ_RIDE_OUT_S,
     direct: bool = False,
 ) -> AsyncGenerator[Raw, None]:
     """The messages of ``stream`` on ``subjects`` (a subject or a wildcard) stored after
     sequence ``after``, in order, as the server has them now; by batch direct gets when
     ``direct`` (services only), else by wrapped gets (see the module's docstring). Raises
-    ``nats.errors.TimeoutError`` when the server stops answering for ``wait_s`` seconds, and
-    ``FleetwardError`` when it answers a wrapped get with an error."""
+    ``StreamUnavailable`` when nobody answers a get for ``wait_s`` seconds (an election longer
+    than that, or no server), and ``FleetwardError`` when the server refuses a read."""
     if not direct:
         async for raw in _read_wrapped(nc, stream, subjects, after, wait_s):
             yield raw
         return
-    inbox = nc.new_inbox()
-    replies = await nc.subscribe(inbox, pending_msgs_limit=100_000)
     last = after
+    while True:  # one request per BATCH messages
+
+        async def batch(try_s: float, start: int = last) -> list[Raw]:
+            return await _direct_batch(nc, stream, subjects, start, try_s)
+
+        got = await ride_out(batch, f"reading {stream}", ride_out_s=wait_s)
+        for raw in got:
+            yield raw
+        if len(got) < BATCH:
+            return
+        last = got[-1].seq
+
+
+async def _direct_batch(
+    nc: NatsClient, stream: str, subjects: str, after: int, try_s: float
+) -> list[Raw]:
+    """One batch direct get: up to ``BATCH`` messages on ``subjects`` after ``after``, on an
+    inbox of its own. Raises ``nats.errors.TimeoutError`` when a reply is ``try_s`` seconds
+    late, ``ServiceUnavailableError`` on a 503 (no replica serves direct gets now),
+    ``FleetwardError`` on any other status than the batch's end."""
+    inbox = nc.new_inbox()
+    replies = await nc.subscribe(inbox, pending_msgs_limit=2 * BATCH)
     try:
-        while True:  # one request per BATCH messages
-            request = {"batch": BATCH, "seq": last + 1, "next_by_subj": subjects}
-            await nc.publish(direct_get_subject(stream), msgspec.json.encode(request), inbox)
-            got = 0
-            while True:
-                msg = await replies.next_msg(timeout=wait_s)
-                headers = msg.headers or {}
-                if not msg.data and STATUS in headers:
-                    break
-                got += 1
-                last = int(headers[SEQUENCE])
-                when = parse_time(headers[TIME_STAMP])
-                yield Raw(last, when, headers[SUBJECT], msg.data, headers)
-            if got < BATCH:
-                return
+        request = {"batch": BATCH, "seq": after + 1, "next_by_subj": subjects}
+        await nc.publish(direct_get_subject(stream), msgspec.json.encode(request), inbox)
+        out: list[Raw] = []
+        while True:
+            msg = await replies.next_msg(timeout=try_s)
+            headers = msg.headers or {}
+            if SEQUENCE in headers:
+                out.append(_direct_raw(msg, headers))
+                continue
+            status = headers.get(STATUS)
+            if status in (END_OF_BATCH, NO_MESSAGES):
+                return out
+            if status == NO_RESPONDERS:
+                raise ServiceUnavailableError(code=503, description="no responders")
+            raise FleetwardError(f"{stream}: the server refused a read ({status} "
+                                 f"{headers.get(DESCRIPTION, '')})")  # fmt: skip
     finally:
         await replies.unsubscribe()
+
+
+def _direct_raw(msg: Msg, headers: dict[str, str]) -> Raw:
+    """The stored message a direct get answered with."""
+    when = parse_time(headers[TIME_STAMP])
+    return Raw(int(headers[SEQUENCE]), when, headers[SUBJECT], msg.data, headers)
 
 
 class Stored(msgspec.Struct):
@@ -112,18 +151,25 @@ class _Answer(msgspec.Struct):
 
 
 async def get_wrapped(
-    nc: NatsClient, stream: str, request: dict[str, object], wait_s: float
+    nc: NatsClient, stream: str, request: dict[str, object], wait_s: float = READ_RIDE_OUT_S
 ) -> Stored | None:
     """One ``$JS.API.STREAM.MSG.GET`` (``request``: ``{"seq": n}``, ``{"last_by_subj": s}``,
-    ...): the message, None when there is none. Raises ``nats.errors.TimeoutError`` after
-    ``wait_s`` seconds without an answer, ``FleetwardError`` when the server refuses."""
-    msg = await nc.request(msg_get_subject(stream), msgspec.json.encode(request), timeout=wait_s)
-    answer = msgspec.json.decode(msg.data, type=_Answer)
-    if answer.error is not None:
+    ...): the message, None when there is none. Asked again while nobody answers (a leader
+    election: services/jetstream/reads.py); raises ``StreamUnavailable`` after ``wait_s``
+    seconds of that, ``FleetwardError`` when the server refuses."""
+
+    async def get(try_s: float) -> Stored | None:
+        msg = await nc.request(msg_get_subject(stream), msgspec.json.encode(request), try_s)
+        answer = msgspec.json.decode(msg.data, type=_Answer)
+        if answer.error is None:
+            return answer.message
         if answer.error.err_code == NO_MESSAGE_FOUND:
             return None
+        if answer.error.code == 503:  # "JetStream system temporarily unavailable": ask again
+            raise ServiceUnavailableError(**msgspec.structs.asdict(answer.error))
         raise FleetwardError(f"{stream}: the server refused a read: {answer.error.description}")
-    return answer.message
+
+    return await ride_out(get, f"reading {stream}", ride_out_s=wait_s)
 
 
 def _raw(stored: Stored) -> Raw:
@@ -146,7 +192,12 @@ async def _read_wrapped(
 
 
 async def last_of_subjects(
-    nc: NatsClient, stream: str, subjects: str, *, wait_s: float = 5.0, direct: bool = False
+    nc: NatsClient,
+    stream: str,
+    subjects: str,
+    *,
+    wait_s: float = READ_RIDE_OUT_S,
+    direct: bool = False,
 ) -> Raw | None:
     """The last message of ``stream`` on ``subjects`` (a subject or a wildcard), None when
     there is none: one get by last subject (a direct get when ``direct``, services only), which
@@ -154,25 +205,27 @@ async def last_of_subjects(
     if not direct:
         stored = await get_wrapped(nc, stream, {"last_by_subj": subjects}, wait_s)
         return None if stored is None else _raw(stored)
-    msg = await nc.request(f"{direct_get_subject(stream)}.{subjects}", b"", timeout=wait_s)
-    headers = msg.headers or {}
-    if SEQUENCE not in headers:
-        return None
-    seq, when = int(headers[SEQUENCE]), parse_time(headers[TIME_STAMP])
-    return Raw(seq, when, headers[SUBJECT], msg.data, headers)
+
+    async def get(try_s: float) -> Raw | None:
+        msg = await nc.request(f"{direct_get_subject(stream)}.{subjects}", b"", timeout=try_s)
+        headers = msg.headers or {}
+        return _direct_raw(msg, headers) if SEQUENCE in headers else None
+
+    return await ride_out(get, f"reading {stream}", ride_out_s=wait_s)
 
 
 async def last_seq_on(
-    nc: NatsClient, stream: str, subjects: str, *, wait_s: float = 5.0, direct: bool = False
+    nc: NatsClient,
+    stream: str,
+    subjects: str,
+    *,
+    wait_s: float = READ_RIDE_OUT_S,
+    direct: bool = False,
 ) -> int:
     """The sequence of the last message of ``stream`` on ``subjects`` (a subject or a
     wildcard), 0 when there is none (``last_of_subjects``)."""
-    if not direct:
-        last = await last_of_subjects(nc, stream, subjects, wait_s=wait_s)
-        return 0 if last is None else last.seq
-    msg = await nc.request(f"{direct_get_subject(stream)}.{subjects}", b"", timeout=wait_s)
-    headers = msg.headers or {}
-    return int(headers[SEQUENCE]) if SEQUENCE in headers else 0
+    last = await last_of_subjects(nc, stream, subjects, wait_s=wait_s, direct=direct)
+    return 0 if last is None else last.seq
 
 
 def parse_headers(block: bytes) -> dict[str, str]:

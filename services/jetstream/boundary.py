@@ -12,6 +12,7 @@ from nats.js.errors import NotFoundError
 
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import boundary, boundary_wildcard
+from fleetward.services.jetstream.reads import answering_within, ride_out
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,15 +28,24 @@ class Last:
 async def last_of(js: JetStreamContext, kind: str, key: str, *, direct: bool = False) -> Last:
     """The last message of a boundary: one request, two when its v2 subjects hold nothing; by
     direct get when ``direct`` (services only: see services/client/direct.py), else by a
-    wrapped message get."""
-    try:
-        msg = await js.get_last_msg(EVENTS_STREAM, boundary_wildcard(kind, key), direct=direct)
-    except NotFoundError:
-        pass
-    else:
+    wrapped message get. Each rides out a leader election (reads.py: ``StreamUnavailable``
+    after ``READ_RIDE_OUT_S`` seconds without an answer)."""
+    msg = await _last_msg(js, boundary_wildcard(kind, key), direct)
+    if msg is not None:
         assert msg.seq is not None
         return Last(msg.seq, msg)
-    try:
-        return Last(0, await js.get_last_msg(EVENTS_STREAM, boundary(kind, key), direct=direct))
-    except NotFoundError:
-        return Last(0, None)
+    return Last(0, await _last_msg(js, boundary(kind, key), direct))
+
+
+async def _last_msg(js: JetStreamContext, subjects: str, direct: bool) -> RawStreamMsg | None:
+    """The last message of FW_EVENTS on ``subjects``, None when there is none."""
+
+    async def get(try_s: float) -> RawStreamMsg | None:
+        try:
+            return await answering_within(js, try_s).get_last_msg(
+                EVENTS_STREAM, subjects, direct=direct
+            )
+        except NotFoundError:
+            return None
+
+    return await ride_out(get, f"reading {EVENTS_STREAM}")

@@ -23,6 +23,7 @@ from nats.js.errors import APIError, NotFoundError
 from fleetward.schemas.partitions import partitions_of
 from fleetward.schemas.streams import HEARTBEATS_STREAM, StreamSpec
 from fleetward.services.errors import FleetwardError, StreamConflict
+from fleetward.services.jetstream.reads import stream_info
 
 log = logging.getLogger("fleetward.jetstream")
 
@@ -139,7 +140,7 @@ async def ensure_streams(
     created = []
     for spec in specs:
         try:
-            info = await js.stream_info(spec.name)
+            info = await stream_info(js, spec.name)  # rides out a leader election (reads.py)
         except NotFoundError:
             await _create(js, spec, replicas or 1)
             created.append(spec.name)

@@ -13,6 +13,7 @@ from fleetward.projections import Projection
 from fleetward.services import db
 from fleetward.services.db import q
 from fleetward.services.errors import FleetwardError
+from fleetward.services.jetstream.reads import stream_info
 from fleetward.services.projector.isolate import Isolate
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.runtime.connect import Runtime
@@ -35,7 +36,7 @@ async def reset(rt: Runtime, projection: Projection) -> None:
 
 async def stream_last_seq(rt: Runtime, stream: str) -> int:
     """The last sequence stored in ``stream`` (0 when it is empty): how far a rebuild goes."""
-    info = await rt.js.stream_info(stream)
+    info = await stream_info(rt.js, stream)
     return int(info.state.last_seq)
 
 

@@ -265,8 +265,11 @@ async def test_leader_then_follower_killed_while_agents_claim_and_the_projector_
 
 
 def election(error: str) -> bool:
-    """Whether an error an agent counted is a read that met a stream without a leader."""
-    return error.startswith("TimeoutError") or error.endswith("temporarily unavailable")
+    """Whether an error an agent counted is a read that met a stream without a leader for
+    longer than a read rides out (services/jetstream/reads.py)."""
+    return error.startswith(("TimeoutError", "StreamUnavailable")) or error.endswith(
+        "temporarily unavailable"
+    )
 
 
 async def check_stored_once(rt: Runtime, ledger: Ledger) -> None:
