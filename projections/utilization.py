@@ -69,8 +69,12 @@ HOURLY = Table(
 )
 
 
+_MICROSECOND: Final = timedelta(microseconds=1)
+
+
 def _us(delta: timedelta) -> int:
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+    """``delta`` in whole microseconds (exact: timedelta // timedelta is integer arithmetic)."""
+    return delta // _MICROSECOND
 
 
 _ZERO: Final = timedelta(0)

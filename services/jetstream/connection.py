@@ -124,6 +124,8 @@ class FleetwardNats(Client):
 
     async def _process_headers(self, headers: bytes | None) -> dict[str, str] | None:
         """nats-py's header parsing; headers it cannot read make no headers (None)."""
+        if not headers:  # most deliveries: no coroutine of nats-py's to make and await
+            return None
         try:
             parsed: dict[str, str] | None = await super()._process_headers(headers)
         except Exception:  # any failure here would end the read loop, for every reader
