@@ -6,12 +6,11 @@ SIGINT (finish the batch in hand, commit, ack, exit)."""
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import signal
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, Final
+from typing import Any
 
 import anyio
 from nats.errors import Error as NatsError
@@ -39,16 +38,10 @@ from fleetward.services.projector.outbox import Outbox
 from fleetward.services.projector.partitions import expand
 from fleetward.services.projector.runner import ProjectionRunner
 from fleetward.services.projector.window import PROJECTION_ERROR
+from fleetward.services.runtime import collector
 from fleetward.services.runtime.connect import Runtime, acting_as
 from fleetward.services.trace import TRACE
 from fleetward.services.watchdog.service import Watchdog
-
-# The collector's thresholds in a service process: a young collection after 50,000 objects that
-# stay alive rather than 700. A window holds thousands of deliveries and rows until its commit,
-# so with the default every batch set off collections that scanned them again and again, and
-# found nothing to free (refcounting frees them): 8% of the projector's time at 10,000
-# heartbeats/s (docs/benchmarks.md). Cycles are still collected, less often.
-GC_THRESHOLDS: Final = (50_000, 10, 10)
 
 log = logging.getLogger("fleetward")
 
@@ -218,12 +211,7 @@ def _start_process_tasks(tg: anyio.abc.TaskGroup, stop: anyio.Event) -> None:
     """Start what runs once per process in ``tg``: stopping on SIGTERM/SIGINT, and with
     ``FLEETWARD_TRACE`` a timeline of the process (services/trace.py; off by default)."""
     tg.start_soon(_stop_on_signal, stop)
-    # what exists once started (modules, classes, settings) lives as long as the process: out
-    # of the garbage collector's full scans, which held the loop up to 0.2 s at 10,000
-    # heartbeats/s (docs/benchmarks.md)
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    collector.settle()  # services/runtime/collector.py
     if TRACE is not None:
         TRACE.watch_gc()
         tg.start_soon(TRACE.watch_stalls)

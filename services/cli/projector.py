@@ -78,7 +78,9 @@ async def _rebuild(settings: Settings, args: argparse.Namespace) -> None:
     )
 
     from fleetward.services.projector.rebuild import rebuild, stream_last_seq  # noqa: PLC0415
+    from fleetward.services.runtime import collector  # noqa: PLC0415
 
+    collector.settle()  # a rebuild folds as a runner does (services/runtime/collector.py)
     projection = projections.BY_NAME[args.name]
     async with open_runtime(settings) as rt:
         total = await stream_last_seq(rt, projection.stream)

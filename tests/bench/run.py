@@ -54,6 +54,7 @@ from fleetward.services.db import q
 from fleetward.services.jetstream.consumer import PullConsumer, recreate_consumer
 from fleetward.services.projector.consumers import by_stream, consumer_filter, durable_name
 from fleetward.services.projector.rebuild import rebuild, reset
+from fleetward.services.runtime import collector
 from fleetward.services.runtime.connect import Runtime, open_runtime
 from tests.bench import audit as audit_bench
 from tests.bench import partitions as partitions_bench
@@ -375,6 +376,9 @@ async def ingest(
 
 
 async def rebuild_rate(rt: Runtime, name: str) -> float:
+    """Events/s of a rebuild of ``name``, in this process, with the collector settled as
+    ``fleetward projections rebuild`` settles it (services/runtime/collector.py)."""
+    collector.settle()
     projection = projections.BY_NAME[name]
     events = (await rt.js.stream_info(projection.stream)).state.messages
     started = time.perf_counter()
