@@ -13,6 +13,7 @@ from nats.js.errors import NotFoundError
 
 from fleetward.projections import ALL
 from fleetward.schemas import Event
+from fleetward.services.db import q
 from fleetward.services.jetstream.publish import publish_many
 from fleetward.services.projector.consumers import runner_durable
 from fleetward.services.projector.rebuild import rebuild
@@ -45,6 +46,18 @@ def start_projector(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
 
 
 async def all_caught_up(rt: Runtime) -> bool:
+    """Every consumer has applied all it was given, and the outbox has published every event
+    the folds emitted (review feedback, refusals: the commands projection applies them), and
+    the consumers are still clear after that."""
+    if not await _consumers_clear(rt):
+        return False
+    async with rt.pool.acquire() as conn:
+        if (await conn.fetchrow(q("outbox_backlog")))["waiting"]:
+            return False
+    return await _consumers_clear(rt)
+
+
+async def _consumers_clear(rt: Runtime) -> bool:
     for projection in ALL:
         try:
             info = await rt.js.consumer_info(projection.stream, runner_durable(projection, ALL))
