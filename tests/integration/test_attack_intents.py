@@ -1382,6 +1382,7 @@ async def cli_refused(rt: Runtime, env: dict[str, str], why: str, *args: str) ->
     assert (await last_seq(rt, EVENTS_STREAM), await last_seq(rt, COMMANDS_STREAM)) == before
 
 
+@pytest.mark.slow
 async def test_every_cli_write_the_fleet_would_refuse_fails_at_once(
     rt: Runtime, ops: FleetClient, env: dict[str, str]
 ) -> None:

@@ -87,6 +87,7 @@ def fails_at(path: Path, changed: list[bytes]) -> int:
     return failed.value.line
 
 
+@pytest.mark.slow
 async def test_an_export_of_100k_events_verifies_and_any_change_fails_at_its_line(
     rt: Runtime, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import anyio
+import pytest
 from nats.js.errors import NotFoundError
 
 from fleetward.projections import ALL
@@ -68,6 +69,7 @@ async def _consumers_clear(rt: Runtime) -> bool:
     return True
 
 
+@pytest.mark.slow
 async def test_sigkill_at_random_points_then_restart_equals_clean_rebuild(
     rt: Runtime, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -25,6 +25,7 @@ TASKS = 20
 ROUNDS = 20  # 50 agents on 20 tasks: 1,000 claims raced (each round all at once)
 
 
+@pytest.mark.slow
 async def test_racing_agents_never_share_a_task(rt: Runtime, ops: FleetClient) -> None:
     """50 agents race for 20 tasks, 20 rounds: each (task, epoch) has exactly one holder, every
     loser is told, and the board ends with every claim counted and none refused. Contract v2:

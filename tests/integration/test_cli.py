@@ -384,6 +384,7 @@ def _status_from(folder: Path, env: dict[str, str]) -> Any:
     return json.loads(found.stdout)
 
 
+@pytest.mark.slow
 def test_dev_runs_embedded_and_stops_on_ctrl_c(server_home: Path) -> None:
     """``fleetward dev`` without FLEETWARD_HOME keeps its data in the per-user state folder
     (here XDG_STATE_HOME's), where the other commands find it from any folder."""

@@ -9,6 +9,7 @@ import re
 from decimal import Decimal
 
 import anyio
+import pytest
 
 from fleetward.schemas.events import (
     AgentRegistered,
@@ -27,6 +28,7 @@ from tests.integration.test_cli_tasks import CLI, ROOT, last, ok, refused
 DOCS_DAY = ("docs-day", "--scope", "team", "--scope-id", "docs", "--window", "day")
 
 
+@pytest.mark.slow
 async def test_a_budget_admin_sets_lists_and_shows_budgets(
     rt: Runtime, env: dict[str, str]
 ) -> None:

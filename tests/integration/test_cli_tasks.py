@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import anyio
+import pytest
 
 from fleetward.schemas import decode
 from fleetward.schemas.events import (
@@ -65,6 +66,7 @@ async def last(rt: Runtime, subj: str) -> Event:
     return decode(msg.data)
 
 
+@pytest.mark.slow
 async def test_an_operator_runs_a_task_from_creation_to_review(
     rt: Runtime, env: dict[str, str]
 ) -> None:

@@ -203,6 +203,7 @@ async def stored(rt: Runtime, stream: str) -> list[tuple[int, str, bytes]]:
     return out
 
 
+@pytest.mark.slow
 async def test_leader_then_follower_killed_while_agents_claim_and_the_projector_ingests(
     crt: Runtime, nats_cluster: Cluster, cluster_env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -190,6 +190,7 @@ async def operator_reviews(page: Page, shots: Path) -> None:
     assert await page.evaluate("window.notReloaded === true"), "the page reloaded"
 
 
+@pytest.mark.slow
 async def test_the_dashboard_shows_an_agent_go_offline_and_its_escalation_without_reload(
     rt: Runtime, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

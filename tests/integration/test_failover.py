@@ -120,6 +120,7 @@ async def test_two_projectors_one_writes_the_other_stands_by(
             assert proc.wait(timeout=30) == 0
 
 
+@pytest.mark.slow
 async def test_the_standby_takes_over_from_a_killed_active_and_the_views_equal_a_rebuild(
     rt: Runtime, env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import anyio
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -289,6 +290,7 @@ async def _check_at_head(rt: Runtime, heads: dict[str, int]) -> None:
         assert row["checkpoint"] >= heads[row["stream"]], (dict(row), heads)
 
 
+@pytest.mark.slow
 @settings(
     max_examples=EXAMPLES,
     deadline=None,

@@ -21,6 +21,7 @@ from pathlib import Path
 import anyio
 import asyncpg
 import psutil
+import pytest
 
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.runtime.connect import connect_nats
@@ -117,6 +118,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
+@pytest.mark.slow
 async def test_dev_killed_with_sigkill_then_started_again_runs_one_of_each_on_intact_data(
     tmp_path: Path, server_home: Path
 ) -> None:

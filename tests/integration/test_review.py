@@ -38,6 +38,7 @@ async def _age(rt: Runtime, agent_id: str, days: int) -> None:
         )  # fmt: skip
 
 
+@pytest.mark.slow
 async def test_the_review_lists_an_idle_agent_and_its_retire_command_ends_its_leases(
     rt: Runtime, env: dict[str, str], ops: FleetClient, tmp_path: Path
 ) -> None:

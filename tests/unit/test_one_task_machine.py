@@ -29,6 +29,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, note, seed, settings
 from hypothesis import strategies as st
 
@@ -417,6 +418,7 @@ def play(d: st.DataObject) -> Readers:
     return w
 
 
+@pytest.mark.slow
 def test_the_board_the_client_and_the_watchdog_fold_every_task_alike() -> None:
     reached: Counter[str] = Counter()
 
