@@ -69,7 +69,7 @@ async def commit_windows(
 ) -> dict[str, Moved]:
     """Commit ``windows`` in one transaction on ``conn``, a connection of the caller's own
     (outside any transaction, with the staging tables of the windows' tables: ``stage_sql``).
-    The same steps as ``commit`` for each window, in fewer round trips (each one waits for the
+    The steps of the module docstring for each window, in few round trips (each one waits for the
     caller's event loop as well as for Postgres): BEGIN; the fence and every checkpoint's
     compare-and-set in one statement (``checkpoint_claim``); ``first`` (the event ids a
     runner records: ledger.py), the COPY of each changed table into its staging table, the
@@ -142,17 +142,6 @@ async def _roll_back(conn: Conn) -> None:
     except BaseException:
         conn.terminate()
         raise
-
-
-async def commit(conn: Conn, projection: Projection, window: Window) -> None:
-    """Write a window's rows and dead letters and move the checkpoint, inside the caller's
-    transaction. Raises ``Moved`` when the checkpoint is not the one the window was folded on
-    (nothing written), ``Resync`` when the compare-and-set of the new checkpoint fails, and
-    whatever Postgres or the driver raise when they refuse a row (failures.py)."""
-    checkpoint = await lock(conn, projection, window)
-    await write(conn, projection, window.rows)
-    await record_dead(conn, projection, window.dead)
-    await advance(conn, projection, checkpoint, window.last)
 
 
 async def lock(conn: Conn, projection: Projection, window: Window) -> int:
