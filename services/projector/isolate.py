@@ -59,7 +59,8 @@ async def isolate(conn: Conn, projection: Projection, window: Window) -> BatchRe
     """Commit a careful ``window`` (its ``kept`` events) in parts, dead-lettering each event
     whose writes Postgres or the driver refuse; inside the caller's transaction. Returns what
     the window did (replacing the result its first fold counted). Raises ``Moved`` or
-    ``Resync`` as ``commit_windows`` does, and any failure that is not an event's (failures.py)."""
+    ``Resync`` when the checkpoint moved (``lock``, ``advance``), and any failure that is not an
+    event's (failures.py)."""
     assert window.kept is not None, "only a careful window keeps its events"
     checkpoint = await lock(conn, projection, window)
     result = BatchResult(skipped=window.result.skipped)
