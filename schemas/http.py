@@ -476,6 +476,8 @@ WRITE_ROUTES: Final[tuple[WriteRoute, ...]] = (
 
 # The server-sent events of EVENTS_PATH: name -> what its JSON data holds.
 LIVE_EVENTS: Final[dict[str, str]] = {
+    "ready": "the first event of every stream, sent once the subscription is in place: every "
+    "change committed from here on follows, so read the routes now, not before (`{}`)",
     "agent": "an agent's row of the agents table changed (status, state, current task): "
     "the row (`Agent`), or `{agent_id, removed: true}`",
     "task": "a task moved, or its dependencies came to be done: `{task_id, status, assignee, "

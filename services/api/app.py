@@ -210,7 +210,9 @@ def _write(
 
 
 def _events(gate: Gate, live: Live) -> Callable[[Request], Awaitable[Response]]:
-    """The live stream's endpoint: every change from the subscription on, pings when idle."""
+    """The live stream's endpoint: ``ready`` once subscribed, then every change from the
+    subscription on, pings when idle. A client reads the routes after ``ready``: what it reads
+    then cannot miss a change (one committed before is in the reading, one after is sent)."""
 
     async def events(request: Request) -> Response:
         who = gate.claims(request)
@@ -218,8 +220,8 @@ def _events(gate: Gate, live: Live) -> Callable[[Request], Awaitable[Response]]:
             return who
 
         async def stream() -> AsyncIterator[bytes]:
-            yield b"retry: 2000\n\n"
-            async with live.subscribe() as changes:
+            async with live.subscribe() as changes:  # before the first byte: "ready" is true
+                yield b"retry: 2000\n\n" + sse("ready", b"{}")
                 while not who.exp or gate.now() < who.exp:  # ends with its token
                     wait = PING_S if not who.exp else min(PING_S, who.exp - gate.now())
                     with anyio.move_on_after(wait) as idle:

@@ -1,17 +1,22 @@
 """The dashboard's reads that the first increment did not have, against real Postgres and NATS:
-an agent's timeline (``GET /api/v1/agents/{agent_id}/events``, services/api/reads.py), and the
-overview the live poller keeps for ``GET /api/v1/overview`` (services/api/live.py)."""
+an agent's timeline (``GET /api/v1/agents/{agent_id}/events``, services/api/reads.py), the
+overview the live poller keeps for ``GET /api/v1/overview`` (services/api/live.py), and the live
+stream's ``ready``: the point from which a reading of the routes misses no change."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
+import anyio
+import httpx
 import msgspec
 
 from fleetward.schemas import http
 from fleetward.schemas.events import (
     AgentPaused,
     EscalationRaised,
+    EscalationResolved,
     RunFinished,
     RunStarted,
     TaskClaimed,
@@ -22,6 +27,8 @@ from fleetward.services.api.live import Live
 from fleetward.services.jetstream.publish import publish_many
 from fleetward.services.runtime.connect import Runtime
 from tests.helpers import envelope, now, project_all
+from tests.integration.api_harness import running_api
+from tests.integration.test_ingress import bearer
 from tests.integration.test_watchdog import register
 
 
@@ -97,3 +104,53 @@ async def test_the_overview_is_read_each_round_while_asked_and_served_from_the_l
     now = live.overview()
     assert now is not None and now.agents_by_status == {"active": 1}
     assert ("overview", msgspec.json.encode(now)) in events
+
+
+async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
+    """(event name, data) of a server-sent event stream's lines; comments and retry skipped."""
+    name, data = "", ""
+    async for line in lines:
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: "):
+            data = line.removeprefix("data: ")
+        elif not line and name:
+            yield name, data
+            name, data = "", ""
+
+
+async def test_the_live_stream_says_ready_once_subscribed_and_sends_every_change_after_it(
+    rt: Runtime,
+) -> None:
+    """A page reads the routes on ``ready`` (services/api/static/dashboard.js ``follow``): an
+    escalation raised and resolved after it reaches the stream in both states, in order. (The
+    dashboard once read the routes before it subscribed, and kept showing an escalation whose
+    resolution fell between the two.)"""
+    async with running_api(rt) as api, httpx.AsyncClient(base_url=api.base, timeout=30) as web:
+        with anyio.fail_after(60):
+            async with web.stream("GET", http.EVENTS_PATH, headers=bearer(api.token)) as stream:
+                assert stream.status_code == 200
+                events = _sse(stream.aiter_lines())
+                assert await anext(events) == ("ready", "{}")  # the first event, before any
+                raised = EscalationRaised(
+                    **envelope("svc:watchdog"), escalation="e-live", tier="warning",
+                    reason="task_stalled", message="quiet",
+                )  # fmt: skip
+                await publish_many(rt.js, [raised])
+                states: list[str] = []
+                async for name, data in events:
+                    row = msgspec.json.decode(data)
+                    if name == "escalation" and row["escalation_id"] == "e-live":
+                        states.append(row["state"])
+                        if states == ["open"]:
+                            await publish_many(
+                                rt.js,
+                                [
+                                    EscalationResolved(
+                                        **envelope("svc:watchdog"), escalation="e-live"
+                                    )
+                                ],
+                            )
+                        else:
+                            break
+    assert states == ["open", "resolved"]

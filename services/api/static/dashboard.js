@@ -431,10 +431,10 @@ function route() {
     a.classList.toggle("here", a.dataset.page === page || (page === "agent" && a.dataset.page === "agents"));
   }
   document.getElementById("flash").hidden = true;
-  if (page === "agents") refreshAgents();
+  if (page === "agents") fresh(refreshAgents);
   if (page === "agent") showAgent(state.agent);
-  if (page === "board") loadBoard();
-  if (page === "escalations") loadEscalations();
+  if (page === "board") fresh(loadBoard);
+  if (page === "escalations") fresh(loadEscalations);
   if (page === "spend") loadSpend();
 }
 
@@ -450,18 +450,36 @@ async function loadAll() {
   if (state.page === "spend") await loadSpend();
 }
 
+// Reads of the views and the live stream: a change that arrives while something is read is
+// held and applied after that reading is shown (an older one applied after a newer reading is
+// corrected by the change that follows it: every change is sent).
+let reading = 0;
+let held = [];
+async function fresh(load) {
+  reading++;
+  try { await load(); } finally {
+    if (--reading === 0) { const h = held; held = []; for (const [f, d] of h) f(d); }
+  }
+}
+
 let spendAt = 0;
-function follow() {
+// The stream says "ready" once it is subscribed (at first and after every break): only then
+// are the views read, so no change falls between the reading and the stream.
+function follow(first) {
   const live = document.getElementById("live");
   const source = new EventSource("/api/v1/events");
-  let opened = false;
-  source.onopen = () => {
-    live.textContent = "live"; live.className = "live on";
-    if (opened) loadAll(); // back after a break: what was missed is read again
-    opened = true;
-  };
+  source.onopen = () => { live.textContent = "live"; live.className = "live on"; };
   source.onerror = () => { live.textContent = "reconnecting"; live.className = "live off"; };
-  const on = (name, f) => source.addEventListener(name, (m) => f(JSON.parse(m.data)));
+  const on = (name, f) => source.addEventListener(name, (m) => {
+    const d = JSON.parse(m.data);
+    if (reading) held.push([f, d]); else f(d);
+  });
+  source.addEventListener("ready", () => {
+    fresh(async () => {
+      await loadAll();
+      if (first) { first(); first = null; }
+    });
+  });
   on("overview", (o) => {
     overview(o);
     if (state.page === "spend" && Date.now() - spendAt > 10000) { spendAt = Date.now(); loadSpend(); }
@@ -475,14 +493,14 @@ function follow() {
     taskMoved(t);
     if (state.page === "agent" && t.assignee === state.agent) showAgent(state.agent);
   });
-  on("resync", () => loadAll());
+  on("resync", () => fresh(loadAll));
 }
 
 document.addEventListener("DOMContentLoaded", async () => {
   document.getElementById("search").addEventListener("input", search);
-  document.getElementById("board-project").addEventListener("change", loadBoard);
-  document.getElementById("board-priority").addEventListener("change", loadBoard);
-  document.getElementById("esc-state").addEventListener("change", loadEscalations);
+  document.getElementById("board-project").addEventListener("change", () => fresh(loadBoard));
+  document.getElementById("board-priority").addEventListener("change", () => fresh(loadBoard));
+  document.getElementById("esc-state").addEventListener("change", () => fresh(loadEscalations));
   document.getElementById("agent-pause").addEventListener("click", () => pauseOrResume("pause").catch(() => {}));
   document.getElementById("agent-resume").addEventListener("click", () => pauseOrResume("resume").catch(() => {}));
   window.addEventListener("hashchange", route);
@@ -496,7 +514,5 @@ document.addEventListener("DOMContentLoaded", async () => {
   role = me.role;
   document.body.classList.toggle("operator", role === "operator");
   document.getElementById("whoami").textContent = me.person + " (" + me.role + ")";
-  await loadAll();
-  route();
-  follow();
+  follow(route);
 });
