@@ -135,10 +135,21 @@ class Oversight(Projection):
                 yield APPROVALS, (event.approval,)
             case PolicySet():
                 yield POLICIES, (event.policy,)
+            case AgentRegistered():
+                yield AGENTS, (event.agent,)
+                # the policies of the team and risk class it registers into: a call later in
+                # the batch is judged by them, and ``touches_more`` sees only the rows as they
+                # were before the batch (with the old team)
+                yield from ((POLICIES, (i,)) for i in ids_of(event.agent, event.team,
+                                                             event.risk_class))  # fmt: skip
             case _ if isinstance(event, lifecycle.EVENTS):
                 yield AGENTS, (getattr(event, "agent"),)  # noqa: B009  # each has one
 
     def touches_more(self, rows: Rows, event: Event, meta: Meta) -> Iterable[tuple[Table, Key]]:
+        """The policies that cover the agent as its row was before the batch (or as its request
+        recorded it); every team and risk class a registration in the batch moves it into
+        is named by ``touches``: together, every policy the fold can read, however the events
+        are batched (tests/unit/test_oversight_batches.py)."""
         match event:
             case ToolCalled() | ApprovalRequested():
                 who = rows.get(AGENTS, (event.agent,)) or {}

@@ -69,6 +69,12 @@ from fleetward.services.trace import TRACE, Trace
 
 log = logging.getLogger("fleetward.projector")
 
+# Near the head of the stream a runner takes batches of at most this many events, and yields
+# the event loop after each: folding one holds the loop for a few milliseconds (heartbeats cost
+# ~50 us each), so the commit in flight, whose every round trip waits for the loop, and NATS
+# reads go on between them. Far behind, it takes full batches (throughput).
+HEAD_BATCH = 100
+
 
 @dataclass(slots=True)
 class Member:
@@ -129,6 +135,7 @@ class ProjectionRunner:
         # whether the consumer delivers the role events; if not, the book is read per batch
         self._sees_roles = not self.filters or wildcard("person") in self.filters
         self.batch_size = batch_size
+        self.head_batch = min(HEAD_BATCH, batch_size)  # near the head (see HEAD_BATCH)
         # while far behind the stream: commit every window_size events or window_seconds
         self.window_size, self.window_seconds = max(window_size, batch_size), window_seconds
         self.durable = durable_name(*projections, suffix=durable_suffix)
@@ -247,9 +254,7 @@ class ProjectionRunner:
                 self._due = True  # committed as soon as the commit in flight is done
             else:
                 await self._start_commit()
-        # a buffered batch's fold awaits nothing: let the commit in flight (whose every round
-        # trip waits for the loop) and NATS reads go on before the next
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the commit in flight and NATS reads go on (HEAD_BATCH)
         return len(batch)
 
     @contextlib.asynccontextmanager
@@ -272,16 +277,16 @@ class ProjectionRunner:
         one as soon as that commit is done, so that they commit without waiting for more."""
         consumer, inflight = self.consumer, self._inflight
         assert consumer is not None
-
+        size = self.batch_size if self.pending >= self.batch_size else self.head_batch
         if not self._due or inflight is None or inflight.done():
-            return await consumer.next_batch(self.batch_size, wait)
+            return await consumer.next_batch(size, wait)
 
         def wake(_: object) -> None:
             consumer.interrupt()
 
         inflight.add_done_callback(wake)
         try:
-            return await consumer.next_batch(self.batch_size, wait)
+            return await consumer.next_batch(size, wait)
         finally:
             inflight.remove_done_callback(wake)
 

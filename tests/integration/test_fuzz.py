@@ -19,9 +19,11 @@ of both streams while a real watchdog judges, and asserts:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -281,6 +283,21 @@ async def _heads(rt: Runtime) -> dict[str, int]:
     return {stream: await stream_last_seq(rt, stream) for stream in {p.stream for p in ALL}}
 
 
+@contextlib.asynccontextmanager
+async def _within(rt: Runtime, seconds: float, what: str) -> AsyncIterator[None]:
+    """Fail with ``what`` and every checkpoint against its stream's head when the block takes
+    longer than ``seconds`` (a stalled projector fails here instead of hanging)."""
+    try:
+        with anyio.fail_after(seconds):
+            yield
+    except TimeoutError:
+        async with rt.pool.acquire() as conn:
+            rows = await conn.fetch("SELECT projection, stream, checkpoint FROM fleet.projections")
+        at = {r["projection"]: (r["checkpoint"], r["stream"]) for r in rows}
+        raise TimeoutError(f"{what}: not done in {seconds}s; checkpoints {at}, heads "
+                           f"{await _heads(rt)}") from None  # fmt: skip
+
+
 async def _check_at_head(rt: Runtime, heads: dict[str, int]) -> None:
     """Every projection reached ``heads`` (each stream's last sequence before it ran). The
     watchdog judges meanwhile and may store escalations after that: those are not waited for."""
@@ -328,23 +345,23 @@ async def test_no_single_event_stalls_kills_or_skews_fleetward(
                     other = _dump({**raw, "cost_usd": 999.0, "tokens_in": 1})
                     sent.append(await _publish(rt, subject, other, "spend reusing an event id"))
         heads = await _heads(rt)
-        with anyio.fail_after(120):  # a stalled projector fails here instead of hanging
+        async with _within(rt, 120, "the projector reaching the head"):  # never stalls
             await project_all(rt)
         await _check_at_head(rt, heads)
         await _check_every_message(rt, sent)
         await _check_good_effects(rt, goods, names)
-        with anyio.fail_after(30):  # the watchdog read everything and judged after it
-            await dog.signals.wait_for(dog.caught_up, 30, "the watchdog caught up")
-            judged = dog.signals.judged.count
-            await dog.signals.wait_for(lambda: dog.signals.judged.count > judged, 30, "judging")
+        # the watchdog read everything and judged after it (each wait says which one timed out)
+        await dog.signals.wait_for(dog.caught_up, 60, "the watchdog to catch up")
+        judged = dog.signals.judged.count
+        await dog.signals.wait_for(lambda: dog.signals.judged.count > judged, 60, "a judgement")
         stop.set()
     # live equals rebuild, over everything published so far (every example's bad input), the
     # watchdog's last judgements too (published after the projection above)
-    with anyio.fail_after(120):
+    async with _within(rt, 120, "the projector reaching the head after the watchdog stopped"):
         await project_all(rt)
     live = await snapshot(rt)
     for projection in ALL:
-        with anyio.fail_after(120):
+        async with _within(rt, 120, f"a rebuild of {projection.name}"):
             await rebuild(rt, projection)
     rebuilt = await snapshot(rt)
     differ = sorted(t for t in set(live) | set(rebuilt) if live.get(t) != rebuilt.get(t))

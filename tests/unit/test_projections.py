@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from fleetward.projections import gates
 from fleetward.projections.agents import AGENT_VERSIONS, AGENTS, AgentRegistry
 from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
 from fleetward.projections.idempotence import newer_heartbeat
@@ -1178,35 +1179,45 @@ def apply_or_refuse(
     refused: Counter[str] | None = None,
 ) -> None:
     """Fold one event; one the fold refuses (``Rejected``: the projector dead-letters it)
-    changes nothing, and is counted in ``refused`` by type (``lifecycle_forbidden`` only)."""
+    changes nothing, and is counted in ``refused`` by type (the state machines' refusals
+    only: ``lifecycle_forbidden``, ``approval_forbidden``)."""
     try:
         projection.apply(rows, event, meta)
     except Rejected as r:
-        assert r.reason == FORBIDDEN, r
+        assert r.reason in (FORBIDDEN, gates.FORBIDDEN), r
         if refused is not None:
             refused[type_name(type(event))] += 1
 
 
 def fold_at_once(
-    projection: Projection, items: list[tuple[Event, Meta]], refused: Counter[str] | None = None
+    projection: Projection,
+    items: list[tuple[Event, Meta]],
+    refused: Counter[str] | None = None,
+    outbox: list[tuple[Event, int]] | None = None,
 ) -> Tables:
-    rows = Rows()
+    """Every event folded in one batch, on rows that start empty (what the folds emit is
+    appended to ``outbox``)."""
+    rows = Rows(outbox=outbox if outbox is not None else [])
     for event, meta in items:
         apply_or_refuse(projection, rows, event, meta, refused)
     return {t.name: dict(rows.data.get(t.name, {})) for t in projection.tables}
 
 
 def fold_in_batches(
-    projection: Projection, items: list[tuple[Event, Meta]], sizes: Callable[[], int]
+    projection: Projection,
+    items: list[tuple[Event, Meta]],
+    sizes: Callable[[], int],
+    outbox: list[tuple[Event, int]] | None = None,
 ) -> Tables:
     """What the projector does: per batch, load only the rows ``touches`` names from the
-    database (copies, as a round trip would make), fold, and write back the changed rows."""
+    database (copies, as a round trip would make), fold, and write back the changed rows. What
+    the folds emit is appended to ``outbox``."""
     db: Tables = {t.name: {} for t in projection.tables}
     i = 0
     while i < len(items):
         batch = items[i : i + sizes()]
         i += len(batch)
-        rows = Rows()
+        rows = Rows(outbox=outbox if outbox is not None else [])
         for event, meta in batch:
             for table, key in projection.touches(event, meta):
                 if key in db[table.name]:
