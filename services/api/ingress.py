@@ -123,6 +123,8 @@ async def claim(acting: Acting, body: shapes.ClaimBody, request: Request) -> Any
         except ClaimLost:
             if (held := client.claims.get(task)) is None:  # type: ignore[assignment]
                 raise
+            if not held.id:  # adopted from a report that named only its epoch: read it
+                held = await client.confirm(held)
     return shapes.Claimed(task=held.task, epoch=held.epoch, lease_s=held.lease_s, claim_id=held.id)
 
 

@@ -91,7 +91,7 @@ from fleetward.services.client.claims import (
 )
 from fleetward.services.client.intents import IntentRefused
 from fleetward.services.client.operator import FleetClient
-from fleetward.services.client.taskstate import read_task
+from fleetward.services.client.taskstate import TaskState, read_task
 from fleetward.services.errors import ApiError, ApiRefused, FleetwardError, ReservationRefused
 from fleetward.services.jetstream.connection import connect_as
 from fleetward.services.jetstream.consumer import Delivery, PullConsumer, create_inbox
@@ -308,14 +308,18 @@ class AgentClient(FleetClient):
         self.claims.pop(task, None)
         self._seqs.pop(task, None)
 
-    async def _still_mine(self, claim: Claim) -> int:
-        """The task's last sequence, if ``claim`` still holds it; else ``ClaimLost``."""
+    async def _holding(self, claim: Claim) -> TaskState:
+        """The task as read now, if ``claim`` still holds it; else ``ClaimLost``."""
         state = await read_task(self.nc, self.js, claim.task, roles=self.roles, cache=self.tasks)
         problem = holder_problem(state.row, claim, self.agent)
         if problem is not None:
             self._drop(claim.task)
             raise ClaimLost(claim.task, problem)
-        return state.last_seq
+        return state
+
+    async def _still_mine(self, claim: Claim) -> int:
+        """The task's last sequence, if ``claim`` still holds it; else ``ClaimLost``."""
+        return (await self._holding(claim)).last_seq
 
     async def _report(self, claim: Claim, event: Event, *, attempts: int = 5) -> PubAck:
         """Publish a report on a held task, compare-and-set on the last sequence known of the
@@ -429,6 +433,18 @@ class AgentClient(FleetClient):
             self._drop(claim.task)
             self.claims[claim.task] = claim
         return held if same and held is not None else claim
+
+    async def confirm(self, claim: Claim) -> Claim:
+        """``claim`` as the task's folded state has it now (its claim id and lease, which an
+        adopted claim may lack), held again by this client; ``ClaimLost`` if it no longer holds
+        the task."""
+        state = await self._holding(claim)
+        row = state.row
+        assert row is not None  # holder_problem: "no such task"
+        lease_s = row["lease_s"] if row["lease_s"] is not None else claim.lease_s
+        held = Claim(claim.task, claim.epoch, float(lease_s), row["claim_id"])
+        self.claims[claim.task], self._seqs[claim.task] = held, state.last_seq
+        return held
 
     def rework(self, claim: Claim) -> Claim:
         """Hold a task again after a rejected review sent it back (same epoch and claim)."""

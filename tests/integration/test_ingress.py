@@ -259,3 +259,37 @@ async def test_the_pool_keeps_at_most_its_size_closing_the_least_recently_used(
     finally:
         await pool.aclose()
     assert clients["p-1"].nc.is_closed and clients["p-3"].nc.is_closed
+
+
+async def test_a_claim_asked_again_through_another_ingress_answers_the_claim_it_won(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """An ingress that did not take the claim (another process, or this one restarted) learns
+    of it from a report that names only its epoch; the claim asked again there answers the
+    claim the agent won, with its id and lease (it once answered ``claim_id: ""``)."""
+    await ops.create_task("t-again", project="p", title="asked twice")
+    key = token.load_key(rt.settings.auth_dir, create=True)
+    who = bearer(agent_token(rt, "again-1"))
+    body = {"name": "A", "owner": "o@example.com", "team": "web"}
+    answers = []
+    for _ in ("the ingress that claimed", "another ingress"):
+        pool = AgentPool(rt.nats_url, rt.settings.auth_dir)
+        app = make_app(rt.pool, key, Live(rt.pool), HealthChecks(), People(rt.nats_url,
+                       rt.settings.auth_dir), more=ingress_routes(pool))  # fmt: skip
+        try:
+            async with httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=app), base_url="http://api"
+            ) as http:
+                assert (await http.post(f"{INGRESS}/register", headers=who, json=body)).is_success
+                if answers:  # a report with its epoch alone, then the claim again
+                    epoch = {"epoch": answers[0]["epoch"]}
+                    report = await http.post(f"{INGRESS}/tasks/t-again/progress", headers=who,
+                                             json=epoch)  # fmt: skip
+                    assert report.status_code == 200, report.text
+                claimed = await http.post(f"{INGRESS}/tasks/t-again/claim", headers=who, json={})
+                assert claimed.status_code == 200, claimed.text
+                answers.append(claimed.json())
+        finally:
+            await pool.aclose()
+    first, again = answers
+    assert first["claim_id"] and again == first, answers
