@@ -31,12 +31,17 @@ from typing import Any
 import anyio
 import msgspec
 import psutil
+from nats.js.errors import NotFoundError
 
+from fleetward.projections.utilization import partition
 from fleetward.schemas import new_id
 from fleetward.schemas.events import Heartbeat
+from fleetward.schemas.partitions import partition_filter
+from fleetward.schemas.streams import HEARTBEATS_STREAM
 from fleetward.schemas.subjects import subject_of
 from fleetward.services.config import Settings
 from fleetward.services.runtime.connect import Runtime, open_runtime
+from tests.bench import partitions as partitions_bench
 from tests.bench.kit import percentile
 from tests.bench.run import (
     ROOT,
@@ -104,28 +109,67 @@ async def freshness(
     *,
     trace: Path | None = None,
     root: Path = ROOT,
+    partitions: int = 1,
 ) -> tuple[list[Probe], Load]:
     """The probes seen in ``fleet.utilization`` while ``rate`` heartbeats/s from ``agents``
     agents are published, over ``seconds``, by a ``fleetward projector`` started for it (with
     ``trace``: its timeline written there; ``root``: the checkout whose code it runs), and what
-    the projector spent on them."""
+    the projector spent on them. With ``partitions`` > 1 (FW_HEARTBEATS stored in that many
+    partitions: ``use_partitions``), one ``fleetward projector --partition i/n`` process per
+    partition instead, their CPU summed; the probes are one agent's, so they measure the
+    partition that agent's heartbeats go to."""
     env = {} if trace is None else {"FLEETWARD_TRACE": str(trace),
                                     "FLEETWARD_TRACE_SUBJECT": PROBE_SUBJECT}  # fmt: skip
-    proc = start_projector_with(rt, log, [], env, root)
+    layout = [[]] if partitions == 1 else [["--partition", f"{i}/{partitions}"]
+                                            for i in range(partitions)]  # fmt: skip
+    procs = [start_projector_with(rt, log, args, env, root) for args in layout]
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_exited, proc, log)
-            await wait_all_applied(rt)
+            for proc in procs:
+                tg.start_soon(_exited, proc, log)
+            if partitions == 1:
+                await wait_all_applied(rt)
+            else:
+                await _partitions_applied(rt, partitions)
             await _started(rt)
-            cpu = psutil.Process(proc.pid)
-            before = sum(cpu.cpu_times()[:2])
+            cpus = [psutil.Process(proc.pid) for proc in procs]
+            before = sum(sum(c.cpu_times()[:2]) for c in cpus)
             probes, events = await _measure(rt, rate, agents, seconds)
-            load = Load(sum(cpu.cpu_times()[:2]) - before, events)
+            load = Load(sum(sum(c.cpu_times()[:2]) for c in cpus) - before, events)
             tg.cancel_scope.cancel()
         return probes, load
     finally:
-        proc.terminate()
-        proc.wait(30)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
+
+
+async def use_partitions(rt: Runtime, partitions: int, agents: int) -> None:
+    """FW_HEARTBEATS again, stored in ``partitions`` partitions, utilization emptied
+    (tests/bench/partitions.py ``fresh_stream``), and one heartbeat of each of ``agents``
+    agents published: the freshness runs then find every agent's row, as with one partition."""
+    await partitions_bench.fresh_stream(rt, partitions)
+    at = datetime.now(UTC)
+    enc = msgspec.json.Encoder()
+    beats = []
+    for i in range(agents):
+        a = f"agent-{i:06d}"
+        beats.append((f"fw.hb.{a}", enc.encode(Heartbeat(id=new_id(), actor=a, at=at, agent=a))))
+    await publish_backlog(rt, beats)
+
+
+async def _partitions_applied(rt: Runtime, partitions: int, deadline_s: float = 600) -> None:
+    """Until each partition's checkpoint reaches the last heartbeat stored in it (its
+    subjects' last sequence: a partition's consumer sees only those)."""
+    heads = {}
+    for i in range(partitions):
+        try:
+            last = await rt.js.get_last_msg(HEARTBEATS_STREAM, partition_filter(i))
+        except NotFoundError:
+            continue  # nothing stored in it yet
+        heads[partition(i, partitions).name] = int(last.seq or 0)
+    await wait_all_applied(rt, deadline_s, heads)
 
 
 async def _started(rt: Runtime) -> None:
@@ -318,7 +362,8 @@ async def freshness_runs(rt: Runtime, args: argparse.Namespace, home: Path) -> l
         if baseline:  # the baseline first in every other pair, from the first
             before += await _baseline_run(rt, args, log)
         since = time.time()
-        run, load = await freshness(rt, args.rate, args.agents, args.seconds, log, trace=trace)
+        run, load = await freshness(rt, args.rate, args.agents, args.seconds, log, trace=trace,
+                                    partitions=args.fresh_partitions)  # fmt: skip
         say(f"  freshness: {_summary(run, load)}")
         if trace is not None:
             marks = sorted(read_marks(trace) + checkpoints(pg_log, since), key=lambda m: m["t"])
@@ -335,7 +380,8 @@ async def freshness_runs(rt: Runtime, args: argparse.Namespace, home: Path) -> l
 
 async def _baseline_run(rt: Runtime, args: argparse.Namespace, log: Path) -> list[Probe]:
     run, load = await freshness(rt, args.rate, args.agents, args.seconds, log,
-                          root=args.baseline_root)  # fmt: skip
+                                root=args.baseline_root,
+                                partitions=args.fresh_partitions)  # fmt: skip
     say(f"  freshness, {args.baseline_root}: {_summary(run, load)}")
     return run
 
@@ -361,7 +407,12 @@ def figures(args: argparse.Namespace, lags: list[float], whose: str = "") -> lis
     for label, q, target in (("p50", 0.5, "(context)"), ("p99", 0.99, "p99 <= 0.1 s (ratio >= 1)"),
                              ("p99.9", 0.999, "(context)")):  # fmt: skip
         value = percentile(lags, q)
-        name = f"freshness {label} at {args.rate:,} events/s ({len(lags):,} probes){whose}"
+        parts = (
+            ""
+            if args.fresh_partitions == 1
+            else (f", {args.fresh_partitions} heartbeat partitions, a process each")
+        )
+        name = f"freshness {label} at {args.rate:,} events/s{parts} ({len(lags):,} probes){whose}"
         ratio = TARGET_S / value if value else 0.0
         out.append(Figure(name, value, "s", "target, s", TARGET_S, ratio, target, *spread,
                           args.runs))  # fmt: skip
@@ -381,4 +432,8 @@ async def freshness_section(args: argparse.Namespace) -> list[Figure]:
         await publish_backlog(rt, backlog(args.events, args.agents, args.seed))
         gc.collect()
         await ingest(rt, args.events, home / "projector.log", "one")
+        if args.fresh_partitions > 1:
+            say(f"freshness: FW_HEARTBEATS in {args.fresh_partitions} partitions, one process "
+                f"each; one heartbeat of each of {args.agents:,} agents first")  # fmt: skip
+            await use_partitions(rt, args.fresh_partitions, args.agents)
         return await freshness_runs(rt, args, home)

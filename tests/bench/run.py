@@ -998,6 +998,13 @@ def freshness_args(p: argparse.ArgumentParser) -> None:
         help="freshness: trace the projector (services/trace.py) and print where the slowest "
         "probes' time went",
     )
+    p.add_argument(
+        "--fresh-partitions",
+        type=int,
+        default=1,
+        help="freshness (--only freshness): FW_HEARTBEATS in this many partitions, one "
+        "projector process each (fleetward projector --partition i/n)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
