@@ -220,7 +220,8 @@ def _events(gate: Gate, live: Live) -> Callable[[Request], Awaitable[Response]]:
             return who
 
         async def stream() -> AsyncIterator[bytes]:
-            async with live.subscribe() as changes:  # before the first byte: "ready" is true
+            async with live.subscribe() as changes:  # subscribed and a baseline: "ready" is true
+                await live.baseline()
                 yield b"retry: 2000\n\n" + sse("ready", b"{}")
                 while not who.exp or gate.now() < who.exp:  # ends with its token
                     wait = PING_S if not who.exp else min(PING_S, who.exp - gate.now())

@@ -112,8 +112,8 @@ async def heartbeat(acting: Acting, body: shapes.Beat, _r: Request) -> Any:
 
 
 async def claim(acting: Acting, body: shapes.ClaimBody, request: Request) -> Any:
-    """A claim; asked again after its answer was lost, the claim this client won already (the
-    SDK keeps only claims it won and its inbox has not taken back)."""
+    """A claim; asked again after its answer was lost, the claim the agent won already, as the
+    task holds it now (read again: ``AgentClient.confirm``), or 409 once it is no longer its."""
     task, client = request.path_params["task_id"], acting.client
     async with acting.lock:
         try:
@@ -123,8 +123,9 @@ async def claim(acting: Acting, body: shapes.ClaimBody, request: Request) -> Any
         except ClaimLost:
             if (held := client.claims.get(task)) is None:  # type: ignore[assignment]
                 raise
-            if not held.id:  # adopted from a report that named only its epoch: read it
-                held = await client.confirm(held)
+            # what this client remembers may be stale (lost since, its inbox read by another
+            # ingress process) or lack the id (adopted from an epoch-only report): the task says
+            held = await client.confirm(held)
     return shapes.Claimed(task=held.task, epoch=held.epoch, lease_s=held.lease_s, claim_id=held.id)
 
 

@@ -15,7 +15,9 @@ with the clock: spend today, tasks done in the last hour). So however many dashb
 the overview's aggregates over every agent and task are read about once a second per process,
 not once per page; nobody asking, they are read only when the views change.
 
-Invariants: a subscriber gets the changes after it subscribed, in order; one that cannot keep up
+Invariants: a subscriber gets the changes after it subscribed and after the poller's first round
+(the baseline: ``ready`` is sent only then), in order; a round that fails midway changes nothing
+it compares with, so what it found is sent by the next; one that cannot keep up
 (``BUFFER`` events waiting) is dropped (its EventSource reconnects, and reads the routes again).
 More than ``MAX_ROWS`` changed rows in one round are sent as one ``resync``.
 """
@@ -70,6 +72,7 @@ class Live:
         self._latest: tuple[float, http.Overview] | None = None  # (monotonic time, overview)
         self._asked = float("-inf")  # monotonic time the overview was last asked for
         self._checkpoints: list[int] | None = None
+        self._based = anyio.Event()  # set by the first round that completes (``baseline``)
         self.ok: tuple[bool, str] = (True, "starting")
 
     def overview(self) -> http.Overview | None:
@@ -123,8 +126,16 @@ class Live:
                 send.close()
             self._subscribers.clear()
 
+    async def baseline(self) -> None:
+        """Return once the poller's first round has been read (at once after): every change
+        committed after that is sent. The live endpoint says ``ready`` only then, so a client
+        that reads the routes after ``ready`` reads no older state than the baseline."""
+        await self._based.wait()
+
     async def round(self, conn: Conn) -> list[Event]:
-        """The changes since the last round (none on the first: it is the baseline)."""
+        """The changes since the last round (none on the first: it is the baseline). Nothing
+        is remembered of a round that fails midway (a query raises): the next one compares
+        with the last round that completed, so what the failed one found is sent then."""
         at = (await conn.fetchval(q("api_checkpoints"))) or []
         now = time.monotonic()
         moved = at != self._checkpoints
@@ -133,41 +144,50 @@ class Live:
             return []
         first = self._checkpoints is None
         events: list[Event] = []
+        seen = dict(self._seen)
         if moved:
-            self._checkpoints = list(at)
-            events += await self._moved(conn)
+            events += await self._moved(conn, seen)
         read = await reads.overview(conn)
-        self.keep(read)
         overview = msgspec.json.encode(read)
+        # the whole round is read: only now is it what the next one compares with
+        if moved:
+            self._checkpoints, self._seen = list(at), seen
+        self.keep(read)
         if overview != self._overview:
             self._overview = overview
             events.append(("overview", overview))
         if first:
+            self._based.set()
             return []
         if len(events) > MAX_ROWS:
             return [("resync", b"{}")]
         return events
 
-    async def _moved(self, conn: Conn) -> list[Event]:
-        """The rows of agents, tasks and escalations that changed since the last reading."""
-        agents, gone = await self._changed(conn, "agents", "api_live_agents")
+    async def _moved(self, conn: Conn, seen: dict[str, Snapshot]) -> list[Event]:
+        """The rows of agents, tasks and escalations that changed since the readings in
+        ``seen``, which this updates."""
+        agents, gone = await self._changed(conn, seen, "agents", "api_live_agents")
         events = [("agent", msgspec.json.encode(a)) for a in await reads.agent_rows(conn, agents)]
         events += [("agent", msgspec.json.encode({"agent_id": a, "removed": True})) for a in gone]
-        events += await self._rows(conn, "task", "api_live_tasks")
-        return events + await self._rows(conn, "escalation", "api_live_escalations")
+        events += await self._rows(conn, seen, "task", "api_live_tasks")
+        return events + await self._rows(conn, seen, "escalation", "api_live_escalations")
 
-    async def _changed(self, conn: Conn, kind: str, query: str) -> tuple[list[str], list[str]]:
+    @staticmethod
+    async def _changed(
+        conn: Conn, seen: dict[str, Snapshot], kind: str, query: str
+    ) -> tuple[list[str], list[str]]:
         records = await conn.fetch(q(query))
         now = {r[0]: tuple(r) for r in records}
-        changed, gone = diff(self._seen.get(kind, {}), now)
-        self._seen[kind] = now
+        changed, gone = diff(seen.get(kind, {}), now)
+        seen[kind] = now
         return changed, gone
 
-    async def _rows(self, conn: Conn, name: str, query: str) -> list[Event]:
+    @staticmethod
+    async def _rows(conn: Conn, seen: dict[str, Snapshot], name: str, query: str) -> list[Event]:
         """Events for the rows of ``query`` that changed (keyed by the first column)."""
         records = await conn.fetch(q(query))
         now = {r[0]: tuple(r) for r in records}
-        changed, _ = diff(self._seen.get(name, {}), now)
-        self._seen[name] = now
+        changed, _ = diff(seen.get(name, {}), now)
+        seen[name] = now
         by_key = {r[0]: r for r in records}
         return [(name, msgspec.json.encode(dict(by_key[k]))) for k in changed]

@@ -195,6 +195,7 @@ function search() {
 // ---- an agent's page -------------------------------------------------------------------------
 
 let agentReading = null;
+let agentTasks = new Set(); // the tasks the agent's page shows it holding: a change reads it again
 function showAgent(id) { // at most one read at a time; a change meanwhile reads again after
   if (agentReading) { agentReading.again = true; return; }
   agentReading = { again: false };
@@ -219,6 +220,7 @@ async function readAgent(id) {
   fact("doing (last heartbeat)", (a.state || "unknown") + (a.message ? `: ${a.message}` : ""));
   fact("current task", a.current_task);
   fact("holds", a.holds.length ? a.holds.join(", ") : "nothing");
+  agentTasks = new Set([...a.holds, a.current_task].filter(Boolean));
   fact("last heartbeat", a.last_seen ? `${ago(a.last_seen)} (${a.last_seen})` : "never");
   fact("cost today", usd(a.cost_today));
   fact("cost this month", usd(a.cost_month));
@@ -469,7 +471,13 @@ function follow(first) {
   const live = document.getElementById("live");
   const source = new EventSource("/api/v1/events");
   source.onopen = () => { live.textContent = "live"; live.className = "live on"; };
-  source.onerror = () => { live.textContent = "reconnecting"; live.className = "live off"; };
+  source.onerror = () => {
+    live.textContent = "reconnecting"; live.className = "live off";
+    if (source.readyState !== EventSource.CLOSED) return; // the browser tries again itself
+    // refused (the token expired: 401; or the server answered an error): a browser does not
+    // try again. Signed out: whoami goes to the sign-in page; else a new stream in a while.
+    api("whoami").then(() => setTimeout(() => follow(null), 2000)).catch(() => {});
+  };
   const on = (name, f) => source.addEventListener(name, (m) => {
     const d = JSON.parse(m.data);
     if (reading) held.push([f, d]); else f(d);
@@ -491,7 +499,9 @@ function follow(first) {
   });
   on("task", (t) => {
     taskMoved(t);
-    if (state.page === "agent" && t.assignee === state.agent) showAgent(state.agent);
+    if (state.page === "agent" && (t.assignee === state.agent || agentTasks.has(t.task_id))) {
+      showAgent(state.agent); // its task, or one it was shown holding (revoked, reassigned)
+    }
   });
   on("resync", () => fresh(loadAll));
 }
