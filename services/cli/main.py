@@ -35,6 +35,7 @@ from fleetward.services.cli import (
 )
 from fleetward.services.cli.args import Parser, package_version
 from fleetward.services.cli.command import Command
+from fleetward.services.cli.output import visible
 from fleetward.services.client import IntentRefused
 from fleetward.services.config import Settings, default_home
 from fleetward.services.errors import FleetwardError
@@ -117,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = _operator_error(exc)
         if problem is None:
             raise
-        print(f"fleetward: error: {problem}", file=sys.stderr)
+        print(f"fleetward: error: {visible(str(problem))}", file=sys.stderr)  # may quote agents
         return int(getattr(problem, "exit_code", 2))
     except BrokenPipeError:
         return _quiet_after_broken_pipe()
