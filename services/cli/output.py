@@ -20,6 +20,7 @@ JSON document for scripts, from the same rows.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -135,6 +136,15 @@ class Terminal(Console):
             visible(text, lines=True), style=style, justify=justify, overflow=overflow,
             emoji=False, markup=False, highlight=highlight, highlighter=highlighter,
         )  # fmt: skip
+
+
+class LogLines(logging.Formatter):
+    """Log lines for a terminal (a service's, under ``make run``): what they quote (an
+    escalation's message, an event's value in an error) made ``visible``, a traceback's
+    newlines kept."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return visible(super().format(record), lines=True)
 
 
 def text(value: Any) -> str:

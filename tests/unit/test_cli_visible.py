@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import re
+import sys
 
 import pytest
 from rich.cells import cell_len
@@ -17,6 +19,7 @@ from fleetward.services.cli import main
 from fleetward.services.cli.output import (
     Column,
     Listing,
+    LogLines,
     Terminal,
     page_of,
     show,
@@ -140,3 +143,15 @@ def test_an_error_line_quoting_an_agent_stays_one_visible_line(
     assert err == (
         r"fleetward: error: task t1 is held by paused\r\x1b[1Aactive\x08\x08\nfleetward: ok" + "\n"
     )
+
+
+def test_a_log_line_quoting_an_agent_is_shown_with_its_traceback_whole() -> None:
+    try:
+        raise ValueError(f"bad tool {C1}")
+    except ValueError:
+        record = logging.LogRecord("watchdog", logging.ERROR, __file__, 1, "escalation %s: %s",
+                                   ("e-1", TITLE), exc_info=sys.exc_info())  # fmt: skip
+    line = LogLines("%(levelname)s %(message)s").format(record)
+    assert line.startswith(r"ERROR escalation e-1: \x1b]0;owned\x07" + "\nTraceback")
+    assert line.endswith(r"ValueError: bad tool \x9b2J\x9d0;t\x9c")
+    assert not UNSAFE.search(line)
