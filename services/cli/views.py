@@ -10,6 +10,7 @@ from typing import Any
 
 import asyncpg
 from rich.console import Console
+from rich.text import Text
 
 from fleetward.services.cli.output import (
     Column,
@@ -20,6 +21,7 @@ from fleetward.services.cli.output import (
     record,
     show,
     show_one,
+    shown,
     write_json,
 )
 from fleetward.services.db import Conn, q
@@ -166,9 +168,12 @@ async def show_agent(conn: Conn, console: Console, agent_id: str, as_json: bool)
         f"{r['state']} on {r['current_task']}" if r["current_task"] else (r["state"] or "unknown")
     )
     util = f"{r['utilization']:.0%}" if r["utilization"] is not None else "-"
-    lines = [
-        f"[bold]{r['agent_id']}[/bold] {r['name']} ({r['team']}, owner {r['owner']}, "
-        f"risk {r['risk_class']}, version {r['version']})",
+    lines: list[str | Text] = [
+        shown(
+            (r["agent_id"], "bold"),
+            f" {r['name']} ({r['team']}, owner {r['owner']}, "
+            f"risk {r['risk_class']}, version {r['version']})",
+        ),
         f"status     {r['status']}" + (f" ({r['status_reason']})" if r["status_reason"] else ""),
         f"doing now  {doing}"
         + (f" - {r['message']}" if r["message"] else "")
