@@ -32,6 +32,7 @@ from fleetward.schemas.bounds import (
     Ident,
     PeriodS,
     ShortText,
+    StreamSeq,
     TaskLimit,
     Text,
     storable,
@@ -119,9 +120,15 @@ class AgentProfile(Struct, frozen=True, kw_only=True):
 
 class AgentReply(Reply, frozen=True, kw_only=True, omit_defaults=True):
     """The agent's profile; null when the registry has no such agent (and when the request
-    failed)."""
+    failed). ``checkpoint``: how far the registry had applied FW_EVENTS when it answered; the
+    agent's events stored after it (on ``fw.agent.<agent>.>``) are not in the profile yet, and
+    a writer that judges on the profile reads them too (services/client/operator.py)."""
 
     agent: AgentProfile | None
+    checkpoint: Annotated[
+        StreamSeq, Meta(description="the FW_EVENTS sequence the registry had applied (the "
+                        "agents projection's checkpoint) when it read the profile")
+    ] = 0  # fmt: skip
 
 
 # ---- fw.api.budgets.reserve.<agent>, fw.api.budgets.release.<agent> ---------------------------

@@ -22,6 +22,7 @@ import anyio.abc
 import msgspec
 from nats.aio.msg import Msg
 
+from fleetward.projections.agents import AgentRegistry
 from fleetward.schemas.api import (
     AGENTS_GET,
     TASKS_CLAIMABLE,
@@ -112,9 +113,12 @@ async def serve_task_api(
         return ClaimableReply(tasks=tuple(r["task_id"] for r in rows))
 
     async def agent(req: AgentRequest) -> AgentReply:
-        async with rt.pool.acquire() as conn:
-            row = await conn.fetchrow(q("agent_profile"), req.agent)
-        return AgentReply(agent=None if row is None else AgentProfile(**dict(row)))
+        async with rt.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                               readonly=True):  # fmt: skip
+            row = await conn.fetchrow(q("agent_profile"), req.agent)  # one snapshot: the row
+            applied = await conn.fetchval(q("checkpoint_get"), AgentRegistry.name)  # and its seq
+        return AgentReply(agent=None if row is None else AgentProfile(**dict(row)),
+                          checkpoint=applied or 0)  # fmt: skip
 
     subs = [
         await rt.nc.subscribe(

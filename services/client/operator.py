@@ -37,6 +37,7 @@ from fleetward.schemas.api import (
     AGENTS_GET,
     BUDGETS_RESERVE,
     TASKS_CLAIMABLE,
+    AgentProfile,
     AgentRequest,
     ClaimableRequest,
     Endpoint,
@@ -74,6 +75,7 @@ from fleetward.schemas.ids import policy_id
 from fleetward.schemas.policies import Policy, scope_problem
 from fleetward.schemas.roles import check_role, role_needed
 from fleetward.schemas.streams import EVENTS_STREAM
+from fleetward.schemas.subjects import boundary_wildcard
 from fleetward.services.auth.store import identity_of
 from fleetward.services.client import direct, intents
 from fleetward.services.client.approvals import read_gate, read_policy
@@ -81,7 +83,7 @@ from fleetward.services.client.budgets import read_budget
 from fleetward.services.client.intents import TAKEN, IntentRefused
 from fleetward.services.client.publisher import Publisher
 from fleetward.services.client.roles import read_roles
-from fleetward.services.client.taskstate import TaskState, read_task
+from fleetward.services.client.taskstate import TaskState, read_subjects, read_task
 from fleetward.services.errors import ApiError, ApiRefused
 from fleetward.services.jetstream.connection import connect_as
 from fleetward.services.jetstream.publish import encode
@@ -339,7 +341,7 @@ class FleetClient(Publisher):
     async def pause_agent(self, agent: str, reason: str = "") -> PubAck:
         """Pause ``agent``: it may claim nothing until resumed. Refused for an unknown agent
         and one already paused or retired."""
-        record = await self.agent_profile(agent)
+        record = await self.agent_now(agent)
         refuse(intents.pause_problem(agent, record))
         return await self._on_agent(
             record, AgentPaused(**self.envelope(), agent=agent, reason=reason)
@@ -349,7 +351,7 @@ class FleetClient(Publisher):
         """Resume a paused ``agent``, whoever paused it (a person or a service may lift any
         pause; an agent only its own: projections/lifecycle.py). Refused for an unknown agent
         and one not paused."""
-        record = await self.agent_profile(agent)
+        record = await self.agent_now(agent)
         refuse(intents.resume_problem(agent, record))
         return await self._on_agent(
             record, AgentResumed(**self.envelope(), agent=agent, reason=reason)
@@ -359,7 +361,7 @@ class FleetClient(Publisher):
         """Retire ``agent`` for good: it cannot come back on its own; a person with the role
         operator (or a service) brings it back with ``register_agent``. Refused for an unknown
         agent and one already retired."""
-        record = await self.agent_profile(agent)
+        record = await self.agent_now(agent)
         refuse(intents.retire_problem(agent, record))
         return await self._on_agent(
             record, AgentRetired(**self.envelope(), agent=agent, reason=reason)
@@ -542,11 +544,35 @@ class FleetClient(Publisher):
         """The registry's profile of ``agent_id`` (its fields: ``schemas/api.py``
         ``AgentProfile``; ``status`` is active, paused, offline or retired), or None when it
         has none. ``ApiError`` when the task API does not answer or fails. It can lag the
-        stream by a moment (it is the agents projection's)."""
-        profile = (await self.ask(AGENTS_GET, AgentRequest(agent=agent_id))).agent
-        if profile is None:
+        stream by a moment (it is the agents projection's): ``agent_now`` does not."""
+        return _record((await self.ask(AGENTS_GET, AgentRequest(agent=agent_id))).agent)
+
+    async def agent_now(self, agent_id: str) -> dict[str, Any] | None:
+        """``agent_profile`` brought up to the stream: the agent's lifecycle events stored after
+        the registry's checkpoint (``AgentReply.checkpoint``), read from
+        ``fw.agent.<agent>.>`` and folded by the agents' state machine (projections/lifecycle.py)
+        as the registry will fold them, set its ``status``, ``paused_by`` and
+        ``registered_by``. So a pause right after another sees the first, before the projector
+        applied it. None for an agent neither knows. ``ApiError`` as ``agent_profile``;
+        ``StreamUnavailable`` when the stream does not answer."""
+        reply = await self.ask(AGENTS_GET, AgentRequest(agent=agent_id))
+        record = _record(reply.agent)
+        life, known = lifecycle.Life.of(record), record is not None
+        later = await read_subjects(self.nc, boundary_wildcard("agent", agent_id),
+                                    after=reply.checkpoint)  # fmt: skip
+        for stored in later:
+            event = stored.event
+            if not isinstance(event, lifecycle.EVENTS):
+                continue  # activity, or refused by admission
+            try:
+                life, _ = lifecycle.step(life, event)
+            except Rejected:
+                continue  # the registry refuses it too (dead-lettered)
+            known = known or isinstance(event, AgentRegistered)
+        if not known:
             return None
-        return {**msgspec.structs.asdict(profile), "roles": list(profile.roles)}  # as on the wire
+        return {**(record or {"agent_id": agent_id}), "status": life.status,
+                "paused_by": life.paused_by, "registered_by": life.registered_by}  # fmt: skip
 
     async def ask(
         self,
@@ -644,3 +670,10 @@ class FleetClient(Publisher):
             s.seq for s in state.history if isinstance(s.event, TaskCreated) and s.refused is None
         )
         return next(created, None)
+
+
+def _record(profile: AgentProfile | None) -> dict[str, Any] | None:
+    """A profile as a row (its fields as on the wire), None for none."""
+    if profile is None:
+        return None
+    return {**msgspec.structs.asdict(profile), "roles": list(profile.roles)}

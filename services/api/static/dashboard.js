@@ -340,10 +340,14 @@ async function loadBoard() {
   state.boardLoaded = true;
 }
 
+const taskReads = new Map(); // task_id -> the number of its latest read: an older answer is dropped
 async function taskMoved(change) {
   if (!state.boardLoaded) return;
+  const n = (taskReads.get(change.task_id) || 0) + 1;
+  taskReads.set(change.task_id, n);
   if (!onBoard(change)) { putTask(change, false); return; } // filtered out: only its card goes
   const t = await api("tasks/" + encodeURIComponent(change.task_id));
+  if (taskReads.get(change.task_id) !== n) return; // a later change read it again meanwhile
   if (t) putTask(t, true);
 }
 
