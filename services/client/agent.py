@@ -288,21 +288,10 @@ class AgentClient(FleetClient):
             return self._keep(claim)
 
     async def _may_claim(self, task: str) -> None:
-        """Read the inbox, then this agent's status as the registry and the stream have it now
-        (``agent_now``: another process of this agent may have taken the ``pause`` from their
-        shared inbox); ``AgentPaused`` if either says it is paused or retired. When the task
-        API does not answer, the inbox alone decides (the board refuses a paused agent's claim
-        all the same)."""
+        """Read the inbox; ``AgentPaused`` if it says this agent is paused or retired."""
         await self.sync_inbox()
-        state = ("retired" if self.retired else "paused") if self.paused else None
-        if state is None:
-            try:
-                record = await self.agent_now(self.agent)
-            except ApiError:
-                record = None
-            if record is not None and record["status"] in ("paused", "retired"):
-                state = record["status"]
-        if state is not None:
+        if self.paused:
+            state = "retired" if self.retired else "paused"
             raise AgentPaused(task, f"agent {self.agent} is {state}")
 
     def _claimant(self) -> dict[str, Any]:
