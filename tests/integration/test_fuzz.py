@@ -291,19 +291,21 @@ async def _within(rt: Runtime, seconds: float, what: str) -> AsyncIterator[None]
         with anyio.fail_after(seconds):
             yield
     except TimeoutError:
-        async with rt.pool.acquire() as conn:
-            rows = await conn.fetch("SELECT projection, stream, checkpoint FROM fleet.projections")
-        at = {r["projection"]: (r["checkpoint"], r["stream"]) for r in rows}
+        at = {r["projection"]: (r["checkpoint"], r["stream"]) for r in await _checkpoints(rt)}
         raise TimeoutError(f"{what}: not done in {seconds}s; checkpoints {at}, heads "
                            f"{await _heads(rt)}") from None  # fmt: skip
+
+
+async def _checkpoints(rt: Runtime) -> list[Any]:
+    """Every projection's row of fleet.projections: its stream and checkpoint."""
+    async with rt.pool.acquire() as conn:
+        return await conn.fetch("SELECT projection, stream, checkpoint FROM fleet.projections")
 
 
 async def _check_at_head(rt: Runtime, heads: dict[str, int]) -> None:
     """Every projection reached ``heads`` (each stream's last sequence before it ran). The
     watchdog judges meanwhile and may store escalations after that: those are not waited for."""
-    async with rt.pool.acquire() as conn:
-        rows = await conn.fetch("SELECT projection, stream, checkpoint FROM fleet.projections")
-    for row in rows:
+    for row in await _checkpoints(rt):
         assert row["checkpoint"] >= heads[row["stream"]], (dict(row), heads)
 
 
