@@ -26,7 +26,7 @@ with nothing said of it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from fleetward.projections import lifecycle
 from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
@@ -46,6 +46,8 @@ from fleetward.schemas.events import (
 from fleetward.schemas.ids import deterministic_id
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import wildcard
+
+REGISTRY: Final = "svc:registry"  # the actor of the inbox commands this projection emits
 
 AGENTS = Table(
     name="fleetward.agents",
@@ -183,7 +185,7 @@ class AgentRegistry(Projection):
         command = _COMMANDS.get(type(event))
         if command is not None and reason is not None and now.status != was:
             told = CommandIssued(
-                id=deterministic_id(event.id, "inbox"), actor="svc:registry", at=event.at,
+                id=deterministic_id(event.id, "inbox"), actor=REGISTRY, at=event.at,
                 agent=event.agent, command=command, reason=reason,
                 payload={"by": event.actor},
             )  # fmt: skip
@@ -227,7 +229,7 @@ def _tell_limits_kept(rows: Rows, meta: Meta, event: AgentRegistered, row: Row) 
     rows.emit(
         CommandIssued(
             id=deterministic_id(event.id, "limits"),
-            actor="svc:registry",
+            actor=REGISTRY,
             at=event.at,
             agent=event.agent,
             command="refused",

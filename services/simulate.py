@@ -65,7 +65,7 @@ import asyncpg
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from fleetward.projections.agents import AgentRegistry
+from fleetward.projections.agents import REGISTRY, AgentRegistry
 from fleetward.projections.tasks import TaskBoard
 from fleetward.schemas import Event, new_id
 from fleetward.schemas.events import (
@@ -446,19 +446,28 @@ class Fleet:
         if a is None or a.retired:
             return []
         me = a.agent_id
+        # the registry's pause and resume tell of a status already changed: obeyed, not
+        # published again (an agent's own agent.paused would change it back after a quick
+        # pause and resume, and the registry's next command would start it over, for ever)
+        told = command.actor == REGISTRY
         match command.command:
             case "pause":
                 if a.paused:
                     return []
                 a.paused, a.pause_reason = True, command.reason or "paused"
+                ended = self._end_run(a, now, a.task)
+                if told:
+                    return ended
                 return [
-                    *self._end_run(a, now, a.task),
+                    *ended,
                     AgentPaused(id=new_id(), actor=me, at=now, agent=me, reason=command.reason),
                 ]
             case "resume":
                 if not a.paused:
                     return []
                 a.paused = False
+                if told:
+                    return []
                 return [
                     AgentResumed(id=new_id(), actor=me, at=now, agent=me, reason=command.reason)
                 ]

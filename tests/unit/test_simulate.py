@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from fleetward.projections.agents import AGENTS, AgentRegistry
+from fleetward.projections.agents import AGENTS, REGISTRY, AgentRegistry
 from fleetward.projections.base import Meta, Rows, Table
 from fleetward.projections.tasks import REJECTIONS, TASKS, TaskBoard
 from fleetward.schemas import Event, admit, new_id, subject_of
@@ -121,11 +121,12 @@ class Sim:
         task: str | None = None,
         *,
         reason: str = "",
+        actor: str = OPS,
         **payload: str | int,
     ) -> list[Event]:
-        """``agent``'s answer to a command (folded by the board)."""
+        """``agent``'s answer to a command from ``actor`` (folded by the board)."""
         command = CommandIssued(
-            id=new_id(), actor=OPS, at=self.now, agent=agent, command=name, reason=reason,
+            id=new_id(), actor=actor, at=self.now, agent=agent, command=name, reason=reason,
             task=task, payload=dict(payload),
         )  # fmt: skip
         return self.board(self.fleet.command(agent, command, self.now))
@@ -245,6 +246,20 @@ def test_a_paused_agent_only_heartbeats_until_resumed() -> None:
     resumed += sim.until(lambda: a.task not in (None, task))  # on to a new task
     assert of(resumed, "sim-000", SpendRecorded) and of(resumed, "sim-000", TaskClaimed)
     assert sim.board.rejections() == []
+
+
+def test_the_registrys_pause_and_resume_are_obeyed_and_not_published_again() -> None:
+    """A pause and a resume a person made in quick succession reach the agent as the
+    registry's commands after both were applied: the agent stops and goes on, and publishes no
+    agent.paused or agent.resumed of its own (each would change the status back, and the
+    registry's command for that change would start it over: a newcomer saw it loop for ever)."""
+    sim = Sim(quiet(Fleet(4, seed=1)))
+    a = sim.agent("sim-000")
+    sim.until(lambda: working(a))
+    paused = sim.command("sim-000", "pause", reason="look", actor=REGISTRY)
+    assert a.paused and [type(e) for e in paused] == [RunFinished]
+    assert sim.command("sim-000", "resume", actor=REGISTRY) == []
+    assert not a.paused
 
 
 def test_a_retired_agent_gives_its_task_back_and_stops_for_good() -> None:
