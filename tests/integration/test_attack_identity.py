@@ -135,8 +135,8 @@ async def landed(rt: Runtime, stream: str, subject: str, before: int = 0) -> boo
     async def there() -> bool:
         return await count_on(rt, stream, subject) > before
 
-    with anyio.move_on_after(3):
-        await wait_for(there, 3, f"a message on {subject}")
+    with anyio.move_on_after(3):  # ends the wait; wait_for's own limit is only a backstop
+        await wait_for(there, 60, f"a message on {subject}")
     return await there()
 
 
