@@ -26,7 +26,7 @@ with nothing said of it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import ClassVar, Final
+from typing import ClassVar
 
 from fleetward.projections import lifecycle
 from fleetward.projections.base import Key, Meta, Projection, Row, Rows, Table
@@ -43,11 +43,10 @@ from fleetward.schemas.events import (
     CommandName,
     Event,
 )
+from fleetward.schemas.grants import REGISTRY
 from fleetward.schemas.ids import deterministic_id
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.schemas.subjects import wildcard
-
-REGISTRY: Final = "svc:registry"  # the actor of the inbox commands this projection emits
 
 AGENTS = Table(
     name="fleetward.agents",
@@ -187,7 +186,7 @@ class AgentRegistry(Projection):
             told = CommandIssued(
                 id=deterministic_id(event.id, "inbox"), actor=REGISTRY, at=event.at,
                 agent=event.agent, command=command, reason=reason,
-                payload={"by": event.actor},
+                payload={"by": event.actor, "seq": meta.seq},  # seq: ordered (AgentClient)
             )  # fmt: skip
             rows.emit(told, meta)
 

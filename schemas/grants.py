@@ -49,10 +49,15 @@ ACTOR_KINDS: Final = (
 # People publish events only; commands to agents come from services (events.CommandIssued).
 PERSON_KINDS: Final = ("agent", "task", "esc", "budget", "person", "approval", "policy")
 
+# The actor of the registry's commands to agents (projections/agents.py): pause, resume,
+# retire, and the registration's kept limits. Every process of an agent follows its own
+# (``registry_commands``): the durable inbox hands each command to one process only.
+REGISTRY: Final = "svc:registry"
+
 # The services, and the actors each may publish as (besides itself).
 SERVICE_ACTORS: Final[dict[str, tuple[str, ...]]] = {
     # svc:oversight: approvals' decisions to agents' inboxes, policy violations' escalations
-    "svc:projector": ("svc:projector", "svc:board", "svc:registry", "svc:oversight"),
+    "svc:projector": ("svc:projector", "svc:board", REGISTRY, "svc:oversight"),
     "svc:watchdog": ("svc:watchdog",),
     "svc:guard": ("svc:guard",),  # budgets: budget.exhausted/restored, pauses, warnings
     "svc:audit": ("svc:audit",),  # the audit chain's seals (audit.sealed); audit exports
@@ -164,8 +169,15 @@ def _agent(agent: str) -> Grants:
             *AGENT_APIS,
             *(f"{api}.{agent}" for api in PER_AGENT_APIS),
         ),
-        subscribe=(f"{inbox_prefix(agent)}.>",),
+        subscribe=(f"{inbox_prefix(agent)}.>", registry_commands(agent)),
     )
+
+
+def registry_commands(agent: str) -> str:
+    """The subject of the registry's commands to ``agent`` (``fw.cmd.<agent>.svc:registry``).
+    Each process of the agent subscribes to it (a plain subscription, besides the durable
+    inbox that hands each command to one process), so that a pause reaches every process."""
+    return f"{PREFIX}.cmd.{agent}.{REGISTRY}"
 
 
 def _person(person: str) -> Grants:

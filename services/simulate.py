@@ -65,7 +65,7 @@ import asyncpg
 from nats.aio.client import Client as NatsClient
 from nats.js import JetStreamContext
 
-from fleetward.projections.agents import REGISTRY, AgentRegistry
+from fleetward.projections.agents import AgentRegistry
 from fleetward.projections.tasks import TaskBoard
 from fleetward.schemas import Event, new_id
 from fleetward.schemas.events import (
@@ -88,6 +88,7 @@ from fleetward.schemas.events import (
     TaskSubmitted,
     ToolCalled,
 )
+from fleetward.schemas.grants import REGISTRY
 from fleetward.schemas.roles import ROLE_AUTHORITY
 from fleetward.schemas.streams import EVENTS_STREAM
 from fleetward.services.client import AgentClient, FleetClient

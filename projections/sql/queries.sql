@@ -238,8 +238,10 @@ WHERE $5 > coalesce((SELECT seq FROM fleetward.outbox_horizon WHERE source = $4)
 ON CONFLICT (event_id) DO NOTHING;
 
 -- name: outbox_pending
--- The oldest events not yet published.
-SELECT n, event_id, subject, data FROM fleetward.outbox
+-- The oldest events not yet published, and how long each has waited (seconds).
+SELECT n, event_id, subject, data,
+       extract(epoch FROM now() - created_at)::double precision AS age_s
+FROM fleetward.outbox
 WHERE published_at IS NULL ORDER BY n LIMIT $1;
 
 -- name: outbox_published

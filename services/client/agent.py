@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 import anyio
 from nats.aio.client import Client as NatsClient
+from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, PubAck
 from nats.js.errors import APIError, NotFoundError
 
@@ -65,7 +66,7 @@ from fleetward.schemas.events import (
     TaskSubmitted,
     ToolCalled,
 )
-from fleetward.schemas.grants import identity_kind
+from fleetward.schemas.grants import REGISTRY, identity_kind, registry_commands
 from fleetward.schemas.headers import WRONG_LAST_SEQUENCES
 from fleetward.schemas.policies import Verdict, verdict
 from fleetward.schemas.streams import COMMANDS_STREAM, inbox_durable
@@ -146,6 +147,12 @@ class AgentClient(FleetClient):
         self.paused = False  # told to pause (or retired) by its inbox: takes no new work
         self._settled: set[str] = set()  # reservations a spend or tool call of this client named
         self.retired = False
+        # FW_EVENTS sequence of the lifecycle event behind ``paused``/``retired``: the
+        # registry's commands carry theirs, so a stale one (another process's inbox, a copy
+        # read late) changes nothing (``_obey``)
+        self._status_seq = 0
+        # the registry's commands as they are published, to every process of the agent
+        self._registry: Subscription | None = None
         self._inbox: PullConsumer | None = None
         # read (and acted on), not yet returned by next_command: not acknowledged either
         self._commands: collections.deque[tuple[CommandIssued, Delivery]] = collections.deque()
@@ -196,10 +203,11 @@ class AgentClient(FleetClient):
         decides whether it is retired, and the registry judges the rest (a refusal then comes
         back as ``refused``)."""
         await self.sync_inbox()
-        record, known = await self._own_record()
-        if known:  # the registry is at least as new as the commands read (it emits them)
+        record, known, checkpoint = await self._own_record()
+        if known and checkpoint >= self._status_seq:  # as new as the commands read
             status = record["status"] if record is not None else "active"
             self.retired, self.paused = status == "retired", status in ("paused", "retired")
+            self._status_seq = checkpoint
         life = lifecycle.Life.of(record) if known else lifecycle.Life(
             "retired" if self.retired else "active"
         )  # fmt: skip
@@ -226,13 +234,15 @@ class AgentClient(FleetClient):
         await self.sync_inbox()
         return ack
 
-    async def _own_record(self) -> tuple[dict[str, Any] | None, bool]:
-        """The registry's record of this agent (None: it has none), and whether it could be
-        asked at all (False when the task API does not answer or fails)."""
+    async def _own_record(self) -> tuple[dict[str, Any] | None, bool, int]:
+        """The registry's record of this agent (None: it has none), whether it could be asked
+        at all (False when the task API does not answer or fails), and the registry's
+        checkpoint (``agent_read``; 0 when not asked)."""
         try:
-            return await self.agent_profile(self.agent), True
+            record, checkpoint = await self.agent_read(self.agent)
         except ApiError:
-            return None, False
+            return None, False, 0
+        return record, True, checkpoint
 
     async def take_up_profile(self) -> bool:
         """Take the registry's record of this agent (``agent_profile``) as its profile (roles,
@@ -241,7 +251,7 @@ class AgentClient(FleetClient):
         services/api/ingress.py), so that its claims are judged with the agent's roles and
         limit. True when the registry knows the agent; False (defaults kept) when it does not
         or the task API cannot be asked."""
-        record, _known = await self._own_record()
+        record, _known, _ = await self._own_record()
         if record is None:
             return False
         self.profile = _Profile(
@@ -288,8 +298,10 @@ class AgentClient(FleetClient):
             return self._keep(claim)
 
     async def _may_claim(self, task: str) -> None:
-        """Read the inbox; ``AgentPaused`` if it says this agent is paused or retired."""
-        await self.sync_inbox()
+        """Read the inbox, and the registry's commands to this agent (to every process of it,
+        ``_follow_registry``) that the server sent before it answered the claim's read of the
+        task; ``AgentPaused`` if they say this agent is paused or retired."""
+        await self.sync_inbox()  # (it follows the registry too)
         if self.paused:
             state = "retired" if self.retired else "paused"
             raise AgentPaused(task, f"agent {self.agent} is {state}")
@@ -719,6 +731,7 @@ class AgentClient(FleetClient):
                 self._commands.append(taken)
         assert self._inbox is not None
         await self._inbox.ask()  # keep a request open: commands arrive as they are stored
+        await self._follow_registry()
 
     async def _take_command(self, wait: float) -> tuple[CommandIssued, Delivery] | None:
         """The next new command and its delivery (not acknowledged yet), acted on; None after
@@ -753,8 +766,39 @@ class AgentClient(FleetClient):
             self._obey(event)
             return event, delivery
 
+    async def _follow_registry(self) -> None:
+        """Act on the registry's commands to this agent received so far (pause, resume,
+        retire: ``_obey``). The durable inbox hands each command to one process of the agent;
+        this plain subscription (``registry_commands``) gives it to every process, so that one
+        that did not read the pause from the inbox still refuses to claim. Received: the server
+        writes a message to its subscribers before it acknowledges it to the publisher, and its
+        answers to this connection come in order, so after any round trip (a claim's read of
+        the task) every command published before it is here, at no cost of its own.
+        Credentials issued before the subscription was granted get a permissions violation and
+        nothing here: the inbox alone decides, as before."""
+        sub = self._registry
+        if sub is None:
+            return
+        while sub.pending_msgs > 0:
+            msg = await sub.next_msg(timeout=1)
+            try:
+                event = admit(msg.subject, msg.data)
+            except Rejected:
+                continue
+            if isinstance(event, CommandIssued) and event.actor == REGISTRY:
+                self._obey(event)
+
     def _obey(self, command: CommandIssued) -> None:
-        """What a command changes in this client's state."""
+        """What a command changes in this client's state. A pause, resume or retire with an
+        older ``payload.seq`` (the lifecycle event's FW_EVENTS sequence) than the status held
+        changes nothing: the registry's commands come by two ways (the inbox, and
+        ``_follow_registry``), and a process may read only some of them in its inbox."""
+        if command.command in ("pause", "resume", "retire"):
+            seq = command.payload.get("seq")
+            if type(seq) is int:
+                if seq <= self._status_seq:
+                    return
+                self._status_seq = seq
         match command.command:
             case "pause":
                 self.paused = True
@@ -778,7 +822,10 @@ class AgentClient(FleetClient):
         """The inbox's durable consumer, created if missing: from the start of the agent's
         commands, or after the last one this client read (when it was deleted under us). An
         inbox of contract v1 (filter ``fw.cmd.<agent>``) gets the v2 filter: commands left
-        pending on the v1 subject are not delivered (commands are transient)."""
+        pending on the v1 subject are not delivered (commands are transient). The first time,
+        the plain subscription to the registry's commands is made too (``_follow_registry``)."""
+        if self._registry is None:  # first: a command stored while the inbox opens is seen
+            self._registry = await self.nc.subscribe(registry_commands(self.agent))
         durable = inbox_durable(self.agent)
         if self._inbox is not None:
             with contextlib.suppress(Exception):

@@ -101,11 +101,13 @@ async def claim_task(
     """Publish ``agent``'s claim of ``task`` for a new epoch, compare-and-set over the task's
     subjects: the claim that took the task and the sequence it was stored at, or ``ClaimLost``
     saying why not. ``me`` is the agent as the board sees it (``claimant``), asked again at each
-    attempt. ``gate`` (e.g. taking the agent's inbox; it raises to stop the claim) runs first."""
-    if gate is not None:
-        await gate()
+    attempt. ``gate`` (e.g. taking the agent's inbox; it raises to stop the claim) runs at each
+    attempt once the task is read, before the claim is judged: the read's answer comes after
+    every message the server had sent this connection before, so the gate sees them all."""
     for _ in range(attempts):
         state = await read_task(pub.nc, pub.js, task, roles=pub.roles, cache=pub.tasks)
+        if gate is not None:
+            await gate()
         claim = await _claim_event(pub, state, agent, me, lease_s)
         try:
             ack = await pub.send(claim, expect=state.last_seq)

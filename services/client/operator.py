@@ -545,7 +545,14 @@ class FleetClient(Publisher):
         ``AgentProfile``; ``status`` is active, paused, offline or retired), or None when it
         has none. ``ApiError`` when the task API does not answer or fails. It can lag the
         stream by a moment (it is the agents projection's): ``agent_now`` does not."""
-        return _record((await self.ask(AGENTS_GET, AgentRequest(agent=agent_id))).agent)
+        return (await self.agent_read(agent_id))[0]
+
+    async def agent_read(self, agent_id: str) -> tuple[dict[str, Any] | None, int]:
+        """``agent_profile`` and the registry's checkpoint when it read it (a FW_EVENTS
+        sequence, ``AgentReply.checkpoint``: the agent's lifecycle events up to it are in the
+        profile; 0 when not known). ``ApiError`` as ``agent_profile``."""
+        reply = await self.ask(AGENTS_GET, AgentRequest(agent=agent_id))
+        return _record(reply.agent), reply.checkpoint
 
     async def agent_now(self, agent_id: str) -> dict[str, Any] | None:
         """``agent_profile`` brought up to the stream: the agent's lifecycle events stored after
@@ -555,11 +562,10 @@ class FleetClient(Publisher):
         ``registered_by``. So a pause right after another sees the first, before the projector
         applied it. None for an agent neither knows. ``ApiError`` as ``agent_profile``;
         ``StreamUnavailable`` when the stream does not answer."""
-        reply = await self.ask(AGENTS_GET, AgentRequest(agent=agent_id))
-        record = _record(reply.agent)
+        record, checkpoint = await self.agent_read(agent_id)
         life, known = lifecycle.Life.of(record), record is not None
         later = await read_subjects(self.nc, boundary_wildcard("agent", agent_id),
-                                    after=reply.checkpoint)  # fmt: skip
+                                    after=checkpoint)  # fmt: skip
         for stored in later:
             event = stored.event
             if not isinstance(event, lifecycle.EVENTS):

@@ -244,7 +244,8 @@ GUARD_FAILURES = Counter(
 OUTBOX_PUBLISHED = Counter(
     "fleetward_outbox_published",
     "Events the projector's outbox published (verdicts on task subjects, inbox commands), by "
-    "outcome: stored, or duplicate (published before, e.g. by another projector process).",
+    "outcome: stored, duplicate (published before, e.g. by another projector process), or "
+    "found (stored before a restart, past the duplicate window: not published again).",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -6,9 +6,12 @@ and the checkpoint of the events that caused them (services/projector/commit.py)
 is emitted exactly when its cause is applied: never lost, never for a window that did not
 commit. ``Outbox`` publishes them in the order stored, each with ``Nats-Msg-Id`` = its
 event id, and marks them published once the stream acknowledged them. A crash between the two
-publishes again: the stream's duplicate window drops the copy, and beyond it every reader
-applies an event id once (the projector's ledger; an agent's inbox skips a command id it has
-seen). Two projector processes may both publish: the same.
+publishes again: the stream's duplicate window drops the copy. Beyond it (the projector was
+down for longer), an event stored ``LATE_S`` ago or more is looked for on its subject first
+(``_stored_already``): one found there is marked published, not published again, so that a
+restarted agent's inbox (which remembers command ids only in memory) never gets a second copy.
+The projector's ledger applies an event id once anyway. Two projector processes may both
+publish: the same.
 
 When: as soon as a commit of this process that stored something ends (``stored()`` during the
 transaction, ``committed()`` after it), and every ``POLL_S`` anyway, for what other processes
@@ -18,11 +21,15 @@ transaction, ``committed()`` after it), and every ``POLL_S`` anyway, for what ot
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, Final
 
 import anyio
+from nats.js.errors import NotFoundError
 
 from fleetward.schemas.headers import MSG_ID
+from fleetward.schemas.streams import all_streams, stream_for_kind
+from fleetward.schemas.subjects import parse
 from fleetward.services import metrics
 from fleetward.services.db import q
 from fleetward.services.runtime.connect import Runtime
@@ -33,6 +40,10 @@ BATCH = 256
 POLL_S = 1.0  # how often it asks Postgres anyway (what other processes stored)
 RETRY_S = 2.0  # the longest wait before trying again after a failure
 STUCK_S = 30.0  # the oldest waiting event older than this: the outbox is not healthy
+# Waiting this long (seconds since stored), an event may have been published before a crash
+# long enough ago that the stream's duplicate window (120 s at least, verified at start) no
+# longer drops a copy: half of it, for clocks (Postgres' and the server's) that differ a little
+LATE_S: Final = min(spec.duplicate_window_s for spec in all_streams()) / 2
 
 _stored: set[int] = set()  # the transactions (their connections' ids) that stored emitted events
 _bell: list[anyio.Event] = []  # the running Outbox's: rung when there is something to publish
@@ -105,7 +116,12 @@ class Outbox:
             metrics.OUTBOX_WAITING.set(0)
             return 0
         done = []
+        found = await self._stored_already(rows)
         for r in rows:  # one at a time: commands to one agent keep their order
+            if r["n"] in found:
+                metrics.OUTBOX_PUBLISHED.labels("found").inc()
+                done.append(r["n"])
+                continue
             ack = await self.rt.js.publish(
                 r["subject"], bytes(r["data"]), headers={MSG_ID: r["event_id"]}
             )
@@ -116,6 +132,33 @@ class Outbox:
         await self._measure()
         self.error = ""
         return len(rows)
+
+    async def _stored_already(self, rows: Sequence[Any]) -> set[int]:
+        """The outbox numbers (``n``) of ``rows`` (the oldest waiting, in order) that the
+        stream holds already, for subjects with an event waiting ``LATE_S`` or more. Only this
+        outbox publishes on a subject of its actors, in order, and a crash leaves a batch
+        published but unmarked: so when the last message on a subject carries the event id of
+        one of the rows on it, that row and those before it on the subject are stored. One
+        message get (last by subject) per such subject; none in the usual case."""
+        late = {r["subject"] for r in rows if r["age_s"] >= LATE_S}
+        found: set[int] = set()
+        for subject in late:
+            parsed = parse(subject)
+            if parsed is None:
+                continue
+            try:
+                last = await self.rt.js.get_last_msg(stream_for_kind(parsed.kind), subject)
+            except NotFoundError:
+                continue  # nothing on it (or no longer): publish
+            last_id = (last.headers or {}).get(MSG_ID)
+            on_it = [r for r in rows if r["subject"] == subject]
+            ids = [r["event_id"] for r in on_it]
+            if last_id in ids:
+                found.update(r["n"] for r in on_it[: ids.index(last_id) + 1])
+        if found:
+            log.info("outbox: %d waiting event(s) were stored already (before a restart): "
+                     "marked published, not published again", len(found))  # fmt: skip
+        return found
 
     async def _measure(self) -> None:
         try:

@@ -59,6 +59,7 @@ from tests.helpers import (
     task_api,
     wait_for,
 )
+from tests.integration.test_attack_identity import Attacker
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = (sys.executable, "-m", "fleetward.services.cli")
@@ -537,20 +538,16 @@ async def test_one_clients_concurrent_claims_never_pass_its_limit(
         await worker.close()
 
 
-@BUG
 async def test_a_second_process_of_a_paused_agent_claims_without_agent_paused(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (medium), still open. Two processes of one agent share one durable inbox consumer
-    (``inbox_<agent>``), so each command reaches only one of them. The process that read the
-    ``pause`` raises AgentPaused; the other never learns it: its ``claim`` goes out and
-    returns a Claim. The task stays safe (the board refuses the claim and that process's
-    inbox says ``refused``), but the intent did not fail where it was made. Not fixed by
-    acknowledging commands when handed out: it needs a per-process view of the agent's state
-    (one inbox consumer per process, or reading the agent's subject before a claim). Should
-    (promise 5): ``claim`` raise AgentPaused while the agent is paused, in every process of
-    the agent."""
-    first = await agent(rt, "pair")
+    """Holds (was a BUG): two processes of one agent share one durable inbox consumer
+    (``inbox_<agent>``), so each command reaches only one of them. Every process also follows
+    the registry's commands to its agent on a plain subscription (``fw.cmd.<agent>.svc:registry``,
+    ``AgentClient._follow_registry``), so the process that did not read the ``pause`` from the
+    inbox learns it too: ``claim`` raises AgentPaused in both (promise 5), and after a
+    ``resume`` both claim again."""
+    first = await agent(rt, "pair", max_concurrent_tasks=2)
     second = await AgentClient.connect(rt.nats_url, creds(rt, "pair"))
     try:
         async with api(rt):
@@ -568,6 +565,10 @@ async def test_a_second_process_of_a_paused_agent_claims_without_agent_paused(
                     outcomes.append(exc)
             print("the two processes:", outcomes)
             assert all(isinstance(o, AgentPausedError) for o in outcomes)
+            await ops.resume_agent("pair")
+            await project_all(rt)
+            assert (await first.claim("pz-a")).task == "pz-a"
+            assert (await second.claim("pz-b")).task == "pz-b"
     finally:
         await first.close()
         await second.close()
@@ -1091,17 +1092,16 @@ async def test_a_crash_between_storing_and_publishing_the_outbox_delivers_each_c
         await worker.close()
 
 
-@BUG
-async def test_a_command_stored_twice_reaches_a_restarted_agent_twice(
+async def test_a_command_published_again_past_the_duplicate_window_is_stored_once(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (low), still open. The outbox republishes a command after a crash between publishing
-    and marking it; past the 2-minute duplicate window (projector down longer) the stream
-    stores a second copy. The docs promise an agent's inbox skips a command id it has seen,
-    but the client remembers the ids it has seen only in memory (``AgentClient._seen``): a
-    restarted agent acts on the copy again (here a second ``review_feedback`` for one
-    review). Should: a command id acts once per agent (ids seen kept durably, or the board's
-    commands never stored twice)."""
+    """Holds (was a BUG of low severity): the outbox publishes a command again after a crash
+    between publishing and marking it published. Past the stream's duplicate window (the
+    projector down for longer: here the window is shortened to half a second and the row
+    made ten minutes old), the stream would store a second copy, and a restarted agent, whose
+    client remembers command ids only in memory, would act on it again (a second
+    ``review_feedback`` for one review). The outbox looks for a late event on its subject
+    first (``Outbox._stored_already``): found, it is marked published, not published again."""
     author = await agent(rt, "twice")
     try:
         await ops.create_task("tw", project="p", title="t")
@@ -1113,15 +1113,59 @@ async def test_a_command_stored_twice_reaches_a_restarted_agent_twice(
         first = await inbox(author)
         assert [x.command for x in first] == ["review_feedback"]
         await author.close()
-        async with rt.pool.acquire() as conn:
-            subject, data = await conn.fetchrow(
-                "SELECT subject, data FROM fleetward.outbox WHERE subject LIKE 'fw.cmd.twice.%'"
+        config = (await rt.js.stream_info(COMMANDS_STREAM)).config
+        config.duplicate_window = 0.5
+        await rt.js.update_stream(config)
+        await anyio.sleep(1.0)  # the server forgets the command's message id
+        before = await last_seq(rt, COMMANDS_STREAM)
+        async with rt.pool.acquire() as conn:  # the crash: published, never marked
+            marked = await conn.execute(
+                "UPDATE fleetward.outbox SET published_at = NULL, "
+                "created_at = now() - interval '10 minutes' WHERE subject LIKE 'fw.cmd.twice.%'"
             )
-        await rt.js.publish(subject, data, headers={"Nats-Msg-Id": "after-the-window"})
+        assert marked == "UPDATE 1"
+        await project_all(rt)  # the outbox runs again
+        assert await last_seq(rt, COMMANDS_STREAM) == before  # no second copy stored
+        async with rt.pool.acquire() as conn:
+            waiting = await conn.fetchval(
+                "SELECT count(*) FROM fleetward.outbox WHERE published_at IS NULL"
+            )
+        assert waiting == 0
         author = await AgentClient.connect(rt.nats_url, creds(rt, "twice"))  # the agent restarted
         again = await inbox(author)
         print("restarted agent sees:", [(x.command, x.id) for x in again])
         assert again == []
+    finally:
+        await author.close()
+
+
+async def test_an_event_waiting_past_the_duplicate_window_and_never_stored_is_published(
+    rt: Runtime, ops: FleetClient
+) -> None:
+    """Holds: a late event the stream does not hold (NATS was away while it waited) is
+    published once, as any other; one stored before it on the subject does not hide it."""
+    author = await agent(rt, "late", max_concurrent_tasks=2)
+    try:
+        for t in ("lt-1", "lt-2"):
+            await ops.create_task(t, project="p", title="t")
+        await project_all(rt)
+        for t in ("lt-1", "lt-2"):
+            await author.submit(await author.claim(t), content="x")
+        await ops.review("lt-1", "reject", feedback="first")
+        await project_all(rt)
+        assert [x.reason for x in await inbox(author)] == ["first"]
+        await ops.review("lt-2", "reject", feedback="second")
+        await project_all(rt, outbox=False)  # stored in the outbox, not published
+        async with rt.pool.acquire() as conn:
+            late = await conn.execute(
+                "UPDATE fleetward.outbox SET created_at = now() - interval '10 minutes' "
+                "WHERE published_at IS NULL AND subject LIKE 'fw.cmd.late.%'"
+            )
+        assert late == "UPDATE 1"
+        await project_all(rt)
+        assert [(x.command, x.reason) for x in await inbox(author)] == [
+            ("review_feedback", "second")
+        ]
     finally:
         await author.close()
 
@@ -1276,33 +1320,38 @@ async def publish_flood(rt: Runtime, subject: str, task: str, victim: str, n: in
         await rt.js.publish(subject, encode(stray), headers={MSG_ID: stray.id})
 
 
-@BUG
-async def test_one_agent_can_flood_another_agents_inbox_with_refusals(
+async def test_one_agent_cannot_flood_another_agents_inbox_with_refusals(
     rt: Runtime, ops: FleetClient
 ) -> None:
-    """BUG (medium), still open until credentials land (issue #13, part 1: permissions that
-    let an actor publish only on subjects carrying its own actor token). Contract v2 names the
-    sender in the subject, and a refusal goes to the subject's actor (the test below), but
-    nothing stops ``flooder`` yet from publishing on *victim's* subjects: 400 junk events on
-    ``fw.task.target.victim``: half invalid (dead letters: the refusal goes to the subject's
-    actor), half well-formed reports that do not fit (rejections: told to ``event.actor``).
-    Each becomes a durable ``refused`` command in victim's inbox (kept 30 days), nothing
-    bounds or aggregates them (victim's every ``claim`` first reads them all). Should: a
-    refusal reach only the agent that sent the event (or be bounded per sender)."""
+    """Holds (was a BUG until credentials landed, issue #13 part 1): a refusal goes to the
+    subject's actor (the test below), so an agent that could publish on *victim's* subjects
+    could fill victim's inbox with durable ``refused`` commands. With its own credentials,
+    ``flooder`` tries: 400 junk events on ``fw.task.target.victim`` (half invalid, half
+    well-formed reports that do not fit). Each is a permission violation, none is stored,
+    victim's inbox stays empty and its next claim works."""
     await ops.create_task("target", project="p", title="t")
     await ops.create_task("work", project="p", title="t")
     victim = await agent(rt, "victim")
+    await (await agent(rt, "flooder")).close()  # registered, with credentials
+    subject = "fw.task.target.victim"
     try:
         await project_all(rt)
-        before = await last_seq(rt, COMMANDS_STREAM)
-        await publish_flood(rt, "fw.task.target.victim", "target", "victim", 200)
+        commands, events = await last_seq(rt, COMMANDS_STREAM), await last_seq(rt, EVENTS_STREAM)
+        async with Attacker(rt, "flooder") as flooder:
+            for i in range(200):
+                bad = {"type": "task.progressed", "id": f"junk-{i}", "actor": "victim",
+                       "at": "2026-01-01T00:00:00Z", "task": "target"}  # fmt: skip
+                await flooder.nc.publish(subject, json.dumps(bad).encode())
+                stray = TaskProgressed(**envelope("victim"), task="target", agent="victim", epoch=9)
+                await flooder.nc.publish(subject, encode(stray))
+            await flooder.nc.flush()
+            assert await flooder.violated(subject)
+            assert await flooder.request(subject, encode(stray)) is None  # as a JetStream publish
         await project_all(rt)
-        flood = await last_seq(rt, COMMANDS_STREAM) - before
-        started = anyio.current_time()
-        await victim.claim("work")
-        took = anyio.current_time() - started
-        print(f"refusals in victim's inbox: {flood}; its next claim took {took:.2f} s")
-        assert flood < 10, f"{flood} refusals for events victim never sent"
+        assert await last_seq(rt, EVENTS_STREAM) == events  # nothing stored
+        assert await last_seq(rt, COMMANDS_STREAM) == commands  # no refusal for anybody
+        assert await inbox(victim) == []
+        assert (await victim.claim("work")).task == "work"
     finally:
         await victim.close()
 

@@ -13,6 +13,7 @@ from fleetward.schemas.grants import (
     identity_kind,
     inbox_prefix,
     is_inbox,
+    registry_commands,
 )
 from fleetward.schemas.subjects import API_BUDGETS_RESERVE
 
@@ -44,7 +45,9 @@ def test_an_identity_reads_replies_only_on_its_own_inbox(identity: str) -> None:
     grants = grants_for(identity)
     own = f"{inbox_prefix(identity)}.>"
     assert own in grants.subscribe
-    assert all(s in (own, "fw.api.>") for s in grants.subscribe), grants.subscribe
+    # besides: an agent follows the registry's commands to itself (every process of it)
+    theirs = (registry_commands(identity),) if identity_kind(identity) == "agent" else ()
+    assert all(s in (own, "fw.api.>", *theirs) for s in grants.subscribe), grants.subscribe
     assert not any(p.startswith("_INBOX") for p in grants.publish)
 
 
@@ -113,3 +116,7 @@ def test_services_answer_only_on_inboxes() -> None:
     assert is_inbox("_INBOX.x.y") and is_inbox(f"{inbox_prefix('a-1')}.z")
     for subject in ("fw.task.t.svc:api", "fw.cmd.a-1.svc:api", "$JS.API.STREAM.CREATE.X", "x"):
         assert not is_inbox(subject), subject
+
+
+def test_an_agent_follows_only_the_registrys_commands_to_itself() -> None:
+    assert grants_for("a-1").subscribe == ("_INBOX_a-1.>", "fw.cmd.a-1.svc:registry")

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from fleetward.projections.agents import AGENTS, REGISTRY, AgentRegistry
+from fleetward.projections.agents import AGENTS, AgentRegistry
 from fleetward.projections.base import Meta, Rows, Table
 from fleetward.projections.tasks import REJECTIONS, TASKS, TaskBoard
 from fleetward.schemas import Event, admit, new_id, subject_of
@@ -38,6 +38,7 @@ from fleetward.schemas.events import (
     TaskReviewed,
     ToolCalled,
 )
+from fleetward.schemas.grants import REGISTRY
 from fleetward.services.jetstream.publish import encode
 from fleetward.services.simulate import Carried, Fleet, SimAgent, carried_from, run_prefix
 
