@@ -471,6 +471,11 @@ async function fresh(load) {
 let spendAt = 0;
 // The stream says "ready" once it is subscribed (at first and after every break): only then
 // are the views read, so no change falls between the reading and the stream.
+// How long to wait before opening a new live stream after one was refused (ms): doubled at
+// each refusal in a row, up to RETRY_MAX_MS, back to RETRY_MS once a stream says "ready".
+const RETRY_MS = 2000, RETRY_MAX_MS = 30000;
+let retryMs = RETRY_MS;
+
 function follow(first) {
   const live = document.getElementById("live");
   const source = new EventSource("/api/v1/events");
@@ -478,15 +483,21 @@ function follow(first) {
   source.onerror = () => {
     live.textContent = "reconnecting"; live.className = "live off";
     if (source.readyState !== EventSource.CLOSED) return; // the browser tries again itself
-    // refused (the token expired: 401; or the server answered an error): a browser does not
-    // try again. Signed out: whoami goes to the sign-in page; else a new stream in a while.
-    api("whoami").then(() => setTimeout(() => follow(null), 2000)).catch(() => {});
+    // refused (the token expired: 401; or the server, or a proxy before it, answered an
+    // error): a browser does not try again. Signed out: whoami goes to the sign-in page;
+    // else (whoami answered, or failed too: the server is away) a new stream in a while.
+    const again = () => {
+      setTimeout(() => follow(first), retryMs);
+      retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
+    };
+    api("whoami").then(again, (e) => { if (e.message !== "signed out") again(); });
   };
   const on = (name, f) => source.addEventListener(name, (m) => {
     const d = JSON.parse(m.data);
     if (reading) held.push([f, d]); else f(d);
   });
   source.addEventListener("ready", () => {
+    retryMs = RETRY_MS;
     fresh(async () => {
       await loadAll();
       if (first) { first(); first = null; }
