@@ -239,7 +239,7 @@ ON CONFLICT (event_id) DO NOTHING;
 
 -- name: outbox_pending
 -- The oldest events not yet published, and how long each has waited (seconds).
-SELECT n, event_id, subject, data,
+SELECT n, event_id, subject, data, created_at,
        extract(epoch FROM now() - created_at)::double precision AS age_s
 FROM fleetward.outbox
 WHERE published_at IS NULL ORDER BY n LIMIT $1;

@@ -203,11 +203,7 @@ class AgentClient(FleetClient):
         decides whether it is retired, and the registry judges the rest (a refusal then comes
         back as ``refused``)."""
         await self.sync_inbox()
-        record, known, checkpoint = await self._own_record()
-        if known and checkpoint >= self._status_seq:  # as new as the commands read
-            status = record["status"] if record is not None else "active"
-            self.retired, self.paused = status == "retired", status in ("paused", "retired")
-            self._status_seq = checkpoint
+        record, known = await self._take_status()  # (asked again: the newest)
         life = lifecycle.Life.of(record) if known else lifecycle.Life(
             "retired" if self.retired else "active"
         )  # fmt: skip
@@ -233,6 +229,21 @@ class AgentClient(FleetClient):
         self.profile = _Profile(held, limit, heartbeat_interval_s, team, risk_class)
         await self.sync_inbox()
         return ack
+
+    async def _take_status(self) -> tuple[dict[str, Any] | None, bool]:
+        """Take this agent's status (paused, retired) from the registry's record, unless this
+        client holds a newer one (``_status_seq``); the record (None when the registry has
+        none) and whether the registry could be asked (``_own_record``; False: the task API
+        is away, and the inbox alone decides). Called once the
+        registry's commands are followed (``_follow_registry``): a command published before
+        is in the record (the registry publishes it after it applied its cause, so its
+        checkpoint is past it), one published after comes by the subscription."""
+        record, known, checkpoint = await self._own_record()
+        if known and checkpoint >= self._status_seq:
+            status = record["status"] if record is not None else "active"
+            self.retired, self.paused = status == "retired", status in ("paused", "retired")
+            self._status_seq = checkpoint
+        return record, known
 
     async def _own_record(self) -> tuple[dict[str, Any] | None, bool, int]:
         """The registry's record of this agent (None: it has none), whether it could be asked
@@ -720,6 +731,7 @@ class AgentClient(FleetClient):
         stored since are already here and taking them costs no round trip."""
         if self._inbox is None:
             self._inbox = await self._open_inbox()
+            await self._take_status()
             info = await self._inbox_info(inbox_durable(self.agent))
             for _ in range((info.num_pending or 0) + (info.num_ack_pending or 0)):
                 taken = await self._take_command(wait=0.5)
@@ -779,13 +791,20 @@ class AgentClient(FleetClient):
         sub = self._registry
         if sub is None:
             return
+        ours = registry_commands(self.agent)
         while sub.pending_msgs > 0:
             msg = await sub.next_msg(timeout=1)
+            # NATS checks the subject a client publishes on, not the reply subject it names:
+            # another agent may aim the server's delivery of its own commands here (a pull of
+            # its inbox), and they come with their own subject. Only this agent's count.
+            if msg.subject != ours:
+                continue
             try:
-                event = admit(msg.subject, msg.data)
+                event = admit(msg.subject, msg.data)  # so: the registry's, to this agent
             except Rejected:
                 continue
             if isinstance(event, CommandIssued) and event.actor == REGISTRY:
+                assert event.agent == self.agent  # (admission: its subject is ``ours``)
                 self._obey(event)
 
     def _obey(self, command: CommandIssued) -> None:

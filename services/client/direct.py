@@ -191,6 +191,17 @@ async def _read_wrapped(
         yield _raw(stored)
 
 
+async def first_since(
+    nc: NatsClient, stream: str, subjects: str, since: datetime, *, wait_s: float = READ_RIDE_OUT_S
+) -> int | None:
+    """The sequence of the first message of ``stream`` on ``subjects`` stored at or after
+    ``since`` (UTC), None when there is none: one wrapped get by start time (``start_time``
+    with ``next_by_subj``, nats-server 2.11+). Raises as ``read_subjects``."""
+    request = {"start_time": since, "next_by_subj": subjects}
+    stored = await get_wrapped(nc, stream, request, wait_s)
+    return None if stored is None else stored.seq
+
+
 async def last_of_subjects(
     nc: NatsClient,
     stream: str,

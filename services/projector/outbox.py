@@ -8,10 +8,11 @@ commit. ``Outbox`` publishes them in the order stored, each with ``Nats-Msg-Id``
 event id, and marks them published once the stream acknowledged them. A crash between the two
 publishes again: the stream's duplicate window drops the copy. Beyond it (the projector was
 down for longer), an event stored ``LATE_S`` ago or more is looked for on its subject first
-(``_stored_already``): one found there is marked published, not published again, so that a
-restarted agent's inbox (which remembers command ids only in memory) never gets a second copy.
-The projector's ledger applies an event id once anyway. Two projector processes may both
-publish: the same.
+(``_stored_already``): one found there (its id in the ``Nats-Msg-Id`` of a message stored on
+the subject since the event was) is marked published, not published again, so that a restarted
+agent's inbox (which remembers command ids only in memory) never gets a second copy. The
+projector's ledger applies an event id once anyway. Two projector processes may both publish:
+the same.
 
 When: as soon as a commit of this process that stored something ends (``stored()`` during the
 transaction, ``committed()`` after it), and every ``POLL_S`` anyway, for what other processes
@@ -22,15 +23,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 import anyio
-from nats.js.errors import NotFoundError
 
 from fleetward.schemas.headers import MSG_ID
 from fleetward.schemas.streams import all_streams, stream_for_kind
 from fleetward.schemas.subjects import parse
 from fleetward.services import metrics
+from fleetward.services.client.direct import first_since, read_subjects
 from fleetward.services.db import q
 from fleetward.services.runtime.connect import Runtime
 
@@ -44,6 +46,8 @@ STUCK_S = 30.0  # the oldest waiting event older than this: the outbox is not he
 # long enough ago that the stream's duplicate window (120 s at least, verified at start) no
 # longer drops a copy: half of it, for clocks (Postgres' and the server's) that differ a little
 LATE_S: Final = min(spec.duplicate_window_s for spec in all_streams()) / 2
+LOOKUP_SKEW: Final = timedelta(minutes=5)  # looked for from this long before it was stored
+LOOKUP_MAX: Final = 10_000  # messages read on one subject at most; past them: published again
 
 _stored: set[int] = set()  # the transactions (their connections' ids) that stored emitted events
 _bell: list[anyio.Event] = []  # the running Outbox's: rung when there is something to publish
@@ -134,27 +138,39 @@ class Outbox:
         return len(rows)
 
     async def _stored_already(self, rows: Sequence[Any]) -> set[int]:
-        """The outbox numbers (``n``) of ``rows`` (the oldest waiting, in order) that the
-        stream holds already, for subjects with an event waiting ``LATE_S`` or more. Only this
-        outbox publishes on a subject of its actors, in order, and a crash leaves a batch
-        published but unmarked: so when the last message on a subject carries the event id of
-        one of the rows on it, that row and those before it on the subject are stored. One
-        message get (last by subject) per such subject; none in the usual case."""
-        late = {r["subject"] for r in rows if r["age_s"] >= LATE_S}
+        """The outbox numbers (``n``) of ``rows`` (the oldest waiting) that the stream holds
+        already, on the subjects with an event waiting ``LATE_S`` or more: the messages stored
+        on such a subject since its oldest waiting event was stored here (less
+        ``LOOKUP_SKEW``, for clocks that differ) are read (one message get each, from one get
+        by start time), and a row is found when its event id is a message's ``Nats-Msg-Id``.
+        Each row by its own id: rows commit out of ``n`` order across runners, and others can
+        store messages on the subject too (a server's answer aimed there). None read in the
+        usual case; past ``LOOKUP_MAX`` messages on a subject, its rows are published again."""
+        since: dict[str, datetime] = {}
+        for r in rows:
+            if r["age_s"] >= LATE_S:
+                at = r["created_at"] - LOOKUP_SKEW
+                since[r["subject"]] = min(since.get(r["subject"], at), at)
         found: set[int] = set()
-        for subject in late:
+        for subject, start in since.items():
             parsed = parse(subject)
             if parsed is None:
                 continue
-            try:
-                last = await self.rt.js.get_last_msg(stream_for_kind(parsed.kind), subject)
-            except NotFoundError:
-                continue  # nothing on it (or no longer): publish
-            last_id = (last.headers or {}).get(MSG_ID)
-            on_it = [r for r in rows if r["subject"] == subject]
-            ids = [r["event_id"] for r in on_it]
-            if last_id in ids:
-                found.update(r["n"] for r in on_it[: ids.index(last_id) + 1])
+            stream = stream_for_kind(parsed.kind)
+            first = await first_since(self.rt.nc, stream, subject, start)
+            if first is None:
+                continue  # nothing stored on it since: publish
+            wanted = {r["event_id"]: r["n"] for r in rows if r["subject"] == subject}
+            read = 0
+            async for raw in read_subjects(self.rt.nc, stream, subject, after=first - 1):
+                n = wanted.get(raw.headers.get(MSG_ID, ""))
+                if n is not None:
+                    found.add(n)
+                read += 1
+                if read >= LOOKUP_MAX:
+                    log.warning("outbox: over %d messages on %s since %s: its late events "
+                                "not found are published again", read, subject, start)  # fmt: skip
+                    break
         if found:
             log.info("outbox: %d waiting event(s) were stored already (before a restart): "
                      "marked published, not published again", len(found))  # fmt: skip

@@ -3,17 +3,20 @@ subscription to ``fw.cmd.<agent>.svc:registry`` beside the durable inbox, ``payl
 outbox's lookup of late events (``Outbox._stored_already``), and the claim that an agent
 cannot publish on another agent's subjects.
 
-Tests marked ``FINDING`` (``xfail(strict=True)``) assert what should happen and fail now;
-``pytest --runxfail`` shows each failure. The others are promises that held.
+Seven findings, each fixed in the same session (the tests that say "Fixed"); the others are
+promises that held.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import anyio
+import nats
 import pytest
+from nats.errors import ConnectionClosedError
 
 from fleetward.schemas.grants import registry_commands
 from fleetward.schemas.headers import MSG_ID
@@ -23,7 +26,7 @@ from fleetward.services.client import AgentClient, Claim, ClaimLost, FleetClient
 from fleetward.services.client.claims import AgentPaused as AgentPausedError
 from fleetward.services.projector.outbox import Outbox
 from fleetward.services.runtime.connect import Runtime
-from tests.helpers import agent, creds, project_all
+from tests.helpers import HARNESS, agent, creds, project_all
 from tests.integration.test_attack_identity import Attacker
 from tests.integration.test_attack_intents import api, inbox
 
@@ -64,18 +67,13 @@ async def own_lifecycle(rt: Runtime, who: str, *steps: str) -> None:
 # ---- 1. another agent writes into the registry subscription of every process of a victim ----
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "FINDING (high): agent 'evil' pulls its own inbox (its own pause, which it may publish "
-        "itself) with reply subject fw.cmd.victim.svc:registry; every process of 'victim' obeys "
-        "evil's pause (AgentClient._follow_registry never checks command.agent == self.agent) and "
-        "refuses to claim while victim is active"
-    ),
-)
 async def test_another_agent_pauses_every_process_of_an_active_agent(
     rt: Runtime, ops: FleetClient
 ) -> None:
+    """Fixed (an attack found it, (high): agent 'evil' pulls its own inbox (its own pause, which
+    it may publish itself) with reply subject fw.cmd.victim.svc:registry; every process of
+    'victim' obeys evil's pause (AgentClient._follow_registry never checks command.agent ==
+    self.agent) and refuses to claim while victim is active)."""
     victim = await agent(rt, "victim")
     second = await AgentClient.connect(rt.nats_url, creds(rt, "victim"))
     await (await agent(rt, "evil")).close()
@@ -100,18 +98,13 @@ async def test_another_agent_pauses_every_process_of_an_active_agent(
         await second.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "FINDING (high): a retired agent keeps its credentials and its inbox; aiming its own "
-        "'retire' at fw.cmd.victim.svc:registry retires victim's running process for good "
-        "(_obey: retire sets retired, and no later resume clears it): after an operator's pause "
-        "and resume of victim, its claim still raises AgentPaused 'victim is retired'"
-    ),
-)
 async def test_a_retired_agent_retires_another_agents_running_process_for_good(
     rt: Runtime, ops: FleetClient
 ) -> None:
+    """Fixed (an attack found it, (high): a retired agent keeps its credentials and its inbox;
+    aiming its own 'retire' at fw.cmd.victim.svc:registry retires victim's running process for
+    good (_obey: retire sets retired, and no later resume clears it): after an operator's pause
+    and resume of victim, its claim still raises AgentPaused 'victim is retired')."""
     victim = await agent(rt, "victim")
     await (await agent(rt, "evil")).close()
     try:
@@ -133,18 +126,13 @@ async def test_a_retired_agent_retires_another_agents_running_process_for_good(
         await victim.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "FINDING (medium): victim is paused by an operator; agent 'evil' pauses and resumes "
-        "itself (newer FW_EVENTS sequences) and aims its own inbox at fw.cmd.victim.svc:registry: "
-        "victim's process takes evil's resume as its own (higher payload.seq) and claims while "
-        "paused, no AgentPaused (the board refuses it later)"
-    ),
-)
 async def test_another_agent_lifts_the_pause_in_a_paused_agents_process(
     rt: Runtime, ops: FleetClient
 ) -> None:
+    """Fixed (an attack found it, (medium): victim is paused by an operator; agent 'evil' pauses
+    and resumes itself (newer FW_EVENTS sequences) and aims its own inbox at
+    fw.cmd.victim.svc:registry: victim's process takes evil's resume as its own (higher
+    payload.seq) and claims while paused, no AgentPaused (the board refuses it later))."""
     victim = await agent(rt, "victim")
     await (await agent(rt, "evil")).close()
     try:
@@ -188,19 +176,14 @@ async def test_agents_and_people_cannot_publish_on_or_follow_another_agents_regi
 # ---- 2. a process that never saw the pause on its subscription ----
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "FINDING (medium): a process started after the pause was published (a restart, a new "
-        "worker, a reconnect) and that does not call register: the durable inbox gave the pause "
-        "to the first process (which acknowledged it), the plain subscription only sees commands "
-        "published while subscribed, and sync_inbox/_may_claim never read the registry's status, "
-        "so its claim goes out (no AgentPaused) while the agent is paused"
-    ),
-)
 async def test_a_process_started_after_the_pause_claims_without_agent_paused(
     rt: Runtime, ops: FleetClient
 ) -> None:
+    """Fixed (an attack found it, (medium): a process started after the pause was published (a
+    restart, a new worker, a reconnect) and that does not call register: the durable inbox gave
+    the pause to the first process (which acknowledged it), the plain subscription only sees
+    commands published while subscribed, and sync_inbox/_may_claim never read the registry's
+    status, so its claim goes out (no AgentPaused) while the agent is paused)."""
     first = await agent(rt, "pair")
     try:
         async with api(rt):
@@ -219,18 +202,13 @@ async def test_a_process_started_after_the_pause_claims_without_agent_paused(
         await first.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "FINDING (medium): the HTTPS ingress opens its client for an agent at the agent's first "
-        "request (services/api/acting.py AgentPool._open: take_up_profile, which reads roles and "
-        "limit but not the status); when the agent's NATS process already took the pause, the "
-        "ingress client claims for a paused agent without AgentPaused"
-    ),
-)
 async def test_the_https_ingress_claims_for_an_agent_paused_before_its_client_opened(
     rt: Runtime, ops: FleetClient
 ) -> None:
+    """Fixed (an attack found it, (medium): the HTTPS ingress opens its client for an agent at the
+    agent's first request (services/api/acting.py AgentPool._open: take_up_profile, which reads
+    roles and limit but not the status); when the agent's NATS process already took the pause,
+    the ingress client claims for a paused agent without AgentPaused)."""
     worker = await agent(rt, "httpish")
     pool = AgentPool(rt.nats_url, rt.settings.auth_dir)
     try:
@@ -294,21 +272,16 @@ async def refused_rows(rt: Runtime, agent_id: str) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "FINDING (medium, rare): two refusals to one agent on fw.cmd.<a>.svc:projector, from two "
-        "runners (FW_EVENTS and FW_HB dead letters) that commit concurrently: n=k+1 committed "
-        "first and was published while n=k was not visible yet, and the outbox died (or lost the "
-        "ack: NATS away) before marking it. Past LATE_S both wait; the last message on the subject "
-        "is k+1, so Outbox._stored_already marks k published too ('those before it on the subject "
-        "are stored' assumes publishing in n order, which a later commit of a lower n breaks): "
-        "refusal k is never stored, a lost command"
-    ),
-)
 async def test_the_late_lookup_marks_published_a_command_that_was_never_stored(
     rt: Runtime,
 ) -> None:
+    """Fixed (an attack found it, (medium, rare): two refusals to one agent on
+    fw.cmd.<a>.svc:projector, from two runners (FW_EVENTS and FW_HB dead letters) that commit
+    concurrently: n=k+1 committed first and was published while n=k was not visible yet, and
+    the outbox died (or lost the ack: NATS away) before marking it. Past LATE_S both wait; the
+    last message on the subject is k+1, so Outbox._stored_already marks k published too ('those
+    before it on the subject are stored' assumes publishing in n order, which a later commit of
+    a lower n breaks): refusal k is never stored, a lost command)."""
     await (await agent(rt, "lossy")).close()
     async with Attacker(rt, "lossy") as a:  # two refused messages, two streams, two runners
         await a.nc.publish("fw.task.nowhere.lossy", b"not json")
@@ -350,32 +323,24 @@ async def test_the_late_lookup_with_nats_away_marks_nothing(rt: Runtime) -> None
         await conn.execute("UPDATE fleetward.outbox SET created_at = now() - interval "
                            "'10 minutes' WHERE published_at IS NULL")  # fmt: skip
 
-    class Broken:
-        async def get_last_msg(self, *_: object) -> None:
-            raise ConnectionError("NATS away")
-
-    box = Outbox(rt)
-    box.rt = type("R", (), {"js": Broken(), "pool": rt.pool})()
-    with pytest.raises(ConnectionError):
+    nc = await nats.connect(rt.nats_url, user_credentials=str(creds(rt, HARNESS)))
+    await nc.close()  # the outbox's connection is gone
+    box = Outbox(dataclasses.replace(rt, nc=nc, js=nc.jetstream()))
+    with pytest.raises(ConnectionClosedError):
         await box.publish_once()
     assert all(r["published_at"] is None for r in await refused_rows(rt, "away"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "FINDING (low): the late lookup trusts 'last message by subject' to be the outbox's; "
-        "anyone (here another agent) can have the server store its own answer there by naming "
-        "fw.cmd.<victim>.svc:board as the reply subject of a message get. After a crash between "
-        "publishing and marking and a projector down past the duplicate window, the last message "
-        "is that answer, the lookup does not find the command, it is stored a second time and the "
-        "restarted agent acts on one review_feedback twice (Outbox._stored_already looks only at "
-        "the last message, not at the subject's messages after the row's creation)"
-    ),
-)
 async def test_a_server_answer_aimed_at_the_subject_defeats_the_late_lookup(
     rt: Runtime, ops: FleetClient
 ) -> None:
+    """Fixed (an attack found it, (low): the late lookup trusts 'last message by subject' to be
+    the outbox's; anyone (here another agent) can have the server store its own answer there by
+    naming fw.cmd.<victim>.svc:board as the reply subject of a message get. After a crash
+    between publishing and marking and a projector down past the duplicate window, the last
+    message is that answer, the lookup does not find the command, it is stored a second time
+    and the restarted agent acts on one review_feedback twice (Outbox._stored_already looks
+    only at the last message, not at the subject's messages after the row's creation))."""
     author = await agent(rt, "twice")
     await (await agent(rt, "evil")).close()
     try:
