@@ -2,8 +2,9 @@
 ``follow``). While the proxy answers 502, the browser's reconnect of the live stream is refused,
 which ends an EventSource for good, and the page's ``whoami`` fails too. The page opens a new
 stream after a wait that doubles at each refusal (2 s, 4 s, ... up to 30 s); once the proxy is
-back, the page is live again and shows what changed meanwhile, without a reload. (Before, a
-failed ``whoami`` left the page "reconnecting" for ever.)"""
+back, the page is live again and shows what changed meanwhile, without a reload, on a page
+whose first reading failed while the proxy was away too. (Before, a failed ``whoami`` left the
+page "reconnecting" for ever, and a page whose first reading failed stayed empty.)"""
 
 from __future__ import annotations
 
@@ -97,9 +98,9 @@ async def test_the_dashboard_is_live_again_once_a_proxy_that_went_away_is_back(
         assert port is not None
         async with proxied(port) as proxy:
             page = await signed_in(browser, proxy.base, api.token, problems)
-            await page.locator('nav a[href="#/agents"]').click()
             proxy.away()
             await page.locator("#live.off").wait_for(timeout=WAIT_MS)
+            await page.locator('nav a[href="#/agents"]').click()  # its first reading fails
 
             async def refused() -> bool:  # the stream's reconnect, whoami, and a retry
                 return proxy.refused >= 3

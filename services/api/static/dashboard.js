@@ -449,9 +449,10 @@ async function loadAll() {
   overview(o);
   silent.clear();
   for (const e of open.items) putSilent(e);
-  if (state.agentsLoaded) await refreshAgents();
-  if (state.escLoaded) await loadEscalations();
-  if (state.boardLoaded) await loadBoard();
+  // the pages read before, and the page shown even if its first reading failed (cut off)
+  if (state.agentsLoaded || state.page === "agents") await refreshAgents();
+  if (state.escLoaded || state.page === "escalations") await loadEscalations();
+  if (state.boardLoaded || state.page === "board") await loadBoard();
   if (state.page === "agent") showAgent(state.agent);
   if (state.page === "spend") await loadSpend();
 }
