@@ -91,7 +91,7 @@ from fleetward.services.client.claims import (
     holder_problem,
 )
 from fleetward.services.client.intents import IntentRefused
-from fleetward.services.client.operator import FleetClient
+from fleetward.services.client.operator import API_TIMEOUT_S, FleetClient
 from fleetward.services.client.taskstate import TaskState, read_task
 from fleetward.services.errors import ApiError, ApiRefused, FleetwardError, ReservationRefused
 from fleetward.services.jetstream.connection import connect_as
@@ -103,6 +103,11 @@ INBOX_REDELIVERY_S = 5.0
 INBOX_BATCH = 16  # commands the open pull request on the inbox may bring ahead of reading
 SEEN_COMMANDS = 1024  # command ids remembered, so a redelivered command acts once
 APPROVAL_READ_S = 10.0  # seconds of a quiet inbox after which a wait reads the request itself
+STATUS_READ_S = 1.0  # how long a claim waits for the registry's status when it must ask again
+# the registry's commands a process holds unread at most (``_follow_registry``): past them, or
+# these bytes, nats-py drops what comes (a flood aimed at the subject), and the status is read
+# from the registry again
+REGISTRY_PENDING_MSGS, REGISTRY_PENDING_BYTES = 4096, 8 * 1024 * 1024
 
 
 @dataclass
@@ -151,8 +156,13 @@ class AgentClient(FleetClient):
         # registry's commands carry theirs, so a stale one (another process's inbox, a copy
         # read late) changes nothing (``_obey``)
         self._status_seq = 0
-        # the registry's commands as they are published, to every process of the agent
+        # the status is to be read from the registry (again) before the next claim: its reading
+        # failed, was of a registry that had applied nothing (a rebuild), or commands were lost
+        self._status_stale = True
+        # the registry's commands as they are published, to every process of the agent, and
+        # how many of them were taken (fewer than delivered: nats-py dropped some)
         self._registry: Subscription | None = None
+        self._registry_taken = 0
         self._inbox: PullConsumer | None = None
         # read (and acted on), not yet returned by next_command: not acknowledged either
         self._commands: collections.deque[tuple[CommandIssued, Delivery]] = collections.deque()
@@ -203,7 +213,7 @@ class AgentClient(FleetClient):
         decides whether it is retired, and the registry judges the rest (a refusal then comes
         back as ``refused``)."""
         await self.sync_inbox()
-        record, known = await self._take_status()  # (asked again: the newest)
+        record, known = await self._take_status(API_TIMEOUT_S)  # (asked again: the newest)
         life = lifecycle.Life.of(record) if known else lifecycle.Life(
             "retired" if self.retired else "active"
         )  # fmt: skip
@@ -230,27 +240,36 @@ class AgentClient(FleetClient):
         await self.sync_inbox()
         return ack
 
-    async def _take_status(self) -> tuple[dict[str, Any] | None, bool]:
+    async def _take_status(
+        self,
+        timeout: float = STATUS_READ_S,  # noqa: ASYNC109 (the NATS request takes it)
+    ) -> tuple[dict[str, Any] | None, bool]:
         """Take this agent's status (paused, retired) from the registry's record, unless this
         client holds a newer one (``_status_seq``); the record (None when the registry has
-        none) and whether the registry could be asked (``_own_record``; False: the task API
-        is away, and the inbox alone decides). Called once the
+        none) and whether the registry could be asked within ``timeout`` seconds
+        (``_own_record``; False: the task API is away, and the inbox alone decides). Called once the
         registry's commands are followed (``_follow_registry``): a command published before
         is in the record (the registry publishes it after it applied its cause, so its
-        checkpoint is past it), one published after comes by the subscription."""
-        record, known, checkpoint = await self._own_record()
+        checkpoint is past it), one published after comes by the subscription. Until the
+        registry answers with a checkpoint (not 0: a registry being rebuilt has applied
+        nothing yet), the status stays to be read again at the next claim."""
+        record, known, checkpoint = await self._own_record(timeout)
         if known and checkpoint >= self._status_seq:
             status = record["status"] if record is not None else "active"
             self.retired, self.paused = status == "retired", status in ("paused", "retired")
             self._status_seq = checkpoint
+        self._status_stale = not (known and checkpoint > 0)
         return record, known
 
-    async def _own_record(self) -> tuple[dict[str, Any] | None, bool, int]:
+    async def _own_record(
+        self,
+        timeout: float = API_TIMEOUT_S,  # noqa: ASYNC109 (the NATS request takes it)
+    ) -> tuple[dict[str, Any] | None, bool, int]:
         """The registry's record of this agent (None: it has none), whether it could be asked
-        at all (False when the task API does not answer or fails), and the registry's
-        checkpoint (``agent_read``; 0 when not asked)."""
+        at all (False when the task API does not answer within ``timeout`` seconds or fails),
+        and the registry's checkpoint (``agent_read``; 0 when not asked)."""
         try:
-            record, checkpoint = await self.agent_read(self.agent)
+            record, checkpoint = await self.agent_read(self.agent, timeout=timeout)
         except ApiError:
             return None, False, 0
         return record, True, checkpoint
@@ -313,6 +332,8 @@ class AgentClient(FleetClient):
         ``_follow_registry``) that the server sent before it answered the claim's read of the
         task; ``AgentPaused`` if they say this agent is paused or retired."""
         await self.sync_inbox()  # (it follows the registry too)
+        if self._status_stale:
+            await self._take_status()
         if self.paused:
             state = "retired" if self.retired else "paused"
             raise AgentPaused(task, f"agent {self.agent} is {state}")
@@ -731,7 +752,8 @@ class AgentClient(FleetClient):
         stored since are already here and taking them costs no round trip."""
         if self._inbox is None:
             self._inbox = await self._open_inbox()
-            await self._take_status()
+            if self._status_stale:
+                await self._take_status()
             info = await self._inbox_info(inbox_durable(self.agent))
             for _ in range((info.num_pending or 0) + (info.num_ack_pending or 0)):
                 taken = await self._take_command(wait=0.5)
@@ -787,13 +809,16 @@ class AgentClient(FleetClient):
         answers to this connection come in order, so after any round trip (a claim's read of
         the task) every command published before it is here, at no cost of its own.
         Credentials issued before the subscription was granted get a permissions violation and
-        nothing here: the inbox alone decides, as before."""
+        nothing here: the inbox alone decides, as before. When nats-py dropped messages (a
+        flood aimed at the subject filled its ``REGISTRY_PENDING_*``), a command may be among
+        them: the status is read from the registry at the next claim (``_take_status``)."""
         sub = self._registry
         if sub is None:
             return
         ours = registry_commands(self.agent)
         while sub.pending_msgs > 0:
             msg = await sub.next_msg(timeout=1)
+            self._registry_taken += 1
             # NATS checks the subject a client publishes on, not the reply subject it names:
             # another agent may aim the server's delivery of its own commands here (a pull of
             # its inbox), and they come with their own subject. Only this agent's count.
@@ -806,23 +831,30 @@ class AgentClient(FleetClient):
             if isinstance(event, CommandIssued) and event.actor == REGISTRY:
                 assert event.agent == self.agent  # (admission: its subject is ``ours``)
                 self._obey(event)
+        if sub.delivered > self._registry_taken:  # some were dropped
+            self._registry_taken = sub.delivered
+            self._status_stale = True
 
     def _obey(self, command: CommandIssued) -> None:
         """What a command changes in this client's state. A pause, resume or retire with an
         older ``payload.seq`` (the lifecycle event's FW_EVENTS sequence) than the status held
         changes nothing: the registry's commands come by two ways (the inbox, and
-        ``_follow_registry``), and a process may read only some of them in its inbox."""
+        ``_follow_registry``), and a process may read only some of them in its inbox. A
+        registry's ``resume`` (with its ``seq``) ends a retirement too: it is sent when a person
+        or a service registers a retired agent again."""
+        ordered = False
         if command.command in ("pause", "resume", "retire"):
             seq = command.payload.get("seq")
             if type(seq) is int:
                 if seq <= self._status_seq:
                     return
                 self._status_seq = seq
+                ordered = True
         match command.command:
             case "pause":
                 self.paused = True
-            case "resume" if not self.retired:
-                self.paused = False
+            case "resume" if ordered or not self.retired:
+                self.paused = self.retired = False
             case "retire":
                 self.paused = self.retired = True
             case "lease_lost" if command.task:
@@ -844,7 +876,11 @@ class AgentClient(FleetClient):
         pending on the v1 subject are not delivered (commands are transient). The first time,
         the plain subscription to the registry's commands is made too (``_follow_registry``)."""
         if self._registry is None:  # first: a command stored while the inbox opens is seen
-            self._registry = await self.nc.subscribe(registry_commands(self.agent))
+            self._registry = await self.nc.subscribe(
+                registry_commands(self.agent),
+                pending_msgs_limit=REGISTRY_PENDING_MSGS,
+                pending_bytes_limit=REGISTRY_PENDING_BYTES,
+            )
         durable = inbox_durable(self.agent)
         if self._inbox is not None:
             with contextlib.suppress(Exception):

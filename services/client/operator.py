@@ -547,11 +547,17 @@ class FleetClient(Publisher):
         stream by a moment (it is the agents projection's): ``agent_now`` does not."""
         return (await self.agent_read(agent_id))[0]
 
-    async def agent_read(self, agent_id: str) -> tuple[dict[str, Any] | None, int]:
+    async def agent_read(
+        self,
+        agent_id: str,
+        *,
+        timeout: float = API_TIMEOUT_S,  # noqa: ASYNC109 (the NATS request takes it)
+    ) -> tuple[dict[str, Any] | None, int]:
         """``agent_profile`` and the registry's checkpoint when it read it (a FW_EVENTS
         sequence, ``AgentReply.checkpoint``: the agent's lifecycle events up to it are in the
-        profile; 0 when not known). ``ApiError`` as ``agent_profile``."""
-        reply = await self.ask(AGENTS_GET, AgentRequest(agent=agent_id))
+        profile; 0 when not known). ``ApiError`` as ``agent_profile`` (after ``timeout``
+        seconds without an answer)."""
+        reply = await self.ask(AGENTS_GET, AgentRequest(agent=agent_id), timeout=timeout)
         return _record(reply.agent), reply.checkpoint
 
     async def agent_now(self, agent_id: str) -> dict[str, Any] | None:

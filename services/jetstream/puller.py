@@ -35,6 +35,12 @@ from fleetward.schemas.headers import pull_subject
 from fleetward.services.jetstream.protocol import Status, classify
 
 LOST_AFTER = 2.0  # seconds past its expiry after which an open request is taken as lost
+# Bytes one pull request may bring at most (``max_bytes``, nats-server 2.8+): without it, a
+# batch of large messages (a burst of ~1 MB server answers that anyone can have a stream
+# store: docs/identity.md) arrives at once and the server cuts the connection as a slow
+# consumer. Far above the largest message a stream stores (``StreamSpec.max_msg_size``, 1 MiB,
+# and its headers): a message larger than a request's max_bytes would never be delivered.
+PULL_MAX_BYTES = 8 * 1024 * 1024
 
 
 class Reader(Protocol):
@@ -51,8 +57,9 @@ class Reader(Protocol):
 
 
 class Puller:
-    """Keeps at most one pull request of ``batch`` messages (expiring after ``expires``
-    seconds) open on ``stream``/``consumer`` and routes every reply to ``reader``.
+    """Keeps at most one pull request of ``batch`` messages and ``PULL_MAX_BYTES`` bytes
+    (expiring after ``expires`` seconds) open on ``stream``/``consumer`` and routes every reply
+    to ``reader``.
     ``queue_limit`` bounds the messages nats-py holds for the subscription before it drops
     them as a slow consumer. ``open()`` before use, ``close()`` after."""
 
@@ -73,7 +80,9 @@ class Puller:
         self.requested_at = 0.0  # time.monotonic() of the last request
         self._lost_after = expires + LOST_AFTER
         self._subject = pull_subject(stream, consumer)
-        self._request = msgspec.json.encode({"batch": batch, "expires": int(expires * 1e9)})
+        self._request = msgspec.json.encode(
+            {"batch": batch, "expires": int(expires * 1e9), "max_bytes": PULL_MAX_BYTES}
+        )
         self._reader = reader
         self._queue_limit = queue_limit
         self._inbox = ""

@@ -47,7 +47,9 @@ STUCK_S = 30.0  # the oldest waiting event older than this: the outbox is not he
 # longer drops a copy: half of it, for clocks (Postgres' and the server's) that differ a little
 LATE_S: Final = min(spec.duplicate_window_s for spec in all_streams()) / 2
 LOOKUP_SKEW: Final = timedelta(minutes=5)  # looked for from this long before it was stored
-LOOKUP_MAX: Final = 10_000  # messages read on one subject at most; past them: published again
+# messages the lookups of one batch read at most (~1.5 s): past them, the late events not found
+# are published again (a flood stored on the subjects cannot hold every agent's commands back)
+LOOKUP_MAX: Final = 10_000
 
 _stored: set[int] = set()  # the transactions (their connections' ids) that stored emitted events
 _bell: list[anyio.Event] = []  # the running Outbox's: rung when there is something to publish
@@ -145,14 +147,21 @@ class Outbox:
         by start time), and a row is found when its event id is a message's ``Nats-Msg-Id``.
         Each row by its own id: rows commit out of ``n`` order across runners, and others can
         store messages on the subject too (a server's answer aimed there). None read in the
-        usual case; past ``LOOKUP_MAX`` messages on a subject, its rows are published again."""
+        usual case; past ``LOOKUP_MAX`` messages for the batch, the rows not found are
+        published again."""
         since: dict[str, datetime] = {}
         for r in rows:
             if r["age_s"] >= LATE_S:
                 at = r["created_at"] - LOOKUP_SKEW
                 since[r["subject"]] = min(since.get(r["subject"], at), at)
         found: set[int] = set()
-        for subject, start in since.items():
+        read = 0
+        for looked, (subject, start) in enumerate(since.items()):
+            if read >= LOOKUP_MAX:
+                left = len(since) - looked
+                log.warning("outbox: the late events' lookups read %d messages: those on %d "
+                            "more subject(s) are published again", read, left)  # fmt: skip
+                break
             parsed = parse(subject)
             if parsed is None:
                 continue
@@ -161,15 +170,12 @@ class Outbox:
             if first is None:
                 continue  # nothing stored on it since: publish
             wanted = {r["event_id"]: r["n"] for r in rows if r["subject"] == subject}
-            read = 0
             async for raw in read_subjects(self.rt.nc, stream, subject, after=first - 1):
                 n = wanted.get(raw.headers.get(MSG_ID, ""))
                 if n is not None:
                     found.add(n)
                 read += 1
                 if read >= LOOKUP_MAX:
-                    log.warning("outbox: over %d messages on %s since %s: its late events "
-                                "not found are published again", read, subject, start)  # fmt: skip
                     break
         if found:
             log.info("outbox: %d waiting event(s) were stored already (before a restart): "

@@ -3,8 +3,9 @@ that acts only on its exact subject, ``_take_status`` at the inbox's first openi
 outbox's late lookup by event id among the messages stored on a subject since, and what the
 durable inbox does with what others can have stored on an agent's command subjects.
 
-A test marked ``xfail(strict=True)`` is an attack that works today; the others are promises
-that held.
+Five findings were fixed in the same session (the tests that say "Fixed"); one is open and
+bounded (``xfail``: the late lookup reads at most ``LOOKUP_MAX`` messages a batch); the others
+are promises that held.
 """
 
 from __future__ import annotations
@@ -77,18 +78,16 @@ async def stored_on(rt: Runtime, subject: str) -> int:
 # ---- 1. the registry subscription's pending limit: a real pause dropped ----
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FINDING (medium): another agent fills the plain subscription fw.cmd.<victim>.svc:registry "
-    "of victim's idle process with ~140 server answers of ~1 MB (message gets of its own big "
-    "event, reply subject = victim's registry subject: exact subject, so delivered), then 2,000 "
-    "small ones: nats-py's 128 MiB pending limit is reached and the registry's real pause "
-    "published next is dropped "
-    "(slow consumer); another process took it from the durable inbox, so this one claims while "
-    "paused (AgentClient._open_inbox subscribes with nats-py's default limits and "
-    "_follow_registry drains only at a claim)"))  # fmt: skip
 async def test_a_flood_of_big_answers_drops_the_real_pause_from_a_process_subscription(
     rt: Runtime, ops: FleetClient
 ) -> None:
+    """Fixed (an attack found it, (medium): another agent fills the plain subscription
+    fw.cmd.<victim>.svc:registry of victim's idle process with ~140 server answers of ~1 MB
+    (message gets of its own big event, reply subject = victim's registry subject: exact
+    subject, so delivered), then 2,000 small ones: nats-py's 128 MiB pending limit is reached
+    and the registry's real pause published next is dropped (slow consumer); another process
+    took it from the durable inbox, so this one claims while paused (AgentClient._open_inbox
+    subscribes with nats-py's default limits and _follow_registry drains only at a claim))."""
     await (await agent(rt, "victim")).close()
     await (await agent(rt, "evil")).close()
     worker = await AgentClient.connect(rt.nats_url, creds(rt, "victim"))
@@ -131,18 +130,17 @@ async def _at_least(rt: Runtime, subject: str, n: int) -> bool:
 # ---- 2. the same flood against the projector: its connection is cut ----
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FINDING (high): ~140 message gets by one agent, each answered (~1 MB: the wrapped copy of "
-    "its own 750 KB event) on a fw.cmd.* subject of its choice, are stored in FW_COMMANDS; the "
-    "projector's commands runner pulls them in one batch (1,000 messages, no max_bytes: up to "
-    "1 GB asked at once), the server cuts the projector's connection as a slow consumer, and "
-    "the runner fails with Gap and re-positions. Every user of that connection (the other "
-    "runners, the outbox, the task API, the lease) loses it with it, for each such burst "
-    "(services/projector/runner.py position: PullConsumer(batch=self.batch_size), "
-    "services/jetstream/puller.py: no max_bytes in the pull request)"))  # fmt: skip
 async def test_a_burst_of_big_answers_in_fw_commands_cuts_the_projectors_connection(
     rt: Runtime,
 ) -> None:
+    """Fixed (an attack found it, (high): ~140 message gets by one agent, each answered (~1 MB:
+    the wrapped copy of its own 750 KB event) on a fw.cmd.* subject of its choice, are stored
+    in FW_COMMANDS; the projector's commands runner pulls them in one batch (1,000 messages, no
+    max_bytes: up to 1 GB asked at once), the server cuts the projector's connection as a slow
+    consumer, and the runner fails with Gap and re-positions. Every user of that connection
+    (the other runners, the outbox, the task API, the lease) loses it with it, for each such
+    burst (services/projector/runner.py position: PullConsumer(batch=self.batch_size),
+    services/jetstream/puller.py: no max_bytes in the pull request))."""
     await (await agent(rt, "victim")).close()
     await (await agent(rt, "evil")).close()
     await project_all(rt)
@@ -163,15 +161,14 @@ async def test_a_burst_of_big_answers_in_fw_commands_cuts_the_projectors_connect
 # ---- 3. _take_status: the registry's status read once, whatever it said ----
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FINDING (medium): a process whose inbox first opens while the task API does not answer "
-    "(a projector restart: 'no responders') never reads the registry's status: _take_status "
-    "swallows the ApiError and sync_inbox calls it only at the first opening, so once the API "
-    "is back the process still claims while the agent is paused (the pause itself was taken "
-    "from the durable inbox by another process; AgentClient.sync_inbox/_take_status)"))  # fmt: skip
 async def test_a_process_that_first_synced_while_the_task_api_was_away_claims_while_paused(
     rt: Runtime, ops: FleetClient
 ) -> None:
+    """Fixed (an attack found it, (medium): a process whose inbox first opens while the task API
+    does not answer (a projector restart: 'no responders') never reads the registry's status:
+    _take_status swallows the ApiError and sync_inbox calls it only at the first opening, so
+    once the API is back the process still claims while the agent is paused (the pause itself
+    was taken from the durable inbox by another process; AgentClient.sync_inbox/_take_status))."""
     first = await agent(rt, "pair")
     try:
         async with api(rt):
@@ -193,19 +190,14 @@ async def test_a_process_that_first_synced_while_the_task_api_was_away_claims_wh
         await first.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "FINDING (medium): a process whose inbox first opens during a rebuild of the agents "
-        "projection (`fleetward projections rebuild agents`: tables emptied, checkpoint 0) takes "
-        "'no record, checkpoint 0' as 'active' (0 >= its _status_seq 0) and never asks again: "
-        "after the rebuild the registry says paused, and the process claims anyway "
-        "(AgentClient._take_status: a checkpoint of 0 or an unknown agent is taken as knowledge)"
-    ),
-)
 async def test_a_process_that_first_synced_during_a_registry_rebuild_claims_while_paused(
     rt: Runtime, ops: FleetClient
 ) -> None:
+    """Fixed (an attack found it, (medium): a process whose inbox first opens during a rebuild of
+    the agents projection (`fleetward projections rebuild agents`: tables emptied, checkpoint
+    0) takes 'no record, checkpoint 0' as 'active' (0 >= its _status_seq 0) and never asks
+    again: after the rebuild the registry says paused, and the process claims anyway
+    (AgentClient._take_status: a checkpoint of 0 or an unknown agent is taken as knowledge))."""
     first = await agent(rt, "pair")
     try:
         async with api(rt):
@@ -228,20 +220,15 @@ async def test_a_process_that_first_synced_during_a_registry_rebuild_claims_whil
         await first.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "FINDING (medium): the HTTPS ingress's client of an agent (open in the API's pool) sees "
-        "the agent retired (registry subscription); an operator brings it back "
-        "(`fleetward agents register ID`: no command is sent for that) and the ingress answers 409 "
-        "'agent X is retired' to every claim of it until the API drops its connection; even an "
-        "operator's pause and resume does not help (AgentClient._obey: 'resume' is ignored once "
-        "retired, and only _take_status, i.e. the agent's own register, clears retired)"
-    ),
-)
 async def test_a_retired_agent_brought_back_by_an_operator_stays_retired_in_the_ingress(
     rt: Runtime, ops: FleetClient
 ) -> None:
+    """Fixed (an attack found it, (medium): the HTTPS ingress's client of an agent (open in the
+    API's pool) sees the agent retired (registry subscription); an operator brings it back
+    (`fleetward agents register ID`: no command is sent for that) and the ingress answers 409
+    'agent X is retired' to every claim of it until the API drops its connection; even an
+    operator's pause and resume does not help (AgentClient._obey: 'resume' is ignored once
+    retired, and only _take_status, i.e. the agent's own register, clears retired))."""
     await (await agent(rt, "phoenix")).close()
     pool = AgentPool(rt.nats_url, rt.settings.auth_dir)
     try:
@@ -277,8 +264,9 @@ async def copies(rt: Runtime, subject: str, event_id: str) -> int:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "FINDING (low): the late lookup reads at most LOOKUP_MAX (10,000) messages on the subject "
-    "from created_at - 5 min, oldest first; another agent that had 10,000 server answers "
+    "open (low, bounded): the late lookup reads at most LOOKUP_MAX (10,000) messages a "
+    "batch, on a subject from created_at - 5 min, oldest first; another agent that had "
+    "10,000 server answers "
     "stored on fw.cmd.<victim>.svc:board in the minutes before the command (message gets "
     "naming it as reply subject) hides the stored copy past the limit: after a crash between "
     "publishing and marking and a projector down past the duplicate window, the command is "

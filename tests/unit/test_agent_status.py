@@ -47,12 +47,22 @@ def test_a_resume_older_than_the_pause_held_leaves_the_agent_paused() -> None:
     assert c.paused
 
 
-def test_retirement_is_final_and_commands_without_a_sequence_apply_in_the_order_read() -> None:
+def test_commands_without_a_sequence_apply_in_the_order_read_and_never_end_a_retirement() -> None:
     c = client()
     c._obey(command("pause", None))
     assert c.paused
     c._obey(command("resume", None))
     assert not c.paused
     c._obey(command("retire", 30))
-    c._obey(command("resume", 31))
+    c._obey(command("resume", None))  # (an older registry's, or not the registry's)
     assert c.paused and c.retired
+    c._obey(command("resume", 29))  # older than the retirement
+    assert c.paused and c.retired
+
+
+def test_the_registrys_resume_after_a_retirement_brings_the_agent_back() -> None:
+    """A person or a service registered the retired agent again (projections/agents.py)."""
+    c = client()
+    c._obey(command("retire", 30))
+    c._obey(command("resume", 31))
+    assert not c.paused and not c.retired
