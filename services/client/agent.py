@@ -24,6 +24,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import math
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -104,6 +105,7 @@ INBOX_BATCH = 16  # commands the open pull request on the inbox may bring ahead 
 SEEN_COMMANDS = 1024  # command ids remembered, so a redelivered command acts once
 APPROVAL_READ_S = 10.0  # seconds of a quiet inbox after which a wait reads the request itself
 STATUS_READ_S = 1.0  # how long a claim waits for the registry's status when it must ask again
+STATUS_RETRY_S = 1.0  # while the status cannot be read, claims ask again at most this often
 # the registry's commands a process holds unread at most (``_follow_registry``): past them, or
 # these bytes, nats-py drops what comes (a flood aimed at the subject), and the status is read
 # from the registry again
@@ -159,6 +161,7 @@ class AgentClient(FleetClient):
         # the status is to be read from the registry (again) before the next claim: its reading
         # failed, was of a registry that had applied nothing (a rebuild), or commands were lost
         self._status_stale = True
+        self._status_asked = -math.inf  # time.monotonic() of the last reading
         # the registry's commands as they are published, to every process of the agent, and
         # how many of them were taken (fewer than delivered: nats-py dropped some)
         self._registry: Subscription | None = None
@@ -253,6 +256,7 @@ class AgentClient(FleetClient):
         checkpoint is past it), one published after comes by the subscription. Until the
         registry answers with a checkpoint (not 0: a registry being rebuilt has applied
         nothing yet), the status stays to be read again at the next claim."""
+        self._status_asked = time.monotonic()
         record, known, checkpoint = await self._own_record(timeout)
         if known and checkpoint >= self._status_seq:
             status = record["status"] if record is not None else "active"
@@ -332,7 +336,7 @@ class AgentClient(FleetClient):
         ``_follow_registry``) that the server sent before it answered the claim's read of the
         task; ``AgentPaused`` if they say this agent is paused or retired."""
         await self.sync_inbox()  # (it follows the registry too)
-        if self._status_stale:
+        if self._status_stale and time.monotonic() - self._status_asked >= STATUS_RETRY_S:
             await self._take_status()
         if self.paused:
             state = "retired" if self.retired else "paused"
@@ -831,9 +835,9 @@ class AgentClient(FleetClient):
             if isinstance(event, CommandIssued) and event.actor == REGISTRY:
                 assert event.agent == self.agent  # (admission: its subject is ``ours``)
                 self._obey(event)
-        if sub.delivered > self._registry_taken:  # some were dropped
+        if sub.delivered > self._registry_taken:  # some were dropped: read it at once
             self._registry_taken = sub.delivered
-            self._status_stale = True
+            self._status_stale, self._status_asked = True, -math.inf
 
     def _obey(self, command: CommandIssued) -> None:
         """What a command changes in this client's state. A pause, resume or retire with an

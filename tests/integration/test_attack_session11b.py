@@ -22,6 +22,7 @@ from fleetward.schemas.headers import MSG_ID
 from fleetward.schemas.streams import COMMANDS_STREAM, EVENTS_STREAM
 from fleetward.services.api.acting import AgentPool
 from fleetward.services.client import AgentClient, Claim, ClaimLost, FleetClient
+from fleetward.services.client.agent import STATUS_RETRY_S
 from fleetward.services.client.claims import AgentPaused as AgentPausedError
 from fleetward.services.client.direct import read_subjects
 from fleetward.services.projector import outbox as outbox_module
@@ -181,6 +182,7 @@ async def test_a_process_that_first_synced_while_the_task_api_was_away_claims_wh
             await later.sync_inbox()  # the task API is away (restarting) at this moment
             async with api(rt):  # and back: the registry says paused
                 assert (await ops.agent_profile("pair") or {})["status"] == "paused"
+                await anyio.sleep(STATUS_RETRY_S)  # a claim asks again at most this often
                 outcome = await claim_or_lost(later, "aw-1")
         finally:
             await later.close()
@@ -211,6 +213,7 @@ async def test_a_process_that_first_synced_during_a_registry_rebuild_claims_whil
                 await later.sync_inbox()  # the registry, mid-rebuild: no record, checkpoint 0
                 await project_all(rt)  # the rebuild ends: paused again
                 assert (await ops.agent_profile("pair") or {})["status"] == "paused"
+                await anyio.sleep(STATUS_RETRY_S)  # a claim asks again at most this often
                 outcome = await claim_or_lost(later, "rb-1")
             finally:
                 await later.close()
