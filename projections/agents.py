@@ -182,12 +182,14 @@ class AgentRegistry(Projection):
         row.update(updated_at=meta.time, last_seq=meta.seq)
         rows.put(AGENTS, row)
         command = _COMMANDS.get(type(event))
-        if isinstance(event, AgentRegistered) and was == "retired":
+        comeback = isinstance(event, AgentRegistered) and was == "retired"
+        if comeback:
             command = "resume"  # brought back (lifecycle.after): its processes may work again
         if command is not None and reason is not None and now.status != was:
+            said = f"registered again by {event.actor}" if comeback else reason
             told = CommandIssued(
                 id=deterministic_id(event.id, "inbox"), actor=REGISTRY, at=event.at,
-                agent=event.agent, command=command, reason=reason or f"registered by {event.actor}",
+                agent=event.agent, command=command, reason=said,
                 payload={"by": event.actor, "seq": meta.seq},  # seq: ordered (AgentClient)
             )  # fmt: skip
             rows.emit(told, meta)

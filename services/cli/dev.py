@@ -69,8 +69,9 @@ async def _dev(settings: Settings, args: argparse.Namespace) -> None:
                 token = api_token(settings, PERSON, role="operator")
                 console.print(
                     f"  Dashboard {settings.api_base(api)}/login#token={token}\n"
-                    f"            HTTP API {settings.api_base(api)}/api/v1/ "
-                    "(schemas/openapi.json; the token above as 'Authorization: Bearer')"
+                    f"            HTTP API {settings.api_base(api)}/api/v1/... (its routes: "
+                    f"{settings.api_base(api)}/openapi.json; the token above as "
+                    "'Authorization: Bearer')"
                 )
             if args.simulate:
                 console.print(f"  Simulator {args.simulate} agents (sim-000 ...)")

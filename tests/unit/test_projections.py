@@ -363,6 +363,25 @@ def test_a_person_brings_a_retired_agent_back_by_registering_it() -> None:
     assert row["registered_by"] == USER
 
 
+def test_status_commands_carry_the_events_reason_and_sequence_and_a_comeback_is_a_resume() -> None:
+    """The registry's pause, resume and retire tell the agent the event's own reason (none
+    given: none) and its sequence (``payload.seq``: AgentClient orders them by it); bringing a
+    retired agent back by registering it sends ``resume``, saying who did."""
+    fold = Fold(AgentRegistry())
+    fold(registered())
+    quiet = fold(paused(reason=""))
+    fold(resumed(reason="raised"))
+    fold(retired(reason="replaced"))
+    back = fold(registered(by=USER))
+    told = [(e.command, e.reason, e.payload) for e in fold.emitted if isinstance(e, CommandIssued)]
+    assert told == [
+        ("pause", "", {"by": SVC, "seq": quiet.seq}),
+        ("resume", "raised", {"by": USER, "seq": quiet.seq + 1}),
+        ("retire", "replaced", {"by": USER, "seq": quiet.seq + 2}),
+        ("resume", f"registered again by {USER}", {"by": USER, "seq": back.seq}),
+    ]
+
+
 def test_re_registration_does_not_resume_a_paused_agent() -> None:
     fold = Fold(AgentRegistry())
     fold(registered())
