@@ -190,6 +190,7 @@ def test_a_silent_agent_gets_a_warning_then_a_critical_at_the_right_times() -> N
     [warning] = w.tick(T0 + 21)
     [esc] = raised([warning])
     assert (esc.tier, esc.reason, esc.agent) == ("warning", "heartbeat_missed", "a1")
+    assert esc.message == "no heartbeat for 20.0s (interval 10s)"
     assert esc.escalation.startswith("hb-")
     assert esc.evidence["misses"] == 2 and esc.evidence["last_heartbeat_seq"] == 1
     assert warning.steps[0].expect == "empty"
@@ -264,7 +265,12 @@ def test_paused_and_retired_agents_are_not_judged_and_resume_counts_from_the_res
     w.event(AgentResumed(**env("user:op"), agent="a1"), T0 + 1000)
     assert w.tick(T0 + 1019) == []
     [plan] = w.tick(T0 + 1020)
-    assert raised([plan])[0].tier == "warning"
+    [esc] = raised([plan])
+    assert esc.tier == "warning"
+    assert esc.message == (  # the silence it counts, and the real one
+        "no heartbeat for 20.0s (interval 10s), counted from its last status change "
+        "(its last heartbeat: 1020.0s ago)"
+    )
 
 
 def test_an_unregistered_agent_gets_the_default_interval_until_it_registers() -> None:

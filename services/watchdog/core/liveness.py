@@ -121,6 +121,16 @@ class DeadlineHeap(Generic[K]):
         return out
 
 
+def _silence(a: AgentClock, now: float) -> str:
+    """The escalation's message: how long ``a`` has been silent (seconds), and from what, when
+    it counts from a status change (a resume, a registration) later than its last heartbeat."""
+    said = f"no heartbeat for {now - a.since:.1f}s (interval {a.interval:g}s)"
+    if a.lc_us <= a.hb_us:
+        return said
+    last = f"{now - a.hb_us / 1e6:.1f}s ago" if a.hb_seq else "none seen"
+    return f"{said}, counted from its last status change (its last heartbeat: {last})"
+
+
 @dataclass(slots=True)
 class AgentClock:
     agent: str
@@ -380,8 +390,7 @@ class Liveness:
         silent = now - a.since
         last_seen = iso(a.hb_us / 1e6) if a.hb_seq else None
         raised = raised_event(
-            esc, tier, HEARTBEAT_MISSED, now, agent=a.agent,
-            message=f"no heartbeat for {silent:.1f}s (interval {a.interval:g}s)",
+            esc, tier, HEARTBEAT_MISSED, now, agent=a.agent, message=_silence(a, now),
             evidence={"last_seen": last_seen, "last_heartbeat_seq": a.hb_seq,
                       "misses": int(silent // a.interval), "interval_s": a.interval,
                       "deadline": iso(deadline)},
