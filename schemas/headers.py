@@ -30,6 +30,7 @@ CONFLICT: Final = "409"  # the request ended: consumer deleted, leadership chang
 NO_RESPONDERS: Final = "503"  # JetStream did not answer
 CONSUMER_DELETED: Final = "Consumer Deleted"  # a 409's description when the consumer is gone
 CONSUMER_IS_PUSH_BASED: Final = "Consumer is push based"  # a 409's: it cannot be pulled from
+BATCH_COMPLETED: Final = "Batch Completed"  # a 409's after the last message of a max_bytes request
 
 # ---- JetStream API errors ---------------------------------------------------------------------
 WRONG_LAST_SEQUENCE: Final = 10071  # err_code: Nats-Expected-Last-Subject-Sequence did not match

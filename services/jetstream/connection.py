@@ -46,6 +46,7 @@ from typing import Any, cast
 import anyio
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import SlowConsumerError
 from nats.protocol import parser as nats_parser
 
 from fleetward.schemas.grants import inbox_prefix
@@ -215,8 +216,26 @@ def _refused(exc: BaseException) -> bool:
     return "authorization violation" in str(exc).lower()
 
 
+_dropped: dict[int, tuple[float, int]] = {}  # subscription id: (time of its last line, drops)
+
+
 async def _log_error(exc: Exception) -> None:
-    """What nats-py does with an error when given no ``error_cb``."""
+    """What nats-py does with an error when given no ``error_cb``, but a slow consumer's drops
+    (``SlowConsumerError``: a subscription's pending limits were reached, e.g. by a flood aimed
+    at it) are one warning line per subject every ``REPORT_EVERY_S`` with their count, never a
+    traceback per dropped message."""
+    if isinstance(exc, SlowConsumerError):
+        now, key = time.monotonic(), exc.sid
+        last, count = _dropped.get(key, (-REPORT_EVERY_S, 0))
+        count += 1
+        if now - last < REPORT_EVERY_S:
+            _dropped[key] = (last, count)
+            return
+        _dropped[key] = (now, 0)
+        subject = exc.sub.subject if exc.sub is not None else exc.subject
+        log.warning("nats: the subscription to %r dropped %d message(s): its pending limits "
+                    "were reached (a slow consumer)", subject, count)  # fmt: skip
+        return
     logging.getLogger("nats.aio.client").error("nats: encountered error", exc_info=exc)
 
 

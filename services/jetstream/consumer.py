@@ -227,9 +227,12 @@ class PullConsumer:
                 return []
             self._arrived.clear()
             await self._pulls.refill()
+            pause = self._pulls.retry_in()  # refused at once lately: ask again after it
             try:
-                await asyncio.wait_for(self._arrived.wait(), left)
+                await asyncio.wait_for(self._arrived.wait(), min(left, pause) if pause else left)
             except TimeoutError:
+                if pause and pause < left:
+                    continue
                 return []
         deadline = time.monotonic() + linger
         while (

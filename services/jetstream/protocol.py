@@ -15,9 +15,12 @@ handling") and what each means to a reader here:
   Interest``, ``Bad Request``...): the request is over and nothing more is there right now.
 - ``409 Consumer Deleted``: the consumer is gone; so is one replaced by a push consumer
   (``409 Consumer is push based``, terminal in ADR-37).
+- ``409 Batch Completed``: sent after the last message of a request that set ``max_bytes``
+  once its batch is complete: the request is over (the Puller knew already when its messages
+  used up the batch).
 - any other 409 (``Exceeded MaxWaiting``, ``Exceeded MaxRequestBatch of %d``, ``Leadership
-  Change``, ``Message Size Exceeds MaxBytes``, ``Batch Completed``, ``Server Shutdown``): the
-  request is over; asking again is right.
+  Change``, ``Message Size Exceeds MaxBytes``, ``Server Shutdown``): the request is over;
+  asking again is right.
 - ``503`` (no responders): nobody serves the consumer's pull subject: JetStream is away, or
   the consumer does not exist (a pull request the server had not seen when the consumer was
   deleted ends this way).
@@ -33,6 +36,7 @@ from enum import Enum
 from nats.aio.msg import Msg
 
 from fleetward.schemas.headers import (
+    BATCH_COMPLETED,
     CONFLICT,
     CONSUMER_DELETED,
     CONSUMER_IS_PUSH_BASED,
@@ -53,6 +57,7 @@ class Status(Enum):
     HEARTBEAT = "heartbeat"  # 100: the request is alive; nothing to read
     DONE = "done"  # 404, 408: the request is over; nothing more right now
     ENDED = "ended"  # other 409s, unknown statuses: the request is over; ask again
+    COMPLETED = "completed"  # 409 Batch Completed: the request (with max_bytes) is over
     CONSUMER_GONE = "consumer gone"  # 409 Consumer Deleted / is push based: read no more
     UNAVAILABLE = "unavailable"  # 503: JetStream away, or no such consumer
 
@@ -86,6 +91,8 @@ def status_of(headers: Mapping[str, str] | None) -> Status:
         description = headers.get(DESCRIPTION, "")
         if CONSUMER_DELETED in description or CONSUMER_IS_PUSH_BASED in description:
             return Status.CONSUMER_GONE
+        if description == BATCH_COMPLETED:
+            return Status.COMPLETED
     return Status.ENDED
 
 

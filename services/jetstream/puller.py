@@ -41,6 +41,11 @@ LOST_AFTER = 2.0  # seconds past its expiry after which an open request is taken
 # consumer. Far above the largest message a stream stores (``StreamSpec.max_msg_size``, 1 MiB,
 # and its headers): a message larger than a request's max_bytes would never be delivered.
 PULL_MAX_BYTES = 8 * 1024 * 1024
+# After a request that a status (a 409) ended before it brought anything, the next one waits
+# this long, doubled for each such request in a row, up to RETRY_MAX_S. A consumer whose own
+# limits refuse every request at once (an agent may set its inbox's max_bytes, max_batch or
+# max_expires below ours) would otherwise be asked thousands of times a second.
+RETRY_MIN_S, RETRY_MAX_S = 0.01, 1.0
 
 
 class Reader(Protocol):
@@ -87,6 +92,10 @@ class Puller:
         self._queue_limit = queue_limit
         self._inbox = ""
         self._sub: Subscription | None = None
+        self._brought = False  # the open request brought a message
+        self._used_up = False  # the last request's messages used up its batch (see receive)
+        self._ended_empty = 0  # requests in a row that a status ended before they brought one
+        self._not_before = 0.0  # time.monotonic() before which no request is made
 
     async def open(self) -> None:
         """Subscribe to a new inbox; no request is made yet (``refill()`` makes it)."""
@@ -110,9 +119,20 @@ class Puller:
         """Ask for ``batch`` messages if no request is open, the inbox is, and the reader
         ``wants_more()``."""
         if self.credit == 0 and self._sub is not None and self._reader.wants_more():
-            self.credit = self.batch
-            self.requested_at = time.monotonic()
+            if time.monotonic() < self._not_before:
+                return  # (``retry_in``)
+            self.requested()
             await self.nc.publish(self._subject, self._request, reply=self._inbox)
+
+    def requested(self) -> None:
+        """Count a request of ``batch`` messages as open from now (``refill`` makes it)."""
+        self.credit, self._brought = self.batch, False
+        self.requested_at = time.monotonic()
+
+    def retry_in(self) -> float:
+        """Seconds before ``refill()`` may make a request again (0: now): after requests that a
+        status ended empty-handed, ``RETRY_MIN_S`` doubled for each in a row."""
+        return max(0.0, self._not_before - time.monotonic())
 
     def forget_lost(self) -> None:
         """Take the open request as over if it is ``LOST_AFTER`` seconds past its expiry with
@@ -124,15 +144,29 @@ class Puller:
         """Take one reply to a request: the subscription's callback (tests feed it too)."""
         status = classify(msg)
         if status is None:
+            if self.credit == self.batch:  # a new request's first: any end of the last came
+                self._used_up = False
+            self._brought, self._ended_empty, self._not_before = True, 0, 0.0
             self._reader.on_message(msg)
             self.credit -= 1
             if self.credit > 0:
                 return
-            self.credit = 0
+            self.credit, self._used_up = 0, True
         elif status is Status.HEARTBEAT:
             return
+        elif status is Status.COMPLETED and self._used_up:
+            self._used_up = False  # the end of the request its messages used up: over here
+            return
         else:
+            if status is Status.COMPLETED:
+                status = Status.ENDED  # a request that ended before its batch was used up
             self.credit = 0
+            if status is Status.ENDED and not self._brought:
+                self._ended_empty += 1
+                wait = min(RETRY_MIN_S * 2 ** (self._ended_empty - 1), RETRY_MAX_S)
+                self._not_before = time.monotonic() + wait
+            elif status is not Status.ENDED:
+                self._ended_empty, self._not_before = 0, 0.0
             if not self._reader.on_status(status):
                 return
         await self.refill()

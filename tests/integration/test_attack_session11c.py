@@ -2,10 +2,11 @@
 registry subscription read again, a964b32 STATUS_RETRY_S, 358e3c6 the comeback ``resume``,
 1ea5740 the watchdog's silence message).
 
-Two findings (strict xfails): an agent's own inbox consumer limits make every client that
-reads it spin (request, 409, request...), the HTTPS ingress's in the API process too; and a
-flood of small server answers aimed at an agent's registry subject holds its claims back for
-as long as it lasts, logging an ERROR with a traceback per dropped message. The rest held.
+Two findings. Fixed in the same session: an agent's own inbox consumer limits made every
+client that reads it spin (request, 409, request...), the HTTPS ingress's in the API process
+too. Open (an xfail; docs/identity.md, Known gaps): a flood of small server answers aimed at
+an agent's registry subject holds its claims back for as long as it lasts (its log is one
+line a second now, not a traceback per dropped message). The rest held.
 """
 
 from __future__ import annotations
@@ -59,17 +60,16 @@ async def published_in(nc: Any, seconds: float) -> int:
     return int(nc.stats["out_msgs"] - before)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "FINDING (medium): an agent may update its own inbox consumer (its CONSUMER.CREATE "
-    "permission) with the server's pull limits: MaxRequestMaxBytes below PULL_MAX_BYTES "
-    "(new with db738b8), or MaxRequestBatch below INBOX_BATCH, or MaxRequestExpires below 5 s. "
-    "Every pull request then ends at once with '409 Exceeded MaxRequest...' (Status.ENDED), "
-    "and PullConsumer.on_status returns True: the Puller asks again at once, ~10,000 requests "
-    "a second, forever. The HTTPS ingress's client of that agent (services/api/acting.py "
-    "AgentPool, kept open in the API process) spins after one request of the agent, and so "
-    "does the server (services/jetstream/consumer.py PullConsumer.on_status; "
-    "services/client/agent.py AgentClient._open_inbox checks only the filter)"))  # fmt: skip
 async def test_an_agents_own_inbox_limit_makes_the_ingress_client_spin(rt: Runtime) -> None:
+    """Fixed (an attack found it, (medium): an agent may update its own inbox consumer (its
+    CONSUMER.CREATE permission) with the server's pull limits: MaxRequestMaxBytes below
+    PULL_MAX_BYTES (new with db738b8), or MaxRequestBatch below INBOX_BATCH, or
+    MaxRequestExpires below 5 s. Every pull request then ends at once with '409 Exceeded
+    MaxRequest...' (Status.ENDED), and PullConsumer.on_status returns True: the Puller asks
+    again at once, ~10,000 requests a second, forever. The HTTPS ingress's client of that agent
+    (services/api/acting.py AgentPool, kept open in the API process) spins after one request of
+    the agent, and so does the server (services/jetstream/consumer.py PullConsumer.on_status;
+    services/client/agent.py AgentClient._open_inbox checks only the filter))."""
     await (await agent(rt, "evil")).close()
     await set_own_inbox_limit(rt, "evil", {"max_bytes": 1024})
     pool = AgentPool(rt.nats_url, rt.settings.auth_dir)
@@ -90,12 +90,12 @@ async def test_an_agents_own_inbox_limit_makes_the_ingress_client_spin(rt: Runti
 
 
 @pytest.mark.parametrize("limit", [{"max_batch": 1}, {"max_expires": 1_000_000_000}])
-@pytest.mark.xfail(strict=True, reason=(
-    "FINDING (medium, same cause): the older limits do the same (pre-existing, not reported): "
-    "MaxRequestBatch 1 < INBOX_BATCH 16, MaxRequestExpires 1 s < the inbox's 5 s"))  # fmt: skip
 async def test_other_own_inbox_limits_make_a_reader_spin(
     rt: Runtime, limit: dict[str, Any]
 ) -> None:
+    """Fixed (an attack found it, (medium, same cause): the older limits do the same (pre-
+    existing, not reported): MaxRequestBatch 1 < INBOX_BATCH 16, MaxRequestExpires 1 s < the
+    inbox's 5 s)."""
     await (await agent(rt, "evil")).close()
     await set_own_inbox_limit(rt, "evil", limit)
     reader = await AgentClient.connect(rt.nats_url, creds(rt, "evil"))
@@ -141,7 +141,8 @@ async def flood(rt: Runtime, attacker: str, onto: str, seconds: float) -> Any:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "FINDING (medium): fw.cmd.<victim>.svc:registry is a fixed, known subject every process of "
+    "open (medium; a known class, docs/identity.md Known gaps): "
+    "fw.cmd.<victim>.svc:registry is a fixed, known subject every process of "
     "the victim subscribes to on its main connection (session 11). Another agent's flood of "
     "small message-get answers aimed there (its own right: NATS checks no reply subject) "
     "reaches the victim's socket whatever REGISTRY_PENDING_* drop; the claim's own answers "

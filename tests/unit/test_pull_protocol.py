@@ -5,6 +5,7 @@ here are never opened, so they make no request (``refill()`` needs an open inbox
 
 from __future__ import annotations
 
+import itertools
 import time
 from datetime import UTC, datetime
 
@@ -18,7 +19,7 @@ from nats.js.errors import NotFoundError
 from fleetward.services.jetstream.consumer import PullConsumer
 from fleetward.services.jetstream.follower import StreamFollower
 from fleetward.services.jetstream.protocol import Status, classify, parse_ack_reply, status_of
-from fleetward.services.jetstream.puller import LOST_AFTER, Puller
+from fleetward.services.jetstream.puller import LOST_AFTER, RETRY_MAX_S, RETRY_MIN_S, Puller
 
 NC = Client()  # never connected: builds messages and parses headers only
 NS = 1_700_000_000_123_456_789
@@ -83,7 +84,7 @@ def test_a_reply_that_is_no_ack_subject_raises() -> None:
         ("NATS/1.0 409 Exceeded MaxWaiting", Status.ENDED),
         ("NATS/1.0 409 Exceeded MaxRequestBatch of 10", Status.ENDED),
         ("NATS/1.0 409 Message Size Exceeds MaxBytes", Status.ENDED),
-        ("NATS/1.0 409 Batch Completed\r\nNats-Pending-Messages: 3", Status.ENDED),
+        ("NATS/1.0 409 Batch Completed\r\nNats-Pending-Messages: 3", Status.COMPLETED),
         ("NATS/1.0 409 Server Shutdown", Status.ENDED),
         (UNAVAILABLE, Status.UNAVAILABLE),
         ("NATS/1.0 503\r\nNats-Subject: $JS.API.CONSUMER.MSG.NEXT.S.c", Status.UNAVAILABLE),
@@ -155,6 +156,53 @@ def test_a_request_past_its_expiry_and_the_margin_is_taken_as_lost() -> None:
     pulls.requested_at = time.monotonic() - (1.0 + LOST_AFTER + 0.5)
     pulls.forget_lost()
     assert pulls.credit == 0
+
+
+async def test_requests_ended_empty_handed_in_a_row_are_asked_again_later_and_later() -> None:
+    """An inbox whose own limits refuse every request at once (an agent set max_bytes,
+    max_batch or max_expires below ours): the next request waits RETRY_MIN_S, doubled each
+    time, up to RETRY_MAX_S; a message brought, or a request that ends normally, resets it."""
+    pulls = puller(Recorder())
+    refused = "NATS/1.0 409 Exceeded MaxRequestMaxBytes of 1024"
+    waits = []
+    for _ in range(9):
+        pulls.requested()
+        await pulls.receive(await status(refused))
+        waits.append(pulls.retry_in())
+    assert waits[0] == pytest.approx(RETRY_MIN_S, abs=0.005)
+    assert all(b > a for a, b in itertools.pairwise(waits[:7]))
+    assert waits[-1] == pytest.approx(RETRY_MAX_S, abs=0.005)
+    pulls.requested()
+    await pulls.receive(message(1, 1, pending=5))  # a request that brings something
+    await pulls.receive(await status(refused))  # and is ended: no wait
+    assert pulls.retry_in() == 0
+    pulls.requested()
+    await pulls.receive(await status(refused))
+    assert pulls.retry_in() == pytest.approx(RETRY_MIN_S, abs=0.005)  # counted from one again
+    pulls.requested()
+    await pulls.receive(await status(TIMEOUT))  # ends as usual: the count starts over
+    pulls.requested()
+    await pulls.receive(await status(refused))
+    assert pulls.retry_in() == pytest.approx(RETRY_MIN_S, abs=0.005)
+
+
+async def test_batch_completed_after_the_messages_that_used_up_a_request_changes_nothing() -> None:
+    """A request with max_bytes gets ``409 Batch Completed`` after its last message. Its
+    messages used up the credit, so it was over here already and the next request is open:
+    that one is not taken as ended, and no wait follows."""
+    reader = Recorder()
+    pulls = puller(reader, batch=2)
+    completed = await status("NATS/1.0 409 Batch Completed")
+    pulls.requested()
+    await pulls.receive(message(1, 1))
+    await pulls.receive(message(2, 2))
+    assert pulls.credit == 0
+    pulls.requested()  # the next request (refill)
+    await pulls.receive(completed)  # the end of the last one
+    assert (pulls.credit, reader.statuses, pulls.retry_in()) == (2, [], 0)
+    await pulls.receive(message(3, 3))
+    await pulls.receive(completed)  # a request ended before its batch: over
+    assert (pulls.credit, reader.statuses, pulls.retry_in()) == (0, [Status.ENDED], 0)
 
 
 # ---- the durable consumer --------------------------------------------------------------------
