@@ -21,7 +21,9 @@ from fleetward.projections import ALL, Projection
 from fleetward.schemas import new_id
 from fleetward.schemas.events import RoleGranted
 from fleetward.schemas.grants import Grants
+from fleetward.schemas.headers import MSG_ID
 from fleetward.schemas.roles import ROLE_AUTHORITY
+from fleetward.schemas.streams import COMMANDS_STREAM
 from fleetward.schemas.subjects import API_AGENTS_GET
 from fleetward.services import db
 from fleetward.services.api.tasks import serve_task_api
@@ -258,3 +260,22 @@ async def agent(rt: Runtime, name: str, **profile: object) -> AgentClient:
     client = await AgentClient.connect(rt.nats_url, creds(rt, name))
     await client.register(name=name, owner="o", team="t", **profile)  # type: ignore[arg-type]
     return client
+
+
+async def past_the_duplicate_window(rt: Runtime) -> None:
+    """Shorten FW_COMMANDS' duplicate window to half a second and wait until the server has
+    forgotten the message ids stored so far: a probe id stored now is stored again (not a
+    duplicate) once the window has passed for it, so for everything stored before it too. The
+    server drops old ids on a timer of its own, later under load (a fixed 1 s sleep was not
+    always enough: the command's republish was then dropped as a duplicate)."""
+    config = (await rt.js.stream_info(COMMANDS_STREAM)).config
+    config.duplicate_window = 0.5
+    await rt.js.update_stream(config)
+    probe = {MSG_ID: new_id()}
+    await rt.js.publish("fw.cmd.probe.svc:window", b"{}", headers=probe)
+
+    async def forgotten() -> bool:
+        ack = await rt.js.publish("fw.cmd.probe.svc:window", b"{}", headers=probe)
+        return not ack.duplicate
+
+    await wait_for(forgotten, 60, "the server to forget the message ids of the window")

@@ -53,6 +53,7 @@ from tests.helpers import (
     creds,
     envelope,
     grant_test_admins,
+    past_the_duplicate_window,
     person,
     project_all,
     snapshot,
@@ -1113,10 +1114,7 @@ async def test_a_command_published_again_past_the_duplicate_window_is_stored_onc
         first = await inbox(author)
         assert [x.command for x in first] == ["review_feedback"]
         await author.close()
-        config = (await rt.js.stream_info(COMMANDS_STREAM)).config
-        config.duplicate_window = 0.5
-        await rt.js.update_stream(config)
-        await anyio.sleep(1.0)  # the server forgets the command's message id
+        await past_the_duplicate_window(rt)  # the server forgets the command's message id
         before = await last_seq(rt, COMMANDS_STREAM)
         async with rt.pool.acquire() as conn:  # the crash: published, never marked
             marked = await conn.execute(

@@ -26,7 +26,7 @@ from fleetward.services.client import AgentClient, Claim, ClaimLost, FleetClient
 from fleetward.services.client.claims import AgentPaused as AgentPausedError
 from fleetward.services.projector.outbox import Outbox
 from fleetward.services.runtime.connect import Runtime
-from tests.helpers import HARNESS, agent, creds, project_all
+from tests.helpers import HARNESS, agent, creds, past_the_duplicate_window, project_all
 from tests.integration.test_attack_identity import Attacker
 from tests.integration.test_attack_intents import api, inbox
 
@@ -351,10 +351,7 @@ async def test_a_server_answer_aimed_at_the_subject_defeats_the_late_lookup(
         await project_all(rt)
         assert [x.command for x in await inbox(author)] == ["review_feedback"]
         await author.close()
-        config = (await rt.js.stream_info(COMMANDS_STREAM)).config
-        config.duplicate_window = 0.5
-        await rt.js.update_stream(config)
-        await anyio.sleep(1.0)  # the projector was down past the duplicate window
+        await past_the_duplicate_window(rt)  # the server forgets the command's message id
         async with rt.pool.acquire() as conn:  # the crash: published, never marked
             marked = await conn.execute(
                 "UPDATE fleetward.outbox SET published_at = NULL, created_at = now() - "

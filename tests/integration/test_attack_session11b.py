@@ -17,7 +17,6 @@ import anyio
 import pytest
 
 from fleetward.projections.agents import AgentRegistry
-from fleetward.schemas import new_id
 from fleetward.schemas.grants import registry_commands
 from fleetward.schemas.headers import MSG_ID
 from fleetward.schemas.streams import COMMANDS_STREAM, EVENTS_STREAM
@@ -31,7 +30,7 @@ from fleetward.services.projector.outbox import Outbox
 from fleetward.services.projector.rebuild import reset
 from fleetward.services.projector.window import Gap
 from fleetward.services.runtime.connect import Runtime
-from tests.helpers import agent, creds, project_all, wait_for
+from tests.helpers import agent, creds, past_the_duplicate_window, project_all, wait_for
 from tests.integration.test_attack_identity import Attacker
 from tests.integration.test_attack_intents import api, inbox
 
@@ -306,25 +305,6 @@ async def test_ten_thousand_answers_before_the_copy_defeat_the_late_lookup(
     n = await copies(rt, subject, row["event_id"])
     print(f"the late lookup took {took:.1f} s; copies of the command stored: {n}")
     assert n == 1
-
-
-async def past_the_duplicate_window(rt: Runtime) -> None:
-    """Shorten FW_COMMANDS' duplicate window to half a second and wait until the server has
-    forgotten the message ids stored so far: a probe id stored now is stored again (not a
-    duplicate) once the window has passed for it, so for everything stored before it too. The
-    server drops old ids on a timer of its own, later under load (a fixed 1 s sleep was not
-    always enough: the command's republish was then dropped as a duplicate)."""
-    config = (await rt.js.stream_info(COMMANDS_STREAM)).config
-    config.duplicate_window = 0.5
-    await rt.js.update_stream(config)
-    probe = {MSG_ID: new_id()}
-    await rt.js.publish("fw.cmd.probe.svc:window", b"{}", headers=probe)
-
-    async def forgotten() -> bool:
-        ack = await rt.js.publish("fw.cmd.probe.svc:window", b"{}", headers=probe)
-        return not ack.duplicate
-
-    await wait_for(forgotten, 60, "the server to forget the message ids of the window")
 
 
 # ---- promises that held ----

@@ -169,3 +169,26 @@ async def test_headers_nats_py_cannot_read_make_a_message_without_headers() -> N
     for good in (b"NATS/1.0\r\nA: b\r\nX-\xff: \xfe\r\n\r\n", b"NATS/1.0 404 No Messages\r\n\r\n"):
         assert await nc._process_headers(good) == await Client()._process_headers(good)
     assert nc.unreadable == 2
+
+
+async def test_a_flooded_subscriptions_drops_are_one_warning_a_second_not_a_traceback_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """nats-py reports each message a subscription drops (its pending limits reached, e.g. by
+    a flood aimed at it) as a SlowConsumerError: counted, and told once per REPORT_EVERY_S per
+    subscription, without a traceback; any other error keeps nats-py's ERROR with traceback."""
+    from nats.errors import SlowConsumerError  # noqa: PLC0415
+
+    from fleetward.services.jetstream import connection  # noqa: PLC0415
+
+    connection._dropped.clear()
+    with caplog.at_level("WARNING"):
+        for _ in range(500):
+            await connection._log_error(SlowConsumerError("fw.cmd.a.svc:registry", "", 7, None))
+        await connection._log_error(ProtocolError("bad"))
+    drops = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(drops) == 1 and drops[0].exc_info is None
+    assert "fw.cmd.a.svc:registry" in drops[0].getMessage()
+    assert connection._dropped[7][1] == 499  # counted for the next line
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is not None
