@@ -17,6 +17,7 @@ from pathlib import Path
 
 import anyio
 from nats.aio.client import Client as NatsClient
+from nats.js.api import StorageType, StreamConfig
 
 from fleetward.services.auth.store import AuthStore
 from fleetward.services.runtime.embedded import await_nats_url, nats_server_binary, spawn_nats
@@ -120,12 +121,19 @@ def start_cluster(folder: Path, auth: AuthStore) -> Cluster:
 
 
 async def jetstream_ready(nc: NatsClient, timeout: float = 60.0) -> None:  # noqa: ASYNC109
-    """Wait until the cluster's JetStream answers (its meta leader is elected)."""
-    js = nc.jetstream(timeout=1)  # an answer comes at once when there is a leader
+    """Wait until the cluster's JetStream answers (its meta leader is elected) and can place a
+    stream on every node: a node started again just before (a test may have left one killed)
+    is an offline peer for a while, and a stream of ``SIZE`` replicas created then fails with
+    "no suitable peers for placement" (a clean-clone run failed on it)."""
+    js = nc.jetstream(timeout=2)  # an answer comes at once when there is a leader
+    probe = StreamConfig(name="READY_PROBE", subjects=["ready.probe"], num_replicas=SIZE,
+                         storage=StorageType.MEMORY)  # fmt: skip
     with anyio.fail_after(timeout):
         while True:
-            with contextlib.suppress(Exception):  # no leader yet: timeouts, 503s
+            with contextlib.suppress(Exception):  # no leader yet, a peer offline: ask again
                 await js.account_info()
+                await js.add_stream(probe)
+                await js.delete_stream("READY_PROBE")
                 return
             await anyio.sleep(0.1)
 
